@@ -1,0 +1,24 @@
+#pragma once
+// File helpers that never leave half-written output behind.
+
+#include <filesystem>
+#include <functional>
+#include <string>
+
+#include "fedda/common/result.h"
+
+namespace fedda::files {
+
+// Writes `contents` to `path` through a temporary file in the same folder, fsyncs it and
+// renames it into place, so readers see either the old file or the whole new one.
+Status write_atomically(const std::filesystem::path& path, const std::string& contents);
+
+// Calls `write(tmp_path)` to produce a file at a temporary name beside `path` (same extension,
+// so writers that choose a format from it still work), then renames it into place. On failure
+// the temporary file is removed and `path` is left untouched.
+Status write_via_temporary(const std::filesystem::path& path,
+                           const std::function<Status(const std::filesystem::path&)>& write);
+
+Result<std::string> read_all(const std::filesystem::path& path);
+
+}  // namespace fedda::files

@@ -1,0 +1,32 @@
+#pragma once
+// Finding subjects in the WMH challenge layout, which users with the real data already have:
+//   ROOT/<clinic>/<subject>/pre/FLAIR.nii.gz, pre/T1.nii.gz, wmh.nii.gz (labels, optional)
+// Only paths are returned; nothing is read. Thread-safe.
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "fedda/common/result.h"
+
+namespace fedda::imaging {
+
+struct SubjectFiles {
+  std::string clinic;
+  std::string subject;
+  std::filesystem::path flair;
+  std::filesystem::path t1;
+  std::optional<std::filesystem::path> labels;  // absent for unlabelled subjects
+};
+
+// All subjects of every clinic under `root`, sorted by clinic then subject. A folder under a
+// clinic without pre/FLAIR.nii.gz is not a subject and is skipped. Error when `root` is missing
+// or holds no subject at all.
+Result<std::vector<SubjectFiles>> find_subjects(const std::filesystem::path& root);
+
+// The subjects of one clinic (`root/<clinic>`).
+Result<std::vector<SubjectFiles>> find_clinic_subjects(const std::filesystem::path& root,
+                                                       const std::string& clinic);
+
+}  // namespace fedda::imaging

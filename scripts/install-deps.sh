@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package fedda needs to build, test and run the demo.
+# Idempotent: installs only what is missing, and runs `apt-get update` only when
+# something is missing. Safe to call from `make demo` and `make test` every time.
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build ccache pkg-config
+  libtorch-dev
+  libzmq3-dev cppzmq-dev
+  libcereal-dev
+  libssl-dev
+  libinsighttoolkit5-dev
+  libspdlog-dev libfmt-dev
+  libgtest-dev libgmock-dev
+  libbenchmark-dev
+  libcli11-dev
+  libyaml-cpp-dev
+  nlohmann-json3-dev
+  libboost-dev
+  libpng-dev
+  zlib1g-dev
+  mricron-data
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+
+echo "install-deps: installing ${missing[*]}" >&2
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
