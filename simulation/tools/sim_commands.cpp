@@ -1,0 +1,91 @@
+#include "sim_commands.h"
+
+#include <memory>
+#include <sstream>
+
+#include "fedda/common/log.h"
+#include "fedda/simulation/generator.h"
+#include "fedda/simulation/preview.h"
+
+namespace fedda::simulation::tools {
+
+void add_generate(CLI::App& app, int& rc) {
+  struct Args {
+    std::string profile = "smoke", out, clinics, templates;
+    std::uint64_t seed = 1;
+    int subjects = 0, threads = 0;
+  };
+  auto a = std::make_shared<Args>();
+  auto* cmd = app.add_subcommand(
+      "generate",
+      "Generate simulated clinics (Utrecht, Singapore, Amsterdam scanners) from the Colin27 brain, in "
+      "the WMH challenge layout: OUT/<clinic>/<subject>/pre/FLAIR.nii.gz, pre/T1.nii.gz, wmh.nii.gz "
+      "(0 background, 1 WMH, 2 other pathology) and OUT/<clinic>/clinic.json.\n"
+      "Profiles: smoke (tiny, 4 subjects/clinic, for tests), quick (CPU-sized, 10/clinic, 3 mm "
+      "slices), paper (the seed paper's Table 1 grids, 20/clinic). Same seed, same bytes.");
+  cmd->add_option("--profile", a->profile, "smoke, quick or paper")->capture_default_str();
+  cmd->add_option("--out", a->out, "output folder")->required();
+  cmd->add_option("--seed", a->seed, "random seed")->capture_default_str();
+  cmd->add_option("--subjects", a->subjects, "subjects per clinic (default: the profile's)");
+  cmd->add_option("--clinics", a->clinics, "comma-separated subset of utrecht,singapore,amsterdam");
+  cmd->add_option("--threads", a->threads, "worker threads (default: all cores)");
+  cmd->add_option("--templates", a->templates,
+                  "folder with ch2bet.nii.gz, ch2better.nii.gz and JHU-WhiteMatter-labels-1mm.nii.gz "
+                  "(default: $FEDDA_TEMPLATES or /usr/share/mricron/templates)");
+  cmd->callback([a, &rc]() {
+    auto log = log::get("fedda-sim");
+    auto profile = parse_profile(a->profile);
+    if (!profile) throw CLI::ValidationError("--profile", profile.error().message);
+    GenerateOptions o;
+    o.profile = *profile;
+    o.out = a->out;
+    o.seed = a->seed;
+    if (a->subjects != 0) o.subjects = a->subjects;
+    o.threads = a->threads;
+    o.templates_dir = a->templates;
+    std::stringstream list(a->clinics);
+    for (std::string name; std::getline(list, name, ',');) {
+      if (!name.empty()) o.clinics.push_back(name);
+    }
+    auto summary = generate(o, [&](const std::string& clinic, const std::string& subject, int done, int total) {
+      log->info("[{}/{}] {}/{} written", done, total, clinic, subject);
+    });
+    if (!summary) {
+      log->error("{}", summary.error().message);
+      rc = 1;
+      return;
+    }
+    log->info("generated {} subjects ({} profile, seed {}) in {} in {:.1f} s", summary->subjects, a->profile,
+              a->seed, a->out, summary->seconds);
+    rc = 0;
+  });
+}
+
+void add_preview(CLI::App& app, int& rc) {
+  struct Args {
+    std::string data, out;
+    int subjects = 3;
+  };
+  auto a = std::make_shared<Args>();
+  auto* cmd = app.add_subcommand(
+      "preview",
+      "Write one PNG mosaic of a data folder: a row per clinic, and for each of its first subjects the "
+      "FLAIR, the T1 and the FLAIR with the label outline (red WMH, blue other pathology), on the "
+      "slice with the most WMH, all at one scale (240 mm field of view).");
+  cmd->add_option("--data", a->data, "data folder in the WMH layout")->required();
+  cmd->add_option("--out", a->out, "PNG file to write")->required();
+  cmd->add_option("--subjects", a->subjects, "subjects per clinic")->capture_default_str()->check(CLI::Range(1, 10));
+  cmd->callback([a, &rc]() {
+    PreviewOptions o;
+    o.subjects_per_clinic = a->subjects;
+    if (auto st = write_preview(a->data, a->out, o); !st) {
+      log::get("fedda-sim")->error("{}", st.error().message);
+      rc = 1;
+      return;
+    }
+    log::get("fedda-sim")->info("wrote {}", a->out);
+    rc = 0;
+  });
+}
+
+}  // namespace fedda::simulation::tools

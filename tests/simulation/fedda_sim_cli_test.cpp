@@ -1,0 +1,89 @@
+// Runs the real fedda-sim binary, as a user would.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "fedda/imaging/metrics.h"
+#include "fedda/imaging/nifti_io.h"
+#include "support/test_support.h"
+
+namespace fedda {
+namespace {
+
+using testing::bin;
+using testing::run_command;
+
+std::string sim() { return bin("fedda-sim").string(); }
+
+TEST(FeddaSimCli, HelpListsTheCommands) {
+  auto r = run_command(sim() + " --help");
+  EXPECT_EQ(r.exit_code, 0);
+  for (const char* cmd : {"generate", "evaluate", "preview"}) EXPECT_NE(r.output.find(cmd), std::string::npos) << cmd;
+}
+
+TEST(FeddaSimCli, GenerateEvaluateAndPreviewEndToEnd) {
+  testing::ScratchDir dir;
+  auto gen = run_command(sim() + " generate --profile smoke --subjects 1 --clinics amsterdam --seed 9 --out " +
+                         (dir / "data").string());
+  ASSERT_EQ(gen.exit_code, 0) << gen.output;
+  const auto truth = dir / "data/amsterdam/100/wmh.nii.gz";
+  ASSERT_TRUE(std::filesystem::exists(truth)) << gen.output;
+
+  // A prediction: the truth with one slice of lesions erased.
+  auto labels = imaging::read_label_map(truth);
+  ASSERT_TRUE(labels);
+  imaging::LabelMap pred = *labels;
+  const auto& n = pred.geometry.size;
+  std::size_t best_z = 0, best = 0;
+  for (std::size_t z = 0; z < n[2]; ++z) {
+    std::size_t c = 0;
+    for (std::size_t i = 0; i < n[0] * n[1]; ++i) c += pred.voxels[z * n[0] * n[1] + i] == 1;
+    if (c > best) {
+      best = c;
+      best_z = z;
+    }
+  }
+  for (std::size_t i = 0; i < n[0] * n[1]; ++i) pred.voxels[best_z * n[0] * n[1] + i] = 0;
+  for (auto& v : pred.voxels) v = v == 1;
+  ASSERT_TRUE(imaging::write_label_map(dir / "pred.nii.gz", pred));
+
+  auto eval = run_command(sim() + " evaluate --json --truth " + truth.string() + " --pred " + (dir / "pred.nii.gz").string() +
+                          " 2>/dev/null");
+  ASSERT_EQ(eval.exit_code, 0) << eval.output;
+  const auto j = nlohmann::json::parse(eval.output);
+  const auto expected = imaging::evaluate_case(*labels, pred);
+  ASSERT_TRUE(expected);
+  EXPECT_NEAR(j["dsc"].get<double>(), expected->dsc, 1e-9);
+  EXPECT_LT(j["dsc"].get<double>(), 1.0);
+  EXPECT_NEAR(j["recall"].get<double>(), expected->recall, 1e-9);
+  EXPECT_NEAR(j["f1"].get<double>(), expected->f1, 1e-9);
+  EXPECT_NEAR(j["avd"].get<double>(), expected->avd, 1e-9);
+
+  auto preview = run_command(sim() + " preview --data " + (dir / "data").string() + " --out " + (dir / "p.png").string());
+  ASSERT_EQ(preview.exit_code, 0) << preview.output;
+  EXPECT_GT(std::filesystem::file_size(dir / "p.png"), 1000u);
+}
+
+TEST(FeddaSimCli, BadInputGivesNonZeroExitAndNamesTheFile) {
+  testing::ScratchDir dir;
+  std::ofstream(dir / "junk.nii.gz") << "not a nifti";
+  imaging::LabelMap ok(testing::make_geometry(4, 4, 4));
+  ASSERT_TRUE(imaging::write_label_map(dir / "ok.nii.gz", ok));
+  auto r = run_command(sim() + " evaluate --json --truth " + (dir / "ok.nii.gz").string() + " --pred " +
+                       (dir / "junk.nii.gz").string());
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("junk.nii.gz"), std::string::npos) << r.output;
+
+  auto bad_profile = run_command(sim() + " generate --profile huge --out " + (dir / "x").string());
+  EXPECT_NE(bad_profile.exit_code, 0);
+  EXPECT_NE(bad_profile.output.find("smoke"), std::string::npos) << bad_profile.output;
+
+  auto both = run_command(sim() + " evaluate --truth a --data b");
+  EXPECT_NE(both.exit_code, 0);
+
+  auto level = run_command(sim() + " --log-level loud evaluate --truth a --pred b");
+  EXPECT_NE(level.exit_code, 0);
+  EXPECT_NE(level.output.find("loud"), std::string::npos) << level.output;
+}
+
+}  // namespace
+}  // namespace fedda
