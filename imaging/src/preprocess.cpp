@@ -3,44 +3,32 @@
 #include <algorithm>
 #include <cmath>
 
-#include <itkBinaryDilateImageFilter.h>
-#include <itkBinaryErodeImageFilter.h>
 #include <itkBinaryFillholeImageFilter.h>
-#include <itkConnectedComponentImageFilter.h>
-#include <itkFlatStructuringElement.h>
 #include <itkLinearInterpolateImageFunction.h>
 #include <itkNearestNeighborInterpolateImageFunction.h>
 #include <itkOtsuThresholdImageFilter.h>
-#include <itkRelabelComponentImageFilter.h>
 #include <itkResampleImageFilter.h>
 
+#include "fedda/imaging/morphology.h"
 #include "itk_bridge.h"
 
 namespace fedda::imaging {
 namespace {
 
-using Mask = detail::ItkImage<std::uint8_t>;
-using Kernel = itk::FlatStructuringElement<3>;
-
-Kernel ball_mm(const Geometry& g, double radius_mm) {
-  Kernel::RadiusType radius;
-  for (unsigned d = 0; d < 3; ++d) {
-    radius[d] = static_cast<itk::SizeValueType>(std::lround(radius_mm / g.spacing[d]));
-  }
-  return Kernel::Ball(radius);
+std::array<unsigned, 3> radius_in_voxels(const Geometry& g, double radius_mm) {
+  std::array<unsigned, 3> r{};
+  for (unsigned d = 0; d < 3; ++d) r[d] = static_cast<unsigned>(std::lround(radius_mm / g.spacing[d]));
+  return r;
 }
 
 LabelMap largest_component(const LabelMap& mask) {
-  auto components = itk::ConnectedComponentImageFilter<Mask, detail::ItkImage<std::uint32_t>>::New();
-  components->SetInput(detail::to_itk(mask));
-  components->SetFullyConnected(false);
-  auto relabel = itk::RelabelComponentImageFilter<detail::ItkImage<std::uint32_t>,
-                                                  detail::ItkImage<std::uint32_t>>::New();
-  relabel->SetInput(components->GetOutput());
-  relabel->Update();
-  const auto* labels = relabel->GetOutput()->GetBufferPointer();
+  const Components components = connected_components(mask, false);
+  std::vector<std::size_t> sizes(components.count + 1, 0);
+  for (auto label : components.labels) ++sizes[label];
+  sizes[0] = 0;
+  const auto largest = static_cast<std::uint32_t>(std::max_element(sizes.begin(), sizes.end()) - sizes.begin());
   LabelMap out(mask.geometry);
-  for (std::size_t i = 0; i < out.voxels.size(); ++i) out.voxels[i] = labels[i] == 1;
+  for (std::size_t i = 0; i < out.voxels.size(); ++i) out.voxels[i] = components.labels[i] == largest && largest;
   return out;
 }
 
@@ -82,7 +70,7 @@ Volume<T> resample(const Volume<T>& source, const Geometry& target, T outside) {
 }  // namespace
 
 Result<LabelMap> brain_mask(const Image& image, const BrainMaskOptions& options) {
-  auto otsu = itk::OtsuThresholdImageFilter<detail::ItkImage<float>, Mask>::New();
+  auto otsu = itk::OtsuThresholdImageFilter<detail::ItkImage<float>, detail::ItkImage<std::uint8_t>>::New();
   otsu->SetInput(detail::to_itk(image));
   otsu->Update();
   const float threshold = static_cast<float>(otsu->GetThreshold());
@@ -94,26 +82,12 @@ Result<LabelMap> brain_mask(const Image& image, const BrainMaskOptions& options)
   }
   if (count == 0) return make_error("brain mask: the image has no foreground (constant image?)");
 
-  const Kernel kernel = ball_mm(image.geometry, options.detach_radius_mm);
-  auto erode = itk::BinaryErodeImageFilter<Mask, Mask, Kernel>::New();
-  erode->SetInput(detail::to_itk(foreground));
-  erode->SetKernel(kernel);
-  erode->SetForegroundValue(1);
-  erode->SetBackgroundValue(0);
-  erode->Update();
-  LabelMap core = detail::from_itk(*erode->GetOutput());
+  const auto radius = radius_in_voxels(image.geometry, options.detach_radius_mm);
+  LabelMap core = erode(foreground, radius);
   if (std::none_of(core.voxels.begin(), core.voxels.end(), [](auto v) { return v != 0; })) {
     core = foreground;  // too thin to erode: keep the foreground's largest component
   }
-  core = largest_component(core);
-
-  auto dilate = itk::BinaryDilateImageFilter<Mask, Mask, Kernel>::New();
-  dilate->SetInput(detail::to_itk(core));
-  dilate->SetKernel(kernel);
-  dilate->SetForegroundValue(1);
-  dilate->SetBackgroundValue(0);
-  dilate->Update();
-  LabelMap mask = detail::from_itk(*dilate->GetOutput());
+  LabelMap mask = dilate(largest_component(core), radius);
   for (std::size_t i = 0; i < mask.voxels.size(); ++i) {
     mask.voxels[i] = mask.voxels[i] && foreground.voxels[i];
   }

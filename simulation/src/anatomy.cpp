@@ -164,6 +164,7 @@ Result<Anatomy> load_anatomy(const fs::path& dir) {
         const auto label = components.labels[i];
         if (label == 0 || sizes[label] < largest / 4) continue;
         ventricles.voxels[i] = 1;
+        a.ventricle_voxels.push_back(static_cast<std::uint32_t>(i));
         const auto p = a.grid.to_physical(x, y, z);
         for (int d = 0; d < 3; ++d) vent_sum[d] += p[d];
         ++vent_count;
@@ -199,6 +200,7 @@ LesionMaps make_lesion_maps(const Anatomy& a, const ClinicProfile& clinic, doubl
   LesionMaps maps;
   maps.wmh.assign(n, 0.0f);
   maps.lacune.assign(n, 0.0f);
+  maps.mimic.assign(n, 0.0f);
   std::uniform_real_distribution<double> uniform(0.0, 1.0);
   const std::array<double, 3> lo = g.to_physical(0, 0, 0);
   const std::array<double, 3> hi = g.to_physical(g.size[0] - 1.0, g.size[1] - 1.0, g.size[2] - 1.0);
@@ -305,6 +307,24 @@ LesionMaps make_lesion_maps(const Anatomy& a, const ClinicProfile& clinic, doubl
     }
   }
   for (float f : maps.wmh) maps.wmh_ml += f / 1000.0;
+
+  // Ependymal lining: a smooth 1-2.5 mm rim around the ventricles, patchy along its length.
+  const double rim_mm = 1.0 + 1.5 * uniform(rng);
+  for (std::size_t k = 0; k < shape.size(); ++k) {
+    const std::uint32_t i = a.periventricular_candidates[k];
+    const double d = a.ventricle_distance[i];
+    const double patchy = 0.5 + 0.5 * std::clamp(static_cast<double>(shape[k]) / 1.5, 0.0, 1.0);
+    maps.mimic[i] = static_cast<float>(std::clamp((rim_mm - d) / 1.0 + 0.5, 0.0, 1.0) * patchy);
+  }
+  // CSF flow artefacts: a few bright blobs inside the ventricles.
+  if (!a.ventricle_voxels.empty()) {
+    const int artefacts = 1 + static_cast<int>(uniform(rng) * 3);
+    for (int k = 0; k < artefacts; ++k) {
+      const auto centre = a.ventricle_voxels[static_cast<std::size_t>(uniform(rng) * a.ventricle_voxels.size())];
+      const double r = 1.5 + 2.0 * uniform(rng);
+      paint_blob(centre, {r, r * (0.7 + 0.6 * uniform(rng)), r * 0.8}, maps.mimic, false);
+    }
+  }
   return maps;
 }
 

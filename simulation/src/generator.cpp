@@ -74,12 +74,11 @@ struct SubjectTransform {
 };
 
 struct Sample {
-  double head = 0, csf = 0, gm = 0, wm = 0, wmh = 0, lacune = 0;
+  double head = 0, csf = 0, gm = 0, wm = 0, wmh = 0, lacune = 0, mimic = 0;
 };
 
 // Trilinear interpolation of the template and lesion maps at a continuous template index.
-Sample sample_template(const Anatomy& a, const std::vector<float>& wmh, const std::vector<float>& lacune,
-                       const std::array<double, 3>& idx) {
+Sample sample_template(const Anatomy& a, const LesionMaps& maps, const std::array<double, 3>& idx) {
   Sample s;
   const auto& n = a.grid.size;
   if (idx[0] < 0 || idx[1] < 0 || idx[2] < 0 || idx[0] >= n[0] - 1.0 || idx[1] >= n[1] - 1.0 ||
@@ -98,8 +97,9 @@ Sample sample_template(const Anatomy& a, const std::vector<float>& wmh, const st
     s.csf += w * c.csf;
     s.gm += w * c.gm;
     s.wm += w * c.wm;
-    s.wmh += w * wmh[i];
-    s.lacune += w * lacune[i];
+    s.wmh += w * maps.wmh[i];
+    s.lacune += w * maps.lacune[i];
+    s.mimic += w * maps.mimic[i];
   }
   return s;
 }
@@ -112,11 +112,14 @@ Geometry clinic_grid(const ClinicProfile& clinic, const std::array<double, 3>& c
   return g;
 }
 
-double signal(const TissueContrast& t, const Sample& s, double wmh_gain) {
+// Signal of a mixture of tissues, relative to white matter = 1, before the scanner.
+double signal(const TissueContrast& t, const Sample& s, double wmh_gain, double gm_gain) {
   const double brain = s.csf + s.gm + s.wm;
   const double lesion = std::min(s.wmh, s.wm);
   const double lacune = std::min(s.lacune, 1.0);
-  const double tissue = s.csf * t.csf + s.gm * t.gm + (s.wm - lesion) * t.wm + lesion * t.wmh * wmh_gain;
+  const double mimic = std::clamp(s.mimic, 0.0, 1.0);
+  const double normal = s.csf * t.csf + s.gm * t.gm * gm_gain + (s.wm - lesion) * t.wm;
+  const double tissue = (1.0 - mimic) * normal + mimic * (brain - lesion) * t.mimic + lesion * t.wmh * wmh_gain;
   const double in_brain = (1.0 - lacune) * tissue + lacune * brain * t.csf;
   return in_brain + std::max(0.0, 1.0 - brain) * s.head * t.head;
 }
@@ -124,7 +127,9 @@ double signal(const TissueContrast& t, const Sample& s, double wmh_gain) {
 nlohmann::json clinic_json(const ClinicProfile& c, Profile profile, std::uint64_t seed,
                            const std::vector<nlohmann::json>& subjects) {
   auto contrast = [](const TissueContrast& t) {
-    return nlohmann::json{{"csf", t.csf}, {"gm", t.gm}, {"wm", t.wm}, {"wmh", t.wmh}, {"non_brain_gain", t.head}};
+    return nlohmann::json{{"csf", t.csf},   {"gm", t.gm},
+                          {"wm", t.wm},     {"wmh", t.wmh},
+                          {"non_brain_gain", t.head}, {"unlabelled_hyperintensities", t.mimic}};
   };
   return {{"clinic", c.name},
           {"scanner", c.scanner},
@@ -138,6 +143,8 @@ nlohmann::json clinic_json(const ClinicProfile& c, Profile profile, std::uint64_
           {"rician_noise_fraction_of_wm", c.noise},
           {"bias_field_amplitude", c.bias},
           {"lesion_load_ml", {{"distribution", "lognormal"}, {"median", c.lesion_median_ml}, {"sigma", c.lesion_sigma}}},
+          {"lesion_contrast_spread", c.lesion_contrast_spread},
+          {"grey_matter_variation", c.grey_matter_variation},
           {"periventricular_share", c.periventricular_share},
           {"lacune_probability", c.lacune_probability},
           {"ventricle_enlargement_max", c.ventricle_enlargement_max},
@@ -193,6 +200,7 @@ SimulatedSubject simulate_subject(const Anatomy& a, const ClinicProfile& clinic,
   for (auto& w : t.warp) w = detail::LatticeNoise(box_lo, box_hi, 40.0, rng);
   t.warp_mm = 2.0;
   const detail::LatticeNoise lesion_texture(box_lo, box_hi, 6.0, rng);
+  const detail::LatticeNoise grey_texture(box_lo, box_hi, 15.0, rng);
 
   // The scanner's grid, centred on the head with a small positioning offset.
   std::array<double, 3> centre;
@@ -235,13 +243,14 @@ SimulatedSubject simulate_subject(const Anatomy& a, const ClinicProfile& clinic,
         const auto q = g.to_physical(x, y, z);
         const auto p = t.to_template(q);
         const double wmh_gain = 1.0 + clinic.lesion_contrast_spread * lesion_texture(p);
+        const double gm_gain = 1.0 + clinic.grey_matter_variation * grey_texture(p);
         Sample mean;
         double flair_signal = 0, t1_signal = 0;
         for (const auto& o : offsets) {
           const auto idx = a.grid.to_index({p[0] + o[0], p[1] + o[1], p[2] + o[2]});
-          const Sample s = sample_template(a, lesions.wmh, lesions.lacune, idx);
-          flair_signal += signal(clinic.flair, s, wmh_gain);
-          t1_signal += signal(clinic.t1, s, 1.0);
+          const Sample s = sample_template(a, lesions, idx);
+          flair_signal += signal(clinic.flair, s, wmh_gain, gm_gain);
+          t1_signal += signal(clinic.t1, s, 1.0, 1.0);
           mean.csf += s.csf;
           mean.gm += s.gm;
           mean.wm += s.wm;

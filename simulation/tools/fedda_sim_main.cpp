@@ -107,6 +107,8 @@ int main(int argc, char** argv) {
   add_evaluate(app, evaluate_args, rc);
   simulation::tools::add_generate(app, rc);
   simulation::tools::add_preview(app, rc);
+  simulation::tools::add_threshold_baseline(app, rc);
+  simulation::tools::add_centralized(app, rc);
 
   try {
     app.parse(argc, argv);

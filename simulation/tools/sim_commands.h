@@ -7,5 +7,7 @@ namespace fedda::simulation::tools {
 
 void add_generate(CLI::App& app, int& rc);
 void add_preview(CLI::App& app, int& rc);
+void add_threshold_baseline(CLI::App& app, int& rc);
+void add_centralized(CLI::App& app, int& rc);
 
 }  // namespace fedda::simulation::tools

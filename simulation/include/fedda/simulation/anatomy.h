@@ -28,6 +28,7 @@ struct Anatomy {
   std::vector<std::uint8_t> deep_preference;  // corona radiata / SLF: where deep WMH gather
   std::vector<std::uint32_t> periventricular_candidates;  // WM voxels within 20 mm of ventricles
   std::vector<std::uint32_t> deep_candidates;            // deep WM, 6 mm or more from them
+  std::vector<std::uint32_t> ventricle_voxels;
   std::array<double, 3> brain_centre{};      // physical, mm
   std::array<double, 3> ventricle_centre{};  // physical, mm
   double ventricle_ml = 0;
@@ -45,12 +46,16 @@ Result<Anatomy> load_anatomy(const std::filesystem::path& templates_dir);
 struct LesionMaps {
   std::vector<float> wmh;     // white matter hyperintensities, only inside white matter
   std::vector<float> lacune;  // a lacune or infarct (label 2), or all zero
+  // Bright on FLAIR but not WMH, so never labelled, as in real scans: a thin ependymal lining
+  // of the ventricles and CSF flow artefacts inside them.
+  std::vector<float> mimic;
   double wmh_ml = 0;          // sum of the WMH fractions in mL
   int deep_lesions = 0;
 };
 
 // Periventricular caps and bands whose thickness follows smooth noise, scaled so that they
-// hold `periventricular_share` of `target_ml`, plus irregular deep lesions for the rest.
+// hold `periventricular_share` of `target_ml`, plus irregular deep lesions for the rest; and
+// the unlabelled hyperintensities that mimic them.
 LesionMaps make_lesion_maps(const Anatomy& anatomy, const ClinicProfile& clinic, double target_ml,
                             bool with_lacune, std::mt19937_64& rng);
 

@@ -22,7 +22,8 @@ std::string profile_name(Profile profile);
 
 struct TissueContrast {
   double csf = 0, gm = 0, wm = 1, wmh = 0;
-  double head = 1;  // gain on the template's non-brain signal (scalp, fat, skull)
+  double head = 1;   // gain on the template's non-brain signal (scalp, fat, skull)
+  double mimic = 1;  // unlabelled hyperintensities: ependymal lining, CSF flow artefacts
 };
 
 struct ClinicProfile {
@@ -40,7 +41,8 @@ struct ClinicProfile {
   double flair_scale = 1, t1_scale = 1;     // intensity range
   double noise = 0;          // Rician sigma, as a fraction of the white-matter intensity
   double bias = 0;           // amplitude of the smooth multiplicative bias field
-  double lesion_contrast_spread = 0.15;  // lesion-to-lesion intensity variation (fraction)
+  double lesion_contrast_spread = 0.30;  // lesion-to-lesion intensity variation (fraction)
+  double grey_matter_variation = 0.10;   // regional grey-matter intensity variation (fraction)
 
   // Patient population: total WMH volume ~ lognormal(log(median), sigma), in mL.
   double lesion_median_ml = 0;

@@ -1,0 +1,106 @@
+#pragma once
+// The training engine every site agent runs, and the centralized reference, behind a
+// LibTorch-free interface: callers pass subjects, a configuration and file paths; models and
+// checkpoints are files. Scenarios of the seed paper:
+//   train_supervised  teacher / L-bound (source labels), U-bound (source + target labels)
+//   train_kd          student distilled from a teacher's soft labels at temperature T on the
+//                     union of source and (unlabelled) target scans (eq. 3 of the paper)
+//   train_ada         adversarial adaptation: discriminator on the segmenter's output,
+//                     source vs target, segmenter penalised by its success (weight warm-up)
+// "KD from an ADA teacher" is train_kd with an ADA model as teacher; "on the fly" is
+// train_kd / train_ada with a single target subject and the teacher fixed.
+// Functions are not re-entrant with respect to LibTorch's global thread setting; run one
+// training per process at a time.
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "fedda/common/result.h"
+#include "fedda/imaging/dataset.h"
+#include "fedda/imaging/metrics.h"
+#include "fedda/models/model_spec.h"
+
+namespace fedda::models {
+
+struct TrainConfig {
+  UNetSpec unet;                 // architecture of a new model
+  imaging::GridSpec grid;        // preprocessing grid of a new model
+  int epochs = 20;
+  int steps_per_epoch = 32;      // batches per epoch
+  int batch_size = 8;
+  double learning_rate = 1e-3;   // Adam
+  int decay_epoch = -1;          // lr *= decay_factor from this epoch on; -1: 3/8 of epochs (paper: 150 of 400)
+  double decay_factor = 0.1;
+  double lesion_slice_fraction = 0.5;  // share of sampled slices that contain (predicted) lesion
+  bool augment = true;           // left-right flips, intensity scale and shift
+  double temperature = 2.0;      // KD
+  std::string kd_init = "teacher";  // student starts from: teacher | random
+  double ada_weight = 0.1;       // ADA: adversarial weight after warm-up
+  int ada_warmup_epochs = 5;
+  std::uint64_t seed = 1;
+  std::string device = "cpu";    // cpu | cuda
+  int threads = 0;               // intra-op threads; 0 = LibTorch's default
+  std::filesystem::path checkpoint;  // if set: saved after every epoch, resumed from when present
+};
+
+struct EpochReport {
+  int epoch = 0;        // 1-based
+  double loss = 0;      // mean training loss of the epoch
+  double seconds = 0;
+  double slices_per_second = 0;
+};
+
+struct TrainReport {
+  std::vector<EpochReport> epochs;
+  double seconds = 0;
+  int resumed_from_epoch = 0;  // 0 when training started fresh
+};
+
+using ProgressFn = std::function<void(const EpochReport&)>;
+
+// Supervised training on labelled subjects (all must have labels). `role` is recorded in the
+// model file (teacher, lbound, ubound).
+Result<TrainReport> train_supervised(const std::vector<imaging::SubjectFiles>& labelled, const TrainConfig& config,
+                                     const std::filesystem::path& model_out, const std::string& role = "teacher",
+                                     const ProgressFn& progress = {});
+
+// Distillation: soft labels of `teacher` on every slice of `source` and `target` (their labels,
+// if any, are not used), student of the teacher's architecture.
+Result<TrainReport> train_kd(const std::filesystem::path& teacher, const std::vector<imaging::SubjectFiles>& source,
+                             const std::vector<imaging::SubjectFiles>& target, const TrainConfig& config,
+                             const std::filesystem::path& model_out, const ProgressFn& progress = {});
+
+// Adversarial adaptation from `initial` (a trained segmenter, or empty for a new one) with
+// labelled `source` and unlabelled `target`.
+Result<TrainReport> train_ada(const std::optional<std::filesystem::path>& initial,
+                              const std::vector<imaging::SubjectFiles>& source,
+                              const std::vector<imaging::SubjectFiles>& target, const TrainConfig& config,
+                              const std::filesystem::path& model_out, const ProgressFn& progress = {});
+
+struct SubjectScore {
+  std::string clinic;
+  std::string subject;
+  imaging::CaseMetrics metrics;
+};
+
+// Segments each labelled subject and scores it in its own geometry.
+Result<std::vector<SubjectScore>> evaluate_model(const std::filesystem::path& model,
+                                                 const std::vector<imaging::SubjectFiles>& subjects,
+                                                 const std::string& device = "cpu");
+
+// Segments one scan; the output has the FLAIR's exact geometry (0 background, 1 WMH).
+Status segment_scan(const std::filesystem::path& model, const std::filesystem::path& flair,
+                    const std::filesystem::path& t1, const std::filesystem::path& out,
+                    const std::string& device = "cpu");
+
+// Reads only a model file's spec; error names the file.
+Result<ModelSpec> read_model_spec(const std::filesystem::path& model);
+
+// Whether this LibTorch can run on `device` ("cpu", "cuda"); error says why not.
+Status check_device(const std::string& device);
+
+}  // namespace fedda::models

@@ -1,0 +1,100 @@
+#include "data.h"
+
+#include <algorithm>
+
+#include "fedda/imaging/nifti_io.h"
+
+namespace fedda::models {
+
+namespace {
+
+torch::Tensor image_tensor(const imaging::Image& image) {
+  const auto& n = image.geometry.size;
+  return torch::from_blob(const_cast<float*>(image.voxels.data()),
+                          {static_cast<int64_t>(n[2]), static_cast<int64_t>(n[1]), static_cast<int64_t>(n[0])},
+                          torch::kFloat32)
+      .clone();
+}
+
+}  // namespace
+
+Result<ScanSlices> load_scan(const imaging::SubjectFiles& files, const imaging::GridSpec& grid, bool with_labels) {
+  const std::string id = files.clinic + "/" + files.subject;
+  if (with_labels && !files.labels) return make_error(id + ": no labels (wmh.nii.gz) for a labelled role");
+  auto subject = imaging::read_subject(files.flair, files.t1, with_labels ? files.labels : std::nullopt);
+  if (!subject) return subject.error();
+  auto pre = imaging::preprocess(subject->flair, subject->t1, grid);
+  if (!pre) return make_error(id + ": " + pre.error().message);
+  ScanSlices s;
+  s.id = id;
+  s.original = pre->original;
+  s.grid = pre->grid;
+  s.images = torch::stack({image_tensor(pre->flair), image_tensor(pre->t1)}, 1).contiguous();
+  const auto& n = pre->grid.size;
+  const std::size_t plane = n[0] * n[1];
+  for (std::size_t z = 0; z < n[2]; ++z) {
+    const auto* m = &pre->mask.voxels[z * plane];
+    if (std::any_of(m, m + plane, [](auto v) { return v != 0; })) s.brain_slices.push_back(static_cast<int>(z));
+  }
+  if (s.brain_slices.empty()) return make_error(id + ": no brain found in " + files.flair.string());
+  if (with_labels) {
+    const auto labels = imaging::resample_labels(*subject->labels, pre->grid);
+    std::vector<int64_t> values(labels.voxels.begin(), labels.voxels.end());
+    s.labels = torch::tensor(values, torch::kInt64).reshape({static_cast<int64_t>(n[2]), static_cast<int64_t>(n[1]),
+                                                              static_cast<int64_t>(n[0])});
+    for (std::size_t z = 0; z < n[2]; ++z) {
+      const auto* l = &labels.voxels[z * plane];
+      if (std::any_of(l, l + plane, [](auto v) { return v == imaging::kWmh; })) s.lesion_slices.push_back(static_cast<int>(z));
+    }
+  }
+  return s;
+}
+
+Result<std::vector<ScanSlices>> load_scans(const std::vector<imaging::SubjectFiles>& files,
+                                           const imaging::GridSpec& grid, bool with_labels) {
+  std::vector<ScanSlices> out;
+  for (const auto& f : files) {
+    auto s = load_scan(f, grid, with_labels);
+    if (!s) return s.error();
+    out.push_back(std::move(*s));
+  }
+  return out;
+}
+
+Batch sample_batch(const std::vector<ScanSlices>& scans, int batch, double lesion_fraction, bool augment,
+                   std::mt19937_64& rng, const torch::Device& device) {
+  std::uniform_real_distribution<double> uniform(0.0, 1.0);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  std::vector<torch::Tensor> images, labels, soft;
+  const bool has_labels = scans.front().labels.defined();
+  const bool has_soft = scans.front().soft.defined();
+  for (int b = 0; b < batch; ++b) {
+    const auto& scan = scans[static_cast<std::size_t>(uniform(rng) * scans.size())];
+    const bool want_lesion = !scan.lesion_slices.empty() && uniform(rng) < lesion_fraction;
+    const auto& pool = want_lesion ? scan.lesion_slices : scan.brain_slices;
+    const int z = pool[static_cast<std::size_t>(uniform(rng) * pool.size())];
+    auto image = scan.images[z].clone();
+    torch::Tensor label = has_labels ? scan.labels[z] : torch::Tensor();
+    torch::Tensor p = has_soft ? scan.soft[z].to(torch::kFloat32) : torch::Tensor();
+    if (augment) {
+      if (uniform(rng) < 0.5) {
+        image = image.flip({2});
+        if (label.defined()) label = label.flip({1});
+        if (p.defined()) p = p.flip({1});
+      }
+      for (int c = 0; c < image.size(0); ++c) {
+        image[c].mul_(1.0 + 0.1 * normal(rng)).add_(0.1 * normal(rng));
+      }
+    }
+    images.push_back(image);
+    if (label.defined()) labels.push_back(label);
+    if (p.defined()) soft.push_back(torch::stack({1 - p, p}, 0));
+  }
+  Batch out;
+  out.images = torch::stack(images).to(device);
+  if (!labels.empty()) out.labels = torch::stack(labels).to(device);
+  if (!soft.empty()) out.soft = torch::stack(soft).to(device);
+  return out;
+}
+
+}  // namespace fedda::models

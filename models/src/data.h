@@ -1,0 +1,46 @@
+#pragma once
+// Scans as slices on the model grid, slice sampling and augmentation (private; LibTorch
+// inside). All randomness comes from the caller's generator, so an epoch seeded from
+// (seed, epoch) replays exactly.
+
+#include <random>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "fedda/common/result.h"
+#include "fedda/imaging/dataset.h"
+#include "fedda/imaging/preprocess.h"
+
+namespace fedda::models {
+
+struct ScanSlices {
+  std::string id;                // clinic/subject, for messages
+  torch::Tensor images;          // [S, 2, H, W] float32: z-scored FLAIR, T1 on the model grid
+  torch::Tensor labels;          // [S, H, W] int64 in {0, 1, 2}; undefined when unlabelled
+  torch::Tensor soft;            // [S, H, W] float16 teacher's tempered p(WMH); undefined if none
+  std::vector<int> brain_slices;   // slices holding brain
+  std::vector<int> lesion_slices;  // slices with (labelled, else teacher-predicted) WMH
+  imaging::Geometry original;
+  imaging::Geometry grid;
+};
+
+// Reads, validates and preprocesses one subject; labels are resampled (nearest) to the grid.
+Result<ScanSlices> load_scan(const imaging::SubjectFiles& files, const imaging::GridSpec& grid, bool with_labels);
+Result<std::vector<ScanSlices>> load_scans(const std::vector<imaging::SubjectFiles>& files,
+                                           const imaging::GridSpec& grid, bool with_labels);
+
+struct Batch {
+  torch::Tensor images;  // [B, 2, H, W]
+  torch::Tensor labels;  // [B, H, W] int64 or undefined
+  torch::Tensor soft;    // [B, 2, H, W] float32 tempered teacher posteriors, or undefined
+};
+
+// Draws `batch` slices: a `lesion_fraction` share from slices with lesions, the rest from
+// brain slices; flips left-right and jitters intensities when `augment`. Soft labels and
+// labels get the same geometric transform as the images (intensity jitter touches images only).
+Batch sample_batch(const std::vector<ScanSlices>& scans, int batch, double lesion_fraction, bool augment,
+                   std::mt19937_64& rng, const torch::Device& device);
+
+}  // namespace fedda::models

@@ -1,0 +1,329 @@
+#include "fedda/models/engine.h"
+
+#include <chrono>
+#include <cstring>
+
+#include "data.h"
+#include "fedda/common/log.h"
+#include "fedda/imaging/nifti_io.h"
+#include "losses.h"
+#include "model_io.h"
+
+namespace fedda::models {
+namespace fs = std::filesystem;
+using imaging::SubjectFiles;
+
+namespace {
+
+std::uint64_t mix(std::uint64_t a, std::uint64_t b) {
+  std::uint64_t x = a ^ (b + 0x9e3779b97f4a7c15ULL + (a << 6) + (a >> 2));
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+Result<torch::Device> prepare(const TrainConfig& c) {
+  auto device = parse_device(c.device);
+  if (!device) return device.error();
+  if (c.threads > 0) torch::set_num_threads(c.threads);
+  torch::manual_seed(c.seed);
+  if (c.epochs < 1 || c.steps_per_epoch < 1 || c.batch_size < 1) {
+    return make_error("epochs, steps per epoch and batch size must be at least 1");
+  }
+  return *device;
+}
+
+double learning_rate_at(const TrainConfig& c, int epoch) {
+  const int decay = c.decay_epoch >= 0 ? c.decay_epoch : std::max(1, c.epochs * 3 / 8);
+  return epoch > decay ? c.learning_rate * c.decay_factor : c.learning_rate;
+}
+
+void set_learning_rate(torch::optim::Adam& optimizer, double lr) {
+  for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
+}
+
+// Probability of WMH for every slice of a scan, on the model grid.
+torch::Tensor predict(UNet& net, const torch::Tensor& images, const torch::Device& device, double temperature = 1.0) {
+  torch::InferenceMode guard;
+  net->eval();
+  std::vector<torch::Tensor> parts;
+  const int64_t slices = images.size(0);
+  for (int64_t i = 0; i < slices; i += 16) {
+    const auto logits = net->forward(images.slice(0, i, std::min(slices, i + 16)).to(device));
+    parts.push_back(tempered_softmax(logits, temperature).select(1, 1).to(torch::kCPU));
+  }
+  return torch::cat(parts).contiguous();
+}
+
+imaging::Image to_image(const torch::Tensor& probability, const imaging::Geometry& grid) {
+  imaging::Image image(grid);
+  std::memcpy(image.voxels.data(), probability.data_ptr<float>(), image.voxels.size() * sizeof(float));
+  return image;
+}
+
+// Soft labels at temperature T, cached in half precision; slices the teacher calls lesion
+// (p > 0.5 anywhere, the same at any T) become the scan's lesion slices for sampling.
+void attach_soft_labels(UNet& teacher, std::vector<ScanSlices>& scans, double temperature, const torch::Device& device) {
+  for (auto& scan : scans) {
+    const auto p = predict(teacher, scan.images, device, temperature);
+    scan.soft = p.to(torch::kFloat16);
+    scan.lesion_slices.clear();
+    const auto has_lesion = (p > 0.5).flatten(1).any(1);
+    for (int64_t z = 0; z < has_lesion.size(0); ++z) {
+      if (has_lesion[z].item<bool>()) scan.lesion_slices.push_back(static_cast<int>(z));
+    }
+    scan.labels = torch::Tensor();
+  }
+}
+
+using StepFn = std::function<double(std::mt19937_64& rng, int epoch)>;
+
+struct Trainee {
+  ModelSpec spec;
+  UNet net{nullptr};
+  torch::optim::Adam* optimizer = nullptr;
+  Discriminator* discriminator = nullptr;
+  torch::optim::Adam* discriminator_optimizer = nullptr;
+};
+
+Result<TrainReport> run_epochs(const TrainConfig& c, Trainee& t, const StepFn& step, const fs::path& model_out,
+                               const ProgressFn& progress) {
+  auto log = log::get("engine");
+  TrainReport report;
+  const auto start = std::chrono::steady_clock::now();
+  int first = 1;
+  std::error_code ec;
+  if (!c.checkpoint.empty() && fs::exists(c.checkpoint, ec)) {
+    auto resumed = load_checkpoint(c.checkpoint, t.net, *t.optimizer, t.discriminator, t.discriminator_optimizer);
+    if (!resumed) return resumed.error();
+    first = resumed->finished_epochs + 1;
+    report.resumed_from_epoch = resumed->finished_epochs;
+    log->info("resuming from {} after epoch {}", c.checkpoint.string(), resumed->finished_epochs);
+  }
+  for (int epoch = first; epoch <= c.epochs; ++epoch) {
+    const auto epoch_start = std::chrono::steady_clock::now();
+    set_learning_rate(*t.optimizer, learning_rate_at(c, epoch));
+    std::mt19937_64 rng(mix(c.seed, static_cast<std::uint64_t>(epoch)));
+    torch::manual_seed(mix(c.seed ^ 0x5eed, static_cast<std::uint64_t>(epoch)));
+    t.net->train();
+    double loss = 0;
+    for (int s = 0; s < c.steps_per_epoch; ++s) {
+      const double l = step(rng, epoch);
+      if (!std::isfinite(l)) return make_error("training diverged (loss is " + std::to_string(l) + ") in epoch " + std::to_string(epoch));
+      loss += l;
+    }
+    EpochReport e;
+    e.epoch = epoch;
+    e.loss = loss / c.steps_per_epoch;
+    e.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_start).count();
+    e.slices_per_second = c.steps_per_epoch * c.batch_size / std::max(e.seconds, 1e-9);
+    report.epochs.push_back(e);
+    if (progress) progress(e);
+    if (!c.checkpoint.empty()) {
+      if (auto st = save_checkpoint(c.checkpoint, t.spec, t.net, *t.optimizer, epoch, t.discriminator,
+                                    t.discriminator_optimizer);
+          !st) {
+        return st.error();
+      }
+    }
+  }
+  t.net->eval();
+  if (auto st = save_model(model_out, t.spec, t.net); !st) return st.error();
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return report;
+}
+
+Result<ModelSpec> new_spec(const TrainConfig& c, const std::string& role) {
+  ModelSpec spec;
+  spec.unet = c.unet;
+  spec.grid = c.grid;
+  spec.role = role;
+  if (auto st = validate(spec); !st) return make_error("model configuration: " + st.error().message);
+  return spec;
+}
+
+}  // namespace
+
+Status check_device(const std::string& device) {
+  auto d = parse_device(device);
+  if (!d) return d.error();
+  return Status::success();
+}
+
+Result<ModelSpec> read_model_spec(const fs::path& model) {
+  auto m = load_model(model, torch::kCPU);
+  if (!m) return m.error();
+  return m->spec;
+}
+
+Result<TrainReport> train_supervised(const std::vector<SubjectFiles>& labelled, const TrainConfig& c,
+                                     const fs::path& model_out, const std::string& role, const ProgressFn& progress) {
+  auto device = prepare(c);
+  if (!device) return device.error();
+  if (labelled.empty()) return make_error("no labelled subjects to train on");
+  auto spec = new_spec(c, role);
+  if (!spec) return spec.error();
+  auto scans = load_scans(labelled, spec->grid, true);
+  if (!scans) return scans.error();
+
+  Trainee t;
+  t.spec = *spec;
+  t.net = UNet(spec->unet);
+  t.net->to(*device);
+  torch::optim::Adam optimizer(t.net->parameters(), torch::optim::AdamOptions(c.learning_rate));
+  t.optimizer = &optimizer;
+  const auto step = [&](std::mt19937_64& rng, int) {
+    const Batch b = sample_batch(*scans, c.batch_size, c.lesion_slice_fraction, c.augment, rng, *device);
+    optimizer.zero_grad();
+    const auto loss = supervised_loss(t.net->forward(b.images), b.labels);
+    loss.backward();
+    optimizer.step();
+    return loss.item<double>();
+  };
+  return run_epochs(c, t, step, model_out, progress);
+}
+
+Result<TrainReport> train_kd(const fs::path& teacher_path, const std::vector<SubjectFiles>& source,
+                             const std::vector<SubjectFiles>& target, const TrainConfig& c, const fs::path& model_out,
+                             const ProgressFn& progress) {
+  auto device = prepare(c);
+  if (!device) return device.error();
+  if (c.kd_init != "teacher" && c.kd_init != "random") return make_error("kd_init must be teacher or random");
+  auto teacher = load_model(teacher_path, *device);
+  if (!teacher) return teacher.error();
+  std::vector<SubjectFiles> all = source;
+  all.insert(all.end(), target.begin(), target.end());
+  if (all.empty()) return make_error("no subjects to distil on");
+  auto scans = load_scans(all, teacher->spec.grid, false);
+  if (!scans) return scans.error();
+  attach_soft_labels(teacher->net, *scans, c.temperature, *device);
+
+  Trainee t;
+  t.spec = teacher->spec;
+  t.spec.role = "student";
+  if (c.kd_init == "teacher") {
+    auto copy = load_model(teacher_path, *device);
+    if (!copy) return copy.error();
+    t.net = copy->net;
+  } else {
+    t.net = UNet(t.spec.unet);
+    t.net->to(*device);
+  }
+  torch::optim::Adam optimizer(t.net->parameters(), torch::optim::AdamOptions(c.learning_rate));
+  t.optimizer = &optimizer;
+  const auto step = [&](std::mt19937_64& rng, int) {
+    const Batch b = sample_batch(*scans, c.batch_size, c.lesion_slice_fraction, c.augment, rng, *device);
+    optimizer.zero_grad();
+    const auto loss = distillation_loss(t.net->forward(b.images), b.soft, c.temperature);
+    loss.backward();
+    optimizer.step();
+    return loss.item<double>();
+  };
+  return run_epochs(c, t, step, model_out, progress);
+}
+
+Result<TrainReport> train_ada(const std::optional<fs::path>& initial, const std::vector<SubjectFiles>& source,
+                              const std::vector<SubjectFiles>& target, const TrainConfig& c, const fs::path& model_out,
+                              const ProgressFn& progress) {
+  auto device = prepare(c);
+  if (!device) return device.error();
+  if (source.empty() || target.empty()) return make_error("ADA needs labelled source and unlabelled target subjects");
+  Trainee t;
+  if (initial) {
+    auto m = load_model(*initial, *device);
+    if (!m) return m.error();
+    t.spec = m->spec;
+    t.net = m->net;
+  } else {
+    auto spec = new_spec(c, "ada");
+    if (!spec) return spec.error();
+    t.spec = *spec;
+    t.net = UNet(spec->unet);
+    t.net->to(*device);
+  }
+  t.spec.role = "ada";
+  auto source_scans = load_scans(source, t.spec.grid, true);
+  if (!source_scans) return source_scans.error();
+  auto target_scans = load_scans(target, t.spec.grid, false);
+  if (!target_scans) return target_scans.error();
+
+  Discriminator discriminator(t.spec.unet.classes);
+  discriminator->to(*device);
+  torch::optim::Adam optimizer(t.net->parameters(), torch::optim::AdamOptions(c.learning_rate));
+  torch::optim::Adam discriminator_optimizer(discriminator->parameters(), torch::optim::AdamOptions(c.learning_rate));
+  t.optimizer = &optimizer;
+  t.discriminator = &discriminator;
+  t.discriminator_optimizer = &discriminator_optimizer;
+  const auto is_source = [&](int64_t n) { return torch::zeros({n}, torch::TensorOptions(torch::kInt64).device(*device)); };
+  const auto is_target = [&](int64_t n) { return torch::ones({n}, torch::TensorOptions(torch::kInt64).device(*device)); };
+  const auto step = [&](std::mt19937_64& rng, int epoch) {
+    const double weight =
+        c.ada_weight * std::min(1.0, (epoch - 1) / static_cast<double>(std::max(1, c.ada_warmup_epochs)));
+    const Batch s = sample_batch(*source_scans, c.batch_size, c.lesion_slice_fraction, c.augment, rng, *device);
+    const Batch tg = sample_batch(*target_scans, c.batch_size, 0.0, c.augment, rng, *device);
+    discriminator->train();
+    const auto source_logits = t.net->forward(s.images);
+    const auto target_logits = t.net->forward(tg.images);
+    const auto source_out = torch::softmax(source_logits, 1);
+    const auto target_out = torch::softmax(target_logits, 1);
+    // Discriminator: tell source from target on the segmenter's output.
+    discriminator_optimizer.zero_grad();
+    const auto d_loss =
+        torch::nn::functional::cross_entropy(discriminator->forward(source_out.detach()), is_source(c.batch_size)) +
+        torch::nn::functional::cross_entropy(discriminator->forward(target_out.detach()), is_target(c.batch_size));
+    d_loss.backward();
+    discriminator_optimizer.step();
+    // Segmenter: supervised on source, and make target outputs pass for source.
+    optimizer.zero_grad();
+    auto loss = supervised_loss(source_logits, s.labels);
+    if (weight > 0) {
+      loss = loss + weight * torch::nn::functional::cross_entropy(discriminator->forward(target_out),
+                                                                  is_source(c.batch_size));
+    }
+    loss.backward();
+    optimizer.step();
+    return loss.item<double>();
+  };
+  return run_epochs(c, t, step, model_out, progress);
+}
+
+Result<std::vector<SubjectScore>> evaluate_model(const fs::path& model, const std::vector<SubjectFiles>& subjects,
+                                                 const std::string& device_name) {
+  auto device = parse_device(device_name);
+  if (!device) return device.error();
+  auto m = load_model(model, *device);
+  if (!m) return m.error();
+  std::vector<SubjectScore> scores;
+  for (const auto& s : subjects) {
+    if (!s.labels) return make_error(s.clinic + "/" + s.subject + ": no labels to evaluate against");
+    auto scan = load_scan(s, m->spec.grid, false);
+    if (!scan) return scan.error();
+    const auto p = predict(m->net, scan->images, *device);
+    const auto prediction = imaging::restore_segmentation(to_image(p, scan->grid), scan->original);
+    auto truth = imaging::read_label_map(*s.labels);
+    if (!truth) return truth.error();
+    auto metrics = imaging::evaluate_case(*truth, prediction);
+    if (!metrics) return make_error(s.clinic + "/" + s.subject + ": " + metrics.error().message);
+    scores.push_back({s.clinic, s.subject, *metrics});
+  }
+  return scores;
+}
+
+Status segment_scan(const fs::path& model, const fs::path& flair, const fs::path& t1, const fs::path& out,
+                    const std::string& device_name) {
+  auto device = parse_device(device_name);
+  if (!device) return device.error();
+  auto m = load_model(model, *device);
+  if (!m) return m.error();
+  SubjectFiles files;
+  files.clinic = "scan";
+  files.subject = flair.filename().string();
+  files.flair = flair;
+  files.t1 = t1;
+  auto scan = load_scan(files, m->spec.grid, false);
+  if (!scan) return scan.error();
+  const auto p = predict(m->net, scan->images, *device);
+  return imaging::write_label_map(out, imaging::restore_segmentation(to_image(p, scan->grid), scan->original));
+}
+
+}  // namespace fedda::models

@@ -1,0 +1,24 @@
+#pragma once
+// Losses of the seed paper (private; LibTorch inside).
+
+#include <torch/torch.h>
+
+namespace fedda::models {
+
+// Label value excluded from the supervised loss: "other pathology" of the WMH challenge.
+inline constexpr int64_t kIgnoreLabel = 2;
+
+// Cross-entropy over voxels, ignoring label 2. logits [N, C, H, W], labels [N, H, W] int64.
+torch::Tensor supervised_loss(const torch::Tensor& logits, const torch::Tensor& labels);
+
+// Hinton's distillation loss: T^2 * KL(softmax(teacher / T) || softmax(student / T)),
+// averaged over voxels. `teacher_soft` holds the teacher's tempered posteriors [N, C, H, W].
+// Zero when the student's tempered posteriors equal the teacher's; its gradient with respect
+// to the student logits is T * (softmax(student / T) - teacher_soft) / voxels.
+torch::Tensor distillation_loss(const torch::Tensor& student_logits, const torch::Tensor& teacher_soft,
+                                double temperature);
+
+// Tempered posteriors softmax(logits / T) over the class dimension.
+torch::Tensor tempered_softmax(const torch::Tensor& logits, double temperature);
+
+}  // namespace fedda::models

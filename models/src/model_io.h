@@ -1,0 +1,36 @@
+#pragma once
+// Model and checkpoint files (private; LibTorch inside). Writes go through a temporary name.
+
+#include <filesystem>
+
+#include <torch/torch.h>
+
+#include "fedda/common/result.h"
+#include "fedda/models/model_spec.h"
+#include "networks.h"
+
+namespace fedda::models {
+
+struct LoadedModel {
+  ModelSpec spec;
+  UNet net{nullptr};
+};
+
+Status save_model(const std::filesystem::path& path, const ModelSpec& spec, UNet& net);
+Result<LoadedModel> load_model(const std::filesystem::path& path, const torch::Device& device);
+
+// Training state: model, optimizer and the number of finished epochs (plus a discriminator
+// and its optimizer for ADA).
+struct Checkpoint {
+  int finished_epochs = 0;
+};
+Status save_checkpoint(const std::filesystem::path& path, const ModelSpec& spec, UNet& net,
+                       torch::optim::Optimizer& optimizer, int finished_epochs, Discriminator* discriminator = nullptr,
+                       torch::optim::Optimizer* discriminator_optimizer = nullptr);
+Result<Checkpoint> load_checkpoint(const std::filesystem::path& path, UNet& net, torch::optim::Optimizer& optimizer,
+                                   Discriminator* discriminator = nullptr,
+                                   torch::optim::Optimizer* discriminator_optimizer = nullptr);
+
+Result<torch::Device> parse_device(const std::string& device);
+
+}  // namespace fedda::models

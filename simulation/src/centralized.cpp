@@ -1,0 +1,172 @@
+#include "fedda/simulation/centralized.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "fedda/common/files.h"
+#include "fedda/common/log.h"
+#include "fedda/imaging/dataset.h"
+
+namespace fedda::simulation {
+namespace fs = std::filesystem;
+using imaging::SubjectFiles;
+
+namespace {
+
+std::string csv_number(double v) {
+  if (!std::isfinite(v)) return "";
+  std::ostringstream s;
+  s.precision(6);
+  s << v;
+  return s.str();
+}
+
+struct Curve {
+  std::ostringstream csv;
+  Curve() { csv << "stage,epoch,loss,seconds,slices_per_second\n"; }
+  models::ProgressFn recorder(const std::string& stage) {
+    return [this, stage](const models::EpochReport& e) {
+      csv << stage << "," << e.epoch << "," << e.loss << "," << e.seconds << "," << e.slices_per_second << "\n";
+      log::get("centralized")
+          ->info("{} epoch {}: loss {:.4f}, {:.1f} s, {:.1f} slices/s", stage, e.epoch, e.loss, e.seconds,
+                 e.slices_per_second);
+    };
+  }
+};
+
+Result<std::vector<SubjectFiles>> labelled_clinic(const fs::path& data, const std::string& clinic) {
+  auto subjects = imaging::find_clinic_subjects(data, clinic);
+  if (!subjects) return subjects.error();
+  for (const auto& s : *subjects) {
+    if (!s.labels) return make_error(clinic + "/" + s.subject + ": no wmh.nii.gz, but the source clinic must be labelled");
+  }
+  return subjects;
+}
+
+Status train_or_reuse(const fs::path& path, const std::function<Result<models::TrainReport>()>& train) {
+  std::error_code ec;
+  if (fs::exists(path, ec)) {
+    auto spec = models::read_model_spec(path);
+    if (spec) {
+      log::get("centralized")->info("reusing {}", path.string());
+      return Status::success();
+    }
+    log::get("centralized")->warn("{}; training it again", spec.error().message);
+  }
+  auto report = train();
+  if (!report) return report.error();
+  return Status::success();
+}
+
+}  // namespace
+
+std::pair<std::vector<SubjectFiles>, std::vector<SubjectFiles>> split_fold(const std::vector<SubjectFiles>& target,
+                                                                          int fold) {
+  const std::size_t half = target.size() / 2;
+  std::vector<SubjectFiles> first(target.begin(), target.begin() + half), second(target.begin() + half, target.end());
+  return fold == 0 ? std::make_pair(first, second) : std::make_pair(second, first);
+}
+
+Result<CentralizedResult> run_centralized(const CentralizedOptions& o) {
+  const auto start = std::chrono::steady_clock::now();
+  const auto& methods = centralized_methods();
+  if (std::find(methods.begin(), methods.end(), o.method) == methods.end()) {
+    return make_error("unknown method '" + o.method + "' (choose lbound, ubound, ada, kd, kd-from-ada, otf-kd or otf-ada)");
+  }
+  if (o.fold != 0 && o.fold != 1) return make_error("fold must be 0 or 1");
+  const bool in_domain = o.source == o.target;
+  if (in_domain && o.method != "lbound") {
+    return make_error("source and target must differ (except for lbound, the in-domain teacher reference)");
+  }
+  auto source = labelled_clinic(o.data, o.source);
+  if (!source) return source.error();
+  auto target = labelled_clinic(o.data, o.target);  // test subjects need labels to be scored
+  if (!target) return target.error();
+  if (target->size() < 2) return make_error(o.target + ": needs at least 2 subjects to split into folds");
+  const auto [adapt, test] = split_fold(*target, o.fold);
+  // In domain, the teacher learns from the fold's first half and is tested on the other.
+  if (in_domain) *source = adapt;
+
+  Curve curve;
+  const fs::path teacher = o.out / "teacher.pt";
+  if (auto st = train_or_reuse(teacher, [&] {
+        return models::train_supervised(*source, o.teacher, teacher, "teacher", curve.recorder("teacher"));
+      });
+      !st) {
+    return st.error();
+  }
+
+  CentralizedResult result;
+  auto score = [&](const fs::path& model, const std::vector<SubjectFiles>& subjects) -> Status {
+    auto scores = models::evaluate_model(model, subjects, o.adaptation.device);
+    if (!scores) return scores.error();
+    for (const auto& s : *scores) result.rows.push_back({s.subject, s.metrics});
+    return Status::success();
+  };
+  const fs::path model = o.out / "model.pt";
+  Status st;
+  if (o.method == "lbound") {
+    st = files::write_atomically(model, *files::read_all(teacher));
+    if (st) st = score(model, test);
+  } else if (o.method == "ubound") {
+    std::vector<SubjectFiles> labelled = *source;
+    labelled.insert(labelled.end(), adapt.begin(), adapt.end());
+    auto r = models::train_supervised(labelled, o.adaptation, model, "ubound", curve.recorder("ubound"));
+    st = r ? score(model, test) : Status(r.error());
+  } else if (o.method == "kd") {
+    auto r = models::train_kd(teacher, *source, adapt, o.adaptation, model, curve.recorder("kd"));
+    st = r ? score(model, test) : Status(r.error());
+  } else if (o.method == "ada") {
+    auto r = models::train_ada(teacher, *source, adapt, o.adaptation, model, curve.recorder("ada"));
+    st = r ? score(model, test) : Status(r.error());
+  } else if (o.method == "kd-from-ada") {
+    const fs::path ada = o.out / "ada-teacher.pt";
+    st = train_or_reuse(ada, [&] { return models::train_ada(teacher, *source, adapt, o.adaptation, ada, curve.recorder("ada")); });
+    if (st) {
+      auto r = models::train_kd(ada, *source, adapt, o.adaptation, model, curve.recorder("kd"));
+      st = r ? score(model, test) : Status(r.error());
+    }
+  } else {  // on the fly: one adaptation per test subject
+    for (const auto& subject : test) {
+      const fs::path per_subject = o.out / "otf" / (subject.subject + ".pt");
+      auto r = o.method == "otf-kd"
+                   ? models::train_kd(teacher, *source, {subject}, o.adaptation, per_subject, curve.recorder("kd-" + subject.subject))
+                   : models::train_ada(teacher, *source, {subject}, o.adaptation, per_subject,
+                                       curve.recorder("ada-" + subject.subject));
+      st = r ? score(per_subject, {subject}) : Status(r.error());
+      if (!st) break;
+    }
+  }
+  if (!st) return st.error();
+
+  std::ostringstream csv;
+  csv << "source,target,fold,method,mode,subject,dsc,h95,avd,recall,f1\n";
+  double dsc_sum = 0;
+  int dsc_count = 0;
+  for (const auto& r : result.rows) {
+    const auto& m = r.metrics;
+    csv << o.source << "," << o.target << "," << o.fold << "," << o.method << ",centralized," << r.subject << ","
+        << csv_number(m.dsc) << "," << csv_number(m.h95) << "," << csv_number(m.avd) << "," << csv_number(m.recall)
+        << "," << csv_number(m.f1) << "\n";
+    if (std::isfinite(m.dsc)) {
+      dsc_sum += m.dsc;
+      ++dsc_count;
+    }
+  }
+  result.mean_dsc = dsc_count ? dsc_sum / dsc_count : std::nan("");
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  nlohmann::json summary = {{"source", o.source}, {"target", o.target}, {"fold", o.fold},
+                            {"method", o.method}, {"mode", "centralized"},
+                            {"subjects", result.rows.size()}, {"seconds", result.seconds},
+                            {"mean_dsc", dsc_count ? nlohmann::json(result.mean_dsc) : nlohmann::json()}};
+  if (auto w = files::write_atomically(o.out / "results.csv", csv.str()); !w) return w.error();
+  if (auto w = files::write_atomically(o.out / "curve.csv", curve.csv.str()); !w) return w.error();
+  if (auto w = files::write_atomically(o.out / "summary.json", summary.dump(2) + "\n"); !w) return w.error();
+  return result;
+}
+
+}  // namespace fedda::simulation

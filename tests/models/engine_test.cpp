@@ -1,0 +1,153 @@
+// The training engine through its LibTorch-free interface, on simulated smoke data.
+#include "fedda/models/engine.h"
+
+#include <gtest/gtest.h>
+
+#include "fedda/common/files.h"
+#include "fedda/imaging/nifti_io.h"
+#include "fedda/simulation/generator.h"
+#include "support/test_support.h"
+
+namespace fedda::models {
+namespace {
+
+namespace fs = std::filesystem;
+using imaging::SubjectFiles;
+
+class Engine : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    data_ = new testing::ScratchDir();
+    simulation::GenerateOptions o;
+    o.profile = simulation::Profile::kSmoke;
+    o.subjects = 2;
+    o.clinics = {"utrecht", "singapore"};
+    o.out = data_->path();
+    auto generated = simulation::generate(o);
+    ASSERT_TRUE(generated) << generated.error().message;
+  }
+  static void TearDownTestSuite() {
+    delete data_;
+    data_ = nullptr;
+  }
+  static std::vector<SubjectFiles> clinic(const std::string& name) {
+    return imaging::find_clinic_subjects(data_->path(), name).value();
+  }
+  static TrainConfig tiny() {
+    TrainConfig c;
+    c.unet.width = 4;
+    c.unet.depth = 2;
+    c.grid.in_plane_size = {64, 64};
+    c.grid.in_plane_spacing = {3.0, 3.0};
+    c.epochs = 2;
+    c.steps_per_epoch = 2;
+    c.batch_size = 2;
+    c.threads = 2;
+    c.seed = 5;
+    return c;
+  }
+  testing::ScratchDir dir_;
+
+ private:
+  static testing::ScratchDir* data_;
+};
+testing::ScratchDir* Engine::data_ = nullptr;
+
+TEST_F(Engine, SameSeedGivesTheSameWeights) {
+  auto c = tiny();
+  ASSERT_TRUE(train_supervised(clinic("utrecht"), c, dir_ / "a.pt"));
+  ASSERT_TRUE(train_supervised(clinic("utrecht"), c, dir_ / "b.pt"));
+  c.seed = 6;
+  ASSERT_TRUE(train_supervised(clinic("utrecht"), c, dir_ / "c.pt"));
+  // Compared as bytes (printing them on failure would be useless).
+  EXPECT_TRUE(*files::read_all(dir_ / "a.pt") == *files::read_all(dir_ / "b.pt"));
+  EXPECT_FALSE(*files::read_all(dir_ / "a.pt") == *files::read_all(dir_ / "c.pt"));
+}
+
+TEST_F(Engine, ResumingFromACheckpointIsExact) {
+  auto c = tiny();
+  c.epochs = 3;
+  c.checkpoint = dir_ / "straight.ckpt";
+  auto straight = train_supervised(clinic("utrecht"), c, dir_ / "straight.pt");
+  ASSERT_TRUE(straight) << straight.error().message;
+  EXPECT_EQ(straight->epochs.size(), 3u);
+
+  c.checkpoint = dir_ / "interrupted.ckpt";
+  c.epochs = 1;
+  ASSERT_TRUE(train_supervised(clinic("utrecht"), c, dir_ / "partial.pt"));
+  c.epochs = 3;
+  auto resumed = train_supervised(clinic("utrecht"), c, dir_ / "resumed.pt");
+  ASSERT_TRUE(resumed) << resumed.error().message;
+  EXPECT_EQ(resumed->resumed_from_epoch, 1);
+  EXPECT_EQ(resumed->epochs.size(), 2u);
+  EXPECT_TRUE(*files::read_all(dir_ / "straight.pt") == *files::read_all(dir_ / "resumed.pt"));
+}
+
+TEST_F(Engine, DistillationAndAdversarialAdaptationProduceScorableModels) {
+  auto c = tiny();
+  ASSERT_TRUE(train_supervised(clinic("utrecht"), c, dir_ / "teacher.pt"));
+  auto kd = train_kd(dir_ / "teacher.pt", clinic("utrecht"), clinic("singapore"), c, dir_ / "kd.pt");
+  ASSERT_TRUE(kd) << kd.error().message;
+  auto ada = train_ada(dir_ / "teacher.pt", clinic("utrecht"), clinic("singapore"), c, dir_ / "ada.pt");
+  ASSERT_TRUE(ada) << ada.error().message;
+  EXPECT_EQ(read_model_spec(dir_ / "kd.pt")->role, "student");
+  EXPECT_EQ(read_model_spec(dir_ / "ada.pt")->role, "ada");
+  auto scores = evaluate_model(dir_ / "kd.pt", clinic("singapore"));
+  ASSERT_TRUE(scores) << scores.error().message;
+  ASSERT_EQ(scores->size(), 2u);
+  for (const auto& s : *scores) {
+    EXPECT_GE(s.metrics.recall, 0.0);
+    EXPECT_LE(s.metrics.recall, 1.0);
+  }
+}
+
+TEST_F(Engine, SegmentKeepsAnObliqueAnisotropicScansGeometry) {
+  auto c = tiny();
+  c.epochs = 1;
+  ASSERT_TRUE(train_supervised(clinic("utrecht"), c, dir_ / "m.pt"));
+  const auto s = clinic("singapore").front();
+  auto subject = imaging::read_subject(s.flair, s.t1, std::nullopt);
+  ASSERT_TRUE(subject);
+  const auto oblique = testing::oblique_geometry(subject->flair.geometry.size[0], subject->flair.geometry.size[1],
+                                                 subject->flair.geometry.size[2]);
+  subject->flair.geometry = oblique;
+  subject->t1.geometry = oblique;
+  ASSERT_TRUE(imaging::write_image(dir_ / "flair.nii.gz", subject->flair));
+  ASSERT_TRUE(imaging::write_image(dir_ / "t1.nii.gz", subject->t1));
+  ASSERT_TRUE(segment_scan(dir_ / "m.pt", dir_ / "flair.nii.gz", dir_ / "t1.nii.gz", dir_ / "seg.nii.gz"));
+  auto seg = imaging::read_label_map(dir_ / "seg.nii.gz");
+  ASSERT_TRUE(seg) << seg.error().message;
+  EXPECT_TRUE(imaging::same_geometry(seg->geometry, oblique)) << imaging::geometry_difference(seg->geometry, oblique);
+}
+
+TEST_F(Engine, BadInputIsAClearErrorAndWritesNothing) {
+  auto c = tiny();
+  auto none = train_supervised({}, c, dir_ / "x.pt");
+  ASSERT_FALSE(none);
+  EXPECT_NE(none.error().message.find("no labelled subjects"), std::string::npos);
+
+  auto unlabelled = clinic("utrecht");
+  unlabelled[1].labels.reset();
+  auto r = train_supervised(unlabelled, c, dir_ / "x.pt");
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("utrecht/" + unlabelled[1].subject), std::string::npos) << r.error().message;
+  EXPECT_NE(r.error().message.find("no labels"), std::string::npos) << r.error().message;
+
+  std::ofstream(dir_ / "corrupt.pt") << "garbage";
+  const auto s = clinic("singapore").front();
+  auto seg = segment_scan(dir_ / "corrupt.pt", s.flair, s.t1, dir_ / "seg.nii.gz");
+  ASSERT_FALSE(seg);
+  EXPECT_NE(seg.error().message.find("corrupt.pt"), std::string::npos);
+  EXPECT_FALSE(fs::exists(dir_ / "x.pt"));
+  EXPECT_FALSE(fs::exists(dir_ / "seg.nii.gz"));
+
+  c.device = "cuda";
+  if (!check_device("cuda")) {
+    auto cuda = train_supervised(clinic("utrecht"), c, dir_ / "x.pt");
+    ASSERT_FALSE(cuda);
+    EXPECT_NE(cuda.error().message.find("CUDA"), std::string::npos);
+  }
+}
+
+}  // namespace
+}  // namespace fedda::models
