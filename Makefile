@@ -6,7 +6,7 @@ JOBS ?= 2
 BUILD_TYPE ?= RelWithDebInfo
 CMAKE_FLAGS ?=
 
-.PHONY: all deps configure build test test-unit test-integration demo asan clean
+.PHONY: all deps configure build test test-unit test-slow test-integration demo asan clean
 
 all: build
 
@@ -25,6 +25,9 @@ test: build
 
 test-unit: build
 	@cd $(BUILD) && ctest -j $(JOBS) --output-on-failure -L unit
+
+test-slow: build
+	@cd $(BUILD) && ctest -j $(JOBS) --output-on-failure -L slow
 
 test-integration: build
 	@cd $(BUILD) && ctest -j $(JOBS) --output-on-failure -L integration

@@ -64,7 +64,10 @@ imaging::Image to_image(const torch::Tensor& probability, const imaging::Geometr
 // Soft labels at temperature T, cached in half precision; slices the teacher calls lesion
 // (p > 0.5 anywhere, the same at any T) become the scan's lesion slices for sampling.
 void attach_soft_labels(UNet& teacher, std::vector<ScanSlices>& scans, double temperature, const torch::Device& device) {
+  const auto start = std::chrono::steady_clock::now();
+  std::int64_t slices = 0;
   for (auto& scan : scans) {
+    slices += scan.images.size(0);
     const auto p = predict(teacher, scan.images, device, temperature);
     scan.soft = p.to(torch::kFloat16);
     scan.lesion_slices.clear();
@@ -74,9 +77,21 @@ void attach_soft_labels(UNet& teacher, std::vector<ScanSlices>& scans, double te
     }
     scan.labels = torch::Tensor();
   }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  log::get("engine")->info("soft labels at T={} for {} slices of {} scans in {:.1f} s ({:.1f} slices/s), {:.1f} MB cached",
+                           temperature, slices, scans.size(), seconds, slices / std::max(seconds, 1e-9),
+                           slices * scans.front().images.size(2) * scans.front().images.size(3) * 2 / 1e6);
 }
 
 using StepFn = std::function<double(std::mt19937_64& rng, int epoch)>;
+
+// One optimiser update on `loss`; returns its value.
+double descend(torch::optim::Optimizer& optimizer, const torch::Tensor& loss) {
+  optimizer.zero_grad();
+  loss.backward();
+  optimizer.step();
+  return loss.item<double>();
+}
 
 struct Trainee {
   ModelSpec spec;
@@ -174,11 +189,7 @@ Result<TrainReport> train_supervised(const std::vector<SubjectFiles>& labelled, 
   t.optimizer = &optimizer;
   const auto step = [&](std::mt19937_64& rng, int) {
     const Batch b = sample_batch(*scans, c.batch_size, c.lesion_slice_fraction, c.augment, rng, *device);
-    optimizer.zero_grad();
-    const auto loss = supervised_loss(t.net->forward(b.images), b.labels);
-    loss.backward();
-    optimizer.step();
-    return loss.item<double>();
+    return descend(optimizer, supervised_loss(t.net->forward(b.images), b.labels, c.dice_weight));
   };
   return run_epochs(c, t, step, model_out, progress);
 }
@@ -213,11 +224,7 @@ Result<TrainReport> train_kd(const fs::path& teacher_path, const std::vector<Sub
   t.optimizer = &optimizer;
   const auto step = [&](std::mt19937_64& rng, int) {
     const Batch b = sample_batch(*scans, c.batch_size, c.lesion_slice_fraction, c.augment, rng, *device);
-    optimizer.zero_grad();
-    const auto loss = distillation_loss(t.net->forward(b.images), b.soft, c.temperature);
-    loss.backward();
-    optimizer.step();
-    return loss.item<double>();
+    return descend(optimizer, distillation_loss(t.net->forward(b.images), b.soft, c.temperature));
   };
   return run_epochs(c, t, step, model_out, progress);
 }
@@ -267,22 +274,16 @@ Result<TrainReport> train_ada(const std::optional<fs::path>& initial, const std:
     const auto source_out = torch::softmax(source_logits, 1);
     const auto target_out = torch::softmax(target_logits, 1);
     // Discriminator: tell source from target on the segmenter's output.
-    discriminator_optimizer.zero_grad();
-    const auto d_loss =
-        torch::nn::functional::cross_entropy(discriminator->forward(source_out.detach()), is_source(c.batch_size)) +
-        torch::nn::functional::cross_entropy(discriminator->forward(target_out.detach()), is_target(c.batch_size));
-    d_loss.backward();
-    discriminator_optimizer.step();
+    descend(discriminator_optimizer,
+            torch::nn::functional::cross_entropy(discriminator->forward(source_out.detach()), is_source(c.batch_size)) +
+                torch::nn::functional::cross_entropy(discriminator->forward(target_out.detach()), is_target(c.batch_size)));
     // Segmenter: supervised on source, and make target outputs pass for source.
-    optimizer.zero_grad();
-    auto loss = supervised_loss(source_logits, s.labels);
+    auto loss = supervised_loss(source_logits, s.labels, c.dice_weight);
     if (weight > 0) {
       loss = loss + weight * torch::nn::functional::cross_entropy(discriminator->forward(target_out),
                                                                   is_source(c.batch_size));
     }
-    loss.backward();
-    optimizer.step();
-    return loss.item<double>();
+    return descend(optimizer, loss);
   };
   return run_epochs(c, t, step, model_out, progress);
 }

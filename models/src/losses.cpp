@@ -2,9 +2,24 @@
 
 namespace fedda::models {
 
-torch::Tensor supervised_loss(const torch::Tensor& logits, const torch::Tensor& labels) {
+torch::Tensor ignoring_cross_entropy(const torch::Tensor& logits, const torch::Tensor& labels) {
   return torch::nn::functional::cross_entropy(
       logits, labels, torch::nn::functional::CrossEntropyFuncOptions().ignore_index(kIgnoreLabel));
+}
+
+torch::Tensor soft_dice_loss(const torch::Tensor& logits, const torch::Tensor& labels) {
+  const auto p = torch::softmax(logits, 1).select(1, 1);
+  const auto counted = (labels != kIgnoreLabel).to(p.dtype());
+  const auto truth = (labels == 1).to(p.dtype());
+  const auto overlap = (p * truth * counted).sum();
+  const auto total = (p * counted).sum() + (truth * counted).sum();
+  return 1.0 - (2.0 * overlap + 1.0) / (total + 1.0);
+}
+
+torch::Tensor supervised_loss(const torch::Tensor& logits, const torch::Tensor& labels, double dice_weight) {
+  auto loss = ignoring_cross_entropy(logits, labels);
+  if (dice_weight > 0) loss = loss + dice_weight * soft_dice_loss(logits, labels);
+  return loss;
 }
 
 torch::Tensor tempered_softmax(const torch::Tensor& logits, double temperature) {

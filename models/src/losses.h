@@ -9,7 +9,14 @@ namespace fedda::models {
 inline constexpr int64_t kIgnoreLabel = 2;
 
 // Cross-entropy over voxels, ignoring label 2. logits [N, C, H, W], labels [N, H, W] int64.
-torch::Tensor supervised_loss(const torch::Tensor& logits, const torch::Tensor& labels);
+torch::Tensor ignoring_cross_entropy(const torch::Tensor& logits, const torch::Tensor& labels);
+
+// 1 - soft Dice of the WMH class over the whole batch, ignoring label 2.
+torch::Tensor soft_dice_loss(const torch::Tensor& logits, const torch::Tensor& labels);
+
+// Cross-entropy + dice_weight * soft Dice: WMH are about 1% of brain voxels, and cross-entropy
+// alone learns to predict none of them for a long time.
+torch::Tensor supervised_loss(const torch::Tensor& logits, const torch::Tensor& labels, double dice_weight);
 
 // Hinton's distillation loss: T^2 * KL(softmax(teacher / T) || softmax(student / T)),
 // averaged over voxels. `teacher_soft` holds the teacher's tempered posteriors [N, C, H, W].

@@ -10,20 +10,13 @@
 #include "fedda/common/files.h"
 #include "fedda/common/log.h"
 #include "fedda/imaging/dataset.h"
+#include "fedda/simulation/evaluation.h"
 
 namespace fedda::simulation {
 namespace fs = std::filesystem;
 using imaging::SubjectFiles;
 
 namespace {
-
-std::string csv_number(double v) {
-  if (!std::isfinite(v)) return "";
-  std::ostringstream s;
-  s.precision(6);
-  s << v;
-  return s.str();
-}
 
 struct Curve {
   std::ostringstream csv;
@@ -93,11 +86,13 @@ Result<CentralizedResult> run_centralized(const CentralizedOptions& o) {
 
   Curve curve;
   const fs::path teacher = o.out / "teacher.pt";
-  if (auto st = train_or_reuse(teacher, [&] {
-        return models::train_supervised(*source, o.teacher, teacher, "teacher", curve.recorder("teacher"));
-      });
-      !st) {
-    return st.error();
+  if (o.method != "ubound") {  // every other method starts from the source teacher
+    if (auto st = train_or_reuse(teacher, [&] {
+          return models::train_supervised(*source, o.teacher, teacher, "teacher", curve.recorder("teacher"));
+        });
+        !st) {
+      return st.error();
+    }
   }
 
   CentralizedResult result;
@@ -115,7 +110,8 @@ Result<CentralizedResult> run_centralized(const CentralizedOptions& o) {
   } else if (o.method == "ubound") {
     std::vector<SubjectFiles> labelled = *source;
     labelled.insert(labelled.end(), adapt.begin(), adapt.end());
-    auto r = models::train_supervised(labelled, o.adaptation, model, "ubound", curve.recorder("ubound"));
+    // Trained from scratch like the teacher, so with the teacher's budget.
+    auto r = models::train_supervised(labelled, o.teacher, model, "ubound", curve.recorder("ubound"));
     st = r ? score(model, test) : Status(r.error());
   } else if (o.method == "kd") {
     auto r = models::train_kd(teacher, *source, adapt, o.adaptation, model, curve.recorder("kd"));
@@ -150,8 +146,8 @@ Result<CentralizedResult> run_centralized(const CentralizedOptions& o) {
   for (const auto& r : result.rows) {
     const auto& m = r.metrics;
     csv << o.source << "," << o.target << "," << o.fold << "," << o.method << ",centralized," << r.subject << ","
-        << csv_number(m.dsc) << "," << csv_number(m.h95) << "," << csv_number(m.avd) << "," << csv_number(m.recall)
-        << "," << csv_number(m.f1) << "\n";
+        << csv_cell(m.dsc) << "," << csv_cell(m.h95) << "," << csv_cell(m.avd) << "," << csv_cell(m.recall)
+        << "," << csv_cell(m.f1) << "\n";
     if (std::isfinite(m.dsc)) {
       dsc_sum += m.dsc;
       ++dsc_count;

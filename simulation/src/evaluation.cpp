@@ -17,14 +17,6 @@ namespace {
 
 nlohmann::json number_or_null(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(); }
 
-std::string csv_number(double v) {
-  if (!std::isfinite(v)) return "";
-  std::ostringstream s;
-  s.precision(6);
-  s << v;
-  return s.str();
-}
-
 struct MeanAccumulator {
   double sum[5] = {0, 0, 0, 0, 0};
   int count[5] = {0, 0, 0, 0, 0};
@@ -43,13 +35,21 @@ struct MeanAccumulator {
     std::ostringstream s;
     s << clinic << ",mean";
     for (int i = 0; i < 5; ++i) {
-      s << "," << (count[i] ? csv_number(sum[i] / count[i]) : "");
+      s << "," << (count[i] ? csv_cell(sum[i] / count[i]) : "");
     }
     return s.str();
   }
 };
 
 }  // namespace
+
+std::string csv_cell(double v) {
+  if (!std::isfinite(v)) return "";
+  std::ostringstream s;
+  s.precision(6);
+  s << v;
+  return s.str();
+}
 
 Result<CaseMetrics> evaluate_files(const fs::path& truth, const fs::path& prediction,
                                    const EvaluateOptions& options) {
@@ -126,8 +126,8 @@ std::string evaluation_csv(const BatchEvaluation& evaluation) {
   MeanAccumulator overall;
   for (const auto& c : evaluation.cases) {
     const auto& m = c.metrics;
-    s << c.clinic << "," << c.subject << "," << csv_number(m.dsc) << "," << csv_number(m.h95) << ","
-      << csv_number(m.avd) << "," << csv_number(m.recall) << "," << csv_number(m.f1) << "\n";
+    s << c.clinic << "," << c.subject << "," << csv_cell(m.dsc) << "," << csv_cell(m.h95) << ","
+      << csv_cell(m.avd) << "," << csv_cell(m.recall) << "," << csv_cell(m.f1) << "\n";
     per_clinic[c.clinic].add(m);
     overall.add(m);
   }

@@ -135,7 +135,7 @@ void add_centralized(CLI::App& app, int& rc) {
     std::string data, out;
     int teacher_epochs = 12, epochs = 8, steps = 32, batch = 8, width = 16, depth = 4, grid = 128, threads = 0;
     double lr = 1e-3, spacing = 1.5;
-    std::string device = "cpu", upsample = "transposed", norm = "batch";
+    std::string device = "cpu", upsample = "nearest_conv", norm = "batch";
     std::uint64_t seed = 1;
   };
   auto a = std::make_shared<Args>();
@@ -151,8 +151,8 @@ void add_centralized(CLI::App& app, int& rc) {
   cmd->add_option("--method", a->o.method, "lbound, ubound, ada, kd, kd-from-ada, otf-kd or otf-ada")->required();
   cmd->add_option("--fold", a->o.fold, "0 or 1")->capture_default_str()->check(CLI::Range(0, 1));
   cmd->add_option("--out", a->out, "output folder")->required();
-  cmd->add_option("--teacher-epochs", a->teacher_epochs, "epochs of the source teacher")->capture_default_str();
-  cmd->add_option("--epochs", a->epochs, "epochs of ubound / kd / ada")->capture_default_str();
+  cmd->add_option("--teacher-epochs", a->teacher_epochs, "epochs of the source teacher and of the U-bound")->capture_default_str();
+  cmd->add_option("--epochs", a->epochs, "epochs of kd / ada adaptation (from the teacher)")->capture_default_str();
   cmd->add_option("--steps", a->steps, "batches per epoch")->capture_default_str();
   cmd->add_option("--batch", a->batch, "slices per batch")->capture_default_str();
   cmd->add_option("--lr", a->lr, "Adam learning rate (decayed x0.1 after 3/8 of the epochs)")->capture_default_str();

@@ -40,10 +40,10 @@ TEST(SupervisedLoss, IgnoresOtherPathology) {
   logits.index_put_({0, 1, 0, 0}, 5.0);  // confident WMH at voxel 0
   const auto wrong_on_label2 = torch::tensor({2, 1}, torch::kInt64).reshape({1, 1, 2});
   const auto only_voxel1 = torch::tensor({1}, torch::kInt64).reshape({1, 1, 1});
-  const double with_label2 = supervised_loss(logits, wrong_on_label2).item<double>();
+  const double with_label2 = supervised_loss(logits, wrong_on_label2, 1.0).item<double>();
   const double without = supervised_loss(logits.index({torch::indexing::Slice(), torch::indexing::Slice(),
                                                        torch::indexing::Slice(), torch::indexing::Slice(1, 2)}),
-                                         only_voxel1)
+                                         only_voxel1, 1.0)
                              .item<double>();
   EXPECT_NEAR(with_label2, without, 1e-6);
 }
@@ -94,7 +94,7 @@ TEST(UNet, SmallNetworkOverfitsOneBatch) {
   torch::optim::Adam opt(net->parameters(), torch::optim::AdamOptions(1e-2));
   for (int step = 0; step < 120; ++step) {
     opt.zero_grad();
-    const auto loss = supervised_loss(net->forward(images), labels);
+    const auto loss = supervised_loss(net->forward(images), labels, 1.0);
     loss.backward();
     opt.step();
   }

@@ -35,6 +35,7 @@ struct TrainConfig {
   double learning_rate = 1e-3;   // Adam
   int decay_epoch = -1;          // lr *= decay_factor from this epoch on; -1: 3/8 of epochs (paper: 150 of 400)
   double decay_factor = 0.1;
+  double dice_weight = 1.0;      // supervised loss = cross-entropy + dice_weight * soft Dice
   double lesion_slice_fraction = 0.5;  // share of sampled slices that contain (predicted) lesion
   bool augment = true;           // left-right flips, intensity scale and shift
   double temperature = 2.0;      // KD

@@ -5,7 +5,7 @@
 // The target clinic's subjects (sorted by id) are split in two halves. Fold 0 adapts on the
 // first half and tests on the second; fold 1 the other way round. Methods:
 //   lbound       teacher trained on the source clinic only
-//   ubound       supervised on source + the adaptation half with its labels
+//   ubound       supervised on source + the adaptation half with its labels (teacher's budget)
 //   kd           student distilled from the teacher on source + adaptation half (no labels)
 //   ada          adversarial adaptation from the teacher, source labels + adaptation half
 //   kd-from-ada  kd with the ada model as teacher
@@ -30,8 +30,8 @@ struct CentralizedOptions {
   std::string target;
   std::string method;
   int fold = 0;
-  models::TrainConfig teacher;      // how the source teacher is trained
-  models::TrainConfig adaptation;   // how ubound / kd / ada train
+  models::TrainConfig teacher;      // how the source teacher and the U-bound (both from scratch) train
+  models::TrainConfig adaptation;   // how kd / ada adapt, starting from the teacher
 };
 
 struct CentralizedRow {
