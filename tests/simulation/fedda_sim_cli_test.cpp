@@ -46,8 +46,9 @@ TEST(FeddaSimCli, GenerateEvaluateAndPreviewEndToEnd) {
   for (auto& v : pred.voxels) v = v == 1;
   ASSERT_TRUE(imaging::write_label_map(dir / "pred.nii.gz", pred));
 
-  auto eval = run_command(sim() + " evaluate --json --truth " + truth.string() + " --pred " + (dir / "pred.nii.gz").string() +
-                          " 2>/dev/null");
+  // stdout only: the JSON object is the whole of it (run_command merges stderr otherwise).
+  auto eval = run_command("(" + sim() + " evaluate --json --truth " + truth.string() + " --pred " +
+                          (dir / "pred.nii.gz").string() + " 2>/dev/null)");
   ASSERT_EQ(eval.exit_code, 0) << eval.output;
   const auto j = nlohmann::json::parse(eval.output);
   const auto expected = imaging::evaluate_case(*labels, pred);
