@@ -6,6 +6,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "fedda/common/cli.h"
 #include "fedda/common/files.h"
 #include "fedda/common/log.h"
 #include "fedda/simulation/evaluation.h"
@@ -96,11 +97,7 @@ int main(int argc, char** argv) {
       "adaptation of MRI segmentation networks."};
   app.require_subcommand(1);
   std::string log_level = "info";
-  app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")
-      ->capture_default_str();
-  app.parse_complete_callback([&]() {
-    if (auto st = log::set_level(log_level); !st) throw CLI::ValidationError("--log-level", st.error().message);
-  });
+  cli::add_log_level(app, log_level);
 
   int rc = 0;
   EvaluateArgs evaluate_args;
@@ -110,13 +107,5 @@ int main(int argc, char** argv) {
   simulation::tools::add_threshold_baseline(app, rc);
   simulation::tools::add_centralized(app, rc);
 
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  } catch (const std::exception& e) {
-    log::get("fedda-sim")->error("unexpected error: {}", e.what());
-    return 1;
-  }
-  return rc;
+  return cli::run(app, argc, argv, rc, "fedda-sim");
 }

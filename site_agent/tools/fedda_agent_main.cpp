@@ -3,6 +3,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "fedda/common/cli.h"
 #include "fedda/common/log.h"
 #include "fedda/models/engine.h"
 
@@ -12,10 +13,7 @@ int main(int argc, char** argv) {
   CLI::App app{"fedda-agent: the fedda site agent, run by a hospital to segment and adapt models on local data."};
   app.require_subcommand(1);
   std::string log_level = "info";
-  app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical or off")->capture_default_str();
-  app.parse_complete_callback([&]() {
-    if (auto st = log::set_level(log_level); !st) throw CLI::ValidationError("--log-level", st.error().message);
-  });
+  cli::add_log_level(app, log_level);
 
   int rc = 0;
   std::string model, flair, t1, out, device = "cpu";
@@ -39,13 +37,5 @@ int main(int argc, char** argv) {
     log->info("wrote {}", out);
   });
 
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  } catch (const std::exception& e) {
-    log::get("fedda-agent")->error("unexpected error: {}", e.what());
-    return 1;
-  }
-  return rc;
+  return cli::run(app, argc, argv, rc, "fedda-agent");
 }

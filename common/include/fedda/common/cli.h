@@ -1,0 +1,37 @@
+#pragma once
+// Command-line conventions shared by fedda's executables (CLI11, header-only).
+
+#include <exception>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "fedda/common/log.h"
+
+namespace fedda::cli {
+
+// Adds the global --log-level option; it takes effect as soon as parsing completes, before any
+// subcommand runs. An unknown level is a usage error that lists the choices.
+inline void add_log_level(CLI::App& app, std::string& level) {
+  app.add_option("--log-level", level, "trace, debug, info, warn, error, critical or off")->capture_default_str();
+  app.parse_complete_callback([&level]() {
+    if (auto st = log::set_level(level); !st) throw CLI::ValidationError("--log-level", st.error().message);
+  });
+}
+
+// Parses `argv` and runs the chosen subcommand's callback. Returns CLI11's exit code for --help
+// and usage errors, 1 for an exception nobody caught (logged under `component`), else `rc`, the
+// code the callback set.
+inline int run(CLI::App& app, int argc, char** argv, const int& rc, const std::string& component) {
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const std::exception& e) {
+    log::get(component)->error("unexpected error: {}", e.what());
+    return 1;
+  }
+  return rc;
+}
+
+}  // namespace fedda::cli
