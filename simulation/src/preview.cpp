@@ -41,11 +41,12 @@ std::size_t slice_with_most_wmh(const LabelMap& labels) {
 }
 
 // Draws one panel: nearest-neighbour samples of slice z on a square grid of the given field
-// of view centred on the image's in-plane centre. `labels` (optional) adds outlines.
+// of view centred on the image's in-plane centre, grey levels from `range` (the image's
+// window). `labels` (optional) adds outlines.
 void draw_panel(imaging::RgbPicture& pic, std::size_t x0, std::size_t y0, const PreviewOptions& o,
-                const Image& image, std::size_t z, const LabelMap* labels) {
+                const Image& image, const std::pair<float, float>& range, std::size_t z, const LabelMap* labels) {
   const auto& g = image.geometry;
-  const auto [lo, hi] = window(image);
+  const auto [lo, hi] = range;
   const int n = o.panel_pixels;
   const double pixel_mm = o.field_of_view_mm / n;
   const double cx = (g.size[0] - 1) / 2.0, cy = (g.size[1] - 1) / 2.0;
@@ -101,9 +102,10 @@ Status write_preview(const fs::path& data, const fs::path& png, const PreviewOpt
       const LabelMap labels = subject->labels ? *subject->labels : LabelMap(subject->flair.geometry);
       const std::size_t z = slice_with_most_wmh(labels);
       const std::size_t x0 = k * 3 * (panel + gap), y0 = row * (panel + gap);
-      draw_panel(pic, x0, y0, o, subject->flair, z, nullptr);
-      draw_panel(pic, x0 + panel + gap, y0, o, subject->t1, z, nullptr);
-      draw_panel(pic, x0 + 2 * (panel + gap), y0, o, subject->flair, z, &labels);
+      const auto flair_range = window(subject->flair);
+      draw_panel(pic, x0, y0, o, subject->flair, flair_range, z, nullptr);
+      draw_panel(pic, x0 + panel + gap, y0, o, subject->t1, window(subject->t1), z, nullptr);
+      draw_panel(pic, x0 + 2 * (panel + gap), y0, o, subject->flair, flair_range, z, &labels);
     }
     ++row;
   }
