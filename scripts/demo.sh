@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# The end-to-end path that exists today, on simulated clinics (the embedded default):
-#   1. generate three clinics (quick profile) unless they are already there,
-#   2. write a preview mosaic,
-#   3. segment every subject with the tuned FLAIR-threshold reference and score it,
-#   4. train a teacher on utrecht and distil a student on utrecht + half of amsterdam
-#      (the paper's KD, centralized), score both on amsterdam's other half,
-#   5. segment one amsterdam scan with the student as a site would (fedda-agent segment).
-# Outputs go to $FEDDA_DEMO_OUT (default demo-out/).
+# The main job end to end on simulated clinics (the embedded default), federated:
+#   1. generate three clinics (quick profile) unless they are already there; write a preview,
+#   2. start a local consortium: one fedda-coordinator and one fedda-agent per clinic, separate
+#      processes on loopback, and run configs/jobs/{teacher,kd,ada}.yaml on it:
+#        teacher  supervised at utrecht (its scores at the other clinics are the L-bound),
+#        kd       federated distillation over utrecht + amsterdam + singapore (fold 0 halves),
+#        ada      federated adversarial adaptation over the same sites,
+#      each scored at amsterdam and singapore on the other halves (metrics only cross the wire),
+#   3. segment one amsterdam scan with the federated KD student, as a site would,
+#   4. write a report folder: results.csv (every subject, every method), table.md, the job
+#      summaries and the logs.
+# Outputs go to $FEDDA_DEMO_OUT (default demo-out/). A rerun reuses the data and skips finished jobs.
 set -euo pipefail
 bin=${1:-build/bin}
 out=${FEDDA_DEMO_OUT:-demo-out}
+jobs=${FEDDA_DEMO_JOBS:-configs/jobs}
 data=$out/data
 sim="$bin/fedda-sim"
 agent="$bin/fedda-agent"
@@ -24,31 +29,37 @@ else
   echo "demo: reusing simulated clinics in $data (delete it to regenerate)"
 fi
 "$sim" preview --data "$data" --out "$out/preview.png"
-"$sim" threshold-baseline --data "$data" --tune-clinic utrecht --out "$out/threshold"
-"$sim" evaluate --data "$data" --preds "$out/threshold" --csv "$out/threshold-scores.csv"
 
-# The teacher (L-bound) and the KD student share one teacher file.
-train="--teacher-epochs ${FEDDA_DEMO_TEACHER_EPOCHS:-8} --epochs ${FEDDA_DEMO_EPOCHS:-4} --threads 2"
-"$sim" centralized --data "$data" --source utrecht --target amsterdam --method lbound --fold 0 --out "$out/lbound" $train
-mkdir -p "$out/kd" && cp "$out/lbound/teacher.pt" "$out/kd/teacher.pt"
-"$sim" centralized --data "$data" --source utrecht --target amsterdam --method kd --fold 0 --out "$out/kd" $train
+"$sim" consortium --data "$data" --out "$out/consortium" \
+  --job "$jobs/teacher.yaml" --job "$jobs/kd.yaml" --job "$jobs/ada.yaml" | tee "$out/consortium-table.txt"
 
 mkdir -p "$out/segmentations"
-"$agent" segment --model "$out/kd/model.pt" --flair "$data/amsterdam/109/pre/FLAIR.nii.gz" \
-  --t1 "$data/amsterdam/109/pre/T1.nii.gz" --out "$out/segmentations/amsterdam-109.nii.gz"
+scan=$(ls -d "$data"/amsterdam/*/ | tail -1)
+"$agent" segment --model "$out/consortium/jobs/kd-utrecht/model.pt" --flair "$scan/pre/FLAIR.nii.gz" \
+  --t1 "$scan/pre/T1.nii.gz" --out "$out/segmentations/amsterdam-$(basename "$scan").nii.gz"
 
-echo
-echo "FLAIR-threshold reference, tuned on utrecht (mean over each clinic's subjects):"
-printf '  %-10s %6s %8s %8s %7s %6s\n' clinic DSC H95_mm AVD_% recall F1
-awk -F, '$2 == "mean" { printf "  %-10s %6.3f %8.2f %8.1f %7.3f %6.3f\n", $1, $3, $4, $5, $6, $7 }' "$out/threshold-scores.csv"
-echo
-echo "utrecht -> amsterdam, centralized, fold 0 (amsterdam subjects 105-109):"
-printf '  %-10s %8s %8s %8s %8s %8s\n' method DSC H95_mm AVD_% recall F1
-for m in lbound kd; do
-  # Means over defined values (an empty cell is an undefined metric, e.g. H95 of an empty prediction).
-  awk -F, -v m=$m 'NR > 1 { for (c = 7; c <= 11; c++) if ($c != "") { s[c] += $c; n[c]++ } }
-    END { printf "  %-10s", m; for (c = 7; c <= 11; c++) printf(n[c] ? " %8.3f" : " %8s", n[c] ? s[c] / n[c] : "-"); print "" }' \
-    "$out/$m/results.csv"
+report=$out/report
+mkdir -p "$report"
+cp "$out/consortium/results.csv" "$report/results.csv"
+for job in "$out"/consortium/jobs/*/; do
+  cp "$job/summary.json" "$report/summary-$(basename "$job").json"
 done
+cp -r "$out/consortium/logs" "$report/"
+{
+  echo "# fedda demo: utrecht -> amsterdam, singapore (federated, fold 0)"
+  echo
+  echo "Mean over each target's test half; lbound = the teacher trained at utrecht only."
+  echo
+  echo "| method | target | n | DSC | H95 (mm) | AVD (%) | lesion recall | lesion F1 |"
+  echo "|---|---|---|---|---|---|---|---|"
+  # Means over defined values (an empty cell is an undefined metric, e.g. H95 of an empty prediction).
+  awk -F, 'NR > 1 { key = $4 "|" $2; n[key]++; keys[key] = 1
+                    for (c = 7; c <= 11; c++) if ($c != "") { s[key, c] += $c; k[key, c]++ } }
+    END { for (key in keys) { split(key, p, "|"); printf "| %s | %s | %d |", p[1], p[2], n[key]
+            for (c = 7; c <= 11; c++) printf(k[key, c] ? " %.3f |" : " - |", k[key, c] ? s[key, c] / k[key, c] : 0)
+            print "" } }' "$report/results.csv" | sort
+} > "$report/table.md"
 echo
-echo "demo: done in $(( $(date +%s) - start )) s; preview $out/preview.png; results in $out/{lbound,kd}/results.csv"
+cat "$report/table.md"
+echo
+echo "demo: done in $(( $(date +%s) - start )) s; report in $report/, preview $out/preview.png"

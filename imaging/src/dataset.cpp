@@ -58,4 +58,10 @@ Result<std::vector<SubjectFiles>> find_clinic_subjects(const fs::path& root, con
   return out;
 }
 
+FoldSplit split_fold(const std::vector<SubjectFiles>& subjects, int fold) {
+  const std::size_t half = subjects.size() / 2;
+  std::vector<SubjectFiles> first(subjects.begin(), subjects.begin() + half), second(subjects.begin() + half, subjects.end());
+  return fold == 0 ? FoldSplit{first, second} : FoldSplit{second, first};
+}
+
 }  // namespace fedda::imaging

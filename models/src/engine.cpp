@@ -8,12 +8,11 @@
 #include "fedda/imaging/nifti_io.h"
 #include "losses.h"
 #include "model_io.h"
+#include "training.h"
 
 namespace fedda::models {
 namespace fs = std::filesystem;
 using imaging::SubjectFiles;
-
-namespace {
 
 std::uint64_t mix(std::uint64_t a, std::uint64_t b) {
   std::uint64_t x = a ^ (b + 0x9e3779b97f4a7c15ULL + (a << 6) + (a >> 2));
@@ -21,6 +20,8 @@ std::uint64_t mix(std::uint64_t a, std::uint64_t b) {
   x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
   return x ^ (x >> 31);
 }
+
+namespace {
 
 Result<torch::Device> prepare(const TrainConfig& c) {
   auto device = parse_device(c.device);
@@ -42,56 +43,7 @@ void set_learning_rate(torch::optim::Adam& optimizer, double lr) {
   for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
 }
 
-// Probability of WMH for every slice of a scan, on the model grid.
-torch::Tensor predict(UNet& net, const torch::Tensor& images, const torch::Device& device, double temperature = 1.0) {
-  torch::InferenceMode guard;
-  net->eval();
-  std::vector<torch::Tensor> parts;
-  const int64_t slices = images.size(0);
-  for (int64_t i = 0; i < slices; i += 16) {
-    const auto logits = net->forward(images.slice(0, i, std::min(slices, i + 16)).to(device));
-    parts.push_back(tempered_softmax(logits, temperature).select(1, 1).to(torch::kCPU));
-  }
-  return torch::cat(parts).contiguous();
-}
-
-imaging::Image to_image(const torch::Tensor& probability, const imaging::Geometry& grid) {
-  imaging::Image image(grid);
-  std::memcpy(image.voxels.data(), probability.data_ptr<float>(), image.voxels.size() * sizeof(float));
-  return image;
-}
-
-// Soft labels at temperature T, cached in half precision; slices the teacher calls lesion
-// (p > 0.5 anywhere, the same at any T) become the scan's lesion slices for sampling.
-void attach_soft_labels(UNet& teacher, std::vector<ScanSlices>& scans, double temperature, const torch::Device& device) {
-  const auto start = std::chrono::steady_clock::now();
-  std::int64_t slices = 0;
-  for (auto& scan : scans) {
-    slices += scan.images.size(0);
-    const auto p = predict(teacher, scan.images, device, temperature);
-    scan.soft = p.to(torch::kFloat16);
-    scan.lesion_slices.clear();
-    const auto has_lesion = (p > 0.5).flatten(1).any(1);
-    for (int64_t z = 0; z < has_lesion.size(0); ++z) {
-      if (has_lesion[z].item<bool>()) scan.lesion_slices.push_back(static_cast<int>(z));
-    }
-    scan.labels = torch::Tensor();
-  }
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  log::get("engine")->info("soft labels at T={} for {} slices of {} scans in {:.1f} s ({:.1f} slices/s), {:.1f} MB cached",
-                           temperature, slices, scans.size(), seconds, slices / std::max(seconds, 1e-9),
-                           slices * scans.front().images.size(2) * scans.front().images.size(3) * 2 / 1e6);
-}
-
 using StepFn = std::function<double(std::mt19937_64& rng, int epoch)>;
-
-// One optimiser update on `loss`; returns its value.
-double descend(torch::optim::Optimizer& optimizer, const torch::Tensor& loss) {
-  optimizer.zero_grad();
-  loss.backward();
-  optimizer.step();
-  return loss.item<double>();
-}
 
 struct Trainee {
   ModelSpec spec;
@@ -158,6 +110,55 @@ Result<ModelSpec> new_spec(const TrainConfig& c, const std::string& role) {
 }
 
 }  // namespace
+
+// Probability of WMH for every slice of a scan, on the model grid.
+torch::Tensor predict(UNet& net, const torch::Tensor& images, const torch::Device& device, double temperature) {
+  torch::InferenceMode guard;
+  net->eval();
+  std::vector<torch::Tensor> parts;
+  const int64_t slices = images.size(0);
+  for (int64_t i = 0; i < slices; i += 16) {
+    const auto logits = net->forward(images.slice(0, i, std::min(slices, i + 16)).to(device));
+    parts.push_back(tempered_softmax(logits, temperature).select(1, 1).to(torch::kCPU));
+  }
+  return torch::cat(parts).contiguous();
+}
+
+static imaging::Image to_image(const torch::Tensor& probability, const imaging::Geometry& grid) {
+  imaging::Image image(grid);
+  std::memcpy(image.voxels.data(), probability.data_ptr<float>(), image.voxels.size() * sizeof(float));
+  return image;
+}
+
+// Soft labels at temperature T, cached in half precision; slices the teacher calls lesion
+// (p > 0.5 anywhere, the same at any T) become the scan's lesion slices for sampling.
+void attach_soft_labels(UNet& teacher, std::vector<ScanSlices>& scans, double temperature, const torch::Device& device) {
+  const auto start = std::chrono::steady_clock::now();
+  std::int64_t slices = 0;
+  for (auto& scan : scans) {
+    slices += scan.images.size(0);
+    const auto p = predict(teacher, scan.images, device, temperature);
+    scan.soft = p.to(torch::kFloat16);
+    scan.lesion_slices.clear();
+    const auto has_lesion = (p > 0.5).flatten(1).any(1);
+    for (int64_t z = 0; z < has_lesion.size(0); ++z) {
+      if (has_lesion[z].item<bool>()) scan.lesion_slices.push_back(static_cast<int>(z));
+    }
+    scan.labels = torch::Tensor();
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  log::get("engine")->info("soft labels at T={} for {} slices of {} scans in {:.1f} s ({:.1f} slices/s), {:.1f} MB cached",
+                           temperature, slices, scans.size(), seconds, slices / std::max(seconds, 1e-9),
+                           slices * scans.front().images.size(2) * scans.front().images.size(3) * 2 / 1e6);
+}
+
+// One optimiser update on `loss`; returns its value.
+double descend(torch::optim::Optimizer& optimizer, const torch::Tensor& loss) {
+  optimizer.zero_grad();
+  loss.backward();
+  optimizer.step();
+  return loss.item<double>();
+}
 
 Status check_device(const std::string& device) {
   auto d = parse_device(device);
@@ -288,18 +289,14 @@ Result<TrainReport> train_ada(const std::optional<fs::path>& initial, const std:
   return run_epochs(c, t, step, model_out, progress);
 }
 
-Result<std::vector<SubjectScore>> evaluate_model(const fs::path& model, const std::vector<SubjectFiles>& subjects,
-                                                 const std::string& device_name) {
-  auto device = parse_device(device_name);
-  if (!device) return device.error();
-  auto m = load_model(model, *device);
-  if (!m) return m.error();
+Result<std::vector<SubjectScore>> score_subjects(UNet& net, const ModelSpec& spec,
+                                                 const std::vector<SubjectFiles>& subjects, const torch::Device& device) {
   std::vector<SubjectScore> scores;
   for (const auto& s : subjects) {
     if (!s.labels) return make_error(s.clinic + "/" + s.subject + ": no labels to evaluate against");
-    auto scan = load_scan(s, m->spec.grid, false);
+    auto scan = load_scan(s, spec.grid, false);
     if (!scan) return scan.error();
-    const auto p = predict(m->net, scan->images, *device);
+    const auto p = predict(net, scan->images, device);
     const auto prediction = imaging::restore_segmentation(to_image(p, scan->grid), scan->original);
     auto truth = imaging::read_label_map(*s.labels);
     if (!truth) return truth.error();
@@ -308,6 +305,15 @@ Result<std::vector<SubjectScore>> evaluate_model(const fs::path& model, const st
     scores.push_back({s.clinic, s.subject, *metrics});
   }
   return scores;
+}
+
+Result<std::vector<SubjectScore>> evaluate_model(const fs::path& model, const std::vector<SubjectFiles>& subjects,
+                                                 const std::string& device_name) {
+  auto device = parse_device(device_name);
+  if (!device) return device.error();
+  auto m = load_model(model, *device);
+  if (!m) return m.error();
+  return score_subjects(m->net, m->spec, subjects, *device);
 }
 
 Status segment_scan(const fs::path& model, const fs::path& flair, const fs::path& t1, const fs::path& out,

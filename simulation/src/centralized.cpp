@@ -59,9 +59,8 @@ Status train_or_reuse(const fs::path& path, const std::function<Result<models::T
 
 std::pair<std::vector<SubjectFiles>, std::vector<SubjectFiles>> split_fold(const std::vector<SubjectFiles>& target,
                                                                           int fold) {
-  const std::size_t half = target.size() / 2;
-  std::vector<SubjectFiles> first(target.begin(), target.begin() + half), second(target.begin() + half, target.end());
-  return fold == 0 ? std::make_pair(first, second) : std::make_pair(second, first);
+  auto split = imaging::split_fold(target, fold);
+  return {std::move(split.adapt), std::move(split.test)};
 }
 
 Result<CentralizedResult> run_centralized(const CentralizedOptions& o) {
@@ -80,7 +79,7 @@ Result<CentralizedResult> run_centralized(const CentralizedOptions& o) {
   auto target = labelled_clinic(o.data, o.target);  // test subjects need labels to be scored
   if (!target) return target.error();
   if (target->size() < 2) return make_error(o.target + ": needs at least 2 subjects to split into folds");
-  const auto [adapt, test] = split_fold(*target, o.fold);
+  const auto [adapt, test] = simulation::split_fold(*target, o.fold);
   // In domain, the teacher learns from the fold's first half and is tested on the other.
   if (in_domain) *source = adapt;
 

@@ -9,5 +9,6 @@ void add_generate(CLI::App& app, int& rc);
 void add_preview(CLI::App& app, int& rc);
 void add_threshold_baseline(CLI::App& app, int& rc);
 void add_centralized(CLI::App& app, int& rc);
+void add_consortium(CLI::App& app, int& rc);
 
 }  // namespace fedda::simulation::tools

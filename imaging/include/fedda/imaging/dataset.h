@@ -29,4 +29,12 @@ Result<std::vector<SubjectFiles>> find_subjects(const std::filesystem::path& roo
 Result<std::vector<SubjectFiles>> find_clinic_subjects(const std::filesystem::path& root,
                                                        const std::string& clinic);
 
+// The paper's two folds of a target clinic: fold 0 adapts on the first half (sorted by
+// subject) and tests on the second, fold 1 the other way round.
+struct FoldSplit {
+  std::vector<SubjectFiles> adapt;
+  std::vector<SubjectFiles> test;
+};
+FoldSplit split_fold(const std::vector<SubjectFiles>& subjects, int fold);
+
 }  // namespace fedda::imaging

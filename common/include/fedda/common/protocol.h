@@ -1,0 +1,414 @@
+#pragma once
+// The fedda wire protocol: every message between the coordinator and site agents, its
+// constants, and the codec. One header, as ZeroMQ's Majordomo keeps mdp.h apart from broker
+// and worker.
+//
+// A message is two ZeroMQ frames (after the ROUTER's routing id):
+//   frame 0  Header: protocol version, message type, sender, job id, round, per-sender
+//            sequence number, byte count and CRC-32 of frame 1
+//   frame 1  Body: the message struct of that type (may be empty for heartbeats)
+// Both are Cereal portable-binary archives (little-endian on every host). Every struct has a
+// versioned serialize() (CEREAL_CLASS_VERSION below); a reader refuses versions newer than it
+// knows. Tensors travel as WireTensor (named, typed, shaped raw buffers with a CRC each).
+//
+// Decoding never trusts a length: every string and array size is checked against the bytes
+// that are actually left before anything is allocated, so a malformed or hostile frame costs
+// at most its own size and yields an Error, never a crash. The security layer wraps these two
+// frames (authentication, replay refusal) without reshaping them: `sequence` already moves
+// forward per sender, and (job, round) already name what a message belongs to.
+
+#include <algorithm>
+#include <cstdint>
+#include <sstream>
+#include <type_traits>
+#include <string>
+#include <vector>
+
+#include <cereal/archives/portable_binary.hpp>
+
+#include "fedda/common/result.h"
+#include "fedda/common/tensors.h"
+
+namespace fedda::protocol {
+
+inline constexpr std::uint32_t kVersion = 1;
+inline constexpr std::size_t kDefaultMaxMessageBytes = std::size_t{512} << 20;  // a frame larger is dropped
+inline constexpr int kDefaultHeartbeatMs = 1000;
+inline constexpr int kDefaultLiveness = 5;  // heartbeats missed before a peer counts as gone
+
+enum class MessageType : std::uint8_t {
+  hello = 1,         // agent -> coordinator: who I am (first message after every connect)
+  welcome = 2,       // coordinator -> agent: accepted, heartbeat settings
+  heartbeat = 3,     // both ways, body empty
+  job_offer = 4,     // coordinator -> agent: a job to prepare for (spec + starting weights)
+  job_ready = 5,     // agent -> coordinator: prepared; how many training samples it holds
+  round_task = 6,    // coordinator -> agent: train one round (or evaluate) from these weights
+  round_update = 7,  // agent -> coordinator: new weights, discriminator gradients, metrics
+  job_failed = 8,    // agent -> coordinator: could not prepare or run the job, and why
+  reject = 9,        // coordinator -> agent: message refused, and why
+  goodbye = 10,      // agent -> coordinator: leaving (drained), or coordinator -> agent: job over
+  update_ready = 11, // agent -> coordinator: a round's update is ready to upload (body empty)
+  upload = 12,       // coordinator -> agent: send that update now (credit-based flow control:
+                     // a few uploads at a time, so coordinator memory does not grow with sites)
+};
+const char* type_name(MessageType type);
+
+struct Header {
+  std::uint32_t version = kVersion;
+  MessageType type = MessageType::heartbeat;
+  std::string sender;        // site id or "coordinator"; the security layer binds it to a key
+  std::string job_id;        // empty for control messages
+  std::int32_t round = 0;    // 0 outside rounds (job offer, evaluation uses rounds + 1)
+  std::uint64_t sequence = 0;  // per sender, strictly increasing
+  std::uint64_t body_bytes = 0;
+  std::uint32_t body_crc32 = 0;
+};
+
+// What a job asks of the sites. The coordinator reads it from a job file; sites receive it in
+// the job offer. Names follow the paper.
+struct JobSpec {
+  std::string id;                  // unique per consortium; names the job's output folder
+  std::string type;                // teacher | kd | ada | evaluate
+  std::vector<std::string> sites;  // participating site ids
+  std::string source;              // the labelled source clinic (teacher, ada); its scans all train
+  int fold = 0;                    // target sites train on one half of their subjects, test on the other
+  int rounds = 1;
+  int local_steps = 32;            // optimiser steps per site per round
+  bool steps_by_share = false;     // instead: local_steps per round in all, shared out by sample count
+                                   // (one centralized epoch per round, the FedAvg twin of centralized training)
+  int batch_size = 8;
+  double learning_rate = 1e-3;
+  int decay_round = -1;            // lr *= 0.1 after this round; -1: 3/8 of the rounds
+  double dice_weight = 1.0;
+  double lesion_slice_fraction = 0.5;
+  bool augment = true;
+  double temperature = 2.0;
+  double ada_weight = 0.1;
+  int ada_warmup_rounds = 5;
+  std::uint64_t seed = 1;
+  int min_sites = 1;
+  double round_deadline_s = 600;   // after this, a round closes with the sites that answered
+  bool evaluate = true;            // score the final model at the evaluation sites
+  std::vector<std::string> evaluation_sites;  // default: every participating site but the source
+  std::vector<std::string> subjects;          // if set: target sites use only these (on-the-fly)
+  std::string model_spec_json;     // architecture + grid of the model being trained
+};
+
+struct Hello {
+  std::string site_id;
+  std::string agent_version;
+  std::string device;
+};
+
+struct Welcome {
+  std::int32_t heartbeat_ms = kDefaultHeartbeatMs;
+  std::int32_t liveness = kDefaultLiveness;
+};
+
+struct JobOffer {
+  JobSpec job;
+  TensorSet teacher;  // kd: the teacher whose soft labels the site computes; else empty
+};
+
+struct SkippedSubject {
+  std::string subject;  // id only, never content
+  std::string reason;
+};
+
+struct JobReady {
+  std::int64_t samples = 0;       // training slices at the site (the FedAvg weight)
+  std::int32_t subjects = 0;
+  std::int32_t evaluation_subjects = 0;
+  std::vector<SkippedSubject> skipped;
+};
+
+struct RoundTask {
+  bool evaluate = false;     // true: score `model` on the evaluation subjects, do not train
+  double learning_rate = 0;
+  double adversarial_weight = 0;  // ada
+  TensorSet model;           // student / segmenter / teacher
+  TensorSet discriminator;   // ada only
+  std::vector<std::string> step_sites;  // per-site step counts (steps_by_share); a site not
+  std::vector<std::int32_t> steps;      // listed runs the job's local_steps
+};
+
+struct SubjectMetrics {
+  std::string subject;
+  double dsc = 0, h95 = 0, avd = 0, recall = 0, f1 = 0;  // NaN = undefined
+};
+
+struct RoundUpdate {
+  TensorSet model;
+  TensorSet discriminator_grads;  // ada: mean gradient of the discriminator loss at this site
+  std::int64_t samples = 0;
+  std::int32_t steps = 0;
+  double loss = 0;
+  double seconds = 0;
+  std::vector<SubjectMetrics> metrics;  // evaluation rounds
+};
+
+struct JobFailed {
+  std::string reason;
+};
+
+struct Reject {
+  std::string reason;
+};
+
+struct Goodbye {
+  std::string reason;
+};
+
+// Encoded frames of one message: {header, body}.
+struct Frames {
+  std::string header;
+  std::string body;
+  std::uint32_t body_crc32 = 0;
+};
+
+// Serialises a header as given (body_bytes and body_crc32 already set): one body can then be
+// sent to many peers under per-peer sequence numbers without re-encoding it.
+std::string encode_header(const Header& header);
+
+template <typename Body>
+Frames encode(Header header, const Body& body);
+Frames encode_empty(Header header);  // heartbeat
+
+// Checks version, type, body length and CRC. Error says what is wrong.
+Result<Header> decode_header(const std::string& header_frame, const std::string& body_frame,
+                             std::size_t max_message_bytes = kDefaultMaxMessageBytes);
+template <typename Body>
+Result<Body> decode_body(const std::string& body_frame);
+
+// Job specs as JSON (the job state file keeps one); error names the field.
+std::string to_json(const JobSpec& job);
+Result<JobSpec> job_spec_from_json(const std::string& json);
+
+// ---- serialization ------------------------------------------------------------------------
+namespace detail {
+
+// The frame being decoded on this thread; sizes read from the wire are checked against the
+// bytes left in it before anything is allocated.
+void begin_decoding(std::istream* in, std::size_t frame_bytes);
+// Throws when `count` elements of at least `element_bytes` each cannot fit in what is left.
+void check_size(std::uint64_t count, std::size_t element_bytes);
+
+template <typename T>
+struct Bounded {
+  T& value;
+};
+template <typename T>
+Bounded<T> bounded(T& value) { return Bounded<T>{value}; }
+
+template <class Archive>
+void save(Archive& ar, const Bounded<std::string>& b) {
+  ar(static_cast<std::uint64_t>(b.value.size()));
+  ar(cereal::binary_data(b.value.data(), b.value.size()));
+}
+template <class Archive>
+void load(Archive& ar, Bounded<std::string>& b) {
+  std::uint64_t n = 0;
+  ar(n);
+  check_size(n, 1);
+  b.value.resize(n);
+  ar(cereal::binary_data(b.value.data(), n));
+}
+
+template <class Archive, typename T>
+void save(Archive& ar, const Bounded<std::vector<T>>& b) {
+  ar(static_cast<std::uint64_t>(b.value.size()));
+  if constexpr (std::is_arithmetic_v<T>) {
+    for (const T& v : b.value) ar(v);
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    for (const auto& v : b.value) ar(bounded(const_cast<std::string&>(v)));
+  } else {
+    for (const auto& v : b.value) ar(v);
+  }
+}
+template <class Archive, typename T>
+void load(Archive& ar, Bounded<std::vector<T>>& b) {
+  std::uint64_t n = 0;
+  ar(n);
+  check_size(n, std::is_arithmetic_v<T> ? sizeof(T) : 8);
+  b.value.clear();
+  if constexpr (std::is_arithmetic_v<T>) {
+    b.value.resize(n);
+    for (auto& v : b.value) ar(v);
+  } else {
+    // Grown element by element: a forged count fails on the bytes that are not there.
+    b.value.reserve(std::min<std::uint64_t>(n, 64));
+    for (std::uint64_t i = 0; i < n; ++i) {
+      T v{};
+      if constexpr (std::is_same_v<T, std::string>) {
+        ar(bounded(v));
+      } else {
+        ar(v);
+      }
+      b.value.push_back(std::move(v));
+    }
+  }
+}
+
+// Raw tensor bytes: one bulk copy each way.
+template <class Archive>
+void save_bytes(Archive& ar, const std::vector<std::uint8_t>& data) {
+  ar(static_cast<std::uint64_t>(data.size()));
+  ar(cereal::binary_data(data.data(), data.size()));
+}
+template <class Archive>
+void load_bytes(Archive& ar, std::vector<std::uint8_t>& data) {
+  std::uint64_t n = 0;
+  ar(n);
+  check_size(n, 1);
+  data.resize(n);
+  ar(cereal::binary_data(data.data(), n));
+}
+
+}  // namespace detail
+
+template <class Archive>
+void save(Archive& ar, const Header& h, std::uint32_t) {
+  ar(h.version, static_cast<std::uint8_t>(h.type), detail::bounded(const_cast<std::string&>(h.sender)),
+     detail::bounded(const_cast<std::string&>(h.job_id)), h.round, h.sequence, h.body_bytes, h.body_crc32);
+}
+template <class Archive>
+void load(Archive& ar, Header& h, std::uint32_t) {
+  std::uint8_t type = 0;
+  ar(h.version, type, detail::bounded(h.sender), detail::bounded(h.job_id), h.round, h.sequence, h.body_bytes,
+     h.body_crc32);
+  h.type = static_cast<MessageType>(type);
+}
+
+}  // namespace fedda::protocol
+
+namespace fedda {
+template <class Archive>
+void save(Archive& ar, const WireTensor& t, std::uint32_t) {
+  ar(protocol::detail::bounded(const_cast<std::string&>(t.name)), static_cast<std::uint8_t>(t.dtype),
+     protocol::detail::bounded(const_cast<std::vector<std::int64_t>&>(t.shape)), t.crc32);
+  protocol::detail::save_bytes(ar, t.data);
+}
+template <class Archive>
+void load(Archive& ar, WireTensor& t, std::uint32_t) {
+  std::uint8_t dtype = 0;
+  ar(protocol::detail::bounded(t.name), dtype, protocol::detail::bounded(t.shape), t.crc32);
+  t.dtype = static_cast<DType>(dtype);
+  protocol::detail::load_bytes(ar, t.data);
+}
+template <class Archive>
+void serialize(Archive& ar, TensorSet& s, std::uint32_t) {
+  ar(protocol::detail::bounded(s.tensors));
+}
+}  // namespace fedda
+
+namespace fedda::protocol {
+
+#define FEDDA_TEXT(field) detail::bounded(m.field)
+#define FEDDA_LIST(field) detail::bounded(m.field)
+
+template <class Archive>
+void serialize(Archive& ar, JobSpec& m, std::uint32_t) {
+  ar(FEDDA_TEXT(id), FEDDA_TEXT(type), FEDDA_LIST(sites), FEDDA_TEXT(source), m.fold, m.rounds, m.local_steps,
+     m.steps_by_share, m.batch_size, m.learning_rate, m.decay_round, m.dice_weight, m.lesion_slice_fraction, m.augment,
+     m.temperature, m.ada_weight, m.ada_warmup_rounds, m.seed, m.min_sites, m.round_deadline_s, m.evaluate,
+     FEDDA_LIST(evaluation_sites), FEDDA_LIST(subjects), FEDDA_TEXT(model_spec_json));
+}
+template <class Archive>
+void serialize(Archive& ar, Hello& m, std::uint32_t) {
+  ar(FEDDA_TEXT(site_id), FEDDA_TEXT(agent_version), FEDDA_TEXT(device));
+}
+template <class Archive>
+void serialize(Archive& ar, Welcome& m, std::uint32_t) {
+  ar(m.heartbeat_ms, m.liveness);
+}
+template <class Archive>
+void serialize(Archive& ar, JobOffer& m, std::uint32_t) {
+  ar(m.job, m.teacher);
+}
+template <class Archive>
+void serialize(Archive& ar, SkippedSubject& m, std::uint32_t) {
+  ar(FEDDA_TEXT(subject), FEDDA_TEXT(reason));
+}
+template <class Archive>
+void serialize(Archive& ar, JobReady& m, std::uint32_t) {
+  ar(m.samples, m.subjects, m.evaluation_subjects, FEDDA_LIST(skipped));
+}
+template <class Archive>
+void serialize(Archive& ar, RoundTask& m, std::uint32_t) {
+  ar(m.evaluate, m.learning_rate, m.adversarial_weight, m.model, m.discriminator, FEDDA_LIST(step_sites),
+     FEDDA_LIST(steps));
+}
+template <class Archive>
+void serialize(Archive& ar, SubjectMetrics& m, std::uint32_t) {
+  ar(FEDDA_TEXT(subject), m.dsc, m.h95, m.avd, m.recall, m.f1);
+}
+template <class Archive>
+void serialize(Archive& ar, RoundUpdate& m, std::uint32_t) {
+  ar(m.model, m.discriminator_grads, m.samples, m.steps, m.loss, m.seconds, FEDDA_LIST(metrics));
+}
+template <class Archive>
+void serialize(Archive& ar, JobFailed& m, std::uint32_t) {
+  ar(FEDDA_TEXT(reason));
+}
+template <class Archive>
+void serialize(Archive& ar, Reject& m, std::uint32_t) {
+  ar(FEDDA_TEXT(reason));
+}
+template <class Archive>
+void serialize(Archive& ar, Goodbye& m, std::uint32_t) {
+  ar(FEDDA_TEXT(reason));
+}
+
+#undef FEDDA_TEXT
+#undef FEDDA_LIST
+
+namespace detail {
+void finish_encoding(Header& header, std::string body, Frames& frames);
+Error decode_failure(const char* what, const std::exception& e);
+}  // namespace detail
+
+template <typename Body>
+Frames encode(Header header, const Body& body) {
+  std::ostringstream out;
+  {
+    cereal::PortableBinaryOutputArchive ar(out);
+    ar(body);
+  }
+  Frames frames;
+  detail::finish_encoding(header, out.str(), frames);
+  return frames;
+}
+
+template <typename Body>
+Result<Body> decode_body(const std::string& body_frame) {
+  try {
+    std::istringstream in(body_frame);
+    detail::begin_decoding(&in, body_frame.size());
+    cereal::PortableBinaryInputArchive ar(in);
+    Body body;
+    ar(body);
+    if (in.peek() != std::char_traits<char>::eof()) return make_error("message body has trailing bytes");
+    return body;
+  } catch (const std::exception& e) {
+    return detail::decode_failure("message body", e);
+  }
+}
+
+}  // namespace fedda::protocol
+
+// Versions of every struct on the wire; bump with a change and keep reading older versions.
+CEREAL_CLASS_VERSION(fedda::protocol::Header, 1)
+CEREAL_CLASS_VERSION(fedda::WireTensor, 1)
+CEREAL_CLASS_VERSION(fedda::TensorSet, 1)
+CEREAL_CLASS_VERSION(fedda::protocol::JobSpec, 1)
+CEREAL_CLASS_VERSION(fedda::protocol::Hello, 1)
+CEREAL_CLASS_VERSION(fedda::protocol::Welcome, 1)
+CEREAL_CLASS_VERSION(fedda::protocol::JobOffer, 1)
+CEREAL_CLASS_VERSION(fedda::protocol::SkippedSubject, 1)
+CEREAL_CLASS_VERSION(fedda::protocol::JobReady, 1)
+CEREAL_CLASS_VERSION(fedda::protocol::RoundTask, 1)
+CEREAL_CLASS_VERSION(fedda::protocol::SubjectMetrics, 1)
+CEREAL_CLASS_VERSION(fedda::protocol::RoundUpdate, 1)
+CEREAL_CLASS_VERSION(fedda::protocol::JobFailed, 1)
+CEREAL_CLASS_VERSION(fedda::protocol::Reject, 1)
+CEREAL_CLASS_VERSION(fedda::protocol::Goodbye, 1)

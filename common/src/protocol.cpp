@@ -1,0 +1,174 @@
+#include "fedda/common/protocol.h"
+
+#include <nlohmann/json.hpp>
+
+namespace fedda::protocol {
+
+const char* type_name(MessageType type) {
+  switch (type) {
+    case MessageType::hello: return "hello";
+    case MessageType::welcome: return "welcome";
+    case MessageType::heartbeat: return "heartbeat";
+    case MessageType::job_offer: return "job_offer";
+    case MessageType::job_ready: return "job_ready";
+    case MessageType::round_task: return "round_task";
+    case MessageType::round_update: return "round_update";
+    case MessageType::job_failed: return "job_failed";
+    case MessageType::reject: return "reject";
+    case MessageType::goodbye: return "goodbye";
+    case MessageType::update_ready: return "update_ready";
+    case MessageType::upload: return "upload";
+  }
+  return "unknown";
+}
+
+namespace detail {
+
+namespace {
+thread_local std::istream* decoding_stream = nullptr;
+thread_local std::size_t decoding_bytes = 0;
+}  // namespace
+
+void begin_decoding(std::istream* in, std::size_t frame_bytes) {
+  decoding_stream = in;
+  decoding_bytes = frame_bytes;
+}
+
+void check_size(std::uint64_t count, std::size_t element_bytes) {
+  std::size_t left = decoding_bytes;
+  if (decoding_stream != nullptr) {
+    const auto position = decoding_stream->tellg();
+    if (position >= 0) left = decoding_bytes - std::min<std::size_t>(decoding_bytes, static_cast<std::size_t>(position));
+  }
+  if (element_bytes == 0 || count > left / element_bytes) {
+    throw std::length_error("a size of " + std::to_string(count) + " does not fit in the " + std::to_string(left) +
+                            " bytes left");
+  }
+}
+
+void finish_encoding(Header& header, std::string body, Frames& frames) {
+  header.version = kVersion;
+  header.body_bytes = body.size();
+  header.body_crc32 = crc32_of(body);
+  frames.header = encode_header(header);
+  frames.body_crc32 = header.body_crc32;
+  frames.body = std::move(body);
+}
+
+Error decode_failure(const char* what, const std::exception& e) {
+  return make_error(std::string("malformed ") + what + ": " + e.what());
+}
+
+}  // namespace detail
+
+std::string encode_header(const Header& header) {
+  std::ostringstream out;
+  {
+    cereal::PortableBinaryOutputArchive ar(out);
+    ar(header);
+  }
+  return out.str();
+}
+
+Frames encode_empty(Header header) {
+  Frames frames;
+  detail::finish_encoding(header, std::string(), frames);
+  return frames;
+}
+
+Result<Header> decode_header(const std::string& header_frame, const std::string& body_frame,
+                             std::size_t max_message_bytes) {
+  if (header_frame.size() > 4096) return make_error("header frame of " + std::to_string(header_frame.size()) + " bytes");
+  if (body_frame.size() > max_message_bytes) {
+    return make_error("message of " + std::to_string(body_frame.size()) + " bytes exceeds the limit of " +
+                      std::to_string(max_message_bytes));
+  }
+  Header header;
+  try {
+    std::istringstream in(header_frame);
+    detail::begin_decoding(&in, header_frame.size());
+    cereal::PortableBinaryInputArchive ar(in);
+    ar(header);
+    if (in.peek() != std::char_traits<char>::eof()) return make_error("header has trailing bytes");
+  } catch (const std::exception& e) {
+    return detail::decode_failure("header", e);
+  }
+  if (header.version != kVersion) {
+    return make_error("protocol version " + std::to_string(header.version) + " (this build speaks " +
+                      std::to_string(kVersion) + ")");
+  }
+  const auto t = static_cast<int>(header.type);
+  if (t < static_cast<int>(MessageType::hello) || t > static_cast<int>(MessageType::upload)) {
+    return make_error("unknown message type " + std::to_string(t));
+  }
+  if (header.body_bytes != body_frame.size()) {
+    return make_error("body is " + std::to_string(body_frame.size()) + " bytes, header says " +
+                      std::to_string(header.body_bytes));
+  }
+  if (crc32_of(body_frame) != header.body_crc32) return make_error("body checksum mismatch");
+  return header;
+}
+
+std::string to_json(const JobSpec& j) {
+  nlohmann::json o = {{"id", j.id},
+                      {"type", j.type},
+                      {"sites", j.sites},
+                      {"source", j.source},
+                      {"fold", j.fold},
+                      {"rounds", j.rounds},
+                      {"local_steps", j.local_steps},
+                      {"steps_by_share", j.steps_by_share},
+                      {"batch_size", j.batch_size},
+                      {"learning_rate", j.learning_rate},
+                      {"decay_round", j.decay_round},
+                      {"dice_weight", j.dice_weight},
+                      {"lesion_slice_fraction", j.lesion_slice_fraction},
+                      {"augment", j.augment},
+                      {"temperature", j.temperature},
+                      {"ada_weight", j.ada_weight},
+                      {"ada_warmup_rounds", j.ada_warmup_rounds},
+                      {"seed", j.seed},
+                      {"min_sites", j.min_sites},
+                      {"round_deadline_s", j.round_deadline_s},
+                      {"evaluate", j.evaluate},
+                      {"evaluation_sites", j.evaluation_sites},
+                      {"subjects", j.subjects},
+                      {"model_spec", j.model_spec_json}};
+  return o.dump(2);
+}
+
+Result<JobSpec> job_spec_from_json(const std::string& text) {
+  try {
+    const auto o = nlohmann::json::parse(text);
+    JobSpec j;
+    j.id = o.at("id").get<std::string>();
+    j.type = o.at("type").get<std::string>();
+    j.sites = o.at("sites").get<std::vector<std::string>>();
+    j.source = o.at("source").get<std::string>();
+    j.fold = o.at("fold").get<int>();
+    j.rounds = o.at("rounds").get<int>();
+    j.local_steps = o.at("local_steps").get<int>();
+    j.steps_by_share = o.at("steps_by_share").get<bool>();
+    j.batch_size = o.at("batch_size").get<int>();
+    j.learning_rate = o.at("learning_rate").get<double>();
+    j.decay_round = o.at("decay_round").get<int>();
+    j.dice_weight = o.at("dice_weight").get<double>();
+    j.lesion_slice_fraction = o.at("lesion_slice_fraction").get<double>();
+    j.augment = o.at("augment").get<bool>();
+    j.temperature = o.at("temperature").get<double>();
+    j.ada_weight = o.at("ada_weight").get<double>();
+    j.ada_warmup_rounds = o.at("ada_warmup_rounds").get<int>();
+    j.seed = o.at("seed").get<std::uint64_t>();
+    j.min_sites = o.at("min_sites").get<int>();
+    j.round_deadline_s = o.at("round_deadline_s").get<double>();
+    j.evaluate = o.at("evaluate").get<bool>();
+    j.evaluation_sites = o.at("evaluation_sites").get<std::vector<std::string>>();
+    j.subjects = o.at("subjects").get<std::vector<std::string>>();
+    j.model_spec_json = o.at("model_spec").get<std::string>();
+    return j;
+  } catch (const std::exception& e) {
+    return make_error(std::string("job spec: ") + e.what());
+  }
+}
+
+}  // namespace fedda::protocol

@@ -1,0 +1,226 @@
+#include "fedda/common/tensors.h"
+
+#include <zlib.h>
+
+#include <cmath>
+#include <cstring>
+
+namespace fedda {
+
+const char* dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::f32: return "float32";
+    case DType::f16: return "float16";
+    case DType::i64: return "int64";
+  }
+  return "unknown";
+}
+
+std::size_t dtype_size(DType dtype) {
+  switch (dtype) {
+    case DType::f32: return 4;
+    case DType::f16: return 2;
+    case DType::i64: return 8;
+  }
+  return 0;
+}
+
+std::int64_t WireTensor::elements() const {
+  std::int64_t n = 1;
+  for (const auto d : shape) {
+    if (d < 0 || (d > 0 && n > (std::int64_t{1} << 40) / d)) return -1;
+    n *= d;
+  }
+  return n;
+}
+
+std::size_t TensorSet::bytes() const {
+  std::size_t n = 0;
+  for (const auto& t : tensors) n += t.data.size();
+  return n;
+}
+
+const WireTensor* TensorSet::find(const std::string& name) const {
+  for (const auto& t : tensors) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+std::uint32_t crc32_of(const std::vector<std::uint8_t>& data) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  std::size_t offset = 0;
+  while (offset < data.size()) {  // zlib takes 32-bit lengths
+    const auto chunk = static_cast<uInt>(std::min<std::size_t>(data.size() - offset, 1u << 30));
+    crc = crc32(crc, data.data() + offset, chunk);
+    offset += chunk;
+  }
+  return static_cast<std::uint32_t>(crc);
+}
+
+std::uint32_t crc32_of(const std::string& data) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  std::size_t offset = 0;
+  while (offset < data.size()) {
+    const auto chunk = static_cast<uInt>(std::min<std::size_t>(data.size() - offset, 1u << 30));
+    crc = crc32(crc, reinterpret_cast<const Bytef*>(data.data()) + offset, chunk);
+    offset += chunk;
+  }
+  return static_cast<std::uint32_t>(crc);
+}
+
+WireTensor make_f32(std::string name, std::vector<std::int64_t> shape, const std::vector<float>& values) {
+  WireTensor t;
+  t.name = std::move(name);
+  t.dtype = DType::f32;
+  t.shape = std::move(shape);
+  t.data.resize(values.size() * sizeof(float));
+  std::memcpy(t.data.data(), values.data(), t.data.size());
+  t.crc32 = crc32_of(t.data);
+  return t;
+}
+
+namespace {
+
+float half_to_float(std::uint16_t h) {
+  const std::uint32_t sign = (h >> 15) & 1, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
+  float value;
+  if (exponent == 0) {
+    value = std::ldexp(static_cast<float>(mantissa), -24);
+  } else if (exponent == 31) {
+    value = mantissa ? std::nanf("") : INFINITY;
+  } else {
+    value = std::ldexp(static_cast<float>(mantissa | 0x400), static_cast<int>(exponent) - 25);
+  }
+  return sign ? -value : value;
+}
+
+}  // namespace
+
+std::vector<float> to_f32(const WireTensor& t) {
+  const auto n = static_cast<std::size_t>(std::max<std::int64_t>(0, t.elements()));
+  std::vector<float> values(n);
+  if (t.dtype == DType::f32 && t.data.size() == n * 4) {
+    std::memcpy(values.data(), t.data.data(), t.data.size());
+  } else if (t.dtype == DType::f16 && t.data.size() == n * 2) {
+    for (std::size_t i = 0; i < n; ++i) {
+      std::uint16_t h;
+      std::memcpy(&h, t.data.data() + 2 * i, 2);
+      values[i] = half_to_float(h);
+    }
+  } else if (t.dtype == DType::i64 && t.data.size() == n * 8) {
+    for (std::size_t i = 0; i < n; ++i) {
+      std::int64_t v;
+      std::memcpy(&v, t.data.data() + 8 * i, 8);
+      values[i] = static_cast<float>(v);
+    }
+  }
+  return values;
+}
+
+void seal(TensorSet& set) {
+  for (auto& t : set.tensors) t.crc32 = crc32_of(t.data);
+}
+
+Status check_integrity(const TensorSet& set) {
+  for (const auto& t : set.tensors) {
+    const std::size_t size = dtype_size(t.dtype);
+    if (size == 0) return make_error("tensor '" + t.name + "': unknown dtype " + std::to_string(int(t.dtype)));
+    const auto n = t.elements();
+    if (n < 0) return make_error("tensor '" + t.name + "': invalid shape");
+    if (t.data.size() != static_cast<std::size_t>(n) * size) {
+      return make_error("tensor '" + t.name + "': " + std::to_string(t.data.size()) + " bytes for " +
+                        std::to_string(n) + " " + dtype_name(t.dtype) + " elements");
+    }
+    if (crc32_of(t.data) != t.crc32) return make_error("tensor '" + t.name + "': checksum mismatch");
+  }
+  return Status::success();
+}
+
+namespace {
+std::string shape_text(const std::vector<std::int64_t>& shape) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? "," : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+}  // namespace
+
+Status check_same_layout(const TensorSet& set, const TensorSet& reference) {
+  if (set.tensors.size() != reference.tensors.size()) {
+    return make_error(std::to_string(set.tensors.size()) + " tensors where " +
+                      std::to_string(reference.tensors.size()) + " are expected");
+  }
+  for (std::size_t i = 0; i < set.tensors.size(); ++i) {
+    const auto& a = set.tensors[i];
+    const auto& b = reference.tensors[i];
+    if (a.name != b.name) return make_error("tensor #" + std::to_string(i) + " is '" + a.name + "', expected '" + b.name + "'");
+    if (a.dtype != b.dtype) {
+      return make_error("tensor '" + a.name + "' is " + dtype_name(a.dtype) + ", expected " + dtype_name(b.dtype));
+    }
+    if (a.shape != b.shape) {
+      return make_error("tensor '" + a.name + "' has shape " + shape_text(a.shape) + ", expected " + shape_text(b.shape));
+    }
+  }
+  return Status::success();
+}
+
+RunningAverage::RunningAverage(TensorSet layout) : layout_(std::move(layout)) {
+  sums_.reserve(layout_.tensors.size());
+  for (auto& t : layout_.tensors) {
+    sums_.emplace_back(static_cast<std::size_t>(std::max<std::int64_t>(0, t.elements())), 0.0);
+    t.data.clear();
+    t.data.shrink_to_fit();
+  }
+}
+
+Status RunningAverage::add(const TensorSet& set, double weight) {
+  if (!(weight > 0) || !std::isfinite(weight)) return make_error("weight must be positive");
+  if (auto st = check_same_layout(set, layout_); !st) return st;
+  if (auto st = check_integrity(set); !st) return st;
+  for (std::size_t i = 0; i < set.tensors.size(); ++i) {
+    const auto& t = set.tensors[i];
+    auto& sum = sums_[i];
+    if (t.dtype == DType::f32) {
+      const float* v = reinterpret_cast<const float*>(t.data.data());
+      for (std::size_t k = 0; k < sum.size(); ++k) sum[k] += weight * v[k];
+    } else if (t.dtype == DType::i64) {
+      for (std::size_t k = 0; k < sum.size(); ++k) {
+        std::int64_t v;
+        std::memcpy(&v, t.data.data() + 8 * k, 8);
+        sum[k] += weight * static_cast<double>(v);
+      }
+    } else {
+      const auto v = to_f32(t);
+      for (std::size_t k = 0; k < sum.size(); ++k) sum[k] += weight * v[k];
+    }
+  }
+  total_weight_ += weight;
+  ++count_;
+  return Status::success();
+}
+
+Result<TensorSet> RunningAverage::average() const {
+  if (count_ == 0) return make_error("nothing to average");
+  TensorSet out = layout_;
+  for (std::size_t i = 0; i < out.tensors.size(); ++i) {
+    auto& t = out.tensors[i];
+    const auto& sum = sums_[i];
+    if (t.dtype == DType::i64) {
+      t.data.resize(sum.size() * 8);
+      for (std::size_t k = 0; k < sum.size(); ++k) {
+        const auto v = static_cast<std::int64_t>(std::llround(sum[k] / total_weight_));
+        std::memcpy(t.data.data() + 8 * k, &v, 8);
+      }
+    } else {
+      // Averages are returned as float32 whatever the inputs' precision.
+      t.dtype = DType::f32;
+      t.data.resize(sum.size() * 4);
+      float* v = reinterpret_cast<float*>(t.data.data());
+      for (std::size_t k = 0; k < sum.size(); ++k) v[k] = static_cast<float>(sum[k] / total_weight_);
+    }
+    t.crc32 = crc32_of(t.data);
+  }
+  return out;
+}
+
+}  // namespace fedda

@@ -1,0 +1,437 @@
+#include "fedda/models/federated.h"
+
+#include <chrono>
+#include <cstring>
+#include <sstream>
+
+#include "fedda/common/files.h"
+#include "fedda/common/log.h"
+#include "fedda/imaging/nifti_io.h"
+#include "losses.h"
+#include "model_io.h"
+#include "training.h"
+
+namespace fedda::models {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::vector<std::pair<std::string, torch::Tensor>> state_of(torch::nn::Module& module) {
+  std::vector<std::pair<std::string, torch::Tensor>> state;
+  for (const auto& p : module.named_parameters()) state.emplace_back(p.key(), p.value());
+  for (const auto& b : module.named_buffers()) state.emplace_back(b.key(), b.value());
+  return state;
+}
+
+Result<DType> wire_dtype(const torch::Tensor& t, const std::string& name) {
+  switch (t.scalar_type()) {
+    case torch::kFloat32: return DType::f32;
+    case torch::kFloat16: return DType::f16;
+    case torch::kInt64: return DType::i64;
+    default: return make_error("tensor '" + name + "' has a type the wire format does not carry");
+  }
+}
+
+torch::ScalarType torch_dtype(DType d) {
+  switch (d) {
+    case DType::f16: return torch::kFloat16;
+    case DType::i64: return torch::kInt64;
+    case DType::f32: break;
+  }
+  return torch::kFloat32;
+}
+
+WireTensor to_wire(const std::string& name, const torch::Tensor& tensor, DType dtype) {
+  const auto t = tensor.detach().to(torch::kCPU).contiguous();
+  WireTensor w;
+  w.name = name;
+  w.dtype = dtype;
+  w.shape.assign(t.sizes().begin(), t.sizes().end());
+  w.data.resize(t.numel() * t.element_size());
+  std::memcpy(w.data.data(), t.data_ptr(), w.data.size());
+  w.crc32 = crc32_of(w.data);
+  return w;
+}
+
+Result<TensorSet> to_wire(torch::nn::Module& module) {
+  TensorSet set;
+  for (const auto& [name, tensor] : state_of(module)) {
+    auto dtype = wire_dtype(tensor, name);
+    if (!dtype) return dtype.error();
+    set.tensors.push_back(to_wire(name, tensor, *dtype));
+  }
+  return set;
+}
+
+// Copies `set` into the module's parameters and buffers; error names the first mismatch.
+Status from_wire(torch::nn::Module& module, const TensorSet& set) {
+  auto reference = to_wire(module);
+  if (!reference) return reference.error();
+  if (auto st = check_same_layout(set, *reference); !st) return st;
+  if (auto st = check_integrity(set); !st) return st;
+  torch::NoGradGuard no_grad;
+  const auto state = state_of(module);
+  for (std::size_t i = 0; i < state.size(); ++i) {
+    const auto& w = set.tensors[i];
+    auto source = torch::from_blob(const_cast<std::uint8_t*>(w.data.data()), w.shape,
+                                   torch::TensorOptions().dtype(torch_dtype(w.dtype)));
+    state[i].second.copy_(source);
+  }
+  return Status::success();
+}
+
+std::string hex(std::uint64_t v) {
+  char text[17];
+  std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(v));
+  return text;
+}
+
+// Identifies soft labels: the teacher's weights, the temperature and the grid.
+std::string soft_label_key(const TensorSet& teacher, const ModelSpec& spec, double temperature) {
+  std::uint64_t key = mix(static_cast<std::uint64_t>(temperature * 1000), std::hash<std::string>{}(to_json(spec)));
+  for (const auto& t : teacher.tensors) key = mix(key, t.crc32);
+  return hex(key);
+}
+
+Status save_tensor(const fs::path& path, const torch::Tensor& tensor) {
+  std::ostringstream bytes;
+  try {
+    torch::save(tensor, bytes);
+  } catch (const std::exception& e) {
+    return make_error(path.string() + ": " + e.what());
+  }
+  return files::write_atomically(path, bytes.str());
+}
+
+Result<torch::Tensor> load_tensor(const fs::path& path) {
+  auto bytes = files::read_all(path);
+  if (!bytes) return bytes.error();
+  try {
+    std::istringstream in(*bytes);
+    torch::Tensor t;
+    torch::load(t, in);
+    return t;
+  } catch (const std::exception& e) {
+    return make_error(path.string() + ": " + e.what());
+  }
+}
+
+}  // namespace
+
+Result<TensorSet> new_model_weights(const ModelSpec& spec, std::uint64_t seed) {
+  if (auto st = validate(spec); !st) return st.error();
+  torch::manual_seed(seed);
+  UNet net(spec.unet);
+  return to_wire(*net);
+}
+
+Result<TensorSet> new_discriminator_weights(const ModelSpec& spec, std::uint64_t seed) {
+  torch::manual_seed(mix(seed, 0xd15c));
+  Discriminator net(spec.unet.classes);
+  return to_wire(*net);
+}
+
+Result<StoredModel> read_model_weights(const fs::path& path) {
+  auto m = load_model(path, torch::kCPU);
+  if (!m) return m.error();
+  auto weights = to_wire(*m->net);
+  if (!weights) return make_error(path.string() + ": " + weights.error().message);
+  return StoredModel{m->spec, std::move(*weights)};
+}
+
+Status write_model_weights(const fs::path& path, const ModelSpec& spec, const TensorSet& weights) {
+  if (auto st = validate(spec); !st) return st.error();
+  UNet net(spec.unet);
+  if (auto st = from_wire(*net, weights); !st) return make_error(path.string() + ": " + st.error().message);
+  net->eval();
+  return save_model(path, spec, net);
+}
+
+// ---- DiscriminatorOptimizer ---------------------------------------------------------------
+
+struct DiscriminatorOptimizer::Impl {
+  Discriminator net{nullptr};
+  std::unique_ptr<torch::optim::Adam> optimizer;
+};
+
+DiscriminatorOptimizer::DiscriminatorOptimizer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+DiscriminatorOptimizer::~DiscriminatorOptimizer() = default;
+
+Result<std::unique_ptr<DiscriminatorOptimizer>> DiscriminatorOptimizer::create(const ModelSpec& spec,
+                                                                               const TensorSet& weights,
+                                                                               double learning_rate) {
+  auto impl = std::make_unique<Impl>();
+  impl->net = Discriminator(spec.unet.classes);
+  if (auto st = from_wire(*impl->net, weights); !st) return make_error("discriminator: " + st.error().message);
+  impl->optimizer = std::make_unique<torch::optim::Adam>(impl->net->parameters(),
+                                                         torch::optim::AdamOptions(learning_rate));
+  return std::unique_ptr<DiscriminatorOptimizer>(new DiscriminatorOptimizer(std::move(impl)));
+}
+
+Result<TensorSet> DiscriminatorOptimizer::step(const TensorSet& mean_grads, double learning_rate) {
+  auto parameters = impl_->net->named_parameters();
+  if (mean_grads.tensors.size() != parameters.size()) {
+    return make_error("discriminator gradients: " + std::to_string(mean_grads.tensors.size()) + " tensors where " +
+                      std::to_string(parameters.size()) + " are expected");
+  }
+  if (auto st = check_integrity(mean_grads); !st) return make_error("discriminator gradients: " + st.error().message);
+  std::size_t i = 0;
+  for (auto& p : parameters) {
+    const auto& g = mean_grads.tensors[i++];
+    if (g.name != p.key() || g.dtype != DType::f32 ||
+        g.shape != std::vector<std::int64_t>(p.value().sizes().begin(), p.value().sizes().end())) {
+      return make_error("discriminator gradients: tensor '" + g.name + "' does not match parameter '" + p.key() + "'");
+    }
+    p.value().mutable_grad() =
+        torch::from_blob(const_cast<std::uint8_t*>(g.data.data()), g.shape, torch::kFloat32).clone();
+  }
+  for (auto& group : impl_->optimizer->param_groups()) {
+    static_cast<torch::optim::AdamOptions&>(group.options()).lr(learning_rate);
+  }
+  impl_->optimizer->step();
+  impl_->optimizer->zero_grad();
+  return to_wire(*impl_->net);
+}
+
+Result<TensorSet> DiscriminatorOptimizer::weights() const { return to_wire(*impl_->net); }
+
+Status DiscriminatorOptimizer::save(const fs::path& path) const {
+  std::ostringstream bytes;
+  try {
+    torch::serialize::OutputArchive archive, net, optimizer;
+    impl_->net->save(net);
+    impl_->optimizer->save(optimizer);
+    archive.write("net", net);
+    archive.write("optimizer", optimizer);
+    archive.save_to(bytes);
+  } catch (const std::exception& e) {
+    return make_error(path.string() + ": cannot serialise the discriminator: " + e.what());
+  }
+  return files::write_atomically(path, bytes.str());
+}
+
+Status DiscriminatorOptimizer::load(const fs::path& path) {
+  auto bytes = files::read_all(path);
+  if (!bytes) return bytes.error();
+  try {
+    std::istringstream in(*bytes);
+    torch::serialize::InputArchive archive, net, optimizer;
+    archive.load_from(in);
+    archive.read("net", net);
+    archive.read("optimizer", optimizer);
+    impl_->net->load(net);
+    impl_->optimizer->load(optimizer);
+  } catch (const std::exception& e) {
+    return make_error(path.string() + ": not a discriminator state: " + e.what());
+  }
+  return Status::success();
+}
+
+// ---- SiteTrainer ----------------------------------------------------------------------------
+
+struct SiteTrainer::Impl {
+  SiteJobOptions options;
+  torch::Device device{torch::kCPU};
+  UNet net{nullptr};
+  Discriminator discriminator{nullptr};
+  std::unique_ptr<torch::optim::Adam> optimizer;
+  std::vector<ScanSlices> scans;
+  std::vector<imaging::SubjectFiles> evaluation;
+  std::vector<SkippedScan> skipped;
+  std::int64_t samples = 0;
+};
+
+SiteTrainer::SiteTrainer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+SiteTrainer::~SiteTrainer() = default;
+
+const std::vector<SkippedScan>& SiteTrainer::skipped() const { return impl_->skipped; }
+std::int64_t SiteTrainer::samples() const { return impl_->samples; }
+int SiteTrainer::training_subjects() const { return static_cast<int>(impl_->scans.size()); }
+int SiteTrainer::evaluation_subjects() const { return static_cast<int>(impl_->evaluation.size()); }
+
+Result<std::unique_ptr<SiteTrainer>> SiteTrainer::open(const SiteJobOptions& o, const TensorSet& teacher) {
+  auto log = log::get("site-trainer");
+  static const std::vector<std::string> types = {"teacher", "kd", "ada", "evaluate"};
+  if (std::find(types.begin(), types.end(), o.type) == types.end()) return make_error("unknown job type '" + o.type + "'");
+  if (auto st = validate(o.spec); !st) return make_error("model spec: " + st.error().message);
+  auto device = parse_device(o.device);
+  if (!device) return device.error();
+  if (o.threads > 0) torch::set_num_threads(o.threads);
+
+  auto impl = std::make_unique<Impl>();
+  impl->options = o;
+  impl->device = *device;
+  const auto id = [](const imaging::SubjectFiles& s) { return s.clinic + "/" + s.subject; };
+  const bool training = o.type != "evaluate";
+  if (training) {
+    for (const auto& s : o.train) {
+      if (o.labelled && !s.labels) {
+        impl->skipped.push_back({id(s), "no label file"});
+        continue;
+      }
+      auto scan = load_scan(s, o.spec.grid, o.labelled);
+      if (!scan) {
+        log->warn("skipping {}: {}", id(s), scan.error().message);
+        impl->skipped.push_back({id(s), scan.error().message});
+        continue;
+      }
+      impl->samples += scan->images.size(0);
+      impl->scans.push_back(std::move(*scan));
+    }
+  }
+  for (const auto& s : o.evaluation) {
+    if (!s.labels) {
+      impl->skipped.push_back({id(s), "no label file to evaluate against"});
+      continue;
+    }
+    if (auto subject = imaging::read_subject(s.flair, s.t1, s.labels); !subject) {
+      log->warn("skipping {} for evaluation: {}", id(s), subject.error().message);
+      impl->skipped.push_back({id(s), subject.error().message});
+      continue;
+    }
+    impl->evaluation.push_back(s);
+  }
+  if (training && !o.train.empty() && impl->scans.empty()) {
+    return make_error("none of the " + std::to_string(o.train.size()) + " training scans could be used");
+  }
+
+  if (o.type == "kd" && !impl->scans.empty()) {
+    UNet teacher_net(o.spec.unet);
+    if (auto st = from_wire(*teacher_net, teacher); !st) return make_error("teacher: " + st.error().message);
+    teacher_net->to(impl->device);
+    const auto key = soft_label_key(teacher, o.spec, o.temperature);
+    std::vector<ScanSlices*> missing;
+    for (auto& scan : impl->scans) {
+      if (!o.cache_dir.empty()) {
+        std::string name = scan.id;
+        std::replace(name.begin(), name.end(), '/', '_');
+        const auto path = o.cache_dir / "soft-labels" / (key + "-" + name + ".pt");
+        if (fs::exists(path)) {
+          auto soft = load_tensor(path);
+          if (soft && soft->sizes() == torch::IntArrayRef({scan.images.size(0), scan.images.size(2), scan.images.size(3)})) {
+            scan.soft = *soft;
+            scan.lesion_slices.clear();
+            const auto has_lesion = (scan.soft.to(torch::kFloat32) > 0.5).flatten(1).any(1);
+            for (int64_t z = 0; z < has_lesion.size(0); ++z) {
+              if (has_lesion[z].item<bool>()) scan.lesion_slices.push_back(static_cast<int>(z));
+            }
+            scan.labels = torch::Tensor();
+            continue;
+          }
+          log->warn("{}: unreadable soft-label cache, recomputing", path.string());
+        }
+      }
+      missing.push_back(&scan);
+    }
+    if (!missing.empty()) {
+      std::vector<ScanSlices> todo;
+      for (auto* s : missing) todo.push_back(std::move(*s));
+      attach_soft_labels(teacher_net, todo, o.temperature, impl->device);
+      for (std::size_t i = 0; i < missing.size(); ++i) {
+        *missing[i] = std::move(todo[i]);
+        if (!o.cache_dir.empty()) {
+          std::string name = missing[i]->id;
+          std::replace(name.begin(), name.end(), '/', '_');
+          std::error_code ec;
+          fs::create_directories(o.cache_dir / "soft-labels", ec);
+          const auto path = o.cache_dir / "soft-labels" / (key + "-" + name + ".pt");
+          if (auto st = save_tensor(path, missing[i]->soft); !st) log->warn("soft-label cache: {}", st.error().message);
+        }
+      }
+    } else {
+      log->info("soft labels of {} scans read from the cache", impl->scans.size());
+    }
+  }
+
+  impl->net = UNet(o.spec.unet);
+  impl->net->to(impl->device);
+  if (o.type == "ada") {
+    impl->discriminator = Discriminator(o.spec.unet.classes);
+    impl->discriminator->to(impl->device);
+  }
+  return std::unique_ptr<SiteTrainer>(new SiteTrainer(std::move(impl)));
+}
+
+Result<LocalUpdate> SiteTrainer::train(int round, const TensorSet& model, const TensorSet& discriminator, int steps,
+                                       double learning_rate, double adversarial_weight) {
+  auto& m = *impl_;
+  const auto& o = m.options;
+  if (o.type == "evaluate") return make_error("an evaluate job does not train");
+  if (m.scans.empty()) return make_error("this site holds no training scans for the job");
+  if (steps < 1) return make_error("a round needs at least one step");
+  const auto start = std::chrono::steady_clock::now();
+  if (auto st = from_wire(*m.net, model); !st) return make_error("model: " + st.error().message);
+  const bool ada = o.type == "ada";
+  if (ada) {
+    if (auto st = from_wire(*m.discriminator, discriminator); !st) return make_error("discriminator: " + st.error().message);
+  }
+  if (!m.optimizer) {
+    m.optimizer = std::make_unique<torch::optim::Adam>(m.net->parameters(), torch::optim::AdamOptions(learning_rate));
+  }
+  for (auto& group : m.optimizer->param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(learning_rate);
+
+  std::mt19937_64 rng(mix(o.seed, static_cast<std::uint64_t>(round)));
+  torch::manual_seed(mix(o.seed ^ 0x5eed, static_cast<std::uint64_t>(round)));
+  m.net->train();
+  std::vector<torch::Tensor> grad_sums;
+  if (ada) {
+    m.discriminator->train();
+    for (const auto& p : m.discriminator->parameters()) grad_sums.push_back(torch::zeros_like(p));
+  }
+  const auto options = torch::TensorOptions(torch::kInt64).device(m.device);
+  double loss_sum = 0;
+  for (int s = 0; s < steps; ++s) {
+    const double lesion_fraction = ada && o.domain == 1 ? 0.0 : o.lesion_slice_fraction;
+    const Batch b = sample_batch(m.scans, o.batch_size, lesion_fraction, o.augment, rng, m.device);
+    const auto logits = m.net->forward(b.images);
+    torch::Tensor loss;
+    if (o.type == "teacher") {
+      loss = supervised_loss(logits, b.labels, o.dice_weight);
+    } else if (o.type == "kd") {
+      loss = distillation_loss(logits, b.soft, o.temperature);
+    } else {
+      const auto output = torch::softmax(logits, 1);
+      const auto domain = torch::full({o.batch_size}, o.domain, options);
+      m.discriminator->zero_grad();
+      torch::nn::functional::cross_entropy(m.discriminator->forward(output.detach()), domain).backward();
+      std::size_t k = 0;
+      for (const auto& p : m.discriminator->parameters()) grad_sums[k++] += p.grad();
+      if (o.domain == 0) {
+        loss = supervised_loss(logits, b.labels, o.dice_weight);
+      } else if (adversarial_weight > 0) {
+        loss = adversarial_weight * torch::nn::functional::cross_entropy(m.discriminator->forward(output),
+                                                                         torch::zeros({o.batch_size}, options));
+      }
+    }
+    if (loss.defined()) {
+      const double l = descend(*m.optimizer, loss);
+      if (!std::isfinite(l)) return make_error("training diverged in round " + std::to_string(round));
+      loss_sum += l;
+    }
+  }
+  m.net->eval();
+  LocalUpdate update;
+  auto weights = to_wire(*m.net);
+  if (!weights) return weights.error();
+  update.model = std::move(*weights);
+  if (ada) {
+    std::size_t k = 0;
+    for (const auto& p : m.discriminator->named_parameters()) {
+      update.discriminator_grads.tensors.push_back(to_wire(p.key(), grad_sums[k++] / steps, DType::f32));
+    }
+  }
+  update.samples = m.samples;
+  update.steps = steps;
+  update.loss = loss_sum / steps;
+  update.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return update;
+}
+
+Result<std::vector<SubjectScore>> SiteTrainer::evaluate(const TensorSet& model) {
+  auto& m = *impl_;
+  if (auto st = from_wire(*m.net, model); !st) return make_error("model: " + st.error().message);
+  m.net->eval();
+  return score_subjects(m.net, m.options.spec, m.evaluation, m.device);
+}
+
+}  // namespace fedda::models

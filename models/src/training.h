@@ -1,0 +1,34 @@
+#pragma once
+// Pieces shared by the centralized trainers (engine.cpp) and the federated site trainer
+// (federated.cpp). Private; LibTorch inside.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "data.h"
+#include "fedda/models/engine.h"
+#include "networks.h"
+
+namespace fedda::models {
+
+// A well-mixed 64-bit hash of two values (seeds per epoch, round or site).
+std::uint64_t mix(std::uint64_t a, std::uint64_t b);
+
+// Probability of WMH for every slice of a scan, on the model grid (inference mode).
+torch::Tensor predict(UNet& net, const torch::Tensor& images, const torch::Device& device, double temperature = 1.0);
+
+// Teacher's tempered p(WMH) per slice (half precision) and the slices it calls lesion.
+void attach_soft_labels(UNet& teacher, std::vector<ScanSlices>& scans, double temperature, const torch::Device& device);
+
+// One optimiser update on `loss`; returns its value.
+double descend(torch::optim::Optimizer& optimizer, const torch::Tensor& loss);
+
+// Segments each labelled subject with `net` and scores it in its own geometry.
+Result<std::vector<SubjectScore>> score_subjects(UNet& net, const ModelSpec& spec,
+                                                 const std::vector<imaging::SubjectFiles>& subjects,
+                                                 const torch::Device& device);
+
+}  // namespace fedda::models

@@ -1,0 +1,110 @@
+#include "fedda/site_agent/site_config.h"
+
+#include <unistd.h>
+
+#include <set>
+
+#include <yaml-cpp/yaml.h>
+
+#include "fedda/imaging/nifti_io.h"
+#include "fedda/models/engine.h"
+
+namespace fedda::site_agent {
+namespace fs = std::filesystem;
+
+namespace {
+template <typename T>
+void take(const YAML::Node& node, const char* key, T& value, std::set<std::string>& used) {
+  used.insert(key);
+  if (node[key]) value = node[key].as<T>();
+}
+}  // namespace
+
+Result<SiteConfig> read_site_config(const fs::path& path) {
+  const auto fail = [&](const std::string& message) { return make_error(path.string() + ": " + message); };
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path.string());
+  } catch (const YAML::BadFile&) {
+    return fail("cannot read the site config");
+  } catch (const std::exception& e) {
+    return fail(std::string("not valid YAML: ") + e.what());
+  }
+  if (!root.IsMap()) return fail("a site config is a YAML mapping (key: value)");
+  SiteConfig c;
+  std::set<std::string> used;
+  std::string data, cache;
+  try {
+    take(root, "site_id", c.site_id, used);
+    take(root, "coordinator", c.coordinator, used);
+    take(root, "data", data, used);
+    take(root, "cache_dir", cache, used);
+    take(root, "device", c.device, used);
+    take(root, "threads", c.threads, used);
+    take(root, "heartbeat_ms", c.heartbeat_ms, used);
+    take(root, "reconnect_min_ms", c.reconnect_min_ms, used);
+    take(root, "reconnect_max_ms", c.reconnect_max_ms, used);
+    take(root, "drain_timeout_s", c.drain_timeout_s, used);
+  } catch (const std::exception& e) {
+    return fail(std::string("a value has the wrong type: ") + e.what());
+  }
+  for (const auto& kv : root) {
+    const auto key = kv.first.as<std::string>();
+    if (!used.count(key)) return fail("unknown key '" + key + "'");
+  }
+  const auto base = path.parent_path();
+  if (c.site_id.empty()) return fail("site_id is required");
+  if (c.coordinator.empty()) return fail("coordinator is required (e.g. tcp://coordinator.example.org:5570)");
+  if (c.coordinator.rfind("tcp://", 0) != 0 && c.coordinator.rfind("ipc://", 0) != 0 &&
+      c.coordinator.rfind("inproc://", 0) != 0) {
+    return fail("coordinator '" + c.coordinator + "' is not a ZeroMQ endpoint (tcp://HOST:PORT)");
+  }
+  if (data.empty()) return fail("data is required (the clinic folder holding one folder per subject)");
+  c.data = fs::path(data).is_relative() ? (base / data).lexically_normal() : fs::path(data);
+  if (cache.empty()) cache = "cache-" + c.site_id;
+  c.cache_dir = fs::path(cache).is_relative() ? (base / cache).lexically_normal() : fs::path(cache);
+  if (c.device != "cpu" && c.device != "cuda" && c.device.rfind("cuda:", 0) != 0) {
+    return fail("device '" + c.device + "' (choose cpu or cuda)");
+  }
+  if (c.threads < 0) return fail("threads must be 0 (default) or more");
+  if (c.heartbeat_ms < 10) return fail("heartbeat_ms must be at least 10");
+  if (c.reconnect_min_ms < 1 || c.reconnect_max_ms < c.reconnect_min_ms) {
+    return fail("reconnect_min_ms must be positive and at most reconnect_max_ms");
+  }
+  if (!(c.drain_timeout_s >= 0)) return fail("drain_timeout_s must not be negative");
+  return c;
+}
+
+Result<std::vector<imaging::SubjectFiles>> site_subjects(const SiteConfig& c) {
+  std::error_code ec;
+  if (!fs::is_directory(c.data, ec)) return make_error(c.data.string() + ": data folder not found");
+  auto folder = c.data.lexically_normal();
+  if (folder.filename().empty()) folder = folder.parent_path();
+  return imaging::find_clinic_subjects(folder.parent_path(), folder.filename().string());
+}
+
+CheckReport check_site(const SiteConfig& c) {
+  CheckReport report;
+  if (auto st = models::check_device(c.device); !st) report.problems.push_back("device: " + st.error().message);
+  std::error_code ec;
+  fs::create_directories(c.cache_dir, ec);
+  if (ec || access(c.cache_dir.c_str(), W_OK) != 0) {
+    report.problems.push_back("cache_dir " + c.cache_dir.string() + ": not writable");
+  }
+  auto subjects = site_subjects(c);
+  if (!subjects) {
+    report.problems.push_back(subjects.error().message);
+    return report;
+  }
+  report.subjects = static_cast<int>(subjects->size());
+  for (const auto& s : *subjects) {
+    if (auto subject = imaging::read_subject(s.flair, s.t1, s.labels); !subject) {
+      report.problems.push_back("subject " + s.subject + ": " + subject.error().message);
+      continue;
+    }
+    ++report.usable;
+  }
+  return report;
+}
+
+}  // namespace fedda::site_agent

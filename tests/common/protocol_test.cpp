@@ -1,0 +1,197 @@
+// The wire protocol: frames round-trip, and anything malformed, forged or oversized is an
+// error, never a crash or an unbounded allocation.
+#include "fedda/common/protocol.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+
+namespace fedda::protocol {
+namespace {
+
+TensorSet sample_tensors() {
+  TensorSet set;
+  set.tensors.push_back(make_f32("conv.weight", {2, 3}, {1, 2, 3, 4, 5, 6}));
+  set.tensors.push_back(make_f32("conv.bias", {2}, {-1, 0.5}));
+  return set;
+}
+
+Header header_of(MessageType type) {
+  Header h;
+  h.type = type;
+  h.sender = "amsterdam";
+  h.job_id = "kd-utrecht";
+  h.round = 3;
+  h.sequence = 42;
+  return h;
+}
+
+TEST(Protocol, RoundUpdateSurvivesTheWire) {
+  RoundUpdate update;
+  update.model = sample_tensors();
+  update.samples = 480;
+  update.steps = 32;
+  update.loss = 0.25;
+  update.metrics.push_back({"sub-01", 0.7, 4.5, 12.0, 0.6, std::nan("")});
+  const auto frames = encode(header_of(MessageType::round_update), update);
+
+  auto h = decode_header(frames.header, frames.body);
+  ASSERT_TRUE(h) << h.error().message;
+  EXPECT_EQ(h->type, MessageType::round_update);
+  EXPECT_EQ(h->sender, "amsterdam");
+  EXPECT_EQ(h->job_id, "kd-utrecht");
+  EXPECT_EQ(h->round, 3);
+  EXPECT_EQ(h->sequence, 42u);
+  auto back = decode_body<RoundUpdate>(frames.body);
+  ASSERT_TRUE(back) << back.error().message;
+  ASSERT_EQ(back->model.tensors.size(), 2u);
+  EXPECT_EQ(back->model.tensors[0].name, "conv.weight");
+  EXPECT_EQ(back->model.tensors[0].shape, (std::vector<std::int64_t>{2, 3}));
+  EXPECT_EQ(to_f32(back->model.tensors[0]), (std::vector<float>{1, 2, 3, 4, 5, 6}));
+  EXPECT_TRUE(check_integrity(back->model));
+  EXPECT_EQ(back->samples, 480);
+  ASSERT_EQ(back->metrics.size(), 1u);
+  EXPECT_EQ(back->metrics[0].subject, "sub-01");
+  EXPECT_TRUE(std::isnan(back->metrics[0].f1));
+}
+
+TEST(Protocol, JobSpecSurvivesTheWireAndJson) {
+  JobOffer offer;
+  offer.job.id = "ada-1";
+  offer.job.type = "ada";
+  offer.job.sites = {"utrecht", "singapore"};
+  offer.job.subjects = {"s1"};
+  offer.job.learning_rate = 3e-4;
+  offer.teacher = sample_tensors();
+  const auto frames = encode(header_of(MessageType::job_offer), offer);
+  auto back = decode_body<JobOffer>(frames.body);
+  ASSERT_TRUE(back) << back.error().message;
+  EXPECT_EQ(back->job.sites, offer.job.sites);
+  EXPECT_EQ(back->job.subjects, offer.job.subjects);
+  EXPECT_DOUBLE_EQ(back->job.learning_rate, 3e-4);
+  auto json = job_spec_from_json(to_json(offer.job));
+  ASSERT_TRUE(json) << json.error().message;
+  EXPECT_EQ(json->sites, offer.job.sites);
+  EXPECT_FALSE(job_spec_from_json("{\"id\": 1}"));
+}
+
+TEST(Protocol, FlippedBodyByteIsRefusedByChecksum) {
+  const auto frames = encode(header_of(MessageType::hello), Hello{"amsterdam", "0.1.0", "cpu"});
+  auto body = frames.body;
+  body[body.size() / 2] ^= 0x01;
+  auto h = decode_header(frames.header, body);
+  ASSERT_FALSE(h);
+  EXPECT_NE(h.error().message.find("checksum"), std::string::npos) << h.error().message;
+}
+
+TEST(Protocol, TensorChecksumCatchesEditedData) {
+  auto set = sample_tensors();
+  set.tensors[1].data[0] ^= 0x80;
+  auto st = check_integrity(set);
+  ASSERT_FALSE(st);
+  EXPECT_NE(st.error().message.find("conv.bias"), std::string::npos);
+}
+
+TEST(Protocol, OversizedMessageIsRefused) {
+  Goodbye big{std::string(4096, 'x')};
+  const auto frames = encode(header_of(MessageType::goodbye), big);
+  auto h = decode_header(frames.header, frames.body, 1024);
+  ASSERT_FALSE(h);
+  EXPECT_NE(h.error().message.find("exceeds"), std::string::npos);
+}
+
+TEST(Protocol, UnknownTypeAndVersionAreRefused) {
+  auto h = header_of(MessageType::heartbeat);
+  h.type = static_cast<MessageType>(99);
+  auto frames = encode_empty(h);
+  EXPECT_FALSE(decode_header(frames.header, frames.body));
+  h = header_of(MessageType::heartbeat);
+  frames = encode_empty(h);
+  Header newer = h;
+  newer.version = kVersion + 1;
+  newer.body_crc32 = frames.body_crc32;
+  auto r = decode_header(encode_header(newer), frames.body);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("version"), std::string::npos);
+}
+
+// A forged length (here: a string claiming 2^40 bytes) must fail on the bytes that are not
+// there, not allocate what it claims.
+TEST(Protocol, ForgedLengthsDoNotAllocate) {
+  const auto frames = encode(header_of(MessageType::job_failed), JobFailed{"abc"});
+  std::string forged = frames.body;
+  // The body is: cereal's class version (4 bytes), then the string's 8-byte length.
+  const std::uint64_t huge = std::uint64_t{1} << 40;
+  ASSERT_GE(forged.size(), 12u);
+  std::memcpy(forged.data() + 4, &huge, 8);
+  auto r = decode_body<JobFailed>(forged);
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("does not fit"), std::string::npos) << r.error().message;
+
+  RoundUpdate update;
+  update.model = sample_tensors();
+  auto big = encode(header_of(MessageType::round_update), update).body;
+  for (std::size_t offset = 0; offset + 8 <= big.size(); ++offset) {  // a forged size anywhere
+    std::string copy = big;
+    std::memcpy(copy.data() + offset, &huge, 8);
+    (void)decode_body<RoundUpdate>(copy);  // must return, error or not
+  }
+}
+
+// Header fields outside the checksum (sender, round, sequence) may be altered into another
+// valid header; the security layer authenticates them. Every altered body is refused.
+TEST(Protocol, RandomCorruptionNeverCrashesAndAlteredBodiesAreRefused) {
+  RoundUpdate update;
+  update.model = sample_tensors();
+  update.metrics.push_back({"s", 1, 2, 3, 4, 5});
+  const auto frames = encode(header_of(MessageType::round_update), update);
+  std::mt19937 rng(7);
+  int altered_bodies = 0;
+  for (int i = 0; i < 3000; ++i) {
+    std::string header = frames.header, body = frames.body;
+    std::string& target = (i % 3 == 0) ? header : body;
+    const int flips = 1 + static_cast<int>(rng() % 4);
+    for (int f = 0; f < flips; ++f) target[rng() % target.size()] = static_cast<char>(rng());
+    if (i % 7 == 0) target.resize(rng() % (target.size() + 1));
+    auto h = decode_header(header, body);
+    if (body != frames.body) {
+      ++altered_bodies;
+      EXPECT_FALSE(h) << "an altered body passed at iteration " << i;
+    }
+    if (h) (void)decode_body<RoundUpdate>(body);
+  }
+  EXPECT_GT(altered_bodies, 1500);
+}
+
+TEST(RunningAverage, IsSampleWeighted) {
+  TensorSet a, b;
+  a.tensors.push_back(make_f32("w", {2}, {1, 2}));
+  b.tensors.push_back(make_f32("w", {2}, {4, 8}));
+  RunningAverage avg(a);
+  ASSERT_TRUE(avg.add(a, 1));
+  ASSERT_TRUE(avg.add(b, 2));
+  auto mean = avg.average();
+  ASSERT_TRUE(mean);
+  EXPECT_EQ(to_f32(mean->tensors[0]), (std::vector<float>{3, 6}));
+  EXPECT_TRUE(check_integrity(*mean));
+  EXPECT_EQ(avg.count(), 2);
+}
+
+TEST(RunningAverage, RefusesAnotherLayoutAndAddsNothing) {
+  TensorSet a, wrong_shape, extra;
+  a.tensors.push_back(make_f32("w", {2}, {1, 2}));
+  wrong_shape.tensors.push_back(make_f32("w", {1, 2}, {1, 2}));
+  extra = a;
+  extra.tensors.push_back(make_f32("x", {1}, {1}));
+  RunningAverage avg(a);
+  EXPECT_FALSE(avg.add(wrong_shape, 1));
+  EXPECT_FALSE(avg.add(extra, 1));
+  EXPECT_FALSE(avg.add(a, 0));
+  EXPECT_EQ(avg.count(), 0);
+  EXPECT_FALSE(avg.average());
+}
+
+}  // namespace
+}  // namespace fedda::protocol

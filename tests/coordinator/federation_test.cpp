@@ -1,0 +1,423 @@
+// The federation end to end: a real fedda-coordinator and fedda-agent processes on loopback,
+// on simulated clinics (quick profile, 4 subjects each). Faults are real too: processes are killed with SIGKILL and
+// restarted, and a raw ZeroMQ peer sends malformed, oversized and stray frames.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <regex>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+#include <zmq.hpp>
+#include <zmq_addon.hpp>
+
+#include "fedda/common/protocol.h"
+#include "fedda/imaging/dataset.h"
+#include "fedda/models/engine.h"
+#include "fedda/simulation/consortium.h"
+#include "fedda/simulation/generator.h"
+#include "support/process.h"
+#include "support/test_support.h"
+
+namespace fedda {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using testing::Process;
+
+constexpr int kEpochs = 4, kSteps = 8, kBatch = 4;
+
+class Federation : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    data_ = new testing::ScratchDir();
+    simulation::GenerateOptions g;
+    g.profile = simulation::Profile::kQuick;  // smoke's 6 mm slices leave too little lesion to score
+    g.subjects = 4;
+    g.out = data_->path() / "data";
+    auto generated = simulation::generate(g);
+    ASSERT_TRUE(generated) << generated.error().message;
+    // The teacher every test distils, trained once (centrally: it is the fixture, not the subject).
+    auto c = small_config();
+    c.epochs = 40;
+    c.batch_size = 8;
+    c.learning_rate = 3e-3;
+    c.threads = 2;
+    auto source = imaging::find_clinic_subjects(data_dir(), "utrecht");
+    ASSERT_TRUE(source);
+    auto trained = models::train_supervised(*source, c, teacher());
+    ASSERT_TRUE(trained) << trained.error().message;
+  }
+  static void TearDownTestSuite() {
+    delete data_;
+    data_ = nullptr;
+  }
+  static models::TrainConfig small_config() {
+    models::TrainConfig c;
+    c.unet.width = 16;  // width 8 often never leaves "no lesion" on this budget
+    c.unet.depth = 3;
+    c.grid.in_plane_size = {64, 64};
+    c.grid.in_plane_spacing = {3.0, 3.0};
+    c.epochs = kEpochs;
+    c.steps_per_epoch = kSteps;
+    c.batch_size = kBatch;
+    c.threads = 1;
+    c.seed = 3;
+    return c;
+  }
+  static fs::path data_dir() { return data_->path() / "data"; }
+  static fs::path teacher() { return data_->path() / "teacher.pt"; }
+
+  // A kd job file in the test's folder.
+  fs::path kd_job(const std::string& id, const std::vector<std::string>& sites, int rounds, int local_steps,
+                  int min_sites, const std::string& evaluation_sites = "[amsterdam]", bool by_share = false) {
+    std::string list;
+    for (const auto& s : sites) list += (list.empty() ? "" : ", ") + s;
+    const auto path = dir_ / (id + ".yaml");
+    std::ofstream(path) << "id: " << id << "\ntype: kd\nteacher: " << teacher().string() << "\nsource: utrecht\nsites: ["
+                        << list << "]\nevaluation_sites: " << evaluation_sites << "\nfold: 0\nrounds: " << rounds
+                        << "\nlocal_steps: " << local_steps << "\nbatch_size: " << kBatch
+                        << "\nmin_sites: " << min_sites << "\nround_deadline_s: 120\nseed: 3\nsteps_by_share: "
+                        << (by_share ? "true" : "false") << "\n";
+    return path;
+  }
+
+  fs::path site_config(const std::string& site, const std::string& endpoint) {
+    const auto path = dir_ / (site + ".yaml");
+    std::ofstream(path) << "site_id: " << site << "\ncoordinator: " << endpoint << "\ndata: " << (data_dir() / site).string()
+                        << "\ncache_dir: " << (dir_ / ("cache-" + site)).string()
+                        << "\nthreads: 1\nheartbeat_ms: 200\nreconnect_min_ms: 100\nreconnect_max_ms: 1000\n";
+    return path;
+  }
+
+  std::unique_ptr<Process> start_coordinator(const fs::path& job, const std::string& bind,
+                                             const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> args = {testing::bin("fedda-coordinator").string(), "--job", job.string(), "--bind", bind,
+                                     "--out", (dir_ / "jobs").string(), "--endpoint-file", endpoint_file().string(),
+                                     "--heartbeat-ms", "200", "--start-timeout", "120",
+                                     "--sites", "utrecht,amsterdam,singapore,spare"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return std::make_unique<Process>(args, coordinator_log());
+  }
+  std::unique_ptr<Process> start_agent(const std::string& site, const std::string& endpoint) {
+    return std::make_unique<Process>(
+        std::vector<std::string>{testing::bin("fedda-agent").string(), "run", "--config", site_config(site, endpoint).string()},
+        dir_ / (site + ".log"));
+  }
+  std::string wait_for_endpoint() {
+    EXPECT_TRUE(testing::wait_for_text(endpoint_file(), "tcp://", 30s));
+    auto text = testing::read_text(endpoint_file());
+    return text.substr(0, text.find('\n'));
+  }
+  fs::path endpoint_file() const { return dir_ / "endpoint"; }
+  fs::path coordinator_log() const { return dir_ / "coordinator.log"; }
+  std::vector<nlohmann::json> rounds(const std::string& job) const {
+    std::vector<nlohmann::json> out;
+    std::ifstream in(dir_ / "jobs" / job / "rounds.jsonl");
+    for (std::string line; std::getline(in, line);) {
+      if (!line.empty()) out.push_back(nlohmann::json::parse(line));
+    }
+    return out;
+  }
+  static bool has_site(const nlohmann::json& round, const std::string& site) {
+    for (const auto& s : round["sites"]) {
+      if (s["site"] == site) return true;
+    }
+    return false;
+  }
+
+  testing::ScratchDir dir_;
+
+ private:
+  static testing::ScratchDir* data_;
+};
+testing::ScratchDir* Federation::data_ = nullptr;
+
+double mean_dice_of_csv(const fs::path& csv, const std::string& target) {
+  std::ifstream in(csv);
+  std::string line;
+  std::getline(in, line);
+  EXPECT_EQ(line, "source,target,fold,method,mode,subject,dsc,h95,avd,recall,f1");
+  double sum = 0;
+  int n = 0;
+  while (std::getline(in, line)) {
+    std::vector<std::string> cells;
+    std::stringstream row(line);
+    for (std::string cell; std::getline(row, cell, ',');) cells.push_back(cell);
+    if (cells.size() >= 7 && cells[1] == target && !cells[6].empty()) {
+      EXPECT_EQ(cells[4], "federated");
+      sum += std::stod(cells[6]);
+      ++n;
+    }
+  }
+  EXPECT_GT(n, 0);
+  return n ? sum / n : std::nan("");
+}
+
+// FedAvg over source and target with one local epoch per round (the centralized epoch's steps
+// shared out by sample count) lands where centralized KD on the union of their scans does.
+TEST_F(Federation, FederatedKdMatchesCentralizedDice) {
+  auto source = imaging::find_clinic_subjects(data_dir(), "utrecht").value();
+  auto target = imaging::find_clinic_subjects(data_dir(), "amsterdam").value();
+  const auto split = imaging::split_fold(target, 0);
+  auto teacher_scores = models::evaluate_model(teacher(), split.test);
+  ASSERT_TRUE(teacher_scores);
+  double teacher_dice = 0;
+  for (const auto& s : *teacher_scores) teacher_dice += s.metrics.dsc / teacher_scores->size();
+  std::cout << "teacher's mean Dice on amsterdam's test half: " << teacher_dice << "\n";
+  auto c = small_config();
+  ASSERT_TRUE(models::train_kd(teacher(), source, split.adapt, c, dir_ / "central.pt"));
+  auto scores = models::evaluate_model(dir_ / "central.pt", split.test);
+  ASSERT_TRUE(scores) << scores.error().message;
+  double central = 0;
+  for (const auto& s : *scores) central += s.metrics.dsc;
+  central /= scores->size();
+
+  simulation::ConsortiumOptions o;
+  o.data = data_dir();
+  o.jobs = {kd_job("kd-equivalence", {"utrecht", "amsterdam"}, kEpochs, kSteps, 2, "[amsterdam]", true)};
+  o.out = dir_ / "consortium";
+  o.sites = {"utrecht", "amsterdam"};
+  o.threads_per_agent = 1;
+  o.heartbeat_ms = 200;
+  o.bin_dir = testing::bin("fedda-agent").parent_path();
+  o.show_progress = false;
+  auto result = simulation::run_consortium(o);
+  ASSERT_TRUE(result) << result.error().message;
+  const double federated = mean_dice_of_csv(result->results_csv, "amsterdam");
+  std::cout << "mean Dice on amsterdam's test half: centralized KD " << central << ", federated KD " << federated << "\n";
+  EXPECT_NEAR(federated, central, 0.01);
+  EXPECT_GT(federated, 0.0);
+}
+
+TEST_F(Federation, AgentKilledMidRoundRejoinsAndTheJobFinishes) {
+  const auto job = kd_job("kd-agent-killed", {"utrecht", "amsterdam", "singapore"}, 5, 24, 2);
+  auto coordinator = start_coordinator(job, "tcp://127.0.0.1:0");
+  const auto endpoint = wait_for_endpoint();
+  auto utrecht = start_agent("utrecht", endpoint);
+  auto amsterdam = start_agent("amsterdam", endpoint);
+  auto singapore = start_agent("singapore", endpoint);
+  ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "round 2/5 with 3 sites", 120s)) << testing::read_text(coordinator_log());
+  singapore->signal(SIGKILL);
+  ASSERT_NE(singapore->wait(10s), -2);
+  std::this_thread::sleep_for(500ms);
+  singapore = start_agent("singapore", endpoint);
+  ASSERT_EQ(coordinator->wait(240s), 0) << testing::read_text(coordinator_log());
+
+  const auto r = rounds("kd-agent-killed");
+  ASSERT_EQ(r.size(), 5u);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(r[i]["round"], i + 1);
+  EXPECT_FALSE(has_site(r[1], "singapore")) << r[1].dump();
+  EXPECT_TRUE(has_site(r[1], "utrecht") && has_site(r[1], "amsterdam")) << r[1].dump();
+  EXPECT_FALSE(r[1]["missing"].empty());
+  bool rejoined = false;
+  for (std::size_t i = 2; i < r.size(); ++i) rejoined = rejoined || has_site(r[i], "singapore");
+  EXPECT_TRUE(rejoined) << "singapore never took part again";
+  EXPECT_TRUE(fs::exists(dir_ / "jobs" / "kd-agent-killed" / "model.pt"));
+  EXPECT_TRUE(fs::exists(dir_ / "jobs" / "kd-agent-killed" / "results.csv"));
+}
+
+TEST_F(Federation, CoordinatorKilledMidJobResumesWithoutLosingOrRepeatingRounds) {
+  const auto job = kd_job("kd-coordinator-killed", {"utrecht", "amsterdam"}, 5, 16, 2);
+  auto coordinator = start_coordinator(job, "tcp://127.0.0.1:0");
+  const auto endpoint = wait_for_endpoint();
+  auto utrecht = start_agent("utrecht", endpoint);
+  auto amsterdam = start_agent("amsterdam", endpoint);
+  const auto jsonl = dir_ / "jobs" / "kd-coordinator-killed" / "rounds.jsonl";
+  const auto until = std::chrono::steady_clock::now() + 180s;
+  while (testing::count_lines(jsonl) < 2 && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(20ms);
+  ASSERT_GE(testing::count_lines(jsonl), 2u);
+  coordinator->signal(SIGKILL);
+  ASSERT_NE(coordinator->wait(10s), -2);
+  const auto finished_before = testing::count_lines(jsonl);
+  ASSERT_LT(finished_before, 5u) << "the job finished before the kill; make rounds longer";
+
+  auto restarted = start_coordinator(job, endpoint);
+  ASSERT_EQ(restarted->wait(240s), 0) << testing::read_text(coordinator_log());
+  EXPECT_NE(testing::read_text(coordinator_log()).find("resuming after round " + std::to_string(finished_before)),
+            std::string::npos);
+  const auto r = rounds("kd-coordinator-killed");
+  ASSERT_EQ(r.size(), 5u);
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(r[i]["round"], i + 1);
+    EXPECT_TRUE(has_site(r[i], "utrecht") && has_site(r[i], "amsterdam")) << r[i].dump();
+  }
+  const auto state = nlohmann::json::parse(testing::read_text(dir_ / "jobs" / "kd-coordinator-killed" / "state.json"));
+  EXPECT_EQ(state["status"], "done");
+  EXPECT_EQ(state["finished_round"], 5);
+
+  // Running the finished job again reports it and changes nothing.
+  const auto before = testing::read_text(jsonl);
+  auto again = start_coordinator(job, "tcp://127.0.0.1:0");
+  ASSERT_EQ(again->wait(60s), 0);
+  EXPECT_EQ(testing::read_text(jsonl), before);
+  EXPECT_NE(testing::read_text(coordinator_log()).find("already finished"), std::string::npos);
+}
+
+// Sends frames from a raw DEALER socket.
+void send_frames(zmq::socket_t& s, const std::vector<std::string>& frames) {
+  for (std::size_t i = 0; i < frames.size(); ++i) {
+    s.send(zmq::buffer(frames[i]), i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
+  }
+}
+
+TEST_F(Federation, MalformedOversizedAndStrayMessagesAreDroppedAndLogged) {
+  const auto job = kd_job("kd-bad-frames", {"utrecht", "amsterdam"}, 3, 8, 2);
+  auto coordinator = start_coordinator(job, "tcp://127.0.0.1:0", {"--max-message-mb", "1"});
+  const auto endpoint = wait_for_endpoint();
+  auto utrecht = start_agent("utrecht", endpoint);
+  auto amsterdam = start_agent("amsterdam", endpoint);
+  ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "round 1/3", 120s));
+
+  zmq::context_t context;
+  zmq::socket_t peer(context, zmq::socket_type::dealer);
+  peer.set(zmq::sockopt::linger, 0);
+  peer.connect(endpoint);
+  send_frames(peer, {"not a fedda message"});                              // wrong frame count
+  send_frames(peer, {"\x01\x02garbage header", "body"});                   // undecodable header
+  protocol::Header h;
+  h.type = protocol::MessageType::hello;
+  h.sender = "spare";
+  h.sequence = 1;
+  auto hello = protocol::encode(h, protocol::Hello{"spare", "test", "cpu"});
+  auto corrupted = hello.body;
+  corrupted[0] ^= 0x20;
+  send_frames(peer, {hello.header, corrupted});                            // checksum mismatch
+  send_frames(peer, {hello.header, hello.body});                           // a registered site joins
+  ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "site spare joined", 30s));
+  h.type = protocol::MessageType::update_ready;
+  h.job_id = "an-old-finished-job";
+  h.round = 1;
+  h.sequence = 2;
+  auto stray = protocol::encode_empty(h);
+  send_frames(peer, {stray.header, stray.body});                           // a job that is not running
+  send_frames(peer, {stray.header, stray.body});                           // the same again: a replay
+  zmq::socket_t big(context, zmq::socket_type::dealer);                    // over --max-message-mb
+  big.set(zmq::sockopt::linger, 0);
+  big.connect(endpoint);
+  send_frames(big, {hello.header, std::string(3 << 20, 'x')});
+
+  ASSERT_EQ(coordinator->wait(240s), 0) << testing::read_text(coordinator_log());
+  const auto log = testing::read_text(coordinator_log());
+  EXPECT_NE(log.find("dropped a message with 1 frame(s)"), std::string::npos) << log;
+  EXPECT_NE(log.find("dropped a malformed message from an unidentified peer: malformed header"), std::string::npos);
+  EXPECT_NE(log.find("body checksum mismatch"), std::string::npos);
+  EXPECT_NE(log.find("for job 'an-old-finished-job', which is not running"), std::string::npos);
+  EXPECT_NE(log.find("replayed or reordered"), std::string::npos);
+  EXPECT_EQ(rounds("kd-bad-frames").size(), 3u);
+}
+
+// Lightweight fake sites: speak the protocol, answer every round with the weights they got.
+class FakeSite {
+ public:
+  FakeSite(zmq::context_t& context, std::string endpoint, std::string id)
+      : thread_([this, &context, endpoint, id] { run(context, endpoint, id); }) {}
+  ~FakeSite() {
+    stop_ = true;
+    thread_.join();
+  }
+
+ private:
+  void run(zmq::context_t& context, const std::string& endpoint, const std::string& id) {
+    zmq::socket_t s(context, zmq::socket_type::dealer);
+    s.set(zmq::sockopt::linger, 0);
+    s.connect(endpoint);
+    std::uint64_t sequence = 0;
+    auto send = [&](protocol::MessageType type, const std::string& job, int round, const protocol::Frames& f) {
+      protocol::Header h;
+      h.type = type;
+      h.sender = id;
+      h.job_id = job;
+      h.round = round;
+      h.sequence = ++sequence;
+      h.body_bytes = f.body.size();
+      h.body_crc32 = f.body_crc32;
+      send_frames(s, {protocol::encode_header(h), f.body});
+    };
+    send(protocol::MessageType::hello, "", 0, protocol::encode(protocol::Header{}, protocol::Hello{id, "fake", "cpu"}));
+    protocol::Frames update;
+    auto next_heartbeat = std::chrono::steady_clock::now();
+    while (!stop_) {
+      if (std::chrono::steady_clock::now() >= next_heartbeat) {
+        send(protocol::MessageType::heartbeat, "", 0, protocol::encode_empty(protocol::Header{}));
+        next_heartbeat += 200ms;
+      }
+      std::vector<zmq::message_t> parts;
+      zmq::pollitem_t items[] = {{s.handle(), 0, ZMQ_POLLIN, 0}};
+      zmq::poll(items, 1, 50ms);
+      if (!(items[0].revents & ZMQ_POLLIN)) continue;
+      if (!zmq::recv_multipart(s, std::back_inserter(parts), zmq::recv_flags::dontwait) || parts.size() != 2) continue;
+      auto h = protocol::decode_header(parts[0].to_string(), parts[1].to_string());
+      if (!h) continue;
+      if (h->type == protocol::MessageType::job_offer) {
+        protocol::JobReady ready;
+        ready.samples = 100;
+        ready.subjects = 1;
+        send(protocol::MessageType::job_ready, h->job_id, 0, protocol::encode(protocol::Header{}, ready));
+      } else if (h->type == protocol::MessageType::round_task) {
+        auto task = protocol::decode_body<protocol::RoundTask>(parts[1].to_string());
+        if (!task) continue;
+        protocol::RoundUpdate u;
+        u.model = std::move(task->model);
+        u.samples = 100;
+        u.steps = 1;
+        update = protocol::encode(protocol::Header{}, u);
+        send(protocol::MessageType::update_ready, h->job_id, h->round, protocol::encode_empty(protocol::Header{}));
+      } else if (h->type == protocol::MessageType::upload) {
+        send(protocol::MessageType::round_update, h->job_id, h->round, update);
+        update = {};
+      }
+    }
+  }
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+// Peak resident memory of a coordinator running 2 rounds of a width-16 U-Net with n fake sites.
+double coordinator_peak_mb(const fs::path& dir, int sites) {
+  const auto job = dir / ("memory-" + std::to_string(sites) + ".yaml");
+  std::string list;
+  for (int i = 0; i < sites; ++i) list += (i ? ", " : "") + ("site" + std::to_string(i));
+  std::ofstream(job) << "id: memory-" << sites << "\ntype: teacher\nsource: site0\nsites: [" << list
+                     << "]\nrounds: 2\nmin_sites: " << sites << "\nevaluate: false\nround_deadline_s: 120\n"
+                     << "model: {width: 16, depth: 4}\n";
+  const auto log = dir / ("memory-" + std::to_string(sites) + ".log");
+  Process coordinator({testing::bin("fedda-coordinator").string(), "--job", job.string(), "--bind", "tcp://127.0.0.1:0",
+                       "--endpoint-file", (dir / "memory.endpoint").string(), "--out", (dir / "memory-jobs").string(),
+                       "--heartbeat-ms", "200"},
+                      log);
+  EXPECT_TRUE(testing::wait_for_text(dir / "memory.endpoint", "tcp://", 30s));
+  const auto text = testing::read_text(dir / "memory.endpoint");
+  const auto endpoint = text.substr(0, text.find('\n'));
+  zmq::context_t context;
+  {
+    std::vector<std::unique_ptr<FakeSite>> fakes;
+    for (int i = 0; i < sites; ++i) fakes.push_back(std::make_unique<FakeSite>(context, endpoint, "site" + std::to_string(i)));
+    EXPECT_EQ(coordinator.wait(180s), 0) << testing::read_text(log);
+  }
+  std::smatch m;
+  const auto out = testing::read_text(log);
+  if (!std::regex_search(out, m, std::regex("peak memory ([0-9.]+) MB"))) {
+    ADD_FAILURE() << out;
+    return 0;
+  }
+  std::filesystem::remove(dir / "memory.endpoint");
+  return std::stod(m[1]);
+}
+
+TEST_F(Federation, CoordinatorMemoryStaysFlatAsSitesAreAdded) {
+  // A width-16, depth-4 U-Net: 7.8 MB of float32 weights.
+  const double model_mb = 7.8;
+  const double few = coordinator_peak_mb(dir_.path(), 3);
+  const double many = coordinator_peak_mb(dir_.path(), 30);
+  std::cout << "coordinator peak memory: 3 sites " << few << " MB, 30 sites " << many << " MB\n";
+  EXPECT_LT(many - few, 2 * model_mb) << "memory grows with the number of sites";
+}
+
+}  // namespace
+}  // namespace fedda
