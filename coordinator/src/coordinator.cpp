@@ -434,7 +434,9 @@ Result<std::unique_ptr<Coordinator>> Coordinator::start(const CoordinatorOptions
   impl->o = options;
   try {
     impl->router.set(zmq::sockopt::linger, 0);
-    impl->router.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(options.max_message_bytes + 65536));
+    // Frames up to twice the limit are read, logged and dropped by decode_header; libzmq cuts a
+    // peer that sends anything larger before reading it, so memory stays bounded either way.
+    impl->router.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(2 * options.max_message_bytes + 65536));
     impl->router.set(zmq::sockopt::router_mandatory, false);
     std::string bind = options.bind;
     if (bind.size() > 2 && bind.compare(bind.size() - 2, 2, ":0") == 0) bind.replace(bind.size() - 1, 1, "*");
@@ -693,9 +695,21 @@ Result<JobOutcome> Coordinator::run(const JobDefinition& definition) {
       }
       m.grad_average = std::make_unique<RunningAverage>(layout);
     }
-    // Wait for enough ready sites, then run the round.
+    // Wait for enough ready sites, and for connected sites still preparing (computing soft
+    // labels, say) up to the round deadline, so that a slow start does not leave them out.
     const auto wait_until = Clock::now() + m.o.start_timeout;
-    while (static_cast<int>(ready_sites(true).size()) < spec.min_sites && !m.stopping) {
+    const auto grace_until = Clock::now() + std::chrono::milliseconds(static_cast<long>(spec.round_deadline_s * 1000));
+    const auto preparing = [&] {
+      for (const auto& [id, site] : m.sites) {
+        if (site.alive && m.trains(id) && site.offered_job == spec.id && site.ready_job != spec.id &&
+            site.failed_job != spec.id) {
+          return true;
+        }
+      }
+      return false;
+    };
+    while ((static_cast<int>(ready_sites(true).size()) < spec.min_sites || (preparing() && Clock::now() < grace_until)) &&
+           !m.stopping) {
       if (Clock::now() >= wait_until) {
         return make_error("job " + spec.id + ": only " + std::to_string(ready_sites(true).size()) + " of min_sites " +
                           std::to_string(spec.min_sites) + " sites ready after " +

@@ -1,22 +1,13 @@
 #include "fedda/coordinator/job_file.h"
 
 #include <algorithm>
-#include <set>
-
-#include <yaml-cpp/yaml.h>
-
+#include "fedda/common/config.h"
 #include "fedda/models/model_spec.h"
 
 namespace fedda::coordinator {
 namespace fs = std::filesystem;
 
 namespace {
-
-template <typename T>
-void take(const YAML::Node& node, const char* key, T& value, std::set<std::string>& used) {
-  used.insert(key);
-  if (node[key]) value = node[key].as<T>();
-}
 
 bool safe_id(const std::string& id) {
   return !id.empty() && id.size() <= 128 && id.front() != '.' &&
@@ -62,72 +53,49 @@ Status validate_job(protocol::JobSpec& j, const std::string& teacher) {
 
 Result<JobDefinition> read_job_file(const fs::path& path) {
   const auto fail = [&](const std::string& message) { return make_error(path.string() + ": " + message); };
-  YAML::Node root;
-  try {
-    root = YAML::LoadFile(path.string());
-  } catch (const YAML::BadFile&) {
-    return fail("cannot read the job file");
-  } catch (const std::exception& e) {
-    return fail(std::string("not valid YAML: ") + e.what());
-  }
-  if (!root.IsMap()) return fail("a job file is a YAML mapping (key: value)");
+  auto m = config::Mapping::load(path);
+  if (!m) return m.error();
   JobDefinition d;
   d.file = path;
   auto& j = d.spec;
-  std::set<std::string> used;
+  m->get("id", j.id);
+  m->get("type", j.type);
+  m->get("sites", j.sites);
+  m->get("source", j.source);
+  m->get("fold", j.fold);
+  m->get("rounds", j.rounds);
+  m->get("local_steps", j.local_steps);
+  m->get("steps_by_share", j.steps_by_share);
+  m->get("batch_size", j.batch_size);
+  m->get("learning_rate", j.learning_rate);
+  m->get("decay_round", j.decay_round);
+  m->get("dice_weight", j.dice_weight);
+  m->get("lesion_slice_fraction", j.lesion_slice_fraction);
+  m->get("augment", j.augment);
+  m->get("temperature", j.temperature);
+  m->get("ada_weight", j.ada_weight);
+  m->get("ada_warmup_rounds", j.ada_warmup_rounds);
+  m->get("seed", j.seed);
+  m->get("min_sites", j.min_sites);
+  m->get("round_deadline_s", j.round_deadline_s);
+  m->get("evaluate", j.evaluate);
+  m->get("evaluation_sites", j.evaluation_sites);
+  m->get("subjects", j.subjects);
+  m->get("method", d.method);
+  m->get("teacher", d.teacher);
   models::ModelSpec model;
-  try {
-    take(root, "id", j.id, used);
-    take(root, "type", j.type, used);
-    take(root, "sites", j.sites, used);
-    take(root, "source", j.source, used);
-    take(root, "fold", j.fold, used);
-    take(root, "rounds", j.rounds, used);
-    take(root, "local_steps", j.local_steps, used);
-    take(root, "steps_by_share", j.steps_by_share, used);
-    take(root, "batch_size", j.batch_size, used);
-    take(root, "learning_rate", j.learning_rate, used);
-    take(root, "decay_round", j.decay_round, used);
-    take(root, "dice_weight", j.dice_weight, used);
-    take(root, "lesion_slice_fraction", j.lesion_slice_fraction, used);
-    take(root, "augment", j.augment, used);
-    take(root, "temperature", j.temperature, used);
-    take(root, "ada_weight", j.ada_weight, used);
-    take(root, "ada_warmup_rounds", j.ada_warmup_rounds, used);
-    take(root, "seed", j.seed, used);
-    take(root, "min_sites", j.min_sites, used);
-    take(root, "round_deadline_s", j.round_deadline_s, used);
-    take(root, "evaluate", j.evaluate, used);
-    take(root, "evaluation_sites", j.evaluation_sites, used);
-    take(root, "subjects", j.subjects, used);
-    take(root, "method", d.method, used);
-    take(root, "teacher", d.teacher, used);
-    used.insert("model");
-    if (const auto m = root["model"]) {
-      if (!m.IsMap()) return fail("model: a mapping of width, depth, norm, upsample, grid_size, grid_spacing");
-      std::set<std::string> model_keys;
-      std::size_t grid_size = model.grid.in_plane_size[0];
-      double grid_spacing = model.grid.in_plane_spacing[0];
-      take(m, "width", model.unet.width, model_keys);
-      take(m, "depth", model.unet.depth, model_keys);
-      take(m, "norm", model.unet.norm, model_keys);
-      take(m, "upsample", model.unet.upsample, model_keys);
-      take(m, "grid_size", grid_size, model_keys);
-      take(m, "grid_spacing", grid_spacing, model_keys);
-      for (const auto& kv : m) {
-        const auto key = kv.first.as<std::string>();
-        if (!model_keys.count(key)) return fail("model: unknown key '" + key + "'");
-      }
-      model.grid.in_plane_size = {grid_size, grid_size};
-      model.grid.in_plane_spacing = {grid_spacing, grid_spacing};
-    }
-  } catch (const std::exception& e) {
-    return fail(std::string("a value has the wrong type: ") + e.what());
-  }
-  for (const auto& kv : root) {
-    const auto key = kv.first.as<std::string>();
-    if (!used.count(key)) return fail("unknown key '" + key + "'");
-  }
+  std::size_t grid_size = model.grid.in_plane_size[0];
+  double grid_spacing = model.grid.in_plane_spacing[0];
+  auto architecture = m->mapping("model");
+  architecture.get("width", model.unet.width);
+  architecture.get("depth", model.unet.depth);
+  architecture.get("norm", model.unet.norm);
+  architecture.get("upsample", model.unet.upsample);
+  architecture.get("grid_size", grid_size);
+  architecture.get("grid_spacing", grid_spacing);
+  model.grid.in_plane_size = {grid_size, grid_size};
+  model.grid.in_plane_spacing = {grid_spacing, grid_spacing};
+  if (auto st = m->finish(); !st) return st.error();
   if (auto st = validate_job(j, d.teacher); !st) return fail(st.error().message);
   if (j.type == "teacher") {
     model.role = "teacher";

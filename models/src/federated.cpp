@@ -368,7 +368,12 @@ Result<LocalUpdate> SiteTrainer::train(int round, const TensorSet& model, const 
   if (!m.optimizer) {
     m.optimizer = std::make_unique<torch::optim::Adam>(m.net->parameters(), torch::optim::AdamOptions(learning_rate));
   }
-  for (auto& group : m.optimizer->param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(learning_rate);
+  // Adam ignores the scale of a loss, so where the adversarial term is the whole loss (an
+  // unlabelled ADA target) its weight scales the step instead; otherwise the target would move
+  // as fast as a supervised site and, averaged in, undo the segmentation.
+  const bool adversarial_only = o.type == "ada" && o.domain == 1;
+  const double step_rate = adversarial_only ? learning_rate * adversarial_weight : learning_rate;
+  for (auto& group : m.optimizer->param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(step_rate);
 
   std::mt19937_64 rng(mix(o.seed, static_cast<std::uint64_t>(round)));
   torch::manual_seed(mix(o.seed ^ 0x5eed, static_cast<std::uint64_t>(round)));

@@ -165,8 +165,10 @@ Result<ConsortiumResult> run_consortium(const ConsortiumOptions& o) {
   }
 
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  const int threads = o.threads_per_agent > 0 ? o.threads_per_agent
-                                              : std::max(1, static_cast<int>(cores / sites.size()));
+  // Every agent gets every core: jobs often train at one site while the others wait (a teacher).
+  // When they all train, idle OpenMP workers must sleep rather than spin on the shared cores
+  // (OMP_WAIT_POLICY=PASSIVE below).
+  const int threads = o.threads_per_agent > 0 ? o.threads_per_agent : static_cast<int>(cores);
   std::map<std::string, pid_t> agents;
   for (const auto& site : sites) {
     const auto config = out / "sites" / (site + ".yaml");
@@ -176,7 +178,8 @@ Result<ConsortiumResult> run_consortium(const ConsortiumOptions& o) {
                              "\nheartbeat_ms: " + std::to_string(o.heartbeat_ms) + "\nreconnect_min_ms: 200\n"
                              "reconnect_max_ms: 5000\n";
     if (auto st = files::write_atomically(config, yaml); !st) return st.error();
-    auto pid = spawn({agent_bin.string(), "run", "--config", config.string()}, out / "logs" / (site + ".log"));
+    auto pid = spawn({"/usr/bin/env", "OMP_WAIT_POLICY=PASSIVE", agent_bin.string(), "run", "--config", config.string()},
+                     out / "logs" / (site + ".log"));
     if (!pid) {
       stop_process(*coordinator, "coordinator", std::chrono::seconds(5));
       for (const auto& [name, p] : agents) stop_process(p, name, std::chrono::seconds(5));

@@ -79,7 +79,7 @@ void add_consortium(CLI::App& app, int& rc) {
   cmd->add_option("--out", a->out, "output folder")->required();
   cmd->add_option("--sites", a->o.sites, "clinics that run an agent (comma-separated); default: all")->delimiter(',');
   cmd->add_option("--device", a->o.device, "cpu or cuda, for every agent")->capture_default_str();
-  cmd->add_option("--threads", a->o.threads_per_agent, "LibTorch threads per agent (0: cores / agents)")->capture_default_str();
+  cmd->add_option("--threads", a->o.threads_per_agent, "LibTorch threads per agent (0: every core)")->capture_default_str();
   cmd->add_option("--heartbeat-ms", a->o.heartbeat_ms, "heartbeat interval")->capture_default_str();
   cmd->callback([a, &rc]() {
     a->o.data = a->data;

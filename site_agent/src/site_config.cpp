@@ -2,56 +2,30 @@
 
 #include <unistd.h>
 
-#include <set>
-
-#include <yaml-cpp/yaml.h>
-
+#include "fedda/common/config.h"
 #include "fedda/imaging/nifti_io.h"
 #include "fedda/models/engine.h"
 
 namespace fedda::site_agent {
 namespace fs = std::filesystem;
 
-namespace {
-template <typename T>
-void take(const YAML::Node& node, const char* key, T& value, std::set<std::string>& used) {
-  used.insert(key);
-  if (node[key]) value = node[key].as<T>();
-}
-}  // namespace
-
 Result<SiteConfig> read_site_config(const fs::path& path) {
   const auto fail = [&](const std::string& message) { return make_error(path.string() + ": " + message); };
-  YAML::Node root;
-  try {
-    root = YAML::LoadFile(path.string());
-  } catch (const YAML::BadFile&) {
-    return fail("cannot read the site config");
-  } catch (const std::exception& e) {
-    return fail(std::string("not valid YAML: ") + e.what());
-  }
-  if (!root.IsMap()) return fail("a site config is a YAML mapping (key: value)");
+  auto m = config::Mapping::load(path);
+  if (!m) return m.error();
   SiteConfig c;
-  std::set<std::string> used;
   std::string data, cache;
-  try {
-    take(root, "site_id", c.site_id, used);
-    take(root, "coordinator", c.coordinator, used);
-    take(root, "data", data, used);
-    take(root, "cache_dir", cache, used);
-    take(root, "device", c.device, used);
-    take(root, "threads", c.threads, used);
-    take(root, "heartbeat_ms", c.heartbeat_ms, used);
-    take(root, "reconnect_min_ms", c.reconnect_min_ms, used);
-    take(root, "reconnect_max_ms", c.reconnect_max_ms, used);
-    take(root, "drain_timeout_s", c.drain_timeout_s, used);
-  } catch (const std::exception& e) {
-    return fail(std::string("a value has the wrong type: ") + e.what());
-  }
-  for (const auto& kv : root) {
-    const auto key = kv.first.as<std::string>();
-    if (!used.count(key)) return fail("unknown key '" + key + "'");
-  }
+  m->get("site_id", c.site_id);
+  m->get("coordinator", c.coordinator);
+  m->get("data", data);
+  m->get("cache_dir", cache);
+  m->get("device", c.device);
+  m->get("threads", c.threads);
+  m->get("heartbeat_ms", c.heartbeat_ms);
+  m->get("reconnect_min_ms", c.reconnect_min_ms);
+  m->get("reconnect_max_ms", c.reconnect_max_ms);
+  m->get("drain_timeout_s", c.drain_timeout_s);
+  if (auto st = m->finish(); !st) return st.error();
   const auto base = path.parent_path();
   if (c.site_id.empty()) return fail("site_id is required");
   if (c.coordinator.empty()) return fail("coordinator is required (e.g. tcp://coordinator.example.org:5570)");

@@ -2,6 +2,7 @@
 // on simulated clinics (quick profile, 4 subjects each). Faults are real too: processes are killed with SIGKILL and
 // restarted, and a raw ZeroMQ peer sends malformed, oversized and stray frames.
 #include <gtest/gtest.h>
+#include <sys/file.h>
 
 #include <atomic>
 #include <cmath>
@@ -34,28 +35,39 @@ constexpr int kEpochs = 4, kSteps = 8, kBatch = 4;
 
 class Federation : public ::testing::Test {
  protected:
+  // The clinics and the teacher are built once per build tree and shared by every test process
+  // (ctest runs each test in its own): generation is deterministic, and a lock keeps two
+  // processes from building them at once.
   static void SetUpTestSuite() {
-    data_ = new testing::ScratchDir();
-    simulation::GenerateOptions g;
-    g.profile = simulation::Profile::kQuick;  // smoke's 6 mm slices leave too little lesion to score
-    g.subjects = 4;
-    g.out = data_->path() / "data";
-    auto generated = simulation::generate(g);
-    ASSERT_TRUE(generated) << generated.error().message;
-    // The teacher every test distils, trained once (centrally: it is the fixture, not the subject).
-    auto c = small_config();
-    c.epochs = 40;
-    c.batch_size = 8;
-    c.learning_rate = 3e-3;
-    c.threads = 2;
-    auto source = imaging::find_clinic_subjects(data_dir(), "utrecht");
-    ASSERT_TRUE(source);
-    auto trained = models::train_supervised(*source, c, teacher());
-    ASSERT_TRUE(trained) << trained.error().message;
-  }
-  static void TearDownTestSuite() {
-    delete data_;
-    data_ = nullptr;
+    const char* bin_dir = std::getenv("FEDDA_BIN_DIR");
+    const fs::path cache = fs::path(bin_dir ? bin_dir : "build/bin").parent_path() / "test-cache" / "federation-v1";
+    fs::create_directories(cache);
+    const int lock = ::open((cache / ".lock").c_str(), O_CREAT | O_RDWR, 0644);
+    ASSERT_GE(lock, 0);
+    ::flock(lock, LOCK_EX);
+    shared_ = cache;
+    if (!fs::exists(cache / ".complete")) {
+      fs::remove_all(cache / "data");
+      simulation::GenerateOptions g;
+      g.profile = simulation::Profile::kQuick;  // smoke's 6 mm slices leave too little lesion to score
+      g.subjects = 4;
+      g.out = data_dir();
+      auto generated = simulation::generate(g);
+      ASSERT_TRUE(generated) << generated.error().message;
+      // The teacher every test distils (trained centrally: it is the fixture, not the subject).
+      auto c = small_config();
+      c.epochs = 40;
+      c.batch_size = 8;
+      c.learning_rate = 3e-3;
+      c.threads = 2;
+      auto source = imaging::find_clinic_subjects(data_dir(), "utrecht");
+      ASSERT_TRUE(source);
+      auto trained = models::train_supervised(*source, c, teacher());
+      ASSERT_TRUE(trained) << trained.error().message;
+      std::ofstream(cache / ".complete") << "ok\n";
+    }
+    ::flock(lock, LOCK_UN);
+    ::close(lock);
   }
   static models::TrainConfig small_config() {
     models::TrainConfig c;
@@ -70,8 +82,8 @@ class Federation : public ::testing::Test {
     c.seed = 3;
     return c;
   }
-  static fs::path data_dir() { return data_->path() / "data"; }
-  static fs::path teacher() { return data_->path() / "teacher.pt"; }
+  static fs::path data_dir() { return shared_ / "data"; }
+  static fs::path teacher() { return shared_ / "teacher.pt"; }
 
   // A kd job file in the test's folder.
   fs::path kd_job(const std::string& id, const std::vector<std::string>& sites, int rounds, int local_steps,
@@ -87,9 +99,10 @@ class Federation : public ::testing::Test {
     return path;
   }
 
-  fs::path site_config(const std::string& site, const std::string& endpoint) {
+  fs::path site_config(const std::string& site, const std::string& endpoint, fs::path data = {}) {
     const auto path = dir_ / (site + ".yaml");
-    std::ofstream(path) << "site_id: " << site << "\ncoordinator: " << endpoint << "\ndata: " << (data_dir() / site).string()
+    if (data.empty()) data = data_dir() / site;
+    std::ofstream(path) << "site_id: " << site << "\ncoordinator: " << endpoint << "\ndata: " << data.string()
                         << "\ncache_dir: " << (dir_ / ("cache-" + site)).string()
                         << "\nthreads: 1\nheartbeat_ms: 200\nreconnect_min_ms: 100\nreconnect_max_ms: 1000\n";
     return path;
@@ -104,9 +117,10 @@ class Federation : public ::testing::Test {
     args.insert(args.end(), extra.begin(), extra.end());
     return std::make_unique<Process>(args, coordinator_log());
   }
-  std::unique_ptr<Process> start_agent(const std::string& site, const std::string& endpoint) {
+  std::unique_ptr<Process> start_agent(const std::string& site, const std::string& endpoint, const fs::path& data = {}) {
     return std::make_unique<Process>(
-        std::vector<std::string>{testing::bin("fedda-agent").string(), "run", "--config", site_config(site, endpoint).string()},
+        std::vector<std::string>{testing::bin("fedda-agent").string(), "run", "--config",
+                                 site_config(site, endpoint, data).string()},
         dir_ / (site + ".log"));
   }
   std::string wait_for_endpoint() {
@@ -134,9 +148,9 @@ class Federation : public ::testing::Test {
   testing::ScratchDir dir_;
 
  private:
-  static testing::ScratchDir* data_;
+  static fs::path shared_;
 };
-testing::ScratchDir* Federation::data_ = nullptr;
+fs::path Federation::shared_;
 
 double mean_dice_of_csv(const fs::path& csv, const std::string& target) {
   std::ifstream in(csv);
@@ -161,22 +175,32 @@ double mean_dice_of_csv(const fs::path& csv, const std::string& target) {
 
 // FedAvg over source and target with one local epoch per round (the centralized epoch's steps
 // shared out by sample count) lands where centralized KD on the union of their scans does.
+// On 2 test subjects the centralized reference itself moves by about 0.05 Dice from one seed
+// to the next (measured), so the federated result is held to the range of three centralized
+// seeds, widened by 0.01, rather than to one seed's value.
 TEST_F(Federation, FederatedKdMatchesCentralizedDice) {
   auto source = imaging::find_clinic_subjects(data_dir(), "utrecht").value();
   auto target = imaging::find_clinic_subjects(data_dir(), "amsterdam").value();
   const auto split = imaging::split_fold(target, 0);
-  auto teacher_scores = models::evaluate_model(teacher(), split.test);
-  ASSERT_TRUE(teacher_scores);
-  double teacher_dice = 0;
-  for (const auto& s : *teacher_scores) teacher_dice += s.metrics.dsc / teacher_scores->size();
-  std::cout << "teacher's mean Dice on amsterdam's test half: " << teacher_dice << "\n";
-  auto c = small_config();
-  ASSERT_TRUE(models::train_kd(teacher(), source, split.adapt, c, dir_ / "central.pt"));
-  auto scores = models::evaluate_model(dir_ / "central.pt", split.test);
-  ASSERT_TRUE(scores) << scores.error().message;
-  double central = 0;
-  for (const auto& s : *scores) central += s.metrics.dsc;
-  central /= scores->size();
+  const auto mean_dice = [&](const fs::path& model) {
+    auto scores = models::evaluate_model(model, split.test);
+    EXPECT_TRUE(scores) << scores.error().message;
+    double sum = 0;
+    for (const auto& s : *scores) sum += s.metrics.dsc;
+    return sum / scores->size();
+  };
+  std::cout << "teacher's mean Dice on amsterdam's test half: " << mean_dice(teacher()) << "\n";
+  double low = 1, high = 0;
+  for (const std::uint64_t seed : {3, 4, 5}) {
+    auto c = small_config();
+    c.seed = seed;
+    const auto model = dir_ / ("central-" + std::to_string(seed) + ".pt");
+    ASSERT_TRUE(models::train_kd(teacher(), source, split.adapt, c, model));
+    const double dice = mean_dice(model);
+    std::cout << "centralized KD, seed " << seed << ": " << dice << "\n";
+    low = std::min(low, dice);
+    high = std::max(high, dice);
+  }
 
   simulation::ConsortiumOptions o;
   o.data = data_dir();
@@ -190,9 +214,10 @@ TEST_F(Federation, FederatedKdMatchesCentralizedDice) {
   auto result = simulation::run_consortium(o);
   ASSERT_TRUE(result) << result.error().message;
   const double federated = mean_dice_of_csv(result->results_csv, "amsterdam");
-  std::cout << "mean Dice on amsterdam's test half: centralized KD " << central << ", federated KD " << federated << "\n";
-  EXPECT_NEAR(federated, central, 0.01);
-  EXPECT_GT(federated, 0.0);
+  std::cout << "federated KD, seed 3: " << federated << "\n";
+  EXPECT_GE(federated, low - 0.01);
+  EXPECT_LE(federated, high + 0.01);
+  EXPECT_GT(federated, 0.2);
 }
 
 TEST_F(Federation, AgentKilledMidRoundRejoinsAndTheJobFinishes) {
@@ -220,6 +245,10 @@ TEST_F(Federation, AgentKilledMidRoundRejoinsAndTheJobFinishes) {
   EXPECT_TRUE(rejoined) << "singapore never took part again";
   EXPECT_TRUE(fs::exists(dir_ / "jobs" / "kd-agent-killed" / "model.pt"));
   EXPECT_TRUE(fs::exists(dir_ / "jobs" / "kd-agent-killed" / "results.csv"));
+  // SIGTERM drains: the agents leave cleanly with status 0.
+  for (auto* agent : {utrecht.get(), amsterdam.get(), singapore.get()}) agent->signal(SIGTERM);
+  for (auto* agent : {utrecht.get(), amsterdam.get(), singapore.get()}) EXPECT_EQ(agent->wait(30s), 0);
+  EXPECT_NE(testing::read_text(dir_ / "utrecht.log").find("site utrecht: stopped"), std::string::npos);
 }
 
 TEST_F(Federation, CoordinatorKilledMidJobResumesWithoutLosingOrRepeatingRounds) {
@@ -267,11 +296,19 @@ void send_frames(zmq::socket_t& s, const std::vector<std::string>& frames) {
 }
 
 TEST_F(Federation, MalformedOversizedAndStrayMessagesAreDroppedAndLogged) {
+  // amsterdam's copy of its data has one training subject whose FLAIR is cut short.
+  const auto amsterdam_data = dir_ / "amsterdam-data" / "amsterdam";
+  fs::create_directories(amsterdam_data.parent_path());
+  fs::copy(data_dir() / "amsterdam", amsterdam_data, fs::copy_options::recursive);
+  const auto subjects = imaging::find_clinic_subjects(amsterdam_data.parent_path(), "amsterdam").value();
+  const std::string broken_subject = subjects.front().subject;  // fold 0 trains on the first half
+  fs::resize_file(subjects.front().flair, fs::file_size(subjects.front().flair) / 2);
+
   const auto job = kd_job("kd-bad-frames", {"utrecht", "amsterdam"}, 3, 8, 2);
-  auto coordinator = start_coordinator(job, "tcp://127.0.0.1:0", {"--max-message-mb", "1"});
+  auto coordinator = start_coordinator(job, "tcp://127.0.0.1:0", {"--max-message-mb", "4"});  // model: 1.8 MB
   const auto endpoint = wait_for_endpoint();
   auto utrecht = start_agent("utrecht", endpoint);
-  auto amsterdam = start_agent("amsterdam", endpoint);
+  auto amsterdam = start_agent("amsterdam", endpoint, amsterdam_data);
   ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "round 1/3", 120s));
 
   zmq::context_t context;
@@ -300,7 +337,7 @@ TEST_F(Federation, MalformedOversizedAndStrayMessagesAreDroppedAndLogged) {
   zmq::socket_t big(context, zmq::socket_type::dealer);                    // over --max-message-mb
   big.set(zmq::sockopt::linger, 0);
   big.connect(endpoint);
-  send_frames(big, {hello.header, std::string(3 << 20, 'x')});
+  send_frames(big, {hello.header, std::string(6 << 20, 'x')});
 
   ASSERT_EQ(coordinator->wait(240s), 0) << testing::read_text(coordinator_log());
   const auto log = testing::read_text(coordinator_log());
@@ -309,6 +346,11 @@ TEST_F(Federation, MalformedOversizedAndStrayMessagesAreDroppedAndLogged) {
   EXPECT_NE(log.find("body checksum mismatch"), std::string::npos);
   EXPECT_NE(log.find("for job 'an-old-finished-job', which is not running"), std::string::npos);
   EXPECT_NE(log.find("replayed or reordered"), std::string::npos);
+  EXPECT_NE(log.find("message of 6291456 bytes exceeds the limit of 4194304"), std::string::npos);
+  // The broken subject was skipped at the site and reported by id; the site still took part.
+  EXPECT_NE(log.find("site amsterdam: skipped subject amsterdam/" + broken_subject), std::string::npos) << log;
+  const auto amsterdam_log = testing::read_text(dir_ / "amsterdam.log");
+  EXPECT_NE(amsterdam_log.find("skipping amsterdam/" + broken_subject), std::string::npos) << amsterdam_log;
   EXPECT_EQ(rounds("kd-bad-frames").size(), 3u);
 }
 

@@ -22,7 +22,7 @@ struct ConsortiumOptions {
   std::filesystem::path out;
   std::vector<std::string> sites;             // clinics that run an agent; default: every clinic in `data`
   std::string device = "cpu";
-  int threads_per_agent = 0;                  // 0: cores / agents (at least 1)
+  int threads_per_agent = 0;                  // 0: every core
   int heartbeat_ms = 1000;
   std::filesystem::path bin_dir;              // holds fedda-coordinator and fedda-agent; default: beside this executable
   bool show_progress = true;                  // echo the coordinator's job and round lines to stdout

@@ -1,0 +1,88 @@
+#include "fedda/common/config.h"
+
+#include <set>
+
+#include <yaml-cpp/yaml.h>
+
+namespace fedda::config {
+
+struct Mapping::Node {
+  YAML::Node yaml;
+  std::string prefix;  // "model: " for a nested mapping
+  std::set<std::string> known;
+};
+
+struct Mapping::State {
+  std::filesystem::path file;
+  std::string first_error;
+  std::vector<std::shared_ptr<Node>> nodes;
+};
+
+Mapping::Mapping(std::shared_ptr<State> state, std::shared_ptr<Node> node)
+    : state_(std::move(state)), node_(std::move(node)) {}
+
+Result<Mapping> Mapping::load(const std::filesystem::path& path) {
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path.string());
+  } catch (const YAML::BadFile&) {
+    return make_error(path.string() + ": cannot read the file");
+  } catch (const std::exception& e) {
+    return make_error(path.string() + ": not valid YAML: " + e.what());
+  }
+  if (!root.IsMap()) return make_error(path.string() + ": expected a YAML mapping (key: value lines)");
+  auto state = std::make_shared<State>();
+  state->file = path;
+  auto node = std::make_shared<Node>();
+  node->yaml = root;
+  state->nodes.push_back(node);
+  return Mapping(state, node);
+}
+
+template <typename T>
+void Mapping::read(const std::string& key, T& value, const char* expected) {
+  node_->known.insert(key);
+  const auto v = node_->yaml[key];
+  if (!v) return;
+  try {
+    value = v.as<T>();
+  } catch (const std::exception&) {
+    if (state_->first_error.empty()) state_->first_error = node_->prefix + "key '" + key + "': expected " + expected;
+  }
+}
+
+void Mapping::get(const std::string& key, std::string& value) { read(key, value, "text"); }
+void Mapping::get(const std::string& key, int& value) { read(key, value, "an integer"); }
+void Mapping::get(const std::string& key, double& value) { read(key, value, "a number"); }
+void Mapping::get(const std::string& key, bool& value) { read(key, value, "true or false"); }
+void Mapping::get(const std::string& key, std::uint64_t& value) { read(key, value, "a non-negative integer"); }
+void Mapping::get(const std::string& key, std::vector<std::string>& value) { read(key, value, "a list, e.g. [a, b]"); }
+
+Mapping Mapping::mapping(const std::string& key) {
+  node_->known.insert(key);
+  auto child = std::make_shared<Node>();
+  child->prefix = node_->prefix + key + ": ";
+  const auto v = node_->yaml[key];
+  if (v && !v.IsMap()) {
+    if (state_->first_error.empty()) state_->first_error = node_->prefix + "key '" + key + "': expected a mapping";
+  } else if (v) {
+    child->yaml = v;
+  }
+  state_->nodes.push_back(child);
+  return Mapping(state_, child);
+}
+
+Status Mapping::finish() const {
+  const auto fail = [&](const std::string& m) { return make_error(state_->file.string() + ": " + m); };
+  if (!state_->first_error.empty()) return fail(state_->first_error);
+  for (const auto& node : state_->nodes) {
+    if (!node->yaml || !node->yaml.IsMap()) continue;
+    for (const auto& kv : node->yaml) {
+      const auto key = kv.first.as<std::string>();
+      if (!node->known.count(key)) return fail(node->prefix + "unknown key '" + key + "'");
+    }
+  }
+  return Status::success();
+}
+
+}  // namespace fedda::config

@@ -1,0 +1,84 @@
+// Job files: what an operator writes is read exactly, and a mistake is named.
+#include "fedda/coordinator/job_file.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "fedda/models/model_spec.h"
+#include "support/test_support.h"
+
+namespace fedda::coordinator {
+namespace {
+
+class JobFile : public ::testing::Test {
+ protected:
+  std::filesystem::path write(const std::string& text) {
+    const auto path = dir_ / "job.yaml";
+    std::ofstream(path) << text;
+    return path;
+  }
+  testing::ScratchDir dir_;
+};
+
+TEST_F(JobFile, ReadsAKdJobAndResolvesTheTeacherBesideIt) {
+  auto job = read_job_file(write("id: kd-1\ntype: kd\nteacher: models/teacher.pt\nsource: utrecht\n"
+                                 "sites: [utrecht, amsterdam, singapore]\nrounds: 3\nlocal_steps: 5\nmin_sites: 2\n"));
+  ASSERT_TRUE(job) << job.error().message;
+  EXPECT_EQ(job->spec.id, "kd-1");
+  EXPECT_EQ(job->spec.rounds, 3);
+  EXPECT_EQ(job->spec.local_steps, 5);
+  EXPECT_EQ(job->method, "kd");
+  EXPECT_EQ(job->teacher, (dir_.path() / "models/teacher.pt").string());
+  // Evaluation defaults to every site but the source.
+  EXPECT_EQ(job->spec.evaluation_sites, (std::vector<std::string>{"amsterdam", "singapore"}));
+}
+
+TEST_F(JobFile, TeacherJobCarriesItsArchitecture) {
+  auto job = read_job_file(write("id: t\ntype: teacher\nsource: utrecht\nsites: [utrecht]\n"
+                                 "model: {width: 8, depth: 3, grid_size: 96, grid_spacing: 2}\n"));
+  ASSERT_TRUE(job) << job.error().message;
+  EXPECT_EQ(job->method, "lbound");
+  auto spec = models::model_spec_from_json(job->spec.model_spec_json);
+  ASSERT_TRUE(spec) << spec.error().message;
+  EXPECT_EQ(spec->unet.width, 8);
+  EXPECT_EQ(spec->grid.in_plane_size[0], 96u);
+}
+
+TEST_F(JobFile, MistakesAreNamed) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"id: a\ntype: kd\nteacher: t.pt\nsites: [x]\nrouns: 3\n", "unknown key 'rouns'"},
+      {"id: a\ntype: distill\nsites: [x]\n", "type 'distill'"},
+      {"id: a\ntype: kd\nsites: [x]\n", "teacher"},
+      {"id: a\ntype: kd\nteacher: t.pt\nsites: [x, y]\nmin_sites: 3\n", "min_sites (3) exceeds"},
+      {"id: a\ntype: kd\nteacher: t.pt\nsites: [x]\nrounds: many\n", "key 'rounds': expected an integer"},
+      {"id: ../up\ntype: kd\nteacher: t.pt\nsites: [x]\n", "id must be"},
+      {"id: a\ntype: teacher\nsites: [x]\nsource: x\nmodel: {width: 8, depth: 9}\n", "model:"},
+      {"[1, 2]\n", "mapping"},
+      {"id: a\ntype: teacher\nsites: [x]\nsource: x\nmodel: {widht: 8}\n", "model: unknown key 'widht'"},
+      {"id: a\ntype: kd\nteacher: t.pt\nsites: [x\n", "not valid YAML"},
+  };
+  for (const auto& [text, expected] : cases) {
+    auto job = read_job_file(write(text));
+    ASSERT_FALSE(job) << text;
+    EXPECT_NE(job.error().message.find(expected), std::string::npos) << job.error().message;
+    EXPECT_NE(job.error().message.find("job.yaml"), std::string::npos) << job.error().message;
+  }
+  auto missing = read_job_file(dir_ / "absent.yaml");
+  ASSERT_FALSE(missing);
+  EXPECT_NE(missing.error().message.find("absent.yaml"), std::string::npos);
+}
+
+TEST_F(JobFile, TheShippedJobFilesAreValid) {
+  const std::filesystem::path configs = std::filesystem::path(FEDDA_CONFIGS_DIR) / "jobs";
+  int n = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(configs)) {
+    auto job = read_job_file(entry.path());
+    EXPECT_TRUE(job) << entry.path() << ": " << (job ? "" : job.error().message);
+    ++n;
+  }
+  EXPECT_GE(n, 4);
+}
+
+}  // namespace
+}  // namespace fedda::coordinator

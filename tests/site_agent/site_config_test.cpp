@@ -1,0 +1,68 @@
+// Site configs and `check`: a hospital administrator's mistakes are named before joining.
+#include "fedda/site_agent/site_config.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "support/test_support.h"
+
+namespace fedda::site_agent {
+namespace {
+
+class SiteConfigTest : public ::testing::Test {
+ protected:
+  std::filesystem::path write(const std::string& text) {
+    const auto path = dir_ / "site.yaml";
+    std::ofstream(path) << text;
+    return path;
+  }
+  testing::ScratchDir dir_;
+};
+
+TEST_F(SiteConfigTest, ReadsAConfigWithPathsRelativeToIt) {
+  auto c = read_site_config(write("site_id: amsterdam\ncoordinator: tcp://127.0.0.1:5570\ndata: scans/amsterdam\n"));
+  ASSERT_TRUE(c) << c.error().message;
+  EXPECT_EQ(c->site_id, "amsterdam");
+  EXPECT_EQ(c->data, dir_.path() / "scans/amsterdam");
+  EXPECT_EQ(c->cache_dir, dir_.path() / "cache-amsterdam");
+  EXPECT_EQ(c->device, "cpu");
+}
+
+TEST_F(SiteConfigTest, MistakesAreNamed) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"coordinator: tcp://h:1\ndata: d\n", "site_id is required"},
+      {"site_id: a\ndata: d\n", "coordinator is required"},
+      {"site_id: a\ncoordinator: http://h:1\ndata: d\n", "not a ZeroMQ endpoint"},
+      {"site_id: a\ncoordinator: tcp://h:1\n", "data is required"},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata: d\ndevice: tpu\n", "device 'tpu'"},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata: d\nthreds: 2\n", "unknown key 'threds'"},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata: d\nthreads: two\n", "key 'threads': expected an integer"},
+  };
+  for (const auto& [text, expected] : cases) {
+    auto c = read_site_config(write(text));
+    ASSERT_FALSE(c) << text;
+    EXPECT_NE(c.error().message.find(expected), std::string::npos) << c.error().message;
+  }
+}
+
+TEST_F(SiteConfigTest, CheckListsEveryBrokenSubject) {
+  // Two subjects: one whose FLAIR is not a NIfTI file, one with no T1 at all.
+  const auto site = dir_ / "clinic";
+  std::filesystem::create_directories(site / "s1" / "pre");
+  std::filesystem::create_directories(site / "s2" / "pre");
+  std::ofstream(site / "s1" / "pre" / "FLAIR.nii.gz") << "not an image";
+  std::ofstream(site / "s1" / "pre" / "T1.nii.gz") << "not an image";
+  std::ofstream(site / "s2" / "pre" / "FLAIR.nii.gz") << "not an image";
+  auto c = read_site_config(write("site_id: a\ncoordinator: tcp://127.0.0.1:1\ndata: clinic\n"));
+  ASSERT_TRUE(c) << c.error().message;
+  const auto report = check_site(*c);
+  EXPECT_EQ(report.usable, 0);
+  ASSERT_GE(report.problems.size(), 1u);
+  std::string all;
+  for (const auto& p : report.problems) all += p + "\n";
+  EXPECT_NE(all.find("s1"), std::string::npos) << all;
+}
+
+}  // namespace
+}  // namespace fedda::site_agent
