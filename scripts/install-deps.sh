@@ -21,6 +21,8 @@ packages=(
   libpng-dev
   zlib1g-dev
   mricron-data
+  clang
+  libclang-rt-14-dev
 )
 
 missing=()

@@ -1,5 +1,6 @@
 #include "fedda/common/config.h"
 
+#include <functional>
 #include <set>
 
 #include <yaml-cpp/yaml.h>
@@ -21,20 +22,39 @@ struct Mapping::State {
 Mapping::Mapping(std::shared_ptr<State> state, std::shared_ptr<Node> node)
     : state_(std::move(state)), node_(std::move(node)) {}
 
-Result<Mapping> Mapping::load(const std::filesystem::path& path) {
+namespace {
+Result<YAML::Node> top_mapping(const std::function<YAML::Node()>& read, const std::filesystem::path& path) {
   YAML::Node root;
   try {
-    root = YAML::LoadFile(path.string());
+    root = read();
   } catch (const YAML::BadFile&) {
     return make_error(path.string() + ": cannot read the file");
   } catch (const std::exception& e) {
     return make_error(path.string() + ": not valid YAML: " + e.what());
   }
   if (!root.IsMap()) return make_error(path.string() + ": expected a YAML mapping (key: value lines)");
+  return root;
+}
+}  // namespace
+
+Result<Mapping> Mapping::load(const std::filesystem::path& path) {
+  auto root = top_mapping([&] { return YAML::LoadFile(path.string()); }, path);
+  if (!root) return root.error();
   auto state = std::make_shared<State>();
   state->file = path;
   auto node = std::make_shared<Node>();
-  node->yaml = root;
+  node->yaml = *root;
+  state->nodes.push_back(node);
+  return Mapping(state, node);
+}
+
+Result<Mapping> Mapping::parse(const std::string& text, const std::filesystem::path& name) {
+  auto root = top_mapping([&] { return YAML::Load(text); }, name);
+  if (!root) return root.error();
+  auto state = std::make_shared<State>();
+  state->file = name;
+  auto node = std::make_shared<Node>();
+  node->yaml = *root;
   state->nodes.push_back(node);
   return Mapping(state, node);
 }
@@ -78,7 +98,9 @@ Status Mapping::finish() const {
   for (const auto& node : state_->nodes) {
     if (!node->yaml || !node->yaml.IsMap()) continue;
     for (const auto& kv : node->yaml) {
-      const auto key = kv.first.as<std::string>();
+      // A key may be a list or a mapping in YAML (`? [a, b]: x`); none of fedda's is.
+      if (!kv.first.IsScalar()) return fail(node->prefix + "a key that is not plain text");
+      const auto key = kv.first.Scalar();
       if (!node->known.count(key)) return fail(node->prefix + "unknown key '" + key + "'");
     }
   }

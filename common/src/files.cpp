@@ -71,6 +71,24 @@ Status write_atomically(const fs::path& path, const std::string& contents) {
   });
 }
 
+Status write_secret(const fs::path& path, const std::string& contents) {
+  return write_via_temporary(path, [&](const fs::path& tmp) -> Status {
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0600);
+    if (fd < 0) return make_error("cannot create " + tmp.string() + ": " + std::strerror(errno));
+    std::size_t written = 0;
+    while (written < contents.size()) {
+      const ssize_t n = ::write(fd, contents.data() + written, contents.size() - written);
+      if (n <= 0) {
+        ::close(fd);
+        return make_error("cannot write " + tmp.string() + ": " + std::strerror(errno));
+      }
+      written += static_cast<std::size_t>(n);
+    }
+    ::close(fd);
+    return Status::success();
+  });
+}
+
 Result<std::string> read_all(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return make_error("cannot open " + path.string() + ": " + std::strerror(errno));

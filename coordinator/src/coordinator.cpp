@@ -6,14 +6,18 @@
 #include <cstdio>
 #include <deque>
 #include <map>
+#include <optional>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
+#include "fedda/common/crypto.h"
 #include "fedda/common/files.h"
+#include "fedda/common/kit.h"
 #include "fedda/common/log.h"
 #include "fedda/common/tensors.h"
 #include "fedda/models/federated.h"
@@ -87,16 +91,68 @@ struct Coordinator::Impl {
   std::uint64_t sequence = 0;
   Clock::time_point next_heartbeat{};
   std::atomic<bool> stopping{false};
+  std::optional<kit::CoordinatorKit> consortium;  // set: CurveZMQ, ZAP and model signatures
+  std::thread zap;
+  std::atomic<bool> zap_stop{false};
+
+  ~Impl() {
+    zap_stop = true;
+    if (zap.joinable()) zap.join();
+  }
+
+  // ZAP (RFC 27) handler: admits a CURVE client only if its key was provisioned, and names it by
+  // the site id in that key's manifest (the User-Id of every message it sends).
+  void serve_zap(zmq::socket_t& handler) {
+    while (!zap_stop) {
+      zmq::pollitem_t items[] = {{handler.handle(), 0, ZMQ_POLLIN, 0}};
+      zmq::poll(items, 1, std::chrono::milliseconds(100));
+      if (!(items[0].revents & ZMQ_POLLIN)) continue;
+      std::vector<zmq::message_t> request;
+      if (!zmq::recv_multipart(handler, std::back_inserter(request))) continue;
+      if (request.size() < 6) continue;
+      const std::string version = request[0].to_string(), id = request[1].to_string();
+      const std::string address = request[3].to_string(), mechanism = request[5].to_string();
+      std::string status = "400", text = "not admitted", user;
+      if (mechanism == "CURVE" && request.size() >= 7) {
+        const auto key = crypto::z85_of_key(request[6].to_string_view());
+        const auto site = consortium->sites.find(key);
+        if (site != consortium->sites.end()) {
+          status = "200";
+          text = "OK";
+          user = site->second;
+        } else {
+          log->warn("refused a connection from {}: CURVE key {} is not provisioned in this consortium", address, key);
+        }
+      } else {
+        log->warn("refused a connection from {}: mechanism {} (CURVE required)", address, mechanism);
+      }
+      std::vector<zmq::message_t> reply;
+      reply.emplace_back(version);
+      reply.emplace_back(id);
+      reply.emplace_back(status);
+      reply.emplace_back(text);
+      reply.emplace_back(user);
+      reply.emplace_back();
+      zmq::send_multipart(handler, reply);
+    }
+  }
+
+  // Signature over what a model message means: job, round and the body's digest.
+  static std::string signed_text(const std::string& job_id, int round_number, const std::string& body) {
+    return "fedda-model-v1\n" + job_id + "\n" + std::to_string(round_number) + "\n" + crypto::sha256_hex(body);
+  }
 
   // The running job.
   const JobDefinition* job = nullptr;
   protocol::Frames offer;
   zmq::message_t offer_body;
+  std::string offer_signature;  // empty without a kit
   int round = 0;
   bool evaluating = false;
   protocol::RoundTask task;        // what this round sends
   protocol::Frames task_frames;    // encoded once per round
   zmq::message_t task_body;        // its body, shared by every site's send
+  std::string task_signature;
   std::set<std::string> expected;  // sites asked this round and still counted on
   std::set<std::string> answered;
   std::deque<std::string> upload_queue;
@@ -121,20 +177,22 @@ struct Coordinator::Impl {
   // With `shared`, the body is that message's buffer, shared by reference count: a model sent
   // to many sites is held once, not once per site waiting in its pipe.
   void send_frames(const SiteState& site, protocol::Header h, const protocol::Frames& frames,
-                   zmq::message_t* shared = nullptr) {
+                   zmq::message_t* shared = nullptr, const std::string* signature = nullptr) {
     h.sequence = ++sequence;
     h.body_bytes = shared ? shared->size() : frames.body.size();
     h.body_crc32 = frames.body_crc32;
     try {
       router.send(zmq::buffer(site.routing), zmq::send_flags::sndmore);
       router.send(zmq::buffer(protocol::encode_header(h)), zmq::send_flags::sndmore);
+      const auto last = signature ? zmq::send_flags::sndmore : zmq::send_flags::none;
       if (shared) {
         zmq::message_t body;
         body.copy(*shared);
-        router.send(body, zmq::send_flags::none);
+        router.send(body, last);
       } else {
-        router.send(zmq::buffer(frames.body), zmq::send_flags::none);
+        router.send(zmq::buffer(frames.body), last);
       }
+      if (signature) router.send(zmq::buffer(*signature), zmq::send_flags::none);
     } catch (const zmq::error_t& e) {
       log->warn("site {}: cannot send {}: {}", site.id, protocol::type_name(h.type), e.what());
     }
@@ -174,7 +232,8 @@ struct Coordinator::Impl {
     site.offered_job = job->spec.id;
     site.ready_job.clear();
     site.failed_job.clear();
-    send_frames(site, header(MessageType::job_offer, job->spec.id, 0), offer, &offer_body);
+    send_frames(site, header(MessageType::job_offer, job->spec.id, 0), offer, &offer_body,
+                consortium ? &offer_signature : nullptr);
     log->info("site {}: offered job {}", site.id, job->spec.id);
   }
 
@@ -381,6 +440,11 @@ struct Coordinator::Impl {
           continue;
         }
         const std::string routing = parts[0].to_string();
+        std::string authenticated;
+        if (consortium) {
+          const char* user = parts[1].gets("User-Id");
+          authenticated = user ? user : "";
+        }
         const std::string header_frame = parts[1].to_string();
         std::string body = parts[2].to_string();
         parts.clear();
@@ -389,6 +453,11 @@ struct Coordinator::Impl {
           const auto who = site_of_routing.find(routing);
           log->warn("dropped a malformed message from {}: {}",
                     who == site_of_routing.end() ? "an unidentified peer" : "site " + who->second, h.error().message);
+          continue;
+        }
+        if (consortium && h->sender != authenticated) {
+          log->warn("dropped {} claiming to be from '{}' on the connection of site '{}' (identity is the key's)",
+                    protocol::type_name(h->type), h->sender, authenticated);
           continue;
         }
         handle(routing, *h, body);
@@ -432,7 +501,29 @@ void Coordinator::stop() { impl_->stopping = true; }
 Result<std::unique_ptr<Coordinator>> Coordinator::start(const CoordinatorOptions& options) {
   auto impl = std::make_unique<Impl>();
   impl->o = options;
+  if (!options.kit.empty()) {
+    auto loaded = kit::load_coordinator_kit(options.kit);
+    if (!loaded) return loaded.error();
+    impl->consortium = std::move(*loaded);
+    if (!zmq_has("curve")) return make_error("this libzmq has no CURVE support");
+    // The ZAP handler must be up before the socket binds: without one libzmq admits anyone.
+    auto handler = std::make_shared<zmq::socket_t>(impl->context, zmq::socket_type::rep);
+    try {
+      handler->bind("inproc://zeromq.zap.01");
+    } catch (const zmq::error_t& e) {
+      return make_error(std::string("cannot start the ZAP handler: ") + e.what());
+    }
+    Impl* raw = impl.get();
+    impl->zap = std::thread([raw, handler] { raw->serve_zap(*handler); });
+    impl->log->info("consortium {}: CurveZMQ on, {} provisioned sites", impl->consortium->consortium,
+                    impl->consortium->sites.size());
+  }
   try {
+    if (impl->consortium) {
+      impl->router.set(zmq::sockopt::curve_server, true);
+      impl->router.set(zmq::sockopt::curve_secretkey, impl->consortium->curve_secret);
+      impl->router.set(zmq::sockopt::zap_domain, "fedda");
+    }
     impl->router.set(zmq::sockopt::linger, 0);
     // Frames up to twice the limit are read, logged and dropped by decode_header; libzmq cuts a
     // peer that sends anything larger before reading it, so memory stays bounded either way.
@@ -585,6 +676,11 @@ Result<JobOutcome> Coordinator::run(const JobDefinition& definition) {
   }
   offer.job = spec;
   m.offer = protocol::encode(m.header(MessageType::job_offer, spec.id, 0), offer);
+  if (m.consortium) {
+    auto signature = crypto::sign(m.consortium->sign_private, Impl::signed_text(spec.id, 0, m.offer.body));
+    if (!signature) return make_error("signing the job offer: " + signature.error().message);
+    m.offer_signature = *signature;
+  }
   m.offer_body.rebuild(m.offer.body.data(), m.offer.body.size());
   m.offer.body.clear();
   m.offer.body.shrink_to_fit();
@@ -626,6 +722,11 @@ Result<JobOutcome> Coordinator::run(const JobDefinition& definition) {
       }
     }
     m.task_frames = protocol::encode(m.header(MessageType::round_task, spec.id, m.round), m.task);
+    if (m.consortium) {
+      auto signature = crypto::sign(m.consortium->sign_private, Impl::signed_text(spec.id, m.round, m.task_frames.body));
+      if (!signature) return make_error("signing round " + std::to_string(m.round) + ": " + signature.error().message);
+      m.task_signature = *signature;
+    }
     m.task_body.rebuild(m.task_frames.body.data(), m.task_frames.body.size());
     m.task_frames.body.clear();
     m.task_frames.body.shrink_to_fit();
@@ -633,7 +734,8 @@ Result<JobOutcome> Coordinator::run(const JobDefinition& definition) {
     m.task.discriminator = TensorSet{};
     const auto ask = [&](const std::string& id) {
       m.expected.insert(id);
-      m.send_frames(m.sites[id], m.header(MessageType::round_task, spec.id, m.round), m.task_frames, &m.task_body);
+      m.send_frames(m.sites[id], m.header(MessageType::round_task, spec.id, m.round), m.task_frames, &m.task_body,
+                    m.consortium ? &m.task_signature : nullptr);
     };
     for (const auto& id : candidates()) ask(id);
     while (!m.stopping) {

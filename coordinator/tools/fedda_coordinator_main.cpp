@@ -39,6 +39,9 @@ int main(int argc, char** argv) {
   app.add_option("--bind", o.bind, "ZeroMQ endpoint to listen on (port 0: any free port)")->capture_default_str();
   app.add_option("--out", out, "folder for job state and results")->capture_default_str();
   app.add_option("--endpoint-file", endpoint_file, "write the bound endpoint to this file once listening");
+  std::string kit;
+  app.add_option("--kit", kit, "the coordinator's kit folder (fedda-admin provision): CurveZMQ with provisioned "
+                               "site keys only, signed models")->check(CLI::ExistingDirectory);
   app.add_option("--sites", o.allowed_sites, "site ids admitted (comma-separated); default: any")->delimiter(',');
   app.add_option("--heartbeat-ms", heartbeat_ms, "heartbeat interval")->capture_default_str()->check(CLI::Range(10, 60000));
   app.add_option("--liveness", o.liveness, "heartbeats missed before a site counts as gone")->capture_default_str()->check(CLI::Range(2, 100));
@@ -48,6 +51,7 @@ int main(int argc, char** argv) {
   app.callback([&]() {
     auto log = log::get("fedda-coordinator");
     o.out = out;
+    o.kit = kit;
     o.endpoint_file = endpoint_file;
     o.heartbeat = std::chrono::milliseconds(heartbeat_ms);
     o.start_timeout = std::chrono::seconds(start_timeout);

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <sstream>
 
+#include "fedda/common/crypto.h"
 #include "fedda/common/files.h"
 #include "fedda/common/log.h"
 #include "fedda/imaging/nifti_io.h"
@@ -93,19 +94,29 @@ std::string soft_label_key(const TensorSet& teacher, const ModelSpec& spec, doub
   return hex(key);
 }
 
-Status save_tensor(const fs::path& path, const torch::Tensor& tensor) {
+// Cache files, sealed with AES-256-GCM when the site has a storage key (the file name is the
+// associated data, so one cache file cannot stand in for another).
+Status save_tensor(const fs::path& path, const torch::Tensor& tensor, const std::string& key) {
   std::ostringstream bytes;
   try {
     torch::save(tensor, bytes);
   } catch (const std::exception& e) {
     return make_error(path.string() + ": " + e.what());
   }
-  return files::write_atomically(path, bytes.str());
+  if (key.empty()) return files::write_atomically(path, bytes.str());
+  auto sealed = crypto::seal(key, bytes.str(), path.filename().string());
+  if (!sealed) return make_error(path.string() + ": " + sealed.error().message);
+  return files::write_atomically(path, *sealed);
 }
 
-Result<torch::Tensor> load_tensor(const fs::path& path) {
+Result<torch::Tensor> load_tensor(const fs::path& path, const std::string& key) {
   auto bytes = files::read_all(path);
   if (!bytes) return bytes.error();
+  if (!key.empty()) {
+    auto opened = crypto::open(key, *bytes, path.filename().string());
+    if (!opened) return make_error(path.string() + ": refused: " + opened.error().message);
+    *bytes = std::move(*opened);
+  }
   try {
     std::istringstream in(*bytes);
     torch::Tensor t;
@@ -307,7 +318,7 @@ Result<std::unique_ptr<SiteTrainer>> SiteTrainer::open(const SiteJobOptions& o, 
         std::replace(name.begin(), name.end(), '/', '_');
         const auto path = o.cache_dir / "soft-labels" / (key + "-" + name + ".pt");
         if (fs::exists(path)) {
-          auto soft = load_tensor(path);
+          auto soft = load_tensor(path, o.storage_key);
           if (soft && soft->sizes() == torch::IntArrayRef({scan.images.size(0), scan.images.size(2), scan.images.size(3)})) {
             scan.soft = *soft;
             scan.lesion_slices.clear();
@@ -318,7 +329,8 @@ Result<std::unique_ptr<SiteTrainer>> SiteTrainer::open(const SiteJobOptions& o, 
             scan.labels = torch::Tensor();
             continue;
           }
-          log->warn("{}: unreadable soft-label cache, recomputing", path.string());
+          log->warn("soft-label cache {}: {}; recomputing", path.filename().string(),
+                    soft ? "wrong shape" : soft.error().message);
         }
       }
       missing.push_back(&scan);
@@ -335,7 +347,7 @@ Result<std::unique_ptr<SiteTrainer>> SiteTrainer::open(const SiteJobOptions& o, 
           std::error_code ec;
           fs::create_directories(o.cache_dir / "soft-labels", ec);
           const auto path = o.cache_dir / "soft-labels" / (key + "-" + name + ".pt");
-          if (auto st = save_tensor(path, missing[i]->soft); !st) log->warn("soft-label cache: {}", st.error().message);
+          if (auto st = save_tensor(path, missing[i]->soft, o.storage_key); !st) log->warn("soft-label cache: {}", st.error().message);
         }
       }
     } else {

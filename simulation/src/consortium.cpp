@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "fedda/common/files.h"
+#include "fedda/common/kit.h"
 #include "fedda/common/log.h"
 #include "fedda/imaging/dataset.h"
 
@@ -135,6 +136,18 @@ Result<ConsortiumResult> run_consortium(const ConsortiumOptions& o) {
   const auto endpoint_file = out / "coordinator.endpoint";
   fs::remove(endpoint_file, ec);
 
+  const auto kits = out / "kits";
+  if (o.secure) {
+    if (!fs::exists(kits / "root")) {
+      kit::ProvisionOptions p{"local-" + o.data.filename().string(), "tcp://127.0.0.1:0", sites, kits};
+      if (auto st = kit::provision(p); !st) return make_error("provisioning kits: " + st.error().message);
+    }
+    for (const auto& s : sites) {
+      if (!fs::exists(kits / "sites" / s)) {
+        if (auto st = kit::add_site(kits, s); !st) return make_error("provisioning kits: " + st.error().message);
+      }
+    }
+  }
   std::vector<std::string> args = {coordinator_bin.string(), "--bind", "tcp://127.0.0.1:0", "--endpoint-file",
                                    endpoint_file.string(), "--out", (out / "jobs").string(),
                                    "--heartbeat-ms", std::to_string(o.heartbeat_ms)};
@@ -142,6 +155,7 @@ Result<ConsortiumResult> run_consortium(const ConsortiumOptions& o) {
   for (const auto& s : sites) registry += (registry.empty() ? "" : ",") + s;
   args.insert(args.end(), {"--sites", registry});
   for (const auto& j : o.jobs) args.insert(args.end(), {"--job", fs::absolute(j).string()});
+  if (o.secure) args.insert(args.end(), {"--kit", (kits / "coordinator").string()});
   const auto coordinator_log = out / "logs" / "coordinator.log";
   auto coordinator = spawn(args, coordinator_log);
   if (!coordinator) return coordinator.error();
@@ -176,7 +190,8 @@ Result<ConsortiumResult> run_consortium(const ConsortiumOptions& o) {
                              fs::absolute(o.data / site).string() + "\ncache_dir: " + (out / "cache" / site).string() +
                              "\ndevice: " + o.device + "\nthreads: " + std::to_string(threads) +
                              "\nheartbeat_ms: " + std::to_string(o.heartbeat_ms) + "\nreconnect_min_ms: 200\n"
-                             "reconnect_max_ms: 5000\n";
+                             "reconnect_max_ms: 5000\n" +
+                             (o.secure ? "kit: " + (kits / "sites" / site).string() + "\n" : std::string());
     if (auto st = files::write_atomically(config, yaml); !st) return st.error();
     auto pid = spawn({"/usr/bin/env", "OMP_WAIT_POLICY=PASSIVE", agent_bin.string(), "run", "--config", config.string()},
                      out / "logs" / (site + ".log"));

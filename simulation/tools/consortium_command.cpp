@@ -81,9 +81,12 @@ void add_consortium(CLI::App& app, int& rc) {
   cmd->add_option("--device", a->o.device, "cpu or cuda, for every agent")->capture_default_str();
   cmd->add_option("--threads", a->o.threads_per_agent, "LibTorch threads per agent (0: every core)")->capture_default_str();
   cmd->add_option("--heartbeat-ms", a->o.heartbeat_ms, "heartbeat interval")->capture_default_str();
-  cmd->callback([a, &rc]() {
+  auto insecure_flag = std::make_shared<bool>(false);
+  cmd->add_flag("--insecure", *insecure_flag, "no kits: plain TCP, unsigned models, unencrypted caches (debugging only)");
+  cmd->callback([a, insecure_flag, &rc]() {
     a->o.data = a->data;
     a->o.out = a->out;
+    a->o.secure = !*insecure_flag;
     for (const auto& j : a->jobs) a->o.jobs.emplace_back(j);
     auto r = run_consortium(a->o);
     if (!r) {

@@ -7,15 +7,19 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
+#include "fedda/common/crypto.h"
+#include "fedda/common/kit.h"
 #include "fedda/common/log.h"
 #include "fedda/common/protocol.h"
 #include "fedda/models/federated.h"
 #include "fedda/models/model_spec.h"
+#include "fedda/site_agent/egress.h"
 
 namespace fedda::site_agent {
 using Clock = std::chrono::steady_clock;
@@ -28,6 +32,7 @@ constexpr const char* kAgentVersion = "0.1.0";
 struct Work {
   protocol::Header header;
   std::string body;
+  std::string signature;  // of a model message, when the consortium signs them
 };
 
 struct Outgoing {
@@ -35,6 +40,7 @@ struct Outgoing {
   std::string job_id;
   int round = 0;
   protocol::Frames frames;
+  std::string tensors;  // for the audit log
 };
 
 std::uint64_t now_micros() {
@@ -57,11 +63,24 @@ struct Agent::Impl {
   bool busy = false;
   bool worker_exit = false;
   std::unique_ptr<models::SiteTrainer> trainer;
+  std::optional<EgressGuard> guard;
   std::string trainer_job;
   protocol::JobReady trainer_ready;
 
   // Network side.
   std::uint64_t sequence = now_micros();  // moves forward across restarts too
+  std::optional<kit::SiteKit> site_kit;
+
+  // A model message must carry the coordinator's signature over (job, round, body digest).
+  Status check_signature(const protocol::Header& h, const std::string& body, const std::string& signature) const {
+    if (!site_kit) return Status::success();
+    if (signature.empty()) return make_error("unsigned model refused");
+    const std::string text = "fedda-model-v1\n" + h.job_id + "\n" + std::to_string(h.round) + "\n" + crypto::sha256_hex(body);
+    if (auto st = crypto::verify(site_kit->coordinator_sign_public, text, signature); !st) {
+      return make_error("model signature refused: " + st.error().message);
+    }
+    return Status::success();
+  }
 
   protocol::Header header(MessageType type, const std::string& job_id, int round) {
     protocol::Header h;
@@ -72,9 +91,9 @@ struct Agent::Impl {
     return h;
   }
 
-  void post(MessageType type, const std::string& job_id, int round, protocol::Frames frames) {
+  void post(MessageType type, const std::string& job_id, int round, protocol::Frames frames, std::string tensors = {}) {
     std::lock_guard<std::mutex> lock(mutex);
-    outbox.push_back({type, job_id, round, std::move(frames)});
+    outbox.push_back({type, job_id, round, std::move(frames), std::move(tensors)});
   }
 
   template <typename Body>
@@ -140,10 +159,14 @@ struct Agent::Impl {
     o.device = config.device;
     o.threads = config.threads;
     o.cache_dir = config.cache_dir;
+    if (site_kit) o.storage_key = site_kit->storage_key;
     log->info("job {} ({}): preparing {} training and {} evaluation subjects", job.id, job.type, o.train.size(),
               o.evaluation.size());
+    auto egress = EgressGuard::for_job(job);
+    if (!egress) return fail(job.id, "egress guard: " + egress.error().message);
     auto opened = models::SiteTrainer::open(o, offer->teacher);
     if (!opened) return fail(job.id, opened.error().message);
+    guard = std::move(*egress);
     trainer = std::move(*opened);
     trainer_job = job.id;
     trainer_ready = protocol::JobReady{};
@@ -187,7 +210,11 @@ struct Agent::Impl {
       log->info("job {}: round {} trained ({} steps, loss {:.4f}, {:.1f} s)", h.job_id, h.round, local->steps,
                 local->loss, local->seconds);
     }
-    post(MessageType::round_update, h.job_id, h.round, update);
+    if (auto st = guard->check(update, task->evaluate); !st) {
+      return fail(h.job_id, "egress guard refused the update of round " + std::to_string(h.round) + ": " + st.error().message);
+    }
+    post(MessageType::round_update, h.job_id, h.round, protocol::encode(header(MessageType::round_update, h.job_id, h.round), update),
+         tensor_summary(update));
   }
   int job_steps = 32;
 
@@ -203,13 +230,17 @@ struct Agent::Impl {
         busy = true;
       }
       try {
-        if (work.header.type == MessageType::job_offer) {
+        const bool model_message = work.header.type == MessageType::job_offer || work.header.type == MessageType::round_task;
+        if (auto st = model_message ? check_signature(work.header, work.body, work.signature) : Status::success(); !st) {
+          fail(work.header.job_id, std::string(protocol::type_name(work.header.type)) + ": " + st.error().message);
+        } else if (work.header.type == MessageType::job_offer) {
           prepare(work.header, work.body);
         } else if (work.header.type == MessageType::round_task) {
           run_task(work.header, work.body);
         } else if (work.header.type == MessageType::goodbye) {
           if (trainer_job == work.header.job_id) {
             trainer.reset();
+            guard.reset();
             trainer_job.clear();
             log->info("job {}: finished; released its data", work.header.job_id);
           }
@@ -225,6 +256,19 @@ struct Agent::Impl {
   // ---- network ------------------------------------------------------------------------------
 
   int run() {
+    if (!config.kit.empty()) {
+      auto loaded = kit::load_site_kit(config.kit);
+      if (!loaded) {
+        log->error("kit: {}", loaded.error().message);
+        return 1;
+      }
+      if (loaded->site_id != config.site_id) {
+        log->error("kit {} was issued to site '{}', not '{}'", config.kit.string(), loaded->site_id, config.site_id);
+        return 1;
+      }
+      site_kit = std::move(*loaded);
+      log->info("site {}: consortium {}, CurveZMQ with the provisioned keys", config.site_id, site_kit->consortium);
+    }
     std::thread worker([this] { worker_loop(); });
     zmq::context_t context{1};
     std::unique_ptr<zmq::socket_t> socket;
@@ -233,9 +277,12 @@ struct Agent::Impl {
     auto backoff = std::chrono::milliseconds(config.reconnect_min_ms);
     Clock::time_point last_heard, next_heartbeat, last_hello, stop_requested{};
     std::uint64_t coordinator_sequence = 0;
-    std::map<std::pair<std::string, int>, protocol::Frames> pending;  // updates awaiting upload credit
+    std::map<std::pair<std::string, int>, std::pair<protocol::Frames, std::string>> pending;  // awaiting upload credit
+    AuditLog audit(config.cache_dir / "audit.jsonl");
 
-    const auto send = [&](MessageType type, const std::string& job_id, int round, const protocol::Frames& frames) {
+    const auto send = [&](MessageType type, const std::string& job_id, int round, const protocol::Frames& frames,
+                          const std::string& tensors = {}) {
+      audit.record(type, job_id, round, frames.body, tensors);
       protocol::Header h = header(type, job_id, round);
       h.sequence = ++sequence;
       h.body_bytes = frames.body.size();
@@ -258,7 +305,12 @@ struct Agent::Impl {
     const auto connect = [&] {
       socket = std::make_unique<zmq::socket_t>(context, zmq::socket_type::dealer);
       socket->set(zmq::sockopt::linger, 0);
-      socket->set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(protocol::kDefaultMaxMessageBytes + 65536));
+      socket->set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(2 * protocol::kDefaultMaxMessageBytes + 65536));
+      if (site_kit) {
+        socket->set(zmq::sockopt::curve_serverkey, site_kit->coordinator_curve_public);
+        socket->set(zmq::sockopt::curve_publickey, site_kit->site_curve_public);
+        socket->set(zmq::sockopt::curve_secretkey, site_kit->site_curve_secret);
+      }
       socket->connect(config.coordinator);
       coordinator_sequence = 0;
       pending.clear();
@@ -313,12 +365,13 @@ struct Agent::Impl {
             log->warn("receive: {}", e.what());
             break;
           }
-          if (parts.size() != 2) {
+          if (parts.size() != 2 && parts.size() != 3) {
             log->warn("dropped a message of {} frames from the coordinator", parts.size());
             continue;
           }
           const std::string header_frame = parts[0].to_string();
           std::string body = parts[1].to_string();
+          std::string signature = parts.size() == 3 ? parts[2].to_string() : std::string();
           parts.clear();
           auto h = protocol::decode_header(header_frame, body);
           if (!h) {
@@ -352,7 +405,7 @@ struct Agent::Impl {
               }
               {
                 std::lock_guard<std::mutex> lock(mutex);
-                inbox.push_back({*h, std::move(body)});
+                inbox.push_back({*h, std::move(body), std::move(signature)});
               }
               wake.notify_one();
               break;
@@ -362,8 +415,8 @@ struct Agent::Impl {
                 log->warn("upload asked for job {} round {}, which this site has no update for", h->job_id, h->round);
                 break;
               }
-              send(MessageType::round_update, h->job_id, h->round, it->second);
-              log->info("job {}: round {} update uploaded ({:.1f} MB)", h->job_id, h->round, it->second.body.size() / 1e6);
+              send(MessageType::round_update, h->job_id, h->round, it->second.first, it->second.second);
+              log->info("job {}: round {} update uploaded ({:.1f} MB)", h->job_id, h->round, it->second.first.body.size() / 1e6);
               pending.erase(it);
               break;
             }
@@ -380,7 +433,7 @@ struct Agent::Impl {
                 log->info("coordinator said goodbye: {}", g ? g->reason : "(no reason)");
               } else {
                 std::lock_guard<std::mutex> lock(mutex);
-                inbox.push_back({*h, std::move(body)});
+                inbox.push_back({*h, std::move(body), {}});
                 wake.notify_one();
               }
               break;
@@ -397,7 +450,7 @@ struct Agent::Impl {
       }
       for (auto& o : out) {
         if (o.type == MessageType::round_update) {
-          pending[{o.job_id, o.round}] = std::move(o.frames);
+          pending[{o.job_id, o.round}] = {std::move(o.frames), std::move(o.tensors)};
           send_empty(MessageType::update_ready, o.job_id, o.round);
         } else {
           send(o.type, o.job_id, o.round, o.frames);

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include "fedda/common/config.h"
+#include "fedda/common/kit.h"
 #include "fedda/imaging/nifti_io.h"
 #include "fedda/models/engine.h"
 
@@ -25,6 +26,8 @@ Result<SiteConfig> read_site_config(const fs::path& path) {
   m->get("reconnect_min_ms", c.reconnect_min_ms);
   m->get("reconnect_max_ms", c.reconnect_max_ms);
   m->get("drain_timeout_s", c.drain_timeout_s);
+  std::string kit;
+  m->get("kit", kit);
   if (auto st = m->finish(); !st) return st.error();
   const auto base = path.parent_path();
   if (c.site_id.empty()) return fail("site_id is required");
@@ -35,6 +38,7 @@ Result<SiteConfig> read_site_config(const fs::path& path) {
   }
   if (data.empty()) return fail("data is required (the clinic folder holding one folder per subject)");
   c.data = fs::path(data).is_relative() ? (base / data).lexically_normal() : fs::path(data);
+  if (!kit.empty()) c.kit = fs::path(kit).is_relative() ? (base / kit).lexically_normal() : fs::path(kit);
   if (cache.empty()) cache = "cache-" + c.site_id;
   c.cache_dir = fs::path(cache).is_relative() ? (base / cache).lexically_normal() : fs::path(cache);
   if (c.device != "cpu" && c.device != "cuda" && c.device.rfind("cuda:", 0) != 0) {
@@ -59,6 +63,14 @@ Result<std::vector<imaging::SubjectFiles>> site_subjects(const SiteConfig& c) {
 
 CheckReport check_site(const SiteConfig& c) {
   CheckReport report;
+  if (!c.kit.empty()) {
+    auto kit = kit::load_site_kit(c.kit);
+    if (!kit) {
+      report.problems.push_back("kit: " + kit.error().message);
+    } else if (kit->site_id != c.site_id) {
+      report.problems.push_back("kit: issued to site '" + kit->site_id + "', not '" + c.site_id + "'");
+    }
+  }
   if (auto st = models::check_device(c.device); !st) report.problems.push_back("device: " + st.error().message);
   std::error_code ec;
   fs::create_directories(c.cache_dir, ec);

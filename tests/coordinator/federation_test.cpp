@@ -9,6 +9,7 @@
 #include <fstream>
 #include <map>
 #include <regex>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -16,9 +17,13 @@
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
+#include "fedda/common/crypto.h"
+#include "fedda/common/files.h"
+#include "fedda/common/kit.h"
 #include "fedda/common/protocol.h"
 #include "fedda/imaging/dataset.h"
 #include "fedda/models/engine.h"
+#include "fedda/models/federated.h"
 #include "fedda/simulation/consortium.h"
 #include "fedda/simulation/generator.h"
 #include "support/process.h"
@@ -102,7 +107,8 @@ class Federation : public ::testing::Test {
   fs::path site_config(const std::string& site, const std::string& endpoint, fs::path data = {}) {
     const auto path = dir_ / (site + ".yaml");
     if (data.empty()) data = data_dir() / site;
-    std::ofstream(path) << "site_id: " << site << "\ncoordinator: " << endpoint << "\ndata: " << data.string()
+    if (!kit_.empty()) std::ofstream(path) << "kit: " << (kit_ / "sites" / site).string() << "\n";
+    std::ofstream(path, std::ios::app) << "site_id: " << site << "\ncoordinator: " << endpoint << "\ndata: " << data.string()
                         << "\ncache_dir: " << (dir_ / ("cache-" + site)).string()
                         << "\nthreads: 1\nheartbeat_ms: 200\nreconnect_min_ms: 100\nreconnect_max_ms: 1000\n";
     return path;
@@ -115,6 +121,7 @@ class Federation : public ::testing::Test {
                                      "--heartbeat-ms", "200", "--start-timeout", "120",
                                      "--sites", "utrecht,amsterdam,singapore,spare"};
     args.insert(args.end(), extra.begin(), extra.end());
+    if (!kit_.empty()) args.insert(args.end(), {"--kit", (kit_ / "coordinator").string()});
     return std::make_unique<Process>(args, coordinator_log());
   }
   std::unique_ptr<Process> start_agent(const std::string& site, const std::string& endpoint, const fs::path& data = {}) {
@@ -146,6 +153,7 @@ class Federation : public ::testing::Test {
   }
 
   testing::ScratchDir dir_;
+  fs::path kit_;  // set: coordinator and agents run with these kits
 
  private:
   static fs::path shared_;
@@ -459,6 +467,170 @@ TEST_F(Federation, CoordinatorMemoryStaysFlatAsSitesAreAdded) {
   const double many = coordinator_peak_mb(dir_.path(), 30);
   std::cout << "coordinator peak memory: 3 sites " << few << " MB, 30 sites " << many << " MB\n";
   EXPECT_LT(many - few, 2 * model_mb) << "memory grows with the number of sites";
+}
+
+// ---- security ------------------------------------------------------------------------------
+
+std::string first_line(const fs::path& file) {
+  auto text = testing::read_text(file);
+  return text.substr(0, text.find('\n'));
+}
+
+// A CurveZMQ client with the given key pair, speaking to the coordinator's public key.
+std::unique_ptr<zmq::socket_t> curve_client(zmq::context_t& context, const std::string& endpoint,
+                                            const std::string& server_public, const std::string& public_key,
+                                            const std::string& secret_key) {
+  auto s = std::make_unique<zmq::socket_t>(context, zmq::socket_type::dealer);
+  s->set(zmq::sockopt::linger, 0);
+  s->set(zmq::sockopt::curve_serverkey, server_public);
+  s->set(zmq::sockopt::curve_publickey, public_key);
+  s->set(zmq::sockopt::curve_secretkey, secret_key);
+  s->connect(endpoint);
+  return s;
+}
+
+TEST_F(Federation, ProvisionedConsortiumRunsAndRefusesKeysItDidNotProvision) {
+  kit_ = dir_ / "kits";
+  ASSERT_TRUE(kit::provision({"wmh", "tcp://127.0.0.1:0", {"utrecht", "amsterdam"}, kit_}));
+  ASSERT_TRUE(kit::provision({"another", "tcp://127.0.0.1:0", {"utrecht"}, dir_ / "other-kits"}));
+  const auto job = kd_job("kd-secure", {"utrecht", "amsterdam"}, 2, 8, 2);
+  auto coordinator = start_coordinator(job, "tcp://127.0.0.1:0");
+  const auto endpoint = wait_for_endpoint();
+  ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "CurveZMQ on, 2 provisioned sites", 10s));
+
+  // The other consortium's utrecht kit, and a fresh key pair: both refused by the ZAP handler.
+  zmq::context_t context;
+  const auto coordinator_public = first_line(kit_ / "coordinator" / "coordinator.curve.public");
+  const auto spy_public = first_line(dir_ / "other-kits/sites/utrecht/site.curve.public");
+  const auto spy_secret = first_line(dir_ / "other-kits/sites/utrecht/site.curve.secret");
+  auto fresh = crypto::generate_curve_keypair().value();
+  for (const auto& [pub, sec] : {std::pair{spy_public, spy_secret}, std::pair{fresh.public_z85, fresh.secret_z85}}) {
+    auto spy = curve_client(context, endpoint, coordinator_public, pub, sec);
+    protocol::Header h;
+    h.type = protocol::MessageType::hello;
+    h.sender = "utrecht";
+    h.sequence = 1;
+    const auto hello = protocol::encode(h, protocol::Hello{"utrecht", "spy", "cpu"});
+    send_frames(*spy, {hello.header, hello.body});
+    EXPECT_TRUE(testing::wait_for_text(coordinator_log(), "CURVE key " + pub + " is not provisioned", 10s))
+        << testing::read_text(coordinator_log());
+  }
+  EXPECT_EQ(testing::read_text(coordinator_log()).find("site utrecht joined"), std::string::npos);
+
+  auto utrecht = start_agent("utrecht", endpoint);
+  auto amsterdam = start_agent("amsterdam", endpoint);
+  ASSERT_EQ(coordinator->wait(240s), 0) << testing::read_text(coordinator_log());
+  const auto r = rounds("kd-secure");
+  ASSERT_EQ(r.size(), 2u);
+  EXPECT_TRUE(has_site(r[1], "utrecht") && has_site(r[1], "amsterdam"));
+
+  // The audit log lists every outbound message: only control, weights and metrics, no update
+  // larger than the model's weights plus framing.
+  const auto model_bytes = models::read_model_weights(teacher()).value().weights.bytes();
+  std::ifstream audit(dir_ / "cache-amsterdam" / "audit.jsonl");
+  const std::set<std::string> allowed = {"hello", "heartbeat", "job_ready", "update_ready", "round_update", "goodbye"};
+  int updates = 0, lines = 0;
+  for (std::string line; std::getline(audit, line); ++lines) {
+    const auto entry = nlohmann::json::parse(line);
+    const std::string type = entry["type"];
+    EXPECT_TRUE(allowed.count(type)) << line;
+    if (type == "round_update") {
+      ++updates;
+      EXPECT_LE(entry["bytes"].get<std::size_t>(), model_bytes + 65536) << line;
+    } else {
+      EXPECT_LT(entry["bytes"].get<std::size_t>(), 4096u) << line;
+    }
+    EXPECT_EQ(entry["sha256"].get<std::string>().size(), 64u);
+  }
+  EXPECT_EQ(updates, 3);  // two rounds and the evaluation
+  EXPECT_GT(lines, updates);
+
+  // Soft labels at rest are sealed (AES-256-GCM), not LibTorch archives (zip files, "PK").
+  std::vector<fs::path> cache_files;
+  for (const auto& e : fs::directory_iterator(dir_ / "cache-amsterdam" / "soft-labels")) cache_files.push_back(e.path());
+  ASSERT_FALSE(cache_files.empty());
+  for (const auto& f : cache_files) EXPECT_NE(testing::read_text(f).substr(0, 2), "PK") << f;
+
+  // A tampered cache file is refused (and recomputed) when the next job reads it.
+  auto bytes = files::read_all(cache_files.front()).value();
+  bytes[bytes.size() / 2] ^= 0x01;
+  ASSERT_TRUE(files::write_atomically(cache_files.front(), bytes));
+  const auto again = kd_job("kd-secure-2", {"utrecht", "amsterdam"}, 1, 4, 2);
+  fs::remove(endpoint_file());
+  auto second = start_coordinator(again, "tcp://127.0.0.1:0");
+  const auto endpoint2 = wait_for_endpoint();
+  utrecht->signal(SIGTERM);
+  amsterdam->signal(SIGTERM);
+  utrecht->wait(30s);
+  amsterdam->wait(30s);
+  utrecht = start_agent("utrecht", endpoint2);
+  amsterdam = start_agent("amsterdam", endpoint2);
+  ASSERT_EQ(second->wait(240s), 0) << testing::read_text(coordinator_log());
+  EXPECT_NE(testing::read_text(dir_ / "amsterdam.log").find("refused: authentication failed"), std::string::npos)
+      << testing::read_text(dir_ / "amsterdam.log");
+}
+
+// A fake coordinator holding the real coordinator's CurveZMQ key (so the channel opens) but not
+// its signing key: the agent refuses its models and says why.
+TEST_F(Federation, AgentRefusesUnsignedAndWronglySignedModels) {
+  kit_ = dir_ / "kits";
+  ASSERT_TRUE(kit::provision({"wmh", "tcp://127.0.0.1:0", {"amsterdam"}, kit_}));
+  zmq::context_t context;
+  zmq::socket_t fake(context, zmq::socket_type::router);
+  fake.set(zmq::sockopt::linger, 0);
+  fake.set(zmq::sockopt::curve_server, true);
+  fake.set(zmq::sockopt::curve_secretkey, first_line(kit_ / "coordinator" / "coordinator.curve.secret"));
+  fake.bind("tcp://127.0.0.1:*");
+  const std::string endpoint = fake.get(zmq::sockopt::last_endpoint);
+  auto agent = start_agent("amsterdam", endpoint);
+
+  std::string routing;
+  std::uint64_t sequence = static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
+  // Returns the reason of the next job_failed from the agent.
+  const auto next_failure = [&]() -> std::string {
+    const auto until = std::chrono::steady_clock::now() + 60s;
+    while (std::chrono::steady_clock::now() < until) {
+      zmq::pollitem_t items[] = {{fake.handle(), 0, ZMQ_POLLIN, 0}};
+      zmq::poll(items, 1, 100ms);
+      if (!(items[0].revents & ZMQ_POLLIN)) continue;
+      std::vector<zmq::message_t> parts;
+      if (!zmq::recv_multipart(fake, std::back_inserter(parts)) || parts.size() != 3) continue;
+      routing = parts[0].to_string();
+      auto h = protocol::decode_header(parts[1].to_string(), parts[2].to_string());
+      if (h && h->type == protocol::MessageType::job_failed) {
+        return protocol::decode_body<protocol::JobFailed>(parts[2].to_string()).value().reason;
+      }
+      if (h && h->type == protocol::MessageType::hello) return "hello";
+    }
+    return "(nothing)";
+  };
+  ASSERT_EQ(next_failure(), "hello");
+  protocol::JobOffer offer;
+  offer.job.id = "forged";
+  offer.job.type = "kd";
+  offer.job.sites = {"amsterdam"};
+  protocol::Header h;
+  h.type = protocol::MessageType::job_offer;
+  h.sender = "coordinator";
+  h.job_id = "forged";
+  const auto frames = protocol::encode(h, offer);
+  const auto send_offer = [&](const std::string* signature) {
+    h.sequence = ++sequence;
+    h.body_bytes = frames.body.size();
+    h.body_crc32 = frames.body_crc32;
+    std::vector<std::string> out = {routing, protocol::encode_header(h), frames.body};
+    if (signature) out.push_back(*signature);
+    send_frames(fake, out);
+  };
+  send_offer(nullptr);
+  EXPECT_NE(next_failure().find("unsigned model refused"), std::string::npos);
+  auto wrong_key = crypto::generate_signing_key().value();
+  const auto forged = crypto::sign(wrong_key.private_pem,
+                                   "fedda-model-v1\nforged\n0\n" + crypto::sha256_hex(frames.body)).value();
+  send_offer(&forged);
+  EXPECT_NE(next_failure().find("model signature refused"), std::string::npos);
+  EXPECT_TRUE(agent->running());  // refused, and still up
 }
 
 }  // namespace

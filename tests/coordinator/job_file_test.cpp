@@ -55,6 +55,7 @@ TEST_F(JobFile, MistakesAreNamed) {
       {"id: ../up\ntype: kd\nteacher: t.pt\nsites: [x]\n", "id must be"},
       {"id: a\ntype: teacher\nsites: [x]\nsource: x\nmodel: {width: 8, depth: 9}\n", "model:"},
       {"[1, 2]\n", "mapping"},
+      {"\n? ;-:", "a key that is not plain text"},  // found by the config fuzzer: used to throw out of finish()
       {"id: a\ntype: teacher\nsites: [x]\nsource: x\nmodel: {widht: 8}\n", "model: unknown key 'widht'"},
       {"id: a\ntype: kd\nteacher: t.pt\nsites: [x\n", "not valid YAML"},
   };

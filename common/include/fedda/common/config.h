@@ -25,6 +25,8 @@ class Mapping {
  public:
   // Error when the file cannot be read, is not YAML, or is not a mapping at the top.
   static Result<Mapping> load(const std::filesystem::path& path);
+  // The same from text already in memory; `name` stands in for the file in messages.
+  static Result<Mapping> parse(const std::string& text, const std::filesystem::path& name);
 
   void get(const std::string& key, std::string& value);
   void get(const std::string& key, int& value);

@@ -19,6 +19,10 @@ Status write_atomically(const std::filesystem::path& path, const std::string& co
 Status write_via_temporary(const std::filesystem::path& path,
                            const std::function<Status(const std::filesystem::path&)>& write);
 
+// write_atomically for secrets: the file is created mode 0600 and never exists with wider
+// permissions, not even under its temporary name.
+Status write_secret(const std::filesystem::path& path, const std::string& contents);
+
 Result<std::string> read_all(const std::filesystem::path& path);
 
 }  // namespace fedda::files

@@ -35,6 +35,10 @@ struct CoordinatorOptions {
   std::size_t max_message_bytes = protocol::kDefaultMaxMessageBytes;
   std::chrono::seconds start_timeout{900};     // waiting for min_sites before a round
   int max_concurrent_uploads = 2;
+  // Consortium kit (fedda-admin provision): when set, the socket is CurveZMQ with a ZAP handler
+  // that admits only provisioned site keys (running before the socket binds), a site's
+  // identity is its key's, and every model sent is signed with the coordinator's key.
+  std::filesystem::path kit;
 };
 
 struct EvaluationRow {

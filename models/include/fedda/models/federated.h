@@ -69,6 +69,7 @@ struct SiteJobOptions {
   std::string device = "cpu";
   int threads = 0;
   std::filesystem::path cache_dir;  // soft labels are kept here between restarts; empty: none
+  std::string storage_key;          // 32 bytes: cache files are sealed with AES-256-GCM; empty: plain
 };
 
 struct SkippedScan {

@@ -7,6 +7,7 @@
 //   sites/<clinic>.yaml   the generated site configs      logs/<process>.log  each process's log
 //   jobs/<job id>/        the coordinator's job folders   cache/<clinic>/     each site's cache
 //   results.csv           every job's evaluation rows, merged (columns as in the job folders)
+//   kits/                 the consortium's keys and kits (fedda-admin's layout), made on first use
 
 #include <filesystem>
 #include <string>
@@ -26,6 +27,8 @@ struct ConsortiumOptions {
   int heartbeat_ms = 1000;
   std::filesystem::path bin_dir;              // holds fedda-coordinator and fedda-agent; default: beside this executable
   bool show_progress = true;                  // echo the coordinator's job and round lines to stdout
+  bool secure = true;                         // provision kits (out/kits/): CurveZMQ, signed models,
+                                              // encrypted caches, as a real consortium runs
 };
 
 struct ConsortiumResult {

@@ -12,6 +12,8 @@
 //   reconnect_min_ms: 500               # backoff after losing the coordinator, doubling ...
 //   reconnect_max_ms: 30000             # ... up to this
 //   drain_timeout_s: 600                # on SIGTERM, how long a running task may finish
+//   kit: /etc/fedda/kit                 # start-up kit (fedda-admin): CurveZMQ keys, signed models,
+//                                       # encrypted cache; without it the agent speaks plain TCP
 //
 // Relative paths are relative to the config file. Unknown keys are errors.
 
@@ -35,6 +37,7 @@ struct SiteConfig {
   int reconnect_min_ms = 500;
   int reconnect_max_ms = 30000;
   double drain_timeout_s = 600;
+  std::filesystem::path kit;  // empty: no kit (tests, trusted networks)
 };
 
 // Error names the file and the key at fault.

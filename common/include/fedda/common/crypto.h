@@ -1,0 +1,43 @@
+#pragma once
+// Standard cryptographic constructions through OpenSSL's EVP API and libzmq; nothing here is
+// home-made. Keys and signatures are byte strings (std::string); PEM for Ed25519 keys, Z85
+// for CurveZMQ keys (the form libzmq's socket options take). Thread-safe.
+
+#include <string>
+#include <string_view>
+
+#include "fedda/common/result.h"
+
+namespace fedda::crypto {
+
+std::string sha256_hex(std::string_view data);
+Result<std::string> random_bytes(std::size_t n);
+
+// Ed25519 (RFC 8032): the consortium root signs kits, the coordinator signs models.
+struct SigningKey {
+  std::string private_pem;
+  std::string public_pem;
+};
+Result<SigningKey> generate_signing_key();
+Result<std::string> sign(const std::string& private_pem, std::string_view message);  // 64 bytes
+// Error unless `signature` is `public_pem`'s signature of exactly `message`.
+Status verify(const std::string& public_pem, std::string_view message, std::string_view signature);
+
+// AES-256-GCM with a random 96-bit nonce: sealed = nonce || ciphertext || 128-bit tag. `aad`
+// is authenticated, not stored (bind a file to its purpose, so one cannot be swapped for another).
+inline constexpr std::size_t kStorageKeyBytes = 32;
+Result<std::string> seal(std::string_view key, std::string_view plaintext, std::string_view aad);
+// Error when the key, the aad or any byte of `sealed` differs from what was sealed.
+Result<std::string> open(std::string_view key, std::string_view sealed, std::string_view aad);
+
+// CurveZMQ (Curve25519) key pairs, Z85-encoded (40 characters each).
+struct CurveKeyPair {
+  std::string public_z85;
+  std::string secret_z85;
+};
+Result<CurveKeyPair> generate_curve_keypair();
+Result<std::string> curve_public_of(const std::string& secret_z85);
+// Z85 of 32 raw key bytes (as a ZAP request carries them).
+std::string z85_of_key(std::string_view raw32);
+
+}  // namespace fedda::crypto

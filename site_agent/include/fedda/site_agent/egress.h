@@ -1,0 +1,48 @@
+#pragma once
+// What may leave a site. The egress guard checks every update before it is sent: model weights
+// with exactly the names, shapes and types of the job's model specification, discriminator
+// gradients with exactly those of the discriminator's parameters (ADA only), metrics only in an
+// evaluation round, and nothing else. The audit log records every outbound message (type, job,
+// round, tensor names, byte count, SHA-256) as one JSON line a site administrator can read.
+// Both are used by the agent's threads under its own locking; neither is thread-safe alone.
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "fedda/common/protocol.h"
+#include "fedda/common/result.h"
+#include "fedda/common/tensors.h"
+
+namespace fedda::site_agent {
+
+class EgressGuard {
+ public:
+  // Layouts from the job's model spec (JSON, as the job offer carries it) and job type.
+  static Result<EgressGuard> for_job(const protocol::JobSpec& job);
+  // Error names the first tensor or field that may not leave.
+  Status check(const protocol::RoundUpdate& update, bool evaluation) const;
+
+ private:
+  TensorSet model_;          // layout only
+  TensorSet discriminator_;  // parameter layout, ADA only
+  bool ada_ = false;
+};
+
+class AuditLog {
+ public:
+  explicit AuditLog(std::filesystem::path file);
+  // `tensors`: the names of the tensors carried, comma-separated (empty for control messages).
+  void record(protocol::MessageType type, const std::string& job_id, int round, const std::string& body,
+              const std::string& tensors);
+  const std::filesystem::path& file() const { return file_; }
+
+ private:
+  std::filesystem::path file_;
+  std::ofstream out_;
+};
+
+// "name[shape]" for each tensor of an update, for the audit log.
+std::string tensor_summary(const protocol::RoundUpdate& update);
+
+}  // namespace fedda::site_agent

@@ -1,0 +1,84 @@
+#include "fedda/site_agent/egress.h"
+
+#include <chrono>
+
+#include <nlohmann/json.hpp>
+
+#include "fedda/common/crypto.h"
+#include "fedda/models/federated.h"
+
+namespace fedda::site_agent {
+
+Result<EgressGuard> EgressGuard::for_job(const protocol::JobSpec& job) {
+  auto spec = models::model_spec_from_json(job.model_spec_json);
+  if (!spec) return spec.error();
+  EgressGuard guard;
+  auto model = models::new_model_weights(*spec, 0);
+  if (!model) return model.error();
+  guard.model_ = std::move(*model);
+  guard.ada_ = job.type == "ada";
+  if (guard.ada_) {
+    auto discriminator = models::new_discriminator_weights(*spec, 0);
+    if (!discriminator) return discriminator.error();
+    for (auto& t : discriminator->tensors) {  // gradients exist for parameters, not buffers
+      if (t.name.find("running_") == std::string::npos && t.name.find("num_batches_tracked") == std::string::npos) {
+        guard.discriminator_.tensors.push_back(std::move(t));
+      }
+    }
+  }
+  for (auto* set : {&guard.model_, &guard.discriminator_}) {
+    for (auto& t : set->tensors) t.data.clear();
+  }
+  return guard;
+}
+
+Status EgressGuard::check(const protocol::RoundUpdate& u, bool evaluation) const {
+  if (evaluation) {
+    if (!u.model.tensors.empty() || !u.discriminator_grads.tensors.empty()) {
+      return make_error("an evaluation answer carries tensors");
+    }
+    return Status::success();
+  }
+  if (!u.metrics.empty()) return make_error("a training update carries per-subject metrics");
+  if (auto st = check_same_layout(u.model, model_); !st) return make_error("model: " + st.error().message);
+  if (ada_) {
+    if (auto st = check_same_layout(u.discriminator_grads, discriminator_); !st) {
+      return make_error("discriminator gradients: " + st.error().message);
+    }
+  } else if (!u.discriminator_grads.tensors.empty()) {
+    return make_error("discriminator gradients outside an ADA job");
+  }
+  return Status::success();
+}
+
+AuditLog::AuditLog(std::filesystem::path file) : file_(std::move(file)) {
+  std::error_code ec;
+  std::filesystem::create_directories(file_.parent_path(), ec);
+  out_.open(file_, std::ios::app);
+}
+
+void AuditLog::record(protocol::MessageType type, const std::string& job_id, int round, const std::string& body,
+                      const std::string& tensors) {
+  if (!out_) return;
+  const auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                       std::chrono::system_clock::now().time_since_epoch()).count();
+  const nlohmann::json line = {{"time_ms", now},        {"type", protocol::type_name(type)}, {"job", job_id},
+                               {"round", round},         {"bytes", body.size()},            {"sha256", crypto::sha256_hex(body)},
+                               {"tensors", tensors}};
+  out_ << line.dump() << "\n";
+  out_.flush();
+}
+
+std::string tensor_summary(const protocol::RoundUpdate& update) {
+  std::string out;
+  for (const auto* set : {&update.model, &update.discriminator_grads}) {
+    for (const auto& t : set->tensors) {
+      out += (out.empty() ? "" : ",") + t.name + "[";
+      for (std::size_t i = 0; i < t.shape.size(); ++i) out += (i ? "x" : "") + std::to_string(t.shape[i]);
+      out += "]";
+    }
+  }
+  return out;
+}
+
+}  // namespace fedda::site_agent

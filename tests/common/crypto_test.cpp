@@ -1,0 +1,116 @@
+// Signatures, authenticated encryption and kits: what is altered is refused.
+#include "fedda/common/crypto.h"
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include "fedda/common/files.h"
+#include "fedda/common/kit.h"
+#include "support/test_support.h"
+
+namespace fedda {
+namespace {
+
+namespace fs = std::filesystem;
+
+TEST(Crypto, SignaturesVerifyOnlyTheSignedMessageUnderTheSignersKey) {
+  auto key = crypto::generate_signing_key();
+  ASSERT_TRUE(key) << key.error().message;
+  auto other = crypto::generate_signing_key();
+  ASSERT_TRUE(other);
+  auto signature = crypto::sign(key->private_pem, "model bytes");
+  ASSERT_TRUE(signature) << signature.error().message;
+  EXPECT_EQ(signature->size(), 64u);
+  EXPECT_TRUE(crypto::verify(key->public_pem, "model bytes", *signature));
+  EXPECT_FALSE(crypto::verify(key->public_pem, "model bytez", *signature));
+  EXPECT_FALSE(crypto::verify(other->public_pem, "model bytes", *signature));
+  auto flipped = *signature;
+  flipped[10] ^= 1;
+  EXPECT_FALSE(crypto::verify(key->public_pem, "model bytes", flipped));
+  EXPECT_FALSE(crypto::verify("not a key", "model bytes", *signature));
+}
+
+TEST(Crypto, SealedDataOpensOnlyUnaltered) {
+  auto key = crypto::random_bytes(32).value();
+  const std::string plain(100000, 'x');
+  auto sealed = crypto::seal(key, plain, "soft-labels-s1.pt");
+  ASSERT_TRUE(sealed) << sealed.error().message;
+  EXPECT_EQ(sealed->size(), plain.size() + 28);
+  EXPECT_EQ(sealed->find(std::string(64, 'x')), std::string::npos);  // no plaintext left in it
+  auto opened = crypto::open(key, *sealed, "soft-labels-s1.pt");
+  ASSERT_TRUE(opened);
+  EXPECT_EQ(*opened, plain);
+  for (const std::size_t at : {std::size_t{0}, std::size_t{20}, sealed->size() - 1}) {  // nonce, body, tag
+    auto tampered = *sealed;
+    tampered[at] ^= 0x01;
+    EXPECT_FALSE(crypto::open(key, tampered, "soft-labels-s1.pt")) << "byte " << at;
+  }
+  EXPECT_FALSE(crypto::open(key, *sealed, "soft-labels-s2.pt"));  // another file's name
+  EXPECT_FALSE(crypto::open(crypto::random_bytes(32).value(), *sealed, "soft-labels-s1.pt"));
+  EXPECT_FALSE(crypto::open(key, sealed->substr(0, 20), "soft-labels-s1.pt"));
+}
+
+TEST(Kit, ProvisionedKitsVerifyAndSecretsAre0600) {
+  testing::ScratchDir dir;
+  ASSERT_TRUE(kit::provision({"wmh", "tcp://coordinator:5570", {"utrecht", "amsterdam"}, dir.path()}));
+  auto site = kit::load_site_kit(dir / "sites/amsterdam");
+  ASSERT_TRUE(site) << site.error().message;
+  EXPECT_EQ(site->site_id, "amsterdam");
+  EXPECT_EQ(site->consortium, "wmh");
+  EXPECT_EQ(site->storage_key.size(), 32u);
+  for (const auto* secret : {"root/root.key", "coordinator/coordinator.curve.secret", "coordinator/coordinator.sign.key",
+                             "coordinator/storage.key", "sites/amsterdam/site.curve.secret", "sites/amsterdam/storage.key"}) {
+    struct stat info {};
+    ASSERT_EQ(::stat((dir.path() / secret).c_str(), &info), 0) << secret;
+    EXPECT_EQ(info.st_mode & 0777, 0600u) << secret;
+  }
+  auto coordinator = kit::load_coordinator_kit(dir / "coordinator");
+  ASSERT_TRUE(coordinator) << coordinator.error().message;
+  EXPECT_EQ(coordinator->sites.size(), 2u);
+  EXPECT_EQ(coordinator->sites.at(site->site_curve_public), "amsterdam");
+  EXPECT_FALSE(kit::provision({"wmh", "tcp://coordinator:5570", {"x"}, dir.path()}));  // never overwrites a root
+}
+
+TEST(Kit, AKitWithAnAlteredManifestIsRefused) {
+  testing::ScratchDir dir;
+  ASSERT_TRUE(kit::provision({"wmh", "tcp://coordinator:5570", {"utrecht"}, dir.path()}));
+  const auto manifest = dir / "sites/utrecht/manifest.json";
+  auto text = files::read_all(manifest).value();
+  text.replace(text.find("utrecht"), 7, "intrude");
+  ASSERT_TRUE(files::write_atomically(manifest, text));
+  auto site = kit::load_site_kit(dir / "sites/utrecht");
+  ASSERT_FALSE(site);
+  EXPECT_NE(site.error().message.find("not signed by this consortium's root"), std::string::npos) << site.error().message;
+
+  // A manifest signed by another consortium's root is refused by this coordinator.
+  testing::ScratchDir other;
+  ASSERT_TRUE(kit::provision({"other", "tcp://coordinator:5570", {"utrecht"}, other.path()}));
+  fs::copy_file(other / "coordinator/sites/utrecht.manifest.json", dir / "coordinator/sites/spy.manifest.json");
+  fs::copy_file(other / "coordinator/sites/utrecht.manifest.sig", dir / "coordinator/sites/spy.manifest.sig");
+  auto coordinator = kit::load_coordinator_kit(dir / "coordinator");
+  ASSERT_FALSE(coordinator);
+  EXPECT_NE(coordinator.error().message.find("spy.manifest.json"), std::string::npos) << coordinator.error().message;
+}
+
+TEST(Kit, ASecretReadableByOthersIsRefused) {
+  testing::ScratchDir dir;
+  ASSERT_TRUE(kit::provision({"wmh", "tcp://coordinator:5570", {"utrecht"}, dir.path()}));
+  ::chmod((dir.path() / "sites/utrecht/site.curve.secret").c_str(), 0644);
+  auto site = kit::load_site_kit(dir / "sites/utrecht");
+  ASSERT_FALSE(site);
+  EXPECT_NE(site.error().message.find("must be 0600"), std::string::npos) << site.error().message;
+}
+
+TEST(Kit, AddingASiteLeavesTheOtherKitsAlone) {
+  testing::ScratchDir dir;
+  ASSERT_TRUE(kit::provision({"wmh", "tcp://coordinator:5570", {"utrecht"}, dir.path()}));
+  const auto before = files::read_all(dir / "sites/utrecht/manifest.json").value();
+  ASSERT_TRUE(kit::add_site(dir.path(), "singapore"));
+  EXPECT_EQ(files::read_all(dir / "sites/utrecht/manifest.json").value(), before);
+  EXPECT_TRUE(kit::load_site_kit(dir / "sites/singapore"));
+  EXPECT_EQ(kit::load_coordinator_kit(dir / "coordinator").value().sites.size(), 2u);
+  EXPECT_FALSE(kit::add_site(dir.path(), "singapore"));  // exists already
+}
+
+}  // namespace
+}  // namespace fedda
