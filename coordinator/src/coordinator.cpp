@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <deque>
 #include <map>
 #include <optional>
@@ -72,6 +73,30 @@ std::string csv_number(double v) {
   return out.str();
 }
 
+// A round's global weights at rest: the wire encoding of the TensorSet, sealed with the
+// coordinator's storage key (AES-256-GCM) when the consortium has kits.
+Status save_weights(const fs::path& path, const TensorSet& weights, const std::string& key) {
+  auto bytes = protocol::encode(protocol::Header{}, weights).body;
+  if (key.empty()) return files::write_atomically(path, bytes);
+  auto sealed = crypto::seal(key, bytes, path.filename().string());
+  if (!sealed) return make_error(path.string() + ": " + sealed.error().message);
+  return files::write_atomically(path, *sealed);
+}
+
+Result<TensorSet> load_weights(const fs::path& path, const std::string& key) {
+  auto bytes = files::read_all(path);
+  if (!bytes) return bytes.error();
+  if (!key.empty()) {
+    auto opened = crypto::open(key, *bytes, path.filename().string());
+    if (!opened) return make_error(path.string() + ": refused: " + opened.error().message);
+    *bytes = std::move(*opened);
+  }
+  auto weights = protocol::decode_body<TensorSet>(*bytes);
+  if (!weights) return make_error(path.string() + ": " + weights.error().message);
+  if (auto st = check_integrity(*weights); !st) return make_error(path.string() + ": " + st.error().message);
+  return weights;
+}
+
 std::string joined(const std::vector<std::string>& items) {
   std::string out;
   for (const auto& i : items) out += (out.empty() ? "" : ", ") + i;
@@ -84,6 +109,7 @@ struct Coordinator::Impl {
   CoordinatorOptions o;
   zmq::context_t context{1};
   zmq::socket_t router{context, zmq::socket_type::router};
+  zmq::socket_t monitor{context, zmq::socket_type::pair};  // libzmq's connection events, for the log
   std::string endpoint;
   std::shared_ptr<spdlog::logger> log = log::get("coordinator");
   std::map<std::string, SiteState> sites;
@@ -397,6 +423,38 @@ struct Coordinator::Impl {
     log->warn("site {}: dropped {} for job '{}', which is not running", site.id, protocol::type_name(h.type), h.job_id);
   }
 
+  // Connections libzmq closed or refused before any message reached fedda (a failed CurveZMQ
+  // handshake, a frame that does not authenticate, an oversized frame, a peer gone).
+  void log_connection_events() {
+    for (;;) {
+      std::vector<zmq::message_t> event;
+      try {
+        if (!zmq::recv_multipart(monitor, std::back_inserter(event), zmq::recv_flags::dontwait)) return;
+      } catch (const zmq::error_t&) {
+        return;
+      }
+      if (event.size() != 2 || event[0].size() < 6) continue;
+      std::uint16_t id = 0;
+      std::uint32_t value = 0;
+      std::memcpy(&id, event[0].data(), 2);
+      std::memcpy(&value, static_cast<const char*>(event[0].data()) + 2, 4);
+      const std::string address = event[1].to_string();
+      switch (id) {
+        case ZMQ_EVENT_DISCONNECTED: log->info("connection {} closed", address); break;
+        case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
+          log->warn("connection {} refused: authentication failed (status {})", address, value);
+          break;
+        case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
+          log->warn("connection {} refused: protocol error 0x{:x} (e.g. a frame that does not decrypt)", address, value);
+          break;
+        case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+          log->warn("connection {} refused: handshake failed (errno {})", address, value);
+          break;
+        default: break;
+      }
+    }
+  }
+
   // Serves the socket until `deadline`: messages, heartbeats, upload credits, liveness.
   void pump(Clock::time_point deadline) {
     do {
@@ -420,12 +478,13 @@ struct Coordinator::Impl {
       }
       const auto wait = std::min<Clock::duration>(deadline - Clock::now(), next_heartbeat - Clock::now());
       const auto ms = std::max<long>(0, std::chrono::duration_cast<std::chrono::milliseconds>(wait).count());
-      zmq::pollitem_t items[] = {{router.handle(), 0, ZMQ_POLLIN, 0}};
+      zmq::pollitem_t items[] = {{router.handle(), 0, ZMQ_POLLIN, 0}, {monitor.handle(), 0, ZMQ_POLLIN, 0}};
       try {
-        zmq::poll(items, 1, std::chrono::milliseconds(ms));
+        zmq::poll(items, 2, std::chrono::milliseconds(ms));
       } catch (const zmq::error_t& e) {
         if (e.num() != EINTR) log->warn("poll: {}", e.what());
       }
+      if (items[1].revents & ZMQ_POLLIN) log_connection_events();
       if (!(items[0].revents & ZMQ_POLLIN)) continue;
       for (int n = 0; n < 64; ++n) {  // drain what is there, then look at the clock again
         std::vector<zmq::message_t> parts;
@@ -483,7 +542,7 @@ struct Coordinator::Impl {
     nlohmann::json state = {{"job", nlohmann::json::parse(protocol::to_json(job->spec))},
                             {"finished_round", finished_round},
                             {"status", done ? "done" : "running"},
-                            {"model", round_file(finished_round, "pt")},
+                            {"model", round_file(finished_round, "weights")},
                             {"discriminator", discriminator ? round_file(finished_round, "discriminator.pt") : ""},
                             {"rounds", rounds}};
     std::string jsonl;
@@ -523,6 +582,12 @@ Result<std::unique_ptr<Coordinator>> Coordinator::start(const CoordinatorOptions
       impl->router.set(zmq::sockopt::curve_server, true);
       impl->router.set(zmq::sockopt::curve_secretkey, impl->consortium->curve_secret);
       impl->router.set(zmq::sockopt::zap_domain, "fedda");
+    }
+    const std::string monitor_endpoint = "inproc://fedda-coordinator-monitor";
+    if (zmq_socket_monitor(impl->router.handle(), monitor_endpoint.c_str(),
+                           ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+                               ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) == 0) {
+      impl->monitor.connect(monitor_endpoint);
     }
     impl->router.set(zmq::sockopt::linger, 0);
     // Frames up to twice the limit are read, logged and dropped by decode_header; libzmq cuts a
@@ -638,6 +703,7 @@ Result<JobOutcome> Coordinator::run(const JobDefinition& definition) {
     if (finished > 0) m.log->info("job {}: resuming after round {} of {}", spec.id, finished, spec.rounds);
   }
 
+  const std::string storage_key = m.consortium ? m.consortium->storage_key : std::string();
   // The model the job trains and, for kd, the teacher the sites distil.
   models::ModelSpec model_spec;
   TensorSet global;
@@ -667,11 +733,12 @@ Result<JobOutcome> Coordinator::run(const JobDefinition& definition) {
     discriminator = std::move(*created);
   }
   if (finished > 0) {
-    auto stored = models::read_model_weights(dir / round_file(finished, "pt"));
+    auto stored = load_weights(dir / round_file(finished, "weights"), storage_key);
     if (!stored) return stored.error();
-    global = std::move(stored->weights);
+    if (auto st = check_same_layout(*stored, global); !st) return make_error(dir.string() + ": round state: " + st.error().message);
+    global = std::move(*stored);
     if (discriminator) {
-      if (auto st = discriminator->load(dir / discriminator_file); !st) return st.error();
+      if (auto st = discriminator->load(dir / discriminator_file, storage_key); !st) return st.error();
     }
   }
   offer.job = spec;
@@ -831,14 +898,14 @@ Result<JobOutcome> Coordinator::run(const JobDefinition& definition) {
       if (auto st = discriminator->step(*grads, m.record.learning_rate); !st) return st.error();
     }
     // Persist: round files first, then the state that points at them.
-    if (auto st = models::write_model_weights(dir / round_file(r, "pt"), model_spec, global); !st) return st.error();
+    if (auto st = save_weights(dir / round_file(r, "weights"), global, storage_key); !st) return st.error();
     if (discriminator) {
-      if (auto st = discriminator->save(dir / round_file(r, "discriminator.pt")); !st) return st.error();
+      if (auto st = discriminator->save(dir / round_file(r, "discriminator.pt"), storage_key); !st) return st.error();
     }
     m.record.seconds = std::chrono::duration<double>(Clock::now() - round_start).count();
     records.push_back(m.record);
     if (auto st = m.save_state(r, records, false, discriminator.get()); !st) return st.error();
-    fs::remove(dir / round_file(r - 1, "pt"), ec);
+    fs::remove(dir / round_file(r - 1, "weights"), ec);
     fs::remove(dir / round_file(r - 1, "discriminator.pt"), ec);
     finished = r;
     double loss = 0;

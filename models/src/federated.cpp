@@ -206,7 +206,7 @@ Result<TensorSet> DiscriminatorOptimizer::step(const TensorSet& mean_grads, doub
 
 Result<TensorSet> DiscriminatorOptimizer::weights() const { return to_wire(*impl_->net); }
 
-Status DiscriminatorOptimizer::save(const fs::path& path) const {
+Status DiscriminatorOptimizer::save(const fs::path& path, const std::string& storage_key) const {
   std::ostringstream bytes;
   try {
     torch::serialize::OutputArchive archive, net, optimizer;
@@ -218,12 +218,20 @@ Status DiscriminatorOptimizer::save(const fs::path& path) const {
   } catch (const std::exception& e) {
     return make_error(path.string() + ": cannot serialise the discriminator: " + e.what());
   }
-  return files::write_atomically(path, bytes.str());
+  if (storage_key.empty()) return files::write_atomically(path, bytes.str());
+  auto sealed = crypto::seal(storage_key, bytes.str(), path.filename().string());
+  if (!sealed) return make_error(path.string() + ": " + sealed.error().message);
+  return files::write_atomically(path, *sealed);
 }
 
-Status DiscriminatorOptimizer::load(const fs::path& path) {
+Status DiscriminatorOptimizer::load(const fs::path& path, const std::string& storage_key) {
   auto bytes = files::read_all(path);
   if (!bytes) return bytes.error();
+  if (!storage_key.empty()) {
+    auto opened = crypto::open(storage_key, *bytes, path.filename().string());
+    if (!opened) return make_error(path.string() + ": refused: " + opened.error().message);
+    *bytes = std::move(*opened);
+  }
   try {
     std::istringstream in(*bytes);
     torch::serialize::InputArchive archive, net, optimizer;

@@ -2,7 +2,11 @@
 // on simulated clinics (quick profile, 4 subjects each). Faults are real too: processes are killed with SIGKILL and
 // restarted, and a raw ZeroMQ peer sends malformed, oversized and stray frames.
 #include <gtest/gtest.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <sys/file.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <cmath>
@@ -131,7 +135,7 @@ class Federation : public ::testing::Test {
         dir_ / (site + ".log"));
   }
   std::string wait_for_endpoint() {
-    EXPECT_TRUE(testing::wait_for_text(endpoint_file(), "tcp://", 30s));
+    EXPECT_TRUE(testing::wait_for_text(endpoint_file(), "tcp://", 30s)) << testing::read_text(coordinator_log());
     auto text = testing::read_text(endpoint_file());
     return text.substr(0, text.find('\n'));
   }
@@ -545,6 +549,18 @@ TEST_F(Federation, ProvisionedConsortiumRunsAndRefusesKeysItDidNotProvision) {
   EXPECT_EQ(updates, 3);  // two rounds and the evaluation
   EXPECT_GT(lines, updates);
 
+  // The coordinator's round state at rest is sealed with its storage key; altered, it is refused.
+  const auto state = dir_ / "jobs" / "kd-secure" / "round-0002.weights";
+  const auto sealed = files::read_all(state).value();
+  EXPECT_FALSE(protocol::decode_body<TensorSet>(sealed));
+  const auto storage_key = files::read_all(kit_ / "coordinator" / "storage.key").value();
+  auto opened = crypto::open(storage_key, sealed, state.filename().string());
+  ASSERT_TRUE(opened) << opened.error().message;
+  EXPECT_TRUE(protocol::decode_body<TensorSet>(*opened));
+  auto altered = sealed;
+  altered[altered.size() / 2] ^= 0x04;
+  EXPECT_FALSE(crypto::open(storage_key, altered, state.filename().string()));
+
   // Soft labels at rest are sealed (AES-256-GCM), not LibTorch archives (zip files, "PK").
   std::vector<fs::path> cache_files;
   for (const auto& e : fs::directory_iterator(dir_ / "cache-amsterdam" / "soft-labels")) cache_files.push_back(e.path());
@@ -631,6 +647,110 @@ TEST_F(Federation, AgentRefusesUnsignedAndWronglySignedModels) {
   send_offer(&forged);
   EXPECT_NE(next_failure().find("model signature refused"), std::string::npos);
   EXPECT_TRUE(agent->running());  // refused, and still up
+}
+
+// A loopback TCP relay that flips one byte of the first connection's client-to-server stream,
+// after the CurveZMQ handshake, inside the first encrypted messages.
+class FlippingRelay {
+ public:
+  FlippingRelay(std::uint16_t upstream_port, std::size_t flip_at) : upstream_(upstream_port), flip_at_(flip_at) {
+    listener_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(listener_, reinterpret_cast<sockaddr*>(&address), sizeof address);
+    ::listen(listener_, 4);
+    socklen_t length = sizeof address;
+    ::getsockname(listener_, reinterpret_cast<sockaddr*>(&address), &length);
+    port_ = ntohs(address.sin_port);
+    thread_ = std::thread([this] { serve(); });
+  }
+  ~FlippingRelay() {
+    stop_ = true;
+    ::shutdown(listener_, SHUT_RDWR);
+    ::close(listener_);
+    thread_.join();
+  }
+  std::string endpoint() const { return "tcp://127.0.0.1:" + std::to_string(port_); }
+  bool flipped() const { return flipped_; }
+
+ private:
+  void serve() {
+    bool first = true;
+    while (!stop_) {
+      pollfd waiting{listener_, POLLIN, 0};
+      if (::poll(&waiting, 1, 100) <= 0) continue;
+      const int client = ::accept(listener_, nullptr, nullptr);
+      if (client < 0) continue;
+      const int server = ::socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in address{};
+      address.sin_family = AF_INET;
+      address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      address.sin_port = htons(upstream_);
+      if (::connect(server, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
+        ::close(client);
+        ::close(server);
+        continue;
+      }
+      relay(client, server, first);
+      first = false;
+    }
+  }
+  // Relays until either side closes (one connection at a time is all the test needs).
+  void relay(int client, int server, bool flip) {
+    std::size_t sent = 0;
+    char buffer[65536];
+    while (!stop_) {
+      pollfd fds[2] = {{client, POLLIN, 0}, {server, POLLIN, 0}};
+      if (::poll(fds, 2, 100) <= 0) continue;
+      if (fds[0].revents & (POLLIN | POLLHUP)) {
+        const ssize_t n = ::read(client, buffer, sizeof buffer);
+        if (n <= 0) break;
+        if (flip && !flipped_ && sent + static_cast<std::size_t>(n) > flip_at_) {
+          buffer[flip_at_ - sent] ^= 0x01;
+          flipped_ = true;
+        }
+        sent += static_cast<std::size_t>(n);
+        if (::write(server, buffer, static_cast<std::size_t>(n)) != n) break;
+      }
+      if (fds[1].revents & (POLLIN | POLLHUP)) {
+        const ssize_t n = ::read(server, buffer, sizeof buffer);
+        if (n <= 0) break;
+        if (::write(client, buffer, static_cast<std::size_t>(n)) != n) break;
+      }
+    }
+    ::close(client);
+    ::close(server);
+  }
+  std::uint16_t upstream_, port_ = 0;
+  std::size_t flip_at_;
+  int listener_ = -1;
+  std::atomic<bool> stop_{false}, flipped_{false};
+  std::thread thread_;
+};
+
+TEST_F(Federation, AFrameWithOneFlippedCiphertextByteIsRefused) {
+  kit_ = dir_ / "kits";
+  ASSERT_TRUE(kit::provision({"wmh", "tcp://127.0.0.1:0", {"utrecht", "amsterdam"}, kit_}));
+  const auto job = kd_job("kd-flipped", {"utrecht", "amsterdam"}, 1, 4, 2);
+  auto coordinator = start_coordinator(job, "tcp://127.0.0.1:0");
+  const auto endpoint = wait_for_endpoint();
+  const auto port = static_cast<std::uint16_t>(std::stoi(endpoint.substr(endpoint.rfind(':') + 1)));
+  // Greeting, HELLO, WELCOME-answering INITIATE and the first MESSAGEs come first; byte 1500 of
+  // the agent's stream lies in an encrypted heartbeat about a second after it connected.
+  FlippingRelay relay(port, 1500);
+  auto amsterdam = start_agent("amsterdam", relay.endpoint());
+  auto utrecht = start_agent("utrecht", endpoint);
+  ASSERT_EQ(coordinator->wait(240s), 0) << testing::read_text(coordinator_log());
+  ASSERT_TRUE(relay.flipped());
+  const auto log = testing::read_text(coordinator_log());
+  // libzmq refused the altered frame and closed that connection before fedda saw anything of it;
+  // the agent reconnected through the relay (unaltered now) and took part.
+  const auto closed = log.find("refused: protocol error 0x11000001");  // ZMQ_PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC
+  ASSERT_NE(closed, std::string::npos) << log;
+  EXPECT_LT(closed, log.find("job kd-flipped finished")) << log;
+  EXPECT_EQ(log.find("dropped a malformed message"), std::string::npos) << log;
+  EXPECT_NE(log.find("site amsterdam: round 1 update in"), std::string::npos) << log;
 }
 
 }  // namespace

@@ -6,8 +6,9 @@
 // number of sites), and for ADA steps the discriminator with the averaged gradients. It never
 // sees an image, a label or a soft label.
 //
-// After every round the job's state (global model, discriminator and its optimiser, per-round
-// records) is written atomically under `out/<job id>/`; running the same job again resumes
+// After every round the job's state (global weights, discriminator and its optimiser, per-round
+// records) is written atomically under `out/<job id>/`, the weights and discriminator sealed
+// with AES-256-GCM when the consortium has kits; running the same job again resumes
 // from the last finished round, and a finished job is not run twice.
 //
 // Single-threaded: one thread calls start() and run(); stop() may be called from a signal

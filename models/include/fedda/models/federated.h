@@ -43,9 +43,10 @@ class DiscriminatorOptimizer {
   // Applies `mean_grads` (one per parameter, in parameter order) and returns the new weights.
   Result<TensorSet> step(const TensorSet& mean_grads, double learning_rate);
   Result<TensorSet> weights() const;
-  // Optimiser state (moments, step counts) with the weights, for a coordinator restart.
-  Status save(const std::filesystem::path& path) const;
-  Status load(const std::filesystem::path& path);
+  // Optimiser state (moments, step counts) with the weights, for a coordinator restart; with a
+  // `storage_key` the file is sealed with AES-256-GCM and a tampered one is refused.
+  Status save(const std::filesystem::path& path, const std::string& storage_key = {}) const;
+  Status load(const std::filesystem::path& path, const std::string& storage_key = {});
 
  private:
   struct Impl;
