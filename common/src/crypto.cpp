@@ -1,5 +1,7 @@
 #include "fedda/common/crypto.h"
 
+#include "fedda/common/files.h"
+
 #include <memory>
 
 #include <openssl/err.h>
@@ -196,6 +198,21 @@ Result<std::string> open(std::string_view key, std::string_view sealed, std::str
     return make_error("authentication failed: the data was altered, or the key or context is wrong");
   }
   return out;
+}
+
+Status write_sealed(const std::filesystem::path& path, const std::string& contents, const std::string& key) {
+  if (key.empty()) return files::write_atomically(path, contents);
+  auto sealed = seal(key, contents, path.filename().string());
+  if (!sealed) return make_error(path.string() + ": " + sealed.error().message);
+  return files::write_atomically(path, *sealed);
+}
+
+Result<std::string> read_sealed(const std::filesystem::path& path, const std::string& key) {
+  auto bytes = files::read_all(path);
+  if (!bytes || key.empty()) return bytes;
+  auto opened = open(key, *bytes, path.filename().string());
+  if (!opened) return make_error(path.string() + ": refused: " + opened.error().message);
+  return opened;
 }
 
 Result<CurveKeyPair> generate_curve_keypair() {

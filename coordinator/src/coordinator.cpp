@@ -76,21 +76,12 @@ std::string csv_number(double v) {
 // A round's global weights at rest: the wire encoding of the TensorSet, sealed with the
 // coordinator's storage key (AES-256-GCM) when the consortium has kits.
 Status save_weights(const fs::path& path, const TensorSet& weights, const std::string& key) {
-  auto bytes = protocol::encode(protocol::Header{}, weights).body;
-  if (key.empty()) return files::write_atomically(path, bytes);
-  auto sealed = crypto::seal(key, bytes, path.filename().string());
-  if (!sealed) return make_error(path.string() + ": " + sealed.error().message);
-  return files::write_atomically(path, *sealed);
+  return crypto::write_sealed(path, protocol::encode(protocol::Header{}, weights).body, key);
 }
 
 Result<TensorSet> load_weights(const fs::path& path, const std::string& key) {
-  auto bytes = files::read_all(path);
+  auto bytes = crypto::read_sealed(path, key);
   if (!bytes) return bytes.error();
-  if (!key.empty()) {
-    auto opened = crypto::open(key, *bytes, path.filename().string());
-    if (!opened) return make_error(path.string() + ": refused: " + opened.error().message);
-    *bytes = std::move(*opened);
-  }
   auto weights = protocol::decode_body<TensorSet>(*bytes);
   if (!weights) return make_error(path.string() + ": " + weights.error().message);
   if (auto st = check_integrity(*weights); !st) return make_error(path.string() + ": " + st.error().message);

@@ -103,20 +103,12 @@ Status save_tensor(const fs::path& path, const torch::Tensor& tensor, const std:
   } catch (const std::exception& e) {
     return make_error(path.string() + ": " + e.what());
   }
-  if (key.empty()) return files::write_atomically(path, bytes.str());
-  auto sealed = crypto::seal(key, bytes.str(), path.filename().string());
-  if (!sealed) return make_error(path.string() + ": " + sealed.error().message);
-  return files::write_atomically(path, *sealed);
+  return crypto::write_sealed(path, bytes.str(), key);
 }
 
 Result<torch::Tensor> load_tensor(const fs::path& path, const std::string& key) {
-  auto bytes = files::read_all(path);
+  auto bytes = crypto::read_sealed(path, key);
   if (!bytes) return bytes.error();
-  if (!key.empty()) {
-    auto opened = crypto::open(key, *bytes, path.filename().string());
-    if (!opened) return make_error(path.string() + ": refused: " + opened.error().message);
-    *bytes = std::move(*opened);
-  }
   try {
     std::istringstream in(*bytes);
     torch::Tensor t;
@@ -218,20 +210,12 @@ Status DiscriminatorOptimizer::save(const fs::path& path, const std::string& sto
   } catch (const std::exception& e) {
     return make_error(path.string() + ": cannot serialise the discriminator: " + e.what());
   }
-  if (storage_key.empty()) return files::write_atomically(path, bytes.str());
-  auto sealed = crypto::seal(storage_key, bytes.str(), path.filename().string());
-  if (!sealed) return make_error(path.string() + ": " + sealed.error().message);
-  return files::write_atomically(path, *sealed);
+  return crypto::write_sealed(path, bytes.str(), storage_key);
 }
 
 Status DiscriminatorOptimizer::load(const fs::path& path, const std::string& storage_key) {
-  auto bytes = files::read_all(path);
+  auto bytes = crypto::read_sealed(path, storage_key);
   if (!bytes) return bytes.error();
-  if (!storage_key.empty()) {
-    auto opened = crypto::open(storage_key, *bytes, path.filename().string());
-    if (!opened) return make_error(path.string() + ": refused: " + opened.error().message);
-    *bytes = std::move(*opened);
-  }
   try {
     std::istringstream in(*bytes);
     torch::serialize::InputArchive archive, net, optimizer;

@@ -3,6 +3,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <iostream>
+#include <optional>
 #include <string>
 
 #include <CLI/CLI.hpp>
@@ -31,6 +32,16 @@ int main(int argc, char** argv) {
 
   int rc = 0;
   std::string config_path;
+  // Reads --config; on error logs it and sets the usage exit code.
+  const auto load_config = [&]() -> std::optional<site_agent::SiteConfig> {
+    auto config = site_agent::read_site_config(config_path);
+    if (!config) {
+      log::get("fedda-agent")->error("{}", config.error().message);
+      rc = 2;
+      return std::nullopt;
+    }
+    return std::move(*config);
+  };
   auto* run = app.add_subcommand(
       "run",
       "Join the consortium as a long-running service: connect to the coordinator named in the site config, "
@@ -38,13 +49,8 @@ int main(int argc, char** argv) {
       "task and leaves cleanly. A subject that fails validation is skipped and reported by id.");
   run->add_option("--config", config_path, "site config (YAML); see configs/site.example.yaml")->required();
   run->callback([&]() {
-    auto log = log::get("fedda-agent");
-    auto config = site_agent::read_site_config(config_path);
-    if (!config) {
-      log->error("{}", config.error().message);
-      rc = 2;
-      return;
-    }
+    auto config = load_config();
+    if (!config) return;
     site_agent::Agent agent(*config);
     running = &agent;
     std::signal(SIGTERM, on_signal);
@@ -64,13 +70,8 @@ int main(int argc, char** argv) {
       "exit code 0 when there is none, 1 otherwise.");
   check->add_option("--config", config_path, "site config (YAML)")->required();
   check->callback([&]() {
-    auto log = log::get("fedda-agent");
-    auto config = site_agent::read_site_config(config_path);
-    if (!config) {
-      log->error("{}", config.error().message);
-      rc = 2;
-      return;
-    }
+    auto config = load_config();
+    if (!config) return;
     const auto report = site_agent::check_site(*config);
     std::cout << "site " << config->site_id << ": coordinator " << config->coordinator << ", data "
               << config->data.string() << ", device " << config->device << "\n"

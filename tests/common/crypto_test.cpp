@@ -50,6 +50,20 @@ TEST(Crypto, SealedDataOpensOnlyUnaltered) {
   EXPECT_FALSE(crypto::open(key, sealed->substr(0, 20), "soft-labels-s1.pt"));
 }
 
+TEST(Crypto, ASealedFileCannotStandInForAnother) {
+  testing::ScratchDir dir;
+  const auto key = crypto::random_bytes(32).value();
+  ASSERT_TRUE(crypto::write_sealed(dir / "round-0001.weights", "weights of round 1", key));
+  ASSERT_TRUE(crypto::write_sealed(dir / "round-0002.weights", "weights of round 2", key));
+  EXPECT_EQ(crypto::read_sealed(dir / "round-0001.weights", key).value(), "weights of round 1");
+  fs::rename(dir / "round-0001.weights", dir / "round-0002.weights");  // an old round put in place
+  auto swapped = crypto::read_sealed(dir / "round-0002.weights", key);
+  ASSERT_FALSE(swapped);
+  EXPECT_NE(swapped.error().message.find("round-0002.weights: refused"), std::string::npos) << swapped.error().message;
+  ASSERT_TRUE(crypto::write_sealed(dir / "plain.txt", "plain", ""));  // no key: plain
+  EXPECT_EQ(files::read_all(dir / "plain.txt").value(), "plain");
+}
+
 TEST(Kit, ProvisionedKitsVerifyAndSecretsAre0600) {
   testing::ScratchDir dir;
   ASSERT_TRUE(kit::provision({"wmh", "tcp://coordinator:5570", {"utrecht", "amsterdam"}, dir.path()}));

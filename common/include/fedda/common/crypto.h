@@ -3,6 +3,7 @@
 // home-made. Keys and signatures are byte strings (std::string); PEM for Ed25519 keys, Z85
 // for CurveZMQ keys (the form libzmq's socket options take). Thread-safe.
 
+#include <filesystem>
 #include <string>
 #include <string_view>
 
@@ -29,6 +30,12 @@ inline constexpr std::size_t kStorageKeyBytes = 32;
 Result<std::string> seal(std::string_view key, std::string_view plaintext, std::string_view aad);
 // Error when the key, the aad or any byte of `sealed` differs from what was sealed.
 Result<std::string> open(std::string_view key, std::string_view sealed, std::string_view aad);
+
+// Files at rest: written atomically and sealed under `key` with the file's name as associated
+// data (so one sealed file cannot stand in for another); plain when `key` is empty. Reading a
+// sealed file that was altered, renamed or sealed under another key is an error naming it.
+Status write_sealed(const std::filesystem::path& path, const std::string& contents, const std::string& key);
+Result<std::string> read_sealed(const std::filesystem::path& path, const std::string& key);
 
 // CurveZMQ (Curve25519) key pairs, Z85-encoded (40 characters each).
 struct CurveKeyPair {
