@@ -11,13 +11,16 @@
 #include <atomic>
 #include <cmath>
 #include <fstream>
+#include <limits>
 #include <map>
+#include <mutex>
 #include <regex>
 #include <set>
 #include <sstream>
 #include <thread>
 
 #include <nlohmann/json.hpp>
+#include <zlib.h>
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
@@ -673,6 +676,11 @@ class FlippingRelay {
   }
   std::string endpoint() const { return "tcp://127.0.0.1:" + std::to_string(port_); }
   bool flipped() const { return flipped_; }
+  // Everything the client sent, over every connection (read after the relay's client is done).
+  std::string captured() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return captured_;
+  }
 
  private:
   void serve() {
@@ -711,6 +719,10 @@ class FlippingRelay {
           flipped_ = true;
         }
         sent += static_cast<std::size_t>(n);
+        {
+          std::lock_guard<std::mutex> lock(mutex_);
+          captured_.append(buffer, static_cast<std::size_t>(n));
+        }
         if (::write(server, buffer, static_cast<std::size_t>(n)) != n) break;
       }
       if (fds[1].revents & (POLLIN | POLLHUP)) {
@@ -726,6 +738,8 @@ class FlippingRelay {
   std::size_t flip_at_;
   int listener_ = -1;
   std::atomic<bool> stop_{false}, flipped_{false};
+  std::mutex mutex_;
+  std::string captured_;
   std::thread thread_;
 };
 
@@ -751,6 +765,48 @@ TEST_F(Federation, AFrameWithOneFlippedCiphertextByteIsRefused) {
   EXPECT_LT(closed, log.find("job kd-flipped finished")) << log;
   EXPECT_EQ(log.find("dropped a malformed message"), std::string::npos) << log;
   EXPECT_NE(log.find("site amsterdam: round 1 update in"), std::string::npos) << log;
+}
+
+// Without encryption the wire can be read: everything one site sent during a whole job (offer,
+// rounds, evaluation) is captured and searched for its scans' voxel bytes.
+TEST_F(Federation, NoOutboundPayloadCarriesTheSitesVoxels) {
+  const auto job = kd_job("kd-tapped", {"utrecht", "amsterdam"}, 2, 4, 2);
+  auto coordinator = start_coordinator(job, "tcp://127.0.0.1:0");
+  const auto endpoint = wait_for_endpoint();
+  const auto port = static_cast<std::uint16_t>(std::stoi(endpoint.substr(endpoint.rfind(':') + 1)));
+  FlippingRelay tap(port, std::numeric_limits<std::size_t>::max());  // relays, never alters
+  auto amsterdam = start_agent("amsterdam", tap.endpoint());
+  auto utrecht = start_agent("utrecht", endpoint);
+  ASSERT_EQ(coordinator->wait(240s), 0) << testing::read_text(coordinator_log());
+  amsterdam->signal(SIGTERM);
+  ASSERT_EQ(amsterdam->wait(30s), 0);
+  const auto wire = tap.captured();
+  const auto model_bytes = models::read_model_weights(teacher()).value().weights.bytes();
+  ASSERT_GT(wire.size(), 2 * model_bytes);  // two rounds of weights went out through the tap
+  ASSERT_NE(wire.find("amsterdam"), std::string::npos);  // the capture is plaintext and searchable
+
+  // 32-byte runs of each scan's voxel block (FLAIR, T1, labels), where the voxels are not flat.
+  int probes = 0;
+  const auto subjects = imaging::find_clinic_subjects(data_dir(), "amsterdam").value();
+  for (const auto& subject : subjects) {
+    for (const auto& file : {subject.flair, subject.t1, *subject.labels}) {
+      gzFile gz = gzopen(file.c_str(), "rb");
+      ASSERT_NE(gz, nullptr);
+      std::string voxels;
+      char chunk[65536];
+      for (int n; (n = gzread(gz, chunk, sizeof chunk)) > 0;) voxels.append(chunk, static_cast<std::size_t>(n));
+      gzclose(gz);
+      ASSERT_GT(voxels.size(), 352u + 4096u) << file;
+      voxels.erase(0, 352);  // the NIfTI-1 header
+      for (int i = 1; i <= 20; ++i) {
+        const auto run = voxels.substr(voxels.size() * i / 21, 32);
+        if (std::count(run.begin(), run.end(), run[0]) > 8) continue;  // flat (background): proves nothing
+        EXPECT_EQ(wire.find(run), std::string::npos) << file << " probe " << i;
+        ++probes;
+      }
+    }
+  }
+  EXPECT_GT(probes, 30);
 }
 
 }  // namespace
