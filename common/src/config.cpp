@@ -1,9 +1,10 @@
 #include "fedda/common/config.h"
 
-#include <functional>
 #include <set>
 
 #include <yaml-cpp/yaml.h>
+
+#include "fedda/common/files.h"
 
 namespace fedda::config {
 
@@ -22,39 +23,24 @@ struct Mapping::State {
 Mapping::Mapping(std::shared_ptr<State> state, std::shared_ptr<Node> node)
     : state_(std::move(state)), node_(std::move(node)) {}
 
-namespace {
-Result<YAML::Node> top_mapping(const std::function<YAML::Node()>& read, const std::filesystem::path& path) {
-  YAML::Node root;
-  try {
-    root = read();
-  } catch (const YAML::BadFile&) {
-    return make_error(path.string() + ": cannot read the file");
-  } catch (const std::exception& e) {
-    return make_error(path.string() + ": not valid YAML: " + e.what());
-  }
-  if (!root.IsMap()) return make_error(path.string() + ": expected a YAML mapping (key: value lines)");
-  return root;
-}
-}  // namespace
-
 Result<Mapping> Mapping::load(const std::filesystem::path& path) {
-  auto root = top_mapping([&] { return YAML::LoadFile(path.string()); }, path);
-  if (!root) return root.error();
-  auto state = std::make_shared<State>();
-  state->file = path;
-  auto node = std::make_shared<Node>();
-  node->yaml = *root;
-  state->nodes.push_back(node);
-  return Mapping(state, node);
+  auto text = files::read_all(path);
+  if (!text) return make_error(path.string() + ": cannot read the file");
+  return parse(*text, path);
 }
 
 Result<Mapping> Mapping::parse(const std::string& text, const std::filesystem::path& name) {
-  auto root = top_mapping([&] { return YAML::Load(text); }, name);
-  if (!root) return root.error();
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const std::exception& e) {
+    return make_error(name.string() + ": not valid YAML: " + e.what());
+  }
+  if (!root.IsMap()) return make_error(name.string() + ": expected a YAML mapping (key: value lines)");
   auto state = std::make_shared<State>();
   state->file = name;
   auto node = std::make_shared<Node>();
-  node->yaml = *root;
+  node->yaml = root;
   state->nodes.push_back(node);
   return Mapping(state, node);
 }

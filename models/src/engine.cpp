@@ -132,19 +132,22 @@ static imaging::Image to_image(const torch::Tensor& probability, const imaging::
 
 // Soft labels at temperature T, cached in half precision; slices the teacher calls lesion
 // (p > 0.5 anywhere, the same at any T) become the scan's lesion slices for sampling.
+void set_soft_labels(ScanSlices& scan, const torch::Tensor& p) {
+  scan.soft = p.to(torch::kFloat16);
+  scan.lesion_slices.clear();
+  const auto has_lesion = (p.to(torch::kFloat32) > 0.5).flatten(1).any(1);
+  for (int64_t z = 0; z < has_lesion.size(0); ++z) {
+    if (has_lesion[z].item<bool>()) scan.lesion_slices.push_back(static_cast<int>(z));
+  }
+  scan.labels = torch::Tensor();
+}
+
 void attach_soft_labels(UNet& teacher, std::vector<ScanSlices>& scans, double temperature, const torch::Device& device) {
   const auto start = std::chrono::steady_clock::now();
   std::int64_t slices = 0;
   for (auto& scan : scans) {
     slices += scan.images.size(0);
-    const auto p = predict(teacher, scan.images, device, temperature);
-    scan.soft = p.to(torch::kFloat16);
-    scan.lesion_slices.clear();
-    const auto has_lesion = (p > 0.5).flatten(1).any(1);
-    for (int64_t z = 0; z < has_lesion.size(0); ++z) {
-      if (has_lesion[z].item<bool>()) scan.lesion_slices.push_back(static_cast<int>(z));
-    }
-    scan.labels = torch::Tensor();
+    set_soft_labels(scan, predict(teacher, scan.images, device, temperature));
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   log::get("engine")->info("soft labels at T={} for {} slices of {} scans in {:.1f} s ({:.1f} slices/s), {:.1f} MB cached",

@@ -303,22 +303,19 @@ Result<std::unique_ptr<SiteTrainer>> SiteTrainer::open(const SiteJobOptions& o, 
     if (auto st = from_wire(*teacher_net, teacher); !st) return make_error("teacher: " + st.error().message);
     teacher_net->to(impl->device);
     const auto key = soft_label_key(teacher, o.spec, o.temperature);
+    const auto cache_file = [&](const ScanSlices& scan) {
+      std::string name = scan.id;
+      std::replace(name.begin(), name.end(), '/', '_');
+      return o.cache_dir / "soft-labels" / (key + "-" + name + ".pt");
+    };
     std::vector<ScanSlices*> missing;
     for (auto& scan : impl->scans) {
       if (!o.cache_dir.empty()) {
-        std::string name = scan.id;
-        std::replace(name.begin(), name.end(), '/', '_');
-        const auto path = o.cache_dir / "soft-labels" / (key + "-" + name + ".pt");
+        const auto path = cache_file(scan);
         if (fs::exists(path)) {
           auto soft = load_tensor(path, o.storage_key);
           if (soft && soft->sizes() == torch::IntArrayRef({scan.images.size(0), scan.images.size(2), scan.images.size(3)})) {
-            scan.soft = *soft;
-            scan.lesion_slices.clear();
-            const auto has_lesion = (scan.soft.to(torch::kFloat32) > 0.5).flatten(1).any(1);
-            for (int64_t z = 0; z < has_lesion.size(0); ++z) {
-              if (has_lesion[z].item<bool>()) scan.lesion_slices.push_back(static_cast<int>(z));
-            }
-            scan.labels = torch::Tensor();
+            set_soft_labels(scan, *soft);
             continue;
           }
           log->warn("soft-label cache {}: {}; recomputing", path.filename().string(),
@@ -334,12 +331,9 @@ Result<std::unique_ptr<SiteTrainer>> SiteTrainer::open(const SiteJobOptions& o, 
       for (std::size_t i = 0; i < missing.size(); ++i) {
         *missing[i] = std::move(todo[i]);
         if (!o.cache_dir.empty()) {
-          std::string name = missing[i]->id;
-          std::replace(name.begin(), name.end(), '/', '_');
           std::error_code ec;
           fs::create_directories(o.cache_dir / "soft-labels", ec);
-          const auto path = o.cache_dir / "soft-labels" / (key + "-" + name + ".pt");
-          if (auto st = save_tensor(path, missing[i]->soft, o.storage_key); !st) log->warn("soft-label cache: {}", st.error().message);
+          if (auto st = save_tensor(cache_file(*missing[i]), missing[i]->soft, o.storage_key); !st) log->warn("soft-label cache: {}", st.error().message);
         }
       }
     } else {

@@ -20,6 +20,10 @@ std::uint64_t mix(std::uint64_t a, std::uint64_t b);
 // Probability of WMH for every slice of a scan, on the model grid (inference mode).
 torch::Tensor predict(UNet& net, const torch::Tensor& images, const torch::Device& device, double temperature = 1.0);
 
+// Stores a teacher's p(WMH) [S, H, W] as the scan's soft labels (half precision), takes the
+// slices it calls lesion (p > 0.5 anywhere) as the scan's lesion slices, and drops its labels.
+void set_soft_labels(ScanSlices& scan, const torch::Tensor& p);
+
 // Teacher's tempered p(WMH) per slice (half precision) and the slices it calls lesion.
 void attach_soft_labels(UNet& teacher, std::vector<ScanSlices>& scans, double temperature, const torch::Device& device);
 
