@@ -18,6 +18,8 @@ packages=(
   libyaml-cpp-dev
   nlohmann-json3-dev
   libboost-dev
+  libcmark-gfm-dev libcmark-gfm-extensions-dev
+  gnuplot-nox
   libpng-dev
   zlib1g-dev
   mricron-data

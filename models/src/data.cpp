@@ -1,6 +1,11 @@
 #include "data.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <list>
+#include <mutex>
+#include <optional>
+#include <sstream>
 
 #include "fedda/imaging/nifti_io.h"
 
@@ -16,9 +21,91 @@ torch::Tensor image_tensor(const imaging::Image& image) {
       .clone();
 }
 
+// Preprocessed scans, kept for the life of the process: a site agent runs many jobs over the
+// same scans and the experiment grid adapts to the same subjects many times, while reading and
+// preprocessing a scan costs far more than a training step on it. The key holds each file's
+// path, size and modification time and the grid, so a changed file is read again. Least
+// recently used scans go first once FEDDA_SCAN_CACHE_MB (default 2048; 0 turns it off) is
+// exceeded. Entries share their tensors with the scans handed out, which nobody writes to.
+class ScanMemo {
+ public:
+  static ScanMemo& instance() {
+    static ScanMemo memo;
+    return memo;
+  }
+  std::optional<ScanSlices> find(const std::string& key) {
+    std::lock_guard lock(mutex_);
+    for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+      if (it->first == key) {
+        entries_.splice(entries_.begin(), entries_, it);
+        return it->second;
+      }
+    }
+    return std::nullopt;
+  }
+  void add(const std::string& key, const ScanSlices& scan) {
+    const auto cost = bytes(scan);
+    if (cost > budget_) return;
+    std::lock_guard lock(mutex_);
+    entries_.emplace_front(key, scan);
+    used_ += cost;
+    while (used_ > budget_ && !entries_.empty()) {
+      used_ -= bytes(entries_.back().second);
+      entries_.pop_back();
+    }
+  }
+
+ private:
+  ScanMemo() {
+    const char* mb = std::getenv("FEDDA_SCAN_CACHE_MB");
+    budget_ = (mb ? std::strtoull(mb, nullptr, 10) : 2048ull) << 20;
+  }
+  static std::size_t bytes(const ScanSlices& s) {
+    std::size_t n = s.images.numel() * s.images.element_size();
+    if (s.labels.defined()) n += s.labels.numel() * s.labels.element_size();
+    return n;
+  }
+  std::mutex mutex_;
+  std::list<std::pair<std::string, ScanSlices>> entries_;
+  std::size_t used_ = 0, budget_ = 0;
+};
+
+// Empty when a file cannot be stat'ed (load_scan then reports it).
+std::string memo_key(const imaging::SubjectFiles& files, const imaging::GridSpec& grid, bool with_labels) {
+  std::ostringstream key;
+  auto add = [&](const std::filesystem::path& p) {
+    std::error_code ec;
+    const auto size = std::filesystem::file_size(p, ec);
+    if (ec) return false;
+    const auto time = std::filesystem::last_write_time(p, ec);
+    if (ec) return false;
+    key << p.string() << '|' << size << '|' << time.time_since_epoch().count() << '|';
+    return true;
+  };
+  if (!add(files.flair) || !add(files.t1)) return {};
+  if (with_labels && (!files.labels || !add(*files.labels))) return {};
+  key << files.clinic << '/' << files.subject << '|' << grid.in_plane_size[0] << 'x' << grid.in_plane_size[1] << '@'
+      << grid.in_plane_spacing[0] << 'x' << grid.in_plane_spacing[1] << '|' << with_labels;
+  return key.str();
+}
+
+Result<ScanSlices> read_scan(const imaging::SubjectFiles& files, const imaging::GridSpec& grid, bool with_labels);
+
 }  // namespace
 
 Result<ScanSlices> load_scan(const imaging::SubjectFiles& files, const imaging::GridSpec& grid, bool with_labels) {
+  const auto key = memo_key(files, grid, with_labels);
+  if (!key.empty()) {
+    if (auto hit = ScanMemo::instance().find(key)) return std::move(*hit);
+  }
+  auto scan = read_scan(files, grid, with_labels);
+  if (scan && !key.empty()) ScanMemo::instance().add(key, *scan);
+  return scan;
+}
+
+namespace {
+
+Result<ScanSlices> read_scan(const imaging::SubjectFiles& files, const imaging::GridSpec& grid, bool with_labels) {
   const std::string id = files.clinic + "/" + files.subject;
   if (with_labels && !files.labels) return make_error(id + ": no labels (wmh.nii.gz) for a labelled role");
   auto subject = imaging::read_subject(files.flair, files.t1, with_labels ? files.labels : std::nullopt);
@@ -49,6 +136,8 @@ Result<ScanSlices> load_scan(const imaging::SubjectFiles& files, const imaging::
   }
   return s;
 }
+
+}  // namespace
 
 Result<std::vector<ScanSlices>> load_scans(const std::vector<imaging::SubjectFiles>& files,
                                            const imaging::GridSpec& grid, bool with_labels) {

@@ -180,15 +180,22 @@ Result<TrainReport> train_supervised(const std::vector<SubjectFiles>& labelled, 
   auto device = prepare(c);
   if (!device) return device.error();
   if (labelled.empty()) return make_error("no labelled subjects to train on");
-  auto spec = new_spec(c, role);
-  if (!spec) return spec.error();
-  auto scans = load_scans(labelled, spec->grid, true);
-  if (!scans) return scans.error();
-
   Trainee t;
-  t.spec = *spec;
-  t.net = UNet(spec->unet);
-  t.net->to(*device);
+  if (!c.init_model.empty()) {
+    auto m = load_model(c.init_model, *device);
+    if (!m) return m.error();
+    t.spec = m->spec;
+    t.net = m->net;
+  } else {
+    auto spec = new_spec(c, role);
+    if (!spec) return spec.error();
+    t.spec = *spec;
+    t.net = UNet(spec->unet);
+    t.net->to(*device);
+  }
+  t.spec.role = role;
+  auto scans = load_scans(labelled, t.spec.grid, true);
+  if (!scans) return scans.error();
   torch::optim::Adam optimizer(t.net->parameters(), torch::optim::AdamOptions(c.learning_rate));
   t.optimizer = &optimizer;
   const auto step = [&](std::mt19937_64& rng, int) {
@@ -297,7 +304,7 @@ Result<std::vector<SubjectScore>> score_subjects(UNet& net, const ModelSpec& spe
   std::vector<SubjectScore> scores;
   for (const auto& s : subjects) {
     if (!s.labels) return make_error(s.clinic + "/" + s.subject + ": no labels to evaluate against");
-    auto scan = load_scan(s, spec.grid, false);
+    auto scan = load_scan(s, spec.grid, true);  // with labels: the same memo entry as training and validation
     if (!scan) return scan.error();
     const auto p = predict(net, scan->images, device);
     const auto prediction = imaging::restore_segmentation(to_image(p, scan->grid), scan->original);

@@ -287,9 +287,9 @@ Result<std::unique_ptr<SiteTrainer>> SiteTrainer::open(const SiteJobOptions& o, 
       impl->skipped.push_back({id(s), "no label file to evaluate against"});
       continue;
     }
-    if (auto subject = imaging::read_subject(s.flair, s.t1, s.labels); !subject) {
-      log->warn("skipping {} for evaluation: {}", id(s), subject.error().message);
-      impl->skipped.push_back({id(s), subject.error().message});
+    if (auto scan = load_scan(s, o.spec.grid, true); !scan) {
+      log->warn("skipping {} for evaluation: {}", id(s), scan.error().message);
+      impl->skipped.push_back({id(s), scan.error().message});
       continue;
     }
     impl->evaluation.push_back(s);

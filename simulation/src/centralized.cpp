@@ -84,8 +84,8 @@ Result<CentralizedResult> run_centralized(const CentralizedOptions& o) {
   if (in_domain) *source = adapt;
 
   Curve curve;
-  const fs::path teacher = o.out / "teacher.pt";
-  if (o.method != "ubound") {  // every other method starts from the source teacher
+  const fs::path teacher = o.teacher_model.empty() ? o.out / "teacher.pt" : o.teacher_model;
+  if (o.method != "ubound" || o.ubound_from_teacher) {  // every other method starts from the source teacher
     if (auto st = train_or_reuse(teacher, [&] {
           return models::train_supervised(*source, o.teacher, teacher, "teacher", curve.recorder("teacher"));
         });
@@ -109,8 +109,13 @@ Result<CentralizedResult> run_centralized(const CentralizedOptions& o) {
   } else if (o.method == "ubound") {
     std::vector<SubjectFiles> labelled = *source;
     labelled.insert(labelled.end(), adapt.begin(), adapt.end());
-    // Trained from scratch like the teacher, so with the teacher's budget.
-    auto r = models::train_supervised(labelled, o.teacher, model, "ubound", curve.recorder("ubound"));
+    // From scratch like the teacher, with the teacher's budget; or from the teacher like kd and ada.
+    auto config = o.teacher;
+    if (o.ubound_from_teacher) {
+      config = o.adaptation;
+      config.init_model = teacher;
+    }
+    auto r = models::train_supervised(labelled, config, model, "ubound", curve.recorder("ubound"));
     st = r ? score(model, test) : Status(r.error());
   } else if (o.method == "kd") {
     auto r = models::train_kd(teacher, *source, adapt, o.adaptation, model, curve.recorder("kd"));
@@ -119,7 +124,7 @@ Result<CentralizedResult> run_centralized(const CentralizedOptions& o) {
     auto r = models::train_ada(teacher, *source, adapt, o.adaptation, model, curve.recorder("ada"));
     st = r ? score(model, test) : Status(r.error());
   } else if (o.method == "kd-from-ada") {
-    const fs::path ada = o.out / "ada-teacher.pt";
+    const fs::path ada = o.ada_model.empty() ? o.out / "ada-teacher.pt" : o.ada_model;
     st = train_or_reuse(ada, [&] { return models::train_ada(teacher, *source, adapt, o.adaptation, ada, curve.recorder("ada")); });
     if (st) {
       auto r = models::train_kd(ada, *source, adapt, o.adaptation, model, curve.recorder("kd"));

@@ -209,6 +209,7 @@ Result<ConsortiumResult> run_consortium(const ConsortiumOptions& o) {
   std::set<std::string> reported;
   while ((coordinator_rc = poll_exit(*coordinator)) == -1) {
     if (o.show_progress) follower.poll();
+    if (o.on_poll) o.on_poll();
     for (const auto& [site, pid] : agents) {
       if (!reported.count(site) && kill(pid, 0) == 0 && poll_exit(pid) != -1) {
         reported.insert(site);

@@ -7,80 +7,13 @@
 #include "fedda/imaging/dataset.h"
 #include "fedda/imaging/nifti_io.h"
 #include "fedda/imaging/png.h"
+#include "panels.h"
 
 namespace fedda::simulation {
 namespace fs = std::filesystem;
 using imaging::Image;
 using imaging::LabelMap;
 
-namespace {
-
-std::pair<float, float> window(const Image& image) {
-  std::vector<float> v;
-  for (float x : image.voxels) {
-    if (x > 0) v.push_back(x);
-  }
-  if (v.empty()) return {0.0f, 1.0f};
-  std::sort(v.begin(), v.end());
-  return {v[v.size() / 100], v[std::min(v.size() - 1, v.size() * 995 / 1000)]};
-}
-
-std::size_t slice_with_most_wmh(const LabelMap& labels) {
-  const auto& n = labels.geometry.size;
-  std::size_t best = n[2] / 2, best_count = 0;
-  for (std::size_t z = 0; z < n[2]; ++z) {
-    std::size_t count = 0;
-    for (std::size_t y = 0; y < n[1]; ++y)
-      for (std::size_t x = 0; x < n[0]; ++x) count += labels.at(x, y, z) == imaging::kWmh;
-    if (count > best_count) {
-      best = z;
-      best_count = count;
-    }
-  }
-  return best;
-}
-
-// Draws one panel: nearest-neighbour samples of slice z on a square grid of the given field
-// of view centred on the image's in-plane centre, grey levels from `range` (the image's
-// window). `labels` (optional) adds outlines.
-void draw_panel(imaging::RgbPicture& pic, std::size_t x0, std::size_t y0, const PreviewOptions& o,
-                const Image& image, const std::pair<float, float>& range, std::size_t z, const LabelMap* labels) {
-  const auto& g = image.geometry;
-  const auto [lo, hi] = range;
-  const int n = o.panel_pixels;
-  const double pixel_mm = o.field_of_view_mm / n;
-  const double cx = (g.size[0] - 1) / 2.0, cy = (g.size[1] - 1) / 2.0;
-  std::vector<int> label_at(static_cast<std::size_t>(n) * n, 0);
-  for (int py = 0; py < n; ++py)
-    for (int px = 0; px < n; ++px) {
-      const double ix = cx + (px - n / 2.0) * pixel_mm / g.spacing[0];
-      const double iy = cy + (py - n / 2.0) * pixel_mm / g.spacing[1];
-      const long x = std::lround(ix), y = std::lround(iy);
-      std::uint8_t grey = 0;
-      if (x >= 0 && y >= 0 && x < static_cast<long>(g.size[0]) && y < static_cast<long>(g.size[1])) {
-        const float v = image.at(x, y, z);
-        grey = static_cast<std::uint8_t>(std::clamp((v - lo) / (hi - lo), 0.0f, 1.0f) * 255.0f);
-        if (labels) label_at[static_cast<std::size_t>(py) * n + px] = labels->at(x, y, z);
-      }
-      pic.set(x0 + px, y0 + py, grey, grey, grey);
-    }
-  if (!labels) return;
-  for (int py = 0; py < n; ++py)
-    for (int px = 0; px < n; ++px) {
-      const int l = label_at[static_cast<std::size_t>(py) * n + px];
-      if (l == 0) continue;
-      bool edge = px == 0 || py == 0 || px == n - 1 || py == n - 1;
-      for (auto [dx, dy] : {std::pair{1, 0}, {-1, 0}, {0, 1}, {0, -1}}) {
-        if (!edge && label_at[static_cast<std::size_t>(py + dy) * n + px + dx] != l) edge = true;
-      }
-      if (edge) {
-        if (l == imaging::kWmh) pic.set(x0 + px, y0 + py, 255, 40, 40);
-        else pic.set(x0 + px, y0 + py, 60, 120, 255);
-      }
-    }
-}
-
-}  // namespace
 
 Status write_preview(const fs::path& data, const fs::path& png, const PreviewOptions& o) {
   auto subjects = imaging::find_subjects(data);
@@ -102,10 +35,10 @@ Status write_preview(const fs::path& data, const fs::path& png, const PreviewOpt
       const LabelMap labels = subject->labels ? *subject->labels : LabelMap(subject->flair.geometry);
       const std::size_t z = slice_with_most_wmh(labels);
       const std::size_t x0 = k * 3 * (panel + gap), y0 = row * (panel + gap);
-      const auto flair_range = window(subject->flair);
-      draw_panel(pic, x0, y0, o, subject->flair, flair_range, z, nullptr);
-      draw_panel(pic, x0 + panel + gap, y0, o, subject->t1, window(subject->t1), z, nullptr);
-      draw_panel(pic, x0 + 2 * (panel + gap), y0, o, subject->flair, flair_range, z, &labels);
+      const auto flair_range = intensity_window(subject->flair);
+      draw_panel(pic, x0, y0, o.panel_pixels, o.field_of_view_mm, subject->flair, flair_range, z, nullptr);
+      draw_panel(pic, x0 + panel + gap, y0, o.panel_pixels, o.field_of_view_mm, subject->t1, intensity_window(subject->t1), z, nullptr);
+      draw_panel(pic, x0 + 2 * (panel + gap), y0, o.panel_pixels, o.field_of_view_mm, subject->flair, flair_range, z, &labels);
     }
     ++row;
   }

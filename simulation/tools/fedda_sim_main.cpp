@@ -107,6 +107,7 @@ int main(int argc, char** argv) {
   simulation::tools::add_threshold_baseline(app, rc);
   simulation::tools::add_centralized(app, rc);
   simulation::tools::add_consortium(app, rc);
+  simulation::tools::add_experiment(app, rc);
 
   return cli::run(app, argc, argv, rc, "fedda-sim");
 }

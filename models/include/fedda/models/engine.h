@@ -40,6 +40,7 @@ struct TrainConfig {
   bool augment = true;           // left-right flips, intensity scale and shift
   double temperature = 2.0;      // KD
   std::string kd_init = "teacher";  // student starts from: teacher | random
+  std::filesystem::path init_model; // supervised: fine-tune this model (its architecture and grid) instead of a new one
   double ada_weight = 0.1;       // ADA: adversarial weight after warm-up
   int ada_warmup_epochs = 5;
   std::uint64_t seed = 1;

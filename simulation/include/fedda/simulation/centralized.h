@@ -32,6 +32,10 @@ struct CentralizedOptions {
   int fold = 0;
   models::TrainConfig teacher;      // how the source teacher and the U-bound (both from scratch) train
   models::TrainConfig adaptation;   // how kd / ada adapt, starting from the teacher
+  std::filesystem::path teacher_model;  // where the source teacher is kept and reused; default OUT/teacher.pt
+  std::filesystem::path ada_model;      // kd-from-ada's teacher, kept and reused; default OUT/ada-teacher.pt
+  bool ubound_from_teacher = false;     // U-bound fine-tunes the teacher with the adaptation budget
+                                        // (like kd and ada) instead of training from scratch
 };
 
 struct CentralizedRow {

@@ -10,6 +10,7 @@
 //   kits/                 the consortium's keys and kits (fedda-admin's layout), made on first use
 
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,7 @@ struct ConsortiumOptions {
   bool show_progress = true;                  // echo the coordinator's job and round lines to stdout
   bool secure = true;                         // provision kits (out/kits/): CurveZMQ, signed models,
                                               // encrypted caches, as a real consortium runs
+  std::function<void()> on_poll;              // called about every 200 ms while the coordinator runs
 };
 
 struct ConsortiumResult {

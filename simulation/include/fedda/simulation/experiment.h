@@ -1,0 +1,105 @@
+#pragma once
+// `fedda-sim experiment`: the seed paper's experiment grid, federated and centralized, with its
+// tables, plots and report.
+//
+// Cells: for every ordered (source, target) pair of the clinics in `data` and both folds of the
+// target's subjects, the methods lbound, ubound, ada, kd, kd-from-ada (KD with the ADA-adapted
+// model as teacher), otf-kd and otf-ada (each test subject of the fold adapted to on its own,
+// teacher fixed). One teacher per source clinic, trained at that clinic alone, is shared by both
+// modes, so that comparing them measures the adaptation and not two random teachers. Every
+// other cell runs in each mode:
+//   federated    jobs on a local consortium (fedda-coordinator + one fedda-agent per clinic,
+//                separate processes, CurveZMQ on loopback, signed models, sealed caches)
+//   centralized  the same training in this process, the reference
+// A federated round is one centralized epoch: `steps` optimiser steps shared out among the sites
+// by sample count, so both modes train with the same data, steps and batch size.
+//
+// Layout of `out`:
+//   experiment.json        the configuration; a rerun with another one is refused
+//   centralized/teachers/  one teacher per source clinic (both modes adapt it)
+//   centralized/<source>-<target>/fold<k>/<method>/   run_centralized's outputs
+//   federated/             the consortium (jobs/, job-files/, logs/, kits/, cache/)
+//   results.csv            per subject: source,target,fold,method,mode,subject,dsc,h95,avd,recall,f1
+//   timings.csv            seconds per cell
+//   table2.md, table3.md, plots/*.png, report.md, report.html
+// Resumable: a rerun skips finished cells (and a consortium resumes unfinished jobs).
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "fedda/common/result.h"
+#include "fedda/models/engine.h"
+#include "fedda/simulation/clinics.h"
+
+namespace fedda::simulation {
+
+// How much every cell trains, per profile.
+struct ExperimentBudget {
+  models::UNetSpec unet;
+  imaging::GridSpec grid;
+  int teacher_epochs = 0;   // source teachers (federated: rounds)
+  int adapt_epochs = 0;     // ubound (fine-tuned from the teacher), kd, ada, kd-from-ada
+  int otf_epochs = 0;       // on the fly, per subject
+  int steps = 0;            // optimiser steps per epoch
+  int batch = 8;
+  double teacher_lr = 1e-3;
+  double adapt_lr = 1e-3;
+  double ada_weight = 0.1;
+  int ada_warmup_epochs = 1;
+  double temperature = 2.0;
+};
+
+ExperimentBudget experiment_budget(Profile profile);
+
+inline const std::vector<std::string>& experiment_methods() {
+  static const std::vector<std::string> m{"lbound", "ubound", "ada", "kd", "kd-from-ada", "otf-kd", "otf-ada"};
+  return m;
+}
+
+struct ExperimentOptions {
+  std::filesystem::path data;
+  std::filesystem::path out;
+  Profile profile = Profile::kQuick;
+  std::vector<std::string> modes{"federated", "centralized"};
+  std::vector<std::string> methods;  // default: experiment_methods()
+  std::vector<int> folds{0, 1};
+  std::uint64_t seed = 1;
+  std::string device = "cpu";
+  int threads = 0;                   // 0: every core
+  bool secure = true;                // federated: provisioned kits (CurveZMQ, signatures, sealed state)
+  std::filesystem::path bin_dir;     // fedda-coordinator and fedda-agent; default: beside this executable
+  std::function<void(const std::string&)> say;  // progress lines; default: stdout
+};
+
+struct ExperimentResult {
+  int cells = 0;
+  int failed = 0;
+  double seconds = 0;
+  std::filesystem::path report;
+};
+
+// Runs (or resumes) the grid and writes the report. Failed cells are named in the report and
+// the result; the error is for what stops the whole grid (bad data folder, configuration clash).
+Result<ExperimentResult> run_experiment(const ExperimentOptions& options);
+
+// (Re)writes table2.md, table3.md, plots/ and report.{md,html} from `out`'s results.csv,
+// timings.csv and experiment.json.
+Status write_experiment_report(const std::filesystem::path& out, const std::filesystem::path& data,
+                               const std::string& device);
+
+struct PairedTTest {
+  int n = 0;                  // pairs where both values are finite
+  double mean_difference = 0; // mean of a - b
+  double t = 0;
+  double p = 1;               // two-sided
+};
+
+// Student's paired t-test of a against b (element i of each is one subject), with Boost.Math's
+// Student's t distribution; pairs with a non-finite value are left out. Empty below 2 pairs.
+std::optional<PairedTTest> paired_t_test(const std::vector<double>& a, const std::vector<double>& b);
+
+}  // namespace fedda::simulation

@@ -1,0 +1,628 @@
+#include "fedda/simulation/experiment.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <iostream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "fedda/common/files.h"
+#include "fedda/common/log.h"
+#include "fedda/imaging/dataset.h"
+#include "fedda/simulation/centralized.h"
+#include "fedda/simulation/consortium.h"
+
+namespace fedda::simulation {
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using nlohmann::json;
+
+ExperimentBudget experiment_budget(Profile profile) {
+  ExperimentBudget b;
+  switch (profile) {
+    case Profile::kSmoke:  // shapes, not numbers: every path runs once, briefly
+      b.unet.width = 4;
+      b.unet.depth = 2;
+      b.grid = {{32, 32}, {6.0, 6.0}};
+      b.teacher_epochs = 2;
+      b.adapt_epochs = 1;
+      b.otf_epochs = 1;
+      b.steps = 2;
+      b.batch = 4;
+      break;
+    case Profile::kQuick:  // 2 CPU cores, within an hour for both modes
+      b.unet.width = 16;
+      b.unet.depth = 3;
+      b.grid = {{64, 64}, {3.0, 3.0}};
+      b.teacher_epochs = 40;
+      b.adapt_epochs = 8;
+      b.otf_epochs = 2;
+      b.steps = 8;
+      b.batch = 8;
+      b.teacher_lr = 3e-3;
+      b.adapt_lr = 1e-4;  // the paper's; 1e-3 shook the student off its teacher (README, "Experiment grid")
+      b.ada_warmup_epochs = 2;
+      break;
+    case Profile::kPaper:  // sized for a GPU (--device cuda)
+      b.unet.width = 16;
+      b.unet.depth = 4;
+      b.grid = {{128, 128}, {1.5, 1.5}};
+      b.teacher_epochs = 100;
+      b.adapt_epochs = 40;
+      b.otf_epochs = 10;
+      b.steps = 32;
+      b.batch = 8;
+      b.teacher_lr = 1e-3;
+      b.adapt_lr = 1e-4;
+      b.ada_warmup_epochs = 5;
+      break;
+  }
+  return b;
+}
+
+namespace {
+
+const char* kCsvHeader = "source,target,fold,method,mode,subject,dsc,h95,avd,recall,f1\n";
+
+json budget_json(const ExperimentBudget& b) {
+  return {{"unet", {{"width", b.unet.width}, {"depth", b.unet.depth}, {"norm", b.unet.norm}, {"upsample", b.unet.upsample}}},
+          {"grid_size", b.grid.in_plane_size[0]},
+          {"grid_spacing_mm", b.grid.in_plane_spacing[0]},
+          {"teacher_epochs", b.teacher_epochs},
+          {"adapt_epochs", b.adapt_epochs},
+          {"otf_epochs", b.otf_epochs},
+          {"steps_per_epoch", b.steps},
+          {"batch", b.batch},
+          {"teacher_lr", b.teacher_lr},
+          {"adapt_lr", b.adapt_lr},
+          {"ada_weight", b.ada_weight},
+          {"ada_warmup_epochs", b.ada_warmup_epochs},
+          {"temperature", b.temperature}};
+}
+
+// One cell of the grid. Teachers are cells too (method "teacher", target empty).
+struct Cell {
+  std::string mode, source, target, method;
+  int fold = 0;
+  std::vector<std::string> subjects;  // on the fly: the fold's test subjects, one job each
+  double cost = 0;                    // estimated, in training steps, for the time-left display
+
+  std::string pair() const { return source + "-" + target; }
+  std::string name() const {
+    if (method == "teacher") return "teacher " + source;
+    return mode + " " + method + " " + source + "->" + target + " fold " + std::to_string(fold);
+  }
+  // Federated job ids of the cell, in the order they run.
+  std::vector<std::string> jobs() const {
+    const std::string base = method + "-" + pair() + "-f" + std::to_string(fold);
+    if (method.rfind("otf-", 0) != 0) return {base};
+    std::vector<std::string> ids;
+    for (const auto& s : subjects) ids.push_back(base + "-" + s);
+    return ids;
+  }
+};
+
+class Progress {
+ public:
+  Progress(std::function<void(const std::string&)> say, double total) : say_(std::move(say)), total_(total) {}
+  void start_cell(const Cell& c) { say_("  running " + c.name()); }
+  void finish(const Cell& c, double seconds, const std::string& outcome) {
+    done_ += c.cost;
+    ++cells_;
+    spent_ += seconds;
+    const double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();
+    std::string left = "?";
+    if (done_ > 0) left = clock_text(elapsed / done_ * std::max(0.0, total_ - done_));
+    say_("[" + std::to_string(cells_ + skipped_) + "/" + std::to_string(cell_total_) + " cells | " +
+         clock_text(elapsed) + " elapsed | about " + left + " left] " + c.name() + ": " + outcome + " (" +
+         std::to_string(static_cast<int>(std::lround(seconds))) + " s)");
+  }
+  void skip(const Cell& c) {
+    total_ -= c.cost;
+    ++skipped_;
+  }
+  void set_cells(int n) { cell_total_ = n; }
+  int skipped() const { return skipped_; }
+
+  static std::string clock_text(double seconds) {
+    const long s = std::lround(seconds);
+    char buf[32];
+    if (s >= 3600) {
+      std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", s / 3600, (s / 60) % 60, s % 60);
+    } else {
+      std::snprintf(buf, sizeof buf, "%ld:%02ld", s / 60, s % 60);
+    }
+    return buf;
+  }
+
+ private:
+  std::function<void(const std::string&)> say_;
+  double total_ = 0, done_ = 0, spent_ = 0;
+  int cells_ = 0, skipped_ = 0, cell_total_ = 0;
+  Clock::time_point start_ = Clock::now();
+};
+
+// Rows of a results.csv after its header ("" when the file is missing).
+std::string csv_rows(const fs::path& csv) {
+  auto text = files::read_all(csv);
+  if (!text) return {};
+  const auto body = text->find('\n');
+  return body == std::string::npos ? std::string() : text->substr(body + 1);
+}
+
+// Mean Dice of a results.csv's rows, as text for the progress line.
+std::string mean_dice_text(const std::string& rows) {
+  std::istringstream in(rows);
+  double sum = 0;
+  int n = 0;
+  for (std::string line; std::getline(in, line);) {
+    std::vector<std::string> f;
+    std::stringstream ss(line);
+    for (std::string x; std::getline(ss, x, ',');) f.push_back(x);
+    if (f.size() < 7 || f[6].empty()) continue;
+    try {
+      const double d = std::stod(f[6]);
+      if (std::isfinite(d)) {
+        sum += d;
+        ++n;
+      }
+    } catch (...) {
+    }
+  }
+  if (n == 0) return "no scored subject";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "mean Dice %.3f over %d subjects", sum / n, n);
+  return buf;
+}
+
+struct Grid {
+  std::vector<Cell> cells;
+  std::vector<std::string> clinics;
+};
+
+Result<Grid> plan(const ExperimentOptions& o, const ExperimentBudget& b) {
+  auto subjects = imaging::find_subjects(o.data);
+  if (!subjects) return subjects.error();
+  std::map<std::string, std::vector<imaging::SubjectFiles>> by_clinic;
+  Grid g;
+  for (const auto& s : *subjects) {
+    if (!by_clinic.count(s.clinic)) g.clinics.push_back(s.clinic);
+    by_clinic[s.clinic].push_back(s);
+  }
+  if (g.clinics.size() < 2) return make_error(o.data.string() + ": the grid needs at least two clinics, found " +
+                                              std::to_string(g.clinics.size()));
+  for (const auto& [clinic, list] : by_clinic) {
+    if (list.size() < 2) return make_error(clinic + ": needs at least 2 subjects to split into two folds");
+    for (const auto& s : list) {
+      if (!s.labels) return make_error(clinic + "/" + s.subject + ": no wmh.nii.gz (every subject is scored, or is a source)");
+    }
+  }
+  const auto methods = o.methods.empty() ? experiment_methods() : o.methods;
+  const double eval = 4, overhead = 10;  // steps' worth per scored subject and per cell
+  // One teacher per source clinic, trained at that clinic alone and shared by both modes, so
+  // that federated against centralized compares the adaptations rather than two teacher draws.
+  for (const auto& source : g.clinics) {
+    Cell t;
+    t.mode = "centralized";
+    t.source = source;
+    t.method = "teacher";
+    t.cost = b.teacher_epochs * b.steps + overhead;
+    g.cells.push_back(t);
+  }
+  for (const auto& mode : o.modes) {
+    for (const auto& source : g.clinics) {
+      for (const auto& target : g.clinics) {
+        if (source == target) continue;
+        for (int fold : o.folds) {
+          const auto test = imaging::split_fold(by_clinic[target], fold).test;
+          for (const auto& method : methods) {
+            Cell c;
+            c.mode = mode;
+            c.source = source;
+            c.target = target;
+            c.method = method;
+            c.fold = fold;
+            const double n = static_cast<double>(test.size());
+            const double adapt = b.adapt_epochs * b.steps, otf = b.otf_epochs * b.steps;
+            if (method == "lbound") c.cost = overhead + eval * n;
+            if (method == "ubound" || method == "kd") c.cost = adapt + overhead + eval * n;
+            if (method == "ada") c.cost = 2 * adapt + overhead + eval * n;
+            if (method == "kd-from-ada") c.cost = adapt + overhead + eval * n;
+            if (method == "otf-kd") c.cost = n * (otf + overhead + eval);
+            if (method == "otf-ada") c.cost = n * (2 * otf + overhead + eval);
+            if (method.rfind("otf-", 0) == 0) {
+              for (const auto& s : test) c.subjects.push_back(s.subject);
+            }
+            g.cells.push_back(c);
+          }
+        }
+      }
+    }
+  }
+  return g;
+}
+
+fs::path teacher_model(const fs::path& out, const std::string& source) {
+  return fs::absolute(out / "centralized" / "teachers" / source / "teacher.pt");
+}
+
+fs::path centralized_dir(const fs::path& out, const Cell& c) {
+  if (c.method == "teacher") return out / "centralized" / "teachers" / c.source;
+  return out / "centralized" / c.pair() / ("fold" + std::to_string(c.fold)) / c.method;
+}
+
+models::TrainConfig train_config(const ExperimentBudget& b, const ExperimentOptions& o, int epochs, double lr) {
+  models::TrainConfig c;
+  c.unet = b.unet;
+  c.grid = b.grid;
+  c.epochs = epochs;
+  c.steps_per_epoch = b.steps;
+  c.batch_size = b.batch;
+  c.learning_rate = lr;
+  c.temperature = b.temperature;
+  c.ada_weight = b.ada_weight;
+  c.ada_warmup_epochs = b.ada_warmup_epochs;
+  c.seed = o.seed;
+  c.device = o.device;
+  c.threads = o.threads;
+  return c;
+}
+
+// Runs one centralized cell; returns its results.csv rows.
+Result<std::string> run_centralized_cell(const ExperimentOptions& o, const ExperimentBudget& b, const Cell& c) {
+  const auto dir = centralized_dir(o.out, c);
+  const auto teacher = teacher_model(o.out, c.source);
+  if (c.method == "teacher") {
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    auto source = imaging::find_clinic_subjects(o.data, c.source);
+    if (!source) return source.error();
+    const auto progress = [&](const models::EpochReport& e) {
+      log::get("centralized")->info("teacher {} epoch {}/{}: loss {:.4f}, {:.1f} slices/s", c.source, e.epoch,
+                                    b.teacher_epochs, e.loss, e.slices_per_second);
+    };
+    auto r = models::train_supervised(*source, train_config(b, o, b.teacher_epochs, b.teacher_lr), teacher, "teacher",
+                                      progress);
+    if (!r) return r.error();
+    std::ostringstream curve;
+    curve << "stage,epoch,loss,seconds,slices_per_second\n";
+    for (const auto& e : r->epochs) curve << "teacher," << e.epoch << "," << e.loss << "," << e.seconds << "," << e.slices_per_second << "\n";
+    if (auto st = files::write_atomically(dir / "curve.csv", curve.str()); !st) return st.error();
+    json summary = {{"source", c.source}, {"method", "teacher"}, {"mode", "centralized"}, {"seconds", r->seconds}};
+    if (auto st = files::write_atomically(dir / "summary.json", summary.dump(2) + "\n"); !st) return st.error();
+    return std::string();
+  }
+  CentralizedOptions co;
+  co.data = o.data;
+  co.out = dir;
+  co.source = c.source;
+  co.target = c.target;
+  co.method = c.method;
+  co.fold = c.fold;
+  co.teacher = train_config(b, o, b.teacher_epochs, b.teacher_lr);
+  co.adaptation = train_config(b, o, c.method.rfind("otf-", 0) == 0 ? b.otf_epochs : b.adapt_epochs, b.adapt_lr);
+  co.teacher_model = teacher;
+  // kd-from-ada distils the ada cell's model of the same pair and fold (trained here if missing).
+  co.ada_model = o.out / "centralized" / c.pair() / ("fold" + std::to_string(c.fold)) / "ada" / "model.pt";
+  co.ubound_from_teacher = true;
+  auto r = run_centralized(co);
+  if (!r) return r.error();
+  return csv_rows(dir / "results.csv");
+}
+
+std::string yaml_list(const std::vector<std::string>& items) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < items.size(); ++i) s += (i ? ", " : "") + items[i];
+  return s + "]";
+}
+
+// The job files of a federated cell, as (id, YAML) in running order.
+std::vector<std::pair<std::string, std::string>> job_files(const ExperimentOptions& o, const ExperimentBudget& b,
+                                                           const Cell& c) {
+  std::ostringstream common;
+  common << "source: " << c.source << "\nbatch_size: " << b.batch << "\nlocal_steps: " << b.steps
+         << "\nsteps_by_share: true\nseed: " << o.seed << "\nround_deadline_s: 1800\ntemperature: " << b.temperature
+         << "\nada_weight: " << b.ada_weight << "\nada_warmup_rounds: " << b.ada_warmup_epochs << "\n";
+  std::vector<std::pair<std::string, std::string>> out;
+  const auto ids = c.jobs();
+  const std::string fold = std::to_string(c.fold);
+  std::string teacher = "'";  // a YAML single-quoted scalar: any path, quotes doubled
+  for (char ch : teacher_model(o.out, c.source).string()) teacher += ch == '\'' ? std::string("''") : std::string(1, ch);
+  teacher += "'";
+  const std::string sites = yaml_list({c.source, c.target});
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    std::ostringstream y;
+    y << "id: " << ids[i] << "\nmethod: " << c.method << "\nfold: " << fold << "\nsites: " << sites
+      << "\nevaluation_sites: [" << c.target << "]\n" << common.str();
+    const bool otf = c.method.rfind("otf-", 0) == 0;
+    const int rounds = otf ? b.otf_epochs : b.adapt_epochs;
+    if (c.method == "lbound") {
+      y << "type: evaluate\nteacher: " << teacher << "\n";
+    } else {
+      y << "rounds: " << rounds << "\nlearning_rate: " << b.adapt_lr << "\nmin_sites: 2\n";
+      if (c.method == "ubound") y << "type: teacher\nteacher: " << teacher << "\n";
+      if (c.method == "kd" || c.method == "otf-kd") y << "type: kd\nteacher: " << teacher << "\n";
+      if (c.method == "ada" || c.method == "otf-ada") y << "type: ada\nteacher: " << teacher << "\n";
+      if (c.method == "kd-from-ada") y << "type: kd\nteacher: job:ada-" << c.pair() << "-f" << fold << "\n";
+      if (otf) y << "subjects: [" << c.subjects[i] << "]\n";
+    }
+    out.emplace_back(ids[i], y.str());
+  }
+  return out;
+}
+
+// Jobs a cell's jobs need to have finished first.
+std::vector<std::string> prerequisites(const Cell& c) {
+  std::vector<std::string> p;
+  if (c.method == "kd-from-ada") p.push_back("ada-" + c.pair() + "-f" + std::to_string(c.fold));
+  return p;
+}
+
+bool job_done(const fs::path& jobs, const std::string& id) { return fs::exists(jobs / id / "summary.json"); }
+
+std::string job_rows(const fs::path& jobs, const Cell& c) {
+  std::string rows;
+  for (const auto& id : c.jobs()) rows += csv_rows(jobs / id / "results.csv");
+  return rows;
+}
+
+double job_seconds(const fs::path& jobs, const Cell& c) {
+  double s = 0;
+  for (const auto& id : c.jobs()) {
+    auto text = files::read_all(jobs / id / "summary.json");
+    if (!text) continue;
+    auto j = json::parse(*text, nullptr, false);
+    if (j.is_object() && j.contains("seconds") && j["seconds"].is_number()) s += j["seconds"].get<double>();
+  }
+  return s;
+}
+
+// Runs the federated cells on one consortium. A job that fails stops the coordinator; its cell
+// is recorded as failed (with the coordinator's message), cells that depend on it are failed
+// too, and the consortium starts again with the rest (finished jobs are not rerun).
+void run_federated(const ExperimentOptions& o, const ExperimentBudget& b, const std::vector<Cell>& cells,
+                   Progress& progress, std::map<std::string, std::string>& failures) {
+  const auto root = o.out / "federated";
+  const auto jobs_dir = root / "jobs";
+  std::error_code ec;
+  fs::create_directories(root / "job-files", ec);
+  std::vector<const Cell*> pending;
+  for (const auto& c : cells) pending.push_back(&c);
+  std::set<const Cell*> reported;
+  std::set<std::string> failed_jobs;
+  for (int attempt = 0; !pending.empty(); ++attempt) {
+    // Drop cells whose teacher is missing or whose prerequisites failed.
+    std::vector<const Cell*> runnable;
+    for (const auto* c : pending) {
+      std::string blocked;
+      if (!fs::exists(teacher_model(o.out, c->source))) blocked = "teacher " + c->source;
+      for (const auto& p : prerequisites(*c)) {
+        if (failed_jobs.count(p)) blocked = p;
+      }
+      if (!blocked.empty()) {
+        failures[c->name()] = "not run: " + blocked + " failed";
+        for (const auto& id : c->jobs()) failed_jobs.insert(id);
+        progress.finish(*c, 0, "not run (" + blocked + " failed)");
+        continue;
+      }
+      runnable.push_back(c);
+    }
+    pending = runnable;
+    if (pending.empty()) break;
+
+    ConsortiumOptions co;
+    co.data = o.data;
+    co.out = root;
+    co.device = o.device;
+    co.threads_per_agent = o.threads;
+    co.bin_dir = o.bin_dir;
+    co.secure = o.secure;
+    co.show_progress = false;
+    co.heartbeat_ms = 500;
+    std::map<std::string, double> started;
+    for (const auto* c : pending) {
+      for (const auto& [id, yaml] : job_files(o, b, *c)) {
+        const auto file = root / "job-files" / (id + ".yaml");
+        if (auto st = files::write_atomically(file, yaml); !st) {
+          failures[c->name()] = st.error().message;
+          continue;
+        }
+        co.jobs.push_back(file);
+      }
+    }
+    std::size_t next = 0;  // first pending cell not yet reported
+    auto cell_start = Clock::now();
+    const auto poll = [&] {
+      while (next < pending.size()) {
+        const Cell& c = *pending[next];
+        const auto ids = c.jobs();
+        if (!std::all_of(ids.begin(), ids.end(), [&](const auto& id) { return job_done(jobs_dir, id); })) return;
+        if (!reported.count(&c)) {
+          reported.insert(&c);
+          const double s = std::chrono::duration<double>(Clock::now() - cell_start).count();
+          progress.finish(c, s, mean_dice_text(job_rows(jobs_dir, c)));
+        }
+        cell_start = Clock::now();
+        ++next;
+        if (next < pending.size()) progress.start_cell(*pending[next]);
+      }
+    };
+    co.on_poll = poll;
+    progress.start_cell(*pending.front());
+    auto r = run_consortium(co);
+    poll();
+    if (r) break;
+    // Which job stopped it: the first one of the first unreported cell without a summary.
+    if (next >= pending.size()) break;  // every job finished; the failure came after (reported below)
+    const Cell& c = *pending[next];
+    std::string job;
+    for (const auto& id : c.jobs()) {
+      if (!job_done(jobs_dir, id)) {
+        job = id;
+        break;
+      }
+    }
+    if (next == 0 && !fs::exists(jobs_dir / job)) {
+      // Nothing ran at all: the consortium itself did not start. Retrying cell by cell would
+      // only repeat the same error, so every pending cell fails with it.
+      log::get("experiment")->error("the consortium did not run: {}", r.error().message);
+      for (const auto* p : pending) {
+        failures[p->name()] = "the consortium did not run: " + r.error().message;
+        progress.finish(*p, 0, "FAILED (see report)");
+      }
+      break;
+    }
+    failures[c.name()] = "job " + job + ": " + r.error().message;
+    for (const auto& id : c.jobs()) failed_jobs.insert(id);
+    reported.insert(&c);
+    progress.finish(c, std::chrono::duration<double>(Clock::now() - cell_start).count(), "FAILED (see report)");
+    log::get("experiment")->error("federated job {} failed: {}", job, r.error().message);
+    pending.erase(pending.begin(), pending.begin() + static_cast<long>(next) + 1);
+    if (attempt > static_cast<int>(cells.size())) break;
+  }
+}
+
+Status check_configuration(const ExperimentOptions& o, const json& config) {
+  const auto file = o.out / "experiment.json";
+  if (fs::exists(file)) {
+    auto text = files::read_all(file);
+    if (!text) return text.error();
+    auto old = json::parse(*text, nullptr, false);
+    if (old.is_discarded()) return make_error(file.string() + ": not JSON; remove it or choose another --out");
+    for (const char* key : {"profile", "seed", "budget", "data"}) {
+      if (old.value(key, json()) != config.at(key)) {
+        return make_error(o.out.string() + " holds a run with another " + key + " (" + old.value(key, json()).dump() +
+                          ", now " + config.at(key).dump() + "); resume it with the same settings or choose another --out");
+      }
+    }
+  }
+  return files::write_atomically(file, config.dump(2) + "\n");
+}
+
+}  // namespace
+
+Result<ExperimentResult> run_experiment(const ExperimentOptions& options) {
+  ExperimentOptions o = options;
+  if (!o.say) o.say = [](const std::string& line) { std::cout << line << std::endl; };
+  const auto start = Clock::now();
+  for (const auto& m : o.modes) {
+    if (m != "federated" && m != "centralized") return make_error("unknown mode '" + m + "' (federated or centralized)");
+  }
+  for (const auto& m : o.methods) {
+    if (std::find(experiment_methods().begin(), experiment_methods().end(), m) == experiment_methods().end()) {
+      return make_error("unknown method '" + m + "' (choose from lbound, ubound, ada, kd, kd-from-ada, otf-kd, otf-ada)");
+    }
+  }
+  // kd-from-ada needs its pair's ada model.
+  if (!o.methods.empty() && std::count(o.methods.begin(), o.methods.end(), "kd-from-ada") &&
+      !std::count(o.methods.begin(), o.methods.end(), "ada")) {
+    o.methods.push_back("ada");
+  }
+  if (auto st = models::check_device(o.device); !st) return st.error();
+  // LibTorch's own default may be the physical core count; the grid runs one thing at a time.
+  if (o.threads <= 0) o.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const auto budget = experiment_budget(o.profile);
+  auto grid = plan(o, budget);
+  if (!grid) return grid.error();
+  std::error_code ec;
+  fs::create_directories(o.out, ec);
+  if (ec) return make_error(o.out.string() + ": cannot create: " + ec.message());
+
+  json config = {{"profile", profile_name(o.profile)},
+                 {"seed", o.seed},
+                 {"budget", budget_json(budget)},
+                 {"data", fs::absolute(o.data).lexically_normal().string()},
+                 {"clinics", grid->clinics},
+                 {"modes", o.modes},
+                 {"device", o.device},
+                 {"threads", o.threads},
+                 {"secure", o.secure}};
+  if (auto st = check_configuration(o, config); !st) return st.error();
+
+  double total = 0;
+  for (const auto& c : grid->cells) total += c.cost;
+  Progress progress(o.say, total);
+  progress.set_cells(static_cast<int>(grid->cells.size()));
+  std::map<std::string, std::string> failures;
+  std::vector<Cell> federated;
+  for (const auto& c : grid->cells) {
+    bool done = false;
+    if (c.mode == "centralized") {
+      done = fs::exists(centralized_dir(o.out, c) / "summary.json");
+    } else {
+      const auto ids = c.jobs();
+      done = std::all_of(ids.begin(), ids.end(), [&](const auto& id) { return job_done(o.out / "federated" / "jobs", id); });
+      if (!done) federated.push_back(c);
+    }
+    if (done) progress.skip(c);
+  }
+  o.say("experiment: " + std::to_string(grid->cells.size()) + " cells (" + profile_name(o.profile) + " profile, " +
+        std::to_string(grid->clinics.size()) + " clinics, modes " + yaml_list(o.modes) + "), " +
+        std::to_string(progress.skipped()) + " already done; output in " + o.out.string());
+
+  for (const auto& c : grid->cells) {
+    if (c.mode != "centralized" || fs::exists(centralized_dir(o.out, c) / "summary.json")) continue;
+    progress.start_cell(c);
+    const auto t0 = Clock::now();
+    auto rows = run_centralized_cell(o, budget, c);
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (!rows) {
+      failures[c.name()] = rows.error().message;
+      log::get("experiment")->error("{}: {}", c.name(), rows.error().message);
+      progress.finish(c, s, "FAILED (see report)");
+      continue;
+    }
+    progress.finish(c, s, c.method == "teacher" ? "trained" : mean_dice_text(*rows));
+  }
+  if (!federated.empty()) run_federated(o, budget, federated, progress, failures);
+
+  // Merge results and timings of every finished cell.
+  std::string results = kCsvHeader;
+  std::string timings = "mode,source,target,fold,method,seconds,status\n";
+  for (const auto& c : grid->cells) {
+    std::string rows;
+    double seconds = 0;
+    bool done = false;
+    if (c.mode == "centralized") {
+      const auto dir = centralized_dir(o.out, c);
+      done = fs::exists(dir / "summary.json");
+      rows = csv_rows(dir / "results.csv");
+      if (auto text = files::read_all(dir / "summary.json")) {
+        auto j = json::parse(*text, nullptr, false);
+        if (j.is_object()) seconds = j.value("seconds", 0.0);
+      }
+    } else {
+      const auto jobs = o.out / "federated" / "jobs";
+      const auto ids = c.jobs();
+      done = std::all_of(ids.begin(), ids.end(), [&](const auto& id) { return job_done(jobs, id); });
+      rows = job_rows(jobs, c);
+      seconds = job_seconds(jobs, c);
+    }
+    results += rows;
+    char line[512];
+    std::snprintf(line, sizeof line, "%s,%s,%s,%d,%s,%.1f,%s\n", c.mode.c_str(), c.source.c_str(), c.target.c_str(),
+                  c.fold, c.method.c_str(), seconds, done ? "done" : "failed");
+    timings += line;
+  }
+  if (auto st = files::write_atomically(o.out / "results.csv", results); !st) return st.error();
+  if (auto st = files::write_atomically(o.out / "timings.csv", timings); !st) return st.error();
+  json failed = json::object();
+  for (const auto& [cell, why] : failures) failed[cell] = why;
+  if (auto st = files::write_atomically(o.out / "failures.json", failed.dump(2) + "\n"); !st) return st.error();
+
+  o.say("experiment: writing tables, plots and report");
+  if (auto st = write_experiment_report(o.out, o.data, o.device); !st) return st.error();
+  ExperimentResult result;
+  result.cells = static_cast<int>(grid->cells.size());
+  result.failed = static_cast<int>(failures.size());
+  result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  result.report = o.out / "report.html";
+  return result;
+}
+
+}  // namespace fedda::simulation

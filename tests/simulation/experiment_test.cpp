@@ -1,0 +1,175 @@
+// The experiment grid: its statistics, and the smoke grid end to end through the real fedda-sim
+// binary (federated cells on a real local consortium), checked for shape, not for numbers.
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include <gtest/gtest.h>
+
+#include "fedda/simulation/experiment.h"
+#include "support/process.h"
+#include "support/test_support.h"
+
+namespace fedda {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::bin;
+using testing::run_command;
+
+// Reference values: the two-sided tail of Student's t density, integrated numerically.
+TEST(PairedTTest, MatchesReferenceValues) {
+  auto t = simulation::paired_t_test({2, 3, 4, 5, 6}, {1, 1, 1, 1, 1});  // differences 1..5
+  ASSERT_TRUE(t);
+  EXPECT_EQ(t->n, 5);
+  EXPECT_NEAR(t->mean_difference, 3.0, 1e-12);
+  EXPECT_NEAR(t->t, 4.242640687, 1e-8);
+  EXPECT_NEAR(t->p, 0.0132356, 1e-6);
+
+  t = simulation::paired_t_test({0.61, 0.55, 0.72, 0.48, 0.66, 0.59, 0.70}, {0.58, 0.50, 0.69, 0.49, 0.60, 0.55, 0.64});
+  ASSERT_TRUE(t);
+  EXPECT_NEAR(t->t, 4.044111609, 1e-8);
+  EXPECT_NEAR(t->p, 0.0067711, 1e-6);
+
+  // Symmetric in the order of the methods, but for the sign.
+  auto r = simulation::paired_t_test({0.58, 0.50, 0.69, 0.49, 0.60, 0.55, 0.64}, {0.61, 0.55, 0.72, 0.48, 0.66, 0.59, 0.70});
+  ASSERT_TRUE(r);
+  EXPECT_NEAR(r->t, -t->t, 1e-12);
+  EXPECT_NEAR(r->p, t->p, 1e-12);
+}
+
+TEST(PairedTTest, LeavesOutUndefinedScoresAndNeedsTwoPairs) {
+  auto t = simulation::paired_t_test({2, NAN, 3, 4, 5, 6}, {1, 1, 1, 1, 1, 1});
+  ASSERT_TRUE(t);
+  EXPECT_EQ(t->n, 5);
+  EXPECT_NEAR(t->p, 0.0132356, 1e-6);
+  EXPECT_FALSE(simulation::paired_t_test({0.5}, {0.4}));
+  EXPECT_FALSE(simulation::paired_t_test({0.5, NAN}, {0.4, 0.3}));
+  auto same = simulation::paired_t_test({0.5, 0.6}, {0.5, 0.6});
+  ASSERT_TRUE(same);
+  EXPECT_EQ(same->p, 1.0);
+}
+
+std::vector<std::vector<std::string>> csv_rows(const fs::path& file, std::string& header) {
+  std::ifstream in(file);
+  std::getline(in, header);
+  std::vector<std::vector<std::string>> rows;
+  for (std::string line; std::getline(in, line);) {
+    std::vector<std::string> f;
+    std::stringstream ss(line);
+    for (std::string x; std::getline(ss, x, ',');) f.push_back(x);
+    if (!line.empty() && line.back() == ',') f.emplace_back();
+    rows.push_back(f);
+  }
+  return rows;
+}
+
+bool is_png(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  char magic[8] = {};
+  in.read(magic, 8);
+  return in && std::string(magic + 1, 3) == "PNG" && fs::file_size(file) > 1000;
+}
+
+TEST(ExperimentCli, SmokeGridWritesEveryOutputAndResumes) {
+  testing::ScratchDir dir;
+  const auto data = dir / "data", out = dir / "out";
+  auto gen = run_command(bin("fedda-sim").string() + " generate --profile smoke --seed 5 --out " + data.string());
+  ASSERT_EQ(gen.exit_code, 0) << gen.output;
+  const std::string command =
+      bin("fedda-sim").string() + " experiment --data " + data.string() + " --profile smoke --out " + out.string();
+  auto run = run_command(command);
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  // Progress: cells done of all, elapsed and time left, the cell.
+  EXPECT_NE(run.output.find("[1/171 cells | "), std::string::npos) << run.output;
+  EXPECT_NE(run.output.find("left] federated kd "), std::string::npos);
+
+  // results.csv: every cell of both modes, two test subjects each (smoke: 4 subjects per clinic).
+  std::string header;
+  const auto rows = csv_rows(out / "results.csv", header);
+  EXPECT_EQ(header, "source,target,fold,method,mode,subject,dsc,h95,avd,recall,f1");
+  std::map<std::tuple<std::string, std::string, std::string, std::string, std::string>, std::set<std::string>> cells;
+  for (const auto& r : rows) {
+    ASSERT_EQ(r.size(), 11u);
+    EXPECT_NE(r[0], r[1]);
+    EXPECT_TRUE(r[4] == "federated" || r[4] == "centralized") << r[4];
+    if (!r[6].empty()) {
+      const double dsc = std::stod(r[6]);
+      EXPECT_GE(dsc, 0.0);
+      EXPECT_LE(dsc, 1.0);
+    }
+    cells[{r[4], r[0], r[1], r[2], r[3]}].insert(r[5]);
+  }
+  EXPECT_EQ(cells.size(), 2u * 6 * 2 * 7);  // modes x ordered pairs x folds x methods
+  for (const auto& [cell, subjects] : cells) EXPECT_EQ(subjects.size(), 2u) << std::get<4>(cell);
+  EXPECT_EQ(rows.size(), 2u * 6 * 2 * 7 * 2);
+
+  // Federated cells ran on a consortium: the coordinator's log, the jobs' rounds at both sites, kits.
+  EXPECT_TRUE(fs::exists(out / "federated/logs/coordinator.log"));
+  EXPECT_TRUE(fs::exists(out / "federated/kits/coordinator"));
+  const auto rounds = testing::read_text(out / "federated/jobs/kd-utrecht-singapore-f1/rounds.jsonl");
+  EXPECT_NE(rounds.find("\"site\":\"utrecht\""), std::string::npos) << rounds;
+  EXPECT_NE(rounds.find("\"site\":\"singapore\""), std::string::npos) << rounds;
+  int otf_jobs = 0;  // on the fly: one job per test subject
+  for (const auto& e : fs::directory_iterator(out / "federated/jobs")) {
+    otf_jobs += e.path().filename().string().rfind("otf-ada-amsterdam-utrecht-f0-", 0) == 0;
+  }
+  EXPECT_EQ(otf_jobs, 2);
+
+  // Tables: six pairs per mode, the KD-vs-ADA p-value column; the on-the-fly table.
+  const auto t2 = testing::read_text(out / "table2.md"), t3 = testing::read_text(out / "table3.md");
+  for (const char* pair : {"utrecht → singapore", "singapore → utrecht", "amsterdam → utrecht", "utrecht → amsterdam",
+                           "singapore → amsterdam", "amsterdam → singapore"}) {
+    EXPECT_NE(t2.find(pair), std::string::npos) << pair;
+    EXPECT_NE(t3.find(pair), std::string::npos) << pair;
+  }
+  EXPECT_NE(t2.find("p (KD vs ADA)"), std::string::npos);
+  EXPECT_NE(t2.find("## Federated against centralized"), std::string::npos);
+  EXPECT_NE(t3.find("KD on the fly"), std::string::npos);
+
+  // Plots and report.
+  for (const char* png : {"dice-federated.png", "dice-centralized.png", "federated-vs-centralized.png",
+                          "learning-curves.png"}) {
+    EXPECT_TRUE(is_png(out / "plots" / png)) << png;
+  }
+  int overlays = 0;
+  for (const auto& e : fs::directory_iterator(out / "plots")) {
+    if (e.path().filename().string().rfind("overlay-", 0) == 0 && is_png(e.path())) ++overlays;
+  }
+  EXPECT_EQ(overlays, 2);
+  const auto html = testing::read_text(out / "report.html");
+  EXPECT_NE(html.find("<table>"), std::string::npos);
+  EXPECT_NE(html.find("<img src=\"plots/dice-federated.png\""), std::string::npos);
+  EXPECT_NE(html.find("Timings"), std::string::npos);
+  EXPECT_TRUE(fs::exists(out / "report.md"));
+
+  // A rerun finds every cell done, trains nothing and writes the same results.
+  const auto before = testing::read_text(out / "results.csv");
+  auto again = run_command(command);
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_NE(again.output.find("171 already done"), std::string::npos) << again.output;
+  EXPECT_EQ(again.output.find("running "), std::string::npos) << again.output;
+  EXPECT_EQ(testing::read_text(out / "results.csv"), before);
+
+  // Another configuration in the same folder is refused, naming what differs.
+  auto clash = run_command(command + " --seed 2");
+  EXPECT_NE(clash.exit_code, 0);
+  EXPECT_NE(clash.output.find("another seed"), std::string::npos) << clash.output;
+}
+
+TEST(ExperimentCli, BadArgumentsAreNamed) {
+  testing::ScratchDir dir;
+  auto r = run_command(bin("fedda-sim").string() + " experiment --data " + (dir / "missing").string() + " --out " +
+                       (dir / "out").string() + " --profile smoke");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("missing"), std::string::npos) << r.output;
+  r = run_command(bin("fedda-sim").string() + " experiment --data " + dir.path().string() + " --out " +
+                  (dir / "out").string() + " --methods kd,magic");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("magic"), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace fedda
