@@ -1,0 +1,101 @@
+// fedda-bench: the figures of docs/performance.md, measured in one run.
+//   training  slices/s of one optimiser step (forward, cross-entropy + soft Dice, backward, Adam)
+//             for the paper's reference U-Net (transposed up-sampling) and fedda's default
+//             (nearest + 1x1), batch 8 of 2x128x128, float32, NCHW
+//   inference slices/s of the default U-Net in inference mode (soft labelling, segmentation)
+//   segment   one scan end to end through fedda's own path (read, preprocess, infer, write)
+// Reports figures; it sets no thresholds (targets are in docs/performance.md).
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+#include <CLI/CLI.hpp>
+#include <torch/torch.h>
+
+#include "fedda/models/engine.h"
+#include "losses.h"
+#include "networks.h"
+
+namespace fs = std::filesystem;
+using namespace fedda;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// Slices per second of `steps` timed training steps after `warmup` untimed ones.
+double training_rate(const models::UNetSpec& spec, int batch, int size, int warmup, int steps) {
+  torch::manual_seed(1);
+  models::UNet net(spec);
+  net->train();
+  torch::optim::Adam adam(net->parameters(), torch::optim::AdamOptions(1e-3));
+  const auto images = torch::randn({batch, spec.in_channels, size, size});
+  const auto labels = (torch::rand({batch, size, size}) < 0.02).to(torch::kInt64);
+  Clock::time_point start;
+  for (int i = 0; i < warmup + steps; ++i) {
+    if (i == warmup) start = Clock::now();
+    adam.zero_grad();
+    auto loss = models::supervised_loss(net->forward(images), labels, 1.0);
+    loss.backward();
+    adam.step();
+  }
+  return batch * steps / seconds_since(start);
+}
+
+double inference_rate(const models::UNetSpec& spec, int batch, int size, int warmup, int steps) {
+  torch::manual_seed(1);
+  models::UNet net(spec);
+  net->eval();
+  torch::InferenceMode guard;
+  const auto images = torch::randn({batch, spec.in_channels, size, size});
+  Clock::time_point start;
+  for (int i = 0; i < warmup + steps; ++i) {
+    if (i == warmup) start = Clock::now();
+    auto p = torch::softmax(net->forward(images), 1);
+  }
+  return batch * steps / seconds_since(start);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"fedda-bench: training-step, inference and end-to-end segmentation speed (docs/performance.md)"};
+  int threads = 2, batch = 8, size = 128, warmup = 3, steps = 20;
+  std::string model, flair, t1, out = (fs::temp_directory_path() / "fedda-bench-seg.nii.gz").string();
+  app.add_option("--threads", threads, "LibTorch intra-op threads")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--batch", batch, "slices per step")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--size", size, "slice size (pixels, divisible by 16)")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--warmup", warmup, "untimed steps first")->capture_default_str()->check(CLI::NonNegativeNumber);
+  app.add_option("--steps", steps, "timed steps")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--model", model, "segment: a model file (with --flair and --t1)");
+  app.add_option("--flair", flair, "segment: FLAIR scan");
+  app.add_option("--t1", t1, "segment: T1 scan");
+  app.add_option("--out", out, "segment: where the segmentation goes")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  torch::set_num_threads(threads);
+
+  models::UNetSpec reference;  // the paper's standard U-Net
+  reference.upsample = "transposed";
+  models::UNetSpec fedda_default;  // nearest + 1x1
+  std::printf("threads %d, batch %d of %dx%dx%d, float32, %d timed steps after %d\n", threads, batch,
+              reference.in_channels, size, size, steps, warmup);
+  std::printf("%-44s %10s\n", "measurement", "slices/s");
+  std::printf("%-44s %10.1f\n", "training step, reference U-Net (transposed)", training_rate(reference, batch, size, warmup, steps));
+  std::printf("%-44s %10.1f\n", "training step, fedda default (nearest+1x1)", training_rate(fedda_default, batch, size, warmup, steps));
+  std::printf("%-44s %10.1f\n", "inference, fedda default", inference_rate(fedda_default, batch, size, warmup, steps));
+  if (!model.empty()) {
+    if (flair.empty() || t1.empty()) {
+      std::fprintf(stderr, "--model needs --flair and --t1\n");
+      return 1;
+    }
+    const auto start = Clock::now();
+    if (auto st = models::segment_scan(model, flair, t1, out); !st) {
+      std::fprintf(stderr, "%s\n", st.error().message.c_str());
+      return 1;
+    }
+    std::printf("%-44s %9.2f s\n", "segment one scan end to end", seconds_since(start));
+  }
+  return 0;
+}
