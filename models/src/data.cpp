@@ -89,22 +89,6 @@ std::string memo_key(const imaging::SubjectFiles& files, const imaging::GridSpec
   return key.str();
 }
 
-Result<ScanSlices> read_scan(const imaging::SubjectFiles& files, const imaging::GridSpec& grid, bool with_labels);
-
-}  // namespace
-
-Result<ScanSlices> load_scan(const imaging::SubjectFiles& files, const imaging::GridSpec& grid, bool with_labels) {
-  const auto key = memo_key(files, grid, with_labels);
-  if (!key.empty()) {
-    if (auto hit = ScanMemo::instance().find(key)) return std::move(*hit);
-  }
-  auto scan = read_scan(files, grid, with_labels);
-  if (scan && !key.empty()) ScanMemo::instance().add(key, *scan);
-  return scan;
-}
-
-namespace {
-
 Result<ScanSlices> read_scan(const imaging::SubjectFiles& files, const imaging::GridSpec& grid, bool with_labels) {
   const std::string id = files.clinic + "/" + files.subject;
   if (with_labels && !files.labels) return make_error(id + ": no labels (wmh.nii.gz) for a labelled role");
@@ -138,6 +122,16 @@ Result<ScanSlices> read_scan(const imaging::SubjectFiles& files, const imaging::
 }
 
 }  // namespace
+
+Result<ScanSlices> load_scan(const imaging::SubjectFiles& files, const imaging::GridSpec& grid, bool with_labels) {
+  const auto key = memo_key(files, grid, with_labels);
+  if (!key.empty()) {
+    if (auto hit = ScanMemo::instance().find(key)) return std::move(*hit);
+  }
+  auto scan = read_scan(files, grid, with_labels);
+  if (scan && !key.empty()) ScanMemo::instance().add(key, *scan);
+  return scan;
+}
 
 Result<std::vector<ScanSlices>> load_scans(const std::vector<imaging::SubjectFiles>& files,
                                            const imaging::GridSpec& grid, bool with_labels) {

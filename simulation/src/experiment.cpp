@@ -16,6 +16,7 @@
 #include "fedda/imaging/dataset.h"
 #include "fedda/simulation/centralized.h"
 #include "fedda/simulation/consortium.h"
+#include "results_csv.h"
 
 namespace fedda::simulation {
 namespace fs = std::filesystem;
@@ -67,7 +68,7 @@ ExperimentBudget experiment_budget(Profile profile) {
 
 namespace {
 
-const char* kCsvHeader = "source,target,fold,method,mode,subject,dsc,h95,avd,recall,f1\n";
+const std::string kCsvHeader = "source,target,fold,method,mode,subject,dsc,h95,avd,recall,f1\n";
 
 json budget_json(const ExperimentBudget& b) {
   return {{"unet", {{"width", b.unet.width}, {"depth", b.unet.depth}, {"norm", b.unet.norm}, {"upsample", b.unet.upsample}}},
@@ -114,7 +115,6 @@ class Progress {
   void finish(const Cell& c, double seconds, const std::string& outcome) {
     done_ += c.cost;
     ++cells_;
-    spent_ += seconds;
     const double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();
     std::string left = "?";
     if (done_ > 0) left = clock_text(elapsed / done_ * std::max(0.0, total_ - done_));
@@ -142,7 +142,7 @@ class Progress {
 
  private:
   std::function<void(const std::string&)> say_;
-  double total_ = 0, done_ = 0, spent_ = 0;
+  double total_ = 0, done_ = 0;
   int cells_ = 0, skipped_ = 0, cell_total_ = 0;
   Clock::time_point start_ = Clock::now();
 };
@@ -155,23 +155,14 @@ std::string csv_rows(const fs::path& csv) {
   return body == std::string::npos ? std::string() : text->substr(body + 1);
 }
 
-// Mean Dice of a results.csv's rows, as text for the progress line.
+// Mean Dice of a results.csv's rows (no header), as text for the progress line.
 std::string mean_dice_text(const std::string& rows) {
-  std::istringstream in(rows);
   double sum = 0;
   int n = 0;
-  for (std::string line; std::getline(in, line);) {
-    std::vector<std::string> f;
-    std::stringstream ss(line);
-    for (std::string x; std::getline(ss, x, ',');) f.push_back(x);
-    if (f.size() < 7 || f[6].empty()) continue;
-    try {
-      const double d = std::stod(f[6]);
-      if (std::isfinite(d)) {
-        sum += d;
-        ++n;
-      }
-    } catch (...) {
+  for (const auto& r : parse_result_rows(kCsvHeader + rows)) {
+    if (std::isfinite(r.dsc)) {
+      sum += r.dsc;
+      ++n;
     }
   }
   if (n == 0) return "no scored subject";
@@ -365,6 +356,23 @@ std::vector<std::string> prerequisites(const Cell& c) {
 
 bool job_done(const fs::path& jobs, const std::string& id) { return fs::exists(jobs / id / "summary.json"); }
 
+fs::path jobs_dir(const fs::path& out) { return out / "federated" / "jobs"; }
+
+// A centralized cell is done when its summary is written; a federated one when all its jobs are.
+bool cell_done(const fs::path& out, const Cell& c) {
+  if (c.mode == "centralized") return fs::exists(centralized_dir(out, c) / "summary.json");
+  const auto ids = c.jobs();
+  return std::all_of(ids.begin(), ids.end(), [&](const auto& id) { return job_done(jobs_dir(out), id); });
+}
+
+// The "seconds" of a summary.json (the engine's or the coordinator's); 0 when unreadable.
+double summary_seconds(const fs::path& summary) {
+  auto text = files::read_all(summary);
+  if (!text) return 0;
+  const auto j = json::parse(*text, nullptr, false);
+  return j.is_object() && j.contains("seconds") && j["seconds"].is_number() ? j["seconds"].get<double>() : 0;
+}
+
 std::string job_rows(const fs::path& jobs, const Cell& c) {
   std::string rows;
   for (const auto& id : c.jobs()) rows += csv_rows(jobs / id / "results.csv");
@@ -373,12 +381,7 @@ std::string job_rows(const fs::path& jobs, const Cell& c) {
 
 double job_seconds(const fs::path& jobs, const Cell& c) {
   double s = 0;
-  for (const auto& id : c.jobs()) {
-    auto text = files::read_all(jobs / id / "summary.json");
-    if (!text) continue;
-    auto j = json::parse(*text, nullptr, false);
-    if (j.is_object() && j.contains("seconds") && j["seconds"].is_number()) s += j["seconds"].get<double>();
-  }
+  for (const auto& id : c.jobs()) s += summary_seconds(jobs / id / "summary.json");
   return s;
 }
 
@@ -388,7 +391,6 @@ double job_seconds(const fs::path& jobs, const Cell& c) {
 void run_federated(const ExperimentOptions& o, const ExperimentBudget& b, const std::vector<Cell>& cells,
                    Progress& progress, std::map<std::string, std::string>& failures) {
   const auto root = o.out / "federated";
-  const auto jobs_dir = root / "jobs";
   std::error_code ec;
   fs::create_directories(root / "job-files", ec);
   std::vector<const Cell*> pending;
@@ -424,7 +426,6 @@ void run_federated(const ExperimentOptions& o, const ExperimentBudget& b, const 
     co.secure = o.secure;
     co.show_progress = false;
     co.heartbeat_ms = 500;
-    std::map<std::string, double> started;
     for (const auto* c : pending) {
       for (const auto& [id, yaml] : job_files(o, b, *c)) {
         const auto file = root / "job-files" / (id + ".yaml");
@@ -440,12 +441,11 @@ void run_federated(const ExperimentOptions& o, const ExperimentBudget& b, const 
     const auto poll = [&] {
       while (next < pending.size()) {
         const Cell& c = *pending[next];
-        const auto ids = c.jobs();
-        if (!std::all_of(ids.begin(), ids.end(), [&](const auto& id) { return job_done(jobs_dir, id); })) return;
+        if (!cell_done(o.out, c)) return;
         if (!reported.count(&c)) {
           reported.insert(&c);
           const double s = std::chrono::duration<double>(Clock::now() - cell_start).count();
-          progress.finish(c, s, mean_dice_text(job_rows(jobs_dir, c)));
+          progress.finish(c, s, mean_dice_text(job_rows(jobs_dir(o.out), c)));
         }
         cell_start = Clock::now();
         ++next;
@@ -462,12 +462,12 @@ void run_federated(const ExperimentOptions& o, const ExperimentBudget& b, const 
     const Cell& c = *pending[next];
     std::string job;
     for (const auto& id : c.jobs()) {
-      if (!job_done(jobs_dir, id)) {
+      if (!job_done(jobs_dir(o.out), id)) {
         job = id;
         break;
       }
     }
-    if (next == 0 && !fs::exists(jobs_dir / job)) {
+    if (next == 0 && !fs::exists(jobs_dir(o.out) / job)) {
       // Nothing ran at all: the consortium itself did not start. Retrying cell by cell would
       // only repeat the same error, so every pending cell fails with it.
       log::get("experiment")->error("the consortium did not run: {}", r.error().message);
@@ -551,22 +551,18 @@ Result<ExperimentResult> run_experiment(const ExperimentOptions& options) {
   std::map<std::string, std::string> failures;
   std::vector<Cell> federated;
   for (const auto& c : grid->cells) {
-    bool done = false;
-    if (c.mode == "centralized") {
-      done = fs::exists(centralized_dir(o.out, c) / "summary.json");
-    } else {
-      const auto ids = c.jobs();
-      done = std::all_of(ids.begin(), ids.end(), [&](const auto& id) { return job_done(o.out / "federated" / "jobs", id); });
-      if (!done) federated.push_back(c);
+    if (cell_done(o.out, c)) {
+      progress.skip(c);
+    } else if (c.mode == "federated") {
+      federated.push_back(c);
     }
-    if (done) progress.skip(c);
   }
   o.say("experiment: " + std::to_string(grid->cells.size()) + " cells (" + profile_name(o.profile) + " profile, " +
         std::to_string(grid->clinics.size()) + " clinics, modes " + yaml_list(o.modes) + "), " +
         std::to_string(progress.skipped()) + " already done; output in " + o.out.string());
 
   for (const auto& c : grid->cells) {
-    if (c.mode != "centralized" || fs::exists(centralized_dir(o.out, c) / "summary.json")) continue;
+    if (c.mode != "centralized" || cell_done(o.out, c)) continue;
     progress.start_cell(c);
     const auto t0 = Clock::now();
     auto rows = run_centralized_cell(o, budget, c);
@@ -585,23 +581,15 @@ Result<ExperimentResult> run_experiment(const ExperimentOptions& options) {
   std::string results = kCsvHeader;
   std::string timings = "mode,source,target,fold,method,seconds,status\n";
   for (const auto& c : grid->cells) {
+    const bool done = cell_done(o.out, c);
     std::string rows;
     double seconds = 0;
-    bool done = false;
     if (c.mode == "centralized") {
-      const auto dir = centralized_dir(o.out, c);
-      done = fs::exists(dir / "summary.json");
-      rows = csv_rows(dir / "results.csv");
-      if (auto text = files::read_all(dir / "summary.json")) {
-        auto j = json::parse(*text, nullptr, false);
-        if (j.is_object()) seconds = j.value("seconds", 0.0);
-      }
+      rows = csv_rows(centralized_dir(o.out, c) / "results.csv");
+      seconds = summary_seconds(centralized_dir(o.out, c) / "summary.json");
     } else {
-      const auto jobs = o.out / "federated" / "jobs";
-      const auto ids = c.jobs();
-      done = std::all_of(ids.begin(), ids.end(), [&](const auto& id) { return job_done(jobs, id); });
-      rows = job_rows(jobs, c);
-      seconds = job_seconds(jobs, c);
+      rows = job_rows(jobs_dir(o.out), c);
+      seconds = job_seconds(jobs_dir(o.out), c);
     }
     results += rows;
     char line[512];

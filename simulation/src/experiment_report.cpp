@@ -21,18 +21,13 @@
 #include "fedda/imaging/png.h"
 #include "fedda/simulation/experiment.h"
 #include "panels.h"
+#include "results_csv.h"
 
 namespace fedda::simulation {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
-
-struct Row {
-  std::string source, target, method, mode, subject;
-  int fold = 0;
-  double dsc = NAN;
-};
 
 std::vector<std::string> split(const std::string& line, char sep) {
   std::vector<std::string> f;
@@ -47,29 +42,6 @@ double number(const std::string& s) {
   char* end = nullptr;
   const double v = std::strtod(s.c_str(), &end);
   return end && *end == 0 ? v : NAN;
-}
-
-Result<std::vector<Row>> read_rows(const fs::path& csv) {
-  auto text = files::read_all(csv);
-  if (!text) return text.error();
-  std::istringstream in(*text);
-  std::string line;
-  std::getline(in, line);
-  std::vector<Row> rows;
-  while (std::getline(in, line)) {
-    const auto f = split(line, ',');
-    if (f.size() < 7) continue;
-    Row r;
-    r.source = f[0];
-    r.target = f[1];
-    r.fold = std::atoi(f[2].c_str());
-    r.method = f[3];
-    r.mode = f[4];
-    r.subject = f[5];
-    r.dsc = number(f[6]);
-    rows.push_back(r);
-  }
-  return rows;
 }
 
 struct Stats {
@@ -133,10 +105,9 @@ const std::map<std::string, std::string>& method_titles() {
 // All scores, by mode, pair and method, keyed by fold/subject.
 class Scores {
  public:
-  explicit Scores(const std::vector<Row>& rows) {
+  explicit Scores(const std::vector<ResultRow>& rows) {
     for (const auto& r : rows) {
       by_[{r.mode, r.source + ">" + r.target, r.method}][std::to_string(r.fold) + "/" + r.subject] = r.dsc;
-      by_fold_[{r.mode, r.source + ">" + r.target + "#" + std::to_string(r.fold), r.method}].push_back(r.dsc);
       modes_.insert(r.mode);
     }
   }
@@ -152,14 +123,17 @@ class Scores {
     return stats(v);
   }
   Stats of_fold(const std::string& mode, const std::string& pair, int fold, const std::string& method) const {
-    const auto it = by_fold_.find({mode, pair + "#" + std::to_string(fold), method});
-    return it == by_fold_.end() ? Stats{} : stats(it->second);
+    const std::string prefix = std::to_string(fold) + "/";  // keys are fold/subject
+    std::vector<double> v;
+    for (const auto& [k, x] : get(mode, pair, method)) {
+      if (k.rfind(prefix, 0) == 0) v.push_back(x);
+    }
+    return stats(v);
   }
   bool has_mode(const std::string& m) const { return modes_.count(m) > 0; }
 
  private:
   std::map<std::tuple<std::string, std::string, std::string>, std::map<std::string, double>> by_;
-  std::map<std::tuple<std::string, std::string, std::string>, std::vector<double>> by_fold_;
   std::set<std::string> modes_;
 };
 
@@ -554,6 +528,27 @@ std::string timings_table(const fs::path& csv, double& total) {
 
 }  // namespace
 
+std::vector<ResultRow> parse_result_rows(const std::string& csv) {
+  std::istringstream in(csv);
+  std::string line;
+  std::getline(in, line);  // the header
+  std::vector<ResultRow> rows;
+  while (std::getline(in, line)) {
+    const auto f = split(line, ',');
+    if (f.size() < 7) continue;
+    ResultRow r;
+    r.source = f[0];
+    r.target = f[1];
+    r.fold = std::atoi(f[2].c_str());
+    r.method = f[3];
+    r.mode = f[4];
+    r.subject = f[5];
+    r.dsc = number(f[6]);
+    rows.push_back(r);
+  }
+  return rows;
+}
+
 std::optional<PairedTTest> paired_t_test(const std::vector<double>& a, const std::vector<double>& b) {
   std::vector<double> d;
   for (std::size_t i = 0; i < a.size() && i < b.size(); ++i) {
@@ -580,9 +575,9 @@ Status write_experiment_report(const fs::path& out, const fs::path& data, const 
   if (!config_text) return config_text.error();
   const auto config = json::parse(*config_text, nullptr, false);
   if (config.is_discarded()) return make_error((out / "experiment.json").string() + ": not JSON");
-  auto rows = read_rows(out / "results.csv");
-  if (!rows) return rows.error();
-  const Scores sc(*rows);
+  auto csv = files::read_all(out / "results.csv");
+  if (!csv) return csv.error();
+  const Scores sc(parse_result_rows(*csv));
   std::vector<std::string> clinics = config.value("clinics", std::vector<std::string>{});
   std::vector<std::string> pairs;
   for (const auto& s : clinics) {
