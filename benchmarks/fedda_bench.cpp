@@ -1,13 +1,17 @@
 // fedda-bench: the figures of docs/performance.md, measured in one run.
 //   training  slices/s of one optimiser step (forward, cross-entropy + soft Dice, backward, Adam)
 //             for the paper's reference U-Net (transposed up-sampling) and fedda's default
-//             (nearest + 1x1), batch 8 of 2x128x128, float32, NCHW
-//   inference slices/s of the default U-Net in inference mode (soft labelling, segmentation)
+//             (nearest + 1x1), batch 8 of 2x128x128, float32, NCHW; and the default in
+//             channels-last memory (a lever measured, not taken: see docs/performance.md)
+//   inference slices/s of the default U-Net in inference mode (soft labelling, segmentation),
+//             and under a plain no-grad guard (the lever inference mode is)
 //   segment   one scan end to end through fedda's own path (read, preprocess, infer, write)
-// Reports figures; it sets no thresholds (targets are in docs/performance.md).
+// Reports figures; it sets no thresholds (targets are in docs/performance.md). Row names are
+// stable: benchmarks/side_by_side.sh reads them.
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <string>
 
 #include <CLI/CLI.hpp>
@@ -26,12 +30,19 @@ namespace {
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 // Slices per second of `steps` timed training steps after `warmup` untimed ones.
-double training_rate(const models::UNetSpec& spec, int batch, int size, int warmup, int steps) {
+double training_rate(const models::UNetSpec& spec, int batch, int size, int warmup, int steps, bool channels_last) {
   torch::manual_seed(1);
   models::UNet net(spec);
   net->train();
+  auto images = torch::randn({batch, spec.in_channels, size, size});
+  if (channels_last) {
+    torch::NoGradGuard no_grad;
+    for (auto& p : net->parameters()) {
+      if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
+    }
+    images = images.contiguous(torch::MemoryFormat::ChannelsLast);
+  }
   torch::optim::Adam adam(net->parameters(), torch::optim::AdamOptions(1e-3));
-  const auto images = torch::randn({batch, spec.in_channels, size, size});
   const auto labels = (torch::rand({batch, size, size}) < 0.02).to(torch::kInt64);
   Clock::time_point start;
   for (int i = 0; i < warmup + steps; ++i) {
@@ -44,11 +55,17 @@ double training_rate(const models::UNetSpec& spec, int batch, int size, int warm
   return batch * steps / seconds_since(start);
 }
 
-double inference_rate(const models::UNetSpec& spec, int batch, int size, int warmup, int steps) {
+double inference_rate(const models::UNetSpec& spec, int batch, int size, int warmup, int steps, bool inference_mode) {
   torch::manual_seed(1);
   models::UNet net(spec);
   net->eval();
-  torch::InferenceMode guard;
+  std::optional<torch::InferenceMode> inference;
+  std::optional<torch::NoGradGuard> no_grad;
+  if (inference_mode) {
+    inference.emplace();
+  } else {
+    no_grad.emplace();
+  }
   const auto images = torch::randn({batch, spec.in_channels, size, size});
   Clock::time_point start;
   for (int i = 0; i < warmup + steps; ++i) {
@@ -81,10 +98,13 @@ int main(int argc, char** argv) {
   models::UNetSpec fedda_default;  // nearest + 1x1
   std::printf("threads %d, batch %d of %dx%dx%d, float32, %d timed steps after %d\n", threads, batch,
               reference.in_channels, size, size, steps, warmup);
-  std::printf("%-44s %10s\n", "measurement", "slices/s");
-  std::printf("%-44s %10.1f\n", "training step, reference U-Net (transposed)", training_rate(reference, batch, size, warmup, steps));
-  std::printf("%-44s %10.1f\n", "training step, fedda default (nearest+1x1)", training_rate(fedda_default, batch, size, warmup, steps));
-  std::printf("%-44s %10.1f\n", "inference, fedda default", inference_rate(fedda_default, batch, size, warmup, steps));
+  const auto row = [](const char* name, double value) { std::printf("%-48s %10.1f\n", name, value), std::fflush(stdout); };
+  std::printf("%-48s %10s\n", "measurement", "slices/s");
+  row("training step, reference U-Net (transposed)", training_rate(reference, batch, size, warmup, steps, false));
+  row("training step, fedda default (nearest+1x1)", training_rate(fedda_default, batch, size, warmup, steps, false));
+  row("training step, fedda default, channels-last", training_rate(fedda_default, batch, size, warmup, steps, true));
+  row("inference, fedda default (inference mode)", inference_rate(fedda_default, batch, size, warmup, steps, true));
+  row("inference, fedda default (no-grad guard)", inference_rate(fedda_default, batch, size, warmup, steps, false));
   if (!model.empty()) {
     if (flair.empty() || t1.empty()) {
       std::fprintf(stderr, "--model needs --flair and --t1\n");
@@ -95,7 +115,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "%s\n", st.error().message.c_str());
       return 1;
     }
-    std::printf("%-44s %9.2f s\n", "segment one scan end to end", seconds_since(start));
+    std::printf("%-48s %9.2f s\n", "segment one scan end to end", seconds_since(start));
   }
   return 0;
 }

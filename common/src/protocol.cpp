@@ -133,7 +133,8 @@ std::string to_json(const JobSpec& j) {
                       {"evaluate", j.evaluate},
                       {"evaluation_sites", j.evaluation_sites},
                       {"subjects", j.subjects},
-                      {"model_spec", j.model_spec_json}};
+                      {"model_spec", j.model_spec_json},
+                      {"transfer_precision", j.transfer_precision}};
   return o.dump(2);
 }
 
@@ -165,6 +166,7 @@ Result<JobSpec> job_spec_from_json(const std::string& text) {
     j.evaluation_sites = o.at("evaluation_sites").get<std::vector<std::string>>();
     j.subjects = o.at("subjects").get<std::vector<std::string>>();
     j.model_spec_json = o.at("model_spec").get<std::string>();
+    j.transfer_precision = o.value("transfer_precision", std::string("float32"));  // absent before version 2
     return j;
   } catch (const std::exception& e) {
     return make_error(std::string("job spec: ") + e.what());

@@ -2,6 +2,7 @@
 
 #include <zlib.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -95,7 +96,58 @@ float half_to_float(std::uint16_t h) {
   return sign ? -value : value;
 }
 
+// Written out rather than taken from a library: common stays free of LibTorch, and the
+// conversion is these few lines of IEEE 754 bit arithmetic (tested against every float16).
+std::uint16_t float_to_half(float value) {
+  std::uint32_t x;
+  std::memcpy(&x, &value, 4);
+  const auto sign = static_cast<std::uint16_t>((x >> 16) & 0x8000);
+  const std::uint32_t magnitude = x & 0x7fffffff;
+  if (magnitude > 0x7f800000) return sign | 0x7e00;        // NaN
+  if (magnitude >= 0x47800000) return sign | 0x7c00;       // 65536 and beyond (and infinity)
+  if (magnitude < 0x38800000) {                            // below 2^-14: a float16 subnormal
+    float m;
+    std::memcpy(&m, &magnitude, 4);
+    return sign | static_cast<std::uint16_t>(std::nearbyint(m * 16777216.0f));  // units of 2^-24
+  }
+  std::uint32_t h = ((((magnitude >> 23) - 127 + 15)) << 10) | ((magnitude >> 13) & 0x3ff);
+  const std::uint32_t rest = magnitude & 0x1fff;
+  if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) ++h;  // a carry into the exponent is right
+  return sign | static_cast<std::uint16_t>(h);
+}
+
+WireTensor converted(const WireTensor& t, DType dtype) {
+  WireTensor out;
+  out.name = t.name;
+  out.dtype = dtype;
+  out.shape = t.shape;
+  const auto values = to_f32(t);
+  out.data.resize(values.size() * dtype_size(dtype));
+  if (dtype == DType::f32) {
+    std::memcpy(out.data.data(), values.data(), out.data.size());
+  } else {
+    for (std::size_t i = 0; i < values.size(); ++i) {
+      const std::uint16_t h = float_to_half(values[i]);
+      std::memcpy(out.data.data() + 2 * i, &h, 2);
+    }
+  }
+  out.crc32 = crc32_of(out.data);
+  return out;
+}
+
 }  // namespace
+
+TensorSet to_half(const TensorSet& set) {
+  TensorSet out;
+  for (const auto& t : set.tensors) out.tensors.push_back(t.dtype == DType::f32 ? converted(t, DType::f16) : t);
+  return out;
+}
+
+TensorSet to_full(const TensorSet& set) {
+  TensorSet out;
+  for (const auto& t : set.tensors) out.tensors.push_back(t.dtype == DType::f16 ? converted(t, DType::f32) : t);
+  return out;
+}
 
 std::vector<float> to_f32(const WireTensor& t) {
   const auto n = static_cast<std::size_t>(std::max<std::int64_t>(0, t.elements()));
@@ -175,6 +227,12 @@ RunningAverage::RunningAverage(TensorSet layout) : layout_(std::move(layout)) {
 
 Status RunningAverage::add(const TensorSet& set, double weight) {
   if (!(weight > 0) || !std::isfinite(weight)) return make_error("weight must be positive");
+  const auto is_half = [](const WireTensor& t) { return t.dtype == DType::f16; };
+  if (std::any_of(set.tensors.begin(), set.tensors.end(), is_half) &&
+      std::none_of(layout_.tensors.begin(), layout_.tensors.end(), is_half)) {
+    if (auto st = check_integrity(set); !st) return st;
+    return add(to_full(set), weight);
+  }
   if (auto st = check_same_layout(set, layout_); !st) return st;
   if (auto st = check_integrity(set); !st) return st;
   for (std::size_t i = 0; i < set.tensors.size(); ++i) {

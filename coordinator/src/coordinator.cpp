@@ -48,7 +48,19 @@ struct SiteRecord {
   std::int64_t samples = 0;
   int steps = 0;
   double loss = 0;
-  double seconds = 0;
+  double seconds = 0;           // training at the site
+  std::int64_t bytes_up = 0;    // its update's body on the wire
+  double overhead_seconds = 0;  // the site's verify, decode and encode
+};
+
+// Where a round's time went, from encoding its task to its state on disk ("span"): the sites'
+// training (the slowest site's) and the federation's share, split where fedda can time it.
+struct RoundCost {
+  double encode_s = 0;     // serialize (+ float16) and sign the task
+  double aggregate_s = 0;  // decode the updates and average them
+  double persist_s = 0;    // seal and write the round's weights
+  double span_s = 0;
+  std::int64_t task_bytes = 0;  // the task's body, sent to every site
 };
 
 struct RoundRecord {
@@ -57,7 +69,28 @@ struct RoundRecord {
   double learning_rate = 0;
   std::vector<SiteRecord> sites;
   std::vector<std::string> missing;  // asked but not counted (late, lost or failed)
+  RoundCost cost;
 };
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// rounds.jsonl's "federation": the split of a round's span (see RoundCost).
+nlohmann::json federation_json(const RoundRecord& r) {
+  double training = 0, site = 0;
+  for (const auto& s : r.sites) {
+    training = std::max(training, s.seconds);
+    site = std::max(site, s.overhead_seconds);
+  }
+  const auto& c = r.cost;
+  const double overhead = std::max(0.0, c.span_s - training);
+  const double transport = std::max(0.0, overhead - c.encode_s - c.aggregate_s - c.persist_s - site);
+  return {{"span_s", c.span_s},       {"training_s", training},       {"overhead_s", overhead},
+          {"overhead_share", c.span_s > 0 ? overhead / c.span_s : 0.0},    {"encode_s", c.encode_s},
+          {"site_s", site},           {"transport_s", transport},     {"aggregate_s", c.aggregate_s},
+          {"persist_s", c.persist_s}, {"task_bytes", c.task_bytes}};
+}
 
 std::string round_file(int round, const char* what) {
   char name[64];
@@ -177,6 +210,7 @@ struct Coordinator::Impl {
   std::unique_ptr<RunningAverage> model_average;
   std::unique_ptr<RunningAverage> grad_average;
   RoundRecord record;
+  Clock::time_point span_start;  // the current round's task began encoding
   std::vector<EvaluationRow> evaluation;
 
   // ---- sending ------------------------------------------------------------------------------
@@ -315,6 +349,7 @@ struct Coordinator::Impl {
       return;
     }
     uploading.erase(site.id);
+    const auto received = Clock::now();
     auto update = protocol::decode_body<protocol::RoundUpdate>(body);
     if (!update) {
       log->warn("site {}: malformed update dropped: {}", site.id, update.error().message);
@@ -338,7 +373,9 @@ struct Coordinator::Impl {
       return;
     }
     answered.insert(site.id);
-    record.sites.push_back({site.id, update->samples, update->steps, update->loss, update->seconds});
+    record.sites.push_back({site.id, update->samples, update->steps, update->loss, update->seconds,
+                            static_cast<std::int64_t>(body.size()), update->overhead_seconds});
+    record.cost.aggregate_s += seconds_since(received);
     log->info("site {}: round {} update in ({} samples, {} steps, loss {:.4f}, {:.1f} s)", site.id, round,
               update->samples, update->steps, update->loss, update->seconds);
   }
@@ -446,8 +483,10 @@ struct Coordinator::Impl {
     }
   }
 
-  // Serves the socket until `deadline`: messages, heartbeats, upload credits, liveness.
+  // Serves the socket until `deadline` or until messages were handled, whichever is first (the
+  // caller looks at what changed and pumps again): messages, heartbeats, upload credits, liveness.
   void pump(Clock::time_point deadline) {
+    bool handled = false;
     do {
       const auto now = Clock::now();
       if (now >= next_heartbeat) {
@@ -511,8 +550,9 @@ struct Coordinator::Impl {
           continue;
         }
         handle(routing, *h, body);
+        handled = true;
       }
-    } while (Clock::now() < deadline && !stopping);
+    } while (Clock::now() < deadline && !stopping && !handled);
   }
 
   // ---- job state on disk --------------------------------------------------------------------
@@ -525,10 +565,11 @@ struct Coordinator::Impl {
     for (const auto& r : records) {
       nlohmann::json sites_json = nlohmann::json::array();
       for (const auto& s : r.sites) {
-        sites_json.push_back({{"site", s.site}, {"samples", s.samples}, {"steps", s.steps}, {"loss", s.loss}, {"seconds", s.seconds}});
+        sites_json.push_back({{"site", s.site}, {"samples", s.samples}, {"steps", s.steps}, {"loss", s.loss},
+                              {"seconds", s.seconds}, {"bytes_up", s.bytes_up}, {"overhead_seconds", s.overhead_seconds}});
       }
       rounds.push_back({{"round", r.round}, {"seconds", r.seconds}, {"learning_rate", r.learning_rate},
-                        {"sites", sites_json}, {"missing", r.missing}});
+                        {"sites", sites_json}, {"missing", r.missing}, {"federation", federation_json(r)}});
     }
     nlohmann::json state = {{"job", nlohmann::json::parse(protocol::to_json(job->spec))},
                             {"finished_round", finished_round},
@@ -779,6 +820,8 @@ Result<JobOutcome> Coordinator::run(const JobDefinition& definition) {
         m.task.steps.push_back(std::max(1, static_cast<int>(std::lround(spec.local_steps * m.sites[id].samples / total))));
       }
     }
+    const auto encode_start = Clock::now();
+    if (spec.transfer_precision == "float16" && !m.evaluating) m.task.model = to_half(m.task.model);
     m.task_frames = protocol::encode(m.header(MessageType::round_task, spec.id, m.round), m.task);
     if (m.consortium) {
       auto signature = crypto::sign(m.consortium->sign_private, Impl::signed_text(spec.id, m.round, m.task_frames.body));
@@ -786,6 +829,9 @@ Result<JobOutcome> Coordinator::run(const JobDefinition& definition) {
       m.task_signature = *signature;
     }
     m.task_body.rebuild(m.task_frames.body.data(), m.task_frames.body.size());
+    m.record.cost.task_bytes = static_cast<std::int64_t>(m.task_body.size());
+    m.record.cost.encode_s = seconds_since(encode_start);
+    m.span_start = encode_start;
     m.task_frames.body.clear();
     m.task_frames.body.shrink_to_fit();
     m.task.model = TensorSet{};
@@ -879,9 +925,11 @@ Result<JobOutcome> Coordinator::run(const JobDefinition& definition) {
     }
     m.log->info("job {}: round {}/{} with {} sites", spec.id, r, spec.rounds, ready_sites(true).size());
     if (auto st = collect(spec.min_sites, [&] { return ready_sites(true); }); !st) return st.error();
+    const auto average_start = Clock::now();
     auto averaged = m.model_average->average();
     if (!averaged) return averaged.error();
     global = std::move(*averaged);
+    m.record.cost.aggregate_s += seconds_since(average_start);
     m.task = protocol::RoundTask{};
     if (discriminator) {
       auto grads = m.grad_average->average();
@@ -889,10 +937,13 @@ Result<JobOutcome> Coordinator::run(const JobDefinition& definition) {
       if (auto st = discriminator->step(*grads, m.record.learning_rate); !st) return st.error();
     }
     // Persist: round files first, then the state that points at them.
+    const auto persist_start = Clock::now();
     if (auto st = save_weights(dir / round_file(r, "weights"), global, storage_key); !st) return st.error();
     if (discriminator) {
       if (auto st = discriminator->save(dir / round_file(r, "discriminator.pt"), storage_key); !st) return st.error();
     }
+    m.record.cost.persist_s = seconds_since(persist_start);
+    m.record.cost.span_s = seconds_since(m.span_start);
     m.record.seconds = std::chrono::duration<double>(Clock::now() - round_start).count();
     records.push_back(m.record);
     if (auto st = m.save_state(r, records, false, discriminator.get()); !st) return st.error();
@@ -905,9 +956,11 @@ Result<JobOutcome> Coordinator::run(const JobDefinition& definition) {
       loss += s.loss * s.samples;
       samples += s.samples;
     }
-    m.log->info("job {}: round {}/{} done in {:.1f} s: {} sites, mean loss {:.4f}{}", spec.id, r, spec.rounds,
-                m.record.seconds, m.record.sites.size(), samples ? loss / samples : 0.0,
-                m.record.missing.empty() ? "" : ", missing " + std::to_string(m.record.missing.size()));
+    const auto federation = federation_json(m.record);
+    m.log->info("job {}: round {}/{} done in {:.1f} s: {} sites, mean loss {:.4f}, federation {:.0f} ms ({:.1f}% of {:.2f} s){}",
+                spec.id, r, spec.rounds, m.record.seconds, m.record.sites.size(), samples ? loss / samples : 0.0,
+                1000 * federation["overhead_s"].get<double>(), 100 * federation["overhead_share"].get<double>(),
+                m.record.cost.span_s, m.record.missing.empty() ? "" : ", missing " + std::to_string(m.record.missing.size()));
   }
   m.model_average.reset();
   m.grad_average.reset();

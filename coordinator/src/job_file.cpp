@@ -41,6 +41,9 @@ Status validate_job(protocol::JobSpec& j, const std::string& teacher) {
                       std::to_string(j.sites.size()) + ")");
   }
   if (!(j.round_deadline_s > 0)) return make_error("round_deadline_s must be positive");
+  if (j.transfer_precision != "float32" && j.transfer_precision != "float16") {
+    return make_error("transfer_precision must be float32 or float16 (got '" + j.transfer_precision + "')");
+  }
   if (j.evaluation_sites.empty()) {
     for (const auto& s : j.sites) {
       if (s != j.source) j.evaluation_sites.push_back(s);
@@ -81,6 +84,7 @@ Result<JobDefinition> read_job_file(const fs::path& path) {
   m->get("evaluate", j.evaluate);
   m->get("evaluation_sites", j.evaluation_sites);
   m->get("subjects", j.subjects);
+  m->get("transfer_precision", j.transfer_precision);
   m->get("method", d.method);
   m->get("teacher", d.teacher);
   models::ModelSpec model;

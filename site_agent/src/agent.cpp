@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -9,6 +11,9 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
@@ -33,6 +38,7 @@ struct Work {
   protocol::Header header;
   std::string body;
   std::string signature;  // of a model message, when the consortium signs them
+  Clock::time_point arrived = Clock::now();
 };
 
 struct Outgoing {
@@ -62,6 +68,7 @@ struct Agent::Impl {
   std::deque<Outgoing> outbox;
   bool busy = false;
   bool worker_exit = false;
+  int wake_pipe[2] = {-1, -1};  // the worker writes a byte when it posts; the network loop polls it
   std::unique_ptr<models::SiteTrainer> trainer;
   std::optional<EgressGuard> guard;
   std::string trainer_job;
@@ -92,8 +99,12 @@ struct Agent::Impl {
   }
 
   void post(MessageType type, const std::string& job_id, int round, protocol::Frames frames, std::string tensors = {}) {
-    std::lock_guard<std::mutex> lock(mutex);
-    outbox.push_back({type, job_id, round, std::move(frames), std::move(tensors)});
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      outbox.push_back({type, job_id, round, std::move(frames), std::move(tensors)});
+    }
+    // Wake the network loop now rather than at its next poll timeout (a full pipe already wakes it).
+    if (wake_pipe[1] >= 0 && ::write(wake_pipe[1], "!", 1) < 0) {}
   }
 
   template <typename Body>
@@ -113,6 +124,7 @@ struct Agent::Impl {
     if (!offer) return fail(h.job_id, "malformed job offer: " + offer.error().message);
     const auto& job = offer->job;
     job_steps = job.local_steps;
+    job_half = job.transfer_precision == "float16";
     if (job.id != h.job_id) return fail(h.job_id, "job offer names two different jobs");
     if (trainer && trainer_job == job.id) {  // e.g. the coordinator restarted: nothing to redo
       log->info("job {}: already prepared", job.id);
@@ -181,10 +193,11 @@ struct Agent::Impl {
     post(MessageType::job_ready, job.id, 0, trainer_ready);
   }
 
-  void run_task(const protocol::Header& h, const std::string& body) {
+  void run_task(const protocol::Header& h, const std::string& body, Clock::time_point arrived) {
     if (!trainer || trainer_job != h.job_id) return fail(h.job_id, "round task for a job this site has not prepared");
     auto task = protocol::decode_body<protocol::RoundTask>(body);
     if (!task) return fail(h.job_id, "malformed round task: " + task.error().message);
+    task->model = to_full(task->model);  // a float16 transfer arrives at half precision
     protocol::RoundUpdate update;
     if (task->evaluate) {
       auto scores = trainer->evaluate(task->model);
@@ -213,10 +226,18 @@ struct Agent::Impl {
     if (auto st = guard->check(update, task->evaluate); !st) {
       return fail(h.job_id, "egress guard refused the update of round " + std::to_string(h.round) + ": " + st.error().message);
     }
+    if (job_half) update.model = to_half(update.model);
+    // Everything since the task arrived but the training itself (the update's own encoding
+    // below cannot time itself; the coordinator's decode of it is of the same size).
+    if (!task->evaluate) {
+      update.overhead_seconds =
+          std::max(0.0, std::chrono::duration<double>(Clock::now() - arrived).count() - update.seconds);
+    }
     post(MessageType::round_update, h.job_id, h.round, protocol::encode(header(MessageType::round_update, h.job_id, h.round), update),
          tensor_summary(update));
   }
   int job_steps = 32;
+  bool job_half = false;  // the job's models cross the network as float16
 
   void worker_loop() {
     for (;;) {
@@ -236,7 +257,7 @@ struct Agent::Impl {
         } else if (work.header.type == MessageType::job_offer) {
           prepare(work.header, work.body);
         } else if (work.header.type == MessageType::round_task) {
-          run_task(work.header, work.body);
+          run_task(work.header, work.body, work.arrived);
         } else if (work.header.type == MessageType::goodbye) {
           if (trainer_job == work.header.job_id) {
             trainer.reset();
@@ -268,6 +289,10 @@ struct Agent::Impl {
       }
       site_kit = std::move(*loaded);
       log->info("site {}: consortium {}, CurveZMQ with the provisioned keys", config.site_id, site_kit->consortium);
+    }
+    if (::pipe2(wake_pipe, O_NONBLOCK | O_CLOEXEC) != 0) {
+      log->error("cannot create the worker's wake-up pipe: {}", std::strerror(errno));
+      return 1;
     }
     std::thread worker([this] { worker_loop(); });
     zmq::context_t context{1};
@@ -328,6 +353,8 @@ struct Agent::Impl {
       }
       wake.notify_all();
       worker.join();
+      ::close(wake_pipe[0]);
+      ::close(wake_pipe[1]);
       return 1;
     }
     log->info("site {}: connecting to {}", config.site_id, config.coordinator);
@@ -350,11 +377,15 @@ struct Agent::Impl {
         const bool uploaded = pending.empty() || Clock::now() - stop_requested > std::chrono::seconds(5);
         if ((idle && uploaded) || timed_out) break;
       }
-      zmq::pollitem_t items[] = {{socket->handle(), 0, ZMQ_POLLIN, 0}};
+      zmq::pollitem_t items[] = {{socket->handle(), 0, ZMQ_POLLIN, 0}, {nullptr, wake_pipe[0], ZMQ_POLLIN, 0}};
       try {
-        zmq::poll(items, 1, std::chrono::milliseconds(50));
+        zmq::poll(items, 2, std::chrono::milliseconds(50));
       } catch (const zmq::error_t& e) {
         if (e.num() != EINTR) log->warn("poll: {}", e.what());
+      }
+      if (items[1].revents & ZMQ_POLLIN) {
+        char drained[64];
+        while (::read(wake_pipe[0], drained, sizeof drained) > 0) {}
       }
       if (items[0].revents & ZMQ_POLLIN) {
         for (int n = 0; n < 16; ++n) {
@@ -369,6 +400,7 @@ struct Agent::Impl {
             log->warn("dropped a message of {} frames from the coordinator", parts.size());
             continue;
           }
+          const auto arrived = Clock::now();
           const std::string header_frame = parts[0].to_string();
           std::string body = parts[1].to_string();
           std::string signature = parts.size() == 3 ? parts[2].to_string() : std::string();
@@ -405,7 +437,7 @@ struct Agent::Impl {
               }
               {
                 std::lock_guard<std::mutex> lock(mutex);
-                inbox.push_back({*h, std::move(body), std::move(signature)});
+                inbox.push_back({*h, std::move(body), std::move(signature), arrived});
               }
               wake.notify_one();
               break;
@@ -491,6 +523,8 @@ struct Agent::Impl {
       return 3;
     }
     worker.join();
+    ::close(wake_pipe[0]);
+    ::close(wake_pipe[1]);
     log->info("site {}: stopped", config.site_id);
     return 0;
   }

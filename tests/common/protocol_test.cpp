@@ -71,9 +71,14 @@ TEST(Protocol, JobSpecSurvivesTheWireAndJson) {
   EXPECT_EQ(back->job.sites, offer.job.sites);
   EXPECT_EQ(back->job.subjects, offer.job.subjects);
   EXPECT_DOUBLE_EQ(back->job.learning_rate, 3e-4);
+  EXPECT_EQ(back->job.transfer_precision, "float32");
+  offer.job.transfer_precision = "float16";
+  EXPECT_EQ(decode_body<JobOffer>(encode(header_of(MessageType::job_offer), offer).body)->job.transfer_precision,
+            "float16");
   auto json = job_spec_from_json(to_json(offer.job));
   ASSERT_TRUE(json) << json.error().message;
   EXPECT_EQ(json->sites, offer.job.sites);
+  EXPECT_EQ(json->transfer_precision, "float16");
   EXPECT_FALSE(job_spec_from_json("{\"id\": 1}"));
 }
 
@@ -177,6 +182,87 @@ TEST(RunningAverage, IsSampleWeighted) {
   EXPECT_EQ(to_f32(mean->tensors[0]), (std::vector<float>{3, 6}));
   EXPECT_TRUE(check_integrity(*mean));
   EXPECT_EQ(avg.count(), 2);
+}
+
+TEST(HalfPrecision, EveryFloat16SurvivesTheRoundTripAndFloatsRoundToNearestEven) {
+  // All 65536 bit patterns: float16 -> float32 -> float16 is exact (NaNs stay NaN).
+  WireTensor all;
+  all.name = "all";
+  all.dtype = DType::f16;
+  all.shape = {65536};
+  all.data.resize(2 * 65536);
+  for (std::uint32_t i = 0; i < 65536; ++i) {
+    const auto h = static_cast<std::uint16_t>(i);
+    std::memcpy(all.data.data() + 2 * i, &h, 2);
+  }
+  TensorSet set;
+  set.tensors.push_back(all);
+  seal(set);
+  const auto full = to_full(set);
+  ASSERT_EQ(full.tensors[0].dtype, DType::f32);
+  EXPECT_TRUE(check_integrity(full));
+  const auto back = to_half(full);
+  EXPECT_TRUE(check_integrity(back));
+  const auto values = to_f32(full.tensors[0]);
+  for (std::uint32_t i = 0; i < 65536; ++i) {
+    std::uint16_t h;
+    std::memcpy(&h, back.tensors[0].data.data() + 2 * i, 2);
+    if (std::isnan(values[i])) {
+      EXPECT_EQ(h & 0x7c00, 0x7c00);
+      EXPECT_NE(h & 0x3ff, 0);
+    } else {
+      ASSERT_EQ(h, i) << "float16 0x" << std::hex << i;
+    }
+  }
+  // Rounding of values between float16s, ties to even; the range's ends.
+  const std::vector<std::pair<float, std::uint16_t>> cases = {
+      {0.1f, 0x2e66},       {1.0f / 3, 0x3555},   {1.0f + 1.0f / 2048, 0x3c00},  // tie: down to even
+      {1.0f + 3.0f / 2048, 0x3c02},               {65504.0f, 0x7bff},            // tie: up to even
+      {65519.0f, 0x7bff},   {65520.0f, 0x7c00},   {1e9f, 0x7c00},  {-2.0f, 0xc000},
+      {std::ldexp(1.0f, -24), 0x0001},            {std::ldexp(1.0f, -25), 0x0000},  // tie: down to 0
+      {std::ldexp(3.0f, -25), 0x0002},            {std::ldexp(1.0f, -14), 0x0400}};
+  TensorSet probes;
+  std::vector<float> inputs;
+  for (const auto& c : cases) inputs.push_back(c.first);
+  probes.tensors.push_back(make_f32("p", {static_cast<std::int64_t>(inputs.size())}, inputs));
+  const auto halves = to_half(probes);
+  for (std::size_t i = 0; i < cases.size(); ++i) {
+    std::uint16_t h;
+    std::memcpy(&h, halves.tensors[0].data.data() + 2 * i, 2);
+    EXPECT_EQ(h, cases[i].second) << "float " << cases[i].first;
+  }
+}
+
+TEST(HalfPrecision, AnUpdateAtHalfPrecisionAveragesAsItsFloat32Twin) {
+  TensorSet a, b;
+  a.tensors.push_back(make_f32("w", {3}, {0.5f, -1.25f, 3.0f}));
+  b.tensors.push_back(make_f32("w", {3}, {1.5f, 0.25f, 0.1f}));
+  WireTensor counter{"steps", DType::i64, {1}, std::vector<std::uint8_t>(8, 0), 0};
+  counter.data[0] = 7;
+  a.tensors.push_back(counter);
+  b.tensors.push_back(counter);
+  seal(a);
+  seal(b);
+  RunningAverage exact(a), mixed(a);
+  ASSERT_TRUE(exact.add(a, 1));
+  ASSERT_TRUE(exact.add(b, 3));
+  ASSERT_TRUE(mixed.add(a, 1));
+  const auto half_b = to_half(b);
+  EXPECT_EQ(half_b.tensors[0].dtype, DType::f16);
+  EXPECT_EQ(half_b.tensors[1].dtype, DType::i64);  // integers cross unchanged
+  EXPECT_EQ(half_b.bytes(), b.bytes() - 6);
+  ASSERT_TRUE(mixed.add(half_b, 3));
+  const auto e = to_f32(exact.average()->tensors[0]), m = to_f32(mixed.average()->tensors[0]);
+  for (std::size_t i = 0; i < e.size(); ++i) EXPECT_NEAR(m[i], e[i], 1e-3) << i;  // 0.1 is not a float16
+  EXPECT_EQ(mixed.average()->tensors[0].dtype, DType::f32);
+  // A half-precision set that is damaged or of another shape is still refused.
+  auto damaged = half_b;
+  damaged.tensors[0].data[0] ^= 1;
+  EXPECT_FALSE(mixed.add(damaged, 1));
+  auto reshaped = half_b;
+  reshaped.tensors[0].shape = {1, 3};
+  EXPECT_FALSE(mixed.add(reshaped, 1));
+  EXPECT_EQ(mixed.count(), 2);
 }
 
 TEST(RunningAverage, RefusesAnotherLayoutAndAddsNothing) {

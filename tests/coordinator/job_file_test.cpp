@@ -58,6 +58,7 @@ TEST_F(JobFile, MistakesAreNamed) {
       {"\n? ;-:", "a key that is not plain text"},  // found by the config fuzzer: used to throw out of finish()
       {"id: a\ntype: teacher\nsites: [x]\nsource: x\nmodel: {widht: 8}\n", "model: unknown key 'widht'"},
       {"id: a\ntype: kd\nteacher: t.pt\nsites: [x\n", "not valid YAML"},
+      {"id: a\ntype: kd\nteacher: t.pt\nsites: [x]\ntransfer_precision: bf16\n", "transfer_precision must be float32 or float16"},
   };
   for (const auto& [text, expected] : cases) {
     auto job = read_job_file(write(text));

@@ -92,6 +92,7 @@ struct JobSpec {
   std::vector<std::string> evaluation_sites;  // default: every participating site but the source
   std::vector<std::string> subjects;          // if set: target sites use only these (on-the-fly)
   std::string model_spec_json;     // architecture + grid of the model being trained
+  std::string transfer_precision = "float32";  // float16: models cross the network at half precision
 };
 
 struct Hello {
@@ -143,8 +144,9 @@ struct RoundUpdate {
   std::int64_t samples = 0;
   std::int32_t steps = 0;
   double loss = 0;
-  double seconds = 0;
+  double seconds = 0;                   // training (load, steps, export)
   std::vector<SubjectMetrics> metrics;  // evaluation rounds
+  double overhead_seconds = 0;          // the site's own federation work: verify, decode, encode
 };
 
 struct JobFailed {
@@ -307,11 +309,12 @@ namespace fedda::protocol {
 #define FEDDA_LIST(field) detail::bounded(m.field)
 
 template <class Archive>
-void serialize(Archive& ar, JobSpec& m, std::uint32_t) {
+void serialize(Archive& ar, JobSpec& m, std::uint32_t version) {
   ar(FEDDA_TEXT(id), FEDDA_TEXT(type), FEDDA_LIST(sites), FEDDA_TEXT(source), m.fold, m.rounds, m.local_steps,
      m.steps_by_share, m.batch_size, m.learning_rate, m.decay_round, m.dice_weight, m.lesion_slice_fraction, m.augment,
      m.temperature, m.ada_weight, m.ada_warmup_rounds, m.seed, m.min_sites, m.round_deadline_s, m.evaluate,
      FEDDA_LIST(evaluation_sites), FEDDA_LIST(subjects), FEDDA_TEXT(model_spec_json));
+  if (version >= 2) ar(FEDDA_TEXT(transfer_precision));
 }
 template <class Archive>
 void serialize(Archive& ar, Hello& m, std::uint32_t) {
@@ -343,8 +346,9 @@ void serialize(Archive& ar, SubjectMetrics& m, std::uint32_t) {
   ar(FEDDA_TEXT(subject), m.dsc, m.h95, m.avd, m.recall, m.f1);
 }
 template <class Archive>
-void serialize(Archive& ar, RoundUpdate& m, std::uint32_t) {
+void serialize(Archive& ar, RoundUpdate& m, std::uint32_t version) {
   ar(m.model, m.discriminator_grads, m.samples, m.steps, m.loss, m.seconds, FEDDA_LIST(metrics));
+  if (version >= 2) ar(m.overhead_seconds);
 }
 template <class Archive>
 void serialize(Archive& ar, JobFailed& m, std::uint32_t) {
@@ -400,7 +404,7 @@ Result<Body> decode_body(const std::string& body_frame) {
 CEREAL_CLASS_VERSION(fedda::protocol::Header, 1)
 CEREAL_CLASS_VERSION(fedda::WireTensor, 1)
 CEREAL_CLASS_VERSION(fedda::TensorSet, 1)
-CEREAL_CLASS_VERSION(fedda::protocol::JobSpec, 1)
+CEREAL_CLASS_VERSION(fedda::protocol::JobSpec, 2)
 CEREAL_CLASS_VERSION(fedda::protocol::Hello, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::Welcome, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::JobOffer, 1)
@@ -408,7 +412,7 @@ CEREAL_CLASS_VERSION(fedda::protocol::SkippedSubject, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::JobReady, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::RoundTask, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::SubjectMetrics, 1)
-CEREAL_CLASS_VERSION(fedda::protocol::RoundUpdate, 1)
+CEREAL_CLASS_VERSION(fedda::protocol::RoundUpdate, 2)
 CEREAL_CLASS_VERSION(fedda::protocol::JobFailed, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::Reject, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::Goodbye, 1)

@@ -49,6 +49,10 @@ WireTensor make_f32(std::string name, std::vector<std::int64_t> shape, const std
 std::vector<float> to_f32(const WireTensor& tensor);
 // Recomputes every CRC (after editing data in place).
 void seal(TensorSet& set);
+// Half-precision transfer: float32 tensors as float16 (rounded to nearest, ties to even; beyond
+// the float16 range they become infinite) and back; other dtypes unchanged; CRCs filled in.
+TensorSet to_half(const TensorSet& set);
+TensorSet to_full(const TensorSet& set);
 
 // Error names the first tensor whose dtype, shape, byte count or CRC is inconsistent.
 Status check_integrity(const TensorSet& set);
@@ -61,7 +65,8 @@ Status check_same_layout(const TensorSet& set, const TensorSet& reference);
 class RunningAverage {
  public:
   explicit RunningAverage(TensorSet layout);
-  // Error (and nothing added) when the layout differs or the weight is not positive.
+  // Error (and nothing added) when the layout differs or the weight is not positive. A float16
+  // tensor counts as its float32 twin (a site that sent its update at half precision).
   Status add(const TensorSet& set, double weight);
   int count() const { return count_; }
   double total_weight() const { return total_weight_; }

@@ -1,0 +1,113 @@
+#!/usr/bin/python3
+"""The reference a PyTorch user would write, timed like fedda-bench times fedda.
+
+The paper's standard U-Net (depth 4, width 16, batch norm, ReLU, 2x2 stride-2 transposed
+convolutions), eager Python on Debian's python3-torch (LibTorch 1.13 underneath), Adam,
+cross-entropy + soft Dice, float32, NCHW. Options switch on fedda's levers one at a time so the
+cost or gain of the language alone can be read against fedda-bench on the same configuration:
+
+  --upsample nearest_conv   fedda's default up-sampling (nearest + 1x1 convolution)
+  --channels-last           NHWC memory format for the model and the batch
+  --bf16                    bfloat16 autocast on the CPU (forward; backward follows)
+
+Prints one line per measurement: "<name> <slices/s>". Sets no thresholds.
+See docs/performance.md for the commands and the figures.
+"""
+import argparse
+import contextlib
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class ConvBlock(nn.Sequential):
+    def __init__(self, cin, cout):
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class UNet(nn.Module):
+    def __init__(self, in_channels=2, classes=2, width=16, depth=4, upsample="transposed"):
+        super().__init__()
+        self.depth = depth
+        self.down, self.up, self.decode = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        channels = in_channels
+        for level in range(depth + 1):
+            self.down.append(ConvBlock(channels, width << level))
+            channels = width << level
+        for level in reversed(range(depth)):
+            out = width << level
+            if upsample == "transposed":
+                self.up.append(nn.ConvTranspose2d(channels, out, 2, stride=2))
+            else:
+                self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels, out, 1)))
+            self.decode.append(ConvBlock(2 * out, out))
+            channels = out
+        self.head = nn.Conv2d(channels, classes, 1)
+
+    def forward(self, x):
+        skips = []
+        for level, block in enumerate(self.down):
+            x = block(x)
+            if level < self.depth:
+                skips.append(x)
+                x = F.max_pool2d(x, 2)
+        for k, (up, block) in enumerate(zip(self.up, self.decode)):
+            x = block(torch.cat([skips[-1 - k], up(x)], 1))
+        return self.head(x)
+
+
+def supervised_loss(logits, labels):
+    loss = F.cross_entropy(logits, labels, ignore_index=-1)
+    p = torch.softmax(logits, 1)[:, 1]
+    truth = (labels == 1).to(p.dtype)
+    dice = 1 - (2 * (p * truth).sum() + 1) / (p.sum() + truth.sum() + 1)
+    return loss + dice
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--upsample", choices=["transposed", "nearest_conv"], default="transposed")
+    ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--bf16", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(1)
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    cast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.bf16 else contextlib.nullcontext
+    name = f"{args.upsample}{' channels-last' if args.channels_last else ''}{' bf16' if args.bf16 else ''}"
+
+    net = UNet(upsample=args.upsample).to(memory_format=fmt)
+    adam = torch.optim.Adam(net.parameters(), lr=1e-3)
+    images = torch.randn(args.batch, 2, args.size, args.size).to(memory_format=fmt)
+    labels = (torch.rand(args.batch, args.size, args.size) < 0.02).long()
+    net.train()
+    for i in range(args.warmup + args.steps):
+        if i == args.warmup:
+            start = time.perf_counter()
+        adam.zero_grad(set_to_none=True)
+        with cast():
+            logits = net(images)
+        supervised_loss(logits.float(), labels).backward()
+        adam.step()
+    print(f"python training {name} {args.batch * args.steps / (time.perf_counter() - start):.1f}", flush=True)
+
+    net.eval()
+    with torch.inference_mode(), cast():
+        for i in range(args.warmup + args.steps):
+            if i == args.warmup:
+                start = time.perf_counter()
+            torch.softmax(net(images).float(), 1)
+    print(f"python inference {name} {args.batch * args.steps / (time.perf_counter() - start):.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The Python reference (benchmarks/reference_unet.py on Debian's python3-torch) and fedda's C++
+# (fedda-bench) on the same input and the same threads, interleaved REPEATS times so that a
+# busy moment of a shared machine falls on both; prints the median of each row.
+#
+#   benchmarks/side_by_side.sh [--repeats 3] [--steps 20] [--warmup 3] [--threads 2]
+#                              [--batch 8] [--size 128] [--bf16-steps 2] [--bin build/bin]
+#
+# --bf16-steps 0 skips the bfloat16 autocast row (very slow on a CPU without AVX512-BF16).
+# Reports figures; it sets no thresholds. docs/performance.md has what they were here.
+set -euo pipefail
+
+repeats=3 steps=20 warmup=3 threads=2 batch=8 size=128 bf16_steps=2
+bin=${FEDDA_BIN_DIR:-build/bin}
+while (($#)); do
+  case $1 in
+    --repeats) repeats=$2 ;;
+    --steps) steps=$2 ;;
+    --warmup) warmup=$2 ;;
+    --threads) threads=$2 ;;
+    --batch) batch=$2 ;;
+    --size) size=$2 ;;
+    --bf16-steps) bf16_steps=$2 ;;
+    --bin) bin=$2 ;;
+    -h | --help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "side_by_side.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
+  esac
+  shift 2
+done
+here=$(cd "$(dirname "$0")" && pwd)
+python=/usr/bin/python3  # Debian's interpreter, the one python3-torch installs for
+[ -x "$bin/fedda-bench" ] || { echo "side_by_side.sh: no $bin/fedda-bench (run make build, or pass --bin)" >&2; exit 1; }
+"$python" -c 'import torch' 2>/dev/null || { echo "side_by_side.sh: $python has no torch (scripts/install-deps.sh installs python3-torch)" >&2; exit 1; }
+
+common=(--threads "$threads" --batch "$batch" --size "$size" --warmup "$warmup")
+raw=$(mktemp)
+trap 'rm -f "$raw"' EXIT
+python_rows() {  # "python training nearest_conv channels-last 17.2" -> "python: training, nearest_conv channels-last<TAB>17.2"
+  awk '{v=$NF; $NF=""; sub(/ $/, ""); sub(/^python /, ""); k=$1; $1=""; sub(/^ /, ""); printf "python: %s, %s\t%s\n", k, $0, v}'
+}
+for ((r = 1; r <= repeats; ++r)); do
+  echo "repeat $r of $repeats" >&2
+  for variant in "--upsample transposed" "--upsample nearest_conv" "--upsample nearest_conv --channels-last"; do
+    # shellcheck disable=SC2086
+    "$python" "$here/reference_unet.py" "${common[@]}" --steps "$steps" $variant | python_rows >>"$raw"
+  done
+  "$bin/fedda-bench" "${common[@]}" --steps "$steps" | awk 'NR > 2 {v=$NF; $NF=""; sub(/ +$/, ""); printf "c++: %s\t%s\n", $0, v}' >>"$raw"
+done
+if ((bf16_steps > 0)); then
+  echo "bfloat16 autocast, $bf16_steps steps" >&2
+  "$python" "$here/reference_unet.py" "${common[@]}" --steps "$bf16_steps" --warmup 1 --upsample nearest_conv --bf16 | python_rows >>"$raw"
+fi
+
+echo "threads $threads, batch $batch of 2x${size}x${size}, $steps timed steps after $warmup, median of $repeats"
+printf '%-56s %10s\n' "measurement" "slices/s"
+awk -F'\t' '
+  { if (!($1 in n)) order[++rows] = $1; v[$1, ++n[$1]] = $2 }
+  END {
+    for (i = 1; i <= rows; ++i) {
+      k = order[i]; m = n[k]
+      for (a = 1; a <= m; ++a) for (b = a + 1; b <= m; ++b) if (v[k, b] < v[k, a]) { t = v[k, a]; v[k, a] = v[k, b]; v[k, b] = t }
+      median = (m % 2) ? v[k, (m + 1) / 2] : (v[k, m / 2] + v[k, m / 2 + 1]) / 2
+      printf "%-56s %10.1f\n", k, median
+    }
+  }' "$raw"
