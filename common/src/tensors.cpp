@@ -84,16 +84,17 @@ WireTensor make_f32(std::string name, std::vector<std::int64_t> shape, const std
 namespace {
 
 float half_to_float(std::uint16_t h) {
-  const std::uint32_t sign = (h >> 15) & 1, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
-  float value;
-  if (exponent == 0) {
-    value = std::ldexp(static_cast<float>(mantissa), -24);
-  } else if (exponent == 31) {
-    value = mantissa ? std::nanf("") : INFINITY;
-  } else {
-    value = std::ldexp(static_cast<float>(mantissa | 0x400), static_cast<int>(exponent) - 25);
+  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000) << 16, exponent = (h >> 10) & 0x1f,
+                      mantissa = h & 0x3ff;
+  if (exponent == 0) {  // zero or subnormal: mantissa units of 2^-24, exact in a float
+    const float value = static_cast<float>(mantissa) * (1.0f / 16777216.0f);
+    return sign ? -value : value;
   }
-  return sign ? -value : value;
+  // Normal numbers rebias the exponent; infinity and NaN keep an all-ones exponent.
+  const std::uint32_t bits = sign | ((exponent == 31 ? 255 : exponent - 15 + 127) << 23) | (mantissa << 13);
+  float value;
+  std::memcpy(&value, &bits, 4);
+  return value;
 }
 
 // Written out rather than taken from a library: common stays free of LibTorch, and the
