@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -19,6 +20,7 @@
 
 #include "fedda/models/engine.h"
 #include "losses.h"
+#include "model_io.h"
 #include "networks.h"
 
 namespace fs = std::filesystem;
@@ -86,25 +88,35 @@ int main(int argc, char** argv) {
   app.add_option("--size", size, "slice size (pixels, divisible by 16)")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--warmup", warmup, "untimed steps first")->capture_default_str()->check(CLI::NonNegativeNumber);
   app.add_option("--steps", steps, "timed steps")->capture_default_str()->check(CLI::PositiveNumber);
+  std::string only, allocator = "reuse";
+  app.add_option("--allocator", allocator, "reuse: fedda's setting (models::reuse_freed_tensor_memory); glibc: the C library's defaults")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"reuse", "glibc"}));
+  app.add_option("--only", only, "run only the rows whose name contains this text (e.g. 'fedda default')");
   app.add_option("--model", model, "segment: a model file (with --flair and --t1)");
   app.add_option("--flair", flair, "segment: FLAIR scan");
   app.add_option("--t1", t1, "segment: T1 scan");
   app.add_option("--out", out, "segment: where the segmentation goes")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   torch::set_num_threads(threads);
+  if (allocator == "reuse") models::reuse_freed_tensor_memory();
 
   models::UNetSpec reference;  // the paper's standard U-Net
   reference.upsample = "transposed";
   models::UNetSpec fedda_default;  // nearest + 1x1
-  std::printf("threads %d, batch %d of %dx%dx%d, float32, %d timed steps after %d\n", threads, batch,
+  std::printf("threads %d, allocator %s, batch %d of %dx%dx%d, float32, %d timed steps after %d\n", threads, allocator.c_str(), batch,
               reference.in_channels, size, size, steps, warmup);
-  const auto row = [](const char* name, double value) { std::printf("%-48s %10.1f\n", name, value), std::fflush(stdout); };
+  const auto row = [&](const std::string& name, const std::function<double()>& measure) {
+    if (name.find(only) == std::string::npos) return;
+    std::printf("%-48s %10.1f\n", name.c_str(), measure());
+    std::fflush(stdout);
+  };
   std::printf("%-48s %10s\n", "measurement", "slices/s");
-  row("training step, reference U-Net (transposed)", training_rate(reference, batch, size, warmup, steps, false));
-  row("training step, fedda default (nearest+1x1)", training_rate(fedda_default, batch, size, warmup, steps, false));
-  row("training step, fedda default, channels-last", training_rate(fedda_default, batch, size, warmup, steps, true));
-  row("inference, fedda default (inference mode)", inference_rate(fedda_default, batch, size, warmup, steps, true));
-  row("inference, fedda default (no-grad guard)", inference_rate(fedda_default, batch, size, warmup, steps, false));
+  row("training step, reference U-Net (transposed)", [&] { return training_rate(reference, batch, size, warmup, steps, false); });
+  row("training step, fedda default (nearest+1x1)", [&] { return training_rate(fedda_default, batch, size, warmup, steps, false); });
+  row("training step, fedda default, channels-last", [&] { return training_rate(fedda_default, batch, size, warmup, steps, true); });
+  row("inference, fedda default (inference mode)", [&] { return inference_rate(fedda_default, batch, size, warmup, steps, true); });
+  row("inference, fedda default (no-grad guard)", [&] { return inference_rate(fedda_default, batch, size, warmup, steps, false); });
   if (!model.empty()) {
     if (flair.empty() || t1.empty()) {
       std::fprintf(stderr, "--model needs --flair and --t1\n");

@@ -38,13 +38,22 @@ trap 'rm -f "$raw"' EXIT
 python_rows() {  # "python training nearest_conv channels-last 17.2" -> "python: training, nearest_conv channels-last<TAB>17.2"
   awk '{v=$NF; $NF=""; sub(/ $/, ""); sub(/^python /, ""); k=$1; $1=""; sub(/^ /, ""); printf "python: %s, %s\t%s\n", k, $0, v}'
 }
+cpp_rows() {  # "training step, fedda default (nearest+1x1)     14.6" -> "<prefix>: training step, ...<TAB>14.6"
+  awk -v prefix="$1" 'NR > 2 {v=$NF; $NF=""; sub(/ +$/, ""); printf "%s: %s\t%s\n", prefix, $0, v}'
+}
 for ((r = 1; r <= repeats; ++r)); do
   echo "repeat $r of $repeats" >&2
   for variant in "--upsample transposed" "--upsample nearest_conv" "--upsample nearest_conv --channels-last"; do
     # shellcheck disable=SC2086
     "$python" "$here/reference_unet.py" "${common[@]}" --steps "$steps" $variant | python_rows >>"$raw"
   done
-  "$bin/fedda-bench" "${common[@]}" --steps "$steps" | awk 'NR > 2 {v=$NF; $NF=""; sub(/ +$/, ""); printf "c++: %s\t%s\n", $0, v}' >>"$raw"
+  # Python with fedda's allocator setting (models::reuse_freed_tensor_memory), for the language alone
+  GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824 \
+    "$python" "$here/reference_unet.py" "${common[@]}" --steps "$steps" --upsample nearest_conv |
+    python_rows | sed 's/^python: /python, allocator as fedda: /' >>"$raw"
+  "$bin/fedda-bench" "${common[@]}" --steps "$steps" | cpp_rows "c++" >>"$raw"
+  # fedda's allocator setting off: the lever's before
+  "$bin/fedda-bench" "${common[@]}" --steps "$steps" --allocator glibc --only "(nearest" | cpp_rows "c++, glibc allocator" >>"$raw"
 done
 if ((bf16_steps > 0)); then
   echo "bfloat16 autocast, $bf16_steps steps" >&2

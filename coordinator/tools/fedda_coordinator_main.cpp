@@ -5,6 +5,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include <CLI/CLI.hpp>
 
 #include "fedda/common/cli.h"
@@ -21,6 +25,14 @@ void on_signal(int) {
 }  // namespace
 
 int main(int argc, char** argv) {
+#if defined(__GLIBC__)
+  // Model-sized buffers (tasks, updates, the running average) are mapped and unmapped whole
+  // instead of coming from glibc's heap, whose threshold otherwise grows to fit them and which
+  // then keeps fragments of them: resident memory returns to its baseline after every upload,
+  // so it stays flat in the number of sites (100 sites: +4 MB over 3 sites, against +12 to
+  // +20 MB with glibc's adaptive threshold; docs/performance.md).
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);
+#endif
   CLI::App app{
       "fedda-coordinator: runs federated jobs (teacher, kd, ada, evaluate) over the site agents that connect to it.\n"
       "Sites connect outbound to --bind. Each job's state is saved after every round under --out/<job id>/; "

@@ -1,6 +1,11 @@
 #include "model_io.h"
 
+#include <mutex>
 #include <sstream>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include "fedda/common/files.h"
 
@@ -17,7 +22,18 @@ std::string read_spec_string(torch::serialize::InputArchive& archive) {
 
 }  // namespace
 
+void reuse_freed_tensor_memory() {
+#if defined(__GLIBC__)
+  static std::once_flag once;
+  std::call_once(once, [] {
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);   // glibc's largest allowed threshold
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);    // keep up to 1 GB of freed memory at the heap's top
+  });
+#endif
+}
+
 Result<torch::Device> parse_device(const std::string& device) {
+  reuse_freed_tensor_memory();
   if (device == "cpu") return torch::Device(torch::kCPU);
   if (device == "cuda" || device.rfind("cuda:", 0) == 0) {
     if (!torch::cuda::is_available()) {

@@ -485,7 +485,9 @@ double coordinator_peak_mb(const fs::path& dir, int sites) {
   const auto log = dir / ("memory-" + std::to_string(sites) + ".log");
   Process coordinator({testing::bin("fedda-coordinator").string(), "--job", job.string(), "--bind", "tcp://127.0.0.1:0",
                        "--endpoint-file", (dir / "memory.endpoint").string(), "--out", (dir / "memory-jobs").string(),
-                       "--heartbeat-ms", "200"},
+                       // 100 fake sites share the test's cores (and ctest's neighbours): a site
+                       // counts as gone after 5 silent heartbeats, 10 s here, not 1 s.
+                       "--heartbeat-ms", "2000"},
                       log);
   EXPECT_TRUE(testing::wait_for_text(dir / "memory.endpoint", "tcp://", 30s));
   const auto text = testing::read_text(dir / "memory.endpoint");
