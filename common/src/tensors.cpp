@@ -228,13 +228,15 @@ RunningAverage::RunningAverage(TensorSet layout) : layout_(std::move(layout)) {
 
 Status RunningAverage::add(const TensorSet& set, double weight) {
   if (!(weight > 0) || !std::isfinite(weight)) return make_error("weight must be positive");
-  const auto is_half = [](const WireTensor& t) { return t.dtype == DType::f16; };
-  if (std::any_of(set.tensors.begin(), set.tensors.end(), is_half) &&
-      std::none_of(layout_.tensors.begin(), layout_.tensors.end(), is_half)) {
-    if (auto st = check_integrity(set); !st) return st;
-    return add(to_full(set), weight);
+  // A float16 tensor counts as its float32 twin: the layout is compared with the set's names,
+  // shapes and dtypes read that way (no data copied); the sums below widen float16 themselves.
+  TensorSet as_sent;
+  for (const auto& t : set.tensors) {
+    const bool half_of_float = t.dtype == DType::f16 && as_sent.tensors.size() < layout_.tensors.size() &&
+                               layout_.tensors[as_sent.tensors.size()].dtype == DType::f32;
+    as_sent.tensors.push_back({t.name, half_of_float ? DType::f32 : t.dtype, t.shape, {}, 0});
   }
-  if (auto st = check_same_layout(set, layout_); !st) return st;
+  if (auto st = check_same_layout(as_sent, layout_); !st) return st;
   if (auto st = check_integrity(set); !st) return st;
   for (std::size_t i = 0; i < set.tensors.size(); ++i) {
     const auto& t = set.tensors[i];

@@ -197,7 +197,7 @@ struct Agent::Impl {
     if (!trainer || trainer_job != h.job_id) return fail(h.job_id, "round task for a job this site has not prepared");
     auto task = protocol::decode_body<protocol::RoundTask>(body);
     if (!task) return fail(h.job_id, "malformed round task: " + task.error().message);
-    task->model = to_full(task->model);  // a float16 transfer arrives at half precision
+    if (job_half) task->model = to_full(task->model);  // a float16 transfer arrives at half precision
     protocol::RoundUpdate update;
     if (task->evaluate) {
       auto scores = trainer->evaluate(task->model);
