@@ -1,38 +1,181 @@
-// fedda-admin: consortium provisioning. Creates the root signing key, the coordinator's
-// identity and one start-up kit per site (see fedda/common/kit.h for the layout), adds sites
-// later without touching the other kits, and checks a kit before it is installed.
+// fedda-admin: a consortium's keys and kits (provision, add-site, add-operator, verify-kit), and
+// the operator's commands to a running coordinator (submit, jobs, status, abort, resume,
+// download, sites, admit, revoke) over its admin endpoint with an operator kit.
+#include <cmath>
+#include <ctime>
+#include <iomanip>
 #include <iostream>
+#include <sstream>
 #include <string>
 #include <vector>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
+#include "fedda/admin/client.h"
 #include "fedda/common/cli.h"
+#include "fedda/common/files.h"
 #include "fedda/common/kit.h"
 #include "fedda/common/log.h"
+#include "fedda/common/version.h"
 
 using namespace fedda;
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string text_of(const json& v) {
+  if (v.is_null()) return "-";
+  if (v.is_string()) return v.get<std::string>();
+  return v.dump();
+}
+
+std::string when(const json& ms) {
+  if (!ms.is_number()) return "-";
+  const std::time_t t = static_cast<std::time_t>(ms.get<std::int64_t>() / 1000);
+  std::tm tm{};
+  localtime_r(&t, &tm);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%d %H:%M:%S", &tm);
+  return text;
+}
+
+std::string duration(const json& seconds) {
+  if (!seconds.is_number()) return "-";
+  const long s = std::lround(seconds.get<double>());
+  std::ostringstream out;
+  if (s >= 3600) out << s / 3600 << "h" << std::setw(2) << std::setfill('0') << (s % 3600) / 60 << "m";
+  else if (s >= 60) out << s / 60 << "m" << std::setw(2) << std::setfill('0') << s % 60 << "s";
+  else out << s << "s";
+  return out.str();
+}
+
+// Rows padded to their columns' widths.
+void print_table(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<std::size_t> width;
+  for (const auto& row : rows) {
+    width.resize(std::max(width.size(), row.size()));
+    for (std::size_t i = 0; i < row.size(); ++i) width[i] = std::max(width[i], row[i].size());
+  }
+  for (const auto& row : rows) {
+    std::string line;
+    for (std::size_t i = 0; i < row.size(); ++i) {
+      line += row[i];
+      if (i + 1 < row.size()) line += std::string(width[i] - row[i].size() + 2, ' ');
+    }
+    std::cout << line << "\n";
+  }
+}
+
+void print_jobs(const json& jobs) {
+  if (jobs.empty()) {
+    std::cout << "no jobs\n";
+    return;
+  }
+  std::vector<std::vector<std::string>> rows = {{"JOB", "TYPE", "STATE", "ROUND", "ETA", "SUBMITTED", "BY", "NOW"}};
+  for (const auto& j : jobs) {
+    std::string now = j.value("activity", "");
+    if (now.empty()) now = j.value("error", "");
+    rows.push_back({j.at("id"), j.at("type"), j.at("state"),
+                    std::to_string(j.at("round").get<int>()) + "/" + std::to_string(j.at("rounds").get<int>()),
+                    duration(j.at("eta_s")), when(j.at("submitted_ms")), j.value("submitted_by", ""), now});
+  }
+  print_table(rows);
+}
+
+void print_status(const json& j) {
+  std::cout << "job " << text_of(j.at("id")) << " (" << text_of(j.at("type")) << ", method " << text_of(j.at("method"))
+            << "): " << text_of(j.at("state")) << ", round " << j.at("round") << " of " << j.at("rounds") << "\n";
+  std::cout << "  sites " << j.at("sites").dump() << (j.value("source", "").empty() ? "" : ", source " + j.value("source", ""))
+            << (j.value("teacher", "").empty() ? "" : ", teacher " + j.value("teacher", "")) << "\n";
+  std::cout << "  submitted " << when(j.at("submitted_ms")) << " by " << j.value("submitted_by", "") << ", started "
+            << when(j.at("started_ms")) << ", ended " << when(j.at("ended_ms")) << "\n";
+  if (!j.value("activity", "").empty()) std::cout << "  now: " << j.value("activity", "") << ", about " << duration(j.at("eta_s")) << " left\n";
+  if (!j.value("error", "").empty()) std::cout << "  " << j.value("error", "") << "\n";
+  const auto& rounds = j.at("rounds_done");
+  if (!rounds.empty()) {
+    std::vector<std::vector<std::string>> rows = {
+        {"ROUND", "SECONDS", "LR", "SITES", "SAMPLES", "MEAN LOSS", "FEDERATION", "MISSING"}};
+    for (const auto& r : rounds) {
+      double loss = 0, samples = 0;
+      std::string sites;
+      for (const auto& s : r.at("sites")) {
+        loss += s.at("loss").get<double>() * s.at("samples").get<double>();
+        samples += s.at("samples").get<double>();
+        sites += (sites.empty() ? "" : ",") + s.at("site").get<std::string>();
+      }
+      std::ostringstream l, sec, lr, fed;
+      l << std::fixed << std::setprecision(4) << (samples > 0 ? loss / samples : 0.0);
+      sec << std::fixed << std::setprecision(1) << r.at("seconds").get<double>();
+      lr << r.at("learning_rate").get<double>();
+      if (r.contains("federation")) {
+        fed << std::fixed << std::setprecision(0) << 1000 * r["federation"].value("overhead_s", 0.0) << " ms ("
+            << std::setprecision(1) << 100 * r["federation"].value("overhead_share", 0.0) << "%)";
+      }
+      std::string missing;
+      for (const auto& m : r.at("missing")) missing += (missing.empty() ? "" : "; ") + m.get<std::string>();
+      rows.push_back({std::to_string(r.at("round").get<int>()), sec.str(), lr.str(), sites,
+                      std::to_string(static_cast<long>(samples)), l.str(), fed.str(), missing.empty() ? "-" : missing});
+    }
+    print_table(rows);
+  }
+  if (j.contains("summary") && j["summary"].is_object() && j["summary"].contains("mean_dsc")) {
+    for (const auto& [site, dsc] : j["summary"]["mean_dsc"].items()) {
+      std::cout << "  mean Dice at " << site << ": " << std::fixed << std::setprecision(3) << dsc.get<double>() << "\n";
+    }
+  }
+}
+
+void print_sites(const json& sites) {
+  std::vector<std::vector<std::string>> rows = {{"SITE", "ONLINE", "LAST SEEN", "AGENT", "DEVICE", "THREADS", "JOBS"}};
+  for (const auto& s : sites) {
+    std::string jobs;
+    for (const auto& [job, p] : s.at("jobs").items()) {
+      std::string state = p.at("state");
+      if (state == "ready") state += " " + std::to_string(p.at("subjects").get<int>()) + "+" +
+                                     std::to_string(p.at("evaluation_subjects").get<int>()) + " subjects";
+      if (state == "refused") state += ": " + p.value("reason", "");
+      jobs += (jobs.empty() ? "" : "; ") + job + " " + state;
+    }
+    rows.push_back({s.at("site"), s.at("revoked").get<bool>() ? "revoked" : s.at("online").get<bool>() ? "yes" : "no",
+                    when(s.at("last_seen_ms")), s.value("agent_version", "-"), s.value("device", "-"),
+                    std::to_string(s.value("threads", 0)), jobs.empty() ? "-" : jobs});
+  }
+  print_table(rows);
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"fedda-admin: provision a fedda consortium's identities and start-up kits.\n"
-               "Keep OUT/root/ offline: whoever holds root.key can admit sites. Give each site only its "
-               "OUT/sites/<site>/ folder and the coordinator only OUT/coordinator/."};
+  CLI::App app{"fedda-admin: a fedda consortium's kits, and the operator's commands to its coordinator.\n"
+               "Kits: provision, add-site, add-operator, verify-kit. Keep OUT/root/ offline: whoever holds root.key can "
+               "admit sites. Give each site only its OUT/sites/<site>/ folder, each operator only OUT/operators/<name>/, "
+               "the coordinator only OUT/coordinator/.\n"
+               "Operator commands (with --kit OPERATOR_KIT, or $FEDDA_OPERATOR_KIT): submit, jobs, status, abort, resume, "
+               "download, sites, admit, revoke. Each prints for people, or one JSON document with --json; exit code 0 on "
+               "success, 1 with a message naming what failed."};
   app.require_subcommand(1);
+  app.fallthrough();
+  app.set_version_flag("--version", std::string("fedda-admin ") + kVersion);
   std::string log_level = "info";
   cli::add_log_level(app, log_level);
   int rc = 0;
   auto log = log::get("fedda-admin");
 
+  // ---- kits ---------------------------------------------------------------------------------
   kit::ProvisionOptions p;
   std::string out;
   auto* provision = app.add_subcommand(
       "provision",
-      "Create a consortium: Ed25519 root key, the coordinator's CurveZMQ key pair and model-signing key, and "
-      "one kit per site (its CurveZMQ key pair, the coordinator's public keys, the root's public key, a manifest "
-      "signed by the root, a key for encryption at rest). Secret files are created 0600.");
+      "Create a consortium: Ed25519 root key, the coordinator's CurveZMQ key pair and model-signing key, one kit per "
+      "site (its CurveZMQ key pair, the coordinator's public keys, the root's public key, a manifest signed by the "
+      "root, a key for encryption at rest) and one per operator. Secret files are created 0600.");
   provision->add_option("--consortium", p.consortium, "consortium name")->required();
   provision->add_option("--coordinator", p.coordinator, "endpoint sites connect to, tcp://HOST:PORT")->required();
+  provision->add_option("--admin-endpoint", p.admin, "endpoint operators connect to; default: the same host, port + 1");
   provision->add_option("--sites", p.sites, "site ids, comma-separated")->required()->delimiter(',');
+  provision->add_option("--operators", p.operators, "operator names, comma-separated")->delimiter(',');
   provision->add_option("--out", out, "output folder")->required();
   provision->callback([&]() {
     p.out = out;
@@ -41,29 +184,56 @@ int main(int argc, char** argv) {
       rc = 1;
       return;
     }
-    log->info("consortium {}: root in {}/root (keep offline), coordinator kit in {}/coordinator, {} site kits in {}/sites",
-              p.consortium, out, out, p.sites.size(), out);
+    log->info("consortium {}: root in {}/root (keep offline), coordinator kit in {}/coordinator, {} site kits in {}/sites, "
+              "{} operator kits in {}/operators",
+              p.consortium, out, out, p.sites.size(), out, p.operators.size(), out);
   });
 
-  std::string site;
-  auto* add = app.add_subcommand("add-site", "Add one site's kit to an existing consortium folder; other kits are unchanged. "
-                                             "Restart the coordinator to admit it.");
+  std::string id;
+  auto* add = app.add_subcommand(
+      "add-site", "Add one site's kit to an existing consortium folder; other kits are unchanged. A running coordinator "
+                  "admits it with `fedda-admin admit SITE` (no restart).");
   add->add_option("--consortium-dir", out, "the folder `provision` wrote")->required()->check(CLI::ExistingDirectory);
-  add->add_option("--site", site, "the new site's id")->required();
+  add->add_option("--site", id, "the new site's id")->required();
   add->callback([&]() {
-    if (auto st = kit::add_site(out, site); !st) {
+    if (auto st = kit::add_site(out, id); !st) {
       log->error("{}", st.error().message);
       rc = 1;
       return;
     }
-    log->info("site {}: kit in {}/sites/{}", site, out, site);
+    log->info("site {}: kit in {}/sites/{}; admit it with `fedda-admin admit {}`", id, out, id, id);
+  });
+
+  auto* add_operator = app.add_subcommand(
+      "add-operator", "Add one operator's kit to an existing consortium folder. The coordinator admits operators it "
+                      "has a manifest of in its kit's operators/ folder when it starts.");
+  add_operator->add_option("--consortium-dir", out, "the folder `provision` wrote")->required()->check(CLI::ExistingDirectory);
+  add_operator->add_option("--operator", id, "the operator's name")->required();
+  add_operator->callback([&]() {
+    if (auto st = kit::add_operator(out, id); !st) {
+      log->error("{}", st.error().message);
+      rc = 1;
+      return;
+    }
+    log->info("operator {}: kit in {}/operators/{}", id, out, id);
   });
 
   std::string dir;
-  auto* verify = app.add_subcommand("verify-kit", "Check a site kit: manifest signed by the kit's root, secrets 0600, "
-                                                  "key pair matching the manifest. Exit code 0 when sound.");
-  verify->add_option("dir", dir, "a site kit folder")->required();
+  auto* verify = app.add_subcommand("verify-kit", "Check a site or operator kit: manifest signed by the kit's root, "
+                                                  "secrets 0600, key pair matching the manifest. Exit code 0 when sound.");
+  verify->add_option("dir", dir, "a site or operator kit folder")->required();
   verify->callback([&]() {
+    if (fs::exists(fs::path(dir) / "operator.curve.secret")) {
+      auto k = kit::load_operator_kit(dir);
+      if (!k) {
+        std::cout << "kit refused: " << k.error().message << "\n";
+        rc = 1;
+        return;
+      }
+      std::cout << "kit OK: operator " << k->name << " of consortium " << k->consortium << ", admin endpoint "
+                << k->admin_endpoint << ", operator key " << k->operator_curve_public << "\n";
+      return;
+    }
     auto k = kit::load_site_kit(dir);
     if (!k) {
       std::cout << "kit refused: " << k.error().message << "\n";
@@ -72,6 +242,160 @@ int main(int argc, char** argv) {
     }
     std::cout << "kit OK: site " << k->site_id << " of consortium " << k->consortium << ", coordinator "
               << k->coordinator_endpoint << ", site key " << k->site_curve_public << "\n";
+  });
+
+  // ---- operator commands --------------------------------------------------------------------
+  admin::ClientOptions co;
+  std::string operator_kit;
+  bool as_json = false;
+  int timeout_s = 30;
+  app.add_option("--kit", operator_kit, "operator kit folder (fedda-admin provision --operators)")
+      ->envname("FEDDA_OPERATOR_KIT");
+  app.add_option("--coordinator", co.endpoint, "the coordinator's admin endpoint; default: the one in the kit");
+  app.add_option("--timeout", timeout_s, "seconds to wait for the coordinator's answer")->capture_default_str();
+  app.add_flag("--json", as_json, "print the coordinator's answer as one JSON document");
+
+  // Sends one request; `keep` (if any) acts on the answer, then `show` prints it for people (or
+  // it is printed as JSON).
+  const auto command = [&](const std::function<Result<protocol::AdminReply>(admin::Client&)>& call,
+                           const std::function<void(const json&, const protocol::AdminReply&)>& show,
+                           const std::function<Status(const protocol::AdminReply&)>& keep = nullptr) {
+    co.kit = operator_kit;
+    co.timeout = std::chrono::seconds(timeout_s);
+    auto client = admin::Client::connect(co);
+    if (!client) {
+      log->error("{}", client.error().message);
+      rc = 1;
+      return;
+    }
+    auto reply = call(**client);
+    if (!reply) {
+      log->error("{}", reply.error().message);
+      rc = 1;
+      return;
+    }
+    if (keep) {
+      if (auto st = keep(*reply); !st) {
+        log->error("{}", st.error().message);
+        rc = 1;
+        return;
+      }
+    }
+    const auto answer = json::parse(reply->json, nullptr, false);
+    if (as_json) {
+      std::cout << answer.dump(2) << "\n";
+    } else {
+      show(answer, *reply);
+    }
+  };
+  const auto simple = [](const std::string& name, const std::string& target) {
+    protocol::AdminRequest r;
+    r.command = name;
+    r.target = target;
+    return r;
+  };
+
+  std::string job_file, target, download_dir, manifest;
+  auto* submit = app.add_subcommand("submit", "Queue a job file (YAML, see configs/jobs/). The coordinator validates it "
+                                              "and names the key at fault; a teacher model file it names is sent with it. "
+                                              "Prints the job id.");
+  submit->add_option("job", job_file, "job file")->required()->check(CLI::ExistingFile);
+  submit->callback([&] {
+    command([&](admin::Client& c) { return c.submit(job_file); },
+            [](const json& a, const protocol::AdminReply&) { std::cout << "queued job " << text_of(a.at("id")) << "\n"; });
+  });
+
+  auto* jobs = app.add_subcommand("jobs", "List the jobs: queued, running (round k of n, time left from the rounds' "
+                                          "times), finished, failed (why), aborted.");
+  jobs->callback([&] {
+    command([&](admin::Client& c) { return c.call(simple("jobs", "")); },
+            [](const json& a, const protocol::AdminReply&) { print_jobs(a); });
+  });
+
+  auto* status = app.add_subcommand("status", "One job: its state and each finished round (sites, samples, mean loss, "
+                                              "seconds, the federation's share, who was missing and why).");
+  status->add_option("job", target, "job id")->required();
+  status->callback([&] {
+    command([&](admin::Client& c) { return c.call(simple("status", target)); },
+            [](const json& a, const protocol::AdminReply&) { print_status(a); });
+  });
+
+  auto* abort = app.add_subcommand("abort", "Stop a job after its current round (a queued job at once). Its state is "
+                                            "kept: `resume` queues it again and it continues from its last round.");
+  abort->add_option("job", target, "job id")->required();
+  abort->callback([&] {
+    command([&](admin::Client& c) { return c.call(simple("abort", target)); },
+            [&](const json& a, const protocol::AdminReply&) {
+              std::cout << "job " << target << ": " << (a.value("state", "") == "aborted" ? "aborted" : "stops after the current round") << "\n";
+            });
+  });
+
+  auto* resume = app.add_subcommand("resume", "Queue an aborted or failed job again; it continues after its last "
+                                              "finished round.");
+  resume->add_option("job", target, "job id")->required();
+  resume->callback([&] {
+    command([&](admin::Client& c) { return c.call(simple("resume", target)); },
+            [&](const json& a, const protocol::AdminReply&) { std::cout << "job " << target << ": " << text_of(a.at("state")) << "\n"; });
+  });
+
+  auto* download = app.add_subcommand("download", "Fetch a job's files over the admin channel: model.pt, results.csv, "
+                                                  "rounds.jsonl, summary.json, state.json, job.yaml (those that exist).");
+  download->add_option("job", target, "job id")->required();
+  download->add_option("--out", download_dir, "folder to write them to")->required();
+  download->callback([&] {
+    command([&](admin::Client& c) { return c.call(simple("download", target)); },
+            [&](const json&, const protocol::AdminReply& reply) {
+              for (const auto& f : reply.files) {
+                std::cout << "wrote " << (fs::path(download_dir) / f.name).string() << " (" << f.bytes.size() << " bytes)\n";
+              }
+            },
+            [&](const protocol::AdminReply& reply) -> Status {
+              for (const auto& f : reply.files) {
+                if (f.name.empty() || f.name.find('/') != std::string::npos || f.name[0] == '.') {
+                  return make_error("the coordinator sent a file named '" + f.name + "'; refused");
+                }
+                if (auto st = files::write_atomically(fs::path(download_dir) / f.name, f.bytes); !st) return st;
+              }
+              return Status::success();
+            });
+  });
+
+  auto* sites = app.add_subcommand("sites", "The consortium's sites: online or not, last seen, agent version, device "
+                                            "and threads, and per job its state (ready with its subjects, preparing, "
+                                            "refused and why).");
+  sites->callback([&] {
+    command([&](admin::Client& c) { return c.call(simple("sites", "")); },
+            [](const json& a, const protocol::AdminReply&) { print_sites(a); });
+  });
+
+  auto* admit = app.add_subcommand("admit", "Admit a site without restarting the coordinator: a kit made with add-site "
+                                            "(its manifest in the coordinator's kit folder, or sent with --manifest), or "
+                                            "a revoked site again.");
+  admit->add_option("site", target, "site id")->required();
+  admit->add_option("--manifest", manifest, "the site kit's manifest.json (manifest.sig beside it is sent too)")
+      ->check(CLI::ExistingFile);
+  admit->callback([&] {
+    command(
+        [&](admin::Client& c) -> Result<protocol::AdminReply> {
+          auto r = simple("admit", target);
+          if (!manifest.empty()) {
+            auto text = files::read_all(manifest);
+            if (!text) return text.error();
+            auto sig = files::read_all(fs::path(manifest).replace_extension(".sig"));
+            if (!sig) return sig.error();
+            r.files = {{"manifest.json", *text}, {"manifest.sig", *sig}};
+          }
+          return c.call(r);
+        },
+        [&](const json&, const protocol::AdminReply&) { std::cout << "site " << target << " admitted\n"; });
+  });
+
+  auto* revoke = app.add_subcommand("revoke", "Revoke a site: it is disconnected at once and its key refused from then "
+                                              "on (until admitted again).");
+  revoke->add_option("site", target, "site id")->required();
+  revoke->callback([&] {
+    command([&](admin::Client& c) { return c.call(simple("revoke", target)); },
+            [&](const json&, const protocol::AdminReply&) { std::cout << "site " << target << " revoked\n"; });
   });
   return cli::run(app, argc, argv, rc, "fedda-admin");
 }

@@ -28,7 +28,7 @@ fs::path temporary_beside(const fs::path& path) {
 }
 
 Status fsync_file(const fs::path& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return make_error("cannot open " + path.string() + " to sync: " + std::strerror(errno));
   const int rc = ::fsync(fd);
   ::close(fd);
@@ -57,7 +57,27 @@ Status write_via_temporary(const fs::path& path,
     fs::remove(tmp, ec);
     return make_error("cannot move " + tmp.string() + " to " + path.string() + ": " + ec.message());
   }
+  // The rename is durable only once the folder's entry is: without this a power cut can bring
+  // back the old file after the caller acted on the new one (deleted what it replaced, say).
+  return sync_folder(path.parent_path().empty() ? fs::path(".") : path.parent_path());
+}
+
+Status sync_folder(const fs::path& folder) {
+  const int fd = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return make_error("cannot open folder " + folder.string() + " to sync: " + std::strerror(errno));
+  const int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) return make_error("cannot sync folder " + folder.string() + ": " + std::strerror(errno));
   return Status::success();
+}
+
+Status remove_durably(const fs::path& path) {
+  std::error_code ec;
+  if (!fs::remove(path, ec)) {
+    if (ec) return make_error("cannot remove " + path.string() + ": " + ec.message());
+    return Status::success();
+  }
+  return sync_folder(path.parent_path().empty() ? fs::path(".") : path.parent_path());
 }
 
 Status write_atomically(const fs::path& path, const std::string& contents) {

@@ -2,6 +2,9 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <cctype>
+
 #include <nlohmann/json.hpp>
 
 #include "fedda/common/crypto.h"
@@ -35,47 +38,67 @@ Result<std::string> read_secret(const fs::path& path) {
   return files::read_all(path);
 }
 
-bool safe_id(const std::string& id) {
-  return !id.empty() && id.size() <= 64 && id.front() != '.' &&
-         std::all_of(id.begin(), id.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_'; });
+// The role's folders and file stems: sites/<id>/site.*, operators/<id>/operator.*.
+const char* folder_of(const std::string& role) { return role == "site" ? "sites" : "operators"; }
+
+Result<nlohmann::json> consortium_info(const fs::path& out) {
+  auto text = files::read_all(out / "consortium.json");
+  if (!text) return text.error();
+  try {
+    auto info = nlohmann::json::parse(*text);
+    if (!info.contains("admin")) {  // written before operators existed
+      auto admin = default_admin_endpoint(info.at("coordinator").get<std::string>());
+      if (!admin) return admin.error();
+      info["admin"] = *admin;
+    }
+    return info;
+  } catch (const std::exception& e) {
+    return make_error((out / "consortium.json").string() + ": " + e.what());
+  }
 }
 
-Status write_site(const fs::path& out, const std::string& site) {
-  if (!safe_id(site)) return make_error("site id '" + site + "': use letters, digits, '-' or '_'");
-  const auto root = out / "root", coordinator = out / "coordinator", dir = out / "sites" / site;
-  if (fs::exists(dir)) return make_error(dir.string() + ": a kit for site '" + site + "' exists already");
+// A kit for a site or an operator, and its manifest in the coordinator's folder.
+Status write_holder(const fs::path& out, const std::string& role, const std::string& id) {
+  if (!safe_id(id)) return make_error(role + " id '" + id + "': use 1-64 letters, digits, '-' or '_'");
+  const auto root = out / "root", coordinator = out / "coordinator", dir = out / folder_of(role) / id;
+  if (fs::exists(dir)) return make_error(dir.string() + ": a kit for " + role + " '" + id + "' exists already");
   auto root_key = read_secret(root / "root.key");
   if (!root_key) return root_key.error();
   auto root_pub = files::read_all(root / "root.pub");
   if (!root_pub) return root_pub.error();
-  auto consortium = files::read_all(out / "consortium.json");
-  if (!consortium) return consortium.error();
-  const auto info = nlohmann::json::parse(*consortium);
+  auto info = consortium_info(out);
+  if (!info) return info.error();
   auto coordinator_curve = read_line(coordinator / "coordinator.curve.public");
   if (!coordinator_curve) return coordinator_curve.error();
   auto coordinator_sign = files::read_all(coordinator / "coordinator.sign.pub");
   if (!coordinator_sign) return coordinator_sign.error();
   auto pair = crypto::generate_curve_keypair();
   if (!pair) return pair.error();
-  auto storage = crypto::random_bytes(crypto::kStorageKeyBytes);
-  if (!storage) return storage.error();
-  const nlohmann::json manifest = {{"format", 1},
-                                   {"consortium", info.at("consortium")},
-                                   {"site_id", site},
-                                   {"coordinator_endpoint", info.at("coordinator")},
-                                   {"coordinator_curve_public", *coordinator_curve},
-                                   {"coordinator_sign_public", *coordinator_sign},
-                                   {"site_curve_public", pair->public_z85}};
+  nlohmann::json manifest = {{"format", 2},
+                             {"role", role},
+                             {"consortium", info->at("consortium")},
+                             {"coordinator_endpoint", info->at("coordinator")},
+                             {"admin_endpoint", info->at("admin")},
+                             {"coordinator_curve_public", *coordinator_curve},
+                             {"coordinator_sign_public", *coordinator_sign}};
+  manifest[role == "site" ? "site_id" : "operator"] = id;
+  manifest[role + "_curve_public"] = pair->public_z85;
   const std::string text = manifest.dump(2) + "\n";
   auto signature = crypto::sign(*root_key, text);
   if (!signature) return signature.error();
   fs::create_directories(dir);
-  for (const auto& st : {write_pair(dir, "site", *pair), files::write_atomically(dir / "root.pub", *root_pub),
-                         files::write_secret(dir / "storage.key", *storage),
-                         files::write_atomically(dir / "manifest.json", text),
-                         files::write_atomically(dir / "manifest.sig", *signature),
-                         files::write_atomically(coordinator / "sites" / (site + ".manifest.json"), text),
-                         files::write_atomically(coordinator / "sites" / (site + ".manifest.sig"), *signature)}) {
+  fs::create_directories(coordinator / folder_of(role));
+  std::vector<Status> written = {write_pair(dir, role, *pair), files::write_atomically(dir / "root.pub", *root_pub),
+                                 files::write_atomically(dir / "manifest.json", text),
+                                 files::write_atomically(dir / "manifest.sig", *signature),
+                                 files::write_atomically(coordinator / folder_of(role) / (id + ".manifest.json"), text),
+                                 files::write_atomically(coordinator / folder_of(role) / (id + ".manifest.sig"), *signature)};
+  if (role == "site") {
+    auto storage = crypto::random_bytes(crypto::kStorageKeyBytes);
+    if (!storage) return storage.error();
+    written.push_back(files::write_secret(dir / "storage.key", *storage));
+  }
+  for (const auto& st : written) {
     if (!st) return st;
   }
   return Status::success();
@@ -96,11 +119,61 @@ Result<nlohmann::json> verified_manifest(const fs::path& json, const fs::path& s
   }
 }
 
+// The manifest's role ("site" when absent: format 1) and its holder.
+Result<Holder> holder_of(const nlohmann::json& manifest, const std::string& source) {
+  try {
+    Holder h;
+    h.role = manifest.value("role", std::string("site"));
+    if (h.role == "site") {
+      h.id = manifest.at("site_id").get<std::string>();
+    } else if (h.role == "operator") {
+      h.id = manifest.at("operator").get<std::string>();
+    } else {
+      return make_error(source + ": unknown role '" + h.role + "'");
+    }
+    h.curve_public = manifest.at(h.role + "_curve_public").get<std::string>();
+    if (!safe_id(h.id)) return make_error(source + ": '" + h.id + "' is not a valid id");
+    return h;
+  } catch (const std::exception& e) {
+    return make_error(source + ": " + e.what());
+  }
+}
+
 }  // namespace
 
+bool safe_id(const std::string& id) {
+  return !id.empty() && id.size() <= 64 && id.front() != '.' &&
+         std::all_of(id.begin(), id.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_'; });
+}
+
+Result<std::string> default_admin_endpoint(const std::string& coordinator) {
+  const auto colon = coordinator.rfind(':');
+  if (coordinator.rfind("tcp://", 0) != 0 || colon == std::string::npos || colon < 6) {
+    return make_error("coordinator '" + coordinator + "': expected tcp://HOST:PORT");
+  }
+  const std::string port = coordinator.substr(colon + 1);
+  if (port.empty() || port.size() > 5 || !std::all_of(port.begin(), port.end(), ::isdigit)) {
+    return make_error("coordinator '" + coordinator + "': the port must be a number");
+  }
+  const int p = std::stoi(port);
+  if (p > 65534) return make_error("coordinator '" + coordinator + "': no port above it for the admin endpoint; give one");
+  return coordinator.substr(0, colon + 1) + std::to_string(p == 0 ? 0 : p + 1);
+}
+
 Status provision(const ProvisionOptions& o) {
+
   if (o.consortium.empty()) return make_error("a consortium name is needed");
-  if (o.coordinator.rfind("tcp://", 0) != 0) return make_error("coordinator '" + o.coordinator + "': expected tcp://HOST:PORT");
+  std::string admin = o.admin;
+  if (admin.empty()) {
+    auto derived = default_admin_endpoint(o.coordinator);
+    if (!derived) return derived.error();
+    admin = *derived;
+  } else if (admin.rfind("tcp://", 0) != 0) {
+    return make_error("admin endpoint '" + admin + "': expected tcp://HOST:PORT");
+  }
+  if (admin == o.coordinator && o.coordinator.substr(o.coordinator.rfind(':')) != ":0") {
+    return make_error("the admin endpoint must differ from the sites' endpoint " + o.coordinator);
+  }
   if (fs::exists(o.out / "root")) return make_error((o.out / "root").string() + ": a consortium exists here already");
   auto root = crypto::generate_signing_key();
   if (!root) return root.error();
@@ -113,7 +186,7 @@ Status provision(const ProvisionOptions& o) {
   const auto coordinator = o.out / "coordinator";
   fs::create_directories(o.out / "root");
   fs::create_directories(coordinator / "sites");
-  const nlohmann::json info = {{"consortium", o.consortium}, {"coordinator", o.coordinator}};
+  const nlohmann::json info = {{"consortium", o.consortium}, {"coordinator", o.coordinator}, {"admin", admin}};
   for (const auto& st : {files::write_atomically(o.out / "consortium.json", info.dump(2) + "\n"),
                          files::write_secret(o.out / "root" / "root.key", root->private_pem),
                          files::write_atomically(o.out / "root" / "root.pub", root->public_pem),
@@ -125,37 +198,64 @@ Status provision(const ProvisionOptions& o) {
     if (!st) return st;
   }
   for (const auto& site : o.sites) {
-    if (auto st = write_site(o.out, site); !st) return st;
+    if (auto st = write_holder(o.out, "site", site); !st) return st;
+  }
+  for (const auto& name : o.operators) {
+    if (auto st = write_holder(o.out, "operator", name); !st) return st;
   }
   return Status::success();
 }
 
-Status add_site(const fs::path& out, const std::string& site) { return write_site(out, site); }
+Status add_site(const fs::path& out, const std::string& site) { return write_holder(out, "site", site); }
+Status add_operator(const fs::path& out, const std::string& name) { return write_holder(out, "operator", name); }
 
-Result<SiteKit> load_site_kit(const fs::path& dir) {
+namespace {
+
+// A kit folder's manifest, checked against the kit's root and required to be of `role`.
+Result<std::pair<nlohmann::json, Holder>> own_manifest(const fs::path& dir, const std::string& role) {
   auto root_pub = files::read_all(dir / "root.pub");
   if (!root_pub) return root_pub.error();
   auto manifest = verified_manifest(dir / "manifest.json", dir / "manifest.sig", *root_pub);
   if (!manifest) return manifest.error();
-  SiteKit kit;
-  try {
-    kit.consortium = manifest->at("consortium");
-    kit.site_id = manifest->at("site_id");
-    kit.coordinator_endpoint = manifest->at("coordinator_endpoint");
-    kit.coordinator_curve_public = manifest->at("coordinator_curve_public");
-    kit.coordinator_sign_public = manifest->at("coordinator_sign_public");
-    kit.site_curve_public = manifest->at("site_curve_public");
-  } catch (const std::exception& e) {
-    return make_error((dir / "manifest.json").string() + ": " + e.what());
+  auto holder = holder_of(*manifest, (dir / "manifest.json").string());
+  if (!holder) return holder.error();
+  if (holder->role != role) {
+    return make_error((dir / "manifest.json").string() + ": a kit for " + holder->role + " '" + holder->id +
+                      "', not " + std::string(role == "operator" ? "an " : "a ") + role + " kit");
   }
-  auto secret = read_secret(dir / "site.curve.secret");
+  return std::make_pair(std::move(*manifest), std::move(*holder));
+}
+
+// The kit's CurveZMQ secret, checked against the public key its manifest names.
+Result<std::string> own_secret(const fs::path& file, const std::string& manifest_public) {
+  auto secret = read_secret(file);
   if (!secret) return secret.error();
   while (!secret->empty() && secret->back() == '\n') secret->pop_back();
   auto derived = crypto::curve_public_of(*secret);
-  if (!derived) return make_error((dir / "site.curve.secret").string() + ": " + derived.error().message);
-  if (*derived != kit.site_curve_public) {
-    return make_error((dir / "site.curve.secret").string() + ": does not belong to the public key in the manifest");
+  if (!derived) return make_error(file.string() + ": " + derived.error().message);
+  if (*derived != manifest_public) return make_error(file.string() + ": does not belong to the public key in the manifest");
+  return *secret;
+}
+
+}  // namespace
+
+Result<SiteKit> load_site_kit(const fs::path& dir) {
+  auto own = own_manifest(dir, "site");
+  if (!own) return own.error();
+  const auto& [manifest, holder] = *own;
+  SiteKit kit;
+  try {
+    kit.consortium = manifest.at("consortium");
+    kit.site_id = holder.id;
+    kit.coordinator_endpoint = manifest.at("coordinator_endpoint");
+    kit.coordinator_curve_public = manifest.at("coordinator_curve_public");
+    kit.coordinator_sign_public = manifest.at("coordinator_sign_public");
+    kit.site_curve_public = holder.curve_public;
+  } catch (const std::exception& e) {
+    return make_error((dir / "manifest.json").string() + ": " + e.what());
   }
+  auto secret = own_secret(dir / "site.curve.secret", kit.site_curve_public);
+  if (!secret) return secret.error();
   kit.site_curve_secret = *secret;
   auto storage = read_secret(dir / "storage.key");
   if (!storage) return storage.error();
@@ -164,10 +264,46 @@ Result<SiteKit> load_site_kit(const fs::path& dir) {
   return kit;
 }
 
+Result<OperatorKit> load_operator_kit(const fs::path& dir) {
+  auto own = own_manifest(dir, "operator");
+  if (!own) return own.error();
+  const auto& [manifest, holder] = *own;
+  OperatorKit kit;
+  try {
+    kit.consortium = manifest.at("consortium");
+    kit.name = holder.id;
+    kit.coordinator_endpoint = manifest.at("coordinator_endpoint");
+    kit.admin_endpoint = manifest.at("admin_endpoint");
+    kit.coordinator_curve_public = manifest.at("coordinator_curve_public");
+    kit.operator_curve_public = holder.curve_public;
+  } catch (const std::exception& e) {
+    return make_error((dir / "manifest.json").string() + ": " + e.what());
+  }
+  auto secret = own_secret(dir / "operator.curve.secret", kit.operator_curve_public);
+  if (!secret) return secret.error();
+  kit.operator_curve_secret = *secret;
+  return kit;
+}
+
+Result<Holder> verify_manifest(const CoordinatorKit& kit, const std::string& text, const std::string& signature) {
+  if (auto st = crypto::verify(kit.root_public, text, signature); !st) {
+    return make_error("the manifest is not signed by this consortium's root (" + st.error().message + ")");
+  }
+  try {
+    const auto manifest = nlohmann::json::parse(text);
+    if (manifest.at("coordinator_curve_public") != kit.curve_public) return make_error("the manifest was issued for another coordinator");
+    return holder_of(manifest, "the manifest");
+  } catch (const std::exception& e) {
+    return make_error(std::string("the manifest: ") + e.what());
+  }
+}
+
 Result<CoordinatorKit> load_coordinator_kit(const fs::path& dir) {
   auto root_pub = files::read_all(dir / "root.pub");
   if (!root_pub) return root_pub.error();
   CoordinatorKit kit;
+  kit.dir = dir;
+  kit.root_public = *root_pub;
   auto pub = read_line(dir / "coordinator.curve.public");
   if (!pub) return pub.error();
   auto secret = read_secret(dir / "coordinator.curve.secret");
@@ -182,24 +318,37 @@ Result<CoordinatorKit> load_coordinator_kit(const fs::path& dir) {
   kit.sign_private = *sign_key;
   auto storage = read_secret(dir / "storage.key");
   if (!storage) return storage.error();
+  if (storage->size() != crypto::kStorageKeyBytes) return make_error((dir / "storage.key").string() + ": not a 32-byte key");
   kit.storage_key = *storage;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(dir / "sites", ec)) {
-    const auto name = entry.path().filename().string();
-    const std::string suffix = ".manifest.json";
-    if (name.size() <= suffix.size() || name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0) continue;
-    auto sig = entry.path();
-    sig.replace_extension(".sig");
-    auto manifest = verified_manifest(entry.path(), sig, *root_pub);
-    if (!manifest) return manifest.error();
-    try {
-      if (manifest->at("coordinator_curve_public") != kit.curve_public) {
-        return make_error(entry.path().string() + ": issued for another coordinator");
+  for (const char* folder : {"sites", "operators"}) {
+    std::error_code ec;
+    std::vector<fs::path> manifests;
+    for (const auto& entry : fs::directory_iterator(dir / folder, ec)) {
+      const auto name = entry.path().filename().string();
+      const std::string suffix = ".manifest.json";
+      if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0) {
+        manifests.push_back(entry.path());
       }
-      kit.consortium = manifest->at("consortium");
-      kit.sites[manifest->at("site_curve_public").get<std::string>()] = manifest->at("site_id").get<std::string>();
-    } catch (const std::exception& e) {
-      return make_error(entry.path().string() + ": " + e.what());
+    }
+    std::sort(manifests.begin(), manifests.end());
+    for (const auto& path : manifests) {
+      auto text = files::read_all(path);
+      if (!text) return text.error();
+      auto sig_path = path;
+      sig_path.replace_extension(".sig");
+      auto signature = files::read_all(sig_path);
+      if (!signature) return signature.error();
+      auto holder = verify_manifest(kit, *text, *signature);
+      if (!holder) return make_error(path.string() + ": " + holder.error().message);
+      if (holder->role != (std::string(folder) == "sites" ? "site" : "operator")) {
+        return make_error(path.string() + ": a " + holder->role + " manifest among the " + folder);
+      }
+      try {
+        kit.consortium = nlohmann::json::parse(*text).at("consortium");
+      } catch (const std::exception& e) {
+        return make_error(path.string() + ": " + e.what());
+      }
+      (holder->role == "site" ? kit.sites : kit.operators)[holder->curve_public] = holder->id;
     }
   }
   if (kit.sites.empty()) return make_error((dir / "sites").string() + ": no site manifests; provision or add sites first");

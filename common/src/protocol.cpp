@@ -1,6 +1,11 @@
 #include "fedda/common/protocol.h"
 
+#include <cmath>
+#include <cstdio>
+
 #include <nlohmann/json.hpp>
+
+#include "fedda/common/crypto.h"
 
 namespace fedda::protocol {
 
@@ -18,8 +23,149 @@ const char* type_name(MessageType type) {
     case MessageType::goodbye: return "goodbye";
     case MessageType::update_ready: return "update_ready";
     case MessageType::upload: return "upload";
+    case MessageType::admin_request: return "admin_request";
+    case MessageType::admin_reply: return "admin_reply";
   }
   return "unknown";
+}
+
+const char* job_type_name(JobType type) {
+  switch (type) {
+    case JobType::teacher: return "teacher";
+    case JobType::kd: return "kd";
+    case JobType::ada: return "ada";
+    case JobType::evaluate: return "evaluate";
+  }
+  return "unknown";
+}
+
+Result<JobType> parse_job_type(const std::string& name) {
+  for (auto t : {JobType::teacher, JobType::kd, JobType::ada, JobType::evaluate}) {
+    if (name == job_type_name(t)) return t;
+  }
+  return make_error("type '" + name + "' is not one of teacher, kd, ada, evaluate");
+}
+
+const char* reject_code_name(RejectCode code) {
+  switch (code) {
+    case RejectCode::unspecified: return "unspecified";
+    case RejectCode::say_hello_first: return "say_hello_first";
+    case RejectCode::not_registered: return "not_registered";
+    case RejectCode::sender_mismatch: return "sender_mismatch";
+    case RejectCode::revoked: return "revoked";
+    case RejectCode::not_an_operator: return "not_an_operator";
+  }
+  return "unknown";
+}
+
+std::string model_signed_text(const std::string& job_id, int round, const std::string& body) {
+  return "fedda-model-v1\n" + job_id + "\n" + std::to_string(round) + "\n" + crypto::sha256_hex(body);
+}
+
+bool is_parameter(const std::string& name) {
+  return name.find("running_") == std::string::npos && name.find("num_batches_tracked") == std::string::npos;
+}
+
+TensorSet parameters_only(const TensorSet& set) {
+  TensorSet out;
+  for (const auto& t : set.tensors) {
+    if (is_parameter(t.name)) out.tensors.push_back(t);
+  }
+  return out;
+}
+
+std::string csv_field(const std::string& text) {
+  if (text.find_first_of(",\"\r\n") == std::string::npos) return text;
+  std::string out = "\"";
+  for (char c : text) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  return out + "\"";
+}
+
+namespace {
+std::string csv_number(double v) {
+  if (!std::isfinite(v)) return "";
+  char text[32];
+  std::snprintf(text, sizeof text, "%.6g", v);
+  return text;
+}
+double csv_value(const std::string& cell) {
+  if (cell.empty()) return NAN;
+  std::size_t used = 0;
+  const double v = std::stod(cell, &used);
+  if (used != cell.size()) throw std::invalid_argument("'" + cell + "' is not a number");
+  return v;
+}
+}  // namespace
+
+std::string csv_line(const ResultRow& r) {
+  return csv_field(r.source) + "," + csv_field(r.target) + "," + std::to_string(r.fold) + "," + csv_field(r.method) +
+         "," + csv_field(r.mode) + "," + csv_field(r.subject) + "," + csv_number(r.dsc) + "," + csv_number(r.h95) + "," +
+         csv_number(r.avd) + "," + csv_number(r.recall) + "," + csv_number(r.f1) + "\n";
+}
+
+std::vector<std::string> csv_fields(const std::string& line) {
+  std::vector<std::string> fields(1);
+  bool quoted = false;
+  for (std::size_t i = 0; i < line.size(); ++i) {
+    const char c = line[i];
+    if (quoted) {
+      if (c == '"' && i + 1 < line.size() && line[i + 1] == '"') {
+        fields.back() += '"';
+        ++i;
+      } else if (c == '"') {
+        quoted = false;
+      } else {
+        fields.back() += c;
+      }
+    } else if (c == '"') {
+      quoted = true;
+    } else if (c == ',') {
+      fields.emplace_back();
+    } else if (c != '\r') {
+      fields.back() += c;
+    }
+  }
+  return fields;
+}
+
+Result<std::vector<ResultRow>> parse_results_csv(const std::string& csv) {
+  std::vector<ResultRow> rows;
+  std::size_t start = 0, number = 0;
+  while (start < csv.size()) {
+    // A quoted field may hold a line break: a record ends at a break outside quotes.
+    std::size_t end = start;
+    bool quoted = false;
+    while (end < csv.size() && (quoted || csv[end] != '\n')) {
+      if (csv[end] == '"') quoted = !quoted;
+      ++end;
+    }
+    const std::string line = csv.substr(start, end - start);
+    start = end + 1;
+    if (++number == 1 || line.empty()) continue;  // the header
+    const auto f = csv_fields(line);
+    if (f.size() != 11) return make_error("results.csv line " + std::to_string(number) + ": " + std::to_string(f.size()) + " fields, 11 expected");
+    try {
+      ResultRow r;
+      r.source = f[0];
+      r.target = f[1];
+      r.fold = std::stoi(f[2]);
+      r.method = f[3];
+      r.mode = f[4];
+      r.subject = f[5];
+      r.dsc = csv_value(f[6]);
+      r.h95 = csv_value(f[7]);
+      r.avd = csv_value(f[8]);
+      r.recall = csv_value(f[9]);
+      r.f1 = csv_value(f[10]);
+      rows.push_back(std::move(r));
+    } catch (const std::exception& e) {
+      return make_error("results.csv line " + std::to_string(number) + ": " + e.what());
+    }
+  }
+  return rows;
 }
 
 namespace detail {
@@ -98,7 +244,7 @@ Result<Header> decode_header(const std::string& header_frame, const std::string&
                       std::to_string(kVersion) + ")");
   }
   const auto t = static_cast<int>(header.type);
-  if (t < static_cast<int>(MessageType::hello) || t > static_cast<int>(MessageType::upload)) {
+  if (t < static_cast<int>(MessageType::hello) || t > static_cast<int>(kLastMessageType)) {
     return make_error("unknown message type " + std::to_string(t));
   }
   if (header.body_bytes != body_frame.size()) {
@@ -111,7 +257,7 @@ Result<Header> decode_header(const std::string& header_frame, const std::string&
 
 std::string to_json(const JobSpec& j) {
   nlohmann::json o = {{"id", j.id},
-                      {"type", j.type},
+                      {"type", job_type_name(j.type)},
                       {"sites", j.sites},
                       {"source", j.source},
                       {"fold", j.fold},
@@ -134,7 +280,9 @@ std::string to_json(const JobSpec& j) {
                       {"evaluation_sites", j.evaluation_sites},
                       {"subjects", j.subjects},
                       {"model_spec", j.model_spec_json},
-                      {"transfer_precision", j.transfer_precision}};
+                      {"transfer_precision", j.transfer_precision},
+                      {"sites_per_round", j.sites_per_round},
+                      {"fraction", j.fraction}};
   return o.dump(2);
 }
 
@@ -143,7 +291,9 @@ Result<JobSpec> job_spec_from_json(const std::string& text) {
     const auto o = nlohmann::json::parse(text);
     JobSpec j;
     j.id = o.at("id").get<std::string>();
-    j.type = o.at("type").get<std::string>();
+    auto type = parse_job_type(o.at("type").get<std::string>());
+    if (!type) return make_error("job spec: " + type.error().message);
+    j.type = *type;
     j.sites = o.at("sites").get<std::vector<std::string>>();
     j.source = o.at("source").get<std::string>();
     j.fold = o.at("fold").get<int>();
@@ -167,6 +317,8 @@ Result<JobSpec> job_spec_from_json(const std::string& text) {
     j.subjects = o.at("subjects").get<std::vector<std::string>>();
     j.model_spec_json = o.at("model_spec").get<std::string>();
     j.transfer_precision = o.value("transfer_precision", std::string("float32"));  // absent before version 2
+    j.sites_per_round = o.value("sites_per_round", 0);
+    j.fraction = o.value("fraction", 0.0);
     return j;
   } catch (const std::exception& e) {
     return make_error(std::string("job spec: ") + e.what());

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include "fedda/common/config.h"
+#include "fedda/common/kit.h"
 #include "fedda/models/model_spec.h"
 
 namespace fedda::coordinator {
@@ -9,26 +10,29 @@ namespace fs = std::filesystem;
 
 namespace {
 
-bool safe_id(const std::string& id) {
+bool safe_job_id(const std::string& id) {
   return !id.empty() && id.size() <= 128 && id.front() != '.' &&
          std::all_of(id.begin(), id.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.'; });
 }
 
 Status validate_job(protocol::JobSpec& j, const std::string& teacher) {
-  static const std::vector<std::string> types = {"teacher", "kd", "ada", "evaluate"};
-  if (!safe_id(j.id)) return make_error("id must be 1-128 letters, digits, '-', '_' or '.'");
-  if (std::find(types.begin(), types.end(), j.type) == types.end()) {
-    return make_error("type '" + j.type + "' is not one of teacher, kd, ada, evaluate");
-  }
+  using protocol::JobType;
+  const std::string type = protocol::job_type_name(j.type);
+  if (!safe_job_id(j.id)) return make_error("id must be 1-128 letters, digits, '-', '_' or '.'");
   if (j.sites.empty()) return make_error("sites: at least one site is needed");
   for (const auto& s : j.sites) {
-    if (!safe_id(s)) return make_error("site id '" + s + "' is not a valid id");
+    if (!kit::safe_id(s)) return make_error("sites: '" + s + "' is not a valid site id");
   }
-  if ((j.type == "ada" || j.type == "teacher") && j.source.empty()) return make_error("source: needed for " + j.type + " jobs");
-  if (!j.source.empty() && std::find(j.sites.begin(), j.sites.end(), j.source) == j.sites.end() && j.type != "evaluate") {
+  for (const auto& s : j.evaluation_sites) {
+    if (!kit::safe_id(s)) return make_error("evaluation_sites: '" + s + "' is not a valid site id");
+  }
+  if ((j.type == JobType::ada || j.type == JobType::teacher) && j.source.empty()) {
+    return make_error("source: needed for " + type + " jobs");
+  }
+  if (!j.source.empty() && std::find(j.sites.begin(), j.sites.end(), j.source) == j.sites.end() && j.type != JobType::evaluate) {
     return make_error("source '" + j.source + "' is not among the sites");
   }
-  if (j.type != "teacher" && teacher.empty()) return make_error("teacher: a model file or job:<id> is needed for " + j.type + " jobs");
+  if (j.type != JobType::teacher && teacher.empty()) return make_error("teacher: a model file or job:<id> is needed for " + type + " jobs");
   if (j.fold != 0 && j.fold != 1) return make_error("fold must be 0 or 1");
   if (j.rounds < 1 || j.rounds > 100000) return make_error("rounds must be at least 1");
   if (j.local_steps < 1) return make_error("local_steps must be at least 1");
@@ -36,7 +40,7 @@ Status validate_job(protocol::JobSpec& j, const std::string& teacher) {
   if (!(j.learning_rate > 0)) return make_error("learning_rate must be positive");
   if (!(j.temperature > 0)) return make_error("temperature must be positive");
   if (j.min_sites < 1) return make_error("min_sites must be at least 1");
-  if (j.type != "evaluate" && j.min_sites > static_cast<int>(j.sites.size())) {
+  if (j.type != JobType::evaluate && j.min_sites > static_cast<int>(j.sites.size())) {
     return make_error("min_sites (" + std::to_string(j.min_sites) + ") exceeds the number of sites (" +
                       std::to_string(j.sites.size()) + ")");
   }
@@ -44,6 +48,13 @@ Status validate_job(protocol::JobSpec& j, const std::string& teacher) {
   if (j.transfer_precision != "float32" && j.transfer_precision != "float16") {
     return make_error("transfer_precision must be float32 or float16 (got '" + j.transfer_precision + "')");
   }
+  if (j.sites_per_round < 0) return make_error("sites_per_round must be 0 (every ready site) or more");
+  if (j.sites_per_round > 0 && j.sites_per_round < j.min_sites) {
+    return make_error("sites_per_round (" + std::to_string(j.sites_per_round) + ") is below min_sites (" +
+                      std::to_string(j.min_sites) + ")");
+  }
+  if (!(j.fraction >= 0 && j.fraction <= 1)) return make_error("fraction must be between 0 (off) and 1");
+  if (j.fraction > 0 && j.sites_per_round > 0) return make_error("give sites_per_round or fraction, not both");
   if (j.evaluation_sites.empty()) {
     for (const auto& s : j.sites) {
       if (s != j.source) j.evaluation_sites.push_back(s);
@@ -54,15 +65,17 @@ Status validate_job(protocol::JobSpec& j, const std::string& teacher) {
 
 }  // namespace
 
-Result<JobDefinition> read_job_file(const fs::path& path) {
+namespace {
+
+Result<JobDefinition> read_mapping(config::Mapping& mapping, const fs::path& path) {
+  auto* m = &mapping;
   const auto fail = [&](const std::string& message) { return make_error(path.string() + ": " + message); };
-  auto m = config::Mapping::load(path);
-  if (!m) return m.error();
   JobDefinition d;
   d.file = path;
   auto& j = d.spec;
+  std::string type;
   m->get("id", j.id);
-  m->get("type", j.type);
+  m->get("type", type);
   m->get("sites", j.sites);
   m->get("source", j.source);
   m->get("fold", j.fold);
@@ -85,6 +98,8 @@ Result<JobDefinition> read_job_file(const fs::path& path) {
   m->get("evaluation_sites", j.evaluation_sites);
   m->get("subjects", j.subjects);
   m->get("transfer_precision", j.transfer_precision);
+  m->get("sites_per_round", j.sites_per_round);
+  m->get("fraction", j.fraction);
   m->get("method", d.method);
   m->get("teacher", d.teacher);
   models::ModelSpec model;
@@ -100,18 +115,41 @@ Result<JobDefinition> read_job_file(const fs::path& path) {
   model.grid.in_plane_size = {grid_size, grid_size};
   model.grid.in_plane_spacing = {grid_spacing, grid_spacing};
   if (auto st = m->finish(); !st) return st.error();
+  if (type.empty()) return fail("type is required (teacher, kd, ada or evaluate)");
+  auto parsed = protocol::parse_job_type(type);
+  if (!parsed) return fail(parsed.error().message);
+  j.type = *parsed;
   if (auto st = validate_job(j, d.teacher); !st) return fail(st.error().message);
-  if (j.type == "teacher") {
+  if (j.type == protocol::JobType::teacher) {
     model.role = "teacher";
     if (auto st = models::validate(model); !st) return fail("model: " + st.error().message);
     j.model_spec_json = models::to_json(model);
   }
-  if (d.method.empty()) d.method = j.type == "teacher" ? "lbound" : j.type;
-  // A relative model path is relative to the job file.
-  if (!d.teacher.empty() && d.teacher.rfind("job:", 0) != 0 && fs::path(d.teacher).is_relative()) {
-    d.teacher = (path.parent_path() / d.teacher).lexically_normal().string();
+  if (d.method.empty()) d.method = j.type == protocol::JobType::teacher ? "lbound" : type;
+  if (!d.method.empty() && d.method.find_first_of(",\"\r\n") != std::string::npos) {
+    return fail("method '" + d.method + "' may not hold commas, quotes or line breaks");
   }
   return d;
+}
+
+}  // namespace
+
+Result<JobDefinition> read_job_file(const fs::path& path) {
+  auto m = config::Mapping::load(path);
+  if (!m) return m.error();
+  auto d = read_mapping(*m, path);
+  if (!d) return d;
+  // A relative model path is relative to the job file.
+  if (!d->teacher.empty() && d->teacher.rfind("job:", 0) != 0 && fs::path(d->teacher).is_relative()) {
+    d->teacher = (path.parent_path() / d->teacher).lexically_normal().string();
+  }
+  return d;
+}
+
+Result<JobDefinition> parse_job_file(const std::string& text, const std::string& name) {
+  auto m = config::Mapping::parse(text, name);
+  if (!m) return m.error();
+  return read_mapping(*m, name);
 }
 
 }  // namespace fedda::coordinator

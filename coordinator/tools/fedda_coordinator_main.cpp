@@ -1,5 +1,8 @@
-// fedda-coordinator: one per consortium. Runs the given jobs in order over the sites that
-// connect, writes each job's state, model and results under --out, and exits when all are done.
+// fedda-coordinator: one per consortium. `serve` runs the coordinator as a service that site
+// agents connect to and operators submit jobs to (fedda-admin); with --job it is the batch form
+// that queues those job files and exits when they have ended.
+#include <sys/resource.h>
+
 #include <csignal>
 #include <fstream>
 #include <string>
@@ -13,14 +16,24 @@
 
 #include "fedda/common/cli.h"
 #include "fedda/common/log.h"
-#include "fedda/coordinator/coordinator.h"
+#include "fedda/common/version.h"
+#include "fedda/coordinator/service.h"
 
 using namespace fedda;
 
 namespace {
-coordinator::Coordinator* running = nullptr;
+coordinator::Service* running = nullptr;
 void on_signal(int) {
   if (running) running->stop();
+}
+
+// One file descriptor per connected site: lift the soft limit to the hard one.
+void raise_open_file_limit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+    limit.rlim_cur = limit.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &limit);
+  }
 }
 }  // namespace
 
@@ -29,75 +42,90 @@ int main(int argc, char** argv) {
   // Model-sized buffers (tasks, updates, the running average) are mapped and unmapped whole
   // instead of coming from glibc's heap, whose threshold otherwise grows to fit them and which
   // then keeps fragments of them: resident memory returns to its baseline after every upload,
-  // so it stays flat in the number of sites (100 sites: +4 MB over 3 sites, against +12 to
-  // +20 MB with glibc's adaptive threshold; docs/performance.md).
+  // so it stays flat in the number of sites (docs/performance.md).
   mallopt(M_MMAP_THRESHOLD, 1 << 20);
 #endif
   CLI::App app{
-      "fedda-coordinator: runs federated jobs (teacher, kd, ada, evaluate) over the site agents that connect to it.\n"
-      "Sites connect outbound to --bind. Each job's state is saved after every round under --out/<job id>/; "
-      "running the same job again resumes it from the last finished round (a finished job is reported, not rerun).\n"
-      "Outputs per job: model.pt (final global model), results.csv (per-subject metrics at the evaluation sites), "
-      "rounds.jsonl (per-round, per-site records), summary.json, state.json."};
+      "fedda-coordinator: the coordinator of a fedda consortium, run as a service.\n"
+      "Site agents connect to --bind; operators submit, watch, abort and download jobs through the admin endpoint "
+      "with fedda-admin. Jobs wait in a queue under --state and survive restarts: a running job resumes from its "
+      "last finished round. SIGTERM lets running rounds finish, persists them and exits 0."};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("fedda-coordinator ") + kVersion);
   std::string log_level = "info";
   cli::add_log_level(app, log_level);
-  coordinator::CoordinatorOptions o;
+  coordinator::ServiceOptions o;
   std::vector<std::string> job_files;
-  std::string out = o.out.string(), endpoint_file;
+  std::string state = o.state.string(), endpoint_file, kit;
   int heartbeat_ms = static_cast<int>(o.heartbeat.count());
   int start_timeout = static_cast<int>(o.start_timeout.count());
+  int drain_timeout = static_cast<int>(o.drain_timeout.count());
   std::size_t max_message_mb = o.max_message_bytes >> 20;
-  app.add_option("--job", job_files, "job file (YAML); repeat to run several in order")->required()->check(CLI::ExistingFile);
-  app.add_option("--bind", o.bind, "ZeroMQ endpoint to listen on (port 0: any free port)")->capture_default_str();
-  app.add_option("--out", out, "folder for job state and results")->capture_default_str();
-  app.add_option("--endpoint-file", endpoint_file, "write the bound endpoint to this file once listening");
-  std::string kit;
-  app.add_option("--kit", kit, "the coordinator's kit folder (fedda-admin provision): CurveZMQ with provisioned "
-                               "site keys only, signed models")->check(CLI::ExistingDirectory);
-  app.add_option("--sites", o.allowed_sites, "site ids admitted (comma-separated); default: any")->delimiter(',');
-  app.add_option("--heartbeat-ms", heartbeat_ms, "heartbeat interval")->capture_default_str()->check(CLI::Range(10, 60000));
-  app.add_option("--liveness", o.liveness, "heartbeats missed before a site counts as gone")->capture_default_str()->check(CLI::Range(2, 100));
-  app.add_option("--start-timeout", start_timeout, "seconds to wait for min_sites before giving up a round")->capture_default_str();
-  app.add_option("--max-message-mb", max_message_mb, "largest message accepted, in MiB")->capture_default_str()->check(CLI::Range(1, 4096));
+  auto* serve = app.add_subcommand(
+      "serve",
+      "Run the coordinator. Outputs per job under STATE/jobs/<id>/: model.pt (final global model), results.csv "
+      "(per-subject metrics at the evaluation sites), rounds.jsonl (per round and site), summary.json, state.json. "
+      "STATE/audit.jsonl records every operator command. With --job, the given job files are queued (a finished job "
+      "is reported, an unfinished one resumed) and the coordinator exits when they have ended: 0 when all finished.");
+  serve->add_option("--kit", kit, "the coordinator's kit folder (fedda-admin provision): CurveZMQ with provisioned "
+                                  "site and operator keys only, signed models, sealed state")
+      ->check(CLI::ExistingDirectory);
+  serve->add_option("--bind", o.bind, "endpoint sites connect to (port 0: any free port)")->capture_default_str();
+  serve->add_option("--admin-bind", o.admin_bind,
+                    "endpoint operators connect to; default: the --bind host and the next port (0 stays 0)");
+  serve->add_option("--state", state, "folder for the job queue, job state and results, and the audit log")
+      ->capture_default_str();
+  serve->add_option("--endpoint-file", endpoint_file,
+                    "once listening, write the bound endpoints here (first line sites, second line operators)");
+  serve->add_option("--job", job_files, "batch form: queue this job file (repeat for several) and exit when they end")
+      ->check(CLI::ExistingFile);
+  serve->add_flag("--insecure", o.insecure,
+                  "run without a kit (plain TCP, unsigned models, any site id accepted): loopback test networks only");
+  serve->add_option("--sites", o.allowed_sites, "without a kit: the site ids admitted (comma-separated); default any")
+      ->delimiter(',');
+  serve->add_option("--heartbeat-ms", heartbeat_ms, "heartbeat interval")->capture_default_str()->check(CLI::Range(10, 60000));
+  serve->add_option("--liveness", o.liveness, "heartbeats missed before a site counts as gone")
+      ->capture_default_str()->check(CLI::Range(2, 100));
+  serve->add_option("--start-timeout", start_timeout, "seconds to wait for min_sites before a round fails the job")
+      ->capture_default_str();
+  serve->add_option("--drain-timeout", drain_timeout, "on SIGTERM, seconds running rounds may take to finish")
+      ->capture_default_str();
+  serve->add_option("--max-message-mb", max_message_mb, "largest message accepted, in MiB")
+      ->capture_default_str()->check(CLI::Range(1, 4096));
+  serve->add_option("--max-uploads", o.max_concurrent_uploads, "updates uploaded at once (memory: one model each)")
+      ->capture_default_str()->check(CLI::Range(1, 64));
   int rc = 0;
-  app.callback([&]() {
+  serve->callback([&]() {
     auto log = log::get("fedda-coordinator");
-    o.out = out;
+    o.state = state;
     o.kit = kit;
     o.endpoint_file = endpoint_file;
     o.heartbeat = std::chrono::milliseconds(heartbeat_ms);
     o.start_timeout = std::chrono::seconds(start_timeout);
+    o.drain_timeout = std::chrono::seconds(drain_timeout);
     o.max_message_bytes = max_message_mb << 20;
-    std::vector<coordinator::JobDefinition> jobs;
-    for (const auto& f : job_files) {
-      auto job = coordinator::read_job_file(f);
-      if (!job) {
-        log->error("{}", job.error().message);
-        rc = 2;
-        return;
-      }
-      jobs.push_back(std::move(*job));
-    }
-    auto c = coordinator::Coordinator::start(o);
-    if (!c) {
-      log->error("{}", c.error().message);
+    raise_open_file_limit();
+    auto service = coordinator::Service::start(o);
+    if (!service) {
+      log->error("{}", service.error().message);
       rc = 1;
       return;
     }
-    running = c->get();
+    std::vector<std::string> ids;
+    if (!job_files.empty()) {
+      std::vector<std::filesystem::path> files(job_files.begin(), job_files.end());
+      auto queued = (*service)->enqueue(files);
+      if (!queued) {
+        log->error("{}", queued.error().message);
+        rc = 2;
+        return;
+      }
+      ids = std::move(*queued);
+    }
+    running = service->get();
     std::signal(SIGTERM, on_signal);
     std::signal(SIGINT, on_signal);
-    for (const auto& job : jobs) {
-      auto outcome = (*c)->run(job);
-      if (!outcome) {
-        log->error("job {}: {}", job.spec.id, outcome.error().message);
-        rc = 1;
-        break;
-      }
-      log->info("job {}: {} rounds, model {}{}", outcome->id, outcome->rounds, outcome->model.string(),
-                outcome->results_csv.empty() ? "" : ", results " + outcome->results_csv.string());
-    }
-    (*c)->say_goodbye(rc == 0 ? "all jobs finished" : "coordinator stopping");
+    rc = (*service)->run(ids);
     running = nullptr;
     // VmHWM, not getrusage: ru_maxrss survives exec and would report the parent's peak.
     std::ifstream status("/proc/self/status");

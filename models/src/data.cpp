@@ -71,7 +71,7 @@ class ScanMemo {
 };
 
 // Empty when a file cannot be stat'ed (load_scan then reports it).
-std::string memo_key(const imaging::SubjectFiles& files, const imaging::GridSpec& grid, bool with_labels) {
+std::string memo_key(const imaging::SubjectFiles& files, const GridSpec& grid, bool with_labels) {
   std::ostringstream key;
   auto add = [&](const std::filesystem::path& p) {
     std::error_code ec;
@@ -89,7 +89,7 @@ std::string memo_key(const imaging::SubjectFiles& files, const imaging::GridSpec
   return key.str();
 }
 
-Result<ScanSlices> read_scan(const imaging::SubjectFiles& files, const imaging::GridSpec& grid, bool with_labels) {
+Result<ScanSlices> read_scan(const imaging::SubjectFiles& files, const GridSpec& grid, bool with_labels) {
   const std::string id = files.clinic + "/" + files.subject;
   if (with_labels && !files.labels) return make_error(id + ": no labels (wmh.nii.gz) for a labelled role");
   auto subject = imaging::read_subject(files.flair, files.t1, with_labels ? files.labels : std::nullopt);
@@ -123,7 +123,7 @@ Result<ScanSlices> read_scan(const imaging::SubjectFiles& files, const imaging::
 
 }  // namespace
 
-Result<ScanSlices> load_scan(const imaging::SubjectFiles& files, const imaging::GridSpec& grid, bool with_labels) {
+Result<ScanSlices> load_scan(const imaging::SubjectFiles& files, const GridSpec& grid, bool with_labels) {
   const auto key = memo_key(files, grid, with_labels);
   if (!key.empty()) {
     if (auto hit = ScanMemo::instance().find(key)) return std::move(*hit);
@@ -134,7 +134,7 @@ Result<ScanSlices> load_scan(const imaging::SubjectFiles& files, const imaging::
 }
 
 Result<std::vector<ScanSlices>> load_scans(const std::vector<imaging::SubjectFiles>& files,
-                                           const imaging::GridSpec& grid, bool with_labels) {
+                                           const GridSpec& grid, bool with_labels) {
   std::vector<ScanSlices> out;
   for (const auto& f : files) {
     auto s = load_scan(f, grid, with_labels);

@@ -29,9 +29,9 @@ struct ScanSlices {
 // Reads, validates and preprocesses one subject; labels are resampled (nearest) to the grid.
 // Results are remembered for the life of the process (keyed by the files' paths, sizes and
 // modification times and the grid; FEDDA_SCAN_CACHE_MB bounds the memory, default 2048).
-Result<ScanSlices> load_scan(const imaging::SubjectFiles& files, const imaging::GridSpec& grid, bool with_labels);
+Result<ScanSlices> load_scan(const imaging::SubjectFiles& files, const GridSpec& grid, bool with_labels);
 Result<std::vector<ScanSlices>> load_scans(const std::vector<imaging::SubjectFiles>& files,
-                                           const imaging::GridSpec& grid, bool with_labels);
+                                           const GridSpec& grid, bool with_labels);
 
 struct Batch {
   torch::Tensor images;  // [B, 2, H, W]

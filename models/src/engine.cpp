@@ -14,13 +14,6 @@ namespace fedda::models {
 namespace fs = std::filesystem;
 using imaging::SubjectFiles;
 
-std::uint64_t mix(std::uint64_t a, std::uint64_t b) {
-  std::uint64_t x = a ^ (b + 0x9e3779b97f4a7c15ULL + (a << 6) + (a >> 2));
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-
 namespace {
 
 Result<torch::Device> prepare(const TrainConfig& c) {

@@ -1,6 +1,6 @@
 #pragma once
 // Pieces shared by the centralized trainers (engine.cpp) and the federated site trainer
-// (federated.cpp). Private; LibTorch inside.
+// (site_trainer.cpp). Private; LibTorch inside.
 
 #include <cstdint>
 #include <string>
@@ -11,11 +11,9 @@
 #include "data.h"
 #include "fedda/models/engine.h"
 #include "networks.h"
+#include "wire.h"
 
 namespace fedda::models {
-
-// A well-mixed 64-bit hash of two values (seeds per epoch, round or site).
-std::uint64_t mix(std::uint64_t a, std::uint64_t b);
 
 // Probability of WMH for every slice of a scan, on the model grid (inference mode).
 torch::Tensor predict(UNet& net, const torch::Tensor& images, const torch::Device& device, double temperature = 1.0);

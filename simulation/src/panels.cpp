@@ -1,4 +1,4 @@
-#include "panels.h"
+#include "fedda/simulation/panels.h"
 
 #include <algorithm>
 #include <cmath>

@@ -7,7 +7,7 @@
 #include "fedda/imaging/dataset.h"
 #include "fedda/imaging/nifti_io.h"
 #include "fedda/imaging/png.h"
-#include "panels.h"
+#include "fedda/simulation/panels.h"
 
 namespace fedda::simulation {
 namespace fs = std::filesystem;

@@ -11,6 +11,7 @@
 #include "fedda/common/log.h"
 #include "fedda/simulation/evaluation.h"
 #include "sim_commands.h"
+#include "experiment_commands.h"
 
 namespace fs = std::filesystem;
 using namespace fedda;
@@ -105,9 +106,9 @@ int main(int argc, char** argv) {
   simulation::tools::add_generate(app, rc);
   simulation::tools::add_preview(app, rc);
   simulation::tools::add_threshold_baseline(app, rc);
-  simulation::tools::add_centralized(app, rc);
-  simulation::tools::add_consortium(app, rc);
-  simulation::tools::add_experiment(app, rc);
+  experiment::tools::add_centralized(app, rc);
+  experiment::tools::add_consortium(app, rc);
+  experiment::tools::add_experiment(app, rc);
 
   return cli::run(app, argc, argv, rc, "fedda-sim");
 }

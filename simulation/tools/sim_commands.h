@@ -8,8 +8,5 @@ namespace fedda::simulation::tools {
 void add_generate(CLI::App& app, int& rc);
 void add_preview(CLI::App& app, int& rc);
 void add_threshold_baseline(CLI::App& app, int& rc);
-void add_centralized(CLI::App& app, int& rc);
-void add_consortium(CLI::App& app, int& rc);
-void add_experiment(CLI::App& app, int& rc);
 
 }  // namespace fedda::simulation::tools

@@ -5,7 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fedda/common/crypto.h"
-#include "fedda/models/federated.h"
+#include "fedda/models/weights.h"
 
 namespace fedda::site_agent {
 
@@ -16,15 +16,11 @@ Result<EgressGuard> EgressGuard::for_job(const protocol::JobSpec& job) {
   auto model = models::new_model_weights(*spec, 0);
   if (!model) return model.error();
   guard.model_ = std::move(*model);
-  guard.ada_ = job.type == "ada";
+  guard.ada_ = job.type == protocol::JobType::ada;
   if (guard.ada_) {
     auto discriminator = models::new_discriminator_weights(*spec, 0);
     if (!discriminator) return discriminator.error();
-    for (auto& t : discriminator->tensors) {  // gradients exist for parameters, not buffers
-      if (t.name.find("running_") == std::string::npos && t.name.find("num_batches_tracked") == std::string::npos) {
-        guard.discriminator_.tensors.push_back(std::move(t));
-      }
-    }
+    guard.discriminator_ = protocol::parameters_only(*discriminator);  // gradients exist for parameters, not buffers
   }
   for (auto* set : {&guard.model_, &guard.discriminator_}) {
     for (auto& t : set->tensors) t.data.clear();

@@ -10,6 +10,7 @@
 
 #include "fedda/common/cli.h"
 #include "fedda/common/log.h"
+#include "fedda/common/version.h"
 #include "fedda/models/engine.h"
 #include "fedda/site_agent/agent.h"
 #include "fedda/site_agent/site_config.h"
@@ -27,6 +28,7 @@ int main(int argc, char** argv) {
   CLI::App app{"fedda-agent: the fedda site agent, run by a hospital to segment and adapt models on local data.\n"
                "Only model weights, discriminator gradients and summary metrics ever leave the site."};
   app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("fedda-agent ") + kVersion);
   std::string log_level = "info";
   cli::add_log_level(app, log_level);
 

@@ -9,8 +9,9 @@
 
 namespace fedda::files {
 
-// Writes `contents` to `path` through a temporary file in the same folder, fsyncs it and
-// renames it into place, so readers see either the old file or the whole new one.
+// Writes `contents` to `path` through a temporary file in the same folder, fsyncs it, renames
+// it into place and fsyncs the folder, so readers see either the old file or the whole new one,
+// and once it returns the new one survives a power cut.
 Status write_atomically(const std::filesystem::path& path, const std::string& contents);
 
 // Calls `write(tmp_path)` to produce a file at a temporary name beside `path` (same extension,
@@ -24,5 +25,10 @@ Status write_via_temporary(const std::filesystem::path& path,
 Status write_secret(const std::filesystem::path& path, const std::string& contents);
 
 Result<std::string> read_all(const std::filesystem::path& path);
+
+// fsync of a folder: makes the renames and removals inside it durable.
+Status sync_folder(const std::filesystem::path& folder);
+// Removes a file (nothing when it is absent) and syncs its folder.
+Status remove_durably(const std::filesystem::path& path);
 
 }  // namespace fedda::files

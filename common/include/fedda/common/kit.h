@@ -5,13 +5,20 @@
 //   OUT/coordinator/    coordinator.curve.secret (0600), coordinator.curve.public,
 //                       coordinator.sign.key (0600, Ed25519: signs every model sent),
 //                       coordinator.sign.pub, root.pub, storage.key (0600),
-//                       sites/<site>.manifest.json + .sig (the admitted sites)
+//                       sites/<site>.manifest.json + .sig (the admitted sites),
+//                       operators/<name>.manifest.json + .sig (the admitted operators)
 //   OUT/sites/<site>/   site.curve.secret (0600), site.curve.public, root.pub, storage.key (0600),
 //                       manifest.json + manifest.sig
+//   OUT/operators/<name>/  operator.curve.secret (0600), operator.curve.public, root.pub,
+//                       manifest.json + manifest.sig
 //
-// A manifest (JSON) names the consortium, the site, the coordinator's endpoint, CurveZMQ public
-// key and model-signing key, and the site's CurveZMQ public key; the root signs it. Adding a
-// site writes its kit and one manifest into the coordinator's folder; no other kit changes.
+// A manifest (JSON) names the consortium, its holder's role ("site" or "operator") and id, the
+// coordinator's data and admin endpoints, CurveZMQ public key and model-signing key, and the
+// holder's CurveZMQ public key; the root signs it. The role is signed with the rest: a site key
+// cannot issue admin commands and an operator key is not a site (the coordinator admits each
+// on its own endpoint only). Adding a site or an operator writes its kit and one manifest into
+// the coordinator's folder; no other kit changes. Manifests without a role (format 1, before
+// operators existed) are site manifests.
 
 #include <filesystem>
 #include <map>
@@ -27,12 +34,23 @@ struct ProvisionOptions {
   std::string coordinator;  // endpoint the sites connect to, e.g. tcp://coordinator.example.org:5570
   std::vector<std::string> sites;
   std::filesystem::path out;
+  std::vector<std::string> operators;  // operator kits to create
+  std::string admin;        // endpoint operators connect to; default: the coordinator's host, port + 1
 };
 
-// Creates root, coordinator and site kits; refuses to overwrite an existing root.
+// The admin endpoint that goes with a data endpoint: same host, the next port (port 0 stays 0:
+// any free port, as tests bind). Error for an endpoint that is not tcp://HOST:PORT.
+Result<std::string> default_admin_endpoint(const std::string& coordinator);
+
+// Creates root, coordinator, site and operator kits; refuses to overwrite an existing root.
 Status provision(const ProvisionOptions& options);
 // Adds one site's kit to an existing consortium folder (needs OUT/root and OUT/coordinator).
 Status add_site(const std::filesystem::path& out, const std::string& site);
+// Adds one operator's kit likewise.
+Status add_operator(const std::filesystem::path& out, const std::string& name);
+
+// Ids of sites and operators: 1-64 letters, digits, '-' or '_', not starting with '.'.
+bool safe_id(const std::string& id);
 
 struct SiteKit {
   std::string consortium;
@@ -49,17 +67,42 @@ struct SiteKit {
 // consistent with the manifest. Error names the file and what is wrong.
 Result<SiteKit> load_site_kit(const std::filesystem::path& dir);
 
+struct OperatorKit {
+  std::string consortium;
+  std::string name;
+  std::string coordinator_endpoint;
+  std::string admin_endpoint;
+  std::string coordinator_curve_public;
+  std::string operator_curve_public;
+  std::string operator_curve_secret;
+};
+
+// Reads and checks an operator kit as load_site_kit does a site's.
+Result<OperatorKit> load_operator_kit(const std::filesystem::path& dir);
+
 struct CoordinatorKit {
+  std::filesystem::path dir;
   std::string consortium;
   std::string curve_public;
   std::string curve_secret;
-  std::string sign_private;                   // PEM
+  std::string sign_private;                     // PEM
   std::string storage_key;
-  std::map<std::string, std::string> sites;   // admitted CurveZMQ public key (Z85) -> site id
+  std::string root_public;                      // PEM, to verify manifests admitted later
+  std::map<std::string, std::string> sites;     // admitted CurveZMQ public key (Z85) -> site id
+  std::map<std::string, std::string> operators; // admitted CurveZMQ public key (Z85) -> operator name
 };
 
-// Reads the coordinator's kit and every site manifest in it; a manifest that does not verify
-// against the root is an error (named), not silently skipped.
+// Reads the coordinator's kit and every site and operator manifest in it; a manifest that does
+// not verify against the root is an error (named), not silently skipped.
 Result<CoordinatorKit> load_coordinator_kit(const std::filesystem::path& dir);
+
+struct Holder {
+  std::string role;        // site | operator
+  std::string id;          // site id or operator name
+  std::string curve_public;
+};
+// Verifies one manifest (its text and signature) against the kit's root and coordinator: the
+// check `admit` runs on a site provisioned after the coordinator started.
+Result<Holder> verify_manifest(const CoordinatorKit& kit, const std::string& manifest, const std::string& signature);
 
 }  // namespace fedda::kit

@@ -9,7 +9,13 @@
 //   frame 1  Body: the message struct of that type (may be empty for heartbeats)
 // Both are Cereal portable-binary archives (little-endian on every host). Every struct has a
 // versioned serialize() (CEREAL_CLASS_VERSION below); a reader refuses versions newer than it
-// knows. Tensors travel as WireTensor (named, typed, shaped raw buffers with a CRC each).
+// knows (detail::check_known_version), and reads every older one. Tensors travel as
+// WireTensor (named, typed, shaped raw buffers with a CRC each).
+//
+// Two planes use this framing: the data plane (sites <-> coordinator: hello ... upload) and the
+// admin plane (operators <-> coordinator: admin_request / admin_reply), each on its own
+// endpoint; the coordinator's ZAP handler admits site keys on the first and operator keys on
+// the second only.
 //
 // Decoding never trusts a length: every string and array size is checked against the bytes
 // that are actually left before anything is allocated, so a malformed or hostile frame costs
@@ -50,8 +56,56 @@ enum class MessageType : std::uint8_t {
   update_ready = 11, // agent -> coordinator: a round's update is ready to upload (body empty)
   upload = 12,       // coordinator -> agent: send that update now (credit-based flow control:
                      // a few uploads at a time, so coordinator memory does not grow with sites)
+  admin_request = 13,  // operator -> coordinator, on the admin endpoint only
+  admin_reply = 14,    // coordinator -> operator
 };
+inline constexpr MessageType kLastMessageType = MessageType::admin_reply;
 const char* type_name(MessageType type);
+
+// What a job asks of its sites. On the wire and in files it is its name.
+enum class JobType : std::uint8_t { teacher = 1, kd = 2, ada = 3, evaluate = 4 };
+const char* job_type_name(JobType type);
+// Error lists the known types.
+Result<JobType> parse_job_type(const std::string& name);
+
+// Why the coordinator refused a message (Reject.code): agents act on the code, never on text.
+enum class RejectCode : std::uint16_t {
+  unspecified = 0,
+  say_hello_first = 1,   // a message from a connection that has not said hello
+  not_registered = 2,    // the site id is not in this consortium's registry
+  sender_mismatch = 3,   // the hello's site id differs from the header's sender
+  revoked = 4,           // this site's key was revoked by an operator
+  not_an_operator = 5,   // an admin request on the data endpoint, or from a key that is not an operator's
+};
+const char* reject_code_name(RejectCode code);
+
+// The text the coordinator signs (Ed25519) for every message that carries a model (job offer,
+// round task): job, round and the SHA-256 of the exact body, so a signature cannot be moved to
+// another job, round or body. Sites verify it against the coordinator key in their kit.
+std::string model_signed_text(const std::string& job_id, int round, const std::string& body);
+
+// Parameters, not buffers: batch-norm statistics and counters (running_mean, running_var,
+// num_batches_tracked) have no gradient. The one filter the egress guard (what a site may send
+// as discriminator gradients) and the coordinator (what it averages) both use.
+bool is_parameter(const std::string& tensor_name);
+TensorSet parameters_only(const TensorSet& set);
+
+// One row of a results.csv: a subject's metrics under one method. Written through csv_line,
+// which quotes a field holding a comma, quote or line break (RFC 4180), so a subject id from
+// the wire can never add a row or a column.
+inline constexpr const char* kResultsCsvHeader = "source,target,fold,method,mode,subject,dsc,h95,avd,recall,f1";
+struct ResultRow {
+  std::string source, target;
+  int fold = 0;
+  std::string method, mode, subject;
+  double dsc = 0, h95 = 0, avd = 0, recall = 0, f1 = 0;  // NaN = undefined: an empty cell
+};
+std::string csv_line(const ResultRow& row);  // with its line break
+std::string csv_field(const std::string& text);
+// Fields of one CSV line (quoted fields unquoted). `line` has no line break.
+std::vector<std::string> csv_fields(const std::string& line);
+// The rows of a results.csv's text; error names the line that does not parse.
+Result<std::vector<ResultRow>> parse_results_csv(const std::string& csv);
 
 struct Header {
   std::uint32_t version = kVersion;
@@ -68,7 +122,7 @@ struct Header {
 // the job offer. Names follow the paper.
 struct JobSpec {
   std::string id;                  // unique per consortium; names the job's output folder
-  std::string type;                // teacher | kd | ada | evaluate
+  JobType type = JobType::teacher;
   std::vector<std::string> sites;  // participating site ids
   std::string source;              // the labelled source clinic (teacher, ada); its scans all train
   int fold = 0;                    // target sites train on one half of their subjects, test on the other
@@ -93,12 +147,17 @@ struct JobSpec {
   std::vector<std::string> subjects;          // if set: target sites use only these (on-the-fly)
   std::string model_spec_json;     // architecture + grid of the model being trained
   std::string transfer_precision = "float32";  // float16: models cross the network at half precision
+  // Sampling of the round's sites (jobs naming many sites): at most this many train per round,
+  // drawn afresh every round from the ready sites by (seed, round); 0: every ready site.
+  int sites_per_round = 0;
+  double fraction = 0;             // or this share of the ready sites (0 < fraction <= 1); 0: off
 };
 
 struct Hello {
   std::string site_id;
   std::string agent_version;
   std::string device;
+  std::int32_t threads = 0;  // LibTorch threads the agent trains with (version 2)
 };
 
 struct Welcome {
@@ -154,11 +213,37 @@ struct JobFailed {
 };
 
 struct Reject {
-  std::string reason;
+  RejectCode code = RejectCode::unspecified;  // version 2
+  std::string reason;                         // for the log
 };
 
 struct Goodbye {
   std::string reason;
+};
+
+// ---- admin plane (operators <-> coordinator, request / reply) -------------------------------
+
+struct NamedFile {
+  std::string name;   // a plain file name, no folders
+  std::string bytes;
+};
+
+// Commands: submit, jobs, status, abort, resume, download, sites, admit, revoke.
+struct AdminRequest {
+  std::string command;
+  std::string target;              // the job or site the command is about
+  std::string job_yaml;            // submit: the job file's text
+  std::string job_file;            // submit: its file name, for messages
+  std::vector<NamedFile> files;    // submit: the teacher model the job file names;
+                                   // admit: the site's manifest.json and manifest.sig
+};
+
+struct AdminReply {
+  bool ok = false;
+  std::string error;               // what failed, naming the job, site or key
+  std::string json;                // the answer: one JSON document
+  std::vector<NamedFile> files;    // download: the job's files
+  std::string notice;              // a warning every answer carries (a coordinator without a kit)
 };
 
 // Encoded frames of one message: {header, body}.
@@ -266,6 +351,35 @@ void load_bytes(Archive& ar, std::vector<std::uint8_t>& data) {
   ar(cereal::binary_data(data.data(), n));
 }
 
+// A reader refuses a struct version newer than it knows (a newer peer's field would otherwise
+// be read as the next field).
+template <typename T>
+void check_known_version(std::uint32_t version) {
+  if (version > cereal::detail::Version<T>::version) {
+    throw std::invalid_argument("a newer version (" + std::to_string(version) + ") of a message this build knows up to version " +
+                                std::to_string(cereal::detail::Version<T>::version));
+  }
+}
+
+// A JobType travels as its name (the same bytes as the string it was before it was an enum).
+struct JobTypeText {
+  JobType& value;
+};
+inline JobTypeText job_type_text(JobType& value) { return JobTypeText{value}; }
+template <class Archive>
+void save(Archive& ar, const JobTypeText& t) {
+  std::string name = job_type_name(t.value);
+  ar(bounded(name));
+}
+template <class Archive>
+void load(Archive& ar, JobTypeText& t) {
+  std::string name;
+  ar(bounded(name));
+  auto parsed = parse_job_type(name);
+  if (!parsed) throw std::invalid_argument(parsed.error().message);
+  t.value = *parsed;
+}
+
 }  // namespace detail
 
 template <class Archive>
@@ -274,7 +388,8 @@ void save(Archive& ar, const Header& h, std::uint32_t) {
      detail::bounded(const_cast<std::string&>(h.job_id)), h.round, h.sequence, h.body_bytes, h.body_crc32);
 }
 template <class Archive>
-void load(Archive& ar, Header& h, std::uint32_t) {
+void load(Archive& ar, Header& h, std::uint32_t version) {
+  detail::check_known_version<Header>(version);
   std::uint8_t type = 0;
   ar(h.version, type, detail::bounded(h.sender), detail::bounded(h.job_id), h.round, h.sequence, h.body_bytes,
      h.body_crc32);
@@ -291,14 +406,16 @@ void save(Archive& ar, const WireTensor& t, std::uint32_t) {
   protocol::detail::save_bytes(ar, t.data);
 }
 template <class Archive>
-void load(Archive& ar, WireTensor& t, std::uint32_t) {
+void load(Archive& ar, WireTensor& t, std::uint32_t version) {
+  protocol::detail::check_known_version<WireTensor>(version);
   std::uint8_t dtype = 0;
   ar(protocol::detail::bounded(t.name), dtype, protocol::detail::bounded(t.shape), t.crc32);
   t.dtype = static_cast<DType>(dtype);
   protocol::detail::load_bytes(ar, t.data);
 }
 template <class Archive>
-void serialize(Archive& ar, TensorSet& s, std::uint32_t) {
+void serialize(Archive& ar, TensorSet& s, std::uint32_t version) {
+  protocol::detail::check_known_version<TensorSet>(version);
   ar(protocol::detail::bounded(s.tensors));
 }
 }  // namespace fedda
@@ -310,56 +427,90 @@ namespace fedda::protocol {
 
 template <class Archive>
 void serialize(Archive& ar, JobSpec& m, std::uint32_t version) {
-  ar(FEDDA_TEXT(id), FEDDA_TEXT(type), FEDDA_LIST(sites), FEDDA_TEXT(source), m.fold, m.rounds, m.local_steps,
+  detail::check_known_version<JobSpec>(version);
+  ar(FEDDA_TEXT(id), detail::job_type_text(m.type), FEDDA_LIST(sites), FEDDA_TEXT(source), m.fold, m.rounds, m.local_steps,
      m.steps_by_share, m.batch_size, m.learning_rate, m.decay_round, m.dice_weight, m.lesion_slice_fraction, m.augment,
      m.temperature, m.ada_weight, m.ada_warmup_rounds, m.seed, m.min_sites, m.round_deadline_s, m.evaluate,
      FEDDA_LIST(evaluation_sites), FEDDA_LIST(subjects), FEDDA_TEXT(model_spec_json));
   if (version >= 2) ar(FEDDA_TEXT(transfer_precision));
+  if (version >= 3) ar(m.sites_per_round, m.fraction);
 }
 template <class Archive>
-void serialize(Archive& ar, Hello& m, std::uint32_t) {
+void serialize(Archive& ar, Hello& m, std::uint32_t version) {
+  detail::check_known_version<Hello>(version);
   ar(FEDDA_TEXT(site_id), FEDDA_TEXT(agent_version), FEDDA_TEXT(device));
+  if (version >= 2) ar(m.threads);
 }
 template <class Archive>
-void serialize(Archive& ar, Welcome& m, std::uint32_t) {
+void serialize(Archive& ar, Welcome& m, std::uint32_t version) {
+  detail::check_known_version<Welcome>(version);
   ar(m.heartbeat_ms, m.liveness);
 }
 template <class Archive>
-void serialize(Archive& ar, JobOffer& m, std::uint32_t) {
+void serialize(Archive& ar, JobOffer& m, std::uint32_t version) {
+  detail::check_known_version<JobOffer>(version);
   ar(m.job, m.teacher);
 }
 template <class Archive>
-void serialize(Archive& ar, SkippedSubject& m, std::uint32_t) {
+void serialize(Archive& ar, SkippedSubject& m, std::uint32_t version) {
+  detail::check_known_version<SkippedSubject>(version);
   ar(FEDDA_TEXT(subject), FEDDA_TEXT(reason));
 }
 template <class Archive>
-void serialize(Archive& ar, JobReady& m, std::uint32_t) {
+void serialize(Archive& ar, JobReady& m, std::uint32_t version) {
+  detail::check_known_version<JobReady>(version);
   ar(m.samples, m.subjects, m.evaluation_subjects, FEDDA_LIST(skipped));
 }
 template <class Archive>
-void serialize(Archive& ar, RoundTask& m, std::uint32_t) {
+void serialize(Archive& ar, RoundTask& m, std::uint32_t version) {
+  detail::check_known_version<RoundTask>(version);
   ar(m.evaluate, m.learning_rate, m.adversarial_weight, m.model, m.discriminator, FEDDA_LIST(step_sites),
      FEDDA_LIST(steps));
 }
 template <class Archive>
-void serialize(Archive& ar, SubjectMetrics& m, std::uint32_t) {
+void serialize(Archive& ar, SubjectMetrics& m, std::uint32_t version) {
+  detail::check_known_version<SubjectMetrics>(version);
   ar(FEDDA_TEXT(subject), m.dsc, m.h95, m.avd, m.recall, m.f1);
 }
 template <class Archive>
 void serialize(Archive& ar, RoundUpdate& m, std::uint32_t version) {
+  detail::check_known_version<RoundUpdate>(version);
   ar(m.model, m.discriminator_grads, m.samples, m.steps, m.loss, m.seconds, FEDDA_LIST(metrics));
   if (version >= 2) ar(m.overhead_seconds);
 }
 template <class Archive>
-void serialize(Archive& ar, JobFailed& m, std::uint32_t) {
+void serialize(Archive& ar, JobFailed& m, std::uint32_t version) {
+  detail::check_known_version<JobFailed>(version);
   ar(FEDDA_TEXT(reason));
 }
 template <class Archive>
-void serialize(Archive& ar, Reject& m, std::uint32_t) {
+void serialize(Archive& ar, Reject& m, std::uint32_t version) {
+  detail::check_known_version<Reject>(version);
+  if (version >= 2) {
+    auto code = static_cast<std::uint16_t>(m.code);
+    ar(code);
+    m.code = static_cast<RejectCode>(code);
+  }
   ar(FEDDA_TEXT(reason));
 }
 template <class Archive>
-void serialize(Archive& ar, Goodbye& m, std::uint32_t) {
+void serialize(Archive& ar, NamedFile& m, std::uint32_t version) {
+  detail::check_known_version<NamedFile>(version);
+  ar(FEDDA_TEXT(name), FEDDA_TEXT(bytes));
+}
+template <class Archive>
+void serialize(Archive& ar, AdminRequest& m, std::uint32_t version) {
+  detail::check_known_version<AdminRequest>(version);
+  ar(FEDDA_TEXT(command), FEDDA_TEXT(target), FEDDA_TEXT(job_yaml), FEDDA_TEXT(job_file), FEDDA_LIST(files));
+}
+template <class Archive>
+void serialize(Archive& ar, AdminReply& m, std::uint32_t version) {
+  detail::check_known_version<AdminReply>(version);
+  ar(m.ok, FEDDA_TEXT(error), FEDDA_TEXT(json), FEDDA_LIST(files), FEDDA_TEXT(notice));
+}
+template <class Archive>
+void serialize(Archive& ar, Goodbye& m, std::uint32_t version) {
+  detail::check_known_version<Goodbye>(version);
   ar(FEDDA_TEXT(reason));
 }
 
@@ -404,8 +555,8 @@ Result<Body> decode_body(const std::string& body_frame) {
 CEREAL_CLASS_VERSION(fedda::protocol::Header, 1)
 CEREAL_CLASS_VERSION(fedda::WireTensor, 1)
 CEREAL_CLASS_VERSION(fedda::TensorSet, 1)
-CEREAL_CLASS_VERSION(fedda::protocol::JobSpec, 2)
-CEREAL_CLASS_VERSION(fedda::protocol::Hello, 1)
+CEREAL_CLASS_VERSION(fedda::protocol::JobSpec, 3)
+CEREAL_CLASS_VERSION(fedda::protocol::Hello, 2)
 CEREAL_CLASS_VERSION(fedda::protocol::Welcome, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::JobOffer, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::SkippedSubject, 1)
@@ -414,5 +565,8 @@ CEREAL_CLASS_VERSION(fedda::protocol::RoundTask, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::SubjectMetrics, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::RoundUpdate, 2)
 CEREAL_CLASS_VERSION(fedda::protocol::JobFailed, 1)
-CEREAL_CLASS_VERSION(fedda::protocol::Reject, 1)
+CEREAL_CLASS_VERSION(fedda::protocol::Reject, 2)
 CEREAL_CLASS_VERSION(fedda::protocol::Goodbye, 1)
+CEREAL_CLASS_VERSION(fedda::protocol::NamedFile, 1)
+CEREAL_CLASS_VERSION(fedda::protocol::AdminRequest, 1)
+CEREAL_CLASS_VERSION(fedda::protocol::AdminReply, 1)

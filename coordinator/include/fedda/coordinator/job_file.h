@@ -7,6 +7,7 @@
 //   sites: [utrecht, amsterdam, singapore]
 //   teacher: job:teacher-utrecht   # kd/ada/evaluate: a model file, or job:<id> for another job's result
 //   rounds: 4
+//   sites_per_round: 10            # jobs naming many sites: train a sample of them each round
 //   ...                            # every JobSpec field by name (see protocol.h)
 //   model: {width: 16, depth: 4, norm: batch, upsample: nearest_conv,
 //           grid_size: 128, grid_spacing: 1.5}   # teacher jobs: the architecture to train
@@ -30,5 +31,8 @@ struct JobDefinition {
 
 // Error names the file and the key at fault.
 Result<JobDefinition> read_job_file(const std::filesystem::path& path);
+// The same from text (a job submitted over the admin channel): `name` stands in for the file
+// in messages; a relative teacher path is kept as written (the submitter resolves it).
+Result<JobDefinition> parse_job_file(const std::string& text, const std::string& name);
 
 }  // namespace fedda::coordinator

@@ -10,15 +10,13 @@
 #include <array>
 #include <cstddef>
 
+#include "fedda/common/grid_spec.h"
 #include "fedda/common/result.h"
 #include "fedda/imaging/volume.h"
 
 namespace fedda::imaging {
 
-struct GridSpec {
-  std::array<std::size_t, 2> in_plane_size{128, 128};
-  std::array<double, 2> in_plane_spacing{1.5, 1.5};
-};
+using GridSpec = fedda::GridSpec;
 
 struct BrainMaskOptions {
   // Erosion radius (mm) that cuts the brain loose from scalp and neck before the largest

@@ -28,7 +28,7 @@ namespace fedda::models {
 
 struct TrainConfig {
   UNetSpec unet;                 // architecture of a new model
-  imaging::GridSpec grid;        // preprocessing grid of a new model
+  GridSpec grid;        // preprocessing grid of a new model
   int epochs = 20;
   int steps_per_epoch = 32;      // batches per epoch
   int batch_size = 8;

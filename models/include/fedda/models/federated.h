@@ -1,11 +1,9 @@
 #pragma once
-// The training engine's federated face, free of LibTorch: model state as TensorSets (what
-// crosses the network), the site's local trainer, and the coordinator's discriminator step.
-//
-// Site side: SiteTrainer holds one job's scans (and soft labels) in memory and trains rounds
-// from the weights it is given; its optimiser state persists across rounds. Coordinator side:
-// weights are averaged with fedda::RunningAverage; DiscriminatorOptimizer applies averaged
-// discriminator gradients (ADA). Neither class is thread-safe; use one per thread.
+// The training engine's federated face, free of LibTorch: the site's local trainer. SiteTrainer
+// holds one job's scans (and soft labels) in memory and trains rounds from the weights it is
+// given (TensorSets, what crosses the network); its optimiser state persists across rounds.
+// The coordinator's side (weights files, the discriminator step) is in weights.h, a library
+// without the imaging stack. Not thread-safe; use one per thread.
 
 #include <cstdint>
 #include <filesystem>
@@ -18,44 +16,13 @@
 #include "fedda/imaging/dataset.h"
 #include "fedda/models/engine.h"
 #include "fedda/models/model_spec.h"
+#include "fedda/models/weights.h"
+#include "fedda/common/protocol.h"
 
 namespace fedda::models {
 
-// Fresh weights of the spec's U-Net / of the ADA discriminator (seeded).
-Result<TensorSet> new_model_weights(const ModelSpec& spec, std::uint64_t seed);
-Result<TensorSet> new_discriminator_weights(const ModelSpec& spec, std::uint64_t seed);
-
-struct StoredModel {
-  ModelSpec spec;
-  TensorSet weights;
-};
-Result<StoredModel> read_model_weights(const std::filesystem::path& model);
-// Writes a regular fedda model file (usable by `fedda-agent segment`); error when the weights
-// do not fit the spec's architecture.
-Status write_model_weights(const std::filesystem::path& path, const ModelSpec& spec, const TensorSet& weights);
-
-// Adam on the discriminator at the coordinator, fed the sites' sample-weighted mean gradients.
-class DiscriminatorOptimizer {
- public:
-  static Result<std::unique_ptr<DiscriminatorOptimizer>> create(const ModelSpec& spec, const TensorSet& weights,
-                                                                double learning_rate);
-  ~DiscriminatorOptimizer();
-  // Applies `mean_grads` (one per parameter, in parameter order) and returns the new weights.
-  Result<TensorSet> step(const TensorSet& mean_grads, double learning_rate);
-  Result<TensorSet> weights() const;
-  // Optimiser state (moments, step counts) with the weights, for a coordinator restart; with a
-  // `storage_key` the file is sealed with AES-256-GCM and a tampered one is refused.
-  Status save(const std::filesystem::path& path, const std::string& storage_key = {}) const;
-  Status load(const std::filesystem::path& path, const std::string& storage_key = {});
-
- private:
-  struct Impl;
-  explicit DiscriminatorOptimizer(std::unique_ptr<Impl> impl);
-  std::unique_ptr<Impl> impl_;
-};
-
 struct SiteJobOptions {
-  std::string type;  // teacher | kd | ada | evaluate
+  protocol::JobType type = protocol::JobType::teacher;
   ModelSpec spec;
   std::vector<imaging::SubjectFiles> train;       // scans the site trains on
   std::vector<imaging::SubjectFiles> evaluation;  // labelled scans scored in evaluation rounds

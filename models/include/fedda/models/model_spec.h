@@ -12,7 +12,7 @@
 #include <string>
 
 #include "fedda/common/result.h"
-#include "fedda/imaging/preprocess.h"
+#include "fedda/common/grid_spec.h"
 
 namespace fedda::models {
 
@@ -29,7 +29,7 @@ struct UNetSpec {
 
 struct ModelSpec {
   UNetSpec unet;
-  imaging::GridSpec grid;
+  GridSpec grid;
   std::string role = "segmenter";  // what trained it: teacher, student, ada, ...
 };
 

@@ -1,6 +1,6 @@
 #pragma once
 // Axial slices drawn as picture panels, shared by `fedda-sim preview` and the experiment
-// report's overlays (private to the simulation library).
+// report's overlays.
 
 #include <array>
 #include <cstdint>

@@ -4,10 +4,11 @@
 #include <sstream>
 
 #include "fedda/common/log.h"
-#include "fedda/simulation/experiment.h"
-#include "sim_commands.h"
+#include "fedda/experiment/consortium.h"
+#include "fedda/experiment/experiment.h"
+#include "experiment_commands.h"
 
-namespace fedda::simulation::tools {
+namespace fedda::experiment::tools {
 
 namespace {
 
@@ -54,7 +55,7 @@ void add_experiment(CLI::App& app, int& rc) {
   cmd->add_option("--threads", a->threads, "LibTorch threads per process (0: every core)")->capture_default_str();
   cmd->add_flag("--insecure", a->insecure, "federated: plain TCP, no kits (for debugging only)");
   cmd->callback([a, &rc]() {
-    auto profile = parse_profile(a->profile);
+    auto profile = simulation::parse_profile(a->profile);
     if (!profile) throw CLI::ValidationError("--profile", profile.error().message);
     ExperimentOptions o;
     o.data = a->data;
@@ -71,6 +72,7 @@ void add_experiment(CLI::App& app, int& rc) {
     o.device = a->device;
     o.threads = a->threads;
     o.secure = !a->insecure;
+    o.bin_dir = executable_dir();
     auto r = run_experiment(o);
     if (!r) {
       log::get("fedda-sim")->error("{}", r.error().message);
@@ -84,4 +86,4 @@ void add_experiment(CLI::App& app, int& rc) {
   });
 }
 
-}  // namespace fedda::simulation::tools
+}  // namespace fedda::experiment::tools

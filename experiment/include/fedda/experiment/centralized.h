@@ -21,7 +21,7 @@
 #include "fedda/common/result.h"
 #include "fedda/models/engine.h"
 
-namespace fedda::simulation {
+namespace fedda::experiment {
 
 struct CentralizedOptions {
   std::filesystem::path data;
@@ -64,4 +64,4 @@ Result<CentralizedResult> run_centralized(const CentralizedOptions& options);
 std::pair<std::vector<imaging::SubjectFiles>, std::vector<imaging::SubjectFiles>> split_fold(
     const std::vector<imaging::SubjectFiles>& target, int fold);
 
-}  // namespace fedda::simulation
+}  // namespace fedda::experiment

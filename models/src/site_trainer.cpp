@@ -11,75 +11,13 @@
 #include "losses.h"
 #include "model_io.h"
 #include "training.h"
+#include "wire.h"
 
 namespace fedda::models {
 namespace fs = std::filesystem;
+using protocol::JobType;
 
 namespace {
-
-std::vector<std::pair<std::string, torch::Tensor>> state_of(torch::nn::Module& module) {
-  std::vector<std::pair<std::string, torch::Tensor>> state;
-  for (const auto& p : module.named_parameters()) state.emplace_back(p.key(), p.value());
-  for (const auto& b : module.named_buffers()) state.emplace_back(b.key(), b.value());
-  return state;
-}
-
-Result<DType> wire_dtype(const torch::Tensor& t, const std::string& name) {
-  switch (t.scalar_type()) {
-    case torch::kFloat32: return DType::f32;
-    case torch::kFloat16: return DType::f16;
-    case torch::kInt64: return DType::i64;
-    default: return make_error("tensor '" + name + "' has a type the wire format does not carry");
-  }
-}
-
-torch::ScalarType torch_dtype(DType d) {
-  switch (d) {
-    case DType::f16: return torch::kFloat16;
-    case DType::i64: return torch::kInt64;
-    case DType::f32: break;
-  }
-  return torch::kFloat32;
-}
-
-WireTensor to_wire(const std::string& name, const torch::Tensor& tensor, DType dtype) {
-  const auto t = tensor.detach().to(torch::kCPU).contiguous();
-  WireTensor w;
-  w.name = name;
-  w.dtype = dtype;
-  w.shape.assign(t.sizes().begin(), t.sizes().end());
-  w.data.resize(t.numel() * t.element_size());
-  std::memcpy(w.data.data(), t.data_ptr(), w.data.size());
-  w.crc32 = crc32_of(w.data);
-  return w;
-}
-
-Result<TensorSet> to_wire(torch::nn::Module& module) {
-  TensorSet set;
-  for (const auto& [name, tensor] : state_of(module)) {
-    auto dtype = wire_dtype(tensor, name);
-    if (!dtype) return dtype.error();
-    set.tensors.push_back(to_wire(name, tensor, *dtype));
-  }
-  return set;
-}
-
-// Copies `set` into the module's parameters and buffers; error names the first mismatch.
-Status from_wire(torch::nn::Module& module, const TensorSet& set) {
-  auto reference = to_wire(module);
-  if (!reference) return reference.error();
-  if (auto st = check_same_layout(set, *reference); !st) return st;
-  if (auto st = check_integrity(set); !st) return st;
-  torch::NoGradGuard no_grad;
-  const auto state = state_of(module);
-  for (std::size_t i = 0; i < state.size(); ++i) {
-    const auto& w = set.tensors[i];
-    auto source = torch::from_blob(const_cast<std::uint8_t*>(w.data.data()), w.shape,
-                                   torch::TensorOptions().dtype(torch_dtype(w.dtype)));
-    state[i].second.copy_(source);
-  }
-  return Status::success();
-}
 
 std::string hex(std::uint64_t v) {
   char text[17];
@@ -121,115 +59,6 @@ Result<torch::Tensor> load_tensor(const fs::path& path, const std::string& key) 
 
 }  // namespace
 
-Result<TensorSet> new_model_weights(const ModelSpec& spec, std::uint64_t seed) {
-  if (auto st = validate(spec); !st) return st.error();
-  torch::manual_seed(seed);
-  UNet net(spec.unet);
-  return to_wire(*net);
-}
-
-Result<TensorSet> new_discriminator_weights(const ModelSpec& spec, std::uint64_t seed) {
-  torch::manual_seed(mix(seed, 0xd15c));
-  Discriminator net(spec.unet.classes);
-  return to_wire(*net);
-}
-
-Result<StoredModel> read_model_weights(const fs::path& path) {
-  auto m = load_model(path, torch::kCPU);
-  if (!m) return m.error();
-  auto weights = to_wire(*m->net);
-  if (!weights) return make_error(path.string() + ": " + weights.error().message);
-  return StoredModel{m->spec, std::move(*weights)};
-}
-
-Status write_model_weights(const fs::path& path, const ModelSpec& spec, const TensorSet& weights) {
-  if (auto st = validate(spec); !st) return st.error();
-  UNet net(spec.unet);
-  if (auto st = from_wire(*net, weights); !st) return make_error(path.string() + ": " + st.error().message);
-  net->eval();
-  return save_model(path, spec, net);
-}
-
-// ---- DiscriminatorOptimizer ---------------------------------------------------------------
-
-struct DiscriminatorOptimizer::Impl {
-  Discriminator net{nullptr};
-  std::unique_ptr<torch::optim::Adam> optimizer;
-};
-
-DiscriminatorOptimizer::DiscriminatorOptimizer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-DiscriminatorOptimizer::~DiscriminatorOptimizer() = default;
-
-Result<std::unique_ptr<DiscriminatorOptimizer>> DiscriminatorOptimizer::create(const ModelSpec& spec,
-                                                                               const TensorSet& weights,
-                                                                               double learning_rate) {
-  auto impl = std::make_unique<Impl>();
-  impl->net = Discriminator(spec.unet.classes);
-  if (auto st = from_wire(*impl->net, weights); !st) return make_error("discriminator: " + st.error().message);
-  impl->optimizer = std::make_unique<torch::optim::Adam>(impl->net->parameters(),
-                                                         torch::optim::AdamOptions(learning_rate));
-  return std::unique_ptr<DiscriminatorOptimizer>(new DiscriminatorOptimizer(std::move(impl)));
-}
-
-Result<TensorSet> DiscriminatorOptimizer::step(const TensorSet& mean_grads, double learning_rate) {
-  auto parameters = impl_->net->named_parameters();
-  if (mean_grads.tensors.size() != parameters.size()) {
-    return make_error("discriminator gradients: " + std::to_string(mean_grads.tensors.size()) + " tensors where " +
-                      std::to_string(parameters.size()) + " are expected");
-  }
-  if (auto st = check_integrity(mean_grads); !st) return make_error("discriminator gradients: " + st.error().message);
-  std::size_t i = 0;
-  for (auto& p : parameters) {
-    const auto& g = mean_grads.tensors[i++];
-    if (g.name != p.key() || g.dtype != DType::f32 ||
-        g.shape != std::vector<std::int64_t>(p.value().sizes().begin(), p.value().sizes().end())) {
-      return make_error("discriminator gradients: tensor '" + g.name + "' does not match parameter '" + p.key() + "'");
-    }
-    p.value().mutable_grad() =
-        torch::from_blob(const_cast<std::uint8_t*>(g.data.data()), g.shape, torch::kFloat32).clone();
-  }
-  for (auto& group : impl_->optimizer->param_groups()) {
-    static_cast<torch::optim::AdamOptions&>(group.options()).lr(learning_rate);
-  }
-  impl_->optimizer->step();
-  impl_->optimizer->zero_grad();
-  return to_wire(*impl_->net);
-}
-
-Result<TensorSet> DiscriminatorOptimizer::weights() const { return to_wire(*impl_->net); }
-
-Status DiscriminatorOptimizer::save(const fs::path& path, const std::string& storage_key) const {
-  std::ostringstream bytes;
-  try {
-    torch::serialize::OutputArchive archive, net, optimizer;
-    impl_->net->save(net);
-    impl_->optimizer->save(optimizer);
-    archive.write("net", net);
-    archive.write("optimizer", optimizer);
-    archive.save_to(bytes);
-  } catch (const std::exception& e) {
-    return make_error(path.string() + ": cannot serialise the discriminator: " + e.what());
-  }
-  return crypto::write_sealed(path, bytes.str(), storage_key);
-}
-
-Status DiscriminatorOptimizer::load(const fs::path& path, const std::string& storage_key) {
-  auto bytes = crypto::read_sealed(path, storage_key);
-  if (!bytes) return bytes.error();
-  try {
-    std::istringstream in(*bytes);
-    torch::serialize::InputArchive archive, net, optimizer;
-    archive.load_from(in);
-    archive.read("net", net);
-    archive.read("optimizer", optimizer);
-    impl_->net->load(net);
-    impl_->optimizer->load(optimizer);
-  } catch (const std::exception& e) {
-    return make_error(path.string() + ": not a discriminator state: " + e.what());
-  }
-  return Status::success();
-}
-
 // ---- SiteTrainer ----------------------------------------------------------------------------
 
 struct SiteTrainer::Impl {
@@ -254,8 +83,6 @@ int SiteTrainer::evaluation_subjects() const { return static_cast<int>(impl_->ev
 
 Result<std::unique_ptr<SiteTrainer>> SiteTrainer::open(const SiteJobOptions& o, const TensorSet& teacher) {
   auto log = log::get("site-trainer");
-  static const std::vector<std::string> types = {"teacher", "kd", "ada", "evaluate"};
-  if (std::find(types.begin(), types.end(), o.type) == types.end()) return make_error("unknown job type '" + o.type + "'");
   if (auto st = validate(o.spec); !st) return make_error("model spec: " + st.error().message);
   auto device = parse_device(o.device);
   if (!device) return device.error();
@@ -265,7 +92,7 @@ Result<std::unique_ptr<SiteTrainer>> SiteTrainer::open(const SiteJobOptions& o, 
   impl->options = o;
   impl->device = *device;
   const auto id = [](const imaging::SubjectFiles& s) { return s.clinic + "/" + s.subject; };
-  const bool training = o.type != "evaluate";
+  const bool training = o.type != JobType::evaluate;
   if (training) {
     for (const auto& s : o.train) {
       if (o.labelled && !s.labels) {
@@ -298,7 +125,7 @@ Result<std::unique_ptr<SiteTrainer>> SiteTrainer::open(const SiteJobOptions& o, 
     return make_error("none of the " + std::to_string(o.train.size()) + " training scans could be used");
   }
 
-  if (o.type == "kd" && !impl->scans.empty()) {
+  if (o.type == JobType::kd && !impl->scans.empty()) {
     UNet teacher_net(o.spec.unet);
     if (auto st = from_wire(*teacher_net, teacher); !st) return make_error("teacher: " + st.error().message);
     teacher_net->to(impl->device);
@@ -343,7 +170,7 @@ Result<std::unique_ptr<SiteTrainer>> SiteTrainer::open(const SiteJobOptions& o, 
 
   impl->net = UNet(o.spec.unet);
   impl->net->to(impl->device);
-  if (o.type == "ada") {
+  if (o.type == JobType::ada) {
     impl->discriminator = Discriminator(o.spec.unet.classes);
     impl->discriminator->to(impl->device);
   }
@@ -354,12 +181,12 @@ Result<LocalUpdate> SiteTrainer::train(int round, const TensorSet& model, const 
                                        double learning_rate, double adversarial_weight) {
   auto& m = *impl_;
   const auto& o = m.options;
-  if (o.type == "evaluate") return make_error("an evaluate job does not train");
+  if (o.type == JobType::evaluate) return make_error("an evaluate job does not train");
   if (m.scans.empty()) return make_error("this site holds no training scans for the job");
   if (steps < 1) return make_error("a round needs at least one step");
   const auto start = std::chrono::steady_clock::now();
   if (auto st = from_wire(*m.net, model); !st) return make_error("model: " + st.error().message);
-  const bool ada = o.type == "ada";
+  const bool ada = o.type == JobType::ada;
   if (ada) {
     if (auto st = from_wire(*m.discriminator, discriminator); !st) return make_error("discriminator: " + st.error().message);
   }
@@ -369,7 +196,7 @@ Result<LocalUpdate> SiteTrainer::train(int round, const TensorSet& model, const 
   // Adam ignores the scale of a loss, so where the adversarial term is the whole loss (an
   // unlabelled ADA target) its weight scales the step instead; otherwise the target would move
   // as fast as a supervised site and, averaged in, undo the segmentation.
-  const bool adversarial_only = o.type == "ada" && o.domain == 1;
+  const bool adversarial_only = o.type == JobType::ada && o.domain == 1;
   const double step_rate = adversarial_only ? learning_rate * adversarial_weight : learning_rate;
   for (auto& group : m.optimizer->param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(step_rate);
 
@@ -388,9 +215,9 @@ Result<LocalUpdate> SiteTrainer::train(int round, const TensorSet& model, const 
     const Batch b = sample_batch(m.scans, o.batch_size, lesion_fraction, o.augment, rng, m.device);
     const auto logits = m.net->forward(b.images);
     torch::Tensor loss;
-    if (o.type == "teacher") {
+    if (o.type == JobType::teacher) {
       loss = supervised_loss(logits, b.labels, o.dice_weight);
-    } else if (o.type == "kd") {
+    } else if (o.type == JobType::kd) {
       loss = distillation_loss(logits, b.soft, o.temperature);
     } else {
       const auto output = torch::softmax(logits, 1);

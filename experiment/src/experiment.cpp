@@ -1,4 +1,4 @@
-#include "fedda/simulation/experiment.h"
+#include "fedda/experiment/experiment.h"
 
 #include <algorithm>
 #include <chrono>
@@ -14,11 +14,11 @@
 #include "fedda/common/files.h"
 #include "fedda/common/log.h"
 #include "fedda/imaging/dataset.h"
-#include "fedda/simulation/centralized.h"
-#include "fedda/simulation/consortium.h"
+#include "fedda/experiment/centralized.h"
+#include "fedda/experiment/consortium.h"
 #include "results_csv.h"
 
-namespace fedda::simulation {
+namespace fedda::experiment {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using nlohmann::json;
@@ -68,7 +68,7 @@ ExperimentBudget experiment_budget(Profile profile) {
 
 namespace {
 
-const std::string kCsvHeader = "source,target,fold,method,mode,subject,dsc,h95,avd,recall,f1\n";
+const std::string kCsvHeader = std::string(protocol::kResultsCsvHeader) + "\n";
 
 json budget_json(const ExperimentBudget& b) {
   return {{"unet", {{"width", b.unet.width}, {"depth", b.unet.depth}, {"norm", b.unet.norm}, {"upsample", b.unet.upsample}}},
@@ -159,7 +159,9 @@ std::string csv_rows(const fs::path& csv) {
 std::string mean_dice_text(const std::string& rows) {
   double sum = 0;
   int n = 0;
-  for (const auto& r : parse_result_rows(kCsvHeader + rows)) {
+  auto parsed = protocol::parse_results_csv(kCsvHeader + rows);
+  if (!parsed) return parsed.error().message;
+  for (const auto& r : *parsed) {
     if (std::isfinite(r.dsc)) {
       sum += r.dsc;
       ++n;
@@ -347,13 +349,6 @@ std::vector<std::pair<std::string, std::string>> job_files(const ExperimentOptio
   return out;
 }
 
-// Jobs a cell's jobs need to have finished first.
-std::vector<std::string> prerequisites(const Cell& c) {
-  std::vector<std::string> p;
-  if (c.method == "kd-from-ada") p.push_back("ada-" + c.pair() + "-f" + std::to_string(c.fold));
-  return p;
-}
-
 bool job_done(const fs::path& jobs, const std::string& id) { return fs::exists(jobs / id / "summary.json"); }
 
 fs::path jobs_dir(const fs::path& out) { return out / "federated" / "jobs"; }
@@ -385,106 +380,102 @@ double job_seconds(const fs::path& jobs, const Cell& c) {
   return s;
 }
 
-// Runs the federated cells on one consortium. A job that fails stops the coordinator; its cell
-// is recorded as failed (with the coordinator's message), cells that depend on it are failed
-// too, and the consortium starts again with the rest (finished jobs are not rerun).
+// Runs the federated cells on one local consortium: every cell's jobs are submitted through the
+// coordinator's admin endpoint up front, in the grid's order, and the coordinator runs them one
+// after another (they share sites); a job whose teacher job failed fails with it. Cells are
+// reported as their jobs end, a failed one with the coordinator's reason; finished jobs of an
+// earlier run are not rerun, unfinished ones resume.
 void run_federated(const ExperimentOptions& o, const ExperimentBudget& b, const std::vector<Cell>& cells,
                    Progress& progress, std::map<std::string, std::string>& failures) {
   const auto root = o.out / "federated";
   std::error_code ec;
   fs::create_directories(root / "job-files", ec);
   std::vector<const Cell*> pending;
-  for (const auto& c : cells) pending.push_back(&c);
-  std::set<const Cell*> reported;
-  std::set<std::string> failed_jobs;
-  for (int attempt = 0; !pending.empty(); ++attempt) {
-    // Drop cells whose teacher is missing or whose prerequisites failed.
-    std::vector<const Cell*> runnable;
-    for (const auto* c : pending) {
-      std::string blocked;
-      if (!fs::exists(teacher_model(o.out, c->source))) blocked = "teacher " + c->source;
-      for (const auto& p : prerequisites(*c)) {
-        if (failed_jobs.count(p)) blocked = p;
-      }
-      if (!blocked.empty()) {
-        failures[c->name()] = "not run: " + blocked + " failed";
-        for (const auto& id : c->jobs()) failed_jobs.insert(id);
-        progress.finish(*c, 0, "not run (" + blocked + " failed)");
-        continue;
-      }
-      runnable.push_back(c);
+  for (const auto& c : cells) {
+    if (!fs::exists(teacher_model(o.out, c.source))) {
+      failures[c.name()] = "not run: teacher " + c.source + " failed";
+      progress.finish(c, 0, "not run (teacher " + c.source + " failed)");
+      continue;
     }
-    pending = runnable;
-    if (pending.empty()) break;
-
-    ConsortiumOptions co;
-    co.data = o.data;
-    co.out = root;
-    co.device = o.device;
-    co.threads_per_agent = o.threads;
-    co.bin_dir = o.bin_dir;
-    co.secure = o.secure;
-    co.show_progress = false;
-    co.heartbeat_ms = 500;
-    for (const auto* c : pending) {
-      for (const auto& [id, yaml] : job_files(o, b, *c)) {
-        const auto file = root / "job-files" / (id + ".yaml");
-        if (auto st = files::write_atomically(file, yaml); !st) {
-          failures[c->name()] = st.error().message;
-          continue;
-        }
-        co.jobs.push_back(file);
-      }
+    pending.push_back(&c);
+  }
+  if (pending.empty()) return;
+  const auto fail_all = [&](std::size_t from, const std::string& why) {
+    log::get("experiment")->error("{}", why);
+    for (std::size_t i = from; i < pending.size(); ++i) {
+      failures[pending[i]->name()] = why;
+      progress.finish(*pending[i], 0, "FAILED (see report)");
     }
-    std::size_t next = 0;  // first pending cell not yet reported
-    auto cell_start = Clock::now();
-    const auto poll = [&] {
-      while (next < pending.size()) {
-        const Cell& c = *pending[next];
-        if (!cell_done(o.out, c)) return;
-        if (!reported.count(&c)) {
-          reported.insert(&c);
-          const double s = std::chrono::duration<double>(Clock::now() - cell_start).count();
-          progress.finish(c, s, mean_dice_text(job_rows(jobs_dir(o.out), c)));
-        }
-        cell_start = Clock::now();
-        ++next;
-        if (next < pending.size()) progress.start_cell(*pending[next]);
-      }
-    };
-    co.on_poll = poll;
-    progress.start_cell(*pending.front());
-    auto r = run_consortium(co);
-    poll();
-    if (r) break;
-    // Which job stopped it: the first one of the first unreported cell without a summary.
-    if (next >= pending.size()) break;  // every job finished; the failure came after (reported below)
-    const Cell& c = *pending[next];
-    std::string job;
-    for (const auto& id : c.jobs()) {
-      if (!job_done(jobs_dir(o.out), id)) {
-        job = id;
+  };
+  ConsortiumOptions co;
+  co.data = o.data;
+  co.out = root;
+  co.device = o.device;
+  co.threads_per_agent = o.threads;
+  co.bin_dir = o.bin_dir;
+  co.secure = o.secure;
+  co.show_progress = false;
+  co.heartbeat_ms = 500;
+  auto consortium = LocalConsortium::start(co);
+  if (!consortium) return fail_all(0, "the consortium did not start: " + consortium.error().message);
+  std::vector<std::string> ids;
+  std::vector<const Cell*> submitted;
+  for (const auto* c : pending) {
+    std::string failed;
+    for (const auto& [id, yaml] : job_files(o, b, *c)) {
+      const auto file = root / "job-files" / (id + ".yaml");
+      auto queued = files::write_atomically(file, yaml) ? (*consortium)->submit(file)
+                                                        : Result<std::string>(make_error(file.string() + ": cannot write"));
+      if (!queued) {
+        failed = queued.error().message;
         break;
       }
+      ids.push_back(*queued);
     }
-    if (next == 0 && !fs::exists(jobs_dir(o.out) / job)) {
-      // Nothing ran at all: the consortium itself did not start. Retrying cell by cell would
-      // only repeat the same error, so every pending cell fails with it.
-      log::get("experiment")->error("the consortium did not run: {}", r.error().message);
-      for (const auto* p : pending) {
-        failures[p->name()] = "the consortium did not run: " + r.error().message;
-        progress.finish(*p, 0, "FAILED (see report)");
-      }
-      break;
+    if (!failed.empty()) {
+      failures[c->name()] = "not submitted: " + failed;
+      progress.finish(*c, 0, "FAILED (see report)");
+      continue;
     }
-    failures[c.name()] = "job " + job + ": " + r.error().message;
-    for (const auto& id : c.jobs()) failed_jobs.insert(id);
-    reported.insert(&c);
-    progress.finish(c, std::chrono::duration<double>(Clock::now() - cell_start).count(), "FAILED (see report)");
-    log::get("experiment")->error("federated job {} failed: {}", job, r.error().message);
-    pending.erase(pending.begin(), pending.begin() + static_cast<long>(next) + 1);
-    if (attempt > static_cast<int>(cells.size())) break;
+    submitted.push_back(c);
   }
+  pending = submitted;
+  if (pending.empty()) return;
+  std::size_t next = 0;  // first cell not yet reported
+  auto cell_start = Clock::now();
+  const auto poll = [&](const std::vector<JobView>& jobs) {
+    std::map<std::string, const JobView*> by_id;
+    for (const auto& j : jobs) by_id[j.id] = &j;
+    while (next < pending.size()) {
+      const Cell& c = *pending[next];
+      std::string failed;
+      for (const auto& id : c.jobs()) {
+        const auto it = by_id.find(id);
+        if (it == by_id.end()) return;
+        const auto& state = it->second->state;
+        if (state != "finished" && state != "failed" && state != "aborted") return;
+        if (state != "finished" && failed.empty()) failed = "job " + id + " " + state + ": " + it->second->error;
+      }
+      const double seconds = std::chrono::duration<double>(Clock::now() - cell_start).count();
+      if (failed.empty()) {
+        progress.finish(c, seconds, mean_dice_text(job_rows(jobs_dir(o.out), c)));
+      } else {
+        failures[c.name()] = failed;
+        log::get("experiment")->error("federated {}", failed);
+        progress.finish(c, seconds, "FAILED (see report)");
+      }
+      cell_start = Clock::now();
+      ++next;
+      if (next < pending.size()) progress.start_cell(*pending[next]);
+    }
+  };
+  progress.start_cell(*pending.front());
+  auto ended = (*consortium)->wait(ids, poll);
+  if (!ended) return fail_all(next, "the consortium stopped: " + ended.error().message);
+  std::vector<JobView> last;
+  for (const auto& [id, view] : *ended) last.push_back(view);
+  poll(last);
+  if (auto st = (*consortium)->stop(); !st) log::get("experiment")->warn("{}", st.error().message);
 }
 
 Status check_configuration(const ExperimentOptions& o, const json& config) {
@@ -613,4 +604,4 @@ Result<ExperimentResult> run_experiment(const ExperimentOptions& options) {
   return result;
 }
 
-}  // namespace fedda::simulation
+}  // namespace fedda::experiment

@@ -35,12 +35,14 @@
 #include "fedda/models/engine.h"
 #include "fedda/simulation/clinics.h"
 
-namespace fedda::simulation {
+namespace fedda::experiment {
+
+using simulation::Profile;
 
 // How much every cell trains, per profile.
 struct ExperimentBudget {
   models::UNetSpec unet;
-  imaging::GridSpec grid;
+  GridSpec grid;
   int teacher_epochs = 0;   // source teachers (federated: rounds)
   int adapt_epochs = 0;     // ubound (fine-tuned from the teacher), kd, ada, kd-from-ada
   int otf_epochs = 0;       // on the fly, per subject
@@ -71,7 +73,7 @@ struct ExperimentOptions {
   std::string device = "cpu";
   int threads = 0;                   // 0: every core
   bool secure = true;                // federated: provisioned kits (CurveZMQ, signatures, sealed state)
-  std::filesystem::path bin_dir;     // fedda-coordinator and fedda-agent; default: beside this executable
+  std::filesystem::path bin_dir;     // fedda-coordinator and fedda-agent (required for federated cells)
   std::function<void(const std::string&)> say;  // progress lines; default: stdout
 };
 
@@ -102,4 +104,4 @@ struct PairedTTest {
 // Student's t distribution; pairs with a non-finite value are left out. Empty below 2 pairs.
 std::optional<PairedTTest> paired_t_test(const std::vector<double>& a, const std::vector<double>& b);
 
-}  // namespace fedda::simulation
+}  // namespace fedda::experiment

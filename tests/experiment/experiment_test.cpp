@@ -8,7 +8,7 @@
 
 #include <gtest/gtest.h>
 
-#include "fedda/simulation/experiment.h"
+#include "fedda/experiment/experiment.h"
 #include "support/process.h"
 #include "support/test_support.h"
 
@@ -21,33 +21,33 @@ using testing::run_command;
 
 // Reference values: the two-sided tail of Student's t density, integrated numerically.
 TEST(PairedTTest, MatchesReferenceValues) {
-  auto t = simulation::paired_t_test({2, 3, 4, 5, 6}, {1, 1, 1, 1, 1});  // differences 1..5
+  auto t = experiment::paired_t_test({2, 3, 4, 5, 6}, {1, 1, 1, 1, 1});  // differences 1..5
   ASSERT_TRUE(t);
   EXPECT_EQ(t->n, 5);
   EXPECT_NEAR(t->mean_difference, 3.0, 1e-12);
   EXPECT_NEAR(t->t, 4.242640687, 1e-8);
   EXPECT_NEAR(t->p, 0.0132356, 1e-6);
 
-  t = simulation::paired_t_test({0.61, 0.55, 0.72, 0.48, 0.66, 0.59, 0.70}, {0.58, 0.50, 0.69, 0.49, 0.60, 0.55, 0.64});
+  t = experiment::paired_t_test({0.61, 0.55, 0.72, 0.48, 0.66, 0.59, 0.70}, {0.58, 0.50, 0.69, 0.49, 0.60, 0.55, 0.64});
   ASSERT_TRUE(t);
   EXPECT_NEAR(t->t, 4.044111609, 1e-8);
   EXPECT_NEAR(t->p, 0.0067711, 1e-6);
 
   // Symmetric in the order of the methods, but for the sign.
-  auto r = simulation::paired_t_test({0.58, 0.50, 0.69, 0.49, 0.60, 0.55, 0.64}, {0.61, 0.55, 0.72, 0.48, 0.66, 0.59, 0.70});
+  auto r = experiment::paired_t_test({0.58, 0.50, 0.69, 0.49, 0.60, 0.55, 0.64}, {0.61, 0.55, 0.72, 0.48, 0.66, 0.59, 0.70});
   ASSERT_TRUE(r);
   EXPECT_NEAR(r->t, -t->t, 1e-12);
   EXPECT_NEAR(r->p, t->p, 1e-12);
 }
 
 TEST(PairedTTest, LeavesOutUndefinedScoresAndNeedsTwoPairs) {
-  auto t = simulation::paired_t_test({2, NAN, 3, 4, 5, 6}, {1, 1, 1, 1, 1, 1});
+  auto t = experiment::paired_t_test({2, NAN, 3, 4, 5, 6}, {1, 1, 1, 1, 1, 1});
   ASSERT_TRUE(t);
   EXPECT_EQ(t->n, 5);
   EXPECT_NEAR(t->p, 0.0132356, 1e-6);
-  EXPECT_FALSE(simulation::paired_t_test({0.5}, {0.4}));
-  EXPECT_FALSE(simulation::paired_t_test({0.5, NAN}, {0.4, 0.3}));
-  auto same = simulation::paired_t_test({0.5, 0.6}, {0.5, 0.6});
+  EXPECT_FALSE(experiment::paired_t_test({0.5}, {0.4}));
+  EXPECT_FALSE(experiment::paired_t_test({0.5, NAN}, {0.4, 0.3}));
+  auto same = experiment::paired_t_test({0.5, 0.6}, {0.5, 0.6});
   ASSERT_TRUE(same);
   EXPECT_EQ(same->p, 1.0);
 }

@@ -19,11 +19,11 @@
 #include "fedda/common/log.h"
 #include "fedda/imaging/nifti_io.h"
 #include "fedda/imaging/png.h"
-#include "fedda/simulation/experiment.h"
-#include "panels.h"
+#include "fedda/experiment/experiment.h"
+#include "fedda/simulation/panels.h"
 #include "results_csv.h"
 
-namespace fedda::simulation {
+namespace fedda::experiment {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
@@ -77,7 +77,7 @@ std::optional<PairedTTest> paired_t_test(const std::map<std::string, double>& a,
     x.push_back(value);
     y.push_back(it->second);
   }
-  return simulation::paired_t_test(x, y);
+  return experiment::paired_t_test(x, y);
 }
 
 std::string fixed(double v, int digits = 3) {
@@ -447,11 +447,11 @@ Result<std::vector<std::string>> overlays(const fs::path& out, const fs::path& d
     auto subject = imaging::read_subject(s.flair, s.t1, s.labels);
     if (!subject || !subject->labels) continue;
     const auto& truth = *subject->labels;
-    const auto z = slice_with_most_wmh(truth);
-    const auto range = intensity_window(subject->flair);
+    const auto z = simulation::slice_with_most_wmh(truth);
+    const auto range = simulation::intensity_window(subject->flair);
     imaging::RgbPicture pic((2 + methods.size()) * (panel + gap), panel);
-    draw_panel(pic, 0, 0, panel, 240, subject->flair, range, z, nullptr);
-    draw_panel(pic, panel + gap, 0, panel, 240, subject->flair, range, z, nullptr, [&](long x, long y) {
+    simulation::draw_panel(pic, 0, 0, panel, 240, subject->flair, range, z, nullptr);
+    simulation::draw_panel(pic, panel + gap, 0, panel, 240, subject->flair, range, z, nullptr, [&](long x, long y) {
       return truth.at(x, y, z) == imaging::kWmh ? std::optional(std::array<std::uint8_t, 3>{255, 200, 0}) : std::nullopt;
     });
     for (std::size_t m = 0; m < methods.size(); ++m) {
@@ -465,7 +465,7 @@ Result<std::vector<std::string>> overlays(const fs::path& out, const fs::path& d
       }
       auto seg = imaging::read_label_map(seg_file);
       if (!seg) return seg.error();
-      draw_panel(pic, (2 + m) * (panel + gap), 0, panel, 240, subject->flair, range, z, nullptr, [&](long x, long y) {
+      simulation::draw_panel(pic, (2 + m) * (panel + gap), 0, panel, 240, subject->flair, range, z, nullptr, [&](long x, long y) {
         const bool t = truth.at(x, y, z) == imaging::kWmh, p = seg->at(x, y, z) == imaging::kWmh;
         using C = std::array<std::uint8_t, 3>;
         if (t && p) return std::optional(C{40, 220, 40});
@@ -528,27 +528,6 @@ std::string timings_table(const fs::path& csv, double& total) {
 
 }  // namespace
 
-std::vector<ResultRow> parse_result_rows(const std::string& csv) {
-  std::istringstream in(csv);
-  std::string line;
-  std::getline(in, line);  // the header
-  std::vector<ResultRow> rows;
-  while (std::getline(in, line)) {
-    const auto f = split(line, ',');
-    if (f.size() < 7) continue;
-    ResultRow r;
-    r.source = f[0];
-    r.target = f[1];
-    r.fold = std::atoi(f[2].c_str());
-    r.method = f[3];
-    r.mode = f[4];
-    r.subject = f[5];
-    r.dsc = number(f[6]);
-    rows.push_back(r);
-  }
-  return rows;
-}
-
 std::optional<PairedTTest> paired_t_test(const std::vector<double>& a, const std::vector<double>& b) {
   std::vector<double> d;
   for (std::size_t i = 0; i < a.size() && i < b.size(); ++i) {
@@ -577,7 +556,9 @@ Status write_experiment_report(const fs::path& out, const fs::path& data, const 
   if (config.is_discarded()) return make_error((out / "experiment.json").string() + ": not JSON");
   auto csv = files::read_all(out / "results.csv");
   if (!csv) return csv.error();
-  const Scores sc(parse_result_rows(*csv));
+  auto rows = protocol::parse_results_csv(*csv);
+  if (!rows) return make_error((out / "results.csv").string() + ": " + rows.error().message);
+  const Scores sc(*rows);
   std::vector<std::string> clinics = config.value("clinics", std::vector<std::string>{});
   std::vector<std::string> pairs;
   for (const auto& s : clinics) {
@@ -688,4 +669,4 @@ Status write_experiment_report(const fs::path& out, const fs::path& data, const 
   return files::write_atomically(out / "report.html", markdown_to_html(md.str(), "fedda experiment report"));
 }
 
-}  // namespace fedda::simulation
+}  // namespace fedda::experiment

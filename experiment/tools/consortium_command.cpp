@@ -8,33 +8,32 @@
 #include <map>
 #include <sstream>
 
+#include "fedda/common/files.h"
 #include "fedda/common/log.h"
-#include "fedda/simulation/consortium.h"
-#include "sim_commands.h"
+#include "fedda/common/protocol.h"
+#include "fedda/experiment/consortium.h"
+#include "experiment_commands.h"
 
-namespace fedda::simulation::tools {
+namespace fedda::experiment::tools {
 
 namespace {
 
-// Mean Dice per (method, target) from a results.csv (columns source,target,fold,method,mode,subject,dsc,...).
+// Mean Dice per (method, target) from a results.csv.
 void print_dice_table(const std::filesystem::path& csv) {
-  std::ifstream in(csv);
-  std::string line;
-  std::getline(in, line);
+  auto text = files::read_all(csv);
+  auto rows = text ? protocol::parse_results_csv(*text) : Result<std::vector<protocol::ResultRow>>(text.error());
+  if (!rows) {
+    log::get("fedda-sim")->error("{}: {}", csv.string(), rows.error().message);
+    return;
+  }
   std::map<std::string, std::map<std::string, std::pair<double, int>>> dice;  // method -> target -> (sum, n)
   std::vector<std::string> methods, targets;
-  while (std::getline(in, line)) {
-    std::vector<std::string> cells;
-    std::stringstream row(line);
-    for (std::string cell; std::getline(row, cell, ',');) cells.push_back(cell);
-    if (cells.size() < 7) continue;
-    const auto& target = cells[1];
-    const auto& method = cells[3];
-    if (std::find(methods.begin(), methods.end(), method) == methods.end()) methods.push_back(method);
-    if (std::find(targets.begin(), targets.end(), target) == targets.end()) targets.push_back(target);
-    auto& cell = dice[method][target];
-    if (!cells[6].empty()) {
-      cell.first += std::stod(cells[6]);
+  for (const auto& r : *rows) {
+    if (std::find(methods.begin(), methods.end(), r.method) == methods.end()) methods.push_back(r.method);
+    if (std::find(targets.begin(), targets.end(), r.target) == targets.end()) targets.push_back(r.target);
+    auto& cell = dice[r.method][r.target];
+    if (std::isfinite(r.dsc)) {
+      cell.first += r.dsc;
       cell.second += 1;
     }
   }
@@ -69,8 +68,9 @@ void add_consortium(CLI::App& app, int& rc) {
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand(
       "consortium",
-      "Run job files on a local consortium: one fedda-coordinator and one fedda-agent per clinic of --data, "
-      "as separate processes talking the real protocol over loopback. Each job's folder "
+      "Run job files on a local consortium: `fedda-coordinator serve` and one `fedda-agent run` per clinic of --data, "
+      "as separate processes talking the real protocol over loopback; the jobs are submitted and watched through "
+      "the coordinator's admin endpoint with an operator kit, as `fedda-admin submit` and `jobs` do. Each job's folder "
       "(OUT/jobs/<id>/: model.pt, results.csv, rounds.jsonl, summary.json) is kept, so a rerun resumes or "
       "skips finished jobs. Logs in OUT/logs/, site configs in OUT/sites/, merged results in OUT/results.csv. "
       "Example job files: configs/jobs/.");
@@ -87,8 +87,9 @@ void add_consortium(CLI::App& app, int& rc) {
     a->o.data = a->data;
     a->o.out = a->out;
     a->o.secure = !*insecure_flag;
-    for (const auto& j : a->jobs) a->o.jobs.emplace_back(j);
-    auto r = run_consortium(a->o);
+    a->o.bin_dir = executable_dir();
+    std::vector<std::filesystem::path> jobs(a->jobs.begin(), a->jobs.end());
+    auto r = run_consortium(a->o, jobs);
     if (!r) {
       log::get("fedda-sim")->error("{}", r.error().message);
       rc = 1;
@@ -100,4 +101,4 @@ void add_consortium(CLI::App& app, int& rc) {
   });
 }
 
-}  // namespace fedda::simulation::tools
+}  // namespace fedda::experiment::tools

@@ -1,4 +1,4 @@
-#include "fedda/simulation/centralized.h"
+#include "fedda/experiment/centralized.h"
 
 #include <algorithm>
 #include <chrono>
@@ -10,9 +10,9 @@
 #include "fedda/common/files.h"
 #include "fedda/common/log.h"
 #include "fedda/imaging/dataset.h"
-#include "fedda/simulation/evaluation.h"
+#include "fedda/common/protocol.h"
 
-namespace fedda::simulation {
+namespace fedda::experiment {
 namespace fs = std::filesystem;
 using imaging::SubjectFiles;
 
@@ -79,7 +79,7 @@ Result<CentralizedResult> run_centralized(const CentralizedOptions& o) {
   auto target = labelled_clinic(o.data, o.target);  // test subjects need labels to be scored
   if (!target) return target.error();
   if (target->size() < 2) return make_error(o.target + ": needs at least 2 subjects to split into folds");
-  const auto [adapt, test] = simulation::split_fold(*target, o.fold);
+  const auto [adapt, test] = experiment::split_fold(*target, o.fold);
   // In domain, the teacher learns from the fold's first half and is tested on the other.
   if (in_domain) *source = adapt;
 
@@ -144,14 +144,13 @@ Result<CentralizedResult> run_centralized(const CentralizedOptions& o) {
   if (!st) return st.error();
 
   std::ostringstream csv;
-  csv << "source,target,fold,method,mode,subject,dsc,h95,avd,recall,f1\n";
+  csv << protocol::kResultsCsvHeader << "\n";
   double dsc_sum = 0;
   int dsc_count = 0;
   for (const auto& r : result.rows) {
     const auto& m = r.metrics;
-    csv << o.source << "," << o.target << "," << o.fold << "," << o.method << ",centralized," << r.subject << ","
-        << csv_cell(m.dsc) << "," << csv_cell(m.h95) << "," << csv_cell(m.avd) << "," << csv_cell(m.recall)
-        << "," << csv_cell(m.f1) << "\n";
+    csv << protocol::csv_line({o.source, o.target, o.fold, o.method, "centralized", r.subject, m.dsc, m.h95, m.avd,
+                               m.recall, m.f1});
     if (std::isfinite(m.dsc)) {
       dsc_sum += m.dsc;
       ++dsc_count;
@@ -169,4 +168,4 @@ Result<CentralizedResult> run_centralized(const CentralizedOptions& o) {
   return result;
 }
 
-}  // namespace fedda::simulation
+}  // namespace fedda::experiment

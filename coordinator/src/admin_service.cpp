@@ -1,0 +1,212 @@
+#include "admin_service.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include <nlohmann/json.hpp>
+
+#include "fedda/common/files.h"
+#include "fedda/common/log.h"
+
+namespace fedda::coordinator {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+protocol::AdminReply ok(json answer) {
+  protocol::AdminReply reply;
+  reply.ok = true;
+  reply.json = answer.dump();
+  return reply;
+}
+
+protocol::AdminReply refused(const std::string& error) {
+  protocol::AdminReply reply;
+  reply.error = error;
+  return reply;
+}
+
+json null_if_zero(std::int64_t ms) { return ms ? json(ms) : json(); }
+
+// Seconds left, from the mean of the last rounds' times; null before the first round.
+json eta_seconds(const JobRecord& job) {
+  if (job.state != JobState::running || job.rounds.empty()) return json();
+  const std::size_t n = std::min<std::size_t>(5, job.rounds.size());
+  double sum = 0;
+  for (std::size_t i = job.rounds.size() - n; i < job.rounds.size(); ++i) sum += job.rounds[i].seconds;
+  const int left = std::max(0, job.definition.spec.rounds - job.finished_round);
+  return std::round(sum / static_cast<double>(n) * left);
+}
+
+json job_json(const JobRecord& job, const std::string& activity) {
+  const auto& spec = job.definition.spec;
+  return {{"id", job.id()},
+          {"type", protocol::job_type_name(spec.type)},
+          {"method", job.definition.method},
+          {"state", job_state_name(job.state)},
+          {"round", job.finished_round},
+          {"rounds", spec.rounds},
+          {"sites", spec.sites},
+          {"source", spec.source},
+          {"teacher", job.definition.teacher},
+          {"activity", activity},
+          {"eta_s", eta_seconds(job)},
+          {"submitted_by", job.submitted_by},
+          {"submitted_ms", null_if_zero(job.submitted_ms)},
+          {"started_ms", null_if_zero(job.started_ms)},
+          {"ended_ms", null_if_zero(job.ended_ms)},
+          {"error", job.error}};
+}
+
+json rounds_of(const fs::path& jsonl) {
+  json rounds = json::array();
+  auto text = files::read_all(jsonl);
+  if (!text) return rounds;
+  std::size_t start = 0;
+  while (start < text->size()) {
+    const auto end = std::min(text->find('\n', start), text->size());
+    const auto line = json::parse(text->substr(start, end - start), nullptr, false);
+    if (!line.is_discarded()) rounds.push_back(line);
+    start = end + 1;
+  }
+  return rounds;
+}
+
+const char* participation_state(const Participation& p) {
+  if (p.failed) return "refused";
+  if (p.ready) return "ready";
+  if (p.offered) return "preparing";
+  return "offline";
+}
+
+}  // namespace
+
+AdminService::AdminService(AdminBackend& backend, fs::path audit_file)
+    : backend_(backend), audit_file_(std::move(audit_file)) {}
+
+protocol::AdminReply AdminService::handle(const std::string& who, const protocol::AdminRequest& request) {
+  protocol::AdminReply reply;
+  try {
+    reply = dispatch(who, request);
+  } catch (const std::exception& e) {  // one bad request never takes the service down
+    reply = refused(std::string("internal error: ") + e.what());
+  }
+  audit(who, request, reply);
+  return reply;
+}
+
+protocol::AdminReply AdminService::dispatch(const std::string& who, const protocol::AdminRequest& r) {
+  auto& store = backend_.store();
+  const auto job_named = [&](const std::string& id) -> Result<JobRecord*> {
+    if (id.empty()) return make_error(r.command + ": which job? (a job id is needed)");
+    auto* job = store.find(id);
+    if (!job) return make_error("no job '" + id + "' in this coordinator's queue (see `fedda-admin jobs`)");
+    return job;
+  };
+  if (r.command == "submit") {
+    const std::string name = r.job_file.empty() ? "submitted job" : fs::path(r.job_file).filename().string();
+    auto definition = parse_job_file(r.job_yaml, name);
+    if (!definition) return refused(definition.error().message);
+    std::string teacher;
+    for (const auto& f : r.files) {
+      if (f.name == "teacher.pt") teacher = f.bytes;
+    }
+    const auto& t = definition->teacher;
+    if (!t.empty() && t.rfind("job:", 0) != 0 && teacher.empty()) {
+      return refused(name + ": teacher: the model file '" + t + "' was not sent with the job");
+    }
+    auto job = backend_.submit(std::move(*definition), who, r.job_yaml, teacher);
+    if (!job) return refused(name + ": " + job.error().message);
+    return ok({{"id", (*job)->id()}, {"state", job_state_name((*job)->state)}});
+  }
+  if (r.command == "jobs") {
+    json list = json::array();
+    for (const auto* job : store.ordered()) list.push_back(job_json(*job, backend_.activity(job->id())));
+    return ok(list);
+  }
+  if (r.command == "status") {
+    auto job = job_named(r.target);
+    if (!job) return refused(job.error().message);
+    auto answer = job_json(**job, backend_.activity(r.target));
+    answer["rounds_done"] = rounds_of(store.dir(r.target) / "rounds.jsonl");
+    answer["results"] = fs::exists(store.dir(r.target) / "results.csv");
+    if (auto summary = files::read_all(store.dir(r.target) / "summary.json")) {
+      answer["summary"] = json::parse(*summary, nullptr, false);
+    }
+    return ok(answer);
+  }
+  if (r.command == "abort" || r.command == "resume") {
+    auto job = job_named(r.target);
+    if (!job) return refused(job.error().message);
+    const Status st = r.command == "abort" ? backend_.abort(**job, who) : backend_.resume(**job, who);
+    if (!st) return refused(st.error().message);
+    return ok({{"id", r.target}, {"state", job_state_name((*job)->state)}, {"activity", backend_.activity(r.target)}});
+  }
+  if (r.command == "download") {
+    auto job = job_named(r.target);
+    if (!job) return refused(job.error().message);
+    protocol::AdminReply reply;
+    json names = json::array();
+    for (const char* name : {"model.pt", "results.csv", "rounds.jsonl", "summary.json", "state.json", "job.yaml"}) {
+      const auto path = store.dir(r.target) / name;
+      if (!fs::exists(path)) continue;
+      auto bytes = files::read_all(path);
+      if (!bytes) return refused(bytes.error().message);
+      reply.files.push_back({name, std::move(*bytes)});
+      names.push_back(name);
+    }
+    reply.ok = true;
+    reply.json = json{{"id", r.target}, {"state", job_state_name((*job)->state)}, {"files", names}}.dump();
+    return reply;
+  }
+  if (r.command == "sites") {
+    json list = json::array();
+    const auto& registry = backend_.site_registry();
+    for (const auto& id : backend_.known_sites()) {
+      const auto* site = registry.find(id);
+      json jobs = json::object();
+      if (site) {
+        for (const auto& [job, p] : site->jobs) {
+          jobs[job] = {{"state", participation_state(p)}, {"subjects", p.subjects}, {"samples", p.samples},
+                       {"evaluation_subjects", p.evaluation_subjects}, {"reason", p.failure}};
+        }
+      }
+      list.push_back({{"site", id},
+                      {"online", site && site->alive},
+                      {"last_seen_ms", site ? null_if_zero(site->last_seen_ms) : json()},
+                      {"connected_ms", site ? null_if_zero(site->connected_ms) : json()},
+                      {"agent_version", site ? site->agent_version : ""},
+                      {"device", site ? site->device : ""},
+                      {"threads", site ? site->threads : 0},
+                      {"revoked", backend_.revoked(id)},
+                      {"jobs", jobs}});
+    }
+    return ok(list);
+  }
+  if (r.command == "admit" || r.command == "revoke") {
+    if (r.target.empty()) return refused(r.command + ": which site? (a site id is needed)");
+    const Status st = r.command == "admit" ? backend_.admit(r.target, who, r.files) : backend_.revoke(r.target, who);
+    if (!st) return refused(st.error().message);
+    return ok({{"site", r.target}, {r.command == "admit" ? "admitted" : "revoked", true}});
+  }
+  return refused("unknown command '" + r.command +
+                 "' (submit, jobs, status, abort, resume, download, sites, admit, revoke)");
+}
+
+void AdminService::audit(const std::string& who, const protocol::AdminRequest& r, const protocol::AdminReply& reply) {
+  const json line = {{"time_ms", wall_ms()}, {"operator", who},     {"command", r.command},
+                     {"target", r.target},   {"ok", reply.ok},      {"error", reply.error}};
+  const std::string text = line.dump() + "\n";
+  const int fd = ::open(audit_file_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (fd < 0 || ::write(fd, text.data(), text.size()) != static_cast<ssize_t>(text.size()) || ::fdatasync(fd) != 0) {
+    log::get("coordinator")->error("cannot append to the audit log {}", audit_file_.string());
+  }
+  if (fd >= 0) ::close(fd);
+  log::get("coordinator")->info("admin: {} {} {}{}", who, r.command, r.target, reply.ok ? "" : " refused: " + reply.error);
+}
+
+}  // namespace fedda::coordinator

@@ -1,0 +1,63 @@
+#pragma once
+// The admin plane's commands (operators -> coordinator): each request is authorised by the
+// transport (only operator keys reach the admin endpoint), answered from the job store, the site
+// registry and the service's controls, and appended to the coordinator's audit log (who, what,
+// when, and whether it succeeded) before the reply is sent.
+//
+// Replies are JSON documents (`fedda-admin --json` prints them as they are):
+//   submit    {"id", "state"}
+//   jobs      [{"id", "type", "method", "state", "round", "rounds", "activity", "eta_s", ...}]
+//   status    one job of `jobs` plus "rounds": every finished round as rounds.jsonl has it
+//   abort, resume   {"id", "state"}
+//   download  {"id", "files": [names]} with the files themselves
+//   sites     [{"site", "online", "last_seen_ms", "agent_version", "device", "threads", "revoked", "jobs"}]
+//   admit, revoke   {"site", "admitted" | "revoked"}
+// Owned by the service's one thread; not thread-safe.
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "fedda/common/protocol.h"
+#include "fedda/common/result.h"
+#include "fedda/coordinator/job_file.h"
+#include "job_store.h"
+#include "site_registry.h"
+
+namespace fedda::coordinator {
+
+// The service's side of the commands.
+class AdminBackend {
+ public:
+  virtual ~AdminBackend() = default;
+  virtual JobStore& store() = 0;
+  virtual const SiteRegistry& site_registry() const = 0;
+  // Every site this coordinator admits (kit or registry) and those that ever connected.
+  virtual std::set<std::string> known_sites() const = 0;
+  virtual bool revoked(const std::string& site) const = 0;
+  virtual Result<JobRecord*> submit(JobDefinition definition, const std::string& by, const std::string& yaml,
+                                    const std::string& teacher_file) = 0;
+  virtual Status abort(JobRecord& job, const std::string& by) = 0;
+  virtual Status resume(JobRecord& job, const std::string& by) = 0;
+  virtual Status admit(const std::string& site, const std::string& by, const std::vector<protocol::NamedFile>& files) = 0;
+  virtual Status revoke(const std::string& site, const std::string& by) = 0;
+  // What a running job is doing; empty when it is not running here.
+  virtual std::string activity(const std::string& job) const = 0;
+};
+
+class AdminService {
+ public:
+  AdminService(AdminBackend& backend, std::filesystem::path audit_file);
+  protocol::AdminReply handle(const std::string& who, const protocol::AdminRequest& request);
+
+ private:
+  protocol::AdminReply dispatch(const std::string& who, const protocol::AdminRequest& request);
+  void audit(const std::string& who, const protocol::AdminRequest& request, const protocol::AdminReply& reply);
+
+  AdminBackend& backend_;
+  std::filesystem::path audit_file_;
+};
+
+}  // namespace fedda::coordinator

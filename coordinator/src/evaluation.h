@@ -1,0 +1,26 @@
+#pragma once
+// A job's outputs once its rounds are done: results.csv (one row per subject scored at each
+// evaluation site, written through protocol::csv_line so no subject id from the wire can add a
+// row or a column) and summary.json (what ran, how long, mean Dice per site). Pure functions
+// of their arguments; thread-safe.
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "fedda/common/protocol.h"
+#include "fedda/common/result.h"
+#include "job_store.h"
+
+namespace fedda::coordinator {
+
+struct EvaluationRow {
+  std::string site;
+  protocol::SubjectMetrics metrics;
+};
+
+Status write_results_csv(const std::filesystem::path& file, const JobRecord& job, const std::vector<EvaluationRow>& rows);
+Status write_summary(const std::filesystem::path& file, const JobRecord& job, double seconds, bool resumed,
+                     const std::vector<EvaluationRow>& rows);
+
+}  // namespace fedda::coordinator

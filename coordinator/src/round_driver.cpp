@@ -1,0 +1,606 @@
+#include "round_driver.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <random>
+
+#include "fedda/common/crypto.h"
+#include "fedda/common/files.h"
+#include "fedda/models/weights.h"
+
+namespace fedda::coordinator {
+namespace fs = std::filesystem;
+using protocol::JobType;
+using protocol::MessageType;
+
+namespace {
+
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+std::string round_file(int round, const char* what) {
+  char name[64];
+  std::snprintf(name, sizeof name, "round-%04d.%s", round, what);
+  return name;
+}
+
+// A round's global weights at rest: the wire encoding of the TensorSet, sealed with the
+// coordinator's storage key (AES-256-GCM) when the consortium has kits.
+Status save_weights(const fs::path& path, const TensorSet& weights, const std::string& key) {
+  return crypto::write_sealed(path, protocol::encode(protocol::Header{}, weights).body, key);
+}
+
+Result<TensorSet> load_weights(const fs::path& path, const std::string& key) {
+  auto bytes = crypto::read_sealed(path, key);
+  if (!bytes) return bytes.error();
+  auto weights = protocol::decode_body<TensorSet>(*bytes);
+  if (!weights) return make_error(path.string() + ": " + weights.error().message);
+  if (auto st = check_integrity(*weights); !st) return make_error(path.string() + ": " + st.error().message);
+  return weights;
+}
+
+double round_learning_rate(const protocol::JobSpec& j, int round) {
+  const int decay = j.decay_round >= 0 ? j.decay_round : std::max(1, j.rounds * 3 / 8);
+  return round > decay ? j.learning_rate * 0.1 : j.learning_rate;
+}
+
+std::string joined(const std::vector<std::string>& items) {
+  std::string out;
+  for (const auto& i : items) out += (out.empty() ? "" : ", ") + i;
+  return out;
+}
+
+// The evaluation rows a site sends are only those it was asked for: at most as many as the
+// subjects it declared, each subject once, and never a subject id that could break a table.
+std::vector<protocol::SubjectMetrics> accepted_rows(const std::vector<protocol::SubjectMetrics>& rows, int declared,
+                                                    std::string& dropped) {
+  std::vector<protocol::SubjectMetrics> out;
+  std::set<std::string> seen;
+  int refused = 0;
+  for (const auto& r : rows) {
+    if (static_cast<int>(out.size()) >= declared || r.subject.empty() || r.subject.size() > 256 || !seen.insert(r.subject).second) {
+      ++refused;
+      continue;
+    }
+    out.push_back(r);
+  }
+  if (refused) dropped = std::to_string(refused) + " of " + std::to_string(rows.size()) + " rows";
+  return out;
+}
+
+}  // namespace
+
+Result<Broadcast> make_broadcast(const kit::CoordinatorKit* kit, protocol::Frames frames, const std::string& job, int round) {
+  Broadcast b;
+  b.crc = frames.body_crc32;
+  if (kit) {
+    auto signature = crypto::sign(kit->sign_private, protocol::model_signed_text(job, round, frames.body));
+    if (!signature) return make_error("signing job " + job + " round " + std::to_string(round) + ": " + signature.error().message);
+    b.signature = std::move(*signature);
+  }
+  b.body = std::make_shared<const std::string>(std::move(frames.body));
+  return b;
+}
+
+struct JobRun::Model {
+  models::ModelSpec spec;
+  TensorSet global;
+  std::unique_ptr<models::DiscriminatorOptimizer> discriminator;
+  std::unique_ptr<RunningAverage> model_average, grad_average;
+};
+
+JobRun::JobRun(JobRecord& record, JobHost& host)
+    : record_(record), host_(host), model_(std::make_unique<Model>()), log_(log::get("coordinator")) {}
+JobRun::~JobRun() = default;
+
+bool JobRun::trains(const std::string& site) const {
+  const auto& s = record_.definition.spec;
+  return s.type != JobType::evaluate && std::count(s.sites.begin(), s.sites.end(), site);
+}
+
+bool JobRun::evaluates(const std::string& site) const {
+  const auto& s = record_.definition.spec;
+  return s.evaluate && std::count(s.evaluation_sites.begin(), s.evaluation_sites.end(), site);
+}
+
+bool JobRun::uses(const std::string& site) const {
+  const auto& s = record_.definition.spec;
+  return std::count(s.sites.begin(), s.sites.end(), site) || evaluates(site);
+}
+
+Status JobRun::start() {
+  auto& spec = record_.definition.spec;
+  auto& m = *model_;
+  auto& store = host_.store();
+  const auto dir = store.dir(spec.id);
+  const std::string storage_key = host_.kit() ? host_.kit()->storage_key : std::string();
+  resumed_ = record_.finished_round > 0;
+  protocol::JobOffer job_offer;
+  if (spec.type != JobType::teacher || !record_.definition.teacher.empty()) {
+    const auto teacher_file = store.teacher_path(record_);
+    auto teacher = models::read_model_weights(teacher_file);
+    if (!teacher) return make_error("teacher: " + teacher.error().message);
+    m.spec = teacher->spec;
+    m.global = teacher->weights;
+    if (spec.type == JobType::kd) job_offer.teacher = std::move(teacher->weights);
+  } else {
+    auto parsed = models::model_spec_from_json(spec.model_spec_json);
+    if (!parsed) return parsed.error();
+    m.spec = *parsed;
+    auto fresh = models::new_model_weights(m.spec, spec.seed);
+    if (!fresh) return fresh.error();
+    m.global = std::move(*fresh);
+  }
+  m.spec.role = spec.type == JobType::teacher ? "teacher" : spec.type == JobType::kd ? "student" : protocol::job_type_name(spec.type);
+  spec.model_spec_json = models::to_json(m.spec);
+  if (spec.type == JobType::ada) {
+    auto weights = models::new_discriminator_weights(m.spec, spec.seed);
+    if (!weights) return weights.error();
+    auto created = models::DiscriminatorOptimizer::create(m.spec, *weights, spec.learning_rate);
+    if (!created) return created.error();
+    m.discriminator = std::move(*created);
+  }
+  if (record_.finished_round > 0) {
+    const int r = record_.finished_round;
+    auto stored = load_weights(dir / round_file(r, "weights"), storage_key);
+    if (!stored) return stored.error();
+    if (auto st = check_same_layout(*stored, m.global); !st) return make_error(dir.string() + ": round state: " + st.error().message);
+    m.global = std::move(*stored);
+    if (m.discriminator) {
+      if (auto st = m.discriminator->load(dir / round_file(r, "discriminator.pt"), storage_key); !st) return st.error();
+    }
+    log_->info("job {}: resuming after round {} of {}", spec.id, r, spec.rounds);
+  }
+  job_offer.job = spec;
+  auto encoded = make_broadcast(host_.kit(), protocol::encode(protocol::Header{}, job_offer), spec.id, 0);
+  if (!encoded) return encoded.error();
+  offer_ = std::move(*encoded);
+  round_ = record_.finished_round;
+  phase_ = Phase::waiting;
+  phase_start_ = Clock::now();
+  for (auto& [sid, site] : host_.sites().all()) {
+    if (!uses(sid)) continue;
+    site.jobs[spec.id] = Participation{};  // a fresh start: offered again
+    if (site.alive) offer(site);
+  }
+  return Status::success();
+}
+
+void JobRun::offer(SiteInfo& site) {
+  if (!uses(site.id)) return;
+  auto& p = site.jobs[id()];
+  if (p.offered) return;
+  p.offered = true;
+  p.ready = false;
+  p.failed = false;
+  p.failure.clear();
+  host_.send(site, MessageType::job_offer, id(), 0, offer_);
+  log_->info("site {}: offered job {}", site.id, id());
+}
+
+void JobRun::site_joined(SiteInfo& site) {
+  if (expected_.count(site.id) && !answered_.count(site.id)) {  // a new session cannot answer the old task
+    expected_.erase(site.id);
+    current_.missing.push_back(site.id + " (reconnected)");
+  }
+  if (phase_ != Phase::done) offer(site);
+}
+
+void JobRun::site_lost(const std::string& site, const std::string& why) {
+  if (expected_.erase(site) && !answered_.count(site)) current_.missing.push_back(site + " (" + why + ")");
+}
+
+std::vector<std::string> JobRun::ready_sites(bool training) const {
+  std::vector<std::string> ready;
+  for (const auto& [sid, site] : host_.sites().all()) {
+    const auto it = site.jobs.find(id());
+    if (!site.alive || it == site.jobs.end() || !it->second.ready || it->second.failed) continue;
+    if (training ? (trains(sid) && it->second.samples > 0) : (evaluates(sid) && it->second.evaluation_subjects > 0)) {
+      ready.push_back(sid);
+    }
+  }
+  return ready;
+}
+
+std::vector<std::string> JobRun::sample(std::vector<std::string> ready) const {
+  const auto& spec = record_.definition.spec;
+  std::size_t k = ready.size();
+  if (spec.sites_per_round > 0) k = std::min<std::size_t>(k, static_cast<std::size_t>(spec.sites_per_round));
+  if (spec.fraction > 0) {
+    k = std::min(k, std::max<std::size_t>(static_cast<std::size_t>(spec.min_sites),
+                                          static_cast<std::size_t>(std::ceil(spec.fraction * static_cast<double>(ready.size())))));
+  }
+  if (k >= ready.size()) return ready;
+  std::mt19937_64 rng(spec.seed * 0x9e3779b97f4a7c15ULL + static_cast<std::uint64_t>(round_));
+  std::shuffle(ready.begin(), ready.end(), rng);
+  ready.resize(k);
+  std::sort(ready.begin(), ready.end());
+  return ready;
+}
+
+bool JobRun::wants_upload(const std::string& site, int round) const {
+  return (phase_ == Phase::collecting || phase_ == Phase::evaluating) && round == round_ && expected_.count(site) &&
+         !answered_.count(site);
+}
+
+void JobRun::handle(SiteInfo& site, const protocol::Header& h, const std::string& body) {
+  auto& p = site.jobs[id()];
+  switch (h.type) {
+    case MessageType::job_ready: {
+      auto ready = protocol::decode_body<protocol::JobReady>(body);
+      if (!ready) {
+        log_->warn("site {}: malformed job_ready dropped: {}", site.id, ready.error().message);
+        return;
+      }
+      if (!p.offered) {
+        log_->warn("site {}: job_ready for {} on a session it was not offered on; dropped", site.id, id());
+        return;
+      }
+      p.ready = true;
+      p.failed = false;
+      p.samples = std::max<std::int64_t>(0, ready->samples);
+      p.subjects = ready->subjects;
+      p.evaluation_subjects = ready->evaluation_subjects;
+      for (const auto& s : ready->skipped) log_->warn("site {}: skipped subject {}: {}", site.id, s.subject, s.reason);
+      log_->info("site {}: ready for {} ({} training subjects, {} samples, {} evaluation subjects)", site.id, id(),
+                 ready->subjects, ready->samples, ready->evaluation_subjects);
+      return;
+    }
+    case MessageType::job_failed: {
+      auto failed = protocol::decode_body<protocol::JobFailed>(body);
+      p.failed = true;
+      p.ready = false;
+      p.failure = failed ? failed->reason.substr(0, 1000) : "(malformed reason)";
+      log_->error("site {}: cannot run job {}: {}", site.id, id(), p.failure);
+      if (expected_.erase(site.id)) current_.missing.push_back(site.id + " (failed)");
+      return;
+    }
+    case MessageType::update_ready:
+      if (!wants_upload(site.id, h.round)) {
+        log_->warn("site {}: update for round {} of {} discarded (round {} open)", site.id, h.round, id(), round_);
+        return;
+      }
+      host_.queue_upload(site.id, id(), h.round);
+      return;
+    case MessageType::round_update:
+      if (!wants_upload(site.id, h.round)) {
+        log_->warn("site {}: update for round {} discarded (round {} open, {})", site.id, h.round, round_,
+                   answered_.count(site.id) ? "already counted" : "not asked for or late");
+        return;
+      }
+      return handle_update(site, body);
+    default:
+      log_->warn("site {}: dropped unexpected {}", site.id, protocol::type_name(h.type));
+  }
+}
+
+void JobRun::handle_update(SiteInfo& site, const std::string& body) {
+  auto& m = *model_;
+  const auto received = Clock::now();
+  auto update = protocol::decode_body<protocol::RoundUpdate>(body);
+  if (!update) {
+    log_->warn("site {}: malformed update dropped: {}", site.id, update.error().message);
+    expected_.erase(site.id);
+    current_.missing.push_back(site.id + " (malformed)");
+    return;
+  }
+  if (phase_ == Phase::evaluating) {
+    std::string dropped;
+    const auto rows = accepted_rows(update->metrics, site.jobs[id()].evaluation_subjects, dropped);
+    if (!dropped.empty()) log_->warn("site {}: {} of its evaluation refused (not asked for)", site.id, dropped);
+    for (const auto& row : rows) evaluation_.push_back({site.id, row});
+    answered_.insert(site.id);
+    log_->info("site {}: evaluated {} subjects", site.id, rows.size());
+    return;
+  }
+  const double weight = static_cast<double>(update->samples);
+  Status st = m.model_average->add(update->model, weight);
+  if (st && m.grad_average) st = m.grad_average->add(update->discriminator_grads, weight);
+  if (!st) {
+    log_->warn("site {}: update for round {} refused: {}", site.id, round_, st.error().message);
+    expected_.erase(site.id);
+    current_.missing.push_back(site.id + " (refused)");
+    return;
+  }
+  answered_.insert(site.id);
+  current_.sites.push_back({site.id, update->samples, update->steps, update->loss, update->seconds,
+                            static_cast<std::int64_t>(body.size()), update->overhead_seconds});
+  current_.cost.aggregate_s += seconds_since(received);
+  log_->info("site {}: round {} update in ({} samples, {} steps, loss {:.4f}, {:.1f} s)", site.id, round_,
+             update->samples, update->steps, update->loss, update->seconds);
+}
+
+void JobRun::ask(const std::string& site) {
+  auto* s = host_.sites().find(site);
+  if (!s || !s->alive) return;
+  expected_.insert(site);
+  host_.send(*s, MessageType::round_task, id(), round_, task_);
+}
+
+void JobRun::open_round() {
+  auto& m = *model_;
+  const auto& spec = record_.definition.spec;
+  round_ = record_.finished_round + 1;
+  current_ = RoundRecord{};
+  current_.round = round_;
+  current_.learning_rate = round_learning_rate(spec, round_);
+  expected_.clear();
+  answered_.clear();
+  needed_ = spec.min_sites;
+  protocol::RoundTask task;
+  task.learning_rate = current_.learning_rate;
+  task.adversarial_weight =
+      spec.type == JobType::ada
+          ? spec.ada_weight * std::min(1.0, (round_ - 1) / static_cast<double>(std::max(1, spec.ada_warmup_rounds)))
+          : 0.0;
+  m.model_average = std::make_unique<RunningAverage>(m.global);
+  m.grad_average.reset();
+  if (m.discriminator) {
+    auto w = m.discriminator->weights();
+    if (!w) return fail(w.error().message);
+    task.discriminator = std::move(*w);
+    m.grad_average = std::make_unique<RunningAverage>(protocol::parameters_only(task.discriminator));
+  }
+  const auto candidates = sample(ready_sites(true));
+  if (spec.steps_by_share) {  // one centralized epoch per round, shared by sample count
+    double total = 0;
+    for (const auto& sid : candidates) total += static_cast<double>(host_.sites().in(sid, id()).samples);
+    for (const auto& sid : candidates) {
+      task.step_sites.push_back(sid);
+      task.steps.push_back(std::max(
+          1, static_cast<int>(std::lround(spec.local_steps * host_.sites().in(sid, id()).samples / total))));
+    }
+  }
+  const auto encode_start = Clock::now();
+  task.model = spec.transfer_precision == "float16" ? to_half(m.global) : m.global;
+  auto encoded = make_broadcast(host_.kit(), protocol::encode(protocol::Header{}, task), id(), round_);
+  if (!encoded) return fail(encoded.error().message);
+  task_ = std::move(*encoded);
+  current_.cost.task_bytes = static_cast<std::int64_t>(task_.body->size());
+  current_.cost.encode_s = seconds_since(encode_start);
+  phase_start_ = encode_start;
+  deadline_ = Clock::now() + std::chrono::milliseconds(static_cast<long>(spec.round_deadline_s * 1000));
+  give_up_ = deadline_ + host_.start_timeout();
+  phase_ = Phase::collecting;
+  log_->info("job {}: round {}/{} with {} sites", id(), round_, spec.rounds, candidates.size());
+  for (const auto& sid : candidates) ask(sid);
+}
+
+void JobRun::open_evaluation() {
+  const auto& spec = record_.definition.spec;
+  round_ = spec.rounds + 1;
+  current_ = RoundRecord{};
+  expected_.clear();
+  answered_.clear();
+  evaluation_.clear();
+  needed_ = 1;
+  protocol::RoundTask task;
+  task.evaluate = true;
+  task.model = model_->global;
+  auto encoded = make_broadcast(host_.kit(), protocol::encode(protocol::Header{}, task), id(), round_);
+  if (!encoded) return fail(encoded.error().message);
+  task_ = std::move(*encoded);
+  deadline_ = Clock::now() + std::chrono::milliseconds(static_cast<long>(spec.round_deadline_s * 1000));
+  give_up_ = deadline_ + host_.start_timeout();
+  phase_ = Phase::evaluating;
+  const auto candidates = ready_sites(false);
+  log_->info("job {}: evaluating at {}", id(), joined(candidates));
+  for (const auto& sid : candidates) ask(sid);
+}
+
+void JobRun::tick() {
+  // A step that moves the job to another phase is followed at once by the next one (a closed
+  // round opens the next when its sites are ready) instead of at the service's next turn.
+  for (Phase before = phase_;; before = phase_) {
+    step();
+    if (phase_ == before || phase_ == Phase::done) return;
+  }
+}
+
+void JobRun::step() {
+  const auto& spec = record_.definition.spec;
+  const auto now = Clock::now();
+  switch (phase_) {
+    case Phase::done: return;
+    case Phase::waiting: {
+      if (abort_ || drain_) return stop_after_round();
+      if (spec.type == JobType::evaluate || record_.finished_round >= spec.rounds) {
+        phase_ = Phase::waiting_for_evaluation;
+        phase_start_ = now;
+        return;
+      }
+      // Wait for enough ready sites, and for connected sites still preparing (computing soft
+      // labels, say) up to the round deadline, so that a slow start does not leave them out.
+      const auto ready = ready_sites(true).size();
+      bool preparing = false;
+      for (const auto& [sid, site] : host_.sites().all()) {
+        const auto it = site.jobs.find(id());
+        if (site.alive && trains(sid) && it != site.jobs.end() && it->second.offered && !it->second.ready &&
+            !it->second.failed) {
+          preparing = true;
+        }
+      }
+      const auto grace = phase_start_ + std::chrono::milliseconds(static_cast<long>(spec.round_deadline_s * 1000));
+      if (static_cast<int>(ready) >= spec.min_sites && (!preparing || now >= grace)) return open_round();
+      if (now >= phase_start_ + host_.start_timeout()) {
+        return fail("only " + std::to_string(ready) + " of min_sites " + std::to_string(spec.min_sites) +
+                    " sites ready after " +
+                    std::to_string(std::chrono::duration_cast<std::chrono::seconds>(host_.start_timeout()).count()) + " s");
+      }
+      return;
+    }
+    case Phase::waiting_for_evaluation: {
+      if (abort_ || drain_) return stop_after_round();
+      if (!spec.evaluate || spec.evaluation_sites.empty()) return finish();
+      std::size_t ready = 0;
+      for (const auto& sid : spec.evaluation_sites) {
+        const auto* site = host_.sites().find(sid);
+        if (site && site->alive && site->jobs.count(id()) && site->jobs.at(id()).ready) ++ready;
+      }
+      if (ready == spec.evaluation_sites.size() || now >= phase_start_ + host_.start_timeout()) open_evaluation();
+      return;
+    }
+    case Phase::collecting:
+    case Phase::evaluating: {
+      const int got = static_cast<int>(answered_.size());
+      const bool all_in = got == static_cast<int>(expected_.size()) && got > 0;
+      if ((all_in && got >= needed_) || (now >= deadline_ && got >= needed_ && got > 0)) {
+        for (const auto& sid : expected_) {
+          if (!answered_.count(sid)) {
+            log_->warn("site {}: no answer by the deadline of round {}; its late answer will be discarded", sid, round_);
+            current_.missing.push_back(sid + " (late)");
+          }
+        }
+        return phase_ == Phase::collecting ? close_round() : close_evaluation();
+      }
+      if (now >= give_up_) {
+        return fail("round " + std::to_string(round_) + " of job " + id() + ": only " + std::to_string(got) + " of the " +
+                    std::to_string(needed_) + " sites needed answered in time");
+      }
+      // Sites that (re)joined and got ready may take part while the round still lacks answers.
+      if (static_cast<int>(expected_.size()) < std::max(needed_, 1)) {
+        for (const auto& sid : ready_sites(phase_ == Phase::collecting)) {
+          if (!expected_.count(sid) && !answered_.count(sid)) {
+            log_->info("site {}: joins round {} late", sid, round_);
+            ask(sid);
+          }
+        }
+      }
+      return;
+    }
+  }
+}
+
+void JobRun::close_round() {
+  auto& m = *model_;
+  auto& store = host_.store();
+  const auto& spec = record_.definition.spec;
+  const auto dir = store.dir(id());
+  const std::string storage_key = host_.kit() ? host_.kit()->storage_key : std::string();
+  const int r = round_;
+  const auto average_start = Clock::now();
+  auto averaged = m.model_average->average();
+  if (!averaged) return fail(averaged.error().message);
+  m.global = std::move(*averaged);
+  current_.cost.aggregate_s += seconds_since(average_start);
+  if (m.discriminator) {
+    auto grads = m.grad_average->average();
+    if (!grads) return fail(grads.error().message);
+    if (auto st = m.discriminator->step(*grads, current_.learning_rate); !st) return fail(st.error().message);
+  }
+  m.model_average.reset();
+  m.grad_average.reset();
+  task_ = Broadcast{};
+  // Persist: round files first, then the record that points at them, then (the record durable)
+  // the previous round's files.
+  const auto persist_start = Clock::now();
+  if (auto st = save_weights(dir / round_file(r, "weights"), m.global, storage_key); !st) return fail(st.error().message);
+  if (m.discriminator) {
+    if (auto st = m.discriminator->save(dir / round_file(r, "discriminator.pt"), storage_key); !st) {
+      return fail(st.error().message);
+    }
+  }
+  current_.cost.persist_s = seconds_since(persist_start);
+  current_.cost.span_s = seconds_since(phase_start_);
+  current_.seconds = current_.cost.span_s;
+  record_.rounds.push_back(current_);
+  record_.finished_round = r;
+  if (auto st = store.save(record_); !st) return fail(st.error().message);
+  for (const char* what : {"weights", "discriminator.pt"}) {
+    if (auto st = files::remove_durably(dir / round_file(r - 1, what)); !st) log_->warn("{}", st.error().message);
+  }
+  expected_.clear();
+  answered_.clear();
+  double loss = 0;
+  std::int64_t samples = 0;
+  for (const auto& s : current_.sites) {
+    loss += s.loss * static_cast<double>(s.samples);
+    samples += s.samples;
+  }
+  const auto f = federation_split(current_);
+  log_->info("job {}: round {}/{} done in {:.1f} s: {} sites, mean loss {:.4f}, federation {:.0f} ms ({:.1f}% of {:.2f} s){}",
+             id(), r, spec.rounds, current_.seconds, current_.sites.size(), samples ? loss / static_cast<double>(samples) : 0.0,
+             1000 * f.overhead_s, 100 * f.overhead_share, f.span_s,
+             current_.missing.empty() ? "" : ", missing " + std::to_string(current_.missing.size()));
+  if (abort_ || drain_) return stop_after_round();
+  phase_ = Phase::waiting;
+  phase_start_ = Clock::now();
+}
+
+void JobRun::close_evaluation() {
+  const auto dir = host_.store().dir(id());
+  if (auto st = write_results_csv(dir / "results.csv", record_, evaluation_); !st) return fail(st.error().message);
+  finish();
+}
+
+void JobRun::finish() {
+  auto& store = host_.store();
+  const auto dir = store.dir(id());
+  if (auto st = models::write_model_weights(dir / "model.pt", model_->spec, model_->global); !st) {
+    return fail(st.error().message);
+  }
+  const double seconds = record_.started_ms ? static_cast<double>(wall_ms() - record_.started_ms) / 1000.0 : 0.0;
+  if (auto st = write_summary(dir / "summary.json", record_, seconds, resumed_, evaluation_); !st) return fail(st.error().message);
+  if (auto st = store.set_state(record_, JobState::finished); !st) log_->error("job {}: {}", id(), st.error().message);
+  say_goodbye("job finished");
+  phase_ = Phase::done;
+  log_->info("job {} finished in {:.1f} s", id(), seconds);
+}
+
+void JobRun::fail(const std::string& why) {
+  log_->error("job {} failed: {}", id(), why);
+  if (auto st = host_.store().set_state(record_, JobState::failed, why); !st) log_->error("job {}: {}", id(), st.error().message);
+  say_goodbye("job failed");
+  phase_ = Phase::done;
+}
+
+void JobRun::stop_after_round() {
+  if (abort_) {
+    if (auto st = host_.store().set_state(record_, JobState::aborted, "aborted by " + stop_by_); !st) {
+      log_->error("job {}: {}", id(), st.error().message);
+    }
+    log_->warn("job {}: aborted by {} after round {}", id(), stop_by_, record_.finished_round);
+    say_goodbye("job aborted");
+  } else {
+    log_->info("job {}: stopped after round {} (resumes when the coordinator starts again)", id(), record_.finished_round);
+  }
+  phase_ = Phase::done;
+}
+
+void JobRun::abort(const std::string& by) {
+  abort_ = true;
+  stop_by_ = by;
+  if (phase_ == Phase::waiting || phase_ == Phase::waiting_for_evaluation) tick();
+}
+
+void JobRun::drain() {
+  drain_ = true;
+  if (phase_ == Phase::waiting || phase_ == Phase::waiting_for_evaluation) tick();
+}
+
+void JobRun::say_goodbye(const std::string& reason) {
+  auto encoded = make_broadcast(nullptr, protocol::encode(protocol::Header{}, protocol::Goodbye{reason}), id(), 0);
+  if (!encoded) return;
+  for (auto& [sid, site] : host_.sites().all()) {
+    if (site.alive && uses(sid)) host_.send(site, MessageType::goodbye, id(), 0, *encoded);
+  }
+}
+
+std::string JobRun::activity() const {
+  const auto& spec = record_.definition.spec;
+  switch (phase_) {
+    case Phase::waiting:
+      return "waiting for sites (" + std::to_string(ready_sites(true).size()) + " of min_sites " +
+             std::to_string(spec.min_sites) + " ready) before round " + std::to_string(record_.finished_round + 1);
+    case Phase::collecting:
+      return "round " + std::to_string(round_) + " of " + std::to_string(spec.rounds) + ": " +
+             std::to_string(answered_.size()) + " of " + std::to_string(expected_.size()) + " updates in";
+    case Phase::waiting_for_evaluation: return "waiting for the evaluation sites";
+    case Phase::evaluating:
+      return "evaluating: " + std::to_string(answered_.size()) + " of " + std::to_string(expected_.size()) + " sites scored";
+    case Phase::done: return "done";
+  }
+  return "";
+}
+
+}  // namespace fedda::coordinator

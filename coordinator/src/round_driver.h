@@ -1,0 +1,125 @@
+#pragma once
+// One job's life at the coordinator, as a state machine the service's loop drives (tick) and
+// feeds (the job's messages): offer the job to its sites (a signed offer, encoded once), wait
+// until enough are ready, open a round (a signed task, encoded once and shared by every site's
+// send), collect the updates through the service's upload credits and average them as they
+// arrive (FedAvg: one running sum whatever the number of sites), step the ADA discriminator with
+// the averaged gradients, persist the round crash-consistently, and after the last round score
+// the model at the evaluation sites (evaluation.h writes results.csv and summary.json).
+//
+// The job's record in the JobStore is the truth: a JobRun started on a record that has finished
+// rounds resumes after the last one. It never sees an image, a label or a soft label.
+//
+// Stopping: abort() stops after the current round and marks the job aborted (resume queues it
+// again); drain() does the same but leaves it running on disk, for a service that is shutting
+// down. Owned by the service's one thread; not thread-safe.
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "evaluation.h"
+#include "fedda/common/kit.h"
+#include "fedda/common/log.h"
+#include "fedda/common/protocol.h"
+#include "fedda/common/tensors.h"
+#include "job_store.h"
+#include "site_registry.h"
+
+namespace fedda::coordinator {
+
+// A message body encoded once and sent to many sites by reference.
+struct Broadcast {
+  std::shared_ptr<const std::string> body;
+  std::uint32_t crc = 0;
+  std::string signature;  // over protocol::model_signed_text; empty without a kit
+};
+
+// What a job's driver needs from the service around it.
+class JobHost {
+ public:
+  virtual ~JobHost() = default;
+  virtual SiteRegistry& sites() = 0;
+  virtual JobStore& store() = 0;
+  virtual const kit::CoordinatorKit* kit() const = 0;
+  virtual Clock::duration start_timeout() const = 0;
+  virtual void send(const SiteInfo& site, protocol::MessageType type, const std::string& job, int round,
+                    const Broadcast& body) = 0;
+  // Puts the site in the queue for upload credit (update_ready answered by `upload`).
+  virtual void queue_upload(const std::string& site, const std::string& job, int round) = 0;
+};
+
+// An encoded body, signed with the coordinator's key when there is a kit.
+Result<Broadcast> make_broadcast(const kit::CoordinatorKit* kit, protocol::Frames frames, const std::string& job, int round);
+
+class JobRun {
+ public:
+  JobRun(JobRecord& record, JobHost& host);
+  ~JobRun();
+
+  // Prepares the model the job trains (its teacher, fresh weights, or the last finished round on
+  // disk) and offers the job to its connected sites. Error: it cannot start (a teacher file that
+  // is missing or of another architecture, unreadable round state); the caller fails the job.
+  Status start();
+
+  void site_joined(SiteInfo& site);  // a new session: offered again
+  void site_lost(const std::string& site, const std::string& why);
+  // job_ready, job_failed, update_ready and round_update of this job.
+  void handle(SiteInfo& site, const protocol::Header& header, const std::string& body);
+  // Whether `site` may upload its update for `round` now (its credit is still good).
+  bool wants_upload(const std::string& site, int round) const;
+
+  // Moves the job on: opens, closes and persists rounds, evaluates, finishes or fails it.
+  void tick();
+  void abort(const std::string& by);
+  void drain();
+
+  bool done() const { return phase_ == Phase::done; }
+  bool uses(const std::string& site) const;
+  const std::string& id() const { return record_.id(); }
+  // What it is doing, for operators: "waiting for sites (1 of 2 ready)", "round 3 of 8", ...
+  std::string activity() const;
+
+ private:
+  enum class Phase { waiting, collecting, waiting_for_evaluation, evaluating, done };
+
+  void step();
+  std::vector<std::string> ready_sites(bool training) const;
+  bool trains(const std::string& site) const;
+  bool evaluates(const std::string& site) const;
+  void offer(SiteInfo& site);
+  void open_round();
+  void open_evaluation();
+  void ask(const std::string& site);
+  void close_round();
+  void close_evaluation();
+  void handle_update(SiteInfo& site, const std::string& body);
+  void finish();
+  void fail(const std::string& why);
+  void stop_after_round();
+  void say_goodbye(const std::string& reason);
+  // The round's sites: every ready one, or a sample of them (sites_per_round / fraction).
+  std::vector<std::string> sample(std::vector<std::string> ready) const;
+
+  struct Model;  // LibTorch-free handles of the model, discriminator and averages
+  JobRecord& record_;
+  JobHost& host_;
+  std::unique_ptr<Model> model_;
+  Phase phase_ = Phase::waiting;
+  Clock::time_point phase_start_{}, deadline_{}, give_up_{};
+  Broadcast offer_;
+  Broadcast task_;
+  int round_ = 0;           // the round open (rounds + 1 for the evaluation)
+  int needed_ = 1;
+  std::set<std::string> expected_, answered_;
+  RoundRecord current_;
+  std::vector<EvaluationRow> evaluation_;
+  std::string stop_by_;     // abort: who asked
+  bool abort_ = false, drain_ = false, resumed_ = false;
+  std::shared_ptr<spdlog::logger> log_;
+};
+
+}  // namespace fedda::coordinator

@@ -1,0 +1,53 @@
+#pragma once
+// Model weights as the coordinator handles them, free of LibTorch and of the imaging stack
+// (library fedda::models_core: fedda-coordinator links neither ITK nor the training engine):
+// fresh weights of an architecture, fedda model files read and written as TensorSets (what
+// crosses the network), and the ADA discriminator's optimiser at the coordinator, which applies
+// the sites' averaged gradients. Weights are averaged with fedda::RunningAverage (tensors.h).
+// DiscriminatorOptimizer is not thread-safe; use one per thread.
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "fedda/common/result.h"
+#include "fedda/common/tensors.h"
+#include "fedda/models/model_spec.h"
+
+namespace fedda::models {
+
+// Fresh weights of the spec's U-Net / of the ADA discriminator (seeded).
+Result<TensorSet> new_model_weights(const ModelSpec& spec, std::uint64_t seed);
+Result<TensorSet> new_discriminator_weights(const ModelSpec& spec, std::uint64_t seed);
+
+struct StoredModel {
+  ModelSpec spec;
+  TensorSet weights;
+};
+Result<StoredModel> read_model_weights(const std::filesystem::path& model);
+// Writes a regular fedda model file (usable by `fedda-agent segment`); error when the weights
+// do not fit the spec's architecture.
+Status write_model_weights(const std::filesystem::path& path, const ModelSpec& spec, const TensorSet& weights);
+
+// Adam on the discriminator at the coordinator, fed the sites' sample-weighted mean gradients.
+class DiscriminatorOptimizer {
+ public:
+  static Result<std::unique_ptr<DiscriminatorOptimizer>> create(const ModelSpec& spec, const TensorSet& weights,
+                                                                double learning_rate);
+  ~DiscriminatorOptimizer();
+  // Applies `mean_grads` (one per parameter, in parameter order) and returns the new weights.
+  Result<TensorSet> step(const TensorSet& mean_grads, double learning_rate);
+  Result<TensorSet> weights() const;
+  // Optimiser state (moments, step counts) with the weights, for a coordinator restart; with a
+  // `storage_key` the file is sealed with AES-256-GCM and a tampered one is refused.
+  Status save(const std::filesystem::path& path, const std::string& storage_key = {}) const;
+  Status load(const std::filesystem::path& path, const std::string& storage_key = {});
+
+ private:
+  struct Impl;
+  explicit DiscriminatorOptimizer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace fedda::models
