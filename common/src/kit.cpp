@@ -341,7 +341,8 @@ Result<CoordinatorKit> load_coordinator_kit(const fs::path& dir) {
       auto holder = verify_manifest(kit, *text, *signature);
       if (!holder) return make_error(path.string() + ": " + holder.error().message);
       if (holder->role != (std::string(folder) == "sites" ? "site" : "operator")) {
-        return make_error(path.string() + ": a " + holder->role + " manifest among the " + folder);
+        return make_error(path.string() + ": " + (holder->role == "operator" ? "an " : "a ") + holder->role +
+                          " manifest among the " + folder);
       }
       try {
         kit.consortium = nlohmann::json::parse(*text).at("consortium");

@@ -4,7 +4,7 @@
 // endpoint ("fedda-admin"), each named by its signed manifest, never a revoked site. Operators
 // admit and revoke sites while the service runs, so the lists are guarded by a mutex: the ZAP
 // thread reads them, the service's thread changes them. Refusals are logged at most once a
-// minute per key, with a count, so a misconfigured agent retrying cannot flood the log.
+// minute per key and reason, with a count, so a misconfigured agent retrying cannot flood the log.
 
 #include <atomic>
 #include <chrono>
@@ -50,7 +50,7 @@ class Admission {
   std::map<std::string, std::string> sites_;      // key -> site id
   std::map<std::string, std::string> operators_;  // key -> operator name
   std::set<std::string> revoked_;
-  std::map<std::string, std::pair<std::chrono::steady_clock::time_point, int>> refusals_;  // key -> last logged, since
+  std::map<std::string, std::pair<std::chrono::steady_clock::time_point, int>> refusals_;  // key+reason -> last logged, since
   std::shared_ptr<spdlog::logger> log_;
 };
 

@@ -60,7 +60,8 @@ struct Service::Impl : JobHost, AdminBackend {
   zmq::context_t context{1};
   zmq::socket_t router{context, zmq::socket_type::router};
   zmq::socket_t admin{context, zmq::socket_type::router};
-  zmq::socket_t monitor{context, zmq::socket_type::pair};  // libzmq's connection events, for the log
+  zmq::socket_t monitor{context, zmq::socket_type::pair};        // libzmq's connection events, for the log
+  zmq::socket_t admin_monitor{context, zmq::socket_type::pair};  // the same for the admin endpoint
   std::string endpoint, admin_endpoint;
   std::shared_ptr<spdlog::logger> log = log::get("coordinator");
   std::optional<kit::CoordinatorKit> consortium;
@@ -423,11 +424,11 @@ struct Service::Impl : JobHost, AdminBackend {
   // ---- the loop -----------------------------------------------------------------------------
 
   // Connections libzmq closed or refused before any message reached fedda.
-  void log_connection_events() {
+  void log_connection_events(zmq::socket_t& events, const char* plane) {
     for (;;) {
       std::vector<zmq::message_t> event;
       try {
-        if (!zmq::recv_multipart(monitor, std::back_inserter(event), zmq::recv_flags::dontwait)) return;
+        if (!zmq::recv_multipart(events, std::back_inserter(event), zmq::recv_flags::dontwait)) return;
       } catch (const zmq::error_t&) {
         return;
       }
@@ -438,15 +439,16 @@ struct Service::Impl : JobHost, AdminBackend {
       std::memcpy(&value, static_cast<const char*>(event[0].data()) + 2, 4);
       const std::string address = event[1].to_string();
       switch (id) {
-        case ZMQ_EVENT_DISCONNECTED: log->debug("connection {} closed", address); break;
+        case ZMQ_EVENT_DISCONNECTED: log->debug("{} connection {} closed", plane, address); break;
         case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
-          log->warn("connection {} refused: authentication failed (status {})", address, value);
+          log->warn("{} connection {} refused: authentication failed (status {})", plane, address, value);
           break;
         case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
-          log->warn("connection {} refused: protocol error 0x{:x} (e.g. a frame that does not decrypt)", address, value);
+          log->warn("{} connection {} refused: protocol error 0x{:x} (a frame that does not decrypt, or a peer holding "
+                    "another coordinator's key)", plane, address, value);
           break;
         case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-          log->warn("connection {} refused: handshake failed (errno {})", address, value);
+          log->warn("{} connection {} refused: handshake failed (errno {})", plane, address, value);
           break;
         default: break;
       }
@@ -500,13 +502,15 @@ struct Service::Impl : JobHost, AdminBackend {
       const auto ms = std::max<long>(0, std::chrono::duration_cast<std::chrono::milliseconds>(wait).count());
       zmq::pollitem_t items[] = {{router.handle(), 0, ZMQ_POLLIN, 0},
                                  {admin.handle(), 0, ZMQ_POLLIN, 0},
-                                 {monitor.handle(), 0, ZMQ_POLLIN, 0}};
+                                 {monitor.handle(), 0, ZMQ_POLLIN, 0},
+                                 {admin_monitor.handle(), 0, ZMQ_POLLIN, 0}};
       try {
-        zmq::poll(items, 3, std::chrono::milliseconds(ms));
+        zmq::poll(items, 4, std::chrono::milliseconds(ms));
       } catch (const zmq::error_t& e) {
         if (e.num() != EINTR) log->warn("poll: {}", e.what());
       }
-      if (items[2].revents & ZMQ_POLLIN) log_connection_events();
+      if (items[2].revents & ZMQ_POLLIN) log_connection_events(monitor, "sites'");
+      if (items[3].revents & ZMQ_POLLIN) log_connection_events(admin_monitor, "admin");
       if (items[0].revents & ZMQ_POLLIN) {
         handled |= drain_socket(router, "data", [&](const std::string& routing, const std::string& authenticated,
                                                     const std::string& header_frame, const std::string& body) {
@@ -678,7 +682,8 @@ Result<std::unique_ptr<Service>> Service::start(const ServiceOptions& options) {
   m.jobs = std::move(*store);
   if (auto text = files::read_all(options.state / "revoked.json")) {
     try {
-      for (const auto& s : json::parse(*text).at("sites")) m.revoked_sites.insert(s.get<std::string>());
+      const auto revoked = json::parse(*text);
+      for (const auto& s : revoked.at("sites")) m.revoked_sites.insert(s.get<std::string>());
     } catch (const std::exception& e) {
       return make_error((options.state / "revoked.json").string() + ": " + e.what());
     }
@@ -726,11 +731,13 @@ Result<std::unique_ptr<Service>> Service::start(const ServiceOptions& options) {
     };
     configure(m.router, kDataDomain);
     configure(m.admin, kAdminDomain);
-    const std::string monitor_endpoint = "inproc://fedda-coordinator-monitor";
-    if (zmq_socket_monitor(m.router.handle(), monitor_endpoint.c_str(),
-                           ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
-                               ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) == 0) {
-      m.monitor.connect(monitor_endpoint);
+    const int events = ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                       ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL;
+    if (zmq_socket_monitor(m.router.handle(), "inproc://fedda-coordinator-monitor", events) == 0) {
+      m.monitor.connect("inproc://fedda-coordinator-monitor");
+    }
+    if (zmq_socket_monitor(m.admin.handle(), "inproc://fedda-coordinator-admin-monitor", events) == 0) {
+      m.admin_monitor.connect("inproc://fedda-coordinator-admin-monitor");
     }
     m.router.bind(wildcard_port(options.bind));
     m.endpoint = m.router.get(zmq::sockopt::last_endpoint);

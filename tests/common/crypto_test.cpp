@@ -66,7 +66,7 @@ TEST(Crypto, ASealedFileCannotStandInForAnother) {
 
 TEST(Kit, ProvisionedKitsVerifyAndSecretsAre0600) {
   testing::ScratchDir dir;
-  ASSERT_TRUE(kit::provision({"wmh", "tcp://coordinator:5570", {"utrecht", "amsterdam"}, dir.path()}));
+  ASSERT_TRUE(kit::provision({"wmh", "tcp://coordinator:5570", {"utrecht", "amsterdam"}, dir.path(), {}, {}}));
   auto site = kit::load_site_kit(dir / "sites/amsterdam");
   ASSERT_TRUE(site) << site.error().message;
   EXPECT_EQ(site->site_id, "amsterdam");
@@ -82,12 +82,12 @@ TEST(Kit, ProvisionedKitsVerifyAndSecretsAre0600) {
   ASSERT_TRUE(coordinator) << coordinator.error().message;
   EXPECT_EQ(coordinator->sites.size(), 2u);
   EXPECT_EQ(coordinator->sites.at(site->site_curve_public), "amsterdam");
-  EXPECT_FALSE(kit::provision({"wmh", "tcp://coordinator:5570", {"x"}, dir.path()}));  // never overwrites a root
+  EXPECT_FALSE(kit::provision({"wmh", "tcp://coordinator:5570", {"x"}, dir.path(), {}, {}}));  // never overwrites a root
 }
 
 TEST(Kit, AKitWithAnAlteredManifestIsRefused) {
   testing::ScratchDir dir;
-  ASSERT_TRUE(kit::provision({"wmh", "tcp://coordinator:5570", {"utrecht"}, dir.path()}));
+  ASSERT_TRUE(kit::provision({"wmh", "tcp://coordinator:5570", {"utrecht"}, dir.path(), {}, {}}));
   const auto manifest = dir / "sites/utrecht/manifest.json";
   auto text = files::read_all(manifest).value();
   text.replace(text.find("utrecht"), 7, "intrude");
@@ -98,7 +98,7 @@ TEST(Kit, AKitWithAnAlteredManifestIsRefused) {
 
   // A manifest signed by another consortium's root is refused by this coordinator.
   testing::ScratchDir other;
-  ASSERT_TRUE(kit::provision({"other", "tcp://coordinator:5570", {"utrecht"}, other.path()}));
+  ASSERT_TRUE(kit::provision({"other", "tcp://coordinator:5570", {"utrecht"}, other.path(), {}, {}}));
   fs::copy_file(other / "coordinator/sites/utrecht.manifest.json", dir / "coordinator/sites/spy.manifest.json");
   fs::copy_file(other / "coordinator/sites/utrecht.manifest.sig", dir / "coordinator/sites/spy.manifest.sig");
   auto coordinator = kit::load_coordinator_kit(dir / "coordinator");
@@ -108,7 +108,7 @@ TEST(Kit, AKitWithAnAlteredManifestIsRefused) {
 
 TEST(Kit, ASecretReadableByOthersIsRefused) {
   testing::ScratchDir dir;
-  ASSERT_TRUE(kit::provision({"wmh", "tcp://coordinator:5570", {"utrecht"}, dir.path()}));
+  ASSERT_TRUE(kit::provision({"wmh", "tcp://coordinator:5570", {"utrecht"}, dir.path(), {}, {}}));
   ::chmod((dir.path() / "sites/utrecht/site.curve.secret").c_str(), 0644);
   auto site = kit::load_site_kit(dir / "sites/utrecht");
   ASSERT_FALSE(site);
@@ -117,13 +117,78 @@ TEST(Kit, ASecretReadableByOthersIsRefused) {
 
 TEST(Kit, AddingASiteLeavesTheOtherKitsAlone) {
   testing::ScratchDir dir;
-  ASSERT_TRUE(kit::provision({"wmh", "tcp://coordinator:5570", {"utrecht"}, dir.path()}));
+  ASSERT_TRUE(kit::provision({"wmh", "tcp://coordinator:5570", {"utrecht"}, dir.path(), {}, {}}));
   const auto before = files::read_all(dir / "sites/utrecht/manifest.json").value();
   ASSERT_TRUE(kit::add_site(dir.path(), "singapore"));
   EXPECT_EQ(files::read_all(dir / "sites/utrecht/manifest.json").value(), before);
   EXPECT_TRUE(kit::load_site_kit(dir / "sites/singapore"));
   EXPECT_EQ(kit::load_coordinator_kit(dir / "coordinator").value().sites.size(), 2u);
   EXPECT_FALSE(kit::add_site(dir.path(), "singapore"));  // exists already
+}
+
+TEST(Kit, OperatorKitsCarryTheirRoleAndNeitherKindPassesForTheOther) {
+  testing::ScratchDir dir;
+  ASSERT_TRUE(kit::provision({"wmh", "tcp://coordinator:5570", {"utrecht"}, dir.path(), {"alice"}, {}}));
+  auto alice = kit::load_operator_kit(dir / "operators/alice");
+  ASSERT_TRUE(alice) << alice.error().message;
+  EXPECT_EQ(alice->name, "alice");
+  EXPECT_EQ(alice->admin_endpoint, "tcp://coordinator:5571");  // the next port by default
+  EXPECT_EQ(alice->coordinator_endpoint, "tcp://coordinator:5570");
+  struct stat info {};
+  ASSERT_EQ(::stat((dir / "operators/alice/operator.curve.secret").c_str(), &info), 0);
+  EXPECT_EQ(info.st_mode & 0777, 0600u);
+
+  auto as_site = kit::load_site_kit(dir / "operators/alice");
+  ASSERT_FALSE(as_site);
+  EXPECT_NE(as_site.error().message.find("a kit for operator 'alice', not a site kit"), std::string::npos)
+      << as_site.error().message;
+  auto as_operator = kit::load_operator_kit(dir / "sites/utrecht");
+  ASSERT_FALSE(as_operator);
+  EXPECT_NE(as_operator.error().message.find("not an operator kit"), std::string::npos) << as_operator.error().message;
+
+  ASSERT_TRUE(kit::add_operator(dir.path(), "bob"));
+  auto coordinator = kit::load_coordinator_kit(dir / "coordinator").value();
+  EXPECT_EQ(coordinator.operators.size(), 2u);
+  EXPECT_EQ(coordinator.operators.at(alice->operator_curve_public), "alice");
+  EXPECT_EQ(coordinator.sites.size(), 1u);
+  EXPECT_FALSE(kit::add_operator(dir.path(), "bob"));  // exists already
+  EXPECT_FALSE(kit::add_operator(dir.path(), "../x"));  // not an id
+}
+
+TEST(Kit, AManifestMovedToTheOtherRolesFolderIsRefused) {
+  testing::ScratchDir dir;
+  ASSERT_TRUE(kit::provision({"wmh", "tcp://coordinator:5570", {"utrecht"}, dir.path(), {"alice"}, {}}));
+  // An operator's manifest dropped among the sites would make an operator key a site.
+  fs::copy_file(dir / "coordinator/operators/alice.manifest.json", dir / "coordinator/sites/alice.manifest.json");
+  fs::copy_file(dir / "coordinator/operators/alice.manifest.sig", dir / "coordinator/sites/alice.manifest.sig");
+  auto coordinator = kit::load_coordinator_kit(dir / "coordinator");
+  ASSERT_FALSE(coordinator);
+  EXPECT_NE(coordinator.error().message.find("an operator manifest among the sites"), std::string::npos)
+      << coordinator.error().message;
+}
+
+TEST(Kit, VerifiesAManifestAdmittedLater) {
+  testing::ScratchDir dir;
+  ASSERT_TRUE(kit::provision({"wmh", "tcp://coordinator:5570", {"utrecht"}, dir.path(), {}, {}}));
+  const auto coordinator = kit::load_coordinator_kit(dir / "coordinator").value();
+  ASSERT_TRUE(kit::add_site(dir.path(), "oslo"));
+  const auto text = files::read_all(dir / "sites/oslo/manifest.json").value();
+  const auto sig = files::read_all(dir / "sites/oslo/manifest.sig").value();
+  auto holder = kit::verify_manifest(coordinator, text, sig);
+  ASSERT_TRUE(holder) << holder.error().message;
+  EXPECT_EQ(holder->role, "site");
+  EXPECT_EQ(holder->id, "oslo");
+  auto forged = text;
+  forged.replace(forged.find("oslo"), 4, "rome");
+  EXPECT_FALSE(kit::verify_manifest(coordinator, forged, sig));
+}
+
+TEST(Kit, TheAdminEndpointIsTheNextPortUnlessGiven) {
+  EXPECT_EQ(kit::default_admin_endpoint("tcp://10.0.0.1:5570").value(), "tcp://10.0.0.1:5571");
+  EXPECT_EQ(kit::default_admin_endpoint("tcp://127.0.0.1:0").value(), "tcp://127.0.0.1:0");
+  EXPECT_FALSE(kit::default_admin_endpoint("tcp://host"));
+  EXPECT_FALSE(kit::default_admin_endpoint("ipc:///tmp/x"));
+  EXPECT_FALSE(kit::default_admin_endpoint("tcp://host:65535"));
 }
 
 }  // namespace

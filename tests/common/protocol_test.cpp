@@ -60,7 +60,7 @@ TEST(Protocol, RoundUpdateSurvivesTheWire) {
 TEST(Protocol, JobSpecSurvivesTheWireAndJson) {
   JobOffer offer;
   offer.job.id = "ada-1";
-  offer.job.type = "ada";
+  offer.job.type = protocol::JobType::ada;
   offer.job.sites = {"utrecht", "singapore"};
   offer.job.subjects = {"s1"};
   offer.job.learning_rate = 3e-4;
@@ -277,6 +277,83 @@ TEST(RunningAverage, RefusesAnotherLayoutAndAddsNothing) {
   EXPECT_FALSE(avg.add(a, 0));
   EXPECT_EQ(avg.count(), 0);
   EXPECT_FALSE(avg.average());
+}
+
+TEST(Protocol, ANewerMessageVersionIsRefusedNotMisread) {
+  auto frames = encode(header_of(MessageType::goodbye), Goodbye{"bye"});
+  ASSERT_TRUE(decode_body<Goodbye>(frames.body));
+  auto newer = frames.body;
+  newer[0] = 99;  // the body opens with the struct's version (little-endian uint32)
+  auto back = decode_body<Goodbye>(newer);
+  ASSERT_FALSE(back);
+  EXPECT_NE(back.error().message.find("newer version"), std::string::npos) << back.error().message;
+}
+
+TEST(Protocol, JobTypesTravelAsTheirNamesAndAnUnknownOneIsRefused) {
+  JobOffer offer;
+  offer.job.id = "j";
+  offer.job.type = JobType::evaluate;
+  auto frames = encode(header_of(MessageType::job_offer), offer);
+  EXPECT_NE(frames.body.find("evaluate"), std::string::npos);
+  EXPECT_EQ(decode_body<JobOffer>(frames.body)->job.type, JobType::evaluate);
+  auto body = frames.body;
+  body.replace(body.find("evaluate"), 8, "evaluat3");
+  auto back = decode_body<JobOffer>(body);
+  ASSERT_FALSE(back);
+  EXPECT_NE(back.error().message.find("evaluat3"), std::string::npos) << back.error().message;
+  EXPECT_FALSE(parse_job_type("train"));
+  EXPECT_EQ(parse_job_type("kd").value(), JobType::kd);
+}
+
+TEST(Protocol, ResultRowsAreQuotedSoAWireSubjectCannotAddARowOrAColumn) {
+  ResultRow plain{"utrecht", "amsterdam", 1, "kd", "federated", "s-101", 0.5, 3.25, 12, 0.75, 0.6};
+  ResultRow hostile = plain;
+  hostile.subject = "x,\"y\"\nutrecht,amsterdam,0,kd,federated,forged,1,0,0,1,1";
+  hostile.dsc = std::nan("");
+  const std::string csv = std::string(kResultsCsvHeader) + "\n" + csv_line(plain) + csv_line(hostile);
+  auto rows = parse_results_csv(csv);
+  ASSERT_TRUE(rows) << rows.error().message;
+  ASSERT_EQ(rows->size(), 2u);
+  EXPECT_EQ((*rows)[0].subject, "s-101");
+  EXPECT_DOUBLE_EQ((*rows)[0].h95, 3.25);
+  EXPECT_EQ((*rows)[1].subject, hostile.subject);
+  EXPECT_TRUE(std::isnan((*rows)[1].dsc));  // undefined: an empty cell
+  EXPECT_EQ(csv_line(plain), "utrecht,amsterdam,1,kd,federated,s-101,0.5,3.25,12,0.75,0.6\n");
+  EXPECT_FALSE(parse_results_csv(std::string(kResultsCsvHeader) + "\na,b,0,kd\n"));
+}
+
+TEST(Protocol, AdminRequestAndReplySurviveTheWire) {
+  AdminRequest request;
+  request.command = "submit";
+  request.job_yaml = "id: kd-1\ntype: kd\n";
+  request.files = {{"teacher.pt", std::string(1000, '\x07')}};
+  auto h = header_of(MessageType::admin_request);
+  const auto frames = encode(h, request);
+  ASSERT_TRUE(decode_header(frames.header, frames.body));
+  auto back = decode_body<AdminRequest>(frames.body);
+  ASSERT_TRUE(back) << back.error().message;
+  EXPECT_EQ(back->job_yaml, request.job_yaml);
+  ASSERT_EQ(back->files.size(), 1u);
+  EXPECT_EQ(back->files[0].bytes, request.files[0].bytes);
+  AdminReply reply;
+  reply.ok = true;
+  reply.json = "[]";
+  reply.notice = "insecure";
+  auto again = decode_body<AdminReply>(encode(header_of(MessageType::admin_reply), reply).body);
+  ASSERT_TRUE(again);
+  EXPECT_TRUE(again->ok);
+  EXPECT_EQ(again->notice, "insecure");
+}
+
+TEST(Protocol, ParametersNotBuffersIsOneFilter) {
+  TensorSet set = sample_tensors();
+  set.tensors.push_back(make_f32("bn.running_mean", {2}, {0, 0}));
+  set.tensors.push_back(make_f32("bn.num_batches_tracked", {1}, {0}));
+  const auto params = parameters_only(set);
+  ASSERT_EQ(params.tensors.size(), 2u);
+  EXPECT_EQ(params.tensors[0].name, "conv.weight");
+  EXPECT_FALSE(is_parameter("bn.running_var"));
+  EXPECT_TRUE(is_parameter("bn.weight"));
 }
 
 }  // namespace

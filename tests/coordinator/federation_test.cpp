@@ -31,8 +31,10 @@
 #include "fedda/imaging/dataset.h"
 #include "fedda/models/engine.h"
 #include "fedda/models/federated.h"
-#include "fedda/simulation/consortium.h"
+#include "fedda/experiment/consortium.h"
 #include "fedda/simulation/generator.h"
+#include "support/fake_sites.h"
+#include "support/federation_fixture.h"
 #include "support/process.h"
 #include "support/test_support.h"
 
@@ -43,129 +45,6 @@ namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using testing::Process;
 
-constexpr int kEpochs = 4, kSteps = 8, kBatch = 4;
-
-class Federation : public ::testing::Test {
- protected:
-  // The clinics and the teacher are built once per build tree and shared by every test process
-  // (ctest runs each test in its own): generation is deterministic, and a lock keeps two
-  // processes from building them at once.
-  static void SetUpTestSuite() {
-    const char* bin_dir = std::getenv("FEDDA_BIN_DIR");
-    const fs::path cache = fs::path(bin_dir ? bin_dir : "build/bin").parent_path() / "test-cache" / "federation-v1";
-    fs::create_directories(cache);
-    const int lock = ::open((cache / ".lock").c_str(), O_CREAT | O_RDWR, 0644);
-    ASSERT_GE(lock, 0);
-    ::flock(lock, LOCK_EX);
-    shared_ = cache;
-    if (!fs::exists(cache / ".complete")) {
-      fs::remove_all(cache / "data");
-      simulation::GenerateOptions g;
-      g.profile = simulation::Profile::kQuick;  // smoke's 6 mm slices leave too little lesion to score
-      g.subjects = 4;
-      g.out = data_dir();
-      auto generated = simulation::generate(g);
-      ASSERT_TRUE(generated) << generated.error().message;
-      // The teacher every test distils (trained centrally: it is the fixture, not the subject).
-      auto c = small_config();
-      c.epochs = 40;
-      c.batch_size = 8;
-      c.learning_rate = 3e-3;
-      c.threads = 2;
-      auto source = imaging::find_clinic_subjects(data_dir(), "utrecht");
-      ASSERT_TRUE(source);
-      auto trained = models::train_supervised(*source, c, teacher());
-      ASSERT_TRUE(trained) << trained.error().message;
-      std::ofstream(cache / ".complete") << "ok\n";
-    }
-    ::flock(lock, LOCK_UN);
-    ::close(lock);
-  }
-  static models::TrainConfig small_config() {
-    models::TrainConfig c;
-    c.unet.width = 16;  // width 8 often never leaves "no lesion" on this budget
-    c.unet.depth = 3;
-    c.grid.in_plane_size = {64, 64};
-    c.grid.in_plane_spacing = {3.0, 3.0};
-    c.epochs = kEpochs;
-    c.steps_per_epoch = kSteps;
-    c.batch_size = kBatch;
-    c.threads = 1;
-    c.seed = 3;
-    return c;
-  }
-  static fs::path data_dir() { return shared_ / "data"; }
-  static fs::path teacher() { return shared_ / "teacher.pt"; }
-
-  // A kd job file in the test's folder.
-  fs::path kd_job(const std::string& id, const std::vector<std::string>& sites, int rounds, int local_steps,
-                  int min_sites, const std::string& evaluation_sites = "[amsterdam]", bool by_share = false) {
-    std::string list;
-    for (const auto& s : sites) list += (list.empty() ? "" : ", ") + s;
-    const auto path = dir_ / (id + ".yaml");
-    std::ofstream(path) << "id: " << id << "\ntype: kd\nteacher: " << teacher().string() << "\nsource: utrecht\nsites: ["
-                        << list << "]\nevaluation_sites: " << evaluation_sites << "\nfold: 0\nrounds: " << rounds
-                        << "\nlocal_steps: " << local_steps << "\nbatch_size: " << kBatch
-                        << "\nmin_sites: " << min_sites << "\nround_deadline_s: 120\nseed: 3\nsteps_by_share: "
-                        << (by_share ? "true" : "false") << "\n";
-    return path;
-  }
-
-  fs::path site_config(const std::string& site, const std::string& endpoint, fs::path data = {}) {
-    const auto path = dir_ / (site + ".yaml");
-    if (data.empty()) data = data_dir() / site;
-    if (!kit_.empty()) std::ofstream(path) << "kit: " << (kit_ / "sites" / site).string() << "\n";
-    std::ofstream(path, std::ios::app) << "site_id: " << site << "\ncoordinator: " << endpoint << "\ndata: " << data.string()
-                        << "\ncache_dir: " << (dir_ / ("cache-" + site)).string()
-                        << "\nthreads: 1\nheartbeat_ms: 200\nreconnect_min_ms: 100\nreconnect_max_ms: 1000\n";
-    return path;
-  }
-
-  std::unique_ptr<Process> start_coordinator(const fs::path& job, const std::string& bind,
-                                             const std::vector<std::string>& extra = {}) {
-    std::vector<std::string> args = {testing::bin("fedda-coordinator").string(), "--job", job.string(), "--bind", bind,
-                                     "--out", (dir_ / "jobs").string(), "--endpoint-file", endpoint_file().string(),
-                                     "--heartbeat-ms", "200", "--start-timeout", "120",
-                                     "--sites", "utrecht,amsterdam,singapore,spare"};
-    args.insert(args.end(), extra.begin(), extra.end());
-    if (!kit_.empty()) args.insert(args.end(), {"--kit", (kit_ / "coordinator").string()});
-    return std::make_unique<Process>(args, coordinator_log());
-  }
-  std::unique_ptr<Process> start_agent(const std::string& site, const std::string& endpoint, const fs::path& data = {}) {
-    return std::make_unique<Process>(
-        std::vector<std::string>{testing::bin("fedda-agent").string(), "run", "--config",
-                                 site_config(site, endpoint, data).string()},
-        dir_ / (site + ".log"));
-  }
-  std::string wait_for_endpoint() {
-    EXPECT_TRUE(testing::wait_for_text(endpoint_file(), "tcp://", 30s)) << testing::read_text(coordinator_log());
-    auto text = testing::read_text(endpoint_file());
-    return text.substr(0, text.find('\n'));
-  }
-  fs::path endpoint_file() const { return dir_ / "endpoint"; }
-  fs::path coordinator_log() const { return dir_ / "coordinator.log"; }
-  std::vector<nlohmann::json> rounds(const std::string& job) const {
-    std::vector<nlohmann::json> out;
-    std::ifstream in(dir_ / "jobs" / job / "rounds.jsonl");
-    for (std::string line; std::getline(in, line);) {
-      if (!line.empty()) out.push_back(nlohmann::json::parse(line));
-    }
-    return out;
-  }
-  static bool has_site(const nlohmann::json& round, const std::string& site) {
-    for (const auto& s : round["sites"]) {
-      if (s["site"] == site) return true;
-    }
-    return false;
-  }
-
-  testing::ScratchDir dir_;
-  fs::path kit_;  // set: coordinator and agents run with these kits
-
- private:
-  static fs::path shared_;
-};
-fs::path Federation::shared_;
 
 double mean_dice_of_csv(const fs::path& csv, const std::string& target, const std::string& method = "kd") {
   std::ifstream in(csv);
@@ -220,16 +99,17 @@ TEST_F(Federation, FederatedKdMatchesCentralizedDice) {
   // The same job with the models crossing the network at half precision.
   const auto half_job = kd_job("kd-equivalence-half", {"utrecht", "amsterdam"}, kEpochs, kSteps, 2, "[amsterdam]", true);
   std::ofstream(half_job, std::ios::app) << "transfer_precision: float16\nmethod: kd-half\n";
-  simulation::ConsortiumOptions o;
+  experiment::ConsortiumOptions o;
   o.data = data_dir();
-  o.jobs = {kd_job("kd-equivalence", {"utrecht", "amsterdam"}, kEpochs, kSteps, 2, "[amsterdam]", true), half_job};
+  const std::vector<fs::path> jobs = {kd_job("kd-equivalence", {"utrecht", "amsterdam"}, kEpochs, kSteps, 2, "[amsterdam]", true),
+                                      half_job};
   o.out = dir_ / "consortium";
   o.sites = {"utrecht", "amsterdam"};
   o.threads_per_agent = 1;
   o.heartbeat_ms = 200;
   o.bin_dir = testing::bin("fedda-agent").parent_path();
   o.show_progress = false;
-  auto result = simulation::run_consortium(o);
+  auto result = experiment::run_consortium(o, jobs);
   ASSERT_TRUE(result) << result.error().message;
   const double federated = mean_dice_of_csv(result->results_csv, "amsterdam");
   const double half = mean_dice_of_csv(result->results_csv, "amsterdam", "kd-half");
@@ -320,7 +200,7 @@ TEST_F(Federation, CoordinatorKilledMidJobResumesWithoutLosingOrRepeatingRounds)
                                    .at("finished_round").get<std::size_t>();
   ASSERT_LT(finished_before, 5u) << "the job finished before the kill; make rounds longer";
 
-  auto restarted = start_coordinator(job, endpoint);
+  auto restarted = start_coordinator(job, endpoint, {"--admin-bind", second_line(endpoint_file())});
   ASSERT_EQ(restarted->wait(240s), 0) << testing::read_text(coordinator_log());
   EXPECT_NE(testing::read_text(coordinator_log()).find("resuming after round " + std::to_string(finished_before)),
             std::string::npos) << testing::read_text(coordinator_log());
@@ -331,7 +211,7 @@ TEST_F(Federation, CoordinatorKilledMidJobResumesWithoutLosingOrRepeatingRounds)
     EXPECT_TRUE(has_site(r[i], "utrecht") && has_site(r[i], "amsterdam")) << r[i].dump();
   }
   const auto state = nlohmann::json::parse(testing::read_text(dir_ / "jobs" / "kd-coordinator-killed" / "state.json"));
-  EXPECT_EQ(state["status"], "done");
+  EXPECT_EQ(state["state"], "finished");
   EXPECT_EQ(state["finished_round"], 5);
 
   // Running the finished job again reports it and changes nothing.
@@ -408,72 +288,6 @@ TEST_F(Federation, MalformedOversizedAndStrayMessagesAreDroppedAndLogged) {
   EXPECT_EQ(rounds("kd-bad-frames").size(), 3u);
 }
 
-// Lightweight fake sites: speak the protocol, answer every round with the weights they got.
-class FakeSite {
- public:
-  FakeSite(zmq::context_t& context, std::string endpoint, std::string id)
-      : thread_([this, &context, endpoint, id] { run(context, endpoint, id); }) {}
-  ~FakeSite() {
-    stop_ = true;
-    thread_.join();
-  }
-
- private:
-  void run(zmq::context_t& context, const std::string& endpoint, const std::string& id) {
-    zmq::socket_t s(context, zmq::socket_type::dealer);
-    s.set(zmq::sockopt::linger, 0);
-    s.connect(endpoint);
-    std::uint64_t sequence = 0;
-    auto send = [&](protocol::MessageType type, const std::string& job, int round, const protocol::Frames& f) {
-      protocol::Header h;
-      h.type = type;
-      h.sender = id;
-      h.job_id = job;
-      h.round = round;
-      h.sequence = ++sequence;
-      h.body_bytes = f.body.size();
-      h.body_crc32 = f.body_crc32;
-      send_frames(s, {protocol::encode_header(h), f.body});
-    };
-    send(protocol::MessageType::hello, "", 0, protocol::encode(protocol::Header{}, protocol::Hello{id, "fake", "cpu"}));
-    protocol::Frames update;
-    auto next_heartbeat = std::chrono::steady_clock::now();
-    while (!stop_) {
-      if (std::chrono::steady_clock::now() >= next_heartbeat) {
-        send(protocol::MessageType::heartbeat, "", 0, protocol::encode_empty(protocol::Header{}));
-        next_heartbeat += 200ms;
-      }
-      std::vector<zmq::message_t> parts;
-      zmq::pollitem_t items[] = {{s.handle(), 0, ZMQ_POLLIN, 0}};
-      zmq::poll(items, 1, 50ms);
-      if (!(items[0].revents & ZMQ_POLLIN)) continue;
-      if (!zmq::recv_multipart(s, std::back_inserter(parts), zmq::recv_flags::dontwait) || parts.size() != 2) continue;
-      auto h = protocol::decode_header(parts[0].to_string(), parts[1].to_string());
-      if (!h) continue;
-      if (h->type == protocol::MessageType::job_offer) {
-        protocol::JobReady ready;
-        ready.samples = 100;
-        ready.subjects = 1;
-        send(protocol::MessageType::job_ready, h->job_id, 0, protocol::encode(protocol::Header{}, ready));
-      } else if (h->type == protocol::MessageType::round_task) {
-        auto task = protocol::decode_body<protocol::RoundTask>(parts[1].to_string());
-        if (!task) continue;
-        protocol::RoundUpdate u;
-        u.model = std::move(task->model);
-        u.samples = 100;
-        u.steps = 1;
-        update = protocol::encode(protocol::Header{}, u);
-        send(protocol::MessageType::update_ready, h->job_id, h->round, protocol::encode_empty(protocol::Header{}));
-      } else if (h->type == protocol::MessageType::upload) {
-        send(protocol::MessageType::round_update, h->job_id, h->round, update);
-        update = {};
-      }
-    }
-  }
-  std::atomic<bool> stop_{false};
-  std::thread thread_;
-};
-
 // Peak resident memory of a coordinator running 2 rounds of a width-16 U-Net with n fake sites.
 double coordinator_peak_mb(const fs::path& dir, int sites) {
   const auto job = dir / ("memory-" + std::to_string(sites) + ".yaml");
@@ -483,8 +297,9 @@ double coordinator_peak_mb(const fs::path& dir, int sites) {
                      << "]\nrounds: 2\nmin_sites: " << sites << "\nevaluate: false\nround_deadline_s: 120\n"
                      << "model: {width: 16, depth: 4}\n";
   const auto log = dir / ("memory-" + std::to_string(sites) + ".log");
-  Process coordinator({testing::bin("fedda-coordinator").string(), "--job", job.string(), "--bind", "tcp://127.0.0.1:0",
-                       "--endpoint-file", (dir / "memory.endpoint").string(), "--out", (dir / "memory-jobs").string(),
+  Process coordinator({testing::bin("fedda-coordinator").string(), "serve", "--insecure", "--job", job.string(), "--bind",
+                       "tcp://127.0.0.1:0", "--endpoint-file", (dir / "memory.endpoint").string(), "--state",
+                       (dir / ("memory-" + std::to_string(sites))).string(),
                        // 100 fake sites share the test's cores (and ctest's neighbours): a site
                        // counts as gone after 5 silent heartbeats, 10 s here, not 1 s.
                        "--heartbeat-ms", "2000"},
@@ -492,10 +307,8 @@ double coordinator_peak_mb(const fs::path& dir, int sites) {
   EXPECT_TRUE(testing::wait_for_text(dir / "memory.endpoint", "tcp://", 30s));
   const auto text = testing::read_text(dir / "memory.endpoint");
   const auto endpoint = text.substr(0, text.find('\n'));
-  zmq::context_t context;
   {
-    std::vector<std::unique_ptr<FakeSite>> fakes;
-    for (int i = 0; i < sites; ++i) fakes.push_back(std::make_unique<FakeSite>(context, endpoint, "site" + std::to_string(i)));
+    testing::FakeSites fakes(endpoint, sites, "site", 500ms);
     EXPECT_EQ(coordinator.wait(180s), 0) << testing::read_text(log);
   }
   std::smatch m;
@@ -542,8 +355,8 @@ std::unique_ptr<zmq::socket_t> curve_client(zmq::context_t& context, const std::
 
 TEST_F(Federation, ProvisionedConsortiumRunsAndRefusesKeysItDidNotProvision) {
   kit_ = dir_ / "kits";
-  ASSERT_TRUE(kit::provision({"wmh", "tcp://127.0.0.1:0", {"utrecht", "amsterdam"}, kit_}));
-  ASSERT_TRUE(kit::provision({"another", "tcp://127.0.0.1:0", {"utrecht"}, dir_ / "other-kits"}));
+  ASSERT_TRUE(kit::provision({"wmh", "tcp://127.0.0.1:0", {"utrecht", "amsterdam"}, kit_, {}, {}}));
+  ASSERT_TRUE(kit::provision({"another", "tcp://127.0.0.1:0", {"utrecht"}, dir_ / "other-kits", {}, {}}));
   const auto job = kd_job("kd-secure", {"utrecht", "amsterdam"}, 2, 8, 2);
   auto coordinator = start_coordinator(job, "tcp://127.0.0.1:0");
   const auto endpoint = wait_for_endpoint();
@@ -637,7 +450,7 @@ TEST_F(Federation, ProvisionedConsortiumRunsAndRefusesKeysItDidNotProvision) {
 // its signing key: the agent refuses its models and says why.
 TEST_F(Federation, AgentRefusesUnsignedAndWronglySignedModels) {
   kit_ = dir_ / "kits";
-  ASSERT_TRUE(kit::provision({"wmh", "tcp://127.0.0.1:0", {"amsterdam"}, kit_}));
+  ASSERT_TRUE(kit::provision({"wmh", "tcp://127.0.0.1:0", {"amsterdam"}, kit_, {}, {}}));
   zmq::context_t context;
   zmq::socket_t fake(context, zmq::socket_type::router);
   fake.set(zmq::sockopt::linger, 0);
@@ -671,7 +484,7 @@ TEST_F(Federation, AgentRefusesUnsignedAndWronglySignedModels) {
   ASSERT_EQ(next_failure(), "hello");
   protocol::JobOffer offer;
   offer.job.id = "forged";
-  offer.job.type = "kd";
+  offer.job.type = protocol::JobType::kd;
   offer.job.sites = {"amsterdam"};
   protocol::Header h;
   h.type = protocol::MessageType::job_offer;
@@ -789,7 +602,7 @@ class FlippingRelay {
 
 TEST_F(Federation, AFrameWithOneFlippedCiphertextByteIsRefused) {
   kit_ = dir_ / "kits";
-  ASSERT_TRUE(kit::provision({"wmh", "tcp://127.0.0.1:0", {"utrecht", "amsterdam"}, kit_}));
+  ASSERT_TRUE(kit::provision({"wmh", "tcp://127.0.0.1:0", {"utrecht", "amsterdam"}, kit_, {}, {}}));
   const auto job = kd_job("kd-flipped", {"utrecht", "amsterdam"}, 1, 4, 2);
   auto coordinator = start_coordinator(job, "tcp://127.0.0.1:0");
   const auto endpoint = wait_for_endpoint();

@@ -15,7 +15,7 @@ protocol::JobSpec job_of(const std::string& type) {
   spec.unet.depth = 2;
   spec.grid.in_plane_size = {32, 32};
   protocol::JobSpec job;
-  job.type = type;
+  job.type = protocol::parse_job_type(type).value();
   job.model_spec_json = models::to_json(spec);
   return job;
 }

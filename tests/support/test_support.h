@@ -30,7 +30,12 @@ class ScratchDir {
             ("fedda-test-" + std::to_string(rd()) + "-" + std::to_string(rd()));
     std::filesystem::create_directories(path_);
   }
+  // FEDDA_KEEP_TEST_DIRS=1 keeps the folder for a look after the test.
   ~ScratchDir() {
+    if (const char* keep = std::getenv("FEDDA_KEEP_TEST_DIRS"); keep && *keep) {
+      std::fprintf(stderr, "kept %s\n", path_.c_str());
+      return;
+    }
     std::error_code ec;
     std::filesystem::remove_all(path_, ec);
   }

@@ -1,0 +1,98 @@
+// The coordinator's job queue on disk: what was submitted survives a restart in its order and
+// state, and a submission that clashes with the queue is refused by name.
+#include "job_store.h"
+
+#include <gtest/gtest.h>
+
+#include "fedda/common/files.h"
+#include "support/test_support.h"
+
+namespace fedda::coordinator {
+namespace {
+
+namespace fs = std::filesystem;
+
+JobDefinition kd_job(const std::string& id, const std::string& teacher) {
+  auto d = parse_job_file("id: " + id + "\ntype: kd\nteacher: " + teacher + "\nsource: utrecht\nsites: [utrecht, amsterdam]\n"
+                          "rounds: 4\nmin_sites: 2\n", "job.yaml");
+  EXPECT_TRUE(d) << d.error().message;
+  return *d;
+}
+
+TEST(JobStore, QueuedAndRunningJobsSurviveAReopenInTheirOrder) {
+  testing::ScratchDir dir;
+  {
+    auto store = JobStore::open(dir.path()).value();
+    auto* teacher = store->add(parse_job_file("id: t\ntype: teacher\nsource: utrecht\nsites: [utrecht]\n", "t.yaml").value(),
+                               "alice", "id: t\n").value();
+    ASSERT_TRUE(store->add(kd_job("kd", "job:t"), "bob", "").ok());
+    ASSERT_TRUE(store->set_state(*teacher, JobState::running));
+    RoundRecord r;
+    r.round = 1;
+    r.seconds = 2.5;
+    r.sites.push_back({"utrecht", 100, 8, 0.25, 2.0, 1000, 0.1});
+    r.missing = {"amsterdam (late)"};
+    teacher->rounds.push_back(r);
+    teacher->finished_round = 1;
+    ASSERT_TRUE(store->save(*teacher));
+  }
+  auto store = JobStore::open(dir.path()).value();
+  const auto jobs = store->ordered();
+  ASSERT_EQ(jobs.size(), 2u);
+  EXPECT_EQ(jobs[0]->id(), "t");
+  EXPECT_EQ(jobs[0]->state, JobState::running);
+  EXPECT_EQ(jobs[0]->submitted_by, "alice");
+  EXPECT_EQ(jobs[0]->finished_round, 1);
+  ASSERT_EQ(jobs[0]->rounds.size(), 1u);
+  EXPECT_EQ(jobs[0]->rounds[0].missing, std::vector<std::string>{"amsterdam (late)"});
+  EXPECT_EQ(jobs[0]->rounds[0].sites[0].bytes_up, 1000);
+  EXPECT_EQ(jobs[1]->id(), "kd");
+  EXPECT_EQ(jobs[1]->state, JobState::queued);
+  EXPECT_EQ(jobs[1]->definition.teacher, "job:t");
+  EXPECT_EQ(store->teacher_path(*jobs[1]), dir.path() / "jobs" / "t" / "model.pt");
+  EXPECT_TRUE(fs::exists(dir / "jobs" / "t" / "rounds.jsonl"));
+  EXPECT_EQ(files::read_all(dir / "jobs" / "t" / "job.yaml").value(), "id: t\n");
+  // A job added after the reopen goes to the end of the queue.
+  ASSERT_TRUE(store->add(kd_job("kd-2", "job:t"), "bob", "").ok());
+  EXPECT_GT(store->find("kd-2")->order, store->find("kd")->order);
+}
+
+TEST(JobStore, RefusesAnIdInUseAndATeacherJobItDoesNotKnow) {
+  testing::ScratchDir dir;
+  auto store = JobStore::open(dir.path()).value();
+  ASSERT_TRUE(store->add(kd_job("kd", "/models/t.pt"), "bob", "").ok());
+  auto again = store->add(kd_job("kd", "/models/t.pt"), "bob", "");
+  ASSERT_FALSE(again);
+  EXPECT_NE(again.error().message.find("job 'kd' exists already (queued)"), std::string::npos) << again.error().message;
+  auto orphan = store->add(kd_job("kd-3", "job:nowhere"), "bob", "");
+  ASSERT_FALSE(orphan);
+  EXPECT_NE(orphan.error().message.find("teacher: no job 'nowhere'"), std::string::npos) << orphan.error().message;
+}
+
+TEST(JobStore, KeepsATeacherModelSentWithManyJobsOnce) {
+  testing::ScratchDir dir;
+  auto store = JobStore::open(dir.path()).value();
+  const std::string model(4096, '\x2a');
+  auto* a = store->add(kd_job("a", "teacher.pt"), "bob", "", model).value();
+  auto* b = store->add(kd_job("b", "teacher.pt"), "bob", "", model).value();
+  EXPECT_EQ(store->teacher_path(*a), store->teacher_path(*b));
+  EXPECT_EQ(files::read_all(store->teacher_path(*a)).value(), model);
+  int files_kept = 0;
+  for (const auto& e : fs::directory_iterator(dir / "teachers")) files_kept += e.is_regular_file();
+  EXPECT_EQ(files_kept, 1);
+}
+
+TEST(JobStore, AnUnreadableRecordIsNamedNotSkipped) {
+  testing::ScratchDir dir;
+  {
+    auto store = JobStore::open(dir.path()).value();
+    ASSERT_TRUE(store->add(kd_job("kd", "/t.pt"), "bob", "").ok());
+  }
+  ASSERT_TRUE(files::write_atomically(dir / "jobs" / "kd" / "state.json", "{\"job\": "));
+  auto store = JobStore::open(dir.path());
+  ASSERT_FALSE(store);
+  EXPECT_NE(store.error().message.find("jobs/kd/state.json"), std::string::npos) << store.error().message;
+}
+
+}  // namespace
+}  // namespace fedda::coordinator

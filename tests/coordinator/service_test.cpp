@@ -1,0 +1,394 @@
+// The coordinator as a service, as operators use it: `fedda-coordinator serve` with a kit, real
+// agents, and every command through the `fedda-admin` executable with an operator kit, over
+// CurveZMQ on loopback. Faults are real: the service is killed with SIGKILL and restarted, a
+// site's key and an unknown operator's key knock on the admin endpoint.
+#include <gtest/gtest.h>
+
+#include <regex>
+#include <set>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+#include <zmq.hpp>
+#include <zmq_addon.hpp>
+
+#include "fedda/common/crypto.h"
+#include "fedda/common/files.h"
+#include "fedda/common/kit.h"
+#include "fedda/common/protocol.h"
+#include "fedda/common/version.h"
+#include "fedda/models/federated.h"
+#include "support/federation_fixture.h"
+
+namespace fedda {
+namespace {
+
+using nlohmann::json;
+
+struct Output {
+  int rc = -1;
+  std::string text;
+};
+
+class Service : public Federation {
+ protected:
+  void SetUp() override {
+    kit_ = dir_ / "kits";
+    ASSERT_TRUE(kit::provision({"wmh", "tcp://127.0.0.1:0", {"utrecht", "amsterdam", "singapore"}, kit_, {"alice"}, {}}));
+  }
+
+  std::unique_ptr<Process> serve(const std::string& bind = "tcp://127.0.0.1:0", const std::string& admin_bind = "") {
+    std::vector<std::string> args = {testing::bin("fedda-coordinator").string(), "serve", "--kit",
+                                     (kit_ / "coordinator").string(), "--bind", bind, "--state", state().string(),
+                                     "--endpoint-file", endpoint_file().string(), "--heartbeat-ms", "200",
+                                     "--start-timeout", "120"};
+    if (!admin_bind.empty()) args.insert(args.end(), {"--admin-bind", admin_bind});
+    return std::make_unique<Process>(args, coordinator_log());
+  }
+  fs::path state() const { return dir_ / "state"; }
+  fs::path job_dir(const std::string& id) const { return state() / "jobs" / id; }
+
+  // Waits for the endpoint file of a fresh start; sets endpoint_ and admin_.
+  void endpoints() {
+    ASSERT_TRUE(testing::wait_for_text(endpoint_file(), "\ntcp://", 30s)) << testing::read_text(coordinator_log());
+    const auto text = testing::read_text(endpoint_file());
+    const auto first = text.find('\n');
+    endpoint_ = text.substr(0, first);
+    admin_ = text.substr(first + 1, text.find('\n', first + 1) - first - 1);
+  }
+
+  // Runs fedda-admin with alice's kit (or `kit`) against this coordinator.
+  Output admin(std::vector<std::string> args, const fs::path& kit = {}) {
+    static int calls = 0;
+    const auto log = dir_ / ("admin-" + std::to_string(calls++) + ".out");
+    std::vector<std::string> argv = {testing::bin("fedda-admin").string(), "--kit",
+                                     (kit.empty() ? kit_ / "operators" / "alice" : kit).string(), "--coordinator", admin_};
+    argv.insert(argv.end(), args.begin(), args.end());
+    Process p(argv, log);
+    Output out;
+    out.rc = p.wait(120s);
+    out.text = testing::read_text(log);
+    return out;
+  }
+  json admin_json(std::vector<std::string> args) {
+    args.push_back("--json");
+    const auto out = admin(args);
+    EXPECT_EQ(out.rc, 0) << out.text;
+    const auto start = out.text.find_first_of("[{");
+    return start == std::string::npos ? json() : json::parse(out.text.substr(start), nullptr, false);
+  }
+  std::string state_of(const std::string& job) {
+    for (const auto& j : admin_json({"jobs"})) {
+      if (j["id"] == job) return j["state"];
+    }
+    return "(absent)";
+  }
+  // Waits until `job` is in `state` (by `fedda-admin jobs`).
+  bool wait_state(const std::string& job, const std::string& state, std::chrono::seconds timeout = 240s) {
+    const auto until = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < until) {
+      if (state_of(job) == state) return true;
+      std::this_thread::sleep_for(500ms);
+    }
+    return false;
+  }
+  std::vector<int> round_numbers(const std::string& job) {
+    std::vector<int> out;
+    std::ifstream in(job_dir(job) / "rounds.jsonl");
+    for (std::string line; std::getline(in, line);) {
+      if (!line.empty()) out.push_back(json::parse(line)["round"].get<int>());
+    }
+    return out;
+  }
+  std::vector<json> audit() {
+    std::vector<json> out;
+    std::ifstream in(state() / "audit.jsonl");
+    for (std::string line; std::getline(in, line);) out.push_back(json::parse(line));
+    return out;
+  }
+
+  std::string endpoint_, admin_;
+};
+
+TEST_F(Service, OperatorsSubmitWatchAndDownloadWhileJobsRun) {
+  auto coordinator = serve();
+  endpoints();
+  auto utrecht = start_agent("utrecht", endpoint_);
+  auto amsterdam = start_agent("amsterdam", endpoint_);
+  const auto first = kd_job("kd-first", {"utrecht", "amsterdam"}, 4, 16, 2);
+  auto submitted = admin({"submit", first.string()});
+  ASSERT_EQ(submitted.rc, 0) << submitted.text;
+  EXPECT_NE(submitted.text.find("queued job kd-first"), std::string::npos) << submitted.text;
+  ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "job kd-first: round 1/4 with 2 sites", 120s))
+      << testing::read_text(coordinator_log());
+
+  // While it runs: an evaluation of a teacher file that travels with the job, and a student of
+  // the running job's result.
+  const auto evaluate = dir_ / "evaluate.yaml";
+  std::ofstream(evaluate) << "id: evaluate-teacher\ntype: evaluate\nteacher: " << teacher().string()
+                          << "\nsource: utrecht\nsites: [amsterdam]\nevaluation_sites: [amsterdam]\n";
+  const auto second = dir_ / "kd-second.yaml";
+  std::ofstream(second) << "id: kd-second\ntype: kd\nteacher: job:kd-first\nsource: utrecht\nsites: [utrecht, amsterdam]\n"
+                        << "evaluation_sites: [amsterdam]\nrounds: 2\nlocal_steps: 8\nbatch_size: 4\nmin_sites: 2\n";
+  ASSERT_EQ(admin({"submit", evaluate.string()}).rc, 0);
+  ASSERT_EQ(admin({"submit", second.string()}).rc, 0);
+  const auto jobs = admin_json({"jobs"});
+  ASSERT_EQ(jobs.size(), 3u) << jobs.dump();
+  EXPECT_EQ(jobs[0]["id"], "kd-first");
+  EXPECT_EQ(jobs[0]["state"], "running");
+  EXPECT_EQ(jobs[0]["rounds"], 4);
+  EXPECT_EQ(jobs[1]["id"], "evaluate-teacher");
+  EXPECT_EQ(jobs[1]["state"], "queued");
+  EXPECT_EQ(jobs[2]["id"], "kd-second");
+  EXPECT_EQ(jobs[2]["state"], "queued");
+  const auto human = admin({"jobs"});
+  EXPECT_NE(human.text.find("JOB"), std::string::npos) << human.text;
+  EXPECT_NE(human.text.find("kd-first"), std::string::npos) << human.text;
+
+  // A job file with a mistake is refused by the coordinator, naming the key.
+  const auto broken = dir_ / "broken.yaml";
+  std::ofstream(broken) << "id: broken\ntype: kd\nteacher: job:kd-first\nsites: [utrecht, nowhere]\nrouns: 2\n";
+  auto refused = admin({"submit", broken.string()});
+  EXPECT_NE(refused.rc, 0);
+  EXPECT_NE(refused.text.find("unknown key 'rouns'"), std::string::npos) << refused.text;
+  std::ofstream(broken) << "id: broken\ntype: kd\nteacher: job:kd-first\nsites: [utrecht, nowhere]\n";
+  refused = admin({"submit", broken.string()});
+  EXPECT_NE(refused.rc, 0);
+  EXPECT_NE(refused.text.find("sites: 'nowhere' is not a site of this consortium"), std::string::npos) << refused.text;
+
+  for (const auto* id : {"kd-first", "evaluate-teacher", "kd-second"}) ASSERT_TRUE(wait_state(id, "finished")) << id;
+  EXPECT_EQ(round_numbers("kd-second"), (std::vector<int>{1, 2}));
+  const auto status = admin_json({"status", "kd-second"});
+  ASSERT_EQ(status["rounds_done"].size(), 2u) << status.dump();
+  EXPECT_EQ(status["rounds_done"][0]["sites"].size(), 2u);
+  EXPECT_TRUE(status["summary"]["mean_dsc"].contains("amsterdam")) << status.dump();
+  const auto status_text = admin({"status", "kd-second"});
+  EXPECT_NE(status_text.text.find("ROUND"), std::string::npos) << status_text.text;
+  EXPECT_NE(status_text.text.find("mean Dice at amsterdam"), std::string::npos) << status_text.text;
+
+  // Download over the channel: the files are the job's, byte for byte.
+  const auto out = dir_ / "downloaded";
+  auto downloaded = admin({"download", "kd-second", "--out", out.string()});
+  ASSERT_EQ(downloaded.rc, 0) << downloaded.text;
+  for (const auto* name : {"model.pt", "results.csv", "rounds.jsonl", "summary.json"}) {
+    EXPECT_EQ(files::read_all(out / name).value(), files::read_all(job_dir("kd-second") / name).value()) << name;
+  }
+  ASSERT_TRUE(models::read_model_weights(out / "model.pt"));
+  EXPECT_GT(testing::count_lines(out / "results.csv"), 1u);
+
+  // The evaluation ran the teacher the submitter sent: its Dice is the teacher's own.
+  const auto teacher_scores = models::evaluate_model(teacher(), imaging::split_fold(
+      imaging::find_clinic_subjects(data_dir(), "amsterdam").value(), 0).test).value();
+  double sum = 0;
+  for (const auto& s : teacher_scores) sum += s.metrics.dsc;
+  const auto evaluated = admin_json({"status", "evaluate-teacher"});
+  EXPECT_NEAR(evaluated["summary"]["mean_dsc"]["amsterdam"].get<double>(), sum / teacher_scores.size(), 1e-6);
+
+  // Every command is in the coordinator's audit log, with who sent it.
+  int submits = 0;
+  for (const auto& line : audit()) {
+    EXPECT_EQ(line["operator"], "alice");
+    if (line["command"] == "submit") ++submits;
+  }
+  EXPECT_EQ(submits, 5);  // three accepted, two refused
+  coordinator->signal(SIGTERM);
+  EXPECT_EQ(coordinator->wait(60s), 0) << testing::read_text(coordinator_log());
+}
+
+TEST_F(Service, KilledMidQueueItResumesTheRunningJobAndKeepsTheQueue) {
+  auto coordinator = serve();
+  endpoints();
+  auto utrecht = start_agent("utrecht", endpoint_);
+  auto amsterdam = start_agent("amsterdam", endpoint_);
+  ASSERT_EQ(admin({"submit", kd_job("kd-long", {"utrecht", "amsterdam"}, 5, 24, 2).string()}).rc, 0);
+  ASSERT_EQ(admin({"submit", kd_job("kd-next", {"utrecht", "amsterdam"}, 2, 8, 2).string()}).rc, 0);
+  const auto until = std::chrono::steady_clock::now() + 180s;
+  while (round_numbers("kd-long").size() < 2 && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(20ms);
+  coordinator->signal(SIGKILL);
+  ASSERT_NE(coordinator->wait(10s), -2);
+  const auto finished_before = json::parse(testing::read_text(job_dir("kd-long") / "state.json"))["finished_round"].get<int>();
+  ASSERT_GE(finished_before, 2);
+  ASSERT_LT(finished_before, 5) << "the job finished before the kill; make rounds longer";
+  EXPECT_EQ(json::parse(testing::read_text(job_dir("kd-next") / "state.json"))["state"], "queued");
+
+  auto restarted = serve(endpoint_, admin_);
+  ASSERT_TRUE(wait_state("kd-long", "finished"));
+  ASSERT_TRUE(wait_state("kd-next", "finished"));
+  EXPECT_NE(testing::read_text(coordinator_log()).find("job kd-long: resuming after round " + std::to_string(finished_before)),
+            std::string::npos);
+  EXPECT_EQ(round_numbers("kd-long"), (std::vector<int>{1, 2, 3, 4, 5}));  // none lost, none repeated
+  EXPECT_EQ(round_numbers("kd-next"), (std::vector<int>{1, 2}));
+  restarted->signal(SIGTERM);
+  EXPECT_EQ(restarted->wait(60s), 0);
+}
+
+TEST_F(Service, AnAbortedJobStopsAfterItsRoundAndResumesWhereItStopped) {
+  auto coordinator = serve();
+  endpoints();
+  auto utrecht = start_agent("utrecht", endpoint_);
+  auto amsterdam = start_agent("amsterdam", endpoint_);
+  ASSERT_EQ(admin({"submit", kd_job("kd-abort", {"utrecht", "amsterdam"}, 6, 24, 2).string()}).rc, 0);
+  ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "job kd-abort: round 2/6 with 2 sites", 180s));
+  auto aborted = admin({"abort", "kd-abort"});
+  ASSERT_EQ(aborted.rc, 0) << aborted.text;
+  EXPECT_NE(aborted.text.find("stops after the current round"), std::string::npos) << aborted.text;
+  ASSERT_TRUE(wait_state("kd-abort", "aborted"));
+  const auto rounds = round_numbers("kd-abort");
+  ASSERT_GE(rounds.size(), 2u);
+  ASSERT_LT(rounds.size(), 6u);
+  std::this_thread::sleep_for(1500ms);
+  EXPECT_EQ(round_numbers("kd-abort"), rounds) << "rounds went on after the abort";
+  EXPECT_NE(admin({"abort", "kd-abort"}).rc, 0);  // nothing left to abort
+  auto resumed = admin({"resume", "kd-abort"});
+  ASSERT_EQ(resumed.rc, 0) << resumed.text;
+  ASSERT_TRUE(wait_state("kd-abort", "finished"));
+  EXPECT_EQ(round_numbers("kd-abort"), (std::vector<int>{1, 2, 3, 4, 5, 6}));
+  EXPECT_NE(admin({"resume", "kd-abort"}).rc, 0);  // finished: nothing to resume
+}
+
+// A CurveZMQ client holding the given key pair, for the coordinator at `endpoint`.
+std::unique_ptr<zmq::socket_t> curve_client(zmq::context_t& context, const std::string& endpoint,
+                                            const std::string& server_public, const fs::path& kit, const std::string& stem) {
+  const auto line = [](const fs::path& f) {
+    auto t = testing::read_text(f);
+    return t.substr(0, t.find('\n'));
+  };
+  auto s = std::make_unique<zmq::socket_t>(context, zmq::socket_type::dealer);
+  s->set(zmq::sockopt::linger, 0);
+  s->set(zmq::sockopt::curve_serverkey, server_public);
+  s->set(zmq::sockopt::curve_publickey, line(kit / (stem + ".curve.public")));
+  s->set(zmq::sockopt::curve_secretkey, line(kit / (stem + ".curve.secret")));
+  s->connect(endpoint);
+  return s;
+}
+
+TEST_F(Service, SiteAndOperatorKeysAreAdmittedOnTheirOwnEndpointOnly) {
+  auto coordinator = serve();
+  endpoints();
+  const auto coordinator_public = [&] {
+    auto t = testing::read_text(kit_ / "coordinator" / "coordinator.curve.public");
+    return t.substr(0, t.find('\n'));
+  }();
+  zmq::context_t context;
+  protocol::Header h;
+  h.type = protocol::MessageType::admin_request;
+  h.sender = "utrecht";
+  h.sequence = 1;
+  protocol::AdminRequest jobs;
+  jobs.command = "jobs";
+  const auto request = protocol::encode(h, jobs);
+  // A site's key on the admin endpoint: refused at the handshake, no answer.
+  auto site_on_admin = curve_client(context, admin_, coordinator_public, kit_ / "sites" / "utrecht", "site");
+  site_on_admin->send(zmq::buffer(request.header), zmq::send_flags::sndmore);
+  site_on_admin->send(zmq::buffer(request.body), zmq::send_flags::none);
+  EXPECT_TRUE(testing::wait_for_text(coordinator_log(), "site key of 'utrecht' on the admin endpoint", 10s))
+      << testing::read_text(coordinator_log());
+  zmq::pollitem_t items[] = {{site_on_admin->handle(), 0, ZMQ_POLLIN, 0}};
+  zmq::poll(items, 1, 1000ms);
+  EXPECT_FALSE(items[0].revents & ZMQ_POLLIN) << "the coordinator answered a site's key on the admin endpoint";
+  // An operator's key on the sites' endpoint: refused too.
+  auto operator_on_data = curve_client(context, endpoint_, coordinator_public, kit_ / "operators" / "alice", "operator");
+  operator_on_data->send(zmq::buffer(request.header), zmq::send_flags::sndmore);
+  operator_on_data->send(zmq::buffer(request.body), zmq::send_flags::none);
+  EXPECT_TRUE(testing::wait_for_text(coordinator_log(), "operator key of 'alice' on the sites' endpoint", 10s));
+  // A site on its own, admitted connection asking an admin command: refused by code.
+  auto site_on_data = curve_client(context, endpoint_, coordinator_public, kit_ / "sites" / "utrecht", "site");
+  site_on_data->send(zmq::buffer(request.header), zmq::send_flags::sndmore);
+  site_on_data->send(zmq::buffer(request.body), zmq::send_flags::none);
+  zmq::pollitem_t answer[] = {{site_on_data->handle(), 0, ZMQ_POLLIN, 0}};
+  zmq::poll(answer, 1, 10000ms);
+  ASSERT_TRUE(answer[0].revents & ZMQ_POLLIN);
+  std::vector<zmq::message_t> parts;
+  ASSERT_TRUE(zmq::recv_multipart(*site_on_data, std::back_inserter(parts)));
+  ASSERT_EQ(parts.size(), 2u);
+  auto reject = protocol::decode_body<protocol::Reject>(parts[1].to_string());
+  ASSERT_TRUE(reject);
+  EXPECT_EQ(reject->code, protocol::RejectCode::not_an_operator);
+
+  // A key nobody provisioned, speaking to the coordinator's (public) key: refused by the ZAP
+  // handler, no answer.
+  const auto fresh = crypto::generate_curve_keypair().value();
+  const auto stranger_dir = dir_ / "stranger";
+  fs::create_directories(stranger_dir);
+  std::ofstream(stranger_dir / "operator.curve.public") << fresh.public_z85 << "\n";
+  std::ofstream(stranger_dir / "operator.curve.secret") << fresh.secret_z85 << "\n";
+  auto stranger = curve_client(context, admin_, coordinator_public, stranger_dir, "operator");
+  stranger->send(zmq::buffer(request.header), zmq::send_flags::sndmore);
+  stranger->send(zmq::buffer(request.body), zmq::send_flags::none);
+  EXPECT_TRUE(testing::wait_for_text(coordinator_log(), "CURVE key " + fresh.public_z85 + " is not an operator of this consortium", 10s))
+      << testing::read_text(coordinator_log());
+  zmq::pollitem_t none[] = {{stranger->handle(), 0, ZMQ_POLLIN, 0}};
+  zmq::poll(none, 1, 1000ms);
+  EXPECT_FALSE(none[0].revents & ZMQ_POLLIN);
+  // Another consortium's operator kit (it names another coordinator's key): the handshake
+  // fails, fedda-admin says there was no answer, and the coordinator logs the refused connection.
+  ASSERT_TRUE(kit::provision({"other", "tcp://127.0.0.1:0", {"x"}, dir_ / "other", {"mallory"}, {}}));
+  auto other = admin({"--timeout", "3", "jobs"}, dir_ / "other" / "operators" / "mallory");
+  EXPECT_NE(other.rc, 0);
+  EXPECT_NE(other.text.find("no answer from the coordinator"), std::string::npos) << other.text;
+  EXPECT_TRUE(testing::wait_for_text(coordinator_log(), "admin connection", 10s)) << testing::read_text(coordinator_log());
+  // A site kit given as an operator kit is refused before anything is sent.
+  auto confused = admin({"jobs"}, kit_ / "sites" / "utrecht");
+  EXPECT_NE(confused.rc, 0);
+  EXPECT_NE(confused.text.find("not an operator kit"), std::string::npos) << confused.text;
+  EXPECT_TRUE(audit().empty()) << "a refused peer's command reached the audit log";
+}
+
+TEST_F(Service, ANewSiteIsAdmittedWithoutRestartAndARevokedOneIsCutOffAtOnce) {
+  auto coordinator = serve();
+  endpoints();
+  // A site provisioned after the coordinator started: its agent is refused until admitted, and
+  // while refused it still answers SIGTERM.
+  auto added = Process({testing::bin("fedda-admin").string(), "add-site", "--consortium-dir", kit_.string(), "--site", "oslo"},
+                       dir_ / "add-site.log");
+  ASSERT_EQ(added.wait(30s), 0) << testing::read_text(dir_ / "add-site.log");
+  auto early = start_agent("oslo", endpoint_, data_dir() / "singapore");
+  ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "is not provisioned in this consortium", 20s));
+  ASSERT_TRUE(testing::wait_for_text(dir_ / "oslo.log", "refused this site's key", 20s)) << testing::read_text(dir_ / "oslo.log");
+  early->signal(SIGTERM);
+  EXPECT_EQ(early->wait(15s), 0) << "a refused agent did not stop on SIGTERM";
+
+  auto admitted = admin({"admit", "oslo"});
+  ASSERT_EQ(admitted.rc, 0) << admitted.text;
+  auto oslo = start_agent("oslo", endpoint_, data_dir() / "singapore");
+  ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "site oslo joined", 30s)) << testing::read_text(coordinator_log());
+  const auto online = [&](const std::string& site) {
+    for (const auto& s : admin_json({"sites"})) {
+      if (s["site"] == site) return s;
+    }
+    return json();
+  };
+  EXPECT_TRUE(online("oslo")["online"].get<bool>());
+  EXPECT_EQ(online("oslo")["agent_version"], kVersion);
+
+  auto revoked = admin({"revoke", "oslo"});
+  ASSERT_EQ(revoked.rc, 0) << revoked.text;
+  ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "site oslo: revoked by alice; disconnected", 5s));
+  const auto after = online("oslo");
+  EXPECT_FALSE(after["online"].get<bool>());
+  EXPECT_TRUE(after["revoked"].get<bool>());
+  ASSERT_TRUE(testing::wait_for_text(dir_ / "oslo.log", "revoked this site's key", 10s)) << testing::read_text(dir_ / "oslo.log");
+  // It keeps trying and is refused; it never joins again.
+  ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "site 'oslo' is revoked", 30s)) << testing::read_text(coordinator_log());
+  const auto log = testing::read_text(coordinator_log());
+  EXPECT_EQ(log.find("site oslo reconnected", log.find("revoked by alice")), std::string::npos) << log;
+
+  // A restart keeps the revocation.
+  coordinator->signal(SIGTERM);
+  ASSERT_EQ(coordinator->wait(60s), 0);
+  auto restarted = serve(endpoint_, admin_);
+  ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "listening on", 30s));
+  EXPECT_TRUE(online("oslo")["revoked"].get<bool>());
+  // Admitted again, it rejoins.
+  ASSERT_EQ(admin({"admit", "oslo"}).rc, 0);
+  const auto mark = testing::read_text(coordinator_log()).size();
+  const auto until = std::chrono::steady_clock::now() + 40s;
+  while (testing::read_text(coordinator_log()).find("site oslo joined", mark) == std::string::npos &&
+         std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_NE(testing::read_text(coordinator_log()).find("site oslo joined", mark), std::string::npos);
+}
+
+}  // namespace
+}  // namespace fedda

@@ -1,0 +1,146 @@
+#pragma once
+// Many lightweight fake sites in one thread: one DEALER per site, all polled together, each
+// speaking the real protocol to a coordinator on loopback (hello, heartbeats, job_ready, and for
+// every round task an update that returns the weights it got, announced and uploaded on credit).
+// For tests and benchmarks of the coordinator at hundreds or thousands of sites without a
+// thread per site. Without kits: the coordinator runs --insecure.
+
+#include <sys/resource.h>
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <zmq.hpp>
+#include <zmq_addon.hpp>
+
+#include "fedda/common/protocol.h"
+
+namespace fedda::testing {
+
+class FakeSites {
+ public:
+  // Connects `count` sites named prefix0, prefix1, ... to `endpoint` and serves them on a thread
+  // until destroyed.
+  FakeSites(const std::string& endpoint, int count, std::string prefix = "site",
+            std::chrono::milliseconds heartbeat = std::chrono::milliseconds(1000))
+      : heartbeat_(heartbeat) {
+    raise_open_file_limit();
+    context_.set(zmq::ctxopt::max_sockets, count + 64);
+    for (int i = 0; i < count; ++i) {
+      auto site = std::make_unique<Site>();
+      site->id = prefix + std::to_string(i);
+      site->socket = zmq::socket_t(context_, zmq::socket_type::dealer);
+      site->socket.set(zmq::sockopt::linger, 0);
+      site->socket.connect(endpoint);
+      sites_.push_back(std::move(site));
+    }
+    thread_ = std::thread([this] { serve(); });
+  }
+  ~FakeSites() {
+    stop_ = true;
+    thread_.join();
+  }
+  FakeSites(const FakeSites&) = delete;
+  FakeSites& operator=(const FakeSites&) = delete;
+
+  int updates_sent() const { return updates_; }
+
+  // Lifts this process's open-file limit to its hard limit (each site is a socket and a mailbox).
+  static void raise_open_file_limit() {
+    rlimit limit{};
+    if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+      limit.rlim_cur = limit.rlim_max;
+      setrlimit(RLIMIT_NOFILE, &limit);
+    }
+  }
+
+ private:
+  struct Site {
+    std::string id;
+    zmq::socket_t socket;
+    std::uint64_t sequence = 0;
+    protocol::Frames update;
+    std::chrono::steady_clock::time_point next_heartbeat{};
+  };
+
+  void send(Site& s, protocol::MessageType type, const std::string& job, int round, const protocol::Frames& f) {
+    protocol::Header h;
+    h.type = type;
+    h.sender = s.id;
+    h.job_id = job;
+    h.round = round;
+    h.sequence = ++s.sequence;
+    h.body_bytes = f.body.size();
+    h.body_crc32 = f.body_crc32;
+    const auto header = protocol::encode_header(h);
+    s.socket.send(zmq::buffer(header), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+    s.socket.send(zmq::buffer(f.body), zmq::send_flags::dontwait);
+  }
+
+  void handle(Site& s) {
+    for (int n = 0; n < 8; ++n) {
+      std::vector<zmq::message_t> parts;
+      if (!zmq::recv_multipart(s.socket, std::back_inserter(parts), zmq::recv_flags::dontwait)) return;
+      if (parts.size() < 2) continue;
+      auto h = protocol::decode_header(parts[0].to_string(), parts[1].to_string());
+      if (!h) continue;
+      using protocol::MessageType;
+      if (h->type == MessageType::job_offer) {
+        protocol::JobReady ready;
+        ready.samples = 100;
+        ready.subjects = 1;
+        send(s, MessageType::job_ready, h->job_id, 0, protocol::encode(protocol::Header{}, ready));
+      } else if (h->type == MessageType::round_task) {
+        auto task = protocol::decode_body<protocol::RoundTask>(parts[1].to_string());
+        if (!task) continue;
+        protocol::RoundUpdate u;
+        u.model = std::move(task->model);
+        u.samples = 100;
+        u.steps = 1;
+        s.update = protocol::encode(protocol::Header{}, u);
+        send(s, MessageType::update_ready, h->job_id, h->round, protocol::encode_empty(protocol::Header{}));
+      } else if (h->type == MessageType::upload) {
+        send(s, MessageType::round_update, h->job_id, h->round, s.update);
+        s.update = {};
+        ++updates_;
+      }
+    }
+  }
+
+  void serve() {
+    for (auto& s : sites_) {
+      send(*s, protocol::MessageType::hello, "", 0,
+           protocol::encode(protocol::Header{}, protocol::Hello{s->id, "fake", "cpu", 0}));
+      s->next_heartbeat = std::chrono::steady_clock::now() + heartbeat_;
+    }
+    std::vector<zmq::pollitem_t> items;
+    for (auto& s : sites_) items.push_back({s->socket.handle(), 0, ZMQ_POLLIN, 0});
+    while (!stop_) {
+      const auto now = std::chrono::steady_clock::now();
+      for (auto& s : sites_) {
+        if (now >= s->next_heartbeat) {
+          send(*s, protocol::MessageType::heartbeat, "", 0, protocol::encode_empty(protocol::Header{}));
+          s->next_heartbeat = now + heartbeat_;
+        }
+      }
+      zmq::poll(items.data(), items.size(), std::chrono::milliseconds(20));
+      for (std::size_t i = 0; i < items.size(); ++i) {
+        if (items[i].revents & ZMQ_POLLIN) handle(*sites_[i]);
+      }
+    }
+  }
+
+  zmq::context_t context_;
+  std::chrono::milliseconds heartbeat_;
+  std::vector<std::unique_ptr<Site>> sites_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> updates_{0};
+  std::thread thread_;
+};
+
+}  // namespace fedda::testing
