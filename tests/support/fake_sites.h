@@ -64,8 +64,14 @@ class FakeSites {
     std::string id;
     zmq::socket_t socket;
     std::uint64_t sequence = 0;
-    protocol::Frames update;
     std::chrono::steady_clock::time_point next_heartbeat{};
+  };
+  // Every site returns the weights it got, so one encoded update per round serves them all
+  // (a model-sized buffer per site would be the fakes' memory, not the coordinator's).
+  struct SharedUpdate {
+    std::string job;
+    int round = -1;
+    protocol::Frames frames;
   };
 
   void send(Site& s, protocol::MessageType type, const std::string& job, int round, const protocol::Frames& f) {
@@ -96,17 +102,18 @@ class FakeSites {
         ready.subjects = 1;
         send(s, MessageType::job_ready, h->job_id, 0, protocol::encode(protocol::Header{}, ready));
       } else if (h->type == MessageType::round_task) {
-        auto task = protocol::decode_body<protocol::RoundTask>(parts[1].to_string());
-        if (!task) continue;
-        protocol::RoundUpdate u;
-        u.model = std::move(task->model);
-        u.samples = 100;
-        u.steps = 1;
-        s.update = protocol::encode(protocol::Header{}, u);
+        if (update_.job != h->job_id || update_.round != h->round) {
+          auto task = protocol::decode_body<protocol::RoundTask>(parts[1].to_string());
+          if (!task) continue;
+          protocol::RoundUpdate u;
+          u.model = std::move(task->model);
+          u.samples = 100;
+          u.steps = 1;
+          update_ = {h->job_id, h->round, protocol::encode(protocol::Header{}, u)};
+        }
         send(s, MessageType::update_ready, h->job_id, h->round, protocol::encode_empty(protocol::Header{}));
-      } else if (h->type == MessageType::upload) {
-        send(s, MessageType::round_update, h->job_id, h->round, s.update);
-        s.update = {};
+      } else if (h->type == MessageType::upload && update_.job == h->job_id && update_.round == h->round) {
+        send(s, MessageType::round_update, h->job_id, h->round, update_.frames);
         ++updates_;
       }
     }
@@ -138,6 +145,7 @@ class FakeSites {
   zmq::context_t context_;
   std::chrono::milliseconds heartbeat_;
   std::vector<std::unique_ptr<Site>> sites_;
+  SharedUpdate update_;
   std::atomic<bool> stop_{false};
   std::atomic<int> updates_{0};
   std::thread thread_;
