@@ -21,6 +21,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   (void)decode_body<JobReady>(body);
   (void)decode_body<RoundTask>(body);
   (void)decode_body<JobFailed>(body);
+  (void)decode_body<Reject>(body);
+  (void)decode_body<AdminRequest>(body);
+  (void)decode_body<AdminReply>(body);
+  (void)parse_results_csv(body);
   if (auto update = decode_body<RoundUpdate>(body)) (void)fedda::check_integrity(update->model);
   return 0;
 }

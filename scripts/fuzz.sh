@@ -19,12 +19,12 @@ out=$(cd "$out" && pwd)
 flags=(-std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
        -I"$root/common/include")
 common=("$root/common/src/protocol.cpp" "$root/common/src/tensors.cpp" "$root/common/src/config.cpp"
-        "$root/common/src/files.cpp")
+        "$root/common/src/files.cpp" "$root/common/src/crypto.cpp")
 status=0
 for target in protocol config; do
   binary="$out/${target}_fuzzer"
   if [ ! -x "$binary" ] || [ -n "$(find "$root/common" "$root/fuzz" -newer "$binary" -name '*.[ch]*' | head -1)" ]; then
-    clang++ "${flags[@]}" "$root/fuzz/${target}_fuzzer.cpp" "${common[@]}" -o "$binary" -lyaml-cpp -lz
+    clang++ "${flags[@]}" "$root/fuzz/${target}_fuzzer.cpp" "${common[@]}" -o "$binary" -lyaml-cpp -lz -lcrypto -lzmq
   fi
   mkdir -p "$out/corpus-$target"
   echo "fuzz: $target for $seconds s"
