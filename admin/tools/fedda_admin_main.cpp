@@ -1,6 +1,7 @@
 // fedda-admin: a consortium's keys and kits (provision, add-site, add-operator, verify-kit), and
 // the operator's commands to a running coordinator (submit, jobs, status, abort, resume,
 // download, sites, admit, revoke) over its admin endpoint with an operator kit.
+#include <algorithm>
 #include <cmath>
 #include <ctime>
 #include <iomanip>
@@ -99,12 +100,15 @@ void print_status(const json& j) {
         {"ROUND", "SECONDS", "LR", "SITES", "SAMPLES", "MEAN LOSS", "FEDERATION", "MISSING"}};
     for (const auto& r : rounds) {
       double loss = 0, samples = 0;
-      std::string sites;
+      std::vector<std::string> names;
       for (const auto& s : r.at("sites")) {
         loss += s.at("loss").get<double>() * s.at("samples").get<double>();
         samples += s.at("samples").get<double>();
-        sites += (sites.empty() ? "" : ",") + s.at("site").get<std::string>();
+        names.push_back(s.at("site").get<std::string>());
       }
+      std::sort(names.begin(), names.end());  // listed in arrival order; shown by name
+      std::string sites;
+      for (const auto& n : names) sites += (sites.empty() ? "" : ",") + n;
       std::ostringstream l, sec, lr, fed;
       l << std::fixed << std::setprecision(4) << (samples > 0 ? loss / samples : 0.0);
       sec << std::fixed << std::setprecision(1) << r.at("seconds").get<double>();

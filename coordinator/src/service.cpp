@@ -421,6 +421,76 @@ struct Service::Impl : JobHost, AdminBackend {
     return Status::success();
   }
 
+  // Site and operator keys admitted (the kit, sites admitted while serving, minus revoked
+  // ones) and the ZAP handler that applies them, up before any socket binds: without one libzmq
+  // admits anyone.
+  Status open_admission() {
+    if (!consortium) return Status::success();
+    admission = std::make_unique<Admission>(*consortium, log);
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(o.state / "admitted", ec)) {  // admitted while serving
+      if (entry.path().extension() != ".json") continue;
+      auto text = files::read_all(entry.path());
+      auto sig_path = entry.path();
+      auto sig = files::read_all(sig_path.replace_extension(".sig"));
+      if (!text || !sig) continue;
+      auto holder = kit::verify_manifest(*consortium, *text, *sig);
+      if (!holder) return make_error(entry.path().string() + ": " + holder.error().message);
+      if (holder->role == "site") admission->admit_site(holder->curve_public, holder->id);
+    }
+    for (const auto& s : revoked_sites) admission->revoke(s);
+    auto handler = std::make_shared<zmq::socket_t>(context, zmq::socket_type::rep);
+    try {
+      handler->bind("inproc://zeromq.zap.01");
+    } catch (const zmq::error_t& e) {
+      return make_error(std::string("cannot start the ZAP handler: ") + e.what());
+    }
+    auto* gate = admission.get();
+    auto* stop = &zap_stop;
+    zap = std::thread([gate, handler, stop] { gate->serve(*handler, *stop); });
+    log->info("consortium {}: CurveZMQ on, {} provisioned sites, {} operators", consortium->consortium,
+              admission->site_ids().size(), consortium->operators.size());
+    return Status::success();
+  }
+
+  Status bind(const std::string& admin_bind) {
+    try {
+      const auto configure = [&](zmq::socket_t& socket, const char* domain) {
+        if (consortium) {
+          socket.set(zmq::sockopt::curve_server, true);
+          socket.set(zmq::sockopt::curve_secretkey, consortium->curve_secret);
+          socket.set(zmq::sockopt::zap_domain, domain);
+        }
+        socket.set(zmq::sockopt::linger, 0);
+        // Frames up to twice the limit are read, logged and dropped by decode_header; libzmq cuts a
+        // peer that sends anything larger before reading it, so memory stays bounded either way.
+        socket.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(2 * o.max_message_bytes + 65536));
+        socket.set(zmq::sockopt::router_mandatory, false);
+      };
+      configure(router, kDataDomain);
+      configure(admin, kAdminDomain);
+      const int events = ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                         ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL;
+      if (zmq_socket_monitor(router.handle(), "inproc://fedda-coordinator-monitor", events) == 0) {
+        monitor.connect("inproc://fedda-coordinator-monitor");
+      }
+      if (zmq_socket_monitor(admin.handle(), "inproc://fedda-coordinator-admin-monitor", events) == 0) {
+        admin_monitor.connect("inproc://fedda-coordinator-admin-monitor");
+      }
+      router.bind(wildcard_port(o.bind));
+      endpoint = router.get(zmq::sockopt::last_endpoint);
+    } catch (const zmq::error_t& e) {
+      return make_error("cannot bind " + o.bind + ": " + e.what());
+    }
+    try {
+      admin.bind(wildcard_port(admin_bind));
+      admin_endpoint = admin.get(zmq::sockopt::last_endpoint);
+    } catch (const zmq::error_t& e) {
+      return make_error("cannot bind the admin endpoint " + admin_bind + ": " + e.what());
+    }
+    return Status::success();
+  }
+
   // ---- the loop -----------------------------------------------------------------------------
 
   // Connections libzmq closed or refused before any message reached fedda.
@@ -688,68 +758,8 @@ Result<std::unique_ptr<Service>> Service::start(const ServiceOptions& options) {
       return make_error((options.state / "revoked.json").string() + ": " + e.what());
     }
   }
-  if (m.consortium) {
-    m.admission = std::make_unique<Admission>(*m.consortium, m.log);
-    std::error_code ec;
-    for (const auto& entry : fs::directory_iterator(options.state / "admitted", ec)) {  // admitted while serving
-      const auto name = entry.path().filename().string();
-      if (entry.path().extension() != ".json") continue;
-      auto text = files::read_all(entry.path());
-      auto sig_path = entry.path();
-      auto sig = files::read_all(sig_path.replace_extension(".sig"));
-      if (!text || !sig) continue;
-      auto holder = kit::verify_manifest(*m.consortium, *text, *sig);
-      if (!holder) return make_error(entry.path().string() + ": " + holder.error().message);
-      if (holder->role == "site") m.admission->admit_site(holder->curve_public, holder->id);
-    }
-    for (const auto& s : m.revoked_sites) m.admission->revoke(s);
-    // The ZAP handler must be up before the sockets bind: without one libzmq admits anyone.
-    auto handler = std::make_shared<zmq::socket_t>(m.context, zmq::socket_type::rep);
-    try {
-      handler->bind("inproc://zeromq.zap.01");
-    } catch (const zmq::error_t& e) {
-      return make_error(std::string("cannot start the ZAP handler: ") + e.what());
-    }
-    auto* admission = m.admission.get();
-    auto* stop = &m.zap_stop;
-    m.zap = std::thread([admission, handler, stop] { admission->serve(*handler, *stop); });
-    m.log->info("consortium {}: CurveZMQ on, {} provisioned sites, {} operators", m.consortium->consortium,
-                m.admission->site_ids().size(), m.consortium->operators.size());
-  }
-  try {
-    const auto configure = [&](zmq::socket_t& socket, const char* domain) {
-      if (m.consortium) {
-        socket.set(zmq::sockopt::curve_server, true);
-        socket.set(zmq::sockopt::curve_secretkey, m.consortium->curve_secret);
-        socket.set(zmq::sockopt::zap_domain, domain);
-      }
-      socket.set(zmq::sockopt::linger, 0);
-      // Frames up to twice the limit are read, logged and dropped by decode_header; libzmq cuts a
-      // peer that sends anything larger before reading it, so memory stays bounded either way.
-      socket.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(2 * options.max_message_bytes + 65536));
-      socket.set(zmq::sockopt::router_mandatory, false);
-    };
-    configure(m.router, kDataDomain);
-    configure(m.admin, kAdminDomain);
-    const int events = ZMQ_EVENT_DISCONNECTED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
-                       ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL;
-    if (zmq_socket_monitor(m.router.handle(), "inproc://fedda-coordinator-monitor", events) == 0) {
-      m.monitor.connect("inproc://fedda-coordinator-monitor");
-    }
-    if (zmq_socket_monitor(m.admin.handle(), "inproc://fedda-coordinator-admin-monitor", events) == 0) {
-      m.admin_monitor.connect("inproc://fedda-coordinator-admin-monitor");
-    }
-    m.router.bind(wildcard_port(options.bind));
-    m.endpoint = m.router.get(zmq::sockopt::last_endpoint);
-  } catch (const zmq::error_t& e) {
-    return make_error("cannot bind " + options.bind + ": " + e.what());
-  }
-  try {
-    m.admin.bind(wildcard_port(admin_bind));
-    m.admin_endpoint = m.admin.get(zmq::sockopt::last_endpoint);
-  } catch (const zmq::error_t& e) {
-    return make_error("cannot bind the admin endpoint " + admin_bind + ": " + e.what());
-  }
+  if (auto st = m.open_admission(); !st) return st.error();
+  if (auto st = m.bind(admin_bind); !st) return st.error();
   m.admin_service = std::make_unique<AdminService>(m, options.state / "audit.jsonl");
   if (!options.endpoint_file.empty()) {
     if (auto st = files::write_atomically(options.endpoint_file, m.endpoint + "\n" + m.admin_endpoint + "\n"); !st) {

@@ -67,21 +67,69 @@ struct Agent::Impl {
     }
   }
 
-  int run() {
-    std::optional<kit::SiteKit> site_kit;
-    if (!config.kit.empty()) {
-      auto loaded = kit::load_site_kit(config.kit);
-      if (!loaded) {
-        log->error("kit: {}", loaded.error().message);
-        return 1;
-      }
-      if (loaded->site_id != config.site_id) {
-        log->error("kit {} was issued to site '{}', not '{}'", config.kit.string(), loaded->site_id, config.site_id);
-        return 1;
-      }
-      site_kit = std::move(*loaded);
-      log->info("site {}: consortium {}, CurveZMQ with the provisioned keys", config.site_id, site_kit->consortium);
+  // The site's kit, if it has one; error when it is unusable or another site's.
+  Result<std::optional<kit::SiteKit>> load_kit() const {
+    if (config.kit.empty()) return std::optional<kit::SiteKit>();
+    auto loaded = kit::load_site_kit(config.kit);
+    if (!loaded) return make_error("kit: " + loaded.error().message);
+    if (loaded->site_id != config.site_id) {
+      return make_error("kit " + config.kit.string() + " was issued to site '" + loaded->site_id + "', not '" +
+                        config.site_id + "'");
     }
+    log->info("site {}: consortium {}, CurveZMQ with the provisioned keys", config.site_id, loaded->consortium);
+    return std::optional<kit::SiteKit>(std::move(*loaded));
+  }
+
+  SessionOptions session_options(const std::optional<kit::SiteKit>& site_kit) const {
+    SessionOptions so;
+    so.site_id = config.site_id;
+    so.endpoint = config.coordinator;
+    so.agent_version = kVersion;
+    so.device = config.device;
+    so.threads = config.threads;
+    so.heartbeat = std::chrono::milliseconds(config.heartbeat_ms);
+    so.reconnect_min = std::chrono::milliseconds(config.reconnect_min_ms);
+    so.reconnect_max = std::chrono::milliseconds(config.reconnect_max_ms);
+    if (site_kit) so.curve = CurveKeys{site_kit->coordinator_curve_public, site_kit->site_curve_public, site_kit->site_curve_secret};
+    return so;
+  }
+
+  // Hands the session's work to the worker, and the worker's answers to the session.
+  void exchange(Session& session, bool stopping_now) {
+    for (auto& work : session.poll(std::chrono::milliseconds(50), wake_pipe[0])) {
+      if (stopping_now && work.header.type != MessageType::goodbye) {
+        log->info("stopping: {} for job {} not started", protocol::type_name(work.header.type), work.header.job_id);
+        continue;
+      }
+      {
+        std::lock_guard<std::mutex> lock(mutex);
+        inbox.push_back(std::move(work));
+      }
+      wake.notify_one();
+    }
+    char drained[64];
+    while (::read(wake_pipe[0], drained, sizeof drained) > 0) {}
+    std::deque<Outgoing> out;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      out.swap(outbox);
+    }
+    for (auto& o : out) {
+      if (o.type == MessageType::round_update) {
+        session.offer_update(o.job_id, o.round, std::move(o.frames), std::move(o.tensors));
+      } else {
+        session.send(o.type, o.job_id, o.round, o.frames);
+      }
+    }
+  }
+
+  int run() {
+    auto loaded = load_kit();
+    if (!loaded) {
+      log->error("{}", loaded.error().message);
+      return 1;
+    }
+    const auto& site_kit = *loaded;
     if (::pipe2(wake_pipe, O_NONBLOCK | O_CLOEXEC) != 0) {
       log->error("cannot create the worker's wake-up pipe: {}", std::strerror(errno));
       return 1;
@@ -106,21 +154,11 @@ struct Agent::Impl {
       }
     };
 
-    SessionOptions so;
-    so.site_id = config.site_id;
-    so.endpoint = config.coordinator;
-    so.agent_version = kVersion;
-    so.device = config.device;
-    so.threads = config.threads;
-    so.heartbeat = std::chrono::milliseconds(config.heartbeat_ms);
-    so.reconnect_min = std::chrono::milliseconds(config.reconnect_min_ms);
-    so.reconnect_max = std::chrono::milliseconds(config.reconnect_max_ms);
-    if (site_kit) so.curve = CurveKeys{site_kit->coordinator_curve_public, site_kit->site_curve_public, site_kit->site_curve_secret};
     zmq::context_t context{1};
     AuditLog audit(config.cache_dir / "audit.jsonl");
     std::unique_ptr<Session> session;
     try {
-      session = std::make_unique<Session>(context, so, &audit);
+      session = std::make_unique<Session>(context, session_options(site_kit), &audit);
     } catch (const zmq::error_t& e) {
       log->error("cannot connect to {}: {}", config.coordinator, e.what());
       stop_worker(true);
@@ -147,31 +185,7 @@ struct Agent::Impl {
         const bool uploaded = !session->holds_updates() || Clock::now() - stop_requested > std::chrono::seconds(5);
         if ((idle && uploaded) || timed_out) break;
       }
-      for (auto& work : session->poll(std::chrono::milliseconds(50), wake_pipe[0])) {
-        if (stop_requested != Clock::time_point{} && work.header.type != MessageType::goodbye) {
-          log->info("stopping: {} for job {} not started", protocol::type_name(work.header.type), work.header.job_id);
-          continue;
-        }
-        {
-          std::lock_guard<std::mutex> lock(mutex);
-          inbox.push_back(std::move(work));
-        }
-        wake.notify_one();
-      }
-      char drained[64];
-      while (::read(wake_pipe[0], drained, sizeof drained) > 0) {}
-      std::deque<Outgoing> out;
-      {
-        std::lock_guard<std::mutex> lock(mutex);
-        out.swap(outbox);
-      }
-      for (auto& o : out) {
-        if (o.type == MessageType::round_update) {
-          session->offer_update(o.job_id, o.round, std::move(o.frames), std::move(o.tensors));
-        } else {
-          session->send(o.type, o.job_id, o.round, o.frames);
-        }
-      }
+      exchange(*session, stop_requested != Clock::time_point{});
     }
     session->say_goodbye("agent stopping");
     session.reset();
