@@ -139,7 +139,11 @@ void print_sites(const json& sites) {
       std::string state = p.at("state");
       if (state == "ready") state += " " + std::to_string(p.at("subjects").get<int>()) + "+" +
                                      std::to_string(p.at("evaluation_subjects").get<int>()) + " subjects";
-      if (state == "refused") state += ": " + p.value("reason", "");
+      if (state == "refused") {
+        state += " (" + p.value("code", "") + (p.value("rule", "").empty() ? "" : ": " + p.value("rule", "")) + "): " +
+                 p.value("reason", "");
+      }
+      if (p.value("refused_updates", 0) > 0) state += ", " + std::to_string(p.value("refused_updates", 0)) + " updates refused";
       jobs += (jobs.empty() ? "" : "; ") + job + " " + state;
     }
     rows.push_back({s.at("site"), s.at("revoked").get<bool>() ? "revoked" : s.at("online").get<bool>() ? "yes" : "no",
@@ -188,9 +192,15 @@ int main(int argc, char** argv) {
       rc = 1;
       return;
     }
-    log->info("consortium {}: root in {}/root (keep offline), coordinator kit in {}/coordinator, {} site kits in {}/sites, "
-              "{} operator kits in {}/operators",
+    log->info("consortium {}: root in {}/root (keep offline), coordinator kit in {}/coordinator, {} site kit(s) in {}/sites, "
+              "{} operator kit(s) in {}/operators",
               p.consortium, out, out, p.sites.size(), out, p.operators.size(), out);
+    auto fingerprint = kit::root_fingerprint(fs::path(out) / "root" / "root.pub");
+    if (fingerprint) {
+      std::cout << "root fingerprint: " << *fingerprint << "\n"
+                << "(send it to each site by another channel than its kit; the site pins it in site.yaml as "
+                   "root_fingerprint)\n";
+    }
   });
 
   std::string id;
@@ -224,7 +234,8 @@ int main(int argc, char** argv) {
 
   std::string dir;
   auto* verify = app.add_subcommand("verify-kit", "Check a site or operator kit: manifest signed by the kit's root, "
-                                                  "secrets 0600, key pair matching the manifest. Exit code 0 when sound.");
+                                                  "secrets 0600, key pair matching the manifest; prints the root's "
+                                                  "fingerprint to compare with the consortium's. Exit code 0 when sound.");
   verify->add_option("dir", dir, "a site or operator kit folder")->required();
   verify->callback([&]() {
     if (fs::exists(fs::path(dir) / "operator.curve.secret")) {
@@ -235,7 +246,8 @@ int main(int argc, char** argv) {
         return;
       }
       std::cout << "kit OK: operator " << k->name << " of consortium " << k->consortium << ", admin endpoint "
-                << k->admin_endpoint << ", operator key " << k->operator_curve_public << "\n";
+                << k->admin_endpoint << ", operator key " << k->operator_curve_public << "\n"
+                << "root fingerprint: " << k->root_fingerprint << "\n";
       return;
     }
     auto k = kit::load_site_kit(dir);
@@ -245,7 +257,10 @@ int main(int argc, char** argv) {
       return;
     }
     std::cout << "kit OK: site " << k->site_id << " of consortium " << k->consortium << ", coordinator "
-              << k->coordinator_endpoint << ", site key " << k->site_curve_public << "\n";
+              << k->coordinator_endpoint << ", site key " << k->site_curve_public << "\n"
+              << "root fingerprint: " << k->root_fingerprint << "\n"
+              << "(the kit is signed by the root it carries; compare this fingerprint with the one the consortium "
+                 "sent you separately before trusting it)\n";
   });
 
   // ---- operator commands --------------------------------------------------------------------

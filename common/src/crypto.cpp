@@ -97,6 +97,34 @@ Result<SigningKey> generate_signing_key() {
   return SigningKey{bio_text(priv.get()), bio_text(pub.get())};
 }
 
+Result<std::string> public_key_fingerprint(const std::string& public_pem) {
+  auto key = read_public(public_pem);
+  if (!key) return key.error();
+  unsigned char raw[32];
+  std::size_t n = sizeof raw;
+  if (EVP_PKEY_get_raw_public_key(key->get(), raw, &n) != 1 || n != sizeof raw) {
+    return make_error(openssl_error("cannot read the raw public key"));
+  }
+  return "sha256:" + sha256_hex(std::string_view(reinterpret_cast<const char*>(raw), n));
+}
+
+Result<std::string> hmac_sha256_hex(std::string_view key, std::string_view message) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  std::size_t length = 0;
+  if (EVP_Q_mac(nullptr, "HMAC", nullptr, "SHA256", nullptr, key.data(), key.size(),
+                reinterpret_cast<const unsigned char*>(message.data()), message.size(), digest, sizeof digest,
+                &length) == nullptr) {
+    return make_error(openssl_error("HMAC-SHA-256"));
+  }
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (std::size_t i = 0; i < length; ++i) {
+    out += hex[digest[i] >> 4];
+    out += hex[digest[i] & 15];
+  }
+  return out;
+}
+
 Result<std::string> sign(const std::string& private_pem, std::string_view message) {
   auto key = read_private(private_pem);
   if (!key) return key.error();
@@ -200,17 +228,26 @@ Result<std::string> open(std::string_view key, std::string_view sealed, std::str
   return out;
 }
 
-Status write_sealed(const std::filesystem::path& path, const std::string& contents, const std::string& key) {
+namespace {
+std::string sealed_aad(const std::filesystem::path& path, std::string_view context) {
+  std::string aad = path.filename().string();
+  if (!context.empty()) aad.append("\n").append(context);
+  return aad;
+}
+}  // namespace
+
+Status write_sealed(const std::filesystem::path& path, const std::string& contents, const std::string& key,
+                    std::string_view context) {
   if (key.empty()) return files::write_atomically(path, contents);
-  auto sealed = seal(key, contents, path.filename().string());
+  auto sealed = seal(key, contents, sealed_aad(path, context));
   if (!sealed) return make_error(path.string() + ": " + sealed.error().message);
   return files::write_atomically(path, *sealed);
 }
 
-Result<std::string> read_sealed(const std::filesystem::path& path, const std::string& key) {
+Result<std::string> read_sealed(const std::filesystem::path& path, const std::string& key, std::string_view context) {
   auto bytes = files::read_all(path);
   if (!bytes || key.empty()) return bytes;
-  auto opened = open(key, *bytes, path.filename().string());
+  auto opened = open(key, *bytes, sealed_aad(path, context));
   if (!opened) return make_error(path.string() + ": refused: " + opened.error().message);
   return opened;
 }

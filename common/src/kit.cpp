@@ -1,6 +1,12 @@
 #include "fedda/common/kit.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
 
 #include <algorithm>
 #include <cctype>
@@ -27,15 +33,34 @@ Result<std::string> read_line(const fs::path& path) {
   return *text;
 }
 
+// A secret file is opened once and checked on its descriptor: a regular file (not a link, which
+// could be swapped between a check and the open), owned by this user, readable by no one else.
 Result<std::string> read_secret(const fs::path& path) {
-  struct stat info {};
-  if (::stat(path.c_str(), &info) != 0) return make_error(path.string() + ": missing");
-  if ((info.st_mode & 077) != 0) {
-    return make_error(path.string() + ": readable by others (mode " + std::to_string(info.st_mode & 0777) +
-                      " octal " + [&] { char b[8]; std::snprintf(b, sizeof b, "%o", info.st_mode & 0777); return std::string(b); }() +
-                      "); it must be 0600");
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ELOOP) return make_error(path.string() + ": a symbolic link; a secret must be a regular file");
+    return make_error(path.string() + ": missing or unreadable (" + std::strerror(errno) + ")");
   }
-  return files::read_all(path);
+  struct stat info {};
+  std::string text;
+  std::string problem;
+  if (::fstat(fd, &info) != 0) {
+    problem = std::string("cannot stat: ") + std::strerror(errno);
+  } else if (!S_ISREG(info.st_mode)) {
+    problem = "not a regular file";
+  } else if ((info.st_mode & 077) != 0) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%o", static_cast<unsigned>(info.st_mode & 0777));
+    problem = std::string("readable by others (mode ") + mode + "); it must be 0600";
+  } else if (info.st_uid != ::geteuid()) {
+    problem = "owned by user " + std::to_string(info.st_uid) + ", not by this user (" + std::to_string(::geteuid()) + ")";
+  } else {
+    char buffer[4096];
+    for (ssize_t n; (n = ::read(fd, buffer, sizeof buffer)) > 0;) text.append(buffer, static_cast<std::size_t>(n));
+  }
+  ::close(fd);
+  if (!problem.empty()) return make_error(path.string() + ": " + problem);
+  return text;
 }
 
 // The role's folders and file stems: sites/<id>/site.*, operators/<id>/operator.*.
@@ -261,7 +286,18 @@ Result<SiteKit> load_site_kit(const fs::path& dir) {
   if (!storage) return storage.error();
   if (storage->size() != crypto::kStorageKeyBytes) return make_error((dir / "storage.key").string() + ": not a 32-byte key");
   kit.storage_key = *storage;
+  auto fingerprint = root_fingerprint(dir / "root.pub");
+  if (!fingerprint) return fingerprint.error();
+  kit.root_fingerprint = *fingerprint;
   return kit;
+}
+
+Result<std::string> root_fingerprint(const fs::path& root_pub) {
+  auto pem = files::read_all(root_pub);
+  if (!pem) return pem.error();
+  auto fingerprint = crypto::public_key_fingerprint(*pem);
+  if (!fingerprint) return make_error(root_pub.string() + ": " + fingerprint.error().message);
+  return fingerprint;
 }
 
 Result<OperatorKit> load_operator_kit(const fs::path& dir) {
@@ -282,6 +318,9 @@ Result<OperatorKit> load_operator_kit(const fs::path& dir) {
   auto secret = own_secret(dir / "operator.curve.secret", kit.operator_curve_public);
   if (!secret) return secret.error();
   kit.operator_curve_secret = *secret;
+  auto fingerprint = root_fingerprint(dir / "root.pub");
+  if (!fingerprint) return fingerprint.error();
+  kit.root_fingerprint = *fingerprint;
   return kit;
 }
 

@@ -25,6 +25,7 @@ const char* type_name(MessageType type) {
     case MessageType::upload: return "upload";
     case MessageType::admin_request: return "admin_request";
     case MessageType::admin_reply: return "admin_reply";
+    case MessageType::job_pending: return "job_pending";
   }
   return "unknown";
 }
@@ -54,6 +55,22 @@ const char* reject_code_name(RejectCode code) {
     case RejectCode::sender_mismatch: return "sender_mismatch";
     case RejectCode::revoked: return "revoked";
     case RejectCode::not_an_operator: return "not_an_operator";
+  }
+  return "unknown";
+}
+
+const char* failure_code_name(FailureCode code) {
+  switch (code) {
+    case FailureCode::unspecified: return "unspecified";
+    case FailureCode::policy: return "policy";
+    case FailureCode::refused: return "refused";
+    case FailureCode::signature: return "signature";
+    case FailureCode::malformed: return "malformed";
+    case FailureCode::no_data: return "no_data";
+    case FailureCode::not_prepared: return "not_prepared";
+    case FailureCode::training: return "training";
+    case FailureCode::egress: return "egress";
+    case FailureCode::internal: return "internal";
   }
   return "unknown";
 }
@@ -282,7 +299,8 @@ std::string to_json(const JobSpec& j) {
                       {"model_spec", j.model_spec_json},
                       {"transfer_precision", j.transfer_precision},
                       {"sites_per_round", j.sites_per_round},
-                      {"fraction", j.fraction}};
+                      {"fraction", j.fraction},
+                      {"max_update_norm", j.max_update_norm}};
   return o.dump(2);
 }
 
@@ -319,6 +337,7 @@ Result<JobSpec> job_spec_from_json(const std::string& text) {
     j.transfer_precision = o.value("transfer_precision", std::string("float32"));  // absent before version 2
     j.sites_per_round = o.value("sites_per_round", 0);
     j.fraction = o.value("fraction", 0.0);
+    j.max_update_norm = o.value("max_update_norm", 0.0);
     return j;
   } catch (const std::exception& e) {
     return make_error(std::string("job spec: ") + e.what());

@@ -171,6 +171,35 @@ std::vector<float> to_f32(const WireTensor& t) {
   return values;
 }
 
+Status check_finite(const TensorSet& set) {
+  for (const auto& t : set.tensors) {
+    if (t.dtype != DType::f32 && t.dtype != DType::f16) continue;
+    for (const float v : to_f32(t)) {
+      if (!std::isfinite(v)) return make_error("tensor '" + t.name + "' holds " + (std::isnan(v) ? "NaN" : "an infinity"));
+    }
+  }
+  return Status::success();
+}
+
+double l2_distance(const TensorSet& a, const TensorSet& b) {
+  if (a.tensors.size() != b.tensors.size()) return INFINITY;
+  double sum = 0;
+  for (std::size_t i = 0; i < a.tensors.size(); ++i) {
+    const auto& x = a.tensors[i];
+    const auto& y = b.tensors[i];
+    const bool floats = (x.dtype == DType::f32 || x.dtype == DType::f16) && (y.dtype == DType::f32 || y.dtype == DType::f16);
+    if (x.name != y.name || x.shape != y.shape) return INFINITY;
+    if (!floats) continue;
+    const auto u = to_f32(x), v = to_f32(y);
+    if (u.size() != v.size()) return INFINITY;
+    for (std::size_t k = 0; k < u.size(); ++k) {
+      const double d = static_cast<double>(u[k]) - static_cast<double>(v[k]);
+      sum += d * d;
+    }
+  }
+  return std::sqrt(sum);
+}
+
 void seal(TensorSet& set) {
   for (auto& t : set.tensors) t.crc32 = crc32_of(t.data);
 }

@@ -79,6 +79,7 @@ json rounds_of(const fs::path& jsonl) {
 const char* participation_state(const Participation& p) {
   if (p.failed) return "refused";
   if (p.ready) return "ready";
+  if (p.pending) return "awaiting approval";
   if (p.offered) return "preparing";
   return "offline";
 }
@@ -172,7 +173,8 @@ protocol::AdminReply AdminService::dispatch(const std::string& who, const protoc
       if (site) {
         for (const auto& [job, p] : site->jobs) {
           jobs[job] = {{"state", participation_state(p)}, {"subjects", p.subjects}, {"samples", p.samples},
-                       {"evaluation_subjects", p.evaluation_subjects}, {"reason", p.failure}};
+                       {"evaluation_subjects", p.evaluation_subjects}, {"reason", p.failure}, {"code", p.failure_code},
+                       {"rule", p.failure_rule}, {"refused_updates", p.refused_updates}};
         }
       }
       list.push_back({{"site", id},

@@ -1,6 +1,7 @@
 #include "fedda/coordinator/job_file.h"
 
 #include <algorithm>
+#include <cmath>
 #include "fedda/common/config.h"
 #include "fedda/common/kit.h"
 #include "fedda/models/model_spec.h"
@@ -55,6 +56,11 @@ Status validate_job(protocol::JobSpec& j, const std::string& teacher) {
   }
   if (!(j.fraction >= 0 && j.fraction <= 1)) return make_error("fraction must be between 0 (off) and 1");
   if (j.fraction > 0 && j.sites_per_round > 0) return make_error("give sites_per_round or fraction, not both");
+  if (!(j.max_update_norm >= 0) || !std::isfinite(j.max_update_norm)) {
+    return make_error("max_update_norm must be 0 (no bound) or a positive number");
+  }
+  if (!(j.temperature <= 100)) return make_error("temperature must be at most 100");
+  if (!(j.lesion_slice_fraction >= 0 && j.lesion_slice_fraction <= 1)) return make_error("lesion_slice_fraction must be between 0 and 1");
   if (j.evaluation_sites.empty()) {
     for (const auto& s : j.sites) {
       if (s != j.source) j.evaluation_sites.push_back(s);
@@ -100,6 +106,7 @@ Result<JobDefinition> read_mapping(config::Mapping& mapping, const fs::path& pat
   m->get("transfer_precision", j.transfer_precision);
   m->get("sites_per_round", j.sites_per_round);
   m->get("fraction", j.fraction);
+  m->get("max_update_norm", j.max_update_norm);
   m->get("method", d.method);
   m->get("teacher", d.teacher);
   models::ModelSpec model;

@@ -6,6 +6,7 @@
 
 #include "fedda/common/crypto.h"
 #include "fedda/common/files.h"
+#include "crash_point.h"
 #include "site_registry.h"
 
 namespace fedda::coordinator {
@@ -57,8 +58,11 @@ json round_to_json(const RoundRecord& r) {
     sites.push_back({{"site", s.site}, {"samples", s.samples}, {"steps", s.steps}, {"loss", s.loss},
                      {"seconds", s.seconds}, {"bytes_up", s.bytes_up}, {"overhead_seconds", s.overhead_seconds}});
   }
+  json refused = json::array();
+  for (const auto& [site, reason] : r.refused) refused.push_back({{"site", site}, {"reason", reason}});
   const auto f = federation_split(r);
   return {{"round", r.round},
+          {"refused", refused},
           {"seconds", r.seconds},
           {"learning_rate", r.learning_rate},
           {"sites", sites},
@@ -76,6 +80,9 @@ RoundRecord round_from_json(const json& r) {
   rec.seconds = r.at("seconds").get<double>();
   rec.learning_rate = r.at("learning_rate").get<double>();
   rec.missing = r.at("missing").get<std::vector<std::string>>();
+  for (const auto& x : r.value("refused", json::array())) {
+    rec.refused.emplace_back(x.at("site").get<std::string>(), x.at("reason").get<std::string>());
+  }
   for (const auto& s : r.at("sites")) {
     rec.sites.push_back({s.at("site").get<std::string>(), s.at("samples").get<std::int64_t>(), s.at("steps").get<int>(),
                          s.at("loss").get<double>(), s.at("seconds").get<double>(), s.value("bytes_up", std::int64_t{0}),
@@ -227,7 +234,10 @@ Status JobStore::save(const JobRecord& r) {
                       {"rounds", rounds}};
   const auto folder = dir(r.id());
   if (auto st = files::write_atomically(folder / "rounds.jsonl", jsonl); !st) return st;
-  return files::write_atomically(folder / "state.json", state.dump(2) + "\n");
+  crash_point("rounds", r.finished_round);
+  if (auto st = files::write_atomically(folder / "state.json", state.dump(2) + "\n"); !st) return st;
+  crash_point("state", r.finished_round);
+  return Status::success();
 }
 
 Status JobStore::set_state(JobRecord& record, JobState state, const std::string& error) {

@@ -18,6 +18,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "fedda/common/result.h"
@@ -56,6 +57,7 @@ struct RoundRecord {
   double learning_rate = 0;
   std::vector<SiteRecord> sites;
   std::vector<std::string> missing;  // asked but not counted, each "site (why)"
+  std::vector<std::pair<std::string, std::string>> refused;  // updates refused: site, why
   RoundCost cost;
 };
 

@@ -7,6 +7,7 @@
 
 #include "fedda/common/crypto.h"
 #include "fedda/common/files.h"
+#include "crash_point.h"
 #include "fedda/models/weights.h"
 
 namespace fedda::coordinator {
@@ -26,12 +27,15 @@ std::string round_file(int round, const char* what) {
 
 // A round's global weights at rest: the wire encoding of the TensorSet, sealed with the
 // coordinator's storage key (AES-256-GCM) when the consortium has kits.
-Status save_weights(const fs::path& path, const TensorSet& weights, const std::string& key) {
-  return crypto::write_sealed(path, protocol::encode(protocol::Header{}, weights).body, key);
+// The associated data of a job's round files: they cannot be swapped between jobs or rounds.
+std::string round_context(const std::string& job, int round) { return "job " + job + " round " + std::to_string(round); }
+
+Status save_weights(const fs::path& path, const TensorSet& weights, const std::string& key, const std::string& context) {
+  return crypto::write_sealed(path, protocol::encode(protocol::Header{}, weights).body, key, context);
 }
 
-Result<TensorSet> load_weights(const fs::path& path, const std::string& key) {
-  auto bytes = crypto::read_sealed(path, key);
+Result<TensorSet> load_weights(const fs::path& path, const std::string& key, const std::string& context) {
+  auto bytes = crypto::read_sealed(path, key, context);
   if (!bytes) return bytes.error();
   auto weights = protocol::decode_body<TensorSet>(*bytes);
   if (!weights) return make_error(path.string() + ": " + weights.error().message);
@@ -142,14 +146,25 @@ Status JobRun::start() {
   }
   if (record_.finished_round > 0) {
     const int r = record_.finished_round;
-    auto stored = load_weights(dir / round_file(r, "weights"), storage_key);
+    auto stored = load_weights(dir / round_file(r, "weights"), storage_key, round_context(spec.id, r));
     if (!stored) return stored.error();
     if (auto st = check_same_layout(*stored, m.global); !st) return make_error(dir.string() + ": round state: " + st.error().message);
     m.global = std::move(*stored);
     if (m.discriminator) {
-      if (auto st = m.discriminator->load(dir / round_file(r, "discriminator.pt"), storage_key); !st) return st.error();
+      if (auto st = m.discriminator->load(dir / round_file(r, "discriminator.pt"), storage_key, round_context(spec.id, r)); !st) {
+        return st.error();
+      }
     }
     log_->info("job {}: resuming after round {} of {}", spec.id, r, spec.rounds);
+  }
+  // A crash can leave round files the record does not point at (written before their record, or
+  // not yet removed after it): only the last finished round's are kept.
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const auto name = entry.path().filename().string();
+    if (name.rfind("round-", 0) == 0 && name.rfind(round_file(record_.finished_round, ""), 0) != 0) {
+      if (auto st = files::remove_durably(entry.path()); !st) log_->warn("{}", st.error().message);
+    }
   }
   job_offer.job = spec;
   auto encoded = make_broadcast(host_.kit(), protocol::encode(protocol::Header{}, job_offer), spec.id, 0);
@@ -237,6 +252,7 @@ void JobRun::handle(SiteInfo& site, const protocol::Header& h, const std::string
         return;
       }
       p.ready = true;
+      p.pending = false;
       p.failed = false;
       p.samples = std::max<std::int64_t>(0, ready->samples);
       p.subjects = ready->subjects;
@@ -250,9 +266,20 @@ void JobRun::handle(SiteInfo& site, const protocol::Header& h, const std::string
       auto failed = protocol::decode_body<protocol::JobFailed>(body);
       p.failed = true;
       p.ready = false;
+      p.pending = false;
       p.failure = failed ? failed->reason.substr(0, 1000) : "(malformed reason)";
-      log_->error("site {}: cannot run job {}: {}", site.id, id(), p.failure);
-      if (expected_.erase(site.id)) current_.missing.push_back(site.id + " (failed)");
+      p.failure_code = failed ? protocol::failure_code_name(failed->code) : "malformed";
+      p.failure_rule = failed ? failed->rule.substr(0, 100) : "";
+      log_->error("site {}: cannot run job {} ({}{}): {}", site.id, id(), p.failure_code,
+                  p.failure_rule.empty() ? "" : ": " + p.failure_rule, p.failure);
+      if (expected_.erase(site.id)) current_.missing.push_back(site.id + " (failed: " + p.failure_code + ")");
+      return;
+    }
+    case MessageType::job_pending: {
+      auto pending = protocol::decode_body<protocol::JobPending>(body);
+      if (!p.offered) return;
+      p.pending = true;
+      log_->info("site {}: job {} waits at the site: {}", site.id, id(), pending ? pending->reason.substr(0, 200) : "(malformed)");
       return;
     }
     case MessageType::update_ready:
@@ -293,15 +320,36 @@ void JobRun::handle_update(SiteInfo& site, const std::string& body) {
     log_->info("site {}: evaluated {} subjects", site.id, rows.size());
     return;
   }
-  const double weight = static_cast<double>(update->samples);
-  Status st = m.model_average->add(update->model, weight);
-  if (st && m.grad_average) st = m.grad_average->add(update->discriminator_grads, weight);
-  if (!st) {
-    log_->warn("site {}: update for round {} refused: {}", site.id, round_, st.error().message);
+  // The FedAvg weight is the sample count the site declared when it got ready; an update that
+  // claims another, holds a NaN or an infinity, or moves the model further than the job allows is
+  // refused, named in rounds.jsonl and counted against the site.
+  auto& p = site.jobs[id()];
+  const auto& spec = record_.definition.spec;
+  const auto refuse = [&](const std::string& why) {
+    log_->warn("site {}: update for round {} refused: {}", site.id, round_, why);
     expected_.erase(site.id);
     current_.missing.push_back(site.id + " (refused)");
-    return;
+    current_.refused.emplace_back(site.id, why);
+    ++p.refused_updates;
+  };
+  if (update->samples != p.samples) {
+    return refuse("sample count " + std::to_string(update->samples) + " differs from the " + std::to_string(p.samples) +
+                  " it declared");
   }
+  if (auto st = check_finite(update->model); !st) return refuse("model: " + st.error().message);
+  if (auto st = check_finite(update->discriminator_grads); !st) return refuse("discriminator gradients: " + st.error().message);
+  if (spec.max_update_norm > 0) {
+    const double distance = l2_distance(update->model, m.global);
+    if (!(distance <= spec.max_update_norm)) {
+      char text[160];
+      std::snprintf(text, sizeof text, "update norm %.4g exceeds max_update_norm %.4g", distance, spec.max_update_norm);
+      return refuse(text);
+    }
+  }
+  const double weight = static_cast<double>(p.samples);
+  Status st = m.model_average->add(update->model, weight);
+  if (st && m.grad_average) st = m.grad_average->add(update->discriminator_grads, weight);
+  if (!st) return refuse(st.error().message);
   answered_.insert(site.id);
   current_.sites.push_back({site.id, update->samples, update->steps, update->loss, update->seconds,
                             static_cast<std::int64_t>(body.size()), update->overhead_seconds});
@@ -494,12 +542,15 @@ void JobRun::close_round() {
   // Persist: round files first, then the record that points at them, then (the record durable)
   // the previous round's files.
   const auto persist_start = Clock::now();
-  if (auto st = save_weights(dir / round_file(r, "weights"), m.global, storage_key); !st) return fail(st.error().message);
+  if (auto st = save_weights(dir / round_file(r, "weights"), m.global, storage_key, round_context(id(), r)); !st) {
+    return fail(st.error().message);
+  }
   if (m.discriminator) {
-    if (auto st = m.discriminator->save(dir / round_file(r, "discriminator.pt"), storage_key); !st) {
+    if (auto st = m.discriminator->save(dir / round_file(r, "discriminator.pt"), storage_key, round_context(id(), r)); !st) {
       return fail(st.error().message);
     }
   }
+  crash_point("weights", r);
   current_.cost.persist_s = seconds_since(persist_start);
   current_.cost.span_s = seconds_since(phase_start_);
   current_.seconds = current_.cost.span_s;
@@ -509,6 +560,7 @@ void JobRun::close_round() {
   for (const char* what : {"weights", "discriminator.pt"}) {
     if (auto st = files::remove_durably(dir / round_file(r - 1, what)); !st) log_->warn("{}", st.error().message);
   }
+  crash_point("removed", r);
   expected_.clear();
   answered_.clear();
   double loss = 0;

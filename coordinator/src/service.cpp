@@ -244,6 +244,7 @@ struct Service::Impl : JobHost, AdminBackend {
       case MessageType::goodbye: return mark_lost(site->id, "left (goodbye)");
       case MessageType::job_ready:
       case MessageType::job_failed:
+      case MessageType::job_pending:
       case MessageType::update_ready:
       case MessageType::round_update: {
         const auto run = runs.find(h.job_id);

@@ -23,8 +23,12 @@ using Clock = std::chrono::steady_clock;
 struct Participation {
   bool offered = false;        // offered on the current session
   bool ready = false;          // prepared (job_ready) on the current session
-  bool failed = false;         // could not prepare or run it (until offered again)
-  std::string failure;         // why, as the site said
+  bool pending = false;        // waiting for the site administrator's approval
+  bool failed = false;         // could not prepare or run it, or refused it (until offered again)
+  std::string failure;         // why, as the site said (through its egress guard)
+  std::string failure_code;    // protocol::FailureCode's name
+  std::string failure_rule;    // policy: the rule
+  int refused_updates = 0;     // updates the coordinator refused (non-finite, forged count, norm)
   std::int64_t samples = 0;    // training slices (the FedAvg weight)
   int subjects = 0;
   int evaluation_subjects = 0;

@@ -22,6 +22,7 @@
 #include "fedda/common/kit.h"
 #include "fedda/common/log.h"
 #include "fedda/imaging/dataset.h"
+#include "fedda/site_agent/site_config.h"
 
 extern char** environ;
 
@@ -125,6 +126,18 @@ std::vector<JobView> parse_jobs(const std::string& text) {
 }
 
 }  // namespace
+
+Result<std::map<std::string, std::string>> site_pseudonyms(const fs::path& out, const std::string& clinic) {
+  auto config = site_agent::read_site_config(out / "sites" / (clinic + ".yaml"));
+  if (!config) return config.error();
+  auto key = site_agent::pseudonym_key(*config);
+  if (!key) return key.error();
+  auto subjects = site_agent::site_subjects(*config);
+  if (!subjects) return subjects.error();
+  std::map<std::string, std::string> map;
+  for (const auto& s : *subjects) map[site_agent::pseudonym(*key, s.subject)] = s.subject;
+  return map;
+}
 
 fs::path executable_dir() {
   std::error_code ec;
@@ -273,6 +286,11 @@ Result<std::unique_ptr<LocalConsortium>> LocalConsortium::start(const Consortium
                              "reconnect_max_ms: 5000\n" +
                              (o.secure ? "kit: " + (kits / "sites" / site).string() + "\n" : std::string());
     if (auto st = files::write_atomically(config, yaml); !st) return st.error();
+    // The site's pseudonym key exists before its agent starts, so this harness and the agent
+    // never each make one (without a kit it lives in the site's cache).
+    auto site_config = site_agent::read_site_config(config);
+    if (!site_config) return site_config.error();
+    if (auto key = site_agent::pseudonym_key(*site_config); !key) return key.error();
     auto pid = spawn({"/usr/bin/env", "OMP_WAIT_POLICY=PASSIVE", agent_bin.string(), "run", "--config", config.string()},
                      out / "logs" / (site + ".log"));
     if (!pid) return pid.error();  // the destructor stops what started

@@ -98,12 +98,13 @@ struct Cell {
     if (method == "teacher") return "teacher " + source;
     return mode + " " + method + " " + source + "->" + target + " fold " + std::to_string(fold);
   }
-  // Federated job ids of the cell, in the order they run.
+  // Federated job ids of the cell, in the order they run. On-the-fly jobs are numbered by the
+  // subject's place in the fold: a subject id never leaves its site, not even in a job id.
   std::vector<std::string> jobs() const {
     const std::string base = method + "-" + pair() + "-f" + std::to_string(fold);
     if (method.rfind("otf-", 0) != 0) return {base};
     std::vector<std::string> ids;
-    for (const auto& s : subjects) ids.push_back(base + "-" + s);
+    for (std::size_t i = 0; i < subjects.size(); ++i) ids.push_back(base + "-s" + std::to_string(i));
     return ids;
   }
 };
@@ -314,9 +315,39 @@ std::string yaml_list(const std::vector<std::string>& items) {
   return s + "]";
 }
 
+// Pseudonym <-> subject id of each clinic of the local consortium, loaded once per clinic.
+class Pseudonyms {
+ public:
+  explicit Pseudonyms(fs::path consortium) : consortium_(std::move(consortium)) {}
+  // The subject a pseudonym of `clinic` stands for (the pseudonym itself when unknown).
+  std::string subject(const std::string& clinic, const std::string& pseudonym) {
+    const auto& m = load(clinic);
+    const auto it = m.find(pseudonym);
+    return it == m.end() ? pseudonym : it->second;
+  }
+  Result<std::string> pseudonym(const std::string& clinic, const std::string& subject) {
+    for (const auto& [p, s] : load(clinic)) {
+      if (s == subject) return p;
+    }
+    return make_error(clinic + "/" + subject + ": no pseudonym (has the consortium run that site?)");
+  }
+
+ private:
+  const std::map<std::string, std::string>& load(const std::string& clinic) {
+    auto it = maps_.find(clinic);
+    if (it == maps_.end()) {
+      auto map = site_pseudonyms(consortium_, clinic);
+      it = maps_.emplace(clinic, map ? *map : std::map<std::string, std::string>()).first;
+    }
+    return it->second;
+  }
+  fs::path consortium_;
+  std::map<std::string, std::map<std::string, std::string>> maps_;
+};
+
 // The job files of a federated cell, as (id, YAML) in running order.
-std::vector<std::pair<std::string, std::string>> job_files(const ExperimentOptions& o, const ExperimentBudget& b,
-                                                           const Cell& c) {
+Result<std::vector<std::pair<std::string, std::string>>> job_files(const ExperimentOptions& o, const ExperimentBudget& b,
+                                                                   const Cell& c, Pseudonyms& pseudonyms) {
   std::ostringstream common;
   common << "source: " << c.source << "\nbatch_size: " << b.batch << "\nlocal_steps: " << b.steps
          << "\nsteps_by_share: true\nseed: " << o.seed << "\nround_deadline_s: 1800\ntemperature: " << b.temperature
@@ -342,7 +373,11 @@ std::vector<std::pair<std::string, std::string>> job_files(const ExperimentOptio
       if (c.method == "kd" || c.method == "otf-kd") y << "type: kd\nteacher: " << teacher << "\n";
       if (c.method == "ada" || c.method == "otf-ada") y << "type: ada\nteacher: " << teacher << "\n";
       if (c.method == "kd-from-ada") y << "type: kd\nteacher: job:ada-" << c.pair() << "-f" << fold << "\n";
-      if (otf) y << "subjects: [" << c.subjects[i] << "]\n";
+      if (otf) {
+        auto p = pseudonyms.pseudonym(c.target, c.subjects[i]);
+        if (!p) return p.error();
+        y << "subjects: [" << *p << "]\n";
+      }
     }
     out.emplace_back(ids[i], y.str());
   }
@@ -368,9 +403,17 @@ double summary_seconds(const fs::path& summary) {
   return j.is_object() && j.contains("seconds") && j["seconds"].is_number() ? j["seconds"].get<double>() : 0;
 }
 
-std::string job_rows(const fs::path& jobs, const Cell& c) {
+// A federated cell's rows with subjects under their real ids again (the sites sent pseudonyms).
+std::string job_rows(const fs::path& jobs, const Cell& c, Pseudonyms& pseudonyms) {
   std::string rows;
-  for (const auto& id : c.jobs()) rows += csv_rows(jobs / id / "results.csv");
+  for (const auto& id : c.jobs()) {
+    auto parsed = protocol::parse_results_csv(kCsvHeader + csv_rows(jobs / id / "results.csv"));
+    if (!parsed) continue;
+    for (auto r : *parsed) {
+      r.subject = pseudonyms.subject(r.target, r.subject);
+      rows += protocol::csv_line(r);
+    }
+  }
   return rows;
 }
 
@@ -418,11 +461,14 @@ void run_federated(const ExperimentOptions& o, const ExperimentBudget& b, const 
   co.heartbeat_ms = 500;
   auto consortium = LocalConsortium::start(co);
   if (!consortium) return fail_all(0, "the consortium did not start: " + consortium.error().message);
+  Pseudonyms pseudonyms(root);
   std::vector<std::string> ids;
   std::vector<const Cell*> submitted;
   for (const auto* c : pending) {
     std::string failed;
-    for (const auto& [id, yaml] : job_files(o, b, *c)) {
+    auto files_of_cell = job_files(o, b, *c, pseudonyms);
+    if (!files_of_cell) failed = files_of_cell.error().message;
+    for (const auto& [id, yaml] : files_of_cell ? *files_of_cell : std::vector<std::pair<std::string, std::string>>{}) {
       const auto file = root / "job-files" / (id + ".yaml");
       auto queued = files::write_atomically(file, yaml) ? (*consortium)->submit(file)
                                                         : Result<std::string>(make_error(file.string() + ": cannot write"));
@@ -458,7 +504,7 @@ void run_federated(const ExperimentOptions& o, const ExperimentBudget& b, const 
       }
       const double seconds = std::chrono::duration<double>(Clock::now() - cell_start).count();
       if (failed.empty()) {
-        progress.finish(c, seconds, mean_dice_text(job_rows(jobs_dir(o.out), c)));
+        progress.finish(c, seconds, mean_dice_text(job_rows(jobs_dir(o.out), c, pseudonyms)));
       } else {
         failures[c.name()] = failed;
         log::get("experiment")->error("federated {}", failed);
@@ -569,6 +615,7 @@ Result<ExperimentResult> run_experiment(const ExperimentOptions& options) {
   if (!federated.empty()) run_federated(o, budget, federated, progress, failures);
 
   // Merge results and timings of every finished cell.
+  Pseudonyms pseudonyms(o.out / "federated");
   std::string results = kCsvHeader;
   std::string timings = "mode,source,target,fold,method,seconds,status\n";
   for (const auto& c : grid->cells) {
@@ -579,7 +626,7 @@ Result<ExperimentResult> run_experiment(const ExperimentOptions& options) {
       rows = csv_rows(centralized_dir(o.out, c) / "results.csv");
       seconds = summary_seconds(centralized_dir(o.out, c) / "summary.json");
     } else {
-      rows = job_rows(jobs_dir(o.out), c);
+      rows = job_rows(jobs_dir(o.out), c, pseudonyms);
       seconds = job_seconds(jobs_dir(o.out), c);
     }
     results += rows;

@@ -163,7 +163,7 @@ Result<TensorSet> DiscriminatorOptimizer::step(const TensorSet& mean_grads, doub
 
 Result<TensorSet> DiscriminatorOptimizer::weights() const { return to_wire(*impl_->net); }
 
-Status DiscriminatorOptimizer::save(const fs::path& path, const std::string& storage_key) const {
+Status DiscriminatorOptimizer::save(const fs::path& path, const std::string& storage_key, const std::string& context) const {
   std::ostringstream bytes;
   try {
     torch::serialize::OutputArchive archive, net, optimizer;
@@ -175,11 +175,11 @@ Status DiscriminatorOptimizer::save(const fs::path& path, const std::string& sto
   } catch (const std::exception& e) {
     return make_error(path.string() + ": cannot serialise the discriminator: " + e.what());
   }
-  return crypto::write_sealed(path, bytes.str(), storage_key);
+  return crypto::write_sealed(path, bytes.str(), storage_key, context);
 }
 
-Status DiscriminatorOptimizer::load(const fs::path& path, const std::string& storage_key) {
-  auto bytes = crypto::read_sealed(path, storage_key);
+Status DiscriminatorOptimizer::load(const fs::path& path, const std::string& storage_key, const std::string& context) {
+  auto bytes = crypto::read_sealed(path, storage_key, context);
   if (!bytes) return bytes.error();
   try {
     std::istringstream in(*bytes);

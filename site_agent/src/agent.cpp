@@ -10,8 +10,11 @@
 #include <thread>
 
 #include <fcntl.h>
+
+#include <nlohmann/json.hpp>
 #include <unistd.h>
 
+#include "fedda/common/files.h"
 #include "fedda/common/kit.h"
 #include "fedda/common/log.h"
 #include "fedda/common/version.h"
@@ -40,16 +43,19 @@ struct Agent::Impl {
 
   void worker_loop(SiteWorker& worker) {
     for (;;) {
-      Inbound work;
+      std::optional<Inbound> work;
       {
         std::unique_lock<std::mutex> lock(mutex);
-        wake.wait(lock, [&] { return worker_exit || !inbox.empty(); });
-        if (inbox.empty()) return;
-        work = std::move(inbox.front());
-        inbox.pop_front();
+        // Wakes for work, or once a second to see whether the administrator decided on an offer.
+        wake.wait_for(lock, std::chrono::seconds(1), [&] { return worker_exit || !inbox.empty(); });
+        if (worker_exit && inbox.empty()) return;
+        if (!inbox.empty()) {
+          work = std::move(inbox.front());
+          inbox.pop_front();
+        }
         busy = true;
       }
-      auto answers = worker.handle(work);
+      auto answers = work ? worker.handle(*work) : worker.check_approvals();
       {
         std::lock_guard<std::mutex> lock(mutex);
         for (auto& a : answers) outbox.push_back(std::move(a));
@@ -75,6 +81,16 @@ struct Agent::Impl {
     if (loaded->site_id != config.site_id) {
       return make_error("kit " + config.kit.string() + " was issued to site '" + loaded->site_id + "', not '" +
                         config.site_id + "'");
+    }
+    // A kit vouches only for itself (its manifest is checked against the root.pub it carries):
+    // the root pinned in site.yaml is what tells a forged kit from the consortium's.
+    if (!config.root_fingerprint.empty() && config.root_fingerprint != loaded->root_fingerprint) {
+      return make_error("kit " + config.kit.string() + " is signed by root " + loaded->root_fingerprint +
+                        ", not by the consortium root pinned in root_fingerprint (" + config.root_fingerprint + ")");
+    }
+    if (config.root_fingerprint.empty()) {
+      log->warn("root_fingerprint is not set in the site config: this site trusts whatever root its kit carries ({})",
+                loaded->root_fingerprint);
     }
     log->info("site {}: consortium {}, CurveZMQ with the provisioned keys", config.site_id, loaded->consortium);
     return std::optional<kit::SiteKit>(std::move(*loaded));
@@ -118,8 +134,23 @@ struct Agent::Impl {
       if (o.type == MessageType::round_update) {
         session.offer_update(o.job_id, o.round, std::move(o.frames), std::move(o.tensors));
       } else {
-        session.send(o.type, o.job_id, o.round, o.frames);
+        session.send(o.type, o.job_id, o.round, o.frames, o.tensors, o.detail);
       }
+    }
+  }
+
+  // CACHE/status.json: the connection as `fedda-agent status` shows it.
+  void write_status(const Session& session, const char* override_state = nullptr) {
+    const char* state = override_state ? override_state
+                        : session.state() == Session::State::joined    ? "joined"
+                        : session.state() == Session::State::connected ? "connecting"
+                                                                       : "reconnecting";
+    const auto now = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+    const nlohmann::json status = {{"site", config.site_id}, {"coordinator", config.coordinator}, {"state", state},
+                                   {"connects", session.connects()}, {"pid", static_cast<long>(::getpid())},
+                                   {"updated_ms", now}};
+    if (auto st = files::write_atomically(config.cache_dir / "status.json", status.dump(2) + "\n"); !st) {
+      log->debug("{}", st.error().message);
     }
   }
 
@@ -136,7 +167,13 @@ struct Agent::Impl {
     }
     // Heap-held: a worker abandoned at the drain timeout may still be running when run() returns
     // (the caller then exits the process without unwinding).
-    auto worker = std::make_unique<SiteWorker>(config, site_kit);
+    auto created = SiteWorker::create(config, site_kit);
+    if (!created) {
+      log->error("{}", created.error().message);
+      close_pipe();
+      return 1;
+    }
+    auto worker = std::move(*created);
     std::thread worker_thread([this, w = worker.get()] { worker_loop(*w); });
     const auto stop_worker = [&](bool join) {
       {
@@ -166,7 +203,7 @@ struct Agent::Impl {
     }
     log->info("site {}: connecting to {}", config.site_id, config.coordinator);
 
-    Clock::time_point stop_requested{};
+    Clock::time_point stop_requested{}, next_status{};
     for (;;) {
       if (stopping && stop_requested == Clock::time_point{}) {
         stop_requested = Clock::now();
@@ -186,7 +223,12 @@ struct Agent::Impl {
         if ((idle && uploaded) || timed_out) break;
       }
       exchange(*session, stop_requested != Clock::time_point{});
+      if (Clock::now() >= next_status) {
+        write_status(*session);
+        next_status = Clock::now() + std::chrono::seconds(2);
+      }
     }
+    write_status(*session, "stopped");
     session->say_goodbye("agent stopping");
     session.reset();
     bool abandoned;

@@ -53,14 +53,32 @@ AuditLog::AuditLog(std::filesystem::path file) : file_(std::move(file)) {
   out_.open(file_, std::ios::app);
 }
 
+AuditLog::~AuditLog() { flush_heartbeats(); }
+
+void AuditLog::flush_heartbeats() {
+  if (!out_ || heartbeats_ == 0) return;
+  const nlohmann::json line = {{"time_ms", heartbeats_to_ms_}, {"type", "heartbeats"}, {"count", heartbeats_},
+                               {"from_ms", heartbeats_from_ms_}, {"to_ms", heartbeats_to_ms_}};
+  out_ << line.dump() << "\n";
+  out_.flush();
+  heartbeats_ = 0;
+}
+
 void AuditLog::record(protocol::MessageType type, const std::string& job_id, int round, const std::string& body,
-                      const std::string& tensors) {
+                      const std::string& tensors, const std::string& detail) {
   if (!out_) return;
   const auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
                        std::chrono::system_clock::now().time_since_epoch()).count();
-  const nlohmann::json line = {{"time_ms", now},        {"type", protocol::type_name(type)}, {"job", job_id},
-                               {"round", round},         {"bytes", body.size()},            {"sha256", crypto::sha256_hex(body)},
-                               {"tensors", tensors}};
+  if (type == protocol::MessageType::heartbeat) {
+    if (heartbeats_ == 0) heartbeats_from_ms_ = now;
+    heartbeats_to_ms_ = now;
+    if (++heartbeats_ >= 1 && now - heartbeats_from_ms_ >= 3600 * 1000) flush_heartbeats();
+    return;
+  }
+  nlohmann::json line = {{"time_ms", now},        {"type", protocol::type_name(type)}, {"job", job_id},
+                         {"round", round},         {"bytes", body.size()},            {"sha256", crypto::sha256_hex(body)},
+                         {"tensors", tensors}};
+  if (!detail.empty()) line["detail"] = detail;
   out_ << line.dump() << "\n";
   out_.flush();
 }

@@ -89,12 +89,12 @@ void Session::hello() {
 }
 
 void Session::send(MessageType type, const std::string& job_id, int round, const protocol::Frames& frames,
-                   const std::string& tensors) {
+                   const std::string& tensors, const std::string& detail) {
   if (!socket_) {
     log_->debug("not connected: {} for job '{}' dropped", protocol::type_name(type), job_id);
     return;
   }
-  if (audit_) audit_->record(type, job_id, round, frames.body, tensors);
+  if (audit_) audit_->record(type, job_id, round, frames.body, tensors, detail);
   protocol::Header h = header(type, job_id, round);
   h.sequence = ++sequence_;
   h.body_bytes = frames.body.size();

@@ -82,8 +82,9 @@ class Session {
   std::vector<Inbound> poll(std::chrono::milliseconds wait, int wake_fd = -1);
 
   // Sends a message now (dropped with a log line if the socket cannot take it without blocking).
+  // `tensors` and `detail` are for the audit log (the tensors carried; a failure's full text).
   void send(protocol::MessageType type, const std::string& job_id, int round, const protocol::Frames& frames,
-            const std::string& tensors = {});
+            const std::string& tensors = {}, const std::string& detail = {});
   // A round's update: announced (update_ready) now, sent when the coordinator grants credit.
   void offer_update(const std::string& job_id, int round, protocol::Frames frames, std::string tensors);
   bool holds_updates() const { return !pending_.empty(); }

@@ -3,6 +3,9 @@
 #include <unistd.h>
 
 #include "fedda/common/config.h"
+#include "fedda/common/crypto.h"
+#include "fedda/common/files.h"
+#include "fedda/common/protocol.h"
 #include "fedda/common/kit.h"
 #include "fedda/imaging/nifti_io.h"
 #include "fedda/models/engine.h"
@@ -28,7 +31,26 @@ Result<SiteConfig> read_site_config(const fs::path& path) {
   m->get("drain_timeout_s", c.drain_timeout_s);
   std::string kit;
   m->get("kit", kit);
+  m->get("root_fingerprint", c.root_fingerprint);
+  auto policy = m->mapping("policy");
+  auto& p = c.policy;
+  policy.get("job_types", p.job_types);
+  policy.get("trusted_sources", p.trusted_sources);
+  policy.get("min_batch_size", p.min_batch_size);
+  policy.get("min_local_steps", p.min_local_steps);
+  policy.get("evaluation_interval_s", p.evaluation_interval_s);
+  policy.get("approval", p.approval);
   if (auto st = m->finish(); !st) return st.error();
+  for (const auto& t : p.job_types) {
+    if (!protocol::parse_job_type(t)) return fail("policy: job_types: '" + t + "' is not one of teacher, kd, ada, evaluate");
+  }
+  if (p.min_batch_size < 1) return fail("policy: min_batch_size must be at least 1");
+  if (p.min_local_steps < 1) return fail("policy: min_local_steps must be at least 1");
+  if (!(p.evaluation_interval_s >= 0)) return fail("policy: evaluation_interval_s must not be negative");
+  if (p.approval != "auto" && p.approval != "manual") return fail("policy: approval must be auto or manual");
+  if (!c.root_fingerprint.empty() && (c.root_fingerprint.rfind("sha256:", 0) != 0 || c.root_fingerprint.size() != 71)) {
+    return fail("root_fingerprint must be sha256: and 64 hex digits, as fedda-admin verify-kit prints it");
+  }
   const auto base = path.parent_path();
   if (c.site_id.empty()) return fail("site_id is required");
   if (c.coordinator.empty()) return fail("coordinator is required (e.g. tcp://coordinator.example.org:5570)");
@@ -69,6 +91,12 @@ CheckReport check_site(const SiteConfig& c) {
       report.problems.push_back("kit: " + kit.error().message);
     } else if (kit->site_id != c.site_id) {
       report.problems.push_back("kit: issued to site '" + kit->site_id + "', not '" + c.site_id + "'");
+    } else if (c.root_fingerprint.empty()) {
+      report.problems.push_back("root_fingerprint: not set; pin the consortium root's fingerprint (sent to you apart "
+                                "from the kit; the kit's is " + kit->root_fingerprint + ")");
+    } else if (c.root_fingerprint != kit->root_fingerprint) {
+      report.problems.push_back("kit: its root " + kit->root_fingerprint + " is not the consortium root pinned in "
+                                "root_fingerprint (" + c.root_fingerprint + "): a forged or wrong kit");
     }
   }
   if (auto st = models::check_device(c.device); !st) report.problems.push_back("device: " + st.error().message);
@@ -91,6 +119,29 @@ CheckReport check_site(const SiteConfig& c) {
     ++report.usable;
   }
   return report;
+}
+
+Result<std::string> pseudonym_key(const SiteConfig& c) {
+  if (!c.kit.empty()) {
+    auto kit = kit::load_site_kit(c.kit);
+    if (!kit) return kit.error();
+    return kit->storage_key;
+  }
+  const auto path = c.cache_dir / "pseudonym.key";
+  if (!fs::exists(path)) {
+    auto key = crypto::random_bytes(crypto::kStorageKeyBytes);
+    if (!key) return key.error();
+    if (auto st = files::write_secret(path, *key); !st) return st.error();
+  }
+  auto key = files::read_all(path);
+  if (!key) return key.error();
+  if (key->size() != crypto::kStorageKeyBytes) return make_error(path.string() + ": not a 32-byte key");
+  return key;
+}
+
+std::string pseudonym(const std::string& key, const std::string& subject) {
+  auto mac = crypto::hmac_sha256_hex(key, "fedda-subject\n" + subject);
+  return "s-" + (mac ? mac->substr(0, 16) : std::string("unavailable"));
 }
 
 }  // namespace fedda::site_agent

@@ -1,20 +1,45 @@
 #include "site_worker.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <regex>
+
+#include <nlohmann/json.hpp>
 
 #include "fedda/common/crypto.h"
+#include "fedda/common/files.h"
 #include "fedda/common/log.h"
 #include "fedda/models/federated.h"
 #include "fedda/models/model_spec.h"
+#include "fedda/site_agent/approvals.h"
 #include "fedda/site_agent/egress.h"
 
 namespace fedda::site_agent {
+namespace fs = std::filesystem;
+using protocol::FailureCode;
 using protocol::JobType;
 using protocol::MessageType;
+
+std::string redact(const std::string& text, const std::vector<std::string>& subjects, const std::string& data_dir) {
+  std::string out = text;
+  if (!data_dir.empty()) {
+    for (std::size_t at; (at = out.find(data_dir)) != std::string::npos;) out.replace(at, data_dir.size(), "<data>");
+  }
+  // Absolute paths, and clinic/subject forms.
+  out = std::regex_replace(out, std::regex(R"((/[^\s:'",;()]+)+)"), "<path>");
+  for (const auto& s : subjects) {
+    if (s.empty()) continue;
+    out = std::regex_replace(out, std::regex("([A-Za-z0-9_.-]+/)" + std::regex_replace(s, std::regex(R"([.^$|()\[\]{}*+?\\])"), R"(\$&)") +
+                                             R"((?![A-Za-z0-9_.-]))"), "<subject>");
+  }
+  return out;
+}
 
 struct SiteWorker::Impl {
   SiteConfig config;
   std::optional<kit::SiteKit> site_kit;
+  std::string pseudonym_key;
   std::shared_ptr<spdlog::logger> log = log::get("agent");
   std::unique_ptr<models::SiteTrainer> trainer;
   std::optional<EgressGuard> guard;
@@ -22,6 +47,8 @@ struct SiteWorker::Impl {
   protocol::JobReady trainer_ready;
   int job_steps = 32;
   bool job_half = false;  // the job's models cross the network as float16
+  std::map<std::string, Inbound> held;  // offers waiting for the administrator, by job
+  std::vector<std::string> subject_ids;  // this site's, for redaction
   std::vector<Outgoing> out;
 
   protocol::Header header(MessageType type, const std::string& job_id, int round) const {
@@ -34,14 +61,24 @@ struct SiteWorker::Impl {
   }
 
   template <typename Body>
-  void post(MessageType type, const std::string& job_id, int round, const Body& body, std::string tensors = {}) {
-    out.push_back({type, job_id, round, protocol::encode(header(type, job_id, round), body), std::move(tensors)});
+  void post(MessageType type, const std::string& job_id, int round, const Body& body, std::string tensors = {},
+            std::string detail = {}) {
+    out.push_back({type, job_id, round, protocol::encode(header(type, job_id, round), body), std::move(tensors),
+                   std::move(detail)});
   }
 
-  void fail(const std::string& job_id, const std::string& reason) {
+  // The full reason stays here (log, audit log); what leaves is the code, the rule and the
+  // reason with local paths and subject ids taken out.
+  void fail(const std::string& job_id, FailureCode code, const std::string& reason, const std::string& rule = {}) {
     log->error("job {}: {}", job_id, reason);
-    post(MessageType::job_failed, job_id, 0, protocol::JobFailed{reason});
+    protocol::JobFailed failed;
+    failed.code = code;
+    failed.rule = rule;
+    failed.reason = redact(reason, subject_ids, config.data.string());
+    post(MessageType::job_failed, job_id, 0, failed, {}, reason);
   }
+
+  std::string pseudonym_of(const std::string& subject) const { return site_agent::pseudonym(pseudonym_key, subject); }
 
   // A model message must carry the coordinator's signature over (job, round, body digest).
   Status check_signature(const protocol::Header& h, const std::string& body, const std::string& signature) const {
@@ -55,11 +92,94 @@ struct SiteWorker::Impl {
     return Status::success();
   }
 
-  void prepare(const protocol::Header& h, const std::string& body) {
+  // The first rule of the site's policy the job breaks, as (rule, why); empty when none.
+  std::pair<std::string, std::string> policy_breach(const protocol::JobSpec& job) const {
+    const auto& p = config.policy;
+    const std::string type = protocol::job_type_name(job.type);
+    if (!std::count(p.job_types.begin(), p.job_types.end(), type)) {
+      return {"job_types", "this site does not run " + type + " jobs"};
+    }
+    if (!p.trusted_sources.empty() && !job.source.empty() &&
+        !std::count(p.trusted_sources.begin(), p.trusted_sources.end(), job.source)) {
+      return {"trusted_sources", "source '" + job.source + "' is not among this site's trusted sources"};
+    }
+    if (job.type != JobType::evaluate && job.batch_size < p.min_batch_size) {
+      return {"min_batch_size", "batch size " + std::to_string(job.batch_size) + " is below this site's minimum of " +
+                                    std::to_string(p.min_batch_size)};
+    }
+    if (job.type != JobType::evaluate && !job.steps_by_share && job.local_steps < p.min_local_steps) {
+      return {"min_local_steps", std::to_string(job.local_steps) + " local steps are below this site's minimum of " +
+                                     std::to_string(p.min_local_steps)};
+    }
+    if (!(job.temperature > 0 && job.temperature <= 100)) return {"temperature", "temperature out of (0, 100]"};
+    return {};
+  }
+
+  // What the job will send from this site, for the administrator deciding on it.
+  std::string description(const protocol::JobSpec& job) const {
+    nlohmann::json d = {{"job", job.id},
+                        {"type", protocol::job_type_name(job.type)},
+                        {"source", job.source},
+                        {"sites", job.sites},
+                        {"rounds", job.rounds},
+                        {"local_steps", job.local_steps},
+                        {"batch_size", job.batch_size},
+                        {"learning_rate", job.learning_rate},
+                        {"transfer_precision", job.transfer_precision}};
+    const auto& id = config.site_id;
+    const bool trains = job.type != JobType::evaluate && std::count(job.sites.begin(), job.sites.end(), id);
+    const bool evaluates = job.evaluate && std::count(job.evaluation_sites.begin(), job.evaluation_sites.end(), id);
+    nlohmann::json per_round = nlohmann::json::array();
+    std::size_t bytes = 0;
+    if (trains) {
+      if (auto layouts = EgressGuard::for_job(job)) {
+        const auto add = [&](const TensorSet& set, const std::string& what, bool half) {
+          for (const auto& t : set.tensors) {
+            std::size_t n = std::max<std::int64_t>(0, t.elements()) * dtype_size(t.dtype);
+            if (half && t.dtype == DType::f32) n /= 2;
+            bytes += n;
+            per_round.push_back({{"what", what}, {"tensor", t.name}, {"shape", t.shape}, {"bytes", n}});
+          }
+        };
+        add(layouts->model_layout(), "model weights", job.transfer_precision == "float16");
+        add(layouts->discriminator_layout(), "discriminator gradients", false);
+      }
+    }
+    d["sends_per_round"] = per_round;
+    d["bytes_per_round"] = bytes;
+    d["also_per_round"] = trains ? nlohmann::json{"sample count", "step count", "mean loss", "seconds"} : nlohmann::json::array();
+    d["evaluation"] = evaluates ? nlohmann::json{{"per_subject", {"dsc", "h95", "avd", "recall", "f1"}},
+                                                 {"subjects_named_by", "pseudonym"}}
+                                : nlohmann::json();
+    return d.dump();
+  }
+
+  void prepare(const protocol::Header& h, const std::string& body, const std::string& signature, bool approved) {
     auto offer = protocol::decode_body<protocol::JobOffer>(body);
-    if (!offer) return fail(h.job_id, "malformed job offer: " + offer.error().message);
+    if (!offer) return fail(h.job_id, FailureCode::malformed, "malformed job offer: " + offer.error().message);
     const auto& job = offer->job;
-    if (job.id != h.job_id) return fail(h.job_id, "job offer names two different jobs");
+    if (job.id != h.job_id) return fail(h.job_id, FailureCode::malformed, "job offer names two different jobs");
+    if (const auto [rule, why] = policy_breach(job); !rule.empty()) {
+      return fail(job.id, FailureCode::policy, "refused by this site's policy: " + why, rule);
+    }
+    if (config.policy.approval == "manual" && !approved) {
+      const auto digest = crypto::sha256_hex(protocol::to_json(job));
+      const auto decided = decision(config.cache_dir, job.id, digest);
+      if (decided && !*decided) {
+        clear_pending(config.cache_dir, job.id);
+        return fail(job.id, FailureCode::refused, "refused by this site's administrator");
+      }
+      if (!decided) {
+        if (auto st = write_pending(config.cache_dir, {job.id, digest, description(job)}); !st) {
+          return fail(job.id, FailureCode::internal, st.error().message);
+        }
+        held[job.id] = Inbound{h, body, signature, Clock::now()};
+        log->warn("job {}: waits for this site's administrator (fedda-agent pending; fedda-agent approve {})", job.id, job.id);
+        return post(MessageType::job_pending, job.id, 0, protocol::JobPending{"approval by the site's administrator"});
+      }
+      clear_pending(config.cache_dir, job.id);
+      log->info("job {}: approved by this site's administrator", job.id);
+    }
     if (trainer && trainer_job == job.id) {  // e.g. the coordinator restarted: nothing to redo
       log->info("job {}: already prepared", job.id);
       return post(MessageType::job_ready, job.id, 0, trainer_ready);
@@ -69,9 +189,11 @@ struct SiteWorker::Impl {
     job_steps = job.local_steps;
     job_half = job.transfer_precision == "float16";
     auto spec = models::model_spec_from_json(job.model_spec_json);
-    if (!spec) return fail(job.id, "model spec: " + spec.error().message);
+    if (!spec) return fail(job.id, FailureCode::malformed, "model spec: " + spec.error().message);
     auto subjects = site_subjects(config);
-    if (!subjects) return fail(job.id, subjects.error().message);
+    if (!subjects) return fail(job.id, FailureCode::no_data, subjects.error().message);
+    subject_ids.clear();
+    for (const auto& s : *subjects) subject_ids.push_back(s.subject);
 
     const auto& id = config.site_id;
     const bool source = id == job.source;
@@ -85,10 +207,10 @@ struct SiteWorker::Impl {
       if (evaluates) o.evaluation = *subjects;
     } else {
       auto split = imaging::split_fold(*subjects, job.fold);
-      if (!job.subjects.empty()) {  // on the fly: only the named subjects, adapted and scored
+      if (!job.subjects.empty()) {  // on the fly: only the named subjects (by pseudonym), adapted and scored
         std::vector<imaging::SubjectFiles> chosen;
         for (const auto& s : *subjects) {
-          if (std::count(job.subjects.begin(), job.subjects.end(), s.subject)) chosen.push_back(s);
+          if (std::count(job.subjects.begin(), job.subjects.end(), pseudonym_of(s.subject))) chosen.push_back(s);
         }
         split.adapt = chosen;
         split.test = chosen;
@@ -111,9 +233,9 @@ struct SiteWorker::Impl {
     log->info("job {} ({}): preparing {} training and {} evaluation subjects", job.id, protocol::job_type_name(job.type),
               o.train.size(), o.evaluation.size());
     auto egress = EgressGuard::for_job(job);
-    if (!egress) return fail(job.id, "egress guard: " + egress.error().message);
+    if (!egress) return fail(job.id, FailureCode::malformed, "egress guard: " + egress.error().message);
     auto opened = models::SiteTrainer::open(o, offer->teacher);
-    if (!opened) return fail(job.id, opened.error().message);
+    if (!opened) return fail(job.id, FailureCode::no_data, opened.error().message);
     guard = std::move(*egress);
     trainer = std::move(*opened);
     trainer_job = job.id;
@@ -123,23 +245,49 @@ struct SiteWorker::Impl {
     trainer_ready.evaluation_subjects = trainer->evaluation_subjects();
     for (const auto& s : trainer->skipped()) {
       log->warn("job {}: subject {} skipped: {}", job.id, s.subject, s.reason);
-      trainer_ready.skipped.push_back({s.subject, "failed validation at the site (see the site's log)"});
+      const auto slash = s.subject.rfind('/');
+      trainer_ready.skipped.push_back({pseudonym_of(slash == std::string::npos ? s.subject : s.subject.substr(slash + 1)),
+                                       "failed validation at the site (see the site's log)"});
     }
     log->info("job {}: ready ({} samples)", job.id, trainer_ready.samples);
     post(MessageType::job_ready, job.id, 0, trainer_ready);
   }
 
+  // At least evaluation_interval_s between two evaluation answers, across restarts.
+  bool evaluation_allowed(std::string& why) {
+    const double interval = config.policy.evaluation_interval_s;
+    if (interval <= 0) return true;
+    const auto file = config.cache_dir / "last-evaluation";
+    const auto now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+    if (auto text = files::read_all(file)) {
+      const double last = std::atof(text->c_str());
+      if (now - last < interval) {
+        why = "an evaluation was answered " + std::to_string(static_cast<long>(now - last)) +
+              " s ago; this site answers one every " + std::to_string(static_cast<long>(interval)) + " s at most";
+        return false;
+      }
+    }
+    if (auto st = files::write_atomically(file, std::to_string(now) + "\n"); !st) log->warn("{}", st.error().message);
+    return true;
+  }
+
   void run_task(const protocol::Header& h, const std::string& body, Clock::time_point arrived) {
-    if (!trainer || trainer_job != h.job_id) return fail(h.job_id, "round task for a job this site has not prepared");
+    if (!trainer || trainer_job != h.job_id) {
+      return fail(h.job_id, FailureCode::not_prepared, "round task for a job this site has not prepared");
+    }
     auto task = protocol::decode_body<protocol::RoundTask>(body);
-    if (!task) return fail(h.job_id, "malformed round task: " + task.error().message);
+    if (!task) return fail(h.job_id, FailureCode::malformed, "malformed round task: " + task.error().message);
     if (job_half) task->model = to_full(task->model);  // a float16 transfer arrives at half precision
     protocol::RoundUpdate update;
     if (task->evaluate) {
+      if (std::string why; !evaluation_allowed(why)) {
+        return fail(h.job_id, FailureCode::policy, "refused by this site's policy: " + why, "evaluation_interval_s");
+      }
       auto scores = trainer->evaluate(task->model);
-      if (!scores) return fail(h.job_id, "evaluation: " + scores.error().message);
+      if (!scores) return fail(h.job_id, FailureCode::training, "evaluation: " + scores.error().message);
       for (const auto& s : *scores) {
-        update.metrics.push_back({s.subject, s.metrics.dsc, s.metrics.h95, s.metrics.avd, s.metrics.recall, s.metrics.f1});
+        update.metrics.push_back({pseudonym_of(s.subject), s.metrics.dsc, s.metrics.h95, s.metrics.avd, s.metrics.recall,
+                                  s.metrics.f1});
       }
       log->info("job {}: evaluated {} subjects", h.job_id, update.metrics.size());
     } else {
@@ -147,9 +295,15 @@ struct SiteWorker::Impl {
       for (std::size_t i = 0; i < task->step_sites.size() && i < task->steps.size(); ++i) {
         if (task->step_sites[i] == config.site_id) steps = task->steps[i];
       }
+      if (steps < config.policy.min_local_steps) {
+        return fail(h.job_id, FailureCode::policy,
+                    "refused by this site's policy: a round of " + std::to_string(steps) +
+                        " steps is below this site's minimum of " + std::to_string(config.policy.min_local_steps),
+                    "min_local_steps");
+      }
       auto local = trainer->train(h.round, task->model, task->discriminator, steps, task->learning_rate,
                                   task->adversarial_weight);
-      if (!local) return fail(h.job_id, "round " + std::to_string(h.round) + ": " + local.error().message);
+      if (!local) return fail(h.job_id, FailureCode::training, "round " + std::to_string(h.round) + ": " + local.error().message);
       update.model = std::move(local->model);
       update.discriminator_grads = std::move(local->discriminator_grads);
       update.samples = local->samples;
@@ -160,7 +314,8 @@ struct SiteWorker::Impl {
                 local->loss, local->seconds);
     }
     if (auto st = guard->check(update, task->evaluate); !st) {
-      return fail(h.job_id, "egress guard refused the update of round " + std::to_string(h.round) + ": " + st.error().message);
+      return fail(h.job_id, FailureCode::egress,
+                  "egress guard refused the update of round " + std::to_string(h.round) + ": " + st.error().message);
     }
     if (job_half) update.model = to_half(update.model);
     // Everything since the task arrived but the training itself (the update's own encoding
@@ -172,37 +327,74 @@ struct SiteWorker::Impl {
   }
 
   void release(const std::string& job_id) {
+    held.erase(job_id);
+    clear_pending(config.cache_dir, job_id);
     if (trainer_job != job_id) return;
     trainer.reset();
     guard.reset();
     trainer_job.clear();
     log->info("job {}: ended; released its data", job_id);
   }
+
+  void dispatch(const Inbound& work, bool approved) {
+    const auto& h = work.header;
+    try {
+      const bool model_message = h.type == MessageType::job_offer || h.type == MessageType::round_task;
+      if (auto st = model_message ? check_signature(h, work.body, work.signature) : Status::success(); !st) {
+        fail(h.job_id, FailureCode::signature, std::string(protocol::type_name(h.type)) + ": " + st.error().message);
+      } else if (h.type == MessageType::job_offer) {
+        prepare(h, work.body, work.signature, approved);
+      } else if (h.type == MessageType::round_task) {
+        run_task(h, work.body, work.arrived);
+      } else if (h.type == MessageType::goodbye) {
+        release(h.job_id);
+      }
+    } catch (const std::exception& e) {  // keep the service up whatever one task does
+      fail(h.job_id, FailureCode::internal, std::string("unexpected error: ") + e.what());
+    }
+  }
 };
 
-SiteWorker::SiteWorker(SiteConfig config, std::optional<kit::SiteKit> kit) : impl_(std::make_unique<Impl>()) {
-  impl_->config = std::move(config);
-  impl_->site_kit = std::move(kit);
-}
+SiteWorker::SiteWorker(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 SiteWorker::~SiteWorker() = default;
 
+Result<std::unique_ptr<SiteWorker>> SiteWorker::create(SiteConfig config, std::optional<kit::SiteKit> kit) {
+  auto impl = std::make_unique<Impl>();
+  auto key = pseudonym_key(config);
+  if (!key) return make_error("subject pseudonyms: " + key.error().message);
+  impl->pseudonym_key = std::move(*key);
+  impl->config = std::move(config);
+  impl->site_kit = std::move(kit);
+  return std::unique_ptr<SiteWorker>(new SiteWorker(std::move(impl)));
+}
+
 std::vector<Outgoing> SiteWorker::handle(const Inbound& work) {
+  impl_->out.clear();
+  impl_->dispatch(work, false);
+  return std::move(impl_->out);
+}
+
+std::vector<Outgoing> SiteWorker::check_approvals() {
   auto& m = *impl_;
   m.out.clear();
-  const auto& h = work.header;
-  try {
-    const bool model_message = h.type == MessageType::job_offer || h.type == MessageType::round_task;
-    if (auto st = model_message ? m.check_signature(h, work.body, work.signature) : Status::success(); !st) {
-      m.fail(h.job_id, std::string(protocol::type_name(h.type)) + ": " + st.error().message);
-    } else if (h.type == MessageType::job_offer) {
-      m.prepare(h, work.body);
-    } else if (h.type == MessageType::round_task) {
-      m.run_task(h, work.body, work.arrived);
-    } else if (h.type == MessageType::goodbye) {
-      m.release(h.job_id);
+  for (auto it = m.held.begin(); it != m.held.end();) {
+    auto offer = protocol::decode_body<protocol::JobOffer>(it->second.body);
+    const auto decided = offer ? decision(m.config.cache_dir, it->first, crypto::sha256_hex(protocol::to_json(offer->job)))
+                               : std::optional<bool>(false);
+    if (!decided) {
+      ++it;
+      continue;
     }
-  } catch (const std::exception& e) {  // keep the service up whatever one task does
-    m.fail(h.job_id, std::string("unexpected error: ") + e.what());
+    const Inbound work = std::move(it->second);
+    it = m.held.erase(it);
+    if (*decided) {
+      clear_pending(m.config.cache_dir, work.header.job_id);
+      log::get("agent")->info("job {}: approved by this site's administrator", work.header.job_id);
+      m.dispatch(work, true);
+    } else {
+      clear_pending(m.config.cache_dir, work.header.job_id);
+      m.fail(work.header.job_id, FailureCode::refused, "refused by this site's administrator");
+    }
   }
   return std::move(m.out);
 }

@@ -1,10 +1,17 @@
 #pragma once
 // What a site does with the coordinator's work, on the agent's worker thread: checks a model
-// message's signature against the coordinator's key in the kit, prepares a job from its offer
-// (the site's subjects split by the job's fold or named subjects; soft labels computed, or read
-// back from the sealed cache), trains or evaluates a round from its task, checks each update
-// with the egress guard before it may leave, and releases a job's data when it ends. Its answers
-// are encoded messages the session sends. One SiteWorker per agent, used by one thread.
+// message's signature against the coordinator's key in the kit, checks an offer against the
+// site's policy (job types, trusted sources, smallest batch and step count, evaluation
+// frequency), holds it for the site administrator's approval when the policy says so, prepares
+// the job (the site's subjects split by the job's fold or named by their pseudonyms; soft labels
+// computed, or read back from the sealed cache), trains or evaluates a round from its task,
+// checks each update with the egress guard before it may leave, and releases a job's data when
+// it ends.
+//
+// Subject ids never leave: what is sent names subjects by keyed pseudonyms (site_config.h), and
+// a failure's text is sent with local paths and subject ids redacted (the full text goes to the
+// audit log only). Its answers are encoded messages the session sends. One SiteWorker per agent,
+// used by one thread.
 
 #include <memory>
 #include <optional>
@@ -24,19 +31,28 @@ struct Outgoing {
   int round = 0;
   protocol::Frames frames;
   std::string tensors;  // for the audit log
+  std::string detail;   // for the audit log only: a failure's full text
 };
 
 class SiteWorker {
  public:
-  SiteWorker(SiteConfig config, std::optional<kit::SiteKit> kit);
+  // Error when the pseudonym key cannot be had (kit unreadable, cache not writable).
+  static Result<std::unique_ptr<SiteWorker>> create(SiteConfig config, std::optional<kit::SiteKit> kit);
   ~SiteWorker();
-  // The messages to send in answer to one offer, task or job goodbye (job_ready, round_update,
-  // job_failed); a failure of one job never takes the agent down.
+  // The messages to send in answer to one offer, task or job goodbye (job_ready, job_pending,
+  // round_update, job_failed); a failure of one job never takes the agent down.
   std::vector<Outgoing> handle(const Inbound& work);
+  // Offers held for approval that the administrator approved or refused since the last call
+  // (fedda-agent approve / refuse): their answers.
+  std::vector<Outgoing> check_approvals();
 
  private:
   struct Impl;
+  explicit SiteWorker(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+// Text with local paths and subject ids taken out: what may leave the site of a local error.
+std::string redact(const std::string& text, const std::vector<std::string>& subjects, const std::string& data_dir);
 
 }  // namespace fedda::site_agent

@@ -191,5 +191,40 @@ TEST(Kit, TheAdminEndpointIsTheNextPortUnlessGiven) {
   EXPECT_FALSE(kit::default_admin_endpoint("tcp://host:65535"));
 }
 
+TEST(Kit, ASecretThatIsALinkIsRefused) {
+  testing::ScratchDir dir;
+  ASSERT_TRUE(kit::provision({"wmh", "tcp://coordinator:5570", {"utrecht"}, dir.path(), {}, {}}));
+  const auto secret = dir / "sites/utrecht/storage.key";
+  fs::rename(secret, dir / "elsewhere.key");
+  fs::create_symlink(dir / "elsewhere.key", secret);
+  auto site = kit::load_site_kit(dir / "sites/utrecht");
+  ASSERT_FALSE(site);
+  EXPECT_NE(site.error().message.find("a symbolic link"), std::string::npos) << site.error().message;
+}
+
+TEST(Kit, ARootFingerprintIsTheRootsAndTellsAForgedKit) {
+  testing::ScratchDir dir, forged;
+  ASSERT_TRUE(kit::provision({"wmh", "tcp://coordinator:5570", {"utrecht"}, dir.path(), {}, {}}));
+  ASSERT_TRUE(kit::provision({"wmh", "tcp://coordinator:5570", {"utrecht"}, forged.path(), {}, {}}));
+  const auto real = kit::root_fingerprint(dir / "root/root.pub").value();
+  EXPECT_EQ(real.rfind("sha256:", 0), 0u);
+  EXPECT_EQ(real.size(), 71u);
+  EXPECT_EQ(kit::load_site_kit(dir / "sites/utrecht").value().root_fingerprint, real);
+  // A whole forged kit verifies against the root it carries; only its fingerprint tells.
+  auto other = kit::load_site_kit(forged / "sites/utrecht");
+  ASSERT_TRUE(other);
+  EXPECT_NE(other->root_fingerprint, real);
+}
+
+TEST(Crypto, ASealedFileIsBoundToItsContext) {
+  testing::ScratchDir dir;
+  const std::string key(32, '\x05');
+  ASSERT_TRUE(crypto::write_sealed(dir / "round-0002.weights", "weights", key, "job a round 2"));
+  EXPECT_TRUE(crypto::read_sealed(dir / "round-0002.weights", key, "job a round 2"));
+  EXPECT_FALSE(crypto::read_sealed(dir / "round-0002.weights", key, "job b round 2"));  // swapped between jobs
+  EXPECT_FALSE(crypto::read_sealed(dir / "round-0002.weights", key, "job a round 3"));  // rolled to another round
+  EXPECT_FALSE(crypto::read_sealed(dir / "round-0002.weights", key));
+}
+
 }  // namespace
 }  // namespace fedda

@@ -125,7 +125,7 @@ TEST(Protocol, UnknownTypeAndVersionAreRefused) {
 // A forged length (here: a string claiming 2^40 bytes) must fail on the bytes that are not
 // there, not allocate what it claims.
 TEST(Protocol, ForgedLengthsDoNotAllocate) {
-  const auto frames = encode(header_of(MessageType::job_failed), JobFailed{"abc"});
+  const auto frames = encode(header_of(MessageType::job_failed), JobFailed{"abc", {}, {}});
   std::string forged = frames.body;
   // The body is: cereal's class version (4 bytes), then the string's 8-byte length.
   const std::uint64_t huge = std::uint64_t{1} << 40;

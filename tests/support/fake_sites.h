@@ -8,6 +8,8 @@
 #include <sys/resource.h>
 
 #include <atomic>
+#include <cmath>
+#include <functional>
 #include <chrono>
 #include <map>
 #include <memory>
@@ -22,18 +24,31 @@
 
 namespace fedda::testing {
 
+// How a fake site behaves. Honest sites return the weights they got; the others are the hostile
+// or unlucky ones the coordinator must withstand.
+enum class Behaviour {
+  honest,
+  nan_weights,          // an update holding NaN
+  forged_count,         // an update claiming 100x the samples it declared
+  huge_norm,            // weights moved 1000 times further than an honest site would
+  extra_rows,           // evaluation answers with far more rows than declared, ids holding commas and line breaks
+  reconnect_after_ready // in round 1 it announces its update, then restarts (new connection, new hello)
+};
+
 class FakeSites {
  public:
   // Connects `count` sites named prefix0, prefix1, ... to `endpoint` and serves them on a thread
-  // until destroyed.
+  // until destroyed. `behaviour(i)` chooses site i's (default: all honest).
   FakeSites(const std::string& endpoint, int count, std::string prefix = "site",
-            std::chrono::milliseconds heartbeat = std::chrono::milliseconds(1000))
-      : heartbeat_(heartbeat) {
+            std::chrono::milliseconds heartbeat = std::chrono::milliseconds(1000),
+            std::function<Behaviour(int)> behaviour = {})
+      : endpoint_(endpoint), heartbeat_(heartbeat) {
     raise_open_file_limit();
     context_.set(zmq::ctxopt::max_sockets, count + 64);
     for (int i = 0; i < count; ++i) {
       auto site = std::make_unique<Site>();
       site->id = prefix + std::to_string(i);
+      site->behaviour = behaviour ? behaviour(i) : Behaviour::honest;
       site->socket = zmq::socket_t(context_, zmq::socket_type::dealer);
       site->socket.set(zmq::sockopt::linger, 0);
       site->socket.connect(endpoint);
@@ -62,9 +77,12 @@ class FakeSites {
  private:
   struct Site {
     std::string id;
+    Behaviour behaviour = Behaviour::honest;
     zmq::socket_t socket;
     std::uint64_t sequence = 0;
     std::chrono::steady_clock::time_point next_heartbeat{};
+    bool restarted = false;
+    protocol::Frames own_update;  // a hostile site's own (not shared) update
   };
   // Every site returns the weights it got, so one encoded update per round serves them all
   // (a model-sized buffer per site would be the fakes' memory, not the coordinator's).
@@ -100,21 +118,62 @@ class FakeSites {
         protocol::JobReady ready;
         ready.samples = 100;
         ready.subjects = 1;
+        ready.evaluation_subjects = 2;
         send(s, MessageType::job_ready, h->job_id, 0, protocol::encode(protocol::Header{}, ready));
       } else if (h->type == MessageType::round_task) {
-        if (update_.job != h->job_id || update_.round != h->round) {
-          auto task = protocol::decode_body<protocol::RoundTask>(parts[1].to_string());
-          if (!task) continue;
+        auto task = protocol::decode_body<protocol::RoundTask>(parts[1].to_string());
+        if (!task) continue;
+        if (task->evaluate) {
+          protocol::RoundUpdate u;
+          const int rows = s.behaviour == Behaviour::extra_rows ? 50 : 2;
+          for (int r = 0; r < rows; ++r) {
+            const std::string subject = s.behaviour == Behaviour::extra_rows
+                                            ? "p" + std::to_string(r) + ",\"forged\"\nutrecht,x,0,kd,federated,evil,1,0,0,1,1"
+                                            : "p" + std::to_string(r);
+            u.metrics.push_back({subject, 0.5, 1, 2, 0.5, 0.5});
+          }
+          s.own_update = protocol::encode(protocol::Header{}, u);
+        } else if (s.behaviour == Behaviour::honest || s.behaviour == Behaviour::reconnect_after_ready) {
+          if (update_.job != h->job_id || update_.round != h->round) {
+            protocol::RoundUpdate u;
+            u.model = std::move(task->model);
+            u.samples = 100;
+            u.steps = 1;
+            update_ = {h->job_id, h->round, protocol::encode(protocol::Header{}, u)};
+          }
+          s.own_update = {};
+        } else {
           protocol::RoundUpdate u;
           u.model = std::move(task->model);
-          u.samples = 100;
+          u.samples = s.behaviour == Behaviour::forged_count ? 10000 : 100;
           u.steps = 1;
-          update_ = {h->job_id, h->round, protocol::encode(protocol::Header{}, u)};
+          for (auto& t : u.model.tensors) {
+            if (t.dtype != DType::f32) continue;
+            auto values = to_f32(t);
+            for (auto& v : values) v = s.behaviour == Behaviour::nan_weights ? std::nanf("") : v + 1000.0f;
+            t = make_f32(t.name, t.shape, values);
+          }
+          s.own_update = protocol::encode(protocol::Header{}, u);
         }
         send(s, MessageType::update_ready, h->job_id, h->round, protocol::encode_empty(protocol::Header{}));
-      } else if (h->type == MessageType::upload && update_.job == h->job_id && update_.round == h->round) {
-        send(s, MessageType::round_update, h->job_id, h->round, update_.frames);
-        ++updates_;
+        if (s.behaviour == Behaviour::reconnect_after_ready && h->round == 1 && !s.restarted) {
+          s.restarted = true;  // as if killed between update_ready and its upload, and started again
+          s.socket = zmq::socket_t(context_, zmq::socket_type::dealer);
+          s.socket.set(zmq::sockopt::linger, 0);
+          s.socket.connect(endpoint_);
+          send(s, MessageType::hello, "", 0, protocol::encode(protocol::Header{}, protocol::Hello{s.id, "fake", "cpu", 0}));
+          reconnected_ = true;
+          return;
+        }
+      } else if (h->type == MessageType::upload) {
+        if (!s.own_update.body.empty()) {
+          send(s, MessageType::round_update, h->job_id, h->round, s.own_update);
+          s.own_update = {};
+          ++updates_;
+        } else if (update_.job == h->job_id && update_.round == h->round) {
+          send(s, MessageType::round_update, h->job_id, h->round, update_.frames);
+          ++updates_;
+        }
       }
     }
   }
@@ -128,6 +187,10 @@ class FakeSites {
     std::vector<zmq::pollitem_t> items;
     for (auto& s : sites_) items.push_back({s->socket.handle(), 0, ZMQ_POLLIN, 0});
     while (!stop_) {
+      if (reconnected_) {
+        reconnected_ = false;
+        for (std::size_t i = 0; i < sites_.size(); ++i) items[i].socket = sites_[i]->socket.handle();
+      }
       const auto now = std::chrono::steady_clock::now();
       for (auto& s : sites_) {
         if (now >= s->next_heartbeat) {
@@ -137,13 +200,15 @@ class FakeSites {
       }
       zmq::poll(items.data(), items.size(), std::chrono::milliseconds(20));
       for (std::size_t i = 0; i < items.size(); ++i) {
-        if (items[i].revents & ZMQ_POLLIN) handle(*sites_[i]);
+        if ((items[i].revents & ZMQ_POLLIN) && items[i].socket == sites_[i]->socket.handle()) handle(*sites_[i]);
       }
     }
   }
 
   zmq::context_t context_;
+  std::string endpoint_;
   std::chrono::milliseconds heartbeat_;
+  bool reconnected_ = false;  // a socket was replaced: the poll items are rebuilt
   std::vector<std::unique_ptr<Site>> sites_;
   SharedUpdate update_;
   std::atomic<bool> stop_{false};

@@ -24,6 +24,13 @@ Result<std::string> sign(const std::string& private_pem, std::string_view messag
 // Error unless `signature` is `public_pem`'s signature of exactly `message`.
 Status verify(const std::string& public_pem, std::string_view message, std::string_view signature);
 
+// The fingerprint of an Ed25519 public key (PEM): "sha256:" and the hex SHA-256 of its 32 raw
+// key bytes. A site pins its consortium's root by it (site.yaml `root_fingerprint:`).
+Result<std::string> public_key_fingerprint(const std::string& public_pem);
+
+// HMAC-SHA-256 of `message` under `key`, as 64 hex digits (keyed pseudonyms of subject ids).
+Result<std::string> hmac_sha256_hex(std::string_view key, std::string_view message);
+
 // AES-256-GCM with a random 96-bit nonce: sealed = nonce || ciphertext || 128-bit tag. `aad`
 // is authenticated, not stored (bind a file to its purpose, so one cannot be swapped for another).
 inline constexpr std::size_t kStorageKeyBytes = 32;
@@ -31,11 +38,14 @@ Result<std::string> seal(std::string_view key, std::string_view plaintext, std::
 // Error when the key, the aad or any byte of `sealed` differs from what was sealed.
 Result<std::string> open(std::string_view key, std::string_view sealed, std::string_view aad);
 
-// Files at rest: written atomically and sealed under `key` with the file's name as associated
-// data (so one sealed file cannot stand in for another); plain when `key` is empty. Reading a
-// sealed file that was altered, renamed or sealed under another key is an error naming it.
-Status write_sealed(const std::filesystem::path& path, const std::string& contents, const std::string& key);
-Result<std::string> read_sealed(const std::filesystem::path& path, const std::string& key);
+// Files at rest: written atomically and sealed under `key` with the file's name and `context`
+// as associated data (so one sealed file cannot stand in for another: a round's weights name
+// their job and round in `context`, and cannot be swapped between jobs or rolled back to another
+// round); plain when `key` is empty. Reading a sealed file that was altered, renamed, sealed
+// under another key or for another context is an error naming it.
+Status write_sealed(const std::filesystem::path& path, const std::string& contents, const std::string& key,
+                    std::string_view context = {});
+Result<std::string> read_sealed(const std::filesystem::path& path, const std::string& key, std::string_view context = {});
 
 // CurveZMQ (Curve25519) key pairs, Z85-encoded (40 characters each).
 struct CurveKeyPair {

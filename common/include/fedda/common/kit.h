@@ -61,10 +61,12 @@ struct SiteKit {
   std::string site_curve_public;
   std::string site_curve_secret;
   std::string storage_key;              // 32 bytes
+  std::string root_fingerprint;         // of the root.pub the kit carries (crypto::public_key_fingerprint)
 };
 
-// Reads and checks a site kit: manifest signed by the kit's root, secrets 0600, the key pair
-// consistent with the manifest. Error names the file and what is wrong.
+// Reads and checks a site kit: manifest signed by the kit's root, secrets 0600 regular files of
+// this user (not links), the key pair consistent with the manifest. Error names the file and what
+// is wrong.
 Result<SiteKit> load_site_kit(const std::filesystem::path& dir);
 
 struct OperatorKit {
@@ -75,7 +77,13 @@ struct OperatorKit {
   std::string coordinator_curve_public;
   std::string operator_curve_public;
   std::string operator_curve_secret;
+  std::string root_fingerprint;
 };
+
+// The fingerprint of a consortium folder's (or kit's) root.pub: what `provision` and
+// `verify-kit` print and a site pins in site.yaml. A kit checks itself only against the root.pub
+// it carries, so a whole forged kit verifies; the pinned fingerprint is what catches it.
+Result<std::string> root_fingerprint(const std::filesystem::path& root_pub);
 
 // Reads and checks an operator kit as load_site_kit does a site's.
 Result<OperatorKit> load_operator_kit(const std::filesystem::path& dir);

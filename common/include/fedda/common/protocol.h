@@ -58,8 +58,9 @@ enum class MessageType : std::uint8_t {
                      // a few uploads at a time, so coordinator memory does not grow with sites)
   admin_request = 13,  // operator -> coordinator, on the admin endpoint only
   admin_reply = 14,    // coordinator -> operator
+  job_pending = 15,    // agent -> coordinator: the offer waits for the site administrator's approval
 };
-inline constexpr MessageType kLastMessageType = MessageType::admin_reply;
+inline constexpr MessageType kLastMessageType = MessageType::job_pending;
 const char* type_name(MessageType type);
 
 // What a job asks of its sites. On the wire and in files it is its name.
@@ -78,6 +79,22 @@ enum class RejectCode : std::uint16_t {
   not_an_operator = 5,   // an admin request on the data endpoint, or from a key that is not an operator's
 };
 const char* reject_code_name(RejectCode code);
+
+// Why a site did not prepare or run a job (JobFailed.code); the coordinator and operators act on
+// the code, the text is for people and has been through the site's egress guard.
+enum class FailureCode : std::uint16_t {
+  unspecified = 0,
+  policy = 1,          // the site's policy does not allow the job (JobFailed.rule names the rule)
+  refused = 2,         // the site's administrator refused it
+  signature = 3,       // a model message without the coordinator's valid signature
+  malformed = 4,       // an offer or task that does not decode or names two jobs
+  no_data = 5,         // no usable scans for the job at this site
+  not_prepared = 6,    // a task for a job this site has not prepared
+  training = 7,        // training or evaluation failed at the site
+  egress = 8,          // the egress guard refused what the round would send
+  internal = 9,        // anything else (details in the site's log and audit log)
+};
+const char* failure_code_name(FailureCode code);
 
 // The text the coordinator signs (Ed25519) for every message that carries a model (job offer,
 // round task): job, round and the SHA-256 of the exact body, so a signature cannot be moved to
@@ -151,6 +168,9 @@ struct JobSpec {
   // drawn afresh every round from the ready sites by (seed, round); 0: every ready site.
   int sites_per_round = 0;
   double fraction = 0;             // or this share of the ready sites (0 < fraction <= 1); 0: off
+  // A site's update is refused when its L2 distance from the round's global model (parameters and
+  // buffers, float tensors) exceeds this; 0: no bound. Non-finite updates are always refused.
+  double max_update_norm = 0;
 };
 
 struct Hello {
@@ -209,7 +229,13 @@ struct RoundUpdate {
 };
 
 struct JobFailed {
-  std::string reason;
+  std::string reason;                              // redacted by the site's egress guard
+  FailureCode code = FailureCode::unspecified;     // version 2
+  std::string rule;                                // policy: the rule the job broke (version 2)
+};
+
+struct JobPending {
+  std::string reason;  // what the site waits for ("approval by the site's administrator")
 };
 
 struct Reject {
@@ -434,6 +460,7 @@ void serialize(Archive& ar, JobSpec& m, std::uint32_t version) {
      FEDDA_LIST(evaluation_sites), FEDDA_LIST(subjects), FEDDA_TEXT(model_spec_json));
   if (version >= 2) ar(FEDDA_TEXT(transfer_precision));
   if (version >= 3) ar(m.sites_per_round, m.fraction);
+  if (version >= 4) ar(m.max_update_norm);
 }
 template <class Archive>
 void serialize(Archive& ar, Hello& m, std::uint32_t version) {
@@ -481,6 +508,16 @@ void serialize(Archive& ar, RoundUpdate& m, std::uint32_t version) {
 template <class Archive>
 void serialize(Archive& ar, JobFailed& m, std::uint32_t version) {
   detail::check_known_version<JobFailed>(version);
+  ar(FEDDA_TEXT(reason));
+  if (version >= 2) {
+    auto code = static_cast<std::uint16_t>(m.code);
+    ar(code, FEDDA_TEXT(rule));
+    m.code = static_cast<FailureCode>(code);
+  }
+}
+template <class Archive>
+void serialize(Archive& ar, JobPending& m, std::uint32_t version) {
+  detail::check_known_version<JobPending>(version);
   ar(FEDDA_TEXT(reason));
 }
 template <class Archive>
@@ -555,7 +592,7 @@ Result<Body> decode_body(const std::string& body_frame) {
 CEREAL_CLASS_VERSION(fedda::protocol::Header, 1)
 CEREAL_CLASS_VERSION(fedda::WireTensor, 1)
 CEREAL_CLASS_VERSION(fedda::TensorSet, 1)
-CEREAL_CLASS_VERSION(fedda::protocol::JobSpec, 3)
+CEREAL_CLASS_VERSION(fedda::protocol::JobSpec, 4)
 CEREAL_CLASS_VERSION(fedda::protocol::Hello, 2)
 CEREAL_CLASS_VERSION(fedda::protocol::Welcome, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::JobOffer, 1)
@@ -564,7 +601,8 @@ CEREAL_CLASS_VERSION(fedda::protocol::JobReady, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::RoundTask, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::SubjectMetrics, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::RoundUpdate, 2)
-CEREAL_CLASS_VERSION(fedda::protocol::JobFailed, 1)
+CEREAL_CLASS_VERSION(fedda::protocol::JobFailed, 2)
+CEREAL_CLASS_VERSION(fedda::protocol::JobPending, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::Reject, 2)
 CEREAL_CLASS_VERSION(fedda::protocol::Goodbye, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::NamedFile, 1)

@@ -58,6 +58,11 @@ TensorSet to_full(const TensorSet& set);
 Status check_integrity(const TensorSet& set);
 // Error unless `set` has exactly the names, dtypes and shapes of `reference`, in its order.
 Status check_same_layout(const TensorSet& set, const TensorSet& reference);
+// Error naming the first float tensor (float32 or float16) that holds a NaN or an infinity.
+Status check_finite(const TensorSet& set);
+// L2 distance between two sets of one layout over their float tensors (a float16 tensor counts
+// as its float32 twin); integer tensors (counters) are left out. Infinite when layouts differ.
+double l2_distance(const TensorSet& a, const TensorSet& b);
 
 // Sample-weighted running average of TensorSets of one layout (FedAvg). Memory is one
 // double per element however many sets are added; each set may be freed once added.

@@ -86,6 +86,12 @@ struct ConsortiumResult {
 // and stops it. Error names the first job that did not finish and why.
 Result<ConsortiumResult> run_consortium(const ConsortiumOptions& options, const std::vector<std::filesystem::path>& jobs);
 
+// Subject pseudonyms of one clinic of a local consortium folder (pseudonym -> subject id), from
+// the site config the consortium wrote and that site's key: only pseudonyms leave a site, and the
+// harness, which runs every site itself, maps results back with this. Error when the consortium
+// has not run that site yet.
+Result<std::map<std::string, std::string>> site_pseudonyms(const std::filesystem::path& out, const std::string& clinic);
+
 // Where fedda's executables are: the folder of the running executable (for main()s to inject).
 std::filesystem::path executable_dir();
 

@@ -40,9 +40,10 @@ class DiscriminatorOptimizer {
   Result<TensorSet> step(const TensorSet& mean_grads, double learning_rate);
   Result<TensorSet> weights() const;
   // Optimiser state (moments, step counts) with the weights, for a coordinator restart; with a
-  // `storage_key` the file is sealed with AES-256-GCM and a tampered one is refused.
-  Status save(const std::filesystem::path& path, const std::string& storage_key = {}) const;
-  Status load(const std::filesystem::path& path, const std::string& storage_key = {});
+  // `storage_key` the file is sealed with AES-256-GCM (`context` bound as associated data, see
+  // crypto::write_sealed) and a tampered or swapped one is refused.
+  Status save(const std::filesystem::path& path, const std::string& storage_key = {}, const std::string& context = {}) const;
+  Status load(const std::filesystem::path& path, const std::string& storage_key = {}, const std::string& context = {});
 
  private:
   struct Impl;

@@ -22,6 +22,10 @@ class EgressGuard {
   static Result<EgressGuard> for_job(const protocol::JobSpec& job);
   // Error names the first tensor or field that may not leave.
   Status check(const protocol::RoundUpdate& update, bool evaluation) const;
+  // What may leave, tensor by tensor (names, dtypes and shapes; no data): the model's weights
+  // and, for ADA, the discriminator's gradients.
+  const TensorSet& model_layout() const { return model_; }
+  const TensorSet& discriminator_layout() const { return discriminator_; }
 
  private:
   TensorSet model_;          // layout only
@@ -29,17 +33,25 @@ class EgressGuard {
   bool ada_ = false;
 };
 
+// One JSON line per message sent; heartbeats, which carry nothing, are counted and written as
+// one line an hour ({"type": "heartbeats", "count": N, "from_ms", "to_ms"}) instead of one each.
 class AuditLog {
  public:
   explicit AuditLog(std::filesystem::path file);
-  // `tensors`: the names of the tensors carried, comma-separated (empty for control messages).
+  ~AuditLog();
+  // `tensors`: the names of the tensors carried, comma-separated (empty for control messages);
+  // `detail`: what the message stands for in full where what was sent is redacted (a failure).
   void record(protocol::MessageType type, const std::string& job_id, int round, const std::string& body,
-              const std::string& tensors);
+              const std::string& tensors, const std::string& detail = {});
   const std::filesystem::path& file() const { return file_; }
 
  private:
+  void flush_heartbeats();
+
   std::filesystem::path file_;
   std::ofstream out_;
+  long heartbeats_ = 0;
+  std::int64_t heartbeats_from_ms_ = 0, heartbeats_to_ms_ = 0;
 };
 
 // "name[shape]" for each tensor of an update, for the audit log.

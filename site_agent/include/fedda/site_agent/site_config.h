@@ -14,6 +14,15 @@
 //   drain_timeout_s: 600                # on SIGTERM, how long a running task may finish
 //   kit: /etc/fedda/kit                 # start-up kit (fedda-admin): CurveZMQ keys, signed models,
 //                                       # encrypted cache; without it the agent speaks plain TCP
+//   root_fingerprint: sha256:...        # the consortium root's, sent apart from the kit; required
+//                                       # with a kit (fedda-agent check), refused when it differs
+//   policy:                             # what this site runs on its data (defaults shown)
+//     job_types: [teacher, kd, ada, evaluate]
+//     trusted_sources: []               # sources whose jobs it takes part in; empty: any
+//     min_batch_size: 4                 # smaller batches invite gradient inversion
+//     min_local_steps: 1                # fewest optimiser steps per round it will send an update for
+//     evaluation_interval_s: 0          # at least this long between two evaluation answers
+//     approval: auto                    # auto | manual (fedda-agent pending / approve / refuse)
 //
 // Relative paths are relative to the config file. Unknown keys are errors.
 
@@ -25,6 +34,17 @@
 #include "fedda/imaging/dataset.h"
 
 namespace fedda::site_agent {
+
+// What a site agrees to run on its data. A job outside it is refused before anything is read,
+// with the rule it broke told to the coordinator by code (protocol::FailureCode::policy).
+struct SitePolicy {
+  std::vector<std::string> job_types = {"teacher", "kd", "ada", "evaluate"};
+  std::vector<std::string> trusted_sources;  // empty: any source
+  int min_batch_size = 4;
+  int min_local_steps = 1;
+  double evaluation_interval_s = 0;
+  std::string approval = "auto";             // auto | manual
+};
 
 struct SiteConfig {
   std::string site_id;
@@ -38,6 +58,8 @@ struct SiteConfig {
   int reconnect_max_ms = 30000;
   double drain_timeout_s = 600;
   std::filesystem::path kit;  // empty: no kit (tests, trusted networks)
+  std::string root_fingerprint;
+  SitePolicy policy;
 };
 
 // Error names the file and the key at fault.
@@ -54,5 +76,12 @@ struct CheckReport {
 
 // Validates the settings and reads every scan (geometry, values, labels) as a job would.
 CheckReport check_site(const SiteConfig& config);
+
+// The key of this site's subject pseudonyms: the kit's storage key, or without a kit one made
+// once in cache_dir (pseudonym.key, 0600).
+Result<std::string> pseudonym_key(const SiteConfig& config);
+// A subject's keyed pseudonym: "s-" and 16 hex digits of HMAC-SHA-256(key, subject id). Only
+// pseudonyms leave the site; the site keeps the map (fedda-agent subjects).
+std::string pseudonym(const std::string& key, const std::string& subject);
 
 }  // namespace fedda::site_agent

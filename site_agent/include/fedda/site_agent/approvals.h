@@ -1,0 +1,38 @@
+#pragma once
+// Offers a site holds for its administrator (policy `approval: manual`), as files in the site's
+// cache, so the running agent and `fedda-agent pending / approve / refuse` can share them:
+//
+//   CACHE/pending/<job>.json      the offer: what the job is, and exactly what it will send
+//   CACHE/pending/<job>.approved  the administrator's yes, naming the offer's digest
+//   CACHE/pending/<job>.refused   the administrator's no
+//
+// An approval holds the SHA-256 of the job as it was offered: a coordinator that changes the job
+// under the same id after the approval gets no approval for the new one. Files are written
+// atomically; pure functions of the folder; safe for the agent and the CLI at once.
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "fedda/common/result.h"
+
+namespace fedda::site_agent {
+
+struct PendingOffer {
+  std::string job;
+  std::string digest;        // SHA-256 of the job spec as offered
+  std::string description;   // JSON: the job and what it will send
+};
+
+Status write_pending(const std::filesystem::path& cache_dir, const PendingOffer& offer);
+// Every offer waiting for a decision, by job id.
+std::vector<PendingOffer> list_pending(const std::filesystem::path& cache_dir);
+// Error when no such offer waits.
+Status decide(const std::filesystem::path& cache_dir, const std::string& job, bool approve);
+// true: approved (for this digest), false: refused, nothing: no decision yet.
+std::optional<bool> decision(const std::filesystem::path& cache_dir, const std::string& job, const std::string& digest);
+// Removes the offer and its decision (the job ended or was answered).
+void clear_pending(const std::filesystem::path& cache_dir, const std::string& job);
+
+}  // namespace fedda::site_agent

@@ -1,0 +1,514 @@
+// Regression tests for the faults an outside review found in the federation, each against the
+// real processes: a coordinator that is open without a kit, a hello that locks a site out, sites
+// that poison the average or forge result rows, an upload slot lost to a quick restart, job state
+// after a crash at any step of a save, and failure text that leaves the site unredacted.
+#include <gtest/gtest.h>
+
+#include <limits>
+#include <optional>
+#include <set>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+#include <zmq.hpp>
+#include <zmq_addon.hpp>
+
+#include "fedda/common/crypto.h"
+#include "fedda/common/files.h"
+#include "fedda/common/kit.h"
+#include "fedda/common/protocol.h"
+#include "fedda/models/weights.h"
+#include "support/fake_sites.h"
+#include "support/federation_fixture.h"
+
+namespace fedda {
+namespace {
+
+using nlohmann::json;
+using testing::Behaviour;
+
+struct Output {
+  int rc = -1;
+  std::string text;
+};
+
+class Hardening : public Federation {
+ protected:
+  // A coordinator without a kit (`--insecure`) running `job` in batch form over the state in dir_.
+  std::unique_ptr<Process> insecure_coordinator(const fs::path& job, const std::vector<std::string>& extra = {},
+                                                const std::string& env = {}) {
+    std::vector<std::string> args;
+    if (!env.empty()) args = {"/usr/bin/env", env};
+    for (const auto& a : {testing::bin("fedda-coordinator").string(), std::string("serve"), std::string("--insecure"),
+                          std::string("--job"), job.string(), std::string("--bind"), std::string("tcp://127.0.0.1:0"),
+                          std::string("--state"), dir_.path().string(), std::string("--endpoint-file"),
+                          endpoint_file().string(), std::string("--heartbeat-ms"), std::string("200")}) {
+      args.push_back(a);
+    }
+    args.insert(args.end(), extra.begin(), extra.end());
+    return std::make_unique<Process>(args, coordinator_log());
+  }
+  // A teacher job over fake sites site0..site{n-1} with a tiny model (no training anywhere).
+  fs::path fake_job(const std::string& id, int sites, int rounds, int min_sites = 1, const std::string& extra = "") {
+    const auto path = dir_ / (id + ".yaml");
+    std::string list;
+    for (int i = 0; i < sites; ++i) list += (i ? ", " : "") + ("site" + std::to_string(i));
+    std::ofstream(path) << "id: " << id << "\ntype: teacher\nsource: site0\nsites: [" << list << "]\nrounds: " << rounds
+                        << "\nlocal_steps: 1\nmin_sites: " << min_sites << "\nevaluate: false\nround_deadline_s: 60\n"
+                        << "model: {width: 4, depth: 2, grid_size: 32, grid_spacing: 6}\n" << extra;
+    return path;
+  }
+  // A coordinator serving without a job; its endpoints.
+  std::unique_ptr<Process> serve(const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> args = {testing::bin("fedda-coordinator").string(), "serve", "--insecure", "--bind",
+                                     "tcp://127.0.0.1:0", "--state", dir_.path().string(), "--endpoint-file",
+                                     endpoint_file().string(), "--heartbeat-ms", "200"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    auto p = std::make_unique<Process>(args, coordinator_log());
+    endpoint_ = wait_for_endpoint();
+    const auto text = testing::read_text(endpoint_file());
+    const auto first = text.find('\n');
+    admin_ = text.substr(first + 1, text.find('\n', first + 1) - first - 1);
+    return p;
+  }
+  // Submits `job` through fedda-admin once `sites` fake sites have joined, and waits until it ended.
+  std::string submit_when_joined(const fs::path& job, const std::string& id, int sites) {
+    EXPECT_TRUE(testing::wait_for_text(coordinator_log(), "site site" + std::to_string(sites - 1) + " joined", 30s));
+    for (int i = 0; i < sites; ++i) EXPECT_TRUE(testing::wait_for_text(coordinator_log(), "site site" + std::to_string(i) + " joined", 30s));
+    Process submit({testing::bin("fedda-admin").string(), "--coordinator", admin_, "submit", job.string()}, dir_ / "submit.log");
+    EXPECT_EQ(submit.wait(60s), 0) << testing::read_text(dir_ / "submit.log");
+    const auto until = std::chrono::steady_clock::now() + 120s;
+    while (std::chrono::steady_clock::now() < until) {
+      const auto state = json::parse(testing::read_text(dir_ / "jobs" / id / "state.json"), nullptr, false);
+      if (state.is_object() && state["state"] != "queued" && state["state"] != "running") return state["state"];
+      std::this_thread::sleep_for(200ms);
+    }
+    return "(timed out)";
+  }
+  std::string endpoint_, admin_;
+  std::vector<json> rounds_of(const std::string& job) {
+    std::vector<json> out;
+    std::ifstream in(dir_ / "jobs" / job / "rounds.jsonl");
+    for (std::string line; std::getline(in, line);) out.push_back(json::parse(line));
+    return out;
+  }
+};
+
+// Fault 2: without a kit the coordinator was open to any peer; now it refuses to start unless
+// told --insecure, and then only on loopback, saying so.
+TEST_F(Hardening, WithoutAKitTheCoordinatorRefusesToStartUnlessInsecure) {
+  const auto job = fake_job("open", 1, 1);
+  Process refused({testing::bin("fedda-coordinator").string(), "serve", "--job", job.string(), "--bind",
+                   "tcp://127.0.0.1:0", "--state", dir_.path().string()},
+                  dir_ / "refused.log");
+  EXPECT_NE(refused.wait(30s), 0);
+  EXPECT_NE(testing::read_text(dir_ / "refused.log").find("refusing to run open to any peer"), std::string::npos)
+      << testing::read_text(dir_ / "refused.log");
+  Process wide({testing::bin("fedda-coordinator").string(), "serve", "--insecure", "--job", job.string(), "--bind",
+                "tcp://0.0.0.0:0", "--state", dir_.path().string()},
+               dir_ / "wide.log");
+  EXPECT_NE(wide.wait(30s), 0);
+  EXPECT_NE(testing::read_text(dir_ / "wide.log").find("loopback addresses only"), std::string::npos);
+
+  auto coordinator = insecure_coordinator(job);
+  const auto endpoint = wait_for_endpoint();
+  ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "INSECURE", 10s));
+  const auto text = testing::read_text(endpoint_file());
+  const auto admin_endpoint = text.substr(text.find('\n') + 1, text.find('\n', text.find('\n') + 1) - text.find('\n') - 1);
+  Process admin({testing::bin("fedda-admin").string(), "--coordinator", admin_endpoint, "jobs"}, dir_ / "admin.log");
+  EXPECT_EQ(admin.wait(30s), 0) << testing::read_text(dir_ / "admin.log");
+  EXPECT_NE(testing::read_text(dir_ / "admin.log").find("without a consortium kit (--insecure)"), std::string::npos)
+      << testing::read_text(dir_ / "admin.log");
+  testing::FakeSites fakes(endpoint, 1, "site", 200ms);
+  EXPECT_EQ(coordinator->wait(60s), 0) << testing::read_text(coordinator_log());
+}
+
+// Fault 2: a hello with sequence 2^64-1 claiming a site's id locked the real site out until a
+// restart (sequence numbers came from the wall clock and were kept across sessions).
+TEST_F(Hardening, AHelloWithTheLargestSequenceDoesNotLockTheSiteOut) {
+  auto coordinator = insecure_coordinator(kd_job("kd-locked", {"utrecht", "amsterdam"}, 2, 4, 2));
+  const auto endpoint = wait_for_endpoint();
+  zmq::context_t context;
+  zmq::socket_t intruder(context, zmq::socket_type::dealer);
+  intruder.set(zmq::sockopt::linger, 0);
+  intruder.connect(endpoint);
+  protocol::Header h;
+  h.type = protocol::MessageType::hello;
+  h.sender = "amsterdam";
+  h.sequence = std::numeric_limits<std::uint64_t>::max();
+  const auto hello = protocol::encode(h, protocol::Hello{"amsterdam", "intruder", "cpu", 0});
+  intruder.send(zmq::buffer(hello.header), zmq::send_flags::sndmore);
+  intruder.send(zmq::buffer(hello.body), zmq::send_flags::none);
+  ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "site amsterdam joined (agent intruder", 10s));
+  auto utrecht = start_agent("utrecht", endpoint);
+  auto amsterdam = start_agent("amsterdam", endpoint);
+  ASSERT_EQ(coordinator->wait(180s), 0) << testing::read_text(coordinator_log());
+  // The real agent's hello (its sequence starting at 1) began a new session, and it took part.
+  const auto rounds = rounds_of("kd-locked");
+  ASSERT_EQ(rounds.size(), 2u);
+  for (const auto& r : rounds) EXPECT_TRUE(has_site(r, "amsterdam")) << r.dump();
+}
+
+// Fault 3: one site could poison the global model: the averaging weight was the count it
+// claimed in each update, and NaN or Inf weights were averaged in. Here the honest sites return
+// the weights they got, so the global model must not move at all.
+TEST_F(Hardening, HostileSitesDoNotMoveTheGlobalModelAndAreNamed) {
+  const auto job = fake_job("poisoned", 5, 2, 2, "max_update_norm: 10\n");
+  auto coordinator = serve();
+  const std::map<int, Behaviour> hostile = {{2, Behaviour::nan_weights}, {3, Behaviour::forged_count}, {4, Behaviour::huge_norm}};
+  {
+    testing::FakeSites fakes(endpoint_, 5, "site", 200ms, [&](int i) {
+      return hostile.count(i) ? hostile.at(i) : Behaviour::honest;
+    });
+    ASSERT_EQ(submit_when_joined(job, "poisoned", 5), "finished") << testing::read_text(coordinator_log());
+  }
+  const auto rounds = rounds_of("poisoned");
+  ASSERT_EQ(rounds.size(), 2u);
+  for (const auto& r : rounds) {
+    std::map<std::string, std::string> refused;
+    for (const auto& x : r["refused"]) refused[x["site"]] = x["reason"];
+    EXPECT_NE(refused["site2"].find("NaN"), std::string::npos) << r.dump();
+    EXPECT_NE(refused["site3"].find("sample count 10000 differs from the 100 it declared"), std::string::npos) << r.dump();
+    EXPECT_NE(refused["site4"].find("exceeds max_update_norm 10"), std::string::npos) << r.dump();
+    EXPECT_EQ(r["sites"].size(), 2u) << r.dump();
+  }
+  const auto stored = models::read_model_weights(dir_ / "jobs" / "poisoned" / "model.pt");
+  ASSERT_TRUE(stored) << stored.error().message;
+  const auto start = models::new_model_weights(stored->spec, 1).value();
+  EXPECT_LT(l2_distance(stored->weights, start), 1e-6);
+}
+
+// Fault 7: a site could forge rows of results.csv (subjects from the wire went in unescaped, and
+// any number of rows was taken).
+TEST_F(Hardening, AHostileSiteCannotAddRowsToResults) {
+  const auto teacher_file = dir_ / "tiny.pt";
+  models::ModelSpec spec;
+  spec.unet.width = 4;
+  spec.unet.depth = 2;
+  spec.grid.in_plane_size = {32, 32};
+  spec.grid.in_plane_spacing = {6, 6};
+  ASSERT_TRUE(models::write_model_weights(teacher_file, spec, models::new_model_weights(spec, 1).value()));
+  const auto job = dir_ / "scores.yaml";
+  std::ofstream(job) << "id: scores\ntype: evaluate\nteacher: " << teacher_file.string()
+                     << "\nsites: [site0, site1]\nevaluation_sites: [site0, site1]\n";
+  auto coordinator = serve();
+  {
+    testing::FakeSites fakes(endpoint_, 2, "site", 200ms, [](int i) { return i == 1 ? Behaviour::extra_rows : Behaviour::honest; });
+    ASSERT_EQ(submit_when_joined(job, "scores", 2), "finished") << testing::read_text(coordinator_log());
+  }
+  const auto csv = testing::read_text(dir_ / "jobs" / "scores" / "results.csv");
+  auto rows = protocol::parse_results_csv(csv);
+  ASSERT_TRUE(rows) << rows.error().message << "\n" << csv;
+  int from_hostile = 0;
+  for (const auto& r : *rows) {
+    EXPECT_NE(r.subject, "evil");
+    EXPECT_NE(r.target, "x");
+    from_hostile += r.target == "site1";
+  }
+  EXPECT_EQ(rows->size(), 4u) << csv;     // two declared subjects at each site
+  EXPECT_EQ(from_hostile, 2) << csv;
+  EXPECT_NE(testing::read_text(coordinator_log()).find("48 of 50 rows"), std::string::npos);
+}
+
+// Fault 5: a site that restarted between update_ready and its upload kept its upload credit in
+// the queue, and with every slot taken the round waited for its deadline.
+TEST_F(Hardening, ASiteRestartingBeforeItsUploadDoesNotHoldTheUploadSlot) {
+  const auto job = fake_job("slot", 3, 2, 2);
+  auto coordinator = serve({"--max-uploads", "1"});
+  const auto start = std::chrono::steady_clock::now();
+  {
+    testing::FakeSites fakes(endpoint_, 3, "site", 200ms,
+                             [](int i) { return i == 0 ? Behaviour::reconnect_after_ready : Behaviour::honest; });
+    ASSERT_EQ(submit_when_joined(job, "slot", 3), "finished") << testing::read_text(coordinator_log());
+  }
+  // The round deadline is 60 s: the round must close long before, when the others have uploaded.
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 30s);
+  const auto rounds = rounds_of("slot");
+  ASSERT_EQ(rounds.size(), 2u);
+  EXPECT_EQ(rounds[0]["missing"], json::array({"site0 (reconnected)"})) << rounds[0].dump();
+}
+
+// Fault 6: job state could become unrecoverable after a power loss (renames without an fsync of
+// the folder; the previous round's weights deleted right after state.json was replaced). Killed
+// at each step of a round's save, the coordinator resumes: no round lost, none repeated.
+TEST_F(Hardening, ACrashAtAnyStepOfASaveResumesWithoutLosingOrRepeatingARound) {
+  for (const std::string point : {"weights", "rounds", "state", "removed"}) {
+    const std::string id = "crash-" + point;
+    const auto job = fake_job(id, 2, 4);
+    fs::remove(endpoint_file());
+    {
+      auto crashing = insecure_coordinator(job, {}, "FEDDA_TEST_CRASH_AT=" + point + ":2");
+      const auto endpoint = wait_for_endpoint();
+      testing::FakeSites fakes(endpoint, 2, "site", 200ms);
+      ASSERT_EQ(crashing->wait(60s), 86) << point << "\n" << testing::read_text(coordinator_log());
+    }
+    fs::remove(endpoint_file());
+    auto resumed = insecure_coordinator(job);
+    const auto endpoint = wait_for_endpoint();
+    testing::FakeSites fakes(endpoint, 2, "site", 200ms);
+    ASSERT_EQ(resumed->wait(60s), 0) << point << "\n" << testing::read_text(coordinator_log());
+    std::vector<int> numbers;
+    for (const auto& r : rounds_of(id)) numbers.push_back(r["round"].get<int>());
+    EXPECT_EQ(numbers, (std::vector<int>{1, 2, 3, 4})) << point;
+    const auto state = json::parse(testing::read_text(dir_ / "jobs" / id / "state.json"));
+    EXPECT_EQ(state["state"], "finished") << point;
+    // Only the last round's weights are left.
+    int weights = 0;
+    for (const auto& e : fs::directory_iterator(dir_ / "jobs" / id)) weights += e.path().extension() == ".weights";
+    EXPECT_EQ(weights, 1) << point;
+  }
+}
+
+// Fault 8: a failure's text (local paths, exception messages) left the site unchecked, and the
+// audit log kept only its hash. Now the text is redacted and the full one stays in the audit log.
+TEST_F(Hardening, AFailureTellsTheCoordinatorACodeAndKeepsTheFullTextAtTheSite) {
+  auto coordinator = insecure_coordinator(kd_job("kd-nodata", {"utrecht", "amsterdam"}, 1, 4, 2), {"--start-timeout", "5"});
+  const auto endpoint = wait_for_endpoint();
+  const auto empty = dir_ / "private" / "patients" / "amsterdam";
+  fs::create_directories(empty);
+  auto utrecht = start_agent("utrecht", endpoint);
+  auto amsterdam = start_agent("amsterdam", endpoint, empty);
+  ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "site amsterdam: cannot run job kd-nodata (no_data)", 120s))
+      << testing::read_text(coordinator_log());
+  const auto log = testing::read_text(coordinator_log());
+  EXPECT_EQ(log.find(empty.string()), std::string::npos) << "a local path reached the coordinator:\n" << log;
+  EXPECT_EQ(log.find("patients"), std::string::npos) << log;
+  bool full_text = false;
+  std::ifstream audit(dir_ / "cache-amsterdam" / "audit.jsonl");
+  for (std::string line; std::getline(audit, line);) {
+    const auto entry = json::parse(line);
+    if (entry["type"] == "job_failed") full_text = entry.value("detail", "").find(empty.string()) != std::string::npos;
+  }
+  EXPECT_TRUE(full_text) << testing::read_text(dir_ / "cache-amsterdam" / "audit.jsonl");
+  coordinator->wait(60s);
+}
+
+// ---- site sovereignty ----------------------------------------------------------------------
+
+class Sovereignty : public Federation {
+ protected:
+  void SetUp() override {
+    kit_ = dir_ / "kits";
+    ASSERT_TRUE(kit::provision({"wmh", "tcp://127.0.0.1:0", {"utrecht", "amsterdam"}, kit_, {"alice"}, {}}));
+    fingerprint_ = kit::root_fingerprint(kit_ / "root" / "root.pub").value();
+  }
+  // amsterdam's config with its kit, the pinned root and `policy` (YAML lines under policy:).
+  fs::path amsterdam_config(const std::string& endpoint, const std::string& policy, const std::string& fingerprint = "") {
+    const auto path = dir_ / "amsterdam-sovereign.yaml";
+    std::ofstream(path) << "site_id: amsterdam\ncoordinator: " << endpoint << "\ndata: " << (data_dir() / "amsterdam").string()
+                        << "\ncache_dir: " << (dir_ / "cache-amsterdam").string() << "\nthreads: 1\nheartbeat_ms: 200\n"
+                        << "reconnect_min_ms: 100\nreconnect_max_ms: 1000\nkit: " << (kit_ / "sites" / "amsterdam").string()
+                        << "\nroot_fingerprint: " << (fingerprint.empty() ? fingerprint_ : fingerprint) << "\npolicy:\n" << policy;
+    return path;
+  }
+  Output run(const std::vector<std::string>& argv) {
+    static int n = 0;
+    const auto log = dir_ / ("cmd-" + std::to_string(n++) + ".out");
+    Process p(argv, log);
+    Output out;
+    out.rc = p.wait(120s);
+    out.text = testing::read_text(log);
+    return out;
+  }
+  std::string fingerprint_;
+};
+
+std::string line_of(const fs::path& file) {
+  auto t = testing::read_text(file);
+  return t.substr(0, t.find('\n'));
+}
+
+// A coordinator holding the consortium's real keys, so its offers are signed and its channel
+// admitted, asks for what the site's policy forbids: only refusal codes leave the site.
+TEST_F(Sovereignty, AHostileCoordinatorGetsNothingButRefusalCodes) {
+  zmq::context_t context;
+  zmq::socket_t fake(context, zmq::socket_type::router);
+  fake.set(zmq::sockopt::linger, 0);
+  fake.set(zmq::sockopt::curve_server, true);
+  fake.set(zmq::sockopt::curve_secretkey, line_of(kit_ / "coordinator" / "coordinator.curve.secret"));
+  fake.bind("tcp://127.0.0.1:*");
+  const std::string endpoint = fake.get(zmq::sockopt::last_endpoint);
+  Process agent({testing::bin("fedda-agent").string(), "run", "--config",
+                 amsterdam_config(endpoint, "  job_types: [kd, evaluate]\n  min_batch_size: 4\n  evaluation_interval_s: 3600\n").string()},
+                dir_ / "amsterdam.log");
+  const auto sign_key = testing::read_text(kit_ / "coordinator" / "coordinator.sign.key");
+  std::string routing;
+  std::uint64_t sequence = 0;
+  std::vector<std::pair<protocol::Header, std::string>> received;
+  // The next message of `type` from the agent (everything it sends is kept in `received`).
+  const auto next = [&](protocol::MessageType type) -> std::optional<std::pair<protocol::Header, std::string>> {
+    const auto until = std::chrono::steady_clock::now() + 120s;
+    while (std::chrono::steady_clock::now() < until) {
+      zmq::pollitem_t items[] = {{fake.handle(), 0, ZMQ_POLLIN, 0}};
+      zmq::poll(items, 1, 100ms);
+      if (!(items[0].revents & ZMQ_POLLIN)) continue;
+      std::vector<zmq::message_t> parts;
+      if (!zmq::recv_multipart(fake, std::back_inserter(parts)) || parts.size() != 3) continue;
+      routing = parts[0].to_string();
+      auto h = protocol::decode_header(parts[1].to_string(), parts[2].to_string());
+      if (!h) continue;
+      received.emplace_back(*h, parts[2].to_string());
+      if (h->type == type) return received.back();
+    }
+    return std::nullopt;
+  };
+  const auto send = [&](protocol::MessageType type, const std::string& job, int round, std::string body, bool sign) {
+    protocol::Header h;
+    h.type = type;
+    h.sender = "coordinator";
+    h.job_id = job;
+    h.round = round;
+    h.sequence = ++sequence;
+    h.body_bytes = body.size();
+    h.body_crc32 = crc32_of(body);
+    std::vector<std::string> frames = {routing, protocol::encode_header(h), body};
+    if (sign) frames.push_back(crypto::sign(sign_key, protocol::model_signed_text(job, round, body)).value());
+    for (std::size_t i = 0; i < frames.size(); ++i) {
+      fake.send(zmq::buffer(frames[i]), i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
+    }
+  };
+  ASSERT_TRUE(next(protocol::MessageType::hello));
+  send(protocol::MessageType::welcome, "", 0, protocol::encode(protocol::Header{}, protocol::Welcome{200, 50}).body, false);
+  const auto teacher_model = models::read_model_weights(teacher()).value();
+  const auto offer = [&](const std::string& id, protocol::JobType type, int batch, int steps) {
+    protocol::JobOffer o;
+    o.job.id = id;
+    o.job.type = type;
+    o.job.source = "utrecht";
+    o.job.sites = {"utrecht", "amsterdam"};
+    o.job.evaluation_sites = {"amsterdam"};
+    o.job.batch_size = batch;
+    o.job.local_steps = steps;
+    o.job.model_spec_json = models::to_json(teacher_model.spec);
+    if (type == protocol::JobType::kd) o.teacher = teacher_model.weights;
+    return protocol::encode(protocol::Header{}, o).body;
+  };
+  const auto failure = [&](const std::string& job) {
+    auto m = next(protocol::MessageType::job_failed);
+    EXPECT_TRUE(m);
+    if (!m) return protocol::JobFailed{};
+    EXPECT_EQ(m->first.job_id, job);
+    return protocol::decode_body<protocol::JobFailed>(m->second).value();
+  };
+  send(protocol::MessageType::job_offer, "kd-batch-1", 0, offer("kd-batch-1", protocol::JobType::kd, 1, 1), true);
+  auto refused = failure("kd-batch-1");
+  EXPECT_EQ(refused.code, protocol::FailureCode::policy);
+  EXPECT_EQ(refused.rule, "min_batch_size");
+  send(protocol::MessageType::job_offer, "ada-1", 0, offer("ada-1", protocol::JobType::ada, 8, 8), true);
+  refused = failure("ada-1");
+  EXPECT_EQ(refused.code, protocol::FailureCode::policy);
+  EXPECT_EQ(refused.rule, "job_types");
+  auto unknown = offer("odd-1", protocol::JobType::teacher, 8, 8);
+  unknown.replace(unknown.find("teacher"), 7, "extract");  // a job type this site has never heard of
+  send(protocol::MessageType::job_offer, "odd-1", 0, unknown, true);
+  EXPECT_EQ(failure("odd-1").code, protocol::FailureCode::malformed);
+
+  // An evaluation it accepts, answered once; asked again within the hour, refused.
+  send(protocol::MessageType::job_offer, "eval-1", 0, offer("eval-1", protocol::JobType::evaluate, 8, 8), true);
+  auto ready = next(protocol::MessageType::job_ready);
+  ASSERT_TRUE(ready);
+  protocol::RoundTask task;
+  task.evaluate = true;
+  task.model = teacher_model.weights;
+  const auto task_body = protocol::encode(protocol::Header{}, task).body;
+  send(protocol::MessageType::round_task, "eval-1", 2, task_body, true);
+  ASSERT_TRUE(next(protocol::MessageType::update_ready));
+  send(protocol::MessageType::upload, "eval-1", 2, std::string(), false);
+  auto scored = next(protocol::MessageType::round_update);
+  ASSERT_TRUE(scored);
+  const auto update = protocol::decode_body<protocol::RoundUpdate>(scored->second).value();
+  const auto subjects = imaging::find_clinic_subjects(data_dir(), "amsterdam").value();
+  ASSERT_FALSE(update.metrics.empty());
+  for (const auto& m : update.metrics) {
+    EXPECT_EQ(m.subject.rfind("s-", 0), 0u) << m.subject;  // pseudonyms only
+    for (const auto& s : subjects) EXPECT_NE(m.subject, s.subject);
+  }
+  send(protocol::MessageType::round_task, "eval-1", 3, task_body, true);
+  refused = failure("eval-1");
+  EXPECT_EQ(refused.code, protocol::FailureCode::policy);
+  EXPECT_EQ(refused.rule, "evaluation_interval_s");
+  const std::set<protocol::MessageType> allowed = {protocol::MessageType::hello, protocol::MessageType::heartbeat,
+                                                   protocol::MessageType::job_failed, protocol::MessageType::job_ready,
+                                                   protocol::MessageType::update_ready, protocol::MessageType::round_update};
+  for (const auto& [h, body] : received) {
+    EXPECT_TRUE(allowed.count(h.type)) << protocol::type_name(h.type);
+    if (h.type == protocol::MessageType::round_update) {
+      EXPECT_EQ(h.job_id, "eval-1");
+    }
+  }
+  EXPECT_TRUE(agent.running());
+}
+
+// policy approval: manual holds an offer until the site's administrator approves it, showing
+// first what the job is and what it will send; the coordinator sees the site waiting.
+TEST_F(Sovereignty, AManualSiteRunsAJobOnlyAfterItsAdministratorApproves) {
+  auto coordinator = std::make_unique<Process>(
+      std::vector<std::string>{testing::bin("fedda-coordinator").string(), "serve", "--kit", (kit_ / "coordinator").string(),
+                               "--bind", "tcp://127.0.0.1:0", "--state", (dir_ / "state").string(), "--endpoint-file",
+                               endpoint_file().string(), "--heartbeat-ms", "200"},
+      coordinator_log());
+  ASSERT_TRUE(testing::wait_for_text(endpoint_file(), "\ntcp://", 30s));
+  const auto text = testing::read_text(endpoint_file());
+  const auto endpoint = text.substr(0, text.find('\n'));
+  const auto admin = text.substr(text.find('\n') + 1, text.find('\n', text.find('\n') + 1) - text.find('\n') - 1);
+  auto utrecht = start_agent("utrecht", endpoint);
+  const auto config = amsterdam_config(endpoint, "  approval: manual\n");
+  Process amsterdam({testing::bin("fedda-agent").string(), "run", "--config", config.string()}, dir_ / "amsterdam.log");
+  const auto fedda_admin = [&](std::vector<std::string> args) {
+    std::vector<std::string> argv = {testing::bin("fedda-admin").string(), "--kit", (kit_ / "operators" / "alice").string(),
+                                     "--coordinator", admin};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return run(argv);
+  };
+  ASSERT_EQ(fedda_admin({"submit", kd_job("kd-approved", {"utrecht", "amsterdam"}, 2, 4, 2).string()}).rc, 0);
+  ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "site amsterdam: job kd-approved waits at the site", 60s))
+      << testing::read_text(coordinator_log());
+  const auto sites = fedda_admin({"sites", "--json"});
+  EXPECT_NE(sites.text.find("awaiting approval"), std::string::npos) << sites.text;
+  const auto pending = run({testing::bin("fedda-agent").string(), "pending", "--config", config.string(), "--json"});
+  ASSERT_EQ(pending.rc, 0) << pending.text;
+  const auto offers = json::parse(pending.text.substr(pending.text.find('[')));
+  ASSERT_EQ(offers.size(), 1u);
+  EXPECT_EQ(offers[0]["job"], "kd-approved");
+  EXPECT_GT(offers[0]["offer"]["bytes_per_round"].get<std::int64_t>(), 1000);
+  EXPECT_FALSE(offers[0]["offer"]["sends_per_round"].empty());
+  std::this_thread::sleep_for(1500ms);
+  EXPECT_EQ(testing::read_text(coordinator_log()).find("job kd-approved: round 1/2"), std::string::npos)
+      << "a round started before the site approved";
+  const auto approved = run({testing::bin("fedda-agent").string(), "approve", "kd-approved", "--config", config.string()});
+  ASSERT_EQ(approved.rc, 0) << approved.text;
+  ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "job kd-approved finished", 180s)) << testing::read_text(coordinator_log());
+
+  // The results name amsterdam's subjects by the pseudonyms `fedda-agent subjects` lists.
+  const auto map_out = run({testing::bin("fedda-agent").string(), "subjects", "--config", config.string(), "--json"});
+  ASSERT_EQ(map_out.rc, 0) << map_out.text;
+  const auto map = json::parse(map_out.text.substr(map_out.text.find('{')));
+  const auto rows = protocol::parse_results_csv(testing::read_text(dir_ / "state" / "jobs" / "kd-approved" / "results.csv")).value();
+  ASSERT_FALSE(rows.empty());
+  for (const auto& r : rows) EXPECT_TRUE(map.contains(r.subject)) << r.subject;
+  const auto status = run({testing::bin("fedda-agent").string(), "status", "--config", config.string()});
+  EXPECT_EQ(status.rc, 0);
+  EXPECT_NE(status.text.find("kd-approved"), std::string::npos) << status.text;
+  EXPECT_NE(status.text.find("joined"), std::string::npos) << status.text;
+}
+
+// Fault 4: a kit vouches for itself; the root fingerprint pinned in site.yaml tells a forged one.
+TEST_F(Sovereignty, AForgedKitIsRefusedByThePinnedRootFingerprint) {
+  ASSERT_TRUE(kit::provision({"wmh", "tcp://127.0.0.1:5570", {"amsterdam"}, dir_ / "forged", {}, {}}));
+  const auto real = fingerprint_;
+  kit_ = dir_ / "forged";  // the agent gets the forged kit, but the consortium's root pinned
+  const auto config = amsterdam_config("tcp://127.0.0.1:5570", "  approval: auto\n", real);
+  const auto started = run({testing::bin("fedda-agent").string(), "run", "--config", config.string()});
+  EXPECT_EQ(started.rc, 1);
+  EXPECT_NE(started.text.find("not by the consortium root pinned in root_fingerprint"), std::string::npos) << started.text;
+  const auto checked = run({testing::bin("fedda-agent").string(), "check", "--config", config.string()});
+  EXPECT_NE(checked.rc, 0);
+  EXPECT_NE(checked.text.find("a forged or wrong kit"), std::string::npos) << checked.text;
+  const auto verified = run({testing::bin("fedda-admin").string(), "verify-kit", (dir_ / "forged" / "sites" / "amsterdam").string()});
+  EXPECT_EQ(verified.rc, 0);  // it verifies against its own root ...
+  EXPECT_EQ(verified.text.find(real), std::string::npos);  // ... whose fingerprint is not the consortium's
+  EXPECT_NE(verified.text.find("root fingerprint: sha256:"), std::string::npos) << verified.text;
+}
+
+}  // namespace
+}  // namespace fedda
