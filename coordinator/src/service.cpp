@@ -77,6 +77,7 @@ struct Service::Impl : JobHost, AdminBackend {
   std::atomic<bool> stopping{false};
   std::set<std::string> allowed;  // without a kit: the registry (empty admits any id)
   std::set<std::string> revoked_sites;
+  std::map<std::string, std::pair<Clock::time_point, int>> handshake_failures;  // plane+event -> last logged, since
 
   struct Upload {
     std::string site, job;
@@ -509,17 +510,24 @@ struct Service::Impl : JobHost, AdminBackend {
       std::memcpy(&id, event[0].data(), 2);
       std::memcpy(&value, static_cast<const char*>(event[0].data()) + 2, 4);
       const std::string address = event[1].to_string();
+      // A refused key is logged by the ZAP handler, with the peer's address; here the failures
+      // that never reach it, at most once a minute per kind with a count (libzmq names the
+      // listening endpoint here, not the peer).
+      const auto now = Clock::now();
+      auto& [last, count] = handshake_failures[std::string(plane) + std::to_string(id)];
+      ++count;
+      if (id == ZMQ_EVENT_DISCONNECTED || id == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) continue;
+      if (last != Clock::time_point{} && now - last < std::chrono::minutes(1)) continue;
+      const std::string times = count > 1 ? " (" + std::to_string(count) + " in the last minute)" : "";
+      last = now;
+      count = 0;
       switch (id) {
-        case ZMQ_EVENT_DISCONNECTED: log->debug("{} connection {} closed", plane, address); break;
-        case ZMQ_EVENT_HANDSHAKE_FAILED_AUTH:
-          log->warn("{} connection {} refused: authentication failed (status {})", plane, address, value);
-          break;
         case ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL:
           log->warn("{} connection {} refused: protocol error 0x{:x} (a frame that does not decrypt, or a peer holding "
-                    "another coordinator's key)", plane, address, value);
+                    "another coordinator's key){}", plane, address, value, times);
           break;
         case ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-          log->warn("{} connection {} refused: handshake failed (errno {})", plane, address, value);
+          log->warn("{} connection {} refused: handshake failed (errno {}){}", plane, address, value, times);
           break;
         default: break;
       }

@@ -158,7 +158,7 @@ int main(int argc, char** argv) {
       std::cout << map.dump(2) << "\n";
       return;
     }
-    std::cout << "PSEUDONYM            SUBJECT\n";
+    std::cout << "PSEUDONYM           SUBJECT\n";
     for (const auto& s : *list) std::cout << site_agent::pseudonym(*key, s.subject) << "  " << s.subject << "\n";
   });
 
