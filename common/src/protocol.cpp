@@ -300,7 +300,15 @@ std::string to_json(const JobSpec& j) {
                       {"transfer_precision", j.transfer_precision},
                       {"sites_per_round", j.sites_per_round},
                       {"fraction", j.fraction},
-                      {"max_update_norm", j.max_update_norm}};
+                      {"max_update_norm", j.max_update_norm},
+                      {"student_init", j.student_init},
+                      {"kd_loss", j.kd_loss},
+                      {"kd_hard_weight", j.kd_hard_weight},
+                      {"kd_confidence", j.kd_confidence},
+                      {"bn_statistics", j.bn_statistics},
+                      {"server_optimizer", j.server_optimizer},
+                      {"server_lr", j.server_lr},
+                      {"evaluate_every", j.evaluate_every}};
   return o.dump(2);
 }
 
@@ -338,6 +346,14 @@ Result<JobSpec> job_spec_from_json(const std::string& text) {
     j.sites_per_round = o.value("sites_per_round", 0);
     j.fraction = o.value("fraction", 0.0);
     j.max_update_norm = o.value("max_update_norm", 0.0);
+    j.student_init = o.value("student_init", std::string("teacher"));
+    j.kd_loss = o.value("kd_loss", std::string("hinton"));
+    j.kd_hard_weight = o.value("kd_hard_weight", 0.0);
+    j.kd_confidence = o.value("kd_confidence", 0.5);
+    j.bn_statistics = o.value("bn_statistics", std::string("shared"));
+    j.server_optimizer = o.value("server_optimizer", std::string("fedavg"));
+    j.server_lr = o.value("server_lr", 1.0);
+    j.evaluate_every = o.value("evaluate_every", 0);
     return j;
   } catch (const std::exception& e) {
     return make_error(std::string("job spec: ") + e.what());

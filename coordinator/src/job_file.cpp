@@ -60,6 +60,16 @@ Status validate_job(protocol::JobSpec& j, const std::string& teacher) {
     return make_error("max_update_norm must be 0 (no bound) or a positive number");
   }
   if (!(j.temperature <= 100)) return make_error("temperature must be at most 100");
+  if (j.student_init != "teacher" && j.student_init != "scratch") return make_error("student_init must be teacher or scratch");
+  if (j.kd_loss != "hinton" && j.kd_loss != "paper") return make_error("kd_loss must be hinton or paper");
+  if (!(j.kd_hard_weight >= 0)) return make_error("kd_hard_weight must not be negative");
+  if (!(j.kd_confidence >= 0.5 && j.kd_confidence <= 1)) return make_error("kd_confidence must be between 0.5 and 1");
+  if (j.bn_statistics != "shared" && j.bn_statistics != "local") return make_error("bn_statistics must be shared or local");
+  if (j.server_optimizer != "fedavg" && j.server_optimizer != "fedadam" && j.server_optimizer != "fedyogi") {
+    return make_error("server_optimizer must be fedavg, fedadam or fedyogi");
+  }
+  if (!(j.server_lr > 0)) return make_error("server_lr must be positive");
+  if (j.evaluate_every < 0) return make_error("evaluate_every must be 0 (only at the end) or more");
   if (!(j.lesion_slice_fraction >= 0 && j.lesion_slice_fraction <= 1)) return make_error("lesion_slice_fraction must be between 0 and 1");
   if (j.evaluation_sites.empty()) {
     for (const auto& s : j.sites) {
@@ -107,6 +117,14 @@ Result<JobDefinition> read_mapping(config::Mapping& mapping, const fs::path& pat
   m->get("sites_per_round", j.sites_per_round);
   m->get("fraction", j.fraction);
   m->get("max_update_norm", j.max_update_norm);
+  m->get("student_init", j.student_init);
+  m->get("kd_loss", j.kd_loss);
+  m->get("kd_hard_weight", j.kd_hard_weight);
+  m->get("kd_confidence", j.kd_confidence);
+  m->get("bn_statistics", j.bn_statistics);
+  m->get("server_optimizer", j.server_optimizer);
+  m->get("server_lr", j.server_lr);
+  m->get("evaluate_every", j.evaluate_every);
   m->get("method", d.method);
   m->get("teacher", d.teacher);
   models::ModelSpec model;

@@ -61,8 +61,11 @@ json round_to_json(const RoundRecord& r) {
   json refused = json::array();
   for (const auto& [site, reason] : r.refused) refused.push_back({{"site", site}, {"reason", reason}});
   const auto f = federation_split(r);
+  json test_dsc = json::object();
+  for (const auto& [site, dsc] : r.test_dsc) test_dsc[site] = dsc;
   return {{"round", r.round},
           {"refused", refused},
+          {"test_dsc", test_dsc},
           {"seconds", r.seconds},
           {"learning_rate", r.learning_rate},
           {"sites", sites},
@@ -80,6 +83,7 @@ RoundRecord round_from_json(const json& r) {
   rec.seconds = r.at("seconds").get<double>();
   rec.learning_rate = r.at("learning_rate").get<double>();
   rec.missing = r.at("missing").get<std::vector<std::string>>();
+  for (const auto& [site, dsc] : r.value("test_dsc", json::object()).items()) rec.test_dsc[site] = dsc.get<double>();
   for (const auto& x : r.value("refused", json::array())) {
     rec.refused.emplace_back(x.at("site").get<std::string>(), x.at("reason").get<std::string>());
   }

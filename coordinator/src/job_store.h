@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -58,6 +59,7 @@ struct RoundRecord {
   std::vector<SiteRecord> sites;
   std::vector<std::string> missing;  // asked but not counted, each "site (why)"
   std::vector<std::pair<std::string, std::string>> refused;  // updates refused: site, why
+  std::map<std::string, double> test_dsc;  // evaluate_every: mean Dice per evaluation site after the round
   RoundCost cost;
 };
 

@@ -3,11 +3,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <random>
 
 #include "fedda/common/crypto.h"
 #include "fedda/common/files.h"
 #include "crash_point.h"
+#include "server_optimizer.h"
 #include "fedda/models/weights.h"
 
 namespace fedda::coordinator {
@@ -91,7 +93,14 @@ struct JobRun::Model {
   TensorSet global;
   std::unique_ptr<models::DiscriminatorOptimizer> discriminator;
   std::unique_ptr<RunningAverage> model_average, grad_average;
+  std::vector<std::string> local_norm;  // FedBN: tensors not averaged (each site keeps its own)
+  std::unique_ptr<ServerOptimizer> server;
 };
+
+namespace {
+// Interim evaluations (evaluate_every) are numbered apart from the rounds and the final one.
+constexpr int kInterimRound = 1000000;
+}  // namespace
 
 JobRun::JobRun(JobRecord& record, JobHost& host)
     : record_(record), host_(host), model_(std::make_unique<Model>()), log_(log::get("coordinator")) {}
@@ -137,6 +146,13 @@ Status JobRun::start() {
   }
   m.spec.role = spec.type == JobType::teacher ? "teacher" : spec.type == JobType::kd ? "student" : protocol::job_type_name(spec.type);
   spec.model_spec_json = models::to_json(m.spec);
+  if (spec.type == JobType::kd && spec.student_init == "scratch") {  // a new U-Net of the teacher's architecture
+    auto fresh = models::new_model_weights(m.spec, spec.seed);
+    if (!fresh) return fresh.error();
+    m.global = std::move(*fresh);
+  }
+  if (spec.bn_statistics == "local") m.local_norm = models::batch_norm_tensors(m.spec);
+  m.server = std::make_unique<ServerOptimizer>(spec.server_optimizer, spec.server_lr);
   if (spec.type == JobType::ada) {
     auto weights = models::new_discriminator_weights(m.spec, spec.seed);
     if (!weights) return weights.error();
@@ -154,6 +170,11 @@ Status JobRun::start() {
       if (auto st = m.discriminator->load(dir / round_file(r, "discriminator.pt"), storage_key, round_context(spec.id, r)); !st) {
         return st.error();
       }
+    }
+    if (m.server->adaptive()) {
+      auto state = load_weights(dir / round_file(r, "server"), storage_key, round_context(spec.id, r));
+      if (!state) return state.error();
+      if (auto st = m.server->restore(*state); !st) return st.error();
     }
     log_->info("job {}: resuming after round {} of {}", spec.id, r, spec.rounds);
   }
@@ -414,9 +435,10 @@ void JobRun::open_round() {
   for (const auto& sid : candidates) ask(sid);
 }
 
-void JobRun::open_evaluation() {
+void JobRun::open_evaluation(bool interim) {
   const auto& spec = record_.definition.spec;
-  round_ = spec.rounds + 1;
+  interim_ = interim;
+  round_ = interim ? kInterimRound + record_.finished_round : spec.rounds + 1;
   current_ = RoundRecord{};
   expected_.clear();
   answered_.clear();
@@ -485,7 +507,7 @@ void JobRun::step() {
         const auto* site = host_.sites().find(sid);
         if (site && site->alive && site->jobs.count(id()) && site->jobs.at(id()).ready) ++ready;
       }
-      if (ready == spec.evaluation_sites.size() || now >= phase_start_ + host_.start_timeout()) open_evaluation();
+      if (ready == spec.evaluation_sites.size() || now >= phase_start_ + host_.start_timeout()) open_evaluation(false);
       return;
     }
     case Phase::collecting:
@@ -529,7 +551,14 @@ void JobRun::close_round() {
   const auto average_start = Clock::now();
   auto averaged = m.model_average->average();
   if (!averaged) return fail(averaged.error().message);
-  m.global = std::move(*averaged);
+  for (auto& t : averaged->tensors) {  // FedBN: batch norm stays each site's; the global keeps its own
+    if (std::count(m.local_norm.begin(), m.local_norm.end(), t.name)) {
+      if (const auto* kept = m.global.find(t.name)) t = *kept;
+    }
+  }
+  auto stepped = m.server->step(m.global, *averaged);
+  if (!stepped) return fail(stepped.error().message);
+  m.global = std::move(*stepped);
   current_.cost.aggregate_s += seconds_since(average_start);
   if (m.discriminator) {
     auto grads = m.grad_average->average();
@@ -550,6 +579,11 @@ void JobRun::close_round() {
       return fail(st.error().message);
     }
   }
+  if (m.server->adaptive()) {
+    if (auto st = save_weights(dir / round_file(r, "server"), m.server->state(), storage_key, round_context(id(), r)); !st) {
+      return fail(st.error().message);
+    }
+  }
   crash_point("weights", r);
   current_.cost.persist_s = seconds_since(persist_start);
   current_.cost.span_s = seconds_since(phase_start_);
@@ -557,7 +591,7 @@ void JobRun::close_round() {
   record_.rounds.push_back(current_);
   record_.finished_round = r;
   if (auto st = store.save(record_); !st) return fail(st.error().message);
-  for (const char* what : {"weights", "discriminator.pt"}) {
+  for (const char* what : {"weights", "discriminator.pt", "server"}) {
     if (auto st = files::remove_durably(dir / round_file(r - 1, what)); !st) log_->warn("{}", st.error().message);
   }
   crash_point("removed", r);
@@ -577,10 +611,35 @@ void JobRun::close_round() {
   if (abort_ || drain_) return stop_after_round();
   phase_ = Phase::waiting;
   phase_start_ = Clock::now();
+  if (spec.evaluate_every > 0 && r % spec.evaluate_every == 0 && r < spec.rounds && spec.evaluate &&
+      !ready_sites(false).empty()) {
+    open_evaluation(true);
+  }
 }
 
 void JobRun::close_evaluation() {
   const auto dir = host_.store().dir(id());
+  if (interim_) {  // a point of the learning curve: mean Dice per site, with the round it followed
+    std::map<std::string, std::pair<double, int>> dice;
+    for (const auto& row : evaluation_) {
+      if (!std::isfinite(row.metrics.dsc)) continue;
+      dice[row.site].first += row.metrics.dsc;
+      dice[row.site].second += 1;
+    }
+    if (!record_.rounds.empty()) {
+      for (const auto& [site, d] : dice) record_.rounds.back().test_dsc[site] = d.first / d.second;
+      if (auto st = host_.store().save(record_); !st) return fail(st.error().message);
+    }
+    log_->info("job {}: after round {}, test Dice {}", id(), record_.finished_round,
+               dice.empty() ? std::string("-") : std::to_string(dice.begin()->second.first / dice.begin()->second.second));
+    interim_ = false;
+    evaluation_.clear();
+    expected_.clear();
+    answered_.clear();
+    phase_ = Phase::waiting;
+    phase_start_ = Clock::now();
+    return;
+  }
   if (auto st = write_results_csv(dir / "results.csv", record_, evaluation_); !st) return fail(st.error().message);
   finish();
 }

@@ -92,7 +92,7 @@ class JobRun {
   bool evaluates(const std::string& site) const;
   void offer(SiteInfo& site);
   void open_round();
-  void open_evaluation();
+  void open_evaluation(bool interim);
   void ask(const std::string& site);
   void close_round();
   void close_evaluation();
@@ -119,6 +119,7 @@ class JobRun {
   std::vector<EvaluationRow> evaluation_;
   std::string stop_by_;     // abort: who asked
   bool abort_ = false, drain_ = false, resumed_ = false;
+  bool interim_ = false;    // the evaluation open is one of evaluate_every's, not the final one
   std::shared_ptr<spdlog::logger> log_;
 };
 

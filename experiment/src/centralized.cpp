@@ -18,15 +18,17 @@ using imaging::SubjectFiles;
 
 namespace {
 
+// curve.csv: loss per epoch of every stage, and the test half's mean Dice where it was scored.
 struct Curve {
   std::ostringstream csv;
-  Curve() { csv << "stage,epoch,loss,seconds,slices_per_second\n"; }
+  Curve() { csv << "stage,epoch,loss,seconds,slices_per_second,test_dsc\n"; }
   models::ProgressFn recorder(const std::string& stage) {
     return [this, stage](const models::EpochReport& e) {
-      csv << stage << "," << e.epoch << "," << e.loss << "," << e.seconds << "," << e.slices_per_second << "\n";
+      csv << stage << "," << e.epoch << "," << e.loss << "," << e.seconds << "," << e.slices_per_second << ","
+          << (std::isfinite(e.curve_dsc) ? std::to_string(e.curve_dsc) : std::string()) << "\n";
       log::get("centralized")
-          ->info("{} epoch {}: loss {:.4f}, {:.1f} s, {:.1f} slices/s", stage, e.epoch, e.loss, e.seconds,
-                 e.slices_per_second);
+          ->info("{} epoch {}: loss {:.4f}, {:.1f} s, {:.1f} slices/s{}", stage, e.epoch, e.loss, e.seconds,
+                 e.slices_per_second, std::isfinite(e.curve_dsc) ? ", test Dice " + std::to_string(e.curve_dsc) : "");
     };
   }
 };
@@ -94,6 +96,12 @@ Result<CentralizedResult> run_centralized(const CentralizedOptions& o) {
     }
   }
 
+  // Learning curves on the test half: the adaptation (and a U-bound) scored every few epochs.
+  auto adaptation = o.adaptation;
+  if (o.curve_every > 0) {
+    adaptation.curve_every = o.curve_every;
+    adaptation.curve_subjects = test;
+  }
   CentralizedResult result;
   auto score = [&](const fs::path& model, const std::vector<SubjectFiles>& subjects) -> Status {
     auto scores = models::evaluate_model(model, subjects, o.adaptation.device);
@@ -112,30 +120,32 @@ Result<CentralizedResult> run_centralized(const CentralizedOptions& o) {
     // From scratch like the teacher, with the teacher's budget; or from the teacher like kd and ada.
     auto config = o.teacher;
     if (o.ubound_from_teacher) {
-      config = o.adaptation;
+      config = adaptation;
       config.init_model = teacher;
     }
     auto r = models::train_supervised(labelled, config, model, "ubound", curve.recorder("ubound"));
     st = r ? score(model, test) : Status(r.error());
   } else if (o.method == "kd") {
-    auto r = models::train_kd(teacher, *source, adapt, o.adaptation, model, curve.recorder("kd"));
+    auto r = models::train_kd(teacher, *source, adapt, adaptation, model, curve.recorder("kd"));
     st = r ? score(model, test) : Status(r.error());
   } else if (o.method == "ada") {
-    auto r = models::train_ada(teacher, *source, adapt, o.adaptation, model, curve.recorder("ada"));
+    auto r = models::train_ada(teacher, *source, adapt, adaptation, model, curve.recorder("ada"));
     st = r ? score(model, test) : Status(r.error());
   } else if (o.method == "kd-from-ada") {
     const fs::path ada = o.ada_model.empty() ? o.out / "ada-teacher.pt" : o.ada_model;
-    st = train_or_reuse(ada, [&] { return models::train_ada(teacher, *source, adapt, o.adaptation, ada, curve.recorder("ada")); });
+    st = train_or_reuse(ada, [&] { return models::train_ada(teacher, *source, adapt, adaptation, ada, curve.recorder("ada")); });
     if (st) {
-      auto r = models::train_kd(ada, *source, adapt, o.adaptation, model, curve.recorder("kd"));
+      auto r = models::train_kd(ada, *source, adapt, adaptation, model, curve.recorder("kd"));
       st = r ? score(model, test) : Status(r.error());
     }
   } else {  // on the fly: one adaptation per test subject
     for (const auto& subject : test) {
       const fs::path per_subject = o.out / "otf" / (subject.subject + ".pt");
+      auto per = adaptation;
+      if (o.curve_every > 0) per.curve_subjects = {subject};
       auto r = o.method == "otf-kd"
-                   ? models::train_kd(teacher, *source, {subject}, o.adaptation, per_subject, curve.recorder("kd-" + subject.subject))
-                   : models::train_ada(teacher, *source, {subject}, o.adaptation, per_subject,
+                   ? models::train_kd(teacher, *source, {subject}, per, per_subject, curve.recorder("kd-" + subject.subject))
+                   : models::train_ada(teacher, *source, {subject}, per, per_subject,
                                        curve.recorder("ada-" + subject.subject));
       st = r ? score(per_subject, {subject}) : Status(r.error());
       if (!st) break;

@@ -23,50 +23,74 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using nlohmann::json;
 
-ExperimentBudget experiment_budget(Profile profile) {
+const std::vector<std::string>& experiment_profiles() {
+  static const std::vector<std::string> p{"smoke", "quick", "standard", "paper"};
+  return p;
+}
+
+Result<ExperimentBudget> experiment_budget(const std::string& profile) {
   ExperimentBudget b;
-  switch (profile) {
-    case Profile::kSmoke:  // shapes, not numbers: every path runs once, briefly
-      b.unet.width = 4;
-      b.unet.depth = 2;
-      b.grid = {{32, 32}, {6.0, 6.0}};
-      b.teacher_epochs = 2;
-      b.adapt_epochs = 1;
-      b.otf_epochs = 1;
-      b.steps = 2;
-      b.batch = 4;
-      break;
-    case Profile::kQuick:  // 2 CPU cores, within an hour for both modes
-      b.unet.width = 16;
-      b.unet.depth = 3;
-      b.grid = {{64, 64}, {3.0, 3.0}};
-      b.teacher_epochs = 40;
-      b.adapt_epochs = 8;
-      b.otf_epochs = 2;
-      b.steps = 8;
-      b.batch = 8;
-      b.teacher_lr = 3e-3;
-      b.adapt_lr = 1e-4;  // the paper's; 1e-3 shook the student off its teacher (README, "Experiment grid")
-      b.ada_warmup_epochs = 2;
-      break;
-    case Profile::kPaper:  // sized for a GPU (--device cuda)
-      b.unet.width = 16;
-      b.unet.depth = 4;
-      b.grid = {{128, 128}, {1.5, 1.5}};
-      b.teacher_epochs = 100;
-      b.adapt_epochs = 40;
-      b.otf_epochs = 10;
-      b.steps = 32;
-      b.batch = 8;
-      b.teacher_lr = 1e-3;
-      b.adapt_lr = 1e-4;
-      b.ada_warmup_epochs = 5;
-      break;
+  if (profile == "smoke") {  // shapes, not numbers: every path runs once, briefly
+    b.unet.width = 4;
+    b.unet.depth = 2;
+    b.grid = {{32, 32}, {6.0, 6.0}};
+    b.teacher_epochs = 2;
+    b.adapt_epochs = 1;
+    b.otf_epochs = 1;
+    b.steps = 2;
+    b.batch = 4;
+    b.curve_every = 1;
+  } else if (profile == "quick") {  // 2 CPU cores, about an hour for both modes
+    b.unet.width = 16;
+    b.unet.depth = 3;
+    b.grid = {{64, 64}, {3.0, 3.0}};
+    b.teacher_epochs = 40;
+    b.adapt_epochs = 8;
+    b.otf_epochs = 2;
+    b.steps = 8;
+    b.batch = 8;
+    b.teacher_lr = 3e-3;
+    b.adapt_lr = 1e-4;  // the paper's; 1e-3 shook the student off its teacher (README, "Experiment grid")
+    b.ada_warmup_epochs = 2;
+    b.curve_every = 2;
+  } else if (profile == "standard") {  // 2 CPU cores, about two hours for both modes
+    b.unet.width = 16;
+    b.unet.depth = 3;
+    b.grid = {{96, 96}, {2.0, 2.0}};
+    b.teacher_epochs = 40;
+    b.adapt_epochs = 16;
+    b.otf_epochs = 3;
+    b.steps = 12;
+    b.batch = 8;
+    b.teacher_lr = 3e-3;
+    b.adapt_lr = 1e-4;
+    b.ada_warmup_epochs = 3;
+    b.curve_every = 4;
+  } else if (profile == "paper") {  // sized for a GPU (--device cuda)
+    b.unet.width = 16;
+    b.unet.depth = 4;
+    b.grid = {{128, 128}, {1.5, 1.5}};
+    b.teacher_epochs = 100;
+    b.adapt_epochs = 40;
+    b.otf_epochs = 10;
+    b.steps = 32;
+    b.batch = 8;
+    b.teacher_lr = 1e-3;
+    b.adapt_lr = 1e-4;
+    b.ada_warmup_epochs = 5;
+    b.curve_every = 5;
+  } else {
+    return make_error("profile '" + profile + "' is not one of smoke, quick, standard, paper");
   }
   return b;
 }
 
 namespace {
+
+// The student's budget (kd, kd-from-ada): its own, or the adaptations'.
+int kd_epochs(const ExperimentBudget& b) { return b.kd_epochs > 0 ? b.kd_epochs : b.adapt_epochs; }
+double kd_lr(const ExperimentBudget& b) { return b.kd_lr > 0 ? b.kd_lr : b.adapt_lr; }
+bool is_kd(const std::string& method) { return method == "kd" || method == "kd-from-ada"; }
 
 const std::string kCsvHeader = std::string(protocol::kResultsCsvHeader) + "\n";
 
@@ -83,7 +107,18 @@ json budget_json(const ExperimentBudget& b) {
           {"adapt_lr", b.adapt_lr},
           {"ada_weight", b.ada_weight},
           {"ada_warmup_epochs", b.ada_warmup_epochs},
-          {"temperature", b.temperature}};
+          {"temperature", b.temperature},
+          {"student_init", b.student_init},
+          {"kd_epochs", b.kd_epochs},
+          {"kd_lr", b.kd_lr},
+          {"kd_loss", b.kd_loss},
+          {"kd_hard_weight", b.kd_hard_weight},
+          {"kd_confidence", b.kd_confidence},
+          {"bn_statistics", b.bn_statistics},
+          {"federated_bn", b.federated_bn},
+          {"server_optimizer", b.server_optimizer},
+          {"server_lr", b.server_lr},
+          {"curve_every", b.curve_every}};
 }
 
 // One cell of the grid. Teachers are cells too (method "teacher", target empty).
@@ -223,10 +258,13 @@ Result<Grid> plan(const ExperimentOptions& o, const ExperimentBudget& b) {
             c.fold = fold;
             const double n = static_cast<double>(test.size());
             const double adapt = b.adapt_epochs * b.steps, otf = b.otf_epochs * b.steps;
+            const double kd = kd_epochs(b) * b.steps * (b.kd_hard_weight > 0 ? 1.1 : 1.0);
+            const double curves = b.curve_every > 0 ? eval * n * 0.3 * kd_epochs(b) / b.curve_every : 0;
             if (method == "lbound") c.cost = overhead + eval * n;
-            if (method == "ubound" || method == "kd") c.cost = adapt + overhead + eval * n;
-            if (method == "ada") c.cost = 2 * adapt + overhead + eval * n;
-            if (method == "kd-from-ada") c.cost = adapt + overhead + eval * n;
+            if (method == "ubound") c.cost = adapt + overhead + eval * n + curves;
+            if (method == "kd") c.cost = kd + overhead + eval * n + curves;
+            if (method == "ada") c.cost = 2 * adapt + overhead + eval * n + curves;
+            if (method == "kd-from-ada") c.cost = kd + overhead + eval * n + curves;
             if (method == "otf-kd") c.cost = n * (otf + overhead + eval);
             if (method == "otf-ada") c.cost = n * (2 * otf + overhead + eval);
             if (method.rfind("otf-", 0) == 0) {
@@ -299,7 +337,21 @@ Result<std::string> run_centralized_cell(const ExperimentOptions& o, const Exper
   co.method = c.method;
   co.fold = c.fold;
   co.teacher = train_config(b, o, b.teacher_epochs, b.teacher_lr);
-  co.adaptation = train_config(b, o, c.method.rfind("otf-", 0) == 0 ? b.otf_epochs : b.adapt_epochs, b.adapt_lr);
+  const bool otf = c.method.rfind("otf-", 0) == 0;
+  co.adaptation = is_kd(c.method) ? train_config(b, o, kd_epochs(b), kd_lr(b))
+                                  : train_config(b, o, otf ? b.otf_epochs : b.adapt_epochs, b.adapt_lr);
+  if (is_kd(c.method)) {
+    co.adaptation.kd_init = b.student_init;
+    co.adaptation.kd_loss = b.kd_loss;
+    co.adaptation.kd_hard_weight = b.kd_hard_weight;
+    co.adaptation.kd_confidence = b.kd_confidence;
+  } else if (c.method == "otf-kd") {  // on the fly adapts the teacher, briefly, as it is configured
+    co.adaptation.kd_loss = b.kd_loss;
+    co.adaptation.kd_hard_weight = b.kd_hard_weight;
+    co.adaptation.kd_confidence = b.kd_confidence;
+  }
+  co.adaptation.bn_statistics = b.bn_statistics;
+  if (!otf) co.curve_every = b.curve_every;
   co.teacher_model = teacher;
   // kd-from-ada distils the ada cell's model of the same pair and fold (trained here if missing).
   co.ada_model = o.out / "centralized" / c.pair() / ("fold" + std::to_string(c.fold)) / "ada" / "model.pt";
@@ -364,11 +416,19 @@ Result<std::vector<std::pair<std::string, std::string>>> job_files(const Experim
     y << "id: " << ids[i] << "\nmethod: " << c.method << "\nfold: " << fold << "\nsites: " << sites
       << "\nevaluation_sites: [" << c.target << "]\n" << common.str();
     const bool otf = c.method.rfind("otf-", 0) == 0;
-    const int rounds = otf ? b.otf_epochs : b.adapt_epochs;
+    const int rounds = is_kd(c.method) ? kd_epochs(b) : otf ? b.otf_epochs : b.adapt_epochs;
     if (c.method == "lbound") {
       y << "type: evaluate\nteacher: " << teacher << "\n";
     } else {
-      y << "rounds: " << rounds << "\nlearning_rate: " << b.adapt_lr << "\nmin_sites: 2\n";
+      y << "rounds: " << rounds << "\nlearning_rate: " << (is_kd(c.method) ? kd_lr(b) : b.adapt_lr)
+        << "\nmin_sites: 2\nbn_statistics: " << b.federated_bn << "\nserver_optimizer: " << b.server_optimizer
+        << "\nserver_lr: " << b.server_lr << "\n";
+      if (!otf && b.curve_every > 0) y << "evaluate_every: " << b.curve_every << "\n";
+      if (is_kd(c.method)) y << "student_init: " << b.student_init << "\n";
+      if (is_kd(c.method) || c.method == "otf-kd") {
+        y << "kd_loss: " << b.kd_loss << "\nkd_hard_weight: " << b.kd_hard_weight << "\nkd_confidence: " << b.kd_confidence
+          << "\n";
+      }
       if (c.method == "ubound") y << "type: teacher\nteacher: " << teacher << "\n";
       if (c.method == "kd" || c.method == "otf-kd") y << "type: kd\nteacher: " << teacher << "\n";
       if (c.method == "ada" || c.method == "otf-ada") y << "type: ada\nteacher: " << teacher << "\n";
@@ -563,14 +623,17 @@ Result<ExperimentResult> run_experiment(const ExperimentOptions& options) {
   if (auto st = models::check_device(o.device); !st) return st.error();
   // LibTorch's own default may be the physical core count; the grid runs one thing at a time.
   if (o.threads <= 0) o.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  const auto budget = experiment_budget(o.profile);
+  auto chosen = experiment_budget(o.profile);
+  if (!chosen) return chosen.error();
+  auto budget = *chosen;
+  if (!o.student_init.empty()) budget.student_init = o.student_init;
   auto grid = plan(o, budget);
   if (!grid) return grid.error();
   std::error_code ec;
   fs::create_directories(o.out, ec);
   if (ec) return make_error(o.out.string() + ": cannot create: " + ec.message());
 
-  json config = {{"profile", profile_name(o.profile)},
+  json config = {{"profile", o.profile},
                  {"seed", o.seed},
                  {"budget", budget_json(budget)},
                  {"data", fs::absolute(o.data).lexically_normal().string()},
@@ -594,7 +657,7 @@ Result<ExperimentResult> run_experiment(const ExperimentOptions& options) {
       federated.push_back(c);
     }
   }
-  o.say("experiment: " + std::to_string(grid->cells.size()) + " cells (" + profile_name(o.profile) + " profile, " +
+  o.say("experiment: " + std::to_string(grid->cells.size()) + " cells (" + o.profile + " profile, " +
         std::to_string(grid->clinics.size()) + " clinics, modes " + yaml_list(o.modes) + "), " +
         std::to_string(progress.skipped()) + " already done; output in " + o.out.string());
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -265,6 +266,101 @@ std::string federated_vs_centralized(const Scores& sc, const std::vector<std::st
   return md.str();
 }
 
+// The verdict: the paper's findings, each computed from this run beside the paper's figure.
+std::string verdict(const Scores& sc, const std::vector<std::string>& modes, const std::vector<std::string>& pairs) {
+  std::ostringstream md;
+  md << "| finding | paper | " ;
+  for (const auto& m : modes) md << m << " | ";
+  md << "\n|---|---|";
+  for (std::size_t i = 0; i < modes.size(); ++i) md << "---|";
+  md << "\n";
+  struct Row {
+    std::string finding, paper;
+    std::function<std::string(const std::string&)> of;
+  };
+  // Counts over the pairs with both methods scored; "n of m (k significant)" with Student's paired
+  // t-test at 5% on the same subjects, as the paper's.
+  const auto versus = [&](const std::string& mode, const std::string& a, const std::string& b) {
+    int above = 0, significant = 0, counted = 0;
+    for (const auto& pair : pairs) {
+      const auto A = sc.of(mode, pair, a), B = sc.of(mode, pair, b);
+      if (!A.n || !B.n) continue;
+      ++counted;
+      above += A.mean > B.mean;
+      const auto t = paired_t_test(sc.get(mode, pair, a), sc.get(mode, pair, b));
+      significant += t && t->p < 0.05 && t->mean_difference > 0;
+    }
+    if (!counted) return std::string("–");
+    return std::to_string(above) + " of " + std::to_string(counted) + " (" + std::to_string(significant) + " significant)";
+  };
+  const auto gap = [&](const std::string& mode, const std::string& method) {
+    double closed = 0, total = 0;
+    for (const auto& pair : pairs) {
+      const auto L = sc.of(mode, pair, "lbound"), U = sc.of(mode, pair, "ubound"), M = sc.of(mode, pair, method);
+      if (!L.n || !U.n || !M.n || U.mean - L.mean <= 0.02) continue;
+      closed += M.mean - L.mean;
+      total += U.mean - L.mean;
+    }
+    return total > 0 ? fixed(100 * closed / total, 0) + "%" : std::string("–");
+  };
+  const auto weakest = [&](const std::string& mode) {
+    std::string pair;
+    double low = INFINITY;
+    for (const auto& p : pairs) {
+      const auto K = sc.of(mode, p, "kd");
+      if (K.n && K.mean < low) {
+        low = K.mean;
+        pair = p;
+      }
+    }
+    if (pair.empty()) return std::string("–");
+    const auto KA = sc.of(mode, pair, "kd-from-ada");
+    return pair_title(pair) + ": " + fixed(low) + " → " + (KA.n ? fixed(KA.mean) : std::string("–"));
+  };
+  const auto mean_of = [&](const std::string& mode, const std::string& method) {
+    std::vector<double> v;
+    for (const auto& p : pairs) {
+      const auto M = sc.of(mode, p, method);
+      if (M.n) v.push_back(M.mean);
+    }
+    return v.empty() ? std::string("–") : fixed(stats(v).mean);
+  };
+  const std::vector<Row> rows = {
+      {"KD above L-bound (pairs)", "6 of 6", [&](const std::string& m) { return versus(m, "kd", "lbound"); }},
+      {"KD above ADA (pairs)", "5 of 6", [&](const std::string& m) { return versus(m, "kd", "ada"); }},
+      {"ADA above KD (pairs)", "1 of 6", [&](const std::string& m) { return versus(m, "ada", "kd"); }},
+      {"share of the L-bound → U-bound gap closed by KD", "about half", [&](const std::string& m) { return gap(m, "kd"); }},
+      {"share of the gap closed by ADA", "about a quarter", [&](const std::string& m) { return gap(m, "ada"); }},
+      {"share of the gap closed by KD (ADA teacher)", "–", [&](const std::string& m) { return gap(m, "kd-from-ada"); }},
+      {"KD's weakest pair: KD → KD (ADA teacher)", "0.65 → 0.69", [&](const std::string& m) { return weakest(m); }},
+      {"mean Dice L-bound / U-bound", "–",
+       [&](const std::string& m) { return mean_of(m, "lbound") + " / " + mean_of(m, "ubound"); }},
+      {"mean Dice KD / ADA / KD (ADA teacher)", "–",
+       [&](const std::string& m) { return mean_of(m, "kd") + " / " + mean_of(m, "ada") + " / " + mean_of(m, "kd-from-ada"); }},
+  };
+  for (const auto& r : rows) {
+    md << "| " << r.finding << " | " << r.paper << " | ";
+    for (const auto& m : modes) md << r.of(m) << " | ";
+    md << "\n";
+  }
+  md << "\nSignificant: Student's paired t-test on the target's test subjects of both folds, p < 0.05, in the "
+        "direction of the row. The share of the gap is summed over the pairs where U-bound exceeds L-bound by more "
+        "than 0.02.";
+  if (modes.size() == 2) {
+    std::vector<double> d;
+    for (const auto& pair : pairs) {
+      const auto F = sc.of("federated", pair, "kd"), C = sc.of("centralized", pair, "kd");
+      if (F.n && C.n) d.push_back(F.mean - C.mean);
+    }
+    if (!d.empty()) {
+      md << " Federated KD against centralized KD, mean over pairs: " << (stats(d).mean >= 0 ? "+" : "")
+         << fixed(stats(d).mean) << " Dice (the table below has every method).";
+    }
+  }
+  md << "\n";
+  return md.str();
+}
+
 // ---- plots ---------------------------------------------------------------------------------
 
 std::string quoted(const fs::path& p) { return "'" + p.string() + "'"; }
@@ -274,7 +370,12 @@ Status write_text(const fs::path& path, const std::string& text) { return files:
 // Dice per pair and method (bars with standard deviations), one picture per mode.
 Status dice_plot(const Scores& sc, const std::string& mode, const std::vector<std::string>& pairs,
                  const fs::path& dir, std::ostringstream& script) {
-  const std::vector<std::string> methods{"lbound", "ubound", "ada", "kd", "kd-from-ada", "otf-ada", "otf-kd"};
+  // Only the methods this run scored: a column of no values fails gnuplot's histogram.
+  std::vector<std::string> methods;
+  for (const std::string m : {"lbound", "ubound", "ada", "kd", "kd-from-ada", "otf-ada", "otf-kd"}) {
+    if (std::any_of(pairs.begin(), pairs.end(), [&](const auto& p) { return sc.of(mode, p, m).n > 0; })) methods.push_back(m);
+  }
+  if (methods.empty()) return Status::success();
   std::ostringstream dat;
   for (const auto& pair : pairs) {
     std::string label = pair_title(pair);
@@ -419,6 +520,76 @@ Status run_gnuplot(const fs::path& dir, const std::string& script) {
     return make_error("gnuplot failed (status " + std::to_string(rc) + "; is gnuplot-nox installed? "
                       "scripts/install-deps.sh installs it); see " + (dir / "gnuplot.log").string());
   }
+  return Status::success();
+}
+
+// Dice on the test half against epochs (centralized, curve.csv's test_dsc) and rounds (federated,
+// rounds.jsonl's test_dsc), fold 0, one panel per method: whether a method had converged when scored.
+Status test_curves(const fs::path& out, const std::vector<std::string>& pairs, const fs::path& dir,
+                   std::ostringstream& script) {
+  std::map<std::string, std::vector<std::pair<std::string, fs::path>>> panels;  // method -> (title, data)
+  std::map<std::string, std::vector<bool>> federated;
+  for (const auto& pair : pairs) {
+    const auto k = pair.find('>');
+    const std::string dash = pair.substr(0, k) + "-" + pair.substr(k + 1), target = pair.substr(k + 1);
+    for (const std::string m : {"ubound", "kd", "ada", "kd-from-ada"}) {
+      std::string dat;
+      if (auto text = files::read_all(out / "centralized" / dash / "fold0" / m / "curve.csv")) {
+        std::istringstream in(*text);
+        std::string line;
+        std::getline(in, line);
+        const std::string stage = m == "kd-from-ada" ? "kd" : m;
+        while (std::getline(in, line)) {
+          const auto f = split(line, ',');
+          if (f.size() >= 6 && f[0] == stage && !f[5].empty()) dat += f[1] + " " + f[5] + "\n";
+        }
+      }
+      if (!dat.empty()) {
+        const auto file = dir / "curves" / ("test-centralized-" + m + "-" + dash + ".dat");
+        if (write_text(file, dat)) {
+          panels[m].emplace_back(dash + " (centralized)", file);
+          federated[m].push_back(false);
+        }
+      }
+      dat.clear();
+      std::ifstream in(out / "federated" / "jobs" / (m + "-" + dash + "-f0") / "rounds.jsonl");
+      for (std::string line; std::getline(in, line);) {
+        const auto j = json::parse(line, nullptr, false);
+        if (j.is_object() && j.contains("test_dsc") && j["test_dsc"].contains(target)) {
+          dat += std::to_string(j.value("round", 0)) + " " + std::to_string(j["test_dsc"][target].get<double>()) + "\n";
+        }
+      }
+      if (!dat.empty()) {
+        const auto file = dir / "curves" / ("test-federated-" + m + "-" + dash + ".dat");
+        if (write_text(file, dat)) {
+          panels[m].emplace_back(dash + " (federated)", file);
+          federated[m].push_back(true);
+        }
+      }
+    }
+  }
+  if (panels.empty()) return Status::success();
+  script << "set output " << quoted(dir / "test-curves.png") << "\n"
+         << "set multiplot layout 2,2 title 'Dice on the test half, fold 0: per epoch (centralized, open points) and per "
+            "round (federated, filled points)'\n"
+         << "set key outside right top font ',7' samplen 1 spacing 0.8\nset xlabel 'epoch / round'\nset ylabel 'Dice'\n"
+         << "set yrange [0:*]\n";
+  for (const std::string panel : {"ubound", "kd", "ada", "kd-from-ada"}) {
+    script << "set title '" << method_titles().at(panel) << "'\n";
+    const auto it = panels.find(panel);
+    if (it == panels.end()) {
+      script << "plot NaN notitle\n";
+      continue;
+    }
+    script << "plot ";
+    for (std::size_t i = 0; i < it->second.size(); ++i) {
+      script << (i ? ", " : "") << quoted(it->second[i].second) << " using 1:2 with linespoints lw 1.2 pt "
+             << (federated[panel][i] ? 7 : 6) << " ps 0.8 lc " << 1 + static_cast<int>(i / 2) << " title '"
+             << it->second[i].first << "'";
+    }
+    script << "\n";
+  }
+  script << "unset multiplot\nunset xlabel\nset autoscale\nset key default\n";
   return Status::success();
 }
 
@@ -596,6 +767,7 @@ Status write_experiment_report(const fs::path& out, const fs::path& data, const 
   }
   script << "set terminal png size 1200,860 font ',10'\n";
   if (auto st = learning_curves(out, pairs, clinics, plots, script); !st) return st;
+  if (auto st = test_curves(out, pairs, plots, script); !st) return st;
   std::string plot_problem;
   if (auto st = run_gnuplot(plots, script.str()); !st) {
     plot_problem = st.error().message;
@@ -628,6 +800,7 @@ Status write_experiment_report(const fs::path& out, const fs::path& data, const 
         "the same with the ADA model as teacher; **on the fly**: each test subject adapted to on its own. All "
         "adaptations start from the teacher and train for the same number of steps. Each fold adapts on one half "
         "of the target's subjects and tests on the other.\n\n";
+  if (!modes.empty()) md << "## Verdict\n\n" << verdict(sc, modes, pairs) << "\n";
   for (const auto& m : modes) {
     md << "## Table 2, " << m << "\n\n" << table2(sc, m, pairs) << "\n";
   }
@@ -643,6 +816,7 @@ Status write_experiment_report(const fs::path& out, const fs::path& data, const 
     md << "![federated against centralized](plots/federated-vs-centralized.png)\n\n";
   }
   if (fs::exists(plots / "learning-curves.png")) md << "![learning curves](plots/learning-curves.png)\n\n";
+  if (fs::exists(plots / "test-curves.png")) md << "![test Dice curves](plots/test-curves.png)\n\n";
   if (!overlay_files.empty()) {
     md << "Segmentations of two test subjects of " << clinics[1] << " (fold 0, source " << clinics[0]
        << "), on the axial slice with the most WMH. Columns: FLAIR, ground truth (yellow), then L-bound, U-bound, "

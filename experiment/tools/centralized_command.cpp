@@ -14,6 +14,9 @@ void add_centralized(CLI::App& app, int& rc) {
     int teacher_epochs = 12, epochs = 8, steps = 32, batch = 8, width = 16, depth = 4, grid = 128, threads = 0;
     double lr = 1e-3, spacing = 1.5;
     std::string device = "cpu", upsample = "nearest_conv", norm = "batch";
+    std::string student_init = "teacher", kd_loss = "hinton", bn_statistics = "shared";
+    double kd_hard_weight = 0, kd_confidence = 0.5, adapt_lr = 0;
+    int curve_every = 0;
     std::uint64_t seed = 1;
   };
   auto a = std::make_shared<Args>();
@@ -43,6 +46,21 @@ void add_centralized(CLI::App& app, int& rc) {
   cmd->add_option("--device", a->device, "cpu or cuda")->capture_default_str();
   cmd->add_option("--threads", a->threads, "LibTorch intra-op threads (0: its default)")->capture_default_str();
   cmd->add_option("--seed", a->seed, "random seed")->capture_default_str();
+  cmd->add_option("--student-init", a->student_init, "kd: the student starts as the teacher, or from scratch (teacher | scratch)")
+      ->capture_default_str()->check(CLI::IsMember({"teacher", "scratch"}));
+  cmd->add_option("--kd-loss", a->kd_loss, "kd: hinton (T^2 KL at T on both sides) or paper (eq. 3 as written: student at T = 1)")
+      ->capture_default_str()->check(CLI::IsMember({"hinton", "paper"}));
+  cmd->add_option("--kd-hard-weight", a->kd_hard_weight,
+                  "kd: weight of a supervised term (cross-entropy + soft Dice) on the teacher's confident voxels")
+      ->capture_default_str();
+  cmd->add_option("--kd-confidence", a->kd_confidence, "kd: confident voxels have teacher p(WMH) >= c or <= 1 - c")
+      ->capture_default_str()->check(CLI::Range(0.5, 1.0));
+  cmd->add_option("--bn-statistics", a->bn_statistics,
+                  "kd / ada: shared, or target (batch-norm statistics recomputed on the target's scans: AdaBN)")
+      ->capture_default_str()->check(CLI::IsMember({"shared", "target"}));
+  cmd->add_option("--adapt-lr", a->adapt_lr, "learning rate of kd / ada (default: --lr)")->capture_default_str();
+  cmd->add_option("--curve-every", a->curve_every, "score the test half every N adaptation epochs (curve.csv)")
+      ->capture_default_str();
   cmd->callback([a, &rc]() {
     models::TrainConfig c;
     c.unet.width = a->width;
@@ -63,6 +81,13 @@ void add_centralized(CLI::App& app, int& rc) {
     a->o.teacher.epochs = a->teacher_epochs;
     a->o.adaptation = c;
     a->o.adaptation.epochs = a->epochs;
+    a->o.adaptation.kd_init = a->student_init;
+    a->o.adaptation.kd_loss = a->kd_loss;
+    a->o.adaptation.kd_hard_weight = a->kd_hard_weight;
+    a->o.adaptation.kd_confidence = a->kd_confidence;
+    a->o.adaptation.bn_statistics = a->bn_statistics;
+    if (a->adapt_lr > 0) a->o.adaptation.learning_rate = a->adapt_lr;
+    a->o.curve_every = a->curve_every;
     auto r = run_centralized(a->o);
     if (!r) {
       log::get("fedda-sim")->error("{}", r.error().message);

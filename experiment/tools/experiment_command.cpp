@@ -26,6 +26,7 @@ std::vector<std::string> comma_list(const std::string& text) {
 void add_experiment(CLI::App& app, int& rc) {
   struct Args {
     std::string data, out, profile = "quick", modes = "federated,centralized", methods, folds = "0,1", device = "cpu";
+    std::string student_init;
     std::uint64_t seed = 1;
     int threads = 0;
     bool insecure = false;
@@ -42,10 +43,16 @@ void add_experiment(CLI::App& app, int& rc) {
       "Writes OUT/results.csv, timings.csv, table2.md (with KD-vs-ADA paired t-tests), table3.md (on the "
       "fly), plots/*.png, report.md and report.html. Rerunning the same command resumes: finished cells are "
       "skipped.\n"
-      "Budgets (2 CPU cores): smoke a few minutes (tests), quick within about an hour, paper for a GPU.");
+      "Budgets (2 CPU cores): smoke a few minutes (tests), quick about an hour, standard about two hours, paper for "
+      "a GPU. The report opens with a verdict: the paper's findings, each computed from this run beside the "
+      "paper's figure.");
   cmd->add_option("--data", a->data, "clinics in the WMH layout (fedda-sim generate)")->required();
   cmd->add_option("--out", a->out, "output folder (resumed when it holds a run with the same settings)")->required();
-  cmd->add_option("--profile", a->profile, "smoke, quick or paper: the training budget of every cell")->capture_default_str();
+  cmd->add_option("--profile", a->profile, "smoke, quick, standard or paper: the training budget of every cell")
+      ->capture_default_str()->check(CLI::IsMember(experiment_profiles()));
+  cmd->add_option("--student-init", a->student_init,
+                  "where the KD student starts: teacher or scratch (default: the profile's)")
+      ->check(CLI::IsMember({"teacher", "scratch"}));
   cmd->add_option("--modes", a->modes, "federated and/or centralized, comma-separated")->capture_default_str();
   cmd->add_option("--methods", a->methods,
                   "subset of lbound,ubound,ada,kd,kd-from-ada,otf-kd,otf-ada (default: all)");
@@ -55,12 +62,11 @@ void add_experiment(CLI::App& app, int& rc) {
   cmd->add_option("--threads", a->threads, "LibTorch threads per process (0: every core)")->capture_default_str();
   cmd->add_flag("--insecure", a->insecure, "federated: plain TCP, no kits (for debugging only)");
   cmd->callback([a, &rc]() {
-    auto profile = simulation::parse_profile(a->profile);
-    if (!profile) throw CLI::ValidationError("--profile", profile.error().message);
     ExperimentOptions o;
     o.data = a->data;
     o.out = a->out;
-    o.profile = *profile;
+    o.profile = a->profile;
+    o.student_init = a->student_init;
     o.modes = comma_list(a->modes);
     o.methods = comma_list(a->methods);
     o.folds.clear();

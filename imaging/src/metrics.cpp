@@ -65,6 +65,22 @@ double percentile(std::vector<double> values, double p) {
   return values[below] + (values[above] - values[below]) * fraction;
 }
 
+Result<double> dice_score(const LabelMap& truth, const LabelMap& prediction) {
+  if (auto diff = geometry_difference(truth.geometry, prediction.geometry); !diff.empty()) {
+    return make_error("prediction and truth are not on the same grid: " + diff);
+  }
+  if (prediction.voxels.size() != truth.voxels.size()) return make_error("prediction and truth differ in voxel count");
+  std::size_t nt = 0, np = 0, overlap = 0;
+  for (std::size_t i = 0; i < truth.voxels.size(); ++i) {
+    const bool t = truth.voxels[i] == kWmh;
+    const bool p = truth.voxels[i] != kOtherPathology && prediction.voxels[i] != 0;
+    nt += t;
+    np += p;
+    overlap += t && p;
+  }
+  return (nt + np) == 0 ? kNaN : 2.0 * static_cast<double>(overlap) / static_cast<double>(nt + np);
+}
+
 Result<CaseMetrics> evaluate_case(const LabelMap& truth, const LabelMap& prediction) {
   if (auto diff = geometry_difference(truth.geometry, prediction.geometry); !diff.empty()) {
     return make_error("prediction and truth are not on the same grid: " + diff);

@@ -41,9 +41,12 @@ using StepFn = std::function<double(std::mt19937_64& rng, int epoch)>;
 struct Trainee {
   ModelSpec spec;
   UNet net{nullptr};
+  torch::Device device{torch::kCPU};
   torch::optim::Adam* optimizer = nullptr;
   Discriminator* discriminator = nullptr;
   torch::optim::Adam* discriminator_optimizer = nullptr;
+  std::function<void()> before_save;  // e.g. AdaBN: the statistics the saved model carries
+  std::function<void()> after_curve;  // undoes before_save when training goes on
 };
 
 Result<TrainReport> run_epochs(const TrainConfig& c, Trainee& t, const StepFn& step, const fs::path& model_out,
@@ -77,6 +80,22 @@ Result<TrainReport> run_epochs(const TrainConfig& c, Trainee& t, const StepFn& s
     e.loss = loss / c.steps_per_epoch;
     e.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_start).count();
     e.slices_per_second = c.steps_per_epoch * c.batch_size / std::max(e.seconds, 1e-9);
+    if (c.curve_every > 0 && !c.curve_subjects.empty() && (epoch % c.curve_every == 0 || epoch == c.epochs)) {
+      // The learning curve scores the model as it would be saved now (AdaBN included).
+      if (t.before_save) t.before_save();
+      auto scores = score_subjects(t.net, t.spec, c.curve_subjects, t.device, true);
+      if (!scores) return scores.error();
+      double sum = 0;
+      int n = 0;
+      for (const auto& sc : *scores) {
+        if (std::isfinite(sc.metrics.dsc)) {
+          sum += sc.metrics.dsc;
+          ++n;
+        }
+      }
+      e.curve_dsc = n ? sum / n : NAN;
+      if (t.after_curve) t.after_curve();
+    }
     report.epochs.push_back(e);
     if (progress) progress(e);
     if (!c.checkpoint.empty()) {
@@ -87,6 +106,7 @@ Result<TrainReport> run_epochs(const TrainConfig& c, Trainee& t, const StepFn& s
       }
     }
   }
+  if (t.before_save) t.before_save();
   t.net->eval();
   if (auto st = save_model(model_out, t.spec, t.net); !st) return st.error();
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -102,7 +122,53 @@ Result<ModelSpec> new_spec(const TrainConfig& c, const std::string& role) {
   return spec;
 }
 
+// bn_statistics "target" (AdaBN): the saved model's batch-norm running statistics are recomputed
+// on the target's scans (`scans` from `first_target` on) with the trained weights, so it
+// normalises target features by the target's own statistics; training itself is unchanged.
+Status use_target_statistics(const TrainConfig& c, Trainee& t, const std::vector<ScanSlices>& scans,
+                             std::size_t first_target) {
+  if (c.bn_statistics == "shared") return Status::success();
+  if (c.bn_statistics != "target") return make_error("bn_statistics must be shared or target");
+  if (first_target >= scans.size()) return make_error("bn_statistics target: no target scans");
+  auto saved = std::make_shared<std::vector<torch::Tensor>>();
+  t.before_save = [&t, &scans, first_target, saved] {
+    saved->clear();
+    for (const auto& b : t.net->buffers()) saved->push_back(b.clone());
+    recompute_batch_norm(t.net, std::vector<ScanSlices>(scans.begin() + static_cast<long>(first_target), scans.end()),
+                         t.device);
+  };
+  t.after_curve = [&t, saved] {
+    torch::NoGradGuard no_grad;
+    auto buffers = t.net->buffers();
+    for (std::size_t i = 0; i < buffers.size() && i < saved->size(); ++i) buffers[i].copy_((*saved)[i]);
+  };
+  return Status::success();
+}
+
 }  // namespace
+
+void recompute_batch_norm(UNet& net, const std::vector<ScanSlices>& scans, const torch::Device& device) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::nn::BatchNorm2dImpl*> norms;
+  for (const auto& m : net->modules(false)) {
+    if (auto* bn = m->as<torch::nn::BatchNorm2dImpl>()) norms.push_back(bn);
+  }
+  if (norms.empty()) return;
+  std::vector<c10::optional<double>> momentum;
+  for (auto* bn : norms) {
+    momentum.push_back(bn->options.momentum());
+    bn->reset_running_stats();
+    bn->options.momentum(c10::nullopt);  // a cumulative average over every batch below
+  }
+  net->train();
+  for (const auto& scan : scans) {
+    for (std::int64_t i = 0; i < scan.images.size(0); i += 16) {
+      net->forward(scan.images.slice(0, i, std::min<std::int64_t>(scan.images.size(0), i + 16)).to(device));
+    }
+  }
+  for (std::size_t i = 0; i < norms.size(); ++i) norms[i]->options.momentum(momentum[i]);
+  net->eval();
+}
 
 // Probability of WMH for every slice of a scan, on the model grid.
 torch::Tensor predict(UNet& net, const torch::Tensor& images, const torch::Device& device, double temperature) {
@@ -187,6 +253,7 @@ Result<TrainReport> train_supervised(const std::vector<SubjectFiles>& labelled, 
     t.net->to(*device);
   }
   t.spec.role = role;
+  t.device = *device;
   auto scans = load_scans(labelled, t.spec.grid, true);
   if (!scans) return scans.error();
   torch::optim::Adam optimizer(t.net->parameters(), torch::optim::AdamOptions(c.learning_rate));
@@ -203,7 +270,10 @@ Result<TrainReport> train_kd(const fs::path& teacher_path, const std::vector<Sub
                              const ProgressFn& progress) {
   auto device = prepare(c);
   if (!device) return device.error();
-  if (c.kd_init != "teacher" && c.kd_init != "random") return make_error("kd_init must be teacher or random");
+  if (c.kd_init != "teacher" && c.kd_init != "scratch" && c.kd_init != "random") {
+    return make_error("kd_init must be teacher or scratch");
+  }
+  if (c.kd_loss != "hinton" && c.kd_loss != "paper") return make_error("kd_loss must be hinton or paper");
   auto teacher = load_model(teacher_path, *device);
   if (!teacher) return teacher.error();
   std::vector<SubjectFiles> all = source;
@@ -224,12 +294,15 @@ Result<TrainReport> train_kd(const fs::path& teacher_path, const std::vector<Sub
     t.net = UNet(t.spec.unet);
     t.net->to(*device);
   }
+  t.device = *device;
   torch::optim::Adam optimizer(t.net->parameters(), torch::optim::AdamOptions(c.learning_rate));
   t.optimizer = &optimizer;
+  const KdObjective objective{c.kd_loss, c.kd_hard_weight, c.kd_confidence, c.dice_weight};
   const auto step = [&](std::mt19937_64& rng, int) {
     const Batch b = sample_batch(*scans, c.batch_size, c.lesion_slice_fraction, c.augment, rng, *device);
-    return descend(optimizer, distillation_loss(t.net->forward(b.images), b.soft, c.temperature));
+    return descend(optimizer, kd_loss(t.net->forward(b.images), b.soft, c.temperature, objective));
   };
+  if (auto st = use_target_statistics(c, t, *scans, source.size()); !st) return st.error();
   return run_epochs(c, t, step, model_out, progress);
 }
 
@@ -253,6 +326,7 @@ Result<TrainReport> train_ada(const std::optional<fs::path>& initial, const std:
     t.net->to(*device);
   }
   t.spec.role = "ada";
+  t.device = *device;
   auto source_scans = load_scans(source, t.spec.grid, true);
   if (!source_scans) return source_scans.error();
   auto target_scans = load_scans(target, t.spec.grid, false);
@@ -289,11 +363,13 @@ Result<TrainReport> train_ada(const std::optional<fs::path>& initial, const std:
     }
     return descend(optimizer, loss);
   };
+  if (auto st = use_target_statistics(c, t, *target_scans, 0); !st) return st.error();
   return run_epochs(c, t, step, model_out, progress);
 }
 
 Result<std::vector<SubjectScore>> score_subjects(UNet& net, const ModelSpec& spec,
-                                                 const std::vector<SubjectFiles>& subjects, const torch::Device& device) {
+                                                 const std::vector<SubjectFiles>& subjects, const torch::Device& device,
+                                                 bool dice_only) {
   std::vector<SubjectScore> scores;
   for (const auto& s : subjects) {
     if (!s.labels) return make_error(s.clinic + "/" + s.subject + ": no labels to evaluate against");
@@ -303,6 +379,13 @@ Result<std::vector<SubjectScore>> score_subjects(UNet& net, const ModelSpec& spe
     const auto prediction = imaging::restore_segmentation(to_image(p, scan->grid), scan->original);
     auto truth = imaging::read_label_map(*s.labels);
     if (!truth) return truth.error();
+    if (dice_only) {
+      auto dsc = imaging::dice_score(*truth, prediction);
+      if (!dsc) return make_error(s.clinic + "/" + s.subject + ": " + dsc.error().message);
+      imaging::CaseMetrics m{*dsc, NAN, NAN, NAN, NAN};
+      scores.push_back({s.clinic, s.subject, m});
+      continue;
+    }
     auto metrics = imaging::evaluate_case(*truth, prediction);
     if (!metrics) return make_error(s.clinic + "/" + s.subject + ": " + metrics.error().message);
     scores.push_back({s.clinic, s.subject, *metrics});

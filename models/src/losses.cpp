@@ -34,4 +34,32 @@ torch::Tensor distillation_loss(const torch::Tensor& student_logits, const torch
   return kl.mean() * (temperature * temperature);
 }
 
+torch::Tensor paper_distillation_loss(const torch::Tensor& student_logits, const torch::Tensor& teacher_soft) {
+  return -(teacher_soft * torch::log_softmax(student_logits, 1)).sum(1).mean();
+}
+
+torch::Tensor teacher_probability(const torch::Tensor& teacher_soft, double temperature) {
+  const auto p = teacher_soft.select(1, 1).clamp(1e-6, 1 - 1e-6);
+  return torch::sigmoid(temperature * torch::log(p / (1 - p)));
+}
+
+torch::Tensor confident_labels(const torch::Tensor& teacher_soft, double temperature, double confidence) {
+  const auto p = teacher_probability(teacher_soft, temperature);
+  auto labels = torch::full(p.sizes(), kIgnoreLabel, torch::TensorOptions(torch::kInt64).device(p.device()));
+  labels.masked_fill_(p <= 1 - confidence, 0);
+  labels.masked_fill_(p >= confidence, 1);
+  return labels;
+}
+
+torch::Tensor kd_loss(const torch::Tensor& student_logits, const torch::Tensor& teacher_soft, double temperature,
+                      const KdObjective& o) {
+  auto loss = o.loss == "paper" ? paper_distillation_loss(student_logits, teacher_soft)
+                                : distillation_loss(student_logits, teacher_soft, temperature);
+  if (o.hard_weight > 0) {
+    loss = loss + o.hard_weight * supervised_loss(student_logits, confident_labels(teacher_soft, temperature, o.confidence),
+                                                  o.dice_weight);
+  }
+  return loss;
+}
+
 }  // namespace fedda::models

@@ -1,6 +1,8 @@
 #pragma once
 // Losses of the seed paper (private; LibTorch inside).
 
+#include <string>
+
 #include <torch/torch.h>
 
 namespace fedda::models {
@@ -24,6 +26,30 @@ torch::Tensor supervised_loss(const torch::Tensor& logits, const torch::Tensor& 
 // to the student logits is T * (softmax(student / T) - teacher_soft) / voxels.
 torch::Tensor distillation_loss(const torch::Tensor& student_logits, const torch::Tensor& teacher_soft,
                                 double temperature);
+
+// Equation 3 of the paper taken as written: the cross-entropy between the teacher's tempered
+// posteriors and the student's posteriors at T = 1, averaged over voxels.
+torch::Tensor paper_distillation_loss(const torch::Tensor& student_logits, const torch::Tensor& teacher_soft);
+
+// The teacher's own p(WMH) (at T = 1) from its tempered posteriors [N, 2, H, W]: the logit
+// difference is T * logit(p_T).
+torch::Tensor teacher_probability(const torch::Tensor& teacher_soft, double temperature);
+
+// The teacher's confident voxels as hard labels: 1 where its p(WMH) >= confidence, 0 where it is
+// <= 1 - confidence, the ignored label (2) in between. confidence 0.5: every voxel, its argmax.
+torch::Tensor confident_labels(const torch::Tensor& teacher_soft, double temperature, double confidence);
+
+// What a student learns from, in full: the distillation term (`loss`: "hinton" or "paper") plus
+// `hard_weight` times the supervised loss (cross-entropy + dice_weight * soft Dice) on the
+// teacher's confident voxels as hard labels. With hard_weight 0 it is the distillation term alone.
+struct KdObjective {
+  std::string loss = "hinton";
+  double hard_weight = 0;
+  double confidence = 0.5;
+  double dice_weight = 1.0;
+};
+torch::Tensor kd_loss(const torch::Tensor& student_logits, const torch::Tensor& teacher_soft, double temperature,
+                      const KdObjective& objective);
 
 // Tempered posteriors softmax(logits / T) over the class dimension.
 torch::Tensor tempered_softmax(const torch::Tensor& logits, double temperature);

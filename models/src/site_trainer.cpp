@@ -71,6 +71,28 @@ struct SiteTrainer::Impl {
   std::vector<imaging::SubjectFiles> evaluation;
   std::vector<SkippedScan> skipped;
   std::int64_t samples = 0;
+  std::vector<std::string> batch_norm;   // FedBN: the tensors kept here
+  std::vector<torch::Tensor> local_norm;  // their values after this site's last round
+
+  // Loads `model` into the network and, under FedBN, this site's own batch-norm tensors over it.
+  Status load(const TensorSet& model) {
+    if (auto st = from_wire(*net, model); !st) return make_error("model: " + st.error().message);
+    if (options.local_batch_norm && !local_norm.empty()) {
+      torch::NoGradGuard no_grad;
+      std::size_t k = 0;
+      for (const auto& [name, tensor] : state_of(*net)) {
+        if (std::count(batch_norm.begin(), batch_norm.end(), name)) tensor.copy_(local_norm[k++]);
+      }
+    }
+    return Status::success();
+  }
+  void keep_local_norm() {
+    if (!options.local_batch_norm) return;
+    local_norm.clear();
+    for (const auto& [name, tensor] : state_of(*net)) {
+      if (std::count(batch_norm.begin(), batch_norm.end(), name)) local_norm.push_back(tensor.detach().clone());
+    }
+  }
 };
 
 SiteTrainer::SiteTrainer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -170,6 +192,8 @@ Result<std::unique_ptr<SiteTrainer>> SiteTrainer::open(const SiteJobOptions& o, 
 
   impl->net = UNet(o.spec.unet);
   impl->net->to(impl->device);
+  if (o.local_batch_norm) impl->batch_norm = batch_norm_tensors(o.spec);
+  if (o.kd_loss != "hinton" && o.kd_loss != "paper") return make_error("kd_loss must be hinton or paper");
   if (o.type == JobType::ada) {
     impl->discriminator = Discriminator(o.spec.unet.classes);
     impl->discriminator->to(impl->device);
@@ -185,7 +209,7 @@ Result<LocalUpdate> SiteTrainer::train(int round, const TensorSet& model, const 
   if (m.scans.empty()) return make_error("this site holds no training scans for the job");
   if (steps < 1) return make_error("a round needs at least one step");
   const auto start = std::chrono::steady_clock::now();
-  if (auto st = from_wire(*m.net, model); !st) return make_error("model: " + st.error().message);
+  if (auto st = m.load(model); !st) return st.error();
   const bool ada = o.type == JobType::ada;
   if (ada) {
     if (auto st = from_wire(*m.discriminator, discriminator); !st) return make_error("discriminator: " + st.error().message);
@@ -218,7 +242,7 @@ Result<LocalUpdate> SiteTrainer::train(int round, const TensorSet& model, const 
     if (o.type == JobType::teacher) {
       loss = supervised_loss(logits, b.labels, o.dice_weight);
     } else if (o.type == JobType::kd) {
-      loss = distillation_loss(logits, b.soft, o.temperature);
+      loss = kd_loss(logits, b.soft, o.temperature, KdObjective{o.kd_loss, o.kd_hard_weight, o.kd_confidence, o.dice_weight});
     } else {
       const auto output = torch::softmax(logits, 1);
       const auto domain = torch::full({o.batch_size}, o.domain, options);
@@ -240,10 +264,18 @@ Result<LocalUpdate> SiteTrainer::train(int round, const TensorSet& model, const 
     }
   }
   m.net->eval();
+  m.keep_local_norm();
   LocalUpdate update;
   auto weights = to_wire(*m.net);
   if (!weights) return weights.error();
   update.model = std::move(*weights);
+  if (o.local_batch_norm) {  // FedBN: this site's statistics stay here; it returns the ones it got
+    for (std::size_t i = 0; i < update.model.tensors.size() && i < model.tensors.size(); ++i) {
+      if (std::count(m.batch_norm.begin(), m.batch_norm.end(), update.model.tensors[i].name)) {
+        update.model.tensors[i] = model.tensors[i];
+      }
+    }
+  }
   if (ada) {
     std::size_t k = 0;
     for (const auto& p : m.discriminator->named_parameters()) {
@@ -259,7 +291,7 @@ Result<LocalUpdate> SiteTrainer::train(int round, const TensorSet& model, const 
 
 Result<std::vector<SubjectScore>> SiteTrainer::evaluate(const TensorSet& model) {
   auto& m = *impl_;
-  if (auto st = from_wire(*m.net, model); !st) return make_error("model: " + st.error().message);
+  if (auto st = m.load(model); !st) return st.error();
   m.net->eval();
   return score_subjects(m.net, m.options.spec, m.evaluation, m.device);
 }

@@ -25,12 +25,17 @@ void set_soft_labels(ScanSlices& scan, const torch::Tensor& p);
 // Teacher's tempered p(WMH) per slice (half precision) and the slices it calls lesion.
 void attach_soft_labels(UNet& teacher, std::vector<ScanSlices>& scans, double temperature, const torch::Device& device);
 
+// Batch-norm running statistics of `net` recomputed as the cumulative average over every slice
+// of `scans` (AdaBN), with the weights as they are; `net` ends in eval mode.
+void recompute_batch_norm(UNet& net, const std::vector<ScanSlices>& scans, const torch::Device& device);
+
 // One optimiser update on `loss`; returns its value.
 double descend(torch::optim::Optimizer& optimizer, const torch::Tensor& loss);
 
-// Segments each labelled subject with `net` and scores it in its own geometry.
+// Segments each labelled subject with `net` and scores it in its own geometry; `dice_only`
+// computes the DSC alone (the other metrics NaN), for learning curves.
 Result<std::vector<SubjectScore>> score_subjects(UNet& net, const ModelSpec& spec,
                                                  const std::vector<imaging::SubjectFiles>& subjects,
-                                                 const torch::Device& device);
+                                                 const torch::Device& device, bool dice_only = false);
 
 }  // namespace fedda::models

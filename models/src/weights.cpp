@@ -99,6 +99,17 @@ Result<TensorSet> new_discriminator_weights(const ModelSpec& spec, std::uint64_t
   return to_wire(*net);
 }
 
+std::vector<std::string> batch_norm_tensors(const ModelSpec& spec) {
+  UNet net(spec.unet);
+  std::vector<std::string> names;
+  for (const auto& item : net->named_modules("", false)) {
+    if (!item.value()->as<torch::nn::BatchNorm2dImpl>()) continue;
+    for (const auto& p : item.value()->named_parameters(false)) names.push_back(item.key() + "." + p.key());
+    for (const auto& b : item.value()->named_buffers(false)) names.push_back(item.key() + "." + b.key());
+  }
+  return names;
+}
+
 Result<StoredModel> read_model_weights(const fs::path& path) {
   auto m = load_model(path, torch::kCPU);
   if (!m) return m.error();

@@ -225,6 +225,10 @@ struct SiteWorker::Impl {
     o.augment = job.augment;
     o.dice_weight = job.dice_weight;
     o.temperature = job.temperature;
+    o.kd_loss = job.kd_loss;
+    o.kd_hard_weight = job.kd_hard_weight;
+    o.kd_confidence = job.kd_confidence;
+    o.local_batch_norm = job.bn_statistics == "local";
     o.seed = job.seed ^ std::hash<std::string>{}(id);
     o.device = config.device;
     o.threads = config.threads;

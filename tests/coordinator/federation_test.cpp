@@ -152,6 +152,32 @@ TEST_F(Federation, FederatedKdMatchesCentralizedDice) {
   }
 }
 
+// The student of the paper (from scratch, the teacher's confident voxels as hard labels beside
+// its soft ones), with batch norm kept at each site (FedBN), FedAdam at the coordinator and a
+// learning curve on the test half after every round.
+TEST_F(Federation, AScratchStudentWithFedBnAndFedAdamRecordsItsLearningCurve) {
+  const auto job = kd_job("kd-scratch", {"utrecht", "amsterdam"}, 3, 8, 2);
+  std::ofstream(job, std::ios::app) << "student_init: scratch\nkd_hard_weight: 1\nbn_statistics: local\n"
+                                       "server_optimizer: fedadam\nserver_lr: 0.01\nevaluate_every: 1\n";
+  auto coordinator = start_coordinator(job, "tcp://127.0.0.1:0");
+  const auto endpoint = wait_for_endpoint();
+  auto utrecht = start_agent("utrecht", endpoint);
+  auto amsterdam = start_agent("amsterdam", endpoint);
+  ASSERT_EQ(coordinator->wait(240s), 0) << testing::read_text(coordinator_log());
+  const auto r = rounds("kd-scratch");
+  ASSERT_EQ(r.size(), 3u);
+  for (int i = 0; i < 2; ++i) {  // after rounds 1 and 2; the last round is scored by the final evaluation
+    ASSERT_TRUE(r[i]["test_dsc"].contains("amsterdam")) << r[i].dump();
+    const double dsc = r[i]["test_dsc"]["amsterdam"].get<double>();
+    EXPECT_GE(dsc, 0.0);
+    EXPECT_LE(dsc, 1.0);
+  }
+  EXPECT_TRUE(fs::exists(dir_ / "jobs" / "kd-scratch" / "round-0003.server"));  // FedAdam's moments, for a restart
+  EXPECT_TRUE(fs::exists(dir_ / "jobs" / "kd-scratch" / "results.csv"));
+  // The student did not start as the teacher: its first round's loss is far from the teacher's.
+  EXPECT_GT(r[0]["sites"][0]["loss"].get<double>(), 0.05) << r[0].dump();
+}
+
 TEST_F(Federation, AgentKilledMidRoundRejoinsAndTheJobFinishes) {
   const auto job = kd_job("kd-agent-killed", {"utrecht", "amsterdam", "singapore"}, 5, 24, 2);
   auto coordinator = start_coordinator(job, "tcp://127.0.0.1:0");

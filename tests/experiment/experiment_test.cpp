@@ -131,7 +131,7 @@ TEST(ExperimentCli, SmokeGridWritesEveryOutputAndResumes) {
 
   // Plots and report.
   for (const char* png : {"dice-federated.png", "dice-centralized.png", "federated-vs-centralized.png",
-                          "learning-curves.png"}) {
+                          "learning-curves.png", "test-curves.png"}) {
     EXPECT_TRUE(is_png(out / "plots" / png)) << png;
   }
   int overlays = 0;
@@ -144,6 +144,15 @@ TEST(ExperimentCli, SmokeGridWritesEveryOutputAndResumes) {
   EXPECT_NE(html.find("<img src=\"plots/dice-federated.png\""), std::string::npos);
   EXPECT_NE(html.find("Timings"), std::string::npos);
   EXPECT_TRUE(fs::exists(out / "report.md"));
+  // The verdict: each of the paper's findings from this run, beside the paper's figure.
+  const auto md = testing::read_text(out / "report.md");
+  EXPECT_NE(md.find("## Verdict"), std::string::npos);
+  EXPECT_NE(md.find("| KD above L-bound (pairs) | 6 of 6 |"), std::string::npos) << md;
+  EXPECT_NE(md.find("share of the L-bound → U-bound gap closed by KD"), std::string::npos);
+  EXPECT_EQ(md.find("Plots incomplete"), std::string::npos) << md;
+  // Learning curves on the test half: centralized per epoch (curve.csv's test_dsc).
+  EXPECT_NE(testing::read_text(out / "centralized" / "utrecht-amsterdam" / "fold0" / "kd" / "curve.csv").find("test_dsc"),
+            std::string::npos);
 
   // A rerun finds every cell done, trains nothing and writes the same results.
   const auto before = testing::read_text(out / "results.csv");
@@ -157,6 +166,16 @@ TEST(ExperimentCli, SmokeGridWritesEveryOutputAndResumes) {
   auto clash = run_command(command + " --seed 2");
   EXPECT_NE(clash.exit_code, 0);
   EXPECT_NE(clash.output.find("another seed"), std::string::npos) << clash.output;
+
+  // Without the methods on the fly the Dice plots are still drawn (a column of no values used to
+  // fail gnuplot's histogram and leave the report without plots).
+  const auto subset = dir / "subset";
+  auto partial = run_command(bin("fedda-sim").string() + " experiment --data " + data.string() + " --profile smoke --out " +
+                             subset.string() + " --modes centralized --folds 0 --methods lbound,ubound,ada,kd,kd-from-ada");
+  ASSERT_EQ(partial.exit_code, 0) << partial.output;
+  EXPECT_TRUE(is_png(subset / "plots" / "dice-centralized.png"));
+  EXPECT_EQ(testing::read_text(subset / "report.md").find("Plots incomplete"), std::string::npos)
+      << testing::read_text(subset / "report.md");
 }
 
 TEST(ExperimentCli, BadArgumentsAreNamed) {
@@ -169,6 +188,10 @@ TEST(ExperimentCli, BadArgumentsAreNamed) {
                   (dir / "out").string() + " --methods kd,magic");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("magic"), std::string::npos) << r.output;
+  r = run_command(bin("fedda-sim").string() + " experiment --data " + dir.path().string() + " --out " +
+                  (dir / "out").string() + " --profile huge");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("standard"), std::string::npos) << r.output;
 }
 
 }  // namespace

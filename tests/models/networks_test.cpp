@@ -179,5 +179,41 @@ TEST(Device, CpuAlwaysWorksAndUnknownDevicesAreRefused) {
   }
 }
 
+TEST(KdLoss, ThePapersFormIsTheCrossEntropyWithTheStudentAtTOne) {
+  torch::manual_seed(4);
+  const auto student = torch::randn({2, 2, 4, 4});
+  const auto teacher = torch::softmax(torch::randn({2, 2, 4, 4}) / 2.0, 1);
+  const auto expected = -(teacher * torch::log_softmax(student, 1)).sum(1).mean();
+  EXPECT_NEAR(paper_distillation_loss(student, teacher).item<double>(), expected.item<double>(), 1e-6);
+  // Hinton's form is the default; with no hard term kd_loss is the distillation term alone.
+  EXPECT_NEAR(kd_loss(student, teacher, 2.0, KdObjective{}).item<double>(), distillation_loss(student, teacher, 2.0).item<double>(), 1e-6);
+}
+
+TEST(KdLoss, TheTeachersConfidentVoxelsBecomeHardLabels) {
+  // Teacher logits with p(WMH) at T = 1 of 0.95, 0.6, 0.4, 0.05 on four voxels; the soft labels
+  // hold them at T = 2.
+  const auto p = torch::tensor({0.95f, 0.6f, 0.4f, 0.05f});
+  const auto logit = torch::log(p / (1 - p));
+  const auto logits = torch::stack({torch::zeros(4), logit}).reshape({1, 2, 1, 4});
+  const auto soft = tempered_softmax(logits, 2.0);
+  const auto back = teacher_probability(soft, 2.0).flatten();
+  for (int i = 0; i < 4; ++i) EXPECT_NEAR(back[i].item<float>(), p[i].item<float>(), 1e-3);
+  const auto all = confident_labels(soft, 2.0, 0.5).flatten();  // every voxel: the argmax
+  EXPECT_EQ(all[0].item<int64_t>(), 1);
+  EXPECT_EQ(all[1].item<int64_t>(), 1);
+  EXPECT_EQ(all[2].item<int64_t>(), 0);
+  EXPECT_EQ(all[3].item<int64_t>(), 0);
+  const auto confident = confident_labels(soft, 2.0, 0.9).flatten();  // the uncertain two are left out
+  EXPECT_EQ(confident[0].item<int64_t>(), 1);
+  EXPECT_EQ(confident[1].item<int64_t>(), kIgnoreLabel);
+  EXPECT_EQ(confident[2].item<int64_t>(), kIgnoreLabel);
+  EXPECT_EQ(confident[3].item<int64_t>(), 0);
+  // The hard term adds to the distillation term.
+  KdObjective hard;
+  hard.hard_weight = 1;
+  const auto student = torch::zeros({1, 2, 1, 4});
+  EXPECT_GT(kd_loss(student, soft, 2.0, hard).item<double>(), kd_loss(student, soft, 2.0, KdObjective{}).item<double>());
+}
+
 }  // namespace
 }  // namespace fedda::models

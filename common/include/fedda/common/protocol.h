@@ -171,6 +171,18 @@ struct JobSpec {
   // A site's update is refused when its L2 distance from the round's global model (parameters and
   // buffers, float tensors) exceeds this; 0: no bound. Non-finite updates are always refused.
   double max_update_norm = 0;
+  // Knowledge distillation (kd jobs): where the student starts, what it learns from.
+  std::string student_init = "teacher";  // teacher | scratch (a fresh U-Net of the teacher's architecture)
+  std::string kd_loss = "hinton";        // hinton (T on both sides) | paper (eq. 3 as written: student at T = 1)
+  double kd_hard_weight = 0;             // + this x supervised loss on the teacher's confident voxels
+  double kd_confidence = 0.5;            // confident: teacher p(WMH) >= c or <= 1 - c
+  // Federated learning across scanners: batch-norm layers averaged like the rest (shared), or kept
+  // at each site (local: FedBN, Li et al. 2021); the coordinator's step on the averaged update:
+  // fedavg (take it), fedadam or fedyogi (Reddi et al. 2021) with server_lr.
+  std::string bn_statistics = "shared";
+  std::string server_optimizer = "fedavg";
+  double server_lr = 1.0;
+  int evaluate_every = 0;  // > 0: the evaluation sites also score the model after every this many rounds
 };
 
 struct Hello {
@@ -461,6 +473,10 @@ void serialize(Archive& ar, JobSpec& m, std::uint32_t version) {
   if (version >= 2) ar(FEDDA_TEXT(transfer_precision));
   if (version >= 3) ar(m.sites_per_round, m.fraction);
   if (version >= 4) ar(m.max_update_norm);
+  if (version >= 5) {
+    ar(FEDDA_TEXT(student_init), FEDDA_TEXT(kd_loss), m.kd_hard_weight, m.kd_confidence, FEDDA_TEXT(bn_statistics),
+       FEDDA_TEXT(server_optimizer), m.server_lr, m.evaluate_every);
+  }
 }
 template <class Archive>
 void serialize(Archive& ar, Hello& m, std::uint32_t version) {
@@ -592,7 +608,7 @@ Result<Body> decode_body(const std::string& body_frame) {
 CEREAL_CLASS_VERSION(fedda::protocol::Header, 1)
 CEREAL_CLASS_VERSION(fedda::WireTensor, 1)
 CEREAL_CLASS_VERSION(fedda::TensorSet, 1)
-CEREAL_CLASS_VERSION(fedda::protocol::JobSpec, 4)
+CEREAL_CLASS_VERSION(fedda::protocol::JobSpec, 5)
 CEREAL_CLASS_VERSION(fedda::protocol::Hello, 2)
 CEREAL_CLASS_VERSION(fedda::protocol::Welcome, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::JobOffer, 1)

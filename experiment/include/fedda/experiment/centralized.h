@@ -36,6 +36,8 @@ struct CentralizedOptions {
   std::filesystem::path ada_model;      // kd-from-ada's teacher, kept and reused; default OUT/ada-teacher.pt
   bool ubound_from_teacher = false;     // U-bound fine-tunes the teacher with the adaptation budget
                                         // (like kd and ada) instead of training from scratch
+  int curve_every = 0;                  // > 0: the test half scored every this many adaptation epochs
+                                        // (curve.csv's test_dsc), a learning curve
 };
 
 struct CentralizedRow {

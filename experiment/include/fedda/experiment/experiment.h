@@ -37,14 +37,12 @@
 
 namespace fedda::experiment {
 
-using simulation::Profile;
-
-// How much every cell trains, per profile.
+// How every cell trains, per profile (smoke, quick, standard, paper; see experiment.cpp).
 struct ExperimentBudget {
   models::UNetSpec unet;
   GridSpec grid;
   int teacher_epochs = 0;   // source teachers (federated: rounds)
-  int adapt_epochs = 0;     // ubound (fine-tuned from the teacher), kd, ada, kd-from-ada
+  int adapt_epochs = 0;     // ubound (fine-tuned from the teacher), ada, and kd when kd_epochs is 0
   int otf_epochs = 0;       // on the fly, per subject
   int steps = 0;            // optimiser steps per epoch
   int batch = 8;
@@ -53,9 +51,25 @@ struct ExperimentBudget {
   double ada_weight = 0.1;
   int ada_warmup_epochs = 1;
   double temperature = 2.0;
+  // The student (kd, kd-from-ada, otf-kd): where it starts and what it learns from.
+  std::string student_init = "teacher";  // teacher | scratch
+  int kd_epochs = 0;                     // 0: adapt_epochs
+  double kd_lr = 0;                      // 0: adapt_lr
+  std::string kd_loss = "hinton";        // hinton | paper
+  double kd_hard_weight = 0;             // supervised term on the teacher's confident voxels
+  double kd_confidence = 0.5;
+  // Batch norm across domains: centralized kd / ada recompute it on the target (target) or not
+  // (shared); federated jobs keep it at each site (local: FedBN) or average it (shared).
+  std::string bn_statistics = "shared";
+  std::string federated_bn = "shared";
+  std::string server_optimizer = "fedavg";  // fedavg | fedadam | fedyogi
+  double server_lr = 1.0;
+  int curve_every = 0;  // learning curves: the test half scored every this many epochs / rounds
 };
 
-ExperimentBudget experiment_budget(Profile profile);
+// Error lists the profiles.
+Result<ExperimentBudget> experiment_budget(const std::string& profile);
+const std::vector<std::string>& experiment_profiles();
 
 inline const std::vector<std::string>& experiment_methods() {
   static const std::vector<std::string> m{"lbound", "ubound", "ada", "kd", "kd-from-ada", "otf-kd", "otf-ada"};
@@ -65,7 +79,8 @@ inline const std::vector<std::string>& experiment_methods() {
 struct ExperimentOptions {
   std::filesystem::path data;
   std::filesystem::path out;
-  Profile profile = Profile::kQuick;
+  std::string profile = "quick";     // the training budget; any data (fedda-sim generate) will do
+  std::string student_init;          // overrides the profile's (teacher | scratch) when set
   std::vector<std::string> modes{"federated", "centralized"};
   std::vector<std::string> methods;  // default: experiment_methods()
   std::vector<int> folds{0, 1};

@@ -34,6 +34,10 @@ struct CaseMetrics {
 // Error when the two label maps are not on the same grid (size, spacing, origin, direction).
 Result<CaseMetrics> evaluate_case(const LabelMap& truth, const LabelMap& prediction);
 
+// DSC alone, as evaluate_case computes it (label 2 removed); for learning curves, where the
+// distance and lesion metrics would cost most of the time. Error as evaluate_case's.
+Result<double> dice_score(const LabelMap& truth, const LabelMap& prediction);
+
 // The p-th percentile (0..100) with numpy's default linear interpolation; NaN when empty.
 double percentile(std::vector<double> values, double p);
 

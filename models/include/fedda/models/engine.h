@@ -12,6 +12,7 @@
 // Functions are not re-entrant with respect to LibTorch's global thread setting; run one
 // training per process at a time.
 
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -39,7 +40,15 @@ struct TrainConfig {
   double lesion_slice_fraction = 0.5;  // share of sampled slices that contain (predicted) lesion
   bool augment = true;           // left-right flips, intensity scale and shift
   double temperature = 2.0;      // KD
-  std::string kd_init = "teacher";  // student starts from: teacher | random
+  std::string kd_init = "teacher";  // student starts from: teacher | scratch ("random" is scratch)
+  std::string kd_loss = "hinton";   // hinton: T^2 KL(softmax(t/T) || softmax(s/T)); paper: eq. 3 as written,
+                                    // cross-entropy of softmax(t/T) and the student's softmax at T = 1
+  double kd_hard_weight = 0;        // + this x (cross-entropy + soft Dice) on the teacher's confident voxels
+  double kd_confidence = 0.5;       // confident: teacher p(WMH) >= c or <= 1 - c; 0.5: every voxel
+  std::string bn_statistics = "shared";  // kd / ada: shared | target (running statistics recomputed on the
+                                         // target's scans after training: AdaBN)
+  std::vector<imaging::SubjectFiles> curve_subjects;  // if set: scored every curve_every epochs (learning curve)
+  int curve_every = 0;
   std::filesystem::path init_model; // supervised: fine-tune this model (its architecture and grid) instead of a new one
   double ada_weight = 0.1;       // ADA: adversarial weight after warm-up
   int ada_warmup_epochs = 5;
@@ -54,6 +63,7 @@ struct EpochReport {
   double loss = 0;      // mean training loss of the epoch
   double seconds = 0;
   double slices_per_second = 0;
+  double curve_dsc = NAN;  // mean Dice on curve_subjects after this epoch, when it was scored
 };
 
 struct TrainReport {

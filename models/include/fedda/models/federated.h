@@ -33,6 +33,11 @@ struct SiteJobOptions {
   bool augment = true;
   double dice_weight = 1.0;
   double temperature = 2.0;
+  std::string kd_loss = "hinton";   // kd: hinton | paper (see TrainConfig)
+  double kd_hard_weight = 0;        // kd: + this x supervised loss on the teacher's confident voxels
+  double kd_confidence = 0.5;
+  bool local_batch_norm = false;    // FedBN: this site's batch-norm tensors stay its own across rounds
+                                    // (the model it is sent brings the rest) and are used to evaluate
   std::uint64_t seed = 1;
   std::string device = "cpu";
   int threads = 0;

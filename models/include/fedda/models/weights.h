@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "fedda/common/result.h"
 #include "fedda/common/tensors.h"
@@ -20,6 +21,10 @@ namespace fedda::models {
 // Fresh weights of the spec's U-Net / of the ADA discriminator (seeded).
 Result<TensorSet> new_model_weights(const ModelSpec& spec, std::uint64_t seed);
 Result<TensorSet> new_discriminator_weights(const ModelSpec& spec, std::uint64_t seed);
+
+// Names of the spec's batch-norm tensors (weights, biases, running statistics, counters) in a
+// TensorSet of its U-Net: what stays at each site under bn_statistics: local (FedBN).
+std::vector<std::string> batch_norm_tensors(const ModelSpec& spec);
 
 struct StoredModel {
   ModelSpec spec;
