@@ -6,7 +6,7 @@ JOBS ?= 2
 BUILD_TYPE ?= RelWithDebInfo
 CMAKE_FLAGS ?=
 
-.PHONY: all deps configure build test test-unit test-slow test-integration demo asan clean
+.PHONY: all deps configure build test test-unit test-slow test-integration demo asan package clean
 
 all: build
 
@@ -34,6 +34,11 @@ test-integration: build
 
 demo: build
 	@bash scripts/demo.sh $(BUILD)/bin
+
+# Debian packages fedda-agent, fedda-coordinator and fedda-admin in $(BUILD)/packages/.
+package: build
+	@cd $(BUILD) && cpack -G DEB -B packages > cpack.log 2>&1 || (cat cpack.log; exit 1)
+	@ls $(BUILD)/packages/*.deb
 
 # The whole suite under AddressSanitizer and UndefinedBehaviorSanitizer.
 asan:

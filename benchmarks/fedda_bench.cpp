@@ -19,6 +19,7 @@
 #include <torch/torch.h>
 
 #include "fedda/models/engine.h"
+#include "fedda/common/version.h"
 #include "losses.h"
 #include "model_io.h"
 #include "networks.h"
@@ -81,6 +82,7 @@ double inference_rate(const models::UNetSpec& spec, int batch, int size, int war
 
 int main(int argc, char** argv) {
   CLI::App app{"fedda-bench: training-step, inference and end-to-end segmentation speed (docs/performance.md)"};
+  app.set_version_flag("--version", std::string("fedda-bench ") + kVersion);
   int threads = 2, batch = 8, size = 128, warmup = 3, steps = 20;
   std::string model, flair, t1, out = (fs::temp_directory_path() / "fedda-bench-seg.nii.gz").string();
   app.add_option("--threads", threads, "LibTorch intra-op threads")->capture_default_str()->check(CLI::PositiveNumber);

@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fedda/experiment/consortium.h"
+#include "fedda/common/version.h"
 #include "support/fake_sites.h"
 #include "support/process.h"
 
@@ -121,6 +122,7 @@ Row measure(const fs::path& bin, const fs::path& work, int sites, int per_round,
 int main(int argc, char** argv) {
   CLI::App app{"fedda-bench-scale: coordinator round time and peak memory at many lightweight sites (real coordinator "
                "process, fake sites multiplexed in this one, loopback, no kits)."};
+  app.set_version_flag("--version", std::string("fedda-bench-scale ") + fedda::kVersion);
   std::vector<int> counts = {3, 100, 1000};
   int rounds = 3, width = 4, depth = 2, grid = 32, per_round = 0;
   std::string bin = fedda::experiment::executable_dir().string(), work = (fs::temp_directory_path() / "fedda-bench-scale").string();

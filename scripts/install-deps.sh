@@ -29,6 +29,10 @@ packages=(
   mricron-data
   clang
   libclang-rt-14-dev
+  libcpp-httplib-dev  # the coordinator's status page, JSON API and /metrics
+  # Packaging and its tests: dpkg-shlibdeps (dpkg-dev), `systemd-analyze verify` (systemd),
+  # the status page in a headless browser (chromium), `promtool check metrics` (prometheus).
+  dpkg-dev fakeroot systemd chromium prometheus curl
 )
 
 missing=()

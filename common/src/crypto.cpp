@@ -4,6 +4,7 @@
 
 #include <memory>
 
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -123,6 +124,10 @@ Result<std::string> hmac_sha256_hex(std::string_view key, std::string_view messa
     out += hex[digest[i] & 15];
   }
   return out;
+}
+
+bool equal_secrets(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
 }
 
 Result<std::string> sign(const std::string& private_pem, std::string_view message) {

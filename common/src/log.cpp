@@ -1,8 +1,15 @@
 #include "fedda/common/log.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
 #include <mutex>
 
+#include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/sinks/stdout_sinks.h>
 
 namespace fedda::log {
 namespace {
@@ -17,13 +24,52 @@ spdlog::level::level_enum& current_level() {
   return level;
 }
 
+// "<N>", the syslog priority journald reads at the start of a line (sd-daemon(3)).
+class SyslogPriority : public spdlog::custom_flag_formatter {
+ public:
+  void format(const spdlog::details::log_msg& msg, const std::tm&, spdlog::memory_buf_t& dest) override {
+    const char* priority = "<6>";
+    switch (msg.level) {
+      case spdlog::level::trace:
+      case spdlog::level::debug: priority = "<7>"; break;     // debug
+      case spdlog::level::info: priority = "<6>"; break;      // info
+      case spdlog::level::warn: priority = "<4>"; break;      // warning
+      case spdlog::level::err: priority = "<3>"; break;       // err
+      case spdlog::level::critical: priority = "<2>"; break;  // crit
+      default: break;
+    }
+    dest.append(priority, priority + 3);
+  }
+  std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<SyslogPriority>(); }
+};
+
 }  // namespace
+
+bool stderr_is_journal() {
+  const char* stream = std::getenv("JOURNAL_STREAM");
+  if (!stream || !*stream) return false;
+  struct stat st {};
+  if (::fstat(STDERR_FILENO, &st) != 0) return false;
+  unsigned long long dev = 0, ino = 0;
+  if (std::sscanf(stream, "%llu:%llu", &dev, &ino) != 2) return false;
+  return dev == static_cast<unsigned long long>(st.st_dev) && ino == static_cast<unsigned long long>(st.st_ino);
+}
 
 std::shared_ptr<spdlog::logger> get(const std::string& component) {
   std::lock_guard<std::mutex> lock(registry_mutex());
   if (auto existing = spdlog::get(component)) return existing;
-  auto logger = spdlog::stderr_color_mt(component);
-  logger->set_pattern("[%Y-%m-%d %H:%M:%S.%e] [%^%l%$] [%n] %v");
+  static const bool journal = stderr_is_journal();
+  std::shared_ptr<spdlog::logger> logger;
+  if (journal) {
+    // journald stamps each line itself and reads its priority from the "<N>" prefix.
+    logger = spdlog::stderr_logger_mt(component);
+    auto formatter = std::make_unique<spdlog::pattern_formatter>();
+    formatter->add_flag<SyslogPriority>('*').set_pattern("%*[%n] %v");
+    logger->set_formatter(std::move(formatter));
+  } else {
+    logger = spdlog::stderr_color_mt(component);
+    logger->set_pattern("[%Y-%m-%d %H:%M:%S.%e] [%^%l%$] [%n] %v");
+  }
   logger->set_level(current_level());
   return logger;
 }

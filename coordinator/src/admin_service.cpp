@@ -100,6 +100,18 @@ protocol::AdminReply AdminService::handle(const std::string& who, const protocol
   return reply;
 }
 
+protocol::AdminReply AdminService::read(const std::string& command, const std::string& target) {
+  if (command != "jobs" && command != "status" && command != "sites") return refused("not a read-only command: " + command);
+  protocol::AdminRequest request;
+  request.command = command;
+  request.target = target;
+  try {
+    return dispatch("status page", request);
+  } catch (const std::exception& e) {
+    return refused(std::string("internal error: ") + e.what());
+  }
+}
+
 protocol::AdminReply AdminService::dispatch(const std::string& who, const protocol::AdminRequest& r) {
   auto& store = backend_.store();
   const auto job_named = [&](const std::string& id) -> Result<JobRecord*> {

@@ -51,6 +51,9 @@ class AdminService {
  public:
   AdminService(AdminBackend& backend, std::filesystem::path audit_file);
   protocol::AdminReply handle(const std::string& who, const protocol::AdminRequest& request);
+  // The read-only commands (jobs, status, sites) for the status page: answered as handle() would,
+  // not audited (a page refreshing every few seconds is not an operator's act).
+  protocol::AdminReply read(const std::string& command, const std::string& target);
 
  private:
   protocol::AdminReply dispatch(const std::string& who, const protocol::AdminRequest& request);

@@ -72,6 +72,7 @@ std::set<std::string> Admission::site_ids() const {
 }
 
 void Admission::log_refusal(const std::string& key, const std::string& address, const std::string& why) {
+  ++refused_count_;
   const auto now = std::chrono::steady_clock::now();
   std::unique_lock<std::mutex> lock(mutex_);
   auto& [last, count] = refusals_[key + "\n" + why];  // a new reason for the same key is news

@@ -43,6 +43,9 @@ class Admission {
   // Answers ZAP requests on `handler` until `stop` is set.
   void serve(zmq::socket_t& handler, const std::atomic<bool>& stop);
 
+  // Connections refused so far (for /metrics).
+  std::uint64_t refused() const { return refused_count_; }
+
  private:
   void log_refusal(const std::string& key, const std::string& address, const std::string& why);
 
@@ -52,6 +55,7 @@ class Admission {
   std::set<std::string> revoked_;
   std::map<std::string, std::pair<std::chrono::steady_clock::time_point, int>> refusals_;  // key+reason -> last logged, since
   std::shared_ptr<spdlog::logger> log_;
+  std::atomic<std::uint64_t> refused_count_{0};
 };
 
 }  // namespace fedda::coordinator

@@ -17,10 +17,13 @@
 #include "admission.h"
 #include "fedda/common/files.h"
 #include "fedda/common/kit.h"
+#include "fedda/common/crypto.h"
 #include "fedda/common/log.h"
+#include "fedda/common/version.h"
 #include "job_store.h"
 #include "round_driver.h"
 #include "site_registry.h"
+#include "status_api.h"
 
 namespace fedda::coordinator {
 namespace fs = std::filesystem;
@@ -46,6 +49,10 @@ zmq::message_t shared_message(const std::shared_ptr<const std::string>& body) {
 std::string wildcard_port(std::string endpoint) {
   if (endpoint.size() > 2 && endpoint.compare(endpoint.size() - 2, 2, ":0") == 0) endpoint.replace(endpoint.size() - 1, 1, "*");
   return endpoint;
+}
+
+Result<std::string> status_token_of(const kit::CoordinatorKit& kit) {
+  return crypto::hmac_sha256_hex(kit.storage_key, "fedda status page token");
 }
 
 bool is_loopback(const std::string& endpoint) {
@@ -78,6 +85,9 @@ struct Service::Impl : JobHost, AdminBackend {
   std::set<std::string> allowed;  // without a kit: the registry (empty admits any id)
   std::set<std::string> revoked_sites;
   std::map<std::string, std::pair<Clock::time_point, int>> handshake_failures;  // plane+event -> last logged, since
+  ServiceCounters counters;  // for /metrics
+  std::unique_ptr<StatusBridge> status;            // with --http: the HTTP threads' questions
+  std::unique_ptr<monitoring::HttpServer> http;    // destroyed before the bridge and the context
 
   struct Upload {
     std::string site, job;
@@ -114,6 +124,7 @@ struct Service::Impl : JobHost, AdminBackend {
                std::uint32_t crc, const std::string& signature = {}) {
     h.body_bytes = body.size();
     h.body_crc32 = crc;
+    (&socket == &admin ? counters.bytes_sent_admin : counters.bytes_sent_sites) += body.size() + signature.size();
     try {
       socket.send(zmq::buffer(routing), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
       socket.send(zmq::buffer(protocol::encode_header(h)), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
@@ -140,6 +151,7 @@ struct Service::Impl : JobHost, AdminBackend {
   }
 
   void reject(const std::string& routing, RejectCode code, const std::string& reason) {
+    if (code != RejectCode::say_hello_first && code != RejectCode::not_an_operator) ++counters.refused_hellos;
     send_body(routing, MessageType::reject, "", 0, protocol::Reject{code, reason});
   }
 
@@ -493,6 +505,65 @@ struct Service::Impl : JobHost, AdminBackend {
     return Status::success();
   }
 
+  // ---- the status page --------------------------------------------------------------------
+
+  json coordinator_json() const {
+    return {{"version", kVersion},
+            {"consortium", consortium ? consortium->consortium : ""},
+            {"insecure", !consortium},
+            {"started_ms", counters.started_ms},
+            {"uptime_s", (wall_ms() - counters.started_ms) / 1000},
+            {"sites_endpoint", endpoint},
+            {"admin_endpoint", admin_endpoint}};
+  }
+
+  json read(const std::string& command, const std::string& target) {
+    const auto reply = admin_service->read(command, target);
+    if (!reply.ok) throw std::runtime_error(reply.error);
+    return json::parse(reply.json);
+  }
+
+  // Answers the status page's questions (status_api.h); only reads.
+  monitoring::HttpResponse answer_status(const std::string& what, const std::string& arg) {
+    const auto as_json = [](const json& j, int code = 200) { return monitoring::HttpResponse{code, "application/json", j.dump()}; };
+    if (what == "ping") return as_json({{"ok", true}, {"version", kVersion}});
+    if (what == "metrics") {
+      counters.uploads_waiting = upload_queue.size();
+      counters.uploads_in_progress = uploading.size();
+      if (admission) counters.refused_keys = admission->refused();
+      return {200, monitoring::kMetricsContentType, metrics_text(*jobs, registry, known_sites(), counters)};
+    }
+    if (what == "overview") return as_json({{"coordinator", coordinator_json()}, {"jobs", read("jobs", "")}, {"sites", read("sites", "")}});
+    if (what == "jobs" || what == "sites") return as_json(read(what, ""));
+    if (what == "job" || what == "job-page") {
+      const auto reply = admin_service->read("status", arg);
+      if (!reply.ok) {
+        return what == "job" ? as_json({{"error", reply.error}}, 404)
+                             : as_json({{"coordinator", coordinator_json()}, {"error", reply.error}}, 404);
+      }
+      if (what == "job") return {200, "application/json", reply.json};
+      return as_json({{"coordinator", coordinator_json()}, {"job", json::parse(reply.json)}});
+    }
+    return as_json({{"error", "unknown question"}}, 404);
+  }
+
+  Status start_http() {
+    if (o.http.empty()) return Status::success();
+    // With a kit the page asks for the kit's token wherever it listens (loopback is shared by
+    // every account on a server); without one it listens on loopback only (HttpServer checks).
+    std::string token;
+    if (consortium) {
+      auto t = status_token_of(*consortium);
+      if (!t) return t.error();
+      token = *t;
+    }
+    status = std::make_unique<StatusBridge>(context);
+    auto server = monitoring::HttpServer::start(o.http, status_routes(*status), token, "coordinator");
+    if (!server) return make_error("--http: " + server.error().message);
+    http = std::move(*server);
+    return Status::success();
+  }
+
   // ---- the loop -----------------------------------------------------------------------------
 
   // Connections libzmq closed or refused before any message reached fedda.
@@ -516,6 +587,8 @@ struct Service::Impl : JobHost, AdminBackend {
       const auto now = Clock::now();
       auto& [last, count] = handshake_failures[std::string(plane) + std::to_string(id)];
       ++count;
+      // Refused keys (HANDSHAKE_FAILED_AUTH) are counted by the ZAP handler.
+      if (id == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL || id == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) ++counters.refused_handshakes;
       if (id == ZMQ_EVENT_DISCONNECTED || id == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH) continue;
       if (last != Clock::time_point{} && now - last < std::chrono::minutes(1)) continue;
       const std::string times = count > 1 ? " (" + std::to_string(count) + " in the last minute)" : "";
@@ -546,6 +619,9 @@ struct Service::Impl : JobHost, AdminBackend {
         log->warn("{}: receive: {}", plane, e.what());
         break;
       }
+      std::size_t bytes = 0;
+      for (const auto& part : parts) bytes += part.size();
+      (&socket == &admin ? counters.bytes_received_admin : counters.bytes_received_sites) += bytes;
       if (parts.size() != 3) {
         log->warn("dropped a message with {} frame(s) (expected header and body)", parts.size() - 1);
         continue;
@@ -582,11 +658,15 @@ struct Service::Impl : JobHost, AdminBackend {
       zmq::pollitem_t items[] = {{router.handle(), 0, ZMQ_POLLIN, 0},
                                  {admin.handle(), 0, ZMQ_POLLIN, 0},
                                  {monitor.handle(), 0, ZMQ_POLLIN, 0},
-                                 {admin_monitor.handle(), 0, ZMQ_POLLIN, 0}};
+                                 {admin_monitor.handle(), 0, ZMQ_POLLIN, 0},
+                                 {status ? status->socket().handle() : nullptr, 0, ZMQ_POLLIN, 0}};
       try {
-        zmq::poll(items, 4, std::chrono::milliseconds(ms));
+        zmq::poll(items, status ? 5 : 4, std::chrono::milliseconds(ms));
       } catch (const zmq::error_t& e) {
         if (e.num() != EINTR) log->warn("poll: {}", e.what());
+      }
+      if (status && (items[4].revents & ZMQ_POLLIN)) {
+        status->answer([this](const std::string& what, const std::string& arg) { return answer_status(what, arg); });
       }
       if (items[2].revents & ZMQ_POLLIN) log_connection_events(monitor, "sites'");
       if (items[3].revents & ZMQ_POLLIN) log_connection_events(admin_monitor, "admin");
@@ -727,6 +807,7 @@ Service::Service(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Service::~Service() = default;
 std::string Service::endpoint() const { return impl_->endpoint; }
 std::string Service::admin_endpoint() const { return impl_->admin_endpoint; }
+std::string Service::http_url() const { return impl_->http ? impl_->http->url() : std::string(); }
 void Service::stop() { impl_->stopping = true; }
 int Service::run(const std::vector<std::string>& until_done) { return impl_->run_loop(until_done); }
 
@@ -770,8 +851,11 @@ Result<std::unique_ptr<Service>> Service::start(const ServiceOptions& options) {
   if (auto st = m.open_admission(); !st) return st.error();
   if (auto st = m.bind(admin_bind); !st) return st.error();
   m.admin_service = std::make_unique<AdminService>(m, options.state / "audit.jsonl");
+  m.counters.started_ms = wall_ms();
+  if (auto st = m.start_http(); !st) return st.error();
   if (!options.endpoint_file.empty()) {
-    if (auto st = files::write_atomically(options.endpoint_file, m.endpoint + "\n" + m.admin_endpoint + "\n"); !st) {
+    const std::string http_line = m.http ? m.http->url() + "\n" : "";
+    if (auto st = files::write_atomically(options.endpoint_file, m.endpoint + "\n" + m.admin_endpoint + "\n" + http_line); !st) {
       return st.error();
     }
   }
@@ -809,6 +893,12 @@ Result<std::vector<std::string>> Service::enqueue(const std::vector<fs::path>& j
     ids.push_back((*job)->id());
   }
   return ids;
+}
+
+Result<std::string> status_token(const fs::path& kit_dir) {
+  auto loaded = kit::load_coordinator_kit(kit_dir);
+  if (!loaded) return loaded.error();
+  return status_token_of(*loaded);
 }
 
 }  // namespace fedda::coordinator

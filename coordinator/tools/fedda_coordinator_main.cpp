@@ -4,6 +4,7 @@
 #include <sys/resource.h>
 
 #include <csignal>
+#include <cstdio>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -94,7 +95,27 @@ int main(int argc, char** argv) {
       ->capture_default_str()->check(CLI::Range(1, 4096));
   serve->add_option("--max-uploads", o.max_concurrent_uploads, "updates uploaded at once (memory: one model each)")
       ->capture_default_str()->check(CLI::Range(1, 64));
+  serve->add_option("--http", o.http,
+                    "serve the status page, its JSON API (/api/...) and Prometheus metrics (/metrics) on HOST:PORT, "
+                    "e.g. 127.0.0.1:8470 (off by default). With --kit every request needs the bearer token "
+                    "`fedda-coordinator status-token` prints; without a kit it listens on loopback only");
   int rc = 0;
+  std::string token_kit;
+  auto* token = app.add_subcommand(
+      "status-token",
+      "Print the bearer token of the status page (serve --kit --http): send it as "
+      "`Authorization: Bearer TOKEN` (Prometheus: `authorization: {credentials: TOKEN}`), or open the page once "
+      "as http://HOST:PORT/?token=TOKEN. It is derived from the kit's storage key: whoever holds the kit can print it.");
+  token->add_option("--kit", token_kit, "the coordinator's kit folder")->required()->check(CLI::ExistingDirectory);
+  token->callback([&]() {
+    auto t = coordinator::status_token(token_kit);
+    if (!t) {
+      log::get("fedda-coordinator")->error("{}", t.error().message);
+      rc = 1;
+      return;
+    }
+    std::printf("%s\n", t->c_str());
+  });
   serve->callback([&]() {
     auto log = log::get("fedda-coordinator");
     o.state = state;

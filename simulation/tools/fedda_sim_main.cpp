@@ -10,6 +10,7 @@
 #include "fedda/common/files.h"
 #include "fedda/common/log.h"
 #include "fedda/simulation/evaluation.h"
+#include "fedda/common/version.h"
 #include "sim_commands.h"
 #include "experiment_commands.h"
 
@@ -97,6 +98,7 @@ int main(int argc, char** argv) {
       "fedda-sim: simulated clinics, evaluation and experiments for fedda, federated domain "
       "adaptation of MRI segmentation networks."};
   app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("fedda-sim ") + kVersion);
   std::string log_level = "info";
   cli::add_log_level(app, log_level);
 

@@ -18,6 +18,8 @@
 #include "fedda/common/kit.h"
 #include "fedda/common/log.h"
 #include "fedda/common/version.h"
+#include "fedda/monitoring/http_server.h"
+#include "fedda/monitoring/metrics.h"
 #include "fedda/site_agent/egress.h"
 #include "session.h"
 #include "site_worker.h"
@@ -41,6 +43,51 @@ struct Agent::Impl {
   bool worker_exit = false;
   int wake_pipe[2] = {-1, -1};
 
+  // For metrics_listen: written by the network loop, read by the HTTP server's threads.
+  struct Counters {
+    std::atomic<int> state{0};  // 0 connecting, 1 joined, 2 reconnecting
+    std::atomic<bool> training{false};
+    std::atomic<std::uint64_t> connects{0}, bytes_sent{0}, bytes_received{0}, tasks{0}, updates{0}, failures{0},
+        pending{0};
+  } counters;
+  std::string metrics_url;  // with metrics_listen, as bound
+
+  std::string metrics_text() const {
+    using monitoring::MetricType;
+    monitoring::MetricsText m;
+    const auto d = [](const std::atomic<std::uint64_t>& v) { return static_cast<double>(v.load()); };
+    m.add("fedda_agent_build_info", MetricType::gauge, "The agent's version.", 1, {{"version", kVersion}, {"site", config.site_id}});
+    m.add("fedda_agent_connected", MetricType::gauge, "1 while the coordinator has welcomed this agent.",
+          counters.state == 1 ? 1 : 0);
+    m.add("fedda_agent_connects_total", MetricType::counter, "Connections made to the coordinator (reconnects included).",
+          d(counters.connects));
+    m.add("fedda_agent_training", MetricType::gauge, "1 while a job offer or round task is being worked on.",
+          counters.training ? 1 : 0);
+    m.add("fedda_agent_tasks_received_total", MetricType::counter, "Job offers, round tasks and goodbyes received.",
+          d(counters.tasks));
+    m.add("fedda_agent_updates_sent_total", MetricType::counter, "Round updates offered to the coordinator.", d(counters.updates));
+    m.add("fedda_agent_jobs_refused_total", MetricType::counter, "Jobs or rounds this site refused or failed (job_failed).",
+          d(counters.failures));
+    m.add("fedda_agent_jobs_pending_total", MetricType::counter, "Job offers held for the administrator's approval.",
+          d(counters.pending));
+    m.add("fedda_agent_bytes_sent_total", MetricType::counter, "Bytes of messages handed to the session.", d(counters.bytes_sent));
+    m.add("fedda_agent_bytes_received_total", MetricType::counter, "Bytes of job offers and round tasks received.",
+          d(counters.bytes_received));
+    return m.text();
+  }
+
+  Result<std::unique_ptr<monitoring::HttpServer>> start_metrics() {
+    if (config.metrics_listen.empty()) return std::unique_ptr<monitoring::HttpServer>();
+    using monitoring::HttpRequest;
+    using monitoring::HttpResponse;
+    std::vector<monitoring::Route> routes = {
+        {"/metrics", [this](const HttpRequest&) { return HttpResponse{200, monitoring::kMetricsContentType, metrics_text()}; }},
+        {"/healthz", [](const HttpRequest&) { return HttpResponse{200, "application/json", "{\"ok\": true}"}; }}};
+    auto server = monitoring::HttpServer::start(config.metrics_listen, std::move(routes), {}, "agent");
+    if (!server) return make_error("metrics_listen: " + server.error().message);
+    return server;
+  }
+
   void worker_loop(SiteWorker& worker) {
     for (;;) {
       std::optional<Inbound> work;
@@ -55,12 +102,14 @@ struct Agent::Impl {
         }
         busy = true;
       }
+      counters.training = work.has_value();
       auto answers = work ? worker.handle(*work) : worker.check_approvals();
       {
         std::lock_guard<std::mutex> lock(mutex);
         for (auto& a : answers) outbox.push_back(std::move(a));
         busy = false;
       }
+      counters.training = false;
       // Wake the network loop now rather than at its next poll timeout (a full pipe already wakes it).
       if (::write(wake_pipe[1], "!", 1) < 0) {}
     }
@@ -117,6 +166,8 @@ struct Agent::Impl {
         log->info("stopping: {} for job {} not started", protocol::type_name(work.header.type), work.header.job_id);
         continue;
       }
+      ++counters.tasks;
+      counters.bytes_received += work.body.size();
       {
         std::lock_guard<std::mutex> lock(mutex);
         inbox.push_back(std::move(work));
@@ -131,6 +182,10 @@ struct Agent::Impl {
       out.swap(outbox);
     }
     for (auto& o : out) {
+      counters.bytes_sent += o.frames.body.size();
+      if (o.type == MessageType::round_update) ++counters.updates;
+      if (o.type == MessageType::job_failed) ++counters.failures;
+      if (o.type == MessageType::job_pending) ++counters.pending;
       if (o.type == MessageType::round_update) {
         session.offer_update(o.job_id, o.round, std::move(o.frames), std::move(o.tensors));
       } else {
@@ -141,14 +196,17 @@ struct Agent::Impl {
 
   // CACHE/status.json: the connection as `fedda-agent status` shows it.
   void write_status(const Session& session, const char* override_state = nullptr) {
+    counters.state = session.state() == Session::State::joined ? 1 : session.state() == Session::State::connected ? 0 : 2;
+    counters.connects = static_cast<std::uint64_t>(session.connects());
     const char* state = override_state ? override_state
                         : session.state() == Session::State::joined    ? "joined"
                         : session.state() == Session::State::connected ? "connecting"
                                                                        : "reconnecting";
     const auto now = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
-    const nlohmann::json status = {{"site", config.site_id}, {"coordinator", config.coordinator}, {"state", state},
-                                   {"connects", session.connects()}, {"pid", static_cast<long>(::getpid())},
-                                   {"updated_ms", now}};
+    nlohmann::json status = {{"site", config.site_id}, {"coordinator", config.coordinator}, {"state", state},
+                             {"connects", session.connects()}, {"pid", static_cast<long>(::getpid())},
+                             {"updated_ms", now}};
+    if (!metrics_url.empty()) status["metrics"] = metrics_url + "/metrics";
     if (auto st = files::write_atomically(config.cache_dir / "status.json", status.dump(2) + "\n"); !st) {
       log->debug("{}", st.error().message);
     }
@@ -161,6 +219,12 @@ struct Agent::Impl {
       return 1;
     }
     const auto& site_kit = *loaded;
+    auto metrics = start_metrics();
+    if (!metrics) {
+      log->error("{}", metrics.error().message);
+      return 1;
+    }
+    if (*metrics) metrics_url = (*metrics)->url();
     if (::pipe2(wake_pipe, O_NONBLOCK | O_CLOEXEC) != 0) {
       log->error("cannot create the worker's wake-up pipe: {}", std::strerror(errno));
       return 1;

@@ -9,6 +9,7 @@
 #include "fedda/common/kit.h"
 #include "fedda/imaging/nifti_io.h"
 #include "fedda/models/engine.h"
+#include "fedda/monitoring/http_server.h"
 
 namespace fedda::site_agent {
 namespace fs = std::filesystem;
@@ -32,6 +33,7 @@ Result<SiteConfig> read_site_config(const fs::path& path) {
   std::string kit;
   m->get("kit", kit);
   m->get("root_fingerprint", c.root_fingerprint);
+  m->get("metrics_listen", c.metrics_listen);
   auto policy = m->mapping("policy");
   auto& p = c.policy;
   policy.get("job_types", p.job_types);
@@ -72,6 +74,10 @@ Result<SiteConfig> read_site_config(const fs::path& path) {
     return fail("reconnect_min_ms must be positive and at most reconnect_max_ms");
   }
   if (!(c.drain_timeout_s >= 0)) return fail("drain_timeout_s must not be negative");
+  if (!c.metrics_listen.empty() && !monitoring::loopback_listen(c.metrics_listen)) {
+    return fail("metrics_listen '" + c.metrics_listen + "' must be a loopback HOST:PORT such as 127.0.0.1:9470 "
+                "(the agent's metrics are for this server's own monitoring)");
+  }
   return c;
 }
 

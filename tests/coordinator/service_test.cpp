@@ -113,6 +113,7 @@ class Service : public Federation {
 TEST_F(Service, OperatorsSubmitWatchAndDownloadWhileJobsRun) {
   auto coordinator = serve();
   endpoints();
+  site_config_extra_ = "metrics_listen: 127.0.0.1:0\n";  // each agent's Prometheus metrics, on a free port
   auto utrecht = start_agent("utrecht", endpoint_);
   auto amsterdam = start_agent("amsterdam", endpoint_);
   const auto first = kd_job("kd-first", {"utrecht", "amsterdam"}, 4, 16, 2);
@@ -191,6 +192,20 @@ TEST_F(Service, OperatorsSubmitWatchAndDownloadWhileJobsRun) {
     if (line["command"] == "submit") ++submits;
   }
   EXPECT_EQ(submits, 5);  // three accepted, two refused
+
+  // The agent's own metrics (metrics_listen), as Prometheus' parser reads them: it trained
+  // rounds of two kd jobs and answered an evaluation.
+  const auto agent_status = nlohmann::json::parse(testing::read_text(dir_ / "cache-amsterdam" / "status.json"));
+  const auto url = agent_status.value("metrics", "");
+  ASSERT_EQ(url.rfind("http://127.0.0.1:", 0), 0u) << agent_status.dump();
+  const auto metrics = testing::run_command("curl -sf " + url + " | tee " + (dir_ / "agent-metrics.txt").string() +
+                                            " | promtool check metrics");
+  EXPECT_EQ(metrics.exit_code, 0) << metrics.output;
+  const auto text = testing::read_text(dir_ / "agent-metrics.txt");
+  EXPECT_NE(text.find("fedda_agent_connected 1\n"), std::string::npos) << text;
+  std::smatch updates;
+  ASSERT_TRUE(std::regex_search(text, updates, std::regex("\nfedda_agent_updates_sent_total ([0-9]+)\n"))) << text;
+  EXPECT_GE(std::stoi(updates[1]), 7);  // 4 + 2 training rounds and at least one evaluation
   coordinator->signal(SIGTERM);
   EXPECT_EQ(coordinator->wait(60s), 0) << testing::read_text(coordinator_log());
 }

@@ -38,6 +38,8 @@ TEST_F(SiteConfigTest, MistakesAreNamed) {
       {"site_id: a\ncoordinator: tcp://h:1\ndata: d\ndevice: tpu\n", "device 'tpu'"},
       {"site_id: a\ncoordinator: tcp://h:1\ndata: d\nthreds: 2\n", "unknown key 'threds'"},
       {"site_id: a\ncoordinator: tcp://h:1\ndata: d\nthreads: two\n", "key 'threads': expected an integer"},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata: d\nmetrics_listen: 0.0.0.0:9470\n", "metrics_listen '0.0.0.0:9470' must be a loopback"},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata: d\nmetrics_listen: 9470\n", "metrics_listen '9470'"},
   };
   for (const auto& [text, expected] : cases) {
     auto c = read_site_config(write(text));

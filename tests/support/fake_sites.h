@@ -38,10 +38,11 @@ enum class Behaviour {
 class FakeSites {
  public:
   // Connects `count` sites named prefix0, prefix1, ... to `endpoint` and serves them on a thread
-  // until destroyed. `behaviour(i)` chooses site i's (default: all honest).
+  // until destroyed. `behaviour(i)` chooses site i's (default: all honest), `device(i)` the
+  // device its hello names (default "cpu"; a hostile site may send any text).
   FakeSites(const std::string& endpoint, int count, std::string prefix = "site",
             std::chrono::milliseconds heartbeat = std::chrono::milliseconds(1000),
-            std::function<Behaviour(int)> behaviour = {})
+            std::function<Behaviour(int)> behaviour = {}, std::function<std::string(int)> device = {})
       : endpoint_(endpoint), heartbeat_(heartbeat) {
     raise_open_file_limit();
     context_.set(zmq::ctxopt::max_sockets, count + 64);
@@ -49,6 +50,7 @@ class FakeSites {
       auto site = std::make_unique<Site>();
       site->id = prefix + std::to_string(i);
       site->behaviour = behaviour ? behaviour(i) : Behaviour::honest;
+      site->device = device ? device(i) : "cpu";
       site->socket = zmq::socket_t(context_, zmq::socket_type::dealer);
       site->socket.set(zmq::sockopt::linger, 0);
       site->socket.connect(endpoint);
@@ -78,6 +80,7 @@ class FakeSites {
   struct Site {
     std::string id;
     Behaviour behaviour = Behaviour::honest;
+    std::string device;
     zmq::socket_t socket;
     std::uint64_t sequence = 0;
     std::chrono::steady_clock::time_point next_heartbeat{};
@@ -139,6 +142,7 @@ class FakeSites {
             u.model = std::move(task->model);
             u.samples = 100;
             u.steps = 1;
+            u.loss = 1.0 / (1 + h->round);  // a falling curve for the status page; nothing trains here
             update_ = {h->job_id, h->round, protocol::encode(protocol::Header{}, u)};
           }
           s.own_update = {};
@@ -161,7 +165,7 @@ class FakeSites {
           s.socket = zmq::socket_t(context_, zmq::socket_type::dealer);
           s.socket.set(zmq::sockopt::linger, 0);
           s.socket.connect(endpoint_);
-          send(s, MessageType::hello, "", 0, protocol::encode(protocol::Header{}, protocol::Hello{s.id, "fake", "cpu", 0}));
+          send(s, MessageType::hello, "", 0, protocol::encode(protocol::Header{}, protocol::Hello{s.id, "fake", s.device, 0}));
           reconnected_ = true;
           return;
         }
@@ -181,7 +185,7 @@ class FakeSites {
   void serve() {
     for (auto& s : sites_) {
       send(*s, protocol::MessageType::hello, "", 0,
-           protocol::encode(protocol::Header{}, protocol::Hello{s->id, "fake", "cpu", 0}));
+           protocol::encode(protocol::Header{}, protocol::Hello{s->id, "fake", s->device, 0}));
       s->next_heartbeat = std::chrono::steady_clock::now() + heartbeat_;
     }
     std::vector<zmq::pollitem_t> items;

@@ -101,7 +101,8 @@ class Federation : public ::testing::Test {
     if (!kit_.empty()) std::ofstream(path) << "kit: " << (kit_ / "sites" / site).string() << "\n";
     std::ofstream(path, std::ios::app) << "site_id: " << site << "\ncoordinator: " << endpoint << "\ndata: " << data.string()
                         << "\ncache_dir: " << (dir_ / ("cache-" + site)).string()
-                        << "\nthreads: 1\nheartbeat_ms: 200\nreconnect_min_ms: 100\nreconnect_max_ms: 1000\n";
+                        << "\nthreads: 1\nheartbeat_ms: 200\nreconnect_min_ms: 100\nreconnect_max_ms: 1000\n"
+                        << site_config_extra_;
     return path;
   }
 
@@ -153,6 +154,7 @@ class Federation : public ::testing::Test {
 
   testing::ScratchDir dir_;
   fs::path kit_;  // set: coordinator and agents run with these kits
+  std::string site_config_extra_;  // YAML lines added to every site config
 
  private:
   static inline fs::path shared_;

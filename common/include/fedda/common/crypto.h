@@ -31,6 +31,10 @@ Result<std::string> public_key_fingerprint(const std::string& public_pem);
 // HMAC-SHA-256 of `message` under `key`, as 64 hex digits (keyed pseudonyms of subject ids).
 Result<std::string> hmac_sha256_hex(std::string_view key, std::string_view message);
 
+// Whether two secrets (tokens, digests) are equal, in time that does not depend on where they
+// differ (OpenSSL's CRYPTO_memcmp); different lengths are unequal.
+bool equal_secrets(std::string_view a, std::string_view b);
+
 // AES-256-GCM with a random 96-bit nonce: sealed = nonce || ciphertext || 128-bit tag. `aad`
 // is authenticated, not stored (bind a file to its purpose, so one cannot be swapped for another).
 inline constexpr std::size_t kStorageKeyBytes = 32;

@@ -37,6 +37,10 @@ struct ServiceOptions {
   std::string admin_bind;                     // default: the data endpoint's host, port + 1 (0: free)
   std::filesystem::path state = "fedda-state";
   std::filesystem::path endpoint_file;        // if set: "<data endpoint>\n<admin endpoint>\n" once bound
+                                              // (and "<status page URL>\n" with `http`)
+  // The status page, JSON API and /metrics ("HOST:PORT", empty: off). With a kit every request
+  // must carry the kit's status token (status_token()); without one it listens on loopback only.
+  std::string http;
   // Consortium kit (fedda-admin provision): CurveZMQ with provisioned keys only, signed models,
   // sealed state. Without one the service refuses to start unless `insecure`.
   std::filesystem::path kit;
@@ -60,6 +64,7 @@ class Service {
 
   std::string endpoint() const;
   std::string admin_endpoint() const;
+  std::string http_url() const;  // empty without `http`
 
   // The batch form: each job file is queued as if submitted (by "local"); a job that ran here
   // before with the same type, sites and rounds is resumed (failed or aborted: queued again) or,
@@ -77,5 +82,10 @@ class Service {
   explicit Service(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+// The bearer token of a coordinator's status page (a coordinator with a kit): an HMAC of a
+// fixed label under the kit's storage key, so whoever holds the coordinator's kit can print it
+// (`fedda-coordinator status-token --kit KIT`) and nobody else can compute it.
+Result<std::string> status_token(const std::filesystem::path& kit);
 
 }  // namespace fedda::coordinator

@@ -59,6 +59,9 @@ struct SiteConfig {
   double drain_timeout_s = 600;
   std::filesystem::path kit;  // empty: no kit (tests, trusted networks)
   std::string root_fingerprint;
+  // Prometheus metrics of this agent at http://HOST:PORT/metrics ("127.0.0.1:9470"; loopback
+  // only, empty: off): connection, jobs, rounds trained, bytes, refusals.
+  std::string metrics_listen;
   SitePolicy policy;
 };
 
