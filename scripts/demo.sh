@@ -30,7 +30,7 @@ else
 fi
 "$sim" preview --data "$data" --out "$out/preview.png"
 
-"$sim" consortium --data "$data" --out "$out/consortium" \
+"$sim" consortium --data "$data" --out "$out/consortium" --http 127.0.0.1:0 \
   --job "$jobs/teacher.yaml" --job "$jobs/kd.yaml" --job "$jobs/ada.yaml" | tee "$out/consortium-table.txt"
 
 mkdir -p "$out/segmentations"

@@ -166,6 +166,10 @@ Result<Holder> holder_of(const nlohmann::json& manifest, const std::string& sour
 
 }  // namespace
 
+Result<std::string> status_page_token(const CoordinatorKit& kit) {
+  return crypto::hmac_sha256_hex(kit.storage_key, "fedda status page token");
+}
+
 bool safe_id(const std::string& id) {
   return !id.empty() && id.size() <= 64 && id.front() != '.' &&
          std::all_of(id.begin(), id.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_'; });

@@ -1,6 +1,11 @@
 #include "fedda/coordinator/service.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <atomic>
 #include <cstring>
 #include <deque>
@@ -51,8 +56,27 @@ std::string wildcard_port(std::string endpoint) {
   return endpoint;
 }
 
-Result<std::string> status_token_of(const kit::CoordinatorKit& kit) {
-  return crypto::hmac_sha256_hex(kit.storage_key, "fedda status page token");
+// One coordinator per state folder: an exclusive lock on STATE/coordinator.lock, held for the
+// service's life (the kernel drops it when the process dies, however it dies). A second
+// coordinator started on the same folder would run the same jobs twice and tear their files.
+Result<int> lock_state(const fs::path& state) {
+  std::error_code ec;
+  fs::create_directories(state, ec);
+  if (ec) return make_error(state.string() + ": cannot create: " + ec.message());
+  const auto path = state / "coordinator.lock";
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) return make_error(path.string() + ": cannot open: " + std::strerror(errno));
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    char pid[32] = {};
+    const auto n = ::pread(fd, pid, sizeof pid - 1, 0);
+    ::close(fd);
+    const std::string holder = n > 0 ? std::string(pid, static_cast<std::size_t>(n)) : std::string("?");
+    return make_error(state.string() + " is in use by another coordinator (pid " +
+                      holder.substr(0, holder.find('\n')) + "); stop it first, or give another --state");
+  }
+  const std::string text = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, text.data(), text.size(), 0) < 0) {}  // the pid is for people only
+  return fd;
 }
 
 bool is_loopback(const std::string& endpoint) {
@@ -96,9 +120,12 @@ struct Service::Impl : JobHost, AdminBackend {
   std::deque<Upload> upload_queue;
   std::map<std::string, Upload> uploading;  // site -> the upload it holds credit for
 
+  int state_lock = -1;  // held while this service runs (lock_state)
+
   ~Impl() override {
     zap_stop = true;
     if (zap.joinable()) zap.join();
+    if (state_lock >= 0) ::close(state_lock);
   }
 
   // ---- JobHost ------------------------------------------------------------------------------
@@ -553,7 +580,7 @@ struct Service::Impl : JobHost, AdminBackend {
     // every account on a server); without one it listens on loopback only (HttpServer checks).
     std::string token;
     if (consortium) {
-      auto t = status_token_of(*consortium);
+      auto t = kit::status_page_token(*consortium);
       if (!t) return t.error();
       token = *t;
     }
@@ -837,6 +864,9 @@ Result<std::unique_ptr<Service>> Service::start(const ServiceOptions& options) {
     m.consortium = std::move(*loaded);
     if (!zmq_has("curve")) return make_error("this libzmq has no CURVE support");
   }
+  auto lock = lock_state(options.state);
+  if (!lock) return lock.error();
+  m.state_lock = *lock;
   auto store = JobStore::open(options.state);
   if (!store) return store.error();
   m.jobs = std::move(*store);
@@ -898,7 +928,7 @@ Result<std::vector<std::string>> Service::enqueue(const std::vector<fs::path>& j
 Result<std::string> status_token(const fs::path& kit_dir) {
   auto loaded = kit::load_coordinator_kit(kit_dir);
   if (!loaded) return loaded.error();
-  return status_token_of(*loaded);
+  return kit::status_page_token(*loaded);
 }
 
 }  // namespace fedda::coordinator

@@ -95,8 +95,10 @@ std::vector<monitoring::Route> status_routes(const StatusBridge& bridge) {
          html.status = data.status;
          return html;
        }},
-      {"/static/status.js", [](const HttpRequest&) { return HttpResponse{200, "text/javascript; charset=utf-8", kStatusJs}; }},
-      {"/static/status.css", [](const HttpRequest&) { return HttpResponse{200, "text/css; charset=utf-8", kStatusCss}; }},
+      {"/static/status.js", [](const HttpRequest&) { return HttpResponse{200, "text/javascript; charset=utf-8", kStatusJs}; },
+       true},
+      {"/static/status.css", [](const HttpRequest&) { return HttpResponse{200, "text/css; charset=utf-8", kStatusCss}; },
+       true},
       {"/api/overview", json_of("overview")},
       {"/api/jobs", json_of("jobs")},
       {"/api/sites", json_of("sites")},

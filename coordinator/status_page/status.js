@@ -220,5 +220,8 @@ async function refresh() {
   }
 }
 
+if (token) {  // the footer's links carry the token too
+  for (const a of document.querySelectorAll("footer a")) a.href = a.getAttribute("href") + "?token=" + encodeURIComponent(token);
+}
 render(JSON.parse(document.getElementById("fedda-data").textContent));
 setInterval(refresh, 3000);

@@ -240,6 +240,7 @@ Result<std::unique_ptr<LocalConsortium>> LocalConsortium::start(const Consortium
   std::vector<std::string> args = {coordinator_bin.string(), "serve", "--bind", "tcp://127.0.0.1:0", "--endpoint-file",
                                    endpoint_file.string(), "--state", out.string(),
                                    "--heartbeat-ms", std::to_string(o.heartbeat_ms)};
+  if (!o.http.empty()) args.insert(args.end(), {"--http", o.http});
   if (o.secure) {
     args.insert(args.end(), {"--kit", (kits / "coordinator").string()});
   } else {
@@ -263,6 +264,19 @@ Result<std::unique_ptr<LocalConsortium>> LocalConsortium::start(const Consortium
     if (auto st = impl->check_processes(); !st) return make_error(st.error().message);
     if (Clock::now() > until) return make_error("the coordinator did not start listening within 60 s; log " + impl->coordinator_log().string());
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (!o.http.empty()) {
+    const auto read = files::read_all(endpoint_file);
+    const std::string text = read ? *read : std::string();
+    const auto lines = std::count(text.begin(), text.end(), '\n');
+    const auto url = lines >= 3 ? text.substr(text.rfind('\n', text.size() - 2) + 1) : std::string();
+    std::string token;
+    if (o.secure) {
+      if (auto coordinator_kit = kit::load_coordinator_kit(kits / "coordinator")) {
+        if (auto t = kit::status_page_token(*coordinator_kit)) token = "/?token=" + *t;
+      }
+    }
+    log->info("status page: {}{}", url.empty() ? "(not reported)" : url.substr(0, url.size() - 1), token);
   }
   admin::ClientOptions co;
   co.endpoint = admin_endpoint;

@@ -81,6 +81,9 @@ void add_consortium(CLI::App& app, int& rc) {
   cmd->add_option("--device", a->o.device, "cpu or cuda, for every agent")->capture_default_str();
   cmd->add_option("--threads", a->o.threads_per_agent, "LibTorch threads per agent (0: every core)")->capture_default_str();
   cmd->add_option("--heartbeat-ms", a->o.heartbeat_ms, "heartbeat interval")->capture_default_str();
+  cmd->add_option("--http", a->o.http,
+                  "serve the coordinator's status page on HOST:PORT (e.g. 127.0.0.1:8470, port 0: any free one); the "
+                  "address, with its token, is logged");
   auto insecure_flag = std::make_shared<bool>(false);
   cmd->add_flag("--insecure", *insecure_flag, "no kits: plain TCP, unsigned models, unencrypted caches (debugging only)");
   cmd->callback([a, insecure_flag, &rc]() {

@@ -1,7 +1,12 @@
 #include "fedda/monitoring/http_server.h"
 
+#include <algorithm>
+#include <chrono>
+#include <mutex>
 #include <regex>
 #include <thread>
+
+#include <sys/socket.h>
 
 #include <httplib.h>
 
@@ -77,16 +82,30 @@ Result<std::unique_ptr<HttpServer>> HttpServer::start(const std::string& listen,
   server.set_payload_max_length(1 << 16);
   server.set_read_timeout(10, 0);
   server.set_write_timeout(10, 0);
+  // SO_REUSEADDR only: the library's default adds SO_REUSEPORT, with which a second process
+  // could bind the same port and silently take half the requests.
+  server.set_socket_options([](socket_t sock) {
+    int yes = 1;
+    ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  });
   auto log = log::get(log_component);
 
   auto compiled = std::make_shared<std::vector<std::pair<std::regex, Route>>>();
   for (auto& r : routes) compiled->emplace_back(std::regex(r.pattern), std::move(r));
 
-  auto serve = [compiled, token, log](const httplib::Request& req, httplib::Response& res) {
+  struct Refusals {
+    std::mutex mutex;
+    std::chrono::steady_clock::time_point last{};
+    int count = 0;
+  };
+  auto refusals = std::make_shared<Refusals>();
+  auto serve = [compiled, token, log, refusals](const httplib::Request& req, httplib::Response& res) {
     res.set_header("Cache-Control", "no-store");
     res.set_header("X-Content-Type-Options", "nosniff");
     res.set_header("Referrer-Policy", "no-referrer");
-    if (!token.empty()) {
+    const auto route = std::find_if(compiled->begin(), compiled->end(),
+                                    [&](const auto& r) { return std::regex_match(req.path, r.first); });
+    if (!token.empty() && !(route != compiled->end() && route->second.open)) {
       std::string offered;
       const auto auth = req.get_header_value("Authorization");
       if (auth.rfind("Bearer ", 0) == 0) offered = auth.substr(7);
@@ -96,20 +115,29 @@ Result<std::unique_ptr<HttpServer>> HttpServer::start(const std::string& listen,
         res.set_header("WWW-Authenticate", "Bearer realm=\"fedda\"");
         res.set_content("{\"error\": \"a bearer token is needed (fedda-coordinator status-token --kit KIT)\"}",
                         "application/json");
-        log->warn("http: refused {} {} from {} (no valid bearer token)", req.method, req.path, req.remote_addr);
+        // At most one line a minute, with the count, so a scanner cannot flood the log.
+        const auto now = std::chrono::steady_clock::now();
+        std::lock_guard<std::mutex> lock(refusals->mutex);
+        ++refusals->count;
+        if (refusals->last == std::chrono::steady_clock::time_point{} || now - refusals->last > std::chrono::minutes(1)) {
+          log->warn("http: refused {} {} from {} (no valid bearer token){}", req.method, req.path, req.remote_addr,
+                    refusals->count > 1 ? " (" + std::to_string(refusals->count) + " refused since the last line)" : "");
+          refusals->last = now;
+          refusals->count = 0;
+        }
         return;
       }
     }
-    for (const auto& [regex, route] : *compiled) {
+    if (route != compiled->end()) {
       std::smatch m;
-      if (!std::regex_match(req.path, m, regex)) continue;
+      std::regex_match(req.path, m, route->first);
       HttpRequest request;
       request.path = req.path;
       for (const auto& g : m) request.matches.push_back(g.str());
       for (const auto& [k, v] : req.params) request.params[k] = v;
       HttpResponse response;
       try {
-        response = route.handler(request);
+        response = route->second.handler(request);
       } catch (const std::exception& e) {  // one bad request never takes the service down
         log->error("http: {} failed: {}", req.path, e.what());
         response = {500, "application/json", "{\"error\": \"internal error\"}"};

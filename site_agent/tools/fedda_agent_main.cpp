@@ -174,7 +174,9 @@ int main(int argc, char** argv) {
     if (auto text = files::read_all(config->cache_dir / "status.json")) connection = nlohmann::json::parse(*text, nullptr, false);
     const auto now = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
     std::string state = "not running (no status written yet)";
+    std::string metrics;
     if (connection.is_object()) {
+      metrics = connection.value("metrics", "");
       const auto age = (now - connection.value("updated_ms", std::int64_t{0})) / 1000;
       state = connection.value("state", "");
       if (state != "stopped" && age > 10) state = "not running? (last status " + std::to_string(age) + " s ago: " + state + ")";
@@ -190,10 +192,11 @@ int main(int argc, char** argv) {
       nlohmann::json waiting = nlohmann::json::array();
       for (const auto& o : offers) waiting.push_back(o.job);
       std::cout << nlohmann::json{{"site", config->site_id}, {"coordinator", config->coordinator}, {"connection", state},
-                                  {"sent", rows}, {"pending", waiting}}.dump(2) << "\n";
+                                  {"metrics", metrics}, {"sent", rows}, {"pending", waiting}}.dump(2) << "\n";
       return;
     }
     std::cout << "site " << config->site_id << ", coordinator " << config->coordinator << ": " << state << "\n";
+    if (!metrics.empty()) std::cout << "metrics: " << metrics << "\n";
     std::cout << "sent (from " << (config->cache_dir / "audit.jsonl").string() << "):\n";
     std::cout << "  DAY         JOB                  MESSAGES  BYTES       UPDATES  TYPES\n";
     for (const auto& r : sent) {

@@ -186,7 +186,35 @@ TEST_F(StatusPage, ACoordinatorWithAKitAsksForItsToken) {
   ASSERT_EQ(with_token.status, 200);
   EXPECT_EQ(json::parse(with_token.body)["coordinator"]["consortium"], "wmh");
   EXPECT_EQ(get(url_, "/?token=" + token).status, 200);  // a browser's first visit
+  EXPECT_EQ(get(url_, "/static/status.js").status, 200);  // the page's own script: nothing of the service's
+
+  // A browser given the token draws the page (its script and style sheet load, its API calls carry it).
+  const auto page = chromium(dir_ / "profile", "--dump-dom", url_ + "/?token=" + token);
+  ASSERT_EQ(page.exit_code, 0) << page.output;
+  EXPECT_NE(page.output.find("Sites (0 of 1 online)"), std::string::npos) << page.output;
+  EXPECT_NE(page.output.find(">utrecht<"), std::string::npos) << page.output;
+  EXPECT_NE(page.output.find("CurveZMQ, signed models"), std::string::npos) << page.output;
+  EXPECT_NE(page.output.find("/metrics?token=" + token), std::string::npos) << page.output;
+  EXPECT_EQ(page.output.find("cannot reach"), std::string::npos) << page.output;  // its refresh was answered
   EXPECT_NE(log().find("no valid bearer token"), std::string::npos) << log();
+}
+
+TEST_F(StatusPage, ASecondCoordinatorOnTheSameStateFolderOrPortIsRefused) {
+  start_coordinator({"--insecure"});
+  // The same state folder: it would run the same jobs twice.
+  auto same_state = testing::run_command(testing::bin("fedda-coordinator").string() +
+                                         " serve --insecure --bind tcp://127.0.0.1:0 --state " + (dir_ / "state").string());
+  EXPECT_EQ(same_state.exit_code, 1) << same_state.output;
+  EXPECT_NE(same_state.output.find("is in use by another coordinator (pid " + std::to_string(coordinator_->pid()) + ")"),
+            std::string::npos) << same_state.output;
+  // The same status page port (no SO_REUSEPORT: it would take half the requests).
+  const auto port = url_.substr(url_.rfind(':') + 1);
+  auto same_port = testing::run_command(testing::bin("fedda-coordinator").string() +
+                                        " serve --insecure --bind tcp://127.0.0.1:0 --http 127.0.0.1:" + port +
+                                        " --state " + (dir_ / "other").string());
+  EXPECT_EQ(same_port.exit_code, 1) << same_port.output;
+  EXPECT_NE(same_port.output.find("cannot listen on '127.0.0.1:" + port + "'"), std::string::npos) << same_port.output;
+  EXPECT_EQ(get(url_, "/healthz").status, 200);  // the first one is unaffected
 }
 
 TEST_F(StatusPage, WithoutAKitItRefusesToListenBeyondLoopback) {

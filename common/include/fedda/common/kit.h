@@ -104,6 +104,10 @@ struct CoordinatorKit {
 // not verify against the root is an error (named), not silently skipped.
 Result<CoordinatorKit> load_coordinator_kit(const std::filesystem::path& dir);
 
+// The bearer token of the coordinator's status page: an HMAC of a fixed label under the kit's
+// storage key, so whoever holds the coordinator's kit can print it and nobody else can compute it.
+Result<std::string> status_page_token(const CoordinatorKit& kit);
+
 struct Holder {
   std::string role;        // site | operator
   std::string id;          // site id or operator name

@@ -83,9 +83,8 @@ class Service {
   std::unique_ptr<Impl> impl_;
 };
 
-// The bearer token of a coordinator's status page (a coordinator with a kit): an HMAC of a
-// fixed label under the kit's storage key, so whoever holds the coordinator's kit can print it
-// (`fedda-coordinator status-token --kit KIT`) and nobody else can compute it.
+// The bearer token of a coordinator's status page (a coordinator with a kit), from the kit in
+// `kit` (kit::status_page_token; `fedda-coordinator status-token --kit KIT` prints it).
 Result<std::string> status_token(const std::filesystem::path& kit);
 
 }  // namespace fedda::coordinator

@@ -39,6 +39,7 @@ struct ConsortiumOptions {
   bool show_progress = true;                  // echo the coordinator's job and round lines to stdout
   bool secure = true;                         // provision kits (out/kits/): CurveZMQ, signed models,
                                               // encrypted caches, an operator kit for the admin channel
+  std::string http;                           // the coordinator's status page (HOST:PORT, loopback); empty: off
 };
 
 // A job as the coordinator's `jobs` command lists it.

@@ -33,6 +33,7 @@ struct HttpResponse {
 struct Route {
   std::string pattern;  // an ECMAScript regex the whole path must match
   std::function<HttpResponse(const HttpRequest&)> handler;
+  bool open = false;    // served without the token (a page's own script and style sheet: nothing of the service's)
 };
 
 // The Prometheus text format's content type.
