@@ -1,8 +1,8 @@
 // fedda-bench: the figures of docs/performance.md, measured in one run.
 //   training  slices/s of one optimiser step (forward, cross-entropy + soft Dice, backward, Adam)
 //             for the paper's reference U-Net (transposed up-sampling) and fedda's default
-//             (nearest + 1x1), batch 8 of 2x128x128, float32, NCHW; and the default in
-//             channels-last memory (a lever measured, not taken: see docs/performance.md)
+//             (nearest + 1x1), batch 8 of 2x128x128, float32, NCHW; the default in channels-last
+//             memory, under bfloat16 autocast, and at --precision (what fedda picks: precision.h)
 //   inference slices/s of the default U-Net in inference mode (soft labelling, segmentation),
 //             and under a plain no-grad guard (the lever inference mode is)
 //   segment   one scan end to end through fedda's own path (read, preprocess, infer, write)
@@ -19,6 +19,7 @@
 #include <torch/torch.h>
 
 #include "fedda/models/engine.h"
+#include "fedda/models/precision.h"
 #include "fedda/common/version.h"
 #include "losses.h"
 #include "model_io.h"
@@ -33,18 +34,13 @@ namespace {
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 // Slices per second of `steps` timed training steps after `warmup` untimed ones.
-double training_rate(const models::UNetSpec& spec, int batch, int size, int warmup, int steps, bool channels_last) {
+double training_rate(const models::UNetSpec& spec, int batch, int size, int warmup, int steps,
+                     const models::PrecisionChoice& precision) {
   torch::manual_seed(1);
   models::UNet net(spec);
   net->train();
+  net->set_precision(precision);  // bfloat16 autocast and/or channels-last, as training sets them
   auto images = torch::randn({batch, spec.in_channels, size, size});
-  if (channels_last) {
-    torch::NoGradGuard no_grad;
-    for (auto& p : net->parameters()) {
-      if (p.dim() == 4) p.set_data(p.contiguous(torch::MemoryFormat::ChannelsLast));
-    }
-    images = images.contiguous(torch::MemoryFormat::ChannelsLast);
-  }
   torch::optim::Adam adam(net->parameters(), torch::optim::AdamOptions(1e-3));
   const auto labels = (torch::rand({batch, size, size}) < 0.02).to(torch::kInt64);
   Clock::time_point start;
@@ -58,10 +54,12 @@ double training_rate(const models::UNetSpec& spec, int batch, int size, int warm
   return batch * steps / seconds_since(start);
 }
 
-double inference_rate(const models::UNetSpec& spec, int batch, int size, int warmup, int steps, bool inference_mode) {
+double inference_rate(const models::UNetSpec& spec, int batch, int size, int warmup, int steps, bool inference_mode,
+                      const models::PrecisionChoice& precision = {}) {
   torch::manual_seed(1);
   models::UNet net(spec);
   net->eval();
+  net->set_precision(precision);
   std::optional<torch::InferenceMode> inference;
   std::optional<torch::NoGradGuard> no_grad;
   if (inference_mode) {
@@ -94,6 +92,11 @@ int main(int argc, char** argv) {
   app.add_option("--allocator", allocator, "reuse: fedda's setting (models::reuse_freed_tensor_memory); glibc: the C library's defaults")
       ->capture_default_str()
       ->check(CLI::IsMember({"reuse", "glibc"}));
+  std::string precision = "auto";
+  app.add_option("--precision", precision,
+                 "auto, float32 or bfloat16: the precision of the 'fedda at --precision' rows (auto: what fedda picks "
+                 "on this processor)")
+      ->capture_default_str()->check(CLI::IsMember({"auto", "float32", "bfloat16"}));
   app.add_option("--only", only, "run only the rows whose name contains this text (e.g. 'fedda default')");
   app.add_option("--model", model, "segment: a model file (with --flair and --t1)");
   app.add_option("--flair", flair, "segment: FLAIR scan");
@@ -106,7 +109,19 @@ int main(int argc, char** argv) {
   models::UNetSpec reference;  // the paper's standard U-Net
   reference.upsample = "transposed";
   models::UNetSpec fedda_default;  // nearest + 1x1
-  std::printf("threads %d, allocator %s, batch %d of %dx%dx%d, float32, %d timed steps after %d\n", threads, allocator.c_str(), batch,
+  auto chosen = models::choose_precision(precision, "cpu");
+  if (!chosen) {
+    std::fprintf(stderr, "%s\n", chosen.error().message.c_str());
+    return 1;
+  }
+  auto bf16 = models::choose_precision("bfloat16", "cpu").value();
+  models::PrecisionChoice f32;
+  models::PrecisionChoice f32_nhwc;
+  f32_nhwc.channels_last = true;
+  std::printf("cpu: %s\n", models::cpu_description().c_str());
+  std::printf("--precision %s: %s%s (%s)\n", precision.c_str(), chosen->name().c_str(),
+              chosen->channels_last ? " channels-last" : "", chosen->reason.c_str());
+  std::printf("threads %d, allocator %s, batch %d of %dx%dx%d, %d timed steps after %d\n", threads, allocator.c_str(), batch,
               reference.in_channels, size, size, steps, warmup);
   const auto row = [&](const std::string& name, const std::function<double()>& measure) {
     if (name.find(only) == std::string::npos) return;
@@ -114,18 +129,24 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
   };
   std::printf("%-48s %10s\n", "measurement", "slices/s");
-  row("training step, reference U-Net (transposed)", [&] { return training_rate(reference, batch, size, warmup, steps, false); });
-  row("training step, fedda default (nearest+1x1)", [&] { return training_rate(fedda_default, batch, size, warmup, steps, false); });
-  row("training step, fedda default, channels-last", [&] { return training_rate(fedda_default, batch, size, warmup, steps, true); });
+  row("training step, reference U-Net (transposed)", [&] { return training_rate(reference, batch, size, warmup, steps, f32); });
+  row("training step, fedda default (nearest+1x1)", [&] { return training_rate(fedda_default, batch, size, warmup, steps, f32); });
+  row("training step, fedda default, channels-last", [&] { return training_rate(fedda_default, batch, size, warmup, steps, f32_nhwc); });
+  row("training step, fedda default, bfloat16 autocast", [&] { return training_rate(fedda_default, batch, size, warmup, steps, bf16); });
+  row("training step, fedda at --precision (" + chosen->name() + ")",
+      [&] { return training_rate(fedda_default, batch, size, warmup, steps, *chosen); });
   row("inference, fedda default (inference mode)", [&] { return inference_rate(fedda_default, batch, size, warmup, steps, true); });
   row("inference, fedda default (no-grad guard)", [&] { return inference_rate(fedda_default, batch, size, warmup, steps, false); });
+  row("inference, fedda default, bfloat16 autocast", [&] { return inference_rate(fedda_default, batch, size, warmup, steps, true, bf16); });
+  row("inference, fedda at --precision (" + chosen->name() + ")",
+      [&] { return inference_rate(fedda_default, batch, size, warmup, steps, true, *chosen); });
   if (!model.empty()) {
     if (flair.empty() || t1.empty()) {
       std::fprintf(stderr, "--model needs --flair and --t1\n");
       return 1;
     }
     const auto start = Clock::now();
-    if (auto st = models::segment_scan(model, flair, t1, out); !st) {
+    if (auto st = models::segment_scan(model, flair, t1, out, "cpu", precision); !st) {
       std::fprintf(stderr, "%s\n", st.error().message.c_str());
       return 1;
     }

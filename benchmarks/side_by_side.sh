@@ -39,7 +39,7 @@ python_rows() {  # "python training nearest_conv channels-last 17.2" -> "python:
   awk '{v=$NF; $NF=""; sub(/ $/, ""); sub(/^python /, ""); k=$1; $1=""; sub(/^ /, ""); printf "python: %s, %s\t%s\n", k, $0, v}'
 }
 cpp_rows() {  # "training step, fedda default (nearest+1x1)     14.6" -> "<prefix>: training step, ...<TAB>14.6"
-  awk -v prefix="$1" 'NR > 2 {v=$NF; $NF=""; sub(/ +$/, ""); printf "%s: %s\t%s\n", prefix, $0, v}'
+  awk -v prefix="$1" '/^(training|inference|segment)/ {v=$NF; $NF=""; sub(/ +$/, ""); printf "%s: %s\t%s\n", prefix, $0, v}'
 }
 for ((r = 1; r <= repeats; ++r)); do
   echo "repeat $r of $repeats" >&2
@@ -60,6 +60,9 @@ if ((bf16_steps > 0)); then
   "$python" "$here/reference_unet.py" "${common[@]}" --steps "$bf16_steps" --warmup 1 --upsample nearest_conv --bf16 | python_rows >>"$raw"
 fi
 
+# What it ran on and what fedda's `auto` picks there: the figures mean little without it.
+"$bin/fedda-bench" --only "no row has this name" | grep -E '^(cpu|--precision)'
+"$python" -c 'import torch; c = [l.split(":")[1].strip() for l in torch.__config__.show().splitlines() if "capability usage" in l]; print("python: torch", torch.__version__, "| ATen kernels built for", c[0] if c else "?")'
 echo "threads $threads, batch $batch of 2x${size}x${size}, $steps timed steps after $warmup, median of $repeats"
 printf '%-56s %10s\n' "measurement" "slices/s"
 awk -F'\t' '

@@ -42,13 +42,22 @@ for p in "${packages[@]}"; do
   fi
 done
 
-if ((${#missing[@]} == 0)); then
-  exit 0
-fi
+# The official BIDS validator (npm's bids-validator; Debian has no full validator) checks the
+# BIDS datasets fedda-sim writes. Node and npm from Debian where the machine has none.
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 
-echo "install-deps: installing ${missing[*]}" >&2
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+if ((${#missing[@]} > 0)); then
+  echo "install-deps: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+tools=/opt/fedda-tools  # tests look for tools/node_modules/.bin/bids-validator here
+if [ ! -x "$tools/node_modules/.bin/bids-validator" ]; then
+  echo "install-deps: installing bids-validator 1.14.14 (npm) in $tools" >&2
+  $SUDO mkdir -p "$tools"
+  $SUDO npm install --silent --no-audit --no-fund --prefix "$tools" bids-validator@1.14.14 >/dev/null
+fi

@@ -308,7 +308,8 @@ std::string to_json(const JobSpec& j) {
                       {"bn_statistics", j.bn_statistics},
                       {"server_optimizer", j.server_optimizer},
                       {"server_lr", j.server_lr},
-                      {"evaluate_every", j.evaluate_every}};
+                      {"evaluate_every", j.evaluate_every},
+                      {"precision", j.precision}};
   return o.dump(2);
 }
 
@@ -354,6 +355,7 @@ Result<JobSpec> job_spec_from_json(const std::string& text) {
     j.server_optimizer = o.value("server_optimizer", std::string("fedavg"));
     j.server_lr = o.value("server_lr", 1.0);
     j.evaluate_every = o.value("evaluate_every", 0);
+    j.precision = o.value("precision", std::string("auto"));
     return j;
   } catch (const std::exception& e) {
     return make_error(std::string("job spec: ") + e.what());

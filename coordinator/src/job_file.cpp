@@ -70,6 +70,9 @@ Status validate_job(protocol::JobSpec& j, const std::string& teacher) {
   }
   if (!(j.server_lr > 0)) return make_error("server_lr must be positive");
   if (j.evaluate_every < 0) return make_error("evaluate_every must be 0 (only at the end) or more");
+  if (j.precision != "auto" && j.precision != "float32" && j.precision != "bfloat16") {
+    return make_error("precision must be auto, float32 or bfloat16");
+  }
   if (!(j.lesion_slice_fraction >= 0 && j.lesion_slice_fraction <= 1)) return make_error("lesion_slice_fraction must be between 0 and 1");
   if (j.evaluation_sites.empty()) {
     for (const auto& s : j.sites) {
@@ -125,6 +128,7 @@ Result<JobDefinition> read_mapping(config::Mapping& mapping, const fs::path& pat
   m->get("server_optimizer", j.server_optimizer);
   m->get("server_lr", j.server_lr);
   m->get("evaluate_every", j.evaluate_every);
+  m->get("precision", j.precision);
   m->get("method", d.method);
   m->get("teacher", d.teacher);
   models::ModelSpec model;

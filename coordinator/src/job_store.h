@@ -40,6 +40,7 @@ struct SiteRecord {
   double seconds = 0;           // training at the site
   std::int64_t bytes_up = 0;    // its update's body on the wire
   double overhead_seconds = 0;  // the site's verify, decode and encode
+  std::string precision;        // what the site computed in and why ("bfloat16 (auto: ...)")
 };
 
 // Where a round's time went, from encoding its task to its state on disk ("span"): the sites'

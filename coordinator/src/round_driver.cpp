@@ -373,7 +373,7 @@ void JobRun::handle_update(SiteInfo& site, const std::string& body) {
   if (!st) return refuse(st.error().message);
   answered_.insert(site.id);
   current_.sites.push_back({site.id, update->samples, update->steps, update->loss, update->seconds,
-                            static_cast<std::int64_t>(body.size()), update->overhead_seconds});
+                            static_cast<std::int64_t>(body.size()), update->overhead_seconds, update->precision});
   current_.cost.aggregate_s += seconds_since(received);
   log_->info("site {}: round {} update in ({} samples, {} steps, loss {:.4f}, {:.1f} s)", site.id, round_,
              update->samples, update->steps, update->loss, update->seconds);

@@ -67,7 +67,7 @@ function stateCell(state) {
 
 function progressCell(job) {
   const done = job.round || 0, total = job.rounds || 0;
-  return el("span", {}, el("progress", { max: Math.max(total, 1), value: done }), " " + done + " / " + total);
+  return el("span", { class: "progress" }, el("progress", { max: Math.max(total, 1), value: done }), " " + done + " / " + total);
 }
 
 function drawHeader(coordinator) {

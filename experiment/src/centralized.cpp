@@ -10,6 +10,7 @@
 #include "fedda/common/files.h"
 #include "fedda/common/log.h"
 #include "fedda/imaging/dataset.h"
+#include "fedda/models/precision.h"
 #include "fedda/common/protocol.h"
 
 namespace fedda::experiment {
@@ -104,7 +105,7 @@ Result<CentralizedResult> run_centralized(const CentralizedOptions& o) {
   }
   CentralizedResult result;
   auto score = [&](const fs::path& model, const std::vector<SubjectFiles>& subjects) -> Status {
-    auto scores = models::evaluate_model(model, subjects, o.adaptation.device);
+    auto scores = models::evaluate_model(model, subjects, o.adaptation.device, o.adaptation.precision);
     if (!scores) return scores.error();
     for (const auto& s : *scores) result.rows.push_back({s.subject, s.metrics});
     return Status::success();
@@ -172,6 +173,10 @@ Result<CentralizedResult> run_centralized(const CentralizedOptions& o) {
                             {"method", o.method}, {"mode", "centralized"},
                             {"subjects", result.rows.size()}, {"seconds", result.seconds},
                             {"mean_dsc", dsc_count ? nlohmann::json(result.mean_dsc) : nlohmann::json()}};
+  if (auto p = models::choose_precision(o.adaptation.precision, o.adaptation.device)) {
+    summary["precision"] = p->name();
+    summary["precision_reason"] = p->reason;
+  }
   if (auto w = files::write_atomically(o.out / "results.csv", csv.str()); !w) return w.error();
   if (auto w = files::write_atomically(o.out / "curve.csv", curve.csv.str()); !w) return w.error();
   if (auto w = files::write_atomically(o.out / "summary.json", summary.dump(2) + "\n"); !w) return w.error();

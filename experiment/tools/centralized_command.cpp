@@ -13,7 +13,7 @@ void add_centralized(CLI::App& app, int& rc) {
     std::string data, out;
     int teacher_epochs = 12, epochs = 8, steps = 32, batch = 8, width = 16, depth = 4, grid = 128, threads = 0;
     double lr = 1e-3, spacing = 1.5;
-    std::string device = "cpu", upsample = "nearest_conv", norm = "batch";
+    std::string device = "cpu", upsample = "nearest_conv", norm = "batch", precision = "auto";
     std::string student_init = "teacher", kd_loss = "hinton", bn_statistics = "shared";
     double kd_hard_weight = 0, kd_confidence = 0.5, adapt_lr = 0;
     int curve_every = 0;
@@ -44,6 +44,9 @@ void add_centralized(CLI::App& app, int& rc) {
   cmd->add_option("--grid", a->grid, "in-plane size of the model grid (voxels)")->capture_default_str();
   cmd->add_option("--spacing", a->spacing, "in-plane spacing of the model grid (mm)")->capture_default_str();
   cmd->add_option("--device", a->device, "cpu or cuda")->capture_default_str();
+  cmd->add_option("--precision", a->precision,
+                  "auto (bfloat16 where the processor has bfloat16 units, or on CUDA), float32 or bfloat16")
+      ->capture_default_str()->check(CLI::IsMember({"auto", "float32", "bfloat16"}));
   cmd->add_option("--threads", a->threads, "LibTorch intra-op threads (0: its default)")->capture_default_str();
   cmd->add_option("--seed", a->seed, "random seed")->capture_default_str();
   cmd->add_option("--student-init", a->student_init, "kd: the student starts as the teacher, or from scratch (teacher | scratch)")
@@ -73,6 +76,7 @@ void add_centralized(CLI::App& app, int& rc) {
     c.batch_size = a->batch;
     c.learning_rate = a->lr;
     c.device = a->device;
+    c.precision = a->precision;
     c.threads = a->threads;
     c.seed = a->seed;
     a->o.data = a->data;

@@ -25,7 +25,7 @@ std::vector<std::string> comma_list(const std::string& text) {
 
 void add_experiment(CLI::App& app, int& rc) {
   struct Args {
-    std::string data, out, profile = "quick", modes = "federated,centralized", methods, folds = "0,1", device = "cpu";
+    std::string data, out, profile = "quick", modes = "federated,centralized", methods, folds = "0,1", device = "cpu", precision = "auto";
     std::string student_init;
     std::uint64_t seed = 1;
     int threads = 0;
@@ -59,6 +59,10 @@ void add_experiment(CLI::App& app, int& rc) {
   cmd->add_option("--folds", a->folds, "folds to run: 0, 1 or 0,1")->capture_default_str();
   cmd->add_option("--seed", a->seed, "training seed (data are generated separately)")->capture_default_str();
   cmd->add_option("--device", a->device, "cpu or cuda")->capture_default_str();
+  cmd->add_option("--precision", a->precision,
+                  "auto (bfloat16 where the processor has bfloat16 units, or on CUDA), float32 or bfloat16: what every "
+                  "cell computes in")
+      ->capture_default_str()->check(CLI::IsMember({"auto", "float32", "bfloat16"}));
   cmd->add_option("--threads", a->threads, "LibTorch threads per process (0: every core)")->capture_default_str();
   cmd->add_flag("--insecure", a->insecure, "federated: plain TCP, no kits (for debugging only)");
   cmd->callback([a, &rc]() {
@@ -76,6 +80,7 @@ void add_experiment(CLI::App& app, int& rc) {
     }
     o.seed = a->seed;
     o.device = a->device;
+    o.precision = a->precision;
     o.threads = a->threads;
     o.secure = !a->insecure;
     o.bin_dir = executable_dir();

@@ -16,6 +16,14 @@ using imaging::SubjectFiles;
 
 namespace {
 
+// The precision a trainer computes in (precision.h), logged once per training run.
+Result<PrecisionChoice> precision_of(const std::string& requested, const std::string& device) {
+  auto p = choose_precision(requested, device);
+  if (!p) return p.error();
+  log::get("engine")->info("precision {} ({})", p->name(), p->reason);
+  return p;
+}
+
 Result<torch::Device> prepare(const TrainConfig& c) {
   auto device = parse_device(c.device);
   if (!device) return device.error();
@@ -40,6 +48,7 @@ using StepFn = std::function<double(std::mt19937_64& rng, int epoch)>;
 
 struct Trainee {
   ModelSpec spec;
+  PrecisionChoice precision;
   UNet net{nullptr};
   torch::Device device{torch::kCPU};
   torch::optim::Adam* optimizer = nullptr;
@@ -54,6 +63,7 @@ Result<TrainReport> run_epochs(const TrainConfig& c, Trainee& t, const StepFn& s
   auto log = log::get("engine");
   TrainReport report;
   const auto start = std::chrono::steady_clock::now();
+  t.net->set_precision(t.precision);
   int first = 1;
   std::error_code ec;
   if (!c.checkpoint.empty() && fs::exists(c.checkpoint, ec)) {
@@ -110,6 +120,8 @@ Result<TrainReport> run_epochs(const TrainConfig& c, Trainee& t, const StepFn& s
   t.net->eval();
   if (auto st = save_model(model_out, t.spec, t.net); !st) return st.error();
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  report.precision = t.precision.name();
+  report.precision_reason = t.precision.reason;
   return report;
 }
 
@@ -254,6 +266,9 @@ Result<TrainReport> train_supervised(const std::vector<SubjectFiles>& labelled, 
   }
   t.spec.role = role;
   t.device = *device;
+  auto precision = precision_of(c.precision, c.device);
+  if (!precision) return precision.error();
+  t.precision = *precision;
   auto scans = load_scans(labelled, t.spec.grid, true);
   if (!scans) return scans.error();
   torch::optim::Adam optimizer(t.net->parameters(), torch::optim::AdamOptions(c.learning_rate));
@@ -276,6 +291,9 @@ Result<TrainReport> train_kd(const fs::path& teacher_path, const std::vector<Sub
   if (c.kd_loss != "hinton" && c.kd_loss != "paper") return make_error("kd_loss must be hinton or paper");
   auto teacher = load_model(teacher_path, *device);
   if (!teacher) return teacher.error();
+  auto teacher_precision = choose_precision(c.precision, c.device);
+  if (!teacher_precision) return teacher_precision.error();
+  teacher->net->set_precision(*teacher_precision);  // soft labels in the run's precision
   std::vector<SubjectFiles> all = source;
   all.insert(all.end(), target.begin(), target.end());
   if (all.empty()) return make_error("no subjects to distil on");
@@ -295,6 +313,9 @@ Result<TrainReport> train_kd(const fs::path& teacher_path, const std::vector<Sub
     t.net->to(*device);
   }
   t.device = *device;
+  auto precision = precision_of(c.precision, c.device);
+  if (!precision) return precision.error();
+  t.precision = *precision;
   torch::optim::Adam optimizer(t.net->parameters(), torch::optim::AdamOptions(c.learning_rate));
   t.optimizer = &optimizer;
   const KdObjective objective{c.kd_loss, c.kd_hard_weight, c.kd_confidence, c.dice_weight};
@@ -327,6 +348,9 @@ Result<TrainReport> train_ada(const std::optional<fs::path>& initial, const std:
   }
   t.spec.role = "ada";
   t.device = *device;
+  auto precision = precision_of(c.precision, c.device);
+  if (!precision) return precision.error();
+  t.precision = *precision;
   auto source_scans = load_scans(source, t.spec.grid, true);
   if (!source_scans) return source_scans.error();
   auto target_scans = load_scans(target, t.spec.grid, false);
@@ -394,20 +418,26 @@ Result<std::vector<SubjectScore>> score_subjects(UNet& net, const ModelSpec& spe
 }
 
 Result<std::vector<SubjectScore>> evaluate_model(const fs::path& model, const std::vector<SubjectFiles>& subjects,
-                                                 const std::string& device_name) {
+                                                 const std::string& device_name, const std::string& precision) {
   auto device = parse_device(device_name);
   if (!device) return device.error();
   auto m = load_model(model, *device);
   if (!m) return m.error();
+  auto p = choose_precision(precision, device_name);
+  if (!p) return p.error();
+  m->net->set_precision(*p);
   return score_subjects(m->net, m->spec, subjects, *device);
 }
 
 Status segment_scan(const fs::path& model, const fs::path& flair, const fs::path& t1, const fs::path& out,
-                    const std::string& device_name) {
+                    const std::string& device_name, const std::string& precision) {
   auto device = parse_device(device_name);
   if (!device) return device.error();
   auto m = load_model(model, *device);
   if (!m) return m.error();
+  auto chosen = choose_precision(precision, device_name);
+  if (!chosen) return chosen.error();
+  m->net->set_precision(*chosen);
   SubjectFiles files;
   files.clinic = "scan";
   files.subject = flair.filename().string();

@@ -1,7 +1,50 @@
 #include "networks.h"
 
+#include <ATen/autocast_mode.h>
+
 namespace fedda::models {
 namespace nn = torch::nn;
+
+namespace {
+
+// LibTorch's autocast to bfloat16 for one forward pass on this thread (its state is per
+// thread), restored afterwards; the cast weights are cached for the pass and dropped after it.
+class BFloat16Autocast {
+ public:
+  explicit BFloat16Autocast(const torch::Device& device) : cuda_(device.is_cuda()) {
+    if (cuda_) {
+      enabled_ = at::autocast::is_enabled();
+      dtype_ = at::autocast::get_autocast_gpu_dtype();
+      at::autocast::set_enabled(true);
+      at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
+    } else {
+      enabled_ = at::autocast::is_cpu_enabled();
+      dtype_ = at::autocast::get_autocast_cpu_dtype();
+      at::autocast::set_cpu_enabled(true);
+      at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+    }
+    at::autocast::increment_nesting();
+  }
+  ~BFloat16Autocast() {
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    if (cuda_) {
+      at::autocast::set_enabled(enabled_);
+      at::autocast::set_autocast_gpu_dtype(dtype_);
+    } else {
+      at::autocast::set_cpu_enabled(enabled_);
+      at::autocast::set_autocast_cpu_dtype(dtype_);
+    }
+  }
+  BFloat16Autocast(const BFloat16Autocast&) = delete;
+  BFloat16Autocast& operator=(const BFloat16Autocast&) = delete;
+
+ private:
+  bool cuda_;
+  bool enabled_ = false;
+  at::ScalarType dtype_ = at::kBFloat16;
+};
+
+}  // namespace
 
 ConvBlockImpl::ConvBlockImpl(int in, int out, const std::string& norm) {
   layers_ = nn::Sequential();
@@ -45,7 +88,23 @@ UNetImpl::UNetImpl(const UNetSpec& spec) : spec_(spec) {
   register_module("head", head_);
 }
 
+void UNetImpl::set_precision(const PrecisionChoice& precision) {
+  precision_ = precision;
+  torch::NoGradGuard no_grad;
+  const auto format = precision.channels_last ? torch::MemoryFormat::ChannelsLast : torch::MemoryFormat::Contiguous;
+  for (auto& p : parameters()) {
+    if (p.dim() == 4) p.set_data(p.contiguous(format));
+  }
+}
+
 torch::Tensor UNetImpl::forward(torch::Tensor x) {
+  if (precision_.channels_last) x = x.contiguous(torch::MemoryFormat::ChannelsLast);
+  if (!precision_.bfloat16) return forward_layers(x);
+  BFloat16Autocast autocast(x.device());
+  return forward_layers(x).to(torch::kFloat);
+}
+
+torch::Tensor UNetImpl::forward_layers(torch::Tensor x) {
   std::vector<torch::Tensor> skips;
   for (int level = 0; level <= spec_.depth; ++level) {
     x = down_[level]->as<ConvBlock>()->forward(x);

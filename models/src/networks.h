@@ -11,6 +11,7 @@
 #include <torch/torch.h>
 
 #include "fedda/models/model_spec.h"
+#include "fedda/models/precision.h"
 
 namespace fedda::models {
 
@@ -27,11 +28,19 @@ TORCH_MODULE(ConvBlock);
 class UNetImpl : public torch::nn::Module {
  public:
   explicit UNetImpl(const UNetSpec& spec);
+  // Logits in float32 whatever the precision.
   torch::Tensor forward(torch::Tensor x);
   const UNetSpec& spec() const { return spec_; }
+  // bfloat16: the forward pass runs under autocast (on the calling thread, whichever it is);
+  // channels_last: the convolutions' weights and every input are NHWC. Weights stay float32.
+  void set_precision(const PrecisionChoice& precision);
+  const PrecisionChoice& precision() const { return precision_; }
 
  private:
+  torch::Tensor forward_layers(torch::Tensor x);
+
   UNetSpec spec_;
+  PrecisionChoice precision_;
   torch::nn::ModuleList down_{nullptr};    // ConvBlocks, one per level incl. the bottleneck
   torch::nn::ModuleList up_{nullptr};      // up-sampling layers
   torch::nn::ModuleList decode_{nullptr};  // ConvBlocks after each concatenation

@@ -26,8 +26,10 @@ std::string hex(std::uint64_t v) {
 }
 
 // Identifies soft labels: the teacher's weights, the temperature and the grid.
-std::string soft_label_key(const TensorSet& teacher, const ModelSpec& spec, double temperature) {
+std::string soft_label_key(const TensorSet& teacher, const ModelSpec& spec, double temperature,
+                           const PrecisionChoice& precision) {
   std::uint64_t key = mix(static_cast<std::uint64_t>(temperature * 1000), std::hash<std::string>{}(to_json(spec)));
+  if (precision.bfloat16) key = mix(key, 0xbf16);  // soft labels computed in bfloat16 are their own
   for (const auto& t : teacher.tensors) key = mix(key, t.crc32);
   return hex(key);
 }
@@ -64,6 +66,7 @@ Result<torch::Tensor> load_tensor(const fs::path& path, const std::string& key) 
 struct SiteTrainer::Impl {
   SiteJobOptions options;
   torch::Device device{torch::kCPU};
+  PrecisionChoice precision;
   UNet net{nullptr};
   Discriminator discriminator{nullptr};
   std::unique_ptr<torch::optim::Adam> optimizer;
@@ -100,6 +103,7 @@ SiteTrainer::~SiteTrainer() = default;
 
 const std::vector<SkippedScan>& SiteTrainer::skipped() const { return impl_->skipped; }
 std::int64_t SiteTrainer::samples() const { return impl_->samples; }
+const PrecisionChoice& SiteTrainer::precision() const { return impl_->precision; }
 int SiteTrainer::training_subjects() const { return static_cast<int>(impl_->scans.size()); }
 int SiteTrainer::evaluation_subjects() const { return static_cast<int>(impl_->evaluation.size()); }
 
@@ -110,9 +114,14 @@ Result<std::unique_ptr<SiteTrainer>> SiteTrainer::open(const SiteJobOptions& o, 
   if (!device) return device.error();
   if (o.threads > 0) torch::set_num_threads(o.threads);
 
+  auto precision = choose_precision(o.precision, o.device);
+  if (!precision) return precision.error();
+  log->info("precision {} ({})", precision->name(), precision->reason);
+
   auto impl = std::make_unique<Impl>();
   impl->options = o;
   impl->device = *device;
+  impl->precision = *precision;
   const auto id = [](const imaging::SubjectFiles& s) { return s.clinic + "/" + s.subject; };
   const bool training = o.type != JobType::evaluate;
   if (training) {
@@ -151,7 +160,8 @@ Result<std::unique_ptr<SiteTrainer>> SiteTrainer::open(const SiteJobOptions& o, 
     UNet teacher_net(o.spec.unet);
     if (auto st = from_wire(*teacher_net, teacher); !st) return make_error("teacher: " + st.error().message);
     teacher_net->to(impl->device);
-    const auto key = soft_label_key(teacher, o.spec, o.temperature);
+    teacher_net->set_precision(impl->precision);
+    const auto key = soft_label_key(teacher, o.spec, o.temperature, impl->precision);
     const auto cache_file = [&](const ScanSlices& scan) {
       std::string name = scan.id;
       std::replace(name.begin(), name.end(), '/', '_');
@@ -192,6 +202,7 @@ Result<std::unique_ptr<SiteTrainer>> SiteTrainer::open(const SiteJobOptions& o, 
 
   impl->net = UNet(o.spec.unet);
   impl->net->to(impl->device);
+  impl->net->set_precision(impl->precision);
   if (o.local_batch_norm) impl->batch_norm = batch_norm_tensors(o.spec);
   if (o.kd_loss != "hinton" && o.kd_loss != "paper") return make_error("kd_loss must be hinton or paper");
   if (o.type == JobType::ada) {

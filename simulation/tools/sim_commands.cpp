@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "fedda/common/log.h"
+#include "fedda/imaging/subject_index.h"
 #include "fedda/simulation/generator.h"
 #include "fedda/simulation/preview.h"
 #include "fedda/simulation/threshold_baseline.h"
@@ -12,7 +13,7 @@ namespace fedda::simulation::tools {
 
 void add_generate(CLI::App& app, int& rc) {
   struct Args {
-    std::string profile = "smoke", out, clinics, templates;
+    std::string profile = "smoke", out, clinics, templates, layout = "wmh";
     std::uint64_t seed = 1;
     int subjects = 0, threads = 0;
   };
@@ -30,6 +31,12 @@ void add_generate(CLI::App& app, int& rc) {
   cmd->add_option("--subjects", a->subjects, "subjects per clinic (default: the profile's)");
   cmd->add_option("--clinics", a->clinics, "comma-separated subset of utrecht,singapore,amsterdam");
   cmd->add_option("--threads", a->threads, "worker threads (default: all cores)");
+  cmd->add_option("--layout", a->layout,
+                  "wmh (the challenge's), bids (OUT/<clinic>/ a BIDS dataset, labels in derivatives/wmh) or datalist "
+                  "(OUT/<clinic>/dataset.json with imagesTr/, imagesTs/, labelsTr/, nnU-Net's naming): the same scans "
+                  "in the layouts a site's data.layout reads")
+      ->capture_default_str()
+      ->check(CLI::IsMember(imaging::data_layouts()));
   cmd->add_option("--templates", a->templates,
                   "folder with ch2bet.nii.gz, ch2better.nii.gz and JHU-WhiteMatter-labels-1mm.nii.gz "
                   "(default: $FEDDA_TEMPLATES or /usr/share/mricron/templates)");
@@ -39,7 +46,9 @@ void add_generate(CLI::App& app, int& rc) {
     if (!profile) throw CLI::ValidationError("--profile", profile.error().message);
     GenerateOptions o;
     o.profile = *profile;
-    o.out = a->out;
+    // Other layouts are written from the WMH layout, generated first beside them and removed after.
+    const std::filesystem::path out = a->out, staging = out / ".wmh-staging";
+    o.out = a->layout == "wmh" ? out : staging;
     o.seed = a->seed;
     if (a->subjects != 0) o.subjects = a->subjects;
     o.threads = a->threads;
@@ -56,8 +65,23 @@ void add_generate(CLI::App& app, int& rc) {
       rc = 1;
       return;
     }
-    log->info("generated {} subjects ({} profile, seed {}) in {} in {:.1f} s", summary->subjects, a->profile,
-              a->seed, a->out, summary->seconds);
+    if (a->layout != "wmh") {
+      std::error_code ec;
+      for (const auto& clinic : std::filesystem::directory_iterator(staging, ec)) {
+        if (!clinic.is_directory()) continue;
+        const auto name = clinic.path().filename();
+        std::filesystem::remove_all(out / name, ec);
+        if (auto st = imaging::write_layout(clinic.path(), a->layout, out / name); !st) {
+          log->error("{}", st.error().message);
+          rc = 1;
+          return;
+        }
+        log->info("{} written in the {} layout", (out / name).string(), a->layout);
+      }
+      std::filesystem::remove_all(staging, ec);
+    }
+    log->info("generated {} subjects ({} profile, seed {}, {} layout) in {} in {:.1f} s", summary->subjects, a->profile,
+              a->seed, a->layout, a->out, summary->seconds);
     rc = 0;
   });
 }

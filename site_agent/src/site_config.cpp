@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+
 #include "fedda/common/config.h"
 #include "fedda/common/crypto.h"
 #include "fedda/common/files.h"
@@ -23,8 +25,17 @@ Result<SiteConfig> read_site_config(const fs::path& path) {
   m->get("site_id", c.site_id);
   m->get("coordinator", c.coordinator);
   m->get("data", data);
+  m->get("data_layout", c.data_layout);
+  auto filters = m->mapping("bids_filters");
+  for (const auto& entity : imaging::bids_filter_entities()) {
+    std::string value;
+    filters.get(entity, value);
+    if (!value.empty()) c.bids_filters[entity] = value;
+  }
+  m->get("bids_labels", c.bids_labels);
   m->get("cache_dir", cache);
   m->get("device", c.device);
+  m->get("precision", c.precision);
   m->get("threads", c.threads);
   m->get("heartbeat_ms", c.heartbeat_ms);
   m->get("reconnect_min_ms", c.reconnect_min_ms);
@@ -60,13 +71,30 @@ Result<SiteConfig> read_site_config(const fs::path& path) {
       c.coordinator.rfind("inproc://", 0) != 0) {
     return fail("coordinator '" + c.coordinator + "' is not a ZeroMQ endpoint (tcp://HOST:PORT)");
   }
-  if (data.empty()) return fail("data is required (the clinic folder holding one folder per subject)");
+  const auto& layouts = imaging::data_layouts();
+  if (std::find(layouts.begin(), layouts.end(), c.data_layout) == layouts.end()) {
+    return fail("data_layout '" + c.data_layout + "' (choose wmh, bids or datalist)");
+  }
+  if (c.data_layout != "bids" && (!c.bids_filters.empty() || !c.bids_labels.empty())) {
+    return fail("bids_filters and bids_labels apply to data_layout: bids only");
+  }
+  if (c.bids_labels.find('/') != std::string::npos || c.bids_labels == "..") {
+    return fail("bids_labels '" + c.bids_labels + "' is the name of a folder under derivatives/, not a path");
+  }
+  if (data.empty()) {
+    return fail(c.data_layout == "datalist" ? "data is required (the datalist's JSON file)"
+                : c.data_layout == "bids"   ? "data is required (the BIDS dataset's root folder)"
+                                            : "data is required (the clinic folder holding one folder per subject)");
+  }
   c.data = fs::path(data).is_relative() ? (base / data).lexically_normal() : fs::path(data);
   if (!kit.empty()) c.kit = fs::path(kit).is_relative() ? (base / kit).lexically_normal() : fs::path(kit);
   if (cache.empty()) cache = "cache-" + c.site_id;
   c.cache_dir = fs::path(cache).is_relative() ? (base / cache).lexically_normal() : fs::path(cache);
   if (c.device != "cpu" && c.device != "cuda" && c.device.rfind("cuda:", 0) != 0) {
     return fail("device '" + c.device + "' (choose cpu or cuda)");
+  }
+  if (c.precision != "auto" && c.precision != "float32" && c.precision != "bfloat16") {
+    return fail("precision '" + c.precision + "' (choose auto, float32 or bfloat16)");
   }
   if (c.threads < 0) return fail("threads must be 0 (default) or more");
   if (c.heartbeat_ms < 10) return fail("heartbeat_ms must be at least 10");
@@ -81,12 +109,20 @@ Result<SiteConfig> read_site_config(const fs::path& path) {
   return c;
 }
 
+Result<imaging::SubjectIndex> site_subject_index(const SiteConfig& c) {
+  imaging::DataSource source;
+  source.layout = c.data_layout;
+  source.path = c.data;
+  if (c.data_layout != "wmh") source.clinic = c.site_id;  // the WMH layout's clinic is its folder, as fedda-sim writes it
+  source.bids_filters = c.bids_filters;
+  source.bids_labels = c.bids_labels;
+  return imaging::index_subjects(source);
+}
+
 Result<std::vector<imaging::SubjectFiles>> site_subjects(const SiteConfig& c) {
-  std::error_code ec;
-  if (!fs::is_directory(c.data, ec)) return make_error(c.data.string() + ": data folder not found");
-  auto folder = c.data.lexically_normal();
-  if (folder.filename().empty()) folder = folder.parent_path();
-  return imaging::find_clinic_subjects(folder.parent_path(), folder.filename().string());
+  auto index = site_subject_index(c);
+  if (!index) return index.error();
+  return std::move(index->subjects);
 }
 
 CheckReport check_site(const SiteConfig& c) {
@@ -111,13 +147,17 @@ CheckReport check_site(const SiteConfig& c) {
   if (ec || access(c.cache_dir.c_str(), W_OK) != 0) {
     report.problems.push_back("cache_dir " + c.cache_dir.string() + ": not writable");
   }
-  auto subjects = site_subjects(c);
-  if (!subjects) {
-    report.problems.push_back(subjects.error().message);
+  auto index = site_subject_index(c);
+  if (!index) {
+    report.problems.push_back(index.error().message);
     return report;
   }
+  for (const auto& i : index->ignored) report.ignored.push_back(i.path.string() + ": " + i.reason);
+  const auto* subjects = &index->subjects;
   report.subjects = static_cast<int>(subjects->size());
   for (const auto& s : *subjects) {
+    report.found.push_back(s.subject + ": " + s.flair.string() + ", " + s.t1.string() +
+                           (s.labels ? ", labels " + s.labels->string() : ", unlabelled"));
     if (auto subject = imaging::read_subject(s.flair, s.t1, s.labels); !subject) {
       report.problems.push_back("subject " + s.subject + ": " + subject.error().message);
       continue;

@@ -231,6 +231,7 @@ struct SiteWorker::Impl {
     o.local_batch_norm = job.bn_statistics == "local";
     o.seed = job.seed ^ std::hash<std::string>{}(id);
     o.device = config.device;
+    o.precision = models::precision_request(job.precision, config.precision);
     o.threads = config.threads;
     o.cache_dir = config.cache_dir;
     if (site_kit) o.storage_key = site_kit->storage_key;
@@ -314,6 +315,7 @@ struct SiteWorker::Impl {
       update.steps = local->steps;
       update.loss = local->loss;
       update.seconds = local->seconds;
+      update.precision = trainer->precision().name() + " (" + trainer->precision().reason + ")";
       log->info("job {}: round {} trained ({} steps, loss {:.4f}, {:.1f} s)", h.job_id, h.round, local->steps,
                 local->loss, local->seconds);
     }

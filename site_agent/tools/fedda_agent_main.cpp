@@ -75,15 +75,19 @@ int main(int argc, char** argv) {
       "check",
       "Validate a site before joining: the config's settings and policy, the kit and the root it is pinned to "
       "(root_fingerprint), the device, the cache folder, and every scan (readable, 3-D, finite, FLAIR/T1/label "
-      "geometry agreeing, labels in {0,1,2}). Lists each problem; exit code 0 when there is none, 1 otherwise.");
+      "geometry agreeing, labels in {0,1,2}). Lists each subject found (in the data_layout site.yaml names: wmh, "
+      "bids or datalist), each file or folder left out and why, and each problem; exit code 0 when there is no "
+      "problem, 1 otherwise.");
   check->add_option("--config", config_path, "site config (YAML)")->required();
   check->callback([&]() {
     auto config = load_config();
     if (!config) return;
     const auto report = site_agent::check_site(*config);
     std::cout << "site " << config->site_id << ": coordinator " << config->coordinator << ", data "
-              << config->data.string() << ", device " << config->device << "\n"
-              << report.usable << " of " << report.subjects << " subjects usable\n";
+              << config->data.string() << " (" << config->data_layout << " layout), device " << config->device << "\n";
+    for (const auto& f : report.found) std::cout << "subject " << f << "\n";
+    for (const auto& i : report.ignored) std::cout << "ignored: " << i << "\n";
+    std::cout << report.usable << " of " << report.subjects << " subjects usable\n";
     for (const auto& p : report.problems) std::cout << "problem: " << p << "\n";
     rc = report.problems.empty() && report.usable > 0 ? 0 : 1;
   });

@@ -31,6 +31,7 @@
 #include "fedda/imaging/dataset.h"
 #include "fedda/models/engine.h"
 #include "fedda/models/federated.h"
+#include "fedda/models/weights.h"
 #include "fedda/experiment/consortium.h"
 #include "fedda/simulation/generator.h"
 #include "support/fake_sites.h"
@@ -176,6 +177,39 @@ TEST_F(Federation, AScratchStudentWithFedBnAndFedAdamRecordsItsLearningCurve) {
   EXPECT_TRUE(fs::exists(dir_ / "jobs" / "kd-scratch" / "results.csv"));
   // The student did not start as the teacher: its first round's loss is far from the teacher's.
   EXPECT_GT(r[0]["sites"][0]["loss"].get<double>(), 0.05) << r[0].dump();
+}
+
+// Sites with different hardware federate together: one computes in bfloat16 (as a site with
+// AVX512-BF16 would pick), the other in float32; each says which in rounds.jsonl, and what
+// crosses the wire, the average and the final model stay float32.
+TEST_F(Federation, SitesComputingInDifferentPrecisionsFederateTogether) {
+  const auto job = kd_job("kd-mixed-precision", {"utrecht", "amsterdam"}, 2, 6, 2);
+  auto coordinator = start_coordinator(job, "tcp://127.0.0.1:0");
+  const auto endpoint = wait_for_endpoint();
+  site_config_extra_ = "precision: bfloat16\n";
+  auto utrecht = start_agent("utrecht", endpoint);
+  site_config_extra_ = "precision: float32\n";
+  auto amsterdam = start_agent("amsterdam", endpoint);
+  ASSERT_EQ(coordinator->wait(240s), 0) << testing::read_text(coordinator_log());
+  const auto r = rounds("kd-mixed-precision");
+  ASSERT_EQ(r.size(), 2u);
+  for (const auto& round : r) {
+    ASSERT_EQ(round["sites"].size(), 2u) << round.dump();
+    for (const auto& s : round["sites"]) {
+      const auto precision = s["precision"].get<std::string>();
+      const auto expected = s["site"] == "utrecht" ? "bfloat16 (asked for bfloat16" : "float32 (asked for float32";
+      EXPECT_EQ(precision.rfind(expected, 0), 0u) << round.dump();
+      EXPECT_TRUE(std::isfinite(s["loss"].get<double>())) << round.dump();
+    }
+  }
+  EXPECT_NE(testing::read_text(dir_ / "utrecht.log").find("precision bfloat16"), std::string::npos);
+  EXPECT_NE(testing::read_text(dir_ / "amsterdam.log").find("precision float32"), std::string::npos);
+  const auto model = models::read_model_weights(dir_ / "jobs" / "kd-mixed-precision" / "model.pt");
+  ASSERT_TRUE(model) << model.error().message;
+  for (const auto& t : model->weights.tensors) {
+    if (t.name.find("num_batches_tracked") == std::string::npos) EXPECT_EQ(t.dtype, DType::f32) << t.name;
+  }
+  EXPECT_TRUE(fs::exists(dir_ / "jobs" / "kd-mixed-precision" / "results.csv"));
 }
 
 TEST_F(Federation, AgentKilledMidRoundRejoinsAndTheJobFinishes) {

@@ -183,6 +183,8 @@ struct JobSpec {
   std::string server_optimizer = "fedavg";
   double server_lr = 1.0;
   int evaluate_every = 0;  // > 0: the evaluation sites also score the model after every this many rounds
+  std::string precision = "auto";  // what sites compute in: auto | float32 | bfloat16 (version 6); "auto" leaves
+                                   // it to each site's own setting (site.yaml precision) and hardware
 };
 
 struct Hello {
@@ -238,6 +240,7 @@ struct RoundUpdate {
   double seconds = 0;                   // training (load, steps, export)
   std::vector<SubjectMetrics> metrics;  // evaluation rounds
   double overhead_seconds = 0;          // the site's own federation work: verify, decode, encode
+  std::string precision;                // what the site computed in, and why ("bfloat16: auto: ...") (version 3)
 };
 
 struct JobFailed {
@@ -477,6 +480,7 @@ void serialize(Archive& ar, JobSpec& m, std::uint32_t version) {
     ar(FEDDA_TEXT(student_init), FEDDA_TEXT(kd_loss), m.kd_hard_weight, m.kd_confidence, FEDDA_TEXT(bn_statistics),
        FEDDA_TEXT(server_optimizer), m.server_lr, m.evaluate_every);
   }
+  if (version >= 6) ar(FEDDA_TEXT(precision));
 }
 template <class Archive>
 void serialize(Archive& ar, Hello& m, std::uint32_t version) {
@@ -520,6 +524,7 @@ void serialize(Archive& ar, RoundUpdate& m, std::uint32_t version) {
   detail::check_known_version<RoundUpdate>(version);
   ar(m.model, m.discriminator_grads, m.samples, m.steps, m.loss, m.seconds, FEDDA_LIST(metrics));
   if (version >= 2) ar(m.overhead_seconds);
+  if (version >= 3) ar(FEDDA_TEXT(precision));
 }
 template <class Archive>
 void serialize(Archive& ar, JobFailed& m, std::uint32_t version) {
@@ -608,7 +613,7 @@ Result<Body> decode_body(const std::string& body_frame) {
 CEREAL_CLASS_VERSION(fedda::protocol::Header, 1)
 CEREAL_CLASS_VERSION(fedda::WireTensor, 1)
 CEREAL_CLASS_VERSION(fedda::TensorSet, 1)
-CEREAL_CLASS_VERSION(fedda::protocol::JobSpec, 5)
+CEREAL_CLASS_VERSION(fedda::protocol::JobSpec, 6)
 CEREAL_CLASS_VERSION(fedda::protocol::Hello, 2)
 CEREAL_CLASS_VERSION(fedda::protocol::Welcome, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::JobOffer, 1)
@@ -616,7 +621,7 @@ CEREAL_CLASS_VERSION(fedda::protocol::SkippedSubject, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::JobReady, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::RoundTask, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::SubjectMetrics, 1)
-CEREAL_CLASS_VERSION(fedda::protocol::RoundUpdate, 2)
+CEREAL_CLASS_VERSION(fedda::protocol::RoundUpdate, 3)
 CEREAL_CLASS_VERSION(fedda::protocol::JobFailed, 2)
 CEREAL_CLASS_VERSION(fedda::protocol::JobPending, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::Reject, 2)

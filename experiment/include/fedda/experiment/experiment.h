@@ -86,6 +86,7 @@ struct ExperimentOptions {
   std::vector<int> folds{0, 1};
   std::uint64_t seed = 1;
   std::string device = "cpu";
+  std::string precision = "auto";    // auto | float32 | bfloat16, every cell (models/precision.h)
   int threads = 0;                   // 0: every core
   bool secure = true;                // federated: provisioned kits (CurveZMQ, signatures, sealed state)
   std::filesystem::path bin_dir;     // fedda-coordinator and fedda-agent (required for federated cells)

@@ -54,6 +54,7 @@ struct TrainConfig {
   int ada_warmup_epochs = 5;
   std::uint64_t seed = 1;
   std::string device = "cpu";    // cpu | cuda
+  std::string precision = "auto";  // auto | float32 | bfloat16 (precision.h)
   int threads = 0;               // intra-op threads; 0 = LibTorch's default
   std::filesystem::path checkpoint;  // if set: saved after every epoch, resumed from when present
 };
@@ -70,6 +71,7 @@ struct TrainReport {
   std::vector<EpochReport> epochs;
   double seconds = 0;
   int resumed_from_epoch = 0;  // 0 when training started fresh
+  std::string precision, precision_reason;  // what it computed in, and why (precision.h)
 };
 
 using ProgressFn = std::function<void(const EpochReport&)>;
@@ -102,12 +104,12 @@ struct SubjectScore {
 // Segments each labelled subject and scores it in its own geometry.
 Result<std::vector<SubjectScore>> evaluate_model(const std::filesystem::path& model,
                                                  const std::vector<imaging::SubjectFiles>& subjects,
-                                                 const std::string& device = "cpu");
+                                                 const std::string& device = "cpu", const std::string& precision = "auto");
 
 // Segments one scan; the output has the FLAIR's exact geometry (0 background, 1 WMH).
 Status segment_scan(const std::filesystem::path& model, const std::filesystem::path& flair,
                     const std::filesystem::path& t1, const std::filesystem::path& out,
-                    const std::string& device = "cpu");
+                    const std::string& device = "cpu", const std::string& precision = "auto");
 
 // Reads only a model file's spec; error names the file.
 Result<ModelSpec> read_model_spec(const std::filesystem::path& model);

@@ -18,6 +18,7 @@
 #include "fedda/models/model_spec.h"
 #include "fedda/models/weights.h"
 #include "fedda/common/protocol.h"
+#include "fedda/models/precision.h"
 
 namespace fedda::models {
 
@@ -40,6 +41,7 @@ struct SiteJobOptions {
                                     // (the model it is sent brings the rest) and are used to evaluate
   std::uint64_t seed = 1;
   std::string device = "cpu";
+  std::string precision = "auto";   // auto | float32 | bfloat16 (precision.h); updates are float32 either way
   int threads = 0;
   std::filesystem::path cache_dir;  // soft labels are kept here between restarts; empty: none
   std::string storage_key;          // 32 bytes: cache files are sealed with AES-256-GCM; empty: plain
@@ -69,6 +71,7 @@ class SiteTrainer {
 
   const std::vector<SkippedScan>& skipped() const;
   std::int64_t samples() const;
+  const PrecisionChoice& precision() const;  // what it computes in, and why
   int training_subjects() const;
   int evaluation_subjects() const;
 

@@ -5,6 +5,9 @@
 //   site_id: amsterdam                  # the id the consortium knows this site by
 //   coordinator: tcp://coordinator.example.org:5570
 //   data: /srv/wmh/amsterdam            # clinic folder: <subject>/pre/FLAIR.nii.gz, pre/T1.nii.gz, wmh.nii.gz
+//   data_layout: wmh                    # wmh | bids (data: the dataset's root) | datalist (data: its JSON file)
+//   bids_filters: {acq: 3D}             # bids: choose between several FLAIR / T1w of a subject (ses, acq, ce, rec, run, part)
+//   bids_labels: wmh                    # bids: labels from derivatives/<this>/ (..._mask or ..._dseg); absent: none
 //   cache_dir: /var/lib/fedda/cache     # soft labels; stays on this machine
 //   device: cpu                         # cpu | cuda
 //   threads: 0                          # LibTorch intra-op threads; 0 = its default
@@ -27,11 +30,13 @@
 // Relative paths are relative to the config file. Unknown keys are errors.
 
 #include <filesystem>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "fedda/common/result.h"
 #include "fedda/imaging/dataset.h"
+#include "fedda/imaging/subject_index.h"
 
 namespace fedda::site_agent {
 
@@ -50,8 +55,12 @@ struct SiteConfig {
   std::string site_id;
   std::string coordinator;
   std::filesystem::path data;
+  std::string data_layout = "wmh";                  // imaging/subject_index.h
+  std::map<std::string, std::string> bids_filters;  // bids: entity -> value
+  std::string bids_labels;                          // bids: derivatives pipeline of the labels
   std::filesystem::path cache_dir;
   std::string device = "cpu";
+  std::string precision = "auto";  // auto | float32 | bfloat16 (models/precision.h); a job's explicit choice wins
   int threads = 0;
   int heartbeat_ms = 1000;
   int reconnect_min_ms = 500;
@@ -68,13 +77,17 @@ struct SiteConfig {
 // Error names the file and the key at fault.
 Result<SiteConfig> read_site_config(const std::filesystem::path& path);
 
-// The site's subjects (sorted by id); error when the data folder holds none.
+// The site's subjects (sorted by id), in whatever layout its data has; error when it holds none.
 Result<std::vector<imaging::SubjectFiles>> site_subjects(const SiteConfig& config);
+// The same with what was left out and why (fedda-agent check).
+Result<imaging::SubjectIndex> site_subject_index(const SiteConfig& config);
 
 struct CheckReport {
   int subjects = 0;
   int usable = 0;
   std::vector<std::string> problems;  // one line each, naming the subject or setting
+  std::vector<std::string> found;     // one line per subject: its files
+  std::vector<std::string> ignored;   // one line per file or folder left out: "PATH: why"
 };
 
 // Validates the settings and reads every scan (geometry, values, labels) as a job would.
