@@ -83,11 +83,15 @@ Status Mapping::finish() const {
   if (!state_->first_error.empty()) return fail(state_->first_error);
   for (const auto& node : state_->nodes) {
     if (!node->yaml || !node->yaml.IsMap()) continue;
+    std::set<std::string> seen;
     for (const auto& kv : node->yaml) {
       // A key may be a list or a mapping in YAML (`? [a, b]: x`); none of fedda's is.
       if (!kv.first.IsScalar()) return fail(node->prefix + "a key that is not plain text");
       const auto key = kv.first.Scalar();
       if (!node->known.count(key)) return fail(node->prefix + "unknown key '" + key + "'");
+      // yaml-cpp keeps the first of two equal keys; an administrator editing the second would
+      // see no effect.
+      if (!seen.insert(key).second) return fail(node->prefix + "key '" + key + "' is given twice");
     }
   }
   return Status::success();

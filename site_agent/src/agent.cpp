@@ -265,7 +265,8 @@ struct Agent::Impl {
       stop_worker(true);
       return 1;
     }
-    log->info("site {}: connecting to {}", config.site_id, config.coordinator);
+    log->info("site {}: data {} ({} layout); connecting to {}", config.site_id, config.data.string(), config.data_layout,
+              config.coordinator);
 
     Clock::time_point stop_requested{}, next_status{};
     for (;;) {

@@ -158,7 +158,11 @@ std::vector<Inbound> Session::poll(std::chrono::milliseconds wait, int wake_fd) 
       connect();
     } else {
       zmq::pollitem_t items[] = {{nullptr, wake_fd, ZMQ_POLLIN, 0}};
-      if (wake_fd >= 0) zmq::poll(items, 1, wait);
+      try {
+        if (wake_fd >= 0) zmq::poll(items, 1, wait);
+      } catch (const zmq::error_t& e) {  // EINTR: SIGTERM while backing off; the loop sees it next
+        if (e.num() != EINTR) log_->warn("poll: {}", e.what());
+      }
       return out;
     }
   }

@@ -29,6 +29,7 @@
 #include "fedda/common/kit.h"
 #include "fedda/common/protocol.h"
 #include "fedda/imaging/dataset.h"
+#include "fedda/imaging/subject_index.h"
 #include "fedda/models/engine.h"
 #include "fedda/models/federated.h"
 #include "fedda/models/weights.h"
@@ -210,6 +211,43 @@ TEST_F(Federation, SitesComputingInDifferentPrecisionsFederateTogether) {
     if (t.name.find("num_batches_tracked") == std::string::npos) EXPECT_EQ(t.dtype, DType::f32) << t.name;
   }
   EXPECT_TRUE(fs::exists(dir_ / "jobs" / "kd-mixed-precision" / "results.csv"));
+}
+
+// Three sites, three layouts: amsterdam's scans as a BIDS dataset and singapore's as a datalist
+// (the same scans, written by imaging::write_layout) train and score as the WMH folders do.
+TEST_F(Federation, SitesWithThreeDataLayoutsFederateAsTheWmhLayoutDoes) {
+  ASSERT_TRUE(imaging::write_layout(data_dir() / "amsterdam", "bids", dir_ / "bids-amsterdam"));
+  ASSERT_TRUE(imaging::write_layout(data_dir() / "singapore", "datalist", dir_ / "datalist-singapore"));
+  const auto run = [&](const std::string& id, bool layouts) {
+    std::map<std::string, double> dice;
+    fs::remove(endpoint_file());
+    const auto job = kd_job(id, {"utrecht", "amsterdam", "singapore"}, 2, 6, 3, "[amsterdam, singapore]");
+    auto coordinator = start_coordinator(job, "tcp://127.0.0.1:0");
+    const auto endpoint = wait_for_endpoint();
+    std::vector<std::unique_ptr<Process>> agents;
+    site_config_extra_ = "";
+    agents.push_back(start_agent("utrecht", endpoint));
+    site_config_extra_ = layouts ? "data_layout: bids\nbids_labels: wmh\n" : "";
+    agents.push_back(start_agent("amsterdam", endpoint, layouts ? dir_ / "bids-amsterdam" : fs::path()));
+    site_config_extra_ = layouts ? "data_layout: datalist\n" : "";
+    agents.push_back(start_agent("singapore", endpoint, layouts ? dir_ / "datalist-singapore" / "dataset.json" : fs::path()));
+    EXPECT_EQ(coordinator->wait(240s), 0) << testing::read_text(coordinator_log());
+    for (auto& agent : agents) agent->signal(SIGTERM);
+    for (auto& agent : agents) EXPECT_EQ(agent->wait(30s), 0);
+    for (const std::string site : {"amsterdam", "singapore"}) {
+      dice[site] = mean_dice_of_csv(dir_ / "jobs" / id / "results.csv", site);
+    }
+    return dice;
+  };
+  const auto wmh = run("kd-wmh-layout", false);
+  const auto mixed = run("kd-three-layouts", true);
+  EXPECT_NE(testing::read_text(dir_ / "amsterdam.log").find("(bids layout)"), std::string::npos);
+  EXPECT_NE(testing::read_text(dir_ / "singapore.log").find("(datalist layout)"), std::string::npos);
+  for (const std::string site : {"amsterdam", "singapore"}) {
+    std::cout << site << ": Dice " << wmh.at(site) << " from the WMH layout, " << mixed.at(site) << " from its own\n";
+    EXPECT_GT(wmh.at(site), 0.0);
+    EXPECT_NEAR(mixed.at(site), wmh.at(site), 0.01) << site;
+  }
 }
 
 TEST_F(Federation, AgentKilledMidRoundRejoinsAndTheJobFinishes) {

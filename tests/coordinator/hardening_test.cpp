@@ -94,6 +94,18 @@ class Hardening : public Federation {
   }
 };
 
+// Fault 1, its other half: an agent whose coordinator is gone waits between reconnections; a
+// SIGTERM landing in that wait ended it with std::terminate (zmq::poll threw EINTR) instead of a
+// clean stop. A 5 s back-off makes the signal land there every time.
+TEST_F(Hardening, AnAgentBackingOffFromAnAbsentCoordinatorStopsCleanlyOnSigterm) {
+  site_config_extra_ = "reconnect_min_ms: 5000\nreconnect_max_ms: 10000\n";
+  auto agent = start_agent("utrecht", "tcp://127.0.0.1:1");  // nothing listens on port 1
+  ASSERT_TRUE(testing::wait_for_text(dir_ / "utrecht.log", "reconnecting in 5000 ms", 20s)) << testing::read_text(dir_ / "utrecht.log");
+  agent->signal(SIGTERM);
+  EXPECT_EQ(agent->wait(15s), 0) << testing::read_text(dir_ / "utrecht.log");
+  EXPECT_NE(testing::read_text(dir_ / "utrecht.log").find("site utrecht: stopped"), std::string::npos);
+}
+
 // Fault 2: without a kit the coordinator was open to any peer; now it refuses to start unless
 // told --insecure, and then only on loopback, saying so.
 TEST_F(Hardening, WithoutAKitTheCoordinatorRefusesToStartUnlessInsecure) {

@@ -46,6 +46,55 @@ TEST(FeddaAgentCli, CentralizedCellThenSegment) {
   EXPECT_TRUE(imaging::same_geometry(out->geometry, *in));
 }
 
+// A site whose scans are a BIDS dataset and one whose scans are a datalist, as fedda-sim writes
+// them: check lists every subject, names what it leaves out, and still passes.
+TEST(FeddaAgentCli, CheckReadsBidsAndDatalistSitesAndNamesWhatItLeavesOut) {
+  testing::ScratchDir dir;
+  for (const std::string layout : {"bids", "datalist"}) {
+    auto gen = run_command(bin("fedda-sim").string() + " generate --profile smoke --subjects 2 --clinics amsterdam --layout " +
+                           layout + " --out " + (dir / layout).string());
+    ASSERT_EQ(gen.exit_code, 0) << gen.output;
+    EXPECT_FALSE(std::filesystem::exists(dir / layout / ".wmh-staging"));
+  }
+  const auto root = dir / "bids" / "amsterdam";
+  ASSERT_TRUE(std::filesystem::exists(root / "dataset_description.json"));
+  std::ofstream(root / "sub-100" / "anat" / "sub-100_T2w.nii.gz") << "";  // not used: named
+  std::ofstream(dir / "bids.yaml") << "site_id: amsterdam\ncoordinator: tcp://127.0.0.1:1\ndata: bids/amsterdam\n"
+                                      "data_layout: bids\nbids_labels: wmh\ncache_dir: cache-bids\n";
+  auto check = run_command(bin("fedda-agent").string() + " check --config " + (dir / "bids.yaml").string());
+  EXPECT_EQ(check.exit_code, 0) << check.output;
+  EXPECT_NE(check.output.find("(bids layout)"), std::string::npos) << check.output;
+  EXPECT_NE(check.output.find("subject 100: " + (root / "sub-100/anat/sub-100_FLAIR.nii.gz").string()), std::string::npos)
+      << check.output;
+  EXPECT_NE(check.output.find("labels " + (root / "derivatives/wmh/sub-100/anat/sub-100_desc-WMH_mask.nii.gz").string()),
+            std::string::npos)
+      << check.output;
+  EXPECT_NE(check.output.find("ignored: " + (root / "sub-100/anat/sub-100_T2w.nii.gz").string() + ": suffix T2w"),
+            std::string::npos)
+      << check.output;
+  EXPECT_NE(check.output.find("2 of 2 subjects usable"), std::string::npos) << check.output;
+
+  // Its T1w gone, subject 101 is skipped by name and the site still has one usable subject.
+  std::filesystem::remove(root / "sub-101" / "anat" / "sub-101_T1w.nii.gz");
+  check = run_command(bin("fedda-agent").string() + " check --config " + (dir / "bids.yaml").string());
+  EXPECT_NE(check.output.find("subject 101 skipped: no T1w image"), std::string::npos) << check.output;
+  EXPECT_NE(check.output.find("1 of 1 subjects usable"), std::string::npos) << check.output;
+
+  std::ofstream(dir / "datalist.yaml") << "site_id: amsterdam\ncoordinator: tcp://127.0.0.1:1\n"
+                                          "data: datalist/amsterdam/dataset.json\ndata_layout: datalist\ncache_dir: cache-dl\n";
+  check = run_command(bin("fedda-agent").string() + " check --config " + (dir / "datalist.yaml").string());
+  EXPECT_EQ(check.exit_code, 0) << check.output;
+  EXPECT_NE(check.output.find("subject 100: " + (dir / "datalist/amsterdam/imagesTr/100_0000.nii.gz").string()),
+            std::string::npos)
+      << check.output;
+  EXPECT_NE(check.output.find("2 of 2 subjects usable"), std::string::npos) << check.output;
+
+  std::ofstream(dir / "wrong.yaml") << "site_id: amsterdam\ncoordinator: tcp://127.0.0.1:1\ndata: x\ndata_layout: dicom\n";
+  check = run_command(bin("fedda-agent").string() + " check --config " + (dir / "wrong.yaml").string());
+  EXPECT_NE(check.exit_code, 0);
+  EXPECT_NE(check.output.find("data_layout 'dicom' (choose wmh, bids or datalist)"), std::string::npos) << check.output;
+}
+
 TEST(FeddaAgentCli, SegmentRefusesABadModelAndMismatchedScans) {
   testing::ScratchDir dir;
   std::ofstream(dir / "bad.pt") << "no model here";

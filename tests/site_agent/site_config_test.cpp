@@ -40,6 +40,15 @@ TEST_F(SiteConfigTest, MistakesAreNamed) {
       {"site_id: a\ncoordinator: tcp://h:1\ndata: d\nthreads: two\n", "key 'threads': expected an integer"},
       {"site_id: a\ncoordinator: tcp://h:1\ndata: d\nmetrics_listen: 0.0.0.0:9470\n", "metrics_listen '0.0.0.0:9470' must be a loopback"},
       {"site_id: a\ncoordinator: tcp://h:1\ndata: d\nmetrics_listen: 9470\n", "metrics_listen '9470'"},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata: d\ndata: e\n", "key 'data' is given twice"},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata: d\npolicy:\n  approval: manual\n  approval: auto\n",
+       "policy: key 'approval' is given twice"},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata: d\ndata_layout: dicom\n", "data_layout 'dicom'"},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata: d\nbids_labels: wmh\n", "apply to data_layout: bids only"},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata: d\ndata_layout: bids\nbids_filters: {echo: 1}\n",
+       "bids_filters: unknown key 'echo'"},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata: d\ndata_layout: bids\nbids_labels: ../x\n", "not a path"},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata_layout: datalist\n", "the datalist's JSON file"},
   };
   for (const auto& [text, expected] : cases) {
     auto c = read_site_config(write(text));

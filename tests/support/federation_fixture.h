@@ -98,10 +98,10 @@ class Federation : public ::testing::Test {
   fs::path site_config(const std::string& site, const std::string& endpoint, fs::path data = {}) {
     const auto path = dir_ / (site + ".yaml");
     if (data.empty()) data = data_dir() / site;
-    if (!kit_.empty()) std::ofstream(path) << "kit: " << (kit_ / "sites" / site).string() << "\n";
-    std::ofstream(path, std::ios::app) << "site_id: " << site << "\ncoordinator: " << endpoint << "\ndata: " << data.string()
+    std::ofstream(path) << (kit_.empty() ? "" : "kit: " + (kit_ / "sites" / site).string() + "\n") << "site_id: " << site << "\ncoordinator: " << endpoint << "\ndata: " << data.string()
                         << "\ncache_dir: " << (dir_ / ("cache-" + site)).string()
-                        << "\nthreads: 1\nheartbeat_ms: 200\nreconnect_min_ms: 100\nreconnect_max_ms: 1000\n"
+                        << "\nthreads: 1\nheartbeat_ms: 200\n"
+                        << (site_config_extra_.find("reconnect_") == std::string::npos ? "reconnect_min_ms: 100\nreconnect_max_ms: 1000\n" : "")
                         << site_config_extra_;
     return path;
   }
