@@ -15,6 +15,7 @@ packages=(
   libcereal-dev
   libssl-dev
   libinsighttoolkit5-dev
+  dcm2niix  # data_layout: dicom converts series to NIfTI with it
   libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev
   libbenchmark-dev

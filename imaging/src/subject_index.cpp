@@ -6,16 +6,20 @@
 #include <set>
 #include <sstream>
 
+#include <regex>
+
 #include <nlohmann/json.hpp>
 
 #include "fedda/common/files.h"
+#include "fedda/imaging/dicom.h"
+#include "fedda/imaging/nifti_io.h"
 
 namespace fedda::imaging {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
 const std::vector<std::string>& data_layouts() {
-  static const std::vector<std::string> l{"wmh", "bids", "datalist"};
+  static const std::vector<std::string> l{"wmh", "bids", "datalist", "dicom"};
   return l;
 }
 
@@ -342,6 +346,127 @@ Result<SubjectIndex> index_datalist(const DataSource& s, const std::string& clin
   return index;
 }
 
+// Writes the label map at `labels` onto the grid of the image at `reference` (nearest voxel by
+// physical position), or refuses when the two do not cover the same voxels.
+Status place_labels(const fs::path& labels, const fs::path& reference, const fs::path& out) {
+  auto map = read_label_map(labels);
+  if (!map) return map.error();
+  auto grid = read_geometry(reference);
+  if (!grid) return grid.error();
+  if (map->geometry.voxel_count() != grid->voxel_count()) {
+    return make_error(labels.string() + ": " + std::to_string(map->geometry.voxel_count()) + " voxels where the scan has " +
+                      std::to_string(grid->voxel_count()));
+  }
+  LabelMap placed(*grid);
+  std::size_t outside = 0;
+  for (std::size_t z = 0; z < grid->size[2]; ++z) {
+    for (std::size_t y = 0; y < grid->size[1]; ++y) {
+      for (std::size_t x = 0; x < grid->size[0]; ++x) {
+        const auto i = map->geometry.to_index(grid->to_physical(static_cast<double>(x), static_cast<double>(y), static_cast<double>(z)));
+        const long ix = std::lround(i[0]), iy = std::lround(i[1]), iz = std::lround(i[2]);
+        if (ix < 0 || iy < 0 || iz < 0 || ix >= static_cast<long>(map->geometry.size[0]) ||
+            iy >= static_cast<long>(map->geometry.size[1]) || iz >= static_cast<long>(map->geometry.size[2])) {
+          ++outside;
+          continue;
+        }
+        placed.at(x, y, z) = map->at(ix, iy, iz);
+      }
+    }
+  }
+  if (outside > 0) {
+    return make_error(labels.string() + ": " + std::to_string(outside) + " voxels of the scan fall outside the label map: "
+                      "not the same volume (" + geometry_difference(map->geometry, *grid) + ")");
+  }
+  std::error_code ec;
+  fs::create_directories(out.parent_path(), ec);
+  return write_label_map(out, placed);
+}
+
+Result<SubjectIndex> index_dicom(const DataSource& s, const std::string& clinic) {
+  if (s.cache.empty()) return make_error("data_layout dicom needs a cache folder for the converted series");
+  std::regex flair_rule, t1_rule;
+  try {
+    flair_rule = std::regex(s.dicom_flair, std::regex::icase | std::regex::ECMAScript);
+    t1_rule = std::regex(s.dicom_t1, std::regex::icase | std::regex::ECMAScript);
+  } catch (const std::regex_error& e) {
+    return make_error("dicom_flair / dicom_t1: not a regular expression: " + std::string(e.what()));
+  }
+  auto all = scan_dicom(s.path);
+  if (!all) return all.error();
+  SubjectIndex index;
+  std::map<std::string, std::vector<const DicomSeries*>> by_patient;
+  for (const auto& series : *all) by_patient[series.patient_id].push_back(&series);
+  const auto where = [](const DicomSeries& series) { return series.files.front().parent_path(); };
+  const auto named = [](const DicomSeries& series) {
+    return "series " + std::to_string(series.number) + " '" + series.description + "'";
+  };
+  for (const auto& [patient, list] : by_patient) {
+    if (patient.empty() || patient.find('/') != std::string::npos || patient == "." || patient == "..") {
+      for (const auto* series : list) index.ignored.push_back({where(*series), named(*series) + ": PatientID '" + patient + "' cannot name a subject"});
+      continue;
+    }
+    std::vector<const DicomSeries*> flairs, t1s;
+    for (const auto* series : list) {
+      if (std::regex_search(series->description, flair_rule)) {
+        flairs.push_back(series);
+      } else if (std::regex_search(series->description, t1_rule)) {
+        t1s.push_back(series);
+      } else {
+        index.ignored.push_back({where(*series), named(*series) + " matches neither dicom_flair ('" + s.dicom_flair +
+                                                     "') nor dicom_t1 ('" + s.dicom_t1 + "')"});
+      }
+    }
+    const auto pick = [&](const std::vector<const DicomSeries*>& found, const std::string& what) -> Result<const DicomSeries*> {
+      if (found.empty()) return make_error("no series matches dicom_" + what);
+      if (found.size() > 1) {
+        std::string names;
+        for (const auto* series : found) names += (names.empty() ? "" : ", ") + named(*series);
+        return make_error(std::to_string(found.size()) + " series match dicom_" + what + " (" + names + "): make the rule stricter");
+      }
+      if (!found.front()->problem.empty()) return make_error(named(*found.front()) + ": " + found.front()->problem);
+      return found.front();
+    };
+    auto flair = pick(flairs, "flair");
+    auto t1 = pick(t1s, "t1");
+    const auto folder = where(*list.front()).parent_path();
+    if (!flair || !t1) {
+      index.ignored.push_back({folder, "subject " + patient + " skipped: " + (!flair ? flair.error().message : t1.error().message)});
+      continue;
+    }
+    SubjectFiles f;
+    f.clinic = clinic;
+    f.subject = patient;
+    f.flair = s.cache / "dicom" / patient / "FLAIR.nii.gz";
+    f.t1 = s.cache / "dicom" / patient / "T1.nii.gz";
+    auto converted = convert_dicom_series(**flair, f.flair);
+    if (converted) converted = convert_dicom_series(**t1, f.t1);
+    if (!converted) {
+      index.ignored.push_back({folder, "subject " + patient + " skipped: " + converted.error().message});
+      continue;
+    }
+    std::error_code ec;
+    if (!s.dicom_labels.empty() && fs::exists(s.dicom_labels / (patient + ".nii.gz"), ec)) {
+      // The label map is placed by its physical coordinates onto the grid dcm2niix gave the
+      // FLAIR (which may store the rows or slices in another order than the labels' file).
+      const auto placed = s.cache / "dicom" / patient / "labels.nii.gz";
+      if (auto st = place_labels(s.dicom_labels / (patient + ".nii.gz"), f.flair, placed); !st) {
+        index.ignored.push_back({s.dicom_labels / (patient + ".nii.gz"), "subject " + patient + " skipped: " + st.error().message});
+        continue;
+      }
+      f.labels = placed;
+    }
+    index.subjects.push_back(std::move(f));
+  }
+  if (index.subjects.empty()) {
+    return make_error(s.path.string() + ": no usable DICOM subject" +
+                      (index.ignored.empty() ? " (no DICOM series found)"
+                                             : "; first problem: " + index.ignored.front().path.string() + ": " +
+                                                   index.ignored.front().reason));
+  }
+  sort_subjects(index);
+  return index;
+}
+
 Status copy_scan(const fs::path& from, const fs::path& to) {
   std::error_code ec;
   fs::create_directories(to.parent_path(), ec);
@@ -369,7 +494,8 @@ Result<SubjectIndex> index_subjects(const DataSource& s) {
   if (s.layout == "wmh") return index_wmh(source, clinic);
   if (s.layout == "bids") return index_bids(source, clinic);
   if (s.layout == "datalist") return index_datalist(source, clinic);
-  return make_error("data layout '" + s.layout + "' is not one of wmh, bids, datalist");
+  if (s.layout == "dicom") return index_dicom(source, clinic);
+  return make_error("data layout '" + s.layout + "' is not one of wmh, bids, datalist, dicom");
 }
 
 Status write_layout(const fs::path& wmh_clinic, const std::string& layout, const fs::path& out) {
@@ -437,7 +563,42 @@ Status write_layout(const fs::path& wmh_clinic, const std::string& layout, const
                       {"test", test}};
     return files::write_atomically(out / "dataset.json", doc.dump(2) + "\n");
   }
-  return make_error("data layout '" + layout + "' is not one of wmh, bids, datalist");
+  if (layout == "dicom") {
+    // The clinic's scanner ("3T GE Signa HDxt" in clinic.json) goes into the series' tags.
+    DicomSeriesTags tags;
+    tags.manufacturer = "UNKNOWN";
+    std::ifstream in(wmh_clinic / "clinic.json");
+    if (in) {
+      try {
+        const auto scanner = json::parse(in).value("scanner", std::string());
+        std::stringstream words(scanner);
+        std::string strength, maker, model, w;
+        words >> strength >> maker;
+        while (words >> w) model += (model.empty() ? "" : " ") + w;
+        if (!strength.empty() && strength.back() == 'T') tags.field_strength_t = std::stod(strength.substr(0, strength.size() - 1));
+        if (!maker.empty()) tags.manufacturer = maker;
+        tags.model = model;
+      } catch (const std::exception&) {
+      }
+    }
+    for (const auto& s : index->subjects) {
+      auto subject = read_subject(s.flair, s.t1, s.labels);
+      if (!subject) return make_error(s.flair.string() + ": " + subject.error().message);
+      tags.patient_id = s.subject;
+      tags.study_uid.clear();
+      tags.series_description = "AX T2 FLAIR";
+      tags.series_number = 3;
+      if (auto st = write_dicom_series(subject->flair, out / s.subject / "FLAIR", tags); !st) return st;
+      tags.series_description = "AX T1 3D";
+      tags.series_number = 5;
+      if (auto st = write_dicom_series(subject->t1, out / s.subject / "T1", tags); !st) return st;
+      if (s.labels) {
+        if (auto st = copy_scan(*s.labels, out / "labels" / (s.subject + ".nii.gz")); !st) return st;
+      }
+    }
+    return Status::success();
+  }
+  return make_error("data layout '" + layout + "' is not one of wmh, bids, datalist, dicom");
 }
 
 }  // namespace fedda::imaging

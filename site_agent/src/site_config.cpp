@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <regex>
 
 #include "fedda/common/config.h"
 #include "fedda/common/crypto.h"
@@ -33,6 +34,10 @@ Result<SiteConfig> read_site_config(const fs::path& path) {
     if (!value.empty()) c.bids_filters[entity] = value;
   }
   m->get("bids_labels", c.bids_labels);
+  m->get("dicom_flair", c.dicom_flair);
+  m->get("dicom_t1", c.dicom_t1);
+  std::string dicom_labels;
+  m->get("dicom_labels", dicom_labels);
   m->get("cache_dir", cache);
   m->get("device", c.device);
   m->get("precision", c.precision);
@@ -73,7 +78,17 @@ Result<SiteConfig> read_site_config(const fs::path& path) {
   }
   const auto& layouts = imaging::data_layouts();
   if (std::find(layouts.begin(), layouts.end(), c.data_layout) == layouts.end()) {
-    return fail("data_layout '" + c.data_layout + "' (choose wmh, bids or datalist)");
+    return fail("data_layout '" + c.data_layout + "' (choose wmh, bids, datalist or dicom)");
+  }
+  if (c.data_layout != "dicom" && (!dicom_labels.empty() || c.dicom_flair != "flair" || c.dicom_t1 != "t1")) {
+    return fail("dicom_flair, dicom_t1 and dicom_labels apply to data_layout: dicom only");
+  }
+  for (const auto& [key, rule] : {std::pair<std::string, std::string>{"dicom_flair", c.dicom_flair}, {"dicom_t1", c.dicom_t1}}) {
+    try {
+      std::regex check(rule, std::regex::icase);
+    } catch (const std::regex_error& e) {
+      return fail(key + " '" + rule + "' is not a regular expression: " + e.what());
+    }
   }
   if (c.data_layout != "bids" && (!c.bids_filters.empty() || !c.bids_labels.empty())) {
     return fail("bids_filters and bids_labels apply to data_layout: bids only");
@@ -84,9 +99,13 @@ Result<SiteConfig> read_site_config(const fs::path& path) {
   if (data.empty()) {
     return fail(c.data_layout == "datalist" ? "data is required (the datalist's JSON file)"
                 : c.data_layout == "bids"   ? "data is required (the BIDS dataset's root folder)"
+                : c.data_layout == "dicom"  ? "data is required (the folder of DICOM series)"
                                             : "data is required (the clinic folder holding one folder per subject)");
   }
   c.data = fs::path(data).is_relative() ? (base / data).lexically_normal() : fs::path(data);
+  if (!dicom_labels.empty()) {
+    c.dicom_labels = fs::path(dicom_labels).is_relative() ? (base / dicom_labels).lexically_normal() : fs::path(dicom_labels);
+  }
   if (!kit.empty()) c.kit = fs::path(kit).is_relative() ? (base / kit).lexically_normal() : fs::path(kit);
   if (cache.empty()) cache = "cache-" + c.site_id;
   c.cache_dir = fs::path(cache).is_relative() ? (base / cache).lexically_normal() : fs::path(cache);
@@ -116,6 +135,10 @@ Result<imaging::SubjectIndex> site_subject_index(const SiteConfig& c) {
   if (c.data_layout != "wmh") source.clinic = c.site_id;  // the WMH layout's clinic is its folder, as fedda-sim writes it
   source.bids_filters = c.bids_filters;
   source.bids_labels = c.bids_labels;
+  source.dicom_flair = c.dicom_flair;
+  source.dicom_t1 = c.dicom_t1;
+  source.dicom_labels = c.dicom_labels;
+  source.cache = c.cache_dir;  // dicom: the converted series, reused while unchanged
   return imaging::index_subjects(source);
 }
 

@@ -190,8 +190,11 @@ struct SiteWorker::Impl {
     job_half = job.transfer_precision == "float16";
     auto spec = models::model_spec_from_json(job.model_spec_json);
     if (!spec) return fail(job.id, FailureCode::malformed, "model spec: " + spec.error().message);
-    auto subjects = site_subjects(config);
-    if (!subjects) return fail(job.id, FailureCode::no_data, subjects.error().message);
+    auto index = site_subject_index(config);
+    if (!index) return fail(job.id, FailureCode::no_data, index.error().message);
+    // What the data layout left out stays in this site's log (fedda-agent check lists it too).
+    for (const auto& i : index->ignored) log->warn("job {}: left out {}: {}", job.id, i.path.string(), i.reason);
+    const auto* subjects = &index->subjects;
     subject_ids.clear();
     for (const auto& s : *subjects) subject_ids.push_back(s.subject);
 

@@ -2,6 +2,7 @@
 // `check` validates a site before joining, `segment` segments one scan locally.
 #include <chrono>
 #include <csignal>
+#include <cstring>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -14,6 +15,7 @@
 #include "fedda/common/cli.h"
 #include "fedda/common/files.h"
 #include "fedda/common/log.h"
+#include "fedda/imaging/subject_index.h"
 #include "fedda/common/version.h"
 #include "fedda/models/engine.h"
 #include "fedda/site_agent/agent.h"
@@ -212,20 +214,69 @@ int main(int argc, char** argv) {
     std::cout << "waiting for approval: " << offers.size() << (offers.empty() ? "" : " (fedda-agent pending)") << "\n";
   });
 
-  std::string model, flair, t1, out, device = "cpu";
+  std::string model, flair, t1, out, device = "cpu", dicom, dicom_flair = "flair", dicom_t1 = "t1";
   auto* segment = app.add_subcommand(
       "segment",
       "Segment one scan locally: FLAIR and T1 of one subject (same geometry) in, a WMH label map out "
       "(0 background, 1 WMH) in the FLAIR's exact geometry. The model file carries its architecture and "
-      "preprocessing grid.");
+      "preprocessing grid. With --dicom, the subject's DICOM folder instead: its FLAIR and T1 series are "
+      "chosen by --dicom-flair / --dicom-t1 (SeriesDescription rules), checked and converted with dcm2niix, and "
+      "the label map is written in the converted FLAIR's geometry (the same voxels in space, axes in ITK's RAI "
+      "order).");
   segment->add_option("--model", model, "fedda model file (.pt)")->required();
-  segment->add_option("--flair", flair, "FLAIR NIfTI")->required();
-  segment->add_option("--t1", t1, "T1 NIfTI, same grid as the FLAIR")->required();
+  auto* flair_option = segment->add_option("--flair", flair, "FLAIR NIfTI");
+  auto* t1_option = segment->add_option("--t1", t1, "T1 NIfTI, same grid as the FLAIR");
+  auto* dicom_option = segment->add_option("--dicom", dicom, "a subject's DICOM folder (instead of --flair and --t1)");
+  flair_option->excludes(dicom_option);
+  t1_option->excludes(dicom_option);
+  segment->add_option("--dicom-flair", dicom_flair, "--dicom: SeriesDescription rule of the FLAIR (case-insensitive regex)")
+      ->capture_default_str();
+  segment->add_option("--dicom-t1", dicom_t1, "--dicom: SeriesDescription rule of the T1")->capture_default_str();
   segment->add_option("--out", out, "output segmentation (.nii or .nii.gz)")->required();
   segment->add_option("--device", device, "cpu or cuda")->capture_default_str();
   segment->callback([&]() {
     auto log = log::get("fedda-agent");
-    if (auto st = models::segment_scan(model, flair, t1, out, device); !st) {
+    std::filesystem::path converted;  // --dicom: the series as NIfTI, removed afterwards
+    if (!dicom.empty()) {
+      char folder[] = "/tmp/fedda-segment-XXXXXX";
+      if (!::mkdtemp(folder)) {
+        log->error("cannot make a temporary folder: {}", std::strerror(errno));
+        rc = 1;
+        return;
+      }
+      converted = folder;
+      imaging::DataSource source;
+      source.layout = "dicom";
+      source.path = dicom;
+      source.dicom_flair = dicom_flair;
+      source.dicom_t1 = dicom_t1;
+      source.cache = converted;
+      auto index = imaging::index_subjects(source);
+      std::string problem;
+      if (!index) {
+        problem = index.error().message;
+      } else if (index->subjects.size() != 1) {
+        problem = dicom + ": " + std::to_string(index->subjects.size()) + " subjects (PatientIDs) found; --dicom takes one subject's folder";
+      }
+      if (!problem.empty()) {
+        log->error("{}", problem);
+        std::error_code ec;
+        std::filesystem::remove_all(converted, ec);
+        rc = 1;
+        return;
+      }
+      for (const auto& i : index->ignored) log->warn("ignored {}: {}", i.path.string(), i.reason);
+      flair = index->subjects[0].flair.string();
+      t1 = index->subjects[0].t1.string();
+    } else if (flair.empty() || t1.empty()) {
+      log->error("segment needs --flair and --t1, or --dicom");
+      rc = 2;
+      return;
+    }
+    auto st = models::segment_scan(model, flair, t1, out, device);
+    std::error_code ec;
+    if (!converted.empty()) std::filesystem::remove_all(converted, ec);
+    if (!st) {
       log->error("{}", st.error().message);
       rc = 1;
       return;

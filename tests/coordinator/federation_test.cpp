@@ -213,11 +213,16 @@ TEST_F(Federation, SitesComputingInDifferentPrecisionsFederateTogether) {
   EXPECT_TRUE(fs::exists(dir_ / "jobs" / "kd-mixed-precision" / "results.csv"));
 }
 
-// Three sites, three layouts: amsterdam's scans as a BIDS dataset and singapore's as a datalist
-// (the same scans, written by imaging::write_layout) train and score as the WMH folders do.
+// Three sites, three layouts: utrecht's scans as DICOM series, amsterdam's as a BIDS dataset and
+// singapore's as a datalist (the same scans, written by imaging::write_layout) train and score
+// as the WMH folders do: exactly for BIDS and the datalist (the same files), within DICOM's
+// 16-bit storage for the DICOM site.
 TEST_F(Federation, SitesWithThreeDataLayoutsFederateAsTheWmhLayoutDoes) {
+  ASSERT_TRUE(imaging::write_layout(data_dir() / "utrecht", "dicom", dir_ / "dicom-utrecht"));
   ASSERT_TRUE(imaging::write_layout(data_dir() / "amsterdam", "bids", dir_ / "bids-amsterdam"));
   ASSERT_TRUE(imaging::write_layout(data_dir() / "singapore", "datalist", dir_ / "datalist-singapore"));
+  // A T2w image fedda does not use: left out, and said so in the agent's log when a job starts.
+  std::ofstream(dir_ / "bids-amsterdam" / "sub-100" / "anat" / "sub-100_T2w.nii.gz") << "";
   const auto run = [&](const std::string& id, bool layouts) {
     std::map<std::string, double> dice;
     fs::remove(endpoint_file());
@@ -225,8 +230,8 @@ TEST_F(Federation, SitesWithThreeDataLayoutsFederateAsTheWmhLayoutDoes) {
     auto coordinator = start_coordinator(job, "tcp://127.0.0.1:0");
     const auto endpoint = wait_for_endpoint();
     std::vector<std::unique_ptr<Process>> agents;
-    site_config_extra_ = "";
-    agents.push_back(start_agent("utrecht", endpoint));
+    site_config_extra_ = layouts ? "data_layout: dicom\ndicom_labels: " + (dir_ / "dicom-utrecht" / "labels").string() + "\n" : "";
+    agents.push_back(start_agent("utrecht", endpoint, layouts ? dir_ / "dicom-utrecht" : fs::path()));
     site_config_extra_ = layouts ? "data_layout: bids\nbids_labels: wmh\n" : "";
     agents.push_back(start_agent("amsterdam", endpoint, layouts ? dir_ / "bids-amsterdam" : fs::path()));
     site_config_extra_ = layouts ? "data_layout: datalist\n" : "";
@@ -241,8 +246,11 @@ TEST_F(Federation, SitesWithThreeDataLayoutsFederateAsTheWmhLayoutDoes) {
   };
   const auto wmh = run("kd-wmh-layout", false);
   const auto mixed = run("kd-three-layouts", true);
+  EXPECT_NE(testing::read_text(dir_ / "utrecht.log").find("(dicom layout)"), std::string::npos);
   EXPECT_NE(testing::read_text(dir_ / "amsterdam.log").find("(bids layout)"), std::string::npos);
+  EXPECT_NE(testing::read_text(dir_ / "amsterdam.log").find("sub-100_T2w.nii.gz: suffix T2w"), std::string::npos);
   EXPECT_NE(testing::read_text(dir_ / "singapore.log").find("(datalist layout)"), std::string::npos);
+  EXPECT_TRUE(fs::exists(dir_ / "cache-utrecht" / "dicom"));  // the converted series stay in the site's cache
   for (const std::string site : {"amsterdam", "singapore"}) {
     std::cout << site << ": Dice " << wmh.at(site) << " from the WMH layout, " << mixed.at(site) << " from its own\n";
     EXPECT_GT(wmh.at(site), 0.0);

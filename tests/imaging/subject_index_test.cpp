@@ -5,10 +5,14 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <chrono>
+#include <cmath>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
 
+#include "fedda/imaging/dicom.h"
 #include "fedda/imaging/nifti_io.h"
 #include "fedda/simulation/generator.h"
 #include "support/test_support.h"
@@ -28,7 +32,7 @@ class SubjectIndexTest : public ::testing::Test {
     o.out = data_->path() / "wmh";
     auto generated = simulation::generate(o);
     ASSERT_TRUE(generated) << generated.error().message;
-    for (const std::string layout : {"bids", "datalist"}) {
+    for (const std::string layout : {"bids", "datalist", "dicom"}) {
       auto st = write_layout(wmh(), layout, data_->path() / layout);
       ASSERT_TRUE(st) << st.error().message;
     }
@@ -40,12 +44,17 @@ class SubjectIndexTest : public ::testing::Test {
   static fs::path wmh() { return data_->path() / "wmh" / "amsterdam"; }
   static fs::path bids() { return data_->path() / "bids"; }
   static fs::path datalist() { return data_->path() / "datalist" / "dataset.json"; }
+  static fs::path dicom() { return data_->path() / "dicom"; }
   static DataSource source(const std::string& layout, const fs::path& path) {
     DataSource s;
     s.layout = layout;
     s.path = path;
     s.clinic = "amsterdam";
     if (layout == "bids") s.bids_labels = "wmh";
+    if (layout == "dicom") {
+      s.dicom_labels = path / "labels";
+      s.cache = path.parent_path() / (path.filename().string() + "-cache");
+    }
     return s;
   }
   // A copy of the BIDS dataset to spoil.
@@ -224,6 +233,122 @@ TEST_F(SubjectIndexTest, DatalistProblemsAreNamedAndOnlyTheEntryAtFaultIsSkipped
   auto absent = index_subjects(source("datalist", copy / "absent.json"));
   ASSERT_FALSE(absent);
   EXPECT_NE(absent.error().message.find("absent.json: datalist file not found"), std::string::npos);
+}
+
+// The voxel of `b` at the physical position of voxel (x, y, z) of `a`: the DICOM round trip may
+// store rows or slices in another order, so voxels are compared where they are, not by index.
+float at_same_place(const Image& a, const Image& b, std::size_t x, std::size_t y, std::size_t z) {
+  const auto i = b.geometry.to_index(a.geometry.to_physical(static_cast<double>(x), static_cast<double>(y), static_cast<double>(z)));
+  return b.at(std::lround(i[0]), std::lround(i[1]), std::lround(i[2]));
+}
+
+TEST_F(SubjectIndexTest, DicomSeriesComeBackAsTheSameScansWithinTheirStoredPrecision) {
+  auto reference = index_subjects(source("wmh", wmh())).value();
+  auto index = index_subjects(source("dicom", dicom()));
+  ASSERT_TRUE(index) << index.error().message;
+  EXPECT_TRUE(index->ignored.empty()) << ignored_text(*index);
+  ASSERT_EQ(index->subjects.size(), reference.subjects.size());
+  for (std::size_t n = 0; n < reference.subjects.size(); ++n) {
+    const auto& a = reference.subjects[n];
+    const auto& b = index->subjects[n];
+    EXPECT_EQ(a.subject, b.subject);
+    ASSERT_EQ(a.labels.has_value(), b.labels.has_value()) << a.subject;
+    auto x = read_subject(a.flair, a.t1, a.labels);
+    auto y = read_subject(b.flair, b.t1, b.labels);  // FLAIR, T1 and labels on one grid
+    ASSERT_TRUE(x) << x.error().message;
+    ASSERT_TRUE(y) << a.subject << ": " << y.error().message;
+    // Same physical box: spacing, and the set of voxel centres, to float precision.
+    const auto& ga = x->flair.geometry;
+    const auto& gb = y->flair.geometry;
+    ASSERT_EQ(ga.voxel_count(), gb.voxel_count()) << geometry_difference(ga, gb);
+    // Turned to the simulator's orientation after dcm2niix (which keeps the scanner's row order).
+    EXPECT_TRUE(same_geometry(ga, gb, 1e-4)) << a.subject << ": " << geometry_difference(ga, gb, 1e-4);
+    for (const auto corner : {std::array<double, 3>{0, 0, 0}, std::array<double, 3>{double(ga.size[0] - 1), double(ga.size[1] - 1), double(ga.size[2] - 1)}}) {
+      const auto i = gb.to_index(ga.to_physical(corner[0], corner[1], corner[2]));
+      for (int d = 0; d < 3; ++d) EXPECT_NEAR(i[d], std::round(i[d]), 1e-3) << a.subject << " corner axis " << d;
+    }
+    for (const auto* pair : {&x->flair, &x->t1}) {
+      const Image& original = *pair;
+      const Image& round_trip = pair == &x->flair ? y->flair : y->t1;
+      const auto [lo, hi] = std::minmax_element(original.voxels.begin(), original.voxels.end());
+      const double step = (*hi - *lo) / 65535.0;  // the 16-bit rescale slope write_dicom_series used
+      double worst = 0;
+      for (std::size_t z = 0; z < ga.size[2]; ++z)
+        for (std::size_t yy = 0; yy < ga.size[1]; ++yy)
+          for (std::size_t xx = 0; xx < ga.size[0]; ++xx)
+            worst = std::max(worst, std::abs(double(original.at(xx, yy, z)) - at_same_place(original, round_trip, xx, yy, z)));
+      EXPECT_LE(worst, step * 0.51 + 1e-3) << a.subject;
+    }
+    if (x->labels) {
+      std::size_t differ = 0;
+      for (std::size_t z = 0; z < ga.size[2]; ++z)
+        for (std::size_t yy = 0; yy < ga.size[1]; ++yy)
+          for (std::size_t xx = 0; xx < ga.size[0]; ++xx) {
+            const auto i = y->labels->geometry.to_index(ga.to_physical(double(xx), double(yy), double(z)));
+            differ += x->labels->at(xx, yy, z) != y->labels->at(std::lround(i[0]), std::lround(i[1]), std::lround(i[2]));
+          }
+      EXPECT_EQ(differ, 0u) << a.subject;
+    }
+  }
+  // Converted once: a second index reuses the NIfTI files; a changed series is converted again.
+  const auto converted = index->subjects[0].flair;
+  const auto before = fs::last_write_time(converted);
+  ASSERT_TRUE(index_subjects(source("dicom", dicom())));
+  EXPECT_EQ(fs::last_write_time(converted), before);
+  const auto slice = dicom() / index->subjects[0].subject / "FLAIR" / "IM0001.dcm";
+  fs::last_write_time(slice, fs::last_write_time(slice) + std::chrono::seconds(5));
+  ASSERT_TRUE(index_subjects(source("dicom", dicom())));
+  EXPECT_NE(fs::last_write_time(converted), before);
+}
+
+TEST_F(SubjectIndexTest, DicomProblemsAreNamedAndOnlyTheSubjectAtFaultIsSkipped) {
+  const auto root = dir_ / "dicom";
+  fs::copy(dicom(), root, fs::copy_options::recursive);
+  auto subjects = index_subjects(source("dicom", root)).value().subjects;
+  ASSERT_EQ(subjects.size(), 4u);
+  const auto a = subjects[0].subject, b = subjects[1].subject, c = subjects[2].subject;
+  // a: a slice missing from the middle of its FLAIR.
+  const auto flair_a = root / a / "FLAIR";
+  std::size_t slices = 0;
+  for ([[maybe_unused]] const auto& e : fs::directory_iterator(flair_a)) ++slices;
+  char middle[32];
+  std::snprintf(middle, sizeof(middle), "IM%04zu.dcm", slices / 2);
+  fs::remove(flair_a / middle);
+  // b: a second FLAIR series (a repeat the technologist took).
+  auto image = read_image(subjects[1].flair).value();
+  DicomSeriesTags tags;
+  tags.patient_id = b;
+  tags.series_description = "AX T2 FLAIR repeat";
+  tags.series_number = 7;
+  ASSERT_TRUE(write_dicom_series(image, root / b / "FLAIR-repeat", tags));
+  // c: its T1 with uneven spacing (its first two slices gone: a gap of three spacings).
+  fs::remove(root / c / "T1" / "IM0002.dcm");
+  fs::remove(root / c / "T1" / "IM0003.dcm");
+  // And a series no rule takes, for a subject that is otherwise fine.
+  tags.patient_id = subjects[3].subject;
+  tags.series_description = "SAG DWI";
+  tags.series_number = 9;
+  ASSERT_TRUE(write_dicom_series(image, root / subjects[3].subject / "DWI", tags));
+
+  auto index = index_subjects(source("dicom", root));
+  ASSERT_TRUE(index) << index.error().message;
+  const auto text = ignored_text(*index);
+  ASSERT_EQ(index->subjects.size(), 1u) << text;
+  EXPECT_EQ(index->subjects[0].subject, subjects[3].subject);
+  EXPECT_NE(text.find("subject " + a + " skipped: series 3 'AX T2 FLAIR': a slice is missing between instances"), std::string::npos) << text;
+  EXPECT_NE(text.find("subject " + b + " skipped: 2 series match dicom_flair (series 3 'AX T2 FLAIR', series 7 'AX T2 FLAIR repeat')"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("subject " + c + " skipped: series 5 'AX T1 3D': the slice spacing varies"), std::string::npos) << text;
+  EXPECT_NE(text.find("series 9 'SAG DWI' matches neither dicom_flair"), std::string::npos) << text;
+
+  // A stricter rule takes the original FLAIR of b back.
+  auto strict = source("dicom", root);
+  strict.dicom_flair = "^AX T2 FLAIR$";
+  index = index_subjects(strict);
+  ASSERT_TRUE(index) << index.error().message;
+  EXPECT_EQ(index->subjects.size(), 2u) << ignored_text(*index);
+  EXPECT_NE(ignored_text(*index).find("series 7 'AX T2 FLAIR repeat' matches neither"), std::string::npos);
 }
 
 }  // namespace

@@ -44,11 +44,30 @@ TEST(FeddaAgentCli, CentralizedCellThenSegment) {
   auto in = imaging::read_geometry(flair);
   ASSERT_TRUE(in);
   EXPECT_TRUE(imaging::same_geometry(out->geometry, *in));
+
+  // The same subject as DICOM series straight from the scanner: the same segmentation, in the
+  // same place, but for DICOM's 16-bit storage of the intensities.
+  auto dicom = run_command(bin("fedda-sim").string() + " generate --profile smoke --subjects 2 --clinics amsterdam --layout dicom --out " +
+                           (dir / "dicom").string());
+  ASSERT_EQ(dicom.exit_code, 0) << dicom.output;
+  seg = run_command(bin("fedda-agent").string() + " segment --model " + (dir / "cell/model.pt").string() + " --dicom " +
+                    (dir / "dicom/amsterdam/101").string() + " --out " + (dir / "seg-dicom.nii.gz").string());
+  ASSERT_EQ(seg.exit_code, 0) << seg.output;
+  auto from_dicom = imaging::read_label_map(dir / "seg-dicom.nii.gz");
+  ASSERT_TRUE(from_dicom) << from_dicom.error().message;
+  EXPECT_TRUE(imaging::same_geometry(from_dicom->geometry, *in, 1e-4)) << imaging::geometry_difference(from_dicom->geometry, *in, 1e-4);
+  std::size_t differ = 0;
+  for (std::size_t i = 0; i < out->voxels.size(); ++i) differ += out->voxels[i] != from_dicom->voxels[i];
+  EXPECT_LE(differ, out->voxels.size() / 1000) << differ << " voxels differ";
+  auto none = run_command(bin("fedda-agent").string() + " segment --model " + (dir / "cell/model.pt").string() + " --dicom " +
+                          (dir / "dicom/amsterdam").string() + " --out " + (dir / "seg-two.nii.gz").string());
+  EXPECT_NE(none.exit_code, 0);
+  EXPECT_NE(none.output.find("2 subjects (PatientIDs) found; --dicom takes one subject's folder"), std::string::npos) << none.output;
 }
 
-// A site whose scans are a BIDS dataset and one whose scans are a datalist, as fedda-sim writes
-// them: check lists every subject, names what it leaves out, and still passes.
-TEST(FeddaAgentCli, CheckReadsBidsAndDatalistSitesAndNamesWhatItLeavesOut) {
+// Sites whose scans are a BIDS dataset, a datalist and DICOM series, as fedda-sim writes them:
+// check lists every subject, names what it leaves out, and still passes.
+TEST(FeddaAgentCli, CheckReadsBidsDatalistAndDicomSitesAndNamesWhatItLeavesOut) {
   testing::ScratchDir dir;
   for (const std::string layout : {"bids", "datalist"}) {
     auto gen = run_command(bin("fedda-sim").string() + " generate --profile smoke --subjects 2 --clinics amsterdam --layout " +
@@ -89,10 +108,23 @@ TEST(FeddaAgentCli, CheckReadsBidsAndDatalistSitesAndNamesWhatItLeavesOut) {
       << check.output;
   EXPECT_NE(check.output.find("2 of 2 subjects usable"), std::string::npos) << check.output;
 
-  std::ofstream(dir / "wrong.yaml") << "site_id: amsterdam\ncoordinator: tcp://127.0.0.1:1\ndata: x\ndata_layout: dicom\n";
+  // DICOM series: checked, converted once into the cache, labels from NIfTI.
+  auto gen = run_command(bin("fedda-sim").string() + " generate --profile smoke --subjects 2 --clinics amsterdam --layout dicom --out " +
+                         (dir / "dicom").string());
+  ASSERT_EQ(gen.exit_code, 0) << gen.output;
+  std::ofstream(dir / "dicom.yaml") << "site_id: amsterdam\ncoordinator: tcp://127.0.0.1:1\ndata: dicom/amsterdam\n"
+                                       "data_layout: dicom\ndicom_labels: dicom/amsterdam/labels\ncache_dir: cache-dicom\n";
+  check = run_command(bin("fedda-agent").string() + " check --config " + (dir / "dicom.yaml").string());
+  EXPECT_EQ(check.exit_code, 0) << check.output;
+  EXPECT_NE(check.output.find("(dicom layout)"), std::string::npos) << check.output;
+  EXPECT_NE(check.output.find("subject 100: " + (dir / "cache-dicom/dicom/100/FLAIR.nii.gz").string()), std::string::npos)
+      << check.output;
+  EXPECT_NE(check.output.find("2 of 2 subjects usable"), std::string::npos) << check.output;
+
+  std::ofstream(dir / "wrong.yaml") << "site_id: amsterdam\ncoordinator: tcp://127.0.0.1:1\ndata: x\ndata_layout: pacs\n";
   check = run_command(bin("fedda-agent").string() + " check --config " + (dir / "wrong.yaml").string());
   EXPECT_NE(check.exit_code, 0);
-  EXPECT_NE(check.output.find("data_layout 'dicom' (choose wmh, bids or datalist)"), std::string::npos) << check.output;
+  EXPECT_NE(check.output.find("data_layout 'pacs' (choose wmh, bids, datalist or dicom)"), std::string::npos) << check.output;
 }
 
 TEST(FeddaAgentCli, SegmentRefusesABadModelAndMismatchedScans) {

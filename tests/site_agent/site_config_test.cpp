@@ -43,12 +43,14 @@ TEST_F(SiteConfigTest, MistakesAreNamed) {
       {"site_id: a\ncoordinator: tcp://h:1\ndata: d\ndata: e\n", "key 'data' is given twice"},
       {"site_id: a\ncoordinator: tcp://h:1\ndata: d\npolicy:\n  approval: manual\n  approval: auto\n",
        "policy: key 'approval' is given twice"},
-      {"site_id: a\ncoordinator: tcp://h:1\ndata: d\ndata_layout: dicom\n", "data_layout 'dicom'"},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata: d\ndata_layout: pacs\n", "data_layout 'pacs' (choose wmh, bids, datalist or dicom)"},
       {"site_id: a\ncoordinator: tcp://h:1\ndata: d\nbids_labels: wmh\n", "apply to data_layout: bids only"},
       {"site_id: a\ncoordinator: tcp://h:1\ndata: d\ndata_layout: bids\nbids_filters: {echo: 1}\n",
        "bids_filters: unknown key 'echo'"},
       {"site_id: a\ncoordinator: tcp://h:1\ndata: d\ndata_layout: bids\nbids_labels: ../x\n", "not a path"},
       {"site_id: a\ncoordinator: tcp://h:1\ndata_layout: datalist\n", "the datalist's JSON file"},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata: d\ndicom_flair: FLAIR\n", "apply to data_layout: dicom only"},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata: d\ndata_layout: dicom\ndicom_t1: \"T1(\"\n", "dicom_t1 'T1(' is not a regular expression"},
   };
   for (const auto& [text, expected] : cases) {
     auto c = read_site_config(write(text));

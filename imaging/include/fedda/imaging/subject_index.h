@@ -17,6 +17,12 @@
 //                "test": [{"image": [...]}, ...]}
 //             an entry may instead name "flair" and "t1"; "subject" (else the FLAIR's file name
 //             without its _0000 and extension) is its id.
+//   dicom     a folder of DICOM series as a scanner or PACS exports them (any nesting); series
+//             grouped into subjects by PatientID, the FLAIR and the T1 chosen by rules on
+//             SeriesDescription (dicom_flair, dicom_t1: case-insensitive regular expressions),
+//             each checked (missing slices, uneven spacing) and converted once with dcm2niix
+//             into the cache, reused while the series is unchanged; labels only from NIfTI
+//             (dicom_labels: a folder of <subject>.nii.gz).
 //
 // Only paths are returned; nothing is read. Whatever the index leaves out it names, with the
 // reason, so a site administrator sees why a scan is not used (fedda-agent check).
@@ -32,11 +38,15 @@
 namespace fedda::imaging {
 
 struct DataSource {
-  std::string layout = "wmh";       // wmh | bids | datalist
+  std::string layout = "wmh";       // wmh | bids | datalist | dicom
   std::filesystem::path path;       // wmh: the clinic folder; bids: the dataset's root; datalist: the JSON file
   std::string clinic;               // the subjects' clinic name (empty: the folder's name)
   std::map<std::string, std::string> bids_filters;  // entity -> value, e.g. {"acq": "3D", "run": "1"}
   std::string bids_labels;          // the derivatives pipeline holding the labels (empty: none)
+  std::string dicom_flair = "flair";  // dicom: SeriesDescription rule of the FLAIR series
+  std::string dicom_t1 = "t1";        // dicom: ... of the T1 series (tried on series the FLAIR rule did not take)
+  std::filesystem::path dicom_labels; // dicom: <subject>.nii.gz label maps (empty: none)
+  std::filesystem::path cache;        // dicom: where converted series are kept (required)
 };
 
 struct IgnoredFile {
@@ -60,7 +70,8 @@ Result<SubjectIndex> index_subjects(const DataSource& source);
 // Writes a clinic in the WMH layout (`wmh_clinic`) again in `layout` under `out` (copies; the
 // same voxels and headers): bids (a dataset with dataset_description.json, participants.tsv
 // and derivatives/wmh/ for the labels) or datalist (imagesTr/, imagesTs/, labelsTr/ and
-// dataset.json, nnU-Net's naming). For fedda-sim generate --layout.
+// dataset.json, nnU-Net's naming) or dicom (<subject>/FLAIR/ and <subject>/T1/ series with
+// the clinic's scanner in their tags, labels/<subject>.nii.gz). For fedda-sim generate --layout.
 Status write_layout(const std::filesystem::path& wmh_clinic, const std::string& layout,
                     const std::filesystem::path& out);
 

@@ -6,8 +6,12 @@
 //   coordinator: tcp://coordinator.example.org:5570
 //   data: /srv/wmh/amsterdam            # clinic folder: <subject>/pre/FLAIR.nii.gz, pre/T1.nii.gz, wmh.nii.gz
 //   data_layout: wmh                    # wmh | bids (data: the dataset's root) | datalist (data: its JSON file)
+//                                       # | dicom (data: a folder of DICOM series)
 //   bids_filters: {acq: 3D}             # bids: choose between several FLAIR / T1w of a subject (ses, acq, ce, rec, run, part)
 //   bids_labels: wmh                    # bids: labels from derivatives/<this>/ (..._mask or ..._dseg); absent: none
+//   dicom_flair: flair                  # dicom: SeriesDescription rule (case-insensitive regex) of the FLAIR series
+//   dicom_t1: t1|mprage                 # dicom: ... of the T1 series
+//   dicom_labels: /srv/labels           # dicom: <subject>.nii.gz label maps (NIfTI); absent: none
 //   cache_dir: /var/lib/fedda/cache     # soft labels; stays on this machine
 //   device: cpu                         # cpu | cuda
 //   threads: 0                          # LibTorch intra-op threads; 0 = its default
@@ -58,6 +62,9 @@ struct SiteConfig {
   std::string data_layout = "wmh";                  // imaging/subject_index.h
   std::map<std::string, std::string> bids_filters;  // bids: entity -> value
   std::string bids_labels;                          // bids: derivatives pipeline of the labels
+  std::string dicom_flair = "flair";                // dicom: SeriesDescription rules
+  std::string dicom_t1 = "t1";
+  std::filesystem::path dicom_labels;               // dicom: <subject>.nii.gz
   std::filesystem::path cache_dir;
   std::string device = "cpu";
   std::string precision = "auto";  // auto | float32 | bfloat16 (models/precision.h); a job's explicit choice wins
