@@ -141,15 +141,23 @@ Geometry model_grid(const Geometry& scan, const std::array<double, 3>& centre, c
   Geometry grid = scan;
   grid.size = {spec.in_plane_size[0], spec.in_plane_size[1], scan.size[2]};
   grid.spacing = {spec.in_plane_spacing[0], spec.in_plane_spacing[1], scan.spacing[2]};
-  // Offsets along the scan's own axes, in mm; none along the slice axis, so slices coincide.
-  const double offset[3] = {
-      c[0] * scan.spacing[0] - (static_cast<double>(grid.size[0]) - 1) / 2.0 * grid.spacing[0],
-      c[1] * scan.spacing[1] - (static_cast<double>(grid.size[1]) - 1) / 2.0 * grid.spacing[1],
-      0.0};
+  // The in-plane axes in one orientation whatever order the file stores rows and columns in
+  // (dcm2niix, scanners and other tools differ): the first along +x of the scan's physical
+  // space (LPS), the second along +y. The network then sees every site's slices the same way up.
+  std::array<double, 3> a{scan.direction[0], scan.direction[3], scan.direction[6]};
+  std::array<double, 3> b{scan.direction[1], scan.direction[4], scan.direction[7]};
+  if (std::abs(a[1]) > std::abs(a[0]) && std::abs(b[0]) > std::abs(b[1])) std::swap(a, b);
+  if (a[0] < 0) a = {-a[0], -a[1], -a[2]};
+  if (b[1] < 0) b = {-b[0], -b[1], -b[2]};
   for (int r = 0; r < 3; ++r) {
-    grid.origin[r] = scan.origin[r] + scan.direction[r * 3 + 0] * offset[0] +
-                     scan.direction[r * 3 + 1] * offset[1] + scan.direction[r * 3 + 2] * offset[2];
+    grid.direction[r * 3 + 0] = a[r];
+    grid.direction[r * 3 + 1] = b[r];
   }
+  // Centred in-plane on the brain; the slices coincide with the scan's (slice index 0 first).
+  const auto centre_on_first_slice = scan.to_physical(c[0], c[1], 0.0);
+  const double half[2] = {(static_cast<double>(grid.size[0]) - 1) / 2.0 * grid.spacing[0],
+                          (static_cast<double>(grid.size[1]) - 1) / 2.0 * grid.spacing[1]};
+  for (int r = 0; r < 3; ++r) grid.origin[r] = centre_on_first_slice[r] - a[r] * half[0] - b[r] * half[1];
   return grid;
 }
 

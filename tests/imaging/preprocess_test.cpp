@@ -1,6 +1,8 @@
 #include "fedda/imaging/preprocess.h"
 
+#include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include <gtest/gtest.h>
 
@@ -102,6 +104,51 @@ TEST(Preprocess, ModelGridKeepsSlicesAndCentresTheBrain) {
   for (int d = 0; d < 3; ++d) EXPECT_NEAR(grid_centre[d], centre[d], 1e-9);
   const auto in_scan = scan.to_index(grid.to_physical(0, 0, 7));
   EXPECT_NEAR(in_scan[2], 7.0, 1e-9);
+}
+
+// The same head stored with its rows in the other order (as dcm2niix writes a DICOM series) and
+// with rows and columns swapped: the network gets the same slices, the same way up.
+TEST(Preprocess, TheModelGridIsTheSameWayUpWhateverOrderTheFileStoresRowsIn) {
+  const Geometry g = testing::make_geometry(90, 100, 12, {2.0, 2.0, 5.0});
+  const Image flair = synthetic_head(g);
+  Image t1 = flair;
+  for (auto& v : t1.voxels) v = 200.0f - v;
+  const auto reorder = [&](const Image& in, bool flip_y, bool swap_xy) {
+    Geometry h = g;
+    if (swap_xy) {
+      std::swap(h.size[0], h.size[1]);
+      std::swap(h.spacing[0], h.spacing[1]);
+      for (int r = 0; r < 3; ++r) std::swap(h.direction[r * 3 + 0], h.direction[r * 3 + 1]);
+    }
+    if (flip_y) {
+      h.origin = g.to_physical(0, swap_xy ? 0 : g.size[1] - 1, 0);
+      if (swap_xy) h.origin = g.to_physical(g.size[0] - 1, 0, 0);
+      for (int r = 0; r < 3; ++r) h.direction[r * 3 + 1] = -h.direction[r * 3 + 1];
+    }
+    Image out(h);
+    for (std::size_t z = 0; z < h.size[2]; ++z)
+      for (std::size_t y = 0; y < h.size[1]; ++y)
+        for (std::size_t x = 0; x < h.size[0]; ++x) {
+          const auto i = g.to_index(h.to_physical(double(x), double(y), double(z)));
+          out.at(x, y, z) = in.at(std::lround(i[0]), std::lround(i[1]), std::lround(i[2]));
+        }
+    return out;
+  };
+  GridSpec spec;
+  spec.in_plane_size = {64, 64};
+  spec.in_plane_spacing = {3.0, 3.0};
+  auto reference = preprocess(flair, t1, spec);
+  ASSERT_TRUE(reference) << reference.error().message;
+  for (const auto& [flip, swap] : {std::pair{true, false}, std::pair{false, true}, std::pair{true, true}}) {
+    auto other = preprocess(reorder(flair, flip, swap), reorder(t1, flip, swap), spec);
+    ASSERT_TRUE(other) << other.error().message;
+    EXPECT_TRUE(same_geometry(other->grid, reference->grid, 1e-6)) << geometry_difference(other->grid, reference->grid);
+    double worst = 0;
+    for (std::size_t i = 0; i < reference->flair.voxels.size(); ++i) {
+      worst = std::max(worst, double(std::abs(reference->flair.voxels[i] - other->flair.voxels[i])));
+    }
+    EXPECT_LT(worst, 1e-3) << "flip " << flip << " swap " << swap;
+  }
 }
 
 TEST(Preprocess, InverseReturnsTheOriginalGridAndSegmentation) {
