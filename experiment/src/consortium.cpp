@@ -2,7 +2,6 @@
 
 #include <signal.h>
 #include <fcntl.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -21,10 +20,9 @@
 #include "fedda/common/files.h"
 #include "fedda/common/kit.h"
 #include "fedda/common/log.h"
+#include "fedda/common/process.h"
 #include "fedda/imaging/dataset.h"
 #include "fedda/site_agent/site_config.h"
-
-extern char** environ;
 
 namespace fedda::experiment {
 namespace fs = std::filesystem;
@@ -34,23 +32,6 @@ using nlohmann::json;
 namespace {
 
 constexpr const char* kOperator = "local";
-
-// Starts `argv` with stdout and stderr appended to `log_file`; returns its pid.
-Result<pid_t> spawn(const std::vector<std::string>& argv, const fs::path& log_file) {
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
-  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  pid_t pid = 0;
-  const int rc = posix_spawn(&pid, args[0], &actions, nullptr, args.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) return make_error("cannot start " + argv[0] + ": " + std::strerror(rc));
-  return pid;
-}
 
 // Exit status of `pid` if it has ended, else -1 (-2 when it was killed by a signal).
 int poll_exit(pid_t pid) {
@@ -248,7 +229,7 @@ Result<std::unique_ptr<LocalConsortium>> LocalConsortium::start(const Consortium
     for (const auto& s : sites) registry += (registry.empty() ? "" : ",") + s;
     args.insert(args.end(), {"--insecure", "--sites", registry});
   }
-  auto coordinator = spawn(args, impl->coordinator_log());
+  auto coordinator = process::spawn(args, impl->coordinator_log());
   if (!coordinator) return coordinator.error();
   impl->coordinator = *coordinator;
   log->info("coordinator started (pid {}), log {}", *coordinator, impl->coordinator_log().string());
@@ -305,7 +286,7 @@ Result<std::unique_ptr<LocalConsortium>> LocalConsortium::start(const Consortium
     auto site_config = site_agent::read_site_config(config);
     if (!site_config) return site_config.error();
     if (auto key = site_agent::pseudonym_key(*site_config); !key) return key.error();
-    auto pid = spawn({"/usr/bin/env", "OMP_WAIT_POLICY=PASSIVE", agent_bin.string(), "run", "--config", config.string()},
+    auto pid = process::spawn({"/usr/bin/env", "OMP_WAIT_POLICY=PASSIVE", agent_bin.string(), "run", "--config", config.string()},
                      out / "logs" / (site + ".log"));
     if (!pid) return pid.error();  // the destructor stops what started
     impl->agents[site] = *pid;

@@ -1,9 +1,5 @@
 #include "fedda/imaging/dicom.h"
 
-#include <fcntl.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -23,10 +19,9 @@
 #include <gdcmUIDGenerator.h>
 
 #include "fedda/common/files.h"
+#include "fedda/common/process.h"
 #include "fedda/imaging/nifti_io.h"
 #include "itk_bridge.h"
-
-extern char** environ;
 
 namespace fedda::imaging {
 namespace fs = std::filesystem;
@@ -259,26 +254,6 @@ std::string series_stamp(const DicomSeries& series) {
   return s.str();
 }
 
-// Runs argv with output to `log`; its exit status (-1 when it could not start or was killed).
-int run_program(const std::vector<std::string>& argv, const fs::path& log) {
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
-  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  pid_t pid = 0;
-  const int rc = posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) return -1;
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
 }  // namespace
 
 Status convert_dicom_series(const DicomSeries& series, const fs::path& nifti) {
@@ -302,7 +277,12 @@ Status convert_dicom_series(const DicomSeries& series, const fs::path& nifti) {
     if (ec) return make_error(work.string() + ": " + ec.message());
   }
   const auto log = work / "dcm2niix.log";
-  const int rc = run_program({"dcm2niix", "-z", "y", "-b", "n", "-f", "series", "-o", (work / "out").string(), (work / "in").string()}, log);
+  process::SpawnOptions how;
+  how.append_log = false;
+  how.search_path = true;
+  auto started = process::spawn({"dcm2niix", "-z", "y", "-b", "n", "-f", "series", "-o", (work / "out").string(), (work / "in").string()},
+                                log, how);
+  const int rc = started ? process::wait_for(*started) : -1;
   std::vector<fs::path> produced;
   for (const auto& e : fs::directory_iterator(work / "out", ec)) {
     if (e.path().string().size() > 7 && e.path().string().rfind(".nii.gz") == e.path().string().size() - 7) produced.push_back(e.path());
