@@ -10,6 +10,7 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <set>
 #include <thread>
 
@@ -22,6 +23,7 @@
 #include "fedda/common/log.h"
 #include "fedda/common/process.h"
 #include "fedda/imaging/dataset.h"
+#include "fedda/imaging/subject_index.h"
 #include "fedda/site_agent/site_config.h"
 
 namespace fedda::experiment {
@@ -131,6 +133,7 @@ struct LocalConsortium::Impl {
   fs::path out;
   pid_t coordinator = -1;
   std::map<std::string, pid_t> agents;
+  std::map<std::string, imaging::DataSource> layouts;  // each clinic folder's, as its agent reads it
   std::set<std::string> reported;
   std::unique_ptr<admin::Client> client;
   std::unique_ptr<Follower> follower;
@@ -180,16 +183,27 @@ Result<std::unique_ptr<LocalConsortium>> LocalConsortium::start(const Consortium
   auto log = log::get("consortium");
   auto impl = std::make_unique<Impl>();
   impl->o = o;
-  auto subjects = imaging::find_subjects(o.data);
-  if (!subjects) return subjects.error();
+  // Each clinic folder in whatever layout fedda-sim generate --layout wrote it; its agent reads
+  // it through the same subject index a hospital's agent uses.
   std::vector<std::string> clinics;
-  for (const auto& s : *subjects) {
-    if (clinics.empty() || clinics.back() != s.clinic) clinics.push_back(s.clinic);
+  std::map<std::string, imaging::DataSource> layouts;
+  std::error_code dir_ec;
+  for (const auto& entry : fs::directory_iterator(o.data, dir_ec)) {
+    const auto name = entry.path().filename().string();
+    if (!entry.is_directory() || name.rfind('.', 0) == 0) continue;
+    auto source = imaging::detect_data_source(entry.path());
+    if (!source) continue;
+    clinics.push_back(name);
+    layouts[name] = *source;
   }
+  if (dir_ec) return make_error(o.data.string() + ": " + dir_ec.message());
+  std::sort(clinics.begin(), clinics.end());
+  if (clinics.empty()) return make_error(o.data.string() + ": no clinic folders (fedda-sim generate writes them)");
   const std::vector<std::string> sites = o.sites.empty() ? clinics : o.sites;
   for (const auto& s : sites) {
     if (!std::count(clinics.begin(), clinics.end(), s)) return make_error("site '" + s + "' has no clinic folder in " + o.data.string());
   }
+  impl->layouts = layouts;
   if (o.bin_dir.empty()) return make_error("the folder of fedda's executables is not set");
   const auto coordinator_bin = o.bin_dir / "fedda-coordinator", agent_bin = o.bin_dir / "fedda-agent";
   for (const auto& b : {coordinator_bin, agent_bin}) {
@@ -274,8 +288,12 @@ Result<std::unique_ptr<LocalConsortium>> LocalConsortium::start(const Consortium
   const int threads = o.threads_per_agent > 0 ? o.threads_per_agent : static_cast<int>(cores);
   for (const auto& site : sites) {
     const auto config = out / "sites" / (site + ".yaml");
+    const auto& layout = impl->layouts.at(site);
+    std::string layout_keys = "data_layout: " + layout.layout + "\n";
+    if (!layout.bids_labels.empty()) layout_keys += "bids_labels: " + layout.bids_labels + "\n";
+    if (!layout.dicom_labels.empty()) layout_keys += "dicom_labels: " + fs::absolute(layout.dicom_labels).string() + "\n";
     const std::string yaml = "site_id: " + site + "\ncoordinator: " + endpoint + "\ndata: " +
-                             fs::absolute(o.data / site).string() + "\ncache_dir: " + (out / "cache" / site).string() +
+                             fs::absolute(layout.path).string() + "\n" + layout_keys + "cache_dir: " + (out / "cache" / site).string() +
                              "\ndevice: " + o.device + "\nthreads: " + std::to_string(threads) +
                              "\nheartbeat_ms: " + std::to_string(o.heartbeat_ms) + "\nreconnect_min_ms: 200\n"
                              "reconnect_max_ms: 5000\n" +

@@ -74,7 +74,7 @@ void add_consortium(CLI::App& app, int& rc) {
       "(OUT/jobs/<id>/: model.pt, results.csv, rounds.jsonl, summary.json) is kept, so a rerun resumes or "
       "skips finished jobs. Logs in OUT/logs/, site configs in OUT/sites/, merged results in OUT/results.csv. "
       "Example job files: configs/jobs/.");
-  cmd->add_option("--data", a->data, "data folder, one sub-folder per clinic (fedda-sim generate)")->required();
+  cmd->add_option("--data", a->data, "data folder, one sub-folder per clinic (fedda-sim generate, any --layout: each clinic's agent reads its folder as wmh, bids, datalist or dicom)")->required();
   cmd->add_option("--job", a->jobs, "job file (YAML); repeat to run several in order")->required();
   cmd->add_option("--out", a->out, "output folder")->required();
   cmd->add_option("--sites", a->o.sites, "clinics that run an agent (comma-separated); default: all")->delimiter(',');

@@ -479,6 +479,26 @@ Status copy_scan(const fs::path& from, const fs::path& to) {
 
 }  // namespace
 
+Result<DataSource> detect_data_source(const fs::path& folder) {
+  std::error_code ec;
+  if (!fs::is_directory(folder, ec)) return make_error(folder.string() + ": no such clinic folder");
+  DataSource s;
+  s.path = folder;
+  if (fs::exists(folder / "dataset_description.json", ec)) {
+    s.layout = "bids";
+    if (fs::is_directory(folder / "derivatives" / "wmh", ec)) s.bids_labels = "wmh";
+  } else if (fs::exists(folder / "dataset.json", ec)) {
+    s.layout = "datalist";
+    s.path = folder / "dataset.json";
+  } else {
+    bool wmh = false;
+    for (const auto& sub : sorted_entries(folder, true)) wmh = wmh || fs::exists(sub / "pre" / "FLAIR.nii.gz", ec);
+    s.layout = wmh ? "wmh" : "dicom";
+    if (!wmh && fs::is_directory(folder / "labels", ec)) s.dicom_labels = folder / "labels";
+  }
+  return s;
+}
+
 Result<SubjectIndex> index_subjects(const DataSource& s) {
   std::error_code ec;
   auto path = s.path.lexically_normal();

@@ -1,9 +1,12 @@
 // Runs the real fedda-sim binary, as a user would.
 #include <gtest/gtest.h>
+
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "fedda/imaging/metrics.h"
 #include "fedda/imaging/nifti_io.h"
+#include "support/process.h"
 #include "support/test_support.h"
 
 namespace fedda {
@@ -62,6 +65,29 @@ TEST(FeddaSimCli, GenerateEvaluateAndPreviewEndToEnd) {
   auto preview = run_command(sim() + " preview --data " + (dir / "data").string() + " --out " + (dir / "p.png").string());
   ASSERT_EQ(preview.exit_code, 0) << preview.output;
   EXPECT_GT(std::filesystem::file_size(dir / "p.png"), 1000u);
+}
+
+// A local consortium whose clinics were written in different layouts: each agent reads its own
+// folder through the site's subject index (utrecht in the WMH layout, amsterdam as DICOM series).
+TEST(FeddaSimCli, AConsortiumOfClinicsInDifferentLayoutsRunsAJob) {
+  testing::ScratchDir dir;
+  const auto data = dir / "data";
+  auto gen = testing::run_command(sim() + " generate --profile smoke --subjects 2 --clinics utrecht --out " + data.string());
+  ASSERT_EQ(gen.exit_code, 0) << gen.output;
+  gen = testing::run_command(sim() + " generate --profile smoke --subjects 2 --clinics amsterdam --layout dicom --out " + data.string());
+  ASSERT_EQ(gen.exit_code, 0) << gen.output;
+  std::ofstream(dir / "teacher.yaml") << "id: teacher-small\ntype: teacher\nsource: utrecht\nsites: [utrecht]\n"
+                                         "evaluation_sites: [amsterdam]\nfold: 0\nrounds: 1\nlocal_steps: 2\nbatch_size: 4\n"
+                                         "min_sites: 1\nround_deadline_s: 300\nseed: 1\n"
+                                         "model:\n  width: 4\n  depth: 2\n  grid_size: 32\n  grid_spacing: 6\n";
+  auto run = testing::run_command(sim() + " consortium --data " + data.string() + " --job " + (dir / "teacher.yaml").string() +
+                                  " --out " + (dir / "out").string() + " --threads 1");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_NE(testing::read_text(dir / "out" / "sites" / "amsterdam.yaml").find("data_layout: dicom"), std::string::npos);
+  EXPECT_NE(testing::read_text(dir / "out" / "sites" / "utrecht.yaml").find("data_layout: wmh"), std::string::npos);
+  // amsterdam scored the teacher on its DICOM subjects: its rows are in the results.
+  const auto results = testing::read_text(dir / "out" / "results.csv");
+  EXPECT_NE(results.find("utrecht,amsterdam,0,"), std::string::npos) << results;
 }
 
 TEST(FeddaSimCli, BadInputGivesNonZeroExitAndNamesTheFile) {

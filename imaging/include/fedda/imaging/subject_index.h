@@ -63,6 +63,12 @@ const std::vector<std::string>& data_layouts();
 // The BIDS entities bids_filters may name.
 const std::vector<std::string>& bids_filter_entities();
 
+// How a clinic folder that fedda-sim generate wrote (any --layout) is read: bids when it holds
+// dataset_description.json (labels from derivatives/wmh when present), datalist when it holds
+// dataset.json, wmh when a sub-folder has pre/FLAIR.nii.gz, else dicom (labels from labels/).
+// Error when the folder is missing. For the local consortium, whose clinics may differ.
+Result<DataSource> detect_data_source(const std::filesystem::path& clinic_folder);
+
 // Error (naming the path) when the folder or file is missing, unreadable or malformed, or when
 // it holds no usable subject; ignored files alone are not an error.
 Result<SubjectIndex> index_subjects(const DataSource& source);
