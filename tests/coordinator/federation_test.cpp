@@ -72,8 +72,11 @@ double mean_dice_of_csv(const fs::path& csv, const std::string& target, const st
 // FedAvg over source and target with one local epoch per round (the centralized epoch's steps
 // shared out by sample count) lands where centralized KD on the union of their scans does.
 // On 2 test subjects the centralized reference itself moves by about 0.05 Dice from one seed
-// to the next (measured), so the federated result is held to the range of three centralized
-// seeds, widened by 0.01, rather than to one seed's value.
+// to the next (measured), so the federated run (one more draw) is held to the 95% prediction
+// interval of five centralized seeds: mean +- t(0.975, 4) * sd * sqrt(1 + 1/5). (The range of
+// three seeds, used before, leaves out a fourth draw of the same distribution half the time:
+// a clean clone whose freshly trained teacher differed from the cached one failed it at 0.014
+// below the lowest seed.)
 TEST_F(Federation, FederatedKdMatchesCentralizedDice) {
   auto source = imaging::find_clinic_subjects(data_dir(), "utrecht").value();
   auto target = imaging::find_clinic_subjects(data_dir(), "amsterdam").value();
@@ -86,17 +89,22 @@ TEST_F(Federation, FederatedKdMatchesCentralizedDice) {
     return sum / scores->size();
   };
   std::cout << "teacher's mean Dice on amsterdam's test half: " << mean_dice(teacher()) << "\n";
-  double low = 1, high = 0;
-  for (const std::uint64_t seed : {3, 4, 5}) {
+  std::vector<double> central;
+  for (const std::uint64_t seed : {3, 4, 5, 6, 7}) {
     auto c = small_config();
     c.seed = seed;
     const auto model = dir_ / ("central-" + std::to_string(seed) + ".pt");
     ASSERT_TRUE(models::train_kd(teacher(), source, split.adapt, c, model));
-    const double dice = mean_dice(model);
-    std::cout << "centralized KD, seed " << seed << ": " << dice << "\n";
-    low = std::min(low, dice);
-    high = std::max(high, dice);
+    central.push_back(mean_dice(model));
+    std::cout << "centralized KD, seed " << seed << ": " << central.back() << "\n";
   }
+  double mean = 0, var = 0;
+  for (const double d : central) mean += d / central.size();
+  for (const double d : central) var += (d - mean) * (d - mean) / (central.size() - 1);
+  const double t_975_4 = 2.776;  // Student's t, 4 degrees of freedom
+  const double half_width = std::max(0.02, t_975_4 * std::sqrt(var) * std::sqrt(1.0 + 1.0 / central.size()));
+  const double low = mean - half_width, high = mean + half_width;
+  std::cout << "centralized KD: mean " << mean << ", 95% prediction interval [" << low << ", " << high << "]\n";
 
   // The same job with the models crossing the network at half precision.
   const auto half_job = kd_job("kd-equivalence-half", {"utrecht", "amsterdam"}, kEpochs, kSteps, 2, "[amsterdam]", true);
@@ -117,10 +125,11 @@ TEST_F(Federation, FederatedKdMatchesCentralizedDice) {
   const double half = mean_dice_of_csv(result->results_csv, "amsterdam", "kd-half");
   std::cout << "federated KD, seed 3: " << federated << "; at half-precision transfer: " << half << "\n";
   for (const double dice : {federated, half}) {
-    EXPECT_GE(dice, low - 0.01);
-    EXPECT_LE(dice, high + 0.01);
+    EXPECT_GE(dice, low);
+    EXPECT_LE(dice, high);
     EXPECT_GT(dice, 0.2);
   }
+  EXPECT_NEAR(half, federated, 0.01);  // float16 on the wire changes the result by far less than a seed
 
   // Every round says where its time went and what crossed the wire; float16 halves the bytes.
   const auto bytes = [&](const std::string& job) {
