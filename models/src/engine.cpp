@@ -16,15 +16,14 @@ using imaging::SubjectFiles;
 
 namespace {
 
-// The precision a trainer computes in (precision.h), logged once per training run.
-Result<PrecisionChoice> precision_of(const std::string& requested, const std::string& device) {
-  auto p = choose_precision(requested, device);
-  if (!p) return p.error();
-  log::get("engine")->info("precision {} ({})", p->name(), p->reason);
-  return p;
-}
+// Where and in what a training run computes: its device and its precision (precision.h,
+// chosen and logged once per run).
+struct Run {
+  torch::Device device{torch::kCPU};
+  PrecisionChoice precision;
+};
 
-Result<torch::Device> prepare(const TrainConfig& c) {
+Result<Run> prepare(const TrainConfig& c) {
   auto device = parse_device(c.device);
   if (!device) return device.error();
   if (c.threads > 0) torch::set_num_threads(c.threads);
@@ -32,7 +31,27 @@ Result<torch::Device> prepare(const TrainConfig& c) {
   if (c.epochs < 1 || c.steps_per_epoch < 1 || c.batch_size < 1) {
     return make_error("epochs, steps per epoch and batch size must be at least 1");
   }
-  return *device;
+  auto precision = choose_precision(c.precision, c.device);
+  if (!precision) return precision.error();
+  log::get("engine")->info("precision {} ({})", precision->name(), precision->reason);
+  return Run{*device, *precision};
+}
+
+// A model file loaded for inference on `device_name` in `precision`.
+struct InferenceModel {
+  LoadedModel model;
+  torch::Device device{torch::kCPU};
+};
+Result<InferenceModel> load_for_inference(const fs::path& model, const std::string& device_name,
+                                          const std::string& precision) {
+  auto device = parse_device(device_name);
+  if (!device) return device.error();
+  auto chosen = choose_precision(precision, device_name);
+  if (!chosen) return chosen.error();
+  auto m = load_model(model, *device);
+  if (!m) return m.error();
+  m->net->set_precision(*chosen);
+  return InferenceModel{std::move(*m), *device};
 }
 
 double learning_rate_at(const TrainConfig& c, int epoch) {
@@ -248,12 +267,13 @@ Result<ModelSpec> read_model_spec(const fs::path& model) {
 
 Result<TrainReport> train_supervised(const std::vector<SubjectFiles>& labelled, const TrainConfig& c,
                                      const fs::path& model_out, const std::string& role, const ProgressFn& progress) {
-  auto device = prepare(c);
-  if (!device) return device.error();
+  auto run = prepare(c);
+  if (!run) return run.error();
+  const torch::Device device = run->device;
   if (labelled.empty()) return make_error("no labelled subjects to train on");
   Trainee t;
   if (!c.init_model.empty()) {
-    auto m = load_model(c.init_model, *device);
+    auto m = load_model(c.init_model, device);
     if (!m) return m.error();
     t.spec = m->spec;
     t.net = m->net;
@@ -262,19 +282,17 @@ Result<TrainReport> train_supervised(const std::vector<SubjectFiles>& labelled, 
     if (!spec) return spec.error();
     t.spec = *spec;
     t.net = UNet(spec->unet);
-    t.net->to(*device);
+    t.net->to(device);
   }
   t.spec.role = role;
-  t.device = *device;
-  auto precision = precision_of(c.precision, c.device);
-  if (!precision) return precision.error();
-  t.precision = *precision;
+  t.device = device;
+  t.precision = run->precision;
   auto scans = load_scans(labelled, t.spec.grid, true);
   if (!scans) return scans.error();
   torch::optim::Adam optimizer(t.net->parameters(), torch::optim::AdamOptions(c.learning_rate));
   t.optimizer = &optimizer;
   const auto step = [&](std::mt19937_64& rng, int) {
-    const Batch b = sample_batch(*scans, c.batch_size, c.lesion_slice_fraction, c.augment, rng, *device);
+    const Batch b = sample_batch(*scans, c.batch_size, c.lesion_slice_fraction, c.augment, rng, device);
     return descend(optimizer, supervised_loss(t.net->forward(b.images), b.labels, c.dice_weight));
   };
   return run_epochs(c, t, step, model_out, progress);
@@ -283,44 +301,41 @@ Result<TrainReport> train_supervised(const std::vector<SubjectFiles>& labelled, 
 Result<TrainReport> train_kd(const fs::path& teacher_path, const std::vector<SubjectFiles>& source,
                              const std::vector<SubjectFiles>& target, const TrainConfig& c, const fs::path& model_out,
                              const ProgressFn& progress) {
-  auto device = prepare(c);
-  if (!device) return device.error();
+  auto run = prepare(c);
+  if (!run) return run.error();
+  const torch::Device device = run->device;
   if (c.kd_init != "teacher" && c.kd_init != "scratch" && c.kd_init != "random") {
     return make_error("kd_init must be teacher or scratch");
   }
   if (c.kd_loss != "hinton" && c.kd_loss != "paper") return make_error("kd_loss must be hinton or paper");
-  auto teacher = load_model(teacher_path, *device);
+  auto teacher = load_model(teacher_path, device);
   if (!teacher) return teacher.error();
-  auto teacher_precision = choose_precision(c.precision, c.device);
-  if (!teacher_precision) return teacher_precision.error();
-  teacher->net->set_precision(*teacher_precision);  // soft labels in the run's precision
+  teacher->net->set_precision(run->precision);  // soft labels in the run's precision
   std::vector<SubjectFiles> all = source;
   all.insert(all.end(), target.begin(), target.end());
   if (all.empty()) return make_error("no subjects to distil on");
   auto scans = load_scans(all, teacher->spec.grid, false);
   if (!scans) return scans.error();
-  attach_soft_labels(teacher->net, *scans, c.temperature, *device);
+  attach_soft_labels(teacher->net, *scans, c.temperature, device);
 
   Trainee t;
   t.spec = teacher->spec;
   t.spec.role = "student";
   if (c.kd_init == "teacher") {
-    auto copy = load_model(teacher_path, *device);
+    auto copy = load_model(teacher_path, device);
     if (!copy) return copy.error();
     t.net = copy->net;
   } else {
     t.net = UNet(t.spec.unet);
-    t.net->to(*device);
+    t.net->to(device);
   }
-  t.device = *device;
-  auto precision = precision_of(c.precision, c.device);
-  if (!precision) return precision.error();
-  t.precision = *precision;
+  t.device = device;
+  t.precision = run->precision;
   torch::optim::Adam optimizer(t.net->parameters(), torch::optim::AdamOptions(c.learning_rate));
   t.optimizer = &optimizer;
   const KdObjective objective{c.kd_loss, c.kd_hard_weight, c.kd_confidence, c.dice_weight};
   const auto step = [&](std::mt19937_64& rng, int) {
-    const Batch b = sample_batch(*scans, c.batch_size, c.lesion_slice_fraction, c.augment, rng, *device);
+    const Batch b = sample_batch(*scans, c.batch_size, c.lesion_slice_fraction, c.augment, rng, device);
     return descend(optimizer, kd_loss(t.net->forward(b.images), b.soft, c.temperature, objective));
   };
   if (auto st = use_target_statistics(c, t, *scans, source.size()); !st) return st.error();
@@ -330,12 +345,13 @@ Result<TrainReport> train_kd(const fs::path& teacher_path, const std::vector<Sub
 Result<TrainReport> train_ada(const std::optional<fs::path>& initial, const std::vector<SubjectFiles>& source,
                               const std::vector<SubjectFiles>& target, const TrainConfig& c, const fs::path& model_out,
                               const ProgressFn& progress) {
-  auto device = prepare(c);
-  if (!device) return device.error();
+  auto run = prepare(c);
+  if (!run) return run.error();
+  const torch::Device device = run->device;
   if (source.empty() || target.empty()) return make_error("ADA needs labelled source and unlabelled target subjects");
   Trainee t;
   if (initial) {
-    auto m = load_model(*initial, *device);
+    auto m = load_model(*initial, device);
     if (!m) return m.error();
     t.spec = m->spec;
     t.net = m->net;
@@ -344,32 +360,30 @@ Result<TrainReport> train_ada(const std::optional<fs::path>& initial, const std:
     if (!spec) return spec.error();
     t.spec = *spec;
     t.net = UNet(spec->unet);
-    t.net->to(*device);
+    t.net->to(device);
   }
   t.spec.role = "ada";
-  t.device = *device;
-  auto precision = precision_of(c.precision, c.device);
-  if (!precision) return precision.error();
-  t.precision = *precision;
+  t.device = device;
+  t.precision = run->precision;
   auto source_scans = load_scans(source, t.spec.grid, true);
   if (!source_scans) return source_scans.error();
   auto target_scans = load_scans(target, t.spec.grid, false);
   if (!target_scans) return target_scans.error();
 
   Discriminator discriminator(t.spec.unet.classes);
-  discriminator->to(*device);
+  discriminator->to(device);
   torch::optim::Adam optimizer(t.net->parameters(), torch::optim::AdamOptions(c.learning_rate));
   torch::optim::Adam discriminator_optimizer(discriminator->parameters(), torch::optim::AdamOptions(c.learning_rate));
   t.optimizer = &optimizer;
   t.discriminator = &discriminator;
   t.discriminator_optimizer = &discriminator_optimizer;
-  const auto is_source = [&](int64_t n) { return torch::zeros({n}, torch::TensorOptions(torch::kInt64).device(*device)); };
-  const auto is_target = [&](int64_t n) { return torch::ones({n}, torch::TensorOptions(torch::kInt64).device(*device)); };
+  const auto is_source = [&](int64_t n) { return torch::zeros({n}, torch::TensorOptions(torch::kInt64).device(device)); };
+  const auto is_target = [&](int64_t n) { return torch::ones({n}, torch::TensorOptions(torch::kInt64).device(device)); };
   const auto step = [&](std::mt19937_64& rng, int epoch) {
     const double weight =
         c.ada_weight * std::min(1.0, (epoch - 1) / static_cast<double>(std::max(1, c.ada_warmup_epochs)));
-    const Batch s = sample_batch(*source_scans, c.batch_size, c.lesion_slice_fraction, c.augment, rng, *device);
-    const Batch tg = sample_batch(*target_scans, c.batch_size, 0.0, c.augment, rng, *device);
+    const Batch s = sample_batch(*source_scans, c.batch_size, c.lesion_slice_fraction, c.augment, rng, device);
+    const Batch tg = sample_batch(*target_scans, c.batch_size, 0.0, c.augment, rng, device);
     discriminator->train();
     const auto source_logits = t.net->forward(s.images);
     const auto target_logits = t.net->forward(tg.images);
@@ -419,33 +433,23 @@ Result<std::vector<SubjectScore>> score_subjects(UNet& net, const ModelSpec& spe
 
 Result<std::vector<SubjectScore>> evaluate_model(const fs::path& model, const std::vector<SubjectFiles>& subjects,
                                                  const std::string& device_name, const std::string& precision) {
-  auto device = parse_device(device_name);
-  if (!device) return device.error();
-  auto m = load_model(model, *device);
+  auto m = load_for_inference(model, device_name, precision);
   if (!m) return m.error();
-  auto p = choose_precision(precision, device_name);
-  if (!p) return p.error();
-  m->net->set_precision(*p);
-  return score_subjects(m->net, m->spec, subjects, *device);
+  return score_subjects(m->model.net, m->model.spec, subjects, m->device);
 }
 
 Status segment_scan(const fs::path& model, const fs::path& flair, const fs::path& t1, const fs::path& out,
                     const std::string& device_name, const std::string& precision) {
-  auto device = parse_device(device_name);
-  if (!device) return device.error();
-  auto m = load_model(model, *device);
+  auto m = load_for_inference(model, device_name, precision);
   if (!m) return m.error();
-  auto chosen = choose_precision(precision, device_name);
-  if (!chosen) return chosen.error();
-  m->net->set_precision(*chosen);
   SubjectFiles files;
   files.clinic = "scan";
   files.subject = flair.filename().string();
   files.flair = flair;
   files.t1 = t1;
-  auto scan = load_scan(files, m->spec.grid, false);
+  auto scan = load_scan(files, m->model.spec.grid, false);
   if (!scan) return scan.error();
-  const auto p = predict(m->net, scan->images, *device);
+  const auto p = predict(m->model.net, scan->images, m->device);
   return imaging::write_label_map(out, imaging::restore_segmentation(to_image(p, scan->grid), scan->original));
 }
 
