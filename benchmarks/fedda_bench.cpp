@@ -96,7 +96,7 @@ int main(int argc, char** argv) {
   app.add_option("--precision", precision,
                  "auto, float32 or bfloat16: the precision of the 'fedda at --precision' rows (auto: what fedda picks "
                  "on this processor)")
-      ->capture_default_str()->check(CLI::IsMember({"auto", "float32", "bfloat16"}));
+      ->capture_default_str()->check(CLI::IsMember(models::precision_names()));
   app.add_option("--only", only, "run only the rows whose name contains this text (e.g. 'fedda default')");
   app.add_option("--model", model, "segment: a model file (with --flair and --t1)");
   app.add_option("--flair", flair, "segment: FLAIR scan");

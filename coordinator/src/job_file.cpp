@@ -5,6 +5,7 @@
 #include "fedda/common/config.h"
 #include "fedda/common/kit.h"
 #include "fedda/models/model_spec.h"
+#include "fedda/models/precision.h"
 
 namespace fedda::coordinator {
 namespace fs = std::filesystem;
@@ -70,7 +71,7 @@ Status validate_job(protocol::JobSpec& j, const std::string& teacher) {
   }
   if (!(j.server_lr > 0)) return make_error("server_lr must be positive");
   if (j.evaluate_every < 0) return make_error("evaluate_every must be 0 (only at the end) or more");
-  if (j.precision != "auto" && j.precision != "float32" && j.precision != "bfloat16") {
+  if (!models::is_precision_name(j.precision)) {
     return make_error("precision must be auto, float32 or bfloat16");
   }
   if (!(j.lesion_slice_fraction >= 0 && j.lesion_slice_fraction <= 1)) return make_error("lesion_slice_fraction must be between 0 and 1");

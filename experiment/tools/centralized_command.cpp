@@ -4,6 +4,7 @@
 #include "experiment_commands.h"
 #include "fedda/common/log.h"
 #include "fedda/experiment/centralized.h"
+#include "fedda/models/precision.h"
 
 namespace fedda::experiment::tools {
 
@@ -46,7 +47,7 @@ void add_centralized(CLI::App& app, int& rc) {
   cmd->add_option("--device", a->device, "cpu or cuda")->capture_default_str();
   cmd->add_option("--precision", a->precision,
                   "auto (bfloat16 where the processor has bfloat16 units, or on CUDA), float32 or bfloat16")
-      ->capture_default_str()->check(CLI::IsMember({"auto", "float32", "bfloat16"}));
+      ->capture_default_str()->check(CLI::IsMember(models::precision_names()));
   cmd->add_option("--threads", a->threads, "LibTorch intra-op threads (0: its default)")->capture_default_str();
   cmd->add_option("--seed", a->seed, "random seed")->capture_default_str();
   cmd->add_option("--student-init", a->student_init, "kd: the student starts as the teacher, or from scratch (teacher | scratch)")

@@ -7,6 +7,7 @@
 #include "fedda/experiment/consortium.h"
 #include "fedda/experiment/experiment.h"
 #include "experiment_commands.h"
+#include "fedda/models/precision.h"
 
 namespace fedda::experiment::tools {
 
@@ -62,7 +63,7 @@ void add_experiment(CLI::App& app, int& rc) {
   cmd->add_option("--precision", a->precision,
                   "auto (bfloat16 where the processor has bfloat16 units, or on CUDA), float32 or bfloat16: what every "
                   "cell computes in")
-      ->capture_default_str()->check(CLI::IsMember({"auto", "float32", "bfloat16"}));
+      ->capture_default_str()->check(CLI::IsMember(models::precision_names()));
   cmd->add_option("--threads", a->threads, "LibTorch threads per process (0: every core)")->capture_default_str();
   cmd->add_flag("--insecure", a->insecure, "federated: plain TCP, no kits (for debugging only)");
   cmd->callback([a, &rc]() {

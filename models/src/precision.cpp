@@ -1,5 +1,6 @@
 #include "fedda/models/precision.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -30,6 +31,16 @@ std::string cpuinfo_field(const std::string& key) {
 
 }  // namespace
 
+const std::vector<std::string>& precision_names() {
+  static const std::vector<std::string> names{"auto", "float32", "bfloat16"};
+  return names;
+}
+
+bool is_precision_name(const std::string& name) {
+  const auto& names = precision_names();
+  return std::find(names.begin(), names.end(), name) != names.end();
+}
+
 std::set<std::string> cpu_flags() {
   if (const char* forced = std::getenv("FEDDA_CPU_FLAGS")) return split_words(forced);
   return split_words(cpuinfo_field("flags"));
@@ -37,7 +48,7 @@ std::set<std::string> cpu_flags() {
 
 Result<PrecisionChoice> choose_precision(const std::string& requested, const std::string& device,
                                          const std::set<std::string>& flags) {
-  if (requested != "auto" && requested != "float32" && requested != "bfloat16") {
+  if (!is_precision_name(requested)) {
     return make_error("precision '" + requested + "' is not one of auto, float32, bfloat16");
   }
   const bool cuda = device.rfind("cuda", 0) == 0;

@@ -13,6 +13,7 @@
 #include "fedda/imaging/nifti_io.h"
 #include "fedda/models/engine.h"
 #include "fedda/monitoring/http_server.h"
+#include "fedda/models/precision.h"
 
 namespace fedda::site_agent {
 namespace fs = std::filesystem;
@@ -112,7 +113,7 @@ Result<SiteConfig> read_site_config(const fs::path& path) {
   if (c.device != "cpu" && c.device != "cuda" && c.device.rfind("cuda:", 0) != 0) {
     return fail("device '" + c.device + "' (choose cpu or cuda)");
   }
-  if (c.precision != "auto" && c.precision != "float32" && c.precision != "bfloat16") {
+  if (!models::is_precision_name(c.precision)) {
     return fail("precision '" + c.precision + "' (choose auto, float32 or bfloat16)");
   }
   if (c.threads < 0) return fail("threads must be 0 (default) or more");

@@ -16,6 +16,7 @@
 
 #include <set>
 #include <string>
+#include <vector>
 
 #include "fedda/common/result.h"
 
@@ -28,6 +29,10 @@ struct PrecisionChoice {
 
   std::string name() const { return bfloat16 ? "bfloat16" : "float32"; }
 };
+
+// "auto", "float32", "bfloat16": what a site, a job or a command line may ask for.
+const std::vector<std::string>& precision_names();
+bool is_precision_name(const std::string& name);
 
 // The processor's feature flags (/proc/cpuinfo "flags"), or, when FEDDA_CPU_FLAGS is set, those
 // (space-separated): to see what `auto` would pick on another machine, and for tests.
