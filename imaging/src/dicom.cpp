@@ -22,6 +22,7 @@
 #include "fedda/common/process.h"
 #include "fedda/imaging/nifti_io.h"
 #include "itk_bridge.h"
+#include "layout_detail.h"
 
 namespace fedda::imaging {
 namespace fs = std::filesystem;
@@ -285,7 +286,7 @@ Status convert_dicom_series(const DicomSeries& series, const fs::path& nifti) {
   const int rc = started ? process::wait_for(*started) : -1;
   std::vector<fs::path> produced;
   for (const auto& e : fs::directory_iterator(work / "out", ec)) {
-    if (e.path().string().size() > 7 && e.path().string().rfind(".nii.gz") == e.path().string().size() - 7) produced.push_back(e.path());
+    if (detail::has_nifti_extension(e.path())) produced.push_back(e.path());
   }
   if (rc != 0 || produced.size() != 1) {
     auto text = files::read_all(log);

@@ -1,5 +1,7 @@
 #include "fedda/imaging/nifti_io.h"
 
+#include "layout_detail.h"
+
 #include <cmath>
 #include <sstream>
 
@@ -17,6 +19,24 @@
 
 namespace fedda::imaging {
 namespace fs = std::filesystem;
+
+namespace detail {
+
+bool has_nifti_extension(const fs::path& path) {
+  return strip_nifti_extension(path.filename().string()) != path.filename().string();
+}
+
+std::string strip_nifti_extension(const std::string& name) {
+  for (const std::string ext : {".nii.gz", ".nii"}) {
+    if (name.size() >= ext.size() && name.compare(name.size() - ext.size(), ext.size(), ext) == 0) {
+      return name.substr(0, name.size() - ext.size());
+    }
+  }
+  return name;
+}
+
+}  // namespace detail
+
 namespace {
 
 std::string itk_message(const itk::ExceptionObject& e) {
@@ -25,13 +45,6 @@ std::string itk_message(const itk::ExceptionObject& e) {
   return what;
 }
 
-bool has_nifti_extension(const fs::path& path) {
-  const std::string name = path.filename().string();
-  auto ends_with = [&](const std::string& s) {
-    return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
-  };
-  return ends_with(".nii") || ends_with(".nii.gz");
-}
 
 // ITK reads NIfTI through nifticlib, which silently turns non-finite floats into 0, pads a
 // truncated voxel block and reports a 0-length axis as 1. These checks read the raw header and
@@ -134,7 +147,7 @@ Result<itk::NiftiImageIO::Pointer> open_header(const fs::path& path) {
   std::error_code ec;
   if (!fs::exists(path, ec)) return make_error(path.string() + ": no such file");
   if (!fs::is_regular_file(path, ec)) return make_error(path.string() + ": not a regular file");
-  if (!has_nifti_extension(path)) {
+  if (!detail::has_nifti_extension(path)) {
     return make_error(path.string() + ": not a NIfTI file name (expected .nii or .nii.gz)");
   }
   auto io = itk::NiftiImageIO::New();
@@ -200,7 +213,7 @@ Result<Image> read_float(const fs::path& path) {
 
 template <typename T>
 Status write_volume(const fs::path& path, const Volume<T>& volume) {
-  if (!has_nifti_extension(path)) {
+  if (!detail::has_nifti_extension(path)) {
     return make_error(path.string() + ": output must be named .nii or .nii.gz");
   }
   if (volume.voxels.size() != volume.geometry.voxel_count() || volume.voxels.empty()) {

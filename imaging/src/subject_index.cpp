@@ -13,6 +13,7 @@
 #include "fedda/common/files.h"
 #include "fedda/imaging/dicom.h"
 #include "fedda/imaging/nifti_io.h"
+#include "layout_detail.h"
 
 namespace fedda::imaging {
 namespace fs = std::filesystem;
@@ -30,32 +31,6 @@ const std::vector<std::string>& bids_filter_entities() {
 
 namespace {
 
-bool is_nifti(const fs::path& p) {
-  const auto name = p.filename().string();
-  const auto ends = [&](const std::string& s) { return name.size() > s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0; };
-  return ends(".nii.gz") || ends(".nii");
-}
-
-std::string strip_nifti(std::string name) {
-  for (const std::string ext : {".nii.gz", ".nii"}) {
-    if (name.size() > ext.size() && name.compare(name.size() - ext.size(), ext.size(), ext) == 0) {
-      return name.substr(0, name.size() - ext.size());
-    }
-  }
-  return name;
-}
-
-std::vector<fs::path> sorted_entries(const fs::path& dir, bool folders) {
-  std::vector<fs::path> out;
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    if (entry.path().filename().string().rfind('.', 0) == 0) continue;
-    if (entry.is_directory(ec) == folders) out.push_back(entry.path());
-  }
-  std::sort(out.begin(), out.end());
-  return out;
-}
-
 void sort_subjects(SubjectIndex& index) {
   std::sort(index.subjects.begin(), index.subjects.end(),
             [](const SubjectFiles& a, const SubjectFiles& b) { return a.subject < b.subject; });
@@ -63,20 +38,7 @@ void sort_subjects(SubjectIndex& index) {
 
 Result<SubjectIndex> index_wmh(const DataSource& s, const std::string& clinic) {
   SubjectIndex index;
-  std::error_code ec;
-  for (const auto& dir : sorted_entries(s.path, true)) {
-    SubjectFiles f;
-    f.clinic = clinic;
-    f.subject = dir.filename().string();
-    f.flair = dir / "pre" / "FLAIR.nii.gz";
-    f.t1 = dir / "pre" / "T1.nii.gz";
-    if (!fs::exists(f.flair, ec)) {
-      index.ignored.push_back({dir, "no pre/FLAIR.nii.gz: not a subject folder"});
-      continue;
-    }
-    if (fs::exists(dir / "wmh.nii.gz", ec)) f.labels = dir / "wmh.nii.gz";
-    index.subjects.push_back(std::move(f));
-  }
+  detail::collect_wmh_clinic(s.path, clinic, index.subjects, &index.ignored);
   if (index.subjects.empty()) {
     return make_error(s.path.string() + ": no subjects found (expected <subject>/pre/FLAIR.nii.gz)");
   }
@@ -90,7 +52,7 @@ struct BidsName {
   std::string suffix;
 };
 bool parse_bids_name(const fs::path& file, BidsName& out) {
-  std::stringstream parts(strip_nifti(file.filename().string()));
+  std::stringstream parts(detail::strip_nifti_extension(file.filename().string()));
   std::vector<std::string> tokens;
   for (std::string t; std::getline(parts, t, '_');) tokens.push_back(t);
   if (tokens.size() < 2) return false;
@@ -161,13 +123,13 @@ Result<SubjectIndex> index_bids(const DataSource& s, const std::string& clinic) 
   }
   SubjectIndex index;
   const auto session_filter = s.bids_filters.count("ses") ? s.bids_filters.at("ses") : std::string();
-  for (const auto& dir : sorted_entries(s.path, true)) {
+  for (const auto& dir : detail::sorted_entries(s.path, true)) {
     const auto name = dir.filename().string();
     if (name.rfind("sub-", 0) != 0) continue;  // derivatives, code, sourcedata, ...
     const auto label = name.substr(4);
     // (folder, session) pairs: the subject's own anat/ or one per ses-* folder.
     std::vector<std::pair<fs::path, std::string>> units;
-    for (const auto& sub : sorted_entries(dir, true)) {
+    for (const auto& sub : detail::sorted_entries(dir, true)) {
       const auto sub_name = sub.filename().string();
       if (sub_name.rfind("ses-", 0) != 0) continue;
       const auto session = sub_name.substr(4);
@@ -185,8 +147,8 @@ Result<SubjectIndex> index_bids(const DataSource& s, const std::string& clinic) 
     for (const auto& [folder, session] : units) {
       const auto anat = folder / "anat";
       std::vector<fs::path> files;
-      for (const auto& f : sorted_entries(anat, false)) {
-        if (!is_nifti(f)) continue;
+      for (const auto& f : detail::sorted_entries(anat, false)) {
+        if (!detail::has_nifti_extension(f)) continue;
         BidsName n;
         if (!parse_bids_name(f, n) || entity(n, "sub") != label || entity(n, "ses") != session) {
           index.ignored.push_back({f, "not a BIDS name of sub-" + label + (session.empty() ? "" : " ses-" + session)});
@@ -213,9 +175,9 @@ Result<SubjectIndex> index_bids(const DataSource& s, const std::string& clinic) 
       if (!labels_root.empty()) {
         const auto label_dir = labels_root / fs::relative(anat, s.path, ec);
         std::vector<fs::path> masks;
-        for (const auto& f : sorted_entries(label_dir, false)) {
+        for (const auto& f : detail::sorted_entries(label_dir, false)) {
           BidsName n;
-          if (is_nifti(f) && parse_bids_name(f, n) && entity(n, "sub") == label && entity(n, "ses") == session &&
+          if (detail::has_nifti_extension(f) && parse_bids_name(f, n) && entity(n, "sub") == label && entity(n, "ses") == session &&
               (n.suffix == "mask" || n.suffix == "dseg")) {
             masks.push_back(f);
           }
@@ -310,7 +272,7 @@ Result<SubjectIndex> index_datalist(const DataSource& s, const std::string& clin
         if (e.contains("subject")) {
           f.subject = e["subject"].is_string() ? e["subject"].get<std::string>() : e["subject"].dump();
         } else {
-          f.subject = strip_nifti(f.flair.filename().string());
+          f.subject = detail::strip_nifti_extension(f.flair.filename().string());
           if (f.subject.size() > 5 && f.subject.compare(f.subject.size() - 5, 5, "_0000") == 0) {
             f.subject.resize(f.subject.size() - 5);
           }
@@ -349,6 +311,12 @@ Result<SubjectIndex> index_datalist(const DataSource& s, const std::string& clin
 // Writes the label map at `labels` onto the grid of the image at `reference` (nearest voxel by
 // physical position), or refuses when the two do not cover the same voxels.
 Status place_labels(const fs::path& labels, const fs::path& reference, const fs::path& out) {
+  std::error_code ec;
+  // Placed before and neither the label map nor the converted scan changed since: reuse it.
+  if (fs::exists(out, ec) && fs::last_write_time(out, ec) >= fs::last_write_time(labels, ec) &&
+      fs::last_write_time(out, ec) >= fs::last_write_time(reference, ec)) {
+    return Status::success();
+  }
   auto map = read_label_map(labels);
   if (!map) return map.error();
   auto grid = read_geometry(reference);
@@ -377,9 +345,12 @@ Status place_labels(const fs::path& labels, const fs::path& reference, const fs:
     return make_error(labels.string() + ": " + std::to_string(outside) + " voxels of the scan fall outside the label map: "
                       "not the same volume (" + geometry_difference(map->geometry, *grid) + ")");
   }
-  std::error_code ec;
   fs::create_directories(out.parent_path(), ec);
-  return write_label_map(out, placed);
+  const auto temporary = out.parent_path() / ("." + out.filename().string());  // whole, or not there
+  if (auto st = write_label_map(temporary, placed); !st) return st;
+  fs::rename(temporary, out, ec);
+  if (ec) return make_error(out.string() + ": " + ec.message());
+  return Status::success();
 }
 
 Result<SubjectIndex> index_dicom(const DataSource& s, const std::string& clinic) {
@@ -492,7 +463,7 @@ Result<DataSource> detect_data_source(const fs::path& folder) {
     s.path = folder / "dataset.json";
   } else {
     bool wmh = false;
-    for (const auto& sub : sorted_entries(folder, true)) wmh = wmh || fs::exists(sub / "pre" / "FLAIR.nii.gz", ec);
+    for (const auto& sub : detail::sorted_entries(folder, true)) wmh = wmh || fs::exists(sub / "pre" / "FLAIR.nii.gz", ec);
     s.layout = wmh ? "wmh" : "dicom";
     if (!wmh && fs::is_directory(folder / "labels", ec)) s.dicom_labels = folder / "labels";
   }
