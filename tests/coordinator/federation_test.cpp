@@ -35,6 +35,7 @@
 #include "fedda/models/weights.h"
 #include "fedda/experiment/consortium.h"
 #include "fedda/simulation/generator.h"
+#include "support/fake_coordinator.h"
 #include "support/fake_sites.h"
 #include "support/federation_fixture.h"
 #include "support/process.h"
@@ -217,7 +218,9 @@ TEST_F(Federation, SitesComputingInDifferentPrecisionsFederateTogether) {
   const auto model = models::read_model_weights(dir_ / "jobs" / "kd-mixed-precision" / "model.pt");
   ASSERT_TRUE(model) << model.error().message;
   for (const auto& t : model->weights.tensors) {
-    if (t.name.find("num_batches_tracked") == std::string::npos) EXPECT_EQ(t.dtype, DType::f32) << t.name;
+    if (t.name.find("num_batches_tracked") == std::string::npos) {
+      EXPECT_EQ(t.dtype, DType::f32) << t.name;
+    }
   }
   EXPECT_TRUE(fs::exists(dir_ / "jobs" / "kd-mixed-precision" / "results.csv"));
 }
@@ -573,34 +576,19 @@ TEST_F(Federation, AgentRefusesUnsignedAndWronglySignedModels) {
   kit_ = dir_ / "kits";
   ASSERT_TRUE(kit::provision({"wmh", "tcp://127.0.0.1:0", {"amsterdam"}, kit_, {}, {}}));
   zmq::context_t context;
-  zmq::socket_t fake(context, zmq::socket_type::router);
-  fake.set(zmq::sockopt::linger, 0);
-  fake.set(zmq::sockopt::curve_server, true);
-  fake.set(zmq::sockopt::curve_secretkey, first_line(kit_ / "coordinator" / "coordinator.curve.secret"));
-  fake.bind("tcp://127.0.0.1:*");
-  const std::string endpoint = fake.get(zmq::sockopt::last_endpoint);
-  auto agent = start_agent("amsterdam", endpoint);
+  testing::FakeCoordinator fake(context, first_line(kit_ / "coordinator" / "coordinator.curve.secret"));
+  auto agent = start_agent("amsterdam", fake.endpoint());
 
-  std::string routing;
   std::uint64_t sequence = static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
-  // Returns the reason of the next job_failed from the agent.
+  // Returns the reason of the next job_failed from the agent ("hello" for a hello).
   const auto next_failure = [&]() -> std::string {
-    const auto until = std::chrono::steady_clock::now() + 60s;
-    while (std::chrono::steady_clock::now() < until) {
-      zmq::pollitem_t items[] = {{fake.handle(), 0, ZMQ_POLLIN, 0}};
-      zmq::poll(items, 1, 100ms);
-      if (!(items[0].revents & ZMQ_POLLIN)) continue;
-      std::vector<zmq::message_t> parts;
-      if (!zmq::recv_multipart(fake, std::back_inserter(parts)) || parts.size() != 3) continue;
-      routing = parts[0].to_string();
-      auto h = protocol::decode_header(parts[1].to_string(), parts[2].to_string());
-      if (h && h->type == protocol::MessageType::job_failed) {
-        return protocol::decode_body<protocol::JobFailed>(parts[2].to_string()).value().reason;
-      }
-      if (h && h->type == protocol::MessageType::hello) return "hello";
-    }
-    return "(nothing)";
+    auto m = fake.next([](const protocol::Header& h) {
+      return h.type == protocol::MessageType::job_failed || h.type == protocol::MessageType::hello;
+    }, 60s);
+    if (!m) return "(nothing)";
+    if (m->first.type == protocol::MessageType::hello) return "hello";
+    return protocol::decode_body<protocol::JobFailed>(m->second).value().reason;
   };
   ASSERT_EQ(next_failure(), "hello");
   protocol::JobOffer offer;
@@ -616,9 +604,9 @@ TEST_F(Federation, AgentRefusesUnsignedAndWronglySignedModels) {
     h.sequence = ++sequence;
     h.body_bytes = frames.body.size();
     h.body_crc32 = frames.body_crc32;
-    std::vector<std::string> out = {routing, protocol::encode_header(h), frames.body};
+    std::vector<std::string> out = {fake.routing(), protocol::encode_header(h), frames.body};
     if (signature) out.push_back(*signature);
-    send_frames(fake, out);
+    fake.send(out);
   };
   send_offer(nullptr);
   EXPECT_NE(next_failure().find("unsigned model refused"), std::string::npos);

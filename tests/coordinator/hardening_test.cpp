@@ -19,6 +19,7 @@
 #include "fedda/common/protocol.h"
 #include "fedda/models/weights.h"
 #include "support/fake_sites.h"
+#include "support/fake_coordinator.h"
 #include "support/federation_fixture.h"
 
 namespace fedda {
@@ -334,36 +335,15 @@ std::string line_of(const fs::path& file) {
 // admitted, asks for what the site's policy forbids: only refusal codes leave the site.
 TEST_F(Sovereignty, AHostileCoordinatorGetsNothingButRefusalCodes) {
   zmq::context_t context;
-  zmq::socket_t fake(context, zmq::socket_type::router);
-  fake.set(zmq::sockopt::linger, 0);
-  fake.set(zmq::sockopt::curve_server, true);
-  fake.set(zmq::sockopt::curve_secretkey, line_of(kit_ / "coordinator" / "coordinator.curve.secret"));
-  fake.bind("tcp://127.0.0.1:*");
-  const std::string endpoint = fake.get(zmq::sockopt::last_endpoint);
+  testing::FakeCoordinator fake(context, line_of(kit_ / "coordinator" / "coordinator.curve.secret"));
+  const std::string endpoint = fake.endpoint();
   Process agent({testing::bin("fedda-agent").string(), "run", "--config",
                  amsterdam_config(endpoint, "  job_types: [kd, evaluate]\n  min_batch_size: 4\n  evaluation_interval_s: 3600\n").string()},
                 dir_ / "amsterdam.log");
   const auto sign_key = testing::read_text(kit_ / "coordinator" / "coordinator.sign.key");
-  std::string routing;
   std::uint64_t sequence = 0;
-  std::vector<std::pair<protocol::Header, std::string>> received;
-  // The next message of `type` from the agent (everything it sends is kept in `received`).
-  const auto next = [&](protocol::MessageType type) -> std::optional<std::pair<protocol::Header, std::string>> {
-    const auto until = std::chrono::steady_clock::now() + 120s;
-    while (std::chrono::steady_clock::now() < until) {
-      zmq::pollitem_t items[] = {{fake.handle(), 0, ZMQ_POLLIN, 0}};
-      zmq::poll(items, 1, 100ms);
-      if (!(items[0].revents & ZMQ_POLLIN)) continue;
-      std::vector<zmq::message_t> parts;
-      if (!zmq::recv_multipart(fake, std::back_inserter(parts)) || parts.size() != 3) continue;
-      routing = parts[0].to_string();
-      auto h = protocol::decode_header(parts[1].to_string(), parts[2].to_string());
-      if (!h) continue;
-      received.emplace_back(*h, parts[2].to_string());
-      if (h->type == type) return received.back();
-    }
-    return std::nullopt;
-  };
+  // The next message of `type` from the agent (everything it sends is kept in fake.received()).
+  const auto next = [&](protocol::MessageType type) { return fake.next(type, 120s); };
   const auto send = [&](protocol::MessageType type, const std::string& job, int round, std::string body, bool sign) {
     protocol::Header h;
     h.type = type;
@@ -373,11 +353,9 @@ TEST_F(Sovereignty, AHostileCoordinatorGetsNothingButRefusalCodes) {
     h.sequence = ++sequence;
     h.body_bytes = body.size();
     h.body_crc32 = crc32_of(body);
-    std::vector<std::string> frames = {routing, protocol::encode_header(h), body};
+    std::vector<std::string> frames = {fake.routing(), protocol::encode_header(h), body};
     if (sign) frames.push_back(crypto::sign(sign_key, protocol::model_signed_text(job, round, body)).value());
-    for (std::size_t i = 0; i < frames.size(); ++i) {
-      fake.send(zmq::buffer(frames[i]), i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
-    }
+    fake.send(frames);
   };
   ASSERT_TRUE(next(protocol::MessageType::hello));
   send(protocol::MessageType::welcome, "", 0, protocol::encode(protocol::Header{}, protocol::Welcome{200, 50}).body, false);
@@ -442,7 +420,7 @@ TEST_F(Sovereignty, AHostileCoordinatorGetsNothingButRefusalCodes) {
   const std::set<protocol::MessageType> allowed = {protocol::MessageType::hello, protocol::MessageType::heartbeat,
                                                    protocol::MessageType::job_failed, protocol::MessageType::job_ready,
                                                    protocol::MessageType::update_ready, protocol::MessageType::round_update};
-  for (const auto& [h, body] : received) {
+  for (const auto& [h, body] : fake.received()) {
     EXPECT_TRUE(allowed.count(h.type)) << protocol::type_name(h.type);
     if (h.type == protocol::MessageType::round_update) {
       EXPECT_EQ(h.job_id, "eval-1");

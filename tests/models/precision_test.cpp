@@ -67,17 +67,24 @@ UNetSpec small_spec() {
   return spec;
 }
 
-TEST(Precision, BFloat16AutocastKeepsWeightsLogitsAndUpdatesFloat32) {
-  torch::manual_seed(3);
+// Two U-Nets with the same weights, in eval mode: a float32 NCHW reference and one set to
+// `precision`.
+std::pair<UNet, UNet> twins(std::uint64_t seed, const PrecisionChoice& precision) {
+  torch::manual_seed(seed);
   UNet reference(small_spec());
   UNet net(small_spec());
-  ASSERT_TRUE(from_wire(*net, to_wire(*reference).value()));
-  PrecisionChoice bf16;
-  bf16.bfloat16 = true;
-  net->set_precision(bf16);
-  const auto x = torch::randn({4, 2, 32, 32});
+  EXPECT_TRUE(from_wire(*net, to_wire(*reference).value()));
+  net->set_precision(precision);
   reference->eval();
   net->eval();
+  return {reference, net};
+}
+
+TEST(Precision, BFloat16AutocastKeepsWeightsLogitsAndUpdatesFloat32) {
+  PrecisionChoice bf16;
+  bf16.bfloat16 = true;
+  auto [reference, net] = twins(3, bf16);
+  const auto x = torch::randn({4, 2, 32, 32});
   const auto expected = reference->forward(x);
   const auto logits = net->forward(x);
   EXPECT_EQ(logits.scalar_type(), torch::kFloat);
@@ -97,21 +104,17 @@ TEST(Precision, BFloat16AutocastKeepsWeightsLogitsAndUpdatesFloat32) {
   for (const auto& p : net->parameters()) EXPECT_EQ(p.scalar_type(), torch::kFloat);
   const auto update = to_wire(*net).value();
   for (const auto& t : update.tensors) {
-    if (t.name.find("num_batches_tracked") == std::string::npos) EXPECT_EQ(t.dtype, DType::f32) << t.name;
+    if (t.name.find("num_batches_tracked") == std::string::npos) {
+      EXPECT_EQ(t.dtype, DType::f32) << t.name;
+    }
   }
 }
 
 TEST(Precision, ChannelsLastChangesTheLayoutNotTheResultNorTheWeightsOnTheWire) {
-  torch::manual_seed(4);
-  UNet reference(small_spec());
-  UNet net(small_spec());
-  ASSERT_TRUE(from_wire(*net, to_wire(*reference).value()));
   PrecisionChoice nhwc;
   nhwc.channels_last = true;
-  net->set_precision(nhwc);
+  auto [reference, net] = twins(4, nhwc);
   const auto x = torch::randn({2, 2, 32, 32});
-  reference->eval();
-  net->eval();
   EXPECT_TRUE(torch::allclose(net->forward(x), reference->forward(x), 1e-4, 1e-5));
   // Weights leave in the same order and values whatever their memory layout.
   const auto a = to_wire(*net).value(), b = to_wire(*reference).value();
