@@ -14,6 +14,7 @@ packages=(
   libzmq3-dev cppzmq-dev
   libcereal-dev
   libssl-dev
+  libgfshare-dev  # Shamir secret sharing for secure aggregation
   libinsighttoolkit5-dev
   dcm2niix  # data_layout: dicom converts series to NIfTI with it
   libspdlog-dev libfmt-dev

@@ -2,11 +2,13 @@
 
 #include "fedda/common/files.h"
 
+#include <algorithm>
 #include <memory>
 
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/kdf.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <zmq.h>
@@ -255,6 +257,80 @@ Result<std::string> read_sealed(const std::filesystem::path& path, const std::st
   auto opened = open(key, *bytes, sealed_aad(path, context));
   if (!opened) return make_error(path.string() + ": refused: " + opened.error().message);
   return opened;
+}
+
+Result<X25519KeyPair> generate_x25519() {
+  Pkey key;
+  {
+    std::unique_ptr<EVP_PKEY_CTX, decltype(&EVP_PKEY_CTX_free)> ctx(EVP_PKEY_CTX_new_id(EVP_PKEY_X25519, nullptr),
+                                                                   EVP_PKEY_CTX_free);
+    EVP_PKEY* raw = nullptr;
+    if (!ctx || EVP_PKEY_keygen_init(ctx.get()) != 1 || EVP_PKEY_keygen(ctx.get(), &raw) != 1) {
+      return make_error(openssl_error("X25519 key generation"));
+    }
+    key.reset(raw);
+  }
+  X25519KeyPair pair;
+  pair.public_raw.resize(32);
+  pair.secret_raw.resize(32);
+  std::size_t n = 32, m = 32;
+  if (EVP_PKEY_get_raw_public_key(key.get(), reinterpret_cast<unsigned char*>(pair.public_raw.data()), &n) != 1 ||
+      EVP_PKEY_get_raw_private_key(key.get(), reinterpret_cast<unsigned char*>(pair.secret_raw.data()), &m) != 1 || n != 32 ||
+      m != 32) {
+    return make_error(openssl_error("X25519 raw keys"));
+  }
+  return pair;
+}
+
+Result<std::string> x25519(std::string_view secret_raw, std::string_view peer_public_raw) {
+  if (secret_raw.size() != 32 || peer_public_raw.size() != 32) return make_error("X25519: keys must be 32 bytes");
+  Pkey own(EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, nullptr, reinterpret_cast<const unsigned char*>(secret_raw.data()), 32));
+  Pkey peer(EVP_PKEY_new_raw_public_key(EVP_PKEY_X25519, nullptr, reinterpret_cast<const unsigned char*>(peer_public_raw.data()), 32));
+  if (!own || !peer) return make_error(openssl_error("X25519 keys"));
+  std::unique_ptr<EVP_PKEY_CTX, decltype(&EVP_PKEY_CTX_free)> ctx(EVP_PKEY_CTX_new(own.get(), nullptr), EVP_PKEY_CTX_free);
+  std::string shared(32, '\0');
+  std::size_t n = shared.size();
+  // OpenSSL refuses a peer key whose result is all zeros (a low-order point).
+  if (!ctx || EVP_PKEY_derive_init(ctx.get()) != 1 || EVP_PKEY_derive_set_peer(ctx.get(), peer.get()) != 1 ||
+      EVP_PKEY_derive(ctx.get(), reinterpret_cast<unsigned char*>(shared.data()), &n) != 1 || n != 32) {
+    return make_error(openssl_error("X25519 key agreement"));
+  }
+  return shared;
+}
+
+Result<std::string> hkdf_sha256(std::string_view ikm, std::string_view salt, std::string_view info, std::size_t bytes) {
+  std::unique_ptr<EVP_PKEY_CTX, decltype(&EVP_PKEY_CTX_free)> ctx(EVP_PKEY_CTX_new_id(EVP_PKEY_HKDF, nullptr), EVP_PKEY_CTX_free);
+  std::string out(bytes, '\0');
+  std::size_t n = bytes;
+  const auto u = [](std::string_view s) { return reinterpret_cast<const unsigned char*>(s.data()); };
+  if (!ctx || EVP_PKEY_derive_init(ctx.get()) != 1 || EVP_PKEY_CTX_set_hkdf_md(ctx.get(), EVP_sha256()) != 1 ||
+      EVP_PKEY_CTX_set1_hkdf_salt(ctx.get(), u(salt), static_cast<int>(salt.size())) != 1 ||
+      EVP_PKEY_CTX_set1_hkdf_key(ctx.get(), u(ikm), static_cast<int>(ikm.size())) != 1 ||
+      EVP_PKEY_CTX_add1_hkdf_info(ctx.get(), u(info), static_cast<int>(info.size())) != 1 ||
+      EVP_PKEY_derive(ctx.get(), reinterpret_cast<unsigned char*>(out.data()), &n) != 1 || n != bytes) {
+    return make_error(openssl_error("HKDF-SHA-256"));
+  }
+  return out;
+}
+
+Status aes256_ctr_stream(std::string_view key, unsigned char* out, std::size_t bytes) {
+  if (key.size() != 32) return make_error("AES-256-CTR: the key must be 32 bytes");
+  std::unique_ptr<EVP_CIPHER_CTX, CipherCtxFree> ctx(EVP_CIPHER_CTX_new());
+  const unsigned char iv[16] = {};
+  if (!ctx || EVP_EncryptInit_ex(ctx.get(), EVP_aes_256_ctr(), nullptr, reinterpret_cast<const unsigned char*>(key.data()), iv) != 1) {
+    return make_error(openssl_error("AES-256-CTR"));
+  }
+  // The key stream is the encryption of zeros, produced in place a block of 64 KiB at a time.
+  std::fill(out, out + bytes, static_cast<unsigned char>(0));
+  constexpr std::size_t kChunk = 1 << 16;
+  for (std::size_t at = 0; at < bytes; at += kChunk) {
+    const int n = static_cast<int>(std::min(kChunk, bytes - at));
+    int written = 0;
+    if (EVP_EncryptUpdate(ctx.get(), out + at, &written, out + at, n) != 1 || written != n) {
+      return make_error(openssl_error("AES-256-CTR"));
+    }
+  }
+  return {};
 }
 
 Result<CurveKeyPair> generate_curve_keypair() {

@@ -51,6 +51,22 @@ Status write_sealed(const std::filesystem::path& path, const std::string& conten
                     std::string_view context = {});
 Result<std::string> read_sealed(const std::filesystem::path& path, const std::string& key, std::string_view context = {});
 
+// X25519 (RFC 7748) key agreement with raw 32-byte keys: the per-round keys of secure
+// aggregation (secagg.h).
+struct X25519KeyPair {
+  std::string public_raw;  // 32 bytes
+  std::string secret_raw;  // 32 bytes
+};
+Result<X25519KeyPair> generate_x25519();
+// The shared secret of `secret_raw` and `peer_public_raw` (32 bytes); error on a key of the
+// wrong length or a low-order peer key (an all-zero result).
+Result<std::string> x25519(std::string_view secret_raw, std::string_view peer_public_raw);
+// HKDF-SHA-256 (RFC 5869): `bytes` bytes of key material from `ikm`, bound to `salt` and `info`.
+Result<std::string> hkdf_sha256(std::string_view ikm, std::string_view salt, std::string_view info, std::size_t bytes);
+// The AES-256-CTR key stream of a 32-byte `key` (zero IV) into `out` (any length): the
+// pseudo-random generator that expands a 32-byte mask seed over a whole update.
+Status aes256_ctr_stream(std::string_view key, unsigned char* out, std::size_t bytes);
+
 // CurveZMQ (Curve25519) key pairs, Z85-encoded (40 characters each).
 struct CurveKeyPair {
   std::string public_z85;
