@@ -108,6 +108,14 @@ Status write_holder(const fs::path& out, const std::string& role, const std::str
                              {"coordinator_sign_public", *coordinator_sign}};
   manifest[role == "site" ? "site_id" : "operator"] = id;
   manifest[role + "_curve_public"] = pair->public_z85;
+  // A site's Ed25519 identity: it signs its secure-aggregation round keys, which the other
+  // sites check against this root-signed manifest (the coordinator only relays them).
+  Result<crypto::SigningKey> identity = crypto::SigningKey{};
+  if (role == "site") {
+    identity = crypto::generate_signing_key();
+    if (!identity) return identity.error();
+    manifest["site_sign_public"] = identity->public_pem;
+  }
   const std::string text = manifest.dump(2) + "\n";
   auto signature = crypto::sign(*root_key, text);
   if (!signature) return signature.error();
@@ -122,6 +130,7 @@ Status write_holder(const fs::path& out, const std::string& role, const std::str
     auto storage = crypto::random_bytes(crypto::kStorageKeyBytes);
     if (!storage) return storage.error();
     written.push_back(files::write_secret(dir / "storage.key", *storage));
+    written.push_back(files::write_secret(dir / "site.sign.key", identity->private_pem));
   }
   for (const auto& st : written) {
     if (!st) return st;
@@ -293,7 +302,45 @@ Result<SiteKit> load_site_kit(const fs::path& dir) {
   auto fingerprint = root_fingerprint(dir / "root.pub");
   if (!fingerprint) return fingerprint.error();
   kit.root_fingerprint = *fingerprint;
+  auto root_pub = files::read_all(dir / "root.pub");
+  if (!root_pub) return root_pub.error();
+  kit.root_public = *root_pub;
+  auto text = files::read_all(dir / "manifest.json");
+  auto sig = files::read_all(dir / "manifest.sig");
+  if (!text) return text.error();
+  if (!sig) return sig.error();
+  kit.manifest = *text;
+  kit.manifest_signature = *sig;
+  // Kits made before secure aggregation have no signing identity: they work for everything else.
+  if (manifest.contains("site_sign_public")) {
+    auto sign_key = read_secret(dir / "site.sign.key");
+    if (!sign_key) return sign_key.error();
+    auto probe = crypto::sign(*sign_key, "fedda kit check");
+    if (!probe || !crypto::verify(manifest.at("site_sign_public").get<std::string>(), "fedda kit check", *probe)) {
+      return make_error((dir / "site.sign.key").string() + ": does not belong to the signing key in the manifest");
+    }
+    kit.site_sign_private = *sign_key;
+  }
   return kit;
+}
+
+Result<std::string> site_signing_key(const std::string& root_public, const std::string& manifest, const std::string& signature,
+                                     const std::string& site) {
+  if (auto st = crypto::verify(root_public, manifest, signature); !st) {
+    return make_error("site '" + site + "': its manifest is not signed by this consortium's root");
+  }
+  try {
+    const auto m = nlohmann::json::parse(manifest);
+    if (m.value("role", std::string("site")) != "site" || m.at("site_id").get<std::string>() != site) {
+      return make_error("site '" + site + "': the manifest relayed for it is another holder's");
+    }
+    if (!m.contains("site_sign_public")) {
+      return make_error("site '" + site + "': its kit predates secure aggregation (no signing key); re-issue it with fedda-admin add-site");
+    }
+    return m.at("site_sign_public").get<std::string>();
+  } catch (const std::exception& e) {
+    return make_error("site '" + site + "': unreadable manifest: " + e.what());
+  }
 }
 
 Result<std::string> root_fingerprint(const fs::path& root_pub) {

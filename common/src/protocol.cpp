@@ -26,6 +26,11 @@ const char* type_name(MessageType type) {
     case MessageType::admin_request: return "admin_request";
     case MessageType::admin_reply: return "admin_reply";
     case MessageType::job_pending: return "job_pending";
+    case MessageType::secagg_keys: return "secagg_keys";
+    case MessageType::secagg_roster: return "secagg_roster";
+    case MessageType::secagg_shares: return "secagg_shares";
+    case MessageType::secagg_relay: return "secagg_relay";
+    case MessageType::secagg_unmask: return "secagg_unmask";
   }
   return "unknown";
 }
@@ -71,6 +76,7 @@ const char* failure_code_name(FailureCode code) {
     case FailureCode::training: return "training";
     case FailureCode::egress: return "egress";
     case FailureCode::internal: return "internal";
+    case FailureCode::secure_aggregation: return "secure_aggregation";
   }
   return "unknown";
 }
@@ -309,7 +315,10 @@ std::string to_json(const JobSpec& j) {
                       {"server_optimizer", j.server_optimizer},
                       {"server_lr", j.server_lr},
                       {"evaluate_every", j.evaluate_every},
-                      {"precision", j.precision}};
+                      {"precision", j.precision},
+                      {"secure_aggregation", j.secure_aggregation},
+                      {"secagg_threshold", j.secagg_threshold},
+                      {"secagg_timeout_s", j.secagg_timeout_s}};
   return o.dump(2);
 }
 
@@ -356,6 +365,9 @@ Result<JobSpec> job_spec_from_json(const std::string& text) {
     j.server_lr = o.value("server_lr", 1.0);
     j.evaluate_every = o.value("evaluate_every", 0);
     j.precision = o.value("precision", std::string("auto"));
+    j.secure_aggregation = o.value("secure_aggregation", false);
+    j.secagg_threshold = o.value("secagg_threshold", 0);
+    j.secagg_timeout_s = o.value("secagg_timeout_s", 60.0);
     return j;
   } catch (const std::exception& e) {
     return make_error(std::string("job spec: ") + e.what());

@@ -19,8 +19,9 @@ namespace fedda::secagg {
 
 namespace {
 
-// libgfshare draws its polynomials' coefficients from a global function pointer whose default is
-// not a CSPRNG; every use goes through here, which points it at OpenSSL's RAND_bytes first.
+// libgfshare draws its polynomials' coefficients from a global function pointer, and scrubs its
+// buffers with it when a context is freed; Debian's build leaves it unset (a null call). Every
+// use (splitting and combining) goes through here, which points it at OpenSSL's RAND_bytes first.
 void rand_bytes_for_gfshare(unsigned char* buffer, unsigned int count) {
   if (RAND_bytes(buffer, static_cast<int>(count)) != 1) std::abort();  // no entropy: never share with weak coefficients
 }
@@ -127,6 +128,7 @@ Result<std::vector<Share>> split(std::string_view secret, int holders, int thres
 
 Result<std::string> combine(const std::vector<Share>& shares) {
   if (shares.empty()) return make_error("Shamir: no shares");
+  use_csprng();
   const std::size_t size = shares.front().y.size();
   std::vector<unsigned char> numbers;
   for (const auto& s : shares) {
@@ -278,7 +280,7 @@ struct Client::State {
   std::vector<std::string> neighbours, members;
   std::map<std::string, std::string> relayed;  // owner -> sealed shares addressed to this site
   std::vector<std::string> shared;             // U2
-  double fraction = 0;
+  double fraction = 0;  // w / W
   enum class Stage { fresh, advertised, shared, masked, unmasked } stage = Stage::fresh;
 };
 
@@ -317,7 +319,7 @@ Result<PublicKeys> Client::advertise(std::string manifest, std::string manifest_
   return keys;
 }
 
-Result<std::vector<EncryptedShares>> Client::share(const Roster& roster, double weight) {
+Result<std::vector<EncryptedShares>> Client::share(const Roster& roster) {
   auto& s = *s_;
   if (s.stage != State::Stage::advertised) return make_error("secure aggregation: a roster before keys, or twice");
   s.roster = roster;
@@ -349,8 +351,6 @@ Result<std::vector<EncryptedShares>> Client::share(const Roster& roster, double 
     return make_error("secure aggregation: threshold " + std::to_string(s.roster.threshold) + " above the neighbourhood's " +
                       std::to_string(holders) + " sites");
   }
-  if (!(weight > 0) || !(s.roster.weight_total >= weight)) return make_error("secure aggregation: weight outside (0, roster total]");
-  s.fraction = weight / s.roster.weight_total;
   auto seed = crypto::random_bytes(kSecretBytes);
   if (!seed) return seed.error();
   s.self_seed = std::move(*seed);
@@ -376,10 +376,15 @@ Result<std::vector<EncryptedShares>> Client::share(const Roster& roster, double 
   return out;
 }
 
-Result<std::vector<std::uint64_t>> Client::mask(const ShareRelay& relay, const std::vector<const TensorSet*>& update,
+Result<std::vector<std::uint64_t>> Client::mask(const ShareRelay& relay, const std::vector<const TensorSet*>& update, double weight,
                                                 std::int64_t* clipped) {
   auto& s = *s_;
   if (s.stage != State::Stage::shared) return make_error("secure aggregation: masking before sharing, or twice");
+  if (!(weight > 0) || !(s.roster.weight_total >= weight)) {
+    return make_error("secure aggregation: weight " + std::to_string(weight) + " outside (0, the roster's " +
+                      std::to_string(s.roster.weight_total) + "]");
+  }
+  s.fraction = weight / s.roster.weight_total;
   s.shared = relay.shared;
   std::sort(s.shared.begin(), s.shared.end());
   if (!contains(s.shared, s.site)) return make_error("secure aggregation: the relay leaves this site out of the round");
@@ -489,16 +494,20 @@ Result<Roster> Aggregator::roster(const std::map<std::string, double>& weights, 
   auto& s = *s_;
   if (s.rostered) return make_error("secure aggregation: the roster was already sent");
   Roster r;
+  s.keyed.clear();
   for (const auto& [site, k] : s.keys) {
     const auto w = weights.find(site);
-    if (w == weights.end() || !(w->second > 0)) return make_error("secure aggregation: no weight for site '" + site + "'");
+    if (w == weights.end()) continue;  // no longer in the round
+    if (!(w->second > 0)) return make_error("secure aggregation: site '" + site + "' has no positive weight");
     r.keys.push_back(k);
     r.weight_total += w->second;
     s.weights[site] = w->second;
+    s.keyed.insert(site);
   }
   r.degree = graph.degree;
   r.all_pairs_up_to = graph.all_pairs_up_to;
   r.graph_seed = graph.seed;
+  for (auto it = s.keys.begin(); it != s.keys.end();) it = s.keyed.count(it->first) ? std::next(it) : s.keys.erase(it);
   s.graph = neighbour_graph(site_ids(r), graph);
   std::size_t smallest = r.keys.size();
   for (const auto& [site, n] : s.graph) smallest = std::min(smallest, n.size() + 1);

@@ -75,6 +75,16 @@ Status validate_job(protocol::JobSpec& j, const std::string& teacher) {
     return make_error("precision must be auto, float32 or bfloat16");
   }
   if (!(j.lesion_slice_fraction >= 0 && j.lesion_slice_fraction <= 1)) return make_error("lesion_slice_fraction must be between 0 and 1");
+  if (j.secagg_threshold < 0) return make_error("secagg_threshold must be 0 (a majority of each neighbourhood) or more");
+  if (!(j.secagg_timeout_s > 0)) return make_error("secagg_timeout_s must be positive");
+  if (j.secure_aggregation) {
+    if (j.type == JobType::evaluate) return make_error("secure_aggregation applies to training jobs, not evaluate");
+    // The sum of one site's update is that update; two sites each learn the other's from the average.
+    if (j.min_sites < 2) return make_error("secure_aggregation needs min_sites of at least 2 (a round of one site would reveal its update)");
+    if (j.max_update_norm > 0) {
+      return make_error("max_update_norm cannot be checked under secure_aggregation: the coordinator never sees one site's update");
+    }
+  }
   if (j.evaluation_sites.empty()) {
     for (const auto& s : j.sites) {
       if (s != j.source) j.evaluation_sites.push_back(s);
@@ -130,6 +140,9 @@ Result<JobDefinition> read_mapping(config::Mapping& mapping, const fs::path& pat
   m->get("server_lr", j.server_lr);
   m->get("evaluate_every", j.evaluate_every);
   m->get("precision", j.precision);
+  m->get("secure_aggregation", j.secure_aggregation);
+  m->get("secagg_threshold", j.secagg_threshold);
+  m->get("secagg_timeout_s", j.secagg_timeout_s);
   m->get("method", d.method);
   m->get("teacher", d.teacher);
   models::ModelSpec model;

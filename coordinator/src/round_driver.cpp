@@ -3,11 +3,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <map>
 #include <random>
 
 #include "fedda/common/crypto.h"
 #include "fedda/common/files.h"
+#include "fedda/common/secagg.h"
 #include "crash_point.h"
 #include "server_optimizer.h"
 #include "fedda/models/weights.h"
@@ -87,6 +89,13 @@ Result<Broadcast> make_broadcast(const kit::CoordinatorKit* kit, protocol::Frame
   b.body = std::make_shared<const std::string>(std::move(frames.body));
   return b;
 }
+
+struct JobRun::Secure {
+  enum class Stage { keys, shares, collecting, unmasking } stage = Stage::keys;
+  TensorSet grad_layout;  // ada: the discriminator's parameters (what its gradients are averaged over)
+  std::unique_ptr<secagg::Aggregator> aggregator;
+  Clock::time_point stage_deadline{};
+};
 
 struct JobRun::Model {
   models::ModelSpec spec;
@@ -310,6 +319,9 @@ void JobRun::handle(SiteInfo& site, const protocol::Header& h, const std::string
       }
       host_.queue_upload(site.id, id(), h.round);
       return;
+    case MessageType::secagg_keys:
+    case MessageType::secagg_shares:
+    case MessageType::secagg_unmask: return handle_secagg(site, h, body);
     case MessageType::round_update:
       if (!wants_upload(site.id, h.round)) {
         log_->warn("site {}: update for round {} discarded (round {} open, {})", site.id, h.round, round_,
@@ -357,6 +369,25 @@ void JobRun::handle_update(SiteInfo& site, const std::string& body) {
     return refuse("sample count " + std::to_string(update->samples) + " differs from the " + std::to_string(p.samples) +
                   " it declared");
   }
+  const auto count_in = [&] {
+    answered_.insert(site.id);
+    current_.sites.push_back({site.id, update->samples, update->steps, update->loss, update->seconds,
+                              static_cast<std::int64_t>(body.size()), update->overhead_seconds, update->precision});
+    current_.cost.aggregate_s += seconds_since(received);
+    log_->info("site {}: round {} update in ({} samples, {} steps, loss {:.4f}, {:.1f} s{})", site.id, round_, update->samples,
+               update->steps, update->loss, update->seconds, secure_ ? ", masked" : "");
+  };
+  if (secure_ || !update->masked.empty()) {
+    // Only the masked vector is added to the round's sum; nothing of it is kept or logged.
+    if (!secure_) return refuse("a masked update in a round without secure aggregation");
+    if (!update->model.tensors.empty() || !update->discriminator_grads.tensors.empty() || update->masked.size() % 8 != 0) {
+      return refuse("a secure round's update must carry the masked vector only");
+    }
+    std::vector<std::uint64_t> words(update->masked.size() / 8);
+    std::memcpy(words.data(), update->masked.data(), update->masked.size());
+    if (auto st = secure_->aggregator->add_masked(site.id, words); !st) return refuse(st.error().message);
+    return count_in();
+  }
   if (auto st = check_finite(update->model); !st) return refuse("model: " + st.error().message);
   if (auto st = check_finite(update->discriminator_grads); !st) return refuse("discriminator gradients: " + st.error().message);
   if (spec.max_update_norm > 0) {
@@ -371,12 +402,136 @@ void JobRun::handle_update(SiteInfo& site, const std::string& body) {
   Status st = m.model_average->add(update->model, weight);
   if (st && m.grad_average) st = m.grad_average->add(update->discriminator_grads, weight);
   if (!st) return refuse(st.error().message);
-  answered_.insert(site.id);
-  current_.sites.push_back({site.id, update->samples, update->steps, update->loss, update->seconds,
-                            static_cast<std::int64_t>(body.size()), update->overhead_seconds, update->precision});
-  current_.cost.aggregate_s += seconds_since(received);
-  log_->info("site {}: round {} update in ({} samples, {} steps, loss {:.4f}, {:.1f} s)", site.id, round_,
-             update->samples, update->steps, update->loss, update->seconds);
+  count_in();
+}
+
+void JobRun::handle_secagg(SiteInfo& site, const protocol::Header& h, const std::string& body) {
+  if (!secure_ || phase_ != Phase::collecting || h.round != round_) {
+    log_->warn("site {}: {} for round {} of {} dropped (no secure round open)", site.id, protocol::type_name(h.type), h.round, id());
+    return;
+  }
+  auto& a = *secure_->aggregator;
+  const auto warn = [&](const std::string& why) { log_->warn("site {}: {} dropped: {}", site.id, protocol::type_name(h.type), why); };
+  switch (h.type) {
+    case MessageType::secagg_keys: {
+      auto keys = protocol::decode_body<secagg::PublicKeys>(body);
+      if (!keys) return warn(keys.error().message);
+      if (keys->site != site.id) return warn("keys named for '" + keys->site + "'");
+      if (!expected_.count(site.id)) return warn("not in this round");
+      if (auto st = a.add_keys(std::move(*keys)); !st) return warn(st.error().message);
+      return;
+    }
+    case MessageType::secagg_shares: {
+      auto shares = protocol::decode_body<protocol::SecaggShares>(body);
+      if (!shares) return warn(shares.error().message);
+      if (!expected_.count(site.id)) return warn("not in this round");
+      if (auto st = a.add_shares(site.id, std::move(shares->shares)); !st) return warn(st.error().message);
+      return;
+    }
+    case MessageType::secagg_unmask: {
+      auto answer = protocol::decode_body<protocol::SecaggUnmask>(body);
+      if (!answer) return warn(answer.error().message);
+      if (auto st = a.add_revealed(site.id, answer->shares); !st) return warn(st.error().message);
+      return;
+    }
+    default: return;
+  }
+}
+
+void JobRun::secure_step(Clock::time_point now) {
+  auto& s = *secure_;
+  auto& a = *s.aggregator;
+  const auto& spec = record_.definition.spec;
+  const auto stage_timeout = std::chrono::milliseconds(static_cast<long>(spec.secagg_timeout_s * 1000));
+  // Sites of the round that did not take part in a stage leave the round.
+  const auto close_stage = [&](const std::set<std::string>& took_part, const char* what) {
+    for (auto it = expected_.begin(); it != expected_.end();) {
+      if (took_part.count(*it)) {
+        ++it;
+        continue;
+      }
+      log_->warn("site {}: no secure-aggregation {} in time; left out of round {}", *it, what, round_);
+      current_.missing.push_back(*it + " (no secure-aggregation " + what + ")");
+      it = expected_.erase(it);
+    }
+  };
+  const auto all_of = [&](const std::set<std::string>& set) {
+    return std::all_of(expected_.begin(), expected_.end(), [&](const std::string& sid) { return set.count(sid) > 0; });
+  };
+  switch (s.stage) {
+    case Secure::Stage::keys: {
+      if (!all_of(a.keyed()) && now < s.stage_deadline) return;
+      close_stage(a.keyed(), "keys");
+      std::map<std::string, double> weights;
+      for (const auto& sid : expected_) weights[sid] = static_cast<double>(host_.sites().in(sid, id()).samples);
+      auto roster = a.roster(weights, spec.secagg_threshold,
+                             secagg::GraphOptions{0, 16, spec.seed * 0x9e3779b97f4a7c15ULL + static_cast<std::uint64_t>(round_)});
+      if (!roster) return fail("round " + std::to_string(round_) + ": " + roster.error().message);
+      auto encoded = make_broadcast(nullptr, protocol::encode(protocol::Header{}, *roster), id(), round_);
+      if (!encoded) return fail(encoded.error().message);
+      for (const auto& k : roster->keys) {
+        if (auto* site = host_.sites().find(k.site); site && site->alive) host_.send(*site, MessageType::secagg_roster, id(), round_, *encoded);
+      }
+      log_->info("job {}: round {}: secure aggregation among {} sites, threshold {}", id(), round_, roster->keys.size(), roster->threshold);
+      s.stage = Secure::Stage::shares;
+      s.stage_deadline = now + stage_timeout;
+      return;
+    }
+    case Secure::Stage::shares: {
+      if (!all_of(a.shared()) && now < s.stage_deadline) return;
+      close_stage(a.shared(), "shares");
+      auto relays = a.relays();
+      if (!relays) return fail("round " + std::to_string(round_) + ": " + relays.error().message);
+      for (auto& [sid, relay] : *relays) {
+        auto* site = host_.sites().find(sid);
+        if (!site || !site->alive) continue;
+        auto encoded = make_broadcast(nullptr, protocol::encode(protocol::Header{}, relay), id(), round_);
+        if (!encoded) return fail(encoded.error().message);
+        host_.send(*site, MessageType::secagg_relay, id(), round_, *encoded);
+      }
+      log_->info("job {}: round {}: shares of {} sites relayed", id(), round_, a.shared().size());
+      s.stage = Secure::Stage::collecting;
+      return;
+    }
+    case Secure::Stage::collecting: return;  // the round's own collection (step) runs
+    case Secure::Stage::unmasking: {
+      if (a.can_finish()) {
+        const auto unmask_start = Clock::now();
+        auto sums = a.finish();
+        current_.cost.aggregate_s += seconds_since(unmask_start);  // the unmasking is the secure round's averaging
+        if (!sums) return fail("round " + std::to_string(round_) + ": " + sums.error().message);
+        secure_.reset();
+        std::optional<TensorSet> grads;
+        if (model_->discriminator) grads = std::move((*sums)[1]);
+        return commit_round(std::move((*sums)[0]), std::move(grads));
+      }
+      if (now >= s.stage_deadline) {
+        return fail("round " + std::to_string(round_) + ": too few sites sent their shares to unmask the sum in time");
+      }
+      return;
+    }
+  }
+}
+
+void JobRun::secure_unmask() {
+  auto& s = *secure_;
+  auto survivors = s.aggregator->survivors();
+  if (!survivors) return fail("round " + std::to_string(round_) + ": " + survivors.error().message);
+  protocol::SecaggUnmask request;
+  request.masked = *survivors;
+  auto encoded = make_broadcast(nullptr, protocol::encode(protocol::Header{}, request), id(), round_);
+  if (!encoded) return fail(encoded.error().message);
+  for (const auto& sid : *survivors) {
+    if (auto* site = host_.sites().find(sid); site && site->alive) host_.send(*site, MessageType::secagg_unmask, id(), round_, *encoded);
+  }
+  std::string dropped;
+  for (const auto& sid : s.aggregator->shared()) {
+    if (!s.aggregator->masked().count(sid)) dropped += (dropped.empty() ? "" : ", ") + sid;
+  }
+  log_->info("job {}: round {}: unmasking the sum of {} sites{}", id(), round_, survivors->size(),
+             dropped.empty() ? "" : "; removing the masks of " + dropped + " (shared, then dropped out)");
+  s.stage = Secure::Stage::unmasking;
+  s.stage_deadline = Clock::now() + std::chrono::milliseconds(static_cast<long>(record_.definition.spec.secagg_timeout_s * 1000));
 }
 
 void JobRun::ask(const std::string& site) {
@@ -432,7 +587,25 @@ void JobRun::open_round() {
   give_up_ = deadline_ + host_.start_timeout();
   phase_ = Phase::collecting;
   log_->info("job {}: round {}/{} with {} sites", id(), round_, spec.rounds, candidates.size());
-  for (const auto& sid : candidates) ask(sid);
+  secure_.reset();
+  Broadcast keys_request;
+  if (spec.secure_aggregation) {
+    secure_ = std::make_unique<Secure>();
+    if (m.discriminator) secure_->grad_layout = protocol::parameters_only(task.discriminator);
+    secure_->aggregator = std::make_unique<secagg::Aggregator>(secagg::round_context(id(), round_),
+                                                               std::vector<const TensorSet*>{&m.global, &secure_->grad_layout});
+    secure_->stage_deadline = Clock::now() + std::chrono::milliseconds(static_cast<long>(spec.secagg_timeout_s * 1000));
+    auto encoded = make_broadcast(nullptr, protocol::encode_empty(protocol::Header{}), id(), round_);
+    if (!encoded) return fail(encoded.error().message);
+    keys_request = std::move(*encoded);
+  }
+  for (const auto& sid : candidates) {
+    // The key request goes first: the site's keys exist before its update can.
+    if (auto* site = host_.sites().find(sid); secure_ && site && site->alive) {
+      host_.send(*site, MessageType::secagg_keys, id(), round_, keys_request);
+    }
+    ask(sid);
+  }
 }
 
 void JobRun::open_evaluation(bool interim) {
@@ -512,6 +685,10 @@ void JobRun::step() {
     }
     case Phase::collecting:
     case Phase::evaluating: {
+      if (phase_ == Phase::collecting && secure_ && secure_->stage != Secure::Stage::collecting) {
+        if (secure_->stage == Secure::Stage::unmasking || now < give_up_) return secure_step(now);
+        return fail("round " + std::to_string(round_) + " of job " + id() + ": secure aggregation did not finish in time");
+      }
       const int got = static_cast<int>(answered_.size());
       const bool all_in = got == static_cast<int>(expected_.size()) && got > 0;
       if ((all_in && got >= needed_) || (now >= deadline_ && got >= needed_ && got > 0)) {
@@ -521,14 +698,16 @@ void JobRun::step() {
             current_.missing.push_back(sid + " (late)");
           }
         }
-        return phase_ == Phase::collecting ? close_round() : close_evaluation();
+        if (phase_ == Phase::evaluating) return close_evaluation();
+        return secure_ ? secure_unmask() : close_round();
       }
       if (now >= give_up_) {
         return fail("round " + std::to_string(round_) + " of job " + id() + ": only " + std::to_string(got) + " of the " +
                     std::to_string(needed_) + " sites needed answered in time");
       }
-      // Sites that (re)joined and got ready may take part while the round still lacks answers.
-      if (static_cast<int>(expected_.size()) < std::max(needed_, 1)) {
+      // Sites that (re)joined and got ready may take part while the round still lacks answers
+      // (not in a secure round: they missed its key exchange).
+      if (!secure_ && static_cast<int>(expected_.size()) < std::max(needed_, 1)) {
         for (const auto& sid : ready_sites(phase_ == Phase::collecting)) {
           if (!expected_.count(sid) && !answered_.count(sid)) {
             log_->info("site {}: joins round {} late", sid, round_);
@@ -543,14 +722,28 @@ void JobRun::step() {
 
 void JobRun::close_round() {
   auto& m = *model_;
+  const auto average_start = Clock::now();
+  auto averaged = m.model_average->average();
+  if (!averaged) return fail(averaged.error().message);
+  std::optional<TensorSet> grads;
+  if (m.discriminator) {
+    auto g = m.grad_average->average();
+    if (!g) return fail(g.error().message);
+    grads = std::move(*g);
+  }
+  current_.cost.aggregate_s += seconds_since(average_start);
+  commit_round(std::move(*averaged), std::move(grads));
+}
+
+void JobRun::commit_round(TensorSet averaged_set, std::optional<TensorSet> grads) {
+  auto& m = *model_;
   auto& store = host_.store();
   const auto& spec = record_.definition.spec;
   const auto dir = store.dir(id());
   const std::string storage_key = host_.kit() ? host_.kit()->storage_key : std::string();
   const int r = round_;
   const auto average_start = Clock::now();
-  auto averaged = m.model_average->average();
-  if (!averaged) return fail(averaged.error().message);
+  auto* averaged = &averaged_set;
   for (auto& t : averaged->tensors) {  // FedBN: batch norm stays each site's; the global keeps its own
     if (std::count(m.local_norm.begin(), m.local_norm.end(), t.name)) {
       if (const auto* kept = m.global.find(t.name)) t = *kept;
@@ -561,8 +754,7 @@ void JobRun::close_round() {
   m.global = std::move(*stepped);
   current_.cost.aggregate_s += seconds_since(average_start);
   if (m.discriminator) {
-    auto grads = m.grad_average->average();
-    if (!grads) return fail(grads.error().message);
+    if (!grads) return fail("round " + std::to_string(r) + ": no averaged discriminator gradients");
     if (auto st = m.discriminator->step(*grads, current_.learning_rate); !st) return fail(st.error().message);
   }
   m.model_average.reset();
@@ -703,9 +895,21 @@ std::string JobRun::activity() const {
     case Phase::waiting:
       return "waiting for sites (" + std::to_string(ready_sites(true).size()) + " of min_sites " +
              std::to_string(spec.min_sites) + " ready) before round " + std::to_string(record_.finished_round + 1);
-    case Phase::collecting:
-      return "round " + std::to_string(round_) + " of " + std::to_string(spec.rounds) + ": " +
-             std::to_string(answered_.size()) + " of " + std::to_string(expected_.size()) + " updates in";
+    case Phase::collecting: {
+      std::string round = "round " + std::to_string(round_) + " of " + std::to_string(spec.rounds) + ": ";
+      const auto n = std::to_string(expected_.size());
+      if (secure_) {
+        const auto& a = *secure_->aggregator;
+        switch (secure_->stage) {
+          case Secure::Stage::keys: return round + "secure aggregation: " + std::to_string(a.keyed().size()) + " of " + n + " sites' keys in";
+          case Secure::Stage::shares:
+            return round + "secure aggregation: " + std::to_string(a.shared().size()) + " of " + n + " sites' shares in";
+          case Secure::Stage::unmasking: return round + "secure aggregation: unmasking the sum of " + std::to_string(a.masked().size()) + " sites";
+          case Secure::Stage::collecting: return round + std::to_string(answered_.size()) + " of " + n + " masked updates in";
+        }
+      }
+      return round + std::to_string(answered_.size()) + " of " + n + " updates in";
+    }
     case Phase::waiting_for_evaluation: return "waiting for the evaluation sites";
     case Phase::evaluating:
       return "evaluating: " + std::to_string(answered_.size()) + " of " + std::to_string(expected_.size()) + " sites scored";

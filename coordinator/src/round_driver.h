@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -95,7 +96,14 @@ class JobRun {
   void open_evaluation(bool interim);
   void ask(const std::string& site);
   void close_round();
+  // Steps the global model with the round's averages, persists the round and moves on.
+  void commit_round(TensorSet averaged, std::optional<TensorSet> grads);
   void close_evaluation();
+  // Secure aggregation (secure_aggregation: true): the round's key and share stages, then, once
+  // the masked updates are in, the unmasking (secagg.h); the coordinator only relays.
+  void secure_step(Clock::time_point now);
+  void secure_unmask();
+  void handle_secagg(SiteInfo& site, const protocol::Header& h, const std::string& body);
   void handle_update(SiteInfo& site, const std::string& body);
   void finish();
   void fail(const std::string& why);
@@ -104,6 +112,8 @@ class JobRun {
   // The round's sites: every ready one, or a sample of them (sites_per_round / fraction).
   std::vector<std::string> sample(std::vector<std::string> ready) const;
 
+  struct Secure;  // a secure round's aggregator and stage
+  std::unique_ptr<Secure> secure_;
   struct Model;  // LibTorch-free handles of the model, discriminator and averages
   JobRecord& record_;
   JobHost& host_;

@@ -286,6 +286,9 @@ struct Service::Impl : JobHost, AdminBackend {
       case MessageType::job_failed:
       case MessageType::job_pending:
       case MessageType::update_ready:
+      case MessageType::secagg_keys:
+      case MessageType::secagg_shares:
+      case MessageType::secagg_unmask:
       case MessageType::round_update: {
         const auto run = runs.find(h.job_id);
         if (run == runs.end()) break;

@@ -21,6 +21,7 @@
 #include "fedda/monitoring/http_server.h"
 #include "fedda/monitoring/metrics.h"
 #include "fedda/site_agent/egress.h"
+#include "secure_rounds.h"
 #include "session.h"
 #include "site_worker.h"
 
@@ -159,9 +160,32 @@ struct Agent::Impl {
     return so;
   }
 
-  // Hands the session's work to the worker, and the worker's answers to the session.
-  void exchange(Session& session, bool stopping_now) {
+  static bool is_secagg(MessageType t) {
+    return t == MessageType::secagg_keys || t == MessageType::secagg_roster || t == MessageType::secagg_relay ||
+           t == MessageType::secagg_unmask;
+  }
+
+  void send_out(Session& session, Outgoing& o) {
+    counters.bytes_sent += o.frames.body.size();
+    if (o.type == MessageType::round_update) ++counters.updates;
+    if (o.type == MessageType::job_failed) ++counters.failures;
+    if (o.type == MessageType::job_pending) ++counters.pending;
+    if (o.type == MessageType::round_update) {
+      session.offer_update(o.job_id, o.round, std::move(o.frames), std::move(o.tensors));
+    } else {
+      session.send(o.type, o.job_id, o.round, o.frames, o.tensors, o.detail);
+    }
+  }
+
+  // Hands the session's work to the worker (secure aggregation's stages to `secure`, here: they
+  // come while the worker trains), and the answers to the session.
+  void exchange(Session& session, SecureRounds& secure, bool stopping_now) {
     for (auto& work : session.poll(std::chrono::milliseconds(50), wake_pipe[0])) {
+      if (is_secagg(work.header.type)) {
+        for (auto& o : secure.handle(work)) send_out(session, o);
+        continue;
+      }
+      if (work.header.type == MessageType::goodbye) secure.forget(work.header.job_id);
       if (stopping_now && work.header.type != MessageType::goodbye) {
         log->info("stopping: {} for job {} not started", protocol::type_name(work.header.type), work.header.job_id);
         continue;
@@ -182,14 +206,10 @@ struct Agent::Impl {
       out.swap(outbox);
     }
     for (auto& o : out) {
-      counters.bytes_sent += o.frames.body.size();
-      if (o.type == MessageType::round_update) ++counters.updates;
-      if (o.type == MessageType::job_failed) ++counters.failures;
-      if (o.type == MessageType::job_pending) ++counters.pending;
-      if (o.type == MessageType::round_update) {
-        session.offer_update(o.job_id, o.round, std::move(o.frames), std::move(o.tensors));
+      if (o.secure) {
+        for (auto& masked : secure.update(std::move(o))) send_out(session, masked);
       } else {
-        session.send(o.type, o.job_id, o.round, o.frames, o.tensors, o.detail);
+        send_out(session, o);
       }
     }
   }
@@ -268,6 +288,7 @@ struct Agent::Impl {
     log->info("site {}: data {} ({} layout); connecting to {}", config.site_id, config.data.string(), config.data_layout,
               config.coordinator);
 
+    SecureRounds secure(config.site_id, site_kit);
     Clock::time_point stop_requested{}, next_status{};
     for (;;) {
       if (stopping && stop_requested == Clock::time_point{}) {
@@ -287,7 +308,7 @@ struct Agent::Impl {
         const bool uploaded = !session->holds_updates() || Clock::now() - stop_requested > std::chrono::seconds(5);
         if ((idle && uploaded) || timed_out) break;
       }
-      exchange(*session, stop_requested != Clock::time_point{});
+      exchange(*session, secure, stop_requested != Clock::time_point{});
       if (Clock::now() >= next_status) {
         write_status(*session);
         next_status = Clock::now() + std::chrono::seconds(2);

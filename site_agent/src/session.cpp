@@ -243,6 +243,10 @@ void Session::handle(protocol::Header h, std::string body, std::string signature
     case MessageType::heartbeat: return;
     case MessageType::job_offer:
     case MessageType::round_task:
+    case MessageType::secagg_keys:
+    case MessageType::secagg_roster:
+    case MessageType::secagg_relay:
+    case MessageType::secagg_unmask:
       out.push_back({std::move(h), std::move(body), std::move(signature), now});
       return;
     case MessageType::upload: {

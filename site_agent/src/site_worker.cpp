@@ -47,6 +47,7 @@ struct SiteWorker::Impl {
   protocol::JobReady trainer_ready;
   int job_steps = 32;
   bool job_half = false;  // the job's models cross the network as float16
+  bool job_secure = false;  // secure aggregation: training updates leave masked
   std::map<std::string, Inbound> held;  // offers waiting for the administrator, by job
   std::vector<std::string> subject_ids;  // this site's, for redaction
   std::vector<Outgoing> out;
@@ -188,6 +189,7 @@ struct SiteWorker::Impl {
     trainer_job.clear();
     job_steps = job.local_steps;
     job_half = job.transfer_precision == "float16";
+    job_secure = job.secure_aggregation;
     auto spec = models::model_spec_from_json(job.model_spec_json);
     if (!spec) return fail(job.id, FailureCode::malformed, "model spec: " + spec.error().message);
     auto index = site_subject_index(config);
@@ -333,6 +335,7 @@ struct SiteWorker::Impl {
       update.overhead_seconds = std::max(0.0, std::chrono::duration<double>(Clock::now() - arrived).count() - update.seconds);
     }
     post(MessageType::round_update, h.job_id, h.round, update, tensor_summary(update));
+    out.back().secure = job_secure && !task->evaluate;
   }
 
   void release(const std::string& job_id) {

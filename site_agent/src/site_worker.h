@@ -32,6 +32,7 @@ struct Outgoing {
   protocol::Frames frames;
   std::string tensors;  // for the audit log
   std::string detail;   // for the audit log only: a failure's full text
+  bool secure = false;  // a round_update of a secure-aggregation job: masked before it leaves (secure_rounds.h)
 };
 
 class SiteWorker {

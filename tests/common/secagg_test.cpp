@@ -177,7 +177,7 @@ struct Round {
     if (tamper) tamper(*roster);
     for (auto& s : sites) {
       if (!aggregator.keyed().count(s.id) || drop(s.id) == Drop::after_keys) continue;
-      auto shares = s.client->share(*roster, s.weight);
+      auto shares = s.client->share(*roster);
       if (!shares) return shares.error();
       if (auto st = aggregator.add_shares(s.id, *shares); !st) return st.error();
     }
@@ -185,7 +185,7 @@ struct Round {
     if (!relays) return relays.error();
     for (auto& s : sites) {
       if (!relays->count(s.id) || drop(s.id) == Drop::after_shares) continue;
-      auto masked = s.client->mask(relays->at(s.id), {&s.model, &s.grads});
+      auto masked = s.client->mask(relays->at(s.id), {&s.model, &s.grads}, s.weight);
       if (!masked) return masked.error();
       seen[s.id] = *masked;
       if (auto st = aggregator.add_masked(s.id, *masked); !st) return st.error();

@@ -17,10 +17,13 @@
 #include <thread>
 #include <vector>
 
+#include <cstring>
+#include <optional>
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
 #include "fedda/common/protocol.h"
+#include "fedda/common/secagg.h"
 
 namespace fedda::testing {
 
@@ -66,6 +69,10 @@ class FakeSites {
   FakeSites& operator=(const FakeSites&) = delete;
 
   int updates_sent() const { return updates_; }
+  // Bytes of message bodies the sites sent (heartbeats aside), and the seconds they spent in
+  // secure aggregation's cryptography (keys, shares, masks, unmasking), all sites together.
+  std::int64_t bytes_sent() const { return bytes_; }
+  double secure_seconds() const { return static_cast<double>(secure_us_) / 1e6; }
 
   // Lifts this process's open-file limit to its hard limit (each site is a socket and a mailbox).
   static void raise_open_file_limit() {
@@ -86,6 +93,12 @@ class FakeSites {
     std::chrono::steady_clock::time_point next_heartbeat{};
     bool restarted = false;
     protocol::Frames own_update;  // a hostile site's own (not shared) update
+    // Secure aggregation (a job with secure_aggregation: true): the round's client, and the
+    // update held until the shares are relayed.
+    std::unique_ptr<secagg::Client> secure;
+    std::pair<std::string, int> secure_round;
+    std::optional<TensorSet> held;
+    std::optional<secagg::ShareRelay> relay;
   };
   // Every site returns the weights it got, so one encoded update per round serves them all
   // (a model-sized buffer per site would be the fakes' memory, not the coordinator's).
@@ -104,6 +117,7 @@ class FakeSites {
     h.sequence = ++s.sequence;
     h.body_bytes = f.body.size();
     h.body_crc32 = f.body_crc32;
+    if (type != protocol::MessageType::heartbeat) bytes_ += static_cast<std::int64_t>(f.body.size());
     const auto header = protocol::encode_header(h);
     s.socket.send(zmq::buffer(header), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
     s.socket.send(zmq::buffer(f.body), zmq::send_flags::dontwait);
@@ -117,6 +131,7 @@ class FakeSites {
       auto h = protocol::decode_header(parts[0].to_string(), parts[1].to_string());
       if (!h) continue;
       using protocol::MessageType;
+      if (secure_stage(s, *h, parts[1].to_string())) continue;
       if (h->type == MessageType::job_offer) {
         protocol::JobReady ready;
         ready.samples = 100;
@@ -136,6 +151,10 @@ class FakeSites {
             u.metrics.push_back({subject, 0.5, 1, 2, 0.5, 0.5});
           }
           s.own_update = protocol::encode(protocol::Header{}, u);
+        } else if (s.secure && s.secure_round == std::make_pair(h->job_id, static_cast<int>(h->round))) {
+          s.held = std::move(task->model);  // masked and announced once the shares are relayed
+          release(s);
+          continue;
         } else if (s.behaviour == Behaviour::honest || s.behaviour == Behaviour::reconnect_after_ready) {
           if (update_.job != h->job_id || update_.round != h->round) {
             protocol::RoundUpdate u;
@@ -182,6 +201,73 @@ class FakeSites {
     }
   }
 
+  // Secure aggregation's stages, as fedda-agent answers them (unsigned: no kits here).
+  bool secure_stage(Site& s, const protocol::Header& h, const std::string& body) {
+    using protocol::MessageType;
+    const auto start = std::chrono::steady_clock::now();
+    const auto timed = [&] {
+      secure_us_ += std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count();
+    };
+    switch (h.type) {
+      case MessageType::secagg_keys: {
+        s.secure = std::make_unique<secagg::Client>(s.id, secagg::round_context(h.job_id, h.round));
+        s.secure_round = {h.job_id, h.round};
+        s.held.reset();
+        s.relay.reset();
+        auto keys = s.secure->advertise();
+        timed();
+        if (keys) send(s, MessageType::secagg_keys, h.job_id, h.round, protocol::encode(protocol::Header{}, *keys));
+        return true;
+      }
+      case MessageType::secagg_roster: {
+        auto roster = protocol::decode_body<secagg::Roster>(body);
+        if (!roster || !s.secure) return true;
+        auto shares = s.secure->share(*roster);
+        timed();
+        if (shares) send(s, MessageType::secagg_shares, h.job_id, h.round, protocol::encode(protocol::Header{}, protocol::SecaggShares{*shares}));
+        return true;
+      }
+      case MessageType::secagg_relay: {
+        auto relay = protocol::decode_body<secagg::ShareRelay>(body);
+        if (!relay || !s.secure) return true;
+        s.relay = std::move(*relay);
+        release(s);
+        return true;
+      }
+      case MessageType::secagg_unmask: {
+        auto request = protocol::decode_body<protocol::SecaggUnmask>(body);
+        if (!request || !s.secure) return true;
+        auto shares = s.secure->unmask(request->masked);
+        timed();
+        protocol::SecaggUnmask answer;
+        if (shares) answer.shares = std::move(*shares);
+        send(s, MessageType::secagg_unmask, h.job_id, h.round, protocol::encode(protocol::Header{}, answer));
+        return true;
+      }
+      default: return false;
+    }
+  }
+
+  // A secure round's update, once both the task's model and the relayed shares are here.
+  void release(Site& s) {
+    if (!s.held || !s.relay) return;
+    const auto start = std::chrono::steady_clock::now();
+    const TensorSet none;
+    auto masked = s.secure->mask(*s.relay, {&*s.held, &none}, 100.0);
+    s.held.reset();
+    s.relay.reset();
+    if (!masked) return;
+    protocol::RoundUpdate u;
+    u.samples = 100;
+    u.steps = 1;
+    u.loss = 1.0 / (1 + s.secure_round.second);
+    u.masked.resize(masked->size() * 8);
+    std::memcpy(u.masked.data(), masked->data(), u.masked.size());
+    s.own_update = protocol::encode(protocol::Header{}, u);
+    secure_us_ += std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count();
+    send(s, protocol::MessageType::update_ready, s.secure_round.first, s.secure_round.second, protocol::encode_empty(protocol::Header{}));
+  }
+
   void serve() {
     for (auto& s : sites_) {
       send(*s, protocol::MessageType::hello, "", 0,
@@ -217,6 +303,7 @@ class FakeSites {
   SharedUpdate update_;
   std::atomic<bool> stop_{false};
   std::atomic<int> updates_{0};
+  std::atomic<std::int64_t> bytes_{0}, secure_us_{0};
   std::thread thread_;
 };
 

@@ -8,13 +8,14 @@
 //                       sites/<site>.manifest.json + .sig (the admitted sites),
 //                       operators/<name>.manifest.json + .sig (the admitted operators)
 //   OUT/sites/<site>/   site.curve.secret (0600), site.curve.public, root.pub, storage.key (0600),
+//                       site.sign.key (0600, Ed25519: signs its secure-aggregation round keys),
 //                       manifest.json + manifest.sig
 //   OUT/operators/<name>/  operator.curve.secret (0600), operator.curve.public, root.pub,
 //                       manifest.json + manifest.sig
 //
 // A manifest (JSON) names the consortium, its holder's role ("site" or "operator") and id, the
 // coordinator's data and admin endpoints, CurveZMQ public key and model-signing key, and the
-// holder's CurveZMQ public key; the root signs it. The role is signed with the rest: a site key
+// holder's CurveZMQ public key (and a site's Ed25519 signing key); the root signs it. The role is signed with the rest: a site key
 // cannot issue admin commands and an operator key is not a site (the coordinator admits each
 // on its own endpoint only). Adding a site or an operator writes its kit and one manifest into
 // the coordinator's folder; no other kit changes. Manifests without a role (format 1, before
@@ -62,7 +63,15 @@ struct SiteKit {
   std::string site_curve_secret;
   std::string storage_key;              // 32 bytes
   std::string root_fingerprint;         // of the root.pub the kit carries (crypto::public_key_fingerprint)
+  std::string root_public;              // PEM: checks other sites' manifests (secure aggregation)
+  std::string manifest, manifest_signature;  // this kit's, as the root signed them
+  std::string site_sign_private;        // PEM (Ed25519); empty in kits made before secure aggregation
 };
+
+// The Ed25519 public key (PEM) a root-signed site manifest names for `site`. Error when the
+// manifest is not the root's, is another holder's, or predates signing keys.
+Result<std::string> site_signing_key(const std::string& root_public, const std::string& manifest, const std::string& signature,
+                                     const std::string& site);
 
 // Reads and checks a site kit: manifest signed by the kit's root, secrets 0600 regular files of
 // this user (not links), the key pair consistent with the manifest. Error names the file and what

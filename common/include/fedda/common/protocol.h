@@ -33,6 +33,7 @@
 #include <cereal/archives/portable_binary.hpp>
 
 #include "fedda/common/result.h"
+#include "fedda/common/secagg.h"
 #include "fedda/common/tensors.h"
 
 namespace fedda::protocol {
@@ -59,8 +60,14 @@ enum class MessageType : std::uint8_t {
   admin_request = 13,  // operator -> coordinator, on the admin endpoint only
   admin_reply = 14,    // coordinator -> operator
   job_pending = 15,    // agent -> coordinator: the offer waits for the site administrator's approval
+  // Secure aggregation (secagg.h), one round's four stages; the coordinator only relays:
+  secagg_keys = 16,    // coordinator -> agent: make round keys (empty); agent -> coordinator: PublicKeys
+  secagg_roster = 17,  // coordinator -> agent: every site's keys (Roster)
+  secagg_shares = 18,  // agent -> coordinator: its encrypted shares (SecaggShares)
+  secagg_relay = 19,   // coordinator -> agent: the shares addressed to it (ShareRelay)
+  secagg_unmask = 20,  // coordinator -> agent: who sent a masked update; agent -> coordinator: shares (SecaggUnmask)
 };
-inline constexpr MessageType kLastMessageType = MessageType::job_pending;
+inline constexpr MessageType kLastMessageType = MessageType::secagg_unmask;
 const char* type_name(MessageType type);
 
 // What a job asks of its sites. On the wire and in files it is its name.
@@ -93,6 +100,7 @@ enum class FailureCode : std::uint16_t {
   training = 7,        // training or evaluation failed at the site
   egress = 8,          // the egress guard refused what the round would send
   internal = 9,        // anything else (details in the site's log and audit log)
+  secure_aggregation = 10,  // a secure-aggregation stage failed (a relayed key not signed by its site, ...)
 };
 const char* failure_code_name(FailureCode code);
 
@@ -185,6 +193,10 @@ struct JobSpec {
   int evaluate_every = 0;  // > 0: the evaluation sites also score the model after every this many rounds
   std::string precision = "auto";  // what sites compute in: auto | float32 | bfloat16 (version 6); "auto" leaves
                                    // it to each site's own setting (site.yaml precision) and hardware
+  // Secure aggregation (version 7): the coordinator learns only the sum of the round's updates.
+  bool secure_aggregation = false;
+  int secagg_threshold = 0;        // shares needed to unmask one site's secrets; 0: a majority of its neighbourhood
+  double secagg_timeout_s = 60;    // how long each key and share stage waits for the round's sites
 };
 
 struct Hello {
@@ -241,6 +253,18 @@ struct RoundUpdate {
   std::vector<SubjectMetrics> metrics;  // evaluation rounds
   double overhead_seconds = 0;          // the site's own federation work: verify, decode, encode
   std::string precision;                // what the site computed in, and why ("bfloat16: auto: ...") (version 3)
+  // Secure aggregation (version 4): model and discriminator_grads empty; instead the masked
+  // fixed-point vector (secagg.h), little-endian 64-bit words.
+  std::string masked;
+};
+
+// Secure aggregation's bodies (the fields are secagg.h's).
+struct SecaggShares {
+  std::vector<secagg::EncryptedShares> shares;
+};
+struct SecaggUnmask {
+  std::vector<std::string> masked;             // coordinator -> agent: U3
+  std::vector<secagg::RevealedShare> shares;   // agent -> coordinator
 };
 
 struct JobFailed {
@@ -461,6 +485,39 @@ void serialize(Archive& ar, TensorSet& s, std::uint32_t version) {
 }
 }  // namespace fedda
 
+namespace fedda::secagg {
+#define FEDDA_SECAGG_TEXT(field) protocol::detail::bounded(m.field)
+template <class Archive>
+void serialize(Archive& ar, PublicKeys& m, std::uint32_t version) {
+  protocol::detail::check_known_version<PublicKeys>(version);
+  ar(FEDDA_SECAGG_TEXT(site), FEDDA_SECAGG_TEXT(share_key), FEDDA_SECAGG_TEXT(mask_key), FEDDA_SECAGG_TEXT(signature),
+     FEDDA_SECAGG_TEXT(manifest), FEDDA_SECAGG_TEXT(manifest_signature));
+}
+template <class Archive>
+void serialize(Archive& ar, Roster& m, std::uint32_t version) {
+  protocol::detail::check_known_version<Roster>(version);
+  ar(FEDDA_SECAGG_TEXT(keys), m.threshold, m.degree, m.all_pairs_up_to, m.graph_seed, m.weight_total);
+}
+template <class Archive>
+void serialize(Archive& ar, EncryptedShares& m, std::uint32_t version) {
+  protocol::detail::check_known_version<EncryptedShares>(version);
+  ar(FEDDA_SECAGG_TEXT(from), FEDDA_SECAGG_TEXT(to), FEDDA_SECAGG_TEXT(sealed));
+}
+template <class Archive>
+void serialize(Archive& ar, ShareRelay& m, std::uint32_t version) {
+  protocol::detail::check_known_version<ShareRelay>(version);
+  ar(FEDDA_SECAGG_TEXT(shared), FEDDA_SECAGG_TEXT(shares));
+}
+template <class Archive>
+void serialize(Archive& ar, RevealedShare& m, std::uint32_t version) {
+  protocol::detail::check_known_version<RevealedShare>(version);
+  auto kind = static_cast<std::uint8_t>(m.kind);
+  ar(FEDDA_SECAGG_TEXT(owner), kind, m.x, FEDDA_SECAGG_TEXT(y));
+  m.kind = static_cast<SecretKind>(kind);
+}
+#undef FEDDA_SECAGG_TEXT
+}  // namespace fedda::secagg
+
 namespace fedda::protocol {
 
 #define FEDDA_TEXT(field) detail::bounded(m.field)
@@ -481,6 +538,7 @@ void serialize(Archive& ar, JobSpec& m, std::uint32_t version) {
        FEDDA_TEXT(server_optimizer), m.server_lr, m.evaluate_every);
   }
   if (version >= 6) ar(FEDDA_TEXT(precision));
+  if (version >= 7) ar(m.secure_aggregation, m.secagg_threshold, m.secagg_timeout_s);
 }
 template <class Archive>
 void serialize(Archive& ar, Hello& m, std::uint32_t version) {
@@ -525,6 +583,17 @@ void serialize(Archive& ar, RoundUpdate& m, std::uint32_t version) {
   ar(m.model, m.discriminator_grads, m.samples, m.steps, m.loss, m.seconds, FEDDA_LIST(metrics));
   if (version >= 2) ar(m.overhead_seconds);
   if (version >= 3) ar(FEDDA_TEXT(precision));
+  if (version >= 4) ar(FEDDA_TEXT(masked));
+}
+template <class Archive>
+void serialize(Archive& ar, SecaggShares& m, std::uint32_t version) {
+  detail::check_known_version<SecaggShares>(version);
+  ar(FEDDA_LIST(shares));
+}
+template <class Archive>
+void serialize(Archive& ar, SecaggUnmask& m, std::uint32_t version) {
+  detail::check_known_version<SecaggUnmask>(version);
+  ar(FEDDA_LIST(masked), FEDDA_LIST(shares));
 }
 template <class Archive>
 void serialize(Archive& ar, JobFailed& m, std::uint32_t version) {
@@ -613,7 +682,7 @@ Result<Body> decode_body(const std::string& body_frame) {
 CEREAL_CLASS_VERSION(fedda::protocol::Header, 1)
 CEREAL_CLASS_VERSION(fedda::WireTensor, 1)
 CEREAL_CLASS_VERSION(fedda::TensorSet, 1)
-CEREAL_CLASS_VERSION(fedda::protocol::JobSpec, 6)
+CEREAL_CLASS_VERSION(fedda::protocol::JobSpec, 7)
 CEREAL_CLASS_VERSION(fedda::protocol::Hello, 2)
 CEREAL_CLASS_VERSION(fedda::protocol::Welcome, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::JobOffer, 1)
@@ -621,7 +690,14 @@ CEREAL_CLASS_VERSION(fedda::protocol::SkippedSubject, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::JobReady, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::RoundTask, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::SubjectMetrics, 1)
-CEREAL_CLASS_VERSION(fedda::protocol::RoundUpdate, 3)
+CEREAL_CLASS_VERSION(fedda::protocol::RoundUpdate, 4)
+CEREAL_CLASS_VERSION(fedda::protocol::SecaggShares, 1)
+CEREAL_CLASS_VERSION(fedda::protocol::SecaggUnmask, 1)
+CEREAL_CLASS_VERSION(fedda::secagg::PublicKeys, 1)
+CEREAL_CLASS_VERSION(fedda::secagg::Roster, 1)
+CEREAL_CLASS_VERSION(fedda::secagg::EncryptedShares, 1)
+CEREAL_CLASS_VERSION(fedda::secagg::ShareRelay, 1)
+CEREAL_CLASS_VERSION(fedda::secagg::RevealedShare, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::JobFailed, 2)
 CEREAL_CLASS_VERSION(fedda::protocol::JobPending, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::Reject, 2)

@@ -56,6 +56,9 @@ inline constexpr int kScaleBits = 24;
 inline constexpr double kClip = 274877906944.0;  // 2^38
 inline constexpr int kMaxNeighbourhood = 255;     // libgfshare's share numbers are one byte
 
+// What a round's keys, masks and shares are bound to: its job and round.
+inline std::string round_context(const std::string& job, int round) { return job + "|" + std::to_string(round); }
+
 // ---- Shamir sharing (libgfshare) ----------------------------------------------------------
 struct Share {
   std::uint8_t x = 0;  // the holder's share number, 1..255
@@ -146,9 +149,10 @@ class Client {
   Result<PublicKeys> advertise(std::string manifest = {}, std::string manifest_signature = {});
   // Stage 2: checks the roster (itself in it, every key signed by its site when there is a
   // verifier, a sane threshold), and returns its encrypted shares, one per neighbourhood member.
-  Result<std::vector<EncryptedShares>> share(const Roster& roster, double weight);
-  // Stage 3: keeps the relayed shares (checked later) and masks the update.
-  Result<std::vector<std::uint64_t>> mask(const ShareRelay& relay, const std::vector<const TensorSet*>& update,
+  Result<std::vector<EncryptedShares>> share(const Roster& roster);
+  // Stage 3: keeps the relayed shares (opened at stage 4) and masks the update, whose FedAvg
+  // weight is `weight` (of the roster's total).
+  Result<std::vector<std::uint64_t>> mask(const ShareRelay& relay, const std::vector<const TensorSet*>& update, double weight,
                                           std::int64_t* clipped = nullptr);
   // Stage 4: the shares the coordinator needs, given U3 (`masked`). Answers once; error (and
   // nothing revealed) when U3 is not inside U2, or fewer than the threshold of this site's
@@ -172,8 +176,9 @@ class Aggregator {
 
   // Stage 1: a site's keys (the last one a site sends counts).
   Status add_keys(PublicKeys keys);
-  // Closes stage 1. `weights` are the sites' FedAvg weights. Error when fewer than the threshold
-  // sent keys (threshold 0: the default majority of each neighbourhood).
+  // Closes stage 1. `weights` are the FedAvg weights of the sites still in the round (a site
+  // that sent keys and is not in it is left out). Error when fewer than the threshold sent keys
+  // (threshold 0: the default majority of each neighbourhood).
   Result<Roster> roster(const std::map<std::string, double>& weights, int threshold, const GraphOptions& graph);
   // Stage 2: one site's encrypted shares (all addressed to its neighbourhood).
   Status add_shares(const std::string& site, std::vector<EncryptedShares> shares);
