@@ -104,6 +104,9 @@ struct SiteWorker::Impl {
         !std::count(p.trusted_sources.begin(), p.trusted_sources.end(), job.source)) {
       return {"trusted_sources", "source '" + job.source + "' is not among this site's trusted sources"};
     }
+    if (p.require_secure_aggregation && job.type != JobType::evaluate && !job.secure_aggregation) {
+      return {"require_secure_aggregation", "this site sends training updates only under secure aggregation"};
+    }
     if (job.type != JobType::evaluate && job.batch_size < p.min_batch_size) {
       return {"min_batch_size", "batch size " + std::to_string(job.batch_size) + " is below this site's minimum of " +
                                     std::to_string(p.min_batch_size)};

@@ -80,6 +80,50 @@ TEST(Protocol, JobSpecSurvivesTheWireAndJson) {
   EXPECT_EQ(json->sites, offer.job.sites);
   EXPECT_EQ(json->transfer_precision, "float16");
   EXPECT_FALSE(job_spec_from_json("{\"id\": 1}"));
+  offer.job.secure_aggregation = true;
+  offer.job.secagg_threshold = 3;
+  offer.job.secagg_timeout_s = 12.5;
+  for (const auto& spec : {decode_body<JobOffer>(encode(header_of(MessageType::job_offer), offer).body).value().job,
+                           job_spec_from_json(to_json(offer.job)).value()}) {
+    EXPECT_TRUE(spec.secure_aggregation);
+    EXPECT_EQ(spec.secagg_threshold, 3);
+    EXPECT_DOUBLE_EQ(spec.secagg_timeout_s, 12.5);
+  }
+}
+
+TEST(Protocol, SecureAggregationsBodiesSurviveTheWire) {
+  RoundUpdate update;
+  update.samples = 7;
+  update.masked = std::string("\x01\x02\x03\x04\x05\x06\x07\x08", 8);
+  auto back = decode_body<RoundUpdate>(encode(header_of(MessageType::round_update), update).body);
+  ASSERT_TRUE(back) << back.error().message;
+  EXPECT_EQ(back->masked, update.masked);
+  secagg::Roster roster;
+  roster.keys.push_back({"utrecht", std::string(32, 'a'), std::string(32, 'b'), "sig", "manifest", "msig"});
+  roster.threshold = 2;
+  roster.graph_seed = 99;
+  roster.weight_total = 250;
+  auto r = decode_body<secagg::Roster>(encode(header_of(MessageType::secagg_roster), roster).body);
+  ASSERT_TRUE(r) << r.error().message;
+  ASSERT_EQ(r->keys.size(), 1u);
+  EXPECT_EQ(r->keys[0].mask_key, std::string(32, 'b'));
+  EXPECT_EQ(r->keys[0].manifest_signature, "msig");
+  EXPECT_EQ(r->graph_seed, 99u);
+  EXPECT_DOUBLE_EQ(r->weight_total, 250);
+  SecaggUnmask unmask;
+  unmask.masked = {"utrecht", "amsterdam"};
+  unmask.shares.push_back({"singapore", secagg::SecretKind::mask_key, 3, std::string(32, 'y')});
+  auto u = decode_body<SecaggUnmask>(encode(header_of(MessageType::secagg_unmask), unmask).body);
+  ASSERT_TRUE(u) << u.error().message;
+  EXPECT_EQ(u->masked, unmask.masked);
+  ASSERT_EQ(u->shares.size(), 1u);
+  EXPECT_EQ(u->shares[0].kind, secagg::SecretKind::mask_key);
+  EXPECT_EQ(u->shares[0].x, 3);
+  EXPECT_EQ(u->shares[0].y, std::string(32, 'y'));
+  auto relay = decode_body<secagg::ShareRelay>(
+      encode(header_of(MessageType::secagg_relay), secagg::ShareRelay{{"utrecht"}, {{"utrecht", "amsterdam", "sealed"}}}).body);
+  ASSERT_TRUE(relay) << relay.error().message;
+  EXPECT_EQ(relay->shares.at(0).to, "amsterdam");
 }
 
 TEST(Protocol, FlippedBodyByteIsRefusedByChecksum) {

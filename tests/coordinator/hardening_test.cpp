@@ -326,25 +326,24 @@ class Sovereignty : public Federation {
   std::string fingerprint_;
 };
 
+
 std::string line_of(const fs::path& file) {
   auto t = testing::read_text(file);
   return t.substr(0, t.find('\n'));
 }
 
-// A coordinator holding the consortium's real keys, so its offers are signed and its channel
-// admitted, asks for what the site's policy forbids: only refusal codes leave the site.
-TEST_F(Sovereignty, AHostileCoordinatorGetsNothingButRefusalCodes) {
-  zmq::context_t context;
-  testing::FakeCoordinator fake(context, line_of(kit_ / "coordinator" / "coordinator.curve.secret"));
-  const std::string endpoint = fake.endpoint();
-  Process agent({testing::bin("fedda-agent").string(), "run", "--config",
-                 amsterdam_config(endpoint, "  job_types: [kd, evaluate]\n  min_batch_size: 4\n  evaluation_interval_s: 3600\n").string()},
-                dir_ / "amsterdam.log");
-  const auto sign_key = testing::read_text(kit_ / "coordinator" / "coordinator.sign.key");
-  std::uint64_t sequence = 0;
+// A coordinator holding the consortium's real keys (its offers signed, its channel admitted),
+// under the test's control.
+struct KeyedFakeCoordinator {
+  KeyedFakeCoordinator(zmq::context_t& context, const fs::path& kit, const fs::path& teacher)
+      : fake(context, line_of(kit / "coordinator" / "coordinator.curve.secret")),
+        sign_key(testing::read_text(kit / "coordinator" / "coordinator.sign.key")),
+        teacher_model(models::read_model_weights(teacher).value()) {}
   // The next message of `type` from the agent (everything it sends is kept in fake.received()).
-  const auto next = [&](protocol::MessageType type) { return fake.next(type, 120s); };
-  const auto send = [&](protocol::MessageType type, const std::string& job, int round, std::string body, bool sign) {
+  std::optional<testing::FakeCoordinator::Message> next(protocol::MessageType type, std::chrono::seconds wait = 120s) {
+    return fake.next(type, wait);
+  }
+  void send(protocol::MessageType type, const std::string& job, int round, std::string body, bool sign) {
     protocol::Header h;
     h.type = type;
     h.sender = "coordinator";
@@ -356,11 +355,8 @@ TEST_F(Sovereignty, AHostileCoordinatorGetsNothingButRefusalCodes) {
     std::vector<std::string> frames = {fake.routing(), protocol::encode_header(h), body};
     if (sign) frames.push_back(crypto::sign(sign_key, protocol::model_signed_text(job, round, body)).value());
     fake.send(frames);
-  };
-  ASSERT_TRUE(next(protocol::MessageType::hello));
-  send(protocol::MessageType::welcome, "", 0, protocol::encode(protocol::Header{}, protocol::Welcome{200, 50}).body, false);
-  const auto teacher_model = models::read_model_weights(teacher()).value();
-  const auto offer = [&](const std::string& id, protocol::JobType type, int batch, int steps) {
+  }
+  std::string offer(const std::string& id, protocol::JobType type, int batch, int steps, bool secure = false) const {
     protocol::JobOffer o;
     o.job.id = id;
     o.job.type = type;
@@ -369,10 +365,36 @@ TEST_F(Sovereignty, AHostileCoordinatorGetsNothingButRefusalCodes) {
     o.job.evaluation_sites = {"amsterdam"};
     o.job.batch_size = batch;
     o.job.local_steps = steps;
+    o.job.secure_aggregation = secure;
     o.job.model_spec_json = models::to_json(teacher_model.spec);
     if (type == protocol::JobType::kd) o.teacher = teacher_model.weights;
     return protocol::encode(protocol::Header{}, o).body;
+  }
+  testing::FakeCoordinator fake;
+  std::string sign_key;
+  models::StoredModel teacher_model;
+  std::uint64_t sequence = 0;
+};
+
+// A coordinator holding the consortium's real keys asks for what the site's policy forbids:
+// only refusal codes leave the site.
+TEST_F(Sovereignty, AHostileCoordinatorGetsNothingButRefusalCodes) {
+  zmq::context_t context;
+  KeyedFakeCoordinator coordinator(context, kit_, teacher());
+  auto& fake = coordinator.fake;
+  Process agent({testing::bin("fedda-agent").string(), "run", "--config",
+                 amsterdam_config(fake.endpoint(), "  job_types: [kd, evaluate]\n  min_batch_size: 4\n  evaluation_interval_s: 3600\n").string()},
+                dir_ / "amsterdam.log");
+  const auto next = [&](protocol::MessageType type) { return coordinator.next(type); };
+  const auto send = [&](protocol::MessageType type, const std::string& job, int round, std::string body, bool sign) {
+    coordinator.send(type, job, round, std::move(body), sign);
   };
+  const auto offer = [&](const std::string& id, protocol::JobType type, int batch, int steps) {
+    return coordinator.offer(id, type, batch, steps);
+  };
+  ASSERT_TRUE(next(protocol::MessageType::hello));
+  send(protocol::MessageType::welcome, "", 0, protocol::encode(protocol::Header{}, protocol::Welcome{200, 50}).body, false);
+  const auto& teacher_model = coordinator.teacher_model;
   const auto failure = [&](const std::string& job) {
     auto m = next(protocol::MessageType::job_failed);
     EXPECT_TRUE(m);
@@ -426,6 +448,35 @@ TEST_F(Sovereignty, AHostileCoordinatorGetsNothingButRefusalCodes) {
       EXPECT_EQ(h.job_id, "eval-1");
     }
   }
+  EXPECT_TRUE(agent.running());
+}
+
+// require_secure_aggregation: a plain training job is refused by rule; a secure one is taken,
+// and its round trained without the key exchange never leaves (held back, not sent in the clear).
+TEST_F(Sovereignty, ASiteRequiringSecureAggregationNeverSendsAnUpdateInTheClear) {
+  zmq::context_t context;
+  KeyedFakeCoordinator coordinator(context, kit_, teacher());
+  Process agent({testing::bin("fedda-agent").string(), "run", "--config",
+                 amsterdam_config(coordinator.fake.endpoint(), "  require_secure_aggregation: true\n").string()},
+                dir_ / "amsterdam.log");
+  ASSERT_TRUE(coordinator.next(protocol::MessageType::hello));
+  // Heartbeats every second, gone after 100 missed: this fake sends none, and the test is short.
+  coordinator.send(protocol::MessageType::welcome, "", 0, protocol::encode(protocol::Header{}, protocol::Welcome{1000, 100}).body, false);
+  coordinator.send(protocol::MessageType::job_offer, "kd-plain", 0, coordinator.offer("kd-plain", protocol::JobType::kd, 4, 2), true);
+  auto refused = coordinator.next(protocol::MessageType::job_failed);
+  ASSERT_TRUE(refused);
+  const auto failed = protocol::decode_body<protocol::JobFailed>(refused->second).value();
+  EXPECT_EQ(failed.code, protocol::FailureCode::policy);
+  EXPECT_EQ(failed.rule, "require_secure_aggregation");
+  coordinator.send(protocol::MessageType::job_offer, "kd-secure", 0, coordinator.offer("kd-secure", protocol::JobType::kd, 4, 2, true), true);
+  ASSERT_TRUE(coordinator.next(protocol::MessageType::job_ready, 60s)) << testing::read_text(dir_ / "amsterdam.log");
+  protocol::RoundTask task;
+  task.learning_rate = 1e-4;
+  task.model = coordinator.teacher_model.weights;
+  coordinator.send(protocol::MessageType::round_task, "kd-secure", 1, protocol::encode(protocol::Header{}, task).body, true);
+  ASSERT_TRUE(testing::wait_for_text(dir_ / "amsterdam.log", "round 1's update held back", 120s)) << testing::read_text(dir_ / "amsterdam.log");
+  EXPECT_FALSE(coordinator.next(protocol::MessageType::update_ready, 2s));
+  for (const auto& [h, body] : coordinator.fake.received()) EXPECT_NE(h.type, protocol::MessageType::round_update);
   EXPECT_TRUE(agent.running());
 }
 

@@ -64,6 +64,12 @@ TEST_F(JobFile, MistakesAreNamed) {
       {"id: a\ntype: kd\nteacher: t.pt\nsites: [x, \"y z\"]\n", "sites: 'y z' is not a valid site id"},
       {"id: a\ntype: kd\nteacher: t.pt\nsites: [x]\nmethod: \"kd,forged\"\n", "method 'kd,forged' may not hold commas"},
       {"id: a\nsites: [x]\n", "type is required"},
+      {"id: a\ntype: kd\nteacher: t.pt\nsites: [x, y]\nsecure_aggregation: true\n", "secure_aggregation needs min_sites of at least 2"},
+      {"id: a\ntype: kd\nteacher: t.pt\nsites: [x, y]\nmin_sites: 2\nsecure_aggregation: true\nmax_update_norm: 5\n",
+       "max_update_norm cannot be checked under secure_aggregation"},
+      {"id: a\ntype: evaluate\nteacher: t.pt\nsites: [x, y]\nmin_sites: 2\nsecure_aggregation: true\n", "applies to training jobs"},
+      {"id: a\ntype: kd\nteacher: t.pt\nsites: [x, y]\nsecagg_threshold: -1\n", "secagg_threshold must be"},
+      {"id: a\ntype: kd\nteacher: t.pt\nsites: [x, y]\nsecagg_timeout_s: 0\n", "secagg_timeout_s must be positive"},
   };
   for (const auto& [text, expected] : cases) {
     auto job = read_job_file(write(text));

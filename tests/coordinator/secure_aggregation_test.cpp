@@ -111,6 +111,32 @@ TEST_F(SecureAggregation, TheSameKdJobWithAndWithoutItLandsOnTheSameDiceAndNoUpd
   }
 }
 
+// ADA's discriminator gradients go through the same masked sum as the weights, and a job whose
+// models cross the network at half precision works with it.
+TEST_F(SecureAggregation, AdaAtHalfPrecisionTransferLandsOnTheSameDice) {
+  provision({"utrecht", "amsterdam"});
+  std::vector<fs::path> jobs;
+  for (const std::string id : {"ada-plain", "ada-secagg"}) {
+    const auto path = kd_job(id, {"utrecht", "amsterdam"}, 2, 6, 2);
+    auto text = testing::read_text(path);
+    text.replace(text.find("type: kd"), 8, "type: ada");
+    std::ofstream(path) << text << "ada_warmup_rounds: 1\ntransfer_precision: float16\n"
+                        << (id == "ada-secagg" ? "secure_aggregation: true\n" : "");
+    jobs.push_back(path);
+  }
+  auto coordinator = start_coordinator(jobs[0], "tcp://127.0.0.1:0", {"--job", jobs[1].string()});
+  const auto endpoint = wait_for_endpoint();
+  auto utrecht = start_agent("utrecht", endpoint);
+  auto amsterdam = start_agent("amsterdam", endpoint);
+  ASSERT_EQ(coordinator->wait(400s), 0) << testing::read_text(coordinator_log());
+  const double without = mean_dice(dir_ / "jobs" / "ada-plain" / "results.csv", "amsterdam");
+  const double with = mean_dice(dir_ / "jobs" / "ada-secagg" / "results.csv", "amsterdam");
+  std::cout << "federated ADA (float16 transfer), amsterdam's test half: " << without << " plain, " << with << " secure\n";
+  EXPECT_NEAR(with, without, 0.002);
+  EXPECT_EQ(rounds("ada-secagg").size(), 2u);
+  EXPECT_TRUE(testing::wait_for_text(coordinator_log(), "job ada-secagg: round 2: unmasking the sum of 2 sites", 1s));
+}
+
 TEST_F(SecureAggregation, ASiteKilledMidRoundIsLeftOutAndTheSumStillOpens) {
   provision({"utrecht", "amsterdam", "singapore"});
   const auto job = kd_job("kd-dropout", {"utrecht", "amsterdam", "singapore"}, 2, 8, 2);

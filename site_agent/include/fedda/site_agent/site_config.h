@@ -29,6 +29,7 @@
 //     min_batch_size: 4                 # smaller batches invite gradient inversion
 //     min_local_steps: 1                # fewest optimiser steps per round it will send an update for
 //     evaluation_interval_s: 0          # at least this long between two evaluation answers
+//     require_secure_aggregation: false # refuse training jobs whose updates the coordinator would see
 //     approval: auto                    # auto | manual (fedda-agent pending / approve / refuse)
 //
 // Relative paths are relative to the config file. Unknown keys are errors.
@@ -52,6 +53,7 @@ struct SitePolicy {
   int min_batch_size = 4;
   int min_local_steps = 1;
   double evaluation_interval_s = 0;
+  bool require_secure_aggregation = false;   // training jobs only with secure_aggregation: true
   std::string approval = "auto";             // auto | manual
 };
 
