@@ -24,6 +24,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   (void)decode_body<Reject>(body);
   (void)decode_body<AdminRequest>(body);
   (void)decode_body<AdminReply>(body);
+  (void)decode_body<SecaggShares>(body);
+  (void)decode_body<SecaggUnmask>(body);
+  (void)decode_body<fedda::secagg::PublicKeys>(body);
+  (void)decode_body<fedda::secagg::Roster>(body);
+  (void)decode_body<fedda::secagg::ShareRelay>(body);
   (void)parse_results_csv(body);
   if (auto update = decode_body<RoundUpdate>(body)) (void)fedda::check_integrity(update->model);
   return 0;
