@@ -58,6 +58,19 @@ class SecureAggregation : public Federation {
     kit_ = dir_ / "kits";
     ASSERT_TRUE(kit::provision({"wmh", "tcp://127.0.0.1:0", sites, kit_, {}, {}}));
   }
+  // Runs `jobs` (queued in this order) with agents of `sites`; each job's mean Dice at amsterdam.
+  std::vector<double> run_jobs(const std::vector<fs::path>& jobs, const std::vector<std::string>& sites) {
+    std::vector<std::string> extra;
+    for (std::size_t i = 1; i < jobs.size(); ++i) extra.insert(extra.end(), {"--job", jobs[i].string()});
+    auto coordinator = start_coordinator(jobs[0], "tcp://127.0.0.1:0", extra);
+    const auto endpoint = wait_for_endpoint();
+    std::vector<std::unique_ptr<testing::Process>> agents;
+    for (const auto& site : sites) agents.push_back(start_agent(site, endpoint));
+    EXPECT_EQ(coordinator->wait(400s), 0) << testing::read_text(coordinator_log());
+    std::vector<double> dice;
+    for (const auto& job : jobs) dice.push_back(mean_dice(dir_ / "jobs" / job.stem() / "results.csv", "amsterdam"));
+    return dice;
+  }
 };
 
 TEST_F(SecureAggregation, TheSameKdJobWithAndWithoutItLandsOnTheSameDiceAndNoUpdateLeavesInTheClear) {
@@ -65,15 +78,9 @@ TEST_F(SecureAggregation, TheSameKdJobWithAndWithoutItLandsOnTheSameDiceAndNoUpd
   const auto plain = kd_job("kd-plain", {"utrecht", "amsterdam", "singapore"}, 2, 6, 3);
   const auto secure = kd_job("kd-secagg", {"utrecht", "amsterdam", "singapore"}, 2, 6, 3);
   std::ofstream(secure, std::ios::app) << "secure_aggregation: true\n";
-  auto coordinator = start_coordinator(plain, "tcp://127.0.0.1:0", {"--job", secure.string()});
-  const auto endpoint = wait_for_endpoint();
-  auto utrecht = start_agent("utrecht", endpoint);
-  auto amsterdam = start_agent("amsterdam", endpoint);
-  auto singapore = start_agent("singapore", endpoint);
-  ASSERT_EQ(coordinator->wait(400s), 0) << testing::read_text(coordinator_log());
-
-  const double without = mean_dice(dir_ / "jobs" / "kd-plain" / "results.csv", "amsterdam");
-  const double with = mean_dice(dir_ / "jobs" / "kd-secagg" / "results.csv", "amsterdam");
+  const auto dice = run_jobs({plain, secure}, {"utrecht", "amsterdam", "singapore"});
+  ASSERT_FALSE(HasFailure());
+  const double without = dice[0], with = dice[1];
   std::cout << "federated KD, amsterdam's test half: " << without << " plain, " << with << " with secure aggregation\n";
   EXPECT_NEAR(with, without, 0.002);
   EXPECT_GT(with, 0.1);
@@ -124,13 +131,9 @@ TEST_F(SecureAggregation, AdaAtHalfPrecisionTransferLandsOnTheSameDice) {
                         << (id == "ada-secagg" ? "secure_aggregation: true\n" : "");
     jobs.push_back(path);
   }
-  auto coordinator = start_coordinator(jobs[0], "tcp://127.0.0.1:0", {"--job", jobs[1].string()});
-  const auto endpoint = wait_for_endpoint();
-  auto utrecht = start_agent("utrecht", endpoint);
-  auto amsterdam = start_agent("amsterdam", endpoint);
-  ASSERT_EQ(coordinator->wait(400s), 0) << testing::read_text(coordinator_log());
-  const double without = mean_dice(dir_ / "jobs" / "ada-plain" / "results.csv", "amsterdam");
-  const double with = mean_dice(dir_ / "jobs" / "ada-secagg" / "results.csv", "amsterdam");
+  const auto dice = run_jobs(jobs, {"utrecht", "amsterdam"});
+  ASSERT_FALSE(HasFailure());
+  const double without = dice[0], with = dice[1];
   std::cout << "federated ADA (float16 transfer), amsterdam's test half: " << without << " plain, " << with << " secure\n";
   EXPECT_NEAR(with, without, 0.002);
   EXPECT_EQ(rounds("ada-secagg").size(), 2u);
