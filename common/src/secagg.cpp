@@ -155,7 +155,8 @@ std::map<std::string, std::vector<std::string>> neighbour_graph(std::vector<std:
   sites.erase(std::unique(sites.begin(), sites.end()), sites.end());
   const int n = static_cast<int>(sites.size());
   std::map<std::string, std::vector<std::string>> graph;
-  int degree = options.degree > 0 ? options.degree : 2 * static_cast<int>(std::ceil(std::log2(std::max(n, 2))));
+  for (const auto& s : sites) graph[s];  // every site has an entry, even alone
+  int degree = options.degree > 0 ? std::min(options.degree, n) : 2 * static_cast<int>(std::ceil(std::log2(std::max(n, 2))));
   degree = std::min(degree + (degree % 2), n - 1);  // even (half on each side), at most everyone else
   if (n <= options.all_pairs_up_to || degree >= n - 1) {
     for (const auto& s : sites) {
@@ -201,13 +202,13 @@ std::vector<std::uint64_t> encode(const std::vector<const TensorSet*>& sets, dou
   out.reserve(element_count(sets));
   std::int64_t beyond = 0;
   const double scale = std::ldexp(1.0, kScaleBits);
-  const auto put = [&](double v) {
-    double x = v * fraction;
+  const auto put = [&](double x) {
+    // Clipped before weighting: with fractions summing to at most 1, no sum passes the clip.
     if (!(std::abs(x) <= kClip)) {  // NaN is clipped to 0, infinities to the clip
       ++beyond;
       x = std::isnan(x) ? 0.0 : std::copysign(kClip, x);
     }
-    out.push_back(static_cast<std::uint64_t>(std::llround(x * scale)));
+    out.push_back(static_cast<std::uint64_t>(std::llround(x * fraction * scale)));
   };
   for (const auto* set : sets) {
     for (const auto& t : set->tensors) {
@@ -344,8 +345,12 @@ Result<std::vector<EncryptedShares>> Client::share(const Roster& roster) {
   s.members = neighbourhood(graph, s.site);
   const int holders = static_cast<int>(s.members.size());
   if (holders > kMaxNeighbourhood) return make_error("secure aggregation: a neighbourhood of more than 255 sites");
-  if (s.roster.threshold < 2 && holders > 1) {
-    return make_error("secure aggregation: threshold " + std::to_string(s.roster.threshold) + " would let one site's shares reveal it");
+  // A round of one site, or a threshold below a majority of the neighbourhood, would let the
+  // coordinator (with fewer colluders than a majority) unmask one site: refused, whatever it says.
+  if (s.roster.keys.size() < 2 || holders < 2) return make_error("secure aggregation: a round of fewer than two sites would reveal this site's update");
+  if (s.roster.threshold < std::max(2, default_threshold(holders))) {
+    return make_error("secure aggregation: threshold " + std::to_string(s.roster.threshold) + " is below a majority of this site's " +
+                      std::to_string(holders) + "-site neighbourhood");
   }
   if (s.roster.threshold > holders) {
     return make_error("secure aggregation: threshold " + std::to_string(s.roster.threshold) + " above the neighbourhood's " +
@@ -398,8 +403,14 @@ Result<std::vector<std::uint64_t>> Client::mask(const ShareRelay& relay, const s
     }
     s.relayed[e.from] = e.sealed;
   }
+  int sharing = 0;
   for (const auto& v : s.members) {
     if (contains(s.shared, v) && !s.relayed.count(v)) return make_error("secure aggregation: no shares relayed from neighbour '" + v + "'");
+    sharing += contains(s.shared, v) ? 1 : 0;
+  }
+  if (sharing < s.roster.threshold) {
+    return make_error("secure aggregation: only " + std::to_string(sharing) + " of this site's neighbourhood shared keys, fewer than the threshold " +
+                      std::to_string(s.roster.threshold) + "; not sending an update");
   }
   auto y = encode(update, s.fraction, clipped);
   if (auto st = add_stream(y, s.self_seed, false); !st) return st.error();
@@ -461,7 +472,7 @@ struct Aggregator::State {
   std::vector<const TensorSet*> layouts;
   std::map<std::string, PublicKeys> keys;
   Roster roster;
-  bool rostered = false, relayed = false;
+  bool rostered = false, relayed = false, closed = false;  // closed: the survivors were named
   std::map<std::string, std::vector<std::string>> graph;
   std::map<std::string, double> weights;
   std::map<std::string, std::vector<EncryptedShares>> shares;  // by sender
@@ -480,6 +491,10 @@ Aggregator::~Aggregator() = default;
 const std::set<std::string>& Aggregator::keyed() const { return s_->keyed; }
 const std::set<std::string>& Aggregator::shared() const { return s_->shared; }
 const std::set<std::string>& Aggregator::masked() const { return s_->masked; }
+double Aggregator::weight_of(const std::string& site) const {
+  const auto it = s_->weights.find(site);
+  return it == s_->weights.end() ? 0.0 : it->second;
+}
 
 Status Aggregator::add_keys(PublicKeys keys) {
   auto& s = *s_;
@@ -511,7 +526,7 @@ Result<Roster> Aggregator::roster(const std::map<std::string, double>& weights, 
   s.graph = neighbour_graph(site_ids(r), graph);
   std::size_t smallest = r.keys.size();
   for (const auto& [site, n] : s.graph) smallest = std::min(smallest, n.size() + 1);
-  r.threshold = threshold > 0 ? threshold : default_threshold(static_cast<int>(smallest));
+  r.threshold = std::max(threshold, default_threshold(static_cast<int>(smallest)));  // a job may raise it, not lower it
   if (static_cast<int>(r.keys.size()) < std::max(r.threshold, 2)) {
     return make_error("secure aggregation: " + std::to_string(r.keys.size()) + " sites sent keys, fewer than the threshold " +
                       std::to_string(std::max(r.threshold, 2)));
@@ -564,7 +579,7 @@ Result<std::map<std::string, ShareRelay>> Aggregator::relays() {
 
 Status Aggregator::add_masked(const std::string& site, const std::vector<std::uint64_t>& masked) {
   auto& s = *s_;
-  if (!s.relayed || !s.revealed_by.empty()) return make_error("secure aggregation: a masked update from '" + site + "' outside its stage");
+  if (!s.relayed || s.closed) return make_error("secure aggregation: a masked update from '" + site + "' outside its stage");
   if (!s.shared.count(site)) return make_error("secure aggregation: a masked update from '" + site + "', which did not share keys");
   if (s.masked.count(site)) return make_error("secure aggregation: a second masked update from '" + site + "'");
   const std::size_t n = element_count(s.layouts);
@@ -578,7 +593,14 @@ Status Aggregator::add_masked(const std::string& site, const std::vector<std::ui
   return {};
 }
 
-Result<std::vector<std::string>> Aggregator::survivors() const {
+Result<std::vector<std::string>> Aggregator::survivors() {
+  auto st = can_unmask();
+  if (!st) return st.error();
+  s_->closed = true;
+  return std::vector<std::string>(s_->masked.begin(), s_->masked.end());
+}
+
+Status Aggregator::can_unmask() const {
   const auto& s = *s_;
   std::vector<std::string> u3(s.masked.begin(), s.masked.end());
   // Every secret the coordinator needs is shared within a neighbourhood of a site of U2: each of
@@ -592,18 +614,25 @@ Result<std::vector<std::string>> Aggregator::survivors() const {
                         "fewer than the threshold " + std::to_string(s.roster.threshold) + "; the round cannot be unmasked");
     }
   }
-  if (u3.empty()) return make_error("secure aggregation: no site sent its masked update");
-  return u3;
+  if (u3.size() < 2) return make_error("secure aggregation: fewer than two sites sent their masked update");
+  return {};
 }
 
 Status Aggregator::add_revealed(const std::string& site, const std::vector<RevealedShare>& shares) {
   auto& s = *s_;
   if (!s.masked.count(site)) return make_error("secure aggregation: shares from '" + site + "', whose update did not arrive");
+  if (!s.closed) return make_error("secure aggregation: shares from '" + site + "' before the survivors were named");
   if (s.revealed_by.count(site)) return make_error("secure aggregation: shares from '" + site + "' twice");
+  std::set<std::string> owners;
   for (const auto& r : shares) {
     const bool wanted = s.shared.count(r.owner) &&
                         (r.kind == SecretKind::self_mask ? s.masked.count(r.owner) > 0 : s.masked.count(r.owner) == 0);
     if (!wanted) return make_error("secure aggregation: site '" + site + "' revealed a share of '" + r.owner + "' that was not asked for");
+    // Each share is the sender's own: its number in the owner's neighbourhood, once per owner.
+    if (r.x != share_number(neighbourhood(s.graph, r.owner), site) || r.x == 0 || !owners.insert(r.owner).second ||
+        r.y.size() != kSecretBytes) {
+      return make_error("secure aggregation: site '" + site + "' sent a share of '" + r.owner + "' that is not its own");
+    }
   }
   s.revealed_by.insert(site);
   for (const auto& r : shares) s.revealed[r.owner][r.kind].push_back(Share{r.x, r.y});

@@ -76,7 +76,7 @@ Status validate_job(protocol::JobSpec& j, const std::string& teacher) {
   }
   if (!(j.lesion_slice_fraction >= 0 && j.lesion_slice_fraction <= 1)) return make_error("lesion_slice_fraction must be between 0 and 1");
   if (j.secagg_threshold < 0) return make_error("secagg_threshold must be 0 (a majority of each neighbourhood) or more");
-  if (!(j.secagg_timeout_s > 0)) return make_error("secagg_timeout_s must be positive");
+  if (!(j.secagg_timeout_s > 0 && j.secagg_timeout_s <= 86400)) return make_error("secagg_timeout_s must be positive and at most 86400 (a day)");
   if (j.secure_aggregation) {
     if (j.type == JobType::evaluate) return make_error("secure_aggregation applies to training jobs, not evaluate");
     // The sum of one site's update is that update; two sites each learn the other's from the average.

@@ -380,6 +380,9 @@ void JobRun::handle_update(SiteInfo& site, const std::string& body) {
   if (secure_ || !update->masked.empty()) {
     // Only the masked vector is added to the round's sum; nothing of it is kept or logged.
     if (!secure_) return refuse("a masked update in a round without secure aggregation");
+    if (static_cast<double>(update->samples) != secure_->aggregator->weight_of(site.id)) {
+      return refuse("sample count " + std::to_string(update->samples) + " differs from its weight in the round's roster");
+    }
     if (!update->model.tensors.empty() || !update->discriminator_grads.tensors.empty() || update->masked.size() % 8 != 0) {
       return refuse("a secure round's update must carry the masked vector only");
     }
@@ -414,6 +417,7 @@ void JobRun::handle_secagg(SiteInfo& site, const protocol::Header& h, const std:
   const auto warn = [&](const std::string& why) { log_->warn("site {}: {} dropped: {}", site.id, protocol::type_name(h.type), why); };
   switch (h.type) {
     case MessageType::secagg_keys: {
+      if (secure_->stage != Secure::Stage::keys) return warn("not in the key stage");
       auto keys = protocol::decode_body<secagg::PublicKeys>(body);
       if (!keys) return warn(keys.error().message);
       if (keys->site != site.id) return warn("keys named for '" + keys->site + "'");
@@ -422,6 +426,7 @@ void JobRun::handle_secagg(SiteInfo& site, const protocol::Header& h, const std:
       return;
     }
     case MessageType::secagg_shares: {
+      if (secure_->stage != Secure::Stage::shares) return warn("not in the share stage");
       auto shares = protocol::decode_body<protocol::SecaggShares>(body);
       if (!shares) return warn(shares.error().message);
       if (!expected_.count(site.id)) return warn("not in this round");
@@ -429,6 +434,7 @@ void JobRun::handle_secagg(SiteInfo& site, const protocol::Header& h, const std:
       return;
     }
     case MessageType::secagg_unmask: {
+      if (secure_->stage != Secure::Stage::unmasking) return warn("not in the unmasking stage");
       auto answer = protocol::decode_body<protocol::SecaggUnmask>(body);
       if (!answer) return warn(answer.error().message);
       if (auto st = a.add_revealed(site.id, answer->shares); !st) return warn(st.error().message);
@@ -515,8 +521,9 @@ void JobRun::secure_step(Clock::time_point now) {
 
 void JobRun::secure_unmask() {
   auto& s = *secure_;
-  auto survivors = s.aggregator->survivors();
+  auto survivors = s.aggregator->survivors();  // closes the sum: no masked update is added after it
   if (!survivors) return fail("round " + std::to_string(round_) + ": " + survivors.error().message);
+  for (auto it = expected_.begin(); it != expected_.end();) it = answered_.count(*it) ? std::next(it) : expected_.erase(it);
   protocol::SecaggUnmask request;
   request.masked = *survivors;
   auto encoded = make_broadcast(nullptr, protocol::encode(protocol::Header{}, request), id(), round_);
@@ -691,7 +698,10 @@ void JobRun::step() {
       }
       const int got = static_cast<int>(answered_.size());
       const bool all_in = got == static_cast<int>(expected_.size()) && got > 0;
-      if ((all_in && got >= needed_) || (now >= deadline_ && got >= needed_ && got > 0)) {
+      // A secure round closes at its deadline only once its sum can be unmasked (otherwise it
+      // waits for more masked updates until it gives up).
+      const bool unmaskable = phase_ != Phase::collecting || !secure_ || secure_->aggregator->can_unmask();
+      if ((all_in && got >= needed_) || (now >= deadline_ && got >= needed_ && got > 0 && unmaskable)) {
         for (const auto& sid : expected_) {
           if (!answered_.count(sid)) {
             log_->warn("site {}: no answer by the deadline of round {}; its late answer will be discarded", sid, round_);

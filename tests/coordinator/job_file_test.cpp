@@ -70,6 +70,7 @@ TEST_F(JobFile, MistakesAreNamed) {
       {"id: a\ntype: evaluate\nteacher: t.pt\nsites: [x, y]\nmin_sites: 2\nsecure_aggregation: true\n", "applies to training jobs"},
       {"id: a\ntype: kd\nteacher: t.pt\nsites: [x, y]\nsecagg_threshold: -1\n", "secagg_threshold must be"},
       {"id: a\ntype: kd\nteacher: t.pt\nsites: [x, y]\nsecagg_timeout_s: 0\n", "secagg_timeout_s must be positive"},
+      {"id: a\ntype: kd\nteacher: t.pt\nsites: [x, y]\nsecagg_timeout_s: 1e30\n", "at most 86400"},
   };
   for (const auto& [text, expected] : cases) {
     auto job = read_job_file(write(text));

@@ -195,7 +195,7 @@ struct JobSpec {
                                    // it to each site's own setting (site.yaml precision) and hardware
   // Secure aggregation (version 7): the coordinator learns only the sum of the round's updates.
   bool secure_aggregation = false;
-  int secagg_threshold = 0;        // shares needed to unmask one site's secrets; 0: a majority of its neighbourhood
+  int secagg_threshold = 0;        // shares needed to unmask one site's secrets: at least a majority of its neighbourhood (0: that)
   double secagg_timeout_s = 60;    // how long each key and share stage waits for the round's sites
 };
 

@@ -31,7 +31,7 @@
 //              dropped, and decodes the sum.
 //
 // Fixed point: a value x of a site whose FedAvg weight is w (of the roster's total W) is encoded
-// as round(clip(x * w / W) * 2^24) modulo 2^64, clip at +/-2^38, so the sum of any roster cannot
+// as round(clip(x) * w / W * 2^24) modulo 2^64, clip at +/-2^38, so the sum of any roster cannot
 // wrap; the decoded average is off from float arithmetic by at most n / 2^25 / (W3 / W) per
 // element (n sites, W3 the weight of those whose update arrived), below 1e-6 at 10 sites.
 //
@@ -75,7 +75,7 @@ Result<std::string> combine(const std::vector<Share>& shares);
 // sites on either side of it on a ring in an order drawn from `seed` (a Harary graph, k-regular),
 // degree = 2 * ceil(log2 n) unless given. Same inputs, same graph, on every machine.
 struct GraphOptions {
-  int degree = 0;               // 0: 2 * ceil(log2 n)
+  int degree = 0;               // 0: 2 * ceil(log2 n); at most n - 1
   int all_pairs_up_to = 16;
   std::uint64_t seed = 0;
 };
@@ -177,8 +177,8 @@ class Aggregator {
   // Stage 1: a site's keys (the last one a site sends counts).
   Status add_keys(PublicKeys keys);
   // Closes stage 1. `weights` are the FedAvg weights of the sites still in the round (a site
-  // that sent keys and is not in it is left out). Error when fewer than the threshold sent keys
-  // (threshold 0: the default majority of each neighbourhood).
+  // that sent keys and is not in it is left out). The threshold is `threshold` or a majority of
+  // the smallest neighbourhood, whichever is larger (sites refuse less). Error when fewer sent keys.
   Result<Roster> roster(const std::map<std::string, double>& weights, int threshold, const GraphOptions& graph);
   // Stage 2: one site's encrypted shares (all addressed to its neighbourhood).
   Status add_shares(const std::string& site, std::vector<EncryptedShares> shares);
@@ -186,9 +186,12 @@ class Aggregator {
   Result<std::map<std::string, ShareRelay>> relays();
   // Stage 3: one site's masked update (a site of U2, once).
   Status add_masked(const std::string& site, const std::vector<std::uint64_t>& masked);
-  // Closes stage 3: U3, sorted. Error when fewer than the threshold of some neighbourhood that
-  // matters sent (the round fails; nothing was revealed).
-  Result<std::vector<std::string>> survivors() const;
+  // Whether stage 3 could close now: error while fewer than the threshold of some neighbourhood
+  // that matters (or fewer than two sites) sent their masked update.
+  Status can_unmask() const;
+  // Closes stage 3 (no masked update is taken after it): U3, sorted; can_unmask()'s error when
+  // it cannot close (the round fails; nothing was revealed).
+  Result<std::vector<std::string>> survivors();
   // Stage 4: a survivor's shares; refused whole when it reveals both secrets of one site, or a
   // secret the coordinator did not ask for.
   Status add_revealed(const std::string& site, const std::vector<RevealedShare>& shares);
@@ -200,6 +203,7 @@ class Aggregator {
   const std::set<std::string>& keyed() const;
   const std::set<std::string>& shared() const;
   const std::set<std::string>& masked() const;
+  double weight_of(const std::string& site) const;  // its FedAvg weight in the roster; 0 if not in it
 
  private:
   struct State;
