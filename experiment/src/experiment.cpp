@@ -428,6 +428,7 @@ Result<std::vector<std::pair<std::string, std::string>>> job_files(const Experim
         << "\nmin_sites: 2\nbn_statistics: " << b.federated_bn << "\nserver_optimizer: " << b.server_optimizer
         << "\nserver_lr: " << b.server_lr << "\n";
       if (!otf && b.curve_every > 0) y << "evaluate_every: " << b.curve_every << "\n";
+      if (o.secure_aggregation) y << "secure_aggregation: true\n";
       if (is_kd(c.method)) y << "student_init: " << b.student_init << "\n";
       if (is_kd(c.method) || c.method == "otf-kd") {
         y << "kd_loss: " << b.kd_loss << "\nkd_hard_weight: " << b.kd_hard_weight << "\nkd_confidence: " << b.kd_confidence
@@ -646,7 +647,8 @@ Result<ExperimentResult> run_experiment(const ExperimentOptions& options) {
                  {"device", o.device},
                  {"precision", o.precision},
                  {"threads", o.threads},
-                 {"secure", o.secure}};
+                 {"secure", o.secure},
+                 {"secure_aggregation", o.secure_aggregation}};
   if (auto st = check_configuration(o, config); !st) return st.error();
 
   double total = 0;

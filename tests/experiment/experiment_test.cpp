@@ -176,6 +176,18 @@ TEST(ExperimentCli, SmokeGridWritesEveryOutputAndResumes) {
   EXPECT_TRUE(is_png(subset / "plots" / "dice-centralized.png"));
   EXPECT_EQ(testing::read_text(subset / "report.md").find("Plots incomplete"), std::string::npos)
       << testing::read_text(subset / "report.md");
+
+  // Federated KD under secure aggregation: every pair's rounds ran through the masked sum.
+  const auto secure = dir / "secure";
+  auto masked = run_command(bin("fedda-sim").string() + " experiment --data " + data.string() + " --profile smoke --out " +
+                            secure.string() + " --modes federated --folds 0 --methods kd --secure-aggregation");
+  ASSERT_EQ(masked.exit_code, 0) << masked.output;
+  const auto coordinator_log = testing::read_text(secure / "federated/logs/coordinator.log");
+  EXPECT_NE(coordinator_log.find("job kd-utrecht-singapore-f0: round 1: secure aggregation among 2 sites"), std::string::npos)
+      << coordinator_log;
+  EXPECT_NE(coordinator_log.find("unmasking the sum of 2 sites"), std::string::npos);
+  std::string secure_header;
+  EXPECT_EQ(csv_rows(secure / "results.csv", secure_header).size(), 6u * 2);  // 6 pairs, 2 test subjects each
 }
 
 TEST(ExperimentCli, BadArgumentsAreNamed) {

@@ -89,6 +89,7 @@ struct ExperimentOptions {
   std::string precision = "auto";    // auto | float32 | bfloat16, every cell (models/precision.h)
   int threads = 0;                   // 0: every core
   bool secure = true;                // federated: provisioned kits (CurveZMQ, signatures, sealed state)
+  bool secure_aggregation = false;   // federated: every training job under secure aggregation (common/secagg.h)
   std::filesystem::path bin_dir;     // fedda-coordinator and fedda-agent (required for federated cells)
   std::function<void(const std::string&)> say;  // progress lines; default: stdout
 };
