@@ -81,6 +81,9 @@ int share_number(const std::vector<std::string>& members, const std::string& hol
   return it != members.end() && *it == holder ? static_cast<int>(it - members.begin()) + 1 : 0;
 }
 
+// Both keys raw X25519 public keys (32 bytes).
+bool well_formed(const PublicKeys& k) { return k.share_key.size() == 32 && k.mask_key.size() == 32; }
+
 bool contains(const std::vector<std::string>& sorted, const std::string& s) {
   return std::binary_search(sorted.begin(), sorted.end(), s);
 }
@@ -195,6 +198,19 @@ std::size_t element_count(const std::vector<const TensorSet*>& sets) {
     for (const auto& t : set->tensors) n += static_cast<std::size_t>(t.elements());
   }
   return n;
+}
+
+std::string to_bytes(const std::vector<std::uint64_t>& words) {
+  std::string bytes(words.size() * sizeof(std::uint64_t), '\0');
+  std::memcpy(bytes.data(), words.data(), bytes.size());
+  return bytes;
+}
+
+Result<std::vector<std::uint64_t>> from_bytes(const std::string& bytes) {
+  if (bytes.size() % sizeof(std::uint64_t) != 0) return make_error("secure aggregation: a masked vector of " + std::to_string(bytes.size()) + " bytes is not whole 64-bit words");
+  std::vector<std::uint64_t> words(bytes.size() / sizeof(std::uint64_t));
+  std::memcpy(words.data(), bytes.data(), bytes.size());
+  return words;
 }
 
 std::vector<std::uint64_t> encode(const std::vector<const TensorSet*>& sets, double fraction, std::int64_t* clipped) {
@@ -327,7 +343,7 @@ Result<std::vector<EncryptedShares>> Client::share(const Roster& roster) {
   s.keys.clear();
   for (const auto& k : s.roster.keys) {
     if (s.keys.count(k.site)) return make_error("secure aggregation: the roster names site '" + k.site + "' twice");
-    if (k.share_key.size() != 32 || k.mask_key.size() != 32) return make_error("secure aggregation: site '" + k.site + "': malformed keys");
+    if (!well_formed(k)) return make_error("secure aggregation: site '" + k.site + "': malformed keys");
     s.keys[k.site] = &k;
   }
   const auto own = s.keys.find(s.site);
@@ -499,7 +515,7 @@ double Aggregator::weight_of(const std::string& site) const {
 Status Aggregator::add_keys(PublicKeys keys) {
   auto& s = *s_;
   if (s.rostered) return make_error("secure aggregation: keys from '" + keys.site + "' after the roster was sent");
-  if (keys.share_key.size() != 32 || keys.mask_key.size() != 32) return make_error("secure aggregation: malformed keys from '" + keys.site + "'");
+  if (!well_formed(keys)) return make_error("secure aggregation: malformed keys from '" + keys.site + "'");
   s.keyed.insert(keys.site);
   s.keys[keys.site] = std::move(keys);
   return {};

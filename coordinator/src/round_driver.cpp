@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <map>
 #include <random>
 
@@ -22,6 +21,9 @@ using protocol::MessageType;
 namespace {
 
 double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
+// A job's time setting in seconds (round_deadline_s, secagg_timeout_s) as a duration.
+std::chrono::milliseconds duration_of(double s) { return std::chrono::milliseconds(static_cast<long>(s * 1000)); }
 
 std::string round_file(int round, const char* what) {
   char name[64];
@@ -383,12 +385,12 @@ void JobRun::handle_update(SiteInfo& site, const std::string& body) {
     if (static_cast<double>(update->samples) != secure_->aggregator->weight_of(site.id)) {
       return refuse("sample count " + std::to_string(update->samples) + " differs from its weight in the round's roster");
     }
-    if (!update->model.tensors.empty() || !update->discriminator_grads.tensors.empty() || update->masked.size() % 8 != 0) {
+    if (!update->model.tensors.empty() || !update->discriminator_grads.tensors.empty()) {
       return refuse("a secure round's update must carry the masked vector only");
     }
-    std::vector<std::uint64_t> words(update->masked.size() / 8);
-    std::memcpy(words.data(), update->masked.data(), update->masked.size());
-    if (auto st = secure_->aggregator->add_masked(site.id, words); !st) return refuse(st.error().message);
+    auto words = secagg::from_bytes(update->masked);
+    if (!words) return refuse(words.error().message);
+    if (auto st = secure_->aggregator->add_masked(site.id, *words); !st) return refuse(st.error().message);
     return count_in();
   }
   if (auto st = check_finite(update->model); !st) return refuse("model: " + st.error().message);
@@ -448,7 +450,7 @@ void JobRun::secure_step(Clock::time_point now) {
   auto& s = *secure_;
   auto& a = *s.aggregator;
   const auto& spec = record_.definition.spec;
-  const auto stage_timeout = std::chrono::milliseconds(static_cast<long>(spec.secagg_timeout_s * 1000));
+  const auto stage_timeout = duration_of(spec.secagg_timeout_s);
   // Sites of the round that did not take part in a stage leave the round.
   const auto close_stage = [&](const std::set<std::string>& took_part, const char* what) {
     for (auto it = expected_.begin(); it != expected_.end();) {
@@ -475,9 +477,7 @@ void JobRun::secure_step(Clock::time_point now) {
       if (!roster) return fail("round " + std::to_string(round_) + ": " + roster.error().message);
       auto encoded = make_broadcast(nullptr, protocol::encode(protocol::Header{}, *roster), id(), round_);
       if (!encoded) return fail(encoded.error().message);
-      for (const auto& k : roster->keys) {
-        if (auto* site = host_.sites().find(k.site); site && site->alive) host_.send(*site, MessageType::secagg_roster, id(), round_, *encoded);
-      }
+      for (const auto& k : roster->keys) send_to(k.site, MessageType::secagg_roster, *encoded);
       log_->info("job {}: round {}: secure aggregation among {} sites, threshold {}", id(), round_, roster->keys.size(), roster->threshold);
       s.stage = Secure::Stage::shares;
       s.stage_deadline = now + stage_timeout;
@@ -489,11 +489,9 @@ void JobRun::secure_step(Clock::time_point now) {
       auto relays = a.relays();
       if (!relays) return fail("round " + std::to_string(round_) + ": " + relays.error().message);
       for (auto& [sid, relay] : *relays) {
-        auto* site = host_.sites().find(sid);
-        if (!site || !site->alive) continue;
         auto encoded = make_broadcast(nullptr, protocol::encode(protocol::Header{}, relay), id(), round_);
         if (!encoded) return fail(encoded.error().message);
-        host_.send(*site, MessageType::secagg_relay, id(), round_, *encoded);
+        send_to(sid, MessageType::secagg_relay, *encoded);
       }
       log_->info("job {}: round {}: shares of {} sites relayed", id(), round_, a.shared().size());
       s.stage = Secure::Stage::collecting;
@@ -528,9 +526,7 @@ void JobRun::secure_unmask() {
   request.masked = *survivors;
   auto encoded = make_broadcast(nullptr, protocol::encode(protocol::Header{}, request), id(), round_);
   if (!encoded) return fail(encoded.error().message);
-  for (const auto& sid : *survivors) {
-    if (auto* site = host_.sites().find(sid); site && site->alive) host_.send(*site, MessageType::secagg_unmask, id(), round_, *encoded);
-  }
+  for (const auto& sid : *survivors) send_to(sid, MessageType::secagg_unmask, *encoded);
   std::string dropped;
   for (const auto& sid : s.aggregator->shared()) {
     if (!s.aggregator->masked().count(sid)) dropped += (dropped.empty() ? "" : ", ") + sid;
@@ -538,14 +534,18 @@ void JobRun::secure_unmask() {
   log_->info("job {}: round {}: unmasking the sum of {} sites{}", id(), round_, survivors->size(),
              dropped.empty() ? "" : "; removing the masks of " + dropped + " (shared, then dropped out)");
   s.stage = Secure::Stage::unmasking;
-  s.stage_deadline = Clock::now() + std::chrono::milliseconds(static_cast<long>(record_.definition.spec.secagg_timeout_s * 1000));
+  s.stage_deadline = Clock::now() + duration_of(record_.definition.spec.secagg_timeout_s);
+}
+
+bool JobRun::send_to(const std::string& site, MessageType type, const Broadcast& body) {
+  auto* s = host_.sites().find(site);
+  if (!s || !s->alive) return false;
+  host_.send(*s, type, id(), round_, body);
+  return true;
 }
 
 void JobRun::ask(const std::string& site) {
-  auto* s = host_.sites().find(site);
-  if (!s || !s->alive) return;
-  expected_.insert(site);
-  host_.send(*s, MessageType::round_task, id(), round_, task_);
+  if (send_to(site, MessageType::round_task, task_)) expected_.insert(site);
 }
 
 void JobRun::open_round() {
@@ -590,7 +590,7 @@ void JobRun::open_round() {
   current_.cost.task_bytes = static_cast<std::int64_t>(task_.body->size());
   current_.cost.encode_s = seconds_since(encode_start);
   phase_start_ = encode_start;
-  deadline_ = Clock::now() + std::chrono::milliseconds(static_cast<long>(spec.round_deadline_s * 1000));
+  deadline_ = Clock::now() + duration_of(spec.round_deadline_s);
   give_up_ = deadline_ + host_.start_timeout();
   phase_ = Phase::collecting;
   log_->info("job {}: round {}/{} with {} sites", id(), round_, spec.rounds, candidates.size());
@@ -601,16 +601,13 @@ void JobRun::open_round() {
     if (m.discriminator) secure_->grad_layout = protocol::parameters_only(task.discriminator);
     secure_->aggregator = std::make_unique<secagg::Aggregator>(secagg::round_context(id(), round_),
                                                                std::vector<const TensorSet*>{&m.global, &secure_->grad_layout});
-    secure_->stage_deadline = Clock::now() + std::chrono::milliseconds(static_cast<long>(spec.secagg_timeout_s * 1000));
+    secure_->stage_deadline = Clock::now() + duration_of(spec.secagg_timeout_s);
     auto encoded = make_broadcast(nullptr, protocol::encode_empty(protocol::Header{}), id(), round_);
     if (!encoded) return fail(encoded.error().message);
     keys_request = std::move(*encoded);
   }
   for (const auto& sid : candidates) {
-    // The key request goes first: the site's keys exist before its update can.
-    if (auto* site = host_.sites().find(sid); secure_ && site && site->alive) {
-      host_.send(*site, MessageType::secagg_keys, id(), round_, keys_request);
-    }
+    if (secure_) send_to(sid, MessageType::secagg_keys, keys_request);  // first: the keys exist before the update can
     ask(sid);
   }
 }
@@ -630,7 +627,7 @@ void JobRun::open_evaluation(bool interim) {
   auto encoded = make_broadcast(host_.kit(), protocol::encode(protocol::Header{}, task), id(), round_);
   if (!encoded) return fail(encoded.error().message);
   task_ = std::move(*encoded);
-  deadline_ = Clock::now() + std::chrono::milliseconds(static_cast<long>(spec.round_deadline_s * 1000));
+  deadline_ = Clock::now() + duration_of(spec.round_deadline_s);
   give_up_ = deadline_ + host_.start_timeout();
   phase_ = Phase::evaluating;
   const auto candidates = ready_sites(false);
@@ -670,7 +667,7 @@ void JobRun::step() {
           preparing = true;
         }
       }
-      const auto grace = phase_start_ + std::chrono::milliseconds(static_cast<long>(spec.round_deadline_s * 1000));
+      const auto grace = phase_start_ + duration_of(spec.round_deadline_s);
       if (static_cast<int>(ready) >= spec.min_sites && (!preparing || now >= grace)) return open_round();
       if (now >= phase_start_ + host_.start_timeout()) {
         return fail("only " + std::to_string(ready) + " of min_sites " + std::to_string(spec.min_sites) +
@@ -745,7 +742,7 @@ void JobRun::close_round() {
   commit_round(std::move(*averaged), std::move(grads));
 }
 
-void JobRun::commit_round(TensorSet averaged_set, std::optional<TensorSet> grads) {
+void JobRun::commit_round(TensorSet averaged, std::optional<TensorSet> grads) {
   auto& m = *model_;
   auto& store = host_.store();
   const auto& spec = record_.definition.spec;
@@ -753,13 +750,12 @@ void JobRun::commit_round(TensorSet averaged_set, std::optional<TensorSet> grads
   const std::string storage_key = host_.kit() ? host_.kit()->storage_key : std::string();
   const int r = round_;
   const auto average_start = Clock::now();
-  auto* averaged = &averaged_set;
-  for (auto& t : averaged->tensors) {  // FedBN: batch norm stays each site's; the global keeps its own
+  for (auto& t : averaged.tensors) {  // FedBN: batch norm stays each site's; the global keeps its own
     if (std::count(m.local_norm.begin(), m.local_norm.end(), t.name)) {
       if (const auto* kept = m.global.find(t.name)) t = *kept;
     }
   }
-  auto stepped = m.server->step(m.global, *averaged);
+  auto stepped = m.server->step(m.global, averaged);
   if (!stepped) return fail(stepped.error().message);
   m.global = std::move(*stepped);
   current_.cost.aggregate_s += seconds_since(average_start);

@@ -94,6 +94,8 @@ class JobRun {
   void offer(SiteInfo& site);
   void open_round();
   void open_evaluation(bool interim);
+  // Sends `body` to `site` if it is connected; false when it is not.
+  bool send_to(const std::string& site, protocol::MessageType type, const Broadcast& body);
   void ask(const std::string& site);
   void close_round();
   // Steps the global model with the round's averages, persists the round and moves on.

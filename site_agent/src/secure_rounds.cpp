@@ -1,7 +1,5 @@
 #include "secure_rounds.h"
 
-#include <cstring>
-
 #include "fedda/common/crypto.h"
 #include "fedda/common/log.h"
 
@@ -11,24 +9,12 @@ using protocol::MessageType;
 SecureRounds::SecureRounds(std::string site, std::optional<kit::SiteKit> kit) : site_(std::move(site)), kit_(std::move(kit)) {}
 SecureRounds::~SecureRounds() = default;
 
-template <typename Body>
-Outgoing SecureRounds::message(MessageType type, const std::string& job, int round, const Body& body, std::string summary) const {
-  protocol::Header h;
-  h.type = type;
-  h.sender = site_;
-  h.job_id = job;
-  h.round = round;
-  return Outgoing{type, job, round, protocol::encode(h, body), std::move(summary), {}};
-}
-
 Outgoing SecureRounds::failure(const std::string& job, const std::string& reason) const {
   log::get("agent")->error("job {}: {}", job, reason);
   protocol::JobFailed failed;
   failed.code = protocol::FailureCode::secure_aggregation;
   failed.reason = reason;  // names sites and stages only: nothing of the site's data
-  auto out = message(MessageType::job_failed, job, 0, failed, {});
-  out.detail = reason;
-  return out;
+  return make_outgoing(site_, MessageType::job_failed, job, 0, failed, {}, reason);
 }
 
 void SecureRounds::forget(const std::string& job) {
@@ -62,7 +48,7 @@ std::vector<Outgoing> SecureRounds::handle(const Inbound& in) {
     r.client = std::make_unique<secagg::Client>(site_, secagg::round_context(h.job_id, h.round), signer, verifier);
     auto keys = kit_ ? r.client->advertise(kit_->manifest, kit_->manifest_signature) : r.client->advertise();
     if (!keys) return {failure(h.job_id, keys.error().message)};
-    return {message(MessageType::secagg_keys, h.job_id, h.round, *keys, "secure aggregation: round keys")};
+    return {make_outgoing(site_, MessageType::secagg_keys, h.job_id, h.round, *keys, "secure aggregation: round keys")};
   }
   const auto it = rounds_.find(key);
   if (it == rounds_.end()) {
@@ -78,7 +64,7 @@ std::vector<Outgoing> SecureRounds::handle(const Inbound& in) {
       if (!shares) return {failure(h.job_id, shares.error().message)};
       log->info("job {}: round {}: keys of {} sites checked; shares sent to {} neighbours", h.job_id, h.round,
                 roster->keys.size(), r.client->neighbours().size());
-      return {message(MessageType::secagg_shares, h.job_id, h.round, protocol::SecaggShares{std::move(*shares)},
+      return {make_outgoing(site_, MessageType::secagg_shares, h.job_id, h.round, protocol::SecaggShares{std::move(*shares)},
                       "secure aggregation: encrypted shares")};
     }
     case MessageType::secagg_relay: {
@@ -97,7 +83,7 @@ std::vector<Outgoing> SecureRounds::handle(const Inbound& in) {
       log->info("job {}: round {}: {} shares sent to unmask the sum of {} sites", h.job_id, h.round, answer.shares.size(),
                 request->masked.size());
       rounds_.erase(it);  // nothing more of this round will be asked
-      return {message(MessageType::secagg_unmask, h.job_id, h.round, answer, "secure aggregation: unmasking shares")};
+      return {make_outgoing(site_, MessageType::secagg_unmask, h.job_id, h.round, answer, "secure aggregation: unmasking shares")};
     }
     default: return {};
   }
@@ -127,10 +113,9 @@ std::vector<Outgoing> SecureRounds::release(const std::string& job, int round, R
   if (clipped > 0) log::get("agent")->warn("job {}: round {}: {} values beyond secure aggregation's range were clipped", job, round, clipped);
   update->model = TensorSet{};
   update->discriminator_grads = TensorSet{};
-  update->masked.resize(masked->size() * sizeof(std::uint64_t));
-  std::memcpy(update->masked.data(), masked->data(), update->masked.size());
+  update->masked = secagg::to_bytes(*masked);
   const std::string summary = "masked update (" + std::to_string(masked->size()) + " words)";
-  return {message(MessageType::round_update, job, round, *update, summary)};
+  return {make_outgoing(site_, MessageType::round_update, job, round, *update, summary)};
 }
 
 }  // namespace fedda::site_agent

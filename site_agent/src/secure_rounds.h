@@ -44,8 +44,6 @@ class SecureRounds {
   };
   std::vector<Outgoing> release(const std::string& job, int round, Round& r);
   Outgoing failure(const std::string& job, const std::string& reason) const;
-  template <typename Body>
-  Outgoing message(protocol::MessageType type, const std::string& job, int round, const Body& body, std::string summary) const;
 
   std::string site_;
   std::optional<kit::SiteKit> kit_;

@@ -52,20 +52,10 @@ struct SiteWorker::Impl {
   std::vector<std::string> subject_ids;  // this site's, for redaction
   std::vector<Outgoing> out;
 
-  protocol::Header header(MessageType type, const std::string& job_id, int round) const {
-    protocol::Header h;
-    h.type = type;
-    h.sender = config.site_id;
-    h.job_id = job_id;
-    h.round = round;
-    return h;
-  }
-
   template <typename Body>
   void post(MessageType type, const std::string& job_id, int round, const Body& body, std::string tensors = {},
             std::string detail = {}) {
-    out.push_back({type, job_id, round, protocol::encode(header(type, job_id, round), body), std::move(tensors),
-                   std::move(detail)});
+    out.push_back(make_outgoing(config.site_id, type, job_id, round, body, std::move(tensors), std::move(detail)));
   }
 
   // The full reason stays here (log, audit log); what leaves is the code, the rule and the

@@ -35,6 +35,18 @@ struct Outgoing {
   bool secure = false;  // a round_update of a secure-aggregation job: masked before it leaves (secure_rounds.h)
 };
 
+// `body` from `site` as an encoded message for the session.
+template <typename Body>
+Outgoing make_outgoing(const std::string& site, protocol::MessageType type, const std::string& job_id, int round, const Body& body,
+                       std::string tensors = {}, std::string detail = {}) {
+  protocol::Header h;
+  h.type = type;
+  h.sender = site;
+  h.job_id = job_id;
+  h.round = round;
+  return Outgoing{type, job_id, round, protocol::encode(h, body), std::move(tensors), std::move(detail)};
+}
+
 class SiteWorker {
  public:
   // Error when the pseudonym key cannot be had (kit unreadable, cache not writable).

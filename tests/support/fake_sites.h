@@ -17,7 +17,6 @@
 #include <thread>
 #include <vector>
 
-#include <cstring>
 #include <optional>
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
@@ -261,8 +260,7 @@ class FakeSites {
     u.samples = 100;
     u.steps = 1;
     u.loss = 1.0 / (1 + s.secure_round.second);
-    u.masked.resize(masked->size() * 8);
-    std::memcpy(u.masked.data(), masked->data(), u.masked.size());
+    u.masked = secagg::to_bytes(*masked);
     s.own_update = protocol::encode(protocol::Header{}, u);
     secure_us_ += std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start).count();
     send(s, protocol::MessageType::update_ready, s.secure_round.first, s.secure_round.second, protocol::encode_empty(protocol::Header{}));

@@ -93,6 +93,10 @@ std::vector<std::uint64_t> encode(const std::vector<const TensorSet*>& sets, dou
 Result<std::vector<TensorSet>> decode(const std::vector<std::uint64_t>& sum, const std::vector<const TensorSet*>& layouts,
                                       double fraction_sum);
 std::size_t element_count(const std::vector<const TensorSet*>& sets);
+// A masked vector as it travels (RoundUpdate.masked: little-endian 64-bit words) and back;
+// error when the byte count is not a whole number of words.
+std::string to_bytes(const std::vector<std::uint64_t>& words);
+Result<std::vector<std::uint64_t>> from_bytes(const std::string& bytes);
 
 // ---- messages (the wire's bodies carry these; protocol.h serialises them) -------------------
 struct PublicKeys {
