@@ -61,7 +61,7 @@ class ScanMemo {
     budget_ = (mb ? std::strtoull(mb, nullptr, 10) : 2048ull) << 20;
   }
   static std::size_t bytes(const ScanSlices& s) {
-    std::size_t n = s.images.numel() * s.images.element_size();
+    std::size_t n = s.images.numel() * s.images.element_size() + s.brain.numel();
     if (s.labels.defined()) n += s.labels.numel() * s.labels.element_size();
     return n;
   }
@@ -103,6 +103,10 @@ Result<ScanSlices> read_scan(const imaging::SubjectFiles& files, const GridSpec&
   s.images = torch::stack({image_tensor(pre->flair), image_tensor(pre->t1)}, 1).contiguous();
   const auto& n = pre->grid.size;
   const std::size_t plane = n[0] * n[1];
+  s.brain = torch::from_blob(pre->mask.voxels.data(),
+                             {static_cast<int64_t>(n[2]), static_cast<int64_t>(n[1]), static_cast<int64_t>(n[0])},
+                             torch::kUInt8)
+                .ne(0);
   for (std::size_t z = 0; z < n[2]; ++z) {
     const auto* m = &pre->mask.voxels[z * plane];
     if (std::any_of(m, m + plane, [](auto v) { return v != 0; })) s.brain_slices.push_back(static_cast<int>(z));

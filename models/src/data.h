@@ -20,6 +20,7 @@ struct ScanSlices {
   torch::Tensor images;          // [S, 2, H, W] float32: z-scored FLAIR, T1 on the model grid
   torch::Tensor labels;          // [S, H, W] int64 in {0, 1, 2}; undefined when unlabelled
   torch::Tensor soft;            // [S, H, W] float16 teacher's tempered p(WMH); undefined if none
+  torch::Tensor brain;           // [S, H, W] bool: the brain mask on the grid
   std::vector<int> brain_slices;   // slices holding brain
   std::vector<int> lesion_slices;  // slices with (labelled, else teacher-predicted) WMH
   imaging::Geometry original;

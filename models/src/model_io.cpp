@@ -74,9 +74,10 @@ static Status check_shapes(const fs::path& path, const UNetSpec& spec, UNet& loa
   return Status::success();
 }
 
-Status save_model(const fs::path& path, const ModelSpec& spec, UNet& net) {
+Status save_model(const fs::path& path, const ModelSpec& spec, UNet& net, const std::string& quality) {
   torch::serialize::OutputArchive archive;
   archive.write("fedda.spec", c10::IValue(to_json(spec)));
+  if (!quality.empty()) archive.write("fedda.quality", c10::IValue(quality));
   net->to(torch::kCPU);
   net->save(archive);
   return write_archive(path, archive, "model");
@@ -101,6 +102,9 @@ Result<LoadedModel> load_model(const fs::path& path, const torch::Device& device
   if (!spec) return make_error(path.string() + ": " + spec.error().message);
   LoadedModel m;
   m.spec = *spec;
+  if (c10::IValue quality; archive.try_read("fedda.quality", quality) && quality.isString()) {
+    m.quality = quality.toStringRef();
+  }
   m.net = UNet(spec->unet);
   try {
     m.net->load(archive);

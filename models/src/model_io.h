@@ -2,6 +2,7 @@
 // Model and checkpoint files (private; LibTorch inside). Writes go through a temporary name.
 
 #include <filesystem>
+#include <string>
 
 #include <torch/torch.h>
 
@@ -14,9 +15,12 @@ namespace fedda::models {
 struct LoadedModel {
   ModelSpec spec;
   UNet net{nullptr};
+  std::string quality;  // the label-free quality estimator's JSON (quality.h), empty when none
 };
 
-Status save_model(const std::filesystem::path& path, const ModelSpec& spec, UNet& net);
+// `quality`: an estimator's JSON to carry (quality.h); a model saved after training has none,
+// since an estimator belongs to the weights it was fitted for.
+Status save_model(const std::filesystem::path& path, const ModelSpec& spec, UNet& net, const std::string& quality = {});
 Result<LoadedModel> load_model(const std::filesystem::path& path, const torch::Device& device);
 
 // Training state: model, optimizer and the number of finished epochs (plus a discriminator

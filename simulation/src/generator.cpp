@@ -295,6 +295,15 @@ SimulatedSubject simulate_subject(const Anatomy& a, const ClinicProfile& clinic,
   return out;
 }
 
+ClinicProfile changed_scanner(const ClinicProfile& clinic) {
+  ClinicProfile c = clinic;
+  c.scanner += " (after the upgrade)";
+  c.flair_gamma *= 1.3;
+  c.t1_gamma *= 0.85;
+  c.noise *= 2;
+  return c;
+}
+
 Result<GenerateSummary> generate(const GenerateOptions& options,
                                  const std::function<void(const std::string&, const std::string&, int, int)>& progress) {
   const auto start = std::chrono::steady_clock::now();
@@ -306,6 +315,17 @@ Result<GenerateSummary> generate(const GenerateOptions& options,
   }
   for (auto& c : *clinics) {
     if (options.subjects) c.subjects = *options.subjects;
+  }
+  std::optional<std::pair<std::size_t, ClinicProfile>> changed;  // clinic index, profile after the change
+  if (const auto& change = options.scanner_change) {
+    for (std::size_t c = 0; c < clinics->size(); ++c) {
+      if ((*clinics)[c].name == change->clinic) changed.emplace(c, changed_scanner((*clinics)[c]));
+    }
+    if (!changed) return make_error("--scanner-change: clinic '" + change->clinic + "' is not among those generated");
+    if (change->from_index < 1 || change->from_index >= (*clinics)[changed->first].subjects) {
+      return make_error("--scanner-change: the change must come after the first subject and before the last (index 1.." +
+                        std::to_string((*clinics)[changed->first].subjects - 1) + ")");
+    }
   }
   const fs::path templates = options.templates_dir.empty() ? default_templates_dir() : options.templates_dir;
   auto anatomy = load_anatomy(templates);
@@ -333,7 +353,9 @@ Result<GenerateSummary> generate(const GenerateOptions& options,
         std::lock_guard<std::mutex> lock(mutex);
         if (first_error) return;
       }
-      const ClinicProfile& clinic = (*clinics)[tasks[k].clinic];
+      const bool after_change = changed && changed->first == tasks[k].clinic &&
+                                tasks[k].index >= options.scanner_change->from_index;
+      const ClinicProfile& clinic = after_change ? changed->second : (*clinics)[tasks[k].clinic];
       SimulatedSubject s = simulate_subject(*anatomy, clinic, options.seed, tasks[k].index);
       const fs::path dir = options.out / clinic.name / s.draw.id;
       Status st = imaging::write_image(dir / "pre" / "FLAIR.nii.gz", s.flair);
@@ -348,7 +370,8 @@ Result<GenerateSummary> generate(const GenerateOptions& options,
                                                   {"lesion_ml_drawn", s.draw.lesion_ml},
                                                   {"lesion_ml_label", s.label_ml},
                                                   {"lacune", s.draw.lacune},
-                                                  {"ventricle_enlargement", s.draw.ventricle_enlargement}};
+                                                  {"ventricle_enlargement", s.draw.ventricle_enlargement},
+                                                  {"scanner_changed", after_change}};
       const int n = ++done;
       if (progress) progress(clinic.name, s.draw.id, n, static_cast<int>(tasks.size()));
     }
@@ -361,7 +384,16 @@ Result<GenerateSummary> generate(const GenerateOptions& options,
 
   for (std::size_t c = 0; c < clinics->size(); ++c) {
     const auto& clinic = (*clinics)[c];
-    const std::string json = clinic_json(clinic, options.profile, options.seed, records[c]).dump(2) + "\n";
+    auto description = clinic_json(clinic, options.profile, options.seed, records[c]);
+    if (changed && changed->first == c) {
+      const auto& after = changed->second;
+      description["scanner_change"] = {{"from_subject", records[c][options.scanner_change->from_index].value("subject", "")},
+                                       {"scanner", after.scanner},
+                                       {"flair_gamma", after.flair_gamma},
+                                       {"t1_gamma", after.t1_gamma},
+                                       {"rician_noise_fraction_of_wm", after.noise}};
+    }
+    const std::string json = description.dump(2) + "\n";
     if (auto st = files::write_atomically(options.out / clinic.name / "clinic.json", json); !st) return st.error();
   }
   GenerateSummary summary;

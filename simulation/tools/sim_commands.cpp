@@ -13,7 +13,7 @@ namespace fedda::simulation::tools {
 
 void add_generate(CLI::App& app, int& rc) {
   struct Args {
-    std::string profile = "smoke", out, clinics, templates, layout = "wmh";
+    std::string profile = "smoke", out, clinics, templates, layout = "wmh", scanner_change;
     std::uint64_t seed = 1;
     int subjects = 0, threads = 0;
   };
@@ -37,6 +37,10 @@ void add_generate(CLI::App& app, int& rc) {
                   "in the layouts a site's data.layout reads")
       ->capture_default_str()
       ->check(CLI::IsMember(imaging::data_layouts()));
+  cmd->add_option("--scanner-change", a->scanner_change,
+                  "CLINIC:N: a mid-study scanner change at CLINIC, its subjects from the N-th on (0-based, in subject "
+                  "order) acquired with another contrast curve (FLAIR gamma x1.3, T1 gamma x0.85) and twice the noise; "
+                  "clinic.json marks them (for fedda-agent monitor's drift alerts)");
   cmd->add_option("--templates", a->templates,
                   "folder with ch2bet.nii.gz, ch2better.nii.gz and JHU-WhiteMatter-labels-1mm.nii.gz "
                   "(default: $FEDDA_TEMPLATES or /usr/share/mricron/templates)");
@@ -53,6 +57,18 @@ void add_generate(CLI::App& app, int& rc) {
     if (a->subjects != 0) o.subjects = a->subjects;
     o.threads = a->threads;
     o.templates_dir = a->templates;
+    if (!a->scanner_change.empty()) {
+      const auto colon = a->scanner_change.find(':');
+      int from = -1;
+      try {
+        if (colon != std::string::npos) from = std::stoi(a->scanner_change.substr(colon + 1));
+      } catch (const std::exception&) {
+      }
+      if (colon == std::string::npos || from < 0) {
+        throw CLI::ValidationError("--scanner-change", "expected CLINIC:N, e.g. utrecht:5, got '" + a->scanner_change + "'");
+      }
+      o.scanner_change = ScannerChange{a->scanner_change.substr(0, colon), from};
+    }
     std::stringstream list(a->clinics);
     for (std::string name; std::getline(list, name, ',');) {
       if (!name.empty()) o.clinics.push_back(name);

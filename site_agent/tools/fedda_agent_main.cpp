@@ -5,6 +5,7 @@
 #include <cstring>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <iostream>
 #include <optional>
 #include <string>
@@ -18,8 +19,10 @@
 #include "fedda/imaging/subject_index.h"
 #include "fedda/common/version.h"
 #include "fedda/models/engine.h"
+#include "fedda/models/quality.h"
 #include "fedda/site_agent/agent.h"
 #include "fedda/site_agent/approvals.h"
+#include "fedda/site_agent/monitor.h"
 #include "fedda/site_agent/site_config.h"
 #include "fedda/site_agent/site_status.h"
 
@@ -282,6 +285,183 @@ int main(int argc, char** argv) {
       return;
     }
     log->info("wrote {}", out);
+  });
+
+  // The subjects of a folder in any layout the agent reads (imaging/subject_index.h), or of the
+  // site config's data; error logged and rc set when there are none.
+  std::string data_dir, data_layout;
+  const auto data_subjects = [&](const std::optional<site_agent::SiteConfig>& config,
+                                 const std::filesystem::path& dicom_cache) -> std::optional<std::vector<imaging::SubjectFiles>> {
+    auto log = log::get("fedda-agent");
+    if (config) {
+      auto list = site_agent::site_subjects(*config);
+      if (!list) {
+        log->error("{}", list.error().message);
+        rc = 1;
+        return std::nullopt;
+      }
+      return std::move(*list);
+    }
+    auto source = imaging::detect_data_source(data_dir);
+    if (!source) {
+      log->error("{}", source.error().message);
+      rc = 1;
+      return std::nullopt;
+    }
+    if (!data_layout.empty()) source->layout = data_layout;
+    if (source->layout == "dicom" && source->cache.empty()) source->cache = dicom_cache;
+    auto index = imaging::index_subjects(*source);
+    if (!index) {
+      log->error("{}", index.error().message);
+      rc = 1;
+      return std::nullopt;
+    }
+    for (const auto& i : index->ignored) log->warn("ignored {}: {}", i.path.string(), i.reason);
+    return std::move(index->subjects);
+  };
+
+  std::string teacher, baseline, precision = "auto";
+  double flag_below = 0.2;
+  bool score = false;
+  auto* monitor = app.add_subcommand(
+      "monitor",
+      "How well a model works on this site's scans, without labels: per scan an estimated Dice with a 90% interval "
+      "(from the quality estimator the model file carries; fedda-agent calibrate fits one at a labelled site) and the "
+      "signals behind it (the model's entropy and self-expected Dice, its agreement under test-time augmentation and "
+      "with --teacher, predicted lesion volume and count, intensity histogram and noise). Writes OUT/estimates.csv, "
+      "OUT/report.html (thumbnails of flagged scans), OUT/site-profile.json (this run's image statistics, the "
+      "--baseline of a later run) and OUT/summary.json (aggregates only, the one file meant to leave the site). A scan "
+      "is flagged when its estimate is below --flag-below, when its signals leave the estimator's range, or when it "
+      "drifted from --baseline. With --config: the site's data, OUT defaults to cache_dir/reports/monitor-<time>, and "
+      "the baseline to cache_dir/reports/site-profile.json (written by the first run).");
+  monitor->add_option("--model", model, "fedda model file (.pt)")->required();
+  monitor->add_option("--teacher", teacher, "the teacher it was distilled from (agreement with it is a signal)");
+  auto* monitor_data = monitor->add_option("--data", data_dir, "the scans: a folder in any layout the agent reads");
+  auto* monitor_config = monitor->add_option("--config", config_path, "site config (YAML): its data and cache_dir");
+  monitor_data->excludes(monitor_config);
+  monitor->add_option("--layout", data_layout, "--data's layout when detection is not enough (wmh, bids, datalist, dicom)");
+  monitor->add_option("--out", out, "report folder (created)");
+  monitor->add_option("--baseline", baseline, "an earlier run's site-profile.json: flag scans that drifted from it");
+  monitor->add_option("--flag-below", flag_below, "flag scans whose estimated Dice is below this")->capture_default_str();
+  monitor->add_flag("--score", score, "also score against the labels where present (true_dsc column; for validation: "
+                                      "the estimate never reads them)");
+  monitor->add_option("--device", device, "cpu or cuda")->capture_default_str();
+  monitor->add_option("--precision", precision, "auto, float32 or bfloat16")->capture_default_str();
+  monitor->callback([&]() {
+    auto log = log::get("fedda-agent");
+    if (data_dir.empty() && config_path.empty()) {
+      log->error("monitor needs --data or --config");
+      rc = 2;
+      return;
+    }
+    std::optional<site_agent::SiteConfig> config;
+    if (!config_path.empty()) {
+      config = load_config();
+      if (!config) return;
+    }
+    site_agent::MonitorOptions options;
+    options.model = model;
+    if (!teacher.empty()) options.teacher = teacher;
+    options.flag_below = flag_below;
+    options.score = score;
+    options.device = device;
+    options.precision = precision;
+    std::filesystem::path site_baseline;
+    if (config) {
+      const auto reports = config->cache_dir / "reports";
+      site_baseline = reports / "site-profile.json";
+      if (out.empty()) {
+        const auto now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+        char stamp[32];
+        std::strftime(stamp, sizeof stamp, "monitor-%Y%m%dT%H%M%SZ", std::gmtime(&now));
+        out = (reports / stamp).string();
+      }
+      std::error_code ec;
+      if (baseline.empty() && std::filesystem::exists(site_baseline, ec)) baseline = site_baseline.string();
+    }
+    if (out.empty()) {
+      log->error("monitor needs --out (or --config)");
+      rc = 2;
+      return;
+    }
+    options.out = out;
+    if (!baseline.empty()) options.baseline = baseline;
+    auto subjects = data_subjects(config, options.out / "dicom-cache");
+    if (!subjects) return;
+    log->info("monitoring {} scans with {}{}", subjects->size(), model,
+              options.baseline ? " against baseline " + options.baseline->string() : std::string());
+    auto summary = site_agent::run_monitor(options, *subjects, [&](int done, int total) {
+      if (done == total || done % 5 == 0) log->info("{} of {} scans", done, total);
+    });
+    if (!summary) {
+      log->error("{}", summary.error().message);
+      rc = 1;
+      return;
+    }
+    for (const auto& s : summary->skipped) log->warn("skipped {}", s);
+    if (!summary->has_estimator) log->warn("{} carries no quality estimator: signals only (fedda-agent calibrate fits one)", model);
+    std::cout << summary->scans << " scans, " << summary->flagged << " flagged";
+    if (summary->has_estimator) {
+      std::cout << ", estimated Dice median " << summary->median << " (IQR " << summary->q1 << " to " << summary->q3 << ")";
+    }
+    if (options.baseline) {
+      std::cout << ", " << summary->drifted << " drifted from the baseline" << (summary->site_drifted ? ": SITE DRIFTED" : "");
+    }
+    std::cout << "\nreport: " << (options.out / "report.html").string() << "\n";
+    if (config && !options.baseline) {
+      std::error_code ec;
+      std::filesystem::copy_file(options.out / "site-profile.json", site_baseline, ec);
+      if (!ec) log->info("this run is the site's baseline from now on: {}", site_baseline.string());
+    }
+  });
+
+  auto* calibrate = app.add_subcommand(
+      "calibrate",
+      "Fit the label-free quality estimator of a model where labels exist (a source site; the labelled half in "
+      "simulation): each labelled scan is segmented as it is and under 7 acquisition changes (contrast curves, noise, "
+      "blur, a bias field), its signals regressed on its Dice, and the estimator written into a copy of the model "
+      "file (--out), which sites without labels then monitor with. With --teacher the teacher's agreement is one of "
+      "the signals, and monitor needs the same teacher.");
+  calibrate->add_option("--model", model, "fedda model file (.pt)")->required();
+  calibrate->add_option("--teacher", teacher, "the teacher it was distilled from");
+  calibrate->add_option("--data", data_dir, "labelled scans: a folder in any layout the agent reads")->required();
+  calibrate->add_option("--layout", data_layout, "--data's layout when detection is not enough");
+  calibrate->add_option("--out", out, "the model file with its estimator (may be --model itself)")->required();
+  calibrate->add_option("--device", device, "cpu or cuda")->capture_default_str();
+  calibrate->add_option("--precision", precision, "auto, float32 or bfloat16")->capture_default_str();
+  calibrate->callback([&]() {
+    auto log = log::get("fedda-agent");
+    auto subjects = data_subjects(std::nullopt, std::filesystem::path(out).parent_path() / "dicom-cache");
+    if (!subjects) return;
+    std::vector<imaging::SubjectFiles> labelled;
+    for (const auto& s : *subjects) {
+      if (s.labels) labelled.push_back(s);
+    }
+    if (labelled.empty()) {
+      log->error("{}: none of its {} scans has labels; calibration needs labelled scans", data_dir, subjects->size());
+      rc = 1;
+      return;
+    }
+    models::CalibrationOptions options;
+    if (!teacher.empty()) options.teacher = teacher;
+    options.device = device;
+    options.precision = precision;
+    auto estimator = models::calibrate_quality(model, labelled, options, [&](int done, int total) {
+      if (done == total || done % 10 == 0) log->info("{} of {} samples", done, total);
+    });
+    if (!estimator) {
+      log->error("{}", estimator.error().message);
+      rc = 1;
+      return;
+    }
+    if (auto st = models::attach_estimator(model, *estimator, out); !st) {
+      log->error("{}", st.error().message);
+      rc = 1;
+      return;
+    }
+    std::cout << "fitted on " << estimator->fitted_on << ": " << estimator->samples << " samples, Spearman "
+              << estimator->fit_spearman << ", mean absolute error " << estimator->fit_mae << ", 90% interval +-"
+              << 1.645 * estimator->residual_sd << "\nwrote " << out << "\n";
   });
 
   return cli::run(app, argc, argv, rc, "fedda-agent");

@@ -50,6 +50,16 @@ struct SimulatedSubject {
 SimulatedSubject simulate_subject(const Anatomy& anatomy, const ClinicProfile& clinic,
                                   std::uint64_t seed, int index);
 
+// A scanner change in the middle of a study (a software upgrade, a new sequence): the clinic's
+// subjects from `from_index` (0-based, in subject order) on are acquired with another contrast
+// curve (FLAIR gamma x1.3, T1 gamma x0.85) and twice the noise. Their anatomy and lesions are
+// drawn as before; clinic.json marks them ("scanner_changed").
+struct ScannerChange {
+  std::string clinic;
+  int from_index = 0;
+};
+ClinicProfile changed_scanner(const ClinicProfile& clinic);
+
 struct GenerateOptions {
   Profile profile = Profile::kSmoke;
   std::filesystem::path out;
@@ -58,6 +68,7 @@ struct GenerateOptions {
   std::vector<std::string> clinics;       // default: all three
   int threads = 0;                        // 0 = hardware concurrency
   std::filesystem::path templates_dir;    // default: default_templates_dir()
+  std::optional<ScannerChange> scanner_change;
 };
 
 struct GenerateSummary {
