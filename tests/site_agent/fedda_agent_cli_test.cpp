@@ -1,11 +1,16 @@
 // Runs the real fedda-sim and fedda-agent binaries: train a tiny model centrally, then
 // segment a scan with it, as a site administrator would.
 #include <fstream>
+#include <map>
+#include <set>
+
+#include <nlohmann/json.hpp>
 
 #include <gtest/gtest.h>
 
 #include "fedda/common/files.h"
 #include "fedda/imaging/nifti_io.h"
+#include "support/process.h"
 #include "support/test_support.h"
 
 namespace fedda {
@@ -125,6 +130,138 @@ TEST(FeddaAgentCli, CheckReadsBidsDatalistAndDicomSitesAndNamesWhatItLeavesOut) 
   check = run_command(bin("fedda-agent").string() + " check --config " + (dir / "wrong.yaml").string());
   EXPECT_NE(check.exit_code, 0);
   EXPECT_NE(check.output.find("data_layout 'pacs' (choose wmh, bids, datalist or dicom)"), std::string::npos) << check.output;
+}
+
+// Splits one CSV line, honouring double quotes.
+std::vector<std::string> csv_cells(const std::string& line) {
+  std::vector<std::string> cells(1);
+  bool quoted = false;
+  for (std::size_t i = 0; i < line.size(); ++i) {
+    const char c = line[i];
+    if (c == '"' && quoted && i + 1 < line.size() && line[i + 1] == '"') {
+      cells.back() += '"';
+      ++i;
+    } else if (c == '"') {
+      quoted = !quoted;
+    } else if (c == ',' && !quoted) {
+      cells.emplace_back();
+    } else {
+      cells.back() += c;
+    }
+  }
+  return cells;
+}
+
+std::vector<std::map<std::string, std::string>> read_csv(const std::filesystem::path& file) {
+  std::ifstream in(file);
+  std::string line;
+  std::getline(in, line);
+  const auto header = csv_cells(line);
+  std::vector<std::map<std::string, std::string>> rows;
+  while (std::getline(in, line)) {
+    const auto cells = csv_cells(line);
+    std::map<std::string, std::string> row;
+    for (std::size_t i = 0; i < header.size() && i < cells.size(); ++i) row[header[i]] = cells[i];
+    rows.push_back(row);
+  }
+  return rows;
+}
+
+// A site without labels: a labelled site fits the estimator into the model file (calibrate),
+// the target site monitors its scans with it, once to set its baseline and again after a
+// mid-study scanner change (fedda-sim generate --scanner-change). The changed scans, and only
+// they, drift; a clinic generated without the change does not; per-scan values stay in the
+// report while summary.json holds aggregates only.
+TEST(FeddaAgentCli, MonitorEstimatesWithoutLabelsAndFlagsAScannerChange) {
+  testing::ScratchDir dir;
+  const auto sim = bin("fedda-sim").string(), agent = bin("fedda-agent").string();
+  auto gen = run_command(sim + " generate --profile smoke --subjects 8 --clinics utrecht,amsterdam --scanner-change utrecht:5 --out " +
+                         (dir / "data").string());
+  ASSERT_EQ(gen.exit_code, 0) << gen.output;
+  gen = run_command(sim + " generate --profile smoke --subjects 8 --clinics utrecht --out " + (dir / "unchanged").string());
+  ASSERT_EQ(gen.exit_code, 0) << gen.output;
+  auto clinic = nlohmann::json::parse(*files::read_all(dir / "data/utrecht/clinic.json"));
+  std::set<std::string> changed, all;
+  for (const auto& s : clinic["subjects"]) {
+    all.insert(s["subject"].get<std::string>());
+    if (s["scanner_changed"].get<bool>()) changed.insert(s["subject"].get<std::string>());
+  }
+  ASSERT_EQ(changed.size(), 3u);
+  ASSERT_EQ(clinic["scanner_change"]["flair_gamma"].get<double>(), 1.3);
+
+  auto cell = run_command(sim + " centralized --data " + (dir / "data").string() +
+                          " --source amsterdam --target utrecht --method kd --fold 0 --out " + (dir / "cell").string() + kTiny);
+  ASSERT_EQ(cell.exit_code, 0) << cell.output;
+  const std::string model = (dir / "cell/model.pt").string(), teacher = (dir / "cell/teacher.pt").string();
+
+  auto calibrate = run_command(agent + " calibrate --model " + model + " --teacher " + teacher + " --data " +
+                               (dir / "data/amsterdam").string() + " --out " + (dir / "calibrated.pt").string());
+  ASSERT_EQ(calibrate.exit_code, 0) << calibrate.output;
+  EXPECT_NE(calibrate.output.find("fitted on 8 labelled scans of amsterdam"), std::string::npos) << calibrate.output;
+  EXPECT_NE(calibrate.output.find("64 samples"), std::string::npos) << calibrate.output;
+  const std::string calibrated = (dir / "calibrated.pt").string();
+
+  // Fitted with the teacher's agreement: monitoring without the teacher is refused, by name.
+  auto refused = run_command(agent + " monitor --model " + calibrated + " --data " + (dir / "data/utrecht").string() +
+                             " --out " + (dir / "nope").string());
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_NE(refused.output.find("pass the same teacher with --teacher"), std::string::npos) << refused.output;
+
+  // The baseline: the scans before the change.
+  std::filesystem::create_directories(dir / "early/utrecht");
+  for (const auto& s : all) {
+    if (!changed.count(s)) std::filesystem::create_directory_symlink(dir / "data/utrecht" / s, dir / "early/utrecht" / s);
+  }
+  auto base = run_command(agent + " monitor --model " + calibrated + " --teacher " + teacher + " --data " +
+                          (dir / "early/utrecht").string() + " --out " + (dir / "base").string());
+  ASSERT_EQ(base.exit_code, 0) << base.output;
+  ASSERT_TRUE(std::filesystem::exists(dir / "base/site-profile.json"));
+
+  auto later = run_command(agent + " monitor --model " + calibrated + " --teacher " + teacher + " --data " +
+                           (dir / "data/utrecht").string() + " --out " + (dir / "later").string() + " --baseline " +
+                           (dir / "base/site-profile.json").string() + " --score");
+  ASSERT_EQ(later.exit_code, 0) << later.output;
+  EXPECT_NE(later.output.find("3 drifted from the baseline: SITE DRIFTED"), std::string::npos) << later.output;
+  const auto header = testing::read_text(dir / "later/estimates.csv");
+  EXPECT_EQ(header.rfind("subject,clinic,estimated_dsc,dsc_low,dsc_high,flagged,reasons,", 0), 0u) << header;
+  const auto rows = read_csv(dir / "later/estimates.csv");
+  ASSERT_EQ(rows.size(), all.size());
+  int flagged = 0;
+  for (const auto& r : rows) {
+    const double est = std::stod(r.at("estimated_dsc")), low = std::stod(r.at("dsc_low")), high = std::stod(r.at("dsc_high"));
+    EXPECT_TRUE(0 <= low && low <= est && est <= high && high <= 1) << r.at("subject");
+    EXPECT_FALSE(r.at("true_dsc").empty()) << "--score with labels present gives the true Dice";
+    EXPECT_FALSE(r.at("teacher_dice").empty());
+    const bool drifted = r.at("reasons").find("drifted from the baseline") != std::string::npos;
+    EXPECT_EQ(drifted, changed.count(r.at("subject")) == 1) << r.at("subject") << ": " << r.at("reasons");
+    EXPECT_EQ(r.at("flagged") == "1", !r.at("reasons").empty());
+    if (r.at("flagged") == "1") {
+      ++flagged;
+      EXPECT_TRUE(std::filesystem::exists(dir / "later/thumbnails" / ("utrecht-" + r.at("subject") + ".png"))) << r.at("subject");
+    }
+  }
+  const auto report = testing::read_text(dir / "later/report.html");
+  EXPECT_NE(report.find("3 of 8 scans drifted from the baseline"), std::string::npos);
+  EXPECT_NE(report.find("thumbnails/utrecht-"), std::string::npos);
+
+  // Only aggregates in summary.json: its keys, and no per-scan value of the table.
+  const auto summary = nlohmann::json::parse(testing::read_text(dir / "later/summary.json"));
+  std::set<std::string> keys;
+  for (const auto& [k, v] : summary.items()) keys.insert(k);
+  EXPECT_EQ(keys, (std::set<std::string>{"scans", "skipped", "flagged", "drifted", "site_drifted", "estimated_dsc_median",
+                                         "estimated_dsc_q1", "estimated_dsc_q3"}));
+  EXPECT_EQ(summary["scans"], 8);
+  EXPECT_EQ(summary["drifted"], 3);
+  EXPECT_EQ(summary["flagged"], flagged);
+  EXPECT_TRUE(summary["site_drifted"].get<bool>());
+
+  // The same clinic without the change: nothing drifts, though five of its scans are not in the baseline.
+  auto control = run_command(agent + " monitor --model " + calibrated + " --teacher " + teacher + " --data " +
+                             (dir / "unchanged/utrecht").string() + " --out " + (dir / "control").string() + " --baseline " +
+                             (dir / "base/site-profile.json").string());
+  ASSERT_EQ(control.exit_code, 0) << control.output;
+  EXPECT_NE(control.output.find("0 drifted from the baseline"), std::string::npos) << control.output;
+  EXPECT_EQ(nlohmann::json::parse(testing::read_text(dir / "control/summary.json"))["drifted"], 0);
 }
 
 TEST(FeddaAgentCli, SegmentRefusesABadModelAndMismatchedScans) {
