@@ -21,7 +21,8 @@ Status write_results_csv(const std::filesystem::path& file, const JobRecord& job
 }
 
 Status write_summary(const std::filesystem::path& file, const JobRecord& job, double seconds, bool resumed,
-                     const std::vector<EvaluationRow>& rows) {
+                     const std::vector<EvaluationRow>& rows,
+                     const std::map<std::string, protocol::QualitySummary>& quality) {
   const auto& spec = job.definition.spec;
   nlohmann::json summary = {{"job", spec.id},
                             {"type", protocol::job_type_name(spec.type)},
@@ -37,6 +38,15 @@ Status write_summary(const std::filesystem::path& file, const JobRecord& job, do
     }
   }
   for (const auto& [site, d] : dice) summary["mean_dsc"][site] = d.first / d.second;
+  for (const auto& [site, q] : quality) {
+    nlohmann::json entry = {{"scans", q.scans}, {"flagged", q.flagged}, {"drifted", q.drifted}, {"site_drifted", q.site_drifted}};
+    if (q.estimated) {
+      entry["estimated_dsc_median"] = q.median;
+      entry["estimated_dsc_q1"] = q.q1;
+      entry["estimated_dsc_q3"] = q.q3;
+    }
+    summary["quality"][site] = entry;
+  }
   return files::write_atomically(file, summary.dump(2) + "\n");
 }
 

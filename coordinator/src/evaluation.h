@@ -5,6 +5,7 @@
 // of their arguments; thread-safe.
 
 #include <filesystem>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -20,7 +21,9 @@ struct EvaluationRow {
 };
 
 Status write_results_csv(const std::filesystem::path& file, const JobRecord& job, const std::vector<EvaluationRow>& rows);
+// `quality`: the sites' label-free quality reports (aggregates), under "quality" by site.
 Status write_summary(const std::filesystem::path& file, const JobRecord& job, double seconds, bool resumed,
-                     const std::vector<EvaluationRow>& rows);
+                     const std::vector<EvaluationRow>& rows,
+                     const std::map<std::string, protocol::QualitySummary>& quality = {});
 
 }  // namespace fedda::coordinator

@@ -146,6 +146,7 @@ Status JobRun::start() {
     if (!teacher) return make_error("teacher: " + teacher.error().message);
     m.spec = teacher->spec;
     m.global = teacher->weights;
+    job_offer.quality_estimator = teacher->quality;  // for the sites' quality reports
     if (spec.type == JobType::kd) job_offer.teacher = std::move(teacher->weights);
   } else {
     auto parsed = models::model_spec_from_json(spec.model_spec_json);
@@ -351,6 +352,7 @@ void JobRun::handle_update(SiteInfo& site, const std::string& body) {
     const auto rows = accepted_rows(update->metrics, site.jobs[id()].evaluation_subjects, dropped);
     if (!dropped.empty()) log_->warn("site {}: {} of its evaluation refused (not asked for)", site.id, dropped);
     for (const auto& row : rows) evaluation_.push_back({site.id, row});
+    if (update->has_quality) quality_[site.id] = update->quality;
     answered_.insert(site.id);
     log_->info("site {}: evaluated {} subjects", site.id, rows.size());
     return;
@@ -620,6 +622,7 @@ void JobRun::open_evaluation(bool interim) {
   expected_.clear();
   answered_.clear();
   evaluation_.clear();
+  quality_.clear();
   needed_ = 1;
   protocol::RoundTask task;
   task.evaluate = true;
@@ -849,7 +852,7 @@ void JobRun::finish() {
     return fail(st.error().message);
   }
   const double seconds = record_.started_ms ? static_cast<double>(wall_ms() - record_.started_ms) / 1000.0 : 0.0;
-  if (auto st = write_summary(dir / "summary.json", record_, seconds, resumed_, evaluation_); !st) return fail(st.error().message);
+  if (auto st = write_summary(dir / "summary.json", record_, seconds, resumed_, evaluation_, quality_); !st) return fail(st.error().message);
   if (auto st = store.set_state(record_, JobState::finished); !st) log_->error("job {}: {}", id(), st.error().message);
   say_goodbye("job finished");
   phase_ = Phase::done;

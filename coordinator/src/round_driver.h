@@ -129,6 +129,7 @@ class JobRun {
   std::set<std::string> expected_, answered_;
   RoundRecord current_;
   std::vector<EvaluationRow> evaluation_;
+  std::map<std::string, protocol::QualitySummary> quality_;  // the sites' label-free quality reports, by site
   std::string stop_by_;     // abort: who asked
   bool abort_ = false, drain_ = false, resumed_ = false;
   bool interim_ = false;    // the evaluation open is one of evaluate_every's, not the final one

@@ -182,6 +182,18 @@ function drawJob(job) {
   out.push(el("h2", {}, "Dice"));
   out.push(dice ? table(["evaluation site", "mean Dice"], Object.entries(dice).map(([s, d]) => [s, fixed(d, 3)]), [1])
                 : el("p", { class: "muted" }, "Not evaluated yet (the job evaluates after its last round)."));
+  const quality = job.summary && job.summary.quality;
+  if (quality) {
+    out.push(el("h2", {}, "Quality at the sites, without labels"),
+             el("p", { class: "muted" }, "Each site's own estimate of the model's Dice on its scans (label-free; the " +
+                                         "per-scan report stays at the site), scans it flagged, and scans whose " +
+                                         "statistics drifted from its baseline."));
+    out.push(table(["site", "scans", "estimated Dice (median)", "IQR", "flagged", "drifted"],
+      Object.entries(quality).map(([s, q]) => [s, String(q.scans), fixed(q.estimated_dsc_median, 3),
+        q.estimated_dsc_q1 !== undefined ? fixed(q.estimated_dsc_q1, 3) + " – " + fixed(q.estimated_dsc_q3, 3) : "",
+        String(q.flagged), el("span", q.site_drifted ? { class: "refused" } : {},
+                              String(q.drifted) + (q.site_drifted ? " (site drifted)" : ""))]), [1, 2, 3, 4, 5]));
+  }
 
   const recent = rounds.slice(-10).reverse();
   out.push(el("h2", {}, "Round cost (last " + recent.length + ")"));

@@ -115,15 +115,16 @@ Result<StoredModel> read_model_weights(const fs::path& path) {
   if (!m) return m.error();
   auto weights = to_wire(*m->net);
   if (!weights) return make_error(path.string() + ": " + weights.error().message);
-  return StoredModel{m->spec, std::move(*weights)};
+  return StoredModel{m->spec, std::move(*weights), m->quality};
 }
 
-Status write_model_weights(const fs::path& path, const ModelSpec& spec, const TensorSet& weights) {
+Status write_model_weights(const fs::path& path, const ModelSpec& spec, const TensorSet& weights,
+                           const std::string& quality) {
   if (auto st = validate(spec); !st) return st.error();
   UNet net(spec.unet);
   if (auto st = from_wire(*net, weights); !st) return make_error(path.string() + ": " + st.error().message);
   net->eval();
-  return save_model(path, spec, net);
+  return save_model(path, spec, net, quality);
 }
 
 // ---- DiscriminatorOptimizer ---------------------------------------------------------------

@@ -33,9 +33,21 @@ Status EgressGuard::check(const protocol::RoundUpdate& u, bool evaluation) const
     if (!u.model.tensors.empty() || !u.discriminator_grads.tensors.empty()) {
       return make_error("an evaluation answer carries tensors");
     }
+    if (u.has_quality) {
+      // Aggregates only, and consistent ones: a count never exceeds the scans, figures are Dice values.
+      const auto& q = u.quality;
+      if (q.scans < 1 || q.flagged < 0 || q.drifted < 0 || q.flagged > q.scans || q.drifted > q.scans) {
+        return make_error("a quality report's counts are inconsistent");
+      }
+      for (double v : {q.median, q.q1, q.q3}) {
+        if (!(v >= 0 && v <= 1)) return make_error("a quality report's figures are not Dice values in [0, 1]");
+      }
+      if (!(q.q1 <= q.median && q.median <= q.q3)) return make_error("a quality report's quartiles are out of order");
+    }
     return Status::success();
   }
   if (!u.metrics.empty()) return make_error("a training update carries per-subject metrics");
+  if (u.has_quality) return make_error("a training update carries a quality report");
   if (auto st = check_same_layout(u.model, model_); !st) return make_error("model: " + st.error().message);
   if (ada_) {
     if (auto st = check_same_layout(u.discriminator_grads, discriminator_); !st) {

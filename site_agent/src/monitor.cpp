@@ -257,12 +257,17 @@ Result<MonitorSummary> run_monitor(const MonitorOptions& options, const std::vec
                       ": its quality estimator was fitted with a teacher's agreement; pass the same teacher with --teacher");
   }
   std::optional<Baseline> baseline;
+  MonitorSummary summary;
   if (options.baseline) {
     auto b = read_baseline(*options.baseline);
-    if (!b) return b.error();
-    baseline = std::move(*b);
+    if (b) {
+      baseline = std::move(*b);
+    } else if (options.baseline_optional) {
+      summary.baseline_problem = b.error().message;
+    } else {
+      return b.error();
+    }
   }
-  MonitorSummary summary;
   models::SignalOptions so;
   so.teacher = options.teacher;
   if (*estimator) so.reference_histogram = (*estimator)->reference_histogram;
@@ -318,6 +323,7 @@ Result<MonitorSummary> run_monitor(const MonitorOptions& options, const std::vec
   summary.site_drifted = baseline && summary.drifted >= std::max(1.0, kSiteDriftShare * summary.scans);
   std::string drift_note = "No baseline given: nothing to compare the scans' statistics against (this run's "
                            "site-profile.json can be the next run's --baseline).";
+  if (!summary.baseline_problem.empty()) drift_note = "The baseline was not used: " + summary.baseline_problem + ".";
   if (baseline) {
     drift_note = std::to_string(summary.drifted) + " of " + std::to_string(summary.scans) +
                  " scans drifted from the baseline; " +

@@ -14,6 +14,8 @@
 #include "fedda/models/model_spec.h"
 #include "fedda/site_agent/approvals.h"
 #include "fedda/site_agent/egress.h"
+#include "fedda/site_agent/monitor.h"
+#include "fedda/models/weights.h"
 
 namespace fedda::site_agent {
 namespace fs = std::filesystem;
@@ -51,6 +53,15 @@ struct SiteWorker::Impl {
   std::map<std::string, Inbound> held;  // offers waiting for the administrator, by job
   std::vector<std::string> subject_ids;  // this site's, for redaction
   std::vector<Outgoing> out;
+  // What the job's quality report needs (evaluation rounds): the scans evaluated, the model's
+  // spec, the teacher and the estimator the job's model file carries.
+  struct QualityInputs {
+    std::vector<imaging::SubjectFiles> scans;
+    models::ModelSpec spec;
+    TensorSet teacher;
+    std::string estimator;
+    int final_round = 0;  // the evaluation after the last round (interim ones make no report)
+  } quality_inputs;
 
   template <typename Body>
   void post(MessageType type, const std::string& job_id, int round, const Body& body, std::string tensors = {},
@@ -237,6 +248,7 @@ struct SiteWorker::Impl {
               o.train.size(), o.evaluation.size());
     auto egress = EgressGuard::for_job(job);
     if (!egress) return fail(job.id, FailureCode::malformed, "egress guard: " + egress.error().message);
+    quality_inputs = QualityInputs{o.evaluation, *spec, offer->teacher, offer->quality_estimator, job.rounds + 1};
     auto opened = models::SiteTrainer::open(o, offer->teacher);
     if (!opened) return fail(job.id, FailureCode::no_data, opened.error().message);
     guard = std::move(*egress);
@@ -254,6 +266,65 @@ struct SiteWorker::Impl {
     }
     log->info("job {}: ready ({} samples)", job.id, trainer_ready.samples);
     post(MessageType::job_ready, job.id, 0, trainer_ready);
+  }
+
+  // The label-free quality report of the evaluated model on the evaluated scans, written to
+  // cache_dir/reports/<job>/ (per-scan values stay there); its aggregates go with the evaluation.
+  // The site's first report is its drift baseline (cache_dir/reports/site-profile.json). A report
+  // that cannot be made is logged and the evaluation goes on without it.
+  std::optional<protocol::QualitySummary> quality_report(const std::string& job_id, const TensorSet& model) {
+    const auto& in = quality_inputs;
+    if (in.scans.empty()) return std::nullopt;
+    const auto reports = config.cache_dir / "reports";
+    MonitorOptions options;
+    options.out = reports / job_id;
+    options.model = options.out / "model.pt";
+    options.device = config.device;
+    options.precision = config.precision;
+    options.baseline_optional = true;
+    const auto baseline = reports / "site-profile.json";
+    std::error_code ec;
+    if (std::filesystem::exists(baseline, ec)) options.baseline = baseline;
+    const auto cleanup = [&] {
+      std::filesystem::remove(options.out / "model.pt", ec);
+      std::filesystem::remove(options.out / "teacher.pt", ec);
+    };
+    std::filesystem::create_directories(options.out, ec);
+    Status st = models::write_model_weights(options.model, in.spec, model, in.estimator);
+    if (st && !in.teacher.tensors.empty()) {
+      options.teacher = options.out / "teacher.pt";
+      st = models::write_model_weights(*options.teacher, in.spec, in.teacher);
+    }
+    if (!st) {
+      log->warn("job {}: no quality report: {}", job_id, st.error().message);
+      cleanup();
+      return std::nullopt;
+    }
+    auto summary = run_monitor(options, in.scans);
+    cleanup();
+    if (!summary) {
+      log->warn("job {}: no quality report: {}", job_id, summary.error().message);
+      return std::nullopt;
+    }
+    if (!summary->baseline_problem.empty()) log->warn("job {}: drift baseline not used: {}", job_id, summary->baseline_problem);
+    // The first report of at least 3 scans is the site's drift baseline from then on.
+    if ((!options.baseline || !summary->baseline_problem.empty()) && summary->scans >= 3) {
+      std::filesystem::copy_file(options.out / "site-profile.json", baseline, std::filesystem::copy_options::overwrite_existing, ec);
+    }
+    log->info("job {}: quality report {} ({} scans, {} flagged{})", job_id, (options.out / "report.html").string(),
+              summary->scans, summary->flagged, options.baseline ? ", " + std::to_string(summary->drifted) + " drifted" : "");
+    protocol::QualitySummary q;
+    q.scans = summary->scans;
+    q.flagged = summary->flagged;
+    q.drifted = summary->drifted;
+    q.site_drifted = summary->site_drifted;
+    q.estimated = summary->has_estimator;
+    if (summary->has_estimator) {
+      q.median = summary->median;
+      q.q1 = summary->q1;
+      q.q3 = summary->q3;
+    }
+    return q;
   }
 
   // At least evaluation_interval_s between two evaluation answers, across restarts.
@@ -293,6 +364,12 @@ struct SiteWorker::Impl {
                                   s.metrics.f1});
       }
       log->info("job {}: evaluated {} subjects", h.job_id, update.metrics.size());
+      if (config.policy.quality_reports && h.round == quality_inputs.final_round) {
+        if (auto q = quality_report(h.job_id, task->model)) {
+          update.has_quality = true;
+          update.quality = *q;
+        }
+      }
     } else {
       int steps = job_steps;
       for (std::size_t i = 0; i < task->step_sites.size() && i < task->steps.size(); ++i) {

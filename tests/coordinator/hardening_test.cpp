@@ -17,6 +17,7 @@
 #include "fedda/common/files.h"
 #include "fedda/common/kit.h"
 #include "fedda/common/protocol.h"
+#include "fedda/models/quality.h"
 #include "fedda/models/weights.h"
 #include "support/fake_sites.h"
 #include "support/fake_coordinator.h"
@@ -356,8 +357,10 @@ struct KeyedFakeCoordinator {
     if (sign) frames.push_back(crypto::sign(sign_key, protocol::model_signed_text(job, round, body)).value());
     fake.send(frames);
   }
-  std::string offer(const std::string& id, protocol::JobType type, int batch, int steps, bool secure = false) const {
+  std::string offer(const std::string& id, protocol::JobType type, int batch, int steps, bool secure = false,
+                    const std::string& quality_estimator = {}) const {
     protocol::JobOffer o;
+    o.quality_estimator = quality_estimator;
     o.job.id = id;
     o.job.type = type;
     o.job.source = "utrecht";
@@ -446,6 +449,74 @@ TEST_F(Sovereignty, AHostileCoordinatorGetsNothingButRefusalCodes) {
     EXPECT_TRUE(allowed.count(h.type)) << protocol::type_name(h.type);
     if (h.type == protocol::MessageType::round_update) {
       EXPECT_EQ(h.job_id, "eval-1");
+    }
+  }
+  EXPECT_TRUE(agent.running());
+}
+
+// An evaluation round's quality report: the site writes the per-scan report into its cache and
+// sends the evaluation with the report's aggregates only. Everything the agent sent is decoded:
+// no message but the expected ones, no bytes beyond what the decoded update re-encodes to, subjects
+// only as pseudonyms, and the aggregates exactly those of the site's local summary.
+TEST_F(Sovereignty, AQualityReportLeavesTheSiteAsAggregatesOnly) {
+  // The estimator the job's model file would carry, fitted on the source's labelled scans.
+  auto estimator = models::calibrate_quality(teacher(), imaging::find_clinic_subjects(data_dir(), "utrecht").value(), {});
+  ASSERT_TRUE(estimator) << estimator.error().message;
+  zmq::context_t context;
+  KeyedFakeCoordinator coordinator(context, kit_, teacher());
+  auto& fake = coordinator.fake;
+  Process agent({testing::bin("fedda-agent").string(), "run", "--config",
+                 amsterdam_config(fake.endpoint(), "  job_types: [evaluate]\n").string()},
+                dir_ / "amsterdam.log");
+  ASSERT_TRUE(coordinator.next(protocol::MessageType::hello));
+  coordinator.send(protocol::MessageType::welcome, "", 0, protocol::encode(protocol::Header{}, protocol::Welcome{200, 50}).body,
+                   false);
+  coordinator.send(protocol::MessageType::job_offer, "eval-q", 0,
+                   coordinator.offer("eval-q", protocol::JobType::evaluate, 8, 8, false, models::to_json(*estimator)), true);
+  auto ready = coordinator.next(protocol::MessageType::job_ready);
+  ASSERT_TRUE(ready);
+  const auto evaluated = protocol::decode_body<protocol::JobReady>(ready->second).value().evaluation_subjects;
+  protocol::RoundTask task;
+  task.evaluate = true;
+  task.model = coordinator.teacher_model.weights;
+  const int final_round = protocol::JobSpec{}.rounds + 1;  // the evaluation after the job's last round
+  coordinator.send(protocol::MessageType::round_task, "eval-q", final_round, protocol::encode(protocol::Header{}, task).body, true);
+  ASSERT_TRUE(coordinator.next(protocol::MessageType::update_ready));
+  coordinator.send(protocol::MessageType::upload, "eval-q", final_round, std::string(), false);
+  auto scored = coordinator.next(protocol::MessageType::round_update);
+  ASSERT_TRUE(scored) << testing::read_text(dir_ / "amsterdam.log");
+  const auto update = protocol::decode_body<protocol::RoundUpdate>(scored->second).value();
+  ASSERT_TRUE(update.has_quality) << testing::read_text(dir_ / "amsterdam.log");
+  EXPECT_EQ(update.quality.scans, evaluated);
+  EXPECT_TRUE(update.quality.estimated);
+
+  // At the site: the per-scan report, and the aggregates that left.
+  const auto report = dir_ / "cache-amsterdam" / "reports" / "eval-q";
+  const auto csv = testing::read_text(report / "estimates.csv");
+  EXPECT_EQ(static_cast<int>(std::count(csv.begin(), csv.end(), '\n')), evaluated + 1) << csv;
+  EXPECT_TRUE(fs::exists(report / "report.html"));
+  EXPECT_FALSE(fs::exists(report / "model.pt")) << "the evaluated weights are not kept with the report";
+  // The site's first report of at least 3 scans becomes its drift baseline.
+  EXPECT_EQ(fs::exists(dir_ / "cache-amsterdam" / "reports" / "site-profile.json"), evaluated >= 3) << evaluated;
+  const auto local = nlohmann::json::parse(testing::read_text(report / "summary.json"));
+  EXPECT_EQ(local["scans"].get<int>(), update.quality.scans);
+  EXPECT_EQ(local["flagged"].get<int>(), update.quality.flagged);
+  EXPECT_DOUBLE_EQ(local["estimated_dsc_median"].get<double>(), update.quality.median);
+
+  // What went out: the expected messages only, each exactly what its decoded form encodes to.
+  const auto subjects = imaging::find_clinic_subjects(data_dir(), "amsterdam").value();
+  const std::set<protocol::MessageType> allowed = {protocol::MessageType::hello, protocol::MessageType::heartbeat,
+                                                   protocol::MessageType::job_ready, protocol::MessageType::update_ready,
+                                                   protocol::MessageType::round_update};
+  for (const auto& [h, body] : fake.received()) {
+    EXPECT_TRUE(allowed.count(h.type)) << protocol::type_name(h.type);
+    if (h.type != protocol::MessageType::round_update) continue;
+    const auto u = protocol::decode_body<protocol::RoundUpdate>(body).value();
+    EXPECT_EQ(protocol::encode(protocol::Header{}, u).body, body) << "bytes beyond the decoded update";
+    EXPECT_TRUE(u.model.tensors.empty() && u.discriminator_grads.tensors.empty());
+    for (const auto& m : u.metrics) {
+      EXPECT_EQ(m.subject.rfind("s-", 0), 0u) << m.subject;
+      for (const auto& s : subjects) EXPECT_NE(m.subject, s.subject);
     }
   }
   EXPECT_TRUE(agent.running());

@@ -18,6 +18,7 @@
 #include "fedda/common/protocol.h"
 #include "fedda/common/version.h"
 #include "fedda/models/federated.h"
+#include "fedda/models/quality.h"
 #include "support/federation_fixture.h"
 
 namespace fedda {
@@ -111,6 +112,12 @@ class Service : public Federation {
 };
 
 TEST_F(Service, OperatorsSubmitWatchAndDownloadWhileJobsRun) {
+  // The teacher file carries a quality estimator (fitted at the labelled source): the evaluation
+  // site reports the label-free quality of the model, as aggregates, beside its Dice.
+  const auto calibrated = dir_ / "teacher-with-estimator.pt";
+  auto estimator = models::calibrate_quality(teacher(), imaging::find_clinic_subjects(data_dir(), "utrecht").value(), {});
+  ASSERT_TRUE(estimator) << estimator.error().message;
+  ASSERT_TRUE(models::attach_estimator(teacher(), *estimator, calibrated));
   auto coordinator = serve();
   endpoints();
   site_config_extra_ = "metrics_listen: 127.0.0.1:0\n";  // each agent's Prometheus metrics, on a free port
@@ -126,7 +133,7 @@ TEST_F(Service, OperatorsSubmitWatchAndDownloadWhileJobsRun) {
   // While it runs: an evaluation of a teacher file that travels with the job, and a student of
   // the running job's result.
   const auto evaluate = dir_ / "evaluate.yaml";
-  std::ofstream(evaluate) << "id: evaluate-teacher\ntype: evaluate\nteacher: " << teacher().string()
+  std::ofstream(evaluate) << "id: evaluate-teacher\ntype: evaluate\nteacher: " << calibrated.string()
                           << "\nsource: utrecht\nsites: [amsterdam]\nevaluation_sites: [amsterdam]\n";
   const auto second = dir_ / "kd-second.yaml";
   std::ofstream(second) << "id: kd-second\ntype: kd\nteacher: job:kd-first\nsource: utrecht\nsites: [utrecht, amsterdam]\n"
@@ -184,6 +191,14 @@ TEST_F(Service, OperatorsSubmitWatchAndDownloadWhileJobsRun) {
   for (const auto& s : teacher_scores) sum += s.metrics.dsc;
   const auto evaluated = admin_json({"status", "evaluate-teacher"});
   EXPECT_NEAR(evaluated["summary"]["mean_dsc"]["amsterdam"].get<double>(), sum / teacher_scores.size(), 1e-6);
+  const auto quality = evaluated["summary"]["quality"]["amsterdam"];
+  EXPECT_EQ(quality["scans"].get<std::size_t>(), teacher_scores.size()) << evaluated.dump();
+  const double median = quality["estimated_dsc_median"].get<double>();
+  EXPECT_TRUE(median >= 0 && median <= 1);
+  // kd-second's teacher carries no estimator: signals and drift only, no estimated Dice.
+  EXPECT_TRUE(status["summary"]["quality"]["amsterdam"].contains("drifted")) << status.dump();
+  EXPECT_FALSE(status["summary"]["quality"]["amsterdam"].contains("estimated_dsc_median")) << status.dump();
+  EXPECT_TRUE(fs::exists(dir_ / "cache-amsterdam" / "reports" / "evaluate-teacher" / "estimates.csv"));
 
   // Every command is in the coordinator's audit log, with who sent it.
   int submits = 0;

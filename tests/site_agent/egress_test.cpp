@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "fedda/models/federated.h"
 #include "fedda/models/model_spec.h"
 
@@ -35,6 +37,37 @@ TEST(EgressGuard, LetsTheJobsTensorsOut) {
   protocol::RoundUpdate evaluation;
   evaluation.metrics.push_back({"s1", 0.5, 3, 10, 0.5, 0.5});
   EXPECT_TRUE(guard->check(evaluation, true));
+}
+
+// A quality report leaves only with an evaluation, and only as consistent aggregates.
+TEST(EgressGuard, LetsAQualityReportOutOnlyAsAggregatesOfAnEvaluation) {
+  const auto job = job_of("kd");
+  auto guard = EgressGuard::for_job(job);
+  ASSERT_TRUE(guard);
+  protocol::RoundUpdate evaluation;
+  evaluation.metrics.push_back({"s1", 0.5, 3, 10, 0.5, 0.5});
+  evaluation.has_quality = true;
+  evaluation.quality = {5, 1, 0, false, true, 0.6, 0.5, 0.7};
+  EXPECT_TRUE(guard->check(evaluation, true));
+  auto with_quality = honest_update(job);
+  with_quality.has_quality = true;
+  with_quality.quality = evaluation.quality;
+  auto st = guard->check(with_quality, false);
+  ASSERT_FALSE(st);
+  EXPECT_NE(st.error().message.find("a training update carries a quality report"), std::string::npos);
+  const auto refused = [&](protocol::QualitySummary q, const std::string& why) {
+    auto u = evaluation;
+    u.quality = q;
+    auto r = guard->check(u, true);
+    ASSERT_FALSE(r) << why;
+    EXPECT_NE(r.error().message.find(why), std::string::npos) << r.error().message;
+  };
+  refused({5, 6, 0, false, true, 0.6, 0.5, 0.7}, "counts are inconsistent");
+  refused({0, 0, 0, false, true, 0.6, 0.5, 0.7}, "counts are inconsistent");
+  refused({5, 1, -1, false, true, 0.6, 0.5, 0.7}, "counts are inconsistent");
+  refused({5, 1, 0, false, true, 1.5, 0.5, 0.7}, "not Dice values");
+  refused({5, 1, 0, false, true, NAN, 0.5, 0.7}, "not Dice values");
+  refused({5, 1, 0, false, true, 0.4, 0.5, 0.7}, "quartiles are out of order");
 }
 
 TEST(EgressGuard, RefusesAnExtraTensor) {

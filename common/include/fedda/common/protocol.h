@@ -214,6 +214,9 @@ struct Welcome {
 struct JobOffer {
   JobSpec job;
   TensorSet teacher;  // kd: the teacher whose soft labels the site computes; else empty
+  // The label-free quality estimator (models/quality.h, JSON) the job's teacher or starting model
+  // file carries, for the sites' quality reports in evaluation rounds; empty when none (version 2).
+  std::string quality_estimator;
 };
 
 struct SkippedSubject {
@@ -243,6 +246,15 @@ struct SubjectMetrics {
   double dsc = 0, h95 = 0, avd = 0, recall = 0, f1 = 0;  // NaN = undefined
 };
 
+// A site's label-free quality report on the evaluated model (site_agent/monitor.h): aggregates
+// over its scans only; the per-scan report stays at the site.
+struct QualitySummary {
+  std::int32_t scans = 0, flagged = 0, drifted = 0;
+  bool site_drifted = false;
+  bool estimated = false;                 // whether an estimator gave the Dice figures below
+  double median = 0, q1 = 0, q3 = 0;      // of the estimated Dice (0 when not estimated)
+};
+
 struct RoundUpdate {
   TensorSet model;
   TensorSet discriminator_grads;  // ada: mean gradient of the discriminator loss at this site
@@ -256,6 +268,9 @@ struct RoundUpdate {
   // Secure aggregation (version 4): model and discriminator_grads empty; instead the masked
   // fixed-point vector (secagg.h), little-endian 64-bit words.
   std::string masked;
+  // Evaluation rounds (version 5): the site's label-free quality report, when it made one.
+  bool has_quality = false;
+  QualitySummary quality;
 };
 
 // Secure aggregation's bodies (the fields are secagg.h's).
@@ -555,6 +570,7 @@ template <class Archive>
 void serialize(Archive& ar, JobOffer& m, std::uint32_t version) {
   detail::check_known_version<JobOffer>(version);
   ar(m.job, m.teacher);
+  if (version >= 2) ar(FEDDA_TEXT(quality_estimator));
 }
 template <class Archive>
 void serialize(Archive& ar, SkippedSubject& m, std::uint32_t version) {
@@ -584,6 +600,15 @@ void serialize(Archive& ar, RoundUpdate& m, std::uint32_t version) {
   if (version >= 2) ar(m.overhead_seconds);
   if (version >= 3) ar(FEDDA_TEXT(precision));
   if (version >= 4) ar(FEDDA_TEXT(masked));
+  if (version >= 5) {
+    ar(m.has_quality);
+    if (m.has_quality) ar(m.quality);
+  }
+}
+template <class Archive>
+void serialize(Archive& ar, QualitySummary& m, std::uint32_t version) {
+  detail::check_known_version<QualitySummary>(version);
+  ar(m.scans, m.flagged, m.drifted, m.site_drifted, m.estimated, m.median, m.q1, m.q3);
 }
 template <class Archive>
 void serialize(Archive& ar, SecaggShares& m, std::uint32_t version) {
@@ -685,12 +710,13 @@ CEREAL_CLASS_VERSION(fedda::TensorSet, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::JobSpec, 7)
 CEREAL_CLASS_VERSION(fedda::protocol::Hello, 2)
 CEREAL_CLASS_VERSION(fedda::protocol::Welcome, 1)
-CEREAL_CLASS_VERSION(fedda::protocol::JobOffer, 1)
+CEREAL_CLASS_VERSION(fedda::protocol::JobOffer, 2)
 CEREAL_CLASS_VERSION(fedda::protocol::SkippedSubject, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::JobReady, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::RoundTask, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::SubjectMetrics, 1)
-CEREAL_CLASS_VERSION(fedda::protocol::RoundUpdate, 4)
+CEREAL_CLASS_VERSION(fedda::protocol::RoundUpdate, 5)
+CEREAL_CLASS_VERSION(fedda::protocol::QualitySummary, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::SecaggShares, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::SecaggUnmask, 1)
 CEREAL_CLASS_VERSION(fedda::secagg::PublicKeys, 1)

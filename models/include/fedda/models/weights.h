@@ -29,11 +29,14 @@ std::vector<std::string> batch_norm_tensors(const ModelSpec& spec);
 struct StoredModel {
   ModelSpec spec;
   TensorSet weights;
+  std::string quality;  // the quality estimator's JSON the file carries (quality.h); empty when none
 };
 Result<StoredModel> read_model_weights(const std::filesystem::path& model);
 // Writes a regular fedda model file (usable by `fedda-agent segment`); error when the weights
 // do not fit the spec's architecture.
-Status write_model_weights(const std::filesystem::path& path, const ModelSpec& spec, const TensorSet& weights);
+// `quality`: an estimator's JSON to carry (quality.h).
+Status write_model_weights(const std::filesystem::path& path, const ModelSpec& spec, const TensorSet& weights,
+                           const std::string& quality = {});
 
 // Adam on the discriminator at the coordinator, fed the sites' sample-weighted mean gradients.
 class DiscriminatorOptimizer {

@@ -34,6 +34,7 @@ struct MonitorOptions {
   std::filesystem::path out;
   double flag_below = 0.2;
   std::optional<std::filesystem::path> baseline;  // an earlier run's site-profile.json
+  bool baseline_optional = false;  // an unusable baseline is noted and skipped instead of an error (the service)
   bool score = false;                             // true_dsc where labels exist (validation only)
   std::string device = "cpu", precision = "auto";
 };
@@ -43,6 +44,7 @@ struct MonitorSummary {
   double median = 0, q1 = 0, q3 = 0;   // of the estimated Dice (NaN without an estimator)
   bool has_estimator = false;
   bool site_drifted = false;
+  std::string baseline_problem;         // baseline_optional: why the baseline was not used
   std::vector<std::string> skipped;     // "subject: why"
 };
 

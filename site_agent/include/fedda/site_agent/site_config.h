@@ -30,6 +30,8 @@
 //     min_local_steps: 1                # fewest optimiser steps per round it will send an update for
 //     evaluation_interval_s: 0          # at least this long between two evaluation answers
 //     require_secure_aggregation: false # refuse training jobs whose updates the coordinator would see
+//     quality_reports: true             # evaluation rounds: a label-free quality report in
+//                                       # cache_dir/reports/<job>/, only its aggregates sent
 //     approval: auto                    # auto | manual (fedda-agent pending / approve / refuse)
 //
 // Relative paths are relative to the config file. Unknown keys are errors.
@@ -54,6 +56,8 @@ struct SitePolicy {
   int min_local_steps = 1;
   double evaluation_interval_s = 0;
   bool require_secure_aggregation = false;   // training jobs only with secure_aggregation: true
+  bool quality_reports = true;               // evaluation rounds: a local quality report (monitor.h), its
+                                             // aggregates sent with the evaluation
   std::string approval = "auto";             // auto | manual
 };
 
