@@ -37,23 +37,6 @@ Result<Run> prepare(const TrainConfig& c) {
   return Run{*device, *precision};
 }
 
-// A model file loaded for inference on `device_name` in `precision`.
-struct InferenceModel {
-  LoadedModel model;
-  torch::Device device{torch::kCPU};
-};
-Result<InferenceModel> load_for_inference(const fs::path& model, const std::string& device_name,
-                                          const std::string& precision) {
-  auto device = parse_device(device_name);
-  if (!device) return device.error();
-  auto chosen = choose_precision(precision, device_name);
-  if (!chosen) return chosen.error();
-  auto m = load_model(model, *device);
-  if (!m) return m.error();
-  m->net->set_precision(*chosen);
-  return InferenceModel{std::move(*m), *device};
-}
-
 double learning_rate_at(const TrainConfig& c, int epoch) {
   const int decay = c.decay_epoch >= 0 ? c.decay_epoch : std::max(1, c.epochs * 3 / 8);
   return epoch > decay ? c.learning_rate * c.decay_factor : c.learning_rate;
@@ -251,6 +234,18 @@ double descend(torch::optim::Optimizer& optimizer, const torch::Tensor& loss) {
   loss.backward();
   optimizer.step();
   return loss.item<double>();
+}
+
+Result<InferenceModel> load_for_inference(const fs::path& model, const std::string& device_name,
+                                          const std::string& precision) {
+  auto device = parse_device(device_name);
+  if (!device) return device.error();
+  auto chosen = choose_precision(precision, device_name);
+  if (!chosen) return chosen.error();
+  auto m = load_model(model, *device);
+  if (!m) return m.error();
+  m->net->set_precision(*chosen);
+  return InferenceModel{std::move(*m), *device};
 }
 
 Status check_device(const std::string& device) {

@@ -307,20 +307,29 @@ imaging::RgbPicture thumbnail_of(const torch::Tensor& flair, const torch::Tensor
   return pic;
 }
 
-struct Inference {
-  LoadedModel model;
-  torch::Device device{torch::kCPU};
-};
+using Inference = InferenceModel;
 
-Result<Inference> load_inference(const fs::path& path, const std::string& device_name, const std::string& precision) {
-  auto device = parse_device(device_name);
-  if (!device) return device.error();
-  auto chosen = choose_precision(precision, device_name);
-  if (!chosen) return chosen.error();
-  auto m = load_model(path, *device);
-  if (!m) return m.error();
-  m->net->set_precision(*chosen);
-  return Inference{std::move(*m), *device};
+// The model and, when asked for, its teacher, on the same preprocessing grid.
+struct ModelAndTeacher {
+  Inference model;
+  std::optional<Inference> teacher;
+};
+Result<ModelAndTeacher> load_model_and_teacher(const fs::path& model_path, const std::optional<fs::path>& teacher_path,
+                                               const std::string& device, const std::string& precision) {
+  auto model = load_for_inference(model_path, device, precision);
+  if (!model) return model.error();
+  ModelAndTeacher out{std::move(*model), std::nullopt};
+  if (teacher_path) {
+    auto t = load_for_inference(*teacher_path, device, precision);
+    if (!t) return t.error();
+    const auto& a = t->model.spec.grid;
+    const auto& b = out.model.model.spec.grid;
+    if (a.in_plane_size != b.in_plane_size || a.in_plane_spacing != b.in_plane_spacing) {
+      return make_error(teacher_path->string() + ": the teacher's preprocessing grid differs from the model's");
+    }
+    out.teacher = std::move(*t);
+  }
+  return out;
 }
 
 // The signals of one scan (images may be a degraded copy of the scan's).
@@ -421,18 +430,10 @@ Result<std::vector<ScanSignals>> compute_signals(
     const fs::path& model_path, const std::vector<SubjectFiles>& subjects, const SignalOptions& options,
     const std::function<void(const std::string&, const std::string&)>& skipped,
     const std::function<void(int, int)>& progress) {
-  auto model = load_inference(model_path, options.device, options.precision);
-  if (!model) return model.error();
-  std::optional<Inference> teacher;
-  if (options.teacher) {
-    auto t = load_inference(*options.teacher, options.device, options.precision);
-    if (!t) return t.error();
-    if (t->model.spec.grid.in_plane_size != model->model.spec.grid.in_plane_size ||
-        t->model.spec.grid.in_plane_spacing != model->model.spec.grid.in_plane_spacing) {
-      return make_error(options.teacher->string() + ": the teacher's preprocessing grid differs from the model's");
-    }
-    teacher = std::move(*t);
-  }
+  auto loaded = load_model_and_teacher(model_path, options.teacher, options.device, options.precision);
+  if (!loaded) return loaded.error();
+  auto* model = &loaded->model;
+  auto& teacher = loaded->teacher;
   std::vector<ScanSignals> out;
   int done = 0;
   for (const auto& subject : subjects) {
@@ -467,14 +468,10 @@ Result<QualityEstimator> calibrate_quality(const fs::path& model_path, const std
                                            const CalibrationOptions& options,
                                            const std::function<void(int, int)>& progress) {
   if (labelled.empty()) return make_error("calibration needs labelled subjects");
-  auto model = load_inference(model_path, options.device, options.precision);
-  if (!model) return model.error();
-  std::optional<Inference> teacher;
-  if (options.teacher) {
-    auto t = load_inference(*options.teacher, options.device, options.precision);
-    if (!t) return t.error();
-    teacher = std::move(*t);
-  }
+  auto loaded = load_model_and_teacher(model_path, options.teacher, options.device, options.precision);
+  if (!loaded) return loaded.error();
+  auto* model = &loaded->model;
+  auto& teacher = loaded->teacher;
   std::vector<ScanSignals> samples;
   std::vector<double> dsc;
   std::vector<std::vector<double>> unchanged_histograms;

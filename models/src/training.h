@@ -9,11 +9,20 @@
 #include <torch/torch.h>
 
 #include "data.h"
+#include "model_io.h"
 #include "fedda/models/engine.h"
 #include "networks.h"
 #include "wire.h"
 
 namespace fedda::models {
+
+// A model file loaded for inference on `device_name` in `precision` (precision.h).
+struct InferenceModel {
+  LoadedModel model;
+  torch::Device device{torch::kCPU};
+};
+Result<InferenceModel> load_for_inference(const std::filesystem::path& model, const std::string& device_name,
+                                          const std::string& precision);
 
 // Probability of WMH for every slice of a scan, on the model grid (inference mode).
 torch::Tensor predict(UNet& net, const torch::Tensor& images, const torch::Device& device, double temperature = 1.0);
