@@ -64,6 +64,8 @@ def main():
     ap.add_argument("--bin", default="build/bin")
     ap.add_argument("--out", required=True)
     ap.add_argument("--flag-below", default="0.2")
+    ap.add_argument("--teachers-estimator", action="store_true",
+                    help="monitor KD and ADA models with their teacher's estimator (as jobs do) instead of their own")
     a = ap.parse_args()
     agent = os.path.join(a.bin, "fedda-agent")
     os.makedirs(a.out, exist_ok=True)
@@ -92,13 +94,19 @@ def main():
                     continue
                 with_teacher = ["--teacher", teacher] if method == "kd" else []
                 fitted = calibrated.get(model)
-                if fitted is None:
+                if fitted is None and a.teachers_estimator and method != "teacher":
+                    fitted = model  # not calibrated: monitored with the teacher's estimator below
+                elif fitted is None:
                     fitted = os.path.join(a.out, "models", cell if method != "teacher" else source, f"fold{fold}" if method != "teacher" else "", f"{method}.pt")
                     os.makedirs(os.path.dirname(fitted), exist_ok=True)
                     run([agent, "--log-level", "warn", "calibrate", "--model", model, "--data", os.path.join(a.data, source), "--out", fitted] + with_teacher)
                     calibrated[model] = fitted
                 report = os.path.join(a.out, "reports", cell, f"fold{fold}", method)
-                run([agent, "--log-level", "warn", "monitor", "--model", fitted, "--data", test_dir, "--out", report, "--score",
+                estimator = []
+                if a.teachers_estimator and method != "teacher":
+                    estimator = ["--estimator-from", calibrated[teacher]]
+                    fitted = model
+                run([agent, "--log-level", "warn", "monitor", "--model", fitted] + estimator + ["--data", test_dir, "--out", report, "--score",
                      "--flag-below", a.flag_below] + with_teacher)
                 with open(os.path.join(report, "estimates.csv")) as f:
                     for r in csv.DictReader(f):

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <ctime>
 #include <sstream>
 
@@ -115,6 +116,14 @@ std::string cell(double v) {
   return s.str();
 }
 
+// Figures in the HTML report: three decimals.
+std::string shown(double v) {
+  if (!std::isfinite(v)) return "";
+  char text[32];
+  std::snprintf(text, sizeof text, "%.3f", v);
+  return text;
+}
+
 std::string html_escape(const std::string& text) {
   std::string out;
   for (char c : text) {
@@ -195,16 +204,16 @@ std::string report_html(const std::vector<Row>& rows, const MonitorSummary& summ
   if (!summary.skipped.empty()) h << " (" << summary.skipped.size() << " skipped)";
   h << ".</p>";
   if (estimator) {
-    h << "<p>Estimated Dice: median <b>" << cell(summary.median) << "</b>, interquartile range " << cell(summary.q1)
-      << " to " << cell(summary.q3) << ". The estimator was fitted on " << html_escape(estimator->fitted_on) << " ("
-      << estimator->samples << " samples; on them Spearman " << cell(estimator->fit_spearman) << ", mean absolute error "
-      << cell(estimator->fit_mae) << "). Each estimate comes with a 90% interval.</p>";
+    h << "<p>Estimated Dice: median <b>" << shown(summary.median) << "</b>, interquartile range " << shown(summary.q1)
+      << " to " << shown(summary.q3) << ". The estimator was fitted on " << html_escape(estimator->fitted_on) << " ("
+      << estimator->samples << " samples; on them Spearman " << shown(estimator->fit_spearman) << ", mean absolute error "
+      << shown(estimator->fit_mae) << "). Each estimate comes with a 90% interval.</p>";
   } else {
     h << "<p><b>The model carries no quality estimator</b>: only the signals are shown. A labelled site fits one with "
          "<code>fedda-agent calibrate</code>.</p>";
   }
   h << "<p>Flagged: <b>" << summary.flagged << "</b> of " << summary.scans << " (estimate below "
-    << cell(options.flag_below) << ", signals outside the estimator's range, or drifted). " << html_escape(drift_note)
+    << shown(options.flag_below) << ", signals outside the estimator's range, or drifted). " << html_escape(drift_note)
     << "</p>";
   bool any_flagged = false;
   for (const auto& r : rows) any_flagged |= r.flagged();
@@ -215,7 +224,7 @@ std::string report_html(const std::vector<Row>& rows, const MonitorSummary& summ
       std::string reasons;
       for (const auto& why : r.reasons) reasons += (reasons.empty() ? "" : "; ") + why;
       h << "<div class=\"card\"><img src=\"thumbnails/" << html_escape(thumbnail_name(*r.signals)) << "\" alt=\"\"><br><b>"
-        << html_escape(r.signals->subject) << "</b> estimate " << cell(r.estimate.dsc) << "<br>" << html_escape(reasons)
+        << html_escape(r.signals->subject) << "</b> estimate " << shown(r.estimate.dsc) << "<br>" << html_escape(reasons)
         << "</div>";
     }
     h << "</div>";
@@ -230,12 +239,12 @@ std::string report_html(const std::vector<Row>& rows, const MonitorSummary& summ
     std::string reasons;
     for (const auto& why : r.reasons) reasons += (reasons.empty() ? "" : "; ") + why;
     h << "<tr" << (r.flagged() ? " class=\"flag\"" : "") << "><td class=\"l\">" << html_escape(s.clinic + "/" + s.subject)
-      << "</td><td>" << cell(r.estimate.dsc) << "</td><td>" << cell(r.estimate.low) << " - " << cell(r.estimate.high)
-      << "</td><td class=\"l\">" << html_escape(reasons) << "</td><td>" << cell(s.lesion_ml) << "</td><td>"
-      << s.lesion_count << "</td><td>" << cell(s.self_dice) << "</td><td>" << cell(s.entropy_brain) << "</td><td>"
-      << cell(s.tta_dice) << "</td><td>" << cell(s.teacher_dice) << "</td><td>" << cell(s.histogram_distance)
-      << "</td><td>" << cell(s.noise) << "</td>";
-    if (options.score) h << "<td>" << cell(s.true_dsc) << "</td>";
+      << "</td><td>" << shown(r.estimate.dsc) << "</td><td>" << shown(r.estimate.low) << " - " << shown(r.estimate.high)
+      << "</td><td class=\"l\">" << html_escape(reasons) << "</td><td>" << shown(s.lesion_ml) << "</td><td>"
+      << s.lesion_count << "</td><td>" << shown(s.self_dice) << "</td><td>" << shown(s.entropy_brain) << "</td><td>"
+      << shown(s.tta_dice) << "</td><td>" << shown(s.teacher_dice) << "</td><td>" << shown(s.histogram_distance)
+      << "</td><td>" << shown(s.noise) << "</td>";
+    if (options.score) h << "<td>" << shown(s.true_dsc) << "</td>";
     h << "</tr>";
   }
   h << "</table><p>Per-scan values stay at this site; only <code>summary.json</code> (counts, median and IQR) is "
@@ -249,8 +258,11 @@ Result<MonitorSummary> run_monitor(const MonitorOptions& options, const std::vec
                                    const std::function<void(int, int)>& progress) {
   if (subjects.empty()) return make_error("monitor: no scans to look at");
   if (!(options.flag_below >= 0 && options.flag_below <= 1)) return make_error("monitor: --flag-below must be in [0, 1]");
-  auto estimator = models::read_estimator(options.model);
+  auto estimator = models::read_estimator(options.estimator_from.value_or(options.model));
   if (!estimator) return estimator.error();
+  if (options.estimator_from && !*estimator) {
+    return make_error(options.estimator_from->string() + ": carries no quality estimator");
+  }
   if (*estimator && !options.teacher &&
       std::find((*estimator)->features.begin(), (*estimator)->features.end(), "teacher_dice") != (*estimator)->features.end()) {
     return make_error(options.model.string() +

@@ -320,7 +320,7 @@ int main(int argc, char** argv) {
     return std::move(index->subjects);
   };
 
-  std::string teacher, baseline, precision = "auto";
+  std::string teacher, baseline, estimator_from, precision = "auto";
   double flag_below = 0.2;
   bool score = false;
   auto* monitor = app.add_subcommand(
@@ -336,6 +336,9 @@ int main(int argc, char** argv) {
       "the baseline to cache_dir/reports/site-profile.json (written by the first run).");
   monitor->add_option("--model", model, "fedda model file (.pt)")->required();
   monitor->add_option("--teacher", teacher, "the teacher it was distilled from (agreement with it is a signal)");
+  monitor->add_option("--estimator-from", estimator_from,
+                      "use the quality estimator this model file carries (e.g. the teacher's, for a model adapted from "
+                      "it with no estimator of its own; what jobs do) instead of --model's");
   auto* monitor_data = monitor->add_option("--data", data_dir, "the scans: a folder in any layout the agent reads");
   auto* monitor_config = monitor->add_option("--config", config_path, "site config (YAML): its data and cache_dir");
   monitor_data->excludes(monitor_config);
@@ -362,6 +365,7 @@ int main(int argc, char** argv) {
     site_agent::MonitorOptions options;
     options.model = model;
     if (!teacher.empty()) options.teacher = teacher;
+    if (!estimator_from.empty()) options.estimator_from = estimator_from;
     options.flag_below = flag_below;
     options.score = score;
     options.device = device;

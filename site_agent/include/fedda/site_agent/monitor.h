@@ -31,6 +31,7 @@ namespace fedda::site_agent {
 struct MonitorOptions {
   std::filesystem::path model;
   std::optional<std::filesystem::path> teacher;
+  std::optional<std::filesystem::path> estimator_from;  // use this model file's estimator instead of the model's
   std::filesystem::path out;
   double flag_below = 0.2;
   std::optional<std::filesystem::path> baseline;  // an earlier run's site-profile.json
