@@ -56,10 +56,12 @@ std::string to_json(const QualityEstimator& e) {
 
 Result<QualityEstimator> estimator_from_json(const std::string& text) {
   const auto j = nlohmann::json::parse(text, nullptr, false);
-  if (!j.is_object() || j.value("format", "") != "fedda-quality-estimator") {
+  if (!j.is_object() || !j.contains("format") || j["format"] != "fedda-quality-estimator") {
     return make_error("quality estimator: not a fedda quality estimator");
   }
-  if (j.value("version", 0) != 1) return make_error("quality estimator: unsupported version " + j.value("version", nlohmann::json()).dump());
+  if (!j.contains("version") || j["version"] != 1) {
+    return make_error("quality estimator: unsupported version " + j.value("version", nlohmann::json()).dump());
+  }
   QualityEstimator e;
   try {
     e.features = j.at("features").get<std::vector<std::string>>();
@@ -90,6 +92,17 @@ Result<QualityEstimator> estimator_from_json(const std::string& text) {
     if (std::find(known.begin(), known.end(), f) == known.end()) {
       return make_error("quality estimator: unknown signal '" + f + "'");
     }
+  }
+  const auto finite = [](const std::vector<double>& v) {
+    return std::all_of(v.begin(), v.end(), [](double x) { return std::isfinite(x); });
+  };
+  if (!finite(e.mean) || !finite(e.weights) || !finite(e.lower) || !finite(e.upper) || !std::isfinite(e.intercept) ||
+      !(e.residual_sd >= 0 && std::isfinite(e.residual_sd)) ||
+      !std::all_of(e.scale.begin(), e.scale.end(), [](double x) { return x > 0 && std::isfinite(x); })) {
+    return make_error("quality estimator: its coefficients are not finite (or a scale is not positive)");
+  }
+  if (std::count(e.features.begin(), e.features.end(), "histogram_distance") && e.reference_histogram.empty()) {
+    return make_error("quality estimator: it uses histogram_distance but has no reference histogram");
   }
   if (!e.reference_histogram.empty() && e.reference_histogram.size() != kHistogramBins) {
     return make_error("quality estimator: reference histogram of " + std::to_string(e.reference_histogram.size()) +
@@ -366,17 +379,20 @@ ScanSignals signals_of(Inference& model, Inference* teacher, const ScanSlices& s
   const auto kernel = torch::tensor({1.f, -2.f, 1.f, -2.f, 4.f, -2.f, 1.f, -2.f, 1.f}).view({1, 1, 3, 3});
   const auto residual = torch::conv2d(flair.unsqueeze(1).to(torch::kFloat32), kernel).squeeze(1);
   const auto inner = brain.slice(1, 1, brain.size(1) - 1).slice(2, 1, brain.size(2) - 1);
-  s.noise = residual.abs().masked_select(inner).median().item<double>() / (0.6745 * 6);
+  const auto inside = residual.abs().masked_select(inner);
+  s.noise = inside.numel() ? inside.median().item<double>() / (0.6745 * 6) : NAN;
   if (thumbnail) s.thumbnail = thumbnail_of(flair.contiguous(), seg, brain);
   return s;
 }
 
 // Dice on the model grid against the scan's labels (label 2, other pathology, left out as in
-// the challenge's evaluation).
+// the challenge's evaluation); NaN when the scan has no WMH.
 double grid_dice(Inference& model, const torch::Tensor& images, const ScanSlices& scan) {
   const auto seg = predict(model.model.net, images, model.device) > 0.5;
   const auto other = scan.labels == 2;
-  return dice_of(scan.labels == 1, seg & ~other);
+  const auto truth = scan.labels == 1;
+  if (!truth.any().item<bool>()) return NAN;  // no WMH: the challenge's Dice is undefined, the scan is left out
+  return dice_of(truth, seg & ~other);
 }
 
 // Positive intensities for a contrast curve: the brain's 1st..99th percentile mapped to 0..1.
@@ -489,8 +505,11 @@ Result<QualityEstimator> calibrate_quality(const fs::path& model_path, const std
       s.clinic = subject.clinic;
       s.subject = subject.subject + (kind ? "~" + std::to_string(kind) : "");
       if (kind == 0) unchanged_histograms.push_back(s.flair_histogram);
-      dsc.push_back(grid_dice(*model, images, *scan));
-      samples.push_back(std::move(s));
+      const double d = grid_dice(*model, images, *scan);
+      if (std::isfinite(d)) {
+        dsc.push_back(d);
+        samples.push_back(std::move(s));
+      }
       if (progress) progress(++done, total);
     }
   }

@@ -307,4 +307,11 @@ Result<std::vector<SubjectScore>> SiteTrainer::evaluate(const TensorSet& model) 
   return score_subjects(m.net, m.options.spec, m.evaluation, m.device);
 }
 
+Result<TensorSet> SiteTrainer::as_evaluated(const TensorSet& model) {
+  auto& m = *impl_;
+  if (!m.options.local_batch_norm) return model;
+  if (auto st = m.load(model); !st) return st.error();
+  return to_wire(*m.net);
+}
+
 }  // namespace fedda::models

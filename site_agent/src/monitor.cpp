@@ -12,6 +12,7 @@
 #include "fedda/common/files.h"
 #include "fedda/imaging/metrics.h"
 #include "fedda/imaging/png.h"
+#include "fedda/models/engine.h"
 #include "fedda/models/quality.h"
 
 namespace fedda::site_agent {
@@ -41,7 +42,7 @@ struct Baseline {
   double noise_median = 0, noise_limit = 0;  // |noise - median| above the limit drifted
 };
 
-nlohmann::json profile_json(const std::vector<ScanSignals>& signals, const fs::path& model) {
+nlohmann::json profile_json(const std::vector<ScanSignals>& signals, const fs::path& model, const std::string& grid) {
   nlohmann::json scans = nlohmann::json::array();
   for (const auto& s : signals) {
     scans.push_back({{"histogram", s.flair_histogram}, {"t1_histogram", s.t1_histogram}, {"noise", s.noise}});
@@ -50,7 +51,7 @@ nlohmann::json profile_json(const std::vector<ScanSignals>& signals, const fs::p
   char stamp[32];
   std::strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
   return {{"format", "fedda-site-profile"}, {"version", 1}, {"created", stamp}, {"model", model.filename().string()},
-          {"scans", scans}};
+          {"grid", grid}, {"scans", scans}};
 }
 
 // How far from the baseline's centre a scan may lie, given the baseline scans' own distances.
@@ -67,12 +68,17 @@ std::vector<double> mean_histogram(const std::vector<std::vector<double>>& histo
   return mean;
 }
 
-Result<Baseline> read_baseline(const fs::path& path) {
+// Histograms and noise are measured on the model's grid: a baseline holds for that grid only.
+Result<Baseline> read_baseline(const fs::path& path, const std::string& grid) {
   auto text = files::read_all(path);
   if (!text) return text.error();
   const auto j = nlohmann::json::parse(*text, nullptr, false);
   if (!j.is_object() || j.value("format", "") != "fedda-site-profile" || !j.contains("scans") || !j["scans"].is_array()) {
     return make_error(path.string() + ": not a fedda site profile (site-profile.json of an earlier monitor run)");
+  }
+  if (j.value("grid", "") != grid) {
+    return make_error(path.string() + ": measured on another model grid (" + j.value("grid", std::string("?")) +
+                      ", this model's is " + grid + ")");
   }
   std::vector<std::vector<double>> flair, t1;
   std::vector<double> noise;
@@ -268,10 +274,15 @@ Result<MonitorSummary> run_monitor(const MonitorOptions& options, const std::vec
     return make_error(options.model.string() +
                       ": its quality estimator was fitted with a teacher's agreement; pass the same teacher with --teacher");
   }
+  auto spec = models::read_model_spec(options.model);
+  if (!spec) return spec.error();
+  const auto& g = spec->grid;
+  const std::string grid = std::to_string(g.in_plane_size[0]) + "x" + std::to_string(g.in_plane_size[1]) + " at " +
+                           cell(g.in_plane_spacing[0]) + "x" + cell(g.in_plane_spacing[1]) + " mm";
   std::optional<Baseline> baseline;
   MonitorSummary summary;
   if (options.baseline) {
-    auto b = read_baseline(*options.baseline);
+    auto b = read_baseline(*options.baseline, grid);
     if (b) {
       baseline = std::move(*b);
     } else if (options.baseline_optional) {
@@ -301,14 +312,17 @@ Result<MonitorSummary> run_monitor(const MonitorOptions& options, const std::vec
     r.signals = &s;
     if (*estimator) {
       auto e = models::estimate_quality(**estimator, s);
-      if (!e) return e.error();
-      r.estimate = *e;
-      estimates.push_back(e->dsc);
-      if (e->dsc < options.flag_below) r.reasons.push_back("estimate below " + cell(options.flag_below));
-      if (!e->out_of_range.empty()) {
-        std::string names;
-        for (const auto& f : e->out_of_range) names += (names.empty() ? "" : ", ") + f;
-        r.reasons.push_back("outside the estimator's range: " + names);
+      if (!e) {  // a signal this scan lacks: no estimate for it, the others go on
+        r.reasons.push_back("no estimate: " + e.error().message);
+      } else {
+        r.estimate = *e;
+        estimates.push_back(e->dsc);
+        if (e->dsc < options.flag_below) r.reasons.push_back("estimate below " + cell(options.flag_below));
+        if (!e->out_of_range.empty()) {
+          std::string names;
+          for (const auto& f : e->out_of_range) names += (names.empty() ? "" : ", ") + f;
+          r.reasons.push_back("outside the estimator's range: " + names);
+        }
       }
     }
     if (baseline) {
@@ -359,7 +373,7 @@ Result<MonitorSummary> run_monitor(const MonitorOptions& options, const std::vec
       !st) {
     return st.error();
   }
-  if (auto st = files::write_atomically(options.out / "site-profile.json", profile_json(*signals, options.model).dump(1) + "\n");
+  if (auto st = files::write_atomically(options.out / "site-profile.json", profile_json(*signals, options.model, grid).dump(1) + "\n");
       !st) {
     return st.error();
   }

@@ -1,6 +1,7 @@
 #include "site_worker.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <map>
 #include <regex>
@@ -156,6 +157,10 @@ struct SiteWorker::Impl {
     d["evaluation"] = evaluates ? nlohmann::json{{"per_subject", {"dsc", "h95", "avd", "recall", "f1"}},
                                                  {"subjects_named_by", "pseudonym"}}
                                 : nlohmann::json();
+    if (evaluates && config.policy.quality_reports) {
+      d["quality_report"] = {{"kept_here", "cache_dir/reports/" + job.id + "/ (per scan)"},
+                             {"sent", {"scans", "flagged", "drifted", "site_drifted", "estimated Dice median and IQR"}}};
+    }
     return d.dump();
   }
 
@@ -273,6 +278,18 @@ struct SiteWorker::Impl {
   // The site's first report is its drift baseline (cache_dir/reports/site-profile.json). A report
   // that cannot be made is logged and the evaluation goes on without it.
   std::optional<protocol::QualitySummary> quality_report(const std::string& job_id, const TensorSet& model) {
+    try {
+      return make_quality_report(job_id, model);
+    } catch (const std::exception& e) {  // LibTorch and JSON throw; the evaluation must not go with them
+      log->warn("job {}: no quality report: {}", job_id, e.what());
+      std::error_code ec;
+      std::filesystem::remove(config.cache_dir / "reports" / job_id / "model.pt", ec);
+      std::filesystem::remove(config.cache_dir / "reports" / job_id / "teacher.pt", ec);
+      return std::nullopt;
+    }
+  }
+
+  std::optional<protocol::QualitySummary> make_quality_report(const std::string& job_id, const TensorSet& model) {
     const auto& in = quality_inputs;
     if (in.scans.empty()) return std::nullopt;
     const auto reports = config.cache_dir / "reports";
@@ -309,7 +326,9 @@ struct SiteWorker::Impl {
     if (!summary->baseline_problem.empty()) log->warn("job {}: drift baseline not used: {}", job_id, summary->baseline_problem);
     // The first report of at least 3 scans is the site's drift baseline from then on.
     if ((!options.baseline || !summary->baseline_problem.empty()) && summary->scans >= 3) {
-      std::filesystem::copy_file(options.out / "site-profile.json", baseline, std::filesystem::copy_options::overwrite_existing, ec);
+      if (auto profile = files::read_all(options.out / "site-profile.json")) {
+        if (auto written = files::write_atomically(baseline, *profile); !written) log->warn("{}", written.error().message);
+      }
     }
     log->info("job {}: quality report {} ({} scans, {} flagged{})", job_id, (options.out / "report.html").string(),
               summary->scans, summary->flagged, options.baseline ? ", " + std::to_string(summary->drifted) + " drifted" : "");
@@ -318,8 +337,8 @@ struct SiteWorker::Impl {
     q.flagged = summary->flagged;
     q.drifted = summary->drifted;
     q.site_drifted = summary->site_drifted;
-    q.estimated = summary->has_estimator;
-    if (summary->has_estimator) {
+    q.estimated = summary->has_estimator && std::isfinite(summary->median);
+    if (q.estimated) {
       q.median = summary->median;
       q.q1 = summary->q1;
       q.q3 = summary->q3;
@@ -365,9 +384,25 @@ struct SiteWorker::Impl {
       }
       log->info("job {}: evaluated {} subjects", h.job_id, update.metrics.size());
       if (config.policy.quality_reports && h.round == quality_inputs.final_round) {
-        if (auto q = quality_report(h.job_id, task->model)) {
-          update.has_quality = true;
-          update.quality = *q;
+        // The model as this site evaluated it (under FedBN, with its own batch-norm tensors).
+        auto evaluated = trainer->as_evaluated(task->model);
+        std::optional<protocol::QualitySummary> q;
+        if (evaluated) {
+          q = quality_report(h.job_id, *evaluated);
+        } else {
+          log->warn("job {}: no quality report: {}", h.job_id, evaluated.error().message);
+        }
+        if (q) {
+          // Checked on its own: a report the guard refuses is dropped, the evaluation goes out.
+          protocol::RoundUpdate alone;
+          alone.has_quality = true;
+          alone.quality = *q;
+          if (auto st = guard->check(alone, true); st) {
+            update.has_quality = true;
+            update.quality = *q;
+          } else {
+            log->warn("job {}: quality report not sent: {}", h.job_id, st.error().message);
+          }
         }
       }
     } else {

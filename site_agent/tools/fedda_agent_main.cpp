@@ -381,7 +381,10 @@ int main(int argc, char** argv) {
         out = (reports / stamp).string();
       }
       std::error_code ec;
-      if (baseline.empty() && std::filesystem::exists(site_baseline, ec)) baseline = site_baseline.string();
+      if (baseline.empty() && std::filesystem::exists(site_baseline, ec)) {
+        baseline = site_baseline.string();
+        options.baseline_optional = true;  // chosen for the operator: a stale one is noted, not fatal
+      }
     }
     if (out.empty()) {
       log->error("monitor needs --out (or --config)");
@@ -412,11 +415,15 @@ int main(int argc, char** argv) {
       std::cout << ", " << summary->drifted << " drifted from the baseline" << (summary->site_drifted ? ": SITE DRIFTED" : "");
     }
     std::cout << "\nreport: " << (options.out / "report.html").string() << "\n";
-    if (config && !options.baseline) {
-      std::error_code ec;
-      std::filesystem::copy_file(options.out / "site-profile.json", site_baseline, ec);
-      if (!ec) log->info("this run is the site's baseline from now on: {}", site_baseline.string());
+    // The site's first run of at least 3 scans is its baseline from then on (an unusable one is replaced).
+    if (config && (!options.baseline || !summary->baseline_problem.empty()) && summary->scans >= 3) {
+      if (auto profile = files::read_all(options.out / "site-profile.json")) {
+        if (files::write_atomically(site_baseline, *profile)) {
+          log->info("this run is the site's baseline from now on: {}", site_baseline.string());
+        }
+      }
     }
+    if (!summary->baseline_problem.empty()) log->warn("baseline not used: {}", summary->baseline_problem);
   });
 
   auto* calibrate = app.add_subcommand(

@@ -134,6 +134,18 @@ TEST(Quality, EstimatorJsonRoundTripsAndMalformedOnesAreRefused) {
   r = estimator_from_json(to_json(bad));
   ASSERT_FALSE(r);
   EXPECT_NE(r.error().message.find("do not match its 2 features"), std::string::npos);
+  bad = e;
+  bad.scale[0] = 0;
+  r = estimator_from_json(to_json(bad));
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("not finite"), std::string::npos);
+  bad = e;
+  bad.features[1] = "histogram_distance";
+  bad.reference_histogram.clear();
+  r = estimator_from_json(to_json(bad));
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("no reference histogram"), std::string::npos);
+  EXPECT_FALSE(estimator_from_json("{\"format\": 3, \"version\": \"x\"}"));
   EXPECT_FALSE(estimator_from_json("{\"format\": \"something else\"}"));
   EXPECT_FALSE(estimator_from_json("not json"));
 }

@@ -216,6 +216,15 @@ TEST(FeddaAgentCli, MonitorEstimatesWithoutLabelsAndFlagsAScannerChange) {
                           (dir / "early/utrecht").string() + " --out " + (dir / "base").string());
   ASSERT_EQ(base.exit_code, 0) << base.output;
   ASSERT_TRUE(std::filesystem::exists(dir / "base/site-profile.json"));
+  // The baseline holds image statistics and the model grid, no subject ids.
+  const auto profile = nlohmann::json::parse(testing::read_text(dir / "base/site-profile.json"));
+  EXPECT_EQ(profile["scans"].size(), all.size() - changed.size());
+  EXPECT_EQ(profile["grid"], "64x64 at 3x3 mm");
+  for (const auto& scan : profile["scans"]) {
+    std::set<std::string> fields;
+    for (const auto& [k, v] : scan.items()) fields.insert(k);
+    EXPECT_EQ(fields, (std::set<std::string>{"histogram", "t1_histogram", "noise"}));
+  }
 
   auto later = run_command(agent + " monitor --model " + calibrated + " --teacher " + teacher + " --data " +
                            (dir / "data/utrecht").string() + " --out " + (dir / "later").string() + " --baseline " +

@@ -80,6 +80,8 @@ class SiteTrainer {
   Result<LocalUpdate> train(int round, const TensorSet& model, const TensorSet& discriminator, int steps,
                             double learning_rate, double adversarial_weight);
   Result<std::vector<SubjectScore>> evaluate(const TensorSet& model);
+  // `model` as this site evaluates it: under FedBN with the site's own batch-norm tensors.
+  Result<TensorSet> as_evaluated(const TensorSet& model);
 
  private:
   struct Impl;

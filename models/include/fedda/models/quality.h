@@ -4,7 +4,7 @@
 //
 // Signals per scan, from the model's own output and the image on the model grid, inside the
 // brain mask (no labels):
-//   self_dice          the Dice the model expects of itself: 2 sum(p on p > 0.5) / (sum p + |p > 0.5|)
+//   self_dice          the Dice the model expects of itself: (2 sum(p on p > 0.5) + 1) / (sum p + |p > 0.5| + 1)
 //   entropy_brain      mean binary entropy of p(WMH) inside the brain (bits)
 //   entropy_lesion     mean entropy on the voxels it calls lesion (0 when there are none)
 //   tta_dice           Dice between its segmentation and that of the scan flipped left-right with
