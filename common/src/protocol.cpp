@@ -107,13 +107,14 @@ std::string csv_field(const std::string& text) {
   return out + "\"";
 }
 
-namespace {
 std::string csv_number(double v) {
   if (!std::isfinite(v)) return "";
   char text[32];
   std::snprintf(text, sizeof text, "%.6g", v);
   return text;
 }
+
+namespace {
 double csv_value(const std::string& cell) {
   if (cell.empty()) return NAN;
   std::size_t used = 0;

@@ -320,12 +320,10 @@ imaging::RgbPicture thumbnail_of(const torch::Tensor& flair, const torch::Tensor
   return pic;
 }
 
-using Inference = InferenceModel;
-
 // The model and, when asked for, its teacher, on the same preprocessing grid.
 struct ModelAndTeacher {
-  Inference model;
-  std::optional<Inference> teacher;
+  InferenceModel model;
+  std::optional<InferenceModel> teacher;
 };
 Result<ModelAndTeacher> load_model_and_teacher(const fs::path& model_path, const std::optional<fs::path>& teacher_path,
                                                const std::string& device, const std::string& precision) {
@@ -345,12 +343,12 @@ Result<ModelAndTeacher> load_model_and_teacher(const fs::path& model_path, const
   return out;
 }
 
-// The signals of one scan (images may be a degraded copy of the scan's).
-ScanSignals signals_of(Inference& model, Inference* teacher, const ScanSlices& scan, const torch::Tensor& images,
-                       const std::vector<double>& reference_histogram, bool thumbnail) {
+// The signals of one scan (images may be a degraded copy of the scan's) whose p(WMH) by `model`
+// is `p`.
+ScanSignals signals_of(InferenceModel& model, InferenceModel* teacher, const ScanSlices& scan, const torch::Tensor& images,
+                       const torch::Tensor& p, const std::vector<double>& reference_histogram, bool thumbnail) {
   ScanSignals s;
   const auto& brain = scan.brain;
-  const auto p = predict(model.model.net, images, model.device);
   const auto seg = p > 0.5;
   const double sum_p = p.sum().item<double>(), sum_seg = seg.sum().item<double>();
   s.self_dice = (2.0 * p.masked_select(seg).sum().item<double>() + 1.0) / (sum_p + sum_seg + 1.0);
@@ -385,10 +383,9 @@ ScanSignals signals_of(Inference& model, Inference* teacher, const ScanSlices& s
   return s;
 }
 
-// Dice on the model grid against the scan's labels (label 2, other pathology, left out as in
-// the challenge's evaluation); NaN when the scan has no WMH.
-double grid_dice(Inference& model, const torch::Tensor& images, const ScanSlices& scan) {
-  const auto seg = predict(model.model.net, images, model.device) > 0.5;
+// Dice of a segmentation on the model grid against the scan's labels (label 2, other pathology,
+// left out as in the challenge's evaluation); NaN when the scan has no WMH.
+double grid_dice(const torch::Tensor& seg, const ScanSlices& scan) {
   const auto other = scan.labels == 2;
   const auto truth = scan.labels == 1;
   if (!truth.any().item<bool>()) return NAN;  // no WMH: the challenge's Dice is undefined, the scan is left out
@@ -459,12 +456,12 @@ Result<std::vector<ScanSignals>> compute_signals(
       if (progress) progress(++done, static_cast<int>(subjects.size()));
       continue;
     }
-    auto s = signals_of(*model, teacher ? &*teacher : nullptr, *scan, scan->images, options.reference_histogram,
+    const auto p = predict(model->model.net, scan->images, model->device);
+    auto s = signals_of(*model, teacher ? &*teacher : nullptr, *scan, scan->images, p, options.reference_histogram,
                         options.thumbnails);
     s.clinic = subject.clinic;
     s.subject = subject.subject;
     if (options.score && subject.labels) {
-      const auto p = predict(model->model.net, scan->images, model->device);
       imaging::Image probability(scan->grid);
       std::memcpy(probability.voxels.data(), p.data_ptr<float>(), probability.voxels.size() * sizeof(float));
       const auto prediction = imaging::restore_segmentation(probability, scan->original);
@@ -501,11 +498,12 @@ Result<QualityEstimator> calibrate_quality(const fs::path& model_path, const std
       torch::NoGradGuard no_grad;
       const auto images = perturb(scan->images, scan->brain, kind,
                                   mix(std::hash<std::string>{}(subject.subject), static_cast<std::uint64_t>(kind)));
-      auto s = signals_of(*model, teacher ? &*teacher : nullptr, *scan, images, {}, false);
+      const auto p = predict(model->model.net, images, model->device);
+      auto s = signals_of(*model, teacher ? &*teacher : nullptr, *scan, images, p, {}, false);
       s.clinic = subject.clinic;
       s.subject = subject.subject + (kind ? "~" + std::to_string(kind) : "");
       if (kind == 0) unchanged_histograms.push_back(s.flair_histogram);
-      const double d = grid_dice(*model, images, *scan);
+      const double d = grid_dice(p > 0.5, *scan);
       if (std::isfinite(d)) {
         dsc.push_back(d);
         samples.push_back(std::move(s));

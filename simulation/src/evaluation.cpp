@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "fedda/common/protocol.h"
 #include "fedda/imaging/dataset.h"
 #include "fedda/imaging/nifti_io.h"
 
@@ -35,21 +36,13 @@ struct MeanAccumulator {
     std::ostringstream s;
     s << clinic << ",mean";
     for (int i = 0; i < 5; ++i) {
-      s << "," << (count[i] ? csv_cell(sum[i] / count[i]) : "");
+      s << "," << (count[i] ? protocol::csv_number(sum[i] / count[i]) : "");
     }
     return s.str();
   }
 };
 
 }  // namespace
-
-std::string csv_cell(double v) {
-  if (!std::isfinite(v)) return "";
-  std::ostringstream s;
-  s.precision(6);
-  s << v;
-  return s.str();
-}
 
 Result<CaseMetrics> evaluate_files(const fs::path& truth, const fs::path& prediction,
                                    const EvaluateOptions& options) {
@@ -126,8 +119,8 @@ std::string evaluation_csv(const BatchEvaluation& evaluation) {
   MeanAccumulator overall;
   for (const auto& c : evaluation.cases) {
     const auto& m = c.metrics;
-    s << c.clinic << "," << c.subject << "," << csv_cell(m.dsc) << "," << csv_cell(m.h95) << ","
-      << csv_cell(m.avd) << "," << csv_cell(m.recall) << "," << csv_cell(m.f1) << "\n";
+    s << c.clinic << "," << c.subject << "," << protocol::csv_number(m.dsc) << "," << protocol::csv_number(m.h95) << ","
+      << protocol::csv_number(m.avd) << "," << protocol::csv_number(m.recall) << "," << protocol::csv_number(m.f1) << "\n";
     per_clinic[c.clinic].add(m);
     overall.add(m);
   }

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fedda/common/files.h"
+#include "fedda/common/protocol.h"
 #include "fedda/imaging/metrics.h"
 #include "fedda/imaging/png.h"
 #include "fedda/models/engine.h"
@@ -114,14 +115,6 @@ Result<Baseline> read_baseline(const fs::path& path, const std::string& grid) {
   return b;
 }
 
-std::string cell(double v) {
-  if (!std::isfinite(v)) return "";
-  std::ostringstream s;
-  s.precision(6);
-  s << v;
-  return s.str();
-}
-
 // Figures in the HTML report: three decimals.
 std::string shown(double v) {
   if (!std::isfinite(v)) return "";
@@ -144,13 +137,6 @@ std::string html_escape(const std::string& text) {
   return out;
 }
 
-std::string csv_field(const std::string& text) {
-  if (text.find_first_of(",\"\n") == std::string::npos) return text;
-  std::string out = "\"";
-  for (char c : text) out += c == '"' ? std::string("\"\"") : std::string(1, c);
-  return out + "\"";
-}
-
 // A file name for a subject's thumbnail: ids are the site's own, but keep the name tame.
 std::string thumbnail_name(const ScanSignals& s) {
   std::string name = s.clinic + "-" + s.subject;
@@ -166,6 +152,11 @@ struct Row {
   bool drifted = false;
   std::vector<std::string> reasons;
   bool flagged() const { return !reasons.empty(); }
+  std::string reason_text() const {
+    std::string text;
+    for (const auto& why : reasons) text += (text.empty() ? "" : "; ") + why;
+    return text;
+  }
 };
 
 const std::vector<std::string>& signal_columns() {
@@ -183,13 +174,12 @@ std::string estimates_csv(const std::vector<Row>& rows, bool score) {
   csv << '\n';
   for (const auto& r : rows) {
     const auto& s = *r.signals;
-    std::string reasons;
-    for (const auto& why : r.reasons) reasons += (reasons.empty() ? "" : "; ") + why;
-    csv << csv_field(s.subject) << ',' << csv_field(s.clinic) << ',' << cell(r.estimate.dsc) << ','
-        << cell(r.estimate.low) << ',' << cell(r.estimate.high) << ',' << (r.flagged() ? 1 : 0) << ','
-        << csv_field(reasons) << ',' << cell(s.lesion_ml);
-    for (const auto& name : signal_columns()) csv << ',' << cell(models::signal_value(s, name));
-    if (score) csv << ',' << cell(s.true_dsc);
+    const auto reasons = r.reason_text();
+    csv << protocol::csv_field(s.subject) << ',' << protocol::csv_field(s.clinic) << ',' << protocol::csv_number(r.estimate.dsc) << ','
+        << protocol::csv_number(r.estimate.low) << ',' << protocol::csv_number(r.estimate.high) << ',' << (r.flagged() ? 1 : 0) << ','
+        << protocol::csv_field(reasons) << ',' << protocol::csv_number(s.lesion_ml);
+    for (const auto& name : signal_columns()) csv << ',' << protocol::csv_number(models::signal_value(s, name));
+    if (score) csv << ',' << protocol::csv_number(s.true_dsc);
     csv << '\n';
   }
   return csv.str();
@@ -227,8 +217,7 @@ std::string report_html(const std::vector<Row>& rows, const MonitorSummary& summ
     h << "<h2>Flagged scans</h2><div class=\"cards\">";
     for (const auto& r : rows) {
       if (!r.flagged()) continue;
-      std::string reasons;
-      for (const auto& why : r.reasons) reasons += (reasons.empty() ? "" : "; ") + why;
+      const auto reasons = r.reason_text();
       h << "<div class=\"card\"><img src=\"thumbnails/" << html_escape(thumbnail_name(*r.signals)) << "\" alt=\"\"><br><b>"
         << html_escape(r.signals->subject) << "</b> estimate " << shown(r.estimate.dsc) << "<br>" << html_escape(reasons)
         << "</div>";
@@ -242,8 +231,7 @@ std::string report_html(const std::vector<Row>& rows, const MonitorSummary& summ
   h << "</tr>";
   for (const auto& r : rows) {
     const auto& s = *r.signals;
-    std::string reasons;
-    for (const auto& why : r.reasons) reasons += (reasons.empty() ? "" : "; ") + why;
+    const auto reasons = r.reason_text();
     h << "<tr" << (r.flagged() ? " class=\"flag\"" : "") << "><td class=\"l\">" << html_escape(s.clinic + "/" + s.subject)
       << "</td><td>" << shown(r.estimate.dsc) << "</td><td>" << shown(r.estimate.low) << " - " << shown(r.estimate.high)
       << "</td><td class=\"l\">" << html_escape(reasons) << "</td><td>" << shown(s.lesion_ml) << "</td><td>"
@@ -278,19 +266,23 @@ Result<MonitorSummary> run_monitor(const MonitorOptions& options, const std::vec
   if (!spec) return spec.error();
   const auto& g = spec->grid;
   const std::string grid = std::to_string(g.in_plane_size[0]) + "x" + std::to_string(g.in_plane_size[1]) + " at " +
-                           cell(g.in_plane_spacing[0]) + "x" + cell(g.in_plane_spacing[1]) + " mm";
+                           protocol::csv_number(g.in_plane_spacing[0]) + "x" + protocol::csv_number(g.in_plane_spacing[1]) + " mm";
   std::optional<Baseline> baseline;
   MonitorSummary summary;
+  std::error_code ec;
   if (options.baseline) {
     auto b = read_baseline(*options.baseline, grid);
+    if (!b) return b.error();
+    baseline = std::move(*b);
+  } else if (options.site_baseline && fs::exists(*options.site_baseline, ec)) {
+    auto b = read_baseline(*options.site_baseline, grid);
     if (b) {
       baseline = std::move(*b);
-    } else if (options.baseline_optional) {
-      summary.baseline_problem = b.error().message;
     } else {
-      return b.error();
+      summary.baseline_problem = b.error().message;
     }
   }
+  summary.compared = baseline.has_value();
   models::SignalOptions so;
   so.teacher = options.teacher;
   if (*estimator) so.reference_histogram = (*estimator)->reference_histogram;
@@ -317,7 +309,7 @@ Result<MonitorSummary> run_monitor(const MonitorOptions& options, const std::vec
       } else {
         r.estimate = *e;
         estimates.push_back(e->dsc);
-        if (e->dsc < options.flag_below) r.reasons.push_back("estimate below " + cell(options.flag_below));
+        if (e->dsc < options.flag_below) r.reasons.push_back("estimate below " + protocol::csv_number(options.flag_below));
         if (!e->out_of_range.empty()) {
           std::string names;
           for (const auto& f : e->out_of_range) names += (names.empty() ? "" : ", ") + f;
@@ -358,7 +350,6 @@ Result<MonitorSummary> run_monitor(const MonitorOptions& options, const std::vec
                                        : "the site's scans look as before.");
   }
 
-  std::error_code ec;
   fs::create_directories(options.out / "thumbnails", ec);
   if (ec) return make_error(options.out.string() + ": cannot create: " + ec.message());
   for (const auto& r : rows) {
@@ -373,9 +364,11 @@ Result<MonitorSummary> run_monitor(const MonitorOptions& options, const std::vec
       !st) {
     return st.error();
   }
-  if (auto st = files::write_atomically(options.out / "site-profile.json", profile_json(*signals, options.model, grid).dump(1) + "\n");
-      !st) {
-    return st.error();
+  const auto profile = profile_json(*signals, options.model, grid).dump(1) + "\n";
+  if (auto st = files::write_atomically(options.out / "site-profile.json", profile); !st) return st.error();
+  if (options.site_baseline && !options.baseline && !baseline && summary.scans >= 3) {
+    if (auto st = files::write_atomically(*options.site_baseline, profile); !st) return st.error();
+    summary.became_baseline = true;
   }
   const auto number = [](double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(); };
   const nlohmann::json aggregate{{"scans", summary.scans},         {"skipped", summary.skipped.size()},

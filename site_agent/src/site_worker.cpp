@@ -278,34 +278,29 @@ struct SiteWorker::Impl {
   // The site's first report is its drift baseline (cache_dir/reports/site-profile.json). A report
   // that cannot be made is logged and the evaluation goes on without it.
   std::optional<protocol::QualitySummary> quality_report(const std::string& job_id, const TensorSet& model) {
+    std::optional<protocol::QualitySummary> q;
     try {
-      return make_quality_report(job_id, model);
+      q = make_quality_report(job_id, model);
     } catch (const std::exception& e) {  // LibTorch and JSON throw; the evaluation must not go with them
       log->warn("job {}: no quality report: {}", job_id, e.what());
-      std::error_code ec;
-      std::filesystem::remove(config.cache_dir / "reports" / job_id / "model.pt", ec);
-      std::filesystem::remove(config.cache_dir / "reports" / job_id / "teacher.pt", ec);
-      return std::nullopt;
     }
+    // The evaluated weights are written only for the report; they are not kept with it.
+    std::error_code ec;
+    std::filesystem::remove(config.cache_dir / "reports" / job_id / "model.pt", ec);
+    std::filesystem::remove(config.cache_dir / "reports" / job_id / "teacher.pt", ec);
+    return q;
   }
 
   std::optional<protocol::QualitySummary> make_quality_report(const std::string& job_id, const TensorSet& model) {
     const auto& in = quality_inputs;
     if (in.scans.empty()) return std::nullopt;
-    const auto reports = config.cache_dir / "reports";
     MonitorOptions options;
-    options.out = reports / job_id;
+    options.out = config.cache_dir / "reports" / job_id;
     options.model = options.out / "model.pt";
     options.device = config.device;
     options.precision = config.precision;
-    options.baseline_optional = true;
-    const auto baseline = reports / "site-profile.json";
+    options.site_baseline = config.cache_dir / "reports" / "site-profile.json";
     std::error_code ec;
-    if (std::filesystem::exists(baseline, ec)) options.baseline = baseline;
-    const auto cleanup = [&] {
-      std::filesystem::remove(options.out / "model.pt", ec);
-      std::filesystem::remove(options.out / "teacher.pt", ec);
-    };
     std::filesystem::create_directories(options.out, ec);
     Status st = models::write_model_weights(options.model, in.spec, model, in.estimator);
     if (st && !in.teacher.tensors.empty()) {
@@ -314,24 +309,16 @@ struct SiteWorker::Impl {
     }
     if (!st) {
       log->warn("job {}: no quality report: {}", job_id, st.error().message);
-      cleanup();
       return std::nullopt;
     }
     auto summary = run_monitor(options, in.scans);
-    cleanup();
     if (!summary) {
       log->warn("job {}: no quality report: {}", job_id, summary.error().message);
       return std::nullopt;
     }
     if (!summary->baseline_problem.empty()) log->warn("job {}: drift baseline not used: {}", job_id, summary->baseline_problem);
-    // The first report of at least 3 scans is the site's drift baseline from then on.
-    if ((!options.baseline || !summary->baseline_problem.empty()) && summary->scans >= 3) {
-      if (auto profile = files::read_all(options.out / "site-profile.json")) {
-        if (auto written = files::write_atomically(baseline, *profile); !written) log->warn("{}", written.error().message);
-      }
-    }
     log->info("job {}: quality report {} ({} scans, {} flagged{})", job_id, (options.out / "report.html").string(),
-              summary->scans, summary->flagged, options.baseline ? ", " + std::to_string(summary->drifted) + " drifted" : "");
+              summary->scans, summary->flagged, summary->compared ? ", " + std::to_string(summary->drifted) + " drifted" : "");
     protocol::QualitySummary q;
     q.scans = summary->scans;
     q.flagged = summary->flagged;

@@ -370,20 +370,14 @@ int main(int argc, char** argv) {
     options.score = score;
     options.device = device;
     options.precision = precision;
-    std::filesystem::path site_baseline;
     if (config) {
       const auto reports = config->cache_dir / "reports";
-      site_baseline = reports / "site-profile.json";
+      if (baseline.empty()) options.site_baseline = reports / "site-profile.json";
       if (out.empty()) {
         const auto now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
         char stamp[32];
         std::strftime(stamp, sizeof stamp, "monitor-%Y%m%dT%H%M%SZ", std::gmtime(&now));
         out = (reports / stamp).string();
-      }
-      std::error_code ec;
-      if (baseline.empty() && std::filesystem::exists(site_baseline, ec)) {
-        baseline = site_baseline.string();
-        options.baseline_optional = true;  // chosen for the operator: a stale one is noted, not fatal
       }
     }
     if (out.empty()) {
@@ -395,8 +389,9 @@ int main(int argc, char** argv) {
     if (!baseline.empty()) options.baseline = baseline;
     auto subjects = data_subjects(config, options.out / "dicom-cache");
     if (!subjects) return;
+    const auto& against = options.baseline ? options.baseline : options.site_baseline;
     log->info("monitoring {} scans with {}{}", subjects->size(), model,
-              options.baseline ? " against baseline " + options.baseline->string() : std::string());
+              against ? " against baseline " + against->string() : std::string());
     auto summary = site_agent::run_monitor(options, *subjects, [&](int done, int total) {
       if (done == total || done % 5 == 0) log->info("{} of {} scans", done, total);
     });
@@ -411,19 +406,12 @@ int main(int argc, char** argv) {
     if (summary->has_estimator) {
       std::cout << ", estimated Dice median " << summary->median << " (IQR " << summary->q1 << " to " << summary->q3 << ")";
     }
-    if (options.baseline) {
+    if (summary->compared) {
       std::cout << ", " << summary->drifted << " drifted from the baseline" << (summary->site_drifted ? ": SITE DRIFTED" : "");
     }
     std::cout << "\nreport: " << (options.out / "report.html").string() << "\n";
-    // The site's first run of at least 3 scans is its baseline from then on (an unusable one is replaced).
-    if (config && (!options.baseline || !summary->baseline_problem.empty()) && summary->scans >= 3) {
-      if (auto profile = files::read_all(options.out / "site-profile.json")) {
-        if (files::write_atomically(site_baseline, *profile)) {
-          log->info("this run is the site's baseline from now on: {}", site_baseline.string());
-        }
-      }
-    }
     if (!summary->baseline_problem.empty()) log->warn("baseline not used: {}", summary->baseline_problem);
+    if (summary->became_baseline) log->info("this run is the site's baseline from now on: {}", options.site_baseline->string());
   });
 
   auto* calibrate = app.add_subcommand(

@@ -315,6 +315,11 @@ class Sovereignty : public Federation {
                         << "\nroot_fingerprint: " << (fingerprint.empty() ? fingerprint_ : fingerprint) << "\npolicy:\n" << policy;
     return path;
   }
+  // amsterdam's agent under `policy`, talking to `endpoint`.
+  Process amsterdam_agent(const std::string& endpoint, const std::string& policy) {
+    return Process({testing::bin("fedda-agent").string(), "run", "--config", amsterdam_config(endpoint, policy).string()},
+                   dir_ / "amsterdam.log");
+  }
   Output run(const std::vector<std::string>& argv) {
     static int n = 0;
     const auto log = dir_ / ("cmd-" + std::to_string(n++) + ".out");
@@ -340,6 +345,12 @@ struct KeyedFakeCoordinator {
       : fake(context, line_of(kit / "coordinator" / "coordinator.curve.secret")),
         sign_key(testing::read_text(kit / "coordinator" / "coordinator.sign.key")),
         teacher_model(models::read_model_weights(teacher).value()) {}
+  // Waits for the agent's hello and answers with `welcome`; false when no hello came.
+  bool greet(const protocol::Welcome& welcome) {
+    if (!next(protocol::MessageType::hello)) return false;
+    send(protocol::MessageType::welcome, "", 0, protocol::encode(protocol::Header{}, welcome).body, false);
+    return true;
+  }
   // The next message of `type` from the agent (everything it sends is kept in fake.received()).
   std::optional<testing::FakeCoordinator::Message> next(protocol::MessageType type, std::chrono::seconds wait = 120s) {
     return fake.next(type, wait);
@@ -385,9 +396,7 @@ TEST_F(Sovereignty, AHostileCoordinatorGetsNothingButRefusalCodes) {
   zmq::context_t context;
   KeyedFakeCoordinator coordinator(context, kit_, teacher());
   auto& fake = coordinator.fake;
-  Process agent({testing::bin("fedda-agent").string(), "run", "--config",
-                 amsterdam_config(fake.endpoint(), "  job_types: [kd, evaluate]\n  min_batch_size: 4\n  evaluation_interval_s: 3600\n").string()},
-                dir_ / "amsterdam.log");
+  Process agent = amsterdam_agent(fake.endpoint(), "  job_types: [kd, evaluate]\n  min_batch_size: 4\n  evaluation_interval_s: 3600\n");
   const auto next = [&](protocol::MessageType type) { return coordinator.next(type); };
   const auto send = [&](protocol::MessageType type, const std::string& job, int round, std::string body, bool sign) {
     coordinator.send(type, job, round, std::move(body), sign);
@@ -395,8 +404,7 @@ TEST_F(Sovereignty, AHostileCoordinatorGetsNothingButRefusalCodes) {
   const auto offer = [&](const std::string& id, protocol::JobType type, int batch, int steps) {
     return coordinator.offer(id, type, batch, steps);
   };
-  ASSERT_TRUE(next(protocol::MessageType::hello));
-  send(protocol::MessageType::welcome, "", 0, protocol::encode(protocol::Header{}, protocol::Welcome{200, 50}).body, false);
+  ASSERT_TRUE(coordinator.greet(protocol::Welcome{200, 50}));
   const auto& teacher_model = coordinator.teacher_model;
   const auto failure = [&](const std::string& job) {
     auto m = next(protocol::MessageType::job_failed);
@@ -465,12 +473,8 @@ TEST_F(Sovereignty, AQualityReportLeavesTheSiteAsAggregatesOnly) {
   zmq::context_t context;
   KeyedFakeCoordinator coordinator(context, kit_, teacher());
   auto& fake = coordinator.fake;
-  Process agent({testing::bin("fedda-agent").string(), "run", "--config",
-                 amsterdam_config(fake.endpoint(), "  job_types: [evaluate]\n").string()},
-                dir_ / "amsterdam.log");
-  ASSERT_TRUE(coordinator.next(protocol::MessageType::hello));
-  coordinator.send(protocol::MessageType::welcome, "", 0, protocol::encode(protocol::Header{}, protocol::Welcome{200, 50}).body,
-                   false);
+  Process agent = amsterdam_agent(fake.endpoint(), "  job_types: [evaluate]\n");
+  ASSERT_TRUE(coordinator.greet(protocol::Welcome{200, 50}));
   coordinator.send(protocol::MessageType::job_offer, "eval-q", 0,
                    coordinator.offer("eval-q", protocol::JobType::evaluate, 8, 8, false, models::to_json(*estimator)), true);
   auto ready = coordinator.next(protocol::MessageType::job_ready);
@@ -527,12 +531,9 @@ TEST_F(Sovereignty, AQualityReportLeavesTheSiteAsAggregatesOnly) {
 TEST_F(Sovereignty, ASiteRequiringSecureAggregationNeverSendsAnUpdateInTheClear) {
   zmq::context_t context;
   KeyedFakeCoordinator coordinator(context, kit_, teacher());
-  Process agent({testing::bin("fedda-agent").string(), "run", "--config",
-                 amsterdam_config(coordinator.fake.endpoint(), "  require_secure_aggregation: true\n").string()},
-                dir_ / "amsterdam.log");
-  ASSERT_TRUE(coordinator.next(protocol::MessageType::hello));
+  Process agent = amsterdam_agent(coordinator.fake.endpoint(), "  require_secure_aggregation: true\n");
   // Heartbeats every second, gone after 100 missed: this fake sends none, and the test is short.
-  coordinator.send(protocol::MessageType::welcome, "", 0, protocol::encode(protocol::Header{}, protocol::Welcome{1000, 100}).body, false);
+  ASSERT_TRUE(coordinator.greet(protocol::Welcome{1000, 100}));
   coordinator.send(protocol::MessageType::job_offer, "kd-plain", 0, coordinator.offer("kd-plain", protocol::JobType::kd, 4, 2), true);
   auto refused = coordinator.next(protocol::MessageType::job_failed);
   ASSERT_TRUE(refused);

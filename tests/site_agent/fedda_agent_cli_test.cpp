@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include "fedda/common/files.h"
+#include "fedda/common/protocol.h"
 #include "fedda/imaging/nifti_io.h"
 #include "support/process.h"
 #include "support/test_support.h"
@@ -132,34 +133,14 @@ TEST(FeddaAgentCli, CheckReadsBidsDatalistAndDicomSitesAndNamesWhatItLeavesOut) 
   EXPECT_NE(check.output.find("data_layout 'pacs' (choose wmh, bids, datalist or dicom)"), std::string::npos) << check.output;
 }
 
-// Splits one CSV line, honouring double quotes.
-std::vector<std::string> csv_cells(const std::string& line) {
-  std::vector<std::string> cells(1);
-  bool quoted = false;
-  for (std::size_t i = 0; i < line.size(); ++i) {
-    const char c = line[i];
-    if (c == '"' && quoted && i + 1 < line.size() && line[i + 1] == '"') {
-      cells.back() += '"';
-      ++i;
-    } else if (c == '"') {
-      quoted = !quoted;
-    } else if (c == ',' && !quoted) {
-      cells.emplace_back();
-    } else {
-      cells.back() += c;
-    }
-  }
-  return cells;
-}
-
 std::vector<std::map<std::string, std::string>> read_csv(const std::filesystem::path& file) {
   std::ifstream in(file);
   std::string line;
   std::getline(in, line);
-  const auto header = csv_cells(line);
+  const auto header = protocol::csv_fields(line);
   std::vector<std::map<std::string, std::string>> rows;
   while (std::getline(in, line)) {
-    const auto cells = csv_cells(line);
+    const auto cells = protocol::csv_fields(line);
     std::map<std::string, std::string> row;
     for (std::size_t i = 0; i < header.size() && i < cells.size(); ++i) row[header[i]] = cells[i];
     rows.push_back(row);

@@ -127,6 +127,8 @@ struct ResultRow {
 };
 std::string csv_line(const ResultRow& row);  // with its line break
 std::string csv_field(const std::string& text);
+// A number as results files write it: 6 significant digits, empty for NaN or infinity.
+std::string csv_number(double v);
 // Fields of one CSV line (quoted fields unquoted). `line` has no line break.
 std::vector<std::string> csv_fields(const std::string& line);
 // The rows of a results.csv's text; error names the line that does not parse.

@@ -40,9 +40,6 @@ Result<BatchEvaluation> evaluate_folder(const std::filesystem::path& data,
                                         const std::filesystem::path& predictions,
                                         const EvaluateOptions& options = {});
 
-// A metric as a CSV cell: 6 significant digits, empty when undefined (NaN).
-std::string csv_cell(double value);
-
 // {"dsc":..,"h95":..,"avd":..,"recall":..,"f1":..}; undefined values are null.
 std::string metrics_json(const imaging::CaseMetrics& metrics);
 

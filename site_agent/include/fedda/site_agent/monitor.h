@@ -34,8 +34,11 @@ struct MonitorOptions {
   std::optional<std::filesystem::path> estimator_from;  // use this model file's estimator instead of the model's
   std::filesystem::path out;
   double flag_below = 0.2;
-  std::optional<std::filesystem::path> baseline;  // an earlier run's site-profile.json
-  bool baseline_optional = false;  // an unusable baseline is noted and skipped instead of an error (the service)
+  std::optional<std::filesystem::path> baseline;  // an earlier run's site-profile.json (must be usable)
+  // The site's own baseline (cache_dir/reports/site-profile.json), when `baseline` is not given:
+  // used when it is usable (else the reason is noted, not an error), and this run becomes it when
+  // it is missing or unusable and the run has at least 3 scans.
+  std::optional<std::filesystem::path> site_baseline;
   bool score = false;                             // true_dsc where labels exist (validation only)
   std::string device = "cpu", precision = "auto";
 };
@@ -45,7 +48,9 @@ struct MonitorSummary {
   double median = 0, q1 = 0, q3 = 0;   // of the estimated Dice (NaN without an estimator)
   bool has_estimator = false;
   bool site_drifted = false;
-  std::string baseline_problem;         // baseline_optional: why the baseline was not used
+  bool compared = false;                // against a baseline (drifted and site_drifted mean something)
+  std::string baseline_problem;         // site_baseline: why it was not used
+  bool became_baseline = false;         // site_baseline: this run is the site's baseline from now on
   std::vector<std::string> skipped;     // "subject: why"
 };
 
