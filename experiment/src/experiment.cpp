@@ -632,6 +632,9 @@ Result<ExperimentResult> run_experiment(const ExperimentOptions& options) {
   if (!chosen) return chosen.error();
   auto budget = *chosen;
   if (!o.student_init.empty()) budget.student_init = o.student_init;
+  if (!o.federated_bn.empty()) budget.federated_bn = o.federated_bn;
+  if (!o.server_optimizer.empty()) budget.server_optimizer = o.server_optimizer;
+  if (o.server_lr > 0) budget.server_lr = o.server_lr;
   auto grid = plan(o, budget);
   if (!grid) return grid.error();
   std::error_code ec;

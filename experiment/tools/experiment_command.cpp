@@ -27,7 +27,8 @@ std::vector<std::string> comma_list(const std::string& text) {
 void add_experiment(CLI::App& app, int& rc) {
   struct Args {
     std::string data, out, profile = "quick", modes = "federated,centralized", methods, folds = "0,1", device = "cpu", precision = "auto";
-    std::string student_init;
+    std::string student_init, federated_bn, server_optimizer;
+    double server_lr = 0;
     std::uint64_t seed = 1;
     int threads = 0;
     bool insecure = false, secure_aggregation = false;
@@ -54,6 +55,18 @@ void add_experiment(CLI::App& app, int& rc) {
   cmd->add_option("--student-init", a->student_init,
                   "where the KD student starts: teacher or scratch (default: the profile's)")
       ->check(CLI::IsMember({"teacher", "scratch"}));
+  cmd->add_option("--federated-bn", a->federated_bn,
+                  "federated: batch norm averaged like every other tensor (shared) or kept at each site and never sent "
+                  "(local: FedBN) (default: the profile's)")
+      ->check(CLI::IsMember({"shared", "local"}));
+  cmd->add_option("--server-optimizer", a->server_optimizer,
+                  "federated: the coordinator's step on the sites' average: fedavg (take it), fedadam or fedyogi "
+                  "(default: the profile's)")
+      ->check(CLI::IsMember({"fedavg", "fedadam", "fedyogi"}));
+  cmd->add_option("--server-lr", a->server_lr,
+                  "federated, fedadam/fedyogi: the server's step size; each round moves a weight by about this much "
+                  "(default: the profile's)")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--modes", a->modes, "federated and/or centralized, comma-separated")->capture_default_str();
   cmd->add_option("--methods", a->methods,
                   "subset of lbound,ubound,ada,kd,kd-from-ada,otf-kd,otf-ada (default: all)");
@@ -75,6 +88,9 @@ void add_experiment(CLI::App& app, int& rc) {
     o.out = a->out;
     o.profile = a->profile;
     o.student_init = a->student_init;
+    o.federated_bn = a->federated_bn;
+    o.server_optimizer = a->server_optimizer;
+    o.server_lr = a->server_lr;
     o.modes = comma_list(a->modes);
     o.methods = comma_list(a->methods);
     o.folds.clear();

@@ -81,6 +81,9 @@ struct ExperimentOptions {
   std::filesystem::path out;
   std::string profile = "quick";     // the training budget; any data (fedda-sim generate) will do
   std::string student_init;          // overrides the profile's (teacher | scratch) when set
+  std::string federated_bn;          // overrides the profile's (shared | local) when set
+  std::string server_optimizer;      // overrides the profile's (fedavg | fedadam | fedyogi) when set
+  double server_lr = 0;              // overrides the profile's when positive
   std::vector<std::string> modes{"federated", "centralized"};
   std::vector<std::string> methods;  // default: experiment_methods()
   std::vector<int> folds{0, 1};
