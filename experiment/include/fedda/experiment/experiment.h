@@ -59,9 +59,11 @@ struct ExperimentBudget {
   double kd_hard_weight = 0;             // supervised term on the teacher's confident voxels
   double kd_confidence = 0.5;
   // Batch norm across domains: centralized kd / ada recompute it on the target (target) or not
-  // (shared); federated jobs keep it at each site (local: FedBN) or average it (shared).
+  // (shared); federated jobs keep it at each site (local: FedBN) or average it (shared). FedBN
+  // by default: on the quick grid (seed 31415) it took the federated U-bound from 0.286 to 0.308
+  // against 0.321 centralized (README, "Federated against centralized").
   std::string bn_statistics = "shared";
-  std::string federated_bn = "shared";
+  std::string federated_bn = "local";
   std::string server_optimizer = "fedavg";  // fedavg | fedadam | fedyogi
   double server_lr = 1.0;
   int curve_every = 0;  // learning curves: the test half scored every this many epochs / rounds
