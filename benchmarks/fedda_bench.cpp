@@ -6,24 +6,32 @@
 //   inference slices/s of the default U-Net in inference mode (soft labelling, segmentation),
 //             and under a plain no-grad guard (the lever inference mode is)
 //   segment   one scan end to end through fedda's own path (read, preprocess, infer, write)
+//   crop      with --crop-data: per clinic of real preprocessed scans, the share of pixels the
+//             network sees when inference is cropped to the brain (training.h, brain_crop) at
+//             several margins, its speed against the whole grid, and what it changes inside the
+//             brain (largest change of p(WMH), voxels whose label flips, Dice of the two)
 // Reports figures; it sets no thresholds (targets are in docs/performance.md). Row names are
 // stable: benchmarks/side_by_side.sh reads them.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 #include <torch/torch.h>
 
+#include "fedda/imaging/dataset.h"
 #include "fedda/models/engine.h"
 #include "fedda/models/precision.h"
 #include "fedda/common/version.h"
 #include "losses.h"
 #include "model_io.h"
 #include "networks.h"
+#include "training.h"
 
 namespace fs = std::filesystem;
 using namespace fedda;
@@ -76,6 +84,85 @@ double inference_rate(const models::UNetSpec& spec, int batch, int size, int war
   return batch * steps / seconds_since(start);
 }
 
+// The crop rows: for each clinic folder of `data`, inference on its scans with `model` over the
+// whole grid and cropped to the brain at each margin. Returns the process status.
+// `pad` > 0 widens every slice by that many pixels of air (each channel's corner value) on each
+// side: the field of view of a scanner that images more than the head, where the crop is in-plane.
+int crop_rows(const fs::path& model, const fs::path& data, const std::vector<std::int64_t>& margins,
+              const std::string& precision, std::int64_t pad) {
+  auto m = models::load_for_inference(model, "cpu", precision);
+  if (!m) {
+    std::fprintf(stderr, "%s\n", m.error().message.c_str());
+    return 1;
+  }
+  std::vector<fs::path> clinics;
+  for (const auto& e : fs::directory_iterator(data)) {
+    if (e.is_directory()) clinics.push_back(e.path());
+  }
+  std::sort(clinics.begin(), clinics.end());
+  std::printf("crop to the brain: %s on %s (grid %lldx%lld%s)\n", model.string().c_str(), data.string().c_str(),
+              static_cast<long long>(m->model.spec.grid.in_plane_size[0]), static_cast<long long>(m->model.spec.grid.in_plane_size[1]),
+              pad > 0 ? (", widened by " + std::to_string(pad) + " pixels of air on each side").c_str() : "");
+  std::printf("%-12s %6s %6s %9s %9s %8s %12s %10s %8s\n", "clinic", "scans", "margin", "pixels", "slices/s", "speedup",
+              "max |dp|", "flipped", "Dice");
+  for (const auto& clinic : clinics) {
+    auto subjects = imaging::find_clinic_subjects(data, clinic.filename().string());
+    if (!subjects || subjects->empty()) continue;
+    std::vector<models::ScanSlices> scans;
+    for (const auto& s : *subjects) {
+      auto scan = models::load_scan(s, m->model.spec.grid, false);
+      if (!scan) {
+        std::fprintf(stderr, "%s\n", scan.error().message.c_str());
+        return 1;
+      }
+      if (pad > 0) {
+        const auto& im = scan->images;
+        auto wide = im.select(2, 0).select(2, 0).view({im.size(0), im.size(1), 1, 1})
+                        .expand({im.size(0), im.size(1), im.size(2) + 2 * pad, im.size(3) + 2 * pad}).clone();
+        wide.slice(2, pad, pad + im.size(2)).slice(3, pad, pad + im.size(3)).copy_(im);
+        auto brain = torch::zeros({im.size(0), im.size(2) + 2 * pad, im.size(3) + 2 * pad}, torch::kBool);
+        brain.slice(1, pad, pad + im.size(2)).slice(2, pad, pad + im.size(3)).copy_(scan->brain);
+        scan->images = wide;
+        scan->brain = brain;
+      }
+      scans.push_back(std::move(*scan));
+    }
+    std::int64_t slices = 0;
+    for (const auto& s : scans) slices += s.images.size(0);
+    auto start = Clock::now();
+    std::vector<torch::Tensor> whole;
+    for (const auto& s : scans) whole.push_back(models::predict(m->model.net, s.images, m->device));
+    const double whole_rate = slices / seconds_since(start);
+    std::printf("%-12s %6zu %6s %8.1f%% %9.1f %8s %12s %10s %8s\n", clinic.filename().string().c_str(), scans.size(),
+                "whole", 100.0, whole_rate, "1.00x", "-", "-", "-");
+    for (const auto margin : margins) {
+      double pixels = 0, all = 0, max_change = 0, flipped = 0, brain = 0, both = 0, either = 0;
+      start = Clock::now();
+      std::vector<torch::Tensor> cropped;
+      for (const auto& s : scans) cropped.push_back(models::predict(m->model.net, s.images, m->device, 1.0, s.brain, margin));
+      const double rate = slices / seconds_since(start);
+      for (std::size_t i = 0; i < scans.size(); ++i) {
+        const auto& b = scans[i].brain;
+        const auto crop = models::brain_crop(b, std::int64_t{1} << m->model.spec.unet.depth, margin);
+        pixels += crop.pixel_share(b) * b.numel();
+        all += b.numel();
+        const auto a = whole[i].masked_select(b), c = cropped[i].masked_select(b);
+        max_change = std::max(max_change, (a - c).abs().max().item<double>());
+        const auto sa = a > 0.5, sc = c > 0.5;
+        flipped += (sa != sc).sum().item<double>();
+        brain += b.sum().item<double>();
+        both += (sa & sc).sum().item<double>();
+        either += sa.sum().item<double>() + sc.sum().item<double>();
+      }
+      std::printf("%-12s %6zu %6lld %8.1f%% %9.1f %7.2fx %12.2e %9.4f%% %8.4f\n", clinic.filename().string().c_str(),
+                  scans.size(), static_cast<long long>(margin), 100.0 * pixels / all, rate, rate / whole_rate, max_change,
+                  100.0 * flipped / brain, either > 0 ? 2 * both / either : 1.0);
+      std::fflush(stdout);
+    }
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -102,10 +189,29 @@ int main(int argc, char** argv) {
   app.add_option("--flair", flair, "segment: FLAIR scan");
   app.add_option("--t1", t1, "segment: T1 scan");
   app.add_option("--out", out, "segment: where the segmentation goes")->capture_default_str();
+  std::string crop_data;
+  std::vector<std::int64_t> margins{0, 8, 16, 32};
+  app.add_option("--crop-data", crop_data,
+                 "crop: clinics (fedda-sim generate) to run --model on, whole grid against cropped to the brain; only "
+                 "these rows are printed");
+  std::int64_t pad = 0;
+  app.add_option("--pad", pad,
+                 "crop: widen every slice by this many pixels of air on each side (a wider field of view; a multiple of "
+                 "half the U-Net's stride)")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
+  app.add_option("--margins", margins, "crop: margins around the brain to measure (pixels)")->capture_default_str()->delimiter(',');
   CLI11_PARSE(app, argc, argv);
   torch::set_num_threads(threads);
   if (allocator == "reuse") models::reuse_freed_tensor_memory();
 
+  if (!crop_data.empty()) {
+    if (model.empty()) {
+      std::fprintf(stderr, "--crop-data needs --model\n");
+      return 1;
+    }
+    std::printf("cpu: %s\nthreads %d\n", models::cpu_description().c_str(), threads);
+    return crop_rows(model, crop_data, margins, precision, pad);
+  }
   models::UNetSpec reference;  // the paper's standard U-Net
   reference.upsample = "transposed";
   models::UNetSpec fedda_default;  // nearest + 1x1

@@ -184,17 +184,69 @@ void recompute_batch_norm(UNet& net, const std::vector<ScanSlices>& scans, const
   net->eval();
 }
 
+namespace {
+
+// [first, last] of the true entries of a 1-D bool tensor; {-1, -1} when none.
+std::pair<std::int64_t, std::int64_t> true_span(const torch::Tensor& any) {
+  const auto at = torch::nonzero(any).flatten();
+  if (at.numel() == 0) return {-1, -1};
+  return {at[0].item<std::int64_t>(), at[-1].item<std::int64_t>()};
+}
+
+// [begin, end) around [first, last] grown by `margin`, on multiples of `stride`, inside [0, size).
+std::pair<std::int64_t, std::int64_t> aligned_span(std::int64_t first, std::int64_t last, std::int64_t size,
+                                                   std::int64_t stride, std::int64_t margin) {
+  if (size % stride != 0) return {0, size};
+  const auto begin = std::max<std::int64_t>(0, (first - margin) / stride * stride);
+  const auto end = std::min<std::int64_t>(size, (last + 1 + margin + stride - 1) / stride * stride);
+  return {begin, end};
+}
+
+}  // namespace
+
+BrainCrop brain_crop(const torch::Tensor& brain, std::int64_t stride, std::int64_t margin) {
+  BrainCrop c;
+  const auto per_slice = brain.flatten(1).any(1);
+  for (std::int64_t z = 0; z < per_slice.size(0); ++z) {
+    if (per_slice[z].item<bool>()) c.slices.push_back(z);
+  }
+  if (c.slices.empty()) return c;
+  const auto plane = brain.any(0);  // [H, W]
+  const auto [ymin, ymax] = true_span(plane.any(1));
+  const auto [xmin, xmax] = true_span(plane.any(0));
+  std::tie(c.y0, c.y1) = aligned_span(ymin, ymax, brain.size(1), stride, margin);
+  std::tie(c.x0, c.x1) = aligned_span(xmin, xmax, brain.size(2), stride, margin);
+  return c;
+}
+
+double BrainCrop::pixel_share(const torch::Tensor& brain) const {
+  return static_cast<double>(slices.size()) * (y1 - y0) * (x1 - x0) / static_cast<double>(brain.numel());
+}
+
 // Probability of WMH for every slice of a scan, on the model grid.
-torch::Tensor predict(UNet& net, const torch::Tensor& images, const torch::Device& device, double temperature) {
+torch::Tensor predict(UNet& net, const torch::Tensor& images, const torch::Device& device, double temperature,
+                      const torch::Tensor& brain, std::int64_t margin) {
   torch::InferenceMode guard;
   net->eval();
-  std::vector<torch::Tensor> parts;
-  const int64_t slices = images.size(0);
-  for (int64_t i = 0; i < slices; i += 16) {
-    const auto logits = net->forward(images.slice(0, i, std::min(slices, i + 16)).to(device));
-    parts.push_back(tempered_softmax(logits, temperature).select(1, 1).to(torch::kCPU));
+  const auto run = [&](const torch::Tensor& input) {
+    std::vector<torch::Tensor> parts;
+    const int64_t slices = input.size(0);
+    for (int64_t i = 0; i < slices; i += 16) {
+      const auto logits = net->forward(input.slice(0, i, std::min(slices, i + 16)).to(device));
+      parts.push_back(tempered_softmax(logits, temperature).select(1, 1).to(torch::kCPU));
+    }
+    return torch::cat(parts).contiguous();
+  };
+  if (!brain.defined()) return run(images);
+  const auto crop = brain_crop(brain, std::int64_t{1} << net->spec().depth, margin);
+  auto out = torch::zeros({images.size(0), images.size(2), images.size(3)});
+  if (crop.slices.empty()) return out;
+  const auto index = torch::tensor(crop.slices, torch::kInt64);
+  const auto p = run(images.index_select(0, index).slice(2, crop.y0, crop.y1).slice(3, crop.x0, crop.x1).contiguous());
+  for (std::size_t k = 0; k < crop.slices.size(); ++k) {
+    out[crop.slices[k]].slice(0, crop.y0, crop.y1).slice(1, crop.x0, crop.x1).copy_(p[static_cast<std::int64_t>(k)]);
   }
-  return torch::cat(parts).contiguous();
+  return out;
 }
 
 static imaging::Image to_image(const torch::Tensor& probability, const imaging::Geometry& grid) {
@@ -220,7 +272,7 @@ void attach_soft_labels(UNet& teacher, std::vector<ScanSlices>& scans, double te
   std::int64_t slices = 0;
   for (auto& scan : scans) {
     slices += scan.images.size(0);
-    set_soft_labels(scan, predict(teacher, scan.images, device, temperature));
+    set_soft_labels(scan, predict(teacher, scan.images, device, temperature, scan.brain));
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   log::get("engine")->info("soft labels at T={} for {} slices of {} scans in {:.1f} s ({:.1f} slices/s), {:.1f} MB cached",
@@ -408,7 +460,7 @@ Result<std::vector<SubjectScore>> score_subjects(UNet& net, const ModelSpec& spe
     if (!s.labels) return make_error(s.clinic + "/" + s.subject + ": no labels to evaluate against");
     auto scan = load_scan(s, spec.grid, true);  // with labels: the same memo entry as training and validation
     if (!scan) return scan.error();
-    const auto p = predict(net, scan->images, device);
+    const auto p = predict(net, scan->images, device, 1.0, scan->brain);
     const auto prediction = imaging::restore_segmentation(to_image(p, scan->grid), scan->original);
     auto truth = imaging::read_label_map(*s.labels);
     if (!truth) return truth.error();
@@ -444,7 +496,7 @@ Status segment_scan(const fs::path& model, const fs::path& flair, const fs::path
   files.t1 = t1;
   auto scan = load_scan(files, m->model.spec.grid, false);
   if (!scan) return scan.error();
-  const auto p = predict(m->model.net, scan->images, m->device);
+  const auto p = predict(m->model.net, scan->images, m->device, 1.0, scan->brain);
   return imaging::write_label_map(out, imaging::restore_segmentation(to_image(p, scan->grid), scan->original));
 }
 

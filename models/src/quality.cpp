@@ -357,9 +357,9 @@ ScanSignals signals_of(InferenceModel& model, InferenceModel* teacher, const Sca
   s.entropy_brain = entropy.masked_select(brain).mean().item<double>();
   s.entropy_lesion = sum_seg > 0 ? entropy.masked_select(seg).mean().item<double>() : 0.0;
   const auto augmented = images.flip({3}) * 1.05 + 0.05;
-  const auto p_tta = predict(model.model.net, augmented, model.device).flip({2});
+  const auto p_tta = predict(model.model.net, augmented, model.device, 1.0, brain.flip({2})).flip({2});
   s.tta_dice = dice_of(seg, p_tta > 0.5);
-  if (teacher) s.teacher_dice = dice_of(seg, predict(teacher->model.net, images, teacher->device) > 0.5);
+  if (teacher) s.teacher_dice = dice_of(seg, predict(teacher->model.net, images, teacher->device, 1.0, brain) > 0.5);
   const auto& g = scan.grid;
   const double voxel_ml = g.spacing[0] * g.spacing[1] * g.spacing[2] / 1000.0;
   s.lesion_ml = sum_seg * voxel_ml;
@@ -456,7 +456,7 @@ Result<std::vector<ScanSignals>> compute_signals(
       if (progress) progress(++done, static_cast<int>(subjects.size()));
       continue;
     }
-    const auto p = predict(model->model.net, scan->images, model->device);
+    const auto p = predict(model->model.net, scan->images, model->device, 1.0, scan->brain);
     auto s = signals_of(*model, teacher ? &*teacher : nullptr, *scan, scan->images, p, options.reference_histogram,
                         options.thumbnails);
     s.clinic = subject.clinic;
@@ -498,7 +498,7 @@ Result<QualityEstimator> calibrate_quality(const fs::path& model_path, const std
       torch::NoGradGuard no_grad;
       const auto images = perturb(scan->images, scan->brain, kind,
                                   mix(std::hash<std::string>{}(subject.subject), static_cast<std::uint64_t>(kind)));
-      const auto p = predict(model->model.net, images, model->device);
+      const auto p = predict(model->model.net, images, model->device, 1.0, scan->brain);
       auto s = signals_of(*model, teacher ? &*teacher : nullptr, *scan, images, p, {}, false);
       s.clinic = subject.clinic;
       s.subject = subject.subject + (kind ? "~" + std::to_string(kind) : "");

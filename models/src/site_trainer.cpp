@@ -30,6 +30,7 @@ std::string soft_label_key(const TensorSet& teacher, const ModelSpec& spec, doub
                            const PrecisionChoice& precision) {
   std::uint64_t key = mix(static_cast<std::uint64_t>(temperature * 1000), std::hash<std::string>{}(to_json(spec)));
   if (precision.bfloat16) key = mix(key, 0xbf16);  // soft labels computed in bfloat16 are their own
+  key = mix(key, 0xb7a1'0000ULL + static_cast<std::uint64_t>(kBrainCropMargin));  // so are those of the brain crop
   for (const auto& t : teacher.tensors) key = mix(key, t.crc32);
   return hex(key);
 }

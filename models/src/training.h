@@ -24,8 +24,28 @@ struct InferenceModel {
 Result<InferenceModel> load_for_inference(const std::filesystem::path& model, const std::string& device_name,
                                           const std::string& precision);
 
-// Probability of WMH for every slice of a scan, on the model grid (inference mode).
-torch::Tensor predict(UNet& net, const torch::Tensor& images, const torch::Device& device, double temperature = 1.0);
+// Where a scan's slices hold brain, as the network is run on them: `slices` the slices with any
+// brain, [y0, y1) x [x0, x1) the brain's in-plane bounding box over all of them grown by `margin`
+// pixels on each side, its corners on multiples of `stride` (the U-Net's 2^depth, so pooling
+// sees the same windows as on the whole grid), inside the grid. A side whose size is not a
+// multiple of `stride` is kept whole.
+struct BrainCrop {
+  std::vector<std::int64_t> slices;
+  std::int64_t y0 = 0, y1 = 0, x0 = 0, x1 = 0;
+  // Pixels the network sees over the pixels of the whole grid (every slice).
+  double pixel_share(const torch::Tensor& brain) const;
+};
+BrainCrop brain_crop(const torch::Tensor& brain, std::int64_t stride, std::int64_t margin);
+
+// The margin inference uses around the brain (pixels): benchmarks/fedda_bench.cpp --crop-data
+// measures what it changes inside the brain (docs/performance.md, "Crop to the brain").
+constexpr std::int64_t kBrainCropMargin = 16;
+
+// Probability of WMH for every slice of a scan, on the model grid (inference mode). With the
+// scan's `brain` mask [S, H, W], the network runs on brain_crop's box of the slices with brain
+// only (margin `margin`), and p is 0 elsewhere; without it, on every pixel.
+torch::Tensor predict(UNet& net, const torch::Tensor& images, const torch::Device& device, double temperature = 1.0,
+                      const torch::Tensor& brain = {}, std::int64_t margin = kBrainCropMargin);
 
 // Stores a teacher's p(WMH) [S, H, W] as the scan's soft labels (half precision), takes the
 // slices it calls lesion (p > 0.5 anywhere) as the scan's lesion slices, and drops its labels.
