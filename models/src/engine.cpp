@@ -206,10 +206,8 @@ std::pair<std::int64_t, std::int64_t> aligned_span(std::int64_t first, std::int6
 
 BrainCrop brain_crop(const torch::Tensor& brain, std::int64_t stride, std::int64_t margin) {
   BrainCrop c;
-  const auto per_slice = brain.flatten(1).any(1);
-  for (std::int64_t z = 0; z < per_slice.size(0); ++z) {
-    if (per_slice[z].item<bool>()) c.slices.push_back(z);
-  }
+  const auto with_brain = torch::nonzero(brain.flatten(1).any(1)).flatten().contiguous();
+  c.slices.assign(with_brain.data_ptr<std::int64_t>(), with_brain.data_ptr<std::int64_t>() + with_brain.numel());
   if (c.slices.empty()) return c;
   const auto plane = brain.any(0);  // [H, W]
   const auto [ymin, ymax] = true_span(plane.any(1));
@@ -243,9 +241,7 @@ torch::Tensor predict(UNet& net, const torch::Tensor& images, const torch::Devic
   if (crop.slices.empty()) return out;
   const auto index = torch::tensor(crop.slices, torch::kInt64);
   const auto p = run(images.index_select(0, index).slice(2, crop.y0, crop.y1).slice(3, crop.x0, crop.x1).contiguous());
-  for (std::size_t k = 0; k < crop.slices.size(); ++k) {
-    out[crop.slices[k]].slice(0, crop.y0, crop.y1).slice(1, crop.x0, crop.x1).copy_(p[static_cast<std::int64_t>(k)]);
-  }
+  out.slice(1, crop.y0, crop.y1).slice(2, crop.x0, crop.x1).index_copy_(0, index, p);
   return out;
 }
 
