@@ -35,6 +35,7 @@ Result<ExperimentBudget> experiment_budget(const std::string& profile) {
     b.unet.depth = 2;
     b.grid = {{32, 32}, {6.0, 6.0}};
     b.teacher_epochs = 2;
+    b.teacher_draws = 1;  // two epochs of a 4-channel U-Net learn nothing; the check is reported, not acted on
     b.adapt_epochs = 1;
     b.otf_epochs = 1;
     b.steps = 2;
@@ -101,6 +102,7 @@ json budget_json(const ExperimentBudget& b) {
           {"grid_size", b.grid.in_plane_size[0]},
           {"grid_spacing_mm", b.grid.in_plane_spacing[0]},
           {"teacher_epochs", b.teacher_epochs},
+          {"teacher_draws", b.teacher_draws},
           {"adapt_epochs", b.adapt_epochs},
           {"otf_epochs", b.otf_epochs},
           {"steps_per_epoch", b.steps},
@@ -317,18 +319,52 @@ Result<std::string> run_centralized_cell(const ExperimentOptions& o, const Exper
     fs::create_directories(dir, ec);
     auto source = imaging::find_clinic_subjects(o.data, c.source);
     if (!source) return source.error();
-    const auto progress = [&](const models::EpochReport& e) {
-      log::get("centralized")->info("teacher {} epoch {}/{}: loss {:.4f}, {:.1f} slices/s", c.source, e.epoch,
-                                    b.teacher_epochs, e.loss, e.slices_per_second);
-    };
-    auto r = models::train_supervised(*source, train_config(b, o, b.teacher_epochs, b.teacher_lr), teacher, "teacher",
-                                      progress);
-    if (!r) return r.error();
     std::ostringstream curve;
     curve << "stage,epoch,loss,seconds,slices_per_second\n";
-    for (const auto& e : r->epochs) curve << "teacher," << e.epoch << "," << e.loss << "," << e.seconds << "," << e.slices_per_second << "\n";
+    json draws = json::array();
+    double seconds = 0, source_dice = 0;
+    for (int draw = 0; draw < std::max(1, b.teacher_draws); ++draw) {
+      auto config = train_config(b, o, b.teacher_epochs, b.teacher_lr);
+      config.seed = o.seed + 1000003ULL * static_cast<std::uint64_t>(draw);  // draw 0: the grid's seed
+      const auto progress = [&](const models::EpochReport& e) {
+        log::get("centralized")->info("teacher {} (draw {}) epoch {}/{}: loss {:.4f}, {:.1f} slices/s", c.source,
+                                      draw + 1, e.epoch, b.teacher_epochs, e.loss, e.slices_per_second);
+      };
+      auto r = models::train_supervised(*source, config, teacher, "teacher", progress);
+      if (!r) return r.error();
+      // Scored on its own training scans: not a measure of quality, a check that it learned at all.
+      auto scores = models::evaluate_model(teacher, *source, o.device, o.precision);
+      if (!scores) return scores.error();
+      double sum = 0;
+      for (const auto& s : *scores) sum += s.metrics.dsc;
+      source_dice = scores->empty() ? 0 : sum / static_cast<double>(scores->size());
+      seconds += r->seconds;
+      const bool learned = source_dice >= kTeacherLearnedDice;
+      const bool last = learned || draw + 1 >= std::max(1, b.teacher_draws);
+      // The kept draw's epochs are the "teacher" curve; discarded draws stay in the file under their own stage.
+      const std::string stage = last ? "teacher" : "discarded-draw-" + std::to_string(draw + 1);
+      for (const auto& e : r->epochs) {
+        curve << stage << "," << e.epoch << "," << e.loss << "," << e.seconds << "," << e.slices_per_second << "\n";
+      }
+      draws.push_back({{"draw", draw + 1},
+                       {"seed", config.seed},
+                       {"final_loss", r->epochs.empty() ? 0.0 : r->epochs.back().loss},
+                       {"source_dice", source_dice},
+                       {"seconds", r->seconds}});
+      log::get("centralized")->info("teacher {} (draw {}): mean Dice {:.3f} on its own {} scans{}", c.source, draw + 1,
+                                    source_dice, scores->size(),
+                                    learned ? "" : last ? ": it learned nothing of its source, no draws left"
+                                                        : ": it learned nothing of its source, training another draw");
+      if (last) break;
+    }
     if (auto st = files::write_atomically(dir / "curve.csv", curve.str()); !st) return st.error();
-    json summary = {{"source", c.source}, {"method", "teacher"}, {"mode", "centralized"}, {"seconds", r->seconds}};
+    json summary = {{"source", c.source},
+                    {"method", "teacher"},
+                    {"mode", "centralized"},
+                    {"seconds", seconds},
+                    {"source_dice", source_dice},
+                    {"learned", source_dice >= kTeacherLearnedDice},
+                    {"draws", draws}};
     if (auto st = files::write_atomically(dir / "summary.json", summary.dump(2) + "\n"); !st) return st.error();
     return std::string();
   }
@@ -597,9 +633,16 @@ Status check_configuration(const ExperimentOptions& o, const json& config) {
     auto old = json::parse(*text, nullptr, false);
     if (old.is_discarded()) return make_error(file.string() + ": not JSON; remove it or choose another --out");
     for (const char* key : {"profile", "seed", "budget", "data"}) {
-      if (old.value(key, json()) != config.at(key)) {
+      json now = config.at(key);
+      // A budget key newer than the run (teacher_draws) takes its default: the run resumes.
+      if (std::string(key) == "budget" && old.value(key, json()).is_object()) {
+        for (auto it = now.begin(); it != now.end();) {
+          it = old[key].contains(it.key()) ? std::next(it) : now.erase(it);
+        }
+      }
+      if (old.value(key, json()) != now) {
         return make_error(o.out.string() + " holds a run with another " + key + " (" + old.value(key, json()).dump() +
-                          ", now " + config.at(key).dump() + "); resume it with the same settings or choose another --out");
+                          ", now " + now.dump() + "); resume it with the same settings or choose another --out");
       }
     }
   }
@@ -635,6 +678,7 @@ Result<ExperimentResult> run_experiment(const ExperimentOptions& options) {
   if (!o.federated_bn.empty()) budget.federated_bn = o.federated_bn;
   if (!o.server_optimizer.empty()) budget.server_optimizer = o.server_optimizer;
   if (o.server_lr > 0) budget.server_lr = o.server_lr;
+  if (o.teacher_draws > 0) budget.teacher_draws = o.teacher_draws;
   auto grid = plan(o, budget);
   if (!grid) return grid.error();
   std::error_code ec;

@@ -361,6 +361,45 @@ std::string verdict(const Scores& sc, const std::vector<std::string>& modes, con
   return md.str();
 }
 
+// The teachers: each source's draws and whether the kept one learned its own source (its mean
+// Dice on its training scans, summary.json of the teacher cell). Fills `failed` with the sources
+// whose teacher did not.
+std::string teachers_table(const fs::path& out, const std::vector<std::string>& clinics, std::set<std::string>& failed) {
+  std::ostringstream md;
+  bool any = false;
+  md << "| source | draws | kept draw's seed | its last loss | mean Dice on its own training scans | learned its source |\n"
+        "|---|---|---|---|---|---|\n";
+  for (const auto& c : clinics) {
+    auto text = files::read_all(out / "centralized" / "teachers" / c / "summary.json");
+    if (!text) continue;
+    const auto j = json::parse(*text, nullptr, false);
+    if (!j.is_object() || !j.contains("source_dice")) continue;  // a run from before the check
+    any = true;
+    const auto draws = j.value("draws", json::array());
+    const bool learned = j.value("learned", true);
+    if (!learned) failed.insert(c);
+    std::string tried;
+    for (const auto& d : draws) tried += (tried.empty() ? "" : ", ") + fixed(d.value("source_dice", 0.0));
+    const auto kept = draws.empty() ? json::object() : draws.back();
+    md << "| " << c << " | " << draws.size() << (draws.size() > 1 ? " (Dice " + tried + ")" : "") << " | "
+       << kept.value("seed", 0ULL) << " | " << fixed(kept.value("final_loss", 0.0)) << " | "
+       << fixed(j.value("source_dice", 0.0)) << " | " << (learned ? "yes" : "**no**") << " |\n";
+  }
+  if (!any) return {};
+  md << "\nA teacher whose mean Dice on its own training scans is below " << fixed(kTeacherLearnedDice, 2)
+     << " has learned nothing of its source; it is trained again from another random draw (the profile's "
+        "`teacher_draws` in all), and the table names every draw.";
+  if (!failed.empty()) {
+    std::string names;
+    for (const auto& f : failed) names += (names.empty() ? "" : ", ") + f;
+    md << " No draw learned its source for: " << names
+       << ". Every method of the pairs from such a source starts from a teacher that segments nothing, so those "
+          "pairs are shown in the tables but left out of the verdict.";
+  }
+  md << "\n";
+  return md.str();
+}
+
 // ---- plots ---------------------------------------------------------------------------------
 
 std::string quoted(const fs::path& p) { return "'" + p.string() + "'"; }
@@ -435,6 +474,11 @@ Status scatter_plot(const Scores& sc, const std::vector<std::string>& pairs, con
 }
 
 // Loss per epoch (centralized, dashed) and per round (federated, solid), fold 0, one panel per method.
+// A multiplot panel of a method the run did not train (gnuplot refuses `plot NaN` when no panel
+// has a point: "all points y value undefined").
+constexpr const char* kEmptyPanel =
+    "set label 99 'not in this run' at graph 0.5, graph 0.5 center\nplot [0:1][0:1] -1 notitle\nunset label 99\n";
+
 Status learning_curves(const fs::path& out, const std::vector<std::string>& pairs, const std::vector<std::string>& clinics,
                        const fs::path& dir, std::ostringstream& script) {
   struct Series {
@@ -495,7 +539,7 @@ Status learning_curves(const fs::path& out, const std::vector<std::string>& pair
     const auto it = panels.find(panel);
     script << "set title '" << (panel == "teacher" ? std::string("teachers") : method_titles().at(panel)) << "'\n";
     if (it == panels.end()) {
-      script << "plot NaN notitle\n";
+      script << kEmptyPanel;
       continue;
     }
     script << "plot ";
@@ -578,7 +622,7 @@ Status test_curves(const fs::path& out, const std::vector<std::string>& pairs, c
     script << "set title '" << method_titles().at(panel) << "'\n";
     const auto it = panels.find(panel);
     if (it == panels.end()) {
-      script << "plot NaN notitle\n";
+      script << kEmptyPanel;
       continue;
     }
     script << "plot ";
@@ -800,7 +844,21 @@ Status write_experiment_report(const fs::path& out, const fs::path& data, const 
         "the same with the ADA model as teacher; **on the fly**: each test subject adapted to on its own. All "
         "adaptations start from the teacher and train for the same number of steps. Each fold adapts on one half "
         "of the target's subjects and tests on the other.\n\n";
-  if (!modes.empty()) md << "## Verdict\n\n" << verdict(sc, modes, pairs) << "\n";
+  std::set<std::string> failed_teachers;
+  const auto teachers = teachers_table(out, clinics, failed_teachers);
+  if (!teachers.empty()) md << "## Teachers\n\n" << teachers << "\n";
+  std::vector<std::string> verdict_pairs;
+  for (const auto& p : pairs) {
+    if (!failed_teachers.count(p.substr(0, p.find('>')))) verdict_pairs.push_back(p);
+  }
+  if (!modes.empty()) {
+    md << "## Verdict\n\n";
+    if (verdict_pairs.size() < pairs.size()) {
+      md << "Over the " << verdict_pairs.size() << " of " << pairs.size()
+         << " pairs whose teacher learned its source (\"Teachers\" above).\n\n";
+    }
+    md << verdict(sc, modes, verdict_pairs) << "\n";
+  }
   for (const auto& m : modes) {
     md << "## Table 2, " << m << "\n\n" << table2(sc, m, pairs) << "\n";
   }

@@ -29,6 +29,7 @@ void add_experiment(CLI::App& app, int& rc) {
     std::string data, out, profile = "quick", modes = "federated,centralized", methods, folds = "0,1", device = "cpu", precision = "auto";
     std::string student_init, federated_bn, server_optimizer;
     double server_lr = 0;
+    int teacher_draws = 0;
     std::uint64_t seed = 1;
     int threads = 0;
     bool insecure = false, secure_aggregation = false;
@@ -67,6 +68,11 @@ void add_experiment(CLI::App& app, int& rc) {
                   "federated, fedadam/fedyogi: the server's step size; each round moves a weight by about this much "
                   "(default: the profile's)")
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--teacher-draws", a->teacher_draws,
+                  "how many random draws a source's teacher gets to learn its own source (mean Dice on its training "
+                  "scans of at least 0.05) before its pairs are left out of the verdict; 1: no retry (default: the "
+                  "profile's, 3; smoke 1)")
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--modes", a->modes, "federated and/or centralized, comma-separated")->capture_default_str();
   cmd->add_option("--methods", a->methods,
                   "subset of lbound,ubound,ada,kd,kd-from-ada,otf-kd,otf-ada (default: all)");
@@ -91,6 +97,7 @@ void add_experiment(CLI::App& app, int& rc) {
     o.federated_bn = a->federated_bn;
     o.server_optimizer = a->server_optimizer;
     o.server_lr = a->server_lr;
+    o.teacher_draws = a->teacher_draws;
     o.modes = comma_list(a->modes);
     o.methods = comma_list(a->methods);
     o.folds.clear();

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "fedda/experiment/experiment.h"
 #include "support/process.h"
@@ -188,6 +189,65 @@ TEST(ExperimentCli, SmokeGridWritesEveryOutputAndResumes) {
   EXPECT_NE(coordinator_log.find("unmasking the sum of 2 sites"), std::string::npos);
   std::string secure_header;
   EXPECT_EQ(csv_rows(secure / "results.csv", secure_header).size(), 6u * 2);  // 6 pairs, 2 test subjects each
+}
+
+// A teacher whose Dice on its own training scans stays under kTeacherLearnedDice is trained again
+// from another draw; one that never learns is named in the report and its pairs leave the
+// verdict. Smoke teachers (2 epochs of a 4-channel U-Net) learn nothing, so every branch runs.
+TEST(ExperimentCli, ATeacherThatLearnsNothingIsDrawnAgainAndItsPairsLeaveTheVerdict) {
+  testing::ScratchDir dir;
+  const auto data = dir / "data", out = dir / "out";
+  auto gen = run_command(bin("fedda-sim").string() + " generate --profile smoke --seed 5 --out " + data.string());
+  ASSERT_EQ(gen.exit_code, 0) << gen.output;
+  const std::string command = bin("fedda-sim").string() + " experiment --data " + data.string() +
+                              " --profile smoke --modes centralized --methods lbound --folds 0 --seed 3 --out " +
+                              out.string();
+  auto run = run_command(command + " --teacher-draws 2");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  std::set<std::string> failed;
+  for (const std::string clinic : {"amsterdam", "singapore", "utrecht"}) {
+    const auto teacher = out / "centralized" / "teachers" / clinic;
+    const auto summary = nlohmann::json::parse(testing::read_text(teacher / "summary.json"));
+    const auto& draws = summary.at("draws");
+    ASSERT_GE(draws.size(), 1u) << clinic;
+    ASSERT_LE(draws.size(), 2u) << clinic;
+    const double last = draws.back().at("source_dice").get<double>();
+    EXPECT_EQ(summary.at("source_dice").get<double>(), last) << clinic;
+    EXPECT_EQ(summary.at("learned").get<bool>(), last >= experiment::kTeacherLearnedDice) << clinic;
+    EXPECT_EQ(draws[0].at("seed").get<std::uint64_t>(), 3u) << clinic;  // the first draw is the grid's seed
+    // Another draw only after a teacher that learned nothing, and from another seed.
+    EXPECT_EQ(draws.size() == 2, draws[0].at("source_dice").get<double>() < experiment::kTeacherLearnedDice) << clinic;
+    const auto curve = testing::read_text(teacher / "curve.csv");
+    if (draws.size() == 2) {
+      EXPECT_NE(draws[1].at("seed"), draws[0].at("seed")) << clinic;
+      EXPECT_NE(curve.find("discarded-draw-1,"), std::string::npos) << curve;
+      EXPECT_NE(run.output.find("teacher " + clinic + " (draw 1): mean Dice"), std::string::npos) << run.output;
+    }
+    EXPECT_NE(curve.find("\nteacher,"), std::string::npos) << curve;
+    if (!summary.at("learned").get<bool>()) failed.insert(clinic);
+  }
+  ASSERT_FALSE(failed.empty()) << "the smoke teachers were expected to learn nothing; this test needs one that does not";
+  const auto md = testing::read_text(out / "report.md");
+  EXPECT_NE(md.find("## Teachers"), std::string::npos) << md;
+  for (const auto& clinic : failed) {
+    const auto row = md.find("| " + clinic + " | 2 (Dice ");
+    ASSERT_NE(row, std::string::npos) << md;
+    EXPECT_NE(md.substr(row, md.find('\n', row) - row).find("**no**"), std::string::npos) << md;
+  }
+  const auto kept = std::to_string(6 - 2 * failed.size());
+  EXPECT_NE(md.find("Over the " + kept + " of 6 pairs whose teacher learned its source"), std::string::npos) << md;
+  EXPECT_EQ(md.find("Plots incomplete"), std::string::npos) << md;  // a grid of L-bound alone draws its plots
+
+  // A run from before teacher_draws resumes; another number of draws is another budget.
+  auto config = nlohmann::json::parse(testing::read_text(out / "experiment.json"));
+  config["budget"].erase("teacher_draws");
+  std::ofstream(out / "experiment.json") << config.dump(2);
+  auto resumed = run_command(command + " --teacher-draws 2");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("9 already done"), std::string::npos) << resumed.output;
+  auto clash = run_command(command + " --teacher-draws 3");
+  EXPECT_NE(clash.exit_code, 0);
+  EXPECT_NE(clash.output.find("another budget"), std::string::npos) << clash.output;
 }
 
 TEST(ExperimentCli, BadArgumentsAreNamed) {
