@@ -10,18 +10,25 @@
 //             network sees when inference is cropped to the brain (training.h, brain_crop) at
 //             several margins, its speed against the whole grid, and what it changes inside the
 //             brain (largest change of p(WMH), voxels whose label flips, Dice of the two)
+//   real      with --slices-data and --slices-clinic, the training and inference rows run on a
+//             simulated clinic's real preprocessed slices (training batches from its slices with
+//             brain, inference over every slice) instead of random tensors, and two rows more run
+//             fedda's predict over the clinic's scans: on the whole grid, and cropped to the brain;
+//             --slices-out writes the same slices for benchmarks/reference_unet.py --slices
 // Reports figures; it sets no thresholds (targets are in docs/performance.md). Row names are
 // stable: benchmarks/side_by_side.sh reads them.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include "fedda/imaging/dataset.h"
@@ -41,28 +48,118 @@ namespace {
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
+// What the rows compute on: batches of random tensors (one batch, as a PyTorch benchmark would)
+// or of a clinic's real slices (RealSlices), cycled through.
+struct Inputs {
+  std::vector<torch::Tensor> train_images, train_labels;  // [B, 2, S, S] float32, [B, S, S] int64
+  std::vector<torch::Tensor> infer_images;                // [B, 2, S, S]
+};
+
+Inputs random_inputs(int batch, int size) {
+  torch::manual_seed(1);
+  Inputs in;
+  in.train_images = in.infer_images = {torch::randn({batch, 2, size, size})};
+  in.train_labels = {(torch::rand({batch, size, size}) < 0.02).to(torch::kInt64)};
+  return in;
+}
+
+// A clinic's scans as fedda preprocesses them, on a size x size grid over fedda-sim's 192 mm
+// field of view; every slice, in scan order.
+struct RealSlices {
+  torch::Tensor images, labels, brain;  // [N, 2, S, S] float32; [N, S, S] int64 (1 = WMH, else 0); [N, S, S] bool
+  std::vector<std::int64_t> brain_slices;                     // training draws from these, as the engine does
+  std::vector<std::pair<std::int64_t, std::int64_t>> scans;  // first slice and count of each scan
+};
+
+std::optional<RealSlices> load_real_slices(const fs::path& data, const std::string& clinic, int size) {
+  auto subjects = imaging::find_clinic_subjects(data, clinic);
+  if (!subjects || subjects->empty()) {
+    std::fprintf(stderr, "--slices-data: no labelled subjects of clinic '%s' in %s%s\n", clinic.c_str(),
+                 data.string().c_str(), subjects ? "" : (": " + subjects.error().message).c_str());
+    return std::nullopt;
+  }
+  const double spacing = 192.0 / size;
+  const GridSpec grid{{static_cast<std::size_t>(size), static_cast<std::size_t>(size)}, {spacing, spacing}};
+  std::vector<torch::Tensor> images, labels, brain;
+  RealSlices r;
+  std::int64_t first = 0;
+  for (const auto& s : *subjects) {
+    auto scan = models::load_scan(s, grid, true);
+    if (!scan) {
+      std::fprintf(stderr, "%s\n", scan.error().message.c_str());
+      return std::nullopt;
+    }
+    images.push_back(scan->images);
+    labels.push_back((scan->labels == 1).to(torch::kInt64));
+    brain.push_back(scan->brain);
+    for (const int z : scan->brain_slices) r.brain_slices.push_back(first + z);
+    r.scans.emplace_back(first, scan->images.size(0));
+    first += scan->images.size(0);
+  }
+  r.images = torch::cat(images).contiguous();
+  r.labels = torch::cat(labels).contiguous();
+  r.brain = torch::cat(brain).contiguous();
+  return r;
+}
+
+// FILE: the images, the labels and the brain mask as raw little-endian float32, one after the
+// other; FILE.json: their shape, the slices with brain and the scans (reference_unet.py reads both).
+bool write_real_slices(const RealSlices& r, const fs::path& file) {
+  std::ofstream out(file, std::ios::binary);
+  for (const auto& t : {r.images, r.labels.to(torch::kFloat32), r.brain.to(torch::kFloat32)}) {
+    const auto c = t.contiguous();
+    out.write(static_cast<const char*>(c.data_ptr()), static_cast<std::streamsize>(c.numel() * sizeof(float)));
+  }
+  nlohmann::json meta = {{"slices", r.images.size(0)}, {"size", r.images.size(2)}, {"brain_slices", r.brain_slices},
+                         {"scans", r.scans}};
+  std::ofstream(file.string() + ".json") << meta.dump() << "\n";
+  if (!out) std::fprintf(stderr, "%s: cannot write\n", file.string().c_str());
+  return static_cast<bool>(out);
+}
+
+// Up to 64 batches: training ones of slices with brain, inference ones of every slice, in order.
+Inputs real_inputs(const RealSlices& r, int batch) {
+  Inputs in;
+  const auto take = [&](const std::vector<std::int64_t>& pool, std::vector<torch::Tensor>* images,
+                        std::vector<torch::Tensor>* labels) {
+    const auto n = static_cast<std::int64_t>(pool.size());
+    for (std::int64_t b = 0; b < std::min<std::int64_t>(64, std::max<std::int64_t>(1, n / batch)); ++b) {
+      std::vector<std::int64_t> idx;
+      for (int j = 0; j < batch; ++j) idx.push_back(pool[(b * batch + j) % n]);
+      const auto i = torch::tensor(idx, torch::kInt64);
+      images->push_back(r.images.index_select(0, i));
+      if (labels) labels->push_back(r.labels.index_select(0, i));
+    }
+  };
+  take(r.brain_slices, &in.train_images, &in.train_labels);
+  std::vector<std::int64_t> every(static_cast<std::size_t>(r.images.size(0)));
+  for (std::size_t i = 0; i < every.size(); ++i) every[i] = static_cast<std::int64_t>(i);
+  take(every, &in.infer_images, nullptr);
+  return in;
+}
+
 // Slices per second of `steps` timed training steps after `warmup` untimed ones.
-double training_rate(const models::UNetSpec& spec, int batch, int size, int warmup, int steps,
+double training_rate(const models::UNetSpec& spec, const Inputs& in, int warmup, int steps,
                      const models::PrecisionChoice& precision) {
   torch::manual_seed(1);
   models::UNet net(spec);
   net->train();
   net->set_precision(precision);  // bfloat16 autocast and/or channels-last, as training sets them
-  auto images = torch::randn({batch, spec.in_channels, size, size});
   torch::optim::Adam adam(net->parameters(), torch::optim::AdamOptions(1e-3));
-  const auto labels = (torch::rand({batch, size, size}) < 0.02).to(torch::kInt64);
+  const auto batch = in.train_images[0].size(0);
   Clock::time_point start;
   for (int i = 0; i < warmup + steps; ++i) {
     if (i == warmup) start = Clock::now();
+    const auto k = static_cast<std::size_t>(i) % in.train_images.size();
     adam.zero_grad();
-    auto loss = models::supervised_loss(net->forward(images), labels, 1.0);
+    auto loss = models::supervised_loss(net->forward(in.train_images[k]), in.train_labels[k], 1.0);
     loss.backward();
     adam.step();
   }
   return batch * steps / seconds_since(start);
 }
 
-double inference_rate(const models::UNetSpec& spec, int batch, int size, int warmup, int steps, bool inference_mode,
+double inference_rate(const models::UNetSpec& spec, const Inputs& in, int warmup, int steps, bool inference_mode,
                       const models::PrecisionChoice& precision = {}) {
   torch::manual_seed(1);
   models::UNet net(spec);
@@ -75,13 +172,37 @@ double inference_rate(const models::UNetSpec& spec, int batch, int size, int war
   } else {
     no_grad.emplace();
   }
-  const auto images = torch::randn({batch, spec.in_channels, size, size});
+  const auto batch = in.infer_images[0].size(0);
   Clock::time_point start;
   for (int i = 0; i < warmup + steps; ++i) {
     if (i == warmup) start = Clock::now();
-    auto p = torch::softmax(net->forward(images), 1);
+    auto p = torch::softmax(net->forward(in.infer_images[static_cast<std::size_t>(i) % in.infer_images.size()]), 1);
   }
   return batch * steps / seconds_since(start);
+}
+
+// fedda's predict over every scan of `r` (at least `slices` slices, whole passes), on the whole
+// grid or cropped to the brain (kBrainCropMargin); slices per second, skipped ones counted.
+double predict_rate(const models::UNetSpec& spec, const RealSlices& r, std::int64_t slices, bool crop) {
+  torch::manual_seed(1);
+  models::UNet net(spec);
+  net->eval();
+  const torch::Device cpu(torch::kCPU);
+  const auto pass = [&] {
+    for (const auto& [first, count] : r.scans) {
+      const auto images = r.images.narrow(0, first, count);
+      if (crop) {
+        models::predict(net, images, cpu, 1.0, r.brain.narrow(0, first, count));
+      } else {
+        models::predict(net, images, cpu);
+      }
+    }
+  };
+  pass();  // warm-up
+  const auto passes = std::max<std::int64_t>(1, (slices + r.images.size(0) - 1) / r.images.size(0));
+  const auto start = Clock::now();
+  for (std::int64_t i = 0; i < passes; ++i) pass();
+  return static_cast<double>(passes * r.images.size(0)) / seconds_since(start);
 }
 
 // The crop rows: for each clinic folder of `data`, inference on its scans with `model` over the
@@ -200,6 +321,14 @@ int main(int argc, char** argv) {
                  "half the U-Net's stride)")
       ->capture_default_str()->check(CLI::NonNegativeNumber);
   app.add_option("--margins", margins, "crop: margins around the brain to measure (pixels)")->capture_default_str()->delimiter(',');
+  std::string slices_data, slices_clinic, slices_out;
+  app.add_option("--slices-data", slices_data,
+                 "real slices: clinics (fedda-sim generate) whose --slices-clinic feeds the training and inference rows "
+                 "instead of random tensors, on a --size grid over 192 mm; adds fedda's predict rows, whole grid and "
+                 "cropped to the brain");
+  app.add_option("--slices-clinic", slices_clinic, "real slices: the clinic (default: the first in --slices-data)");
+  app.add_option("--slices-out", slices_out,
+                 "real slices: also write them to this file (+ .json) for benchmarks/reference_unet.py --slices");
   CLI11_PARSE(app, argc, argv);
   torch::set_num_threads(threads);
   if (allocator == "reuse") models::reuse_freed_tensor_memory();
@@ -227,25 +356,56 @@ int main(int argc, char** argv) {
   std::printf("cpu: %s\n", models::cpu_description().c_str());
   std::printf("--precision %s: %s%s (%s)\n", precision.c_str(), chosen->name().c_str(),
               chosen->channels_last ? " channels-last" : "", chosen->reason.c_str());
+  std::optional<RealSlices> real;
+  if (!slices_data.empty()) {
+    if (slices_clinic.empty()) {
+      std::vector<std::string> names;
+      for (const auto& e : fs::directory_iterator(slices_data)) {
+        if (e.is_directory()) names.push_back(e.path().filename().string());
+      }
+      std::sort(names.begin(), names.end());
+      if (!names.empty()) slices_clinic = names[0];
+    }
+    if (size % 16) {
+      std::fprintf(stderr, "--size %d: real slices need a size divisible by 16\n", size);
+      return 1;
+    }
+    real = load_real_slices(slices_data, slices_clinic, size);
+    if (!real) return 1;
+    if (!slices_out.empty() && !write_real_slices(*real, slices_out)) return 1;
+  }
+  const Inputs inputs = real ? real_inputs(*real, batch) : random_inputs(batch, size);
   std::printf("threads %d, allocator %s, batch %d of %dx%dx%d, %d timed steps after %d\n", threads, allocator.c_str(), batch,
               reference.in_channels, size, size, steps, warmup);
+  if (real) {
+    std::printf("inputs: real slices of %s in %s: %lld slices of %zu scans, %zu with brain (training draws from those)\n",
+                slices_clinic.c_str(), slices_data.c_str(), static_cast<long long>(real->images.size(0)), real->scans.size(),
+                real->brain_slices.size());
+  } else {
+    std::printf("inputs: random tensors\n");
+  }
   const auto row = [&](const std::string& name, const std::function<double()>& measure) {
     if (name.find(only) == std::string::npos) return;
     std::printf("%-48s %10.1f\n", name.c_str(), measure());
     std::fflush(stdout);
   };
   std::printf("%-48s %10s\n", "measurement", "slices/s");
-  row("training step, reference U-Net (transposed)", [&] { return training_rate(reference, batch, size, warmup, steps, f32); });
-  row("training step, fedda default (nearest+1x1)", [&] { return training_rate(fedda_default, batch, size, warmup, steps, f32); });
-  row("training step, fedda default, channels-last", [&] { return training_rate(fedda_default, batch, size, warmup, steps, f32_nhwc); });
-  row("training step, fedda default, bfloat16 autocast", [&] { return training_rate(fedda_default, batch, size, warmup, steps, bf16); });
+  row("training step, reference U-Net (transposed)", [&] { return training_rate(reference, inputs, warmup, steps, f32); });
+  row("training step, fedda default (nearest+1x1)", [&] { return training_rate(fedda_default, inputs, warmup, steps, f32); });
+  row("training step, fedda default, channels-last", [&] { return training_rate(fedda_default, inputs, warmup, steps, f32_nhwc); });
+  row("training step, fedda default, bfloat16 autocast", [&] { return training_rate(fedda_default, inputs, warmup, steps, bf16); });
   row("training step, fedda at --precision (" + chosen->name() + ")",
-      [&] { return training_rate(fedda_default, batch, size, warmup, steps, *chosen); });
-  row("inference, fedda default (inference mode)", [&] { return inference_rate(fedda_default, batch, size, warmup, steps, true); });
-  row("inference, fedda default (no-grad guard)", [&] { return inference_rate(fedda_default, batch, size, warmup, steps, false); });
-  row("inference, fedda default, bfloat16 autocast", [&] { return inference_rate(fedda_default, batch, size, warmup, steps, true, bf16); });
+      [&] { return training_rate(fedda_default, inputs, warmup, steps, *chosen); });
+  row("inference, fedda default (inference mode)", [&] { return inference_rate(fedda_default, inputs, warmup, steps, true); });
+  row("inference, fedda default (no-grad guard)", [&] { return inference_rate(fedda_default, inputs, warmup, steps, false); });
+  row("inference, fedda default, bfloat16 autocast", [&] { return inference_rate(fedda_default, inputs, warmup, steps, true, bf16); });
   row("inference, fedda at --precision (" + chosen->name() + ")",
-      [&] { return inference_rate(fedda_default, batch, size, warmup, steps, true, *chosen); });
+      [&] { return inference_rate(fedda_default, inputs, warmup, steps, true, *chosen); });
+  if (real) {
+    const std::int64_t slices = static_cast<std::int64_t>(batch) * steps;
+    row("inference, fedda predict, whole grid", [&] { return predict_rate(fedda_default, *real, slices, false); });
+    row("inference, fedda predict, cropped to the brain", [&] { return predict_rate(fedda_default, *real, slices, true); });
+  }
   if (!model.empty()) {
     if (flair.empty() || t1.empty()) {
       std::fprintf(stderr, "--model needs --flair and --t1\n");

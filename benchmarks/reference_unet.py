@@ -9,13 +9,19 @@ cost or gain of the language alone can be read against fedda-bench on the same c
   --upsample nearest_conv   fedda's default up-sampling (nearest + 1x1 convolution)
   --channels-last           NHWC memory format for the model and the batch
   --bf16                    bfloat16 autocast on the CPU (forward; backward follows)
+  --slices FILE             real preprocessed slices of a simulated clinic, as fedda-bench
+                            --slices-out wrote them (training batches from the slices with
+                            brain, inference over every slice, in fedda-bench's order)
 
 Prints one line per measurement: "<name> <slices/s>". Sets no thresholds.
 See docs/performance.md for the commands and the figures.
 """
 import argparse
 import contextlib
+import json
 import time
+
+import numpy as np
 
 import torch
 import torch.nn as nn
@@ -68,6 +74,26 @@ def supervised_loss(logits, labels):
     return loss + dice
 
 
+def real_batches(path, batch):
+    """fedda-bench --slices-out's slices as fedda-bench batches them: up to 64 training batches
+    from the slices with brain and up to 64 inference batches of every slice, in order."""
+    meta = json.load(open(path + ".json"))
+    n, size = meta["slices"], meta["size"]
+    raw = np.fromfile(path, dtype="<f4")
+    if raw.size != n * 4 * size * size:
+        raise SystemExit(f"{path}: {raw.size} values, {n} slices of 2+1+1 x {size}x{size} expected")
+    images = torch.from_numpy(raw[: n * 2 * size * size].reshape(n, 2, size, size).copy())
+    labels = torch.from_numpy(raw[n * 2 * size * size: n * 3 * size * size].reshape(n, size, size).copy()).long()
+
+    def take(pool):
+        count = min(64, max(1, len(pool) // batch))
+        return [torch.tensor([pool[(b * batch + j) % len(pool)] for j in range(batch)]) for b in range(count)]
+
+    train = take(meta["brain_slices"])
+    infer = take(list(range(n)))
+    return [images[i] for i in train], [labels[i] for i in train], [images[i] for i in infer]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -78,6 +104,7 @@ def main():
     ap.add_argument("--upsample", choices=["transposed", "nearest_conv"], default="transposed")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--slices", help="real slices written by fedda-bench --slices-out")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(1)
@@ -87,16 +114,22 @@ def main():
 
     net = UNet(upsample=args.upsample).to(memory_format=fmt)
     adam = torch.optim.Adam(net.parameters(), lr=1e-3)
-    images = torch.randn(args.batch, 2, args.size, args.size).to(memory_format=fmt)
-    labels = (torch.rand(args.batch, args.size, args.size) < 0.02).long()
+    if args.slices:
+        train_images, train_labels, infer_images = real_batches(args.slices, args.batch)
+        train_images = [b.to(memory_format=fmt) for b in train_images]
+        infer_images = [b.to(memory_format=fmt) for b in infer_images]
+    else:
+        images = torch.randn(args.batch, 2, args.size, args.size).to(memory_format=fmt)
+        train_images, train_labels, infer_images = [images], [(torch.rand(args.batch, args.size, args.size) < 0.02).long()], [images]
     net.train()
     for i in range(args.warmup + args.steps):
         if i == args.warmup:
             start = time.perf_counter()
+        k = i % len(train_images)
         adam.zero_grad(set_to_none=True)
         with cast():
-            logits = net(images)
-        supervised_loss(logits.float(), labels).backward()
+            logits = net(train_images[k])
+        supervised_loss(logits.float(), train_labels[k]).backward()
         adam.step()
     print(f"python training {name} {args.batch * args.steps / (time.perf_counter() - start):.1f}", flush=True)
 
@@ -105,7 +138,7 @@ def main():
         for i in range(args.warmup + args.steps):
             if i == args.warmup:
                 start = time.perf_counter()
-            torch.softmax(net(images).float(), 1)
+            torch.softmax(net(infer_images[i % len(infer_images)]).float(), 1)
     print(f"python inference {name} {args.batch * args.steps / (time.perf_counter() - start):.1f}", flush=True)
 
 

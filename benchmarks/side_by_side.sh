@@ -5,12 +5,16 @@
 #
 #   benchmarks/side_by_side.sh [--repeats 3] [--steps 20] [--warmup 3] [--threads 2]
 #                              [--batch 8] [--size 128] [--bf16-steps 2] [--bin build/bin]
+#                              [--data DATA [--clinic NAME]]
 #
 # --bf16-steps 0 skips the bfloat16 autocast row (very slow on a CPU without AVX512-BF16).
+# --data: both run on the same real preprocessed slices of a simulated clinic (fedda-sim
+# generate; default its first clinic) instead of random tensors, and fedda adds its predict
+# rows on the clinic's scans, whole grid and cropped to the brain.
 # Reports figures; it sets no thresholds. docs/performance.md has what they were here.
 set -euo pipefail
 
-repeats=3 steps=20 warmup=3 threads=2 batch=8 size=128 bf16_steps=2
+repeats=3 steps=20 warmup=3 threads=2 batch=8 size=128 bf16_steps=2 data= clinic=
 bin=${FEDDA_BIN_DIR:-build/bin}
 while (($#)); do
   case $1 in
@@ -22,7 +26,9 @@ while (($#)); do
     --size) size=$2 ;;
     --bf16-steps) bf16_steps=$2 ;;
     --bin) bin=$2 ;;
-    -h | --help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --data) data=$2 ;;
+    --clinic) clinic=$2 ;;
+    -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "side_by_side.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift 2
@@ -34,7 +40,15 @@ python=/usr/bin/python3  # Debian's interpreter, the one python3-torch installs 
 
 common=(--threads "$threads" --batch "$batch" --size "$size" --warmup "$warmup")
 raw=$(mktemp)
-trap 'rm -f "$raw"' EXIT
+slices=$(mktemp)
+trap 'rm -f "$raw" "$slices" "$slices.json"' EXIT
+python_inputs=() cpp_inputs=()
+if [ -n "$data" ]; then
+  cpp_inputs=(--slices-data "$data")
+  [ -n "$clinic" ] && cpp_inputs+=(--slices-clinic "$clinic")
+  "$bin/fedda-bench" "${common[@]}" "${cpp_inputs[@]}" --slices-out "$slices" --only "no row has this name" | grep '^inputs:' >&2
+  python_inputs=(--slices "$slices")
+fi
 python_rows() {  # "python training nearest_conv channels-last 17.2" -> "python: training, nearest_conv channels-last<TAB>17.2"
   awk '{v=$NF; $NF=""; sub(/ $/, ""); sub(/^python /, ""); k=$1; $1=""; sub(/^ /, ""); printf "python: %s, %s\t%s\n", k, $0, v}'
 }
@@ -45,25 +59,26 @@ for ((r = 1; r <= repeats; ++r)); do
   echo "repeat $r of $repeats" >&2
   for variant in "--upsample transposed" "--upsample nearest_conv" "--upsample nearest_conv --channels-last"; do
     # shellcheck disable=SC2086
-    "$python" "$here/reference_unet.py" "${common[@]}" --steps "$steps" $variant | python_rows >>"$raw"
+    "$python" "$here/reference_unet.py" "${common[@]}" "${python_inputs[@]}" --steps "$steps" $variant | python_rows >>"$raw"
   done
   # Python with fedda's allocator setting (models::reuse_freed_tensor_memory), for the language alone
   GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824 \
-    "$python" "$here/reference_unet.py" "${common[@]}" --steps "$steps" --upsample nearest_conv |
+    "$python" "$here/reference_unet.py" "${common[@]}" "${python_inputs[@]}" --steps "$steps" --upsample nearest_conv |
     python_rows | sed 's/^python: /python, allocator as fedda: /' >>"$raw"
-  "$bin/fedda-bench" "${common[@]}" --steps "$steps" | cpp_rows "c++" >>"$raw"
+  "$bin/fedda-bench" "${common[@]}" "${cpp_inputs[@]}" --steps "$steps" | cpp_rows "c++" >>"$raw"
   # fedda's allocator setting off: the lever's before
-  "$bin/fedda-bench" "${common[@]}" --steps "$steps" --allocator glibc --only "(nearest" | cpp_rows "c++, glibc allocator" >>"$raw"
+  "$bin/fedda-bench" "${common[@]}" "${cpp_inputs[@]}" --steps "$steps" --allocator glibc --only "(nearest" | cpp_rows "c++, glibc allocator" >>"$raw"
 done
 if ((bf16_steps > 0)); then
   echo "bfloat16 autocast, $bf16_steps steps" >&2
-  "$python" "$here/reference_unet.py" "${common[@]}" --steps "$bf16_steps" --warmup 1 --upsample nearest_conv --bf16 | python_rows >>"$raw"
+  "$python" "$here/reference_unet.py" "${common[@]}" "${python_inputs[@]}" --steps "$bf16_steps" --warmup 1 --upsample nearest_conv --bf16 | python_rows >>"$raw"
 fi
 
 # What it ran on and what fedda's `auto` picks there: the figures mean little without it.
 "$bin/fedda-bench" --only "no row has this name" | grep -E '^(cpu|--precision)'
 "$python" -c 'import torch; c = [l.split(":")[1].strip() for l in torch.__config__.show().splitlines() if "capability usage" in l]; print("python: torch", torch.__version__, "| ATen kernels built for", c[0] if c else "?")'
 echo "threads $threads, batch $batch of 2x${size}x${size}, $steps timed steps after $warmup, median of $repeats"
+if [ -n "$data" ]; then echo "inputs: real slices of ${clinic:-the first clinic} in $data (both)"; else echo "inputs: random tensors (both)"; fi
 printf '%-56s %10s\n' "measurement" "slices/s"
 awk -F'\t' '
   { if (!($1 in n)) order[++rows] = $1; v[$1, ++n[$1]] = $2 }
