@@ -96,6 +96,11 @@ std::optional<RealSlices> load_real_slices(const fs::path& data, const std::stri
     r.scans.emplace_back(first, scan->images.size(0));
     first += scan->images.size(0);
   }
+  if (r.brain_slices.empty()) {
+    std::fprintf(stderr, "--slices-data: clinic '%s' in %s has no slice with brain to train on\n", clinic.c_str(),
+                 data.string().c_str());
+    return std::nullopt;
+  }
   r.images = torch::cat(images).contiguous();
   r.labels = torch::cat(labels).contiguous();
   r.brain = torch::cat(brain).contiguous();
@@ -112,9 +117,12 @@ bool write_real_slices(const RealSlices& r, const fs::path& file) {
   }
   nlohmann::json meta = {{"slices", r.images.size(0)}, {"size", r.images.size(2)}, {"brain_slices", r.brain_slices},
                          {"scans", r.scans}};
-  std::ofstream(file.string() + ".json") << meta.dump() << "\n";
-  if (!out) std::fprintf(stderr, "%s: cannot write\n", file.string().c_str());
-  return static_cast<bool>(out);
+  std::ofstream json_out(file.string() + ".json");
+  json_out << meta.dump() << "\n";
+  out.flush();
+  json_out.flush();
+  if (!out || !json_out) std::fprintf(stderr, "%s: cannot write the slices or their .json\n", file.string().c_str());
+  return out && json_out;
 }
 
 // Up to 64 batches: training ones of slices with brain, inference ones of every slice, in order.
@@ -322,13 +330,15 @@ int main(int argc, char** argv) {
       ->capture_default_str()->check(CLI::NonNegativeNumber);
   app.add_option("--margins", margins, "crop: margins around the brain to measure (pixels)")->capture_default_str()->delimiter(',');
   std::string slices_data, slices_clinic, slices_out;
-  app.add_option("--slices-data", slices_data,
-                 "real slices: clinics (fedda-sim generate) whose --slices-clinic feeds the training and inference rows "
-                 "instead of random tensors, on a --size grid over 192 mm; adds fedda's predict rows, whole grid and "
-                 "cropped to the brain");
-  app.add_option("--slices-clinic", slices_clinic, "real slices: the clinic (default: the first in --slices-data)");
+  auto* data_option = app.add_option("--slices-data", slices_data,
+                                     "real slices: clinics (fedda-sim generate) whose --slices-clinic feeds the training "
+                                     "and inference rows instead of random tensors, on a --size grid over 192 mm; adds "
+                                     "fedda's predict rows, whole grid and cropped to the brain");
+  app.add_option("--slices-clinic", slices_clinic, "real slices: the clinic (default: the first in --slices-data)")
+      ->needs(data_option);
   app.add_option("--slices-out", slices_out,
-                 "real slices: also write them to this file (+ .json) for benchmarks/reference_unet.py --slices");
+                 "real slices: also write them to this file (+ .json) for benchmarks/reference_unet.py --slices")
+      ->needs(data_option);
   CLI11_PARSE(app, argc, argv);
   torch::set_num_threads(threads);
   if (allocator == "reuse") models::reuse_freed_tensor_memory();
@@ -360,8 +370,14 @@ int main(int argc, char** argv) {
   if (!slices_data.empty()) {
     if (slices_clinic.empty()) {
       std::vector<std::string> names;
-      for (const auto& e : fs::directory_iterator(slices_data)) {
-        if (e.is_directory()) names.push_back(e.path().filename().string());
+      std::error_code ec;
+      for (fs::directory_iterator e(slices_data, ec), end; !ec && e != end; e.increment(ec)) {
+        if (e->is_directory()) names.push_back(e->path().filename().string());
+      }
+      if (ec || names.empty()) {
+        std::fprintf(stderr, "--slices-data %s: %s\n", slices_data.c_str(),
+                     ec ? ec.message().c_str() : "no clinic folders (fedda-sim generate writes them)");
+        return 1;
       }
       std::sort(names.begin(), names.end());
       if (!names.empty()) slices_clinic = names[0];

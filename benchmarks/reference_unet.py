@@ -19,9 +19,8 @@ See docs/performance.md for the commands and the figures.
 import argparse
 import contextlib
 import json
+import sys
 import time
-
-import numpy as np
 
 import torch
 import torch.nn as nn
@@ -77,8 +76,13 @@ def supervised_loss(logits, labels):
 def real_batches(path, batch):
     """fedda-bench --slices-out's slices as fedda-bench batches them: up to 64 training batches
     from the slices with brain and up to 64 inference batches of every slice, in order."""
-    meta = json.load(open(path + ".json"))
+    import numpy as np  # only for real slices
+
+    with open(path + ".json") as f:
+        meta = json.load(f)
     n, size = meta["slices"], meta["size"]
+    if not meta["brain_slices"]:
+        raise SystemExit(f"{path}: no slice with brain to train on")
     raw = np.fromfile(path, dtype="<f4")
     if raw.size != n * 4 * size * size:
         raise SystemExit(f"{path}: {raw.size} values, {n} slices of 2+1+1 x {size}x{size} expected")
@@ -91,6 +95,8 @@ def real_batches(path, batch):
 
     train = take(meta["brain_slices"])
     infer = take(list(range(n)))
+    print(f"python inputs: {n} real slices of {size}x{size}, {len(meta['brain_slices'])} with brain, "
+          f"{len(train)} training and {len(infer)} inference batches", file=sys.stderr)
     return [images[i] for i in train], [labels[i] for i in train], [images[i] for i in infer]
 
 

@@ -45,9 +45,13 @@ trap 'rm -f "$raw" "$slices" "$slices.json"' EXIT
 python_inputs=() cpp_inputs=()
 if [ -n "$data" ]; then
   cpp_inputs=(--slices-data "$data")
-  [ -n "$clinic" ] && cpp_inputs+=(--slices-clinic "$clinic")
+  if [ -z "$clinic" ]; then clinic=$(find "$data" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' | sort | head -1); fi
+  cpp_inputs+=(--slices-clinic "$clinic")
   "$bin/fedda-bench" "${common[@]}" "${cpp_inputs[@]}" --slices-out "$slices" --only "no row has this name" | grep '^inputs:' >&2
   python_inputs=(--slices "$slices")
+  # what the reference reads from them (it says so on stderr, once)
+  python_said=$("$python" "$here/reference_unet.py" --threads 1 --batch "$batch" --size "$size" --warmup 0 --steps 1 \
+    "${python_inputs[@]}" 2>&1 >/dev/null | grep '^python inputs:')
 fi
 python_rows() {  # "python training nearest_conv channels-last 17.2" -> "python: training, nearest_conv channels-last<TAB>17.2"
   awk '{v=$NF; $NF=""; sub(/ $/, ""); sub(/^python /, ""); k=$1; $1=""; sub(/^ /, ""); printf "python: %s, %s\t%s\n", k, $0, v}'
@@ -78,7 +82,7 @@ fi
 "$bin/fedda-bench" --only "no row has this name" | grep -E '^(cpu|--precision)'
 "$python" -c 'import torch; c = [l.split(":")[1].strip() for l in torch.__config__.show().splitlines() if "capability usage" in l]; print("python: torch", torch.__version__, "| ATen kernels built for", c[0] if c else "?")'
 echo "threads $threads, batch $batch of 2x${size}x${size}, $steps timed steps after $warmup, median of $repeats"
-if [ -n "$data" ]; then echo "inputs: real slices of ${clinic:-the first clinic} in $data (both)"; else echo "inputs: random tensors (both)"; fi
+if [ -n "$data" ]; then echo "inputs: real slices of $clinic in $data; $python_said"; else echo "inputs: random tensors (both)"; fi
 printf '%-56s %10s\n' "measurement" "slices/s"
 awk -F'\t' '
   { if (!($1 in n)) order[++rows] = $1; v[$1, ++n[$1]] = $2 }

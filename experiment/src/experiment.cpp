@@ -35,7 +35,7 @@ Result<ExperimentBudget> experiment_budget(const std::string& profile) {
     b.unet.depth = 2;
     b.grid = {{32, 32}, {6.0, 6.0}};
     b.teacher_epochs = 2;
-    b.teacher_draws = 1;  // two epochs of a 4-channel U-Net learn nothing; the check is reported, not acted on
+    b.teacher_draws = 1;  // two epochs of a 4-channel U-Net learn nothing: one draw, its pairs out of the verdict
     b.adapt_epochs = 1;
     b.otf_epochs = 1;
     b.steps = 2;
@@ -319,11 +319,15 @@ Result<std::string> run_centralized_cell(const ExperimentOptions& o, const Exper
     fs::create_directories(dir, ec);
     auto source = imaging::find_clinic_subjects(o.data, c.source);
     if (!source) return source.error();
-    std::ostringstream curve;
-    curve << "stage,epoch,loss,seconds,slices_per_second\n";
+    // Each draw trains teacher.pt afresh; the best so far waits in best.pt when another follows.
+    const auto best_file = dir / "teacher-best-draw.pt";
+    const int draws_allowed = std::max(1, b.teacher_draws);
+    const auto start = Clock::now();
+    std::vector<std::string> curves;
     json draws = json::array();
-    double seconds = 0, source_dice = 0;
-    for (int draw = 0; draw < std::max(1, b.teacher_draws); ++draw) {
+    int best = -1;
+    double best_dice = -1;
+    for (int draw = 0; draw < draws_allowed; ++draw) {
       auto config = train_config(b, o, b.teacher_epochs, b.teacher_lr);
       config.seed = o.seed + 1000003ULL * static_cast<std::uint64_t>(draw);  // draw 0: the grid's seed
       const auto progress = [&](const models::EpochReport& e) {
@@ -333,37 +337,67 @@ Result<std::string> run_centralized_cell(const ExperimentOptions& o, const Exper
       auto r = models::train_supervised(*source, config, teacher, "teacher", progress);
       if (!r) return r.error();
       // Scored on its own training scans: not a measure of quality, a check that it learned at all.
+      // Scans whose Dice is undefined (no WMH in truth or prediction) are left out of the mean.
       auto scores = models::evaluate_model(teacher, *source, o.device, o.precision);
       if (!scores) return scores.error();
       double sum = 0;
-      for (const auto& s : *scores) sum += s.metrics.dsc;
-      source_dice = scores->empty() ? 0 : sum / static_cast<double>(scores->size());
-      seconds += r->seconds;
-      const bool learned = source_dice >= kTeacherLearnedDice;
-      const bool last = learned || draw + 1 >= std::max(1, b.teacher_draws);
-      // The kept draw's epochs are the "teacher" curve; discarded draws stay in the file under their own stage.
-      const std::string stage = last ? "teacher" : "discarded-draw-" + std::to_string(draw + 1);
-      for (const auto& e : r->epochs) {
-        curve << stage << "," << e.epoch << "," << e.loss << "," << e.seconds << "," << e.slices_per_second << "\n";
+      int scored = 0;
+      for (const auto& s : *scores) {
+        if (std::isfinite(s.metrics.dsc)) {
+          sum += s.metrics.dsc;
+          ++scored;
+        }
       }
+      const double dice = scored ? sum / scored : 0.0;
+      const bool learned = dice >= kTeacherLearnedDice;
+      const bool last = learned || draw + 1 >= draws_allowed;
+      std::ostringstream curve;
+      for (const auto& e : r->epochs) {
+        curve << "," << e.epoch << "," << e.loss << "," << e.seconds << "," << e.slices_per_second << "\n";
+      }
+      curves.push_back(curve.str());
       draws.push_back({{"draw", draw + 1},
                        {"seed", config.seed},
                        {"final_loss", r->epochs.empty() ? 0.0 : r->epochs.back().loss},
-                       {"source_dice", source_dice},
+                       {"source_dice", dice},
+                       {"scored_scans", scored},
                        {"seconds", r->seconds}});
       log::get("centralized")->info("teacher {} (draw {}): mean Dice {:.3f} on its own {} scans{}", c.source, draw + 1,
-                                    source_dice, scores->size(),
+                                    dice, scored,
                                     learned ? "" : last ? ": it learned nothing of its source, no draws left"
                                                         : ": it learned nothing of its source, training another draw");
+      if (dice > best_dice) {
+        best = draw;
+        best_dice = dice;
+        if (!last) {
+          fs::copy_file(teacher, best_file, fs::copy_options::overwrite_existing, ec);
+          if (ec) return make_error(best_file.string() + ": cannot write: " + ec.message());
+        }
+      }
       if (last) break;
     }
-    if (auto st = files::write_atomically(dir / "curve.csv", curve.str()); !st) return st.error();
+    // None learned: keep the best of them (the verdict leaves its pairs out either way).
+    if (best + 1 != static_cast<int>(draws.size())) {
+      fs::rename(best_file, teacher, ec);
+      if (ec) return make_error(teacher.string() + ": cannot restore the best draw: " + ec.message());
+    }
+    fs::remove(best_file, ec);
+    // The kept draw's epochs are the "teacher" curve; the others stay in the file under their own stage.
+    std::string curve = "stage,epoch,loss,seconds,slices_per_second\n";
+    for (std::size_t d = 0; d < curves.size(); ++d) {
+      const std::string stage = static_cast<int>(d) == best ? "teacher" : "discarded-draw-" + std::to_string(d + 1);
+      std::istringstream lines(curves[d]);
+      for (std::string line; std::getline(lines, line);) curve += stage + line + "\n";
+    }
+    if (auto st = files::write_atomically(dir / "curve.csv", curve); !st) return st.error();
     json summary = {{"source", c.source},
                     {"method", "teacher"},
                     {"mode", "centralized"},
-                    {"seconds", seconds},
-                    {"source_dice", source_dice},
-                    {"learned", source_dice >= kTeacherLearnedDice},
+                    {"seconds", std::chrono::duration<double>(Clock::now() - start).count()},
+                    {"source_dice", best_dice},
+                    {"learned", best_dice >= kTeacherLearnedDice},
+                    {"kept_draw", best + 1},
+                    {"draws_allowed", draws_allowed},
                     {"draws", draws}};
     if (auto st = files::write_atomically(dir / "summary.json", summary.dump(2) + "\n"); !st) return st.error();
     return std::string();
@@ -633,15 +667,17 @@ Status check_configuration(const ExperimentOptions& o, const json& config) {
     auto old = json::parse(*text, nullptr, false);
     if (old.is_discarded()) return make_error(file.string() + ": not JSON; remove it or choose another --out");
     for (const char* key : {"profile", "seed", "budget", "data"}) {
-      json now = config.at(key);
-      // A budget key newer than the run (teacher_draws) takes its default: the run resumes.
-      if (std::string(key) == "budget" && old.value(key, json()).is_object()) {
-        for (auto it = now.begin(); it != now.end();) {
-          it = old[key].contains(it.key()) ? std::next(it) : now.erase(it);
+      const json& now = config.at(key);
+      json before = old.value(key, json());
+      // A budget key newer than the run reads as the value that does what the run did.
+      static const json kBeforeTheKey = {{"teacher_draws", 1}};
+      if (std::string(key) == "budget" && before.is_object()) {
+        for (const auto& [name, value] : kBeforeTheKey.items()) {
+          if (!before.contains(name)) before[name] = value;
         }
       }
-      if (old.value(key, json()) != now) {
-        return make_error(o.out.string() + " holds a run with another " + key + " (" + old.value(key, json()).dump() +
+      if (before != now) {
+        return make_error(o.out.string() + " holds a run with another " + key + " (" + before.dump() +
                           ", now " + now.dump() + "); resume it with the same settings or choose another --out");
       }
     }

@@ -365,30 +365,41 @@ std::string verdict(const Scores& sc, const std::vector<std::string>& modes, con
 // Dice on its training scans, summary.json of the teacher cell). Fills `failed` with the sources
 // whose teacher did not.
 std::string teachers_table(const fs::path& out, const std::vector<std::string>& clinics, std::set<std::string>& failed) {
+  const auto number = [](const json& j, const char* key) {
+    return j.is_object() && j.contains(key) && j[key].is_number() ? j[key].get<double>() : NAN;
+  };
   std::ostringstream md;
   bool any = false;
-  md << "| source | draws | kept draw's seed | its last loss | mean Dice on its own training scans | learned its source |\n"
-        "|---|---|---|---|---|---|\n";
+  int allowed = 0;
+  md << "| source | draws (mean Dice on its own training scans) | kept draw | its seed | its last loss | learned its "
+        "source |\n|---|---|---|---|---|---|\n";
   for (const auto& c : clinics) {
     auto text = files::read_all(out / "centralized" / "teachers" / c / "summary.json");
     if (!text) continue;
     const auto j = json::parse(*text, nullptr, false);
-    if (!j.is_object() || !j.contains("source_dice")) continue;  // a run from before the check
+    if (!j.is_object() || !j.contains("draws") || !j["draws"].is_array() || j["draws"].empty()) continue;  // before the check
     any = true;
-    const auto draws = j.value("draws", json::array());
+    const auto& draws = j["draws"];
     const bool learned = j.value("learned", true);
     if (!learned) failed.insert(c);
+    allowed = std::max(allowed, static_cast<int>(number(j, "draws_allowed") >= 1 ? number(j, "draws_allowed") : 0));
+    const double kept_number = number(j, "kept_draw");
+    const std::size_t kept = kept_number >= 1 && kept_number <= static_cast<double>(draws.size())
+                                 ? static_cast<std::size_t>(kept_number) - 1 : draws.size() - 1;
     std::string tried;
-    for (const auto& d : draws) tried += (tried.empty() ? "" : ", ") + fixed(d.value("source_dice", 0.0));
-    const auto kept = draws.empty() ? json::object() : draws.back();
-    md << "| " << c << " | " << draws.size() << (draws.size() > 1 ? " (Dice " + tried + ")" : "") << " | "
-       << kept.value("seed", 0ULL) << " | " << fixed(kept.value("final_loss", 0.0)) << " | "
-       << fixed(j.value("source_dice", 0.0)) << " | " << (learned ? "yes" : "**no**") << " |\n";
+    for (const auto& d : draws) tried += (tried.empty() ? "" : ", ") + fixed(number(d, "source_dice"));
+    md << "| " << c << " | " << draws.size() << " (" << tried << ") | " << kept + 1 << " | "
+       << static_cast<std::uint64_t>(number(draws[kept], "seed")) << " | " << fixed(number(draws[kept], "final_loss"))
+       << " | " << (learned ? "yes" : "**no**") << " |\n";
   }
   if (!any) return {};
   md << "\nA teacher whose mean Dice on its own training scans is below " << fixed(kTeacherLearnedDice, 2)
-     << " has learned nothing of its source; it is trained again from another random draw (the profile's "
-        "`teacher_draws` in all), and the table names every draw.";
+     << " has learned nothing of its source. ";
+  if (allowed > 1) {
+    md << "It is trained again from another random draw, up to " << allowed << " draws in all, and the best is kept.";
+  } else {
+    md << "This run gave each teacher one draw (`teacher_draws` 1).";
+  }
   if (!failed.empty()) {
     std::string names;
     for (const auto& f : failed) names += (names.empty() ? "" : ", ") + f;
@@ -853,11 +864,16 @@ Status write_experiment_report(const fs::path& out, const fs::path& data, const 
   }
   if (!modes.empty()) {
     md << "## Verdict\n\n";
-    if (verdict_pairs.size() < pairs.size()) {
-      md << "Over the " << verdict_pairs.size() << " of " << pairs.size()
-         << " pairs whose teacher learned its source (\"Teachers\" above).\n\n";
+    if (verdict_pairs.empty()) {
+      md << "None: no teacher learned its source (\"Teachers\" above), so no pair can say anything about the "
+            "adaptations.\n\n";
+    } else {
+      if (verdict_pairs.size() < pairs.size()) {
+        md << "Over the " << verdict_pairs.size() << " of " << pairs.size()
+           << " pairs whose teacher learned its source (\"Teachers\" above).\n\n";
+      }
+      md << verdict(sc, modes, verdict_pairs) << "\n";
     }
-    md << verdict(sc, modes, verdict_pairs) << "\n";
   }
   for (const auto& m : modes) {
     md << "## Table 2, " << m << "\n\n" << table2(sc, m, pairs) << "\n";
