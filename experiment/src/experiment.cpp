@@ -54,7 +54,7 @@ Result<ExperimentBudget> experiment_budget(const std::string& profile) {
     b.adapt_lr = 1e-4;  // the paper's; 1e-3 shook the student off its teacher (README, "Experiment grid")
     b.ada_warmup_epochs = 2;
     b.curve_every = 2;
-  } else if (profile == "standard") {  // 2 CPU cores, about two hours for both modes
+  } else if (profile == "standard") {  // 2 CPU cores: 56-70 min for both modes (README, seed 27449)
     // Against quick: 1.56x the pixels per slice and twice the adaptation epochs (each method
     // gets 128 steps where quick gives 64); the teachers keep quick's 40 epochs.
     b.unet.width = 16;

@@ -46,7 +46,7 @@ void add_experiment(CLI::App& app, int& rc) {
       "Writes OUT/results.csv, timings.csv, table2.md (with KD-vs-ADA paired t-tests), table3.md (on the "
       "fly), plots/*.png, report.md and report.html. Rerunning the same command resumes: finished cells are "
       "skipped.\n"
-      "Budgets (2 CPU cores): smoke a few minutes (tests), quick about an hour, standard about two hours, paper for "
+      "Budgets (2 CPU cores): smoke a few minutes (tests), quick 45-50 min, standard about an hour, paper for "
       "a GPU. The report opens with a verdict: the paper's findings, each computed from this run beside the "
       "paper's figure.");
   cmd->add_option("--data", a->data, "clinics in the WMH layout (fedda-sim generate)")->required();
