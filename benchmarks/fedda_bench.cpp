@@ -13,7 +13,8 @@
 //   real      with --slices-data and --slices-clinic, the training and inference rows run on a
 //             simulated clinic's real preprocessed slices (training batches from its slices with
 //             brain, inference over every slice) instead of random tensors, and two rows more run
-//             fedda's predict over the clinic's scans: on the whole grid, and cropped to the brain;
+//             fedda's predict (at --precision) over the clinic's scans: on the whole grid, and
+//             cropped to the brain;
 //             --slices-out writes the same slices for benchmarks/reference_unet.py --slices
 // Reports figures; it sets no thresholds (targets are in docs/performance.md). Row names are
 // stable: benchmarks/side_by_side.sh reads them.
@@ -191,10 +192,12 @@ double inference_rate(const models::UNetSpec& spec, const Inputs& in, int warmup
 
 // fedda's predict over every scan of `r` (at least `slices` slices, whole passes), on the whole
 // grid or cropped to the brain (kBrainCropMargin); slices per second, skipped ones counted.
-double predict_rate(const models::UNetSpec& spec, const RealSlices& r, std::int64_t slices, bool crop) {
+double predict_rate(const models::UNetSpec& spec, const RealSlices& r, std::int64_t slices, bool crop,
+                    const models::PrecisionChoice& precision) {
   torch::manual_seed(1);
   models::UNet net(spec);
   net->eval();
+  net->set_precision(precision);  // as load_for_inference sets it
   const torch::Device cpu(torch::kCPU);
   const auto pass = [&] {
     for (const auto& [first, count] : r.scans) {
@@ -419,8 +422,10 @@ int main(int argc, char** argv) {
       [&] { return inference_rate(fedda_default, inputs, warmup, steps, true, *chosen); });
   if (real) {
     const std::int64_t slices = static_cast<std::int64_t>(batch) * steps;
-    row("inference, fedda predict, whole grid", [&] { return predict_rate(fedda_default, *real, slices, false); });
-    row("inference, fedda predict, cropped to the brain", [&] { return predict_rate(fedda_default, *real, slices, true); });
+    row("inference, fedda predict at --precision, whole grid",
+        [&] { return predict_rate(fedda_default, *real, slices, false, *chosen); });
+    row("inference, fedda predict at --precision, cropped to the brain",
+        [&] { return predict_rate(fedda_default, *real, slices, true, *chosen); });
   }
   if (!model.empty()) {
     if (flair.empty() || t1.empty()) {
