@@ -364,13 +364,13 @@ std::string verdict(const Scores& sc, const std::vector<std::string>& modes, con
 // The teachers: each source's draws and whether the kept one learned its own source (its mean
 // Dice on its training scans, summary.json of the teacher cell). Fills `failed` with the sources
 // whose teacher did not.
-std::string teachers_table(const fs::path& out, const std::vector<std::string>& clinics, std::set<std::string>& failed) {
+std::string teachers_table(const fs::path& out, const std::vector<std::string>& clinics, int allowed,
+                           std::set<std::string>& failed) {
   const auto number = [](const json& j, const char* key) {
     return j.is_object() && j.contains(key) && j[key].is_number() ? j[key].get<double>() : NAN;
   };
   std::ostringstream md;
   bool any = false;
-  int allowed = 0;
   md << "| source | draws (mean Dice on its own training scans) | kept draw | its seed | its last loss | learned its "
         "source |\n|---|---|---|---|---|---|\n";
   for (const auto& c : clinics) {
@@ -856,7 +856,8 @@ Status write_experiment_report(const fs::path& out, const fs::path& data, const 
         "adaptations start from the teacher and train for the same number of steps. Each fold adapts on one half "
         "of the target's subjects and tests on the other.\n\n";
   std::set<std::string> failed_teachers;
-  const auto teachers = teachers_table(out, clinics, failed_teachers);
+  const auto teachers = teachers_table(
+      out, clinics, config.value("budget", json::object()).value("teacher_draws", 1), failed_teachers);
   if (!teachers.empty()) md << "## Teachers\n\n" << teachers << "\n";
   std::vector<std::string> verdict_pairs;
   for (const auto& p : pairs) {
