@@ -64,6 +64,21 @@ Inputs random_inputs(int batch, int size) {
   return in;
 }
 
+// The clinics of `data` that hold subjects, sorted (imaging::find_subjects); nothing, with the
+// reason on stderr, when there are none.
+std::vector<std::string> clinic_names(const fs::path& data) {
+  std::vector<std::string> names;
+  auto subjects = imaging::find_subjects(data);
+  if (!subjects) {
+    std::fprintf(stderr, "%s\n", subjects.error().message.c_str());
+    return names;
+  }
+  for (const auto& s : *subjects) {
+    if (names.empty() || names.back() != s.clinic) names.push_back(s.clinic);
+  }
+  return names;
+}
+
 // A clinic's scans as fedda preprocesses them, on a size x size grid over fedda-sim's 192 mm
 // field of view; every slice, in scan order.
 struct RealSlices {
@@ -227,18 +242,15 @@ int crop_rows(const fs::path& model, const fs::path& data, const std::vector<std
     std::fprintf(stderr, "%s\n", m.error().message.c_str());
     return 1;
   }
-  std::vector<fs::path> clinics;
-  for (const auto& e : fs::directory_iterator(data)) {
-    if (e.is_directory()) clinics.push_back(e.path());
-  }
-  std::sort(clinics.begin(), clinics.end());
+  const auto clinics = clinic_names(data);
+  if (clinics.empty()) return 1;
   std::printf("crop to the brain: %s on %s (grid %lldx%lld%s)\n", model.string().c_str(), data.string().c_str(),
               static_cast<long long>(m->model.spec.grid.in_plane_size[0]), static_cast<long long>(m->model.spec.grid.in_plane_size[1]),
               pad > 0 ? (", widened by " + std::to_string(pad) + " pixels of air on each side").c_str() : "");
   std::printf("%-12s %6s %6s %9s %9s %8s %12s %10s %8s\n", "clinic", "scans", "margin", "pixels", "slices/s", "speedup",
               "max |dp|", "flipped", "Dice");
   for (const auto& clinic : clinics) {
-    auto subjects = imaging::find_clinic_subjects(data, clinic.filename().string());
+    auto subjects = imaging::find_clinic_subjects(data, clinic);
     if (!subjects || subjects->empty()) continue;
     std::vector<models::ScanSlices> scans;
     for (const auto& s : *subjects) {
@@ -265,7 +277,7 @@ int crop_rows(const fs::path& model, const fs::path& data, const std::vector<std
     std::vector<torch::Tensor> whole;
     for (const auto& s : scans) whole.push_back(models::predict(m->model.net, s.images, m->device));
     const double whole_rate = slices / seconds_since(start);
-    std::printf("%-12s %6zu %6s %8.1f%% %9.1f %8s %12s %10s %8s\n", clinic.filename().string().c_str(), scans.size(),
+    std::printf("%-12s %6zu %6s %8.1f%% %9.1f %8s %12s %10s %8s\n", clinic.c_str(), scans.size(),
                 "whole", 100.0, whole_rate, "1.00x", "-", "-", "-");
     for (const auto margin : margins) {
       double pixels = 0, all = 0, max_change = 0, flipped = 0, brain = 0, both = 0, either = 0;
@@ -286,7 +298,7 @@ int crop_rows(const fs::path& model, const fs::path& data, const std::vector<std
         both += (sa & sc).sum().item<double>();
         either += sa.sum().item<double>() + sc.sum().item<double>();
       }
-      std::printf("%-12s %6zu %6lld %8.1f%% %9.1f %7.2fx %12.2e %9.4f%% %8.4f\n", clinic.filename().string().c_str(),
+      std::printf("%-12s %6zu %6lld %8.1f%% %9.1f %7.2fx %12.2e %9.4f%% %8.4f\n", clinic.c_str(),
                   scans.size(), static_cast<long long>(margin), 100.0 * pixels / all, rate, rate / whole_rate, max_change,
                   100.0 * flipped / brain, either > 0 ? 2 * both / either : 1.0);
       std::fflush(stdout);
@@ -372,18 +384,9 @@ int main(int argc, char** argv) {
   std::optional<RealSlices> real;
   if (!slices_data.empty()) {
     if (slices_clinic.empty()) {
-      std::vector<std::string> names;
-      std::error_code ec;
-      for (fs::directory_iterator e(slices_data, ec), end; !ec && e != end; e.increment(ec)) {
-        if (e->is_directory()) names.push_back(e->path().filename().string());
-      }
-      if (ec || names.empty()) {
-        std::fprintf(stderr, "--slices-data %s: %s\n", slices_data.c_str(),
-                     ec ? ec.message().c_str() : "no clinic folders (fedda-sim generate writes them)");
-        return 1;
-      }
-      std::sort(names.begin(), names.end());
-      if (!names.empty()) slices_clinic = names[0];
+      const auto names = clinic_names(slices_data);
+      if (names.empty()) return 1;
+      slices_clinic = names.front();
     }
     if (size % 16) {
       std::fprintf(stderr, "--size %d: real slices need a size divisible by 16\n", size);

@@ -319,11 +319,11 @@ Result<std::string> run_centralized_cell(const ExperimentOptions& o, const Exper
     fs::create_directories(dir, ec);
     auto source = imaging::find_clinic_subjects(o.data, c.source);
     if (!source) return source.error();
-    // Each draw trains teacher.pt afresh; the best so far waits in best.pt when another follows.
+    // Each draw trains teacher.pt afresh; the best so far waits in teacher-best-draw.pt when another follows.
     const auto best_file = dir / "teacher-best-draw.pt";
     const int draws_allowed = std::max(1, b.teacher_draws);
     const auto start = Clock::now();
-    std::vector<std::string> curves;
+    std::vector<std::vector<models::EpochReport>> curves;
     json draws = json::array();
     int best = -1;
     double best_dice = -1;
@@ -340,22 +340,12 @@ Result<std::string> run_centralized_cell(const ExperimentOptions& o, const Exper
       // Scans whose Dice is undefined (no WMH in truth or prediction) are left out of the mean.
       auto scores = models::evaluate_model(teacher, *source, o.device, o.precision);
       if (!scores) return scores.error();
-      double sum = 0;
       int scored = 0;
-      for (const auto& s : *scores) {
-        if (std::isfinite(s.metrics.dsc)) {
-          sum += s.metrics.dsc;
-          ++scored;
-        }
-      }
-      const double dice = scored ? sum / scored : 0.0;
+      const double mean = models::mean_dice(*scores, &scored);
+      const double dice = scored ? mean : 0.0;
       const bool learned = dice >= kTeacherLearnedDice;
       const bool last = learned || draw + 1 >= draws_allowed;
-      std::ostringstream curve;
-      for (const auto& e : r->epochs) {
-        curve << "," << e.epoch << "," << e.loss << "," << e.seconds << "," << e.slices_per_second << "\n";
-      }
-      curves.push_back(curve.str());
+      curves.push_back(r->epochs);
       draws.push_back({{"draw", draw + 1},
                        {"seed", config.seed},
                        {"final_loss", r->epochs.empty() ? 0.0 : r->epochs.back().loss},
@@ -383,13 +373,15 @@ Result<std::string> run_centralized_cell(const ExperimentOptions& o, const Exper
     }
     fs::remove(best_file, ec);
     // The kept draw's epochs are the "teacher" curve; the others stay in the file under their own stage.
-    std::string curve = "stage,epoch,loss,seconds,slices_per_second\n";
+    std::ostringstream curve;
+    curve << "stage,epoch,loss,seconds,slices_per_second\n";
     for (std::size_t d = 0; d < curves.size(); ++d) {
       const std::string stage = static_cast<int>(d) == best ? "teacher" : "discarded-draw-" + std::to_string(d + 1);
-      std::istringstream lines(curves[d]);
-      for (std::string line; std::getline(lines, line);) curve += stage + line + "\n";
+      for (const auto& e : curves[d]) {
+        curve << stage << "," << e.epoch << "," << e.loss << "," << e.seconds << "," << e.slices_per_second << "\n";
+      }
     }
-    if (auto st = files::write_atomically(dir / "curve.csv", curve); !st) return st.error();
+    if (auto st = files::write_atomically(dir / "curve.csv", curve.str()); !st) return st.error();
     json summary = {{"source", c.source},
                     {"method", "teacher"},
                     {"mode", "centralized"},

@@ -484,12 +484,12 @@ Status scatter_plot(const Scores& sc, const std::vector<std::string>& pairs, con
   return Status::success();
 }
 
-// Loss per epoch (centralized, dashed) and per round (federated, solid), fold 0, one panel per method.
 // A multiplot panel of a method the run did not train (gnuplot refuses `plot NaN` when no panel
 // has a point: "all points y value undefined").
 constexpr const char* kEmptyPanel =
     "set label 99 'not in this run' at graph 0.5, graph 0.5 center\nplot [0:1][0:1] -1 notitle\nunset label 99\n";
 
+// Loss per epoch (centralized, dashed) and per round (federated, solid), fold 0, one panel per method.
 Status learning_curves(const fs::path& out, const std::vector<std::string>& pairs, const std::vector<std::string>& clinics,
                        const fs::path& dir, std::ostringstream& script) {
   struct Series {

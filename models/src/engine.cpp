@@ -97,15 +97,7 @@ Result<TrainReport> run_epochs(const TrainConfig& c, Trainee& t, const StepFn& s
       if (t.before_save) t.before_save();
       auto scores = score_subjects(t.net, t.spec, c.curve_subjects, t.device, true);
       if (!scores) return scores.error();
-      double sum = 0;
-      int n = 0;
-      for (const auto& sc : *scores) {
-        if (std::isfinite(sc.metrics.dsc)) {
-          sum += sc.metrics.dsc;
-          ++n;
-        }
-      }
-      e.curve_dsc = n ? sum / n : NAN;
+      e.curve_dsc = mean_dice(*scores);
       if (t.after_curve) t.after_curve();
     }
     report.epochs.push_back(e);
@@ -472,6 +464,19 @@ Result<std::vector<SubjectScore>> score_subjects(UNet& net, const ModelSpec& spe
     scores.push_back({s.clinic, s.subject, *metrics});
   }
   return scores;
+}
+
+double mean_dice(const std::vector<SubjectScore>& scores, int* counted) {
+  double sum = 0;
+  int n = 0;
+  for (const auto& s : scores) {
+    if (std::isfinite(s.metrics.dsc)) {
+      sum += s.metrics.dsc;
+      ++n;
+    }
+  }
+  if (counted) *counted = n;
+  return n ? sum / n : NAN;
 }
 
 Result<std::vector<SubjectScore>> evaluate_model(const fs::path& model, const std::vector<SubjectFiles>& subjects,

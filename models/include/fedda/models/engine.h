@@ -101,6 +101,10 @@ struct SubjectScore {
   imaging::CaseMetrics metrics;
 };
 
+// Mean Dice of `scores` over the subjects where it is defined (no WMH in truth or prediction
+// leaves it undefined); NaN when it is nowhere. `counted`, if given, receives how many counted.
+double mean_dice(const std::vector<SubjectScore>& scores, int* counted = nullptr);
+
 // Segments each labelled subject and scores it in its own geometry.
 Result<std::vector<SubjectScore>> evaluate_model(const std::filesystem::path& model,
                                                  const std::vector<imaging::SubjectFiles>& subjects,
