@@ -135,6 +135,32 @@ TEST(Protocol, FlippedBodyByteIsRefusedByChecksum) {
   EXPECT_NE(h.error().message.find("checksum"), std::string::npos) << h.error().message;
 }
 
+// A bool field's byte other than 0 or 1 (found by the protocol fuzzer: undefined behaviour when
+// cereal loaded it into the bool) is refused as a malformed body.
+TEST(Protocol, ABooleanByteOtherThanZeroOrOneIsRefused) {
+  RoundTask off, on;
+  on.evaluate = true;
+  const auto a = encode(header_of(MessageType::round_task), off).body;
+  auto b = encode(header_of(MessageType::round_task), on).body;
+  ASSERT_EQ(a.size(), b.size());
+  std::size_t differs = 0, at = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (a[i] != b[i]) {
+      ++differs;
+      at = i;
+    }
+  }
+  ASSERT_EQ(differs, 1u);  // the flag's own byte
+  ASSERT_EQ(static_cast<unsigned char>(b[at]), 1u);
+  ASSERT_TRUE(decode_body<RoundTask>(b));
+  EXPECT_TRUE(decode_body<RoundTask>(b)->evaluate);
+  EXPECT_FALSE(decode_body<RoundTask>(a)->evaluate);
+  b[at] = static_cast<char>(182);
+  const auto bad = decode_body<RoundTask>(b);
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("boolean"), std::string::npos) << bad.error().message;
+}
+
 TEST(Protocol, TensorChecksumCatchesEditedData) {
   auto set = sample_tensors();
   set.tensors[1].data[0] ^= 0x80;

@@ -36,6 +36,19 @@
 #include "fedda/common/secagg.h"
 #include "fedda/common/tensors.h"
 
+// A bool on the wire is one byte that must be 0 or 1. Cereal loads any byte into the bool, which
+// is undefined behaviour for the others (the protocol fuzzer found it: "load of value 182, which
+// is not a valid value for type 'bool'"); a message holding one is refused as malformed. Found by
+// argument-dependent lookup on the archive, so it serves every bool field of every message.
+namespace cereal {
+inline void CEREAL_LOAD_FUNCTION_NAME(PortableBinaryInputArchive& ar, bool& value) {
+  std::uint8_t byte = 0;
+  ar(byte);
+  if (byte > 1) throw Exception("a boolean field holds " + std::to_string(byte) + ", not 0 or 1");
+  value = byte == 1;
+}
+}  // namespace cereal
+
 namespace fedda::protocol {
 
 inline constexpr std::uint32_t kVersion = 1;
