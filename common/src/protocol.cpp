@@ -319,7 +319,8 @@ std::string to_json(const JobSpec& j) {
                       {"precision", j.precision},
                       {"secure_aggregation", j.secure_aggregation},
                       {"secagg_threshold", j.secagg_threshold},
-                      {"secagg_timeout_s", j.secagg_timeout_s}};
+                      {"secagg_timeout_s", j.secagg_timeout_s},
+                      {"recipe", j.recipe}};
   return o.dump(2);
 }
 
@@ -369,6 +370,7 @@ Result<JobSpec> job_spec_from_json(const std::string& text) {
     j.secure_aggregation = o.value("secure_aggregation", false);
     j.secagg_threshold = o.value("secagg_threshold", 0);
     j.secagg_timeout_s = o.value("secagg_timeout_s", 60.0);
+    j.recipe = o.value("recipe", std::string());
     return j;
   } catch (const std::exception& e) {
     return make_error(std::string("job spec: ") + e.what());

@@ -6,6 +6,7 @@
 #include "fedda/common/kit.h"
 #include "fedda/models/model_spec.h"
 #include "fedda/models/precision.h"
+#include "fedda/models/recipe.h"
 
 namespace fedda::coordinator {
 namespace fs = std::filesystem;
@@ -157,7 +158,19 @@ Result<JobDefinition> read_mapping(config::Mapping& mapping, const fs::path& pat
   architecture.get("grid_spacing", grid_spacing);
   model.grid.in_plane_size = {grid_size, grid_size};
   model.grid.in_plane_spacing = {grid_spacing, grid_spacing};
+  // recipe: {preset: nnunet, patch_size: 64, ...}: a preset and any of models::recipe_keys().
+  auto recipe_settings = m->mapping("recipe");
+  std::string preset;
+  recipe_settings.get("preset", preset);
+  auto recipe = models::recipe_preset(preset.empty() ? "classic" : preset);
+  if (!recipe) return fail("recipe: " + recipe.error().message);
+  recipe_settings.get("optimizer", recipe->optimizer);
+  recipe_settings.get("schedule", recipe->schedule);
+  for (const auto& key : models::recipe_keys()) recipe_settings.get(key.name, (*recipe).*key.field);
   if (auto st = m->finish(); !st) return st.error();
+  if (auto st = models::validate(*recipe); !st) return fail("recipe: " + st.error().message);
+  // The classic recipe travels as nothing, so that such a job is what it was before recipes.
+  if (models::to_json(*recipe) != models::to_json(models::Recipe{})) j.recipe = models::to_json(*recipe);
   if (type.empty()) return fail("type is required (teacher, kd, ada or evaluate)");
   auto parsed = protocol::parse_job_type(type);
   if (!parsed) return fail(parsed.error().message);
@@ -166,6 +179,9 @@ Result<JobDefinition> read_mapping(config::Mapping& mapping, const fs::path& pat
   if (j.type == protocol::JobType::teacher) {
     model.role = "teacher";
     if (auto st = models::validate(model); !st) return fail("model: " + st.error().message);
+    if (auto st = models::validate(*recipe, static_cast<int>(grid_size), model.unet.depth); !st) {
+      return fail("recipe: " + st.error().message);
+    }
     j.model_spec_json = models::to_json(model);
   }
   if (d.method.empty()) d.method = j.type == protocol::JobType::teacher ? "lbound" : type;

@@ -11,6 +11,7 @@
 #include "fedda/common/secagg.h"
 #include "crash_point.h"
 #include "server_optimizer.h"
+#include "fedda/models/recipe.h"
 #include "fedda/models/weights.h"
 
 namespace fedda::coordinator {
@@ -50,6 +51,12 @@ Result<TensorSet> load_weights(const fs::path& path, const std::string& key, con
 }
 
 double round_learning_rate(const protocol::JobSpec& j, int round) {
+  if (!j.recipe.empty()) {
+    auto recipe = models::recipe_from_json(j.recipe);  // validated when the job was read
+    if (recipe && recipe->schedule == "poly") {
+      return j.learning_rate * std::pow(1.0 - static_cast<double>(round - 1) / j.rounds, recipe->poly_exponent);
+    }
+  }
   const int decay = j.decay_round >= 0 ? j.decay_round : std::max(1, j.rounds * 3 / 8);
   return round > decay ? j.learning_rate * 0.1 : j.learning_rate;
 }

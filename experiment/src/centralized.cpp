@@ -22,14 +22,16 @@ namespace {
 // curve.csv: loss per epoch of every stage, and the test half's mean Dice where it was scored.
 struct Curve {
   std::ostringstream csv;
-  Curve() { csv << "stage,epoch,loss,seconds,slices_per_second,test_dsc\n"; }
+  Curve() { csv << "stage,epoch,loss,seconds,slices_per_second,test_dsc,learning_rate,data_wait_share\n"; }
   models::ProgressFn recorder(const std::string& stage) {
     return [this, stage](const models::EpochReport& e) {
       csv << stage << "," << e.epoch << "," << e.loss << "," << e.seconds << "," << e.slices_per_second << ","
-          << (std::isfinite(e.curve_dsc) ? std::to_string(e.curve_dsc) : std::string()) << "\n";
+          << (std::isfinite(e.curve_dsc) ? std::to_string(e.curve_dsc) : std::string()) << "," << e.learning_rate << ","
+          << e.data_wait_share << "\n";
       log::get("centralized")
-          ->info("{} epoch {}: loss {:.4f}, {:.1f} s, {:.1f} slices/s{}", stage, e.epoch, e.loss, e.seconds,
-                 e.slices_per_second, std::isfinite(e.curve_dsc) ? ", test Dice " + std::to_string(e.curve_dsc) : "");
+          ->info("{} epoch {}: loss {:.4f}, lr {:.3g}, {:.1f} s, {:.1f} slices/s, {:.1f}% waiting for data{}", stage,
+                 e.epoch, e.loss, e.learning_rate, e.seconds, e.slices_per_second, 100 * e.data_wait_share,
+                 std::isfinite(e.curve_dsc) ? ", test Dice " + std::to_string(e.curve_dsc) : "");
     };
   }
 };
@@ -70,11 +72,14 @@ Result<CentralizedResult> run_centralized(const CentralizedOptions& o) {
   const auto start = std::chrono::steady_clock::now();
   const auto& methods = centralized_methods();
   if (std::find(methods.begin(), methods.end(), o.method) == methods.end()) {
-    return make_error("unknown method '" + o.method + "' (choose lbound, ubound, ada, kd, kd-from-ada, otf-kd or otf-ada)");
+    std::string names;
+    for (const auto& m : methods) names += (names.empty() ? "" : ", ") + m;
+    return make_error("unknown method '" + o.method + "' (choose " + names + ")");
   }
+  const bool lbound = o.method == "lbound" || o.method == "lbound-aug";
   if (o.fold != 0 && o.fold != 1) return make_error("fold must be 0 or 1");
   const bool in_domain = o.source == o.target;
-  if (in_domain && o.method != "lbound") {
+  if (in_domain && !lbound) {
     return make_error("source and target must differ (except for lbound, the in-domain teacher reference)");
   }
   auto source = labelled_clinic(o.data, o.source);
@@ -88,9 +93,15 @@ Result<CentralizedResult> run_centralized(const CentralizedOptions& o) {
 
   Curve curve;
   const fs::path teacher = o.teacher_model.empty() ? o.out / "teacher.pt" : o.teacher_model;
+  // In domain, the teacher's learning curve is its Dice on the source's own held-out half.
+  auto teacher_config = o.teacher;
+  if (in_domain && o.curve_every > 0) {
+    teacher_config.curve_every = o.curve_every;
+    teacher_config.curve_subjects = test;
+  }
   if (o.method != "ubound" || o.ubound_from_teacher) {  // every other method starts from the source teacher
     if (auto st = train_or_reuse(teacher, [&] {
-          return models::train_supervised(*source, o.teacher, teacher, "teacher", curve.recorder("teacher"));
+          return models::train_supervised(*source, teacher_config, teacher, "teacher", curve.recorder("teacher"));
         });
         !st) {
       return st.error();
@@ -112,7 +123,7 @@ Result<CentralizedResult> run_centralized(const CentralizedOptions& o) {
   };
   const fs::path model = o.out / "model.pt";
   Status st;
-  if (o.method == "lbound") {
+  if (lbound) {
     st = files::write_atomically(model, *files::read_all(teacher));
     if (st) st = score(model, test);
   } else if (o.method == "ubound") {
@@ -126,7 +137,7 @@ Result<CentralizedResult> run_centralized(const CentralizedOptions& o) {
     }
     auto r = models::train_supervised(labelled, config, model, "ubound", curve.recorder("ubound"));
     st = r ? score(model, test) : Status(r.error());
-  } else if (o.method == "kd") {
+  } else if (o.method == "kd" || o.method == "kd-noisy") {
     auto r = models::train_kd(teacher, *source, adapt, adaptation, model, curve.recorder("kd"));
     st = r ? score(model, test) : Status(r.error());
   } else if (o.method == "ada") {

@@ -24,7 +24,7 @@ using Clock = std::chrono::steady_clock;
 using nlohmann::json;
 
 const std::vector<std::string>& experiment_profiles() {
-  static const std::vector<std::string> p{"smoke", "quick", "standard", "paper"};
+  static const std::vector<std::string> p{"smoke", "quick", "standard", "paper", "paper-cpu"};
   return p;
 }
 
@@ -82,8 +82,27 @@ Result<ExperimentBudget> experiment_budget(const std::string& profile) {
     b.adapt_lr = 1e-4;
     b.ada_warmup_epochs = 5;
     b.curve_every = 5;
+  } else if (profile == "paper-cpu") {  // the paper's grid and regime on 2 CPU cores (README, "Training recipe")
+    b.unet.width = 16;
+    b.unet.depth = 4;
+    b.grid = {{128, 128}, {1.5, 1.5}};
+    b.teacher_epochs = 50;
+    b.adapt_epochs = 16;
+    b.otf_epochs = 4;
+    b.steps = 32;
+    b.batch = 8;
+    b.teacher_lr = 1e-2;  // nnU-Net's SGD step size, poly-decayed
+    b.adapt_lr = 1e-4;    // the paper's, with Adam, from the teacher
+    b.ada_warmup_epochs = 3;
+    b.curve_every = 4;
+    b.teacher_recipe = *models::recipe_preset("nnunet");
+    b.teacher_recipe.prefetch = 2;
+    b.adapt_recipe = models::with_augmentation_of(models::Recipe{}, b.teacher_recipe);
+    b.adapt_recipe.prefetch = 2;
+    // The paper's student: from scratch, with the teacher's budget and recipe.
+    b.student_init = "scratch";
   } else {
-    return make_error("profile '" + profile + "' is not one of smoke, quick, standard, paper");
+    return make_error("profile '" + profile + "' is not one of smoke, quick, standard, paper, paper-cpu");
   }
   return b;
 }
@@ -93,7 +112,7 @@ namespace {
 // The student's budget (kd, kd-from-ada): its own, or the adaptations'.
 int kd_epochs(const ExperimentBudget& b) { return b.kd_epochs > 0 ? b.kd_epochs : b.adapt_epochs; }
 double kd_lr(const ExperimentBudget& b) { return b.kd_lr > 0 ? b.kd_lr : b.adapt_lr; }
-bool is_kd(const std::string& method) { return method == "kd" || method == "kd-from-ada"; }
+bool is_kd(const std::string& method) { return method == "kd" || method == "kd-from-ada" || method == "kd-noisy"; }
 
 const std::string kCsvHeader = std::string(protocol::kResultsCsvHeader) + "\n";
 
@@ -122,7 +141,10 @@ json budget_json(const ExperimentBudget& b) {
           {"federated_bn", b.federated_bn},
           {"server_optimizer", b.server_optimizer},
           {"server_lr", b.server_lr},
-          {"curve_every", b.curve_every}};
+          {"curve_every", b.curve_every},
+          {"teacher_recipe", json::parse(models::to_json(b.teacher_recipe))},
+          {"adapt_recipe", json::parse(models::to_json(b.adapt_recipe))},
+          {"noisy_augmentation", json::parse(models::to_json(b.noisy_augmentation))}};
 }
 
 // One cell of the grid. Teachers are cells too (method "teacher", target empty).
@@ -134,7 +156,7 @@ struct Cell {
 
   std::string pair() const { return source + "-" + target; }
   std::string name() const {
-    if (method == "teacher") return "teacher " + source;
+    if (method == "teacher" || method == "teacher-aug") return method + " " + source;
     return mode + " " + method + " " + source + "->" + target + " fold " + std::to_string(fold);
   }
   // Federated job ids of the cell, in the order they run. On-the-fly jobs are numbered by the
@@ -235,7 +257,8 @@ Result<Grid> plan(const ExperimentOptions& o, const ExperimentBudget& b) {
       if (!s.labels) return make_error(clinic + "/" + s.subject + ": no wmh.nii.gz (every subject is scored, or is a source)");
     }
   }
-  const auto methods = o.methods.empty() ? experiment_methods() : o.methods;
+  const auto methods = o.methods.empty() ? paper_methods() : o.methods;
+  const bool augmented_teachers = std::count(methods.begin(), methods.end(), "lbound-aug") > 0;
   const double eval = 4, overhead = 10;  // steps' worth per scored subject and per cell
   // One teacher per source clinic, trained at that clinic alone and shared by both modes, so
   // that federated against centralized compares the adaptations rather than two teacher draws.
@@ -246,6 +269,10 @@ Result<Grid> plan(const ExperimentOptions& o, const ExperimentBudget& b) {
     t.method = "teacher";
     t.cost = b.teacher_epochs * b.steps + overhead;
     g.cells.push_back(t);
+    if (augmented_teachers) {  // lbound-aug's teacher: the same source, heavily augmented
+      t.method = "teacher-aug";
+      g.cells.push_back(t);
+    }
   }
   for (const auto& mode : o.modes) {
     for (const auto& source : g.clinics) {
@@ -264,9 +291,9 @@ Result<Grid> plan(const ExperimentOptions& o, const ExperimentBudget& b) {
             const double adapt = b.adapt_epochs * b.steps, otf = b.otf_epochs * b.steps;
             const double kd = kd_epochs(b) * b.steps * (b.kd_hard_weight > 0 ? 1.1 : 1.0);
             const double curves = b.curve_every > 0 ? eval * n * 0.3 * kd_epochs(b) / b.curve_every : 0;
-            if (method == "lbound") c.cost = overhead + eval * n;
+            if (method == "lbound" || method == "lbound-aug") c.cost = overhead + eval * n;
             if (method == "ubound") c.cost = adapt + overhead + eval * n + curves;
-            if (method == "kd") c.cost = kd + overhead + eval * n + curves;
+            if (method == "kd" || method == "kd-noisy") c.cost = kd + overhead + eval * n + curves;
             if (method == "ada") c.cost = 2 * adapt + overhead + eval * n + curves;
             if (method == "kd-from-ada") c.cost = kd + overhead + eval * n + curves;
             if (method == "otf-kd") c.cost = n * (otf + overhead + eval);
@@ -283,16 +310,20 @@ Result<Grid> plan(const ExperimentOptions& o, const ExperimentBudget& b) {
   return g;
 }
 
-fs::path teacher_model(const fs::path& out, const std::string& source) {
-  return fs::absolute(out / "centralized" / "teachers" / source / "teacher.pt");
+// The source's teacher; `augmented`: lbound-aug's.
+fs::path teacher_model(const fs::path& out, const std::string& source, bool augmented = false) {
+  return fs::absolute(out / "centralized" / (augmented ? "teachers-aug" : "teachers") / source / "teacher.pt");
 }
 
 fs::path centralized_dir(const fs::path& out, const Cell& c) {
   if (c.method == "teacher") return out / "centralized" / "teachers" / c.source;
+  if (c.method == "teacher-aug") return out / "centralized" / "teachers-aug" / c.source;
   return out / "centralized" / c.pair() / ("fold" + std::to_string(c.fold)) / c.method;
 }
 
-models::TrainConfig train_config(const ExperimentBudget& b, const ExperimentOptions& o, int epochs, double lr) {
+models::TrainConfig train_config(const ExperimentBudget& b, std::uint64_t seed, const std::string& device,
+                                 const std::string& precision, int threads, int epochs, double lr,
+                                 const models::Recipe& recipe) {
   models::TrainConfig c;
   c.unet = b.unet;
   c.grid = b.grid;
@@ -303,18 +334,53 @@ models::TrainConfig train_config(const ExperimentBudget& b, const ExperimentOpti
   c.temperature = b.temperature;
   c.ada_weight = b.ada_weight;
   c.ada_warmup_epochs = b.ada_warmup_epochs;
-  c.seed = o.seed;
-  c.device = o.device;
-  c.precision = o.precision;
-  c.threads = o.threads;
+  c.recipe = recipe;
+  c.seed = seed;
+  c.device = device;
+  c.precision = precision;
+  c.threads = threads;
   return c;
 }
+
+}  // namespace
+
+CellTraining cell_training(const ExperimentBudget& b, const std::string& method, std::uint64_t seed,
+                           const std::string& device, const std::string& precision, int threads) {
+  CellTraining t;
+  t.teacher = train_config(b, seed, device, precision, threads, b.teacher_epochs, b.teacher_lr, b.teacher_recipe);
+  const bool otf = method.rfind("otf-", 0) == 0;
+  const bool kd = is_kd(method);
+  if (method == "lbound" || method == "lbound-aug") {
+    t.adaptation = t.teacher;
+  } else if (kd) {
+    // A student from scratch learns with the teacher's recipe; one from the teacher adapts.
+    const auto& recipe = b.student_init == "scratch" ? b.teacher_recipe : b.adapt_recipe;
+    t.adaptation = train_config(b, seed, device, precision, threads, kd_epochs(b), kd_lr(b), recipe);
+    t.adaptation.kd_init = b.student_init;
+  } else {
+    t.adaptation = train_config(b, seed, device, precision, threads, otf ? b.otf_epochs : b.adapt_epochs, b.adapt_lr,
+                                b.adapt_recipe);
+  }
+  if (method == "lbound-aug") t.teacher.recipe = models::with_augmentation_of(t.teacher.recipe, b.noisy_augmentation);
+  if (method == "kd-noisy") t.adaptation.recipe = models::with_augmentation_of(t.adaptation.recipe, b.noisy_augmentation);
+  if (kd || method == "otf-kd") {  // on the fly adapts the teacher, briefly, as it is configured
+    t.adaptation.kd_loss = b.kd_loss;
+    t.adaptation.kd_hard_weight = b.kd_hard_weight;
+    t.adaptation.kd_confidence = b.kd_confidence;
+  }
+  t.adaptation.bn_statistics = b.bn_statistics;
+  if (!otf) t.curve_every = b.curve_every;
+  return t;
+}
+
+namespace {
 
 // Runs one centralized cell; returns its results.csv rows.
 Result<std::string> run_centralized_cell(const ExperimentOptions& o, const ExperimentBudget& b, const Cell& c) {
   const auto dir = centralized_dir(o.out, c);
-  const auto teacher = teacher_model(o.out, c.source);
-  if (c.method == "teacher") {
+  const bool augmented = c.method == "teacher-aug" || c.method == "lbound-aug";
+  const auto teacher = teacher_model(o.out, c.source, augmented);
+  if (c.method == "teacher" || c.method == "teacher-aug") {
     std::error_code ec;
     fs::create_directories(dir, ec);
     auto source = imaging::find_clinic_subjects(o.data, c.source);
@@ -328,7 +394,7 @@ Result<std::string> run_centralized_cell(const ExperimentOptions& o, const Exper
     int best = -1;
     double best_dice = -1;
     for (int draw = 0; draw < draws_allowed; ++draw) {
-      auto config = train_config(b, o, b.teacher_epochs, b.teacher_lr);
+      auto config = cell_training(b, augmented ? "lbound-aug" : "lbound", o.seed, o.device, o.precision, o.threads).teacher;
       config.seed = o.seed + 1000003ULL * static_cast<std::uint64_t>(draw);  // draw 0: the grid's seed
       const auto progress = [&](const models::EpochReport& e) {
         log::get("centralized")->info("teacher {} (draw {}) epoch {}/{}: loss {:.4f}, {:.1f} slices/s", c.source,
@@ -383,7 +449,7 @@ Result<std::string> run_centralized_cell(const ExperimentOptions& o, const Exper
     }
     if (auto st = files::write_atomically(dir / "curve.csv", curve.str()); !st) return st.error();
     json summary = {{"source", c.source},
-                    {"method", "teacher"},
+                    {"method", c.method},
                     {"mode", "centralized"},
                     {"seconds", std::chrono::duration<double>(Clock::now() - start).count()},
                     {"source_dice", best_dice},
@@ -401,22 +467,10 @@ Result<std::string> run_centralized_cell(const ExperimentOptions& o, const Exper
   co.target = c.target;
   co.method = c.method;
   co.fold = c.fold;
-  co.teacher = train_config(b, o, b.teacher_epochs, b.teacher_lr);
-  const bool otf = c.method.rfind("otf-", 0) == 0;
-  co.adaptation = is_kd(c.method) ? train_config(b, o, kd_epochs(b), kd_lr(b))
-                                  : train_config(b, o, otf ? b.otf_epochs : b.adapt_epochs, b.adapt_lr);
-  if (is_kd(c.method)) {
-    co.adaptation.kd_init = b.student_init;
-    co.adaptation.kd_loss = b.kd_loss;
-    co.adaptation.kd_hard_weight = b.kd_hard_weight;
-    co.adaptation.kd_confidence = b.kd_confidence;
-  } else if (c.method == "otf-kd") {  // on the fly adapts the teacher, briefly, as it is configured
-    co.adaptation.kd_loss = b.kd_loss;
-    co.adaptation.kd_hard_weight = b.kd_hard_weight;
-    co.adaptation.kd_confidence = b.kd_confidence;
-  }
-  co.adaptation.bn_statistics = b.bn_statistics;
-  if (!otf) co.curve_every = b.curve_every;
+  const auto training = cell_training(b, c.method, o.seed, o.device, o.precision, o.threads);
+  co.teacher = training.teacher;
+  co.adaptation = training.adaptation;
+  co.curve_every = training.curve_every;
   co.teacher_model = teacher;
   // kd-from-ada distils the ada cell's model of the same pair and fold (trained here if missing).
   co.ada_model = o.out / "centralized" / c.pair() / ("fold" + std::to_string(c.fold)) / "ada" / "model.pt";
@@ -474,7 +528,7 @@ Result<std::vector<std::pair<std::string, std::string>>> job_files(const Experim
   const auto ids = c.jobs();
   const std::string fold = std::to_string(c.fold);
   std::string teacher = "'";  // a YAML single-quoted scalar: any path, quotes doubled
-  for (char ch : teacher_model(o.out, c.source).string()) teacher += ch == '\'' ? std::string("''") : std::string(1, ch);
+  for (char ch : teacher_model(o.out, c.source, c.method == "lbound-aug").string()) teacher += ch == '\'' ? std::string("''") : std::string(1, ch);
   teacher += "'";
   const std::string sites = yaml_list({c.source, c.target});
   for (std::size_t i = 0; i < ids.size(); ++i) {
@@ -483,7 +537,7 @@ Result<std::vector<std::pair<std::string, std::string>>> job_files(const Experim
       << "\nevaluation_sites: [" << c.target << "]\n" << common.str();
     const bool otf = c.method.rfind("otf-", 0) == 0;
     const int rounds = is_kd(c.method) ? kd_epochs(b) : otf ? b.otf_epochs : b.adapt_epochs;
-    if (c.method == "lbound") {
+    if (c.method == "lbound" || c.method == "lbound-aug") {
       y << "type: evaluate\nteacher: " << teacher << "\n";
     } else {
       y << "rounds: " << rounds << "\nlearning_rate: " << (is_kd(c.method) ? kd_lr(b) : b.adapt_lr)
@@ -496,8 +550,11 @@ Result<std::vector<std::pair<std::string, std::string>>> job_files(const Experim
         y << "kd_loss: " << b.kd_loss << "\nkd_hard_weight: " << b.kd_hard_weight << "\nkd_confidence: " << b.kd_confidence
           << "\n";
       }
+      // The recipe the centralized twin of the cell trains with (JSON is YAML); classic: none, as before recipes.
+      const auto recipe = cell_training(b, c.method, o.seed, o.device, o.precision, o.threads).adaptation.recipe;
+      if (models::to_json(recipe) != models::to_json(models::Recipe{})) y << "recipe: " << models::to_json(recipe) << "\n";
       if (c.method == "ubound") y << "type: teacher\nteacher: " << teacher << "\n";
-      if (c.method == "kd" || c.method == "otf-kd") y << "type: kd\nteacher: " << teacher << "\n";
+      if (c.method == "kd" || c.method == "kd-noisy" || c.method == "otf-kd") y << "type: kd\nteacher: " << teacher << "\n";
       if (c.method == "ada" || c.method == "otf-ada") y << "type: ada\nteacher: " << teacher << "\n";
       if (c.method == "kd-from-ada") y << "type: kd\nteacher: job:ada-" << c.pair() << "-f" << fold << "\n";
       if (otf) {
@@ -562,7 +619,7 @@ void run_federated(const ExperimentOptions& o, const ExperimentBudget& b, const 
   fs::create_directories(root / "job-files", ec);
   std::vector<const Cell*> pending;
   for (const auto& c : cells) {
-    if (!fs::exists(teacher_model(o.out, c.source))) {
+    if (!fs::exists(teacher_model(o.out, c.source, c.method == "lbound-aug"))) {
       failures[c.name()] = "not run: teacher " + c.source + " failed";
       progress.finish(c, 0, "not run (teacher " + c.source + " failed)");
       continue;
@@ -662,7 +719,10 @@ Status check_configuration(const ExperimentOptions& o, const json& config) {
       const json& now = config.at(key);
       json before = old.value(key, json());
       // A budget key newer than the run reads as the value that does what the run did.
-      static const json kBeforeTheKey = {{"teacher_draws", 1}};
+      static const json kBeforeTheKey = {{"teacher_draws", 1},
+                                         {"teacher_recipe", json::parse(models::to_json(models::Recipe{}))},
+                                         {"adapt_recipe", json::parse(models::to_json(models::Recipe{}))},
+                                         {"noisy_augmentation", json::parse(models::to_json(*models::recipe_preset("heavy")))}};
       if (std::string(key) == "budget" && before.is_object()) {
         for (const auto& [name, value] : kBeforeTheKey.items()) {
           if (!before.contains(name)) before[name] = value;
@@ -688,7 +748,9 @@ Result<ExperimentResult> run_experiment(const ExperimentOptions& options) {
   }
   for (const auto& m : o.methods) {
     if (std::find(experiment_methods().begin(), experiment_methods().end(), m) == experiment_methods().end()) {
-      return make_error("unknown method '" + m + "' (choose from lbound, ubound, ada, kd, kd-from-ada, otf-kd, otf-ada)");
+      std::string names;
+      for (const auto& known : experiment_methods()) names += (names.empty() ? "" : ", ") + known;
+      return make_error("unknown method '" + m + "' (choose from " + names + ")");
     }
   }
   // kd-from-ada needs its pair's ada model.
@@ -755,7 +817,7 @@ Result<ExperimentResult> run_experiment(const ExperimentOptions& options) {
       progress.finish(c, s, "FAILED (see report)");
       continue;
     }
-    progress.finish(c, s, c.method == "teacher" ? "trained" : mean_dice_text(*rows));
+    progress.finish(c, s, c.method.rfind("teacher", 0) == 0 ? "trained" : mean_dice_text(*rows));
   }
   if (!federated.empty()) run_federated(o, budget, federated, progress, failures);
 

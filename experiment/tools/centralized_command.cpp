@@ -1,21 +1,40 @@
 // fedda-sim centralized: one cell of the paper's grid without federation.
+#include <cstdio>
+#include <functional>
+#include <iostream>
 #include <memory>
+#include <thread>
 
 #include "experiment_commands.h"
 #include "fedda/common/log.h"
 #include "fedda/experiment/centralized.h"
+#include "fedda/experiment/experiment.h"
+#include "fedda/models/recipe.h"
 #include "fedda/models/precision.h"
 
 namespace fedda::experiment::tools {
 
+namespace {
+
+// One training option of the command: its flag and what it sets in the teacher's and the
+// method's configurations. Without --profile every option applies (with its default); with it,
+// only those given on the command line override the profile's.
+struct Setting {
+  const char* flag;
+  std::function<Status(models::TrainConfig& teacher, models::TrainConfig& adaptation)> apply;
+};
+
+}  // namespace
+
 void add_centralized(CLI::App& app, int& rc) {
   struct Args {
     CentralizedOptions o;
-    std::string data, out;
+    std::string data, out, profile;
     int teacher_epochs = 12, epochs = 8, steps = 32, batch = 8, width = 16, depth = 4, grid = 128, threads = 0;
     double lr = 1e-3, spacing = 1.5;
     std::string device = "cpu", upsample = "nearest_conv", norm = "batch", precision = "auto";
-    std::string student_init = "teacher", kd_loss = "hinton", bn_statistics = "shared";
+    std::string student_init = "teacher", kd_loss = "hinton", bn_statistics = "shared", recipe = "classic";
+    std::vector<std::string> recipe_set;
     double kd_hard_weight = 0, kd_confidence = 0.5, adapt_lr = 0;
     int curve_every = 0;
     std::uint64_t seed = 1;
@@ -26,18 +45,29 @@ void add_centralized(CLI::App& app, int& rc) {
       "Run one cell of the seed paper's experiment without federation (the reference): train the source "
       "teacher (kept as OUT/teacher.pt and reused), adapt with the method, and score the held-out half of "
       "the target clinic. Fold 0 adapts on the first half of the target's subjects and tests on the second; "
-      "fold 1 swaps them. Writes OUT/model.pt, OUT/results.csv, OUT/curve.csv and OUT/summary.json.");
+      "fold 1 swaps them. With --source equal to --target (lbound, lbound-aug) the teacher trains on one half "
+      "of the clinic and is scored on the other: its in-domain Dice. --profile takes every training setting "
+      "from an experiment profile, exactly as `fedda-sim experiment` trains that cell; options given beside it "
+      "override the profile's. Writes OUT/model.pt, OUT/results.csv, OUT/curve.csv (loss, learning rate, test "
+      "Dice, share of time waiting for batches per epoch) and OUT/summary.json (mean_dsc).");
+  std::string methods;
+  for (const auto& m : centralized_methods()) methods += (methods.empty() ? "" : ", ") + m;
+  std::string profiles;
+  for (const auto& p : experiment_profiles()) profiles += (profiles.empty() ? "" : ", ") + p;
   cmd->add_option("--data", a->data, "data folder in the WMH layout")->required();
   cmd->add_option("--source", a->o.source, "labelled source clinic")->required();
   cmd->add_option("--target", a->o.target, "target clinic")->required();
-  cmd->add_option("--method", a->o.method, "lbound, ubound, ada, kd, kd-from-ada, otf-kd or otf-ada")->required();
+  cmd->add_option("--method", a->o.method, methods)->required()->check(CLI::IsMember(centralized_methods()));
   cmd->add_option("--fold", a->o.fold, "0 or 1")->capture_default_str()->check(CLI::Range(0, 1));
   cmd->add_option("--out", a->out, "output folder")->required();
+  cmd->add_option("--profile", a->profile,
+                  profiles + ": every training setting below defaults to the profile's (as the experiment grid trains the cell)")
+      ->check(CLI::IsMember(experiment_profiles()));
   cmd->add_option("--teacher-epochs", a->teacher_epochs, "epochs of the source teacher and of the U-bound")->capture_default_str();
   cmd->add_option("--epochs", a->epochs, "epochs of kd / ada adaptation (from the teacher)")->capture_default_str();
   cmd->add_option("--steps", a->steps, "batches per epoch")->capture_default_str();
   cmd->add_option("--batch", a->batch, "slices per batch")->capture_default_str();
-  cmd->add_option("--lr", a->lr, "Adam learning rate (decayed x0.1 after 3/8 of the epochs)")->capture_default_str();
+  cmd->add_option("--lr", a->lr, "learning rate (the recipe's optimiser and schedule)")->capture_default_str();
   cmd->add_option("--width", a->width, "U-Net width (channels of the first level)")->capture_default_str();
   cmd->add_option("--depth", a->depth, "U-Net depth (down-samplings)")->capture_default_str();
   cmd->add_option("--norm", a->norm, "batch, instance or none")->capture_default_str();
@@ -48,8 +78,16 @@ void add_centralized(CLI::App& app, int& rc) {
   cmd->add_option("--precision", a->precision,
                   "auto (bfloat16 where the processor has bfloat16 units, or on CUDA), float32 or bfloat16")
       ->capture_default_str()->check(CLI::IsMember(models::precision_names()));
-  cmd->add_option("--threads", a->threads, "LibTorch intra-op threads (0: its default)")->capture_default_str();
+  cmd->add_option("--threads", a->threads, "LibTorch intra-op threads (0: every core)")->capture_default_str();
   cmd->add_option("--seed", a->seed, "random seed")->capture_default_str();
+  std::string presets;
+  for (const auto& p : models::recipe_presets()) presets += (presets.empty() ? "" : ", ") + p;
+  cmd->add_option("--recipe", a->recipe,
+                  "training recipe of teacher and method: a preset (" + presets +
+                      ") or a JSON object {\"preset\": ..., key: value}; README \"Training recipe\"")
+      ->capture_default_str();
+  cmd->add_option("--recipe-set", a->recipe_set,
+                  "KEY=VALUE on top of the recipe, for teacher and method (repeatable; `fedda-sim recipe` lists the keys)");
   cmd->add_option("--student-init", a->student_init, "kd: the student starts as the teacher, or from scratch (teacher | scratch)")
       ->capture_default_str()->check(CLI::IsMember({"teacher", "scratch"}));
   cmd->add_option("--kd-loss", a->kd_loss, "kd: hinton (T^2 KL at T on both sides) or paper (eq. 3 as written: student at T = 1)")
@@ -65,43 +103,141 @@ void add_centralized(CLI::App& app, int& rc) {
   cmd->add_option("--adapt-lr", a->adapt_lr, "learning rate of kd / ada (default: --lr)")->capture_default_str();
   cmd->add_option("--curve-every", a->curve_every, "score the test half every N adaptation epochs (curve.csv)")
       ->capture_default_str();
-  cmd->callback([a, &rc]() {
-    models::TrainConfig c;
-    c.unet.width = a->width;
-    c.unet.depth = a->depth;
-    c.unet.norm = a->norm;
-    c.unet.upsample = a->upsample;
-    c.grid.in_plane_size = {static_cast<std::size_t>(a->grid), static_cast<std::size_t>(a->grid)};
-    c.grid.in_plane_spacing = {a->spacing, a->spacing};
-    c.steps_per_epoch = a->steps;
-    c.batch_size = a->batch;
-    c.learning_rate = a->lr;
-    c.device = a->device;
-    c.precision = a->precision;
-    c.threads = a->threads;
-    c.seed = a->seed;
+  cmd->callback([a, cmd, &rc]() {
+    auto log = log::get("fedda-sim");
+    const auto both = [](auto set) {
+      return [set](models::TrainConfig& t, models::TrainConfig& m) {
+        set(t);
+        set(m);
+        return Status::success();
+      };
+    };
+    const auto method_only = [](auto set) {
+      return [set](models::TrainConfig&, models::TrainConfig& m) {
+        set(m);
+        return Status::success();
+      };
+    };
+    const std::vector<Setting> settings{
+        {"--teacher-epochs", [a](models::TrainConfig& t, models::TrainConfig&) { t.epochs = a->teacher_epochs; return Status::success(); }},
+        {"--epochs", method_only([a](models::TrainConfig& c) { c.epochs = a->epochs; })},
+        {"--steps", both([a](models::TrainConfig& c) { c.steps_per_epoch = a->steps; })},
+        {"--batch", both([a](models::TrainConfig& c) { c.batch_size = a->batch; })},
+        {"--lr", both([a](models::TrainConfig& c) { c.learning_rate = a->lr; })},
+        {"--width", both([a](models::TrainConfig& c) { c.unet.width = a->width; })},
+        {"--depth", both([a](models::TrainConfig& c) { c.unet.depth = a->depth; })},
+        {"--norm", both([a](models::TrainConfig& c) { c.unet.norm = a->norm; })},
+        {"--upsample", both([a](models::TrainConfig& c) { c.unet.upsample = a->upsample; })},
+        {"--grid", both([a](models::TrainConfig& c) {
+           c.grid.in_plane_size = {static_cast<std::size_t>(a->grid), static_cast<std::size_t>(a->grid)};
+         })},
+        {"--spacing", both([a](models::TrainConfig& c) { c.grid.in_plane_spacing = {a->spacing, a->spacing}; })},
+        {"--device", both([a](models::TrainConfig& c) { c.device = a->device; })},
+        {"--precision", both([a](models::TrainConfig& c) { c.precision = a->precision; })},
+        {"--threads", both([a](models::TrainConfig& c) { c.threads = a->threads; })},
+        {"--seed", both([a](models::TrainConfig& c) { c.seed = a->seed; })},
+        {"--recipe",
+         [a](models::TrainConfig& t, models::TrainConfig& m) -> Status {
+           const bool object = a->recipe.find('{') != std::string::npos;
+           auto r = models::recipe_from_json(object ? a->recipe : "\"" + a->recipe + "\"");
+           if (!r) return make_error("--recipe: " + r.error().message);
+           t.recipe = m.recipe = *r;
+           return Status::success();
+         }},
+        {"--student-init", method_only([a](models::TrainConfig& c) { c.kd_init = a->student_init; })},
+        {"--kd-loss", method_only([a](models::TrainConfig& c) { c.kd_loss = a->kd_loss; })},
+        {"--kd-hard-weight", method_only([a](models::TrainConfig& c) { c.kd_hard_weight = a->kd_hard_weight; })},
+        {"--kd-confidence", method_only([a](models::TrainConfig& c) { c.kd_confidence = a->kd_confidence; })},
+        {"--bn-statistics", method_only([a](models::TrainConfig& c) { c.bn_statistics = a->bn_statistics; })},
+    };
+    // LibTorch's own default can be a single thread on a VM; train on every core, as the grid does.
+    if (a->threads <= 0) a->threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    models::TrainConfig teacher, adaptation;
+    a->o.curve_every = a->curve_every;
+    const bool profiled = !a->profile.empty();
+    if (profiled) {
+      auto budget = experiment_budget(a->profile);
+      if (!budget) {
+        log->error("{}", budget.error().message);
+        rc = 1;
+        return;
+      }
+      const auto training = cell_training(*budget, a->o.method, a->seed, a->device, a->precision, a->threads);
+      teacher = training.teacher;
+      adaptation = training.adaptation;
+      if (!cmd->count("--curve-every")) a->o.curve_every = training.curve_every;
+    }
+    for (const auto& s : settings) {
+      if (profiled && !cmd->count(s.flag)) continue;
+      if (auto st = s.apply(teacher, adaptation); !st) {
+        log->error("{}", st.error().message);
+        rc = 2;
+        return;
+      }
+    }
+    if (!profiled || cmd->count("--adapt-lr")) {
+      if (a->adapt_lr > 0) adaptation.learning_rate = a->adapt_lr;
+    }
+    for (const auto& assignment : a->recipe_set) {
+      for (auto* c : {&teacher, &adaptation}) {
+        if (auto st = models::set_recipe_value(c->recipe, assignment); !st) {
+          log->error("--recipe-set {}: {}", assignment, st.error().message);
+          rc = 2;
+          return;
+        }
+      }
+    }
+    for (auto* c : {&teacher, &adaptation}) {
+      if (auto st = models::validate(c->recipe, static_cast<int>(c->grid.in_plane_size[0]), c->unet.depth); !st) {
+        log->error("recipe: {}", st.error().message);
+        rc = 2;
+        return;
+      }
+    }
     a->o.data = a->data;
     a->o.out = a->out;
-    a->o.teacher = c;
-    a->o.teacher.epochs = a->teacher_epochs;
-    a->o.adaptation = c;
-    a->o.adaptation.epochs = a->epochs;
-    a->o.adaptation.kd_init = a->student_init;
-    a->o.adaptation.kd_loss = a->kd_loss;
-    a->o.adaptation.kd_hard_weight = a->kd_hard_weight;
-    a->o.adaptation.kd_confidence = a->kd_confidence;
-    a->o.adaptation.bn_statistics = a->bn_statistics;
-    if (a->adapt_lr > 0) a->o.adaptation.learning_rate = a->adapt_lr;
-    a->o.curve_every = a->curve_every;
+    a->o.teacher = teacher;
+    a->o.adaptation = adaptation;
     auto r = run_centralized(a->o);
     if (!r) {
-      log::get("fedda-sim")->error("{}", r.error().message);
+      log->error("{}", r.error().message);
       rc = 1;
       return;
     }
-    log::get("fedda-sim")->info("{} -> {} fold {} {}: mean DSC {:.3f} over {} subjects ({:.0f} s); {}/results.csv",
-                                a->o.source, a->o.target, a->o.fold, a->o.method, r->mean_dsc, r->rows.size(),
-                                r->seconds, a->out);
+    log->info("{} -> {} fold {} {}: mean DSC {:.3f} over {} subjects ({:.0f} s); {}/results.csv", a->o.source,
+              a->o.target, a->o.fold, a->o.method, r->mean_dsc, r->rows.size(), r->seconds, a->out);
+    rc = 0;
+  });
+}
+
+void add_recipe(CLI::App& app, int& rc) {
+  struct Args {
+    std::string preset = "classic";
+    bool json = false;
+  };
+  auto a = std::make_shared<Args>();
+  auto* cmd = app.add_subcommand(
+      "recipe",
+      "Print a training recipe's settings (augmentation, patches, optimiser, schedule, prefetch): each key, its "
+      "value in the preset, its range and what it does. Job files (`recipe:`), --recipe and --recipe-set take the same keys.");
+  cmd->add_option("--preset", a->preset, "classic, nnunet or heavy")->capture_default_str()->check(
+      CLI::IsMember(models::recipe_presets()));
+  cmd->add_flag("--json", a->json, "the preset as one JSON object");
+  cmd->callback([a, &rc] {
+    const auto recipe = *models::recipe_preset(a->preset);
+    if (a->json) {
+      std::cout << models::to_json(recipe) << "\n";
+      rc = 0;
+      return;
+    }
+    std::printf("recipe %s: optimizer %s, schedule %s\n", recipe.preset.c_str(), recipe.optimizer.c_str(),
+                recipe.schedule.c_str());
+    std::printf("  %-28s %10s  %-18s %s\n", "key", "value", "range", "what it does");
+    for (const auto& k : models::recipe_keys()) {
+      char range[64];
+      std::snprintf(range, sizeof range, "[%g, %g]", k.min, k.max);
+      std::printf("  %-28s %10g  %-18s %s\n", k.name, recipe.*k.field, range, k.help);
+    }
     rc = 0;
   });
 }

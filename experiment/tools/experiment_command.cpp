@@ -51,7 +51,8 @@ void add_experiment(CLI::App& app, int& rc) {
       "paper's figure.");
   cmd->add_option("--data", a->data, "clinics in the WMH layout (fedda-sim generate)")->required();
   cmd->add_option("--out", a->out, "output folder (resumed when it holds a run with the same settings)")->required();
-  cmd->add_option("--profile", a->profile, "smoke, quick, standard or paper: the training budget of every cell")
+  cmd->add_option("--profile", a->profile, "smoke, quick, standard, paper or paper-cpu: the training budget and recipe of every cell "
+                  "(paper-cpu: the paper's grid with nnU-Net's recipe on 2 CPU cores)")
       ->capture_default_str()->check(CLI::IsMember(experiment_profiles()));
   cmd->add_option("--student-init", a->student_init,
                   "where the KD student starts: teacher or scratch (default: the profile's)")
@@ -75,7 +76,9 @@ void add_experiment(CLI::App& app, int& rc) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--modes", a->modes, "federated and/or centralized, comma-separated")->capture_default_str();
   cmd->add_option("--methods", a->methods,
-                  "subset of lbound,ubound,ada,kd,kd-from-ada,otf-kd,otf-ada (default: all)");
+                  "comma-separated: the paper's lbound,ubound,ada,kd,kd-from-ada,otf-kd,otf-ada (the default), and "
+                  "lbound-aug (a teacher trained with heavy intensity and scanner augmentation, no target data) and "
+                  "kd-noisy (KD whose student learns clean soft labels from heavily augmented slices)");
   cmd->add_option("--folds", a->folds, "folds to run: 0, 1 or 0,1")->capture_default_str();
   cmd->add_option("--seed", a->seed, "training seed (data are generated separately)")->capture_default_str();
   cmd->add_option("--device", a->device, "cpu or cuda")->capture_default_str();

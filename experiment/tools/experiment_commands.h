@@ -7,6 +7,7 @@
 namespace fedda::experiment::tools {
 
 void add_centralized(CLI::App& app, int& rc);
+void add_recipe(CLI::App& app, int& rc);
 void add_consortium(CLI::App& app, int& rc);
 void add_experiment(CLI::App& app, int& rc);
 

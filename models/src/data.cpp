@@ -7,6 +7,7 @@
 #include <optional>
 #include <sstream>
 
+#include "augment.h"
 #include "fedda/imaging/nifti_io.h"
 
 namespace fedda::models {
@@ -148,13 +149,29 @@ Result<std::vector<ScanSlices>> load_scans(const std::vector<imaging::SubjectFil
   return out;
 }
 
-Batch sample_batch(const std::vector<ScanSlices>& scans, int batch, double lesion_fraction, bool augment,
+namespace {
+
+Batch to_device(const SliceBatch& s, const torch::Device& device) {
+  Batch out;
+  out.images = s.images.to(device);
+  if (s.labels.defined()) out.labels = s.labels.to(device);
+  if (s.p.defined()) out.soft = torch::stack({1 - s.p, s.p}, 1).to(device);
+  return out;
+}
+
+}  // namespace
+
+Batch sample_batch(const std::vector<ScanSlices>& scans, int batch, double lesion_fraction, const Recipe& recipe,
                    std::mt19937_64& rng, const torch::Device& device) {
   std::uniform_real_distribution<double> uniform(0.0, 1.0);
   std::normal_distribution<double> normal(0.0, 1.0);
   std::vector<torch::Tensor> images, labels, soft;
   const bool has_labels = scans.front().labels.defined();
   const bool has_soft = scans.front().soft.defined();
+  // The classic recipe draws flips and jitter slice by slice, as fedda did before recipes, so
+  // that its runs replay; every other recipe augments the drawn batch (augment.h).
+  const bool classic = classic_augmentation(recipe);
+  const bool jitter = classic && (recipe.mirror_probability > 0 || recipe.jitter_sd > 0);
   for (int b = 0; b < batch; ++b) {
     const auto& scan = scans[static_cast<std::size_t>(uniform(rng) * scans.size())];
     const bool want_lesion = !scan.lesion_slices.empty() && uniform(rng) < lesion_fraction;
@@ -163,25 +180,36 @@ Batch sample_batch(const std::vector<ScanSlices>& scans, int batch, double lesio
     auto image = scan.images[z].clone();
     torch::Tensor label = has_labels ? scan.labels[z] : torch::Tensor();
     torch::Tensor p = has_soft ? scan.soft[z].to(torch::kFloat32) : torch::Tensor();
-    if (augment) {
-      if (uniform(rng) < 0.5) {
+    if (jitter) {
+      if (uniform(rng) < recipe.mirror_probability) {
         image = image.flip({2});
         if (label.defined()) label = label.flip({1});
         if (p.defined()) p = p.flip({1});
       }
       for (int c = 0; c < image.size(0); ++c) {
-        image[c].mul_(1.0 + 0.1 * normal(rng)).add_(0.1 * normal(rng));
+        image[c].mul_(1.0 + recipe.jitter_sd * normal(rng)).add_(recipe.jitter_sd * normal(rng));
       }
     }
     images.push_back(image);
     if (label.defined()) labels.push_back(label);
-    if (p.defined()) soft.push_back(torch::stack({1 - p, p}, 0));
+    if (p.defined()) soft.push_back(p);
   }
-  Batch out;
-  out.images = torch::stack(images).to(device);
-  if (!labels.empty()) out.labels = torch::stack(labels).to(device);
-  if (!soft.empty()) out.soft = torch::stack(soft).to(device);
-  return out;
+  SliceBatch slices;
+  slices.images = torch::stack(images);
+  if (!labels.empty()) slices.labels = torch::stack(labels);
+  if (!soft.empty()) slices.p = torch::stack(soft);
+  if (!classic) {
+    augment_slices(slices, recipe, rng);
+    crop_patches(slices, static_cast<int>(recipe.patch_size), recipe.foreground_fraction, rng);
+  }
+  return to_device(slices, device);
+}
+
+Batch sample_batch(const std::vector<ScanSlices>& scans, int batch, double lesion_fraction, bool augment,
+                   std::mt19937_64& rng, const torch::Device& device) {
+  Recipe recipe;
+  if (!augment) recipe.mirror_probability = recipe.jitter_sd = 0;
+  return sample_batch(scans, batch, lesion_fraction, recipe, rng, device);
 }
 
 }  // namespace fedda::models

@@ -12,6 +12,7 @@
 #include "fedda/common/result.h"
 #include "fedda/imaging/dataset.h"
 #include "fedda/imaging/preprocess.h"
+#include "fedda/models/recipe.h"
 
 namespace fedda::models {
 
@@ -41,8 +42,11 @@ struct Batch {
 };
 
 // Draws `batch` slices: a `lesion_fraction` share from slices with lesions, the rest from
-// brain slices; flips left-right and jitters intensities when `augment`. Soft labels and
-// labels get the same geometric transform as the images (intensity jitter touches images only).
+// brain slices, then augments them and cuts patches as `recipe` says (augment.h). Soft labels
+// and labels get the same geometric transform as the images; intensity transforms touch images only.
+Batch sample_batch(const std::vector<ScanSlices>& scans, int batch, double lesion_fraction, const Recipe& recipe,
+                   std::mt19937_64& rng, const torch::Device& device);
+// The classic recipe (left-right flips, intensity scale and shift) when `augment`, else none.
 Batch sample_batch(const std::vector<ScanSlices>& scans, int batch, double lesion_fraction, bool augment,
                    std::mt19937_64& rng, const torch::Device& device);
 

@@ -1,13 +1,16 @@
 #include "fedda/models/engine.h"
 
 #include <chrono>
+#include <cmath>
 #include <cstring>
+#include <optional>
 
 #include "data.h"
 #include "fedda/common/log.h"
 #include "fedda/imaging/nifti_io.h"
 #include "losses.h"
 #include "model_io.h"
+#include "prefetch.h"
 #include "training.h"
 
 namespace fedda::models {
@@ -38,31 +41,47 @@ Result<Run> prepare(const TrainConfig& c) {
 }
 
 double learning_rate_at(const TrainConfig& c, int epoch) {
+  if (c.recipe.schedule == "poly") {
+    return c.learning_rate * std::pow(1.0 - static_cast<double>(epoch - 1) / c.epochs, c.recipe.poly_exponent);
+  }
   const int decay = c.decay_epoch >= 0 ? c.decay_epoch : std::max(1, c.epochs * 3 / 8);
   return epoch > decay ? c.learning_rate * c.decay_factor : c.learning_rate;
 }
 
-void set_learning_rate(torch::optim::Adam& optimizer, double lr) {
-  for (auto& group : optimizer.param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(lr);
+// The recipe a run samples batches with: augmentation off when the configuration says so.
+Recipe sampling_recipe(const TrainConfig& c) { return c.augment ? c.recipe : without_augmentation(c.recipe); }
+
+double gradient_clip(const TrainConfig& c) { return gradient_clip(c.recipe); }
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::vector<torch::Tensor>& parameters,
+                                                        const TrainConfig& c) {
+  return make_optimizer(parameters, c.recipe, c.learning_rate);
 }
 
-using StepFn = std::function<double(std::mt19937_64& rng, int epoch)>;
+// A training step in two parts: drawing what it learns from (on a background thread when the
+// recipe prefetches), then learning from it on the training thread.
+using Batches = std::vector<Batch>;
+using SampleFn = std::function<Batches(std::mt19937_64& rng)>;
+using LearnFn = std::function<double(const Batches& batches, int epoch)>;
 
 struct Trainee {
   ModelSpec spec;
   PrecisionChoice precision;
   UNet net{nullptr};
   torch::Device device{torch::kCPU};
-  torch::optim::Adam* optimizer = nullptr;
+  torch::optim::Optimizer* optimizer = nullptr;
   Discriminator* discriminator = nullptr;
-  torch::optim::Adam* discriminator_optimizer = nullptr;
+  torch::optim::Optimizer* discriminator_optimizer = nullptr;
   std::function<void()> before_save;  // e.g. AdaBN: the statistics the saved model carries
   std::function<void()> after_curve;  // undoes before_save when training goes on
 };
 
-Result<TrainReport> run_epochs(const TrainConfig& c, Trainee& t, const StepFn& step, const fs::path& model_out,
-                               const ProgressFn& progress) {
+Result<TrainReport> run_epochs(const TrainConfig& c, Trainee& t, const SampleFn& sample, const LearnFn& learn,
+                               const fs::path& model_out, const ProgressFn& progress) {
   auto log = log::get("engine");
+  if (auto st = validate(c.recipe, static_cast<int>(t.spec.grid.in_plane_size[0]), t.spec.unet.depth); !st) {
+    return make_error("recipe: " + st.error().message);
+  }
   TrainReport report;
   const auto start = std::chrono::steady_clock::now();
   t.net->set_precision(t.precision);
@@ -75,23 +94,38 @@ Result<TrainReport> run_epochs(const TrainConfig& c, Trainee& t, const StepFn& s
     report.resumed_from_epoch = resumed->finished_epochs;
     log->info("resuming from {} after epoch {}", c.checkpoint.string(), resumed->finished_epochs);
   }
+  const int prefetch = static_cast<int>(c.recipe.prefetch);
   for (int epoch = first; epoch <= c.epochs; ++epoch) {
     const auto epoch_start = std::chrono::steady_clock::now();
-    set_learning_rate(*t.optimizer, learning_rate_at(c, epoch));
+    const double lr = learning_rate_at(c, epoch);
+    set_learning_rate(*t.optimizer, lr);
     std::mt19937_64 rng(mix(c.seed, static_cast<std::uint64_t>(epoch)));
     torch::manual_seed(mix(c.seed ^ 0x5eed, static_cast<std::uint64_t>(epoch)));
     t.net->train();
-    double loss = 0;
+    double loss = 0, data_seconds = 0;
+    std::optional<Prefetcher<Batches>> ahead;
+    if (prefetch > 0) ahead.emplace([&] { return sample(rng); }, c.steps_per_epoch, prefetch);
     for (int s = 0; s < c.steps_per_epoch; ++s) {
-      const double l = step(rng, epoch);
+      Batches batches;
+      if (ahead) {
+        batches = ahead->next();
+      } else {
+        const auto drawn = std::chrono::steady_clock::now();
+        batches = sample(rng);
+        data_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - drawn).count();
+      }
+      const double l = learn(batches, epoch);
       if (!std::isfinite(l)) return make_error("training diverged (loss is " + std::to_string(l) + ") in epoch " + std::to_string(epoch));
       loss += l;
     }
+    if (ahead) data_seconds = ahead->waited_seconds();
     EpochReport e;
     e.epoch = epoch;
     e.loss = loss / c.steps_per_epoch;
     e.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_start).count();
     e.slices_per_second = c.steps_per_epoch * c.batch_size / std::max(e.seconds, 1e-9);
+    e.learning_rate = lr;
+    e.data_wait_share = data_seconds / std::max(e.seconds, 1e-9);
     if (c.curve_every > 0 && !c.curve_subjects.empty() && (epoch % c.curve_every == 0 || epoch == c.epochs)) {
       // The learning curve scores the model as it would be saved now (AdaBN included).
       if (t.before_save) t.before_save();
@@ -268,10 +302,34 @@ void attach_soft_labels(UNet& teacher, std::vector<ScanSlices>& scans, double te
                            slices * scans.front().images.size(2) * scans.front().images.size(3) * 2 / 1e6);
 }
 
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::vector<torch::Tensor>& parameters,
+                                                        const Recipe& recipe, double learning_rate) {
+  if (recipe.optimizer == "sgd") {
+    return std::make_unique<torch::optim::SGD>(parameters, torch::optim::SGDOptions(learning_rate)
+                                                               .momentum(recipe.momentum)
+                                                               .nesterov(recipe.momentum > 0)
+                                                               .weight_decay(recipe.weight_decay));
+  }
+  return std::make_unique<torch::optim::Adam>(parameters, torch::optim::AdamOptions(learning_rate));
+}
+
+double gradient_clip(const Recipe& recipe) { return recipe.optimizer == "sgd" ? recipe.gradient_clip : 0.0; }
+
+void set_learning_rate(torch::optim::Optimizer& optimizer, double lr) {
+  for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
+}
+
 // One optimiser update on `loss`; returns its value.
-double descend(torch::optim::Optimizer& optimizer, const torch::Tensor& loss) {
+double descend(torch::optim::Optimizer& optimizer, const torch::Tensor& loss, double clip) {
   optimizer.zero_grad();
   loss.backward();
+  if (clip > 0) {
+    std::vector<torch::Tensor> parameters;
+    for (const auto& group : optimizer.param_groups()) {
+      parameters.insert(parameters.end(), group.params().begin(), group.params().end());
+    }
+    torch::nn::utils::clip_grad_norm_(parameters, clip);
+  }
   optimizer.step();
   return loss.item<double>();
 }
@@ -324,13 +382,16 @@ Result<TrainReport> train_supervised(const std::vector<SubjectFiles>& labelled, 
   t.precision = run->precision;
   auto scans = load_scans(labelled, t.spec.grid, true);
   if (!scans) return scans.error();
-  torch::optim::Adam optimizer(t.net->parameters(), torch::optim::AdamOptions(c.learning_rate));
-  t.optimizer = &optimizer;
-  const auto step = [&](std::mt19937_64& rng, int) {
-    const Batch b = sample_batch(*scans, c.batch_size, c.lesion_slice_fraction, c.augment, rng, device);
-    return descend(optimizer, supervised_loss(t.net->forward(b.images), b.labels, c.dice_weight));
+  const auto optimizer = make_optimizer(t.net->parameters(), c);
+  t.optimizer = optimizer.get();
+  const Recipe recipe = sampling_recipe(c);
+  const auto sample = [&](std::mt19937_64& rng) {
+    return Batches{sample_batch(*scans, c.batch_size, c.lesion_slice_fraction, recipe, rng, device)};
   };
-  return run_epochs(c, t, step, model_out, progress);
+  const auto learn = [&](const Batches& b, int) {
+    return descend(*optimizer, supervised_loss(t.net->forward(b[0].images), b[0].labels, c.dice_weight), gradient_clip(c));
+  };
+  return run_epochs(c, t, sample, learn, model_out, progress);
 }
 
 Result<TrainReport> train_kd(const fs::path& teacher_path, const std::vector<SubjectFiles>& source,
@@ -366,15 +427,18 @@ Result<TrainReport> train_kd(const fs::path& teacher_path, const std::vector<Sub
   }
   t.device = device;
   t.precision = run->precision;
-  torch::optim::Adam optimizer(t.net->parameters(), torch::optim::AdamOptions(c.learning_rate));
-  t.optimizer = &optimizer;
+  const auto optimizer = make_optimizer(t.net->parameters(), c);
+  t.optimizer = optimizer.get();
   const KdObjective objective{c.kd_loss, c.kd_hard_weight, c.kd_confidence, c.dice_weight};
-  const auto step = [&](std::mt19937_64& rng, int) {
-    const Batch b = sample_batch(*scans, c.batch_size, c.lesion_slice_fraction, c.augment, rng, device);
-    return descend(optimizer, kd_loss(t.net->forward(b.images), b.soft, c.temperature, objective));
+  const Recipe recipe = sampling_recipe(c);
+  const auto sample = [&](std::mt19937_64& rng) {
+    return Batches{sample_batch(*scans, c.batch_size, c.lesion_slice_fraction, recipe, rng, device)};
+  };
+  const auto learn = [&](const Batches& b, int) {
+    return descend(*optimizer, kd_loss(t.net->forward(b[0].images), b[0].soft, c.temperature, objective), gradient_clip(c));
   };
   if (auto st = use_target_statistics(c, t, *scans, source.size()); !st) return st.error();
-  return run_epochs(c, t, step, model_out, progress);
+  return run_epochs(c, t, sample, learn, model_out, progress);
 }
 
 Result<TrainReport> train_ada(const std::optional<fs::path>& initial, const std::vector<SubjectFiles>& source,
@@ -407,18 +471,24 @@ Result<TrainReport> train_ada(const std::optional<fs::path>& initial, const std:
 
   Discriminator discriminator(t.spec.unet.classes);
   discriminator->to(device);
-  torch::optim::Adam optimizer(t.net->parameters(), torch::optim::AdamOptions(c.learning_rate));
+  const auto optimizer = make_optimizer(t.net->parameters(), c);
   torch::optim::Adam discriminator_optimizer(discriminator->parameters(), torch::optim::AdamOptions(c.learning_rate));
-  t.optimizer = &optimizer;
+  t.optimizer = optimizer.get();
   t.discriminator = &discriminator;
   t.discriminator_optimizer = &discriminator_optimizer;
   const auto is_source = [&](int64_t n) { return torch::zeros({n}, torch::TensorOptions(torch::kInt64).device(device)); };
   const auto is_target = [&](int64_t n) { return torch::ones({n}, torch::TensorOptions(torch::kInt64).device(device)); };
-  const auto step = [&](std::mt19937_64& rng, int epoch) {
+  const Recipe recipe = sampling_recipe(c);
+  const auto sample = [&](std::mt19937_64& rng) {
+    Batches b{sample_batch(*source_scans, c.batch_size, c.lesion_slice_fraction, recipe, rng, device)};
+    b.push_back(sample_batch(*target_scans, c.batch_size, 0.0, recipe, rng, device));
+    return b;
+  };
+  const auto learn = [&](const Batches& batches, int epoch) {
     const double weight =
         c.ada_weight * std::min(1.0, (epoch - 1) / static_cast<double>(std::max(1, c.ada_warmup_epochs)));
-    const Batch s = sample_batch(*source_scans, c.batch_size, c.lesion_slice_fraction, c.augment, rng, device);
-    const Batch tg = sample_batch(*target_scans, c.batch_size, 0.0, c.augment, rng, device);
+    const Batch& s = batches[0];
+    const Batch& tg = batches[1];
     discriminator->train();
     const auto source_logits = t.net->forward(s.images);
     const auto target_logits = t.net->forward(tg.images);
@@ -434,10 +504,10 @@ Result<TrainReport> train_ada(const std::optional<fs::path>& initial, const std:
       loss = loss + weight * torch::nn::functional::cross_entropy(discriminator->forward(target_out),
                                                                   is_source(c.batch_size));
     }
-    return descend(optimizer, loss);
+    return descend(*optimizer, loss, gradient_clip(c));
   };
   if (auto st = use_target_statistics(c, t, *target_scans, 0); !st) return st.error();
-  return run_epochs(c, t, step, model_out, progress);
+  return run_epochs(c, t, sample, learn, model_out, progress);
 }
 
 Result<std::vector<SubjectScore>> score_subjects(UNet& net, const ModelSpec& spec,

@@ -70,7 +70,7 @@ struct SiteTrainer::Impl {
   PrecisionChoice precision;
   UNet net{nullptr};
   Discriminator discriminator{nullptr};
-  std::unique_ptr<torch::optim::Adam> optimizer;
+  std::unique_ptr<torch::optim::Optimizer> optimizer;
   std::vector<ScanSlices> scans;
   std::vector<imaging::SubjectFiles> evaluation;
   std::vector<SkippedScan> skipped;
@@ -206,6 +206,9 @@ Result<std::unique_ptr<SiteTrainer>> SiteTrainer::open(const SiteJobOptions& o, 
   impl->net->set_precision(impl->precision);
   if (o.local_batch_norm) impl->batch_norm = batch_norm_tensors(o.spec);
   if (o.kd_loss != "hinton" && o.kd_loss != "paper") return make_error("kd_loss must be hinton or paper");
+  if (auto st = validate(o.recipe, static_cast<int>(o.spec.grid.in_plane_size[0]), o.spec.unet.depth); !st) {
+    return make_error("recipe: " + st.error().message);
+  }
   if (o.type == JobType::ada) {
     impl->discriminator = Discriminator(o.spec.unet.classes);
     impl->discriminator->to(impl->device);
@@ -226,16 +229,15 @@ Result<LocalUpdate> SiteTrainer::train(int round, const TensorSet& model, const 
   if (ada) {
     if (auto st = from_wire(*m.discriminator, discriminator); !st) return make_error("discriminator: " + st.error().message);
   }
-  if (!m.optimizer) {
-    m.optimizer = std::make_unique<torch::optim::Adam>(m.net->parameters(), torch::optim::AdamOptions(learning_rate));
-  }
+  if (!m.optimizer) m.optimizer = make_optimizer(m.net->parameters(), o.recipe, learning_rate);
   // Adam ignores the scale of a loss, so where the adversarial term is the whole loss (an
   // unlabelled ADA target) its weight scales the step instead; otherwise the target would move
   // as fast as a supervised site and, averaged in, undo the segmentation.
   const bool adversarial_only = o.type == JobType::ada && o.domain == 1;
   const double step_rate = adversarial_only ? learning_rate * adversarial_weight : learning_rate;
-  for (auto& group : m.optimizer->param_groups()) static_cast<torch::optim::AdamOptions&>(group.options()).lr(step_rate);
+  set_learning_rate(*m.optimizer, step_rate);
 
+  const Recipe recipe = o.augment ? o.recipe : without_augmentation(o.recipe);
   std::mt19937_64 rng(mix(o.seed, static_cast<std::uint64_t>(round)));
   torch::manual_seed(mix(o.seed ^ 0x5eed, static_cast<std::uint64_t>(round)));
   m.net->train();
@@ -248,7 +250,7 @@ Result<LocalUpdate> SiteTrainer::train(int round, const TensorSet& model, const 
   double loss_sum = 0;
   for (int s = 0; s < steps; ++s) {
     const double lesion_fraction = ada && o.domain == 1 ? 0.0 : o.lesion_slice_fraction;
-    const Batch b = sample_batch(m.scans, o.batch_size, lesion_fraction, o.augment, rng, m.device);
+    const Batch b = sample_batch(m.scans, o.batch_size, lesion_fraction, recipe, rng, m.device);
     const auto logits = m.net->forward(b.images);
     torch::Tensor loss;
     if (o.type == JobType::teacher) {
@@ -270,7 +272,7 @@ Result<LocalUpdate> SiteTrainer::train(int round, const TensorSet& model, const 
       }
     }
     if (loss.defined()) {
-      const double l = descend(*m.optimizer, loss);
+      const double l = descend(*m.optimizer, loss, gradient_clip(o.recipe));
       if (!std::isfinite(l)) return make_error("training diverged in round " + std::to_string(round));
       loss_sum += l;
     }

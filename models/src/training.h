@@ -58,8 +58,16 @@ void attach_soft_labels(UNet& teacher, std::vector<ScanSlices>& scans, double te
 // of `scans` (AdaBN), with the weights as they are; `net` ends in eval mode.
 void recompute_batch_norm(UNet& net, const std::vector<ScanSlices>& scans, const torch::Device& device);
 
-// One optimiser update on `loss`; returns its value.
-double descend(torch::optim::Optimizer& optimizer, const torch::Tensor& loss);
+// The segmenter's optimiser as `recipe` says: Adam, or SGD with Nesterov momentum and weight decay.
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::vector<torch::Tensor>& parameters,
+                                                        const Recipe& recipe, double learning_rate);
+// The clipping norm descend() is given under `recipe` (0: none; only SGD clips).
+double gradient_clip(const Recipe& recipe);
+void set_learning_rate(torch::optim::Optimizer& optimizer, double lr);
+
+// One optimiser update on `loss`, its gradients' global L2 norm clipped to `clip` when positive;
+// returns the loss's value.
+double descend(torch::optim::Optimizer& optimizer, const torch::Tensor& loss, double clip = 0);
 
 // Segments each labelled subject with `net` and scores it in its own geometry; `dice_only`
 // computes the DSC alone (the other metrics NaN), for learning curves.

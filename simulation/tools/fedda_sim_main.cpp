@@ -109,6 +109,7 @@ int main(int argc, char** argv) {
   simulation::tools::add_preview(app, rc);
   simulation::tools::add_threshold_baseline(app, rc);
   experiment::tools::add_centralized(app, rc);
+  experiment::tools::add_recipe(app, rc);
   experiment::tools::add_consortium(app, rc);
   experiment::tools::add_experiment(app, rc);
 

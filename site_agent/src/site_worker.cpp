@@ -201,6 +201,8 @@ struct SiteWorker::Impl {
     job_secure = job.secure_aggregation;
     auto spec = models::model_spec_from_json(job.model_spec_json);
     if (!spec) return fail(job.id, FailureCode::malformed, "model spec: " + spec.error().message);
+    auto recipe = job.recipe.empty() ? Result<models::Recipe>(models::Recipe{}) : models::recipe_from_json(job.recipe);
+    if (!recipe) return fail(job.id, FailureCode::malformed, "recipe: " + recipe.error().message);
     auto index = site_subject_index(config);
     if (!index) return fail(job.id, FailureCode::no_data, index.error().message);
     // What the data layout left out stays in this site's log (fedda-agent check lists it too).
@@ -237,6 +239,7 @@ struct SiteWorker::Impl {
     o.batch_size = job.batch_size;
     o.lesion_slice_fraction = job.lesion_slice_fraction;
     o.augment = job.augment;
+    o.recipe = *recipe;
     o.dice_weight = job.dice_weight;
     o.temperature = job.temperature;
     o.kd_loss = job.kd_loss;

@@ -89,6 +89,11 @@ TEST(Protocol, JobSpecSurvivesTheWireAndJson) {
     EXPECT_EQ(spec.secagg_threshold, 3);
     EXPECT_DOUBLE_EQ(spec.secagg_timeout_s, 12.5);
   }
+  offer.job.recipe = R"({"preset":"nnunet","patch_size":64})";
+  for (const auto& spec : {decode_body<JobOffer>(encode(header_of(MessageType::job_offer), offer).body).value().job,
+                           job_spec_from_json(to_json(offer.job)).value()}) {
+    EXPECT_EQ(spec.recipe, offer.job.recipe);
+  }
 }
 
 TEST(Protocol, SecureAggregationsBodiesSurviveTheWire) {

@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "fedda/models/model_spec.h"
+#include "fedda/models/recipe.h"
 #include "support/test_support.h"
 
 namespace fedda::coordinator {
@@ -45,6 +46,23 @@ TEST_F(JobFile, TeacherJobCarriesItsArchitecture) {
   EXPECT_EQ(spec->grid.in_plane_size[0], 96u);
 }
 
+TEST_F(JobFile, ARecipeTravelsAsJsonAndTheClassicOneAsNothing) {
+  auto job = read_job_file(write("id: t\ntype: teacher\nsource: utrecht\nsites: [utrecht]\n"
+                                 "model: {depth: 4, grid_size: 128}\nrecipe: {preset: nnunet, patch_size: 64}\n"));
+  ASSERT_TRUE(job) << job.error().message;
+  auto recipe = models::recipe_from_json(job->spec.recipe);
+  ASSERT_TRUE(recipe) << recipe.error().message;
+  EXPECT_EQ(recipe->optimizer, "sgd");
+  EXPECT_EQ(recipe->patch_size, 64);
+  EXPECT_EQ(recipe->gamma_probability, 0.3);
+  auto plain = read_job_file(write("id: t\ntype: teacher\nsource: utrecht\nsites: [utrecht]\n"));
+  ASSERT_TRUE(plain) << plain.error().message;
+  EXPECT_TRUE(plain->spec.recipe.empty());
+  auto classic = read_job_file(write("id: t\ntype: teacher\nsource: utrecht\nsites: [utrecht]\nrecipe: {preset: classic}\n"));
+  ASSERT_TRUE(classic) << classic.error().message;
+  EXPECT_TRUE(classic->spec.recipe.empty());
+}
+
 TEST_F(JobFile, MistakesAreNamed) {
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"id: a\ntype: kd\nteacher: t.pt\nsites: [x]\nrouns: 3\n", "unknown key 'rouns'"},
@@ -71,6 +89,15 @@ TEST_F(JobFile, MistakesAreNamed) {
       {"id: a\ntype: kd\nteacher: t.pt\nsites: [x, y]\nsecagg_threshold: -1\n", "secagg_threshold must be"},
       {"id: a\ntype: kd\nteacher: t.pt\nsites: [x, y]\nsecagg_timeout_s: 0\n", "secagg_timeout_s must be positive"},
       {"id: a\ntype: kd\nteacher: t.pt\nsites: [x, y]\nsecagg_timeout_s: 1e30\n", "at most 86400"},
+      {"id: a\ntype: kd\nteacher: t.pt\nsites: [x]\nrecipe: {preset: nnunet, gamma_probability: 2}\n",
+       "recipe: gamma_probability is 2, outside [0, 1]"},
+      {"id: a\ntype: kd\nteacher: t.pt\nsites: [x]\nrecipe: {preset: nnunet, gama_probability: 0.5}\n",
+       "recipe: unknown key 'gama_probability'"},
+      {"id: a\ntype: kd\nteacher: t.pt\nsites: [x]\nrecipe: {preset: bigaug}\n", "unknown recipe preset 'bigaug'"},
+      {"id: a\ntype: kd\nteacher: t.pt\nsites: [x]\nrecipe: nnunet\n", "key 'recipe': expected a mapping"},
+      {"id: a\ntype: kd\nteacher: t.pt\nsites: [x]\nrecipe: {optimizer: lbfgs}\n", "optimizer is 'lbfgs'"},
+      {"id: a\ntype: teacher\nsites: [x]\nsource: x\nmodel: {depth: 4, grid_size: 64}\nrecipe: {patch_size: 96}\n",
+       "recipe: patch_size 96 is larger than the model grid (64)"},
   };
   for (const auto& [text, expected] : cases) {
     auto job = read_job_file(write(text));

@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "fedda/common/files.h"
 #include "fedda/imaging/nifti_io.h"
 #include "fedda/simulation/generator.h"
@@ -81,6 +83,49 @@ TEST_F(Engine, ResumingFromACheckpointIsExact) {
   EXPECT_EQ(resumed->resumed_from_epoch, 1);
   EXPECT_EQ(resumed->epochs.size(), 2u);
   EXPECT_TRUE(*files::read_all(dir_ / "straight.pt") == *files::read_all(dir_ / "resumed.pt"));
+}
+
+TEST_F(Engine, TheNnunetRecipeResumesExactlyAndPrefetchingChangesNothingButTheThread) {
+  auto c = tiny();
+  c.epochs = 3;
+  c.recipe = *recipe_preset("nnunet");
+  c.recipe.patch_size = 32;
+  c.recipe.foreground_fraction = 0.5;
+  c.learning_rate = 1e-2;
+  auto straight = train_supervised(clinic("utrecht"), c, dir_ / "inline.pt");
+  ASSERT_TRUE(straight) << straight.error().message;
+  // Poly decay, epoch by epoch, from the initial step size.
+  EXPECT_DOUBLE_EQ(straight->epochs[0].learning_rate, 1e-2);
+  EXPECT_NEAR(straight->epochs[2].learning_rate, 1e-2 * std::pow(1.0 / 3.0, 0.9), 1e-12);
+  c.recipe.prefetch = 2;
+  c.checkpoint = dir_ / "prefetched.ckpt";
+  c.epochs = 1;
+  ASSERT_TRUE(train_supervised(clinic("utrecht"), c, dir_ / "partial.pt"));
+  c.epochs = 3;
+  auto resumed = train_supervised(clinic("utrecht"), c, dir_ / "prefetched.pt");
+  ASSERT_TRUE(resumed) << resumed.error().message;
+  EXPECT_EQ(resumed->resumed_from_epoch, 1);
+  EXPECT_TRUE(*files::read_all(dir_ / "inline.pt") == *files::read_all(dir_ / "prefetched.pt"));
+  for (const auto& e : resumed->epochs) {
+    EXPECT_GE(e.data_wait_share, 0.0);
+    EXPECT_LE(e.data_wait_share, 1.0);
+  }
+  // The same recipe drives distillation and adversarial adaptation.
+  c.checkpoint.clear();
+  auto kd = train_kd(dir_ / "inline.pt", clinic("utrecht"), clinic("singapore"), c, dir_ / "kd.pt");
+  ASSERT_TRUE(kd) << kd.error().message;
+  auto ada = train_ada(dir_ / "inline.pt", clinic("utrecht"), clinic("singapore"), c, dir_ / "ada.pt");
+  ASSERT_TRUE(ada) << ada.error().message;
+}
+
+TEST_F(Engine, ARecipeThatCannotTrainTheGridIsRefusedBeforeTraining) {
+  auto c = tiny();
+  c.recipe.patch_size = 96;  // the grid is 64
+  auto r = train_supervised(clinic("utrecht"), c, dir_ / "never.pt");
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("recipe: patch_size 96 is larger than the model grid (64)"), std::string::npos)
+      << r.error().message;
+  EXPECT_FALSE(fs::exists(dir_ / "never.pt"));
 }
 
 TEST_F(Engine, DistillationAndAdversarialAdaptationProduceScorableModels) {

@@ -212,6 +212,9 @@ struct JobSpec {
   bool secure_aggregation = false;
   int secagg_threshold = 0;        // shares needed to unmask one site's secrets: at least a majority of its neighbourhood (0: that)
   double secagg_timeout_s = 60;    // how long each key and share stage waits for the round's sites
+  // How sites train (version 8): a recipe as models/recipe.h writes it (JSON: augmentation,
+  // patches, optimiser, schedule); empty: the classic recipe, as before recipes.
+  std::string recipe;
 };
 
 struct Hello {
@@ -569,6 +572,7 @@ void serialize(Archive& ar, JobSpec& m, std::uint32_t version) {
   }
   if (version >= 6) ar(FEDDA_TEXT(precision));
   if (version >= 7) ar(m.secure_aggregation, m.secagg_threshold, m.secagg_timeout_s);
+  if (version >= 8) ar(FEDDA_TEXT(recipe));
 }
 template <class Archive>
 void serialize(Archive& ar, Hello& m, std::uint32_t version) {
@@ -722,7 +726,7 @@ Result<Body> decode_body(const std::string& body_frame) {
 CEREAL_CLASS_VERSION(fedda::protocol::Header, 1)
 CEREAL_CLASS_VERSION(fedda::WireTensor, 1)
 CEREAL_CLASS_VERSION(fedda::TensorSet, 1)
-CEREAL_CLASS_VERSION(fedda::protocol::JobSpec, 7)
+CEREAL_CLASS_VERSION(fedda::protocol::JobSpec, 8)
 CEREAL_CLASS_VERSION(fedda::protocol::Hello, 2)
 CEREAL_CLASS_VERSION(fedda::protocol::Welcome, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::JobOffer, 2)

@@ -10,6 +10,12 @@
 //   ada          adversarial adaptation from the teacher, source labels + adaptation half
 //   kd-from-ada  kd with the ada model as teacher
 //   otf-kd, otf-ada  on the fly: each test subject adapted to separately, teacher fixed
+//   lbound-aug   lbound, for a teacher whose recipe (`teacher`) augments heavily (BigAug):
+//                no target data at all
+//   kd-noisy     kd, for a student whose recipe (`adaptation`) augments heavily the slices the
+//                teacher labelled clean (Noisy Student)
+// lbound-aug and kd-noisy differ from lbound and kd only in the recipes they are given
+// (experiment::cell_training gives the grid's; `fedda-sim centralized --profile` the same).
 // Every method is scored on the test half with the five challenge metrics. With source ==
 // target (lbound only), the teacher trains on one half of the clinic and is tested on the
 // other: the in-domain reference.
@@ -52,7 +58,8 @@ struct CentralizedResult {
 };
 
 inline const std::vector<std::string>& centralized_methods() {
-  static const std::vector<std::string> m{"lbound", "ubound", "ada", "kd", "kd-from-ada", "otf-kd", "otf-ada"};
+  static const std::vector<std::string> m{"lbound", "ubound",  "ada",     "kd",      "kd-from-ada",
+                                          "otf-kd", "otf-ada", "lbound-aug", "kd-noisy"};
   return m;
 }
 

@@ -71,6 +71,12 @@ struct ExperimentBudget {
   std::string server_optimizer = "fedavg";  // fedavg | fedadam | fedyogi
   double server_lr = 1.0;
   int curve_every = 0;  // learning curves: the test half scored every this many epochs / rounds
+  // How the networks train (models/recipe.h): teachers (and students from scratch, which get the
+  // teacher's budget), and adaptations from the teacher (ubound, ada, kd from the teacher, on the
+  // fly). lbound-aug's teacher and kd-noisy's student add noisy_augmentation's transforms to theirs.
+  models::Recipe teacher_recipe;
+  models::Recipe adapt_recipe;
+  models::Recipe noisy_augmentation = *models::recipe_preset("heavy");
 };
 
 // A teacher's mean Dice on its own training scans below this has learned nothing of its source
@@ -82,10 +88,30 @@ inline constexpr double kTeacherLearnedDice = 0.05;
 Result<ExperimentBudget> experiment_budget(const std::string& profile);
 const std::vector<std::string>& experiment_profiles();
 
-inline const std::vector<std::string>& experiment_methods() {
+// The paper's methods: what a grid runs unless --methods says otherwise.
+inline const std::vector<std::string>& paper_methods() {
   static const std::vector<std::string> m{"lbound", "ubound", "ada", "kd", "kd-from-ada", "otf-kd", "otf-ada"};
   return m;
 }
+// Every method a grid can run: the paper's, and two a reviewer would ask for (centralized.h):
+// lbound-aug (a teacher trained with heavy augmentation and no target data, one per source
+// clinic like the teacher) and kd-noisy (KD whose student sees heavily augmented slices).
+inline const std::vector<std::string>& experiment_methods() {
+  static const std::vector<std::string> m{"lbound", "ubound",  "ada",        "kd",      "kd-from-ada",
+                                          "otf-kd", "otf-ada", "lbound-aug", "kd-noisy"};
+  return m;
+}
+
+// How a centralized cell of `method` trains under budget `b`: the source teacher, and the
+// method's own training (for lbound and lbound-aug, the teacher's again). `fedda-sim
+// centralized --profile P` starts from these, so that it trains exactly as the grid's cell.
+struct CellTraining {
+  models::TrainConfig teacher;
+  models::TrainConfig adaptation;
+  int curve_every = 0;
+};
+CellTraining cell_training(const ExperimentBudget& b, const std::string& method, std::uint64_t seed,
+                           const std::string& device, const std::string& precision, int threads);
 
 struct ExperimentOptions {
   std::filesystem::path data;
@@ -97,7 +123,7 @@ struct ExperimentOptions {
   double server_lr = 0;              // overrides the profile's when positive
   int teacher_draws = 0;             // overrides the profile's when positive
   std::vector<std::string> modes{"federated", "centralized"};
-  std::vector<std::string> methods;  // default: experiment_methods()
+  std::vector<std::string> methods;  // default: paper_methods()
   std::vector<int> folds{0, 1};
   std::uint64_t seed = 1;
   std::string device = "cpu";

@@ -24,6 +24,7 @@
 #include "fedda/imaging/dataset.h"
 #include "fedda/imaging/metrics.h"
 #include "fedda/models/model_spec.h"
+#include "fedda/models/recipe.h"
 
 namespace fedda::models {
 
@@ -33,12 +34,13 @@ struct TrainConfig {
   int epochs = 20;
   int steps_per_epoch = 32;      // batches per epoch
   int batch_size = 8;
-  double learning_rate = 1e-3;   // Adam
-  int decay_epoch = -1;          // lr *= decay_factor from this epoch on; -1: 3/8 of epochs (paper: 150 of 400)
+  double learning_rate = 1e-3;   // the optimiser's initial step size (recipe.optimizer: Adam or SGD)
+  int decay_epoch = -1;          // step schedule: lr *= decay_factor from this epoch on; -1: 3/8 of epochs (paper: 150 of 400)
   double decay_factor = 0.1;
   double dice_weight = 1.0;      // supervised loss = cross-entropy + dice_weight * soft Dice
   double lesion_slice_fraction = 0.5;  // share of sampled slices that contain (predicted) lesion
-  bool augment = true;           // left-right flips, intensity scale and shift
+  bool augment = true;           // false: the recipe's augmentation off (patches, optimiser, schedule kept)
+  Recipe recipe;                 // augmentation, patches, optimiser, schedule, prefetch (recipe.h; classic by default)
   double temperature = 2.0;      // KD
   std::string kd_init = "teacher";  // student starts from: teacher | scratch ("random" is scratch)
   std::string kd_loss = "hinton";   // hinton: T^2 KL(softmax(t/T) || softmax(s/T)); paper: eq. 3 as written,
@@ -65,6 +67,10 @@ struct EpochReport {
   double seconds = 0;
   double slices_per_second = 0;
   double curve_dsc = NAN;  // mean Dice on curve_subjects after this epoch, when it was scored
+  double learning_rate = 0;
+  // Share of the epoch's training time the training thread spent preparing batches (without
+  // prefetch) or waiting for the thread that prepares them (with it).
+  double data_wait_share = 0;
 };
 
 struct TrainReport {

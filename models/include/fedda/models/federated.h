@@ -19,6 +19,7 @@
 #include "fedda/models/weights.h"
 #include "fedda/common/protocol.h"
 #include "fedda/models/precision.h"
+#include "fedda/models/recipe.h"
 
 namespace fedda::models {
 
@@ -31,7 +32,8 @@ struct SiteJobOptions {
   int domain = 0;         // ada: 0 = source, 1 = target
   int batch_size = 8;
   double lesion_slice_fraction = 0.5;
-  bool augment = true;
+  bool augment = true;              // false: the recipe's augmentation off
+  Recipe recipe;                    // augmentation, patches, optimiser (recipe.h); the schedule is the coordinator's
   double dice_weight = 1.0;
   double temperature = 2.0;
   std::string kd_loss = "hinton";   // kd: hinton | paper (see TrainConfig)
