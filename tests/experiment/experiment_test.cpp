@@ -202,6 +202,36 @@ TEST(ExperimentCli, SmokeGridWritesEveryOutputAndResumes) {
   EXPECT_EQ(csv_rows(secure / "results.csv", secure_header).size(), 6u * 2);  // 6 pairs, 2 test subjects each
 }
 
+// lbound-aug and kd-noisy, in both modes: lbound-aug's teachers are their own cells, kd-noisy's
+// federated jobs carry the heavy recipe to the sites, and the report sets both beside the paper's.
+TEST(ExperimentCli, MethodsBeyondThePaperRunInBothModesAndTheirJobsCarryTheirRecipe) {
+  testing::ScratchDir dir;
+  const auto data = dir / "data", out = dir / "out";
+  auto gen = run_command(bin("fedda-sim").string() + " generate --profile smoke --seed 5 --out " + data.string());
+  ASSERT_EQ(gen.exit_code, 0) << gen.output;
+  auto run = run_command(bin("fedda-sim").string() + " experiment --data " + data.string() + " --profile smoke --out " +
+                         out.string() + " --folds 0 --methods lbound,kd,lbound-aug,kd-noisy");
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  for (const std::string clinic : {"amsterdam", "singapore", "utrecht"}) {
+    EXPECT_TRUE(fs::exists(out / "centralized/teachers-aug" / clinic / "teacher.pt")) << clinic;
+  }
+  std::string header;
+  const auto rows = csv_rows(out / "results.csv", header);
+  std::map<std::string, int> per_method_mode;
+  for (const auto& r : rows) ++per_method_mode[r.at(3) + "/" + r.at(4)];
+  for (const std::string m : {"lbound-aug", "kd-noisy", "lbound", "kd"}) {
+    EXPECT_EQ((per_method_mode[m + "/federated"]), 6 * 2) << m;  // 6 pairs, 2 test subjects each
+    EXPECT_EQ((per_method_mode[m + "/centralized"]), 6 * 2) << m;
+  }
+  // The noisy student's job file carries the heavy augmentation; the plain student's none.
+  const auto noisy = testing::read_text(out / "federated/job-files/kd-noisy-utrecht-singapore-f0.yaml");
+  EXPECT_NE(noisy.find("recipe: {"), std::string::npos) << noisy;
+  EXPECT_NE(noisy.find("\"bias_field_probability\":0.5"), std::string::npos) << noisy;
+  const auto plain = testing::read_text(out / "federated/job-files/kd-utrecht-singapore-f0.yaml");
+  EXPECT_EQ(plain.find("recipe:"), std::string::npos) << plain;
+  EXPECT_NE(testing::read_text(out / "table2.md").find("### Beyond the paper (centralized)"), std::string::npos);
+}
+
 // The report from a run's files: a source whose teacher never learned (its summary.json says so)
 // is named in the Teachers table and its pairs leave the verdict; the others are counted.
 TEST(ExperimentReport, PairsWhoseTeacherNeverLearnedLeaveTheVerdictAndTheRestAreCounted) {
@@ -343,6 +373,20 @@ TEST(ExperimentCli, BadArgumentsAreNamed) {
                   (dir / "out").string() + " --methods kd,magic");
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.output.find("magic"), std::string::npos) << r.output;
+  // fedda-sim centralized: a recipe the grid cannot train, and an unknown key, are named.
+  r = run_command(bin("fedda-sim").string() + " centralized --data " + dir.path().string() + " --out " +
+                  (dir / "out").string() + " --source a --target a --method lbound --profile paper-cpu " +
+                  "--recipe-set patch_size=100");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("patch_size 100 is not a multiple of the U-Net's stride 16"), std::string::npos) << r.output;
+  r = run_command(bin("fedda-sim").string() + " centralized --data " + dir.path().string() + " --out " +
+                  (dir / "out").string() + " --source a --target a --method lbound --recipe-set gama_probability=1");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("unknown recipe key 'gama_probability'"), std::string::npos) << r.output;
+  r = run_command(bin("fedda-sim").string() + " centralized --data " + dir.path().string() + " --out " +
+                  (dir / "out").string() + " --source a --target a --method lbound --recipe nnunet2");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("unknown recipe preset 'nnunet2'"), std::string::npos) << r.output;
   r = run_command(bin("fedda-sim").string() + " experiment --data " + dir.path().string() + " --out " +
                   (dir / "out").string() + " --profile huge");
   EXPECT_NE(r.exit_code, 0);

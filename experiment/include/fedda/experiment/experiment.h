@@ -57,6 +57,7 @@ struct ExperimentBudget {
   double temperature = 2.0;
   // The student (kd, kd-from-ada, otf-kd): where it starts and what it learns from.
   std::string student_init = "teacher";  // teacher | scratch
+  bool scratch_student_as_teacher = false;  // scratch: the teacher's epochs, step size and recipe (the paper's)
   int kd_epochs = 0;                     // 0: adapt_epochs
   double kd_lr = 0;                      // 0: adapt_lr
   std::string kd_loss = "hinton";        // hinton | paper
