@@ -24,22 +24,20 @@ struct Setting {
   std::function<Status(models::TrainConfig& teacher, models::TrainConfig& adaptation)> apply;
 };
 
-}  // namespace
+struct Args {
+  CentralizedOptions o;
+  std::string data, out, profile;
+  int teacher_epochs = 12, epochs = 8, steps = 32, batch = 8, width = 16, depth = 4, grid = 128, threads = 0;
+  double lr = 1e-3, spacing = 1.5;
+  std::string device = "cpu", upsample = "nearest_conv", norm = "batch", precision = "auto";
+  std::string student_init = "teacher", kd_loss = "hinton", bn_statistics = "shared", recipe = "classic";
+  std::vector<std::string> recipe_set;
+  double kd_hard_weight = 0, kd_confidence = 0.5, adapt_lr = 0;
+  int curve_every = 0;
+  std::uint64_t seed = 1;
+};
 
-void add_centralized(CLI::App& app, int& rc) {
-  struct Args {
-    CentralizedOptions o;
-    std::string data, out, profile;
-    int teacher_epochs = 12, epochs = 8, steps = 32, batch = 8, width = 16, depth = 4, grid = 128, threads = 0;
-    double lr = 1e-3, spacing = 1.5;
-    std::string device = "cpu", upsample = "nearest_conv", norm = "batch", precision = "auto";
-    std::string student_init = "teacher", kd_loss = "hinton", bn_statistics = "shared", recipe = "classic";
-    std::vector<std::string> recipe_set;
-    double kd_hard_weight = 0, kd_confidence = 0.5, adapt_lr = 0;
-    int curve_every = 0;
-    std::uint64_t seed = 1;
-  };
-  auto a = std::make_shared<Args>();
+CLI::App* add_options(CLI::App& app, const std::shared_ptr<Args>& a) {
   auto* cmd = app.add_subcommand(
       "centralized",
       "Run one cell of the seed paper's experiment without federation (the reference): train the source "
@@ -103,96 +101,105 @@ void add_centralized(CLI::App& app, int& rc) {
   cmd->add_option("--adapt-lr", a->adapt_lr, "learning rate of kd / ada (default: --lr)")->capture_default_str();
   cmd->add_option("--curve-every", a->curve_every, "score the test half every N adaptation epochs (curve.csv)")
       ->capture_default_str();
+  return cmd;
+}
+
+std::vector<Setting> training_settings(const std::shared_ptr<Args>& a) {
+  const auto both = [](auto set) {
+    return [set](models::TrainConfig& t, models::TrainConfig& m) {
+      set(t);
+      set(m);
+      return Status::success();
+    };
+  };
+  const auto method_only = [](auto set) {
+    return [set](models::TrainConfig&, models::TrainConfig& m) {
+      set(m);
+      return Status::success();
+    };
+  };
+  return {
+      {"--teacher-epochs", [a](models::TrainConfig& t, models::TrainConfig&) { t.epochs = a->teacher_epochs; return Status::success(); }},
+      {"--epochs", method_only([a](models::TrainConfig& c) { c.epochs = a->epochs; })},
+      {"--steps", both([a](models::TrainConfig& c) { c.steps_per_epoch = a->steps; })},
+      {"--batch", both([a](models::TrainConfig& c) { c.batch_size = a->batch; })},
+      {"--lr", both([a](models::TrainConfig& c) { c.learning_rate = a->lr; })},
+      {"--width", both([a](models::TrainConfig& c) { c.unet.width = a->width; })},
+      {"--depth", both([a](models::TrainConfig& c) { c.unet.depth = a->depth; })},
+      {"--norm", both([a](models::TrainConfig& c) { c.unet.norm = a->norm; })},
+      {"--upsample", both([a](models::TrainConfig& c) { c.unet.upsample = a->upsample; })},
+      {"--grid", both([a](models::TrainConfig& c) {
+         c.grid.in_plane_size = {static_cast<std::size_t>(a->grid), static_cast<std::size_t>(a->grid)};
+       })},
+      {"--spacing", both([a](models::TrainConfig& c) { c.grid.in_plane_spacing = {a->spacing, a->spacing}; })},
+      {"--device", both([a](models::TrainConfig& c) { c.device = a->device; })},
+      {"--precision", both([a](models::TrainConfig& c) { c.precision = a->precision; })},
+      {"--threads", both([a](models::TrainConfig& c) { c.threads = a->threads; })},
+      {"--seed", both([a](models::TrainConfig& c) { c.seed = a->seed; })},
+      {"--recipe",
+       [a](models::TrainConfig& t, models::TrainConfig& m) -> Status {
+         const bool object = a->recipe.find('{') != std::string::npos;
+         auto r = models::recipe_from_json(object ? a->recipe : "\"" + a->recipe + "\"");
+         if (!r) return make_error("--recipe: " + r.error().message);
+         t.recipe = m.recipe = *r;
+         return Status::success();
+       }},
+      {"--student-init", method_only([a](models::TrainConfig& c) { c.kd_init = a->student_init; })},
+      {"--kd-loss", method_only([a](models::TrainConfig& c) { c.kd_loss = a->kd_loss; })},
+      {"--kd-hard-weight", method_only([a](models::TrainConfig& c) { c.kd_hard_weight = a->kd_hard_weight; })},
+      {"--kd-confidence", method_only([a](models::TrainConfig& c) { c.kd_confidence = a->kd_confidence; })},
+      {"--bn-statistics", method_only([a](models::TrainConfig& c) { c.bn_statistics = a->bn_statistics; })},
+  };
+}
+
+// The teacher's and the method's configurations: the profile's (or the options' defaults), the
+// options given, the recipe's overrides, validated against the model grid.
+Status configure(const std::shared_ptr<Args>& a, const CLI::App& cmd, models::TrainConfig& teacher,
+                 models::TrainConfig& adaptation) {
+  // LibTorch's own default can be a single thread on a VM; train on every core, as the grid does.
+  if (a->threads <= 0) a->threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  a->o.curve_every = a->curve_every;
+  const bool profiled = !a->profile.empty();
+  if (profiled) {
+    auto budget = experiment_budget(a->profile);
+    if (!budget) return budget.error();
+    const auto training = cell_training(*budget, a->o.method, a->seed, a->device, a->precision, a->threads);
+    teacher = training.teacher;
+    adaptation = training.adaptation;
+    if (!cmd.count("--curve-every")) a->o.curve_every = training.curve_every;
+  }
+  for (const auto& s : training_settings(a)) {
+    if (profiled && !cmd.count(s.flag)) continue;
+    if (auto st = s.apply(teacher, adaptation); !st) return st;
+  }
+  if ((!profiled || cmd.count("--adapt-lr")) && a->adapt_lr > 0) adaptation.learning_rate = a->adapt_lr;
+  for (const auto& assignment : a->recipe_set) {
+    for (auto* c : {&teacher, &adaptation}) {
+      if (auto st = models::set_recipe_value(c->recipe, assignment); !st) {
+        return make_error("--recipe-set " + assignment + ": " + st.error().message);
+      }
+    }
+  }
+  for (auto* c : {&teacher, &adaptation}) {
+    if (auto st = models::validate(c->recipe, static_cast<int>(c->grid.in_plane_size[0]), c->unet.depth); !st) {
+      return make_error("recipe: " + st.error().message);
+    }
+  }
+  return Status::success();
+}
+
+}  // namespace
+
+void add_centralized(CLI::App& app, int& rc) {
+  auto a = std::make_shared<Args>();
+  auto* cmd = add_options(app, a);
   cmd->callback([a, cmd, &rc]() {
     auto log = log::get("fedda-sim");
-    const auto both = [](auto set) {
-      return [set](models::TrainConfig& t, models::TrainConfig& m) {
-        set(t);
-        set(m);
-        return Status::success();
-      };
-    };
-    const auto method_only = [](auto set) {
-      return [set](models::TrainConfig&, models::TrainConfig& m) {
-        set(m);
-        return Status::success();
-      };
-    };
-    const std::vector<Setting> settings{
-        {"--teacher-epochs", [a](models::TrainConfig& t, models::TrainConfig&) { t.epochs = a->teacher_epochs; return Status::success(); }},
-        {"--epochs", method_only([a](models::TrainConfig& c) { c.epochs = a->epochs; })},
-        {"--steps", both([a](models::TrainConfig& c) { c.steps_per_epoch = a->steps; })},
-        {"--batch", both([a](models::TrainConfig& c) { c.batch_size = a->batch; })},
-        {"--lr", both([a](models::TrainConfig& c) { c.learning_rate = a->lr; })},
-        {"--width", both([a](models::TrainConfig& c) { c.unet.width = a->width; })},
-        {"--depth", both([a](models::TrainConfig& c) { c.unet.depth = a->depth; })},
-        {"--norm", both([a](models::TrainConfig& c) { c.unet.norm = a->norm; })},
-        {"--upsample", both([a](models::TrainConfig& c) { c.unet.upsample = a->upsample; })},
-        {"--grid", both([a](models::TrainConfig& c) {
-           c.grid.in_plane_size = {static_cast<std::size_t>(a->grid), static_cast<std::size_t>(a->grid)};
-         })},
-        {"--spacing", both([a](models::TrainConfig& c) { c.grid.in_plane_spacing = {a->spacing, a->spacing}; })},
-        {"--device", both([a](models::TrainConfig& c) { c.device = a->device; })},
-        {"--precision", both([a](models::TrainConfig& c) { c.precision = a->precision; })},
-        {"--threads", both([a](models::TrainConfig& c) { c.threads = a->threads; })},
-        {"--seed", both([a](models::TrainConfig& c) { c.seed = a->seed; })},
-        {"--recipe",
-         [a](models::TrainConfig& t, models::TrainConfig& m) -> Status {
-           const bool object = a->recipe.find('{') != std::string::npos;
-           auto r = models::recipe_from_json(object ? a->recipe : "\"" + a->recipe + "\"");
-           if (!r) return make_error("--recipe: " + r.error().message);
-           t.recipe = m.recipe = *r;
-           return Status::success();
-         }},
-        {"--student-init", method_only([a](models::TrainConfig& c) { c.kd_init = a->student_init; })},
-        {"--kd-loss", method_only([a](models::TrainConfig& c) { c.kd_loss = a->kd_loss; })},
-        {"--kd-hard-weight", method_only([a](models::TrainConfig& c) { c.kd_hard_weight = a->kd_hard_weight; })},
-        {"--kd-confidence", method_only([a](models::TrainConfig& c) { c.kd_confidence = a->kd_confidence; })},
-        {"--bn-statistics", method_only([a](models::TrainConfig& c) { c.bn_statistics = a->bn_statistics; })},
-    };
-    // LibTorch's own default can be a single thread on a VM; train on every core, as the grid does.
-    if (a->threads <= 0) a->threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     models::TrainConfig teacher, adaptation;
-    a->o.curve_every = a->curve_every;
-    const bool profiled = !a->profile.empty();
-    if (profiled) {
-      auto budget = experiment_budget(a->profile);
-      if (!budget) {
-        log->error("{}", budget.error().message);
-        rc = 1;
-        return;
-      }
-      const auto training = cell_training(*budget, a->o.method, a->seed, a->device, a->precision, a->threads);
-      teacher = training.teacher;
-      adaptation = training.adaptation;
-      if (!cmd->count("--curve-every")) a->o.curve_every = training.curve_every;
-    }
-    for (const auto& s : settings) {
-      if (profiled && !cmd->count(s.flag)) continue;
-      if (auto st = s.apply(teacher, adaptation); !st) {
-        log->error("{}", st.error().message);
-        rc = 2;
-        return;
-      }
-    }
-    if (!profiled || cmd->count("--adapt-lr")) {
-      if (a->adapt_lr > 0) adaptation.learning_rate = a->adapt_lr;
-    }
-    for (const auto& assignment : a->recipe_set) {
-      for (auto* c : {&teacher, &adaptation}) {
-        if (auto st = models::set_recipe_value(c->recipe, assignment); !st) {
-          log->error("--recipe-set {}: {}", assignment, st.error().message);
-          rc = 2;
-          return;
-        }
-      }
-    }
-    for (auto* c : {&teacher, &adaptation}) {
-      if (auto st = models::validate(c->recipe, static_cast<int>(c->grid.in_plane_size[0]), c->unet.depth); !st) {
-        log->error("recipe: {}", st.error().message);
-        rc = 2;
-        return;
-      }
+    if (auto st = configure(a, *cmd, teacher, adaptation); !st) {
+      log->error("{}", st.error().message);
+      rc = 2;
+      return;
     }
     a->o.data = a->data;
     a->o.out = a->out;
