@@ -163,6 +163,8 @@ Status configure(const std::shared_ptr<Args>& a, const CLI::App& cmd, models::Tr
   if (profiled) {
     auto budget = experiment_budget(a->profile);
     if (!budget) return budget.error();
+    // Where the student starts decides its whole budget (paper-cpu: from scratch, the teacher's).
+    if (cmd.count("--student-init")) budget->student_init = a->student_init;
     const auto training = cell_training(*budget, a->o.method, a->seed, a->device, a->precision, a->threads);
     teacher = training.teacher;
     adaptation = training.adaptation;
@@ -180,6 +182,13 @@ Status configure(const std::shared_ptr<Args>& a, const CLI::App& cmd, models::Tr
       }
     }
   }
+  // Without a profile, the methods beyond the paper add the heavy preset's transforms to the
+  // recipe given (the grid's default noisy_augmentation), so that they are not lbound and kd again.
+  const auto heavy = *models::recipe_preset("heavy");
+  if (!profiled && a->o.method == "lbound-aug") teacher.recipe = models::with_augmentation_of(teacher.recipe, heavy);
+  if (!profiled && a->o.method == "kd-noisy") adaptation.recipe = models::with_augmentation_of(adaptation.recipe, heavy);
+  // As the grid: U-Bound fine-tunes the teacher with the adaptation's budget.
+  a->o.ubound_from_teacher = profiled;
   for (auto* c : {&teacher, &adaptation}) {
     if (auto st = models::validate(c->recipe, static_cast<int>(c->grid.in_plane_size[0]), c->unet.depth); !st) {
       return make_error("recipe: " + st.error().message);

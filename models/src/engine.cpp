@@ -79,7 +79,7 @@ struct Trainee {
 Result<TrainReport> run_epochs(const TrainConfig& c, Trainee& t, const SampleFn& sample, const LearnFn& learn,
                                const fs::path& model_out, const ProgressFn& progress) {
   auto log = log::get("engine");
-  if (auto st = validate(c.recipe, static_cast<int>(t.spec.grid.in_plane_size[0]), t.spec.unet.depth); !st) {
+  if (auto st = validate(c.recipe, static_cast<int>(std::min(t.spec.grid.in_plane_size[0], t.spec.grid.in_plane_size[1])), t.spec.unet.depth); !st) {
     return make_error("recipe: " + st.error().message);
   }
   TrainReport report;

@@ -73,7 +73,9 @@ Recipe nnunet() {
   r.low_resolution_probability = 0.25;
   r.gamma_probability = 0.3;
   r.gamma_invert_probability = 0.1;
-  r.channel_probability = 0.5;  // nnU-Net blurs and down-samples each channel with probability 0.5
+  // nnU-Net blurs and down-samples each channel with probability 0.5; here every intensity
+  // transform picks its channels so (README "Training recipe": as measured).
+  r.channel_probability = 0.5;
   return r;
 }
 
@@ -108,7 +110,7 @@ Recipe heavy() {
 bool Recipe::augments() const {
   for (double p : {mirror_probability, rotation_probability, scale_probability, elastic_probability, noise_probability,
                    blur_probability, brightness_probability, contrast_probability, low_resolution_probability,
-                   gamma_probability, bias_field_probability, jitter_sd}) {
+                   gamma_probability, gamma_invert_probability, bias_field_probability, jitter_sd}) {
     if (p > 0) return true;
   }
   return false;
@@ -214,6 +216,9 @@ Status validate(const Recipe& r, int grid, int depth) {
                         std::to_string(grid) + ")");
     }
     const int stride = 1 << std::max(0, depth);
+    if (r.patch_size < 16) {  // the discriminator's four stride-2 4 x 4 convolutions need 16 pixels
+      return make_error("patch_size " + number(r.patch_size) + " is below 16 (0 trains on whole slices)");
+    }
     if (static_cast<int>(r.patch_size) % stride != 0) {
       return make_error("patch_size " + number(r.patch_size) + " is not a multiple of the U-Net's stride " +
                         std::to_string(stride) + " (2^depth)");

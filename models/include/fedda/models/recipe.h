@@ -16,7 +16,10 @@
 //            (mirroring, rotation, scaling) and intensity (Gaussian noise, Gaussian blur,
 //            brightness, contrast, simulated low resolution, gamma) augmentation with its
 //            probabilities and ranges, SGD with Nesterov momentum 0.99 and poly decay (exponent
-//            0.9) from 1e-2, a third of the patches forced to hold foreground.
+//            0.9) from 1e-2, a third of the patches forced to hold foreground. Two departures:
+//            mirroring is left-right only (an axial brain slice's other flip is no brain), and
+//            channel_probability (nnU-Net's 0.5 for blur and low resolution) applies to every
+//            intensity transform.
 //   heavy    nnunet with every intensity transform made likelier and wider, plus a smooth bias
 //            field and independent contrast per channel: the scanner shifts of BigAug (Zhang et
 //            al. 2020, IEEE TMI 39:2531), for lbound-aug teachers and kd-noisy students.
@@ -38,7 +41,7 @@ struct Recipe {
   double gradient_clip = 12;       // sgd: the gradients' global L2 norm is clipped to this; 0: off
   double poly_exponent = 0.9;
   // Patches: 0 trains on whole slices; otherwise a patch_size x patch_size window of each slice
-  // (a multiple of the U-Net's 2^depth, at most the grid), of which foreground_fraction are
+  // (at least 16, a multiple of the U-Net's 2^depth, at most the grid's smaller side), of which foreground_fraction are
   // centred on a (labelled, else teacher-predicted) lesion voxel. Inference is always on whole slices.
   double patch_size = 0;
   double foreground_fraction = 0.33;
