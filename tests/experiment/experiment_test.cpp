@@ -49,7 +49,8 @@ TEST(CellTraining, GivesEachMethodItsBudgetAndRecipe) {
   auto b = experiment::experiment_budget("paper-cpu").value();
   const auto lbound = cell_training(b, "lbound", 1, "cpu", "auto", 2);
   EXPECT_EQ(lbound.teacher.epochs, 100);
-  EXPECT_EQ(lbound.teacher.recipe.optimizer, "sgd");
+  EXPECT_EQ(lbound.teacher.recipe.optimizer, "adam");
+  EXPECT_EQ(lbound.teacher.recipe.schedule, "poly");
   EXPECT_EQ(lbound.teacher.recipe.patch_size, 64);
   const auto kd = cell_training(b, "kd", 1, "cpu", "auto", 2);
   EXPECT_EQ(kd.adaptation.epochs, b.adapt_epochs);  // from the teacher: the adaptation's budget
@@ -59,11 +60,11 @@ TEST(CellTraining, GivesEachMethodItsBudgetAndRecipe) {
   const auto scratch = cell_training(b, "kd", 1, "cpu", "auto", 2);
   EXPECT_EQ(scratch.adaptation.kd_init, "scratch");
   EXPECT_EQ(scratch.adaptation.epochs, 100);
-  EXPECT_DOUBLE_EQ(scratch.adaptation.learning_rate, 1e-2);
+  EXPECT_DOUBLE_EQ(scratch.adaptation.learning_rate, 1e-3);
   EXPECT_EQ(models::to_json(scratch.adaptation.recipe), models::to_json(lbound.teacher.recipe));
   const auto aug = cell_training(b, "lbound-aug", 1, "cpu", "auto", 2);
   EXPECT_EQ(aug.teacher.recipe.bias_field_probability, models::recipe_preset("heavy")->bias_field_probability);
-  EXPECT_EQ(aug.teacher.recipe.optimizer, "sgd");  // the teacher's own optimiser and patches
+  EXPECT_EQ(aug.teacher.recipe.patch_size, 64);  // the teacher's own optimiser and patches
   const auto noisy = cell_training(b, "kd-noisy", 1, "cpu", "auto", 2);
   EXPECT_EQ(noisy.adaptation.recipe.gamma_max, models::recipe_preset("heavy")->gamma_max);
   EXPECT_EQ(noisy.adaptation.kd_init, "scratch");
