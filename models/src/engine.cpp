@@ -48,15 +48,6 @@ double learning_rate_at(const TrainConfig& c, int epoch) {
   return epoch > decay ? c.learning_rate * c.decay_factor : c.learning_rate;
 }
 
-// The recipe a run samples batches with: augmentation off when the configuration says so.
-Recipe sampling_recipe(const TrainConfig& c) { return c.augment ? c.recipe : without_augmentation(c.recipe); }
-
-double gradient_clip(const TrainConfig& c) { return gradient_clip(c.recipe); }
-
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::vector<torch::Tensor>& parameters,
-                                                        const TrainConfig& c) {
-  return make_optimizer(parameters, c.recipe, c.learning_rate);
-}
 
 // A training step in two parts: drawing what it learns from (on a background thread when the
 // recipe prefetches), then learning from it on the training thread.
@@ -315,6 +306,8 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::vector<torch:
 
 double gradient_clip(const Recipe& recipe) { return recipe.optimizer == "sgd" ? recipe.gradient_clip : 0.0; }
 
+Recipe sampling_recipe(const Recipe& recipe, bool augment) { return augment ? recipe : without_augmentation(recipe); }
+
 void set_learning_rate(torch::optim::Optimizer& optimizer, double lr) {
   for (auto& group : optimizer.param_groups()) group.options().set_lr(lr);
 }
@@ -382,14 +375,14 @@ Result<TrainReport> train_supervised(const std::vector<SubjectFiles>& labelled, 
   t.precision = run->precision;
   auto scans = load_scans(labelled, t.spec.grid, true);
   if (!scans) return scans.error();
-  const auto optimizer = make_optimizer(t.net->parameters(), c);
+  const auto optimizer = make_optimizer(t.net->parameters(), c.recipe, c.learning_rate);
   t.optimizer = optimizer.get();
-  const Recipe recipe = sampling_recipe(c);
+  const Recipe recipe = sampling_recipe(c.recipe, c.augment);
   const auto sample = [&](std::mt19937_64& rng) {
     return Batches{sample_batch(*scans, c.batch_size, c.lesion_slice_fraction, recipe, rng, device)};
   };
   const auto learn = [&](const Batches& b, int) {
-    return descend(*optimizer, supervised_loss(t.net->forward(b[0].images), b[0].labels, c.dice_weight), gradient_clip(c));
+    return descend(*optimizer, supervised_loss(t.net->forward(b[0].images), b[0].labels, c.dice_weight), gradient_clip(c.recipe));
   };
   return run_epochs(c, t, sample, learn, model_out, progress);
 }
@@ -427,15 +420,15 @@ Result<TrainReport> train_kd(const fs::path& teacher_path, const std::vector<Sub
   }
   t.device = device;
   t.precision = run->precision;
-  const auto optimizer = make_optimizer(t.net->parameters(), c);
+  const auto optimizer = make_optimizer(t.net->parameters(), c.recipe, c.learning_rate);
   t.optimizer = optimizer.get();
   const KdObjective objective{c.kd_loss, c.kd_hard_weight, c.kd_confidence, c.dice_weight};
-  const Recipe recipe = sampling_recipe(c);
+  const Recipe recipe = sampling_recipe(c.recipe, c.augment);
   const auto sample = [&](std::mt19937_64& rng) {
     return Batches{sample_batch(*scans, c.batch_size, c.lesion_slice_fraction, recipe, rng, device)};
   };
   const auto learn = [&](const Batches& b, int) {
-    return descend(*optimizer, kd_loss(t.net->forward(b[0].images), b[0].soft, c.temperature, objective), gradient_clip(c));
+    return descend(*optimizer, kd_loss(t.net->forward(b[0].images), b[0].soft, c.temperature, objective), gradient_clip(c.recipe));
   };
   if (auto st = use_target_statistics(c, t, *scans, source.size()); !st) return st.error();
   return run_epochs(c, t, sample, learn, model_out, progress);
@@ -471,14 +464,14 @@ Result<TrainReport> train_ada(const std::optional<fs::path>& initial, const std:
 
   Discriminator discriminator(t.spec.unet.classes);
   discriminator->to(device);
-  const auto optimizer = make_optimizer(t.net->parameters(), c);
+  const auto optimizer = make_optimizer(t.net->parameters(), c.recipe, c.learning_rate);
   torch::optim::Adam discriminator_optimizer(discriminator->parameters(), torch::optim::AdamOptions(c.learning_rate));
   t.optimizer = optimizer.get();
   t.discriminator = &discriminator;
   t.discriminator_optimizer = &discriminator_optimizer;
   const auto is_source = [&](int64_t n) { return torch::zeros({n}, torch::TensorOptions(torch::kInt64).device(device)); };
   const auto is_target = [&](int64_t n) { return torch::ones({n}, torch::TensorOptions(torch::kInt64).device(device)); };
-  const Recipe recipe = sampling_recipe(c);
+  const Recipe recipe = sampling_recipe(c.recipe, c.augment);
   const auto sample = [&](std::mt19937_64& rng) {
     Batches b{sample_batch(*source_scans, c.batch_size, c.lesion_slice_fraction, recipe, rng, device)};
     b.push_back(sample_batch(*target_scans, c.batch_size, 0.0, recipe, rng, device));
@@ -504,7 +497,7 @@ Result<TrainReport> train_ada(const std::optional<fs::path>& initial, const std:
       loss = loss + weight * torch::nn::functional::cross_entropy(discriminator->forward(target_out),
                                                                   is_source(c.batch_size));
     }
-    return descend(*optimizer, loss, gradient_clip(c));
+    return descend(*optimizer, loss, gradient_clip(c.recipe));
   };
   if (auto st = use_target_statistics(c, t, *target_scans, 0); !st) return st.error();
   return run_epochs(c, t, sample, learn, model_out, progress);

@@ -237,7 +237,7 @@ Result<LocalUpdate> SiteTrainer::train(int round, const TensorSet& model, const 
   const double step_rate = adversarial_only ? learning_rate * adversarial_weight : learning_rate;
   set_learning_rate(*m.optimizer, step_rate);
 
-  const Recipe recipe = o.augment ? o.recipe : without_augmentation(o.recipe);
+  const Recipe recipe = sampling_recipe(o.recipe, o.augment);
   std::mt19937_64 rng(mix(o.seed, static_cast<std::uint64_t>(round)));
   torch::manual_seed(mix(o.seed ^ 0x5eed, static_cast<std::uint64_t>(round)));
   m.net->train();

@@ -63,6 +63,8 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::vector<torch:
                                                         const Recipe& recipe, double learning_rate);
 // The clipping norm descend() is given under `recipe` (0: none; only SGD clips).
 double gradient_clip(const Recipe& recipe);
+// The recipe batches are drawn with: `recipe`, or its augmentation off when `augment` is false.
+Recipe sampling_recipe(const Recipe& recipe, bool augment);
 void set_learning_rate(torch::optim::Optimizer& optimizer, double lr);
 
 // One optimiser update on `loss`, its gradients' global L2 norm clipped to `clip` when positive;
