@@ -90,6 +90,9 @@ void print_status(const json& j) {
             << "): " << text_of(j.at("state")) << ", round " << j.at("round") << " of " << j.at("rounds") << "\n";
   std::cout << "  sites " << j.at("sites").dump() << (j.value("source", "").empty() ? "" : ", source " + j.value("source", ""))
             << (j.value("teacher", "").empty() ? "" : ", teacher " + j.value("teacher", "")) << "\n";
+  if (j.value("max_sample_share", 0.0) > 0) {
+    std::cout << "  no site above " << std::lround(100 * j.value("max_sample_share", 0.0)) << "% of a round's samples (max_sample_share)\n";
+  }
   std::cout << "  submitted " << when(j.at("submitted_ms")) << " by " << j.value("submitted_by", "") << ", started "
             << when(j.at("started_ms")) << ", ended " << when(j.at("ended_ms")) << "\n";
   if (!j.value("activity", "").empty()) std::cout << "  now: " << j.value("activity", "") << ", about " << duration(j.at("eta_s")) << " left\n";

@@ -82,8 +82,10 @@ Result<nlohmann::json> consortium_info(const fs::path& out) {
   }
 }
 
-// A kit for a site or an operator, and its manifest in the coordinator's folder.
-Status write_holder(const fs::path& out, const std::string& role, const std::string& id) {
+// A kit for a site or an operator, and its manifest in the coordinator's folder: in the role's
+// folder (trusted when the coordinator starts) or, for a site to be admitted later, in
+// pending-sites/ (trusted only once an operator admits it).
+Status write_holder(const fs::path& out, const std::string& role, const std::string& id, bool pending = false) {
   if (!safe_id(id)) return make_error(role + " id '" + id + "': use 1-64 letters, digits, '-' or '_'");
   const auto root = out / "root", coordinator = out / "coordinator", dir = out / folder_of(role) / id;
   if (fs::exists(dir)) return make_error(dir.string() + ": a kit for " + role + " '" + id + "' exists already");
@@ -120,12 +122,13 @@ Status write_holder(const fs::path& out, const std::string& role, const std::str
   auto signature = crypto::sign(*root_key, text);
   if (!signature) return signature.error();
   fs::create_directories(dir);
-  fs::create_directories(coordinator / folder_of(role));
+  const fs::path manifests = coordinator / (pending ? kPendingSites : folder_of(role));
+  fs::create_directories(manifests);
   std::vector<Status> written = {write_pair(dir, role, *pair), files::write_atomically(dir / "root.pub", *root_pub),
                                  files::write_atomically(dir / "manifest.json", text),
                                  files::write_atomically(dir / "manifest.sig", *signature),
-                                 files::write_atomically(coordinator / folder_of(role) / (id + ".manifest.json"), text),
-                                 files::write_atomically(coordinator / folder_of(role) / (id + ".manifest.sig"), *signature)};
+                                 files::write_atomically(manifests / (id + ".manifest.json"), text),
+                                 files::write_atomically(manifests / (id + ".manifest.sig"), *signature)};
   if (role == "site") {
     auto storage = crypto::random_bytes(crypto::kStorageKeyBytes);
     if (!storage) return storage.error();
@@ -244,7 +247,8 @@ Status provision(const ProvisionOptions& o) {
   return Status::success();
 }
 
-Status add_site(const fs::path& out, const std::string& site) { return write_holder(out, "site", site); }
+Status add_site(const fs::path& out, const std::string& site) { return write_holder(out, "site", site, true); }
+Status provision_site(const fs::path& out, const std::string& site) { return write_holder(out, "site", site); }
 Status add_operator(const fs::path& out, const std::string& name) { return write_holder(out, "operator", name); }
 
 namespace {

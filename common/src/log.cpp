@@ -1,5 +1,7 @@
 #include "fedda/common/log.h"
 
+#include "fedda/common/text.h"
+
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -43,6 +45,18 @@ class SyslogPriority : public spdlog::custom_flag_formatter {
   std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<SyslogPriority>(); }
 };
 
+// The message as text::printable writes it: a newline or an escape sequence in a string from
+// the wire cannot forge a log line or drive a terminal. Takes the place of spdlog's own %v.
+class PrintablePayload : public spdlog::custom_flag_formatter {
+ public:
+  void format(const spdlog::details::log_msg& msg, const std::tm&, spdlog::memory_buf_t& dest) override {
+    const std::string_view payload(msg.payload.data(), msg.payload.size());
+    const auto clean = text::printable(payload);
+    dest.append(clean.data(), clean.data() + clean.size());
+  }
+  std::unique_ptr<custom_flag_formatter> clone() const override { return std::make_unique<PrintablePayload>(); }
+};
+
 }  // namespace
 
 bool stderr_is_journal() {
@@ -64,11 +78,13 @@ std::shared_ptr<spdlog::logger> get(const std::string& component) {
     // journald stamps each line itself and reads its priority from the "<N>" prefix.
     logger = spdlog::stderr_logger_mt(component);
     auto formatter = std::make_unique<spdlog::pattern_formatter>();
-    formatter->add_flag<SyslogPriority>('*').set_pattern("%*[%n] %v");
+    formatter->add_flag<SyslogPriority>('*').add_flag<PrintablePayload>('v').set_pattern("%*[%n] %v");
     logger->set_formatter(std::move(formatter));
   } else {
     logger = spdlog::stderr_color_mt(component);
-    logger->set_pattern("[%Y-%m-%d %H:%M:%S.%e] [%^%l%$] [%n] %v");
+    auto formatter = std::make_unique<spdlog::pattern_formatter>();
+    formatter->add_flag<PrintablePayload>('v').set_pattern("[%Y-%m-%d %H:%M:%S.%e] [%^%l%$] [%n] %v");
+    logger->set_formatter(std::move(formatter));
   }
   logger->set_level(current_level());
   return logger;
@@ -88,4 +104,38 @@ Status set_level(const std::string& level) {
   return Status::success();
 }
 
+Budget::Budget(int per_key, int total, std::size_t max_keys) : per_key_(per_key), total_(total), max_keys_(max_keys) {}
+
+std::size_t Budget::remembered() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return keys_.size();
+}
+
+std::optional<int> Budget::take(const std::string& key, Clock::time_point now) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const auto minute = std::chrono::minutes(1);
+  if (now - all_.start >= minute) all_ = Window{now};
+  auto it = keys_.find(key);
+  if (it == keys_.end()) {
+    if (keys_.size() >= max_keys_) {
+      for (auto k = keys_.begin(); k != keys_.end();) k = now - k->second.start >= minute ? keys_.erase(k) : std::next(k);
+    }
+    if (keys_.size() >= max_keys_) keys_.clear();  // a flood of keys within a minute: start over
+    it = keys_.emplace(key, Window{now}).first;
+  }
+  auto& w = it->second;
+  if (now - w.start >= minute) w = Window{now, 0, w.held};
+  if (w.written >= per_key_ || all_.written >= total_) {
+    ++w.held;
+    ++all_.held;
+    return std::nullopt;
+  }
+  ++w.written;
+  ++all_.written;
+  const int held = w.held;
+  w.held = 0;
+  return held;
+}
+
 }  // namespace fedda::log
+

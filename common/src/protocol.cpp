@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fedda/common/crypto.h"
+#include "fedda/common/text.h"
 
 namespace fedda::protocol {
 
@@ -192,6 +193,16 @@ Result<std::vector<ResultRow>> parse_results_csv(const std::string& csv) {
   return rows;
 }
 
+const char* text_kind_name(TextKind kind) {
+  switch (kind) {
+    case TextKind::id: return "name";
+    case TextKind::line: return "one-line text";
+    case TextKind::reason: return "reason";
+    case TextKind::document: return "document";
+  }
+  return "text";
+}
+
 namespace detail {
 
 namespace {
@@ -202,6 +213,30 @@ thread_local std::size_t decoding_bytes = 0;
 void begin_decoding(std::istream* in, std::size_t frame_bytes) {
   decoding_stream = in;
   decoding_bytes = frame_bytes;
+}
+
+std::string text_fault(const std::string& value, TextKind kind) {
+  if (value.size() > max_text_bytes(kind)) {
+    return std::string("a ") + text_kind_name(kind) + " of " + std::to_string(value.size()) + " bytes (at most " +
+           std::to_string(max_text_bytes(kind)) + ")";
+  }
+  if (!text::valid_utf8(value)) return std::string("a ") + text_kind_name(kind) + " that is not valid UTF-8";
+  if ((kind == TextKind::id || kind == TextKind::line) && text::has_control(value)) {
+    return std::string("a ") + text_kind_name(kind) + " holding a control character";
+  }
+  return {};
+}
+
+void check_text(const std::string& value, TextKind kind) {
+  if (auto fault = text_fault(value, kind); !fault.empty()) throw std::invalid_argument(fault);
+}
+
+std::string repaired_text(const std::string& value, TextKind kind) {
+  std::string out = value;
+  if (kind == TextKind::id) return out;  // ids are checked where they are made; never rewritten
+  if (!text::valid_utf8(out) || (kind == TextKind::line && text::has_control(out))) out = text::printable(out);
+  if (out.size() > max_text_bytes(kind)) out = text::utf8_prefix(out, max_text_bytes(kind));
+  return out;
 }
 
 void check_size(std::uint64_t count, std::size_t element_bytes) {
@@ -308,6 +343,7 @@ std::string to_json(const JobSpec& j) {
                       {"sites_per_round", j.sites_per_round},
                       {"fraction", j.fraction},
                       {"max_update_norm", j.max_update_norm},
+                      {"max_sample_share", j.max_sample_share},
                       {"student_init", j.student_init},
                       {"kd_loss", j.kd_loss},
                       {"kd_hard_weight", j.kd_hard_weight},
@@ -358,6 +394,7 @@ Result<JobSpec> job_spec_from_json(const std::string& text) {
     j.sites_per_round = o.value("sites_per_round", 0);
     j.fraction = o.value("fraction", 0.0);
     j.max_update_norm = o.value("max_update_norm", 0.0);
+    j.max_sample_share = o.value("max_sample_share", 0.0);
     j.student_init = o.value("student_init", std::string("teacher"));
     j.kd_loss = o.value("kd_loss", std::string("hinton"));
     j.kd_hard_weight = o.value("kd_hard_weight", 0.0);

@@ -151,7 +151,11 @@ TensorSet to_full(const TensorSet& set) {
 }
 
 std::vector<float> to_f32(const WireTensor& t) {
+  // Sized by the bytes that are there, never by the declared shape alone: a forged shape with no
+  // data behind it costs nothing.
   const auto n = static_cast<std::size_t>(std::max<std::int64_t>(0, t.elements()));
+  const std::size_t size = dtype_size(t.dtype);
+  if (size == 0 || t.elements() < 0 || t.data.size() / size != n || t.data.size() % size != 0) return {};
   std::vector<float> values(n);
   if (t.dtype == DType::f32 && t.data.size() == n * 4) {
     std::memcpy(values.data(), t.data.data(), t.data.size());
@@ -174,6 +178,7 @@ std::vector<float> to_f32(const WireTensor& t) {
 Status check_finite(const TensorSet& set) {
   for (const auto& t : set.tensors) {
     if (t.dtype != DType::f32 && t.dtype != DType::f16) continue;
+    if (auto st = check_bytes(t); !st) return st;
     for (const float v : to_f32(t)) {
       if (!std::isfinite(v)) return make_error("tensor '" + t.name + "' holds " + (std::isnan(v) ? "NaN" : "an infinity"));
     }
@@ -204,16 +209,21 @@ void seal(TensorSet& set) {
   for (auto& t : set.tensors) t.crc32 = crc32_of(t.data);
 }
 
+Status check_bytes(const WireTensor& t) {
+  const std::size_t size = dtype_size(t.dtype);
+  if (size == 0) return make_error("tensor '" + t.name + "': unknown dtype " + std::to_string(int(t.dtype)));
+  const auto n = t.elements();
+  if (n < 0) return make_error("tensor '" + t.name + "': invalid shape");
+  if (t.data.size() % size != 0 || t.data.size() / size != static_cast<std::size_t>(n)) {
+    return make_error("tensor '" + t.name + "': " + std::to_string(t.data.size()) + " bytes for " + std::to_string(n) + " " +
+                      dtype_name(t.dtype) + " elements");
+  }
+  return Status::success();
+}
+
 Status check_integrity(const TensorSet& set) {
   for (const auto& t : set.tensors) {
-    const std::size_t size = dtype_size(t.dtype);
-    if (size == 0) return make_error("tensor '" + t.name + "': unknown dtype " + std::to_string(int(t.dtype)));
-    const auto n = t.elements();
-    if (n < 0) return make_error("tensor '" + t.name + "': invalid shape");
-    if (t.data.size() != static_cast<std::size_t>(n) * size) {
-      return make_error("tensor '" + t.name + "': " + std::to_string(t.data.size()) + " bytes for " +
-                        std::to_string(n) + " " + dtype_name(t.dtype) + " elements");
-    }
+    if (auto st = check_bytes(t); !st) return st;
     if (crc32_of(t.data) != t.crc32) return make_error("tensor '" + t.name + "': checksum mismatch");
   }
   return Status::success();
@@ -255,18 +265,29 @@ RunningAverage::RunningAverage(TensorSet layout) : layout_(std::move(layout)) {
   }
 }
 
-Status RunningAverage::add(const TensorSet& set, double weight) {
-  if (!(weight > 0) || !std::isfinite(weight)) return make_error("weight must be positive");
+Status check_matches(const TensorSet& set, const TensorSet& layout) {
   // A float16 tensor counts as its float32 twin: the layout is compared with the set's names,
-  // shapes and dtypes read that way (no data copied); the sums below widen float16 themselves.
+  // shapes and dtypes read that way (no data copied).
   TensorSet as_sent;
+  as_sent.tensors.reserve(std::min(set.tensors.size(), layout.tensors.size() + 1));
   for (const auto& t : set.tensors) {
-    const bool half_of_float = t.dtype == DType::f16 && as_sent.tensors.size() < layout_.tensors.size() &&
-                               layout_.tensors[as_sent.tensors.size()].dtype == DType::f32;
+    if (as_sent.tensors.size() > layout.tensors.size()) break;  // too many either way
+    const bool half_of_float = t.dtype == DType::f16 && as_sent.tensors.size() < layout.tensors.size() &&
+                               layout.tensors[as_sent.tensors.size()].dtype == DType::f32;
     as_sent.tensors.push_back({t.name, half_of_float ? DType::f32 : t.dtype, t.shape, {}, 0});
   }
-  if (auto st = check_same_layout(as_sent, layout_); !st) return st;
-  if (auto st = check_integrity(set); !st) return st;
+  if (set.tensors.size() != layout.tensors.size()) {
+    return make_error(std::to_string(set.tensors.size()) + " tensors where " + std::to_string(layout.tensors.size()) +
+                      " are expected");
+  }
+  if (auto st = check_same_layout(as_sent, layout); !st) return st;
+  return check_integrity(set);
+}
+
+Status RunningAverage::add(const TensorSet& set, double weight) {
+  if (!(weight > 0) || !std::isfinite(weight)) return make_error("weight must be positive");
+  // The sums below widen float16 themselves.
+  if (auto st = check_matches(set, layout_); !st) return st;
   for (std::size_t i = 0; i < set.tensors.size(); ++i) {
     const auto& t = set.tensors[i];
     auto& sum = sums_[i];

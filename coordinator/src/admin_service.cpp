@@ -20,7 +20,7 @@ namespace {
 protocol::AdminReply ok(json answer) {
   protocol::AdminReply reply;
   reply.ok = true;
-  reply.json = answer.dump();
+  reply.json = answer.dump(-1, ' ', false, json::error_handler_t::replace);
   return reply;
 }
 
@@ -53,6 +53,7 @@ json job_json(const JobRecord& job, const std::string& activity) {
           {"sites", spec.sites},
           {"source", spec.source},
           {"teacher", job.definition.teacher},
+          {"max_sample_share", spec.max_sample_share},
           {"activity", activity},
           {"eta_s", eta_seconds(job)},
           {"submitted_by", job.submitted_by},
@@ -173,7 +174,7 @@ protocol::AdminReply AdminService::dispatch(const std::string& who, const protoc
       names.push_back(name);
     }
     reply.ok = true;
-    reply.json = json{{"id", r.target}, {"state", job_state_name((*job)->state)}, {"files", names}}.dump();
+    reply.json = json{{"id", r.target}, {"state", job_state_name((*job)->state)}, {"files", names}}.dump(-1, ' ', false, json::error_handler_t::replace);
     return reply;
   }
   if (r.command == "sites") {
@@ -214,7 +215,9 @@ protocol::AdminReply AdminService::dispatch(const std::string& who, const protoc
 void AdminService::audit(const std::string& who, const protocol::AdminRequest& r, const protocol::AdminReply& reply) {
   const json line = {{"time_ms", wall_ms()}, {"operator", who},     {"command", r.command},
                      {"target", r.target},   {"ok", reply.ok},      {"error", reply.error}};
-  const std::string text = line.dump() + "\n";
+  // replace: a byte that is not UTF-8 is written as U+FFFD, never thrown on (the wire holds
+  // strings to UTF-8 already; this keeps the audit line whatever reaches it).
+  const std::string text = line.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
   const int fd = ::open(audit_file_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
   if (fd < 0 || ::write(fd, text.data(), text.size()) != static_cast<ssize_t>(text.size()) || ::fdatasync(fd) != 0) {
     log::get("coordinator")->error("cannot append to the audit log {}", audit_file_.string());

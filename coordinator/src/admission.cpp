@@ -73,17 +73,13 @@ std::set<std::string> Admission::site_ids() const {
 
 void Admission::log_refusal(const std::string& key, const std::string& address, const std::string& why) {
   ++refused_count_;
-  const auto now = std::chrono::steady_clock::now();
-  std::unique_lock<std::mutex> lock(mutex_);
-  auto& [last, count] = refusals_[key + "\n" + why];  // a new reason for the same key is news
-  ++count;
-  if (last != std::chrono::steady_clock::time_point{} && now - last < std::chrono::minutes(1)) return;
-  const int times = count;
-  last = now;
-  count = 0;
-  lock.unlock();
+  // Once a minute per address and reason, and 30 lines a minute in all (fresh keys cost nothing
+  // to make, so the total is what bounds a flood of them); the budget remembers a bounded number
+  // of (address, reason) pairs.
+  const auto held = refusal_lines_.take(address + "\n" + key + "\n" + why);
+  if (!held) return;
   log_->warn("refused a connection from {}: {}{}", address, why,
-             times > 1 ? " (" + std::to_string(times) + " attempts in the last minute)" : std::string());
+             *held ? " (" + std::to_string(*held + 1) + " attempts since the last line)" : std::string());
 }
 
 void Admission::serve(zmq::socket_t& handler, const std::atomic<bool>& stop) {

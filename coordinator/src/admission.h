@@ -4,7 +4,9 @@
 // endpoint ("fedda-admin"), each named by its signed manifest, never a revoked site. Operators
 // admit and revoke sites while the service runs, so the lists are guarded by a mutex: the ZAP
 // thread reads them, the service's thread changes them. Refusals are logged at most once a
-// minute per key and reason, with a count, so a misconfigured agent retrying cannot flood the log.
+// minute per address, key and reason and thirty times a minute in all, with a count of those
+// held back, so neither a misconfigured agent retrying nor a flood of fresh keys fills the log
+// or the memory.
 
 #include <atomic>
 #include <chrono>
@@ -53,7 +55,7 @@ class Admission {
   std::map<std::string, std::string> sites_;      // key -> site id
   std::map<std::string, std::string> operators_;  // key -> operator name
   std::set<std::string> revoked_;
-  std::map<std::string, std::pair<std::chrono::steady_clock::time_point, int>> refusals_;  // key+reason -> last logged, since
+  log::Budget refusal_lines_{1, 30};  // lines a minute per (address, key, reason), and in all
   std::shared_ptr<spdlog::logger> log_;
   std::atomic<std::uint64_t> refused_count_{0};
 };

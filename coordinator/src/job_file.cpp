@@ -61,6 +61,9 @@ Status validate_job(protocol::JobSpec& j, const std::string& teacher) {
   if (!(j.max_update_norm >= 0) || !std::isfinite(j.max_update_norm)) {
     return make_error("max_update_norm must be 0 (no bound) or a positive number");
   }
+  if (!(j.max_sample_share >= 0 && j.max_sample_share <= 1)) {
+    return make_error("max_sample_share must be 0 (no bound) or a share of the round's samples above 0 and at most 1");
+  }
   if (!(j.temperature <= 100)) return make_error("temperature must be at most 100");
   if (j.student_init != "teacher" && j.student_init != "scratch") return make_error("student_init must be teacher or scratch");
   if (j.kd_loss != "hinton" && j.kd_loss != "paper") return make_error("kd_loss must be hinton or paper");
@@ -132,6 +135,7 @@ Result<JobDefinition> read_mapping(config::Mapping& mapping, const fs::path& pat
   m->get("sites_per_round", j.sites_per_round);
   m->get("fraction", j.fraction);
   m->get("max_update_norm", j.max_update_norm);
+  m->get("max_sample_share", j.max_sample_share);
   m->get("student_init", j.student_init);
   m->get("kd_loss", j.kd_loss);
   m->get("kd_hard_weight", j.kd_hard_weight);

@@ -222,7 +222,7 @@ Status JobStore::save(const JobRecord& r) {
   std::string jsonl;
   for (const auto& round : r.rounds) {
     rounds.push_back(round_to_json(round));
-    jsonl += rounds.back().dump() + "\n";
+    jsonl += rounds.back().dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
   }
   const json state = {{"format", 2},
                       {"job", json::parse(protocol::to_json(r.definition.spec))},
@@ -240,7 +240,7 @@ Status JobStore::save(const JobRecord& r) {
   const auto folder = dir(r.id());
   if (auto st = files::write_atomically(folder / "rounds.jsonl", jsonl); !st) return st;
   crash_point("rounds", r.finished_round);
-  if (auto st = files::write_atomically(folder / "state.json", state.dump(2) + "\n"); !st) return st;
+  if (auto st = files::write_atomically(folder / "state.json", state.dump(2, ' ', false, json::error_handler_t::replace) + "\n"); !st) return st;
   crash_point("state", r.finished_round);
   return Status::success();
 }

@@ -9,6 +9,7 @@
 #include "fedda/common/crypto.h"
 #include "fedda/common/files.h"
 #include "fedda/common/secagg.h"
+#include "fedda/common/text.h"
 #include "crash_point.h"
 #include "server_optimizer.h"
 #include "fedda/models/recipe.h"
@@ -257,6 +258,28 @@ std::vector<std::string> JobRun::ready_sites(bool training) const {
   return ready;
 }
 
+std::vector<std::string> JobRun::within_sample_share(std::vector<std::string> sites) {
+  const double cap = record_.definition.spec.max_sample_share;
+  if (!(cap > 0) || sites.size() < 2) return sites;
+  double total = 0;
+  for (const auto& sid : sites) total += static_cast<double>(host_.sites().in(sid, id()).samples);
+  std::vector<std::string> kept;
+  for (const auto& sid : sites) {
+    const double share = static_cast<double>(host_.sites().in(sid, id()).samples) / total;
+    if (share <= cap) {
+      kept.push_back(sid);
+      continue;
+    }
+    char why[200];
+    std::snprintf(why, sizeof why, "declared %lld samples, %.0f%% of the round's %.0f, over max_sample_share %.2f",
+                  static_cast<long long>(host_.sites().in(sid, id()).samples), 100 * share, total, cap);
+    log_->warn("job {}: round {}: site {} left out: {}", id(), round_, sid, why);
+    current_.missing.push_back(sid + " (refused)");
+    current_.refused.emplace_back(sid, why);
+  }
+  return kept;
+}
+
 std::vector<std::string> JobRun::sample(std::vector<std::string> ready) const {
   const auto& spec = record_.definition.spec;
   std::size_t k = ready.size();
@@ -279,6 +302,13 @@ bool JobRun::wants_upload(const std::string& site, int round) const {
 }
 
 void JobRun::handle(SiteInfo& site, const protocol::Header& h, const std::string& body) {
+  if (!uses(site.id)) {  // nothing of it is kept, not even an entry under the site
+    if (const auto held = host_.log_budget().take(site.id)) {
+      log_->warn("site {}: dropped {} for job {}, which it is not a site of{}", site.id, protocol::type_name(h.type), id(),
+                 *held ? " (" + std::to_string(*held) + " more lines held back)" : std::string());
+    }
+    return;
+  }
   auto& p = site.jobs[id()];
   switch (h.type) {
     case MessageType::job_ready: {
@@ -297,7 +327,14 @@ void JobRun::handle(SiteInfo& site, const protocol::Header& h, const std::string
       p.samples = std::max<std::int64_t>(0, ready->samples);
       p.subjects = ready->subjects;
       p.evaluation_subjects = ready->evaluation_subjects;
-      for (const auto& s : ready->skipped) log_->warn("site {}: skipped subject {}: {}", site.id, s.subject, s.reason);
+      constexpr std::size_t kSkippedLogged = 10;
+      for (std::size_t i = 0; i < std::min(ready->skipped.size(), kSkippedLogged); ++i) {
+        const auto& s = ready->skipped[i];
+        log_->warn("site {}: skipped subject {}: {}", site.id, s.subject, text::utf8_prefix(s.reason, 300));
+      }
+      if (ready->skipped.size() > kSkippedLogged) {
+        log_->warn("site {}: {} more subjects skipped", site.id, ready->skipped.size() - kSkippedLogged);
+      }
       log_->info("site {}: ready for {} ({} training subjects, {} samples, {} evaluation subjects)", site.id, id(),
                  ready->subjects, ready->samples, ready->evaluation_subjects);
       return;
@@ -307,9 +344,9 @@ void JobRun::handle(SiteInfo& site, const protocol::Header& h, const std::string
       p.failed = true;
       p.ready = false;
       p.pending = false;
-      p.failure = failed ? failed->reason.substr(0, 1000) : "(malformed reason)";
+      p.failure = failed ? text::utf8_prefix(failed->reason, 1000) : "(malformed reason)";
       p.failure_code = failed ? protocol::failure_code_name(failed->code) : "malformed";
-      p.failure_rule = failed ? failed->rule.substr(0, 100) : "";
+      p.failure_rule = failed ? text::utf8_prefix(failed->rule, 100) : "";
       log_->error("site {}: cannot run job {} ({}{}): {}", site.id, id(), p.failure_code,
                   p.failure_rule.empty() ? "" : ": " + p.failure_rule, p.failure);
       if (expected_.erase(site.id)) current_.missing.push_back(site.id + " (failed: " + p.failure_code + ")");
@@ -319,7 +356,7 @@ void JobRun::handle(SiteInfo& site, const protocol::Header& h, const std::string
       auto pending = protocol::decode_body<protocol::JobPending>(body);
       if (!p.offered) return;
       p.pending = true;
-      log_->info("site {}: job {} waits at the site: {}", site.id, id(), pending ? pending->reason.substr(0, 200) : "(malformed)");
+      log_->info("site {}: job {} waits at the site: {}", site.id, id(), pending ? text::utf8_prefix(pending->reason, 200) : "(malformed)");
       return;
     }
     case MessageType::update_ready:
@@ -401,6 +438,16 @@ void JobRun::handle_update(SiteInfo& site, const std::string& body) {
     if (!words) return refuse(words.error().message);
     if (auto st = secure_->aggregator->add_masked(site.id, *words); !st) return refuse(st.error().message);
     return count_in();
+  }
+  // Every tensor's name, shape and byte count against the job's layout before any of its values
+  // is read: a forged shape is refused here, not allocated.
+  if (auto st = check_matches(update->model, m.model_average->layout()); !st) return refuse("model: " + st.error().message);
+  if (m.grad_average) {
+    if (auto st = check_matches(update->discriminator_grads, m.grad_average->layout()); !st) {
+      return refuse("discriminator gradients: " + st.error().message);
+    }
+  } else if (!update->discriminator_grads.tensors.empty()) {
+    return refuse("discriminator gradients in a job without a discriminator");
   }
   if (auto st = check_finite(update->model); !st) return refuse("model: " + st.error().message);
   if (auto st = check_finite(update->discriminator_grads); !st) return refuse("discriminator gradients: " + st.error().message);
@@ -581,7 +628,7 @@ void JobRun::open_round() {
     task.discriminator = std::move(*w);
     m.grad_average = std::make_unique<RunningAverage>(protocol::parameters_only(task.discriminator));
   }
-  const auto candidates = sample(ready_sites(true));
+  const auto candidates = within_sample_share(sample(ready_sites(true)));
   if (spec.steps_by_share) {  // one centralized epoch per round, shared by sample count
     double total = 0;
     for (const auto& sid : candidates) total += static_cast<double>(host_.sites().in(sid, id()).samples);

@@ -51,6 +51,8 @@ class JobHost {
                     const Broadcast& body) = 0;
   // Puts the site in the queue for upload credit (update_ready answered by `upload`).
   virtual void queue_upload(const std::string& site, const std::string& job, int round) = 0;
+  // The lines each peer may still write to the log (warnings about what it sent).
+  virtual log::Budget& log_budget() = 0;
 };
 
 // An encoded body, signed with the coordinator's key when there is a kit.
@@ -90,6 +92,9 @@ class JobRun {
   void step();
   std::vector<std::string> ready_sites(bool training) const;
   bool trains(const std::string& site) const;
+  // `sites` less those whose declared samples exceed the job's max_sample_share of their total
+  // (each named in the round as refused, with its share).
+  std::vector<std::string> within_sample_share(std::vector<std::string> sites);
   bool evaluates(const std::string& site) const;
   void offer(SiteInfo& site);
   void open_round();

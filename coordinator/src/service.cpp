@@ -110,6 +110,7 @@ struct Service::Impl : JobHost, AdminBackend {
   std::set<std::string> revoked_sites;
   std::map<std::string, std::pair<Clock::time_point, int>> handshake_failures;  // plane+event -> last logged, since
   ServiceCounters counters;  // for /metrics
+  log::Budget peer_lines;    // warnings about what one peer sent: a bounded rate per peer and in all
   std::unique_ptr<StatusBridge> status;            // with --http: the HTTP threads' questions
   std::unique_ptr<monitoring::HttpServer> http;    // destroyed before the bridge and the context
 
@@ -182,6 +183,8 @@ struct Service::Impl : JobHost, AdminBackend {
     send_body(routing, MessageType::reject, "", 0, protocol::Reject{code, reason});
   }
 
+  log::Budget& log_budget() override { return peer_lines; }
+
   void queue_upload(const std::string& site, const std::string& job, int round) override {
     for (const auto& u : upload_queue) {
       if (u.site == site && u.job == job && u.round == round) return;
@@ -232,7 +235,12 @@ struct Service::Impl : JobHost, AdminBackend {
   void handle_hello(const std::string& routing, const protocol::Header& h, const std::string& body) {
     auto hello = protocol::decode_body<protocol::Hello>(body);
     if (!hello) {
-      log->warn("dropped hello from an unidentified peer: {}", hello.error().message);
+      // With a kit the header's sender is the key's site (checked before this); without, a claim.
+      const std::string who = consortium ? "site " + h.sender : "a peer calling itself '" + h.sender + "'";
+      if (const auto held = peer_lines.take(who)) {
+        log->warn("dropped a malformed hello from {}: {}{}", who, hello.error().message,
+                  *held ? " (" + std::to_string(*held) + " more lines held back)" : std::string());
+      }
       return;
     }
     const auto& id = hello->site_id;
@@ -415,19 +423,20 @@ struct Service::Impl : JobHost, AdminBackend {
         if (f.name == "manifest.json") manifest = f.bytes;
         if (f.name == "manifest.sig") signature = f.bytes;
       }
-      const bool sent = !manifest.empty();
-      if (!sent) {  // provisioned beside the coordinator's kit (fedda-admin add-site)
-        for (const auto& dir : {o.state / "admitted", consortium->dir / "sites"}) {
+      bool kept = false;  // already in the state's admitted/
+      if (manifest.empty()) {  // made beside the coordinator's kit (fedda-admin add-site)
+        for (const auto& dir : {o.state / "admitted", consortium->dir / kit::kPendingSites, consortium->dir / "sites"}) {
           auto text = files::read_all(dir / (site + ".manifest.json"));
           auto sig = files::read_all(dir / (site + ".manifest.sig"));
           if (text && sig) {
             manifest = *text;
             signature = *sig;
+            kept = dir == o.state / "admitted";
             break;
           }
         }
         if (manifest.empty()) {
-          return make_error("no manifest for site '" + site + "' in " + (consortium->dir / "sites").string() +
+          return make_error("no manifest for site '" + site + "' in " + (consortium->dir / kit::kPendingSites).string() +
                             "; send the site's manifest (fedda-admin admit SITE --manifest KIT/manifest.json)");
         }
       }
@@ -436,7 +445,9 @@ struct Service::Impl : JobHost, AdminBackend {
       if (holder->role != "site" || holder->id != site) {
         return make_error("the manifest is of " + holder->role + " '" + holder->id + "', not of site '" + site + "'");
       }
-      if (sent) {
+      // The admission is the manifest kept in the state, written before it takes effect: it is
+      // what a restart trusts (a manifest in the kit's pending-sites/ is not).
+      if (!kept) {
         for (const auto& st : {files::write_atomically(o.state / "admitted" / (site + ".manifest.json"), manifest),
                                files::write_atomically(o.state / "admitted" / (site + ".manifest.sig"), signature)}) {
           if (!st) return st;
@@ -555,7 +566,9 @@ struct Service::Impl : JobHost, AdminBackend {
 
   // Answers the status page's questions (status_api.h); only reads.
   monitoring::HttpResponse answer_status(const std::string& what, const std::string& arg) {
-    const auto as_json = [](const json& j, int code = 200) { return monitoring::HttpResponse{code, "application/json", j.dump()}; };
+    const auto as_json = [](const json& j, int code = 200) {
+      return monitoring::HttpResponse{code, "application/json", j.dump(-1, ' ', false, json::error_handler_t::replace)};
+    };
     if (what == "ping") return as_json({{"ok", true}, {"version", kVersion}});
     if (what == "metrics") {
       counters.uploads_waiting = upload_queue.size();
@@ -661,7 +674,19 @@ struct Service::Impl : JobHost, AdminBackend {
         const char* user = parts[1].gets("User-Id");
         authenticated = user ? user : "";
       }
-      handle(parts[0].to_string(), authenticated, parts[1].to_string(), parts[2].to_string());
+      // One peer's message never ends the service: whatever handling it throws is logged (within
+      // the peer's budget of lines) and the message dropped.
+      const std::string routing = parts[0].to_string();
+      try {
+        handle(routing, authenticated, parts[1].to_string(), parts[2].to_string());
+      } catch (const std::exception& e) {
+        const auto* site = registry.by_routing(routing);
+        const std::string who = site ? "site " + site->id : (authenticated.empty() ? "an unidentified peer" : authenticated);
+        if (const auto held = peer_lines.take(who)) {
+          log->error("{}: dropped a message from {} whose handling failed: {}{}", plane, who, e.what(),
+                     *held ? " (" + std::to_string(*held) + " more lines held back)" : std::string());
+        }
+      }
       handled = true;
     }
     return handled;
@@ -705,9 +730,13 @@ struct Service::Impl : JobHost, AdminBackend {
                                                     const std::string& header_frame, const std::string& body) {
           auto h = protocol::decode_header(header_frame, body, o.max_message_bytes);
           if (!h) {
-            const auto* who = registry.by_routing(routing);
-            log->warn("dropped a malformed message from {}: {}", who ? "site " + who->id : "an unidentified peer",
-                      h.error().message);
+            const auto* site = registry.by_routing(routing);
+            // An authenticated peer is named by its key even before its hello.
+            const std::string who = site ? "site " + site->id : (authenticated.empty() ? "an unidentified peer" : "site " + authenticated);
+            if (const auto held = peer_lines.take(who)) {
+              log->warn("dropped a malformed message from {}: {}{}", who, h.error().message,
+                        *held ? " (" + std::to_string(*held) + " more lines held back)" : std::string());
+            }
             return;
           }
           if (consortium && h->sender != authenticated) {

@@ -225,7 +225,7 @@ Result<std::unique_ptr<LocalConsortium>> LocalConsortium::start(const Consortium
     }
     for (const auto& s : sites) {
       if (!fs::exists(kits / "sites" / s)) {
-        if (auto st = kit::add_site(kits, s); !st) return make_error("provisioning kits: " + st.error().message);
+        if (auto st = kit::provision_site(kits, s); !st) return make_error("provisioning kits: " + st.error().message);
       }
     }
     if (!fs::exists(kits / "operators" / kOperator)) {  // kits made before operators existed

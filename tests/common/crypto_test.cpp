@@ -2,6 +2,8 @@
 #include "fedda/common/crypto.h"
 
 #include <gtest/gtest.h>
+
+#include <set>
 #include <sys/stat.h>
 
 #include "fedda/common/files.h"
@@ -122,7 +124,7 @@ TEST(Kit, AddingASiteLeavesTheOtherKitsAlone) {
   ASSERT_TRUE(kit::add_site(dir.path(), "singapore"));
   EXPECT_EQ(files::read_all(dir / "sites/utrecht/manifest.json").value(), before);
   EXPECT_TRUE(kit::load_site_kit(dir / "sites/singapore"));
-  EXPECT_EQ(kit::load_coordinator_kit(dir / "coordinator").value().sites.size(), 2u);
+  EXPECT_EQ(kit::load_coordinator_kit(dir / "coordinator").value().sites.size(), 1u);  // until admitted (below)
   EXPECT_FALSE(kit::add_site(dir.path(), "singapore"));  // exists already
 }
 
@@ -165,6 +167,28 @@ TEST(Kit, AManifestMovedToTheOtherRolesFolderIsRefused) {
   ASSERT_FALSE(coordinator);
   EXPECT_NE(coordinator.error().message.find("an operator manifest among the sites"), std::string::npos)
       << coordinator.error().message;
+}
+
+// Regression (hostile-peer review, fault 6): a kit made with add-site and never admitted joined
+// once the coordinator restarted, because the coordinator trusted every manifest under its kit's
+// sites/. add-site leaves the manifest in pending-sites/, which a starting coordinator does not
+// trust; `admit` is the act that does (the coordinator keeps the admission in its state).
+TEST(Kit, ASiteAddedLaterIsNotTrustedUntilAnOperatorAdmitsIt) {
+  testing::ScratchDir dir;
+  ASSERT_TRUE(kit::provision({"wmh", "tcp://coordinator:5570", {"utrecht"}, dir.path(), {}, {}}));
+  ASSERT_TRUE(kit::add_site(dir.path(), "oslo"));
+  EXPECT_TRUE(fs::exists(dir / "coordinator" / kit::kPendingSites / "oslo.manifest.json"));
+  EXPECT_FALSE(fs::exists(dir / "coordinator" / "sites" / "oslo.manifest.json"));
+  const auto coordinator = kit::load_coordinator_kit(dir / "coordinator").value();
+  std::set<std::string> trusted;
+  for (const auto& [key, id] : coordinator.sites) trusted.insert(id);
+  EXPECT_EQ(trusted, std::set<std::string>{"utrecht"});
+  // Provisioned with the root at hand (fedda-sim's own consortium), a site is trusted at start.
+  ASSERT_TRUE(kit::provision_site(dir.path(), "rome"));
+  const auto again = kit::load_coordinator_kit(dir / "coordinator").value();
+  trusted.clear();
+  for (const auto& [key, id] : again.sites) trusted.insert(id);
+  EXPECT_EQ(trusted, (std::set<std::string>{"utrecht", "rome"}));
 }
 
 TEST(Kit, VerifiesAManifestAdmittedLater) {

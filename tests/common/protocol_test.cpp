@@ -207,8 +207,8 @@ TEST(Protocol, ForgedLengthsDoNotAllocate) {
   ASSERT_GE(forged.size(), 12u);
   std::memcpy(forged.data() + 4, &huge, 8);
   auto r = decode_body<JobFailed>(forged);
-  ASSERT_FALSE(r);
-  EXPECT_NE(r.error().message.find("does not fit"), std::string::npos) << r.error().message;
+  ASSERT_FALSE(r);  // longer than a reason may be, before anything is allocated
+  EXPECT_NE(r.error().message.find("(at most 65536)"), std::string::npos) << r.error().message;
 
   RoundUpdate update;
   update.model = sample_tensors();
@@ -352,6 +352,75 @@ TEST(RunningAverage, RefusesAnotherLayoutAndAddsNothing) {
   EXPECT_FALSE(avg.add(a, 0));
   EXPECT_EQ(avg.count(), 0);
   EXPECT_FALSE(avg.average());
+}
+
+// Regression (hostile-peer review, fault 1): an update whose first tensor declared
+// [2^20, 2^20] with no data made check_finite allocate 4 TiB from the shape. A shape is checked
+// against the bytes that are there (and against the job's layout) before any value is read.
+TEST(Tensors, AForgedShapeIsRefusedBeforeAnythingIsAllocated) {
+  TensorSet forged = sample_tensors();
+  forged.tensors.front().shape = {std::int64_t{1} << 20, std::int64_t{1} << 20};
+  forged.tensors.front().data.clear();
+  seal(forged);
+  EXPECT_TRUE(to_f32(forged.tensors.front()).empty());
+  auto finite = check_finite(forged);
+  ASSERT_FALSE(finite);
+  EXPECT_NE(finite.error().message.find("0 bytes for 1099511627776 float32 elements"), std::string::npos) << finite.error().message;
+  auto matches = check_matches(forged, sample_tensors());
+  ASSERT_FALSE(matches);
+  EXPECT_NE(matches.error().message.find("'conv.weight' has shape [1048576,1048576], expected [2,3]"), std::string::npos)
+      << matches.error().message;
+  EXPECT_TRUE(check_matches(to_half(sample_tensors()), sample_tensors())) << "a half-precision update matches its layout";
+  TensorSet extra = sample_tensors();
+  extra.tensors.push_back(make_f32("x", {1}, {1}));
+  EXPECT_FALSE(check_matches(extra, sample_tensors()));
+  EXPECT_TRUE(std::isinf(l2_distance(forged, sample_tensors())));
+}
+
+// Regression (faults 2-4): strings that are not UTF-8 reached JSON dumps that threw, and ended
+// the coordinator. Every text field is held to UTF-8 and its kind's length when decoded; ids and
+// lines hold no control character; bytes fields (masked vectors, keys, files) are not text.
+TEST(Protocol, TextThatIsNotUtf8OrTooLongOrForgesALineIsRefusedWhenDecoded) {
+  const auto body_with = [](const std::string& marker, const std::string& with, auto message) {
+    auto body = encode(header_of(MessageType::hello), message).body;
+    const auto at = body.find(marker);
+    EXPECT_NE(at, std::string::npos);
+    body.replace(at, marker.size(), with);
+    return body;
+  };
+  auto device = decode_body<Hello>(body_with("cpu#", "cpu\xff", Hello{"utrecht", "1.0", "cpu#", 2}));
+  ASSERT_FALSE(device);
+  EXPECT_NE(device.error().message.find("one-line text that is not valid UTF-8"), std::string::npos) << device.error().message;
+  auto newline = decode_body<Hello>(body_with("cpu#", "cpu\n", Hello{"utrecht", "1.0", "cpu#", 2}));
+  ASSERT_FALSE(newline);
+  EXPECT_NE(newline.error().message.find("control character"), std::string::npos) << newline.error().message;
+  RoundUpdate u;
+  u.precision = "float32#";
+  auto precision = decode_body<RoundUpdate>(body_with("float32#", "float32\xff", u));
+  EXPECT_FALSE(precision);
+  AdminRequest r;
+  r.command = "status";
+  r.target = "job#";
+  EXPECT_FALSE(decode_body<AdminRequest>(body_with("job#", "job\xff", r)));
+  auto long_device = decode_body<Hello>(encode(header_of(MessageType::hello), Hello{"utrecht", "1.0", std::string(4 << 20, 'x'), 2}).body);
+  ASSERT_TRUE(long_device) << "the sender cuts a line to its length";
+  EXPECT_EQ(long_device->device.size(), max_text_bytes(TextKind::line));
+  // A reason may span lines; a subject id may not.
+  JobFailed failed{"line one\nline two", {}, {}};
+  EXPECT_EQ(decode_body<JobFailed>(encode(header_of(MessageType::job_failed), failed).body).value().reason, failed.reason);
+  RoundUpdate rows;
+  rows.metrics.push_back({"s-1\nforged", 0.5, 1, 2, 0.5, 0.5});
+  EXPECT_FALSE(decode_body<RoundUpdate>(encode(header_of(MessageType::round_update), rows).body));
+  // An honest sender's reason that is not UTF-8 (a Latin-1 file name) is repaired, not lost.
+  JobFailed latin1{"cannot read M\xfcller.nii", {}, {}};
+  auto repaired = decode_body<JobFailed>(encode(header_of(MessageType::job_failed), latin1).body);
+  ASSERT_TRUE(repaired) << repaired.error().message;
+  EXPECT_EQ(repaired->reason, "cannot read M\\xfcller.nii");
+  // A header's sender is an id too.
+  Header h = header_of(MessageType::heartbeat);
+  h.sender = "amsterdam\xff";
+  const auto frames = encode_empty(h);
+  EXPECT_FALSE(decode_header(frames.header, frames.body));
 }
 
 TEST(Protocol, ANewerMessageVersionIsRefusedNotMisread) {

@@ -192,6 +192,63 @@ TEST_F(Hardening, HostileSitesDoNotMoveTheGlobalModelAndAreNamed) {
   EXPECT_LT(l2_distance(stored->weights, start), 1e-6);
 }
 
+// An outside review's faults 1, 2, 4 and 5 of the hostile-peer issue, against one coordinator:
+// an update with a forged tensor shape ended it (std::bad_alloc: the shape was allocated before
+// its bytes were checked), one with a precision string that is not UTF-8 ended it while it saved
+// the round, a site that is not a site of the job could record a failure under it (and its
+// reason, cut inside a character, broke every later JSON answer), a hello whose device is not
+// UTF-8 broke `sites`, and a site declaring 10000 samples took 98% of the average. Each is
+// refused and named; the honest sites finish the job and the operator's commands still work.
+TEST_F(Hardening, ForgedShapesStringsAndCountsDoNotEndTheCoordinatorOrTakeTheAverage) {
+  const auto job = fake_job("hostile", 5, 2, 2, "max_sample_share: 0.5\n");
+  auto coordinator = serve();
+  // A job that runs, waiting for sites that never come, for a stranger to write under.
+  const auto waiting = dir_ / "waiting.yaml";
+  std::ofstream(waiting) << "id: waiting\ntype: teacher\nsource: ghost0\nsites: [ghost0, ghost1]\nrounds: 1\nlocal_steps: 1\n"
+                         << "min_sites: 2\nevaluate: false\nmodel: {width: 4, depth: 2, grid_size: 32, grid_spacing: 6}\n";
+  Process submit_waiting({testing::bin("fedda-admin").string(), "--coordinator", admin_, "submit", waiting.string()},
+                         dir_ / "submit-waiting.log");
+  ASSERT_EQ(submit_waiting.wait(60s), 0) << testing::read_text(dir_ / "submit-waiting.log");
+  const std::map<int, Behaviour> hostile = {
+      {2, Behaviour::forged_shape}, {3, Behaviour::bad_precision}, {4, Behaviour::inflated_count}};
+  {
+    testing::FakeSites strangers(endpoint_, 2, "stranger", 200ms,
+                                 [](int i) { return i == 0 ? Behaviour::bad_device : Behaviour::foreign_failure; });
+    testing::FakeSites fakes(endpoint_, 5, "site", 200ms, [&](int i) { return hostile.count(i) ? hostile.at(i) : Behaviour::honest; });
+    ASSERT_EQ(submit_when_joined(job, "hostile", 5), "finished") << testing::read_text(coordinator_log());
+    // While the strangers still talk: every operator command answers.
+    Process sites({testing::bin("fedda-admin").string(), "--coordinator", admin_, "--json", "sites"}, dir_ / "sites.log");
+    ASSERT_EQ(sites.wait(60s), 0) << testing::read_text(dir_ / "sites.log");
+    const auto text = testing::read_text(dir_ / "sites.log");  // the --insecure warning, then the document
+    const auto listed = json::parse(text.substr(text.find("\n[") + 1), nullptr, false);
+    ASSERT_TRUE(listed.is_array()) << testing::read_text(dir_ / "sites.log");
+    for (const auto& site : listed) {
+      EXPECT_NE(site["site"], "stranger0") << "a hello that is not UTF-8 registered a site";
+      if (site["site"] == "stranger1") EXPECT_EQ(site.dump().find("waiting"), std::string::npos) << site.dump();
+    }
+    Process status({testing::bin("fedda-admin").string(), "--coordinator", admin_, "status", "job\xff"}, dir_ / "status.log");
+    EXPECT_NE(status.wait(60s), 0);
+    EXPECT_NE(testing::read_text(dir_ / "status.log").find("not valid UTF-8"), std::string::npos) << testing::read_text(dir_ / "status.log");
+    EXPECT_TRUE(testing::wait_for_text(coordinator_log(), "dropped job_failed for job waiting", 10s));
+  }
+  const auto rounds = rounds_of("hostile");
+  ASSERT_EQ(rounds.size(), 2u);
+  for (const auto& r : rounds) {
+    std::map<std::string, std::string> refused;
+    for (const auto& x : r["refused"]) refused[x["site"]] = x["reason"];
+    EXPECT_NE(refused["site2"].find("has shape [1048576,1048576]"), std::string::npos) << r.dump();
+    EXPECT_NE(refused["site4"].find("over max_sample_share 0.50"), std::string::npos) << r.dump();
+    EXPECT_NE(r["missing"].dump().find("site3 (malformed)"), std::string::npos) << r.dump();
+    EXPECT_EQ(r["sites"].size(), 2u) << r.dump();
+  }
+  const auto log = testing::read_text(coordinator_log());
+  EXPECT_NE(log.find("not valid UTF-8"), std::string::npos) << log;
+  EXPECT_NE(log.find("site stranger1: dropped job_failed for job waiting, which it is not a site of"), std::string::npos) << log;
+  EXPECT_EQ(log.find("\n[coordinator] [warning] site utrecht: revoked by alice"), std::string::npos) << "a forged log line";
+  EXPECT_EQ(log.find('\x1b'), std::string::npos) << "an escape sequence from the wire reached the log";
+  EXPECT_TRUE(coordinator->running()) << log;
+}
+
 // Fault 7: a site could forge rows of results.csv (subjects from the wire went in unescaped, and
 // any number of rows was taken).
 TEST_F(Hardening, AHostileSiteCannotAddRowsToResults) {

@@ -79,6 +79,7 @@ TEST_F(JobFile, MistakesAreNamed) {
       {"id: a\ntype: kd\nteacher: t.pt\nsites: [x]\ntransfer_precision: bf16\n", "transfer_precision must be float32 or float16"},
       {"id: a\ntype: kd\nteacher: t.pt\nsites: [x, y]\nmin_sites: 2\nsites_per_round: 1\n", "sites_per_round (1) is below min_sites (2)"},
       {"id: a\ntype: kd\nteacher: t.pt\nsites: [x]\nfraction: 1.5\n", "fraction must be between"},
+      {"id: a\ntype: kd\nteacher: t.pt\nsites: [x]\nmax_sample_share: 1.5\n", "max_sample_share must be 0 (no bound)"},
       {"id: a\ntype: kd\nteacher: t.pt\nsites: [x, \"y z\"]\n", "sites: 'y z' is not a valid site id"},
       {"id: a\ntype: kd\nteacher: t.pt\nsites: [x]\nmethod: \"kd,forged\"\n", "method 'kd,forged' may not hold commas"},
       {"id: a\nsites: [x]\n", "type is required"},

@@ -33,8 +33,14 @@ enum class Behaviour {
   nan_weights,          // an update holding NaN
   forged_count,         // an update claiming 100x the samples it declared
   huge_norm,            // weights moved 1000 times further than an honest site would
-  extra_rows,           // evaluation answers with far more rows than declared, ids holding commas and line breaks
-  reconnect_after_ready // in round 1 it announces its update, then restarts (new connection, new hello)
+  extra_rows,           // evaluation answers with far more rows than declared, ids holding commas and quotes
+  reconnect_after_ready, // in round 1 it announces its update, then restarts (new connection, new hello)
+  forged_shape,         // an update whose first tensor declares [2^20, 2^20] elements and holds no data
+  bad_precision,        // an update whose precision field is not UTF-8 ("float32\xff")
+  inflated_count,       // declares 10000 samples when it gets ready and sends updates that match
+  bad_device,           // a hello whose device is not UTF-8 and holds a forged log line
+  foreign_failure,      // says job_failed for the job "waiting", which it is not a site of, with a long multibyte
+                        // reason, at every heartbeat of the coordinator
 };
 
 class FakeSites {
@@ -122,6 +128,22 @@ class FakeSites {
     s.socket.send(zmq::buffer(f.body), zmq::send_flags::dontwait);
   }
 
+  // `f` with the bytes `marker` replaced by `with` (as long, so every length stays right) and its CRC renewed: a
+  // string the encoder would repair, sent as a hostile peer would.
+  static protocol::Frames patched(protocol::Frames f, const std::string& marker, const std::string& with) {
+    const auto at = f.body.find(marker);
+    if (at != std::string::npos) f.body.replace(at, marker.size(), with);
+    f.body_crc32 = crc32_of(f.body);
+    return f;
+  }
+  protocol::Frames hello_of(const Site& s) const {
+    if (s.behaviour != Behaviour::bad_device) {
+      return protocol::encode(protocol::Header{}, protocol::Hello{s.id, "fake", s.device, 0});
+    }
+    const std::string marker = "cpu#NEWLINE#[coordinator] [warning] site utrecht: revoked by alice";
+    return patched(protocol::encode(protocol::Header{}, protocol::Hello{s.id, "fake", marker, 0}), "#NEWLINE#", std::string("\xff\n\xfe\x1b[2J\n\xc0", 9));
+  }
+
   void handle(Site& s) {
     for (int n = 0; n < 8; ++n) {
       std::vector<zmq::message_t> parts;
@@ -131,9 +153,14 @@ class FakeSites {
       if (!h) continue;
       using protocol::MessageType;
       if (secure_stage(s, *h, parts[1].to_string())) continue;
-      if (h->type == MessageType::job_offer) {
+      if (h->type == MessageType::heartbeat && s.behaviour == Behaviour::foreign_failure) {  // again while the job runs
+        protocol::JobFailed failed;
+        failed.reason = "x";
+        for (int i = 0; i < 400; ++i) failed.reason += "\u00e9\u4e2d";  // 5 bytes a pair: a cut at 1000 bytes splits one
+        send(s, MessageType::job_failed, "waiting", 0, protocol::encode(protocol::Header{}, failed));
+      } else if (h->type == MessageType::job_offer) {
         protocol::JobReady ready;
-        ready.samples = 100;
+        ready.samples = s.behaviour == Behaviour::inflated_count ? 10000 : 100;
         ready.subjects = 1;
         ready.evaluation_subjects = 2;
         send(s, MessageType::job_ready, h->job_id, 0, protocol::encode(protocol::Header{}, ready));
@@ -145,7 +172,7 @@ class FakeSites {
           const int rows = s.behaviour == Behaviour::extra_rows ? 50 : 2;
           for (int r = 0; r < rows; ++r) {
             const std::string subject = s.behaviour == Behaviour::extra_rows
-                                            ? "p" + std::to_string(r) + ",\"forged\"\nutrecht,x,0,kd,federated,evil,1,0,0,1,1"
+                                            ? "p" + std::to_string(r) + ",\"forged\",evil,=HYPERLINK(\"x\")"
                                             : "p" + std::to_string(r);
             u.metrics.push_back({subject, 0.5, 1, 2, 0.5, 0.5});
           }
@@ -154,6 +181,20 @@ class FakeSites {
           s.held = std::move(task->model);  // masked and announced once the shares are relayed
           release(s);
           continue;
+        } else if (s.behaviour == Behaviour::forged_shape || s.behaviour == Behaviour::bad_precision ||
+                   s.behaviour == Behaviour::inflated_count) {
+          protocol::RoundUpdate u;
+          u.model = std::move(task->model);
+          u.samples = s.behaviour == Behaviour::inflated_count ? 10000 : 100;
+          u.steps = 1;
+          u.precision = "float32#";
+          if (s.behaviour == Behaviour::forged_shape) {
+            u.model.tensors.front().shape = {std::int64_t{1} << 20, std::int64_t{1} << 20};
+            u.model.tensors.front().data.clear();
+            u.model.tensors.front().crc32 = crc32_of(u.model.tensors.front().data);
+          }
+          s.own_update = protocol::encode(protocol::Header{}, u);
+          if (s.behaviour == Behaviour::bad_precision) s.own_update = patched(s.own_update, "float32#", "float32\xff");
         } else if (s.behaviour == Behaviour::honest || s.behaviour == Behaviour::reconnect_after_ready) {
           if (update_.job != h->job_id || update_.round != h->round) {
             protocol::RoundUpdate u;
@@ -183,7 +224,7 @@ class FakeSites {
           s.socket = zmq::socket_t(context_, zmq::socket_type::dealer);
           s.socket.set(zmq::sockopt::linger, 0);
           s.socket.connect(endpoint_);
-          send(s, MessageType::hello, "", 0, protocol::encode(protocol::Header{}, protocol::Hello{s.id, "fake", s.device, 0}));
+          send(s, MessageType::hello, "", 0, hello_of(s));
           reconnected_ = true;
           return;
         }
@@ -268,8 +309,7 @@ class FakeSites {
 
   void serve() {
     for (auto& s : sites_) {
-      send(*s, protocol::MessageType::hello, "", 0,
-           protocol::encode(protocol::Header{}, protocol::Hello{s->id, "fake", s->device, 0}));
+      send(*s, protocol::MessageType::hello, "", 0, hello_of(*s));
       s->next_heartbeat = std::chrono::steady_clock::now() + heartbeat_;
     }
     std::vector<zmq::pollitem_t> items;

@@ -45,8 +45,17 @@ Result<std::string> default_admin_endpoint(const std::string& coordinator);
 
 // Creates root, coordinator, site and operator kits; refuses to overwrite an existing root.
 Status provision(const ProvisionOptions& options);
-// Adds one site's kit to an existing consortium folder (needs OUT/root and OUT/coordinator).
+// Where add_site leaves a new site's manifest in the coordinator's kit folder: not trusted when
+// the coordinator starts (only sites/ is), it is read when an operator admits the site
+// (`fedda-admin admit`), and the admission is what the coordinator keeps, in its state.
+inline constexpr const char* kPendingSites = "pending-sites";
+// Adds one site's kit to an existing consortium folder (needs OUT/root and OUT/coordinator); the
+// coordinator trusts it once an operator admits it, never before (its manifest is left in
+// OUT/coordinator/pending-sites/).
 Status add_site(const std::filesystem::path& out, const std::string& site);
+// Adds one site's kit as `provision` does: trusted by the coordinator from its next start. For
+// whoever holds the root and runs the coordinator as well (fedda-sim's simulated consortium).
+Status provision_site(const std::filesystem::path& out, const std::string& site);
 // Adds one operator's kit likewise.
 Status add_operator(const std::filesystem::path& out, const std::string& name);
 

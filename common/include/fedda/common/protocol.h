@@ -56,6 +56,29 @@ inline constexpr std::size_t kDefaultMaxMessageBytes = std::size_t{512} << 20;  
 inline constexpr int kDefaultHeartbeatMs = 1000;
 inline constexpr int kDefaultLiveness = 5;  // heartbeats missed before a peer counts as gone
 
+// Every string on the wire that a person reads (ids, names, reasons, job files, JSON answers)
+// is valid UTF-8 of at most its kind's length, checked when it is decoded, so nothing later
+// (a JSON dump, a page, a log) meets one that is not; a message holding a string outside its
+// kind is refused as malformed and names the kind. Ids and lines also hold no control character
+// (a newline in an id would forge a log line). Keys, signatures, masked vectors and file
+// contents are bytes and are not text.
+enum class TextKind : std::uint8_t {
+  id,        // a site, job, subject or tensor name, or an enumerated setting: one line
+  line,      // a device's description, what a site computed in: one line
+  reason,    // why something failed or waits: may span lines
+  document,  // a job file, a model spec, a JSON answer: may span lines
+};
+inline constexpr std::size_t max_text_bytes(TextKind kind) {
+  switch (kind) {
+    case TextKind::id: return 256;
+    case TextKind::line: return 1024;
+    case TextKind::reason: return std::size_t{64} << 10;
+    case TextKind::document: return kDefaultMaxMessageBytes;
+  }
+  return 0;
+}
+const char* text_kind_name(TextKind kind);
+
 enum class MessageType : std::uint8_t {
   hello = 1,         // agent -> coordinator: who I am (first message after every connect)
   welcome = 2,       // coordinator -> agent: accepted, heartbeat settings
@@ -194,6 +217,10 @@ struct JobSpec {
   // A site's update is refused when its L2 distance from the round's global model (parameters and
   // buffers, float tensors) exceeds this; 0: no bound. Non-finite updates are always refused.
   double max_update_norm = 0;
+  // No site's declared sample count may exceed this share of the round's declared total: a site
+  // over it is left out of the round and named in it (0 < share <= 1; 0: no bound). Checked on
+  // the counts sites declare in the clear, so it holds under secure aggregation too (version 9).
+  double max_sample_share = 0;
   // Knowledge distillation (kd jobs): where the student starts, what it learns from.
   std::string student_init = "teacher";  // teacher | scratch (a fresh U-Net of the teacher's architecture)
   std::string kd_loss = "hinton";        // hinton (T on both sides) | paper (eq. 3 as written: student at T = 1)
@@ -399,6 +426,67 @@ void load(Archive& ar, Bounded<std::string>& b) {
   ar(cereal::binary_data(b.value.data(), n));
 }
 
+// A string held to its TextKind when read (see TextKind); written as a Bounded string is.
+struct Text {
+  std::string& value;
+  TextKind kind;
+};
+inline Text text(std::string& value, TextKind kind) { return Text{value, kind}; }
+struct TextList {
+  std::vector<std::string>& value;
+  TextKind kind;
+};
+inline TextList text_list(std::vector<std::string>& value, TextKind kind) { return TextList{value, kind}; }
+// Empty when `value` is of `kind`, else what is wrong with it; check_text throws that.
+std::string text_fault(const std::string& value, TextKind kind);
+void check_text(const std::string& value, TextKind kind);
+// What a sender writes for a line, reason or document that is not of its kind (a file name in
+// Latin-1 in an error, say): its printable form, cut to the kind's length, so an honest peer's
+// message is never refused for it. An id is written as it is.
+std::string repaired_text(const std::string& value, TextKind kind);
+
+template <class Archive>
+void save(Archive& ar, const Text& t) {
+  if (text_fault(t.value, t.kind).empty()) {
+    ar(bounded(t.value));
+  } else {
+    std::string repaired = repaired_text(t.value, t.kind);
+    ar(bounded(repaired));
+  }
+}
+template <class Archive>
+void load(Archive& ar, Text& t) {
+  std::uint64_t n = 0;
+  ar(n);
+  if (n > max_text_bytes(t.kind)) {
+    throw std::invalid_argument(std::string("a ") + text_kind_name(t.kind) + " of " + std::to_string(n) + " bytes (at most " +
+                                std::to_string(max_text_bytes(t.kind)) + ")");
+  }
+  check_size(n, 1);
+  t.value.resize(n);
+  ar(cereal::binary_data(t.value.data(), n));
+  check_text(t.value, t.kind);
+}
+template <class Archive>
+void save(Archive& ar, const TextList& t) {
+  ar(static_cast<std::uint64_t>(t.value.size()));
+  for (auto& v : t.value) ar(Text{v, t.kind});
+}
+template <class Archive>
+void load(Archive& ar, TextList& t) {
+  std::uint64_t n = 0;
+  ar(n);
+  check_size(n, 8);
+  t.value.clear();
+  t.value.reserve(std::min<std::uint64_t>(n, 64));
+  for (std::uint64_t i = 0; i < n; ++i) {
+    std::string v;
+    Text item{v, t.kind};
+    ar(item);
+    t.value.push_back(std::move(v));
+  }
+}
+
 template <class Archive, typename T>
 void save(Archive& ar, const Bounded<std::vector<T>>& b) {
   ar(static_cast<std::uint64_t>(b.value.size()));
@@ -467,12 +555,12 @@ inline JobTypeText job_type_text(JobType& value) { return JobTypeText{value}; }
 template <class Archive>
 void save(Archive& ar, const JobTypeText& t) {
   std::string name = job_type_name(t.value);
-  ar(bounded(name));
+  ar(text(name, TextKind::id));
 }
 template <class Archive>
 void load(Archive& ar, JobTypeText& t) {
   std::string name;
-  ar(bounded(name));
+  ar(text(name, TextKind::id));
   auto parsed = parse_job_type(name);
   if (!parsed) throw std::invalid_argument(parsed.error().message);
   t.value = *parsed;
@@ -482,15 +570,15 @@ void load(Archive& ar, JobTypeText& t) {
 
 template <class Archive>
 void save(Archive& ar, const Header& h, std::uint32_t) {
-  ar(h.version, static_cast<std::uint8_t>(h.type), detail::bounded(const_cast<std::string&>(h.sender)),
-     detail::bounded(const_cast<std::string&>(h.job_id)), h.round, h.sequence, h.body_bytes, h.body_crc32);
+  ar(h.version, static_cast<std::uint8_t>(h.type), detail::text(const_cast<std::string&>(h.sender), TextKind::id),
+     detail::text(const_cast<std::string&>(h.job_id), TextKind::id), h.round, h.sequence, h.body_bytes, h.body_crc32);
 }
 template <class Archive>
 void load(Archive& ar, Header& h, std::uint32_t version) {
   detail::check_known_version<Header>(version);
   std::uint8_t type = 0;
-  ar(h.version, type, detail::bounded(h.sender), detail::bounded(h.job_id), h.round, h.sequence, h.body_bytes,
-     h.body_crc32);
+  ar(h.version, type, detail::text(h.sender, TextKind::id), detail::text(h.job_id, TextKind::id), h.round, h.sequence,
+     h.body_bytes, h.body_crc32);
   h.type = static_cast<MessageType>(type);
 }
 
@@ -499,7 +587,7 @@ void load(Archive& ar, Header& h, std::uint32_t version) {
 namespace fedda {
 template <class Archive>
 void save(Archive& ar, const WireTensor& t, std::uint32_t) {
-  ar(protocol::detail::bounded(const_cast<std::string&>(t.name)), static_cast<std::uint8_t>(t.dtype),
+  ar(protocol::detail::text(const_cast<std::string&>(t.name), protocol::TextKind::id), static_cast<std::uint8_t>(t.dtype),
      protocol::detail::bounded(const_cast<std::vector<std::int64_t>&>(t.shape)), t.crc32);
   protocol::detail::save_bytes(ar, t.data);
 }
@@ -507,7 +595,7 @@ template <class Archive>
 void load(Archive& ar, WireTensor& t, std::uint32_t version) {
   protocol::detail::check_known_version<WireTensor>(version);
   std::uint8_t dtype = 0;
-  ar(protocol::detail::bounded(t.name), dtype, protocol::detail::bounded(t.shape), t.crc32);
+  ar(protocol::detail::text(t.name, protocol::TextKind::id), dtype, protocol::detail::bounded(t.shape), t.crc32);
   t.dtype = static_cast<DType>(dtype);
   protocol::detail::load_bytes(ar, t.data);
 }
@@ -519,65 +607,73 @@ void serialize(Archive& ar, TensorSet& s, std::uint32_t version) {
 }  // namespace fedda
 
 namespace fedda::secagg {
-#define FEDDA_SECAGG_TEXT(field) protocol::detail::bounded(m.field)
+#define FEDDA_SECAGG_BYTES(field) protocol::detail::bounded(m.field)
+#define FEDDA_SECAGG_ID(field) protocol::detail::text(m.field, protocol::TextKind::id)
 template <class Archive>
 void serialize(Archive& ar, PublicKeys& m, std::uint32_t version) {
   protocol::detail::check_known_version<PublicKeys>(version);
-  ar(FEDDA_SECAGG_TEXT(site), FEDDA_SECAGG_TEXT(share_key), FEDDA_SECAGG_TEXT(mask_key), FEDDA_SECAGG_TEXT(signature),
-     FEDDA_SECAGG_TEXT(manifest), FEDDA_SECAGG_TEXT(manifest_signature));
+  ar(FEDDA_SECAGG_ID(site), FEDDA_SECAGG_BYTES(share_key), FEDDA_SECAGG_BYTES(mask_key), FEDDA_SECAGG_BYTES(signature),
+     FEDDA_SECAGG_BYTES(manifest), FEDDA_SECAGG_BYTES(manifest_signature));
 }
 template <class Archive>
 void serialize(Archive& ar, Roster& m, std::uint32_t version) {
   protocol::detail::check_known_version<Roster>(version);
-  ar(FEDDA_SECAGG_TEXT(keys), m.threshold, m.degree, m.all_pairs_up_to, m.graph_seed, m.weight_total);
+  ar(FEDDA_SECAGG_BYTES(keys), m.threshold, m.degree, m.all_pairs_up_to, m.graph_seed, m.weight_total);
 }
 template <class Archive>
 void serialize(Archive& ar, EncryptedShares& m, std::uint32_t version) {
   protocol::detail::check_known_version<EncryptedShares>(version);
-  ar(FEDDA_SECAGG_TEXT(from), FEDDA_SECAGG_TEXT(to), FEDDA_SECAGG_TEXT(sealed));
+  ar(FEDDA_SECAGG_ID(from), FEDDA_SECAGG_ID(to), FEDDA_SECAGG_BYTES(sealed));
 }
 template <class Archive>
 void serialize(Archive& ar, ShareRelay& m, std::uint32_t version) {
   protocol::detail::check_known_version<ShareRelay>(version);
-  ar(FEDDA_SECAGG_TEXT(shared), FEDDA_SECAGG_TEXT(shares));
+  ar(FEDDA_SECAGG_BYTES(shared), FEDDA_SECAGG_BYTES(shares));
 }
 template <class Archive>
 void serialize(Archive& ar, RevealedShare& m, std::uint32_t version) {
   protocol::detail::check_known_version<RevealedShare>(version);
   auto kind = static_cast<std::uint8_t>(m.kind);
-  ar(FEDDA_SECAGG_TEXT(owner), kind, m.x, FEDDA_SECAGG_TEXT(y));
+  ar(FEDDA_SECAGG_ID(owner), kind, m.x, FEDDA_SECAGG_BYTES(y));
   m.kind = static_cast<SecretKind>(kind);
 }
-#undef FEDDA_SECAGG_TEXT
+#undef FEDDA_SECAGG_BYTES
+#undef FEDDA_SECAGG_ID
 }  // namespace fedda::secagg
 
 namespace fedda::protocol {
 
-#define FEDDA_TEXT(field) detail::bounded(m.field)
+#define FEDDA_ID(field) detail::text(m.field, TextKind::id)
+#define FEDDA_IDS(field) detail::text_list(m.field, TextKind::id)
+#define FEDDA_LINE(field) detail::text(m.field, TextKind::line)
+#define FEDDA_REASON(field) detail::text(m.field, TextKind::reason)
+#define FEDDA_DOCUMENT(field) detail::text(m.field, TextKind::document)
+#define FEDDA_BYTES(field) detail::bounded(m.field)
 #define FEDDA_LIST(field) detail::bounded(m.field)
 
 template <class Archive>
 void serialize(Archive& ar, JobSpec& m, std::uint32_t version) {
   detail::check_known_version<JobSpec>(version);
-  ar(FEDDA_TEXT(id), detail::job_type_text(m.type), FEDDA_LIST(sites), FEDDA_TEXT(source), m.fold, m.rounds, m.local_steps,
+  ar(FEDDA_ID(id), detail::job_type_text(m.type), FEDDA_IDS(sites), FEDDA_ID(source), m.fold, m.rounds, m.local_steps,
      m.steps_by_share, m.batch_size, m.learning_rate, m.decay_round, m.dice_weight, m.lesion_slice_fraction, m.augment,
      m.temperature, m.ada_weight, m.ada_warmup_rounds, m.seed, m.min_sites, m.round_deadline_s, m.evaluate,
-     FEDDA_LIST(evaluation_sites), FEDDA_LIST(subjects), FEDDA_TEXT(model_spec_json));
-  if (version >= 2) ar(FEDDA_TEXT(transfer_precision));
+     FEDDA_IDS(evaluation_sites), FEDDA_IDS(subjects), FEDDA_DOCUMENT(model_spec_json));
+  if (version >= 2) ar(FEDDA_ID(transfer_precision));
   if (version >= 3) ar(m.sites_per_round, m.fraction);
   if (version >= 4) ar(m.max_update_norm);
   if (version >= 5) {
-    ar(FEDDA_TEXT(student_init), FEDDA_TEXT(kd_loss), m.kd_hard_weight, m.kd_confidence, FEDDA_TEXT(bn_statistics),
-       FEDDA_TEXT(server_optimizer), m.server_lr, m.evaluate_every);
+    ar(FEDDA_ID(student_init), FEDDA_ID(kd_loss), m.kd_hard_weight, m.kd_confidence, FEDDA_ID(bn_statistics),
+       FEDDA_ID(server_optimizer), m.server_lr, m.evaluate_every);
   }
-  if (version >= 6) ar(FEDDA_TEXT(precision));
+  if (version >= 6) ar(FEDDA_ID(precision));
   if (version >= 7) ar(m.secure_aggregation, m.secagg_threshold, m.secagg_timeout_s);
-  if (version >= 8) ar(FEDDA_TEXT(recipe));
+  if (version >= 8) ar(FEDDA_DOCUMENT(recipe));
+  if (version >= 9) ar(m.max_sample_share);
 }
 template <class Archive>
 void serialize(Archive& ar, Hello& m, std::uint32_t version) {
   detail::check_known_version<Hello>(version);
-  ar(FEDDA_TEXT(site_id), FEDDA_TEXT(agent_version), FEDDA_TEXT(device));
+  ar(FEDDA_ID(site_id), FEDDA_ID(agent_version), FEDDA_LINE(device));
   if (version >= 2) ar(m.threads);
 }
 template <class Archive>
@@ -589,12 +685,12 @@ template <class Archive>
 void serialize(Archive& ar, JobOffer& m, std::uint32_t version) {
   detail::check_known_version<JobOffer>(version);
   ar(m.job, m.teacher);
-  if (version >= 2) ar(FEDDA_TEXT(quality_estimator));
+  if (version >= 2) ar(FEDDA_BYTES(quality_estimator));
 }
 template <class Archive>
 void serialize(Archive& ar, SkippedSubject& m, std::uint32_t version) {
   detail::check_known_version<SkippedSubject>(version);
-  ar(FEDDA_TEXT(subject), FEDDA_TEXT(reason));
+  ar(FEDDA_ID(subject), FEDDA_REASON(reason));
 }
 template <class Archive>
 void serialize(Archive& ar, JobReady& m, std::uint32_t version) {
@@ -604,21 +700,21 @@ void serialize(Archive& ar, JobReady& m, std::uint32_t version) {
 template <class Archive>
 void serialize(Archive& ar, RoundTask& m, std::uint32_t version) {
   detail::check_known_version<RoundTask>(version);
-  ar(m.evaluate, m.learning_rate, m.adversarial_weight, m.model, m.discriminator, FEDDA_LIST(step_sites),
+  ar(m.evaluate, m.learning_rate, m.adversarial_weight, m.model, m.discriminator, FEDDA_IDS(step_sites),
      FEDDA_LIST(steps));
 }
 template <class Archive>
 void serialize(Archive& ar, SubjectMetrics& m, std::uint32_t version) {
   detail::check_known_version<SubjectMetrics>(version);
-  ar(FEDDA_TEXT(subject), m.dsc, m.h95, m.avd, m.recall, m.f1);
+  ar(FEDDA_ID(subject), m.dsc, m.h95, m.avd, m.recall, m.f1);
 }
 template <class Archive>
 void serialize(Archive& ar, RoundUpdate& m, std::uint32_t version) {
   detail::check_known_version<RoundUpdate>(version);
   ar(m.model, m.discriminator_grads, m.samples, m.steps, m.loss, m.seconds, FEDDA_LIST(metrics));
   if (version >= 2) ar(m.overhead_seconds);
-  if (version >= 3) ar(FEDDA_TEXT(precision));
-  if (version >= 4) ar(FEDDA_TEXT(masked));
+  if (version >= 3) ar(FEDDA_LINE(precision));
+  if (version >= 4) ar(FEDDA_BYTES(masked));
   if (version >= 5) {
     ar(m.has_quality);
     if (m.has_quality) ar(m.quality);
@@ -642,17 +738,17 @@ void serialize(Archive& ar, SecaggUnmask& m, std::uint32_t version) {
 template <class Archive>
 void serialize(Archive& ar, JobFailed& m, std::uint32_t version) {
   detail::check_known_version<JobFailed>(version);
-  ar(FEDDA_TEXT(reason));
+  ar(FEDDA_REASON(reason));
   if (version >= 2) {
     auto code = static_cast<std::uint16_t>(m.code);
-    ar(code, FEDDA_TEXT(rule));
+    ar(code, FEDDA_LINE(rule));
     m.code = static_cast<FailureCode>(code);
   }
 }
 template <class Archive>
 void serialize(Archive& ar, JobPending& m, std::uint32_t version) {
   detail::check_known_version<JobPending>(version);
-  ar(FEDDA_TEXT(reason));
+  ar(FEDDA_REASON(reason));
 }
 template <class Archive>
 void serialize(Archive& ar, Reject& m, std::uint32_t version) {
@@ -662,30 +758,35 @@ void serialize(Archive& ar, Reject& m, std::uint32_t version) {
     ar(code);
     m.code = static_cast<RejectCode>(code);
   }
-  ar(FEDDA_TEXT(reason));
+  ar(FEDDA_REASON(reason));
 }
 template <class Archive>
 void serialize(Archive& ar, NamedFile& m, std::uint32_t version) {
   detail::check_known_version<NamedFile>(version);
-  ar(FEDDA_TEXT(name), FEDDA_TEXT(bytes));
+  ar(FEDDA_ID(name), FEDDA_BYTES(bytes));
 }
 template <class Archive>
 void serialize(Archive& ar, AdminRequest& m, std::uint32_t version) {
   detail::check_known_version<AdminRequest>(version);
-  ar(FEDDA_TEXT(command), FEDDA_TEXT(target), FEDDA_TEXT(job_yaml), FEDDA_TEXT(job_file), FEDDA_LIST(files));
+  ar(FEDDA_ID(command), FEDDA_ID(target), FEDDA_DOCUMENT(job_yaml), FEDDA_LINE(job_file), FEDDA_LIST(files));
 }
 template <class Archive>
 void serialize(Archive& ar, AdminReply& m, std::uint32_t version) {
   detail::check_known_version<AdminReply>(version);
-  ar(m.ok, FEDDA_TEXT(error), FEDDA_TEXT(json), FEDDA_LIST(files), FEDDA_TEXT(notice));
+  ar(m.ok, FEDDA_DOCUMENT(error), FEDDA_DOCUMENT(json), FEDDA_LIST(files), FEDDA_REASON(notice));
 }
 template <class Archive>
 void serialize(Archive& ar, Goodbye& m, std::uint32_t version) {
   detail::check_known_version<Goodbye>(version);
-  ar(FEDDA_TEXT(reason));
+  ar(FEDDA_REASON(reason));
 }
 
-#undef FEDDA_TEXT
+#undef FEDDA_ID
+#undef FEDDA_IDS
+#undef FEDDA_LINE
+#undef FEDDA_REASON
+#undef FEDDA_DOCUMENT
+#undef FEDDA_BYTES
 #undef FEDDA_LIST
 
 namespace detail {
@@ -726,7 +827,7 @@ Result<Body> decode_body(const std::string& body_frame) {
 CEREAL_CLASS_VERSION(fedda::protocol::Header, 1)
 CEREAL_CLASS_VERSION(fedda::WireTensor, 1)
 CEREAL_CLASS_VERSION(fedda::TensorSet, 1)
-CEREAL_CLASS_VERSION(fedda::protocol::JobSpec, 8)
+CEREAL_CLASS_VERSION(fedda::protocol::JobSpec, 9)
 CEREAL_CLASS_VERSION(fedda::protocol::Hello, 2)
 CEREAL_CLASS_VERSION(fedda::protocol::Welcome, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::JobOffer, 2)

@@ -45,7 +45,7 @@ std::uint32_t crc32_of(const std::string& data);
 
 // Builds a float32 tensor from values (its CRC filled in).
 WireTensor make_f32(std::string name, std::vector<std::int64_t> shape, const std::vector<float>& values);
-// Float32 values of an f32 or f16 tensor.
+// Float32 values of an f32, f16 or i64 tensor; empty when its bytes do not match its shape.
 std::vector<float> to_f32(const WireTensor& tensor);
 // Recomputes every CRC (after editing data in place).
 void seal(TensorSet& set);
@@ -54,8 +54,15 @@ void seal(TensorSet& set);
 TensorSet to_half(const TensorSet& set);
 TensorSet to_full(const TensorSet& set);
 
+// Error naming the tensor unless its dtype is known and its bytes are exactly what its shape
+// declares (nothing is allocated: the check a forged shape must pass before any conversion).
+Status check_bytes(const WireTensor& tensor);
 // Error names the first tensor whose dtype, shape, byte count or CRC is inconsistent.
 Status check_integrity(const TensorSet& set);
+// What a set from the wire must pass before anything is done with it: the names, shapes and
+// dtypes of `layout` in its order (a float16 tensor may stand for a float32 one: a site that
+// sent at half precision), and consistent bytes and CRCs. The error names the first tensor at fault.
+Status check_matches(const TensorSet& set, const TensorSet& layout);
 // Error unless `set` has exactly the names, dtypes and shapes of `reference`, in its order.
 Status check_same_layout(const TensorSet& set, const TensorSet& reference);
 // Error naming the first float tensor (float32 or float16) that holds a NaN or an infinity.
@@ -74,6 +81,7 @@ class RunningAverage {
   // tensor counts as its float32 twin (a site that sent its update at half precision).
   Status add(const TensorSet& set, double weight);
   int count() const { return count_; }
+  const TensorSet& layout() const { return layout_; }  // names, dtypes and shapes; no data
   double total_weight() const { return total_weight_; }
   // The average, in the layout's dtypes; error when nothing was added.
   Result<TensorSet> average() const;
