@@ -18,7 +18,7 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 flags=(-std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
        -I"$root/common/include")
-common=("$root/common/src/protocol.cpp" "$root/common/src/tensors.cpp" "$root/common/src/config.cpp"
+common=("$root/common/src/protocol.cpp" "$root/common/src/text.cpp" "$root/common/src/tensors.cpp" "$root/common/src/config.cpp"
         "$root/common/src/files.cpp" "$root/common/src/crypto.cpp")
 status=0
 for target in protocol config; do

@@ -90,6 +90,11 @@ bool is_parameter(const std::string& name) {
   return name.find("running_") == std::string::npos && name.find("num_batches_tracked") == std::string::npos;
 }
 
+bool is_pseudonym(const std::string& subject) {
+  return subject.size() == 18 && subject.compare(0, 2, "s-") == 0 &&
+         std::all_of(subject.begin() + 2, subject.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
 TensorSet parameters_only(const TensorSet& set) {
   TensorSet out;
   for (const auto& t : set.tensors) {

@@ -76,7 +76,7 @@ std::vector<protocol::SubjectMetrics> accepted_rows(const std::vector<protocol::
   std::set<std::string> seen;
   int refused = 0;
   for (const auto& r : rows) {
-    if (static_cast<int>(out.size()) >= declared || r.subject.empty() || r.subject.size() > 256 || !seen.insert(r.subject).second) {
+    if (static_cast<int>(out.size()) >= declared || !protocol::is_pseudonym(r.subject) || !seen.insert(r.subject).second) {
       ++refused;
       continue;
     }
@@ -394,7 +394,7 @@ void JobRun::handle_update(SiteInfo& site, const std::string& body) {
   if (phase_ == Phase::evaluating) {
     std::string dropped;
     const auto rows = accepted_rows(update->metrics, site.jobs[id()].evaluation_subjects, dropped);
-    if (!dropped.empty()) log_->warn("site {}: {} of its evaluation refused (not asked for)", site.id, dropped);
+    if (!dropped.empty()) log_->warn("site {}: {} of its evaluation refused (beyond the subjects it declared, repeated, or not a pseudonym)", site.id, dropped);
     for (const auto& row : rows) evaluation_.push_back({site.id, row});
     if (update->has_quality) quality_[site.id] = update->quality;
     answered_.insert(site.id);
@@ -468,7 +468,15 @@ void JobRun::handle_update(SiteInfo& site, const std::string& body) {
 
 void JobRun::handle_secagg(SiteInfo& site, const protocol::Header& h, const std::string& body) {
   if (!secure_ || phase_ != Phase::collecting || h.round != round_) {
-    log_->warn("site {}: {} for round {} of {} dropped (no secure round open)", site.id, protocol::type_name(h.type), h.round, id());
+    // A share that comes after its round was unmasked (the sum needed only the threshold's
+    // number) is expected traffic, not news.
+    const bool late_share = h.type == MessageType::secagg_unmask && h.round >= 1 && h.round <= record_.finished_round;
+    if (late_share) {
+      log_->debug("site {}: secagg_unmask for round {} of {} after the round was unmasked; not needed", site.id, h.round, id());
+    } else if (const auto held = host_.log_budget().take(site.id)) {
+      log_->warn("site {}: {} for round {} of {} dropped (no secure round open){}", site.id, protocol::type_name(h.type), h.round,
+                 id(), *held ? " (" + std::to_string(*held) + " more lines held back)" : std::string());
+    }
     return;
   }
   auto& a = *secure_->aggregator;

@@ -46,10 +46,18 @@ Status decide(const fs::path& cache_dir, const std::string& job, bool approve) {
 }
 
 std::optional<bool> decision(const fs::path& cache_dir, const std::string& job, const std::string& digest) {
-  if (fs::exists(folder(cache_dir) / (job + ".refused"))) return false;
-  auto approved = files::read_all(folder(cache_dir) / (job + ".approved"));
-  if (approved && approved->substr(0, approved->find('\n')) == digest) return true;
+  const auto names = [&](const char* ext) {
+    auto text = files::read_all(folder(cache_dir) / (job + ext));
+    return text && text->substr(0, text->find('\n')) == digest;
+  };
+  if (names(".refused")) return false;
+  if (names(".approved")) return true;
   return std::nullopt;
+}
+
+void settle_pending(const fs::path& cache_dir, const std::string& job) {
+  std::error_code ec;
+  fs::remove(folder(cache_dir) / (job + ".json"), ec);
 }
 
 void clear_pending(const fs::path& cache_dir, const std::string& job) {

@@ -213,7 +213,7 @@ Result<std::string> pseudonym_key(const SiteConfig& c) {
 
 std::string pseudonym(const std::string& key, const std::string& subject) {
   auto mac = crypto::hmac_sha256_hex(key, "fedda-subject\n" + subject);
-  return "s-" + (mac ? mac->substr(0, 16) : std::string("unavailable"));
+  return "s-" + (mac ? mac->substr(0, 16) : std::string("unavailable"));  // protocol::is_pseudonym
 }
 
 }  // namespace fedda::site_agent

@@ -176,7 +176,7 @@ struct SiteWorker::Impl {
       const auto digest = crypto::sha256_hex(protocol::to_json(job));
       const auto decided = decision(config.cache_dir, job.id, digest);
       if (decided && !*decided) {
-        clear_pending(config.cache_dir, job.id);
+        settle_pending(config.cache_dir, job.id);
         return fail(job.id, FailureCode::refused, "refused by this site's administrator");
       }
       if (!decided) {
@@ -187,7 +187,7 @@ struct SiteWorker::Impl {
         log->warn("job {}: waits for this site's administrator (fedda-agent pending; fedda-agent approve {})", job.id, job.id);
         return post(MessageType::job_pending, job.id, 0, protocol::JobPending{"approval by the site's administrator"});
       }
-      clear_pending(config.cache_dir, job.id);
+      settle_pending(config.cache_dir, job.id);  // the approval stays: the same job offered again runs
       log->info("job {}: approved by this site's administrator", job.id);
     }
     if (trainer && trainer_job == job.id) {  // e.g. the coordinator restarted: nothing to redo
@@ -494,12 +494,11 @@ std::vector<Outgoing> SiteWorker::check_approvals() {
     }
     const Inbound work = std::move(it->second);
     it = m.held.erase(it);
+    settle_pending(m.config.cache_dir, work.header.job_id);
     if (*decided) {
-      clear_pending(m.config.cache_dir, work.header.job_id);
       log::get("agent")->info("job {}: approved by this site's administrator", work.header.job_id);
       m.dispatch(work, true);
     } else {
-      clear_pending(m.config.cache_dir, work.header.job_id);
       m.fail(work.header.job_id, FailureCode::refused, "refused by this site's administrator");
     }
   }

@@ -94,9 +94,25 @@ TEST(Approvals, AnApprovalHoldsForTheJobAsOfferedOnly) {
   EXPECT_FALSE(decision(dir.path(), "kd-1", "digest-b")) << "an approval for another version of the job";
   ASSERT_TRUE(decide(dir.path(), "kd-1", false));
   EXPECT_EQ(decision(dir.path(), "kd-1", "digest-a"), std::optional<bool>(false));  // the last word counts
+  EXPECT_FALSE(decision(dir.path(), "kd-1", "digest-b")) << "a refusal of another version of the job";
   EXPECT_FALSE(decide(dir.path(), "nothing", true));
   clear_pending(dir.path(), "kd-1");
   EXPECT_TRUE(list_pending(dir.path()).empty());
+}
+
+// Regression (first-month issue): an approval was deleted once used, so the same job offered
+// again after a coordinator restart waited for the administrator again and the job stalled. A
+// settled offer leaves the waiting list; its decision stays until the job ends.
+TEST(Approvals, ADecisionOutlivesItsOfferUntilTheJobEnds) {
+  testing::ScratchDir dir;
+  ASSERT_TRUE(write_pending(dir.path(), {"kd-1", "digest-a", R"({"job": "kd-1"})"}));
+  ASSERT_TRUE(decide(dir.path(), "kd-1", true));
+  settle_pending(dir.path(), "kd-1");
+  EXPECT_TRUE(list_pending(dir.path()).empty());
+  EXPECT_EQ(decision(dir.path(), "kd-1", "digest-a"), std::optional<bool>(true));
+  EXPECT_FALSE(decision(dir.path(), "kd-1", "digest-b"));
+  clear_pending(dir.path(), "kd-1");  // the job ended
+  EXPECT_FALSE(decision(dir.path(), "kd-1", "digest-a"));
 }
 
 TEST(AuditLog, CountsHeartbeatsAndKeepsAFailuresFullText) {

@@ -33,7 +33,7 @@ enum class Behaviour {
   nan_weights,          // an update holding NaN
   forged_count,         // an update claiming 100x the samples it declared
   huge_norm,            // weights moved 1000 times further than an honest site would
-  extra_rows,           // evaluation answers with far more rows than declared, ids holding commas and quotes
+  extra_rows,           // evaluation answers with far more rows than declared, none a pseudonym (commas, quotes, a formula)
   reconnect_after_ready, // in round 1 it announces its update, then restarts (new connection, new hello)
   forged_shape,         // an update whose first tensor declares [2^20, 2^20] elements and holds no data
   bad_precision,        // an update whose precision field is not UTF-8 ("float32\xff")
@@ -173,7 +173,7 @@ class FakeSites {
           for (int r = 0; r < rows; ++r) {
             const std::string subject = s.behaviour == Behaviour::extra_rows
                                             ? "p" + std::to_string(r) + ",\"forged\",evil,=HYPERLINK(\"x\")"
-                                            : "p" + std::to_string(r);
+                                            : "s-00000000000000" + std::to_string(10 + r);  // a pseudonym's form
             u.metrics.push_back({subject, 0.5, 1, 2, 0.5, 0.5});
           }
           s.own_update = protocol::encode(protocol::Header{}, u);

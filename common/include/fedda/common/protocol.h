@@ -149,6 +149,10 @@ std::string model_signed_text(const std::string& job_id, int round, const std::s
 // num_batches_tracked) have no gradient. The one filter the egress guard (what a site may send
 // as discriminator gradients) and the coordinator (what it averages) both use.
 bool is_parameter(const std::string& tensor_name);
+
+// A subject leaves a site only as its pseudonym: "s-" and 16 lowercase hex digits (the site
+// agent's HMAC of the id). The coordinator takes no other subject from the wire.
+bool is_pseudonym(const std::string& subject);
 TensorSet parameters_only(const TensorSet& set);
 
 // One row of a results.csv: a subject's metrics under one method. Written through csv_line,

@@ -4,11 +4,13 @@
 //
 //   CACHE/pending/<job>.json      the offer: what the job is, and exactly what it will send
 //   CACHE/pending/<job>.approved  the administrator's yes, naming the offer's digest
-//   CACHE/pending/<job>.refused   the administrator's no
+//   CACHE/pending/<job>.refused   the administrator's no, naming it likewise
 //
-// An approval holds the SHA-256 of the job as it was offered: a coordinator that changes the job
-// under the same id after the approval gets no approval for the new one. Files are written
-// atomically; pure functions of the folder; safe for the agent and the CLI at once.
+// A decision holds the SHA-256 of the job as it was offered: a coordinator that changes the job
+// under the same id gets no decision for the new one (it is asked for again), and the same job
+// offered again (a coordinator or an agent that restarted) gets the decision already made, for
+// as long as the job runs. Files are written atomically; pure functions of the folder; safe for
+// the agent and the CLI at once.
 
 #include <filesystem>
 #include <optional>
@@ -30,9 +32,11 @@ Status write_pending(const std::filesystem::path& cache_dir, const PendingOffer&
 std::vector<PendingOffer> list_pending(const std::filesystem::path& cache_dir);
 // Error when no such offer waits.
 Status decide(const std::filesystem::path& cache_dir, const std::string& job, bool approve);
-// true: approved (for this digest), false: refused, nothing: no decision yet.
+// true: approved, false: refused (either for this digest), nothing: no decision for it yet.
 std::optional<bool> decision(const std::filesystem::path& cache_dir, const std::string& job, const std::string& digest);
-// Removes the offer and its decision (the job ended or was answered).
+// The offer no longer waits (it was decided); the decision stays.
+void settle_pending(const std::filesystem::path& cache_dir, const std::string& job);
+// Removes the offer and its decision (the job ended).
 void clear_pending(const std::filesystem::path& cache_dir, const std::string& job);
 
 }  // namespace fedda::site_agent
