@@ -61,9 +61,29 @@ int main(int argc, char** argv) {
       "take part in its jobs, reconnect with backoff when it goes away. SIGTERM or SIGINT drains the running "
       "task and leaves cleanly. A subject that fails validation is skipped and reported by id.");
   run->add_option("--config", config_path, "site config (YAML); see configs/site.example.yaml")->required();
+  bool allow_no_subjects = false;
+  run->add_flag("--allow-no-subjects", allow_no_subjects,
+                "join even when the data folder holds no usable subject (the site can then only be offered jobs it "
+                "has no data for); without it the agent refuses to start, as `check` would fail");
   run->callback([&]() {
     auto config = load_config();
     if (!config) return;
+    // A site with nothing to contribute that joins anyway would look ready to the coordinator:
+    // say so before connecting, as `check` would.
+    auto index = site_agent::site_subject_index(*config);
+    const std::size_t found = index ? index->subjects.size() : 0;
+    if (found == 0) {
+      const std::string why = index ? std::to_string(index->ignored.size()) + " files or folders left out" : index.error().message;
+      const std::string what = "site " + config->site_id + ": no usable subject in " + config->data.string() + " (" +
+                               config->data_layout + " layout; " + why + "); `fedda-agent check --config " + config_path +
+                               "` lists what was found and why it was left out";
+      if (!allow_no_subjects) {
+        log::get("fedda-agent")->error("{}; --allow-no-subjects joins anyway", what);
+        rc = 1;
+        return;
+      }
+      log::get("fedda-agent")->warn("{}; joining anyway (--allow-no-subjects)", what);
+    }
     site_agent::Agent agent(*config);
     running = &agent;
     std::signal(SIGTERM, on_signal);

@@ -133,6 +133,26 @@ TEST(FeddaAgentCli, CheckReadsBidsDatalistAndDicomSitesAndNamesWhatItLeavesOut) 
   EXPECT_NE(check.output.find("data_layout 'pacs' (choose wmh, bids, datalist or dicom)"), std::string::npos) << check.output;
 }
 
+// Regression (first-month issue): `fedda-agent run` on a data folder with no usable subject
+// joined silently and looked ready. It refuses to start, naming the folder and `check`; with
+// --allow-no-subjects it starts and says so.
+TEST(FeddaAgentCli, RunRefusesADataFolderWithNoUsableSubject) {
+  testing::ScratchDir dir;
+  std::filesystem::create_directories(dir / "empty");
+  std::ofstream(dir / "site.yaml") << "site_id: amsterdam\ncoordinator: tcp://127.0.0.1:1\ndata: " << (dir / "empty").string()
+                                   << "\ncache_dir: " << (dir / "cache").string() << "\nreconnect_min_ms: 100\n";
+  auto refused = run_command(bin("fedda-agent").string() + " run --config " + (dir / "site.yaml").string());
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_NE(refused.output.find("no usable subject in " + (dir / "empty").string() + " (wmh layout"), std::string::npos)
+      << refused.output;
+  EXPECT_NE(refused.output.find("fedda-agent check --config"), std::string::npos) << refused.output;
+  testing::Process joined({bin("fedda-agent").string(), "run", "--config", (dir / "site.yaml").string(), "--allow-no-subjects"},
+                          dir / "joined.log");
+  EXPECT_TRUE(testing::wait_for_text(dir / "joined.log", "joining anyway (--allow-no-subjects)", std::chrono::seconds(20)))
+      << testing::read_text(dir / "joined.log");
+  EXPECT_TRUE(joined.running());
+}
+
 std::vector<std::map<std::string, std::string>> read_csv(const std::filesystem::path& file) {
   std::ifstream in(file);
   std::string line;
