@@ -95,6 +95,14 @@ void print_status(const json& j) {
   }
   std::cout << "  submitted " << when(j.at("submitted_ms")) << " by " << j.value("submitted_by", "") << ", started "
             << when(j.at("started_ms")) << ", ended " << when(j.at("ended_ms")) << "\n";
+  if (j.contains("history") && j.at("history").size() > 1) {  // more than "submitted": what happened to it
+    std::string steps;
+    for (const auto& e : j.at("history")) {
+      steps += (steps.empty() ? "" : ", ") + e.value("what", "") + " " + when(e.at("ms")) +
+               (e.value("by", "").empty() ? "" : " by " + e.value("by", ""));
+    }
+    std::cout << "  history: " << steps << "\n";
+  }
   if (!j.value("activity", "").empty()) std::cout << "  now: " << j.value("activity", "") << ", about " << duration(j.at("eta_s")) << " left\n";
   if (!j.value("error", "").empty()) std::cout << "  " << j.value("error", "") << "\n";
   const auto& rounds = j.at("rounds_done");

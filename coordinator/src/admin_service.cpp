@@ -60,7 +60,8 @@ json job_json(const JobRecord& job, const std::string& activity) {
           {"submitted_ms", null_if_zero(job.submitted_ms)},
           {"started_ms", null_if_zero(job.started_ms)},
           {"ended_ms", null_if_zero(job.ended_ms)},
-          {"error", job.error}};
+          {"error", job.error},
+          {"history", history_json(job)}};
 }
 
 json rounds_of(const fs::path& jsonl) {

@@ -127,6 +127,9 @@ Result<std::unique_ptr<JobRecord>> read_record(const fs::path& file) {
     record->error = j.value("error", std::string());
     record->finished_round = j.at("finished_round").get<int>();
     for (const auto& r : j.at("rounds")) record->rounds.push_back(round_from_json(r));
+    for (const auto& e : j.value("history", json::array())) {  // absent before job history
+      record->history.push_back({e.value("ms", std::int64_t{0}), e.value("what", std::string()), e.value("by", std::string())});
+    }
     return record;
   } catch (const std::exception& e) {
     return make_error(file.string() + ": unreadable job record: " + e.what());
@@ -212,9 +215,20 @@ Result<JobRecord*> JobStore::add(JobDefinition definition, const std::string& su
   record->order = next_order_++;
   record->submitted_by = submitted_by;
   record->submitted_ms = wall_ms();
+  record->history.push_back({record->submitted_ms, "submitted", submitted_by});
   if (auto st = save(*record); !st) return st.error();
   jobs_.push_back(std::move(record));
   return jobs_.back().get();
+}
+
+json history_json(const JobRecord& r) {
+  json out = json::array();
+  for (const auto& e : r.history) {
+    json event = {{"ms", e.ms}, {"what", e.what}};
+    if (!e.by.empty()) event["by"] = e.by;
+    out.push_back(event);
+  }
+  return out;
 }
 
 Status JobStore::save(const JobRecord& r) {
@@ -236,7 +250,8 @@ Status JobStore::save(const JobRecord& r) {
                       {"ended_ms", r.ended_ms},
                       {"error", r.error},
                       {"finished_round", r.finished_round},
-                      {"rounds", rounds}};
+                      {"rounds", rounds},
+                      {"history", history_json(r)}};
   const auto folder = dir(r.id());
   if (auto st = files::write_atomically(folder / "rounds.jsonl", jsonl); !st) return st;
   crash_point("rounds", r.finished_round);
@@ -245,7 +260,11 @@ Status JobStore::save(const JobRecord& r) {
   return Status::success();
 }
 
-Status JobStore::set_state(JobRecord& record, JobState state, const std::string& error) {
+Status JobStore::set_state(JobRecord& record, JobState state, const std::string& error, const std::string& by) {
+  std::string what = job_state_name(state);
+  if (state == JobState::running) what = record.state == JobState::running ? "continued after a restart" : "started";
+  if (state == JobState::queued && (record.state == JobState::aborted || record.state == JobState::failed)) what = "resumed";
+  record.history.push_back({wall_ms(), what, by});
   record.state = state;
   record.error = error;
   if (state == JobState::running && record.started_ms == 0) record.started_ms = wall_ms();

@@ -22,6 +22,8 @@
 #include <utility>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "fedda/common/result.h"
 #include "fedda/coordinator/job_file.h"
 
@@ -64,6 +66,13 @@ struct RoundRecord {
   RoundCost cost;
 };
 
+// One step of a job's life, as `status` shows it: submitted, started, continued after a restart,
+// aborted, resumed, finished or failed; by whom where an operator did it.
+struct JobEvent {
+  std::int64_t ms = 0;  // wall clock
+  std::string what, by;
+};
+
 struct JobRecord {
   JobDefinition definition;
   JobState state = JobState::queued;
@@ -73,10 +82,14 @@ struct JobRecord {
   std::string error;                // failed: why; aborted: by whom
   int finished_round = 0;
   std::vector<RoundRecord> rounds;
+  std::vector<JobEvent> history;    // oldest first; persisted with the state
   bool abort_requested = false;     // stop after the current round (not persisted: the state is)
 
   const std::string& id() const { return definition.spec.id; }
 };
+
+// The history as state.json keeps it and `status` shows it: [{ms, what, by?}, ...].
+nlohmann::json history_json(const JobRecord& record);
 
 class JobStore {
  public:
@@ -98,8 +111,9 @@ class JobStore {
 
   // Writes the record (rounds.jsonl first, then state.json, each durably).
   Status save(const JobRecord& record);
-  // Sets the state (and error, end time), then saves.
-  Status set_state(JobRecord& record, JobState state, const std::string& error = {});
+  // Sets the state (and error, end time), adds the step to the job's history (`by`: the operator
+  // who asked, if one did), then saves.
+  Status set_state(JobRecord& record, JobState state, const std::string& error = {}, const std::string& by = {});
 
   // The model file a teacher reference names: job:<id> is that job's model.pt, sha256:<digest> a
   // model a submitter sent; a relative path is relative to the referring job's folder.

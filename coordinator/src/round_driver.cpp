@@ -930,7 +930,7 @@ void JobRun::fail(const std::string& why) {
 
 void JobRun::stop_after_round() {
   if (abort_) {
-    if (auto st = host_.store().set_state(record_, JobState::aborted, "aborted by " + stop_by_); !st) {
+    if (auto st = host_.store().set_state(record_, JobState::aborted, "aborted by " + stop_by_, stop_by_); !st) {
       log_->error("job {}: {}", id(), st.error().message);
     }
     log_->warn("job {}: aborted by {} after round {}", id(), stop_by_, record_.finished_round);
@@ -960,14 +960,44 @@ void JobRun::say_goodbye(const std::string& reason) {
   }
 }
 
+std::string JobRun::not_ready() const {
+  std::string out;
+  for (const auto& sid : record_.definition.spec.sites) {
+    const auto* site = host_.sites().find(sid);
+    const auto it = site ? site->jobs.find(id()) : decltype(site->jobs.end()){};
+    std::string why;
+    if (!site || !site->alive) {
+      why = "offline";
+    } else if (it == site->jobs.end() || !it->second.offered) {
+      why = "not offered the job yet";
+    } else if (it->second.failed) {
+      why = "cannot run it (" + it->second.failure_code + ")";
+    } else if (it->second.pending) {
+      why = "awaiting approval at the site";
+    } else if (!it->second.ready) {
+      why = "preparing";
+    } else if (it->second.samples <= 0) {
+      why = "has no training samples";
+    } else {
+      continue;
+    }
+    out += (out.empty() ? "" : ", ") + sid + " " + why;
+  }
+  return out;
+}
+
 std::string JobRun::activity() const {
   const auto& spec = record_.definition.spec;
+  const std::string stopping = abort_ ? "aborting after this round (by " + stop_by_ + "): " : "";
   switch (phase_) {
-    case Phase::waiting:
-      return "waiting for sites (" + std::to_string(ready_sites(true).size()) + " of min_sites " +
-             std::to_string(spec.min_sites) + " ready) before round " + std::to_string(record_.finished_round + 1);
+    case Phase::waiting: {
+      const auto missing = not_ready();
+      return stopping + "waiting for sites (" + std::to_string(ready_sites(true).size()) + " of min_sites " +
+             std::to_string(spec.min_sites) + " ready" + (missing.empty() ? "" : "; " + missing) + ") before round " +
+             std::to_string(record_.finished_round + 1);
+    }
     case Phase::collecting: {
-      std::string round = "round " + std::to_string(round_) + " of " + std::to_string(spec.rounds) + ": ";
+      std::string round = stopping + "round " + std::to_string(round_) + " of " + std::to_string(spec.rounds) + ": ";
       const auto n = std::to_string(expected_.size());
       if (secure_) {
         const auto& a = *secure_->aggregator;

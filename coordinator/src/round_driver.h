@@ -92,6 +92,9 @@ class JobRun {
   void step();
   std::vector<std::string> ready_sites(bool training) const;
   bool trains(const std::string& site) const;
+  // Each training site of the job that is not ready, and why ("amsterdam awaiting approval at the
+  // site, singapore offline"); empty when all are.
+  std::string not_ready() const;
   // `sites` less those whose declared samples exceed the job's max_sample_share of their total
   // (each named in the round as refused, with its share).
   std::vector<std::string> within_sample_share(std::vector<std::string> sites);

@@ -387,7 +387,7 @@ struct Service::Impl : JobHost, AdminBackend {
 
   Status abort(JobRecord& job, const std::string& by) override {
     if (job.state == JobState::queued) {
-      if (auto st = jobs->set_state(job, JobState::aborted, "aborted by " + by); !st) return st;
+      if (auto st = jobs->set_state(job, JobState::aborted, "aborted by " + by, by); !st) return st;
       log->warn("job {}: aborted by {} before it started", job.id(), by);
       return Status::success();
     }
@@ -404,7 +404,7 @@ struct Service::Impl : JobHost, AdminBackend {
     if (job.state != JobState::aborted && job.state != JobState::failed) {
       return make_error("job '" + job.id() + "' is " + job_state_name(job.state) + "; only an aborted or failed job can be resumed");
     }
-    if (auto st = jobs->set_state(job, JobState::queued); !st) return st;
+    if (auto st = jobs->set_state(job, JobState::queued, {}, by); !st) return st;
     log->info("job {}: resumed by {} (after round {})", job.id(), by, job.finished_round);
     return Status::success();
   }

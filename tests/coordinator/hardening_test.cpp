@@ -225,7 +225,9 @@ TEST_F(Hardening, ForgedShapesStringsAndCountsDoNotEndTheCoordinatorOrTakeTheAve
     ASSERT_TRUE(listed.is_array()) << testing::read_text(dir_ / "sites.log");
     for (const auto& site : listed) {
       EXPECT_NE(site["site"], "stranger0") << "a hello that is not UTF-8 registered a site";
-      if (site["site"] == "stranger1") EXPECT_EQ(site.dump().find("waiting"), std::string::npos) << site.dump();
+      if (site["site"] == "stranger1") {
+        EXPECT_EQ(site.dump().find("waiting"), std::string::npos) << site.dump();
+      }
     }
     Process status({testing::bin("fedda-admin").string(), "--coordinator", admin_, "status", "job\xff"}, dir_ / "status.log");
     EXPECT_NE(status.wait(60s), 0);
@@ -402,7 +404,10 @@ TEST_F(Hardening, AFailureTellsTheCoordinatorACodeAndKeepsTheFullTextAtTheSite) 
   const auto empty = dir_ / "private" / "patients" / "amsterdam";
   fs::create_directories(empty);
   auto utrecht = start_agent("utrecht", endpoint);
-  auto amsterdam = start_agent("amsterdam", endpoint, empty);
+  // A site with no usable subject joins only when told to (fedda-agent run refuses otherwise).
+  Process amsterdam({testing::bin("fedda-agent").string(), "run", "--config", site_config("amsterdam", endpoint, empty).string(),
+                     "--allow-no-subjects"},
+                    dir_ / "amsterdam.log");
   ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "site amsterdam: cannot run job kd-nodata (no_data)", 120s))
       << testing::read_text(coordinator_log());
   const auto log = testing::read_text(coordinator_log());
@@ -699,6 +704,10 @@ TEST_F(Sovereignty, AManualSiteRunsAJobOnlyAfterItsAdministratorApproves) {
       << testing::read_text(coordinator_log());
   const auto sites = fedda_admin({"sites", "--json"});
   EXPECT_NE(sites.text.find("awaiting approval"), std::string::npos) << sites.text;
+  // Regression (first-month issue): `jobs` said "waiting for sites (1 of min_sites 2 ready)" and
+  // hid why; it names the site and what it waits for.
+  const auto jobs = fedda_admin({"jobs"});
+  EXPECT_NE(jobs.text.find("amsterdam awaiting approval at the site"), std::string::npos) << jobs.text;
   const auto pending = run({testing::bin("fedda-agent").string(), "pending", "--config", config.string(), "--json"});
   ASSERT_EQ(pending.rc, 0) << pending.text;
   const auto offers = json::parse(pending.text.substr(pending.text.find('[')));

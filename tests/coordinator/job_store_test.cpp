@@ -57,6 +57,30 @@ TEST(JobStore, QueuedAndRunningJobsSurviveAReopenInTheirOrder) {
   EXPECT_GT(store->find("kd-2")->order, store->find("kd")->order);
 }
 
+// Regression (first-month issue): after `resume`, `status` no longer showed that the job had
+// been aborted. Each step is kept, with who asked, across a reopen.
+TEST(JobStore, KeepsAJobsHistoryWithWhoAskedAcrossAReopen) {
+  testing::ScratchDir dir;
+  {
+    auto store = JobStore::open(dir.path()).value();
+    auto* job = store->add(kd_job("kd", "/models/t.pt"), "alice", "").value();
+    ASSERT_TRUE(store->set_state(*job, JobState::running));
+    ASSERT_TRUE(store->set_state(*job, JobState::running));  // the coordinator restarted
+    ASSERT_TRUE(store->set_state(*job, JobState::aborted, "aborted by bob", "bob"));
+    ASSERT_TRUE(store->set_state(*job, JobState::queued, {}, "carol"));
+  }
+  auto store = JobStore::open(dir.path()).value();
+  const auto& h = store->find("kd")->history;
+  ASSERT_EQ(h.size(), 5u);
+  const std::vector<std::pair<std::string, std::string>> expected = {
+      {"submitted", "alice"}, {"started", ""}, {"continued after a restart", ""}, {"aborted", "bob"}, {"resumed", "carol"}};
+  for (std::size_t i = 0; i < h.size(); ++i) {
+    EXPECT_EQ(h[i].what, expected[i].first) << i;
+    EXPECT_EQ(h[i].by, expected[i].second) << i;
+    EXPECT_GT(h[i].ms, 0);
+  }
+}
+
 TEST(JobStore, RefusesAnIdInUseAndATeacherJobItDoesNotKnow) {
   testing::ScratchDir dir;
   auto store = JobStore::open(dir.path()).value();

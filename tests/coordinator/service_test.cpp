@@ -281,6 +281,12 @@ TEST_F(Service, AnAbortedJobStopsAfterItsRoundAndResumesWhereItStopped) {
   ASSERT_TRUE(wait_state("kd-abort", "finished"));
   EXPECT_EQ(round_numbers("kd-abort"), (std::vector<int>{1, 2, 3, 4, 5, 6}));
   EXPECT_NE(admin({"resume", "kd-abort"}).rc, 0);  // finished: nothing to resume
+  // The whole history stays in `status`, with who asked (regression: resume erased the abort).
+  const auto status = admin({"status", "kd-abort"});
+  for (const auto* step : {"submitted", "started", "aborted", "by alice", "resumed", "finished"}) {
+    EXPECT_NE(status.text.find(step), std::string::npos) << step << "\n" << status.text;
+  }
+  EXPECT_LT(status.text.find("aborted"), status.text.find("resumed")) << status.text;
 }
 
 // A CurveZMQ client holding the given key pair, for the coordinator at `endpoint`.
