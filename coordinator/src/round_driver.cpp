@@ -636,7 +636,14 @@ void JobRun::open_round() {
     task.discriminator = std::move(*w);
     m.grad_average = std::make_unique<RunningAverage>(protocol::parameters_only(task.discriminator));
   }
-  const auto candidates = within_sample_share(sample(ready_sites(true)));
+  // Every training site of the job that will not contribute is named in the round, with why.
+  const auto ready = ready_sites(true);
+  const auto drawn = sample(ready);
+  const auto candidates = within_sample_share(drawn);
+  for (const auto& [sid, why] : sitting_out()) current_.missing.push_back(sid + " (" + why + ")");
+  for (const auto& sid : ready) {
+    if (!std::count(drawn.begin(), drawn.end(), sid)) current_.missing.push_back(sid + " (not drawn for this round)");
+  }
   if (spec.steps_by_share) {  // one centralized epoch per round, shared by sample count
     double total = 0;
     for (const auto& sid : candidates) total += static_cast<double>(host_.sites().in(sid, id()).samples);
@@ -960,8 +967,9 @@ void JobRun::say_goodbye(const std::string& reason) {
   }
 }
 
-std::string JobRun::not_ready() const {
-  std::string out;
+std::vector<std::pair<std::string, std::string>> JobRun::sitting_out() const {
+  std::vector<std::pair<std::string, std::string>> out;
+  if (record_.definition.spec.type == JobType::evaluate) return out;
   for (const auto& sid : record_.definition.spec.sites) {
     const auto* site = host_.sites().find(sid);
     const auto it = site ? site->jobs.find(id()) : decltype(site->jobs.end()){};
@@ -981,8 +989,14 @@ std::string JobRun::not_ready() const {
     } else {
       continue;
     }
-    out += (out.empty() ? "" : ", ") + sid + " " + why;
+    out.emplace_back(sid, why);
   }
+  return out;
+}
+
+std::string JobRun::not_ready() const {
+  std::string out;
+  for (const auto& [sid, why] : sitting_out()) out += (out.empty() ? "" : ", ") + sid + " " + why;
   return out;
 }
 

@@ -20,6 +20,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "evaluation.h"
@@ -92,8 +93,10 @@ class JobRun {
   void step();
   std::vector<std::string> ready_sites(bool training) const;
   bool trains(const std::string& site) const;
-  // Each training site of the job that is not ready, and why ("amsterdam awaiting approval at the
-  // site, singapore offline"); empty when all are.
+  // Each training site of the job that is not ready, and why (offline, awaiting approval at the
+  // site, preparing, cannot run it, has no training samples); and the same as one line
+  // ("amsterdam awaiting approval at the site, singapore offline"), empty when all are ready.
+  std::vector<std::pair<std::string, std::string>> sitting_out() const;
   std::string not_ready() const;
   // `sites` less those whose declared samples exceed the job's max_sample_share of their total
   // (each named in the round as refused, with its share).

@@ -314,6 +314,21 @@ TEST_F(Hardening, ThePeerFuzzerNeverStopsTheCoordinatorAndTheHonestPathStillWork
   EXPECT_TRUE(coordinator->running());
 }
 
+// Regression (first-month issue): a round that began without a site of the job (not connected,
+// not ready) recorded `missing: []`. Every round names every training site that did not
+// contribute, and why.
+TEST_F(Hardening, ARoundNamesEverySiteOfTheJobThatSatItOut) {
+  const auto job = fake_job("partial", 3, 2, 2);
+  auto coordinator = serve();
+  {
+    testing::FakeSites fakes(endpoint_, 2, "site", 200ms);  // site2 never connects
+    ASSERT_EQ(submit_when_joined(job, "partial", 2), "finished") << testing::read_text(coordinator_log());
+  }
+  const auto rounds = rounds_of("partial");
+  ASSERT_EQ(rounds.size(), 2u);
+  for (const auto& r : rounds) EXPECT_EQ(r["missing"], json::array({"site2 (offline)"})) << r.dump();
+}
+
 // Fault 7: a site could forge rows of results.csv (subjects from the wire went in unescaped, and
 // any number of rows was taken); and (hostile-peer review) subjects were not held to the
 // pseudonym form, so a formula or a comma reached results.csv, quoted.
