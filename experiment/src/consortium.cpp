@@ -286,6 +286,9 @@ Result<std::unique_ptr<LocalConsortium>> LocalConsortium::start(const Consortium
   // When they all train, idle OpenMP workers must sleep rather than spin on the shared cores
   // (OMP_WAIT_POLICY=PASSIVE below).
   const int threads = o.threads_per_agent > 0 ? o.threads_per_agent : static_cast<int>(cores);
+  // The agents pin the root of the kits made above, as a site pins the one sent to it.
+  auto pin = o.secure ? kit::root_fingerprint(kits / "root" / "root.pub") : Result<std::string>(std::string());
+  if (!pin) return make_error("provisioning kits: " + pin.error().message);
   for (const auto& site : sites) {
     const auto config = out / "sites" / (site + ".yaml");
     const auto& layout = impl->layouts.at(site);
@@ -297,7 +300,8 @@ Result<std::unique_ptr<LocalConsortium>> LocalConsortium::start(const Consortium
                              "\ndevice: " + o.device + "\nthreads: " + std::to_string(threads) +
                              "\nheartbeat_ms: " + std::to_string(o.heartbeat_ms) + "\nreconnect_min_ms: 200\n"
                              "reconnect_max_ms: 5000\n" +
-                             (o.secure ? "kit: " + (kits / "sites" / site).string() + "\n" : std::string());
+                             (o.secure ? "kit: " + (kits / "sites" / site).string() + "\nroot_fingerprint: " + *pin + "\n"
+                                       : std::string());
     if (auto st = files::write_atomically(config, yaml); !st) return st.error();
     // The site's pseudonym key exists before its agent starts, so this harness and the agent
     // never each make one (without a kit it lives in the site's cache).

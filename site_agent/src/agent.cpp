@@ -138,9 +138,9 @@ struct Agent::Impl {
       return make_error("kit " + config.kit.string() + " is signed by root " + loaded->root_fingerprint +
                         ", not by the consortium root pinned in root_fingerprint (" + config.root_fingerprint + ")");
     }
-    if (config.root_fingerprint.empty()) {
-      log->warn("root_fingerprint is not set in the site config: this site trusts whatever root its kit carries ({})",
-                loaded->root_fingerprint);
+    if (config.root_fingerprint.empty()) {  // without the pin a forged kit would be trusted: refused, as check does
+      return make_error("root_fingerprint is not set in the site config: without it this site would trust whatever root its kit carries (this kit's is " +
+                        loaded->root_fingerprint + "); pin the consortium root's fingerprint, sent to you apart from the kit");
     }
     log->info("site {}: consortium {}, CurveZMQ with the provisioned keys", config.site_id, loaded->consortium);
     return std::optional<kit::SiteKit>(std::move(*loaded));

@@ -777,6 +777,13 @@ TEST_F(Sovereignty, AForgedKitIsRefusedByThePinnedRootFingerprint) {
   const auto checked = run({testing::bin("fedda-agent").string(), "check", "--config", config.string()});
   EXPECT_NE(checked.rc, 0);
   EXPECT_NE(checked.text.find("a forged or wrong kit"), std::string::npos) << checked.text;
+  // Without a pin at all the agent refuses too (it used to warn and trust the kit's own root).
+  auto text = testing::read_text(config);
+  text.erase(text.find("root_fingerprint:"), text.find('\n', text.find("root_fingerprint:")) - text.find("root_fingerprint:") + 1);
+  std::ofstream(dir_ / "unpinned.yaml") << text;
+  const auto unpinned = run({testing::bin("fedda-agent").string(), "run", "--config", (dir_ / "unpinned.yaml").string()});
+  EXPECT_EQ(unpinned.rc, 1);
+  EXPECT_NE(unpinned.text.find("root_fingerprint is not set in the site config"), std::string::npos) << unpinned.text;
   const auto verified = run({testing::bin("fedda-admin").string(), "verify-kit", (dir_ / "forged" / "sites" / "amsterdam").string()});
   EXPECT_EQ(verified.rc, 0);  // it verifies against its own root ...
   EXPECT_EQ(verified.text.find(real), std::string::npos);  // ... whose fingerprint is not the consortium's

@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "fedda/common/kit.h"
 #include "fedda/imaging/dataset.h"
 #include "fedda/models/engine.h"
 #include "fedda/simulation/generator.h"
@@ -98,7 +99,9 @@ class Federation : public ::testing::Test {
   fs::path site_config(const std::string& site, const std::string& endpoint, fs::path data = {}) {
     const auto path = dir_ / (site + ".yaml");
     if (data.empty()) data = data_dir() / site;
-    std::ofstream(path) << (kit_.empty() ? "" : "kit: " + (kit_ / "sites" / site).string() + "\n") << "site_id: " << site << "\ncoordinator: " << endpoint << "\ndata: " << data.string()
+    std::ofstream(path) << (kit_.empty() ? "" : "kit: " + (kit_ / "sites" / site).string() + "\nroot_fingerprint: " +
+                                                     kit::root_fingerprint(kit_ / "root" / "root.pub").value() + "\n")
+                        << "site_id: " << site << "\ncoordinator: " << endpoint << "\ndata: " << data.string()
                         << "\ncache_dir: " << (dir_ / ("cache-" + site)).string()
                         << "\nthreads: 1\nheartbeat_ms: 200\n"
                         << (site_config_extra_.find("reconnect_") == std::string::npos ? "reconnect_min_ms: 100\nreconnect_max_ms: 1000\n" : "")
