@@ -401,7 +401,7 @@ int main(int argc, char** argv) {
   auto* admit = app.add_subcommand("admit", "Admit a site without restarting the coordinator: a kit made with add-site "
                                             "(its manifest in the coordinator's kit folder, or sent with --manifest), or "
                                             "a revoked site again.");
-  admit->add_option("site", target, "site id")->required();
+  admit->add_option("site", target, "site id (or a revoked operator's name)")->required();
   admit->add_option("--manifest", manifest, "the site kit's manifest.json (manifest.sig beside it is sent too)")
       ->check(CLI::ExistingFile);
   admit->callback([&] {
@@ -421,8 +421,10 @@ int main(int argc, char** argv) {
   });
 
   auto* revoke = app.add_subcommand("revoke", "Revoke a site: it is disconnected at once and its key refused from then "
-                                              "on (until admitted again).");
-  revoke->add_option("site", target, "site id")->required();
+                                              "on (until admitted again). Or revoke another operator: its key is refused "
+                                              "from its next command (until admitted again; an operator cannot revoke "
+                                              "itself).");
+  revoke->add_option("site", target, "site id (or another operator's name)")->required();
   revoke->callback([&] {
     command([&](admin::Client& c) { return c.call(simple("revoke", target)); },
             [&](const json&, const protocol::AdminReply&) { std::cout << "site " << target << " revoked\n"; });

@@ -204,7 +204,7 @@ protocol::AdminReply AdminService::dispatch(const std::string& who, const protoc
     return ok(list);
   }
   if (r.command == "admit" || r.command == "revoke") {
-    if (r.target.empty()) return refused(r.command + ": which site? (a site id is needed)");
+    if (r.target.empty()) return refused(r.command + ": which site or operator? (an id is needed)");
     const Status st = r.command == "admit" ? backend_.admit(r.target, who, r.files) : backend_.revoke(r.target, who);
     if (!st) return refused(st.error().message);
     return ok({{"site", r.target}, {r.command == "admit" ? "admitted" : "revoked", true}});

@@ -27,6 +27,7 @@ Result<std::string> Admission::check(const std::string& domain, const std::strin
       if (sites_.count(key)) return make_error("site key of '" + sites_.at(key) + "' on the admin endpoint");
       return make_error("CURVE key " + key + " is not an operator of this consortium");
     }
+    if (revoked_operators_.count(it->second)) return make_error("operator '" + it->second + "' is revoked");
     return it->second;
   }
   return make_error("unknown ZAP domain '" + domain + "'");
@@ -49,6 +50,24 @@ void Admission::revoke(const std::string& site) {
 void Admission::unrevoke(const std::string& site) {
   std::lock_guard<std::mutex> lock(mutex_);
   revoked_.erase(site);
+}
+
+void Admission::revoke_operator(const std::string& name) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  revoked_operators_.insert(name);
+}
+
+void Admission::unrevoke_operator(const std::string& name) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  revoked_operators_.erase(name);
+}
+
+bool Admission::knows_operator(const std::string& name) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (const auto& [key, id] : operators_) {
+    if (id == name) return true;
+  }
+  return false;
 }
 
 bool Admission::revoked(const std::string& site) const {

@@ -38,6 +38,11 @@ class Admission {
   void admit_site(const std::string& key, const std::string& site);
   void revoke(const std::string& site);
   void unrevoke(const std::string& site);
+  // An operator's key refused on the admin endpoint from its next connection (fedda-admin
+  // connects once a command), until unrevoked.
+  void revoke_operator(const std::string& name);
+  void unrevoke_operator(const std::string& name);
+  bool knows_operator(const std::string& name) const;
   bool revoked(const std::string& site) const;
   bool knows_site(const std::string& site) const;
   std::set<std::string> site_ids() const;
@@ -54,7 +59,7 @@ class Admission {
   mutable std::mutex mutex_;
   std::map<std::string, std::string> sites_;      // key -> site id
   std::map<std::string, std::string> operators_;  // key -> operator name
-  std::set<std::string> revoked_;
+  std::set<std::string> revoked_, revoked_operators_;
   log::Budget refusal_lines_{1, 30};  // lines a minute per (address, key, reason), and in all
   std::shared_ptr<spdlog::logger> log_;
   std::atomic<std::uint64_t> refused_count_{0};

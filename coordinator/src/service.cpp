@@ -107,7 +107,7 @@ struct Service::Impl : JobHost, AdminBackend {
   Clock::time_point next_heartbeat{};
   std::atomic<bool> stopping{false};
   std::set<std::string> allowed;  // without a kit: the registry (empty admits any id)
-  std::set<std::string> revoked_sites;
+  std::set<std::string> revoked_sites, revoked_operators;
   std::map<std::string, std::pair<Clock::time_point, int>> handshake_failures;  // plane+event -> last logged, since
   ServiceCounters counters;  // for /metrics
   log::Budget peer_lines;    // warnings about what one peer sent: a bounded rate per peer and in all
@@ -412,11 +412,20 @@ struct Service::Impl : JobHost, AdminBackend {
   Status save_revocations() {
     json list = json::array();
     for (const auto& s : revoked_sites) list.push_back(s);
-    return files::write_atomically(o.state / "revoked.json", json{{"sites", list}}.dump(2) + "\n");
+    json operators = json::array();
+    for (const auto& s : revoked_operators) operators.push_back(s);
+    return files::write_atomically(o.state / "revoked.json", json{{"sites", list}, {"operators", operators}}.dump(2) + "\n");
   }
 
   Status admit(const std::string& site, const std::string& by, const std::vector<protocol::NamedFile>& files) override {
     if (!kit::safe_id(site)) return make_error("'" + site + "' is not a valid site id");
+    if (revoked_operators.count(site)) {  // an operator revoked before: admitted again
+      revoked_operators.erase(site);
+      if (auto st = save_revocations(); !st) return st;
+      if (admission) admission->unrevoke_operator(site);
+      log->warn("operator {}: admitted again by {}", site, by);
+      return Status::success();
+    }
     if (consortium) {
       std::string manifest, signature;
       for (const auto& f : files) {
@@ -464,7 +473,15 @@ struct Service::Impl : JobHost, AdminBackend {
   }
 
   Status revoke(const std::string& site, const std::string& by) override {
-    if (!known_sites().count(site)) return make_error("no site '" + site + "' in this consortium");
+    if (!known_sites().count(site) && admission && admission->knows_operator(site)) {
+      if (site == by) return make_error("operator '" + by + "' cannot revoke itself (another operator can)");
+      revoked_operators.insert(site);
+      if (auto st = save_revocations(); !st) return st;  // written before it takes effect
+      admission->revoke_operator(site);
+      log->warn("operator {}: revoked by {}", site, by);
+      return Status::success();
+    }
+    if (!known_sites().count(site)) return make_error("no site or operator '" + site + "' in this consortium");
     revoked_sites.insert(site);
     if (auto st = save_revocations(); !st) return st;
     if (admission) admission->revoke(site);
@@ -494,6 +511,7 @@ struct Service::Impl : JobHost, AdminBackend {
       if (holder->role == "site") admission->admit_site(holder->curve_public, holder->id);
     }
     for (const auto& s : revoked_sites) admission->revoke(s);
+    for (const auto& s : revoked_operators) admission->revoke_operator(s);
     auto handler = std::make_shared<zmq::socket_t>(context, zmq::socket_type::rep);
     try {
       handler->bind("inproc://zeromq.zap.01");
@@ -906,6 +924,7 @@ Result<std::unique_ptr<Service>> Service::start(const ServiceOptions& options) {
     try {
       const auto revoked = json::parse(*text);
       for (const auto& s : revoked.at("sites")) m.revoked_sites.insert(s.get<std::string>());
+      for (const auto& s : revoked.value("operators", json::array())) m.revoked_operators.insert(s.get<std::string>());
     } catch (const std::exception& e) {
       return make_error((options.state / "revoked.json").string() + ": " + e.what());
     }

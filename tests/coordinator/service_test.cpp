@@ -259,6 +259,32 @@ TEST_F(Service, KilledMidQueueItResumesTheRunningJobAndKeepsTheQueue) {
   EXPECT_EQ(restarted->wait(60s), 0);
 }
 
+// Regression (hostile-peer issue): operators could not be revoked. An operator revokes another
+// (never itself); the revoked key is refused from its next command, across a restart, until it
+// is admitted again.
+TEST_F(Service, AnOperatorIsRevokedAcrossARestartUntilAdmittedAgain) {
+  ASSERT_TRUE(kit::add_operator(kit_, "bob"));
+  const auto bob = kit_ / "operators" / "bob";
+  auto coordinator = serve();
+  endpoints();
+  ASSERT_EQ(admin({"jobs"}, bob).rc, 0);
+  const auto self = admin({"revoke", "alice"});
+  EXPECT_NE(self.rc, 0);
+  EXPECT_NE(self.text.find("cannot revoke itself"), std::string::npos) << self.text;
+  ASSERT_EQ(admin({"revoke", "bob"}).rc, 0);
+  const auto refused = admin({"--timeout", "3", "jobs"}, bob);
+  EXPECT_NE(refused.rc, 0) << refused.text;
+  EXPECT_TRUE(testing::wait_for_text(coordinator_log(), "operator 'bob' is revoked", 10s)) << testing::read_text(coordinator_log());
+  coordinator->signal(SIGTERM);
+  ASSERT_EQ(coordinator->wait(60s), 0);
+  auto restarted = serve(endpoint_, admin_);
+  ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "listening on", 30s));
+  EXPECT_NE(admin({"--timeout", "3", "jobs"}, bob).rc, 0) << "a restart forgot the revocation";
+  ASSERT_EQ(admin({"admit", "bob"}).rc, 0);
+  EXPECT_EQ(admin({"jobs"}, bob).rc, 0);
+  EXPECT_NE(testing::read_text(state() / "audit.jsonl").find("\"revoke\""), std::string::npos);
+}
+
 TEST_F(Service, AnAbortedJobStopsAfterItsRoundAndResumesWhereItStopped) {
   auto coordinator = serve();
   endpoints();
