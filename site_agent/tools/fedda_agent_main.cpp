@@ -29,6 +29,24 @@
 using namespace fedda;
 
 namespace {
+
+// A site with nothing to contribute that joined anyway would look ready to the coordinator: say
+// so before connecting, as `check` would. False: refused (logged).
+bool has_subjects_or_may_join(const site_agent::SiteConfig& config, const std::string& config_path, bool allow_no_subjects) {
+  auto index = site_agent::site_subject_index(config);
+  if (index && !index->subjects.empty()) return true;
+  const std::string why = index ? std::to_string(index->ignored.size()) + " files or folders left out" : index.error().message;
+  const std::string what = "site " + config.site_id + ": no usable subject in " + config.data.string() + " (" +
+                           config.data_layout + " layout; " + why + "); `fedda-agent check --config " + config_path +
+                           "` lists what was found and why it was left out";
+  if (!allow_no_subjects) {
+    log::get("fedda-agent")->error("{}; --allow-no-subjects joins anyway", what);
+    return false;
+  }
+  log::get("fedda-agent")->warn("{}; joining anyway (--allow-no-subjects)", what);
+  return true;
+}
+
 site_agent::Agent* running = nullptr;
 void on_signal(int) {
   if (running) running->stop();
@@ -68,21 +86,9 @@ int main(int argc, char** argv) {
   run->callback([&]() {
     auto config = load_config();
     if (!config) return;
-    // A site with nothing to contribute that joins anyway would look ready to the coordinator:
-    // say so before connecting, as `check` would.
-    auto index = site_agent::site_subject_index(*config);
-    const std::size_t found = index ? index->subjects.size() : 0;
-    if (found == 0) {
-      const std::string why = index ? std::to_string(index->ignored.size()) + " files or folders left out" : index.error().message;
-      const std::string what = "site " + config->site_id + ": no usable subject in " + config->data.string() + " (" +
-                               config->data_layout + " layout; " + why + "); `fedda-agent check --config " + config_path +
-                               "` lists what was found and why it was left out";
-      if (!allow_no_subjects) {
-        log::get("fedda-agent")->error("{}; --allow-no-subjects joins anyway", what);
-        rc = 1;
-        return;
-      }
-      log::get("fedda-agent")->warn("{}; joining anyway (--allow-no-subjects)", what);
+    if (!has_subjects_or_may_join(*config, config_path, allow_no_subjects)) {
+      rc = 1;
+      return;
     }
     site_agent::Agent agent(*config);
     running = &agent;
