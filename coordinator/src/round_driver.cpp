@@ -305,7 +305,7 @@ void JobRun::handle(SiteInfo& site, const protocol::Header& h, const std::string
   if (!uses(site.id)) {  // nothing of it is kept, not even an entry under the site
     if (const auto held = host_.log_budget().take(site.id)) {
       log_->warn("site {}: dropped {} for job {}, which it is not a site of{}", site.id, protocol::type_name(h.type), id(),
-                 *held ? " (" + std::to_string(*held) + " more lines held back)" : std::string());
+                 held_back(*held));
     }
     return;
   }
@@ -475,7 +475,7 @@ void JobRun::handle_secagg(SiteInfo& site, const protocol::Header& h, const std:
       log_->debug("site {}: secagg_unmask for round {} of {} after the round was unmasked; not needed", site.id, h.round, id());
     } else if (const auto held = host_.log_budget().take(site.id)) {
       log_->warn("site {}: {} for round {} of {} dropped (no secure round open){}", site.id, protocol::type_name(h.type), h.round,
-                 id(), *held ? " (" + std::to_string(*held) + " more lines held back)" : std::string());
+                 id(), held_back(*held));
     }
     return;
   }

@@ -56,6 +56,12 @@ class JobHost {
   virtual log::Budget& log_budget() = 0;
 };
 
+// What a budgeted log line says of the lines held back before it (log::Budget::take): nothing
+// for none, else " (N more lines held back)".
+inline std::string held_back(int lines) {
+  return lines ? " (" + std::to_string(lines) + " more lines held back)" : std::string();
+}
+
 // An encoded body, signed with the coordinator's key when there is a kit.
 Result<Broadcast> make_broadcast(const kit::CoordinatorKit* kit, protocol::Frames frames, const std::string& job, int round);
 

@@ -239,7 +239,7 @@ struct Service::Impl : JobHost, AdminBackend {
       const std::string who = consortium ? "site " + h.sender : "a peer calling itself '" + h.sender + "'";
       if (const auto held = peer_lines.take(who)) {
         log->warn("dropped a malformed hello from {}: {}{}", who, hello.error().message,
-                  *held ? " (" + std::to_string(*held) + " more lines held back)" : std::string());
+                  held_back(*held));
       }
       return;
     }
@@ -702,7 +702,7 @@ struct Service::Impl : JobHost, AdminBackend {
         const std::string who = site ? "site " + site->id : (authenticated.empty() ? "an unidentified peer" : authenticated);
         if (const auto held = peer_lines.take(who)) {
           log->error("{}: dropped a message from {} whose handling failed: {}{}", plane, who, e.what(),
-                     *held ? " (" + std::to_string(*held) + " more lines held back)" : std::string());
+                     held_back(*held));
         }
       }
       handled = true;
@@ -753,7 +753,7 @@ struct Service::Impl : JobHost, AdminBackend {
             const std::string who = site ? "site " + site->id : (authenticated.empty() ? "an unidentified peer" : "site " + authenticated);
             if (const auto held = peer_lines.take(who)) {
               log->warn("dropped a malformed message from {}: {}{}", who, h.error().message,
-                        *held ? " (" + std::to_string(*held) + " more lines held back)" : std::string());
+                        held_back(*held));
             }
             return;
           }
