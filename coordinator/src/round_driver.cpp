@@ -261,18 +261,23 @@ std::vector<std::string> JobRun::ready_sites(bool training) const {
 std::vector<std::string> JobRun::within_sample_share(std::vector<std::string> sites) {
   const double cap = record_.definition.spec.max_sample_share;
   if (!(cap > 0) || sites.size() < 2) return sites;
+  std::vector<std::int64_t> declared;
   double total = 0;
-  for (const auto& sid : sites) total += static_cast<double>(host_.sites().in(sid, id()).samples);
-  std::vector<std::string> kept;
   for (const auto& sid : sites) {
-    const double share = static_cast<double>(host_.sites().in(sid, id()).samples) / total;
+    declared.push_back(host_.sites().in(sid, id()).samples);
+    total += static_cast<double>(declared.back());
+  }
+  std::vector<std::string> kept;
+  for (std::size_t i = 0; i < sites.size(); ++i) {
+    const auto& sid = sites[i];
+    const double share = static_cast<double>(declared[i]) / total;
     if (share <= cap) {
       kept.push_back(sid);
       continue;
     }
     char why[200];
     std::snprintf(why, sizeof why, "declared %lld samples, %.0f%% of the round's %.0f, over max_sample_share %.2f",
-                  static_cast<long long>(host_.sites().in(sid, id()).samples), 100 * share, total, cap);
+                  static_cast<long long>(declared[i]), 100 * share, total, cap);
     log_->warn("job {}: round {}: site {} left out: {}", id(), round_, sid, why);
     current_.missing.push_back(sid + " (refused)");
     current_.refused.emplace_back(sid, why);
