@@ -32,6 +32,8 @@ packages=(
   clang
   libclang-rt-14-dev
   libcpp-httplib-dev  # the coordinator's status page, JSON API and /metrics
+  # fedda-sim experiment --plan: the engines its tests run a plan with (GNU parallel, Snakemake).
+  parallel snakemake
   # Packaging and its tests: dpkg-shlibdeps (dpkg-dev), `systemd-analyze verify` (systemd),
   # the status page in a headless browser (chromium), `promtool check metrics` (prometheus).
   dpkg-dev fakeroot systemd chromium prometheus curl

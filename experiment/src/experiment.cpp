@@ -1,6 +1,7 @@
 #include "fedda/experiment/experiment.h"
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <iostream>
@@ -16,12 +17,15 @@
 #include "fedda/imaging/dataset.h"
 #include "fedda/experiment/centralized.h"
 #include "fedda/experiment/consortium.h"
+#include "grid.h"
 #include "results_csv.h"
 
 namespace fedda::experiment {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using nlohmann::json;
+using detail::Cell;
+using detail::Grid;
 
 const std::vector<std::string>& experiment_profiles() {
   static const std::vector<std::string> p{"smoke", "quick", "standard", "paper", "paper-cpu"};
@@ -157,29 +161,6 @@ json budget_json(const ExperimentBudget& b) {
           {"noisy_augmentation", json::parse(models::to_json(b.noisy_augmentation))}};
 }
 
-// One cell of the grid. Teachers are cells too (method "teacher", target empty).
-struct Cell {
-  std::string mode, source, target, method;
-  int fold = 0;
-  std::vector<std::string> subjects;  // on the fly: the fold's test subjects, one job each
-  double cost = 0;                    // estimated, in training steps, for the time-left display
-
-  std::string pair() const { return source + "-" + target; }
-  std::string name() const {
-    if (method == "teacher" || method == "teacher-aug") return method + " " + source;
-    return mode + " " + method + " " + source + "->" + target + " fold " + std::to_string(fold);
-  }
-  // Federated job ids of the cell, in the order they run. On-the-fly jobs are numbered by the
-  // subject's place in the fold: a subject id never leaves its site, not even in a job id.
-  std::vector<std::string> jobs() const {
-    const std::string base = method + "-" + pair() + "-f" + std::to_string(fold);
-    if (method.rfind("otf-", 0) != 0) return {base};
-    std::vector<std::string> ids;
-    for (std::size_t i = 0; i < subjects.size(); ++i) ids.push_back(base + "-s" + std::to_string(i));
-    return ids;
-  }
-};
-
 class Progress {
  public:
   Progress(std::function<void(const std::string&)> say, double total) : say_(std::move(say)), total_(total) {}
@@ -245,12 +226,36 @@ std::string mean_dice_text(const std::string& rows) {
   return buf;
 }
 
-struct Grid {
-  std::vector<Cell> cells;
-  std::vector<std::string> clinics;
-};
+}  // namespace
 
-Result<Grid> plan(const ExperimentOptions& o, const ExperimentBudget& b) {
+namespace detail {
+
+std::string Cell::name() const {
+  if (is_teacher()) return method + " " + source;
+  return mode + " " + method + " " + source + "->" + target + " fold " + std::to_string(fold);
+}
+
+std::string Cell::id() const {
+  if (is_teacher()) return method + "-" + source;
+  return mode + "-" + method + "-" + pair() + "-f" + std::to_string(fold);
+}
+
+std::vector<std::string> Cell::jobs() const {
+  const std::string base = method + "-" + pair() + "-f" + std::to_string(fold);
+  if (method.rfind("otf-", 0) != 0) return {base};
+  std::vector<std::string> ids;
+  for (std::size_t i = 0; i < subjects.size(); ++i) ids.push_back(base + "-s" + std::to_string(i));
+  return ids;
+}
+
+std::vector<std::string> cell_dependencies(const Cell& c) {
+  if (c.is_teacher()) return {};
+  std::vector<std::string> needs{(c.method == "lbound-aug" ? "teacher-aug-" : "teacher-") + c.source};
+  if (c.method == "kd-from-ada") needs.push_back(c.mode + "-ada-" + c.pair() + "-f" + std::to_string(c.fold));
+  return needs;
+}
+
+Result<Grid> plan_grid(const ExperimentOptions& o, const ExperimentBudget& b) {
   auto subjects = imaging::find_subjects(o.data);
   if (!subjects) return subjects.error();
   std::map<std::string, std::vector<imaging::SubjectFiles>> by_clinic;
@@ -258,6 +263,15 @@ Result<Grid> plan(const ExperimentOptions& o, const ExperimentBudget& b) {
   for (const auto& s : *subjects) {
     if (!by_clinic.count(s.clinic)) g.clinics.push_back(s.clinic);
     by_clinic[s.clinic].push_back(s);
+  }
+  for (const auto& clinic : g.clinics) {  // a clinic's name is part of every cell id and job id
+    const bool plain = !clinic.empty() && std::all_of(clinic.begin(), clinic.end(), [](unsigned char ch) {
+      return std::isalnum(ch) || ch == '_';
+    });
+    if (!plain) {
+      return make_error((o.data / clinic).string() + ": a clinic's folder name is letters, digits and '_' only "
+                        "(it names the grid's cells and jobs)");
+    }
   }
   if (g.clinics.size() < 2) return make_error(o.data.string() + ": the grid needs at least two clinics, found " +
                                               std::to_string(g.clinics.size()));
@@ -319,6 +333,10 @@ Result<Grid> plan(const ExperimentOptions& o, const ExperimentBudget& b) {
   }
   return g;
 }
+
+}  // namespace detail
+
+namespace {
 
 // The source's teacher; `augmented`: lbound-aug's.
 fs::path teacher_model(const fs::path& out, const std::string& source, bool augmented = false) {
@@ -499,6 +517,36 @@ std::string yaml_list(const std::vector<std::string>& items) {
   return s + "]";
 }
 
+// Where federated cells run: the grid's one consortium (a run in one process), or a
+// consortium of the cell's own (a cell run alone, --cell, so that cells on other machines or
+// beside it never share a coordinator or a site's state).
+fs::path shared_consortium(const fs::path& out) { return out / "federated"; }
+fs::path own_consortium(const fs::path& out, const Cell& c) { return out / "federated" / "cells" / c.id(); }
+
+bool jobs_done(const fs::path& consortium, const Cell& c) {
+  const auto ids = c.jobs();
+  return std::all_of(ids.begin(), ids.end(), [&](const auto& id) { return fs::exists(consortium / "jobs" / id / "summary.json"); });
+}
+
+// The consortium holding a federated cell's finished jobs: its own where it ran alone, else the shared one.
+fs::path consortium_of(const fs::path& out, const Cell& c) {
+  return jobs_done(own_consortium(out, c), c) ? own_consortium(out, c) : shared_consortium(out);
+}
+
+// A centralized cell is done when its summary is written; a federated one when all its jobs are.
+bool cell_done(const fs::path& out, const Cell& c) {
+  if (c.mode == "centralized") return fs::exists(centralized_dir(out, c) / "summary.json");
+  return jobs_done(consortium_of(out, c), c);
+}
+
+// The kd-from-ada cell's ada twin (same mode, pair and fold).
+Cell ada_twin(const Cell& c) {
+  Cell ada = c;
+  ada.method = "ada";
+  ada.subjects.clear();
+  return ada;
+}
+
 // Pseudonym <-> subject id of each clinic of the local consortium, loaded once per clinic.
 class Pseudonyms {
  public:
@@ -529,9 +577,17 @@ class Pseudonyms {
   std::map<std::string, std::map<std::string, std::string>> maps_;
 };
 
-// The job files of a federated cell, as (id, YAML) in running order.
+// A YAML single-quoted scalar: any path, quotes doubled.
+std::string yaml_quoted(const std::string& text) {
+  std::string quoted = "'";
+  for (char ch : text) quoted += ch == '\'' ? std::string("''") : std::string(1, ch);
+  return quoted + "'";
+}
+
+// The job files of a federated cell run on `consortium`, as (id, YAML) in running order.
 Result<std::vector<std::pair<std::string, std::string>>> job_files(const ExperimentOptions& o, const ExperimentBudget& b,
-                                                                   const Cell& c, Pseudonyms& pseudonyms) {
+                                                                   const Cell& c, const fs::path& consortium,
+                                                                   Pseudonyms& pseudonyms) {
   std::ostringstream common;
   common << "source: " << c.source << "\nbatch_size: " << b.batch << "\nlocal_steps: " << b.steps
          << "\nsteps_by_share: true\nseed: " << o.seed << "\nround_deadline_s: 1800\ntemperature: " << b.temperature
@@ -540,9 +596,7 @@ Result<std::vector<std::pair<std::string, std::string>>> job_files(const Experim
   std::vector<std::pair<std::string, std::string>> out;
   const auto ids = c.jobs();
   const std::string fold = std::to_string(c.fold);
-  std::string teacher = "'";  // a YAML single-quoted scalar: any path, quotes doubled
-  for (char ch : teacher_model(o.out, c.source, c.method == "lbound-aug").string()) teacher += ch == '\'' ? std::string("''") : std::string(1, ch);
-  teacher += "'";
+  const std::string teacher = yaml_quoted(teacher_model(o.out, c.source, c.method == "lbound-aug").string());
   const std::string sites = yaml_list({c.source, c.target});
   for (std::size_t i = 0; i < ids.size(); ++i) {
     std::ostringstream y;
@@ -571,7 +625,15 @@ Result<std::vector<std::pair<std::string, std::string>>> job_files(const Experim
       if (c.method == "ubound") y << "type: teacher\nteacher: " << teacher << "\n";
       if (c.method == "kd" || c.method == "kd-noisy" || c.method == "otf-kd") y << "type: kd\nteacher: " << teacher << "\n";
       if (c.method == "ada" || c.method == "otf-ada") y << "type: ada\nteacher: " << teacher << "\n";
-      if (c.method == "kd-from-ada") y << "type: kd\nteacher: job:ada-" << c.pair() << "-f" << fold << "\n";
+      if (c.method == "kd-from-ada") {
+        // The ada job of the same consortium, or the model of the ada cell that ran in its own.
+        const auto ada = ada_twin(c);
+        if (consortium == shared_consortium(o.out) && consortium_of(o.out, ada) == consortium) {
+          y << "type: kd\nteacher: job:" << ada.jobs().front() << "\n";
+        } else {
+          y << "type: kd\nteacher: " << yaml_quoted(fs::absolute(consortium_of(o.out, ada) / "jobs" / ada.jobs().front() / "model.pt").string()) << "\n";
+        }
+      }
       if (otf) {
         auto p = pseudonyms.pseudonym(c.target, c.subjects[i]);
         if (!p) return p.error();
@@ -581,17 +643,6 @@ Result<std::vector<std::pair<std::string, std::string>>> job_files(const Experim
     out.emplace_back(ids[i], y.str());
   }
   return out;
-}
-
-bool job_done(const fs::path& jobs, const std::string& id) { return fs::exists(jobs / id / "summary.json"); }
-
-fs::path jobs_dir(const fs::path& out) { return out / "federated" / "jobs"; }
-
-// A centralized cell is done when its summary is written; a federated one when all its jobs are.
-bool cell_done(const fs::path& out, const Cell& c) {
-  if (c.mode == "centralized") return fs::exists(centralized_dir(out, c) / "summary.json");
-  const auto ids = c.jobs();
-  return std::all_of(ids.begin(), ids.end(), [&](const auto& id) { return job_done(jobs_dir(out), id); });
 }
 
 // The "seconds" of a summary.json (the engine's or the coordinator's); 0 when unreadable.
@@ -622,14 +673,14 @@ double job_seconds(const fs::path& jobs, const Cell& c) {
   return s;
 }
 
-// Runs the federated cells on one local consortium: every cell's jobs are submitted through the
-// coordinator's admin endpoint up front, in the grid's order, and the coordinator runs them one
-// after another (they share sites); a job whose teacher job failed fails with it. Cells are
-// reported as their jobs end, a failed one with the coordinator's reason; finished jobs of an
-// earlier run are not rerun, unfinished ones resume.
+// Runs the federated cells on one local consortium in `root` (agents for `sites`; empty: every
+// clinic): every cell's jobs are submitted through the coordinator's admin endpoint up front, in
+// the grid's order, and the coordinator runs them one after another (they share sites); a job
+// whose teacher job failed fails with it. Cells are reported as their jobs end, a failed one with
+// the coordinator's reason; finished jobs of an earlier run are not rerun, unfinished ones resume.
 void run_federated(const ExperimentOptions& o, const ExperimentBudget& b, const std::vector<Cell>& cells,
-                   Progress& progress, std::map<std::string, std::string>& failures) {
-  const auto root = o.out / "federated";
+                   const fs::path& root, const std::vector<std::string>& sites, Progress& progress,
+                   std::map<std::string, std::string>& failures) {
   std::error_code ec;
   fs::create_directories(root / "job-files", ec);
   std::vector<const Cell*> pending;
@@ -652,6 +703,7 @@ void run_federated(const ExperimentOptions& o, const ExperimentBudget& b, const 
   ConsortiumOptions co;
   co.data = o.data;
   co.out = root;
+  co.sites = sites;
   co.device = o.device;
   co.threads_per_agent = o.threads;
   co.bin_dir = o.bin_dir;
@@ -665,7 +717,7 @@ void run_federated(const ExperimentOptions& o, const ExperimentBudget& b, const 
   std::vector<const Cell*> submitted;
   for (const auto* c : pending) {
     std::string failed;
-    auto files_of_cell = job_files(o, b, *c, pseudonyms);
+    auto files_of_cell = job_files(o, b, *c, root, pseudonyms);
     if (!files_of_cell) failed = files_of_cell.error().message;
     for (const auto& [id, yaml] : files_of_cell ? *files_of_cell : std::vector<std::pair<std::string, std::string>>{}) {
       const auto file = root / "job-files" / (id + ".yaml");
@@ -703,7 +755,7 @@ void run_federated(const ExperimentOptions& o, const ExperimentBudget& b, const 
       }
       const double seconds = std::chrono::duration<double>(Clock::now() - cell_start).count();
       if (failed.empty()) {
-        progress.finish(c, seconds, mean_dice_text(job_rows(jobs_dir(o.out), c, pseudonyms)));
+        progress.finish(c, seconds, mean_dice_text(job_rows(root / "jobs", c, pseudonyms)));
       } else {
         failures[c.name()] = failed;
         log::get("experiment")->error("federated {}", failed);
@@ -755,10 +807,21 @@ Status check_configuration(const ExperimentOptions& o, const json& config) {
 
 }  // namespace
 
-Result<ExperimentResult> run_experiment(const ExperimentOptions& options) {
-  ExperimentOptions o = options;
+namespace {
+
+// A grid ready to run: its options completed, its budget, its cells, its configuration on disk.
+struct Setup {
+  ExperimentOptions o;
+  ExperimentBudget budget;
+  Grid grid;
+};
+
+// Checks the options, plans the grid and writes (or checks against) out/experiment.json: what
+// every way of running a grid does first, so that a plan's cells agree with each other.
+Result<Setup> set_up(const ExperimentOptions& options) {
+  Setup setup{options, {}, {}};
+  ExperimentOptions& o = setup.o;
   if (!o.say) o.say = [](const std::string& line) { std::cout << line << std::endl; };
-  const auto start = Clock::now();
   for (const auto& m : o.modes) {
     if (m != "federated" && m != "centralized") return make_error("unknown mode '" + m + "' (federated or centralized)");
   }
@@ -779,14 +842,16 @@ Result<ExperimentResult> run_experiment(const ExperimentOptions& options) {
   if (o.threads <= 0) o.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   auto chosen = experiment_budget(o.profile);
   if (!chosen) return chosen.error();
-  auto budget = *chosen;
+  auto& budget = setup.budget;
+  budget = *chosen;
   if (!o.student_init.empty()) budget.student_init = o.student_init;
   if (!o.federated_bn.empty()) budget.federated_bn = o.federated_bn;
   if (!o.server_optimizer.empty()) budget.server_optimizer = o.server_optimizer;
   if (o.server_lr > 0) budget.server_lr = o.server_lr;
   if (o.teacher_draws > 0) budget.teacher_draws = o.teacher_draws;
-  auto grid = plan(o, budget);
+  auto grid = detail::plan_grid(o, budget);
   if (!grid) return grid.error();
+  setup.grid = std::move(*grid);
   std::error_code ec;
   fs::create_directories(o.out, ec);
   if (ec) return make_error(o.out.string() + ": cannot create: " + ec.message());
@@ -795,7 +860,7 @@ Result<ExperimentResult> run_experiment(const ExperimentOptions& options) {
                  {"seed", o.seed},
                  {"budget", budget_json(budget)},
                  {"data", fs::absolute(o.data).lexically_normal().string()},
-                 {"clinics", grid->clinics},
+                 {"clinics", setup.grid.clinics},
                  {"modes", o.modes},
                  {"device", o.device},
                  {"precision", o.precision},
@@ -803,45 +868,21 @@ Result<ExperimentResult> run_experiment(const ExperimentOptions& options) {
                  {"secure", o.secure},
                  {"secure_aggregation", o.secure_aggregation}};
   if (auto st = check_configuration(o, config); !st) return st.error();
+  return setup;
+}
 
-  double total = 0;
-  for (const auto& c : grid->cells) total += c.cost;
-  Progress progress(o.say, total);
-  progress.set_cells(static_cast<int>(grid->cells.size()));
-  std::map<std::string, std::string> failures;
-  std::vector<Cell> federated;
-  for (const auto& c : grid->cells) {
-    if (cell_done(o.out, c)) {
-      progress.skip(c);
-    } else if (c.mode == "federated") {
-      federated.push_back(c);
-    }
-  }
-  o.say("experiment: " + std::to_string(grid->cells.size()) + " cells (" + o.profile + " profile, " +
-        std::to_string(grid->clinics.size()) + " clinics, modes " + yaml_list(o.modes) + "), " +
-        std::to_string(progress.skipped()) + " already done; output in " + o.out.string());
+// Why a cell run alone (--cell) failed, kept for the report step: out/cell-failures/<id>.txt.
+fs::path cell_failure_file(const fs::path& out, const Cell& c) { return out / "cell-failures" / (c.id() + ".txt"); }
 
-  for (const auto& c : grid->cells) {
-    if (c.mode != "centralized" || cell_done(o.out, c)) continue;
-    progress.start_cell(c);
-    const auto t0 = Clock::now();
-    auto rows = run_centralized_cell(o, budget, c);
-    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-    if (!rows) {
-      failures[c.name()] = rows.error().message;
-      log::get("experiment")->error("{}: {}", c.name(), rows.error().message);
-      progress.finish(c, s, "FAILED (see report)");
-      continue;
-    }
-    progress.finish(c, s, c.method.rfind("teacher", 0) == 0 ? "trained" : mean_dice_text(*rows));
-  }
-  if (!federated.empty()) run_federated(o, budget, federated, progress, failures);
-
-  // Merge results and timings of every finished cell.
-  Pseudonyms pseudonyms(o.out / "federated");
+// Merges the results and timings of every finished cell, names the failed ones and writes the
+// report. `failures`: this run's; cells neither finished nor failed here are named from their
+// own run's failure file, or as not run.
+Status merge_and_report(const Setup& setup, std::map<std::string, std::string> failures) {
+  const auto& o = setup.o;
+  std::map<fs::path, Pseudonyms> pseudonyms;
   std::string results = kCsvHeader;
   std::string timings = "mode,source,target,fold,method,seconds,status\n";
-  for (const auto& c : grid->cells) {
+  for (const auto& c : setup.grid.cells) {
     const bool done = cell_done(o.out, c);
     std::string rows;
     double seconds = 0;
@@ -849,8 +890,14 @@ Result<ExperimentResult> run_experiment(const ExperimentOptions& options) {
       rows = csv_rows(centralized_dir(o.out, c) / "results.csv");
       seconds = summary_seconds(centralized_dir(o.out, c) / "summary.json");
     } else {
-      rows = job_rows(jobs_dir(o.out), c, pseudonyms);
-      seconds = job_seconds(jobs_dir(o.out), c);
+      const auto root = consortium_of(o.out, c);
+      auto& names = pseudonyms.try_emplace(root, root).first->second;
+      rows = job_rows(root / "jobs", c, names);
+      seconds = job_seconds(root / "jobs", c);
+    }
+    if (!done && !failures.count(c.name())) {
+      auto why = files::read_all(cell_failure_file(o.out, c));
+      failures[c.name()] = why ? *why : "not run";
     }
     results += rows;
     char line[512];
@@ -863,15 +910,143 @@ Result<ExperimentResult> run_experiment(const ExperimentOptions& options) {
   json failed = json::object();
   for (const auto& [cell, why] : failures) failed[cell] = why;
   if (auto st = files::write_atomically(o.out / "failures.json", failed.dump(2) + "\n"); !st) return st.error();
-
   o.say("experiment: writing tables, plots and report");
-  if (auto st = write_experiment_report(o.out, o.data, o.device); !st) return st.error();
+  return write_experiment_report(o.out, o.data, o.device);
+}
+
+// Runs one centralized cell, with its progress lines; false (and the reason in `failures`) when it failed.
+bool run_centralized_with_progress(const Setup& setup, const Cell& c, Progress& progress,
+                                   std::map<std::string, std::string>& failures) {
+  progress.start_cell(c);
+  const auto t0 = Clock::now();
+  auto rows = run_centralized_cell(setup.o, setup.budget, c);
+  const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (!rows) {
+    failures[c.name()] = rows.error().message;
+    log::get("experiment")->error("{}: {}", c.name(), rows.error().message);
+    progress.finish(c, s, "FAILED (see report)");
+    return false;
+  }
+  progress.finish(c, s, c.is_teacher() ? "trained" : mean_dice_text(*rows));
+  return true;
+}
+
+// The whole grid in this process: centralized cells one after another, then the federated
+// cells on one shared consortium, then the report.
+Result<ExperimentResult> run_grid(const Setup& setup, Clock::time_point start) {
+  const auto& o = setup.o;
+  double total = 0;
+  for (const auto& c : setup.grid.cells) total += c.cost;
+  Progress progress(o.say, total);
+  progress.set_cells(static_cast<int>(setup.grid.cells.size()));
+  std::map<std::string, std::string> failures;
+  std::vector<Cell> federated;
+  for (const auto& c : setup.grid.cells) {
+    if (cell_done(o.out, c)) {
+      progress.skip(c);
+    } else if (c.mode == "federated") {
+      federated.push_back(c);
+    }
+  }
+  o.say("experiment: " + std::to_string(setup.grid.cells.size()) + " cells (" + o.profile + " profile, " +
+        std::to_string(setup.grid.clinics.size()) + " clinics, modes " + yaml_list(o.modes) + "), " +
+        std::to_string(progress.skipped()) + " already done; output in " + o.out.string());
+  for (const auto& c : setup.grid.cells) {
+    if (c.mode == "centralized" && !cell_done(o.out, c)) run_centralized_with_progress(setup, c, progress, failures);
+  }
+  if (!federated.empty()) run_federated(o, setup.budget, federated, shared_consortium(o.out), {}, progress, failures);
+  if (auto st = merge_and_report(setup, failures); !st) return st.error();
   ExperimentResult result;
-  result.cells = static_cast<int>(grid->cells.size());
+  result.cells = static_cast<int>(setup.grid.cells.size());
   result.failed = static_cast<int>(failures.size());
   result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
   result.report = o.out / "report.html";
   return result;
+}
+
+// Where the grid's plan is, for the refusals of --cell (out/plan.json, written with the plan).
+std::string plan_hint(const fs::path& out) {
+  auto text = files::read_all(out / "plan.json");
+  const auto j = text ? json::parse(*text, nullptr, false) : json();
+  if (j.is_object() && j.contains("dir") && j["dir"].is_string()) {
+    return "the plan in " + j["dir"].get<std::string>() + " (cells.tsv lists its cells)";
+  }
+  return "its plan (fedda-sim experiment with the same options and --plan DIR writes DIR/cells.tsv)";
+}
+
+// One cell of the grid (o.cell), as a line of a plan runs it: refused while a cell it needs has
+// not finished; a federated cell on a consortium of its own. The report step (kReportCell)
+// merges every finished cell and writes the report.
+Result<ExperimentResult> run_one_cell(const Setup& setup, Clock::time_point start) {
+  const auto& o = setup.o;
+  ExperimentResult result;
+  result.cells = 1;
+  result.report = o.out / "report.html";
+  if (o.cell == detail::kReportCell) {
+    if (auto st = merge_and_report(setup, {}); !st) return st.error();
+    for (const auto& c : setup.grid.cells) result.failed += cell_done(o.out, c) ? 0 : 1;
+    result.cells = static_cast<int>(setup.grid.cells.size());
+    result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    return result;
+  }
+  std::map<std::string, const Cell*> by_id;
+  for (const auto& c : setup.grid.cells) by_id[c.id()] = &c;
+  const auto it = by_id.find(o.cell);
+  if (it == by_id.end()) {
+    return make_error("--cell " + o.cell + ": no such cell in the grid of " + o.out.string() + " (" +
+                      std::to_string(setup.grid.cells.size()) + " cells and '" + detail::kReportCell + "'; see " +
+                      plan_hint(o.out) + ")");
+  }
+  const Cell& c = *it->second;
+  for (const auto& need : detail::cell_dependencies(c)) {
+    const auto dep = by_id.find(need);
+    if (dep == by_id.end() || !cell_done(o.out, *dep->second)) {
+      return make_error("--cell " + c.id() + " needs cell " + need + ", which has not finished in " + o.out.string() +
+                        " (run --cell " + need + " first: its stage of " + plan_hint(o.out) + " comes earlier)");
+    }
+  }
+  if (cell_done(o.out, c)) {
+    o.say("experiment: cell " + c.id() + " is done already in " + o.out.string());
+    return result;
+  }
+  Progress progress(o.say, c.cost);
+  progress.set_cells(1);
+  std::map<std::string, std::string> failures;
+  if (c.mode == "centralized") {
+    run_centralized_with_progress(setup, c, progress, failures);
+  } else {
+    run_federated(o, setup.budget, {c}, own_consortium(o.out, c), {c.source, c.target}, progress, failures);
+  }
+  const auto failure_file = cell_failure_file(o.out, c);
+  if (const auto why = failures.find(c.name()); why != failures.end()) {
+    result.failed = 1;
+    if (auto st = files::write_atomically(failure_file, why->second); !st) log::get("experiment")->warn("{}", st.error().message);
+  } else if (auto st = files::remove_durably(failure_file); !st) {
+    log::get("experiment")->warn("{}", st.error().message);
+  }
+  result.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  return result;
+}
+
+}  // namespace
+
+Result<ExperimentResult> run_experiment(const ExperimentOptions& options) {
+  const auto start = Clock::now();
+  auto setup = set_up(options);
+  if (!setup) return setup.error();
+  return setup->o.cell.empty() ? run_grid(*setup, start) : run_one_cell(*setup, start);
+}
+
+Result<ExperimentPlan> write_experiment_plan(const ExperimentOptions& options, const fs::path& dir,
+                                             const std::function<std::string(const std::string&)>& command) {
+  auto setup = set_up(options);
+  if (!setup) return setup.error();
+  auto plan = detail::write_plan_files(setup->grid, dir, command, options.threads);
+  if (!plan) return plan.error();
+  // Where the plan is, for the refusals of --cell (an unknown cell, one that must wait).
+  const json record = {{"dir", fs::absolute(dir).lexically_normal().string()}, {"cells", plan->cells}, {"stages", plan->stages}};
+  if (auto st = files::write_atomically(setup->o.out / "plan.json", record.dump(2) + "\n"); !st) return st.error();
+  return plan;
 }
 
 }  // namespace fedda::experiment

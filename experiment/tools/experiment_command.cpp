@@ -1,6 +1,10 @@
 // fedda-sim experiment: the seed paper's grid, federated and centralized, with tables, plots and
 // a report; and fedda-sim report, which rewrites the report of a (partial) run.
+#include <algorithm>
+#include <cctype>
+#include <iostream>
 #include <memory>
+#include <string_view>
 #include <sstream>
 
 #include "fedda/common/log.h"
@@ -10,6 +14,7 @@
 #include "fedda/models/precision.h"
 
 namespace fedda::experiment::tools {
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -22,12 +27,23 @@ std::vector<std::string> comma_list(const std::string& text) {
   return out;
 }
 
+// A word for sh: as it is when it holds nothing sh reads specially, else single-quoted.
+std::string shell_word(const std::string& word) {
+  const bool plain = !word.empty() && std::all_of(word.begin(), word.end(), [](unsigned char c) {
+    return std::isalnum(c) || std::string_view("_-./,:=+@%").find(static_cast<char>(c)) != std::string_view::npos;
+  });
+  if (plain) return word;
+  std::string quoted = "'";
+  for (char c : word) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return quoted + "'";
+}
+
 }  // namespace
 
 void add_experiment(CLI::App& app, int& rc) {
   struct Args {
     std::string data, out, profile = "quick", modes = "federated,centralized", methods, folds = "0,1", device = "cpu", precision = "auto";
-    std::string student_init, federated_bn, server_optimizer;
+    std::string student_init, federated_bn, server_optimizer, plan, cell;
     double server_lr = 0;
     int teacher_draws = 0;
     std::uint64_t seed = 1;
@@ -91,6 +107,18 @@ void add_experiment(CLI::App& app, int& rc) {
   cmd->add_flag("--secure-aggregation", a->secure_aggregation,
                 "federated: every training job under secure aggregation (the coordinator sees only each round's sum; "
                 "results equal the plain run's within 1e-6 per weight)");
+  auto* plan = cmd->add_option(
+      "--plan", a->plan,
+      "write the grid as independent commands into this folder instead of running it: stage-1.txt, stage-2.txt, "
+      "... (one command per line; a stage's lines are independent, the stages run in order, the last writes the "
+      "report: `for s in DIR/stage-*.txt; do parallel < $s; done`), cells.tsv, a Snakefile for Snakemake and "
+      "slurm.sh for Slurm. Each line runs one cell with --cell into the shared --out");
+  cmd->add_option("--cell", a->cell,
+                  "run one cell of the grid (an id of the plan's cells.tsv, e.g. teacher-utrecht or "
+                  "federated-kd-utrecht-singapore-f0) into --out, or 'report' to merge every finished cell and write "
+                  "the report; refused while a cell it needs (its teacher, kd-from-ada's ada) has not finished. A "
+                  "federated cell runs on a consortium of its own")
+      ->excludes(plan);
   cmd->callback([a, &rc]() {
     ExperimentOptions o;
     o.data = a->data;
@@ -115,10 +143,53 @@ void add_experiment(CLI::App& app, int& rc) {
     o.secure = !a->insecure;
     o.secure_aggregation = a->secure_aggregation;
     o.bin_dir = executable_dir();
+    o.cell = a->cell;
+    if (!a->plan.empty()) {
+      // Every option of this command again, paths absolute, so that a line runs anywhere `out` is shared.
+      std::string base = shell_word((o.bin_dir / "fedda-sim").string()) + " experiment --data " +
+                         shell_word(fs::absolute(o.data).lexically_normal().string()) + " --out " +
+                         shell_word(fs::absolute(o.out).lexically_normal().string()) + " --profile " + shell_word(o.profile);
+      const auto option = [&](const std::string& name, const std::string& value) {
+        if (!value.empty()) base += " --" + name + " " + shell_word(value);
+      };
+      option("student-init", a->student_init);
+      option("federated-bn", a->federated_bn);
+      option("server-optimizer", a->server_optimizer);
+      if (a->server_lr > 0) option("server-lr", std::to_string(a->server_lr));
+      if (a->teacher_draws > 0) option("teacher-draws", std::to_string(a->teacher_draws));
+      option("modes", a->modes);
+      option("methods", a->methods);
+      option("folds", a->folds);
+      option("seed", std::to_string(a->seed));
+      option("device", a->device);
+      option("precision", a->precision);
+      option("threads", std::to_string(a->threads));
+      if (a->insecure) base += " --insecure";
+      if (a->secure_aggregation) base += " --secure-aggregation";
+      auto written = write_experiment_plan(o, a->plan, [&](const std::string& cell) { return base + " --cell " + cell; });
+      if (!written) {
+        log::get("fedda-sim")->error("{}", written.error().message);
+        rc = 1;
+        return;
+      }
+      const auto d = written->dir.string();
+      log::get("fedda-sim")->info("plan: {} cells in {} stages in {}", written->cells, written->stages, d);
+      std::cout << "run it with GNU parallel, Snakemake or Slurm (the cores a cell takes: --threads):\n"
+                << "  for s in " << d << "/stage-*.txt; do parallel --halt now,fail=1 < \"$s\" || break; done\n"
+                << "  snakemake -s " << d << "/Snakefile --cores N\n"
+                << "  FEDDA_SBATCH_OPTIONS=\"--partition=...\" " << d << "/slurm.sh\n";
+      rc = 0;
+      return;
+    }
     auto r = run_experiment(o);
     if (!r) {
       log::get("fedda-sim")->error("{}", r.error().message);
       rc = 1;
+      return;
+    }
+    if (!o.cell.empty() && o.cell != "report") {
+      if (r->failed) log::get("fedda-sim")->error("cell {} FAILED (the reason is in the report step's report)", o.cell);
+      rc = r->failed ? 2 : 0;
       return;
     }
     log::get("fedda-sim")->info("{} cells in {:.1f} min{}; report {}", r->cells, r->seconds / 60,

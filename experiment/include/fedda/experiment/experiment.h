@@ -133,6 +133,12 @@ struct ExperimentOptions {
   bool secure = true;                // federated: provisioned kits (CurveZMQ, signatures, sealed state)
   bool secure_aggregation = false;   // federated: every training job under secure aggregation (common/secagg.h)
   std::filesystem::path bin_dir;     // fedda-coordinator and fedda-agent (required for federated cells)
+  // Run only this cell of the grid (ids as a plan's cells.tsv lists them, e.g. "teacher-utrecht",
+  // "federated-kd-utrecht-singapore-f0"), or "report": merge every finished cell and write the
+  // report. A cell is refused while a cell it needs has not finished; a federated cell runs on a
+  // consortium of its own (out/federated/cells/<id>/), so cells can run at once, on one machine or
+  // on several sharing `out`. Empty: the whole grid.
+  std::string cell;
   std::function<void(const std::string&)> say;  // progress lines; default: stdout
 };
 
@@ -151,6 +157,23 @@ Result<ExperimentResult> run_experiment(const ExperimentOptions& options);
 // timings.csv and experiment.json.
 Status write_experiment_report(const std::filesystem::path& out, const std::filesystem::path& data,
                                const std::string& device);
+
+// `fedda-sim experiment ... --plan DIR`: the grid as independent commands for an existing engine.
+// DIR/stage-1.txt, stage-2.txt, ...: one shell command per line (`command(cell id)`), the lines of a
+// stage independent of each other, the stages in order (teachers; the cells that adapt them; KD
+// from the ADA models; the report), so that `for s in DIR/stage-*.txt; do parallel < $s; done` runs
+// the grid. Beside them: cells.tsv (id, stage, the cells it needs, estimated cost), a Snakefile for
+// Snakemake (one rule per cell, markers in DIR/done/), and slurm.sh, which submits one Slurm array
+// job per stage, each after the one before succeeded (run-line.sh runs a stage's line N). Writes
+// out/experiment.json as a run would (a plan for another configuration of `out` is refused) and
+// out/plan.json (where the plan is).
+struct ExperimentPlan {
+  int cells = 0;   // the grid's, without the report
+  int stages = 0;  // with the report's
+  std::filesystem::path dir;
+};
+Result<ExperimentPlan> write_experiment_plan(const ExperimentOptions& options, const std::filesystem::path& dir,
+                                             const std::function<std::string(const std::string&)>& command);
 
 struct PairedTTest {
   int n = 0;                  // pairs where both values are finite
