@@ -19,8 +19,10 @@ flags unless given (--ghz, --fp32-per-cycle, --bf16-per-cycle):
   bf16   AMX-BF16: 1024; AVX512-BF16 on Intel: 128, on AMD Zen 4: 64; none: the fp32 peak
 
 GHz: the nominal clock (`model name` "@ x GHz", else the TSC's, `cpu MHz`); boost and a
-hypervisor's share make the real figure uncertain by tens of percent: read a percentage of peak
-as an order of magnitude, not a score.
+hypervisor's share make that peak uncertain by tens of percent. So the peak that counts is
+measured: fedda-peak (benchmarks/peak_flops.cpp, built beside fedda-bench) runs register-only
+fused multiply-adds on `--threads` threads per instruction set the processor has, and the
+percentages below are of what it reached (the nominal peak is printed beside it).
 
   benchmarks/roofline.py --rate "c++ training, fedda default=19.2" --rate "python training, reference=16.8"
 
@@ -28,7 +30,9 @@ Prints the counts, the peaks and one row per --rate (slices/s -> GFLOP/s, % of p
 See docs/performance.md for the figures.
 """
 import argparse
+import os
 import re
+import subprocess
 import sys
 
 import torch
@@ -102,6 +106,20 @@ def per_cycle(vendor, flags):
     return fp32, bf16
 
 
+def measured_peaks(binary, threads):
+    """{"fp32": GFLOP/s, "bf16": GFLOP/s} as fedda-peak measured them ({} without it)."""
+    if not binary or not os.access(binary, os.X_OK):
+        return {}
+    out = subprocess.run([binary, "--threads", str(threads), "--seconds", "2"], check=True,
+                         capture_output=True, text=True).stdout
+    peaks = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] in ("fp32", "bf16"):
+            peaks[parts[0]] = max(peaks.get(parts[0], 0.0), float(parts[2]))
+    return peaks
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=8)
@@ -113,6 +131,8 @@ def main():
     ap.add_argument("--ghz", type=float, help="clock per core (default: the nominal one, see above)")
     ap.add_argument("--fp32-per-cycle", type=int, help="fp32 FLOP per cycle per core (default: from the flags)")
     ap.add_argument("--bf16-per-cycle", type=int, help="bf16 FLOP per cycle per core (default: from the flags)")
+    ap.add_argument("--peak-bin", default=os.path.join(os.environ.get("FEDDA_BIN_DIR", "build/bin"), "fedda-peak"),
+                    help="fedda-peak, which measures the peak (default: build/bin/fedda-peak; none: nominal only)")
     ap.add_argument("--rate", action="append", default=[],
                     help="NAME=SLICES_PER_S: a measurement to place (names with 'inference' count the forward only)")
     args = ap.parse_args()
@@ -140,16 +160,25 @@ def main():
     print(f"cpu: {name} ({vendor}), {' '.join(units)}; {args.threads} cores x {ghz:.2f} GHz")
     print(f"  peak fp32: {args.threads} x {ghz:.2f} x {fp32} = {peak32:.1f} GFLOP/s; peak bf16: " +
           (f"{args.threads} x {ghz:.2f} x {bf16} = {peak16:.1f} GFLOP/s" if peak16 else "no bfloat16 units"))
+    measured = measured_peaks(args.peak_bin, args.threads)
+    if measured:
+        print(f"  measured by fedda-peak on {args.threads} threads: fp32 {measured['fp32']:.1f} GFLOP/s" +
+              (f", bf16 {measured['bf16']:.1f} GFLOP/s" if "bf16" in measured else ""))
+    else:
+        print("  no fedda-peak (make build): percentages of the nominal peak")
+    ceiling32 = measured.get("fp32", peak32)
+    ceiling16 = measured.get("bf16", peak16)
+    which = "measured" if measured else "nominal"
     if args.rate:
-        print(f"{'measurement':<48} {'slices/s':>9} {'GFLOP/s':>8} {'% fp32 peak':>12} {'% bf16 peak':>12}")
+        print(f"{'measurement':<48} {'slices/s':>9} {'GFLOP/s':>8} {'% fp32 ' + which:>16} {'% bf16 ' + which:>16}")
     for item in args.rate:
         label, _, value = item.rpartition("=")
         if not label:
             sys.exit(f"roofline.py: --rate {item!r} is not NAME=SLICES_PER_S")
         flops = forward if "inference" in label else training
         gflops = float(value) / args.batch * flops / 1e9
-        row = f"{label:<48} {float(value):>9.1f} {gflops:>8.1f} {100 * gflops / peak32:>11.1f}%"
-        row += f" {100 * gflops / peak16:>11.1f}%" if peak16 else f" {'-':>12}"
+        row = f"{label:<48} {float(value):>9.1f} {gflops:>8.1f} {100 * gflops / ceiling32:>15.1f}%"
+        row += f" {100 * gflops / ceiling16:>15.1f}%" if ceiling16 else f" {'-':>16}"
         print(row)
 
 

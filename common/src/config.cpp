@@ -1,6 +1,8 @@
 #include "fedda/common/config.h"
 
+#include <algorithm>
 #include <set>
+#include <vector>
 
 #include <yaml-cpp/yaml.h>
 
@@ -78,6 +80,41 @@ Mapping Mapping::mapping(const std::string& key) {
   return Mapping(state_, child);
 }
 
+namespace {
+
+// Edits (insert, delete, replace) from a to b: Levenshtein's distance, for the nearest key.
+std::size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<std::size_t> row(b.size() + 1);
+  for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    std::size_t diagonal = row[0];
+    row[0] = i;
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      const std::size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+// "; did you mean 'local_steps'?" for the known key nearest to `key`, when one is near enough
+// (a third of its letters, at least two) to be a slip of the keyboard rather than another word.
+std::string nearest_known(const std::string& key, const std::set<std::string>& known) {
+  std::string best;
+  std::size_t best_distance = std::max<std::size_t>(2, key.size() / 3) + 1;
+  for (const auto& k : known) {
+    const auto d = edit_distance(key, k);
+    if (d < best_distance) {
+      best = k;
+      best_distance = d;
+    }
+  }
+  return best.empty() ? std::string() : "; did you mean '" + best + "'?";
+}
+
+}  // namespace
+
 Status Mapping::finish() const {
   const auto fail = [&](const std::string& m) { return make_error(state_->file.string() + ": " + m); };
   if (!state_->first_error.empty()) return fail(state_->first_error);
@@ -88,7 +125,15 @@ Status Mapping::finish() const {
       // A key may be a list or a mapping in YAML (`? [a, b]: x`); none of fedda's is.
       if (!kv.first.IsScalar()) return fail(node->prefix + "a key that is not plain text");
       const auto key = kv.first.Scalar();
-      if (!node->known.count(key)) return fail(node->prefix + "unknown key '" + key + "'");
+      if (!node->known.count(key)) {
+        // Where, as an editor takes it (FILE:LINE:COLUMN, from yaml-cpp's 0-based mark).
+        const auto mark = kv.first.Mark();
+        const auto what = node->prefix + "unknown key '" + key + "'";
+        const auto hint = nearest_known(key, node->known);
+        if (mark.is_null()) return fail(what + hint);
+        return make_error(what + " at " + state_->file.string() + ":" + std::to_string(mark.line + 1) + ":" +
+                          std::to_string(mark.column + 1) + hint);
+      }
       // yaml-cpp keeps the first of two equal keys; an administrator editing the second would
       // see no effect.
       if (!seen.insert(key).second) return fail(node->prefix + "key '" + key + "' is given twice");

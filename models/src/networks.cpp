@@ -1,6 +1,6 @@
 #include "networks.h"
 
-#include <ATen/autocast_mode.h>
+#include "torch_compat.h"
 
 namespace fedda::models {
 namespace nn = torch::nn;
@@ -11,35 +11,24 @@ namespace {
 // thread), restored afterwards; the cast weights are cached for the pass and dropped after it.
 class BFloat16Autocast {
  public:
-  explicit BFloat16Autocast(const torch::Device& device) : cuda_(device.is_cuda()) {
-    if (cuda_) {
-      enabled_ = at::autocast::is_enabled();
-      dtype_ = at::autocast::get_autocast_gpu_dtype();
-      at::autocast::set_enabled(true);
-      at::autocast::set_autocast_gpu_dtype(at::kBFloat16);
-    } else {
-      enabled_ = at::autocast::is_cpu_enabled();
-      dtype_ = at::autocast::get_autocast_cpu_dtype();
-      at::autocast::set_cpu_enabled(true);
-      at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
-    }
+  explicit BFloat16Autocast(const torch::Device& device)
+      : device_(device.is_cuda() ? c10::DeviceType::CUDA : c10::DeviceType::CPU) {
+    enabled_ = compat::autocast_enabled(device_);
+    dtype_ = compat::autocast_dtype(device_);
+    compat::set_autocast_enabled(device_, true);
+    compat::set_autocast_dtype(device_, at::kBFloat16);
     at::autocast::increment_nesting();
   }
   ~BFloat16Autocast() {
     if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-    if (cuda_) {
-      at::autocast::set_enabled(enabled_);
-      at::autocast::set_autocast_gpu_dtype(dtype_);
-    } else {
-      at::autocast::set_cpu_enabled(enabled_);
-      at::autocast::set_autocast_cpu_dtype(dtype_);
-    }
+    compat::set_autocast_enabled(device_, enabled_);
+    compat::set_autocast_dtype(device_, dtype_);
   }
   BFloat16Autocast(const BFloat16Autocast&) = delete;
   BFloat16Autocast& operator=(const BFloat16Autocast&) = delete;
 
  private:
-  bool cuda_;
+  c10::DeviceType device_;
   bool enabled_ = false;
   at::ScalarType dtype_ = at::kBFloat16;
 };

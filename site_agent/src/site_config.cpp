@@ -72,6 +72,11 @@ Result<SiteConfig> read_site_config(const fs::path& path) {
   if (!c.root_fingerprint.empty() && (c.root_fingerprint.rfind("sha256:", 0) != 0 || c.root_fingerprint.size() != 71)) {
     return fail("root_fingerprint must be sha256: and 64 hex digits, as fedda-admin verify-kit prints it");
   }
+  // The example's all-zero fingerprint is a placeholder, not a root anyone has: say so, not "a forged kit".
+  if (c.root_fingerprint == "sha256:" + std::string(64, '0')) {
+    return fail("root_fingerprint is still the example's placeholder (all zeros): set it to the consortium root's "
+                "fingerprint, which fedda-admin provision printed first and the consortium sent you apart from the kit");
+  }
   const auto base = path.parent_path();
   if (c.site_id.empty()) return fail("site_id is required");
   if (c.coordinator.empty()) return fail("coordinator is required (e.g. tcp://coordinator.example.org:5570)");

@@ -118,7 +118,11 @@ int main(int argc, char** argv) {
               << config->data.string() << " (" << config->data_layout << " layout), device " << config->device << "\n";
     for (const auto& f : report.found) std::cout << "subject " << f << "\n";
     for (const auto& i : report.ignored) std::cout << "ignored: " << i << "\n";
-    std::cout << report.usable << " of " << report.subjects << " subjects usable\n";
+    // What was counted and what was not: a subject with a problem, and files or folders left out.
+    std::cout << report.usable << " of " << report.subjects << " subjects usable";
+    if (report.usable < report.subjects) std::cout << "; " << report.subjects - report.usable << " with a problem (below)";
+    if (!report.ignored.empty()) std::cout << "; " << report.ignored.size() << " left out (ignored: above)";
+    std::cout << "\n";
     for (const auto& p : report.problems) std::cout << "problem: " << p << "\n";
     rc = report.problems.empty() && report.usable > 0 ? 0 : 1;
   });

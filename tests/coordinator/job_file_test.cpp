@@ -66,6 +66,11 @@ TEST_F(JobFile, ARecipeTravelsAsJsonAndTheClassicOneAsNothing) {
 TEST_F(JobFile, MistakesAreNamed) {
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"id: a\ntype: kd\nteacher: t.pt\nsites: [x]\nrouns: 3\n", "unknown key 'rouns'"},
+      // Where (FILE:LINE:COLUMN) and the known key a slip of the keyboard stands for.
+      {"id: a\ntype: kd\nteacher: t.pt\nsites: [x]\nlocal_step: 3\n",
+       "unknown key 'local_step' at " + (dir_ / "job.yaml").string() + ":5:1; did you mean 'local_steps'?"},
+      {"id: a\ntype: teacher\nsites: [x]\nsource: x\nmodel:\n  depth: 3\n  widht: 8\n",
+       "model: unknown key 'widht' at " + (dir_ / "job.yaml").string() + ":7:3; did you mean 'width'?"},
       {"id: a\ntype: distill\nsites: [x]\n", "type 'distill'"},
       {"id: a\ntype: kd\nsites: [x]\n", "teacher"},
       {"id: a\ntype: kd\nteacher: t.pt\nsites: [x, y]\nmin_sites: 3\n", "min_sites (3) exceeds"},
@@ -106,6 +111,11 @@ TEST_F(JobFile, MistakesAreNamed) {
     EXPECT_NE(job.error().message.find(expected), std::string::npos) << job.error().message;
     EXPECT_NE(job.error().message.find("job.yaml"), std::string::npos) << job.error().message;
   }
+  // A key like none of the known ones gets no guess.
+  auto far = read_job_file(write("id: a\ntype: kd\nteacher: t.pt\nsites: [x]\ncolour: red\n"));
+  ASSERT_FALSE(far);
+  EXPECT_NE(far.error().message.find("unknown key 'colour' at "), std::string::npos) << far.error().message;
+  EXPECT_EQ(far.error().message.find("did you mean"), std::string::npos) << far.error().message;
   auto missing = read_job_file(dir_ / "absent.yaml");
   ASSERT_FALSE(missing);
   EXPECT_NE(missing.error().message.find("absent.yaml"), std::string::npos);

@@ -3,7 +3,7 @@
 // channels-last memory that changes nothing but speed.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
-#include <ATen/autocast_mode.h>
+#include "torch_compat.h"
 
 #include <cstdlib>
 
@@ -92,7 +92,7 @@ TEST(Precision, BFloat16AutocastKeepsWeightsLogitsAndUpdatesFloat32) {
   const double scale = expected.abs().max().item<double>();
   EXPECT_LT((logits - expected).abs().max().item<double>(), 0.05 * scale);
   EXPECT_GT((logits - expected).abs().max().item<double>(), 0.0);  // it did compute in bfloat16
-  EXPECT_FALSE(at::autocast::is_cpu_enabled());                   // and left autocast as it found it
+  EXPECT_FALSE(compat::autocast_enabled(c10::DeviceType::CPU));  // and left autocast as it found it
 
   net->train();
   torch::optim::Adam adam(net->parameters(), torch::optim::AdamOptions(1e-2));

@@ -88,6 +88,17 @@ for unit in fedda-agent.service fedda-coordinator.service; do
     grep -qx "$key" "$x/usr/lib/systemd/system/$unit" || fail "$unit lacks $key"
   done
 done
+# A GPU site's drop-in (share/doc/fedda-agent/examples) verifies with the unit and opens the device nodes.
+dropin="$x/usr/share/doc/fedda-agent/examples/fedda-agent-gpu.conf"
+[ -f "$dropin" ] || fail "the agent package lacks examples/fedda-agent-gpu.conf"
+mkdir -p "$x/etc/systemd/system/fedda-agent.service.d"
+cp "$dropin" "$x/etc/systemd/system/fedda-agent.service.d/gpu.conf"
+# (an unknown key is only a warning to systemd-analyze: any output fails)
+if ! out=$(systemd-analyze verify --root="$x" /usr/lib/systemd/system/fedda-agent.service 2>&1) || [ -n "$out" ]; then
+  fail "systemd-analyze verify fedda-agent.service with the GPU drop-in: $out"
+fi
+grep -qx "PrivateDevices=false" "$dropin" || fail "the GPU drop-in leaves the devices private"
+rm -r "$x/etc/systemd/system/fedda-agent.service.d"
 # The check can fail: a unit whose binary is missing does not verify.
 sed 's|/usr/bin/fedda-agent |/usr/bin/fedda-nowhere |' "$x/usr/lib/systemd/system/fedda-agent.service" \
   > "$x/usr/lib/systemd/system/fedda-broken.service"

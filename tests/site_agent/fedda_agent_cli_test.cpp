@@ -103,7 +103,8 @@ TEST(FeddaAgentCli, CheckReadsBidsDatalistAndDicomSitesAndNamesWhatItLeavesOut) 
   std::filesystem::remove(root / "sub-101" / "anat" / "sub-101_T1w.nii.gz");
   check = run_command(bin("fedda-agent").string() + " check --config " + (dir / "bids.yaml").string());
   EXPECT_NE(check.output.find("subject 101 skipped: no T1w image"), std::string::npos) << check.output;
-  EXPECT_NE(check.output.find("1 of 1 subjects usable"), std::string::npos) << check.output;
+  EXPECT_NE(check.output.find("1 of 1 subjects usable; "), std::string::npos) << check.output;
+  EXPECT_NE(check.output.find(" left out (ignored: above)"), std::string::npos) << check.output;  // counted, not only listed
 
   std::ofstream(dir / "datalist.yaml") << "site_id: amsterdam\ncoordinator: tcp://127.0.0.1:1\n"
                                           "data: datalist/amsterdam/dataset.json\ndata_layout: datalist\ncache_dir: cache-dl\n";
