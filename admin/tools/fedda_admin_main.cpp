@@ -6,9 +6,13 @@
 #include <ctime>
 #include <iomanip>
 #include <iostream>
+#include <optional>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -287,18 +291,24 @@ int main(int argc, char** argv) {
 
   // Sends one request; `keep` (if any) acts on the answer, then `show` prints it for people (or
   // it is printed as JSON).
-  const auto command = [&](const std::function<Result<protocol::AdminReply>(admin::Client&)>& call,
-                           const std::function<void(const json&, const protocol::AdminReply&)>& show,
-                           const std::function<Status(const protocol::AdminReply&)>& keep = nullptr) {
+  // The client of the kit and endpoint given; null (the error logged, rc 1) when it cannot be made.
+  const auto connect = [&]() -> std::unique_ptr<admin::Client> {
     co.kit = operator_kit;
     co.timeout = std::chrono::seconds(timeout_s);
     auto client = admin::Client::connect(co);
     if (!client) {
       log->error("{}", client.error().message);
       rc = 1;
-      return;
+      return nullptr;
     }
-    auto reply = call(**client);
+    return std::move(*client);
+  };
+  const auto command = [&](const std::function<Result<protocol::AdminReply>(admin::Client&)>& call,
+                           const std::function<void(const json&, const protocol::AdminReply&)>& show,
+                           const std::function<Status(const protocol::AdminReply&)>& keep = nullptr) {
+    auto client = connect();
+    if (!client) return;
+    auto reply = call(*client);
     if (!reply) {
       log->error("{}", reply.error().message);
       rc = 1;
@@ -335,17 +345,85 @@ int main(int argc, char** argv) {
             [](const json& a, const protocol::AdminReply&) { std::cout << "queued job " << text_of(a.at("id")) << "\n"; });
   });
 
+  // Asks `request` again every `every_s` seconds on one connection and shows each answer that
+  // differs from the last (a terminal: redrawn in place; a pipe or a file: appended under the
+  // time; --json: one compact document per line), until `ended` gives an exit code. Ctrl-C leaves.
+  double every_s = 2;
+  const auto follow = [&](const protocol::AdminRequest& request, const std::function<void(const json&)>& show,
+                          const std::function<std::optional<int>(const json&)>& ended) {
+    auto client = connect();
+    if (!client) return;
+    const bool terminal = isatty(STDOUT_FILENO) == 1;
+    std::string last;
+    for (;;) {
+      auto reply = client->call(request);
+      if (!reply) {
+        log->error("{}", reply.error().message);
+        rc = 1;
+        return;
+      }
+      const auto answer = json::parse(reply->json, nullptr, false);
+      const auto now = answer.dump(-1, ' ', false, json::error_handler_t::replace);
+      if (now != last) {
+        if (as_json) {
+          std::cout << now << "\n";
+        } else {
+          if (terminal) std::cout << "\033[H\033[2J";
+          std::cout << "--- " << when(json(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                          std::chrono::system_clock::now().time_since_epoch()).count()))
+                    << " (every " << every_s << " s; Ctrl-C leaves) ---\n";
+          show(answer);
+        }
+        std::cout.flush();
+        last = now;
+      }
+      if (const auto code = ended(answer)) {
+        rc = *code;
+        return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<long>(every_s * 1000)));
+    }
+  };
+  const auto is_terminal_state = [](const std::string& state) {
+    return state == "finished" || state == "failed" || state == "aborted";
+  };
+
+  bool watch = false;
   auto* jobs = app.add_subcommand("jobs", "List the jobs: queued, running (round k of n, time left from the rounds' "
                                           "times), finished, failed (why), aborted.");
+  jobs->add_flag("--watch", watch,
+                 "keep listing (every --every seconds, when something changed) until no job is queued or running; "
+                 "exit code 0 then. With --json, one document per line");
+  jobs->add_option("--every", every_s, "seconds between two looks, with --watch")->capture_default_str()->check(CLI::Range(0.2, 3600.0));
   jobs->callback([&] {
+    if (watch) {
+      return follow(simple("jobs", ""), print_jobs, [&](const json& a) -> std::optional<int> {
+        for (const auto& j : a) {
+          if (!is_terminal_state(j.value("state", ""))) return std::nullopt;
+        }
+        return 0;
+      });
+    }
     command([&](admin::Client& c) { return c.call(simple("jobs", "")); },
             [](const json& a, const protocol::AdminReply&) { print_jobs(a); });
   });
 
+  bool follow_job = false;
   auto* status = app.add_subcommand("status", "One job: its state and each finished round (sites, samples, mean loss, "
                                               "seconds, the federation's share, who was missing and why).");
   status->add_option("job", target, "job id")->required();
+  status->add_flag("--follow", follow_job,
+                   "keep showing the job (every --every seconds, when something changed) until it ends: exit code 0 "
+                   "when it finished, 1 when it failed or was aborted. With --json, one document per line");
+  status->add_option("--every", every_s, "seconds between two looks, with --follow")->capture_default_str()->check(CLI::Range(0.2, 3600.0));
   status->callback([&] {
+    if (follow_job) {
+      return follow(simple("status", target), print_status, [&](const json& a) -> std::optional<int> {
+        const auto state = a.value("state", "");
+        if (!is_terminal_state(state)) return std::nullopt;
+        return state == "finished" ? 0 : 1;
+      });
+    }
     command([&](admin::Client& c) { return c.call(simple("status", target)); },
             [](const json& a, const protocol::AdminReply&) { print_status(a); });
   });

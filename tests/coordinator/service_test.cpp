@@ -164,7 +164,32 @@ TEST_F(Service, OperatorsSubmitWatchAndDownloadWhileJobsRun) {
   EXPECT_NE(refused.rc, 0);
   EXPECT_NE(refused.text.find("sites: 'nowhere' is not a site of this consortium"), std::string::npos) << refused.text;
 
+  // Watched live: `jobs --watch` and `status --follow` keep answering until the jobs end, then leave by themselves.
+  const auto admin_argv = [&](std::vector<std::string> args) {
+    std::vector<std::string> argv = {testing::bin("fedda-admin").string(), "--kit", (kit_ / "operators" / "alice").string(),
+                                     "--coordinator", admin_};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return argv;
+  };
+  Process watching(admin_argv({"jobs", "--watch", "--every", "0.3", "--json"}), dir_ / "watch.out");
+  Process following(admin_argv({"status", "kd-second", "--follow", "--every", "0.3"}), dir_ / "follow.out");
   for (const auto* id : {"kd-first", "evaluate-teacher", "kd-second"}) ASSERT_TRUE(wait_state(id, "finished")) << id;
+  EXPECT_EQ(watching.wait(30s), 0) << testing::read_text(dir_ / "watch.out");
+  EXPECT_EQ(following.wait(30s), 0) << testing::read_text(dir_ / "follow.out");
+  {
+    std::vector<json> looks;
+    std::ifstream in(dir_ / "watch.out");
+    for (std::string line; std::getline(in, line);) {
+      if (!line.empty() && line[0] == '[') looks.push_back(json::parse(line));
+    }
+    ASSERT_GE(looks.size(), 2u) << testing::read_text(dir_ / "watch.out");  // it saw the queue change
+    EXPECT_TRUE(std::any_of(looks.front().begin(), looks.front().end(), [](const json& j) { return j["state"] != "finished"; }))
+        << looks.front().dump();  // its first look was while they ran
+    for (const auto& j : looks.back()) EXPECT_EQ(j["state"], "finished") << looks.back().dump();
+    const auto followed = testing::read_text(dir_ / "follow.out");
+    EXPECT_NE(followed.find("(every 0.3 s; Ctrl-C leaves) ---"), std::string::npos) << followed;
+    EXPECT_NE(followed.rfind("finished"), std::string::npos) << followed;
+  }
   EXPECT_EQ(round_numbers("kd-second"), (std::vector<int>{1, 2}));
   const auto status = admin_json({"status", "kd-second"});
   ASSERT_EQ(status["rounds_done"].size(), 2u) << status.dump();
@@ -292,10 +317,16 @@ TEST_F(Service, AnAbortedJobStopsAfterItsRoundAndResumesWhereItStopped) {
   auto amsterdam = start_agent("amsterdam", endpoint_);
   ASSERT_EQ(admin({"submit", kd_job("kd-abort", {"utrecht", "amsterdam"}, 6, 24, 2).string()}).rc, 0);
   ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "job kd-abort: round 2/6 with 2 sites", 180s));
+  // Followed while it is aborted: `status --follow` ends with it, and says it did not finish (exit code 1).
+  Process following({testing::bin("fedda-admin").string(), "--kit", (kit_ / "operators" / "alice").string(),
+                     "--coordinator", admin_, "status", "kd-abort", "--follow", "--every", "0.3"},
+                    dir_ / "follow-abort.out");
   auto aborted = admin({"abort", "kd-abort"});
   ASSERT_EQ(aborted.rc, 0) << aborted.text;
   EXPECT_NE(aborted.text.find("stops after the current round"), std::string::npos) << aborted.text;
   ASSERT_TRUE(wait_state("kd-abort", "aborted"));
+  EXPECT_EQ(following.wait(30s), 1) << testing::read_text(dir_ / "follow-abort.out");
+  EXPECT_NE(testing::read_text(dir_ / "follow-abort.out").find("aborted"), std::string::npos);
   const auto rounds = round_numbers("kd-abort");
   ASSERT_GE(rounds.size(), 2u);
   ASSERT_LT(rounds.size(), 6u);
