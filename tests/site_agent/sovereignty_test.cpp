@@ -50,11 +50,25 @@ TEST(SitePolicy, IsReadWithItsDefaultsAndMistakesAreNamed) {
   }
 }
 
-TEST(SitePolicy, TheShippedExampleIsValid) {
-  auto c = read_site_config(fs::path(FEDDA_CONFIGS_DIR) / "site.example.yaml");
+TEST(SitePolicy, TheShippedExampleIsValidOnceItsPlaceholderFingerprintIsReplaced) {
+  const auto example = fs::path(FEDDA_CONFIGS_DIR) / "site.example.yaml";
+  // As shipped, the all-zero fingerprint is named as the placeholder it is.
+  auto as_shipped = read_site_config(example);
+  ASSERT_FALSE(as_shipped);
+  EXPECT_NE(as_shipped.error().message.find("placeholder"), std::string::npos) << as_shipped.error().message;
+  // With a real fingerprint in its place, everything else in the example is valid.
+  std::ifstream in(example);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const std::string zeros(64, '0'), real = "sha256:" + std::string(64, 'a');
+  const auto at = text.find("sha256:" + zeros);
+  ASSERT_NE(at, std::string::npos);
+  text.replace(at, real.size(), real);
+  testing::ScratchDir dir;
+  std::ofstream(dir / "site.yaml") << text;
+  auto c = read_site_config(dir / "site.yaml");
   ASSERT_TRUE(c) << c.error().message;
   EXPECT_EQ(c->policy.approval, "manual");
-  EXPECT_FALSE(c->root_fingerprint.empty());
+  EXPECT_EQ(c->root_fingerprint, real);
 }
 
 TEST(Pseudonyms, AreKeyedStableAndCarryNothingOfTheId) {
