@@ -61,6 +61,7 @@ const char* reject_code_name(RejectCode code) {
     case RejectCode::sender_mismatch: return "sender_mismatch";
     case RejectCode::revoked: return "revoked";
     case RejectCode::not_an_operator: return "not_an_operator";
+    case RejectCode::duplicate_session: return "duplicate_session";
   }
   return "unknown";
 }

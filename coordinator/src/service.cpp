@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <atomic>
 #include <cstring>
+#include <ctime>
 #include <deque>
 #include <map>
 #include <optional>
@@ -20,6 +21,7 @@
 
 #include "admin_service.h"
 #include "admission.h"
+#include "duplicate_sessions.h"
 #include "fedda/common/files.h"
 #include "fedda/common/kit.h"
 #include "fedda/common/crypto.h"
@@ -51,6 +53,25 @@ zmq::message_t shared_message(const std::shared_ptr<const std::string>& body) {
 }
 
 // "tcp://host:0" -> "tcp://host:*" (libzmq's any-port wildcard).
+// The peer's address ("host:port") of a received frame; "" where the transport has none.
+std::string peer_address_of(const zmq::message_t& frame) {
+  const char* address = zmq_msg_gets(frame.handle(), "Peer-Address");
+  return address ? address : "";
+}
+
+// "ADDRESS, connected at HH:MM:SS" (local time) for a log line naming one of two connections.
+std::string connection(const std::string& address, std::int64_t connected_ms) {
+  const std::time_t t = static_cast<std::time_t>(connected_ms / 1000);
+  std::tm tm{};
+  localtime_r(&t, &tm);
+  char at[16];
+  std::strftime(at, sizeof at, "%H:%M:%S", &tm);
+  return (address.empty() ? std::string("an unknown address") : address) + ", connected at " + at;
+}
+
+// ", from ADDRESS" for a log line, or nothing.
+std::string from(const std::string& address) { return address.empty() ? "" : ", from " + address; }
+
 std::string wildcard_port(std::string endpoint) {
   if (endpoint.size() > 2 && endpoint.compare(endpoint.size() - 2, 2, ":0") == 0) endpoint.replace(endpoint.size() - 1, 1, "*");
   return endpoint;
@@ -111,6 +132,8 @@ struct Service::Impl : JobHost, AdminBackend {
   std::map<std::string, std::pair<Clock::time_point, int>> handshake_failures;  // plane+event -> last logged, since
   ServiceCounters counters;  // for /metrics
   log::Budget peer_lines;    // warnings about what one peer sent: a bounded rate per peer and in all
+  DuplicateSessions duplicates;  // two agents with one site's key, told from a restarted agent
+  std::string peer_address;      // of the message being handled ("" where ZeroMQ has none)
   std::unique_ptr<StatusBridge> status;            // with --http: the HTTP threads' questions
   std::unique_ptr<monitoring::HttpServer> http;    // destroyed before the bridge and the context
 
@@ -262,12 +285,49 @@ struct Service::Impl : JobHost, AdminBackend {
     }
     const auto* before = registry.find(id);
     const bool rejoin = before && before->alive;
+    if (rejoin && before->routing != routing) {
+      // A hello from the connection this one replaced, still speaking: two agents hold the key.
+      DuplicateSessions::Earlier earlier;
+      const auto verdict = duplicates.judge(routing, Clock::now(), o.heartbeat, &earlier);
+      if (verdict == DuplicateSessions::Verdict::stale) return;  // queued on a connection a restart replaced
+      if (verdict == DuplicateSessions::Verdict::refused) return refuse_second_agent(id, routing);
+      if (verdict == DuplicateSessions::Verdict::second_agent) return keep_first_of_two(routing, h.sequence, earlier);
+      duplicates.replaced(before->routing, {id, before->address, before->agent_version, before->device,
+                                            before->threads, before->connected_ms, Clock::now()});
+    }
     forget_uploads(id);  // a restarted agent holds no update the old session was granted credit for
     auto& site = registry.begin_session(id, routing, h.sequence, hello->agent_version, hello->device, hello->threads);
-    log->info("site {} {} (agent {}, device {}, {} threads)", id, rejoin ? "reconnected" : "joined", hello->agent_version,
-              hello->device, hello->threads);
+    site.address = peer_address;
+    log->info("site {} {} (agent {}, device {}, {} threads{})", id, rejoin ? "reconnected" : "joined",
+              hello->agent_version, hello->device, hello->threads, from(peer_address));
     send_body(routing, MessageType::welcome, "", 0,
               protocol::Welcome{static_cast<std::int32_t>(o.heartbeat.count()), o.liveness});
+    for (auto& [job, run] : runs) run->site_joined(site);
+  }
+
+  // The later of two agents with site `id`'s key, on `routing`: told why, and nothing more of it
+  // is taken.
+  void refuse_second_agent(const std::string& id, const std::string& routing) {
+    reject(routing, RejectCode::duplicate_session,
+           "another agent with site " + id + "'s key is connected and speaking; this one came second and is refused: "
+           "stop it (one agent per site kit)");
+  }
+
+  // Two agents with one site's key: the first, on `first` (its session replaced by the second's
+  // hello), still speaks. It keeps the site; the second is refused.
+  void keep_first_of_two(const std::string& first, std::uint64_t sequence, const DuplicateSessions::Earlier& earlier) {
+    auto* current = registry.find(earlier.site);
+    const std::string second = current->routing;
+    log->warn("site {}: two connections with its key, from {} (first) and {} (second); keeping the first, refusing "
+              "the second: one agent per site kit", earlier.site, connection(earlier.address, earlier.connected_ms),
+              connection(current->address, current->connected_ms));
+    duplicates.refuse(second);
+    refuse_second_agent(earlier.site, second);
+    forget_uploads(earlier.site);
+    auto& site = registry.begin_session(earlier.site, first, sequence, earlier.agent_version, earlier.device,
+                                        earlier.threads);
+    site.address = earlier.address;
+    site.connected_ms = earlier.connected_ms;  // its agent never left: no welcome, the session simply goes on
     for (auto& [job, run] : runs) run->site_joined(site);
   }
 
@@ -275,6 +335,17 @@ struct Service::Impl : JobHost, AdminBackend {
     if (h.type == MessageType::hello) return handle_hello(routing, h, body);
     auto* site = registry.by_routing(routing);
     if (!site) {
+      DuplicateSessions::Earlier earlier;
+      switch (duplicates.judge(routing, Clock::now(), o.heartbeat, &earlier)) {
+        case DuplicateSessions::Verdict::stale: return;  // queued on a connection a restart replaced
+        case DuplicateSessions::Verdict::refused: return refuse_second_agent(h.sender, routing);
+        case DuplicateSessions::Verdict::second_agent: {
+          const auto* now_site = registry.find(earlier.site);
+          if (now_site && now_site->alive) return keep_first_of_two(routing, h.sequence, earlier);
+          break;  // the second has gone meanwhile: this one says hello again, as any other
+        }
+        case DuplicateSessions::Verdict::unknown: break;
+      }
       log->debug("dropped {} from a peer that has not said hello", protocol::type_name(h.type));
       return reject(routing, RejectCode::say_hello_first, "say hello first");
     }
@@ -692,6 +763,7 @@ struct Service::Impl : JobHost, AdminBackend {
         const char* user = parts[1].gets("User-Id");
         authenticated = user ? user : "";
       }
+      peer_address = peer_address_of(parts[1]);
       // One peer's message never ends the service: whatever handling it throws is logged (within
       // the peer's budget of lines) and the message dropped.
       const std::string routing = parts[0].to_string();

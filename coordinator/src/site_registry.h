@@ -43,6 +43,7 @@ struct SiteInfo {
   std::int64_t connected_ms = 0;
   std::string agent_version, device;
   int threads = 0;
+  std::string address;  // the peer's host:port at its hello ("" where unknown)
   std::uint64_t last_sequence = 0;  // of the current session
   std::map<std::string, Participation> jobs;
 };

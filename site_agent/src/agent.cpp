@@ -290,6 +290,7 @@ struct Agent::Impl {
 
     SecureRounds secure(config.site_id, site_kit);
     Clock::time_point stop_requested{}, next_status{};
+    bool refused = false;  // by the coordinator, as the second agent with this site's kit
     for (;;) {
       if (stopping && stop_requested == Clock::time_point{}) {
         stop_requested = Clock::now();
@@ -309,13 +310,21 @@ struct Agent::Impl {
         if ((idle && uploaded) || timed_out) break;
       }
       exchange(*session, secure, stop_requested != Clock::time_point{});
+      if (!session->refusal().empty() && !refused) {
+        // Another agent runs with this site's kit: stop (draining as on SIGTERM), and exit 4 so a
+        // service manager does not start this one again (the unit's RestartPreventExitStatus).
+        log->error("site {}: stopping: another agent with this site's kit was connected first; run one agent per "
+                   "site kit", config.site_id);
+        refused = true;
+        stopping = true;
+      }
       if (Clock::now() >= next_status) {
         write_status(*session);
         next_status = Clock::now() + std::chrono::seconds(2);
       }
     }
-    write_status(*session, "stopped");
-    session->say_goodbye("agent stopping");
+    write_status(*session, refused ? "refused" : "stopped");
+    if (!refused) session->say_goodbye("agent stopping");
     session.reset();
     bool abandoned;
     {
@@ -329,7 +338,7 @@ struct Agent::Impl {
     }
     stop_worker(true);
     log->info("site {}: stopped", config.site_id);
-    return 0;
+    return refused ? 4 : 0;
   }
 };
 

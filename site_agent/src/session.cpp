@@ -273,6 +273,10 @@ void Session::handle(protocol::Header h, std::string body, std::string signature
           log_->error("the consortium revoked this site's key ({}); the coordinator will not take part with it "
                       "until an operator admits it again", reason);
           return;
+        case protocol::RejectCode::duplicate_session:
+          log_->error("the coordinator refused this agent: {}", reason);
+          refusal_ = reason;
+          return;
         case protocol::RejectCode::not_registered:
           log_->error("the coordinator does not know site '{}' ({}): check site_id in site.yaml", o_.site_id, reason);
           return;

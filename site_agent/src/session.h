@@ -95,6 +95,9 @@ class Session {
   std::chrono::milliseconds backoff() const { return backoff_; }
   std::chrono::milliseconds heartbeat() const { return heartbeat_; }
   int connects() const { return connects_; }
+  // Set when the coordinator refused this agent for good (another agent holds the site's key and
+  // was there first): the reason, and the agent should stop. Empty otherwise.
+  const std::string& refusal() const { return refusal_; }
 
  private:
   void connect();
@@ -115,6 +118,7 @@ class Session {
   int liveness_;
   int connects_ = 0;
   Clock::time_point last_heard_{}, next_heartbeat_{}, last_hello_{}, reconnect_at_{}, refusal_logged_{};
+  std::string refusal_;
   std::uint64_t sequence_ = 0;              // this agent's, per process
   std::uint64_t coordinator_sequence_ = 0;  // the coordinator's last, per session (from its welcome)
   std::map<std::pair<std::string, int>, std::pair<protocol::Frames, std::string>> pending_;  // awaiting credit

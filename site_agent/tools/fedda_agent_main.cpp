@@ -77,7 +77,9 @@ int main(int argc, char** argv) {
       "run",
       "Join the consortium as a long-running service: connect to the coordinator named in the site config, "
       "take part in its jobs, reconnect with backoff when it goes away. SIGTERM or SIGINT drains the running "
-      "task and leaves cleanly. A subject that fails validation is skipped and reported by id.");
+      "task and leaves cleanly. A subject that fails validation is skipped and reported by id. Exit code 0 "
+      "after a clean stop, 1 on a configuration or data error, 3 when the drain timeout abandoned a task, 4 when the "
+      "coordinator refused this agent because another agent with the same site kit was connected first.");
   run->add_option("--config", config_path, "site config (YAML); see configs/site.example.yaml")->required();
   bool allow_no_subjects = false;
   run->add_flag("--allow-no-subjects", allow_no_subjects,

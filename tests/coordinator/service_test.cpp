@@ -434,6 +434,65 @@ TEST_F(Service, SiteAndOperatorKeysAreAdmittedOnTheirOwnEndpointOnly) {
   EXPECT_TRUE(audit().empty()) << "a refused peer's command reached the audit log";
 }
 
+// Two agents started with one site's kit (on two machines, say): the coordinator names both
+// connections, keeps the first and refuses the second, which stops with exit code 4 (the unit
+// does not restart it). An agent killed and started again is not taken for a second one.
+TEST_F(Service, ASecondAgentWithTheSameKitIsRefusedAndTheFirstKeepsTheSite) {
+  auto coordinator = serve();
+  endpoints();
+  auto first = start_agent("singapore", endpoint_);
+  ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "site singapore joined", 30s)) << testing::read_text(coordinator_log());
+  // The same kit and site, its own cache and log, as on another machine.
+  auto config = testing::read_text(dir_ / "singapore.yaml");
+  const auto cache = config.find("cache-singapore");
+  ASSERT_NE(cache, std::string::npos);
+  config.replace(cache, std::string("cache-singapore").size(), "cache-singapore-again");
+  std::ofstream(dir_ / "singapore-again.yaml") << config;
+  Process second({testing::bin("fedda-agent").string(), "run", "--config", (dir_ / "singapore-again.yaml").string()},
+                 dir_ / "singapore-again.log");
+  EXPECT_EQ(second.wait(30s), 4) << testing::read_text(dir_ / "singapore-again.log");
+  EXPECT_NE(testing::read_text(dir_ / "singapore-again.log").find("another agent with this site's kit was connected first"),
+            std::string::npos) << testing::read_text(dir_ / "singapore-again.log");
+  const auto log = testing::read_text(coordinator_log());
+  EXPECT_NE(log.find("site singapore: two connections with its key, from 127.0.0.1, connected at "), std::string::npos) << log;
+  EXPECT_NE(log.find("keeping the first, refusing the second"), std::string::npos) << log;
+  // The first agent keeps the site, and nothing flaps: one reconnection (the second's hello) and
+  // the first's session back, no "does not know this session" loop.
+  std::this_thread::sleep_for(2s);
+  const auto site = [&] {
+    for (const auto& s : admin_json({"sites"})) {
+      if (s["site"] == "singapore") return s;
+    }
+    return json();
+  };
+  EXPECT_TRUE(site()["online"].get<bool>());
+  EXPECT_TRUE(first->running());
+  const auto first_log = testing::read_text(dir_ / "singapore.log");
+  EXPECT_EQ(first_log.find("refused this agent"), std::string::npos) << first_log;
+  const auto count = [](const std::string& text, const std::string& what) {
+    std::size_t n = 0;
+    for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+    return n;
+  };
+  EXPECT_LE(count(testing::read_text(coordinator_log()), "site singapore reconnected"), 1u);
+
+  // A restart is not a second agent: killed without a goodbye and started again, it takes over.
+  first->signal(SIGKILL);
+  EXPECT_EQ(first->wait(10s), -1);
+  auto restarted = start_agent("singapore", endpoint_);  // appends to singapore.log
+  for (int i = 0; i < 300 && count(testing::read_text(dir_ / "singapore.log"), "joined the consortium") < 2; ++i) {
+    std::this_thread::sleep_for(100ms);
+  }
+  ASSERT_EQ(count(testing::read_text(dir_ / "singapore.log"), "joined the consortium"), 2u)
+      << testing::read_text(dir_ / "singapore.log");
+  std::this_thread::sleep_for(2s);
+  EXPECT_TRUE(restarted->running()) << testing::read_text(dir_ / "singapore.log");
+  EXPECT_TRUE(site()["online"].get<bool>());
+  EXPECT_EQ(count(testing::read_text(coordinator_log()), "two connections with its key"), 1u);
+  restarted->signal(SIGTERM);
+  EXPECT_EQ(restarted->wait(30s), 0);
+}
+
 TEST_F(Service, ANewSiteIsAdmittedWithoutRestartAndARevokedOneIsCutOffAtOnce) {
   auto coordinator = serve();
   endpoints();

@@ -120,6 +120,7 @@ enum class RejectCode : std::uint16_t {
   sender_mismatch = 3,   // the hello's site id differs from the header's sender
   revoked = 4,           // this site's key was revoked by an operator
   not_an_operator = 5,   // an admin request on the data endpoint, or from a key that is not an operator's
+  duplicate_session = 6, // a second agent with a site's key while the first is still connected
 };
 const char* reject_code_name(RejectCode code);
 
