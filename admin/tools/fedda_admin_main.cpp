@@ -1,11 +1,14 @@
 // fedda-admin: a consortium's keys and kits (provision, add-site, add-operator, verify-kit), and
 // the operator's commands to a running coordinator (submit, jobs, status, abort, resume,
-// download, sites, admit, revoke) over its admin endpoint with an operator kit.
+// download, sites, admit, revoke) over its admin endpoint with an operator kit; and the privacy
+// accountant on its own (privacy).
 #include <algorithm>
 #include <cmath>
 #include <ctime>
 #include <iomanip>
 #include <iostream>
+#include <map>
+#include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -22,6 +25,7 @@
 #include "fedda/common/files.h"
 #include "fedda/common/kit.h"
 #include "fedda/common/log.h"
+#include "fedda/common/privacy.h"
 #include "fedda/common/version.h"
 
 using namespace fedda;
@@ -138,6 +142,21 @@ void print_status(const json& j) {
                       std::to_string(static_cast<long>(samples)), l.str(), fed.str(), missing.empty() ? "-" : missing});
     }
     print_table(rows);
+    // Differential privacy: each site's epsilon so far, as its latest update said.
+    std::map<std::string, std::pair<double, double>> spent;  // site -> (epsilon, noise multiplier)
+    for (const auto& r : rounds) {
+      for (const auto& s : r.at("sites")) {
+        if (s.contains("epsilon")) spent[s.at("site").get<std::string>()] = {s.at("epsilon").get<double>(), s.value("noise_multiplier", 0.0)};
+      }
+    }
+    if (!spent.empty()) {
+      std::ostringstream line;
+      line << std::fixed << std::setprecision(3);
+      for (const auto& [site, e] : spent) {
+        line << (line.tellp() > 0 ? ", " : "") << site << " " << e.first << " (noise " << e.second << ")";
+      }
+      std::cout << "  differential privacy, epsilon spent per site so far: " << line.str() << "\n";
+    }
   }
   if (j.contains("summary") && j["summary"].is_object() && j["summary"].contains("mean_dsc")) {
     for (const auto& [site, dsc] : j["summary"]["mean_dsc"].items()) {
@@ -168,11 +187,66 @@ void print_sites(const json& sites) {
   print_table(rows);
 }
 
+// `privacy`: the accountant on its own, for choosing a job's noise before it is written.
+void add_privacy(CLI::App& app, const bool& as_json, int& rc) {
+  struct Options {
+    double noise = 0, target = 0, q = 0, delta = 1e-5;
+    long long steps = 0;
+  };
+  auto o = std::make_shared<Options>();
+  auto* privacy = app.add_subcommand(
+      "privacy",
+      "What DP-SGD with the patient as the unit spends: each step samples every patient with probability Q, clips "
+      "each sampled patient's gradient to C and adds Gaussian noise of S * C. Prints epsilon at delta D for noise S "
+      "over N steps (Rényi accountant of the subsampled Gaussian mechanism, Opacus's orders), or with "
+      "--target-epsilon the smallest S that stays within it. Nothing is sent anywhere.");
+  auto* noise = privacy->add_option("--noise-multiplier", o->noise, "S: the noise's standard deviation over the clip norm");
+  auto* target = privacy->add_option("--target-epsilon", o->target, "E: print the noise multiplier that spends at most E");
+  noise->excludes(target);
+  privacy->add_option("--sample-rate", o->q, "Q: a patient's chance of being in one step's batch (0 < Q <= 1)")->required();
+  privacy->add_option("--steps", o->steps, "N: the steps that touch the site's data")->required();
+  privacy->add_option("--delta", o->delta, "D: the chance the guarantee fails; well under 1 / patients")->capture_default_str();
+  privacy->callback([o, noise, target, &as_json, &rc] {
+    if (noise->count() == 0 && target->count() == 0) {
+      std::cerr << "fedda-admin privacy: give --noise-multiplier S (to get epsilon) or --target-epsilon E (to get S)\n";
+      rc = 1;
+      return;
+    }
+    double sigma = o->noise;
+    if (target->count() > 0) {
+      auto found = privacy::noise_for_epsilon(o->target, o->q, o->steps, o->delta);
+      if (!found) {
+        std::cerr << "fedda-admin privacy: " << found.error().message << "\n";
+        rc = 1;
+        return;
+      }
+      sigma = *found;
+    }
+    auto spent = privacy::epsilon({sigma, o->q, o->steps}, o->delta);
+    if (!spent) {
+      std::cerr << "fedda-admin privacy: " << spent.error().message << "\n";
+      rc = 1;
+      return;
+    }
+    if (as_json) {
+      std::cout << json{{"epsilon", spent->epsilon}, {"delta", o->delta}, {"noise_multiplier", sigma},
+                        {"sample_rate", o->q}, {"steps", o->steps}, {"order", spent->order}}.dump(2) << "\n";
+      return;
+    }
+    std::ostringstream line;
+    line << std::setprecision(6);
+    if (target->count() > 0) line << "noise multiplier " << sigma << " reaches ";
+    line << "epsilon " << spent->epsilon << " at delta " << o->delta << " (noise multiplier " << sigma
+         << ", sample rate " << o->q << ", " << o->steps << " steps; Rényi order " << spent->order << ")";
+    std::cout << line.str() << "\n";
+  });
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"fedda-admin: a fedda consortium's kits, and the operator's commands to its coordinator.\n"
-               "Kits: provision, add-site, add-operator, verify-kit. Keep OUT/root/ offline: whoever holds root.key can "
+               "Kits: provision, add-site, add-operator, verify-kit. The privacy accountant: privacy. Keep OUT/root/ offline: whoever holds root.key can "
                "admit sites. Give each site only its OUT/sites/<site>/ folder, each operator only OUT/operators/<name>/, "
                "the coordinator only OUT/coordinator/.\n"
                "Operator commands (with --kit OPERATOR_KIT, or $FEDDA_OPERATOR_KIT): submit, jobs, status, abort, resume, "
@@ -288,6 +362,7 @@ int main(int argc, char** argv) {
   app.add_option("--coordinator", co.endpoint, "the coordinator's admin endpoint; default: the one in the kit");
   app.add_option("--timeout", timeout_s, "seconds to wait for the coordinator's answer")->capture_default_str();
   app.add_flag("--json", as_json, "print the coordinator's answer as one JSON document");
+  add_privacy(app, as_json, rc);
 
   // Sends one request; `keep` (if any) acts on the answer, then `show` prints it for people (or
   // it is printed as JSON).

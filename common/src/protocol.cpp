@@ -363,6 +363,13 @@ std::string to_json(const JobSpec& j) {
                       {"secagg_threshold", j.secagg_threshold},
                       {"secagg_timeout_s", j.secagg_timeout_s},
                       {"recipe", j.recipe}};
+  if (j.dp.enabled()) {
+    o["dp"] = {{"clip_norm", j.dp.clip_norm},
+               {"noise_multiplier", j.dp.noise_multiplier},
+               {"target_epsilon", j.dp.target_epsilon},
+               {"delta", j.dp.delta},
+               {"slices_per_subject", j.dp.slices_per_subject}};
+  }
   return o.dump(2);
 }
 
@@ -414,6 +421,14 @@ Result<JobSpec> job_spec_from_json(const std::string& text) {
     j.secagg_threshold = o.value("secagg_threshold", 0);
     j.secagg_timeout_s = o.value("secagg_timeout_s", 60.0);
     j.recipe = o.value("recipe", std::string());
+    if (o.contains("dp")) {  // absent before version 10, and for a job without DP
+      const auto& dp = o.at("dp");
+      j.dp.clip_norm = dp.at("clip_norm").get<double>();
+      j.dp.noise_multiplier = dp.value("noise_multiplier", 0.0);
+      j.dp.target_epsilon = dp.value("target_epsilon", 0.0);
+      j.dp.delta = dp.value("delta", 1e-5);
+      j.dp.slices_per_subject = dp.value("slices_per_subject", 4);
+    }
     return j;
   } catch (const std::exception& e) {
     return make_error(std::string("job spec: ") + e.what());

@@ -18,6 +18,36 @@ bool safe_job_id(const std::string& id) {
          std::all_of(id.begin(), id.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.'; });
 }
 
+// dp: {clip_norm, noise_multiplier | target_epsilon, delta, slices_per_subject}.
+Status validate_dp(const protocol::JobSpec& j) {
+  const auto& dp = j.dp;
+  if (!dp.enabled()) {
+    if (dp.noise_multiplier != 0 || dp.target_epsilon != 0) {
+      return make_error("dp: clip_norm is needed (a positive L2 norm each patient's gradient is clipped to)");
+    }
+    return Status::success();
+  }
+  if (!std::isfinite(dp.clip_norm)) return make_error("dp: clip_norm must be a positive number");
+  if (j.type != protocol::JobType::teacher && j.type != protocol::JobType::kd) {
+    return make_error("dp: applies to teacher and kd jobs; an " + std::string(protocol::job_type_name(j.type)) +
+                      " job's discriminator gradients are not made private");
+  }
+  const bool noise = dp.noise_multiplier != 0, target = dp.target_epsilon != 0;
+  if (noise == target) return make_error("dp: give noise_multiplier or target_epsilon (one of them)");
+  if (noise && !(dp.noise_multiplier > 0 && std::isfinite(dp.noise_multiplier))) {
+    return make_error("dp: noise_multiplier must be a positive number");
+  }
+  if (target && !(dp.target_epsilon > 0 && std::isfinite(dp.target_epsilon))) {
+    return make_error("dp: target_epsilon must be a positive number");
+  }
+  if (!(dp.delta > 0 && dp.delta < 1)) return make_error("dp: delta must be above 0 and below 1 (1e-5 by default)");
+  if (dp.slices_per_subject < 1 || dp.slices_per_subject > j.batch_size) {
+    return make_error("dp: slices_per_subject must be between 1 and batch_size (" + std::to_string(j.batch_size) + ")");
+  }
+  if (j.steps_by_share) return make_error("dp: steps_by_share is not supported (each site's planned steps must be fixed)");
+  return Status::success();
+}
+
 Status validate_job(protocol::JobSpec& j, const std::string& teacher) {
   using protocol::JobType;
   const std::string type = protocol::job_type_name(j.type);
@@ -89,6 +119,7 @@ Status validate_job(protocol::JobSpec& j, const std::string& teacher) {
       return make_error("max_update_norm cannot be checked under secure_aggregation: the coordinator never sees one site's update");
     }
   }
+  if (auto st = validate_dp(j); !st) return st;
   if (j.evaluation_sites.empty()) {
     for (const auto& s : j.sites) {
       if (s != j.source) j.evaluation_sites.push_back(s);
@@ -148,6 +179,12 @@ Result<JobDefinition> read_mapping(config::Mapping& mapping, const fs::path& pat
   m->get("secure_aggregation", j.secure_aggregation);
   m->get("secagg_threshold", j.secagg_threshold);
   m->get("secagg_timeout_s", j.secagg_timeout_s);
+  auto dp = m->mapping("dp");
+  dp.get("clip_norm", j.dp.clip_norm);
+  dp.get("noise_multiplier", j.dp.noise_multiplier);
+  dp.get("target_epsilon", j.dp.target_epsilon);
+  dp.get("delta", j.dp.delta);
+  dp.get("slices_per_subject", j.dp.slices_per_subject);
   m->get("method", d.method);
   m->get("teacher", d.teacher);
   models::ModelSpec model;

@@ -58,6 +58,10 @@ json round_to_json(const RoundRecord& r) {
     sites.push_back({{"site", s.site}, {"samples", s.samples}, {"steps", s.steps}, {"loss", s.loss},
                      {"seconds", s.seconds}, {"bytes_up", s.bytes_up}, {"overhead_seconds", s.overhead_seconds},
                      {"precision", s.precision}});
+    if (s.epsilon >= 0) {
+      sites.back()["epsilon"] = s.epsilon;
+      sites.back()["noise_multiplier"] = s.noise_multiplier;
+    }
   }
   json refused = json::array();
   for (const auto& [site, reason] : r.refused) refused.push_back({{"site", site}, {"reason", reason}});
@@ -91,7 +95,8 @@ RoundRecord round_from_json(const json& r) {
   for (const auto& s : r.at("sites")) {
     rec.sites.push_back({s.at("site").get<std::string>(), s.at("samples").get<std::int64_t>(), s.at("steps").get<int>(),
                          s.at("loss").get<double>(), s.at("seconds").get<double>(), s.value("bytes_up", std::int64_t{0}),
-                         s.value("overhead_seconds", 0.0), s.value("precision", std::string())});
+                         s.value("overhead_seconds", 0.0), s.value("precision", std::string()),
+                         s.value("epsilon", -1.0), s.value("noise_multiplier", 0.0)});
   }
   if (r.contains("federation")) {
     const auto& f = r.at("federation");

@@ -43,6 +43,8 @@ struct SiteRecord {
   std::int64_t bytes_up = 0;    // its update's body on the wire
   double overhead_seconds = 0;  // the site's verify, decode and encode
   std::string precision;        // what the site computed in and why ("bfloat16 (auto: ...)")
+  double epsilon = -1;          // dp: what the site has spent on the job so far; -1 without dp
+  double noise_multiplier = 0;  // dp: the noise it trains with
 };
 
 // Where a round's time went, from encoding its task to its state on disk ("span"): the sites'

@@ -425,7 +425,8 @@ void JobRun::handle_update(SiteInfo& site, const std::string& body) {
   const auto count_in = [&] {
     answered_.insert(site.id);
     current_.sites.push_back({site.id, update->samples, update->steps, update->loss, update->seconds,
-                              static_cast<std::int64_t>(body.size()), update->overhead_seconds, update->precision});
+                              static_cast<std::int64_t>(body.size()), update->overhead_seconds, update->precision,
+                              update->epsilon, update->noise_multiplier});
     current_.cost.aggregate_s += seconds_since(received);
     log_->info("site {}: round {} update in ({} samples, {} steps, loss {:.4f}, {:.1f} s{})", site.id, round_, update->samples,
                update->steps, update->loss, update->seconds, secure_ ? ", masked" : "");

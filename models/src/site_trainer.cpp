@@ -4,7 +4,9 @@
 #include <cstring>
 #include <sstream>
 
+#include "dp_sgd.h"
 #include "fedda/common/crypto.h"
+#include "fedda/common/privacy.h"
 #include "fedda/common/files.h"
 #include "fedda/common/log.h"
 #include "fedda/imaging/nifti_io.h"
@@ -77,6 +79,33 @@ struct SiteTrainer::Impl {
   std::int64_t samples = 0;
   std::vector<std::string> batch_norm;   // FedBN: the tensors kept here
   std::vector<torch::Tensor> local_norm;  // their values after this site's last round
+  DpGuarantee dp;
+  std::optional<torch::Generator> noise;  // dp: seeded from OpenSSL, never from the job
+
+  // dp: what DP-SGD gives this site's patients: the noise (given, or the smallest that keeps the
+  // planned steps within the target) and the planned epsilon.
+  Status resolve_dp() {
+    const auto& d = options.dp;
+    if (!d.enabled()) return Status::success();
+    if (options.type != JobType::teacher && options.type != JobType::kd) {
+      return make_error("dp: applies to teacher and kd jobs");
+    }
+    dp.on = true;
+    dp.clip_norm = d.clip_norm;
+    dp.delta = d.delta;
+    dp.sample_rate = dp_sample_rate(static_cast<int>(scans.size()), options.batch_size, d.slices_per_subject);
+    dp.noise_multiplier = d.noise_multiplier;
+    if (d.target_epsilon > 0) {
+      auto sigma = privacy::noise_for_epsilon(d.target_epsilon, dp.sample_rate, options.planned_steps, d.delta);
+      if (!sigma) return make_error("dp: target_epsilon " + std::to_string(d.target_epsilon) + ": " + sigma.error().message);
+      dp.noise_multiplier = *sigma;
+    }
+    auto planned = privacy::epsilon({dp.noise_multiplier, dp.sample_rate, options.planned_steps}, d.delta);
+    if (!planned) return make_error("dp: " + planned.error().message);
+    dp.planned_epsilon = planned->epsilon;
+    noise = secret_noise_generator();
+    return Status::success();
+  }
 
   // Loads `model` into the network and, under FedBN, this site's own batch-norm tensors over it.
   Status load(const TensorSet& model) {
@@ -107,6 +136,7 @@ std::int64_t SiteTrainer::samples() const { return impl_->samples; }
 const PrecisionChoice& SiteTrainer::precision() const { return impl_->precision; }
 int SiteTrainer::training_subjects() const { return static_cast<int>(impl_->scans.size()); }
 int SiteTrainer::evaluation_subjects() const { return static_cast<int>(impl_->evaluation.size()); }
+const DpGuarantee& SiteTrainer::dp() const { return impl_->dp; }
 
 Result<std::unique_ptr<SiteTrainer>> SiteTrainer::open(const SiteJobOptions& o, const TensorSet& teacher) {
   auto log = log::get("site-trainer");
@@ -213,6 +243,15 @@ Result<std::unique_ptr<SiteTrainer>> SiteTrainer::open(const SiteJobOptions& o, 
     impl->discriminator = Discriminator(o.spec.unet.classes);
     impl->discriminator->to(impl->device);
   }
+  if (training && !impl->scans.empty()) {
+    if (auto st = impl->resolve_dp(); !st) return st.error();
+    if (impl->dp.on) {
+      log->info("differential privacy: patient-level DP-SGD, clip norm {}, noise multiplier {:.4f}, each of {} patients "
+                "joins a step with probability {:.4f}; epsilon {:.3f} at delta {} after the planned {} steps",
+                impl->dp.clip_norm, impl->dp.noise_multiplier, impl->scans.size(), impl->dp.sample_rate,
+                impl->dp.planned_epsilon, impl->dp.delta, o.planned_steps);
+    }
+  }
   return std::unique_ptr<SiteTrainer>(new SiteTrainer(std::move(impl)));
 }
 
@@ -241,6 +280,7 @@ Result<LocalUpdate> SiteTrainer::train(int round, const TensorSet& model, const 
   std::mt19937_64 rng(mix(o.seed, static_cast<std::uint64_t>(round)));
   torch::manual_seed(mix(o.seed ^ 0x5eed, static_cast<std::uint64_t>(round)));
   m.net->train();
+  if (m.dp.on) freeze_batch_norm(*m.net);  // no statistics of this site's patients in the model
   std::vector<torch::Tensor> grad_sums;
   if (ada) {
     m.discriminator->train();
@@ -248,7 +288,24 @@ Result<LocalUpdate> SiteTrainer::train(int round, const TensorSet& model, const 
   }
   const auto options = torch::TensorOptions(torch::kInt64).device(m.device);
   double loss_sum = 0;
-  for (int s = 0; s < steps; ++s) {
+  if (m.dp.on) {
+    const DpSgd dp{m.dp.clip_norm, m.dp.noise_multiplier, m.dp.sample_rate};
+    const auto micro_batch = [&](const ScanSlices& scan) {
+      return sample_batch(std::vector<ScanSlices>{scan}, o.dp.slices_per_subject, o.lesion_slice_fraction, recipe, rng,
+                          m.device);
+    };
+    const auto loss_of = [&](const Batch& b) {
+      const auto logits = m.net->forward(b.images);
+      if (o.type == JobType::teacher) return supervised_loss(logits, b.labels, o.dice_weight);
+      return kd_loss(logits, b.soft, o.temperature, KdObjective{o.kd_loss, o.kd_hard_weight, o.kd_confidence, o.dice_weight});
+    };
+    for (int s = 0; s < steps; ++s) {
+      const auto r = dp_step(*m.net, *m.optimizer, m.scans, dp, micro_batch, loss_of, rng, *m.noise);
+      if (!std::isfinite(r.loss)) return make_error("training diverged in round " + std::to_string(round));
+      loss_sum += r.loss;
+    }
+  }
+  for (int s = 0; s < steps && !m.dp.on; ++s) {
     const double lesion_fraction = ada && o.domain == 1 ? 0.0 : o.lesion_slice_fraction;
     const Batch b = sample_batch(m.scans, o.batch_size, lesion_fraction, recipe, rng, m.device);
     const auto logits = m.net->forward(b.images);
@@ -299,6 +356,11 @@ Result<LocalUpdate> SiteTrainer::train(int round, const TensorSet& model, const 
   update.samples = m.samples;
   update.steps = steps;
   update.loss = loss_sum / steps;
+  if (m.dp.on) {  // every step of every round up to this one, whether this site took part or not
+    auto spent = privacy::epsilon({m.dp.noise_multiplier, m.dp.sample_rate, static_cast<long long>(round) * steps},
+                                  m.dp.delta);
+    update.epsilon = spent ? spent->epsilon : -1;
+  }
   update.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return update;
 }

@@ -60,6 +60,8 @@ Result<SiteConfig> read_site_config(const fs::path& path) {
   policy.get("evaluation_interval_s", p.evaluation_interval_s);
   policy.get("require_secure_aggregation", p.require_secure_aggregation);
   policy.get("quality_reports", p.quality_reports);
+  policy.get("max_epsilon", p.max_epsilon);
+  policy.get("min_noise_multiplier", p.min_noise_multiplier);
   policy.get("approval", p.approval);
   if (auto st = m->finish(); !st) return st.error();
   for (const auto& t : p.job_types) {

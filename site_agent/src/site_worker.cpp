@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <map>
 #include <regex>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -23,6 +24,13 @@ namespace fs = std::filesystem;
 using protocol::FailureCode;
 using protocol::JobType;
 using protocol::MessageType;
+
+// A figure for a policy message: as short as it reads (8, 0.5, 1e-05).
+std::string number(double v) {
+  std::ostringstream s;
+  s << v;
+  return s.str();
+}
 
 std::string redact(const std::string& text, const std::vector<std::string>& subjects, const std::string& data_dir) {
   std::string out = text;
@@ -49,6 +57,7 @@ struct SiteWorker::Impl {
   std::string trainer_job;
   protocol::JobReady trainer_ready;
   int job_steps = 32;
+  int job_rounds = 1;
   bool job_half = false;  // the job's models cross the network as float16
   bool job_secure = false;  // secure aggregation: training updates leave masked
   std::map<std::string, Inbound> held;  // offers waiting for the administrator, by job
@@ -118,6 +127,36 @@ struct SiteWorker::Impl {
                                      std::to_string(p.min_local_steps)};
     }
     if (!(job.temperature > 0 && job.temperature <= 100)) return {"temperature", "temperature out of (0, 100]"};
+    const bool trains_here = job.type != JobType::evaluate && std::count(job.sites.begin(), job.sites.end(), config.site_id);
+    if (trains_here && p.max_epsilon > 0 && !job.dp.enabled()) {
+      return {"max_epsilon", "this site trains only under differential privacy (dp) of at most epsilon " +
+                                 number(p.max_epsilon) + "; the job has none"};
+    }
+    if (trains_here && p.max_epsilon > 0 && job.dp.target_epsilon > p.max_epsilon) {
+      return {"max_epsilon", "the job's target epsilon " + number(job.dp.target_epsilon) + " is above this site's " +
+                                 number(p.max_epsilon)};
+    }
+    if (trains_here && job.dp.enabled() && job.dp.noise_multiplier > 0 &&
+        job.dp.noise_multiplier < p.min_noise_multiplier) {
+      return {"min_noise_multiplier", "the job's noise multiplier " + number(job.dp.noise_multiplier) +
+                                          " is below this site's minimum of " + number(p.min_noise_multiplier)};
+    }
+    return {};
+  }
+
+  // The guarantee this site's trainer resolved, against the site's ceiling: (rule, why) or empty.
+  std::pair<std::string, std::string> dp_breach(const models::DpGuarantee& dp) const {
+    const auto& p = config.policy;
+    if (!dp.on) return {};
+    if (p.max_epsilon > 0 && dp.planned_epsilon > p.max_epsilon) {
+      return {"max_epsilon", "the job would spend epsilon " + number(dp.planned_epsilon) + " (noise multiplier " +
+                                 number(dp.noise_multiplier) + ") on this site's patients, above its " +
+                                 number(p.max_epsilon)};
+    }
+    if (dp.noise_multiplier < p.min_noise_multiplier) {
+      return {"min_noise_multiplier", "noise multiplier " + number(dp.noise_multiplier) +
+                                          " is below this site's minimum of " + number(p.min_noise_multiplier)};
+    }
     return {};
   }
 
@@ -132,6 +171,18 @@ struct SiteWorker::Impl {
                         {"batch_size", job.batch_size},
                         {"learning_rate", job.learning_rate},
                         {"transfer_precision", job.transfer_precision}};
+    if (job.dp.enabled()) {
+      d["differential_privacy"] = {{"unit", "patient"},
+                                   {"clip_norm", job.dp.clip_norm},
+                                   {"noise_multiplier", job.dp.noise_multiplier > 0 ? nlohmann::json(job.dp.noise_multiplier)
+                                                                                    : nlohmann::json("chosen at the site")},
+                                   {"target_epsilon", job.dp.target_epsilon > 0 ? nlohmann::json(job.dp.target_epsilon)
+                                                                                : nlohmann::json()},
+                                   {"delta", job.dp.delta},
+                                   {"planned_steps", static_cast<long long>(job.rounds) * job.local_steps}};
+    } else if (job.type != JobType::evaluate) {
+      d["differential_privacy"] = "none: the model updates carry no stated guarantee";
+    }
     const auto& id = config.site_id;
     const bool trains = job.type != JobType::evaluate && std::count(job.sites.begin(), job.sites.end(), id);
     const bool evaluates = job.evaluate && std::count(job.evaluation_sites.begin(), job.evaluation_sites.end(), id);
@@ -197,6 +248,7 @@ struct SiteWorker::Impl {
     trainer.reset();
     trainer_job.clear();
     job_steps = job.local_steps;
+    job_rounds = job.rounds;
     job_half = job.transfer_precision == "float16";
     job_secure = job.secure_aggregation;
     auto spec = models::model_spec_from_json(job.model_spec_json);
@@ -251,6 +303,8 @@ struct SiteWorker::Impl {
     o.precision = models::precision_request(job.precision, config.precision);
     o.threads = config.threads;
     o.cache_dir = config.cache_dir;
+    o.dp = job.dp;
+    o.planned_steps = static_cast<long long>(job.rounds) * job.local_steps;
     if (site_kit) o.storage_key = site_kit->storage_key;
     log->info("job {} ({}): preparing {} training and {} evaluation subjects", job.id, protocol::job_type_name(job.type),
               o.train.size(), o.evaluation.size());
@@ -259,6 +313,9 @@ struct SiteWorker::Impl {
     quality_inputs = QualityInputs{o.evaluation, *spec, offer->teacher, offer->quality_estimator, job.rounds + 1};
     auto opened = models::SiteTrainer::open(o, offer->teacher);
     if (!opened) return fail(job.id, FailureCode::no_data, opened.error().message);
+    if (const auto [rule, why] = dp_breach((*opened)->dp()); !rule.empty()) {
+      return fail(job.id, FailureCode::policy, "refused by this site's policy: " + why, rule);
+    }
     guard = std::move(*egress);
     trainer = std::move(*opened);
     trainer_job = job.id;
@@ -406,6 +463,13 @@ struct SiteWorker::Impl {
                         " steps is below this site's minimum of " + std::to_string(config.policy.min_local_steps),
                     "min_local_steps");
       }
+      if (trainer->dp().on && static_cast<long long>(h.round) * steps > static_cast<long long>(job_rounds) * job_steps) {
+        return fail(h.job_id, FailureCode::policy,
+                    "refused by this site's policy: round " + std::to_string(h.round) + " of " + std::to_string(steps) +
+                        " steps goes beyond the job's planned " + std::to_string(job_rounds) + " x " +
+                        std::to_string(job_steps) + " steps, which its privacy guarantee covers",
+                    "max_epsilon");
+      }
       auto local = trainer->train(h.round, task->model, task->discriminator, steps, task->learning_rate,
                                   task->adversarial_weight);
       if (!local) return fail(h.job_id, FailureCode::training, "round " + std::to_string(h.round) + ": " + local.error().message);
@@ -413,9 +477,16 @@ struct SiteWorker::Impl {
       update.discriminator_grads = std::move(local->discriminator_grads);
       update.samples = local->samples;
       update.steps = local->steps;
-      update.loss = local->loss;
+      // Under dp the loss stays here: it is computed from the patients' slices and carries no noise.
+      update.loss = trainer->dp().on ? 0 : local->loss;
       update.seconds = local->seconds;
       update.precision = trainer->precision().name() + " (" + trainer->precision().reason + ")";
+      update.epsilon = local->epsilon;
+      update.noise_multiplier = trainer->dp().noise_multiplier;
+      if (local->epsilon >= 0) {
+        log->info("job {}: round {}: epsilon {:.3f} at delta {} spent on this site's patients so far", h.job_id,
+                  h.round, local->epsilon, trainer->dp().delta);
+      }
       log->info("job {}: round {} trained ({} steps, loss {:.4f}, {:.1f} s)", h.job_id, h.round, local->steps,
                 local->loss, local->seconds);
     }

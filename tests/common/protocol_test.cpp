@@ -34,6 +34,8 @@ TEST(Protocol, RoundUpdateSurvivesTheWire) {
   update.samples = 480;
   update.steps = 32;
   update.loss = 0.25;
+  update.epsilon = 2.75;  // version 6
+  update.noise_multiplier = 1.1;
   update.metrics.push_back({"sub-01", 0.7, 4.5, 12.0, 0.6, std::nan("")});
   const auto frames = encode(header_of(MessageType::round_update), update);
 
@@ -52,6 +54,8 @@ TEST(Protocol, RoundUpdateSurvivesTheWire) {
   EXPECT_EQ(to_f32(back->model.tensors[0]), (std::vector<float>{1, 2, 3, 4, 5, 6}));
   EXPECT_TRUE(check_integrity(back->model));
   EXPECT_EQ(back->samples, 480);
+  EXPECT_DOUBLE_EQ(back->epsilon, 2.75);
+  EXPECT_DOUBLE_EQ(back->noise_multiplier, 1.1);
   ASSERT_EQ(back->metrics.size(), 1u);
   EXPECT_EQ(back->metrics[0].subject, "sub-01");
   EXPECT_TRUE(std::isnan(back->metrics[0].f1));
@@ -80,6 +84,16 @@ TEST(Protocol, JobSpecSurvivesTheWireAndJson) {
   EXPECT_EQ(json->sites, offer.job.sites);
   EXPECT_EQ(json->transfer_precision, "float16");
   EXPECT_FALSE(job_spec_from_json("{\"id\": 1}"));
+  offer.job.dp = {1.5, 0, 8, 1e-6, 2};  // differential privacy (version 10): on the wire and in JSON
+  const auto dp_wire = decode_body<JobOffer>(encode(header_of(MessageType::job_offer), offer).body)->job.dp;
+  const auto dp_json = job_spec_from_json(to_json(offer.job))->dp;
+  for (const auto& dp : {dp_wire, dp_json}) {
+    EXPECT_DOUBLE_EQ(dp.clip_norm, 1.5);
+    EXPECT_DOUBLE_EQ(dp.target_epsilon, 8);
+    EXPECT_DOUBLE_EQ(dp.delta, 1e-6);
+    EXPECT_EQ(dp.slices_per_subject, 2);
+  }
+  offer.job.dp = {};
   offer.job.secure_aggregation = true;
   offer.job.secagg_threshold = 3;
   offer.job.secagg_timeout_s = 12.5;

@@ -190,6 +190,36 @@ TEST_F(Federation, AScratchStudentWithFedBnAndFedAdamRecordsItsLearningCurve) {
   EXPECT_GT(r[0]["sites"][0]["loss"].get<double>(), 0.05) << r[0].dump();
 }
 
+// Differential privacy with the patient as the unit, end to end: each site picks the noise that
+// keeps the job's planned steps within the target; every round's record carries each site's
+// epsilon so far, rising to the target and never past it.
+TEST_F(Federation, ADpJobRecordsEachSitesEpsilonRisingToItsTarget) {
+  const auto job = kd_job("kd-dp", {"utrecht", "amsterdam"}, 3, 4, 2);
+  std::ofstream(job, std::ios::app) << "dp: {clip_norm: 1.0, target_epsilon: 8, delta: 1.0e-5, slices_per_subject: 2}\n";
+  auto coordinator = start_coordinator(job, "tcp://127.0.0.1:0");
+  const auto endpoint = wait_for_endpoint();
+  auto utrecht = start_agent("utrecht", endpoint);
+  auto amsterdam = start_agent("amsterdam", endpoint);
+  ASSERT_EQ(coordinator->wait(240s), 0) << testing::read_text(coordinator_log());
+  const auto r = rounds("kd-dp");
+  ASSERT_EQ(r.size(), 3u);
+  std::map<std::string, double> previous;
+  for (const auto& round : r) {
+    ASSERT_EQ(round["sites"].size(), 2u) << round.dump();
+    for (const auto& s : round["sites"]) {
+      ASSERT_TRUE(s.contains("epsilon")) << round.dump();
+      const double e = s["epsilon"].get<double>();
+      EXPECT_GT(e, previous[s["site"].get<std::string>()]) << round.dump();
+      EXPECT_LE(e, 8 * 1.0001) << round.dump();
+      EXPECT_GT(s["noise_multiplier"].get<double>(), 0.0);
+      previous[s["site"].get<std::string>()] = e;
+    }
+  }
+  for (const auto& [site, e] : previous) EXPECT_NEAR(e, 8.0, 0.05) << site;
+  EXPECT_NE(testing::read_text(dir_ / "utrecht.log").find("patient-level DP-SGD"), std::string::npos);
+  EXPECT_TRUE(fs::exists(dir_ / "jobs" / "kd-dp" / "results.csv"));
+}
+
 // Sites with different hardware federate together: one computes in bfloat16 (as a site with
 // AVX512-BF16 would pick), the other in float32; each says which in rounds.jsonl, and what
 // crosses the wire, the average and the final model stay float32.

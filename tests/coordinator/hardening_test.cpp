@@ -531,6 +531,68 @@ struct KeyedFakeCoordinator {
   std::uint64_t sequence = 0;
 };
 
+// A site's privacy ceiling (policy max_epsilon) wins over any job: a job without DP, one whose
+// target is above the ceiling and one whose noise would spend more than it are refused by that
+// rule; a job within it trains, and its update says what it spent, never past the job's plan.
+TEST_F(Sovereignty, ASitesPrivacyCeilingWinsOverAnyJob) {
+  zmq::context_t context;
+  KeyedFakeCoordinator coordinator(context, kit_, teacher());
+  Process agent = amsterdam_agent(coordinator.fake.endpoint(), "  max_epsilon: 3\n");
+  ASSERT_TRUE(coordinator.greet(protocol::Welcome{200, 50}));
+  const auto dp_offer = [&](const std::string& id, protocol::DpSpec dp) {
+    auto o = protocol::decode_body<protocol::JobOffer>(coordinator.offer(id, protocol::JobType::kd, 8, 2)).value();
+    o.job.rounds = 2;
+    o.job.dp = dp;
+    coordinator.send(protocol::MessageType::job_offer, id, 0, protocol::encode(protocol::Header{}, o).body, true);
+  };
+  const auto refusal = [&](const std::string& job) {
+    auto m = coordinator.next(protocol::MessageType::job_failed);
+    EXPECT_TRUE(m) << testing::read_text(dir_ / "amsterdam.log");
+    if (!m) return protocol::JobFailed{};
+    EXPECT_EQ(m->first.job_id, job);
+    return protocol::decode_body<protocol::JobFailed>(m->second).value();
+  };
+  coordinator.send(protocol::MessageType::job_offer, "kd-plain", 0, coordinator.offer("kd-plain", protocol::JobType::kd, 8, 2), true);
+  auto refused = refusal("kd-plain");
+  EXPECT_EQ(refused.rule, "max_epsilon");
+  dp_offer("kd-target-8", {1.0, 0, 8, 1e-5, 2});
+  refused = refusal("kd-target-8");
+  EXPECT_EQ(refused.rule, "max_epsilon");
+  dp_offer("kd-little-noise", {1.0, 0.3, 0, 1e-5, 2});  // spends far more than 3 over 4 steps
+  refused = refusal("kd-little-noise");
+  EXPECT_EQ(refused.code, protocol::FailureCode::policy);
+  EXPECT_EQ(refused.rule, "max_epsilon");
+
+  dp_offer("kd-private", {1.0, 0, 2.5, 1e-5, 2});  // a target within the ceiling: the site picks the noise
+  ASSERT_TRUE(coordinator.next(protocol::MessageType::job_ready)) << testing::read_text(dir_ / "amsterdam.log");
+  double previous = 0;
+  for (int round = 1; round <= 2; ++round) {
+    protocol::RoundTask task;
+    task.learning_rate = 1e-4;
+    task.model = coordinator.teacher_model.weights;
+    coordinator.send(protocol::MessageType::round_task, "kd-private", round, protocol::encode(protocol::Header{}, task).body, true);
+    ASSERT_TRUE(coordinator.next(protocol::MessageType::update_ready)) << testing::read_text(dir_ / "amsterdam.log");
+    coordinator.send(protocol::MessageType::upload, "kd-private", round, std::string(), false);
+    auto m = coordinator.next(protocol::MessageType::round_update);
+    ASSERT_TRUE(m);
+    const auto update = protocol::decode_body<protocol::RoundUpdate>(m->second).value();
+    EXPECT_GT(update.epsilon, previous);
+    EXPECT_LE(update.epsilon, 2.5 * 1.0001);
+    EXPECT_GT(update.noise_multiplier, 0);
+    previous = update.epsilon;
+  }
+  EXPECT_NEAR(previous, 2.5, 0.01);  // the planned steps spend the target
+  // A third round goes beyond the two the guarantee covers: refused, nothing trained.
+  protocol::RoundTask task;
+  task.model = coordinator.teacher_model.weights;
+  coordinator.send(protocol::MessageType::round_task, "kd-private", 3, protocol::encode(protocol::Header{}, task).body, true);
+  refused = refusal("kd-private");
+  EXPECT_EQ(refused.rule, "max_epsilon");
+  EXPECT_NE(testing::read_text(dir_ / "amsterdam.log").find("patient-level DP-SGD"), std::string::npos);
+  agent.signal(SIGTERM);
+  EXPECT_EQ(agent.wait(30s), 0);
+}
+
 // A coordinator holding the consortium's real keys asks for what the site's policy forbids:
 // only refusal codes leave the site.
 TEST_F(Sovereignty, AHostileCoordinatorGetsNothingButRefusalCodes) {

@@ -188,6 +188,18 @@ struct Header {
 
 // What a job asks of the sites. The coordinator reads it from a job file; sites receive it in
 // the job offer. Names follow the paper.
+// Differential privacy of a training job (JobSpec version 10): DP-SGD at every site with the
+// patient as the unit (models/src/dp_sgd.h), accounted in RDP (fedda/common/privacy.h). Off when
+// clip_norm is 0.
+struct DpSpec {
+  double clip_norm = 0;          // C: each patient's gradient of a step is clipped to this L2 norm
+  double noise_multiplier = 0;   // sigma (noise standard deviation over C); or 0 with a target:
+  double target_epsilon = 0;     // each site picks the smallest sigma that keeps its planned steps within this
+  double delta = 1e-5;
+  std::int32_t slices_per_subject = 4;  // a joined patient's slices in one step
+  bool enabled() const { return clip_norm > 0; }
+};
+
 struct JobSpec {
   std::string id;                  // unique per consortium; names the job's output folder
   JobType type = JobType::teacher;
@@ -247,6 +259,7 @@ struct JobSpec {
   // How sites train (version 8): a recipe as models/recipe.h writes it (JSON: augmentation,
   // patches, optimiser, schedule); empty: the classic recipe, as before recipes.
   std::string recipe;
+  DpSpec dp;  // version 10
 };
 
 struct Hello {
@@ -321,6 +334,11 @@ struct RoundUpdate {
   // Evaluation rounds (version 5): the site's label-free quality report, when it made one.
   bool has_quality = false;
   QualitySummary quality;
+  // Differential privacy (version 6): the (epsilon, delta) this site has spent on the job so far
+  // (every step of every round up to this one counted) and the noise it trains with; epsilon -1
+  // without DP.
+  double epsilon = -1;
+  double noise_multiplier = 0;
 };
 
 // Secure aggregation's bodies (the fields are secagg.h's).
@@ -674,6 +692,12 @@ void serialize(Archive& ar, JobSpec& m, std::uint32_t version) {
   if (version >= 7) ar(m.secure_aggregation, m.secagg_threshold, m.secagg_timeout_s);
   if (version >= 8) ar(FEDDA_DOCUMENT(recipe));
   if (version >= 9) ar(m.max_sample_share);
+  if (version >= 10) ar(m.dp);
+}
+template <class Archive>
+void serialize(Archive& ar, DpSpec& m, std::uint32_t version) {
+  detail::check_known_version<DpSpec>(version);
+  ar(m.clip_norm, m.noise_multiplier, m.target_epsilon, m.delta, m.slices_per_subject);
 }
 template <class Archive>
 void serialize(Archive& ar, Hello& m, std::uint32_t version) {
@@ -724,6 +748,7 @@ void serialize(Archive& ar, RoundUpdate& m, std::uint32_t version) {
     ar(m.has_quality);
     if (m.has_quality) ar(m.quality);
   }
+  if (version >= 6) ar(m.epsilon, m.noise_multiplier);
 }
 template <class Archive>
 void serialize(Archive& ar, QualitySummary& m, std::uint32_t version) {
@@ -832,7 +857,8 @@ Result<Body> decode_body(const std::string& body_frame) {
 CEREAL_CLASS_VERSION(fedda::protocol::Header, 1)
 CEREAL_CLASS_VERSION(fedda::WireTensor, 1)
 CEREAL_CLASS_VERSION(fedda::TensorSet, 1)
-CEREAL_CLASS_VERSION(fedda::protocol::JobSpec, 9)
+CEREAL_CLASS_VERSION(fedda::protocol::JobSpec, 10)
+CEREAL_CLASS_VERSION(fedda::protocol::DpSpec, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::Hello, 2)
 CEREAL_CLASS_VERSION(fedda::protocol::Welcome, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::JobOffer, 2)
@@ -840,7 +866,7 @@ CEREAL_CLASS_VERSION(fedda::protocol::SkippedSubject, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::JobReady, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::RoundTask, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::SubjectMetrics, 1)
-CEREAL_CLASS_VERSION(fedda::protocol::RoundUpdate, 5)
+CEREAL_CLASS_VERSION(fedda::protocol::RoundUpdate, 6)
 CEREAL_CLASS_VERSION(fedda::protocol::QualitySummary, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::SecaggShares, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::SecaggUnmask, 1)

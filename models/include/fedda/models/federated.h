@@ -47,6 +47,18 @@ struct SiteJobOptions {
   int threads = 0;
   std::filesystem::path cache_dir;  // soft labels are kept here between restarts; empty: none
   std::string storage_key;          // 32 bytes: cache files are sealed with AES-256-GCM; empty: plain
+  // Differential privacy (teacher and kd): DP-SGD with the patient as the unit (dp_sgd.h); off
+  // when dp.clip_norm is 0. `planned_steps` (the job's rounds x local_steps) is what a target
+  // epsilon is spread over.
+  protocol::DpSpec dp;
+  long long planned_steps = 0;
+};
+
+// What a DP job gives this site's patients, as the trainer resolved it.
+struct DpGuarantee {
+  bool on = false;
+  double noise_multiplier = 0, sample_rate = 0, clip_norm = 0, delta = 0;
+  double planned_epsilon = 0;  // after the job's planned steps
 };
 
 struct SkippedScan {
@@ -61,6 +73,7 @@ struct LocalUpdate {
   int steps = 0;
   double loss = 0;                // mean over the round's steps
   double seconds = 0;
+  double epsilon = -1;            // dp: spent after this round (round x steps counted); -1 without
 };
 
 class SiteTrainer {
@@ -76,6 +89,7 @@ class SiteTrainer {
   const PrecisionChoice& precision() const;  // what it computes in, and why
   int training_subjects() const;
   int evaluation_subjects() const;
+  const DpGuarantee& dp() const;
 
   // `steps` optimiser steps from `model` (ada: with `discriminator` fixed, whose gradient on
   // this site's outputs is returned). Randomness is seeded by (seed, round).

@@ -59,6 +59,11 @@ struct SitePolicy {
   bool quality_reports = true;               // evaluation rounds: a local quality report (monitor.h), its
                                              // aggregates sent with the evaluation
   std::string approval = "auto";             // auto | manual
+  // Differential privacy: training on this site's patients only under DP-SGD spending at most
+  // this epsilon over the job (0: no ceiling; a job without dp is refused when one is set), with
+  // at least this noise multiplier (0: any).
+  double max_epsilon = 0;
+  double min_noise_multiplier = 0;
 };
 
 struct SiteConfig {
