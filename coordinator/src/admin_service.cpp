@@ -186,7 +186,12 @@ protocol::AdminReply AdminService::dispatch(const std::string& who, const protoc
       json jobs = json::object();
       if (site) {
         for (const auto& [job, p] : site->jobs) {
-          jobs[job] = {{"state", participation_state(p)}, {"subjects", p.subjects}, {"samples", p.samples},
+          // A job that has ended is named by how it ended: after an agent's restart its
+          // participation is reset, and "offline" would say it still waits for the site.
+          const auto* record = backend_.store().find(job);
+          const bool ended = record && terminal(record->state) && !p.failed;
+          jobs[job] = {{"state", ended ? job_state_name(record->state) : participation_state(p)},
+                       {"subjects", p.subjects}, {"samples", p.samples},
                        {"evaluation_subjects", p.evaluation_subjects}, {"reason", p.failure}, {"code", p.failure_code},
                        {"rule", p.failure_rule}, {"refused_updates", p.refused_updates}};
         }

@@ -194,6 +194,10 @@ std::string report_html(const std::vector<Row>& rows, const MonitorSummary& summ
        "tr.flag{background:#fde2e2}.cards{display:flex;gap:1em;flex-wrap:wrap}.card{border:1px solid #ccc;"
        "padding:6px;font-size:13px}.card img{width:192px;height:192px;image-rendering:pixelated}</style></head><body>";
   h << "<h1>Segmentation quality at this site, without labels</h1>";
+  if (!estimator) {  // first: without it no Dice was estimated, and "0 flagged" would read as "all well"
+    h << "<p><b>No Dice estimates were made: the model carries no quality estimator</b>; only the signals (and drift, "
+         "against a baseline) are shown. A labelled site fits one with <code>fedda-agent calibrate</code>.</p>";
+  }
   h << "<p>Model <code>" << html_escape(options.model.filename().string()) << "</code>";
   if (options.teacher) h << ", teacher <code>" << html_escape(options.teacher->filename().string()) << "</code>";
   h << ". " << summary.scans << " scans";
@@ -204,13 +208,15 @@ std::string report_html(const std::vector<Row>& rows, const MonitorSummary& summ
       << " to " << shown(summary.q3) << ". The estimator was fitted on " << html_escape(estimator->fitted_on) << " ("
       << estimator->samples << " samples; on them Spearman " << shown(estimator->fit_spearman) << ", mean absolute error "
       << shown(estimator->fit_mae) << "). Each estimate comes with a 90% interval.</p>";
-  } else {
-    h << "<p><b>The model carries no quality estimator</b>: only the signals are shown. A labelled site fits one with "
-         "<code>fedda-agent calibrate</code>.</p>";
   }
-  h << "<p>Flagged: <b>" << summary.flagged << "</b> of " << summary.scans << " (estimate below "
-    << shown(options.flag_below) << ", signals outside the estimator's range, or drifted). " << html_escape(drift_note)
-    << "</p>";
+  if (estimator) {
+    h << "<p>Flagged: <b>" << summary.flagged << "</b> of " << summary.scans << " (estimate below "
+      << shown(options.flag_below) << ", signals outside the estimator's range, or drifted). " << html_escape(drift_note)
+      << "</p>";
+  } else {
+    h << "<p>Flagged by drift only: <b>" << summary.flagged << "</b> of " << summary.scans << ". "
+      << html_escape(drift_note) << "</p>";
+  }
   bool any_flagged = false;
   for (const auto& r : rows) any_flagged |= r.flagged();
   if (any_flagged) {

@@ -434,9 +434,12 @@ int main(int argc, char** argv) {
     }
     for (const auto& s : summary->skipped) log->warn("skipped {}", s);
     if (!summary->has_estimator) log->warn("{} carries no quality estimator: signals only (fedda-agent calibrate fits one)", model);
-    std::cout << summary->scans << " scans, " << summary->flagged << " flagged";
     if (summary->has_estimator) {
-      std::cout << ", estimated Dice median " << summary->median << " (IQR " << summary->q1 << " to " << summary->q3 << ")";
+      std::cout << summary->scans << " scans, " << summary->flagged << " flagged, estimated Dice median "
+                << summary->median << " (IQR " << summary->q1 << " to " << summary->q3 << ")";
+    } else {  // nothing was estimated, so "0 flagged" would read as "all well"
+      std::cout << summary->scans << " scans, no Dice estimates: " << model
+                << " carries no quality estimator (fedda-agent calibrate fits one at a labelled site)";
     }
     if (summary->compared) {
       std::cout << ", " << summary->drifted << " drifted from the baseline" << (summary->site_drifted ? ": SITE DRIFTED" : "");

@@ -246,6 +246,24 @@ TEST_F(Service, OperatorsSubmitWatchAndDownloadWhileJobsRun) {
   std::smatch updates;
   ASSERT_TRUE(std::regex_search(text, updates, std::regex("\nfedda_agent_updates_sent_total ([0-9]+)\n"))) << text;
   EXPECT_GE(std::stoi(updates[1]), 7);  // 4 + 2 training rounds and at least one evaluation
+
+  // After an agent restarts, `sites` names the jobs it took part in by how they ended (it said
+  // "offline" for each once the new session had reset them).
+  amsterdam->signal(SIGTERM);
+  ASSERT_EQ(amsterdam->wait(30s), 0);
+  amsterdam = start_agent("amsterdam", endpoint_);
+  json site;
+  for (int i = 0; i < 300; ++i) {
+    for (const auto& s : admin_json({"sites"})) {
+      if (s["site"] == "amsterdam") site = s;
+    }
+    if (site["online"].get<bool>()) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  ASSERT_TRUE(site["online"].get<bool>()) << site.dump();
+  for (const auto* job : {"kd-first", "evaluate-teacher", "kd-second"}) {
+    EXPECT_EQ(site["jobs"][job]["state"], "finished") << site.dump();
+  }
   coordinator->signal(SIGTERM);
   EXPECT_EQ(coordinator->wait(60s), 0) << testing::read_text(coordinator_log());
 }

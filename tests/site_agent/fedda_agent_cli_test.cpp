@@ -273,6 +273,17 @@ TEST(FeddaAgentCli, MonitorEstimatesWithoutLabelsAndFlagsAScannerChange) {
   ASSERT_EQ(control.exit_code, 0) << control.output;
   EXPECT_NE(control.output.find("0 drifted from the baseline"), std::string::npos) << control.output;
   EXPECT_EQ(nlohmann::json::parse(testing::read_text(dir / "control/summary.json"))["drifted"], 0);
+
+  // A model without an estimator: the line says no estimates were made and why, not "0 flagged".
+  auto plain = run_command(agent + " monitor --model " + model + " --data " + (dir / "unchanged/utrecht").string() +
+                           " --out " + (dir / "plain").string());
+  ASSERT_EQ(plain.exit_code, 0) << plain.output;
+  EXPECT_NE(plain.output.find("no Dice estimates: " + model + " carries no quality estimator"), std::string::npos)
+      << plain.output;
+  EXPECT_EQ(plain.output.find(" flagged"), std::string::npos) << plain.output;
+  const auto plain_report = testing::read_text(dir / "plain/report.html");
+  EXPECT_LT(plain_report.find("No Dice estimates were made"), plain_report.find("Model <code>")) << "said first";
+  EXPECT_EQ(plain_report.find("Flagged: <b>"), std::string::npos) << plain_report;
 }
 
 TEST(FeddaAgentCli, SegmentRefusesABadModelAndMismatchedScans) {
