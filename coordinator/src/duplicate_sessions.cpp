@@ -1,40 +1,32 @@
 #include "duplicate_sessions.h"
 
-#include <algorithm>
-
 namespace fedda::coordinator {
-namespace {
 
-// Keeps `m` under its bound by forgetting the entry `when` says is oldest.
-template <typename Map, typename When>
-void bound(Map& m, When when) {
-  while (m.size() > DuplicateSessions::kMaxRemembered) {
-    m.erase(std::min_element(m.begin(), m.end(), [&](const auto& a, const auto& b) { return when(a) < when(b); }));
+DuplicateSessions::Verdict DuplicateSessions::hello(const std::string& site, std::uint64_t instance,
+                                                    const Session* current, Session* first) {
+  if (instance == 0) return Verdict::take_over;  // an agent from before instances: never judged
+  if (refused_.count({site, instance})) return Verdict::refused;
+  if (!current || current->instance == instance || current->instance == 0) {
+    if (!current) replaced_.erase(site);
+    return Verdict::take_over;  // no live session, or the same agent on a new connection
   }
+  const auto it = replaced_.find(site);
+  if (it != replaced_.end() && it->second.instance == instance) {
+    if (first) *first = it->second;
+    replaced_.erase(it);
+    return Verdict::second_agent;
+  }
+  replaced_[site] = *current;  // a restart, or a second agent: which, the replaced one will tell
+  return Verdict::take_over;
 }
 
-}  // namespace
-
-void DuplicateSessions::replaced(const std::string& routing, Earlier earlier) {
-  replaced_[routing] = std::move(earlier);
-  bound(replaced_, [](const auto& e) { return e.second.replaced; });
-}
-
-DuplicateSessions::Verdict DuplicateSessions::judge(const std::string& routing, Clock::time_point now,
-                                                    Clock::duration margin, Earlier* earlier) {
-  if (refused_.count(routing)) return Verdict::refused;
-  const auto it = replaced_.find(routing);
-  if (it == replaced_.end()) return Verdict::unknown;
-  if (now - it->second.replaced < margin) return Verdict::stale;
-  if (earlier) *earlier = it->second;
-  replaced_.erase(it);
-  return Verdict::second_agent;
-}
-
-void DuplicateSessions::refuse(const std::string& routing) {
-  replaced_.erase(routing);
-  refused_[routing] = Clock::now();
-  bound(refused_, [](const auto& e) { return e.second; });
+void DuplicateSessions::refuse(const std::string& site, std::uint64_t instance) {
+  if (!refused_.insert({site, instance}).second) return;
+  refused_order_.emplace_back(site, instance);
+  while (refused_order_.size() > kMaxRemembered) {
+    refused_.erase(refused_order_.front());
+    refused_order_.pop_front();
+  }
 }
 
 }  // namespace fedda::coordinator

@@ -1,57 +1,56 @@
 #pragma once
-// Two agents started with one site's kit, told apart from one agent that restarted.
+// Two agents started with one site's kit, told apart from one agent that restarted or
+// reconnected, by the instance every agent process draws at random and puts in each hello
+// (protocol::Hello::instance).
 //
-// A hello with a site's key while the site has a live session replaces that session: an agent
-// killed and started again must not wait for its old session to time out. The replaced
-// connection is remembered. If it is still speaking a margin (a heartbeat) after it was
-// replaced, two agents hold the key: the first keeps the site and the later connection is
-// refused, for good (its agent stops; see RejectCode::duplicate_session). What a dead
-// connection had queued arrives within the margin and is dropped, so a restart is never taken
-// for a second agent. Owned by the service's one thread; not thread-safe. Bounded: at most
-// kMaxRemembered connections of each kind, the oldest forgotten first.
+// A hello with a site's key while the site has a live session takes the site over: a restarted
+// agent (a new instance) must not wait for its old session to time out, and an agent that
+// reconnected (the same instance, a new connection) simply goes on. The session a new instance
+// replaced is remembered. When a hello comes with that replaced instance while the new one's
+// session lives, two agents hold the key: the first (back on its old connection or a new one)
+// keeps the site, and the later instance is refused, then and whenever it says hello again
+// (RejectCode::duplicate_session). A process that has died never says hello again, so timing
+// plays no part. Agents before instances (0) are never judged. Owned by the service's one
+// thread; not thread-safe. Bounded: at most kMaxRemembered refused instances, oldest first out.
 
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <map>
-#include <optional>
+#include <set>
 #include <string>
+#include <utility>
 
 namespace fedda::coordinator {
 
 class DuplicateSessions {
  public:
-  using Clock = std::chrono::steady_clock;
   static constexpr std::size_t kMaxRemembered = 1024;
 
-  // What the replaced session's hello said, to restore it if it turns out to be the first agent.
-  struct Earlier {
-    std::string site, address, agent_version, device;
-    int threads = 0;
-    std::int64_t connected_ms = 0;  // wall clock, when that session began
-    Clock::time_point replaced{};
+  // A session as the log names it.
+  struct Session {
+    std::uint64_t instance = 0;
+    std::string address;
+    std::int64_t connected_ms = 0;  // wall clock
   };
-
-  // A hello on another connection replaced `earlier.site`'s live session on `routing`.
-  void replaced(const std::string& routing, Earlier earlier);
 
   enum class Verdict {
-    unknown,       // not a connection this class remembers: handle as any other
-    stale,         // a replaced connection within the margin: drop its message quietly
-    second_agent,  // a replaced connection still speaking: two agents hold the key
-    refused,       // a connection refused as the later of two: refuse it again
+    take_over,     // a restart, a reconnect or a first hello: the hello's session replaces the current one
+    second_agent,  // the hello is the first agent's: the current session is the later of two, to be refused
+    refused,       // the hello's instance was refused as the later of two: refuse it again
   };
-  // A message from `routing`, which is no site's current session, at `now`; `margin` is the
-  // heartbeat. For second_agent, `earlier` is what its session was, and the connection is no
-  // longer remembered as replaced.
-  Verdict judge(const std::string& routing, Clock::time_point now, Clock::duration margin, Earlier* earlier = nullptr);
 
-  // `routing` was refused as the later of two agents.
-  void refuse(const std::string& routing);
+  // A hello of `site` from `instance`, while the site's live session is `current` (none: nullptr).
+  // On second_agent, `first` is the replaced session the hello proves alive.
+  Verdict hello(const std::string& site, std::uint64_t instance, const Session* current, Session* first = nullptr);
+
+  // `instance` of `site` was refused as the later of two agents.
+  void refuse(const std::string& site, std::uint64_t instance);
 
  private:
-  std::map<std::string, Earlier> replaced_;  // routing -> its session before it was replaced
-  std::map<std::string, Clock::time_point> refused_;
+  std::map<std::string, Session> replaced_;  // site -> the session its current one replaced
+  std::set<std::pair<std::string, std::uint64_t>> refused_;
+  std::deque<std::pair<std::string, std::uint64_t>> refused_order_;
 };
 
 }  // namespace fedda::coordinator

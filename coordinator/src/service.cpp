@@ -285,19 +285,18 @@ struct Service::Impl : JobHost, AdminBackend {
     }
     const auto* before = registry.find(id);
     const bool rejoin = before && before->alive;
-    if (rejoin && before->routing != routing) {
-      // A hello from the connection this one replaced, still speaking: two agents hold the key.
-      DuplicateSessions::Earlier earlier;
-      const auto verdict = duplicates.judge(routing, Clock::now(), o.heartbeat, &earlier);
-      if (verdict == DuplicateSessions::Verdict::stale) return;  // queued on a connection a restart replaced
-      if (verdict == DuplicateSessions::Verdict::refused) return refuse_second_agent(id, routing);
-      if (verdict == DuplicateSessions::Verdict::second_agent) return keep_first_of_two(routing, h.sequence, earlier);
-      duplicates.replaced(before->routing, {id, before->address, before->agent_version, before->device,
-                                            before->threads, before->connected_ms, Clock::now()});
+    // Two agents with one kit, told from a restart by the agents' instances (duplicate_sessions.h).
+    DuplicateSessions::Session current, first;
+    if (rejoin) current = {before->instance, before->address, before->connected_ms};
+    switch (duplicates.hello(id, hello->instance, rejoin ? &current : nullptr, &first)) {
+      case DuplicateSessions::Verdict::refused: return refuse_second_agent(id, routing);
+      case DuplicateSessions::Verdict::second_agent: refuse_later_of_two(id, first); break;
+      case DuplicateSessions::Verdict::take_over: break;
     }
     forget_uploads(id);  // a restarted agent holds no update the old session was granted credit for
     auto& site = registry.begin_session(id, routing, h.sequence, hello->agent_version, hello->device, hello->threads);
     site.address = peer_address;
+    site.instance = hello->instance;
     log->info("site {} {} (agent {}, device {}, {} threads{})", id, rejoin ? "reconnected" : "joined",
               hello->agent_version, hello->device, hello->threads, from(peer_address));
     send_body(routing, MessageType::welcome, "", 0,
@@ -305,47 +304,30 @@ struct Service::Impl : JobHost, AdminBackend {
     for (auto& [job, run] : runs) run->site_joined(site);
   }
 
-  // The later of two agents with site `id`'s key, on `routing`: told why, and nothing more of it
-  // is taken.
+  // The later of two agents with site `id`'s key, on `routing`: told why; it stops.
   void refuse_second_agent(const std::string& id, const std::string& routing) {
     reject(routing, RejectCode::duplicate_session,
-           "another agent with site " + id + "'s key is connected and speaking; this one came second and is refused: "
-           "stop it (one agent per site kit)");
+           "another agent with site " + id + "'s key was connected first and still is; this one is refused: stop it "
+           "(one agent per site kit)");
   }
 
-  // Two agents with one site's key: the first, on `first` (its session replaced by the second's
-  // hello), still speaks. It keeps the site; the second is refused.
-  void keep_first_of_two(const std::string& first, std::uint64_t sequence, const DuplicateSessions::Earlier& earlier) {
-    auto* current = registry.find(earlier.site);
-    const std::string second = current->routing;
+  // Two agents with one site's key: `first` (whose session the current one replaced) has said
+  // hello again, so it lives. The current session is the later agent's: refused, for good; the
+  // hello being handled then takes the site back for the first.
+  void refuse_later_of_two(const std::string& id, const DuplicateSessions::Session& first) {
+    const auto* later = registry.find(id);
     log->warn("site {}: two connections with its key, from {} (first) and {} (second); keeping the first, refusing "
-              "the second: one agent per site kit", earlier.site, connection(earlier.address, earlier.connected_ms),
-              connection(current->address, current->connected_ms));
-    duplicates.refuse(second);
-    refuse_second_agent(earlier.site, second);
-    forget_uploads(earlier.site);
-    auto& site = registry.begin_session(earlier.site, first, sequence, earlier.agent_version, earlier.device,
-                                        earlier.threads);
-    site.address = earlier.address;
-    site.connected_ms = earlier.connected_ms;  // its agent never left: no welcome, the session simply goes on
-    for (auto& [job, run] : runs) run->site_joined(site);
+              "the second: one agent per site kit", id, connection(peer_address, first.connected_ms),
+              connection(later->address, later->connected_ms));
+    duplicates.refuse(id, later->instance);
+    refuse_second_agent(id, later->routing);
+    for (auto& [job, run] : runs) run->site_lost(id, "a second agent with its key, refused");
   }
 
   void handle_data(const std::string& routing, const protocol::Header& h, const std::string& body) {
     if (h.type == MessageType::hello) return handle_hello(routing, h, body);
     auto* site = registry.by_routing(routing);
     if (!site) {
-      DuplicateSessions::Earlier earlier;
-      switch (duplicates.judge(routing, Clock::now(), o.heartbeat, &earlier)) {
-        case DuplicateSessions::Verdict::stale: return;  // queued on a connection a restart replaced
-        case DuplicateSessions::Verdict::refused: return refuse_second_agent(h.sender, routing);
-        case DuplicateSessions::Verdict::second_agent: {
-          const auto* now_site = registry.find(earlier.site);
-          if (now_site && now_site->alive) return keep_first_of_two(routing, h.sequence, earlier);
-          break;  // the second has gone meanwhile: this one says hello again, as any other
-        }
-        case DuplicateSessions::Verdict::unknown: break;
-      }
       log->debug("dropped {} from a peer that has not said hello", protocol::type_name(h.type));
       return reject(routing, RejectCode::say_hello_first, "say hello first");
     }

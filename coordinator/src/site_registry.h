@@ -43,7 +43,8 @@ struct SiteInfo {
   std::int64_t connected_ms = 0;
   std::string agent_version, device;
   int threads = 0;
-  std::string address;  // the peer's host:port at its hello ("" where unknown)
+  std::string address;  // the peer's address at its hello ("" where unknown)
+  std::uint64_t instance = 0;  // the agent process's (protocol::Hello::instance); 0 from old agents
   std::uint64_t last_sequence = 0;  // of the current session
   std::map<std::string, Participation> jobs;
 };

@@ -290,7 +290,6 @@ struct Agent::Impl {
 
     SecureRounds secure(config.site_id, site_kit);
     Clock::time_point stop_requested{}, next_status{};
-    bool refused = false;  // by the coordinator, as the second agent with this site's kit
     for (;;) {
       if (stopping && stop_requested == Clock::time_point{}) {
         stop_requested = Clock::now();
@@ -310,21 +309,30 @@ struct Agent::Impl {
         if ((idle && uploaded) || timed_out) break;
       }
       exchange(*session, secure, stop_requested != Clock::time_point{});
-      if (!session->refusal().empty() && !refused) {
-        // Another agent runs with this site's kit: stop (draining as on SIGTERM), and exit 4 so a
-        // service manager does not start this one again (the unit's RestartPreventExitStatus).
+      if (!session->refusal().empty()) {
+        // Another agent runs with this site's kit: stop at once (nothing this one computes would
+        // be taken), and exit 4 so a service manager does not start it again (the unit's
+        // RestartPreventExitStatus).
         log->error("site {}: stopping: another agent with this site's kit was connected first; run one agent per "
                    "site kit", config.site_id);
-        refused = true;
-        stopping = true;
+        write_status(*session, "refused");
+        session.reset();
+        bool idle;
+        {
+          std::lock_guard<std::mutex> lock(mutex);
+          inbox.clear();
+          idle = !busy;
+        }
+        stop_worker(idle);  // a running task is abandoned, not waited for
+        return 4;
       }
       if (Clock::now() >= next_status) {
         write_status(*session);
         next_status = Clock::now() + std::chrono::seconds(2);
       }
     }
-    write_status(*session, refused ? "refused" : "stopped");
-    if (!refused) session->say_goodbye("agent stopping");
+    write_status(*session, "stopped");
+    session->say_goodbye("agent stopping");
     session.reset();
     bool abandoned;
     {
@@ -338,7 +346,7 @@ struct Agent::Impl {
     }
     stop_worker(true);
     log->info("site {}: stopped", config.site_id);
-    return refused ? 4 : 0;
+    return 0;
   }
 };
 

@@ -5,6 +5,7 @@
 
 #include <zmq_addon.hpp>
 
+#include "fedda/common/crypto.h"
 #include "fedda/site_agent/egress.h"
 
 namespace fedda::site_agent {
@@ -34,6 +35,8 @@ Session::Session(zmq::context_t& context, SessionOptions options, AuditLog* audi
       heartbeat_(o_.heartbeat),
       backoff_(o_.reconnect_min),
       liveness_(o_.liveness) {
+  if (auto bytes = crypto::random_bytes(sizeof instance_)) std::memcpy(&instance_, bytes->data(), sizeof instance_);
+  if (instance_ == 0) instance_ = 1;  // 0 means "an agent before instances"
   connect();
 }
 
@@ -83,7 +86,7 @@ void Session::disconnect() {
 }
 
 void Session::hello() {
-  protocol::Hello body{o_.site_id, o_.agent_version, o_.device, o_.threads};
+  protocol::Hello body{o_.site_id, o_.agent_version, o_.device, o_.threads, instance_};
   send(MessageType::hello, "", 0, protocol::encode(header(MessageType::hello, "", 0), body));
   last_hello_ = clock_.now();
 }

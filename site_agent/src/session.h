@@ -119,6 +119,7 @@ class Session {
   int connects_ = 0;
   Clock::time_point last_heard_{}, next_heartbeat_{}, last_hello_{}, reconnect_at_{}, refusal_logged_{};
   std::string refusal_;
+  std::uint64_t instance_ = 0;  // this process's, in every hello (protocol::Hello::instance)
   std::uint64_t sequence_ = 0;              // this agent's, per process
   std::uint64_t coordinator_sequence_ = 0;  // the coordinator's last, per session (from its welcome)
   std::map<std::pair<std::string, int>, std::pair<protocol::Frames, std::string>> pending_;  // awaiting credit

@@ -98,9 +98,9 @@ int main(int argc, char** argv) {
     std::signal(SIGINT, on_signal);
     rc = agent.run();
     running = nullptr;
-    if (rc == 3) {
+    if (rc == 3 || rc == 4) {  // a task abandoned on its worker thread: leave without waiting for it
       spdlog::shutdown();
-      std::_Exit(3);
+      std::_Exit(rc);
     }
   });
 

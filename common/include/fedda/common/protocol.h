@@ -267,6 +267,10 @@ struct Hello {
   std::string agent_version;
   std::string device;
   std::int32_t threads = 0;  // LibTorch threads the agent trains with (version 2)
+  // Random per agent process (version 3), the same on every connection it makes: a hello with
+  // another instance while a session lives is a restart or a second agent with the same kit
+  // (coordinator/src/duplicate_sessions.h). 0 from agents before version 3.
+  std::uint64_t instance = 0;
 };
 
 struct Welcome {
@@ -704,6 +708,7 @@ void serialize(Archive& ar, Hello& m, std::uint32_t version) {
   detail::check_known_version<Hello>(version);
   ar(FEDDA_ID(site_id), FEDDA_ID(agent_version), FEDDA_LINE(device));
   if (version >= 2) ar(m.threads);
+  if (version >= 3) ar(m.instance);
 }
 template <class Archive>
 void serialize(Archive& ar, Welcome& m, std::uint32_t version) {
@@ -859,7 +864,7 @@ CEREAL_CLASS_VERSION(fedda::WireTensor, 1)
 CEREAL_CLASS_VERSION(fedda::TensorSet, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::JobSpec, 10)
 CEREAL_CLASS_VERSION(fedda::protocol::DpSpec, 1)
-CEREAL_CLASS_VERSION(fedda::protocol::Hello, 2)
+CEREAL_CLASS_VERSION(fedda::protocol::Hello, 3)
 CEREAL_CLASS_VERSION(fedda::protocol::Welcome, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::JobOffer, 2)
 CEREAL_CLASS_VERSION(fedda::protocol::SkippedSubject, 1)
