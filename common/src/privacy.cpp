@@ -20,9 +20,12 @@ double log_add(double a, double b) {
 }
 
 // log(exp(a) - exp(b)) for a >= b; the alternating terms of the fractional series keep it so.
+// Where rounding breaks that, NaN: the order is then left out of the minimum rather than
+// counted with a sum that came out too small.
 double log_sub(double a, double b) {
   if (b == -kInf) return a;
-  if (a <= b) return -kInf;
+  if (a == b) return -kInf;
+  if (a < b) return std::nan("");
   return b + std::log(std::expm1(a - b));
 }
 

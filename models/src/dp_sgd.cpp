@@ -2,6 +2,7 @@
 #include "dp_sgd.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 
@@ -15,10 +16,37 @@ double dp_sample_rate(int subjects, int batch, int per_subject) {
   return std::min(1.0, expected / subjects);
 }
 
+std::uint64_t SecretRandom::word() {
+  if (next_ == words_.size()) {
+    constexpr std::size_t kWords = 4096;
+    auto bytes = crypto::random_bytes(kWords * sizeof(std::uint64_t));
+    if (!bytes) throw std::runtime_error("DP: no random bytes from OpenSSL: " + bytes.error().message);
+    words_.resize(kWords);
+    std::memcpy(words_.data(), bytes->data(), bytes->size());
+    next_ = 0;
+  }
+  return words_[next_++];
+}
+
+double SecretRandom::uniform() { return static_cast<double>((word() >> 11) + 1) * 0x1.0p-53; }
+
+torch::Tensor SecretRandom::gaussian(torch::IntArrayRef sizes, double sd) {
+  auto out = torch::empty(sizes, torch::kFloat32);
+  const auto n = out.numel();
+  auto* v = out.data_ptr<float>();
+  constexpr double kTwoPi = 6.283185307179586;
+  for (std::int64_t i = 0; i < n; i += 2) {
+    const double r = sd * std::sqrt(-2.0 * std::log(uniform()));
+    const double a = kTwoPi * uniform();
+    v[i] = static_cast<float>(r * std::cos(a));
+    if (i + 1 < n) v[i + 1] = static_cast<float>(r * std::sin(a));
+  }
+  return out;
+}
+
 DpStepResult dp_step(torch::nn::Module& net, torch::optim::Optimizer& optimizer, const std::vector<ScanSlices>& scans,
                      const DpSgd& dp, const std::function<Batch(const ScanSlices&)>& micro_batch,
-                     const std::function<torch::Tensor(const Batch&)>& loss, std::mt19937_64& rng,
-                     torch::Generator& noise) {
+                     const std::function<torch::Tensor(const Batch&)>& loss, SecretRandom& secret) {
   std::vector<torch::Tensor> params;
   for (const auto& p : net.parameters()) {
     if (p.requires_grad()) params.push_back(p);
@@ -26,10 +54,9 @@ DpStepResult dp_step(torch::nn::Module& net, torch::optim::Optimizer& optimizer,
   std::vector<torch::Tensor> sum;
   for (const auto& p : params) sum.push_back(torch::zeros_like(p));
   DpStepResult result;
-  std::bernoulli_distribution joins(dp.sample_rate);
   double loss_sum = 0;
   for (const auto& scan : scans) {
-    if (!joins(rng)) continue;
+    if (!(secret.uniform() <= dp.sample_rate)) continue;  // Poisson sampling, unknown to anyone else
     const Batch b = micro_batch(scan);
     optimizer.zero_grad();
     const auto l = loss(b);
@@ -51,8 +78,7 @@ DpStepResult dp_step(torch::nn::Module& net, torch::optim::Optimizer& optimizer,
     torch::NoGradGuard no_grad;
     const double expected = dp.sample_rate * static_cast<double>(scans.size());
     for (std::size_t i = 0; i < params.size(); ++i) {
-      auto n = torch::normal(0.0, dp.noise_multiplier * dp.clip_norm, sum[i].sizes(), noise,
-                             torch::TensorOptions(torch::kFloat32));
+      auto n = secret.gaussian(sum[i].sizes(), dp.noise_multiplier * dp.clip_norm);
       auto g = (sum[i] + n.to(sum[i].device(), sum[i].scalar_type())) / expected;
       if (params[i].grad().defined()) {
         params[i].mutable_grad().copy_(g);
@@ -72,13 +98,5 @@ void freeze_batch_norm(torch::nn::Module& net) {
   }
 }
 
-torch::Generator secret_noise_generator() {
-  auto bytes = crypto::random_bytes(sizeof(std::uint64_t));
-  if (!bytes) throw std::runtime_error("DP noise: no random bytes from OpenSSL: " + bytes.error().message);
-  std::uint64_t seed = 0;
-  std::memcpy(&seed, bytes->data(), sizeof seed);
-  auto gen = at::detail::createCPUGenerator(seed);
-  return gen;
-}
 
 }  // namespace fedda::models

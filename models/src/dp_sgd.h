@@ -10,8 +10,9 @@
 //
 // Nothing may mix subjects: batch-norm layers are held in eval mode (the statistics of the
 // model the site was sent, which never saw this site's data, normalise and are not updated);
-// instance norm mixes nothing. The noise comes from a generator seeded from OpenSSL's
-// RAND_bytes, never from the job's seed, which the coordinator knows. Internal to the models
+// instance norm mixes nothing. Which patients join a step, and the noise, come from OpenSSL's
+// RAND_bytes (its DRBG), never from the job's seed, which the coordinator knows: whoever could
+// replay either could subtract the noise or undo the subsampling. Internal to the models
 // library; not thread-safe.
 
 #include <cstdint>
@@ -35,23 +36,34 @@ struct DpSgd {
 // subject that joins: the expected batch over the slices a subject gives, at most 1.
 double dp_sample_rate(int subjects, int batch, int per_subject);
 
+// Randomness nobody can replay: words from OpenSSL's RAND_bytes, as uniforms and as Gaussians
+// (Box-Muller on 53-bit uniforms). Throws std::runtime_error when OpenSSL gives no bytes.
+class SecretRandom {
+ public:
+  double uniform();  // in (0, 1]
+  // float32 values of standard deviation `sd`, on the CPU.
+  torch::Tensor gaussian(torch::IntArrayRef sizes, double sd);
+
+ private:
+  std::uint64_t word();
+  std::vector<std::uint64_t> words_;
+  std::size_t next_ = 0;
+};
+
 struct DpStepResult {
   double loss = 0;   // mean of the joined subjects' losses (0 when none joined)
   int subjects = 0;  // how many joined
 };
 
-// One DP-SGD step over `scans` (one per subject). `micro_batch` draws a subject's slices,
-// `loss` scores them. A step that no subject joined still steps, on the noise alone: the
-// analysis counts every step. The parameters' gradients are left as the step used them.
+// One DP-SGD step over `scans` (one per subject): who joins and the noise from `secret`.
+// `micro_batch` draws a subject's slices (its augmentation may use the job's seed), `loss`
+// scores them. A step that no subject joined still steps, on the noise alone: the analysis
+// counts every step. The parameters' gradients are left as the step used them.
 DpStepResult dp_step(torch::nn::Module& net, torch::optim::Optimizer& optimizer, const std::vector<ScanSlices>& scans,
                      const DpSgd& dp, const std::function<Batch(const ScanSlices&)>& micro_batch,
-                     const std::function<torch::Tensor(const Batch&)>& loss, std::mt19937_64& rng,
-                     torch::Generator& noise);
+                     const std::function<torch::Tensor(const Batch&)>& loss, SecretRandom& secret);
 
 // Every batch-norm layer of `net` in eval mode (call after net->train()).
 void freeze_batch_norm(torch::nn::Module& net);
-
-// A CPU generator seeded with 64 bits from OpenSSL's RAND_bytes.
-torch::Generator secret_noise_generator();
 
 }  // namespace fedda::models

@@ -80,7 +80,7 @@ struct SiteTrainer::Impl {
   std::vector<std::string> batch_norm;   // FedBN: the tensors kept here
   std::vector<torch::Tensor> local_norm;  // their values after this site's last round
   DpGuarantee dp;
-  std::optional<torch::Generator> noise;  // dp: seeded from OpenSSL, never from the job
+  SecretRandom secret;  // dp: who joins a step and the noise, from OpenSSL, never from the job
 
   // dp: what DP-SGD gives this site's patients: the noise (given, or the smallest that keeps the
   // planned steps within the target) and the planned epsilon.
@@ -103,7 +103,6 @@ struct SiteTrainer::Impl {
     auto planned = privacy::epsilon({dp.noise_multiplier, dp.sample_rate, options.planned_steps}, d.delta);
     if (!planned) return make_error("dp: " + planned.error().message);
     dp.planned_epsilon = planned->epsilon;
-    noise = secret_noise_generator();
     return Status::success();
   }
 
@@ -300,7 +299,7 @@ Result<LocalUpdate> SiteTrainer::train(int round, const TensorSet& model, const 
       return kd_loss(logits, b.soft, o.temperature, KdObjective{o.kd_loss, o.kd_hard_weight, o.kd_confidence, o.dice_weight});
     };
     for (int s = 0; s < steps; ++s) {
-      const auto r = dp_step(*m.net, *m.optimizer, m.scans, dp, micro_batch, loss_of, rng, *m.noise);
+      const auto r = dp_step(*m.net, *m.optimizer, m.scans, dp, micro_batch, loss_of, m.secret);
       if (!std::isfinite(r.loss)) return make_error("training diverged in round " + std::to_string(round));
       loss_sum += r.loss;
     }
@@ -356,11 +355,7 @@ Result<LocalUpdate> SiteTrainer::train(int round, const TensorSet& model, const 
   update.samples = m.samples;
   update.steps = steps;
   update.loss = loss_sum / steps;
-  if (m.dp.on) {  // every step of every round up to this one, whether this site took part or not
-    auto spent = privacy::epsilon({m.dp.noise_multiplier, m.dp.sample_rate, static_cast<long long>(round) * steps},
-                                  m.dp.delta);
-    update.epsilon = spent ? spent->epsilon : -1;
-  }
+
   update.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return update;
 }

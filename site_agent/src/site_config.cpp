@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <regex>
 
 #include "fedda/common/config.h"
@@ -62,6 +63,7 @@ Result<SiteConfig> read_site_config(const fs::path& path) {
   policy.get("quality_reports", p.quality_reports);
   policy.get("max_epsilon", p.max_epsilon);
   policy.get("min_noise_multiplier", p.min_noise_multiplier);
+  policy.get("max_delta", p.max_delta);
   policy.get("approval", p.approval);
   if (auto st = m->finish(); !st) return st.error();
   for (const auto& t : p.job_types) {
@@ -71,6 +73,9 @@ Result<SiteConfig> read_site_config(const fs::path& path) {
   if (p.min_local_steps < 1) return fail("policy: min_local_steps must be at least 1");
   if (!(p.evaluation_interval_s >= 0)) return fail("policy: evaluation_interval_s must not be negative");
   if (p.approval != "auto" && p.approval != "manual") return fail("policy: approval must be auto or manual");
+  if (!(p.max_epsilon >= 0) || !std::isfinite(p.max_epsilon)) return fail("policy: max_epsilon must be 0 (no ceiling) or positive");
+  if (!(p.min_noise_multiplier >= 0)) return fail("policy: min_noise_multiplier must not be negative");
+  if (!(p.max_delta > 0 && p.max_delta < 1)) return fail("policy: max_delta must be above 0 and below 1");
   if (!c.root_fingerprint.empty() && (c.root_fingerprint.rfind("sha256:", 0) != 0 || c.root_fingerprint.size() != 71)) {
     return fail("root_fingerprint must be sha256: and 64 hex digits, as fedda-admin verify-kit prints it");
   }

@@ -12,11 +12,13 @@
 #include "fedda/common/crypto.h"
 #include "fedda/common/files.h"
 #include "fedda/common/log.h"
+#include "fedda/common/privacy.h"
 #include "fedda/models/federated.h"
 #include "fedda/models/model_spec.h"
 #include "fedda/site_agent/approvals.h"
 #include "fedda/site_agent/egress.h"
 #include "fedda/site_agent/monitor.h"
+#include "privacy_ledger.h"
 #include "fedda/models/weights.h"
 
 namespace fedda::site_agent {
@@ -131,6 +133,10 @@ struct SiteWorker::Impl {
     if (trains_here && p.max_epsilon > 0 && !job.dp.enabled()) {
       return {"max_epsilon", "this site trains only under differential privacy (dp) of at most epsilon " +
                                  number(p.max_epsilon) + "; the job has none"};
+    }
+    if (trains_here && p.max_epsilon > 0 && job.dp.delta > p.max_delta) {
+      return {"max_delta", "the job's delta " + number(job.dp.delta) + " is above this site's " + number(p.max_delta) +
+                               " (a larger delta buys a smaller epsilon)"};
     }
     if (trains_here && p.max_epsilon > 0 && job.dp.target_epsilon > p.max_epsilon) {
       return {"max_epsilon", "the job's target epsilon " + number(job.dp.target_epsilon) + " is above this site's " +
@@ -463,12 +469,21 @@ struct SiteWorker::Impl {
                         " steps is below this site's minimum of " + std::to_string(config.policy.min_local_steps),
                     "min_local_steps");
       }
-      if (trainer->dp().on && static_cast<long long>(h.round) * steps > static_cast<long long>(job_rounds) * job_steps) {
-        return fail(h.job_id, FailureCode::policy,
-                    "refused by this site's policy: round " + std::to_string(h.round) + " of " + std::to_string(steps) +
-                        " steps goes beyond the job's planned " + std::to_string(job_rounds) + " x " +
-                        std::to_string(job_steps) + " steps, which its privacy guarantee covers",
-                    "max_epsilon");
+      // dp: the steps already released on this job, kept on disk (privacy_ledger.h), bound what
+      // this round may add; a round trained again after a restart counts again.
+      long long released = 0;
+      if (trainer->dp().on) {
+        auto ledger = read_privacy_ledger(config.cache_dir, h.job_id, trainer->dp());
+        if (!ledger) return fail(h.job_id, FailureCode::policy, "refused by this site's policy: " + ledger.error().message, "max_epsilon");
+        released = *ledger;
+        const long long planned = static_cast<long long>(job_rounds) * job_steps;
+        if (released + steps > planned) {
+          return fail(h.job_id, FailureCode::policy,
+                      "refused by this site's policy: " + std::to_string(steps) + " more steps after the " +
+                          std::to_string(released) + " released go beyond the job's planned " + std::to_string(planned) +
+                          ", which its privacy guarantee covers",
+                      "max_epsilon");
+        }
       }
       auto local = trainer->train(h.round, task->model, task->discriminator, steps, task->learning_rate,
                                   task->adversarial_weight);
@@ -481,11 +496,17 @@ struct SiteWorker::Impl {
       update.loss = trainer->dp().on ? 0 : local->loss;
       update.seconds = local->seconds;
       update.precision = trainer->precision().name() + " (" + trainer->precision().reason + ")";
-      update.epsilon = local->epsilon;
-      update.noise_multiplier = trainer->dp().noise_multiplier;
-      if (local->epsilon >= 0) {
-        log->info("job {}: round {}: epsilon {:.3f} at delta {} spent on this site's patients so far", h.job_id,
-                  h.round, local->epsilon, trainer->dp().delta);
+      if (trainer->dp().on) {  // counted on disk before anything of the round leaves
+        const auto& dp = trainer->dp();
+        auto spent = privacy::epsilon({dp.noise_multiplier, dp.sample_rate, released + local->steps}, dp.delta);
+        if (!spent) return fail(h.job_id, FailureCode::internal, "privacy accountant: " + spent.error().message);
+        if (auto st = write_privacy_ledger(config.cache_dir, h.job_id, dp, released + local->steps, spent->epsilon); !st) {
+          return fail(h.job_id, FailureCode::internal, st.error().message);
+        }
+        update.epsilon = spent->epsilon;
+        update.noise_multiplier = dp.noise_multiplier;
+        log->info("job {}: round {}: epsilon {:.3f} at delta {} spent on this site's patients so far ({} steps)",
+                  h.job_id, h.round, spent->epsilon, dp.delta, released + local->steps);
       }
       log->info("job {}: round {} trained ({} steps, loss {:.4f}, {:.1f} s)", h.job_id, h.round, local->steps,
                 local->loss, local->seconds);

@@ -582,12 +582,18 @@ TEST_F(Sovereignty, ASitesPrivacyCeilingWinsOverAnyJob) {
     previous = update.epsilon;
   }
   EXPECT_NEAR(previous, 2.5, 0.01);  // the planned steps spend the target
-  // A third round goes beyond the two the guarantee covers: refused, nothing trained.
+  // The site's ledger counted them on disk, before each update left.
+  const auto ledger = nlohmann::json::parse(testing::read_text(dir_ / "cache-amsterdam" / "privacy" / "kd-private.json"));
+  EXPECT_EQ(ledger["steps"], 4);
+  EXPECT_NEAR(ledger["epsilon"].get<double>(), previous, 1e-9);
+  // Round 2 asked for again (as after a coordinator's restart) would be new steps on the same
+  // patients, beyond the four the guarantee covers: refused, nothing trained, whatever the round's number.
   protocol::RoundTask task;
   task.model = coordinator.teacher_model.weights;
-  coordinator.send(protocol::MessageType::round_task, "kd-private", 3, protocol::encode(protocol::Header{}, task).body, true);
+  coordinator.send(protocol::MessageType::round_task, "kd-private", 2, protocol::encode(protocol::Header{}, task).body, true);
   refused = refusal("kd-private");
   EXPECT_EQ(refused.rule, "max_epsilon");
+  EXPECT_NE(refused.reason.find("beyond the job's planned 4"), std::string::npos) << refused.reason;
   EXPECT_NE(testing::read_text(dir_ / "amsterdam.log").find("patient-level DP-SGD"), std::string::npos);
   agent.signal(SIGTERM);
   EXPECT_EQ(agent.wait(30s), 0);

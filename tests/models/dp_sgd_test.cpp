@@ -27,10 +27,9 @@ struct Toy {
     }
   }
   // The weight moved by one step of SGD (lr 1) under `dp`.
-  torch::Tensor step(const DpSgd& dp, torch::Generator& noise, std::uint64_t seed = 1) {
+  torch::Tensor step(const DpSgd& dp, SecretRandom& secret) {
     torch::optim::SGD sgd(net->parameters(), torch::optim::SGDOptions(1.0));
     const auto before = net->weight.detach().clone();
-    std::mt19937_64 rng(seed);
     const auto micro_batch = [&](const ScanSlices& s) {
       Batch b;
       const int i = std::stoi(s.id.substr(s.id.find("/p") + 2));
@@ -38,18 +37,18 @@ struct Toy {
       return b;
     };
     const auto loss = [&](const Batch& b) { return net->forward(b.images).sum(); };  // gradient = x
-    dp_step(*net, sgd, patients, dp, micro_batch, loss, rng, noise);
+    dp_step(*net, sgd, patients, dp, micro_batch, loss, secret);
     return net->weight.detach() - before;
   }
 };
 
 TEST(DpSgd, OnePatientsGradientIsClippedToTheNorm) {
-  auto noise = secret_noise_generator();
+  SecretRandom secret;
   const int n = 10;
   const DpSgd dp{1.0, 0.0, 1.0};  // C 1, no noise, every patient joins: the clipping alone
   // Honest patients' gradients have norm 0.2 (under C); the outlier's 20 (100x).
   Toy honest(n, -1), hostile(n, 3);
-  const auto a = honest.step(dp, noise), b = hostile.step(dp, noise);
+  const auto a = honest.step(dp, secret), b = hostile.step(dp, secret);
   // Unclipped, the outlier would move the weight by (20 - 0.2) / 10 = 1.98 more than an honest
   // patient; clipped, by no more than C / expected batch = 1 / 10.
   const double extra = (b - a).norm().item<double>();
@@ -59,13 +58,13 @@ TEST(DpSgd, OnePatientsGradientIsClippedToTheNorm) {
 }
 
 TEST(DpSgd, TheNoiseHasTheScaleTheAccountantAssumes) {
-  auto noise = secret_noise_generator();
+  SecretRandom secret;
   const int n = 20;
   const DpSgd dp{0.5, 2.0, 0.25};  // C 0.5, sigma 2, q 0.25: expected batch 5 patients
   Toy toy(n, -1);
   std::vector<double> moves;
   for (int k = 0; k < 400; ++k) {
-    const auto d = toy.step(dp, noise, static_cast<std::uint64_t>(k));
+    const auto d = toy.step(dp, secret);
     for (int j = 0; j < 4; ++j) moves.push_back(d[0][j].item<double>());
   }
   double mean = 0, var = 0;
@@ -79,18 +78,25 @@ TEST(DpSgd, TheNoiseHasTheScaleTheAccountantAssumes) {
 }
 
 TEST(DpSgd, AStepThatNoPatientJoinedStillStepsOnTheNoise) {
-  auto noise = secret_noise_generator();
+  SecretRandom secret;
   Toy toy(4, -1);
   const DpSgd dp{1.0, 1.0, 1e-9};
-  const auto d = toy.step(dp, noise);
+  const auto d = toy.step(dp, secret);
   EXPECT_GT(d.norm().item<double>(), 0.0);
 }
 
-TEST(DpSgd, TheNoiseIsNotTheJobsToReplay) {
-  // Two generators from OpenSSL give different noise; the job's seed plays no part.
-  auto a = secret_noise_generator(), b = secret_noise_generator();
-  const auto x = torch::normal(0.0, 1.0, {16}, a), y = torch::normal(0.0, 1.0, {16}, b);
-  EXPECT_FALSE(torch::allclose(x, y));
+TEST(DpSgd, TheNoiseIsGaussianAndNotTheJobsToReplay) {
+  // From OpenSSL: two sources never agree, and nothing of the job seeds them.
+  SecretRandom a, b;
+  EXPECT_FALSE(torch::allclose(a.gaussian({16}, 1.0), b.gaussian({16}, 1.0)));
+  const auto z = a.gaussian({200001}, 2.0).to(torch::kFloat64);  // an odd count: the last pair half used
+  EXPECT_NEAR(z.mean().item<double>(), 0.0, 0.02);
+  EXPECT_NEAR(z.std().item<double>(), 2.0, 0.02);
+  EXPECT_NEAR((z.abs() > 2.0).to(torch::kFloat64).mean().item<double>(), 0.3173, 0.005);  // beyond one sd
+  for (int i = 0; i < 1000; ++i) {
+    const double u = a.uniform();
+    ASSERT_TRUE(u > 0 && u <= 1) << u;
+  }
 }
 
 TEST(DpSgd, BatchNormIsFrozenSoNoPatientsStatisticsEnterTheModel) {

@@ -73,7 +73,6 @@ struct LocalUpdate {
   int steps = 0;
   double loss = 0;                // mean over the round's steps
   double seconds = 0;
-  double epsilon = -1;            // dp: spent after this round (round x steps counted); -1 without
 };
 
 class SiteTrainer {

@@ -64,6 +64,7 @@ struct SitePolicy {
   // at least this noise multiplier (0: any).
   double max_epsilon = 0;
   double min_noise_multiplier = 0;
+  double max_delta = 1e-5;  // with max_epsilon: the largest delta a job may state (a large delta buys a small epsilon)
 };
 
 struct SiteConfig {
