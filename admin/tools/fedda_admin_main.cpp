@@ -22,6 +22,7 @@
 
 #include "fedda/admin/client.h"
 #include "fedda/common/cli.h"
+#include "fedda/common/config.h"
 #include "fedda/common/files.h"
 #include "fedda/common/kit.h"
 #include "fedda/common/log.h"
@@ -250,7 +251,7 @@ int main(int argc, char** argv) {
                "admit sites. Give each site only its OUT/sites/<site>/ folder, each operator only OUT/operators/<name>/, "
                "the coordinator only OUT/coordinator/.\n"
                "Operator commands (with --kit OPERATOR_KIT, or $FEDDA_OPERATOR_KIT): submit, jobs, status, abort, resume, "
-               "download, sites, admit, revoke. Each prints for people, or one JSON document with --json; exit code 0 on "
+               "clone, delete, download, sites, admit, revoke. Each prints for people, or one JSON document with --json; exit code 0 on "
                "success, 1 with a message naming what failed."};
   app.require_subcommand(1);
   app.fallthrough();
@@ -519,6 +520,44 @@ int main(int argc, char** argv) {
   resume->callback([&] {
     command([&](admin::Client& c) { return c.call(simple("resume", target)); },
             [&](const json& a, const protocol::AdminReply&) { std::cout << "job " << target << ": " << text_of(a.at("state")) << "\n"; });
+  });
+
+  std::string clone_id;
+  std::vector<std::string> settings;
+  auto* clone = app.add_subcommand(
+      "clone", "Queue a copy of a job under a new id, with changes: its job file as submitted, each --set laid over "
+               "it (a dotted key reaches into a mapping: --set dp.target_epsilon=3, --set recipe.preset=nnunet), "
+               "validated again by the coordinator as a submitted file is. It keeps the original's teacher.");
+  clone->add_option("job", target, "the job to copy")->required();
+  clone->add_option("--id", clone_id, "the new job's id")->required();
+  clone->add_option("--set", settings, "KEY=VALUE, a change to the job file (repeat for more; VALUE is YAML)");
+  clone->callback([&] {
+    std::vector<std::string> changes = {"id=" + clone_id};
+    changes.insert(changes.end(), settings.begin(), settings.end());
+    auto yaml = config::yaml_of_settings(changes);
+    if (!yaml) {
+      log->error("--set {}", yaml.error().message);
+      rc = 1;
+      return;
+    }
+    auto request = simple("clone", target);
+    request.job_yaml = *yaml;
+    command([&](admin::Client& c) { return c.call(request); },
+            [&](const json& a, const protocol::AdminReply&) {
+              std::cout << "queued job " << text_of(a.at("id")) << " (a clone of " << target << "): "
+                        << text_of(a.at("state")) << "\n";
+            });
+  });
+
+  auto* remove = app.add_subcommand(
+      "delete", "Take a finished, failed or aborted job out of the queue. Nothing is destroyed: its folder moves to "
+                "the coordinator's STATE/deleted/ and the deletion is in the audit log; its id can be used again.");
+  remove->add_option("job", target, "job id")->required();
+  remove->callback([&] {
+    command([&](admin::Client& c) { return c.call(simple("delete", target)); },
+            [&](const json& a, const protocol::AdminReply&) {
+              std::cout << "job " << target << " deleted; its files are kept in " << text_of(a.at("archived_in")) << "\n";
+            });
   });
 
   auto* download = app.add_subcommand("download", "Fetch a job's files over the admin channel: model.pt, results.csv, "

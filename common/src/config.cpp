@@ -142,4 +142,72 @@ Status Mapping::finish() const {
   return Status::success();
 }
 
+namespace {
+
+// `changes` laid over `base`, mapping by mapping.
+void overlay(YAML::Node base, const YAML::Node& changes) {
+  for (const auto& kv : changes) {
+    const auto key = kv.first.as<std::string>();
+    YAML::Node at = base[key];
+    if (at.IsMap() && kv.second.IsMap()) {
+      overlay(at, kv.second);
+    } else {
+      base[key] = kv.second;
+    }
+  }
+}
+
+}  // namespace
+
+Result<std::string> yaml_of_settings(const std::vector<std::string>& settings) {
+  YAML::Node root(YAML::NodeType::Map);
+  for (const auto& setting : settings) {
+    const auto eq = setting.find('=');
+    if (eq == std::string::npos || eq == 0) return make_error("'" + setting + "' is not key=value");
+    const std::string key = setting.substr(0, eq), value = setting.substr(eq + 1);
+    YAML::Node parsed;
+    try {
+      parsed = YAML::Load(value);
+    } catch (const YAML::Exception& e) {
+      return make_error("'" + setting + "': the value is not YAML: " + e.msg);
+    }
+    std::vector<std::string> path;
+    for (std::size_t from = 0;;) {
+      const auto dot = key.find('.', from);
+      path.push_back(key.substr(from, dot - from));
+      if (path.back().empty()) return make_error("'" + setting + "': an empty key");
+      if (dot == std::string::npos) break;
+      from = dot + 1;
+    }
+    // Built from the inside out; reset() rebinds a node (assigning one would overwrite it).
+    YAML::Node change;
+    change.reset(parsed);
+    for (auto it = path.rbegin(); it != path.rend(); ++it) {
+      YAML::Node level(YAML::NodeType::Map);
+      level[*it] = change;
+      change.reset(level);
+    }
+    overlay(root, change);
+  }
+  YAML::Emitter out;
+  out << root;
+  return std::string(out.c_str()) + "\n";
+}
+
+Result<std::string> overlay_yaml(const std::string& base, const std::string& changes, const std::string& name) {
+  YAML::Node b, c;
+  try {
+    b = YAML::Load(base);
+    c = YAML::Load(changes);
+  } catch (const YAML::Exception& e) {
+    return make_error(name + ": not valid YAML: " + e.msg);
+  }
+  if (!b.IsMap()) return make_error(name + ": the job file is not a mapping");
+  if (!c.IsMap() && !c.IsNull()) return make_error(name + ": the changes are not a mapping");
+  if (c.IsMap()) overlay(b, c);
+  YAML::Emitter out;
+  out << b;
+  return std::string(out.c_str()) + "\n";
+}
+
 }  // namespace fedda::config

@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "fedda/common/config.h"
 #include "fedda/common/files.h"
 #include "fedda/common/log.h"
 
@@ -137,6 +138,35 @@ protocol::AdminReply AdminService::dispatch(const std::string& who, const protoc
     auto job = backend_.submit(std::move(*definition), who, r.job_yaml, teacher);
     if (!job) return refused(name + ": " + job.error().message);
     return ok({{"id", (*job)->id()}, {"state", job_state_name((*job)->state)}});
+  }
+  if (r.command == "clone") {  // the job's file with the operator's changes laid over it, validated again
+    auto source = job_named(r.target);
+    if (!source) return refused(source.error().message);
+    const auto base = files::read_all(store.dir(r.target) / "job.yaml");
+    if (!base) return refused("job '" + r.target + "' has no job file to clone (" + base.error().message + ")");
+    const std::string name = "clone of " + r.target;
+    auto merged = config::overlay_yaml(*base, r.job_yaml, name);
+    if (!merged) return refused(merged.error().message);
+    auto definition = parse_job_file(*merged, name);
+    if (!definition) return refused(definition.error().message);
+    // A teacher file sent with the original stays the clone's; a clone names no new file.
+    const auto original = parse_job_file(*base, r.target);
+    const auto& t = definition->teacher;
+    if (!t.empty() && t.rfind("job:", 0) != 0) {
+      if (!original || original->teacher != t) {
+        return refused(name + ": teacher: a clone keeps its original's teacher or names a job (job:<id>); submit a "
+                              "job file to send another model");
+      }
+      definition->teacher = (*source)->definition.teacher;  // sha256:<digest>, kept by the store
+    }
+    auto job = backend_.submit(std::move(*definition), who, *merged, {});
+    if (!job) return refused(name + ": " + job.error().message);
+    return ok({{"id", (*job)->id()}, {"state", job_state_name((*job)->state)}, {"cloned_from", r.target}});
+  }
+  if (r.command == "delete") {
+    auto archived = store.archive(r.target);
+    if (!archived) return refused(archived.error().message);
+    return ok({{"id", r.target}, {"deleted", true}, {"archived_in", archived->string()}});
   }
   if (r.command == "jobs") {
     json list = json::array();

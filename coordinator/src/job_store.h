@@ -108,6 +108,11 @@ class JobStore {
   Result<JobRecord*> add(JobDefinition definition, const std::string& submitted_by, const std::string& yaml,
                          const std::string& teacher_file = {});
   JobRecord* find(const std::string& id);
+  // Takes a finished, failed or aborted job out of the queue: its folder moves to
+  // STATE/deleted/<id>-<ms>/ (nothing is destroyed; the id can be used again) and the record
+  // is forgotten. Refused, naming why, for a queued or running job and for one that a job not
+  // yet ended distils (teacher: job:<id>). Returns where the folder went.
+  Result<std::filesystem::path> archive(const std::string& id);
   // Every job in queue order.
   std::vector<JobRecord*> ordered();
 

@@ -746,9 +746,10 @@ TEST_F(Federation, AFrameWithOneFlippedCiphertextByteIsRefused) {
   auto coordinator = start_coordinator(job, "tcp://127.0.0.1:0");
   const auto endpoint = wait_for_endpoint();
   const auto port = static_cast<std::uint16_t>(std::stoi(endpoint.substr(endpoint.rfind(':') + 1)));
-  // Greeting, HELLO, WELCOME-answering INITIATE and the first MESSAGEs come first; byte 1500 of
-  // the agent's stream lies in an encrypted heartbeat about a second after it connected.
-  FlippingRelay relay(port, 1500);
+  // Greeting, HELLO, WELCOME-answering INITIATE and the first MESSAGEs come first; byte 1508 of
+  // the agent's stream lies in an encrypted heartbeat about a second after it connected (1500
+  // before the agent's hello carried its 8-byte instance).
+  FlippingRelay relay(port, 1508);
   auto amsterdam = start_agent("amsterdam", relay.endpoint());
   auto utrecht = start_agent("utrecht", endpoint);
   ASSERT_EQ(coordinator->wait(240s), 0) << testing::read_text(coordinator_log());

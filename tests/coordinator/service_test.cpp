@@ -78,6 +78,13 @@ class Service : public Federation {
     const auto start = out.text.find_first_of("[{");
     return start == std::string::npos ? json() : json::parse(out.text.substr(start), nullptr, false);
   }
+  // `site`'s row of `fedda-admin sites --json` (null when it has none).
+  json site_row(const std::string& site) {
+    for (const auto& s : admin_json({"sites"})) {
+      if (s["site"] == site) return s;
+    }
+    return json();
+  }
   std::string state_of(const std::string& job) {
     for (const auto& j : admin_json({"jobs"})) {
       if (j["id"] == job) return j["state"];
@@ -254,10 +261,8 @@ TEST_F(Service, OperatorsSubmitWatchAndDownloadWhileJobsRun) {
   amsterdam = start_agent("amsterdam", endpoint_);
   json site;
   for (int i = 0; i < 300; ++i) {
-    for (const auto& s : admin_json({"sites"})) {
-      if (s["site"] == "amsterdam") site = s;
-    }
-    if (site["online"].get<bool>()) break;
+    site = site_row("amsterdam");
+    if (site.is_object() && site["online"].get<bool>()) break;
     std::this_thread::sleep_for(100ms);
   }
   ASSERT_TRUE(site["online"].get<bool>()) << site.dump();
@@ -452,6 +457,70 @@ TEST_F(Service, SiteAndOperatorKeysAreAdmittedOnTheirOwnEndpointOnly) {
   EXPECT_TRUE(audit().empty()) << "a refused peer's command reached the audit log";
 }
 
+// An operator repeats a job with changes (clone: the job file as submitted, the changes laid
+// over it, validated again) and takes ended jobs out of the queue (delete: the folder archived,
+// the command audited); a running job, a job another distils and a mistyped key are refused.
+TEST_F(Service, AJobIsClonedWithChangesAndAnEndedOneIsDeletedIntoTheArchive) {
+  auto coordinator = serve();
+  endpoints();
+  auto utrecht = start_agent("utrecht", endpoint_);
+  auto amsterdam = start_agent("amsterdam", endpoint_);
+  ASSERT_EQ(admin({"submit", kd_job("kd-once", {"utrecht", "amsterdam"}, 1, 2, 2).string()}).rc, 0);
+  ASSERT_TRUE(wait_state("kd-once", "finished"));
+
+  auto cloned = admin({"clone", "kd-once", "--id", "kd-twice", "--set", "rounds=2", "--set", "dp.clip_norm=1",
+                       "--set", "dp.noise_multiplier=2"});
+  ASSERT_EQ(cloned.rc, 0) << cloned.text;
+  EXPECT_NE(cloned.text.find("queued job kd-twice (a clone of kd-once)"), std::string::npos) << cloned.text;
+  ASSERT_TRUE(wait_state("kd-twice", "finished"));
+  const auto twice = admin_json({"status", "kd-twice"});
+  EXPECT_EQ(twice["rounds"], 2) << twice.dump();
+  EXPECT_EQ(twice["rounds_done"].size(), 2u) << twice.dump();
+  EXPECT_TRUE(twice["rounds_done"][0]["sites"][0].contains("epsilon")) << twice.dump();  // the dp change took
+  const auto yaml = testing::read_text(job_dir("kd-twice") / "job.yaml");
+  EXPECT_NE(yaml.find("id: kd-twice"), std::string::npos) << yaml;
+  EXPECT_NE(yaml.find("noise_multiplier: 2"), std::string::npos) << yaml;
+
+  auto mistyped = admin({"clone", "kd-once", "--id", "kd-bad", "--set", "rouns=2"});
+  EXPECT_NE(mistyped.rc, 0);
+  EXPECT_NE(mistyped.text.find("unknown key 'rouns'"), std::string::npos) << mistyped.text;
+  auto taken = admin({"clone", "kd-once", "--id", "kd-twice"});
+  EXPECT_NE(taken.rc, 0);
+  EXPECT_NE(taken.text.find("exists already"), std::string::npos) << taken.text;
+  auto not_a_setting = admin({"clone", "kd-once", "--id", "kd-x", "--set", "rounds"});
+  EXPECT_NE(not_a_setting.rc, 0);
+  EXPECT_NE(not_a_setting.text.find("'rounds' is not key=value"), std::string::npos) << not_a_setting.text;
+
+  // A student of kd-twice, queued behind a job that waits for a site nobody runs: kd-twice cannot go while it waits.
+  const auto waiting = dir_ / "kd-student.yaml";
+  std::ofstream(waiting) << "id: kd-student\ntype: kd\nteacher: job:kd-twice\nsource: utrecht\n"
+                         << "sites: [utrecht, singapore]\nevaluation_sites: [singapore]\nrounds: 1\nlocal_steps: 2\nmin_sites: 2\n";
+  ASSERT_EQ(admin({"submit", waiting.string()}).rc, 0);
+  auto busy = admin({"delete", "kd-twice"});
+  EXPECT_NE(busy.rc, 0);
+  EXPECT_NE(busy.text.find("distils job 'kd-twice' as its teacher"), std::string::npos) << busy.text;
+  auto running = admin({"delete", "kd-student"});
+  EXPECT_NE(running.rc, 0);
+  EXPECT_NE(running.text.find("only a finished, failed or aborted job can be deleted"), std::string::npos) << running.text;
+
+  const auto deleted = admin_json({"delete", "kd-once"});
+  ASSERT_TRUE(deleted.is_object() && deleted.contains("archived_in")) << deleted.dump();
+  const auto archive = fs::path(deleted["archived_in"].get<std::string>());
+  EXPECT_TRUE(fs::exists(archive / "model.pt")) << archive;
+  EXPECT_FALSE(fs::exists(job_dir("kd-once")));
+  for (const auto& j : admin_json({"jobs"})) EXPECT_NE(j["id"], "kd-once");
+  bool audited = false;
+  for (const auto& line : audit()) audited |= line["command"] == "delete" && line["target"] == "kd-once";
+  EXPECT_TRUE(audited);
+  // A restart does not bring it back.
+  coordinator->signal(SIGTERM);
+  ASSERT_EQ(coordinator->wait(60s), 0) << testing::read_text(coordinator_log());
+  coordinator = serve(endpoint_, admin_);  // the same endpoints: the admin client waits for it
+  const auto after = admin_json({"jobs"});
+  ASSERT_TRUE(after.is_array()) << after.dump();
+  for (const auto& j : after) EXPECT_NE(j["id"], "kd-once");
+}
+
 // Two agents started with one site's kit (on two machines, say): the coordinator names both
 // connections, keeps the first and refuses the second, which stops with exit code 4 (the unit
 // does not restart it). An agent killed and started again is not taken for a second one.
@@ -477,12 +546,7 @@ TEST_F(Service, ASecondAgentWithTheSameKitIsRefusedAndTheFirstKeepsTheSite) {
   // The first agent keeps the site, and nothing flaps: one reconnection (the second's hello) and
   // the first's session back, no "does not know this session" loop.
   std::this_thread::sleep_for(2s);
-  const auto site = [&] {
-    for (const auto& s : admin_json({"sites"})) {
-      if (s["site"] == "singapore") return s;
-    }
-    return json();
-  };
+  const auto site = [&] { return site_row("singapore"); };
   EXPECT_TRUE(site()["online"].get<bool>());
   EXPECT_TRUE(first->running());
   const auto first_log = testing::read_text(dir_ / "singapore.log");
@@ -530,12 +594,7 @@ TEST_F(Service, ANewSiteIsAdmittedWithoutRestartAndARevokedOneIsCutOffAtOnce) {
   ASSERT_EQ(admitted.rc, 0) << admitted.text;
   auto oslo = start_agent("oslo", endpoint_, data_dir() / "singapore");
   ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "site oslo joined", 30s)) << testing::read_text(coordinator_log());
-  const auto online = [&](const std::string& site) {
-    for (const auto& s : admin_json({"sites"})) {
-      if (s["site"] == site) return s;
-    }
-    return json();
-  };
+  const auto online = [&](const std::string& site) { return site_row(site); };
   EXPECT_TRUE(online("oslo")["online"].get<bool>());
   EXPECT_EQ(online("oslo")["agent_version"], kVersion);
 

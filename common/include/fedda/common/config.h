@@ -50,4 +50,14 @@ class Mapping {
   std::shared_ptr<Node> node_;
 };
 
+// A YAML mapping of `settings`, each "key=value"; a dotted key is a nested mapping
+// ("dp.target_epsilon=3" is dp: {target_epsilon: 3}) and a value is read as YAML ("[a, b]" is a
+// list). Error names the setting that is not key=value.
+Result<std::string> yaml_of_settings(const std::vector<std::string>& settings);
+
+// The mapping `base` (YAML text) with the mapping `changes` laid over it: a key of `changes`
+// replaces the same key of `base`, and where both hold a mapping the two are laid key by key.
+// Written back as YAML (comments are not kept). Error names `name` when either is not a mapping.
+Result<std::string> overlay_yaml(const std::string& base, const std::string& changes, const std::string& name);
+
 }  // namespace fedda::config
