@@ -273,7 +273,10 @@ int main(int argc, char** argv) {
   provision->add_option("--coordinator", p.coordinator, "endpoint sites connect to, tcp://HOST:PORT")->required();
   provision->add_option("--admin-endpoint", p.admin, "endpoint operators connect to; default: the same host, port + 1");
   provision->add_option("--sites", p.sites, "site ids, comma-separated")->required()->delimiter(',');
-  provision->add_option("--operators", p.operators, "operator names, comma-separated")->delimiter(',');
+  provision->add_option("--operators", p.operators,
+                        "operator names, comma-separated, each NAME or NAME:ROLE; ROLE lead (everything, the default), "
+                        "member (submit and clone, abort and resume its own jobs) or viewer (read only)")
+      ->delimiter(',');
   provision->add_option("--out", out, "output folder")->required();
   provision->callback([&]() {
     p.out = out;
@@ -313,13 +316,18 @@ int main(int argc, char** argv) {
                       "has a manifest of in its kit's operators/ folder when it starts.");
   add_operator->add_option("--consortium-dir", out, "the folder `provision` wrote")->required()->check(CLI::ExistingDirectory);
   add_operator->add_option("--operator", id, "the operator's name")->required();
+  std::string operator_role = "lead";
+  add_operator->add_option("--role", operator_role,
+                           "lead (everything: admit, revoke, delete), member (submit and clone; abort and resume its "
+                           "own jobs) or viewer (read only); signed in the operator's manifest")
+      ->capture_default_str();
   add_operator->callback([&]() {
-    if (auto st = kit::add_operator(out, id); !st) {
+    if (auto st = kit::add_operator(out, id, operator_role); !st) {
       log->error("{}", st.error().message);
       rc = 1;
       return;
     }
-    log->info("operator {}: kit in {}/operators/{}", id, out, id);
+    log->info("operator {} ({}): kit in {}/operators/{}", id, operator_role, out, id);
   });
 
   std::string dir;

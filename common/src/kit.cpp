@@ -85,8 +85,12 @@ Result<nlohmann::json> consortium_info(const fs::path& out) {
 // A kit for a site or an operator, and its manifest in the coordinator's folder: in the role's
 // folder (trusted when the coordinator starts) or, for a site to be admitted later, in
 // pending-sites/ (trusted only once an operator admits it).
-Status write_holder(const fs::path& out, const std::string& role, const std::string& id, bool pending = false) {
+Status write_holder(const fs::path& out, const std::string& role, const std::string& id, bool pending = false,
+                    const std::string& operator_role = "lead") {
   if (!safe_id(id)) return make_error(role + " id '" + id + "': use 1-64 letters, digits, '-' or '_'");
+  if (role == "operator") {
+    if (auto st = check_operator_role(operator_role); !st) return make_error("operator '" + id + "': " + st.error().message);
+  }
   const auto root = out / "root", coordinator = out / "coordinator", dir = out / folder_of(role) / id;
   if (fs::exists(dir)) return make_error(dir.string() + ": a kit for " + role + " '" + id + "' exists already");
   auto root_key = read_secret(root / "root.key");
@@ -109,6 +113,7 @@ Status write_holder(const fs::path& out, const std::string& role, const std::str
                              {"coordinator_curve_public", *coordinator_curve},
                              {"coordinator_sign_public", *coordinator_sign}};
   manifest[role == "site" ? "site_id" : "operator"] = id;
+  if (role == "operator") manifest["operator_role"] = operator_role;
   manifest[role + "_curve_public"] = pair->public_z85;
   // A site's Ed25519 identity: it signs its secure-aggregation round keys, which the other
   // sites check against this root-signed manifest (the coordinator only relays them).
@@ -165,6 +170,8 @@ Result<Holder> holder_of(const nlohmann::json& manifest, const std::string& sour
       h.id = manifest.at("site_id").get<std::string>();
     } else if (h.role == "operator") {
       h.id = manifest.at("operator").get<std::string>();
+      h.operator_role = manifest.value("operator_role", std::string("lead"));  // before roles: a lead
+      if (!check_operator_role(h.operator_role)) return make_error(source + ": unknown operator role '" + h.operator_role + "'");
     } else {
       return make_error(source + ": unknown role '" + h.role + "'");
     }
@@ -216,6 +223,13 @@ Status provision(const ProvisionOptions& o) {
     return make_error("the admin endpoint must differ from the sites' endpoint " + o.coordinator);
   }
   if (fs::exists(o.out / "root")) return make_error((o.out / "root").string() + ": a consortium exists here already");
+  for (const auto& entry : o.operators) {  // checked before anything is written
+    const auto colon = entry.find(':');
+    if (colon == std::string::npos) continue;
+    if (auto st = check_operator_role(entry.substr(colon + 1)); !st) {
+      return make_error("--operators '" + entry + "': " + st.error().message);
+    }
+  }
   auto root = crypto::generate_signing_key();
   if (!root) return root.error();
   auto signer = crypto::generate_signing_key();
@@ -241,15 +255,24 @@ Status provision(const ProvisionOptions& o) {
   for (const auto& site : o.sites) {
     if (auto st = write_holder(o.out, "site", site); !st) return st;
   }
-  for (const auto& name : o.operators) {
-    if (auto st = write_holder(o.out, "operator", name); !st) return st;
+  for (const auto& entry : o.operators) {  // NAME or NAME:ROLE
+    const auto colon = entry.find(':');
+    const std::string name = entry.substr(0, colon), role = colon == std::string::npos ? "lead" : entry.substr(colon + 1);
+    if (auto st = write_holder(o.out, "operator", name, false, role); !st) return st;
   }
   return Status::success();
 }
 
 Status add_site(const fs::path& out, const std::string& site) { return write_holder(out, "site", site, true); }
 Status provision_site(const fs::path& out, const std::string& site) { return write_holder(out, "site", site); }
-Status add_operator(const fs::path& out, const std::string& name) { return write_holder(out, "operator", name); }
+Status add_operator(const fs::path& out, const std::string& name, const std::string& role) {
+  return write_holder(out, "operator", name, false, role);
+}
+
+Status check_operator_role(const std::string& role) {
+  if (role == "lead" || role == "member" || role == "viewer") return Status::success();
+  return make_error("role '" + role + "' is not lead, member or viewer");
+}
 
 namespace {
 
@@ -444,6 +467,7 @@ Result<CoordinatorKit> load_coordinator_kit(const fs::path& dir) {
         return make_error(path.string() + ": " + e.what());
       }
       (holder->role == "site" ? kit.sites : kit.operators)[holder->curve_public] = holder->id;
+      if (holder->role == "operator") kit.operator_roles[holder->id] = holder->operator_role;
     }
   }
   if (kit.sites.empty()) return make_error((dir / "sites").string() + ": no site manifests; provision or add sites first");

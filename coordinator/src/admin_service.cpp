@@ -115,7 +115,28 @@ protocol::AdminReply AdminService::read(const std::string& command, const std::s
   }
 }
 
+// What `role` may not do with `command` (and on whose job): the refusal, or empty.
+std::string AdminService::forbidden(const std::string& who, const std::string& role, const protocol::AdminRequest& r) {
+  static const std::set<std::string> reads = {"jobs", "status", "sites", "download"};
+  static const std::set<std::string> members = {"submit", "clone", "abort", "resume"};
+  if (role == "lead" || reads.count(r.command)) return {};
+  if (role == "viewer") {
+    return "operator '" + who + "' is a viewer (read only): " + r.command + " needs the " +
+           (members.count(r.command) ? "member or lead" : "lead") + " role";
+  }
+  if (!members.count(r.command)) return "operator '" + who + "' is a member: " + r.command + " needs the lead role";
+  if (r.command == "abort" || r.command == "resume") {
+    const auto* job = backend_.store().find(r.target);
+    if (job && job->submitted_by != who) {
+      return "operator '" + who + "' is a member and may " + r.command + " only its own jobs; job '" + r.target +
+             "' was submitted by " + job->submitted_by + " (a lead may)";
+    }
+  }
+  return {};
+}
+
 protocol::AdminReply AdminService::dispatch(const std::string& who, const protocol::AdminRequest& r) {
+  if (const auto no = forbidden(who, backend_.operator_role(who), r); !no.empty()) return refused(no);
   auto& store = backend_.store();
   const auto job_named = [&](const std::string& id) -> Result<JobRecord*> {
     if (id.empty()) return make_error(r.command + ": which job? (a job id is needed)");

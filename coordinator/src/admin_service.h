@@ -45,6 +45,8 @@ class AdminBackend {
   virtual Status revoke(const std::string& site, const std::string& by) = 0;
   // What a running job is doing; empty when it is not running here.
   virtual std::string activity(const std::string& job) const = 0;
+  // The operator's role as its signed manifest says: lead, member or viewer (lead without a kit).
+  virtual std::string operator_role(const std::string& name) const = 0;
 };
 
 class AdminService {
@@ -57,6 +59,10 @@ class AdminService {
 
  private:
   protocol::AdminReply dispatch(const std::string& who, const protocol::AdminRequest& request);
+  // Roles: a viewer reads (jobs, status, sites, download); a member also submits and clones, and
+  // aborts or resumes the jobs it submitted; a lead does everything. The refusal names the role
+  // needed; empty when allowed.
+  std::string forbidden(const std::string& who, const std::string& role, const protocol::AdminRequest& request);
   void audit(const std::string& who, const protocol::AdminRequest& request, const protocol::AdminReply& reply);
 
   AdminBackend& backend_;

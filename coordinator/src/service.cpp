@@ -412,6 +412,12 @@ struct Service::Impl : JobHost, AdminBackend {
 
   bool revoked(const std::string& site) const override { return site_revoked(site); }
 
+  std::string operator_role(const std::string& name) const override {
+    if (!consortium) return "lead";  // --insecure: whoever reaches the endpoint runs everything
+    const auto it = consortium->operator_roles.find(name);
+    return it == consortium->operator_roles.end() ? "lead" : it->second;
+  }
+
   std::string activity(const std::string& job) const override {
     const auto it = runs.find(job);
     return it == runs.end() ? std::string() : it->second->activity();

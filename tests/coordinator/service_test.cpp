@@ -457,6 +457,47 @@ TEST_F(Service, SiteAndOperatorKeysAreAdmittedOnTheirOwnEndpointOnly) {
   EXPECT_TRUE(audit().empty()) << "a refused peer's command reached the audit log";
 }
 
+// Operator roles, signed in each operator's manifest and checked at the coordinator: a viewer
+// reads, a member submits and aborts or resumes only its own jobs, a lead does everything.
+TEST_F(Service, AnOperatorsRoleDecidesWhatItMayDo) {
+  ASSERT_TRUE(kit::add_operator(kit_, "bob", "member"));
+  ASSERT_TRUE(kit::add_operator(kit_, "carol", "viewer"));
+  auto unknown = kit::add_operator(kit_, "dave", "auditor");
+  ASSERT_FALSE(unknown);
+  EXPECT_NE(unknown.error().message.find("role 'auditor' is not lead, member or viewer"), std::string::npos);
+  const auto roles = kit::load_coordinator_kit(kit_ / "coordinator").value().operator_roles;
+  EXPECT_EQ(roles.at("alice"), "lead");  // provisioned without a role
+  EXPECT_EQ(roles.at("bob"), "member");
+  EXPECT_EQ(roles.at("carol"), "viewer");
+  auto coordinator = serve();
+  endpoints();
+  const auto bob = kit_ / "operators" / "bob", carol = kit_ / "operators" / "carol";
+  const auto alices = kd_job("kd-alice", {"utrecht", "amsterdam"}, 3, 2, 2);  // no agents: the jobs wait
+  const auto bobs = kd_job("kd-bob", {"utrecht", "amsterdam"}, 3, 2, 2);
+
+  EXPECT_EQ(admin({"jobs"}, carol).rc, 0);
+  auto viewer = admin({"submit", alices.string()}, carol);
+  EXPECT_NE(viewer.rc, 0);
+  EXPECT_NE(viewer.text.find("operator 'carol' is a viewer (read only): submit needs the member or lead role"),
+            std::string::npos) << viewer.text;
+  ASSERT_EQ(admin({"submit", alices.string()}).rc, 0);
+  ASSERT_EQ(admin({"submit", bobs.string()}, bob).rc, 0);
+  auto others = admin({"abort", "kd-alice"}, bob);
+  EXPECT_NE(others.rc, 0);
+  EXPECT_NE(others.text.find("may abort only its own jobs; job 'kd-alice' was submitted by alice"), std::string::npos)
+      << others.text;
+  auto lead_only = admin({"revoke", "utrecht"}, bob);
+  EXPECT_NE(lead_only.rc, 0);
+  EXPECT_NE(lead_only.text.find("operator 'bob' is a member: revoke needs the lead role"), std::string::npos)
+      << lead_only.text;
+  EXPECT_EQ(admin({"abort", "kd-bob"}, bob).rc, 0) << "a member aborts its own job";
+  EXPECT_EQ(admin({"abort", "kd-alice"}).rc, 0) << "a lead aborts anyone's";
+  EXPECT_EQ(state_of("kd-bob"), "aborted");
+  int refusals = 0;
+  for (const auto& line : audit()) refusals += line["ok"] == false;
+  EXPECT_EQ(refusals, 3);  // each refusal is audited with who asked
+}
+
 // An operator repeats a job with changes (clone: the job file as submitted, the changes laid
 // over it, validated again) and takes ended jobs out of the queue (delete: the folder archived,
 // the command audited); a running job, a job another distils and a mistyped key are refused.

@@ -35,7 +35,7 @@ struct ProvisionOptions {
   std::string coordinator;  // endpoint the sites connect to, e.g. tcp://coordinator.example.org:5570
   std::vector<std::string> sites;
   std::filesystem::path out;
-  std::vector<std::string> operators;  // operator kits to create
+  std::vector<std::string> operators;  // operator kits to create: NAME or NAME:ROLE (lead when not said)
   std::string admin;        // endpoint operators connect to; default: the coordinator's host, port + 1
 };
 
@@ -57,7 +57,11 @@ Status add_site(const std::filesystem::path& out, const std::string& site);
 // whoever holds the root and runs the coordinator as well (fedda-sim's simulated consortium).
 Status provision_site(const std::filesystem::path& out, const std::string& site);
 // Adds one operator's kit likewise.
-Status add_operator(const std::filesystem::path& out, const std::string& name);
+// `role`: lead (everything), member (submit and clone; abort and resume its own jobs) or viewer
+// (read only); signed in the manifest with the rest. Manifests from before roles are leads.
+Status add_operator(const std::filesystem::path& out, const std::string& name, const std::string& role = "lead");
+// Error naming the role when it is not lead, member or viewer.
+Status check_operator_role(const std::string& role);
 
 // Ids of sites and operators: 1-64 letters, digits, '-' or '_', not starting with '.'.
 bool safe_id(const std::string& id);
@@ -116,6 +120,7 @@ struct CoordinatorKit {
   std::string root_public;                      // PEM, to verify manifests admitted later
   std::map<std::string, std::string> sites;     // admitted CurveZMQ public key (Z85) -> site id
   std::map<std::string, std::string> operators; // admitted CurveZMQ public key (Z85) -> operator name
+  std::map<std::string, std::string> operator_roles;  // operator name -> lead | member | viewer
 };
 
 // Reads the coordinator's kit and every site and operator manifest in it; a manifest that does
@@ -130,6 +135,7 @@ struct Holder {
   std::string role;        // site | operator
   std::string id;          // site id or operator name
   std::string curve_public;
+  std::string operator_role = "lead";  // operators: lead | member | viewer
 };
 // Verifies one manifest (its text and signature) against the kit's root and coordinator: the
 // check `admit` runs on a site provisioned after the coordinator started.
