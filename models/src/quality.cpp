@@ -50,7 +50,8 @@ std::string to_json(const QualityEstimator& e) {
                    {"samples", e.samples},
                    {"fitted_on", e.fitted_on},
                    {"fit_spearman", std::isfinite(e.fit_spearman) ? nlohmann::json(e.fit_spearman) : nlohmann::json()},
-                   {"fit_mae", std::isfinite(e.fit_mae) ? nlohmann::json(e.fit_mae) : nlohmann::json()}};
+                   {"fit_mae", std::isfinite(e.fit_mae) ? nlohmann::json(e.fit_mae) : nlohmann::json()},
+                   {"fit_mean_dsc", std::isfinite(e.fit_mean_dsc) ? nlohmann::json(e.fit_mean_dsc) : nlohmann::json()}};
   return j.dump();
 }
 
@@ -77,6 +78,7 @@ Result<QualityEstimator> estimator_from_json(const std::string& text) {
     e.fitted_on = j.value("fitted_on", "");
     e.fit_spearman = j.value("fit_spearman", nlohmann::json()).is_number() ? j["fit_spearman"].get<double>() : NAN;
     e.fit_mae = j.value("fit_mae", nlohmann::json()).is_number() ? j["fit_mae"].get<double>() : NAN;
+    e.fit_mean_dsc = j.value("fit_mean_dsc", nlohmann::json()).is_number() ? j["fit_mean_dsc"].get<double>() : NAN;
   } catch (const std::exception& ex) {
     return make_error(std::string("quality estimator: ") + ex.what());
   }
@@ -250,6 +252,7 @@ Result<QualityEstimator> fit_estimator(const std::vector<ScanSignals>& samples, 
   e.samples = static_cast<int>(n);
   e.fit_spearman = spearman(fitted, dsc);
   e.fit_mae = abs / n;
+  e.fit_mean_dsc = std::accumulate(dsc.begin(), dsc.end(), 0.0) / static_cast<double>(n);
   return e;
 }
 

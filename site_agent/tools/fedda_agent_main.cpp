@@ -493,9 +493,14 @@ int main(int argc, char** argv) {
       rc = 1;
       return;
     }
-    std::cout << "fitted on " << estimator->fitted_on << ": " << estimator->samples << " samples, Spearman "
-              << estimator->fit_spearman << ", mean absolute error " << estimator->fit_mae << ", 90% interval +-"
-              << 1.645 * estimator->residual_sd << "\nwrote " << out << "\n";
+    std::cout << "fitted on " << estimator->fitted_on << ": " << estimator->samples << " samples, the model's mean Dice "
+              << estimator->fit_mean_dsc << ", Spearman " << estimator->fit_spearman << ", mean absolute error "
+              << estimator->fit_mae << ", 90% interval +-" << 1.645 * estimator->residual_sd << "\nwrote " << out << "\n";
+    if (estimator->fit_mean_dsc < 0.05) {  // every estimate would be "about 0": it tells nothing
+      log->warn("{} segments almost nothing on its labelled scans here (mean Dice {:.3f}): an estimator of such a model "
+                "says little; train the model (or check the labels) before relying on its estimates",
+                model, estimator->fit_mean_dsc);
+    }
   });
 
   return cli::run(app, argc, argv, rc, "fedda-agent");

@@ -59,6 +59,9 @@ TEST(Quality, RidgeFitRecoversALinearRelationAndItsSpread) {
   EXPECT_LT(std::abs(e->weights[2]), 0.01);
   EXPECT_NEAR(e->residual_sd, 0.02, 0.006);
   EXPECT_GT(e->fit_spearman, 0.95);
+  double mean = 0;
+  for (double d : dsc) mean += d / dsc.size();
+  EXPECT_NEAR(e->fit_mean_dsc, mean, 1e-12);  // what calibrate warns on when it is near 0
   auto at = estimate_quality(*e, sample(0.8, 0.1, 0.5));
   ASSERT_TRUE(at) << at.error().message;
   EXPECT_NEAR(at->dsc, 0.2 + 0.4 - 0.1, 0.02);
@@ -111,6 +114,7 @@ QualityEstimator small_estimator() {
   e.fitted_on = "10 labelled scans of utrecht";
   e.fit_spearman = 0.8;
   e.fit_mae = 0.05;
+  e.fit_mean_dsc = 0.61;
   return e;
 }
 
@@ -123,6 +127,7 @@ TEST(Quality, EstimatorJsonRoundTripsAndMalformedOnesAreRefused) {
   EXPECT_EQ(back->reference_histogram, e.reference_histogram);
   EXPECT_EQ(back->fitted_on, e.fitted_on);
   EXPECT_DOUBLE_EQ(back->residual_sd, e.residual_sd);
+  EXPECT_DOUBLE_EQ(back->fit_mean_dsc, 0.61);
 
   auto bad = e;
   bad.features = {"self_dice", "shoe_size"};

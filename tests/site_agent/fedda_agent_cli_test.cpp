@@ -2,6 +2,7 @@
 // segment a scan with it, as a site administrator would.
 #include <fstream>
 #include <map>
+#include <regex>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -200,6 +201,12 @@ TEST(FeddaAgentCli, MonitorEstimatesWithoutLabelsAndFlagsAScannerChange) {
                                (dir / "data/amsterdam").string() + " --out " + (dir / "calibrated.pt").string());
   ASSERT_EQ(calibrate.exit_code, 0) << calibrate.output;
   EXPECT_NE(calibrate.output.find("fitted on 8 labelled scans of amsterdam"), std::string::npos) << calibrate.output;
+  {  // the model's own Dice on the samples is said, and warned about exactly when it is near 0
+    std::smatch m;
+    ASSERT_TRUE(std::regex_search(calibrate.output, m, std::regex("the model's mean Dice ([0-9.e+-]+)"))) << calibrate.output;
+    const bool warned = calibrate.output.find("segments almost nothing on its labelled scans") != std::string::npos;
+    EXPECT_EQ(warned, std::stod(m[1]) < 0.05) << calibrate.output;
+  }
   EXPECT_NE(calibrate.output.find("64 samples"), std::string::npos) << calibrate.output;
   const std::string calibrated = (dir / "calibrated.pt").string();
 

@@ -65,6 +65,7 @@ struct QualityEstimator {
   int samples = 0;
   std::string fitted_on;                   // what it was fitted on, in words
   double fit_spearman = NAN, fit_mae = NAN;  // on its own samples
+  double fit_mean_dsc = NAN;  // the model's mean Dice over those samples (near 0: it segments nothing there)
 };
 
 std::string to_json(const QualityEstimator& e);
