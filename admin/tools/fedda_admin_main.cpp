@@ -1,6 +1,6 @@
 // fedda-admin: a consortium's keys and kits (provision, add-site, add-operator, verify-kit), and
-// the operator's commands to a running coordinator (submit, jobs, status, abort, resume,
-// download, sites, admit, revoke) over its admin endpoint with an operator kit; and the privacy
+// the operator's commands to a running coordinator (submit, jobs, status, abort, resume, clone,
+// delete, download, sites, admit, revoke) over its admin endpoint with an operator kit; and the privacy
 // accountant on its own (privacy).
 #include <algorithm>
 #include <cmath>
@@ -208,27 +208,21 @@ void add_privacy(CLI::App& app, const bool& as_json, int& rc) {
   privacy->add_option("--steps", o->steps, "N: the steps that touch the site's data")->required();
   privacy->add_option("--delta", o->delta, "D: the chance the guarantee fails; well under 1 / patients")->capture_default_str();
   privacy->callback([o, noise, target, &as_json, &rc] {
-    if (noise->count() == 0 && target->count() == 0) {
-      std::cerr << "fedda-admin privacy: give --noise-multiplier S (to get epsilon) or --target-epsilon E (to get S)\n";
+    const auto fail = [&rc](const std::string& message) {
+      std::cerr << "fedda-admin privacy: " << message << "\n";
       rc = 1;
-      return;
+    };
+    if (noise->count() == 0 && target->count() == 0) {
+      return fail("give --noise-multiplier S (to get epsilon) or --target-epsilon E (to get S)");
     }
     double sigma = o->noise;
     if (target->count() > 0) {
       auto found = privacy::noise_for_epsilon(o->target, o->q, o->steps, o->delta);
-      if (!found) {
-        std::cerr << "fedda-admin privacy: " << found.error().message << "\n";
-        rc = 1;
-        return;
-      }
+      if (!found) return fail(found.error().message);
       sigma = *found;
     }
     auto spent = privacy::epsilon({sigma, o->q, o->steps}, o->delta);
-    if (!spent) {
-      std::cerr << "fedda-admin privacy: " << spent.error().message << "\n";
-      rc = 1;
-      return;
-    }
+    if (!spent) return fail(spent.error().message);
     if (as_json) {
       std::cout << json{{"epsilon", spent->epsilon}, {"delta", o->delta}, {"noise_multiplier", sigma},
                         {"sample_rate", o->q}, {"steps", o->steps}, {"order", spent->order}}.dump(2) << "\n";

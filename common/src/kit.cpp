@@ -85,6 +85,13 @@ Result<nlohmann::json> consortium_info(const fs::path& out) {
 // A kit for a site or an operator, and its manifest in the coordinator's folder: in the role's
 // folder (trusted when the coordinator starts) or, for a site to be admitted later, in
 // pending-sites/ (trusted only once an operator admits it).
+// A provision --operators entry, NAME or NAME:ROLE, as (name, role); lead when no role is said.
+std::pair<std::string, std::string> operator_entry(const std::string& entry) {
+  const auto colon = entry.find(':');
+  if (colon == std::string::npos) return {entry, "lead"};
+  return {entry.substr(0, colon), entry.substr(colon + 1)};
+}
+
 Status write_holder(const fs::path& out, const std::string& role, const std::string& id, bool pending = false,
                     const std::string& operator_role = "lead") {
   if (!safe_id(id)) return make_error(role + " id '" + id + "': use 1-64 letters, digits, '-' or '_'");
@@ -224,9 +231,7 @@ Status provision(const ProvisionOptions& o) {
   }
   if (fs::exists(o.out / "root")) return make_error((o.out / "root").string() + ": a consortium exists here already");
   for (const auto& entry : o.operators) {  // checked before anything is written
-    const auto colon = entry.find(':');
-    if (colon == std::string::npos) continue;
-    if (auto st = check_operator_role(entry.substr(colon + 1)); !st) {
+    if (auto st = check_operator_role(operator_entry(entry).second); !st) {
       return make_error("--operators '" + entry + "': " + st.error().message);
     }
   }
@@ -255,9 +260,8 @@ Status provision(const ProvisionOptions& o) {
   for (const auto& site : o.sites) {
     if (auto st = write_holder(o.out, "site", site); !st) return st;
   }
-  for (const auto& entry : o.operators) {  // NAME or NAME:ROLE
-    const auto colon = entry.find(':');
-    const std::string name = entry.substr(0, colon), role = colon == std::string::npos ? "lead" : entry.substr(colon + 1);
+  for (const auto& entry : o.operators) {
+    const auto [name, role] = operator_entry(entry);
     if (auto st = write_holder(o.out, "operator", name, false, role); !st) return st;
   }
   return Status::success();

@@ -135,15 +135,44 @@ std::string AdminService::forbidden(const std::string& who, const std::string& r
   return {};
 }
 
+Result<JobRecord*> AdminService::job_of(const std::string& command, const std::string& id) {
+  if (id.empty()) return make_error(command + ": which job? (a job id is needed)");
+  auto* job = backend_.store().find(id);
+  if (!job) return make_error("no job '" + id + "' in this coordinator's queue (see `fedda-admin jobs`)");
+  return job;
+}
+
+// clone: the job's file with the operator's changes laid over it, validated again as a
+// submitted file is; the original's teacher is kept.
+protocol::AdminReply AdminService::clone(const std::string& who, const protocol::AdminRequest& r) {
+  auto found = job_of(r.command, r.target);
+  if (!found) return refused(found.error().message);
+  const auto* source = *found;
+  const auto base = files::read_all(backend_.store().dir(r.target) / "job.yaml");
+  if (!base) return refused("job '" + r.target + "' has no job file to clone (" + base.error().message + ")");
+  const std::string name = "clone of " + r.target;
+  auto merged = config::overlay_yaml(*base, r.job_yaml, name);
+  if (!merged) return refused(merged.error().message);
+  auto definition = parse_job_file(*merged, name);
+  if (!definition) return refused(definition.error().message);
+  // A teacher file sent with the original stays the clone's; a clone names no new file.
+  const auto original = parse_job_file(*base, r.target);
+  const auto& t = definition->teacher;
+  if (!t.empty() && t.rfind("job:", 0) != 0) {
+    if (!original || original->teacher != t) {
+      return refused(name + ": teacher: a clone keeps its original's teacher or names a job (job:<id>); submit a "
+                            "job file to send another model");
+    }
+    definition->teacher = source->definition.teacher;  // sha256:<digest>, kept by the store
+  }
+  auto job = backend_.submit(std::move(*definition), who, *merged, {});
+  if (!job) return refused(name + ": " + job.error().message);
+  return ok({{"id", (*job)->id()}, {"state", job_state_name((*job)->state)}, {"cloned_from", r.target}});
+}
+
 protocol::AdminReply AdminService::dispatch(const std::string& who, const protocol::AdminRequest& r) {
   if (const auto no = forbidden(who, backend_.operator_role(who), r); !no.empty()) return refused(no);
   auto& store = backend_.store();
-  const auto job_named = [&](const std::string& id) -> Result<JobRecord*> {
-    if (id.empty()) return make_error(r.command + ": which job? (a job id is needed)");
-    auto* job = store.find(id);
-    if (!job) return make_error("no job '" + id + "' in this coordinator's queue (see `fedda-admin jobs`)");
-    return job;
-  };
   if (r.command == "submit") {
     const std::string name = r.job_file.empty() ? "submitted job" : fs::path(r.job_file).filename().string();
     auto definition = parse_job_file(r.job_yaml, name);
@@ -160,30 +189,7 @@ protocol::AdminReply AdminService::dispatch(const std::string& who, const protoc
     if (!job) return refused(name + ": " + job.error().message);
     return ok({{"id", (*job)->id()}, {"state", job_state_name((*job)->state)}});
   }
-  if (r.command == "clone") {  // the job's file with the operator's changes laid over it, validated again
-    auto source = job_named(r.target);
-    if (!source) return refused(source.error().message);
-    const auto base = files::read_all(store.dir(r.target) / "job.yaml");
-    if (!base) return refused("job '" + r.target + "' has no job file to clone (" + base.error().message + ")");
-    const std::string name = "clone of " + r.target;
-    auto merged = config::overlay_yaml(*base, r.job_yaml, name);
-    if (!merged) return refused(merged.error().message);
-    auto definition = parse_job_file(*merged, name);
-    if (!definition) return refused(definition.error().message);
-    // A teacher file sent with the original stays the clone's; a clone names no new file.
-    const auto original = parse_job_file(*base, r.target);
-    const auto& t = definition->teacher;
-    if (!t.empty() && t.rfind("job:", 0) != 0) {
-      if (!original || original->teacher != t) {
-        return refused(name + ": teacher: a clone keeps its original's teacher or names a job (job:<id>); submit a "
-                              "job file to send another model");
-      }
-      definition->teacher = (*source)->definition.teacher;  // sha256:<digest>, kept by the store
-    }
-    auto job = backend_.submit(std::move(*definition), who, *merged, {});
-    if (!job) return refused(name + ": " + job.error().message);
-    return ok({{"id", (*job)->id()}, {"state", job_state_name((*job)->state)}, {"cloned_from", r.target}});
-  }
+  if (r.command == "clone") return clone(who, r);
   if (r.command == "delete") {
     auto archived = store.archive(r.target);
     if (!archived) return refused(archived.error().message);
@@ -195,7 +201,7 @@ protocol::AdminReply AdminService::dispatch(const std::string& who, const protoc
     return ok(list);
   }
   if (r.command == "status") {
-    auto job = job_named(r.target);
+    auto job = job_of(r.command, r.target);
     if (!job) return refused(job.error().message);
     auto answer = job_json(**job, backend_.activity(r.target));
     answer["rounds_done"] = rounds_of(store.dir(r.target) / "rounds.jsonl");
@@ -206,14 +212,14 @@ protocol::AdminReply AdminService::dispatch(const std::string& who, const protoc
     return ok(answer);
   }
   if (r.command == "abort" || r.command == "resume") {
-    auto job = job_named(r.target);
+    auto job = job_of(r.command, r.target);
     if (!job) return refused(job.error().message);
     const Status st = r.command == "abort" ? backend_.abort(**job, who) : backend_.resume(**job, who);
     if (!st) return refused(st.error().message);
     return ok({{"id", r.target}, {"state", job_state_name((*job)->state)}, {"activity", backend_.activity(r.target)}});
   }
   if (r.command == "download") {
-    auto job = job_named(r.target);
+    auto job = job_of(r.command, r.target);
     if (!job) return refused(job.error().message);
     protocol::AdminReply reply;
     json names = json::array();
@@ -239,7 +245,7 @@ protocol::AdminReply AdminService::dispatch(const std::string& who, const protoc
         for (const auto& [job, p] : site->jobs) {
           // A job that has ended is named by how it ended: after an agent's restart its
           // participation is reset, and "offline" would say it still waits for the site.
-          const auto* record = backend_.store().find(job);
+          const auto* record = store.find(job);
           const bool ended = record && terminal(record->state) && !p.failed;
           jobs[job] = {{"state", ended ? job_state_name(record->state) : participation_state(p)},
                        {"subjects", p.subjects}, {"samples", p.samples},

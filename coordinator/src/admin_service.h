@@ -59,6 +59,9 @@ class AdminService {
 
  private:
   protocol::AdminReply dispatch(const std::string& who, const protocol::AdminRequest& request);
+  // The job a command names; error naming the command when none is named or none has the id.
+  Result<JobRecord*> job_of(const std::string& command, const std::string& id);
+  protocol::AdminReply clone(const std::string& who, const protocol::AdminRequest& request);
   // Roles: a viewer reads (jobs, status, sites, download); a member also submits and clones, and
   // aborts or resumes the jobs it submitted; a lead does everything. The refusal names the role
   // needed; empty when allowed.

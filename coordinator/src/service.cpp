@@ -52,8 +52,7 @@ zmq::message_t shared_message(const std::shared_ptr<const std::string>& body) {
   return zmq::message_t(const_cast<char*>(body->data()), body->size(), release_shared, hold);
 }
 
-// "tcp://host:0" -> "tcp://host:*" (libzmq's any-port wildcard).
-// The peer's address ("host:port") of a received frame; "" where the transport has none.
+// The peer's address of a received frame (libzmq gives the host); "" where the transport has none.
 std::string peer_address_of(const zmq::message_t& frame) {
   const char* address = zmq_msg_gets(frame.handle(), "Peer-Address");
   return address ? address : "";
@@ -72,6 +71,7 @@ std::string connection(const std::string& address, std::int64_t connected_ms) {
 // ", from ADDRESS" for a log line, or nothing.
 std::string from(const std::string& address) { return address.empty() ? "" : ", from " + address; }
 
+// "tcp://host:0" -> "tcp://host:*" (libzmq's any-port wildcard).
 std::string wildcard_port(std::string endpoint) {
   if (endpoint.size() > 2 && endpoint.compare(endpoint.size() - 2, 2, ":0") == 0) endpoint.replace(endpoint.size() - 1, 1, "*");
   return endpoint;

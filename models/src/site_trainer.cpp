@@ -287,50 +287,50 @@ Result<LocalUpdate> SiteTrainer::train(int round, const TensorSet& model, const 
   }
   const auto options = torch::TensorOptions(torch::kInt64).device(m.device);
   double loss_sum = 0;
+  // The loss of a teacher or kd batch (ADA's is built in the loop below).
+  const auto supervised_or_kd = [&](const torch::Tensor& logits, const Batch& b) {
+    if (o.type == JobType::teacher) return supervised_loss(logits, b.labels, o.dice_weight);
+    return kd_loss(logits, b.soft, o.temperature, KdObjective{o.kd_loss, o.kd_hard_weight, o.kd_confidence, o.dice_weight});
+  };
   if (m.dp.on) {
     const DpSgd dp{m.dp.clip_norm, m.dp.noise_multiplier, m.dp.sample_rate};
     const auto micro_batch = [&](const ScanSlices& scan) {
       return sample_batch(std::vector<ScanSlices>{scan}, o.dp.slices_per_subject, o.lesion_slice_fraction, recipe, rng,
                           m.device);
     };
-    const auto loss_of = [&](const Batch& b) {
-      const auto logits = m.net->forward(b.images);
-      if (o.type == JobType::teacher) return supervised_loss(logits, b.labels, o.dice_weight);
-      return kd_loss(logits, b.soft, o.temperature, KdObjective{o.kd_loss, o.kd_hard_weight, o.kd_confidence, o.dice_weight});
-    };
+    const auto loss_of = [&](const Batch& b) { return supervised_or_kd(m.net->forward(b.images), b); };
     for (int s = 0; s < steps; ++s) {
       const auto r = dp_step(*m.net, *m.optimizer, m.scans, dp, micro_batch, loss_of, m.secret);
       if (!std::isfinite(r.loss)) return make_error("training diverged in round " + std::to_string(round));
       loss_sum += r.loss;
     }
-  }
-  for (int s = 0; s < steps && !m.dp.on; ++s) {
-    const double lesion_fraction = ada && o.domain == 1 ? 0.0 : o.lesion_slice_fraction;
-    const Batch b = sample_batch(m.scans, o.batch_size, lesion_fraction, recipe, rng, m.device);
-    const auto logits = m.net->forward(b.images);
-    torch::Tensor loss;
-    if (o.type == JobType::teacher) {
-      loss = supervised_loss(logits, b.labels, o.dice_weight);
-    } else if (o.type == JobType::kd) {
-      loss = kd_loss(logits, b.soft, o.temperature, KdObjective{o.kd_loss, o.kd_hard_weight, o.kd_confidence, o.dice_weight});
-    } else {
-      const auto output = torch::softmax(logits, 1);
-      const auto domain = torch::full({o.batch_size}, o.domain, options);
-      m.discriminator->zero_grad();
-      torch::nn::functional::cross_entropy(m.discriminator->forward(output.detach()), domain).backward();
-      std::size_t k = 0;
-      for (const auto& p : m.discriminator->parameters()) grad_sums[k++] += p.grad();
-      if (o.domain == 0) {
-        loss = supervised_loss(logits, b.labels, o.dice_weight);
-      } else if (adversarial_weight > 0) {
-        loss = adversarial_weight * torch::nn::functional::cross_entropy(m.discriminator->forward(output),
-                                                                         torch::zeros({o.batch_size}, options));
+  } else {
+    for (int s = 0; s < steps; ++s) {
+      const double lesion_fraction = ada && o.domain == 1 ? 0.0 : o.lesion_slice_fraction;
+      const Batch b = sample_batch(m.scans, o.batch_size, lesion_fraction, recipe, rng, m.device);
+      const auto logits = m.net->forward(b.images);
+      torch::Tensor loss;
+      if (o.type == JobType::teacher || o.type == JobType::kd) {
+        loss = supervised_or_kd(logits, b);
+      } else {
+        const auto output = torch::softmax(logits, 1);
+        const auto domain = torch::full({o.batch_size}, o.domain, options);
+        m.discriminator->zero_grad();
+        torch::nn::functional::cross_entropy(m.discriminator->forward(output.detach()), domain).backward();
+        std::size_t k = 0;
+        for (const auto& p : m.discriminator->parameters()) grad_sums[k++] += p.grad();
+        if (o.domain == 0) {
+          loss = supervised_loss(logits, b.labels, o.dice_weight);
+        } else if (adversarial_weight > 0) {
+          loss = adversarial_weight * torch::nn::functional::cross_entropy(m.discriminator->forward(output),
+                                                                           torch::zeros({o.batch_size}, options));
+        }
       }
-    }
-    if (loss.defined()) {
-      const double l = descend(*m.optimizer, loss, gradient_clip(o.recipe));
-      if (!std::isfinite(l)) return make_error("training diverged in round " + std::to_string(round));
-      loss_sum += l;
+      if (loss.defined()) {
+        const double l = descend(*m.optimizer, loss, gradient_clip(o.recipe));
+        if (!std::isfinite(l)) return make_error("training diverged in round " + std::to_string(round));
+        loss_sum += l;
+      }
     }
   }
   m.net->eval();
@@ -355,7 +355,6 @@ Result<LocalUpdate> SiteTrainer::train(int round, const TensorSet& model, const 
   update.samples = m.samples;
   update.steps = steps;
   update.loss = loss_sum / steps;
-
   update.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return update;
 }

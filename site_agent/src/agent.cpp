@@ -320,10 +320,9 @@ struct Agent::Impl {
         bool idle;
         {
           std::lock_guard<std::mutex> lock(mutex);
-          inbox.clear();
           idle = !busy;
         }
-        stop_worker(idle);  // a running task is abandoned, not waited for
+        stop_worker(idle);  // clears the inbox; a running task is abandoned, not waited for
         return 4;
       }
       if (Clock::now() >= next_status) {
