@@ -17,6 +17,9 @@ packages=(
   libgfshare-dev  # Shamir secret sharing for secure aggregation
   libinsighttoolkit5-dev
   dcm2niix  # data_layout: dicom converts series to NIfTI with it
+  # fedda-agent segment's DICOM Segmentation and measurement report (DCMTK's dcmseg, dcmsr), and
+  # dciodvfy (dicom3tools), which the tests validate them with.
+  libdcmtk-dev dicom3tools
   libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev
   libbenchmark-dev

@@ -58,6 +58,8 @@ std::vector<double> numbers(const std::string& text) {
 
 }  // namespace
 
+std::string new_dicom_uid() { return gdcm::UIDGenerator().Generate(); }
+
 Status write_dicom_series(const Image& image, const fs::path& dir, const DicomSeriesTags& tags) {
   const auto& g = image.geometry;
   if (image.voxels.empty()) return make_error("write_dicom_series: empty image");
@@ -111,9 +113,10 @@ Status write_dicom_series(const Image& image, const fs::path& dir, const DicomSe
     const auto set = [&](std::uint16_t group, std::uint16_t element, const std::string& value) {
       gdcm::DataElement de(gdcm::Tag(group, element));
       std::string v = value;
-      if (v.size() % 2) v += ' ';  // DICOM values have even length
-      de.SetByteValue(v.data(), static_cast<std::uint32_t>(v.size()));
       const auto& dict = gdcm::Global::GetInstance().GetDicts().GetDictEntry(de.GetTag());
+      // DICOM values have even length: UIDs are padded with a NUL, text with a space.
+      if (v.size() % 2) v += dict.GetVR() == gdcm::VR::UI ? '\0' : ' ';
+      de.SetByteValue(v.data(), static_cast<std::uint32_t>(v.size()));
       de.SetVR(dict.GetVR());
       ds.Replace(de);
     };
@@ -126,8 +129,24 @@ Status write_dicom_series(const Image& image, const fs::path& dir, const DicomSe
     set(0x0008, 0x0070, tags.manufacturer);
     set(0x0008, 0x1090, tags.model);
     set(0x0008, 0x103e, tags.series_description);
-    set(0x0010, 0x0010, tags.patient_id);
+    set(0x0008, 0x0050, tags.accession_number);
+    set(0x0008, 0x0090, "");  // ReferringPhysicianName (type 2)
+    set(0x0010, 0x0010, tags.patient_name.empty() ? tags.patient_id : tags.patient_name);
     set(0x0010, 0x0020, tags.patient_id);
+    set(0x0010, 0x0030, "");  // PatientBirthDate, PatientSex (type 2: present, unknown)
+    set(0x0010, 0x0040, "");
+    set(0x0018, 0x0015, "BRAIN");  // BodyPartExamined
+    set(0x0018, 0x0020, tags.scanning_sequence);
+    set(0x0018, 0x0021, tags.sequence_variant);
+    set(0x0018, 0x0022, "");  // ScanOptions
+    set(0x0018, 0x0023, tags.acquisition_type);
+    set(0x0018, 0x0080, number(tags.repetition_time_ms));
+    set(0x0018, 0x0081, number(tags.echo_time_ms));
+    if (tags.inversion_time_ms > 0) set(0x0018, 0x0082, number(tags.inversion_time_ms));
+    set(0x0018, 0x0091, "1");  // EchoTrainLength
+    set(0x0018, 0x5100, "HFS");  // PatientPosition
+    set(0x0020, 0x0010, "1");    // StudyID
+    set(0x0020, 0x1040, "");     // PositionReferenceIndicator (type 2)
     set(0x0018, 0x0050, number(g.spacing[2]));  // SliceThickness
     set(0x0018, 0x0088, number(g.spacing[2]));  // SpacingBetweenSlices
     set(0x0018, 0x0087, number(tags.field_strength_t));

@@ -121,4 +121,17 @@ Result<CaseMetrics> evaluate_case(const LabelMap& truth, const LabelMap& predict
   return m;
 }
 
+LesionSummary summarize_lesions(const LabelMap& labels) {
+  LabelMap wmh(labels.geometry);
+  LesionSummary out;
+  for (std::size_t i = 0; i < labels.voxels.size(); ++i) {
+    wmh.voxels[i] = labels.voxels[i] == kWmh;
+    out.voxels += wmh.voxels[i];
+  }
+  const auto& s = labels.geometry.spacing;
+  out.volume_ml = static_cast<double>(out.voxels) * s[0] * s[1] * s[2] / 1000.0;
+  out.count = out.voxels == 0 ? 0 : connected_components(wmh, true).count;
+  return out;
+}
+
 }  // namespace fedda::imaging

@@ -409,6 +409,7 @@ Result<SubjectIndex> index_dicom(const DataSource& s, const std::string& clinic)
     f.subject = patient;
     f.flair = s.cache / "dicom" / patient / "FLAIR.nii.gz";
     f.t1 = s.cache / "dicom" / patient / "T1.nii.gz";
+    f.flair_dicom = (*flair)->files;
     auto converted = convert_dicom_series(**flair, f.flair);
     if (converted) converted = convert_dicom_series(**t1, f.t1);
     if (!converted) {
@@ -575,13 +576,28 @@ Status write_layout(const fs::path& wmh_clinic, const std::string& layout, const
     for (const auto& s : index->subjects) {
       auto subject = read_subject(s.flair, s.t1, s.labels);
       if (!subject) return make_error(s.flair.string() + ": " + subject.error().message);
+      // One study per subject, as a PACS holds it: both series in it, with an accession number.
       tags.patient_id = s.subject;
-      tags.study_uid.clear();
+      tags.patient_name = s.clinic + "^" + s.subject;
+      tags.study_uid = new_dicom_uid();
+      tags.accession_number = ("A" + s.subject).substr(0, 16);
       tags.series_description = "AX T2 FLAIR";
       tags.series_number = 3;
+      tags.scanning_sequence = "SE\\IR";
+      tags.sequence_variant = "SK";
+      tags.acquisition_type = "2D";
+      tags.repetition_time_ms = 11000;
+      tags.echo_time_ms = 125;
+      tags.inversion_time_ms = 2800;
       if (auto st = write_dicom_series(subject->flair, out / s.subject / "FLAIR", tags); !st) return st;
       tags.series_description = "AX T1 3D";
       tags.series_number = 5;
+      tags.scanning_sequence = "GR\\IR";
+      tags.sequence_variant = "SP\\MP";
+      tags.acquisition_type = "3D";
+      tags.repetition_time_ms = 7.9;
+      tags.echo_time_ms = 4.5;
+      tags.inversion_time_ms = 450;
       if (auto st = write_dicom_series(subject->t1, out / s.subject / "T1", tags); !st) return st;
       if (s.labels) {
         if (auto st = copy_scan(*s.labels, out / "labels" / (s.subject + ".nii.gz")); !st) return st;

@@ -25,6 +25,7 @@
 #include "fedda/site_agent/monitor.h"
 #include "fedda/site_agent/site_config.h"
 #include "fedda/site_agent/site_status.h"
+#include "segment_command.h"
 
 using namespace fedda;
 
@@ -249,75 +250,7 @@ int main(int argc, char** argv) {
     std::cout << "waiting for approval: " << offers.size() << (offers.empty() ? "" : " (fedda-agent pending)") << "\n";
   });
 
-  std::string model, flair, t1, out, device = "cpu", dicom, dicom_flair = "flair", dicom_t1 = "t1";
-  auto* segment = app.add_subcommand(
-      "segment",
-      "Segment one scan locally: FLAIR and T1 of one subject (same geometry) in, a WMH label map out "
-      "(0 background, 1 WMH) in the FLAIR's exact geometry. The model file carries its architecture and "
-      "preprocessing grid. With --dicom, the subject's DICOM folder instead: its FLAIR and T1 series are "
-      "chosen by --dicom-flair / --dicom-t1 (SeriesDescription rules), checked and converted with dcm2niix, and "
-      "the label map is written in the converted FLAIR's geometry (the same voxels in space, axes in ITK's RAI "
-      "order).");
-  segment->add_option("--model", model, "fedda model file (.pt)")->required();
-  auto* flair_option = segment->add_option("--flair", flair, "FLAIR NIfTI");
-  auto* t1_option = segment->add_option("--t1", t1, "T1 NIfTI, same grid as the FLAIR");
-  auto* dicom_option = segment->add_option("--dicom", dicom, "a subject's DICOM folder (instead of --flair and --t1)");
-  flair_option->excludes(dicom_option);
-  t1_option->excludes(dicom_option);
-  segment->add_option("--dicom-flair", dicom_flair, "--dicom: SeriesDescription rule of the FLAIR (case-insensitive regex)")
-      ->capture_default_str();
-  segment->add_option("--dicom-t1", dicom_t1, "--dicom: SeriesDescription rule of the T1")->capture_default_str();
-  segment->add_option("--out", out, "output segmentation (.nii or .nii.gz)")->required();
-  segment->add_option("--device", device, "cpu or cuda")->capture_default_str();
-  segment->callback([&]() {
-    auto log = log::get("fedda-agent");
-    std::filesystem::path converted;  // --dicom: the series as NIfTI, removed afterwards
-    if (!dicom.empty()) {
-      char folder[] = "/tmp/fedda-segment-XXXXXX";
-      if (!::mkdtemp(folder)) {
-        log->error("cannot make a temporary folder: {}", std::strerror(errno));
-        rc = 1;
-        return;
-      }
-      converted = folder;
-      imaging::DataSource source;
-      source.layout = "dicom";
-      source.path = dicom;
-      source.dicom_flair = dicom_flair;
-      source.dicom_t1 = dicom_t1;
-      source.cache = converted;
-      auto index = imaging::index_subjects(source);
-      std::string problem;
-      if (!index) {
-        problem = index.error().message;
-      } else if (index->subjects.size() != 1) {
-        problem = dicom + ": " + std::to_string(index->subjects.size()) + " subjects (PatientIDs) found; --dicom takes one subject's folder";
-      }
-      if (!problem.empty()) {
-        log->error("{}", problem);
-        std::error_code ec;
-        std::filesystem::remove_all(converted, ec);
-        rc = 1;
-        return;
-      }
-      for (const auto& i : index->ignored) log->warn("ignored {}: {}", i.path.string(), i.reason);
-      flair = index->subjects[0].flair.string();
-      t1 = index->subjects[0].t1.string();
-    } else if (flair.empty() || t1.empty()) {
-      log->error("segment needs --flair and --t1, or --dicom");
-      rc = 2;
-      return;
-    }
-    auto st = models::segment_scan(model, flair, t1, out, device);
-    std::error_code ec;
-    if (!converted.empty()) std::filesystem::remove_all(converted, ec);
-    if (!st) {
-      log->error("{}", st.error().message);
-      rc = 1;
-      return;
-    }
-    log->info("wrote {}", out);
-  });
+  site_agent::add_segment_command(app, rc);
 
   // The subjects of a folder in any layout the agent reads (imaging/subject_index.h), or of the
   // site config's data; error logged and rc set when there are none.
@@ -352,7 +285,7 @@ int main(int argc, char** argv) {
     return std::move(index->subjects);
   };
 
-  std::string teacher, baseline, estimator_from, precision = "auto";
+  std::string model, out, device = "cpu", teacher, baseline, estimator_from, precision = "auto";
   double flag_below = 0.2;
   bool score = false;
   auto* monitor = app.add_subcommand(

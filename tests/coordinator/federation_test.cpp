@@ -35,6 +35,7 @@
 #include "fedda/models/weights.h"
 #include "fedda/experiment/consortium.h"
 #include "fedda/simulation/generator.h"
+#include "support/curve_client.h"
 #include "support/fake_coordinator.h"
 #include "support/fake_sites.h"
 #include "support/federation_fixture.h"
@@ -490,19 +491,6 @@ std::string first_line(const fs::path& file) {
   return text.substr(0, text.find('\n'));
 }
 
-// A CurveZMQ client with the given key pair, speaking to the coordinator's public key.
-std::unique_ptr<zmq::socket_t> curve_client(zmq::context_t& context, const std::string& endpoint,
-                                            const std::string& server_public, const std::string& public_key,
-                                            const std::string& secret_key) {
-  auto s = std::make_unique<zmq::socket_t>(context, zmq::socket_type::dealer);
-  s->set(zmq::sockopt::linger, 0);
-  s->set(zmq::sockopt::curve_serverkey, server_public);
-  s->set(zmq::sockopt::curve_publickey, public_key);
-  s->set(zmq::sockopt::curve_secretkey, secret_key);
-  s->connect(endpoint);
-  return s;
-}
-
 TEST_F(Federation, ProvisionedConsortiumRunsAndRefusesKeysItDidNotProvision) {
   kit_ = dir_ / "kits";
   ASSERT_TRUE(kit::provision({"wmh", "tcp://127.0.0.1:0", {"utrecht", "amsterdam"}, kit_, {}, {}}));
@@ -513,13 +501,13 @@ TEST_F(Federation, ProvisionedConsortiumRunsAndRefusesKeysItDidNotProvision) {
   ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "CurveZMQ on, 2 provisioned sites", 10s));
 
   // The other consortium's utrecht kit, and a fresh key pair: both refused by the ZAP handler.
-  zmq::context_t context;
+  auto& context = testing::refused_handshake_context();
   const auto coordinator_public = first_line(kit_ / "coordinator" / "coordinator.curve.public");
   const auto spy_public = first_line(dir_ / "other-kits/sites/utrecht/site.curve.public");
   const auto spy_secret = first_line(dir_ / "other-kits/sites/utrecht/site.curve.secret");
   auto fresh = crypto::generate_curve_keypair().value();
   for (const auto& [pub, sec] : {std::pair{spy_public, spy_secret}, std::pair{fresh.public_z85, fresh.secret_z85}}) {
-    auto spy = curve_client(context, endpoint, coordinator_public, pub, sec);
+    auto spy = testing::curve_client(context, endpoint, coordinator_public, pub, sec);
     protocol::Header h;
     h.type = protocol::MessageType::hello;
     h.sender = "utrecht";

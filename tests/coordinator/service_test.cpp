@@ -19,6 +19,7 @@
 #include "fedda/common/version.h"
 #include "fedda/models/federated.h"
 #include "fedda/models/quality.h"
+#include "support/curve_client.h"
 #include "support/federation_fixture.h"
 
 namespace fedda {
@@ -369,20 +370,15 @@ TEST_F(Service, AnAbortedJobStopsAfterItsRoundAndResumesWhereItStopped) {
   EXPECT_LT(status.text.find("aborted"), status.text.find("resumed")) << status.text;
 }
 
-// A CurveZMQ client holding the given key pair, for the coordinator at `endpoint`.
+// A CurveZMQ client holding the key pair `stem`.curve.{public,secret} of `kit`.
 std::unique_ptr<zmq::socket_t> curve_client(zmq::context_t& context, const std::string& endpoint,
                                             const std::string& server_public, const fs::path& kit, const std::string& stem) {
   const auto line = [](const fs::path& f) {
     auto t = testing::read_text(f);
     return t.substr(0, t.find('\n'));
   };
-  auto s = std::make_unique<zmq::socket_t>(context, zmq::socket_type::dealer);
-  s->set(zmq::sockopt::linger, 0);
-  s->set(zmq::sockopt::curve_serverkey, server_public);
-  s->set(zmq::sockopt::curve_publickey, line(kit / (stem + ".curve.public")));
-  s->set(zmq::sockopt::curve_secretkey, line(kit / (stem + ".curve.secret")));
-  s->connect(endpoint);
-  return s;
+  return testing::curve_client(context, endpoint, server_public, line(kit / (stem + ".curve.public")),
+                               line(kit / (stem + ".curve.secret")));
 }
 
 TEST_F(Service, SiteAndOperatorKeysAreAdmittedOnTheirOwnEndpointOnly) {
@@ -392,7 +388,7 @@ TEST_F(Service, SiteAndOperatorKeysAreAdmittedOnTheirOwnEndpointOnly) {
     auto t = testing::read_text(kit_ / "coordinator" / "coordinator.curve.public");
     return t.substr(0, t.find('\n'));
   }();
-  zmq::context_t context;
+  auto& context = testing::refused_handshake_context();
   protocol::Header h;
   h.type = protocol::MessageType::admin_request;
   h.sender = "utrecht";

@@ -27,6 +27,22 @@ TEST(Percentile, MatchesNumpyLinearInterpolation) {
   EXPECT_TRUE(std::isnan(percentile({}, 95)));
 }
 
+TEST(LesionSummary, CountsWmhVoxelsInMillilitresAndLesionsWith26Connectivity) {
+  LabelMap m = empty_map({0.5, 1.0, 3.0});  // 1.5 mm3 a voxel
+  fill_box(m, {1, 1, 1}, {2, 2, 1}, kWmh);   // 4 voxels
+  m.at(3, 3, 2) = kWmh;                      // touches the box at a corner only: the same lesion
+  fill_box(m, {8, 8, 4}, {9, 8, 4}, kWmh);   // a second lesion of 2 voxels
+  fill_box(m, {0, 10, 0}, {3, 11, 0}, kOtherPathology);  // not WMH: neither counted nor measured
+  const auto s = summarize_lesions(m);
+  EXPECT_EQ(s.voxels, 7u);
+  EXPECT_NEAR(s.volume_ml, 7 * 1.5 / 1000.0, 1e-12);
+  EXPECT_EQ(s.count, 2u);
+  const auto none = summarize_lesions(empty_map());
+  EXPECT_EQ(none.voxels, 0u);
+  EXPECT_EQ(none.count, 0u);
+  EXPECT_EQ(none.volume_ml, 0.0);
+}
+
 TEST(Metrics, PerfectPredictionScoresPerfectly) {
   LabelMap truth = empty_map();
   fill_box(truth, {2, 2, 1}, {4, 4, 2}, kWmh);

@@ -11,6 +11,7 @@
 
 #include "fedda/common/files.h"
 #include "fedda/common/protocol.h"
+#include "fedda/imaging/metrics.h"
 #include "fedda/imaging/nifti_io.h"
 #include "support/process.h"
 #include "support/test_support.h"
@@ -66,6 +67,33 @@ TEST(FeddaAgentCli, CentralizedCellThenSegment) {
   std::size_t differ = 0;
   for (std::size_t i = 0; i < out->voxels.size(); ++i) differ += out->voxels[i] != from_dicom->voxels[i];
   EXPECT_LE(differ, out->voxels.size() / 1000) << differ << " voxels differ";
+  // As a radiologist's viewer reads it: a Segmentation and a measurement report beside the NIfTI,
+  // the lesion load they state the NIfTI's, both clean under dciodvfy.
+  seg = run_command(bin("fedda-agent").string() + " segment --model " + (dir / "cell/model.pt").string() + " --dicom " +
+                    (dir / "dicom/amsterdam/101").string() + " --out " + (dir / "seg-dicom.nii.gz").string() +
+                    " --dicom-seg " + (dir / "seg.dcm").string() + " --dicom-sr " + (dir / "sr.dcm").string() + " --json");
+  ASSERT_EQ(seg.exit_code, 0) << seg.output;
+  const auto json_start = seg.output.find("{\n");
+  ASSERT_NE(json_start, std::string::npos) << seg.output;
+  const auto report = nlohmann::json::parse(seg.output.substr(json_start));
+  const auto lesions = imaging::summarize_lesions(*from_dicom);
+  EXPECT_EQ(report["wmh_voxels"].get<std::size_t>(), lesions.voxels);
+  EXPECT_EQ(report["lesions"].get<unsigned>(), lesions.count);
+  EXPECT_NEAR(report["wmh_volume_ml"].get<double>(), lesions.volume_ml, 1e-9);
+  std::size_t slices = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir / "dicom/amsterdam/101/FLAIR")) slices += e.is_regular_file();
+  EXPECT_EQ(report["dicom_seg"]["frames"].get<std::size_t>(), slices);
+  for (const auto* object : {"seg.dcm", "sr.dcm"}) {
+    auto verify = run_command("dciodvfy " + (dir / object).string());
+    EXPECT_EQ(verify.output.find("Error"), std::string::npos) << object << ":\n" << verify.output;
+    EXPECT_NE(verify.exit_code, 127) << "dciodvfy (dicom3tools) is not installed";
+  }
+  auto plain = run_command(bin("fedda-agent").string() + " segment --model " + (dir / "cell/model.pt").string() + " --flair " +
+                           flair.string() + " --t1 " + (data / "amsterdam/101/pre/T1.nii.gz").string() + " --out " +
+                           (dir / "seg-plain.nii.gz").string() + " --dicom-seg " + (dir / "no.dcm").string());
+  EXPECT_NE(plain.exit_code, 0);
+  EXPECT_NE(plain.output.find("--dicom-seg requires --dicom"), std::string::npos) << plain.output;
+  EXPECT_FALSE(std::filesystem::exists(dir / "no.dcm"));
   auto none = run_command(bin("fedda-agent").string() + " segment --model " + (dir / "cell/model.pt").string() + " --dicom " +
                           (dir / "dicom/amsterdam").string() + " --out " + (dir / "seg-two.nii.gz").string());
   EXPECT_NE(none.exit_code, 0);

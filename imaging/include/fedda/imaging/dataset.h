@@ -18,6 +18,9 @@ struct SubjectFiles {
   std::filesystem::path flair;
   std::filesystem::path t1;
   std::optional<std::filesystem::path> labels;  // absent for unlabelled subjects
+  // data_layout dicom: the FLAIR series' DICOM files (slice order) that `flair` was converted
+  // from, which a DICOM Segmentation of the subject references; empty for the other layouts.
+  std::vector<std::filesystem::path> flair_dicom;
 };
 
 // All subjects of every clinic under `root`, sorted by clinic then subject. A folder under a

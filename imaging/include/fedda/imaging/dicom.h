@@ -14,13 +14,24 @@ namespace fedda::imaging {
 
 struct DicomSeriesTags {
   std::string patient_id;          // also the subject id a site's index gives the series
-  std::string study_uid;           // empty: one is made
+  std::string patient_name;        // PatientName (PN, e.g. "AMSTERDAM^100"); empty: the patient id
+  std::string study_uid;           // empty: one is made (give a subject's series one, new_dicom_uid())
+  std::string accession_number;    // AccessionNumber of the study, as a PACS finds it (empty: none)
   std::string series_description;  // what site.yaml's rules match (e.g. "AX FLAIR", "T1 MPRAGE")
   int series_number = 1;
   std::string manufacturer;        // e.g. "GE MEDICAL SYSTEMS"
   std::string model;               // e.g. "Signa HDxt"
   double field_strength_t = 0;     // MagneticFieldStrength
+  // The acquisition, as MR Image Storage requires it: ScanningSequence and SequenceVariant
+  // (defined terms), MRAcquisitionType, and times in ms (0: the inversion time is not sent).
+  std::string scanning_sequence = "SE";
+  std::string sequence_variant = "NONE";
+  std::string acquisition_type = "2D";
+  double repetition_time_ms = 500, echo_time_ms = 15, inversion_time_ms = 0;
 };
+
+// A new DICOM UID (GDCM's generator, under its root).
+std::string new_dicom_uid();
 
 // Writes `image` as an MR series, one file per slice along its third axis (IM0001.dcm, ...),
 // 16-bit with a rescale slope and intercept (values come back within half a slope), with the

@@ -15,6 +15,7 @@
 //          lesion / predicted components, 1 when there are none); 0 when both are 0.
 // Thread-safe.
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,15 @@ Result<CaseMetrics> evaluate_case(const LabelMap& truth, const LabelMap& predict
 // DSC alone, as evaluate_case computes it (label 2 removed); for learning curves, where the
 // distance and lesion metrics would cost most of the time. Error as evaluate_case's.
 Result<double> dice_score(const LabelMap& truth, const LabelMap& prediction);
+
+// The lesion load of one label map: its WMH voxels (label 1), their volume, and the lesions
+// (3-D components with 26-connectivity, as recall and F1 count them).
+struct LesionSummary {
+  std::size_t voxels = 0;
+  double volume_ml = 0;
+  std::uint32_t count = 0;
+};
+LesionSummary summarize_lesions(const LabelMap& labels);
 
 // The p-th percentile (0..100) with numpy's default linear interpolation; NaN when empty.
 double percentile(std::vector<double> values, double p);

@@ -1,0 +1,179 @@
+#include "segment_command.h"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "fedda/common/crypto.h"
+#include "fedda/common/files.h"
+#include "fedda/common/log.h"
+#include "fedda/common/version.h"
+#include "fedda/imaging/dicom_results.h"
+#include "fedda/imaging/metrics.h"
+#include "fedda/imaging/nifti_io.h"
+#include "fedda/imaging/subject_index.h"
+#include "fedda/models/engine.h"
+
+namespace fedda::site_agent {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct SegmentOptions {
+  std::string model, flair, t1, out, device = "cpu";
+  std::string dicom, dicom_flair = "flair", dicom_t1 = "t1";
+  std::string dicom_seg, dicom_sr;
+  bool json = false;
+};
+
+// A temporary folder removed when it goes out of scope (the --dicom series converted to NIfTI).
+class ScratchFolder {
+ public:
+  ScratchFolder() {
+    char folder[] = "/tmp/fedda-segment-XXXXXX";
+    if (::mkdtemp(folder)) path_ = folder;
+  }
+  ~ScratchFolder() {
+    std::error_code ec;
+    if (!path_.empty()) fs::remove_all(path_, ec);
+  }
+  ScratchFolder(const ScratchFolder&) = delete;
+  ScratchFolder& operator=(const ScratchFolder&) = delete;
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+// The one subject of a --dicom folder, its series converted into `scratch`.
+Result<imaging::SubjectFiles> dicom_subject(const SegmentOptions& o, const fs::path& scratch) {
+  if (scratch.empty()) return make_error(std::string("cannot make a temporary folder: ") + std::strerror(errno));
+  imaging::DataSource source;
+  source.layout = "dicom";
+  source.path = o.dicom;
+  source.dicom_flair = o.dicom_flair;
+  source.dicom_t1 = o.dicom_t1;
+  source.cache = scratch;
+  auto index = imaging::index_subjects(source);
+  if (!index) return index.error();
+  if (index->subjects.size() != 1) {
+    return make_error(o.dicom + ": " + std::to_string(index->subjects.size()) +
+                      " subjects (PatientIDs) found; --dicom takes one subject's folder");
+  }
+  for (const auto& i : index->ignored) log::get("fedda-agent")->warn("ignored {}: {}", i.path.string(), i.reason);
+  return index->subjects[0];
+}
+
+Result<nlohmann::json> segment_subject(SegmentOptions o) {
+  ScratchFolder scratch;
+  std::vector<fs::path> flair_dicom;
+  if (!o.dicom.empty()) {
+    auto subject = dicom_subject(o, scratch.path());
+    if (!subject) return subject.error();
+    o.flair = subject->flair.string();
+    o.t1 = subject->t1.string();
+    flair_dicom = subject->flair_dicom;
+  }
+  if (auto st = models::segment_scan(o.model, o.flair, o.t1, o.out, o.device); !st) return st.error();
+  auto labels = imaging::read_label_map(o.out);
+  if (!labels) return labels.error();
+  const auto lesions = imaging::summarize_lesions(*labels);
+  nlohmann::json report = {{"segmentation", o.out},
+                           {"wmh_voxels", lesions.voxels},
+                           {"wmh_volume_ml", lesions.volume_ml},
+                           {"lesions", lesions.count}};
+  if (o.dicom_seg.empty()) return report;
+
+  auto model_bytes = files::read_all(o.model);
+  if (!model_bytes) return model_bytes.error();
+  imaging::ResultProvenance provenance;
+  provenance.version = kVersion;
+  provenance.model_sha256 = crypto::sha256_hex(*model_bytes);
+  provenance.model_name = fs::path(o.model).filename().string();
+  const auto written = [](const std::string& path, const imaging::WrittenObject& w) {
+    nlohmann::json j = {{"path", path}, {"sop_instance_uid", w.sop_instance_uid}, {"series_instance_uid", w.series_instance_uid}};
+    if (w.frames) j["frames"] = w.frames;
+    return j;
+  };
+  auto seg = imaging::write_dicom_seg(*labels, flair_dicom, provenance, o.dicom_seg);
+  if (!seg) return seg.error();
+  report["dicom_seg"] = written(o.dicom_seg, *seg);
+  if (!o.dicom_sr.empty()) {
+    auto sr = imaging::write_dicom_sr(lesions, o.dicom_seg, provenance, o.dicom_sr);
+    if (!sr) return sr.error();
+    report["dicom_sr"] = written(o.dicom_sr, *sr);
+  }
+  return report;
+}
+
+}  // namespace
+
+void add_segment_command(CLI::App& app, int& rc) {
+  auto o = std::make_shared<SegmentOptions>();
+  auto* segment = app.add_subcommand(
+      "segment",
+      "Segment one scan locally: FLAIR and T1 of one subject (same geometry) in, a WMH label map out "
+      "(0 background, 1 WMH) in the FLAIR's exact geometry, and its lesion load printed (volume in mL, "
+      "lesion count: 3-D components, 26-connected). The model file carries its architecture and "
+      "preprocessing grid. With --dicom, the subject's DICOM folder instead: its FLAIR and T1 series are "
+      "chosen by --dicom-flair / --dicom-t1 (SeriesDescription rules), checked and converted with dcm2niix, and "
+      "the label map is written in the converted FLAIR's geometry (the same voxels in space, axes in ITK's RAI "
+      "order); --dicom-seg then also writes a DICOM Segmentation on the FLAIR series' own slices (one frame "
+      "per slice, each referencing its source image; patient, study and frame of reference the FLAIR's) and "
+      "--dicom-sr a TID 1500 measurement report of the lesion volume and count referencing that "
+      "Segmentation, both ready to store in a PACS and open in a viewer.");
+  segment->add_option("--model", o->model, "fedda model file (.pt)")->required();
+  auto* flair_option = segment->add_option("--flair", o->flair, "FLAIR NIfTI");
+  auto* t1_option = segment->add_option("--t1", o->t1, "T1 NIfTI, same grid as the FLAIR");
+  auto* dicom_option = segment->add_option("--dicom", o->dicom, "a subject's DICOM folder (instead of --flair and --t1)");
+  flair_option->excludes(dicom_option);
+  t1_option->excludes(dicom_option);
+  segment->add_option("--dicom-flair", o->dicom_flair, "--dicom: SeriesDescription rule of the FLAIR (case-insensitive regex)")
+      ->capture_default_str();
+  segment->add_option("--dicom-t1", o->dicom_t1, "--dicom: SeriesDescription rule of the T1")->capture_default_str();
+  segment->add_option("--out", o->out, "output segmentation (.nii or .nii.gz)")->required();
+  auto* seg_option = segment->add_option("--dicom-seg", o->dicom_seg,
+                                         "also write a DICOM Segmentation here (needs --dicom: it references the FLAIR "
+                                         "series it was computed on)");
+  seg_option->needs(dicom_option);
+  segment->add_option("--dicom-sr", o->dicom_sr, "also write a TID 1500 measurement report here (lesion volume "
+                                                 "and count, referencing the --dicom-seg Segmentation)")
+      ->needs(seg_option);
+  segment->add_flag("--json", o->json, "print what was written and measured as one JSON object on stdout");
+  segment->add_option("--device", o->device, "cpu or cuda")->capture_default_str();
+  segment->callback([o, &rc]() {
+    auto log = log::get("fedda-agent");
+    if (o->dicom.empty() && (o->flair.empty() || o->t1.empty())) {
+      log->error("segment needs --flair and --t1, or --dicom");
+      rc = 2;
+      return;
+    }
+    auto report = segment_subject(*o);
+    if (!report) {
+      log->error("{}", report.error().message);
+      rc = 1;
+      return;
+    }
+    if (o->json) {
+      std::cout << report->dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+      return;
+    }
+    std::printf("wrote %s: WMH %.2f mL in %u lesions (%zu voxels)\n", o->out.c_str(), (*report)["wmh_volume_ml"].get<double>(),
+                (*report)["lesions"].get<unsigned>(), (*report)["wmh_voxels"].get<std::size_t>());
+    for (const char* key : {"dicom_seg", "dicom_sr"}) {
+      if (report->contains(key)) {
+        std::printf("wrote %s (%s, SOPInstanceUID %s)\n", (*report)[key]["path"].get<std::string>().c_str(),
+                    std::string(key) == "dicom_seg" ? "DICOM Segmentation" : "TID 1500 measurement report",
+                    (*report)[key]["sop_instance_uid"].get<std::string>().c_str());
+      }
+    }
+  });
+}
+
+}  // namespace fedda::site_agent
