@@ -20,6 +20,8 @@ packages=(
   # fedda-agent segment's DICOM Segmentation and measurement report (DCMTK's dcmseg, dcmsr), and
   # dciodvfy (dicom3tools), which the tests validate them with.
   libdcmtk-dev dicom3tools
+  # data_layout: pacs is tested against a real PACS: Orthanc with its DICOMweb plugin, on loopback.
+  orthanc orthanc-dicomweb
   libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev
   libbenchmark-dev

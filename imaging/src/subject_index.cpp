@@ -20,7 +20,7 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 const std::vector<std::string>& data_layouts() {
-  static const std::vector<std::string> l{"wmh", "bids", "datalist", "dicom"};
+  static const std::vector<std::string> l{"wmh", "bids", "datalist", "dicom", "pacs"};
   return l;
 }
 
@@ -471,7 +471,30 @@ Result<DataSource> detect_data_source(const fs::path& folder) {
   return s;
 }
 
+// The PACS's selected series retrieved into the cache, then indexed as a DICOM folder.
+Result<SubjectIndex> index_pacs(const DataSource& s) {
+  if (s.cache.empty()) return make_error("data_layout pacs needs a cache folder for the retrieved series");
+  std::vector<std::regex> rules;
+  try {
+    for (const auto& rule : {s.dicom_flair, s.dicom_t1}) rules.emplace_back(rule, std::regex::icase | std::regex::ECMAScript);
+  } catch (const std::regex_error& e) {
+    return make_error("dicom_flair / dicom_t1: not a regular expression: " + std::string(e.what()));
+  }
+  const auto folder = s.cache / "pacs";
+  auto retrieved = retrieve_from_pacs(s.pacs, rules, folder);
+  if (!retrieved) return retrieved.error();
+  if (retrieved->instances == 0) {
+    return make_error("pacs " + s.pacs.dicomweb + ": no series matching dicom_flair ('" + s.dicom_flair + "') or dicom_t1 ('" +
+                      s.dicom_t1 + "') in " + std::to_string(retrieved->studies) + " selected studies");
+  }
+  DataSource local = s;
+  local.layout = "dicom";
+  local.path = folder;
+  return index_dicom(local, s.clinic.empty() ? "pacs" : s.clinic);
+}
+
 Result<SubjectIndex> index_subjects(const DataSource& s) {
+  if (s.layout == "pacs") return index_pacs(s);
   std::error_code ec;
   auto path = s.path.lexically_normal();
   if (path.filename().empty()) path = path.parent_path();
@@ -487,7 +510,7 @@ Result<SubjectIndex> index_subjects(const DataSource& s) {
   if (s.layout == "bids") return index_bids(source, clinic);
   if (s.layout == "datalist") return index_datalist(source, clinic);
   if (s.layout == "dicom") return index_dicom(source, clinic);
-  return make_error("data layout '" + s.layout + "' is not one of wmh, bids, datalist, dicom");
+  return make_error("data layout '" + s.layout + "' is not one of wmh, bids, datalist, dicom, pacs");
 }
 
 Status write_layout(const fs::path& wmh_clinic, const std::string& layout, const fs::path& out) {

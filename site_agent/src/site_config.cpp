@@ -1,6 +1,10 @@
 #include "fedda/site_agent/site_config.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <algorithm>
 #include <cmath>
@@ -18,6 +22,31 @@
 
 namespace fedda::site_agent {
 namespace fs = std::filesystem;
+
+namespace {
+
+fs::path base_of(const fs::path& config) { return config.parent_path(); }
+
+// USER:PASSWORD on the file's first line; refused when others than its owner may read it, as a
+// kit's secrets are.
+Result<std::pair<std::string, std::string>> read_credentials(const fs::path& file) {
+  struct stat st {};
+  if (::stat(file.c_str(), &st) != 0) return make_error(file.string() + ": " + std::strerror(errno));
+  if (st.st_mode & 077) {
+    return make_error(file.string() + " may be read by others than its owner (mode " + std::to_string((st.st_mode >> 6) & 7) +
+                      std::to_string((st.st_mode >> 3) & 7) + std::to_string(st.st_mode & 7) + "): chmod 600 it");
+  }
+  auto text = files::read_all(file);
+  if (!text) return text.error();
+  const auto line = text->substr(0, text->find('\n'));
+  const auto colon = line.find(':');
+  if (colon == std::string::npos || colon == 0) return make_error(file.string() + ": not one line USER:PASSWORD");
+  auto password = line.substr(colon + 1);
+  if (!password.empty() && password.back() == '\r') password.pop_back();
+  return std::pair{line.substr(0, colon), password};
+}
+
+}  // namespace
 
 Result<SiteConfig> read_site_config(const fs::path& path) {
   const auto fail = [&](const std::string& message) { return make_error(path.string() + ": " + message); };
@@ -40,6 +69,13 @@ Result<SiteConfig> read_site_config(const fs::path& path) {
   m->get("dicom_t1", c.dicom_t1);
   std::string dicom_labels;
   m->get("dicom_labels", dicom_labels);
+  auto pacs = m->mapping("pacs");
+  std::string credentials_file;
+  pacs.get("dicomweb", c.pacs.dicomweb);
+  pacs.get("credentials_file", credentials_file);
+  pacs.get("modality", c.pacs.modality);
+  pacs.get("study_dates", c.pacs.study_dates);
+  pacs.get("accession_numbers", c.pacs.accession_numbers);
   m->get("cache_dir", cache);
   m->get("device", c.device);
   m->get("precision", c.precision);
@@ -93,10 +129,23 @@ Result<SiteConfig> read_site_config(const fs::path& path) {
   }
   const auto& layouts = imaging::data_layouts();
   if (std::find(layouts.begin(), layouts.end(), c.data_layout) == layouts.end()) {
-    return fail("data_layout '" + c.data_layout + "' (choose wmh, bids, datalist or dicom)");
+    return fail("data_layout '" + c.data_layout + "' (choose wmh, bids, datalist, dicom or pacs)");
   }
-  if (c.data_layout != "dicom" && (!dicom_labels.empty() || c.dicom_flair != "flair" || c.dicom_t1 != "t1")) {
-    return fail("dicom_flair, dicom_t1 and dicom_labels apply to data_layout: dicom only");
+  const bool dicom = c.data_layout == "dicom" || c.data_layout == "pacs";
+  if (!dicom && (!dicom_labels.empty() || c.dicom_flair != "flair" || c.dicom_t1 != "t1")) {
+    return fail("dicom_flair, dicom_t1 and dicom_labels apply to data_layout: dicom or pacs only");
+  }
+  if ((c.data_layout == "pacs") != !c.pacs.dicomweb.empty()) {
+    return fail(c.data_layout == "pacs" ? "data_layout: pacs needs pacs: {dicomweb: URL}" : "pacs: applies to data_layout: pacs only");
+  }
+  if (c.data_layout == "pacs" && !data.empty()) return fail("data: does not apply to data_layout: pacs (the PACS is the data)");
+  if (!credentials_file.empty()) {
+    const fs::path file = fs::path(credentials_file).is_relative() ? (base_of(path) / credentials_file).lexically_normal()
+                                                                   : fs::path(credentials_file);
+    auto credentials = read_credentials(file);
+    if (!credentials) return fail("pacs: credentials_file: " + credentials.error().message);
+    c.pacs.user = credentials->first;
+    c.pacs.password = credentials->second;
   }
   for (const auto& [key, rule] : {std::pair<std::string, std::string>{"dicom_flair", c.dicom_flair}, {"dicom_t1", c.dicom_t1}}) {
     try {
@@ -111,13 +160,13 @@ Result<SiteConfig> read_site_config(const fs::path& path) {
   if (c.bids_labels.find('/') != std::string::npos || c.bids_labels == "..") {
     return fail("bids_labels '" + c.bids_labels + "' is the name of a folder under derivatives/, not a path");
   }
-  if (data.empty()) {
+  if (data.empty() && c.data_layout != "pacs") {
     return fail(c.data_layout == "datalist" ? "data is required (the datalist's JSON file)"
                 : c.data_layout == "bids"   ? "data is required (the BIDS dataset's root folder)"
                 : c.data_layout == "dicom"  ? "data is required (the folder of DICOM series)"
                                             : "data is required (the clinic folder holding one folder per subject)");
   }
-  c.data = fs::path(data).is_relative() ? (base / data).lexically_normal() : fs::path(data);
+  if (!data.empty()) c.data = fs::path(data).is_relative() ? (base / data).lexically_normal() : fs::path(data);
   if (!dicom_labels.empty()) {
     c.dicom_labels = fs::path(dicom_labels).is_relative() ? (base / dicom_labels).lexically_normal() : fs::path(dicom_labels);
   }
@@ -153,7 +202,8 @@ Result<imaging::SubjectIndex> site_subject_index(const SiteConfig& c) {
   source.dicom_flair = c.dicom_flair;
   source.dicom_t1 = c.dicom_t1;
   source.dicom_labels = c.dicom_labels;
-  source.cache = c.cache_dir;  // dicom: the converted series, reused while unchanged
+  source.cache = c.cache_dir;  // dicom, pacs: the converted (and retrieved) series, reused while unchanged
+  source.pacs = c.pacs;
   return imaging::index_subjects(source);
 }
 

@@ -118,7 +118,7 @@ int main(int argc, char** argv) {
     if (!config) return;
     const auto report = site_agent::check_site(*config);
     std::cout << "site " << config->site_id << ": coordinator " << config->coordinator << ", data "
-              << config->data.string() << " (" << config->data_layout << " layout), device " << config->device << "\n";
+              << (config->data_layout == "pacs" ? config->pacs.dicomweb : config->data.string()) << " (" << config->data_layout << " layout), device " << config->device << "\n";
     for (const auto& f : report.found) std::cout << "subject " << f << "\n";
     for (const auto& i : report.ignored) std::cout << "ignored: " << i << "\n";
     // What was counted and what was not: a subject with a problem, and files or folders left out.

@@ -19,6 +19,7 @@
 #include "fedda/imaging/nifti_io.h"
 #include "fedda/imaging/subject_index.h"
 #include "fedda/models/engine.h"
+#include "fedda/site_agent/site_config.h"
 
 namespace fedda::site_agent {
 namespace {
@@ -29,7 +30,8 @@ struct SegmentOptions {
   std::string model, flair, t1, out, device = "cpu";
   std::string dicom, dicom_flair = "flair", dicom_t1 = "t1";
   std::string dicom_seg, dicom_sr;
-  bool json = false;
+  std::string config;  // --all: the site whose subjects are segmented
+  bool all = false, with_dicom = false, json = false;
 };
 
 // A temporary folder removed when it goes out of scope (the --dicom series converted to NIfTI).
@@ -70,16 +72,9 @@ Result<imaging::SubjectFiles> dicom_subject(const SegmentOptions& o, const fs::p
   return index->subjects[0];
 }
 
-Result<nlohmann::json> segment_subject(SegmentOptions o) {
-  ScratchFolder scratch;
-  std::vector<fs::path> flair_dicom;
-  if (!o.dicom.empty()) {
-    auto subject = dicom_subject(o, scratch.path());
-    if (!subject) return subject.error();
-    o.flair = subject->flair.string();
-    o.t1 = subject->t1.string();
-    flair_dicom = subject->flair_dicom;
-  }
+// Segments one subject's files into `o.out`, with the DICOM objects where `o` names them and
+// `flair_dicom` holds the FLAIR's slices; what was written and measured.
+Result<nlohmann::json> segment_files(const SegmentOptions& o, const std::vector<fs::path>& flair_dicom) {
   if (auto st = models::segment_scan(o.model, o.flair, o.t1, o.out, o.device); !st) return st.error();
   auto labels = imaging::read_label_map(o.out);
   if (!labels) return labels.error();
@@ -112,6 +107,70 @@ Result<nlohmann::json> segment_subject(SegmentOptions o) {
   return report;
 }
 
+Result<nlohmann::json> segment_subject(SegmentOptions o) {
+  ScratchFolder scratch;
+  std::vector<fs::path> flair_dicom;
+  if (!o.dicom.empty()) {
+    auto subject = dicom_subject(o, scratch.path());
+    if (!subject) return subject.error();
+    o.flair = subject->flair.string();
+    o.t1 = subject->t1.string();
+    flair_dicom = subject->flair_dicom;
+  }
+  return segment_files(o, flair_dicom);
+}
+
+// --all: every subject of the site at `o.config` into `o.out`/<subject>.nii.gz (and, with
+// --with-dicom, <subject>.seg.dcm and <subject>.sr.dcm for subjects read from DICOM), what the
+// layout left out and a subject that fails named and skipped; the lesion loads in
+// `o.out`/lesions.csv. The report lists them.
+Result<nlohmann::json> segment_site(const SegmentOptions& o) {
+  auto config = read_site_config(o.config);
+  if (!config) return config.error();
+  auto index = site_subject_index(*config);
+  if (!index) return index.error();
+  const auto* subjects = &index->subjects;
+  std::error_code ec;
+  fs::create_directories(o.out, ec);
+  if (ec) return make_error(o.out + ": " + ec.message());
+  auto log = log::get("fedda-agent");
+  nlohmann::json report = {{"subjects", nlohmann::json::array()}, {"failed", nlohmann::json::array()}, {"left_out", nlohmann::json::array()}};
+  for (const auto& i : index->ignored) {
+    log->warn("left out {}: {}", i.path.string(), i.reason);
+    report["left_out"].push_back({{"path", i.path.string()}, {"reason", i.reason}});
+  }
+  std::string csv = "subject,wmh_volume_ml,lesions,wmh_voxels,segmentation,dicom_seg,dicom_sr\n";
+  const int total = static_cast<int>(subjects->size());
+  int done = 0;
+  for (const auto& subject : *subjects) {
+    SegmentOptions one = o;
+    one.flair = subject.flair.string();
+    one.t1 = subject.t1.string();
+    one.out = (fs::path(o.out) / (subject.subject + ".nii.gz")).string();
+    const bool dicom = o.with_dicom && !subject.flair_dicom.empty();
+    one.dicom_seg = dicom ? (fs::path(o.out) / (subject.subject + ".seg.dcm")).string() : "";
+    one.dicom_sr = dicom ? (fs::path(o.out) / (subject.subject + ".sr.dcm")).string() : "";
+    auto r = segment_files(one, subject.flair_dicom);
+    ++done;
+    if (!r) {
+      log->warn("subject {} skipped: {}", subject.subject, r.error().message);
+      report["failed"].push_back({{"subject", subject.subject}, {"reason", r.error().message}});
+    } else {
+      (*r)["subject"] = subject.subject;
+      char volume[32];
+      std::snprintf(volume, sizeof volume, "%.3f", (*r)["wmh_volume_ml"].get<double>());
+      csv += subject.subject + "," + volume + "," + std::to_string((*r)["lesions"].get<unsigned>()) + "," +
+             std::to_string((*r)["wmh_voxels"].get<std::size_t>()) + "," + one.out + "," + one.dicom_seg + "," + one.dicom_sr + "\n";
+      report["subjects"].push_back(std::move(*r));
+    }
+    log->info("{} of {} subjects segmented{}", done, total,
+              report["failed"].empty() ? "" : " (" + std::to_string(report["failed"].size()) + " skipped)");
+  }
+  if (auto st = files::write_atomically(fs::path(o.out) / "lesions.csv", csv); !st) return st.error();
+  report["lesions_csv"] = (fs::path(o.out) / "lesions.csv").string();
+  return report;
+}
+
 }  // namespace
 
 void add_segment_command(CLI::App& app, int& rc) {
@@ -129,15 +188,25 @@ void add_segment_command(CLI::App& app, int& rc) {
       "--dicom-sr a TID 1500 measurement report of the lesion volume and count referencing that "
       "Segmentation, both ready to store in a PACS and open in a viewer.");
   segment->add_option("--model", o->model, "fedda model file (.pt)")->required();
+  auto* all_option = segment->add_flag("--all", o->all, "every subject of the site --config names, in its data layout: "
+                                                        "--out is then a folder (SUBJECT.nii.gz each, lesions.csv), a "
+                                                        "subject that fails is named and skipped");
+  auto* config_option = segment->add_option("--config", o->config, "--all: the site's site.yaml");
+  all_option->needs(config_option);
+  config_option->needs(all_option);
+  auto* with_dicom = segment->add_flag("--with-dicom", o->with_dicom, "--all: also SUBJECT.seg.dcm and SUBJECT.sr.dcm for "
+                                                                      "the subjects read from DICOM series");
+  with_dicom->needs(all_option);
   auto* flair_option = segment->add_option("--flair", o->flair, "FLAIR NIfTI");
   auto* t1_option = segment->add_option("--t1", o->t1, "T1 NIfTI, same grid as the FLAIR");
   auto* dicom_option = segment->add_option("--dicom", o->dicom, "a subject's DICOM folder (instead of --flair and --t1)");
   flair_option->excludes(dicom_option);
   t1_option->excludes(dicom_option);
+  for (auto* single : {flair_option, t1_option, dicom_option}) single->excludes(all_option);
   segment->add_option("--dicom-flair", o->dicom_flair, "--dicom: SeriesDescription rule of the FLAIR (case-insensitive regex)")
       ->capture_default_str();
   segment->add_option("--dicom-t1", o->dicom_t1, "--dicom: SeriesDescription rule of the T1")->capture_default_str();
-  segment->add_option("--out", o->out, "output segmentation (.nii or .nii.gz)")->required();
+  segment->add_option("--out", o->out, "output segmentation (.nii or .nii.gz); with --all, a folder")->required();
   auto* seg_option = segment->add_option("--dicom-seg", o->dicom_seg,
                                          "also write a DICOM Segmentation here (needs --dicom: it references the FLAIR "
                                          "series it was computed on)");
@@ -149,19 +218,25 @@ void add_segment_command(CLI::App& app, int& rc) {
   segment->add_option("--device", o->device, "cpu or cuda")->capture_default_str();
   segment->callback([o, &rc]() {
     auto log = log::get("fedda-agent");
-    if (o->dicom.empty() && (o->flair.empty() || o->t1.empty())) {
-      log->error("segment needs --flair and --t1, or --dicom");
+    if (!o->all && o->dicom.empty() && (o->flair.empty() || o->t1.empty())) {
+      log->error("segment needs --flair and --t1, --dicom, or --all --config");
       rc = 2;
       return;
     }
-    auto report = segment_subject(*o);
+    auto report = o->all ? segment_site(*o) : segment_subject(*o);
     if (!report) {
       log->error("{}", report.error().message);
       rc = 1;
       return;
     }
+    if (o->all && !(*report)["failed"].empty()) rc = 1;
     if (o->json) {
       std::cout << report->dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+      return;
+    }
+    if (o->all) {
+      std::printf("%zu subjects segmented into %s, %zu skipped; lesion loads in %s\n", (*report)["subjects"].size(),
+                  o->out.c_str(), (*report)["failed"].size(), (*report)["lesions_csv"].get<std::string>().c_str());
       return;
     }
     std::printf("wrote %s: WMH %.2f mL in %u lesions (%zu voxels)\n", o->out.c_str(), (*report)["wmh_volume_ml"].get<double>(),

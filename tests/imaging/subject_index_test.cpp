@@ -10,11 +10,15 @@
 #include <cmath>
 #include <fstream>
 
+#include <iostream>
+#include <regex>
+
 #include <nlohmann/json.hpp>
 
 #include "fedda/imaging/dicom.h"
 #include "fedda/imaging/nifti_io.h"
 #include "fedda/simulation/generator.h"
+#include "support/orthanc.h"
 #include "support/test_support.h"
 
 namespace fedda::imaging {
@@ -349,6 +353,81 @@ TEST_F(SubjectIndexTest, DicomProblemsAreNamedAndOnlyTheSubjectAtFaultIsSkipped)
   ASSERT_TRUE(index) << index.error().message;
   EXPECT_EQ(index->subjects.size(), 2u) << ignored_text(*index);
   EXPECT_NE(ignored_text(*index).find("series 7 'AX T2 FLAIR repeat' matches neither"), std::string::npos);
+}
+
+// A PACS (a real Orthanc on loopback) holding the DICOM layout's series: indexed with data_layout
+// pacs, the same subjects with the same voxels and geometry as the folder, each instance
+// retrieved once; a filter, wrong credentials and a PACS that went away are each named.
+TEST_F(SubjectIndexTest, APacsOverDicomWebGivesTheSameSubjectsAsTheFolderItWasLoadedFrom) {
+  testing::Orthanc orthanc(dir_ / "orthanc");
+  ASSERT_TRUE(orthanc.up()) << testing::read_text(orthanc.log());
+  const int files = orthanc.upload(dicom());
+  ASSERT_GT(files, 0) << testing::read_text(orthanc.log());
+  auto folder = index_subjects(source("dicom", dicom()));
+  ASSERT_TRUE(folder) << folder.error().message;
+
+  DataSource pacs;
+  pacs.layout = "pacs";
+  pacs.clinic = "amsterdam";
+  pacs.cache = dir_ / "cache";
+  pacs.dicom_labels = dicom() / "labels";
+  pacs.pacs.dicomweb = orthanc.dicomweb();
+  pacs.pacs.user = testing::Orthanc::kUser;
+  pacs.pacs.password = testing::Orthanc::kPassword;
+  const auto started = std::chrono::steady_clock::now();
+  auto index = index_subjects(pacs);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  ASSERT_TRUE(index) << index.error().message;
+  std::cout << "indexed " << index->subjects.size() << " subjects (" << files << " instances) from Orthanc in " << seconds << " s\n";
+  EXPECT_TRUE(index->ignored.empty()) << ignored_text(*index);
+  ASSERT_EQ(index->subjects.size(), folder->subjects.size());
+  for (std::size_t n = 0; n < index->subjects.size(); ++n) {
+    const auto& a = folder->subjects[n];
+    const auto& b = index->subjects[n];
+    EXPECT_EQ(a.subject, b.subject);
+    EXPECT_EQ(a.labels.has_value(), b.labels.has_value()) << a.subject;
+    EXPECT_EQ(b.flair_dicom.size(), a.flair_dicom.size()) << a.subject;
+    auto x = read_subject(a.flair, a.t1, a.labels);
+    auto y = read_subject(b.flair, b.t1, b.labels);
+    ASSERT_TRUE(x && y) << a.subject;
+    EXPECT_TRUE(same_geometry(x->flair.geometry, y->flair.geometry, 1e-4)) << geometry_difference(x->flair.geometry, y->flair.geometry, 1e-4);
+    EXPECT_EQ(x->flair.voxels, y->flair.voxels) << a.subject;  // the same bytes through the PACS
+    EXPECT_EQ(x->t1.voxels, y->t1.voxels) << a.subject;
+    if (x->labels) EXPECT_EQ(x->labels->voxels, y->labels->voxels) << a.subject;
+  }
+  // Indexed again: nothing retrieved twice.
+  auto again = retrieve_from_pacs(pacs.pacs, {std::regex("flair", std::regex::icase), std::regex("t1", std::regex::icase)},
+                                  pacs.cache / "pacs");
+  ASSERT_TRUE(again) << again.error().message;
+  EXPECT_EQ(again->retrieved, 0);
+  EXPECT_EQ(again->instances, files);
+
+  // One study by its accession number.
+  auto one = pacs;
+  one.cache = dir_ / "cache-one";
+  one.pacs.accession_numbers = {"A" + folder->subjects[1].subject};
+  auto only = index_subjects(one);
+  ASSERT_TRUE(only) << only.error().message;
+  ASSERT_EQ(only->subjects.size(), 1u);
+  EXPECT_EQ(only->subjects[0].subject, folder->subjects[1].subject);
+
+  // Wrong credentials: the PACS's 401, named.
+  auto wrong = pacs;
+  wrong.cache = dir_ / "cache-wrong";
+  wrong.pacs.password = "not-it";
+  auto refused = index_subjects(wrong);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message.find("answered 401 (wrong or missing credentials)"), std::string::npos) << refused.error().message;
+  EXPECT_NE(refused.error().message.find(orthanc.dicomweb() + "/studies"), std::string::npos) << refused.error().message;
+
+  // The PACS gone: named after its retries, the cached series untouched.
+  orthanc.stop();
+  auto gone = pacs;
+  gone.pacs.attempts = 2;
+  auto down = index_subjects(gone);
+  ASSERT_FALSE(down);
+  EXPECT_NE(down.error().message.find("cannot reach the PACS"), std::string::npos) << down.error().message;
+  EXPECT_TRUE(fs::exists(index->subjects[0].flair));
 }
 
 }  // namespace

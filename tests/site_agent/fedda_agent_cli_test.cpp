@@ -19,6 +19,7 @@
 namespace fedda {
 namespace {
 
+namespace fs = std::filesystem;
 using testing::bin;
 using testing::run_command;
 
@@ -98,6 +99,20 @@ TEST(FeddaAgentCli, CentralizedCellThenSegment) {
                           (dir / "dicom/amsterdam").string() + " --out " + (dir / "seg-two.nii.gz").string());
   EXPECT_NE(none.exit_code, 0);
   EXPECT_NE(none.output.find("2 subjects (PatientIDs) found; --dicom takes one subject's folder"), std::string::npos) << none.output;
+
+  // A whole DICOM site at once, one subject's FLAIR broken: named and skipped, the other written.
+  fs::remove(dir / "dicom/amsterdam/100/FLAIR/IM0003.dcm");
+  std::ofstream(dir / "all.yaml") << "site_id: amsterdam\ncoordinator: tcp://127.0.0.1:1\ndata: " << (dir / "dicom/amsterdam").string()
+                                  << "\ndata_layout: dicom\ncache_dir: " << (dir / "cache-all").string() << "\n";
+  auto all = run_command(bin("fedda-agent").string() + " segment --model " + (dir / "cell/model.pt").string() + " --all --config " +
+                         (dir / "all.yaml").string() + " --with-dicom --out " + (dir / "all").string());
+  EXPECT_EQ(all.exit_code, 0) << all.output;  // the broken subject is left out by the layout itself
+  EXPECT_NE(all.output.find("subject 100 skipped: series 3 'AX T2 FLAIR'"), std::string::npos) << all.output;
+  EXPECT_NE(all.output.find("1 of 1 subjects segmented"), std::string::npos) << all.output;
+  EXPECT_TRUE(fs::exists(dir / "all/101.nii.gz") && fs::exists(dir / "all/101.seg.dcm") && fs::exists(dir / "all/101.sr.dcm"));
+  const auto loads = files::read_all(dir / "all/lesions.csv");
+  ASSERT_TRUE(loads);
+  EXPECT_EQ(loads->rfind("subject,wmh_volume_ml,lesions,wmh_voxels,segmentation,dicom_seg,dicom_sr\n101,", 0), 0u) << *loads;
 }
 
 // Sites whose scans are a BIDS dataset, a datalist and DICOM series, as fedda-sim writes them:

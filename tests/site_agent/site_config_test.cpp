@@ -1,6 +1,8 @@
 // Site configs and `check`: a hospital administrator's mistakes are named before joining.
 #include "fedda/site_agent/site_config.h"
 
+#include "fedda/common/files.h"
+
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -46,20 +48,43 @@ TEST_F(SiteConfigTest, MistakesAreNamed) {
       {"site_id: a\ncoordinator: tcp://h:1\ndata: d\ndata: e\n", "key 'data' is given twice"},
       {"site_id: a\ncoordinator: tcp://h:1\ndata: d\npolicy:\n  approval: manual\n  approval: auto\n",
        "policy: key 'approval' is given twice"},
-      {"site_id: a\ncoordinator: tcp://h:1\ndata: d\ndata_layout: pacs\n", "data_layout 'pacs' (choose wmh, bids, datalist or dicom)"},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata: d\ndata_layout: tape\n", "data_layout 'tape' (choose wmh, bids, datalist, dicom or pacs)"},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata_layout: pacs\n", "data_layout: pacs needs pacs: {dicomweb: URL}"},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata: d\npacs: {dicomweb: http://127.0.0.1:8042/dicom-web}\n", "pacs: applies to data_layout: pacs only"},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata: d\ndata_layout: pacs\npacs: {dicomweb: http://127.0.0.1:8042/dicom-web}\n",
+       "data: does not apply to data_layout: pacs"},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata_layout: pacs\npacs: {dicomweb: http://127.0.0.1:8042/dicom-web, credentials_file: open.txt}\n",
+       "open.txt may be read by others than its owner (mode 644): chmod 600 it"},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata_layout: pacs\npacs: {dicomweb: http://127.0.0.1:8042/dicom-web, credentials_file: none.txt}\n",
+       "pacs: credentials_file: "},
       {"site_id: a\ncoordinator: tcp://h:1\ndata: d\nbids_labels: wmh\n", "apply to data_layout: bids only"},
       {"site_id: a\ncoordinator: tcp://h:1\ndata: d\ndata_layout: bids\nbids_filters: {echo: 1}\n",
        "bids_filters: unknown key 'echo'"},
       {"site_id: a\ncoordinator: tcp://h:1\ndata: d\ndata_layout: bids\nbids_labels: ../x\n", "not a path"},
       {"site_id: a\ncoordinator: tcp://h:1\ndata_layout: datalist\n", "the datalist's JSON file"},
-      {"site_id: a\ncoordinator: tcp://h:1\ndata: d\ndicom_flair: FLAIR\n", "apply to data_layout: dicom only"},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata: d\ndicom_flair: FLAIR\n", "apply to data_layout: dicom or pacs only"},
       {"site_id: a\ncoordinator: tcp://h:1\ndata: d\ndata_layout: dicom\ndicom_t1: \"T1(\"\n", "dicom_t1 'T1(' is not a regular expression"},
   };
+  std::ofstream(dir_ / "open.txt") << "user:password\n";
+  std::filesystem::permissions(dir_ / "open.txt", std::filesystem::perms(0644));
   for (const auto& [text, expected] : cases) {
     auto c = read_site_config(write(text));
     ASSERT_FALSE(c) << text;
     EXPECT_NE(c.error().message.find(expected), std::string::npos) << c.error().message;
   }
+}
+
+TEST_F(SiteConfigTest, APacsSiteReadsItsCredentialsFromAFileOnlyItsOwnerReads) {
+  ASSERT_TRUE(files::write_secret(dir_ / "pacs.credentials", "fedda:s3cr:et\n"));
+  auto c = read_site_config(write("site_id: a\ncoordinator: tcp://h:1\ndata_layout: pacs\npacs:\n"
+                                  "  dicomweb: http://127.0.0.1:8042/dicom-web\n  credentials_file: pacs.credentials\n"
+                                  "  study_dates: 20170101-\n  accession_numbers: [A1, A2]\n"));
+  ASSERT_TRUE(c) << c.error().message;
+  EXPECT_EQ(c->pacs.user, "fedda");
+  EXPECT_EQ(c->pacs.password, "s3cr:et");  // only the first colon splits
+  EXPECT_EQ(c->pacs.study_dates, "20170101-");
+  EXPECT_EQ(c->pacs.accession_numbers, (std::vector<std::string>{"A1", "A2"}));
+  EXPECT_TRUE(c->data.empty());
 }
 
 TEST_F(SiteConfigTest, CheckListsEveryBrokenSubject) {

@@ -23,6 +23,9 @@
 //             each checked (missing slices, uneven spacing) and converted once with dcm2niix
 //             into the cache, reused while the series is unchanged; labels only from NIfTI
 //             (dicom_labels: a folder of <subject>.nii.gz).
+//   pacs      a PACS over DICOMweb (pacs.h): the studies it selects, their series that match
+//             dicom_flair or dicom_t1, retrieved once into the cache (cache/pacs/) and from
+//             there read exactly as the dicom layout reads a folder.
 //
 // Only paths are returned; nothing is read. Whatever the index leaves out it names, with the
 // reason, so a site administrator sees why a scan is not used (fedda-agent check).
@@ -34,6 +37,7 @@
 
 #include "fedda/common/result.h"
 #include "fedda/imaging/dataset.h"
+#include "fedda/imaging/pacs.h"
 
 namespace fedda::imaging {
 
@@ -46,7 +50,8 @@ struct DataSource {
   std::string dicom_flair = "flair";  // dicom: SeriesDescription rule of the FLAIR series
   std::string dicom_t1 = "t1";        // dicom: ... of the T1 series (tried on series the FLAIR rule did not take)
   std::filesystem::path dicom_labels; // dicom: <subject>.nii.gz label maps (empty: none)
-  std::filesystem::path cache;        // dicom: where converted series are kept (required)
+  std::filesystem::path cache;        // dicom, pacs: where converted (and retrieved) series are kept (required)
+  PacsSource pacs;                    // pacs: the PACS and which studies (path is not used)
 };
 
 struct IgnoredFile {

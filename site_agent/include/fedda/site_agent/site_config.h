@@ -11,7 +11,13 @@
 //   bids_labels: wmh                    # bids: labels from derivatives/<this>/ (..._mask or ..._dseg); absent: none
 //   dicom_flair: flair                  # dicom: SeriesDescription rule (case-insensitive regex) of the FLAIR series
 //   dicom_t1: t1|mprage                 # dicom: ... of the T1 series
-//   dicom_labels: /srv/labels           # dicom: <subject>.nii.gz label maps (NIfTI); absent: none
+//   dicom_labels: /srv/labels           # dicom, pacs: <subject>.nii.gz label maps (NIfTI); absent: none
+//   pacs:                               # data_layout: pacs (no data key): the PACS over DICOMweb
+//     dicomweb: http://127.0.0.1:8042/dicom-web   # its DICOMweb root (http; a TLS proxy for https)
+//     credentials_file: /etc/fedda/pacs.credentials  # one line USER:PASSWORD, mode 0600; absent: none
+//     modality: MR                      # studies holding this modality
+//     study_dates: 20170101-20171231    # StudyDate range; absent: any
+//     accession_numbers: [A100, A101]   # only these studies; absent: any
 //   cache_dir: /var/lib/fedda/cache     # soft labels; stays on this machine
 //   device: cpu                         # cpu | cuda
 //   threads: 0                          # LibTorch intra-op threads; 0 = its default
@@ -76,7 +82,8 @@ struct SiteConfig {
   std::string bids_labels;                          // bids: derivatives pipeline of the labels
   std::string dicom_flair = "flair";                // dicom: SeriesDescription rules
   std::string dicom_t1 = "t1";
-  std::filesystem::path dicom_labels;               // dicom: <subject>.nii.gz
+  std::filesystem::path dicom_labels;               // dicom, pacs: <subject>.nii.gz
+  imaging::PacsSource pacs;                         // pacs: the PACS, its credentials read from credentials_file
   std::filesystem::path cache_dir;
   std::string device = "cpu";
   std::string precision = "auto";  // auto | float32 | bfloat16 (models/precision.h); a job's explicit choice wins

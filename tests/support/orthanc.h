@@ -1,0 +1,95 @@
+#pragma once
+// A real PACS for tests: Debian's Orthanc with its DICOMweb plugin, started on loopback with a
+// generated configuration (HTTP and DICOM ports on 127.0.0.1, authentication on, storage in a
+// scratch folder), loaded through its REST API.
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include <httplib.h>
+
+#include "support/process.h"
+
+namespace fedda::testing {
+
+// A TCP port on 127.0.0.1 free a moment ago (the kernel's choice for port 0).
+inline int free_loopback_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t n = sizeof a;
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &n);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+class Orthanc {
+ public:
+  static constexpr const char* kUser = "fedda";
+  static constexpr const char* kPassword = "pacs-secret";
+
+  explicit Orthanc(const std::filesystem::path& dir) : dir_(dir) { start(); }
+
+  void start() {
+    http_port_ = free_loopback_port();
+    std::filesystem::create_directories(dir_ / "storage");
+    std::ofstream(dir_ / "orthanc.json") << R"({"Name": "fedda-test", "StorageDirectory": ")" << (dir_ / "storage").string()
+                                         << R"(", "IndexDirectory": ")" << (dir_ / "storage").string() << R"(", "HttpPort": )"
+                                         << http_port_ << R"(, "DicomPort": )" << free_loopback_port()
+                                         << R"(, "RemoteAccessAllowed": false, "AuthenticationEnabled": true,)"
+                                         << R"( "RegisteredUsers": {")" << kUser << R"(": ")" << kPassword << R"("},)"
+                                         << R"( "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"],)"
+                                         << R"( "DicomWeb": {"Enable": true, "Root": "/dicom-web/"}})";
+    process_ = std::make_unique<Process>(std::vector<std::string>{"/usr/sbin/Orthanc", (dir_ / "orthanc.json").string()},
+                                         dir_ / "orthanc.log");
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (std::chrono::steady_clock::now() < until && !client().Get("/system")) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  }
+  void stop() {
+    if (process_) process_->signal(SIGTERM);
+    if (process_) process_->wait(std::chrono::seconds(30));
+    process_.reset();
+  }
+  ~Orthanc() { stop(); }
+
+  bool up() { return static_cast<bool>(client().Get("/system")); }
+  std::string dicomweb() const { return "http://127.0.0.1:" + std::to_string(http_port_) + "/dicom-web"; }
+  httplib::Client client() const {
+    httplib::Client c("127.0.0.1", http_port_);
+    c.set_basic_auth(kUser, kPassword);
+    return c;
+  }
+  // Stores every file under `folder` (POST /instances); the number Orthanc took.
+  int upload(const std::filesystem::path& folder) {
+    int stored = 0;
+    auto c = client();
+    for (const auto& e : std::filesystem::recursive_directory_iterator(folder)) {
+      if (!e.is_regular_file() || e.path().extension() != ".dcm") continue;
+      std::ifstream in(e.path(), std::ios::binary);
+      const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      auto r = c.Post("/instances", bytes, "application/dicom");
+      stored += r && r->status == 200;
+    }
+    return stored;
+  }
+  std::filesystem::path log() const { return dir_ / "orthanc.log"; }
+
+ private:
+  std::filesystem::path dir_;
+  int http_port_ = 0;
+  std::unique_ptr<Process> process_;
+};
+
+}  // namespace fedda::testing
