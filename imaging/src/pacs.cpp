@@ -96,11 +96,15 @@ class DicomWeb {
         continue;
       }
       if (r->status >= 200 && r->status < 300) return *r;
-      failure = "the PACS answered " + std::to_string(r->status) + (r->status == 401 ? " (wrong or missing credentials)" : "") +
-                (r->body.empty() ? "" : ": " + r->body.substr(0, std::min<std::size_t>(r->body.find('\n'), 200)));
+      failure = answer(*r);
       if (r->status < 500) break;  // the request itself is refused: asking again changes nothing
     }
     return make_error("pacs " + url + ": " + failure);
+  }
+
+  static std::string answer(const httplib::Response& r) {
+    return "the PACS answered " + std::to_string(r.status) + (r.status == 401 ? " (wrong or missing credentials)" : "") +
+           (r.body.empty() ? "" : ": " + r.body.substr(0, std::min<std::size_t>(r.body.find('\n'), 200)));
   }
 
   Result<json> query(const std::string& path) {
@@ -114,6 +118,29 @@ class DicomWeb {
     } catch (const std::exception& e) {
       return make_error("pacs " + pacs_.dicomweb + path + ": not a QIDO-RS answer (" + e.what() + ")");
     }
+  }
+
+  // POST of a multipart/related body of DICOM files to `path`; retried as get is.
+  Result<httplib::Response> post_dicom(const std::string& path, const std::vector<std::string>& instances) {
+    const std::string boundary = "fedda-stow-boundary-7f3a9c";
+    std::string body;
+    for (const auto& bytes : instances) body += "--" + boundary + "\r\nContent-Type: application/dicom\r\n\r\n" + bytes + "\r\n";
+    body += "--" + boundary + "--\r\n";
+    const std::string type = "multipart/related; type=\"application/dicom\"; boundary=" + boundary;
+    const std::string url = pacs_.dicomweb + path;
+    std::string failure;
+    for (int attempt = 0; attempt < std::max(1, pacs_.attempts); ++attempt) {
+      if (attempt) std::this_thread::sleep_for(std::chrono::milliseconds(500 << (attempt - 1)));
+      auto r = client_.Post((endpoint_.prefix + path).c_str(), httplib::Headers{{"Accept", "application/dicom+json"}}, body, type.c_str());
+      if (!r) {
+        failure = "cannot reach the PACS (" + httplib::to_string(r.error()) + ")";
+        continue;
+      }
+      if (r->status >= 200 && r->status < 300) return *r;
+      failure = answer(*r);
+      if (r->status < 500) break;
+    }
+    return make_error("pacs " + url + ": " + failure);
   }
 
   // The first part of a WADO-RS multipart/related answer: one instance's DICOM bytes.
@@ -195,6 +222,32 @@ Result<PacsRetrieval> retrieve_from_pacs(const PacsSource& pacs, const std::vect
     }
   }
   return out;
+}
+
+Status store_to_pacs(const PacsSource& pacs, const std::vector<fs::path>& files) {
+  auto endpoint = endpoint_of(pacs.dicomweb);
+  if (!endpoint) return endpoint.error();
+  std::vector<std::string> instances;
+  for (const auto& f : files) {
+    auto bytes = files::read_all(f);
+    if (!bytes) return bytes.error();
+    instances.push_back(std::move(*bytes));
+  }
+  DicomWeb web(pacs, *endpoint);
+  auto r = web.post_dicom("/studies", instances);
+  if (!r) return r.error();
+  // PS3.18 10.5.3: the instances it refused are in the Failed SOP Sequence (0008,1198).
+  try {
+    const auto j = r->body.empty() ? json::object() : json::parse(r->body);
+    const auto failed = j.find("00081198");
+    if (failed != j.end() && failed->contains("Value") && !(*failed)["Value"].empty()) {
+      return make_error("pacs " + pacs.dicomweb + "/studies: the PACS refused " + std::to_string((*failed)["Value"].size()) +
+                        " of " + std::to_string(files.size()) + " instances: " + (*failed)["Value"].dump().substr(0, 300));
+    }
+  } catch (const std::exception& e) {
+    return make_error("pacs " + pacs.dicomweb + "/studies: not a STOW-RS answer (" + std::string(e.what()) + ")");
+  }
+  return Status::success();
 }
 
 }  // namespace fedda::imaging

@@ -101,6 +101,7 @@ Result<SiteConfig> read_site_config(const fs::path& path) {
   policy.get("min_noise_multiplier", p.min_noise_multiplier);
   policy.get("max_delta", p.max_delta);
   policy.get("approval", p.approval);
+  policy.get("write_back", p.write_back);
   if (auto st = m->finish(); !st) return st.error();
   for (const auto& t : p.job_types) {
     if (!protocol::parse_job_type(t)) return fail("policy: job_types: '" + t + "' is not one of teacher, kd, ada, evaluate");
@@ -138,6 +139,7 @@ Result<SiteConfig> read_site_config(const fs::path& path) {
   if ((c.data_layout == "pacs") != !c.pacs.dicomweb.empty()) {
     return fail(c.data_layout == "pacs" ? "data_layout: pacs needs pacs: {dicomweb: URL}" : "pacs: applies to data_layout: pacs only");
   }
+  if (p.write_back && c.data_layout != "pacs") return fail("policy: write_back applies to data_layout: pacs only");
   if (c.data_layout == "pacs" && !data.empty()) return fail("data: does not apply to data_layout: pacs (the PACS is the data)");
   if (!credentials_file.empty()) {
     const fs::path file = fs::path(credentials_file).is_relative() ? (base_of(path) / credentials_file).lexically_normal()

@@ -17,6 +17,7 @@
 #include "fedda/imaging/dicom_results.h"
 #include "fedda/imaging/metrics.h"
 #include "fedda/imaging/nifti_io.h"
+#include "fedda/imaging/pacs.h"
 #include "fedda/imaging/subject_index.h"
 #include "fedda/models/engine.h"
 #include "fedda/site_agent/site_config.h"
@@ -142,6 +143,12 @@ Result<nlohmann::json> segment_site(const SegmentOptions& o) {
   std::string csv = "subject,wmh_volume_ml,lesions,wmh_voxels,segmentation,dicom_seg,dicom_sr\n";
   const int total = static_cast<int>(subjects->size());
   int done = 0;
+  // Results go back to the PACS only where the site's policy says so.
+  const bool store = o.with_dicom && config->data_layout == "pacs" && config->policy.write_back;
+  if (o.with_dicom && config->data_layout == "pacs" && !store) {
+    log->info("the Segmentations and reports stay in {}: the site's policy has no write_back: true", o.out);
+  }
+  report["stored_in_pacs"] = 0;
   for (const auto& subject : *subjects) {
     SegmentOptions one = o;
     one.flair = subject.flair.string();
@@ -151,6 +158,13 @@ Result<nlohmann::json> segment_site(const SegmentOptions& o) {
     one.dicom_seg = dicom ? (fs::path(o.out) / (subject.subject + ".seg.dcm")).string() : "";
     one.dicom_sr = dicom ? (fs::path(o.out) / (subject.subject + ".sr.dcm")).string() : "";
     auto r = segment_files(one, subject.flair_dicom);
+    if (r && store && !one.dicom_seg.empty()) {
+      if (auto st = imaging::store_to_pacs(config->pacs, {one.dicom_seg, one.dicom_sr}); !st) {
+        r = make_error("segmented, but not stored in the PACS: " + st.error().message);
+      } else {
+        report["stored_in_pacs"] = report["stored_in_pacs"].get<int>() + 2;
+      }
+    }
     ++done;
     if (!r) {
       log->warn("subject {} skipped: {}", subject.subject, r.error().message);
@@ -195,7 +209,9 @@ void add_segment_command(CLI::App& app, int& rc) {
   all_option->needs(config_option);
   config_option->needs(all_option);
   auto* with_dicom = segment->add_flag("--with-dicom", o->with_dicom, "--all: also SUBJECT.seg.dcm and SUBJECT.sr.dcm for "
-                                                                      "the subjects read from DICOM series");
+                                                                      "the subjects read from DICOM series; on a pacs site whose "
+                                                                      "policy says write_back: true, both stored back in the PACS "
+                                                                      "(STOW-RS), never otherwise");
   with_dicom->needs(all_option);
   auto* flair_option = segment->add_option("--flair", o->flair, "FLAIR NIfTI");
   auto* t1_option = segment->add_option("--t1", o->t1, "T1 NIfTI, same grid as the FLAIR");
@@ -235,8 +251,9 @@ void add_segment_command(CLI::App& app, int& rc) {
       return;
     }
     if (o->all) {
-      std::printf("%zu subjects segmented into %s, %zu skipped; lesion loads in %s\n", (*report)["subjects"].size(),
-                  o->out.c_str(), (*report)["failed"].size(), (*report)["lesions_csv"].get<std::string>().c_str());
+      std::printf("%zu subjects segmented into %s, %zu skipped; lesion loads in %s; %d objects stored in the PACS\n",
+                  (*report)["subjects"].size(), o->out.c_str(), (*report)["failed"].size(),
+                  (*report)["lesions_csv"].get<std::string>().c_str(), (*report)["stored_in_pacs"].get<int>());
       return;
     }
     std::printf("wrote %s: WMH %.2f mL in %u lesions (%zu voxels)\n", o->out.c_str(), (*report)["wmh_volume_ml"].get<double>(),

@@ -12,10 +12,13 @@
 
 #include <iostream>
 #include <regex>
+#include <set>
 
 #include <nlohmann/json.hpp>
 
 #include "fedda/imaging/dicom.h"
+#include "fedda/imaging/dicom_results.h"
+#include "fedda/imaging/metrics.h"
 #include "fedda/imaging/nifti_io.h"
 #include "fedda/simulation/generator.h"
 #include "support/orthanc.h"
@@ -419,6 +422,33 @@ TEST_F(SubjectIndexTest, APacsOverDicomWebGivesTheSameSubjectsAsTheFolderItWasLo
   ASSERT_FALSE(refused);
   EXPECT_NE(refused.error().message.find("answered 401 (wrong or missing credentials)"), std::string::npos) << refused.error().message;
   EXPECT_NE(refused.error().message.find(orthanc.dicomweb() + "/studies"), std::string::npos) << refused.error().message;
+
+  // Results stored back (STOW-RS): a Segmentation and its report land in the subject's study.
+  const auto& first = index->subjects[0];
+  LabelMap lesion(read_geometry(first.flair).value());
+  lesion.at(lesion.geometry.size[0] / 2, lesion.geometry.size[1] / 2, lesion.geometry.size[2] / 2) = kWmh;
+  ResultProvenance provenance;
+  provenance.version = "test";
+  provenance.model_sha256 = std::string(64, 'b');
+  ASSERT_TRUE(write_dicom_seg(lesion, first.flair_dicom, provenance, dir_ / "seg.dcm"));
+  ASSERT_TRUE(write_dicom_sr(summarize_lesions(lesion), dir_ / "seg.dcm", provenance, dir_ / "sr.dcm"));
+  auto stored = store_to_pacs(pacs.pacs, {dir_ / "seg.dcm", dir_ / "sr.dcm"});
+  ASSERT_TRUE(stored) << stored.error().message;
+  auto c = orthanc.client();
+  auto found = c.Get("/dicom-web/studies?PatientID=" + first.subject);
+  ASSERT_TRUE(found);
+  const auto studies = nlohmann::json::parse(found->body);
+  ASSERT_EQ(studies.size(), 1u) << studies.dump();
+  const std::string study_uid = studies[0]["0020000D"]["Value"][0];
+  auto series = c.Get("/dicom-web/studies/" + study_uid + "/series");
+  ASSERT_TRUE(series);
+  std::set<std::string> modalities;
+  for (const auto& s : nlohmann::json::parse(series->body)) modalities.insert(s["00080060"]["Value"][0].get<std::string>());
+  EXPECT_EQ(modalities, (std::set<std::string>{"MR", "SEG", "SR"}));
+  // Refused by the PACS: named (Orthanc refuses a file that is not DICOM).
+  std::ofstream(dir_ / "junk.dcm") << std::string(200, 'x');
+  auto junk = store_to_pacs(pacs.pacs, {dir_ / "junk.dcm"});
+  EXPECT_FALSE(junk);
 
   // The PACS gone: named after its retries, the cached series untouched.
   orthanc.stop();

@@ -13,6 +13,7 @@
 #include "fedda/common/protocol.h"
 #include "fedda/imaging/metrics.h"
 #include "fedda/imaging/nifti_io.h"
+#include "support/orthanc.h"
 #include "support/process.h"
 #include "support/test_support.h"
 
@@ -113,6 +114,42 @@ TEST(FeddaAgentCli, CentralizedCellThenSegment) {
   const auto loads = files::read_all(dir / "all/lesions.csv");
   ASSERT_TRUE(loads);
   EXPECT_EQ(loads->rfind("subject,wmh_volume_ml,lesions,wmh_voxels,segmentation,dicom_seg,dicom_sr\n101,", 0), 0u) << *loads;
+
+  // The same site in its PACS (a real Orthanc on loopback): results go back there only when the
+  // site's policy says write_back: true.
+  testing::Orthanc orthanc(dir / "orthanc");
+  ASSERT_TRUE(orthanc.up()) << testing::read_text(orthanc.log());
+  ASSERT_GT(orthanc.upload(dir / "dicom/amsterdam/101"), 0);
+  ASSERT_TRUE(files::write_secret(dir / "pacs.credentials", std::string(testing::Orthanc::kUser) + ":" + testing::Orthanc::kPassword + "\n"));
+  const auto pacs_site = [&](bool write_back) {
+    const auto path = dir / (write_back ? "pacs-back.yaml" : "pacs.yaml");
+    std::ofstream(path) << "site_id: amsterdam\ncoordinator: tcp://127.0.0.1:1\ndata_layout: pacs\npacs:\n  dicomweb: "
+                        << orthanc.dicomweb() << "\n  credentials_file: pacs.credentials\ncache_dir: " << (dir / "cache-pacs").string()
+                        << "\npolicy: {write_back: " << (write_back ? "true" : "false") << "}\n";
+    return path.string();
+  };
+  const auto modalities = [&]() {
+    auto c = orthanc.client();
+    std::multiset<std::string> found;
+    auto studies = c.Get("/dicom-web/studies?PatientID=101");
+    if (!studies) return found;
+    for (const auto& study : nlohmann::json::parse(studies->body)) {
+      auto series = c.Get("/dicom-web/studies/" + study["0020000D"]["Value"][0].get<std::string>() + "/series");
+      for (const auto& s : nlohmann::json::parse(series->body)) found.insert(s["00080060"]["Value"][0].get<std::string>());
+    }
+    return found;
+  };
+  auto kept = run_command(bin("fedda-agent").string() + " segment --model " + (dir / "cell/model.pt").string() + " --all --config " +
+                          pacs_site(false) + " --with-dicom --out " + (dir / "pacs-out").string());
+  ASSERT_EQ(kept.exit_code, 0) << kept.output;
+  EXPECT_NE(kept.output.find("the site's policy has no write_back: true"), std::string::npos) << kept.output;
+  EXPECT_NE(kept.output.find("0 objects stored in the PACS"), std::string::npos) << kept.output;
+  EXPECT_EQ(modalities(), (std::multiset<std::string>{"MR", "MR"}));
+  auto back = run_command(bin("fedda-agent").string() + " segment --model " + (dir / "cell/model.pt").string() + " --all --config " +
+                          pacs_site(true) + " --with-dicom --out " + (dir / "pacs-out").string());
+  ASSERT_EQ(back.exit_code, 0) << back.output;
+  EXPECT_NE(back.output.find("2 objects stored in the PACS"), std::string::npos) << back.output;
+  EXPECT_EQ(modalities(), (std::multiset<std::string>{"MR", "MR", "SEG", "SR"}));
 }
 
 // Sites whose scans are a BIDS dataset, a datalist and DICOM series, as fedda-sim writes them:

@@ -1,8 +1,9 @@
 #pragma once
 // A PACS as a site's data source, over DICOMweb: QIDO-RS finds the studies and series, WADO-RS
 // retrieves their instances into the site's cache, where the DICOM layout's checks and
-// conversion take over (subject_index.h, data_layout pacs). Only reads: nothing is written to the
-// PACS here. Plain HTTP with basic authentication (cpp-httplib stays inside the .cpp); a PACS
+// conversion take over (subject_index.h, data_layout pacs); STOW-RS stores results back, which
+// only store_to_pacs does, and the agent calls it only where the site's policy says write_back.
+// Plain HTTP with basic authentication (cpp-httplib stays inside the .cpp); a PACS
 // reached over TLS needs a TLS proxy on loopback for now.
 
 #include <filesystem>
@@ -35,5 +36,9 @@ struct PacsRetrieval {
 // why it could not be reached.
 Result<PacsRetrieval> retrieve_from_pacs(const PacsSource& pacs, const std::vector<std::regex>& series_rules,
                                          const std::filesystem::path& folder);
+
+// Stores `files` (DICOM files: a Segmentation, a report) with one STOW-RS request. Error names
+// the URL and the PACS's answer, or each instance it refused.
+Status store_to_pacs(const PacsSource& pacs, const std::vector<std::filesystem::path>& files);
 
 }  // namespace fedda::imaging

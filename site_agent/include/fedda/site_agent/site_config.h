@@ -39,6 +39,8 @@
 //     quality_reports: true             # evaluation rounds: a label-free quality report in
 //                                       # cache_dir/reports/<job>/, only its aggregates sent
 //     approval: auto                    # auto | manual (fedda-agent pending / approve / refuse)
+//     write_back: false                 # data_layout pacs: segment --all --with-dicom stores each
+//                                       # Segmentation and report back in the PACS (STOW-RS)
 //
 // Relative paths are relative to the config file. Unknown keys are errors.
 
@@ -65,6 +67,7 @@ struct SitePolicy {
   bool quality_reports = true;               // evaluation rounds: a local quality report (monitor.h), its
                                              // aggregates sent with the evaluation
   std::string approval = "auto";             // auto | manual
+  bool write_back = false;                   // pacs: results stored back in the PACS; nothing is written there otherwise
   // Differential privacy: training on this site's patients only under DP-SGD spending at most
   // this epsilon over the job (0: no ceiling; a job without dp is refused when one is set), with
   // at least this noise multiplier (0: any).
