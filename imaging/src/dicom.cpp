@@ -72,7 +72,7 @@ Status write_dicom_series(const Image& image, const fs::path& dir, const DicomSe
   gdcm::UIDGenerator uids;
   const std::string study = tags.study_uid.empty() ? uids.Generate() : tags.study_uid;
   const std::string series = uids.Generate();
-  const std::string frame_of_reference = uids.Generate();
+  const std::string frame_of_reference = tags.frame_of_reference_uid.empty() ? uids.Generate() : tags.frame_of_reference_uid;
   // Columns of the direction matrix: the in-plane axes and the slice axis (LPS, as ITK's).
   const auto column = [&](int c) { return std::array<double, 3>{g.direction[c], g.direction[3 + c], g.direction[6 + c]}; };
   const auto row_dir = column(0), col_dir = column(1), slice_dir = column(2);

@@ -111,6 +111,18 @@ Result<SourceSeries> load_series(const std::vector<fs::path>& files) {
       return make_error(file.string() + ": " + std::to_string(rows) + "x" + std::to_string(columns) +
                         " pixels where the series' first slice has " + std::to_string(series.rows) + "x" +
                         std::to_string(series.columns));
+    } else {
+      // One Segmentation's frames share one orientation and pixel spacing.
+      for (int i = 0; i < 6; ++i) {
+        if (std::abs(orientation[i] - series.orientation[i]) > 1e-4) {
+          return make_error(file.string() + ": ImageOrientationPatient differs from the series' first slice");
+        }
+      }
+      for (int i = 0; i < 2; ++i) {
+        if (std::abs(spacing[i] - series.spacing[i]) > 1e-4 * std::max(1.0, series.spacing[i])) {
+          return make_error(file.string() + ": PixelSpacing differs from the series' first slice");
+        }
+      }
     }
     s.position = position_of(*s.dataset);
     series.slices.push_back(std::move(s));
@@ -120,6 +132,12 @@ Result<SourceSeries> load_series(const std::vector<fs::path>& files) {
   for (auto& s : series.slices) s.along_normal = s.position[0] * normal[0] + s.position[1] * normal[1] + s.position[2] * normal[2];
   std::sort(series.slices.begin(), series.slices.end(),
             [](const SourceSlice& a, const SourceSlice& b) { return a.along_normal < b.along_normal; });
+  for (std::size_t i = 1; i < series.slices.size(); ++i) {
+    if (series.slices[i].along_normal - series.slices[i - 1].along_normal < 1e-3) {
+      return make_error(series.slices[i].file.string() + " and " + series.slices[i - 1].file.string() +
+                        " lie at the same position (echoes or repeats are not one series to segment)");
+    }
+  }
   return series;
 }
 
@@ -291,11 +309,15 @@ Result<WrittenObject> write_dicom_seg(const LabelMap& labels, const std::vector<
     per_frame.push_back(&content_of_frame);
     per_frame.push_back(&derivation);
     FEDDA_DCMTK(where + ": adding its frame", seg->addFrame((*frames)[i].data(), segment_number, per_frame));
-    references.add(new IODImageReference(text(slice, DCM_PatientID).c_str(), text(slice, DCM_StudyInstanceUID).c_str(),
-                                         text(slice, DCM_SeriesInstanceUID).c_str(), text(slice, DCM_SOPInstanceUID).c_str(),
-                                         text(slice, DCM_SOPClassUID).c_str()));
+    auto reference = std::make_unique<IODImageReference>(
+        text(slice, DCM_PatientID).c_str(), text(slice, DCM_StudyInstanceUID).c_str(), text(slice, DCM_SeriesInstanceUID).c_str(),
+        text(slice, DCM_SOPInstanceUID).c_str(), text(slice, DCM_SOPClassUID).c_str());
+    if (!references.add(reference.get())) return make_error(where + ": its UIDs cannot be referenced (one is empty or invalid)");
+    reference.release();  // the references own it now
   }
-  seg->getCommonInstanceReference().addReferences(references, text(first, DCM_StudyInstanceUID).c_str());
+  if (seg->getCommonInstanceReference().addReferences(references, text(first, DCM_StudyInstanceUID).c_str()) != series->slices.size()) {
+    return make_error(what + ": not every slice could be listed in the Common Instance Reference");
+  }
 
   DcmFileFormat file;
   FEDDA_DCMTK(what + ": encoding", seg->writeDataset(*file.getDataset()));
@@ -383,8 +405,9 @@ Result<SegmentationRead> read_dicom_seg(const fs::path& path) {
   out.study_instance_uid = text(dataset, DCM_StudyInstanceUID);
   out.frame_of_reference_uid = text(dataset, DCM_FrameOfReferenceUID);
   DcmSegmentation* loaded = nullptr;
-  FEDDA_DCMTK(path.string() + ": not a DICOM Segmentation DCMTK reads", DcmSegmentation::loadDataset(dataset, loaded));
-  std::unique_ptr<DcmSegmentation> seg(loaded);
+  const OFCondition condition = DcmSegmentation::loadDataset(dataset, loaded);
+  std::unique_ptr<DcmSegmentation> seg(loaded);  // handed back even when reading it failed
+  if (condition.bad()) return dcmtk_error(path.string() + ": not a DICOM Segmentation DCMTK reads", condition);
   if (seg->getSegmentationType() != DcmSegTypes::ST_BINARY) return make_error(path.string() + ": not a binary Segmentation");
   if (auto* segment = seg->getSegment(1)) {
     OFString label;

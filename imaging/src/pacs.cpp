@@ -36,9 +36,12 @@ bool is_uid(const std::string& uid) {
 
 // The first value of a DICOM JSON attribute (PS3.18 F.2), "" when absent.
 std::string first_value(const json& dataset, const char* tag) {
+  if (!dataset.is_object()) return "";
   const auto it = dataset.find(tag);
-  if (it == dataset.end() || !it->contains("Value") || (*it)["Value"].empty()) return "";
-  const auto& v = (*it)["Value"][0];
+  if (it == dataset.end() || !it->is_object()) return "";
+  const auto value = it->find("Value");
+  if (value == it->end() || !value->is_array() || value->empty()) return "";
+  const auto& v = value->front();
   return v.is_string() ? v.get<std::string>() : v.dump();
 }
 
@@ -59,17 +62,21 @@ Result<Endpoint> endpoint_of(const std::string& url) {
   const auto rest = url.substr(scheme.size());
   const auto slash = rest.find('/');
   const auto authority = rest.substr(0, slash);
+  if (authority.find('@') != std::string::npos) {
+    return make_error("pacs dicomweb: a user or password in the URL is refused (it would be logged); put them in "
+                      "credentials_file");
+  }
   Endpoint e;
   e.prefix = slash == std::string::npos ? "" : rest.substr(slash);
   while (!e.prefix.empty() && e.prefix.back() == '/') e.prefix.pop_back();
   const auto colon = authority.rfind(':');
   e.host = authority.substr(0, colon);
   if (colon != std::string::npos) {
-    try {
-      e.port = std::stoi(authority.substr(colon + 1));
-    } catch (...) {
+    const auto port = authority.substr(colon + 1);
+    if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos) {
       return make_error("pacs dicomweb '" + url + "': the port is not a number");
     }
+    e.port = std::stoi(port);
   }
   if (e.host.empty() || e.port <= 0 || e.port > 65535) return make_error("pacs dicomweb '" + url + "' names no host and port");
   return e;
@@ -122,7 +129,10 @@ class DicomWeb {
 
   // POST of a multipart/related body of DICOM files to `path`; retried as get is.
   Result<httplib::Response> post_dicom(const std::string& path, const std::vector<std::string>& instances) {
-    const std::string boundary = "fedda-stow-boundary-7f3a9c";
+    std::string boundary = "fedda-stow-boundary-7f3a9c";
+    for (const auto& bytes : instances) {
+      while (bytes.find(boundary) != std::string::npos) boundary += "x";  // never inside a part
+    }
     std::string body;
     for (const auto& bytes : instances) body += "--" + boundary + "\r\nContent-Type: application/dicom\r\n\r\n" + bytes + "\r\n";
     body += "--" + boundary + "--\r\n";
@@ -137,10 +147,28 @@ class DicomWeb {
         continue;
       }
       if (r->status >= 200 && r->status < 300) return *r;
-      failure = answer(*r);
+      failure = answer(*r) + refused_instances(r->body);
       if (r->status < 500) break;
     }
     return make_error("pacs " + url + ": " + failure);
+  }
+
+  // The instances a STOW-RS answer lists as failed (Failed SOP Sequence (0008,1198): the SOP
+  // instance (0008,1155) and its Failure Reason (0008,1197)), as "; refused UID (reason N)";
+  // empty when it lists none.
+  static std::string refused_instances(const std::string& body) {
+    std::string out;
+    try {
+      const auto j = json::parse(body);
+      if (!j.is_object() || !j.contains("00081198") || !j["00081198"].is_object()) return "";
+      const auto& failed = j["00081198"];
+      if (!failed.contains("Value") || !failed["Value"].is_array()) return "";
+      for (const auto& item : failed["Value"]) {
+        out += "; refused " + first_value(item, "00081155") + " (failure reason " + first_value(item, "00081197") + ")";
+      }
+    } catch (const json::exception&) {
+    }
+    return out;
   }
 
   // The first part of a WADO-RS multipart/related answer: one instance's DICOM bytes.
@@ -148,11 +176,15 @@ class DicomWeb {
     auto r = get(path, "multipart/related; type=\"application/dicom\"");
     if (!r) return r.error();
     const auto type = r->get_header_value("Content-Type");
-    const auto at = type.find("boundary=");
+    std::string lower = type;
+    for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    const auto at = lower.find("boundary=");
     if (at == std::string::npos) return make_error("pacs " + pacs_.dicomweb + path + ": answer is not multipart (" + type + ")");
     std::string boundary = type.substr(at + 9);
     boundary = boundary.substr(0, boundary.find(';'));
-    if (boundary.size() >= 2 && boundary.front() == '"') boundary = boundary.substr(1, boundary.size() - 2);
+    while (!boundary.empty() && (boundary.back() == ' ' || boundary.back() == '\t')) boundary.pop_back();
+    if (boundary.size() >= 2 && boundary.front() == '"' && boundary.back() == '"') boundary = boundary.substr(1, boundary.size() - 2);
+    if (boundary.empty()) return make_error("pacs " + pacs_.dicomweb + path + ": a multipart answer without a boundary");
     const auto& body = r->body;
     const auto start = body.find("--" + boundary);
     const auto headers_end = start == std::string::npos ? std::string::npos : body.find("\r\n\r\n", start);
@@ -171,10 +203,8 @@ class DicomWeb {
   httplib::Client client_;
 };
 
-}  // namespace
-
-Result<PacsRetrieval> retrieve_from_pacs(const PacsSource& pacs, const std::vector<std::regex>& series_rules,
-                                         const fs::path& folder) {
+// The retrieval itself; retrieve_from_pacs turns what it throws into an error.
+Result<PacsRetrieval> retrieve(const PacsSource& pacs, const std::vector<std::regex>& series_rules, const fs::path& folder) {
   auto endpoint = endpoint_of(pacs.dicomweb);
   if (!endpoint) return endpoint.error();
   DicomWeb web(pacs, *endpoint);
@@ -191,11 +221,14 @@ Result<PacsRetrieval> retrieve_from_pacs(const PacsSource& pacs, const std::vect
       const auto study_uid = first_value(study, "0020000D");
       if (!is_uid(study_uid)) continue;
       ++out.studies;
+      out.study_uids.push_back(study_uid);
       auto series_list = web.query("/studies/" + study_uid + "/series");
       if (!series_list) return series_list.error();
       for (const auto& series : *series_list) {
         const auto series_uid = first_value(series, "0020000E");
         const auto description = first_value(series, "0008103E");
+        const auto modality = first_value(series, "00080060");
+        if (!modality.empty() && modality != pacs.modality) continue;  // a Segmentation or report in the study
         bool wanted = false;
         for (const auto& rule : series_rules) wanted = wanted || std::regex_search(description, rule);
         if (!is_uid(series_uid) || !wanted) continue;
@@ -224,6 +257,17 @@ Result<PacsRetrieval> retrieve_from_pacs(const PacsSource& pacs, const std::vect
   return out;
 }
 
+}  // namespace
+
+Result<PacsRetrieval> retrieve_from_pacs(const PacsSource& pacs, const std::vector<std::regex>& series_rules,
+                                         const fs::path& folder) {
+  try {
+    return retrieve(pacs, series_rules, folder);
+  } catch (const std::exception& e) {  // an answer of a shape no check above foresaw
+    return make_error("pacs " + pacs.dicomweb + ": an answer fedda cannot read (" + std::string(e.what()) + ")");
+  }
+}
+
 Status store_to_pacs(const PacsSource& pacs, const std::vector<fs::path>& files) {
   auto endpoint = endpoint_of(pacs.dicomweb);
   if (!endpoint) return endpoint.error();
@@ -236,16 +280,10 @@ Status store_to_pacs(const PacsSource& pacs, const std::vector<fs::path>& files)
   DicomWeb web(pacs, *endpoint);
   auto r = web.post_dicom("/studies", instances);
   if (!r) return r.error();
-  // PS3.18 10.5.3: the instances it refused are in the Failed SOP Sequence (0008,1198).
-  try {
-    const auto j = r->body.empty() ? json::object() : json::parse(r->body);
-    const auto failed = j.find("00081198");
-    if (failed != j.end() && failed->contains("Value") && !(*failed)["Value"].empty()) {
-      return make_error("pacs " + pacs.dicomweb + "/studies: the PACS refused " + std::to_string((*failed)["Value"].size()) +
-                        " of " + std::to_string(files.size()) + " instances: " + (*failed)["Value"].dump().substr(0, 300));
-    }
-  } catch (const std::exception& e) {
-    return make_error("pacs " + pacs.dicomweb + "/studies: not a STOW-RS answer (" + std::string(e.what()) + ")");
+  // PS3.18 10.5.3: a 200 may still list instances it refused.
+  if (const auto refused = DicomWeb::refused_instances(r->body); !refused.empty()) {
+    return make_error("pacs " + pacs.dicomweb + "/studies: the PACS stored only part of " + std::to_string(files.size()) +
+                      " instances" + refused);
   }
   return Status::success();
 }

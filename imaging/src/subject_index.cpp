@@ -483,6 +483,15 @@ Result<SubjectIndex> index_pacs(const DataSource& s) {
   const auto folder = s.cache / "pacs";
   auto retrieved = retrieve_from_pacs(s.pacs, rules, folder);
   if (!retrieved) return retrieved.error();
+  // The cache holds what the selection holds now: a study the filter no longer selects (or the
+  // PACS no longer has) is not a subject any more.
+  const std::set<std::string> selected(retrieved->study_uids.begin(), retrieved->study_uids.end());
+  std::error_code ec;
+  std::vector<fs::path> dropped;
+  for (const auto& e : fs::directory_iterator(folder, ec)) {
+    if (e.is_directory(ec) && !selected.count(e.path().filename().string())) dropped.push_back(e.path());
+  }
+  for (const auto& d : dropped) fs::remove_all(d, ec);
   if (retrieved->instances == 0) {
     return make_error("pacs " + s.pacs.dicomweb + ": no series matching dicom_flair ('" + s.dicom_flair + "') or dicom_t1 ('" +
                       s.dicom_t1 + "') in " + std::to_string(retrieved->studies) + " selected studies");
@@ -603,32 +612,35 @@ Status write_layout(const fs::path& wmh_clinic, const std::string& layout, const
       tags.patient_id = s.subject;
       tags.patient_name = s.clinic + "^" + s.subject;
       tags.study_uid = new_dicom_uid();
+      tags.frame_of_reference_uid = new_dicom_uid();  // FLAIR and T1 on one grid: one space
       tags.accession_number = ("A" + s.subject).substr(0, 16);
-      tags.series_description = "AX T2 FLAIR";
-      tags.series_number = 3;
-      tags.scanning_sequence = "SE\\IR";
-      tags.sequence_variant = "SK";
-      tags.acquisition_type = "2D";
-      tags.repetition_time_ms = 11000;
-      tags.echo_time_ms = 125;
-      tags.inversion_time_ms = 2800;
-      if (auto st = write_dicom_series(subject->flair, out / s.subject / "FLAIR", tags); !st) return st;
-      tags.series_description = "AX T1 3D";
-      tags.series_number = 5;
-      tags.scanning_sequence = "GR\\IR";
-      tags.sequence_variant = "SP\\MP";
-      tags.acquisition_type = "3D";
-      tags.repetition_time_ms = 7.9;
-      tags.echo_time_ms = 4.5;
-      tags.inversion_time_ms = 450;
-      if (auto st = write_dicom_series(subject->t1, out / s.subject / "T1", tags); !st) return st;
+      // The two acquisitions as a 3 T scanner's protocol would name and time them.
+      struct Acquisition {
+        const Image& image;
+        const char *folder, *description;
+        int number;
+        const char *sequence, *variant, *type;
+        double tr, te, ti;
+      };
+      for (const auto& a : {Acquisition{subject->flair, "FLAIR", "AX T2 FLAIR", 3, "SE\\IR", "SK", "2D", 11000, 125, 2800},
+                            Acquisition{subject->t1, "T1", "AX T1 3D", 5, "GR\\IR", "SP\\MP", "3D", 7.9, 4.5, 450}}) {
+        tags.series_description = a.description;
+        tags.series_number = a.number;
+        tags.scanning_sequence = a.sequence;
+        tags.sequence_variant = a.variant;
+        tags.acquisition_type = a.type;
+        tags.repetition_time_ms = a.tr;
+        tags.echo_time_ms = a.te;
+        tags.inversion_time_ms = a.ti;
+        if (auto st = write_dicom_series(a.image, out / s.subject / a.folder, tags); !st) return st;
+      }
       if (s.labels) {
         if (auto st = copy_scan(*s.labels, out / "labels" / (s.subject + ".nii.gz")); !st) return st;
       }
     }
     return Status::success();
   }
-  return make_error("data layout '" + layout + "' is not one of wmh, bids, datalist, dicom");
+  return make_error("data layout '" + layout + "' is not one of wmh, bids, datalist, dicom (a layout to write)");
 }
 
 }  // namespace fedda::imaging

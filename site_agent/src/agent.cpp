@@ -285,7 +285,7 @@ struct Agent::Impl {
       stop_worker(true);
       return 1;
     }
-    log->info("site {}: data {} ({} layout); connecting to {}", config.site_id, config.data.string(), config.data_layout,
+    log->info("site {}: data {} ({} layout); connecting to {}", config.site_id, data_location(config), config.data_layout,
               config.coordinator);
 
     SecureRounds secure(config.site_id, site_kit);

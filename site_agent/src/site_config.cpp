@@ -194,6 +194,8 @@ Result<SiteConfig> read_site_config(const fs::path& path) {
   return c;
 }
 
+std::string data_location(const SiteConfig& c) { return c.data_layout == "pacs" ? c.pacs.dicomweb : c.data.string(); }
+
 Result<imaging::SubjectIndex> site_subject_index(const SiteConfig& c) {
   imaging::DataSource source;
   source.layout = c.data_layout;

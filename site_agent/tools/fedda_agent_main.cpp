@@ -37,7 +37,7 @@ bool has_subjects_or_may_join(const site_agent::SiteConfig& config, const std::s
   auto index = site_agent::site_subject_index(config);
   if (index && !index->subjects.empty()) return true;
   const std::string why = index ? std::to_string(index->ignored.size()) + " files or folders left out" : index.error().message;
-  const std::string what = "site " + config.site_id + ": no usable subject in " + config.data.string() + " (" +
+  const std::string what = "site " + config.site_id + ": no usable subject in " + site_agent::data_location(config) + " (" +
                            config.data_layout + " layout; " + why + "); `fedda-agent check --config " + config_path +
                            "` lists what was found and why it was left out";
   if (!allow_no_subjects) {
@@ -118,7 +118,7 @@ int main(int argc, char** argv) {
     if (!config) return;
     const auto report = site_agent::check_site(*config);
     std::cout << "site " << config->site_id << ": coordinator " << config->coordinator << ", data "
-              << (config->data_layout == "pacs" ? config->pacs.dicomweb : config->data.string()) << " (" << config->data_layout << " layout), device " << config->device << "\n";
+              << site_agent::data_location(*config) << " (" << config->data_layout << " layout), device " << config->device << "\n";
     for (const auto& f : report.found) std::cout << "subject " << f << "\n";
     for (const auto& i : report.ignored) std::cout << "ignored: " << i << "\n";
     // What was counted and what was not: a subject with a problem, and files or folders left out.

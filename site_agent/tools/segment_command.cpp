@@ -158,13 +158,6 @@ Result<nlohmann::json> segment_site(const SegmentOptions& o) {
     one.dicom_seg = dicom ? (fs::path(o.out) / (subject.subject + ".seg.dcm")).string() : "";
     one.dicom_sr = dicom ? (fs::path(o.out) / (subject.subject + ".sr.dcm")).string() : "";
     auto r = segment_files(one, subject.flair_dicom);
-    if (r && store && !one.dicom_seg.empty()) {
-      if (auto st = imaging::store_to_pacs(config->pacs, {one.dicom_seg, one.dicom_sr}); !st) {
-        r = make_error("segmented, but not stored in the PACS: " + st.error().message);
-      } else {
-        report["stored_in_pacs"] = report["stored_in_pacs"].get<int>() + 2;
-      }
-    }
     ++done;
     if (!r) {
       log->warn("subject {} skipped: {}", subject.subject, r.error().message);
@@ -176,9 +169,17 @@ Result<nlohmann::json> segment_site(const SegmentOptions& o) {
       csv += subject.subject + "," + volume + "," + std::to_string((*r)["lesions"].get<unsigned>()) + "," +
              std::to_string((*r)["wmh_voxels"].get<std::size_t>()) + "," + one.out + "," + one.dicom_seg + "," + one.dicom_sr + "\n";
       report["subjects"].push_back(std::move(*r));
+      if (store && !one.dicom_seg.empty()) {  // segmented and written whatever the PACS says
+        if (auto st = imaging::store_to_pacs(config->pacs, {one.dicom_seg, one.dicom_sr}); !st) {
+          log->warn("subject {}: segmented, but not stored in the PACS: {}", subject.subject, st.error().message);
+          report["failed"].push_back({{"subject", subject.subject}, {"reason", "not stored in the PACS: " + st.error().message}});
+        } else {
+          report["stored_in_pacs"] = report["stored_in_pacs"].get<int>() + 2;
+        }
+      }
     }
     log->info("{} of {} subjects segmented{}", done, total,
-              report["failed"].empty() ? "" : " (" + std::to_string(report["failed"].size()) + " skipped)");
+              report["failed"].empty() ? "" : " (" + std::to_string(report["failed"].size()) + " failed)");
   }
   if (auto st = files::write_atomically(fs::path(o.out) / "lesions.csv", csv); !st) return st.error();
   report["lesions_csv"] = (fs::path(o.out) / "lesions.csv").string();
@@ -251,7 +252,7 @@ void add_segment_command(CLI::App& app, int& rc) {
       return;
     }
     if (o->all) {
-      std::printf("%zu subjects segmented into %s, %zu skipped; lesion loads in %s; %d objects stored in the PACS\n",
+      std::printf("%zu subjects segmented into %s, %zu failures; lesion loads in %s; %d objects stored in the PACS\n",
                   (*report)["subjects"].size(), o->out.c_str(), (*report)["failed"].size(),
                   (*report)["lesions_csv"].get<std::string>().c_str(), (*report)["stored_in_pacs"].get<int>());
       return;

@@ -39,6 +39,7 @@
 #include "support/fake_coordinator.h"
 #include "support/fake_sites.h"
 #include "support/federation_fixture.h"
+#include "support/orthanc.h"
 #include "support/process.h"
 #include "support/test_support.h"
 
@@ -266,14 +267,23 @@ TEST_F(Federation, SitesWithThreeDataLayoutsFederateAsTheWmhLayoutDoes) {
   ASSERT_TRUE(imaging::write_layout(data_dir() / "singapore", "datalist", dir_ / "datalist-singapore"));
   // A T2w image fedda does not use: left out, and said so in the agent's log when a job starts.
   std::ofstream(dir_ / "bids-amsterdam" / "sub-100" / "anat" / "sub-100_T2w.nii.gz") << "";
-  const auto run = [&](const std::string& id, bool layouts) {
+  // utrecht's series in a PACS too (a real Orthanc on loopback), for a run with that site on it.
+  testing::Orthanc orthanc(dir_ / "orthanc");
+  ASSERT_TRUE(orthanc.up()) << testing::read_text(orthanc.log());
+  ASSERT_GT(orthanc.upload(dir_ / "dicom-utrecht"), 0);
+  ASSERT_TRUE(files::write_secret(dir_ / "pacs.credentials", std::string(testing::Orthanc::kUser) + ":" + testing::Orthanc::kPassword + "\n"));
+  enum class Utrecht { wmh, dicom, pacs };
+  const auto run = [&](const std::string& id, bool layouts, Utrecht utrecht = Utrecht::dicom) {
     std::map<std::string, double> dice;
     fs::remove(endpoint_file());
     const auto job = kd_job(id, {"utrecht", "amsterdam", "singapore"}, 2, 6, 3, "[amsterdam, singapore]");
     auto coordinator = start_coordinator(job, "tcp://127.0.0.1:0");
     const auto endpoint = wait_for_endpoint();
     std::vector<std::unique_ptr<Process>> agents;
-    site_config_extra_ = layouts ? "data_layout: dicom\ndicom_labels: " + (dir_ / "dicom-utrecht" / "labels").string() + "\n" : "";
+    const auto labels = "dicom_labels: " + (dir_ / "dicom-utrecht" / "labels").string() + "\n";
+    site_config_extra_ = !layouts ? "" : utrecht == Utrecht::pacs ? "data_layout: pacs\npacs:\n  dicomweb: " + orthanc.dicomweb() +
+                                                                          "\n  credentials_file: pacs.credentials\n" + labels
+                                                                    : "data_layout: dicom\n" + labels;
     agents.push_back(start_agent("utrecht", endpoint, layouts ? dir_ / "dicom-utrecht" : fs::path()));
     site_config_extra_ = layouts ? "data_layout: bids\nbids_labels: wmh\n" : "";
     agents.push_back(start_agent("amsterdam", endpoint, layouts ? dir_ / "bids-amsterdam" : fs::path()));
@@ -288,6 +298,9 @@ TEST_F(Federation, SitesWithThreeDataLayoutsFederateAsTheWmhLayoutDoes) {
     return dice;
   };
   const auto wmh = run("kd-wmh-layout", false);
+  const auto from_pacs = run("kd-utrecht-on-a-pacs", true, Utrecht::pacs);
+  EXPECT_NE(testing::read_text(dir_ / "utrecht.log").find("(pacs layout)"), std::string::npos);
+  EXPECT_TRUE(fs::exists(dir_ / "cache-utrecht" / "pacs"));  // retrieved into the site's cache
   const auto mixed = run("kd-three-layouts", true);
   EXPECT_NE(testing::read_text(dir_ / "utrecht.log").find("(dicom layout)"), std::string::npos);
   EXPECT_NE(testing::read_text(dir_ / "amsterdam.log").find("(bids layout)"), std::string::npos);
@@ -295,9 +308,12 @@ TEST_F(Federation, SitesWithThreeDataLayoutsFederateAsTheWmhLayoutDoes) {
   EXPECT_NE(testing::read_text(dir_ / "singapore.log").find("(datalist layout)"), std::string::npos);
   EXPECT_TRUE(fs::exists(dir_ / "cache-utrecht" / "dicom"));  // the converted series stay in the site's cache
   for (const std::string site : {"amsterdam", "singapore"}) {
-    std::cout << site << ": Dice " << wmh.at(site) << " from the WMH layout, " << mixed.at(site) << " from its own\n";
+    std::cout << site << ": Dice " << wmh.at(site) << " from the WMH layout, " << mixed.at(site) << " from its own, "
+              << from_pacs.at(site) << " with utrecht's scans read from the PACS\n";
     EXPECT_GT(wmh.at(site), 0.0);
     EXPECT_NEAR(mixed.at(site), wmh.at(site), 0.01) << site;
+    // The PACS holds the very files of utrecht's DICOM folder: the same result as reading them there.
+    EXPECT_NEAR(from_pacs.at(site), mixed.at(site), 1e-6) << site;
   }
 }
 

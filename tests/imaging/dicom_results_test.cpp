@@ -205,6 +205,12 @@ TEST_F(DicomResults, WhatCannotBeReferencedIsRefusedByName) {
   r = write_dicom_seg(labels_, with_text, provenance_, dir_ / "seg.dcm");
   ASSERT_FALSE(r);
   EXPECT_NE(r.error().message.find("notes.txt: cannot read"), std::string::npos) << r.error().message;
+  // The same slice twice (an echo or a repeat is not one series to segment).
+  auto twice = files_;
+  twice.push_back(files_.front());
+  r = write_dicom_seg(labels_, twice, provenance_, dir_ / "seg.dcm");
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message.find("lie at the same position"), std::string::npos) << r.error().message;
   // A report needs a Segmentation to reference.
   auto sr = write_dicom_sr(summarize_lesions(labels_), files_.front(), provenance_, dir_ / "sr.dcm");
   ASSERT_FALSE(sr);

@@ -413,6 +413,23 @@ TEST_F(SubjectIndexTest, APacsOverDicomWebGivesTheSameSubjectsAsTheFolderItWasLo
   ASSERT_TRUE(only) << only.error().message;
   ASSERT_EQ(only->subjects.size(), 1u);
   EXPECT_EQ(only->subjects[0].subject, folder->subjects[1].subject);
+  // The selection narrowed to another study: the one it no longer selects leaves the cache.
+  one.pacs.accession_numbers = {"A" + folder->subjects[2].subject};
+  only = index_subjects(one);
+  ASSERT_TRUE(only) << only.error().message;
+  ASSERT_EQ(only->subjects.size(), 1u);
+  EXPECT_EQ(only->subjects[0].subject, folder->subjects[2].subject);
+  int studies_cached = 0;
+  for ([[maybe_unused]] const auto& e : fs::directory_iterator(one.cache / "pacs")) ++studies_cached;
+  EXPECT_EQ(studies_cached, 1);
+
+  // A password in the URL is refused before anything is sent, and not repeated.
+  auto in_url = pacs;
+  in_url.pacs.dicomweb = "http://fedda:hunter2@127.0.0.1:1/dicom-web";
+  auto url_refused = index_subjects(in_url);
+  ASSERT_FALSE(url_refused);
+  EXPECT_NE(url_refused.error().message.find("put them in credentials_file"), std::string::npos) << url_refused.error().message;
+  EXPECT_EQ(url_refused.error().message.find("hunter2"), std::string::npos) << url_refused.error().message;
 
   // Wrong credentials: the PACS's 401, named.
   auto wrong = pacs;
@@ -448,16 +465,24 @@ TEST_F(SubjectIndexTest, APacsOverDicomWebGivesTheSameSubjectsAsTheFolderItWasLo
   // Refused by the PACS: named (Orthanc refuses a file that is not DICOM).
   std::ofstream(dir_ / "junk.dcm") << std::string(200, 'x');
   auto junk = store_to_pacs(pacs.pacs, {dir_ / "junk.dcm"});
-  EXPECT_FALSE(junk);
+  ASSERT_FALSE(junk);
+  EXPECT_NE(junk.error().message.find("pacs " + orthanc.dicomweb() + "/studies: "), std::string::npos) << junk.error().message;
 
-  // The PACS gone: named after its retries, the cached series untouched.
+  // The PACS gone: named after its retries, the retrieved series untouched.
+  const auto cached_files = [&] {
+    std::size_t n = 0;
+    for (const auto& e : fs::recursive_directory_iterator(pacs.cache / "pacs")) n += e.is_regular_file();
+    return n;
+  };
+  const auto before = cached_files();
+  EXPECT_EQ(before, static_cast<std::size_t>(files));
   orthanc.stop();
   auto gone = pacs;
   gone.pacs.attempts = 2;
   auto down = index_subjects(gone);
   ASSERT_FALSE(down);
   EXPECT_NE(down.error().message.find("cannot reach the PACS"), std::string::npos) << down.error().message;
-  EXPECT_TRUE(fs::exists(index->subjects[0].flair));
+  EXPECT_EQ(cached_files(), before);
 }
 
 }  // namespace

@@ -209,10 +209,10 @@ TEST(FeddaAgentCli, CheckReadsBidsDatalistAndDicomSitesAndNamesWhatItLeavesOut) 
       << check.output;
   EXPECT_NE(check.output.find("2 of 2 subjects usable"), std::string::npos) << check.output;
 
-  std::ofstream(dir / "wrong.yaml") << "site_id: amsterdam\ncoordinator: tcp://127.0.0.1:1\ndata: x\ndata_layout: pacs\n";
+  std::ofstream(dir / "wrong.yaml") << "site_id: amsterdam\ncoordinator: tcp://127.0.0.1:1\ndata: x\ndata_layout: omr\n";
   check = run_command(bin("fedda-agent").string() + " check --config " + (dir / "wrong.yaml").string());
   EXPECT_NE(check.exit_code, 0);
-  EXPECT_NE(check.output.find("data_layout 'pacs' (choose wmh, bids, datalist or dicom)"), std::string::npos) << check.output;
+  EXPECT_NE(check.output.find("data_layout 'omr' (choose wmh, bids, datalist, dicom or pacs)"), std::string::npos) << check.output;
 }
 
 // Regression (first-month issue): `fedda-agent run` on a data folder with no usable subject

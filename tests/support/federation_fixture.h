@@ -101,7 +101,8 @@ class Federation : public ::testing::Test {
     if (data.empty()) data = data_dir() / site;
     std::ofstream(path) << (kit_.empty() ? "" : "kit: " + (kit_ / "sites" / site).string() + "\nroot_fingerprint: " +
                                                      kit::root_fingerprint(kit_ / "root" / "root.pub").value() + "\n")
-                        << "site_id: " << site << "\ncoordinator: " << endpoint << "\ndata: " << data.string()
+                        << "site_id: " << site << "\ncoordinator: " << endpoint
+                        << (site_config_extra_.find("data_layout: pacs") == std::string::npos ? "\ndata: " + data.string() : "")
                         << "\ncache_dir: " << (dir_ / ("cache-" + site)).string()
                         << "\nthreads: 1\nheartbeat_ms: 200\n"
                         << (site_config_extra_.find("reconnect_") == std::string::npos ? "reconnect_min_ms: 100\nreconnect_max_ms: 1000\n" : "")

@@ -40,22 +40,10 @@ class Orthanc {
 
   explicit Orthanc(const std::filesystem::path& dir) : dir_(dir) { start(); }
 
+  // Starts Orthanc on ports free a moment before; tried again on new ports (up to three times)
+  // when it exits early, as it does when another process took a port in between.
   void start() {
-    http_port_ = free_loopback_port();
-    std::filesystem::create_directories(dir_ / "storage");
-    std::ofstream(dir_ / "orthanc.json") << R"({"Name": "fedda-test", "StorageDirectory": ")" << (dir_ / "storage").string()
-                                         << R"(", "IndexDirectory": ")" << (dir_ / "storage").string() << R"(", "HttpPort": )"
-                                         << http_port_ << R"(, "DicomPort": )" << free_loopback_port()
-                                         << R"(, "RemoteAccessAllowed": false, "AuthenticationEnabled": true,)"
-                                         << R"( "RegisteredUsers": {")" << kUser << R"(": ")" << kPassword << R"("},)"
-                                         << R"( "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"],)"
-                                         << R"( "DicomWeb": {"Enable": true, "Root": "/dicom-web/"}})";
-    process_ = std::make_unique<Process>(std::vector<std::string>{"/usr/sbin/Orthanc", (dir_ / "orthanc.json").string()},
-                                         dir_ / "orthanc.log");
-    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-    while (std::chrono::steady_clock::now() < until && !client().Get("/system")) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
+    for (int attempt = 0; attempt < 3 && !up_now(); ++attempt) launch();
   }
   void stop() {
     if (process_) process_->signal(SIGTERM);
@@ -64,7 +52,7 @@ class Orthanc {
   }
   ~Orthanc() { stop(); }
 
-  bool up() { return static_cast<bool>(client().Get("/system")); }
+  bool up() { return up_now(); }
   std::string dicomweb() const { return "http://127.0.0.1:" + std::to_string(http_port_) + "/dicom-web"; }
   httplib::Client client() const {
     httplib::Client c("127.0.0.1", http_port_);
@@ -87,6 +75,26 @@ class Orthanc {
   std::filesystem::path log() const { return dir_ / "orthanc.log"; }
 
  private:
+  bool up_now() const { return process_ && static_cast<bool>(client().Get("/system")); }
+  void launch() {
+    process_.reset();
+    http_port_ = free_loopback_port();
+    std::filesystem::create_directories(dir_ / "storage");
+    std::ofstream(dir_ / "orthanc.json") << R"({"Name": "fedda-test", "StorageDirectory": ")" << (dir_ / "storage").string()
+                                         << R"(", "IndexDirectory": ")" << (dir_ / "storage").string() << R"(", "HttpPort": )"
+                                         << http_port_ << R"(, "DicomPort": )" << free_loopback_port()
+                                         << R"(, "RemoteAccessAllowed": false, "AuthenticationEnabled": true,)"
+                                         << R"( "RegisteredUsers": {")" << kUser << R"(": ")" << kPassword << R"("},)"
+                                         << R"( "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"],)"
+                                         << R"( "DicomWeb": {"Enable": true, "Root": "/dicom-web/"}})";
+    process_ = std::make_unique<Process>(std::vector<std::string>{"/usr/sbin/Orthanc", (dir_ / "orthanc.json").string()},
+                                         dir_ / "orthanc.log");
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (std::chrono::steady_clock::now() < until && process_->running() && !client().Get("/system")) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  }
+
   std::filesystem::path dir_;
   int http_port_ = 0;
   std::unique_ptr<Process> process_;

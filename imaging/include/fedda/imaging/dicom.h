@@ -17,6 +17,7 @@ struct DicomSeriesTags {
   std::string patient_name;        // PatientName (PN, e.g. "AMSTERDAM^100"); empty: the patient id
   std::string study_uid;           // empty: one is made (give a subject's series one, new_dicom_uid())
   std::string accession_number;    // AccessionNumber of the study, as a PACS finds it (empty: none)
+  std::string frame_of_reference_uid;  // empty: one is made (a subject's series in one space share one)
   std::string series_description;  // what site.yaml's rules match (e.g. "AX FLAIR", "T1 MPRAGE")
   int series_number = 1;
   std::string manufacturer;        // e.g. "GE MEDICAL SYSTEMS"

@@ -26,11 +26,12 @@ struct PacsSource {
 
 struct PacsRetrieval {
   int studies = 0, series = 0, instances = 0;
-  int retrieved = 0;  // instances not in the cache before
+  int retrieved = 0;                    // instances not in the cache before
+  std::vector<std::string> study_uids;  // the studies the selection holds now
 };
 
-// Retrieves every instance of the series whose SeriesDescription matches one of `series_rules`,
-// in the studies `pacs` selects, into `folder`/<StudyInstanceUID>/<SeriesInstanceUID>/
+// Retrieves every instance of the series of `pacs.modality` whose SeriesDescription matches one
+// of `series_rules`, in the studies `pacs` selects, into `folder`/<StudyInstanceUID>/<SeriesInstanceUID>/
 // <SOPInstanceUID>.dcm (each through a temporary name; an instance already there is not fetched
 // again). Error names the URL and the PACS's answer (HTTP status and the start of its body) or
 // why it could not be reached.

@@ -106,6 +106,9 @@ struct SiteConfig {
 // Error names the file and the key at fault.
 Result<SiteConfig> read_site_config(const std::filesystem::path& path);
 
+// Where the site's scans are, as a person would name it: the data path, or the PACS's DICOMweb root.
+std::string data_location(const SiteConfig& config);
+
 // The site's subjects (sorted by id), in whatever layout its data has; error when it holds none.
 Result<std::vector<imaging::SubjectFiles>> site_subjects(const SiteConfig& config);
 // The same with what was left out and why (fedda-agent check).
