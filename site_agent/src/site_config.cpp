@@ -140,6 +140,10 @@ Result<SiteConfig> read_site_config(const fs::path& path) {
     return fail(c.data_layout == "pacs" ? "data_layout: pacs needs pacs: {dicomweb: URL}" : "pacs: applies to data_layout: pacs only");
   }
   if (p.write_back && c.data_layout != "pacs") return fail("policy: write_back applies to data_layout: pacs only");
+  if (const auto scheme = c.pacs.dicomweb.find("://");
+      scheme != std::string::npos && c.pacs.dicomweb.substr(scheme + 3, c.pacs.dicomweb.find('/', scheme + 3) - scheme - 3).find('@') != std::string::npos) {
+    return fail("pacs: dicomweb: a user or password in the URL is refused (it would be logged); put them in credentials_file");
+  }
   if (c.data_layout == "pacs" && !data.empty()) return fail("data: does not apply to data_layout: pacs (the PACS is the data)");
   if (!credentials_file.empty()) {
     const fs::path file = fs::path(credentials_file).is_relative() ? (base_of(path) / credentials_file).lexically_normal()

@@ -57,6 +57,8 @@ TEST_F(SiteConfigTest, MistakesAreNamed) {
        "open.txt may be read by others than its owner (mode 644): chmod 600 it"},
       {"site_id: a\ncoordinator: tcp://h:1\ndata_layout: pacs\npacs: {dicomweb: http://127.0.0.1:8042/dicom-web, credentials_file: none.txt}\n",
        "pacs: credentials_file: "},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata_layout: pacs\npacs: {dicomweb: \"http://u:pw@127.0.0.1:8042/dicom-web\"}\n",
+       "a user or password in the URL is refused"},
       {"site_id: a\ncoordinator: tcp://h:1\ndata: d\nbids_labels: wmh\n", "apply to data_layout: bids only"},
       {"site_id: a\ncoordinator: tcp://h:1\ndata: d\ndata_layout: bids\nbids_filters: {echo: 1}\n",
        "bids_filters: unknown key 'echo'"},
