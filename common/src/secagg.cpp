@@ -98,7 +98,14 @@ std::vector<std::string> site_ids(const Roster& r) {
   return ids;
 }
 
+std::string too_small_a_sum(std::size_t sites, int minimum, const char* what) {
+  return "secure aggregation: only " + std::to_string(sites) + " sites " + what + "; this job opens a sum of at least " +
+         std::to_string(minimum) + " (a sum of two would show each of them the other's update)";
+}
+
 }  // namespace
+
+int minimum_sum(std::size_t sites) { return static_cast<int>(std::clamp<std::size_t>(sites, 2, 3)); }
 
 // ---- Shamir -------------------------------------------------------------------------------
 
@@ -298,6 +305,7 @@ struct Client::State {
   std::map<std::string, std::string> relayed;  // owner -> sealed shares addressed to this site
   std::vector<std::string> shared;             // U2
   double fraction = 0;  // w / W
+  int minimum_sum = 2;
   enum class Stage { fresh, advertised, shared, masked, unmasked } stage = Stage::fresh;
 };
 
@@ -398,7 +406,7 @@ Result<std::vector<EncryptedShares>> Client::share(const Roster& roster) {
 }
 
 Result<std::vector<std::uint64_t>> Client::mask(const ShareRelay& relay, const std::vector<const TensorSet*>& update, double weight,
-                                                std::int64_t* clipped) {
+                                                int minimum_sum, std::int64_t* clipped) {
   auto& s = *s_;
   if (s.stage != State::Stage::shared) return make_error("secure aggregation: masking before sharing, or twice");
   if (!(weight > 0) || !(s.roster.weight_total >= weight)) {
@@ -428,6 +436,10 @@ Result<std::vector<std::uint64_t>> Client::mask(const ShareRelay& relay, const s
     return make_error("secure aggregation: only " + std::to_string(sharing) + " of this site's neighbourhood shared keys, fewer than the threshold " +
                       std::to_string(s.roster.threshold) + "; not sending an update");
   }
+  s.minimum_sum = std::max(2, minimum_sum);
+  if (static_cast<int>(s.shared.size()) < s.minimum_sum) {
+    return make_error(too_small_a_sum(s.shared.size(), s.minimum_sum, "shared keys") + "; not sending an update");
+  }
   auto y = encode(update, s.fraction, clipped);
   if (auto st = add_stream(y, s.self_seed, false); !st) return st.error();
   for (const auto& v : s.neighbours) {
@@ -451,6 +463,9 @@ Result<std::vector<RevealedShare>> Client::unmask(const std::vector<std::string>
     if (!contains(s.shared, u)) return make_error("secure aggregation: asked to unmask site '" + u + "', which did not share keys");
   }
   if (!contains(masked, s.site)) return make_error("secure aggregation: an unmask request that says this site's update did not arrive");
+  if (static_cast<int>(masked.size()) < s.minimum_sum) {
+    return make_error(too_small_a_sum(masked.size(), s.minimum_sum, "sent their update") + "; revealing nothing");
+  }
   int alive = 0;
   for (const auto& v : s.members) alive += contains(masked, v) ? 1 : 0;
   if (alive < s.roster.threshold) {
@@ -494,13 +509,15 @@ struct Aggregator::State {
   std::map<std::string, std::vector<EncryptedShares>> shares;  // by sender
   std::set<std::string> keyed, shared, masked, revealed_by;
   std::vector<std::uint64_t> sum;
+  int minimum_sum = 2;
   // owner -> kind -> shares
   std::map<std::string, std::map<SecretKind, std::vector<Share>>> revealed;
 };
 
-Aggregator::Aggregator(std::string context, std::vector<const TensorSet*> layouts) : s_(std::make_unique<State>()) {
+Aggregator::Aggregator(std::string context, std::vector<const TensorSet*> layouts, int minimum_sum) : s_(std::make_unique<State>()) {
   s_->context = std::move(context);
   s_->layouts = std::move(layouts);
+  s_->minimum_sum = std::max(2, minimum_sum);
 }
 Aggregator::~Aggregator() = default;
 
@@ -543,6 +560,7 @@ Result<Roster> Aggregator::roster(const std::map<std::string, double>& weights, 
   std::size_t smallest = r.keys.size();
   for (const auto& [site, n] : s.graph) smallest = std::min(smallest, n.size() + 1);
   r.threshold = std::max(threshold, default_threshold(static_cast<int>(smallest)));  // a job may raise it, not lower it
+  if (static_cast<int>(r.keys.size()) < s.minimum_sum) return make_error(too_small_a_sum(r.keys.size(), s.minimum_sum, "sent keys"));
   if (static_cast<int>(r.keys.size()) < std::max(r.threshold, 2)) {
     return make_error("secure aggregation: " + std::to_string(r.keys.size()) + " sites sent keys, fewer than the threshold " +
                       std::to_string(std::max(r.threshold, 2)));
@@ -630,7 +648,9 @@ Status Aggregator::can_unmask() const {
                         "fewer than the threshold " + std::to_string(s.roster.threshold) + "; the round cannot be unmasked");
     }
   }
-  if (u3.size() < 2) return make_error("secure aggregation: fewer than two sites sent their masked update");
+  if (static_cast<int>(u3.size()) < s.minimum_sum) {
+    return make_error(too_small_a_sum(u3.size(), s.minimum_sum, "sent their masked update") + "; the round cannot be unmasked");
+  }
   return {};
 }
 

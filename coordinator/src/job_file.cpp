@@ -4,6 +4,7 @@
 #include <cmath>
 #include "fedda/common/config.h"
 #include "fedda/common/kit.h"
+#include "fedda/common/secagg.h"
 #include "fedda/models/model_spec.h"
 #include "fedda/models/precision.h"
 #include "fedda/models/recipe.h"
@@ -117,6 +118,12 @@ Status validate_job(protocol::JobSpec& j, const std::string& teacher) {
     if (j.min_sites < 2) return make_error("secure_aggregation needs min_sites of at least 2 (a round of one site would reveal its update)");
     if (j.max_update_norm > 0) {
       return make_error("max_update_norm cannot be checked under secure_aggregation: the coordinator never sees one site's update");
+    }
+    // Rounds open with at least minimum_sum sites whatever min_sites says (round_driver.h).
+    if (const int least = secagg::minimum_sum(j.sites.size()); j.sites_per_round > 0 && j.sites_per_round < least) {
+      return make_error("sites_per_round (" + std::to_string(j.sites_per_round) + ") under secure_aggregation: a job of " +
+                        std::to_string(j.sites.size()) + " sites opens sums of at least " + std::to_string(least) +
+                        " (a sum of two shows each of them the other's update)");
     }
   }
   if (auto st = validate_dp(j); !st) return st;

@@ -130,6 +130,17 @@ bool JobRun::trains(const std::string& site) const {
   return s.type != JobType::evaluate && std::count(s.sites.begin(), s.sites.end(), site);
 }
 
+int JobRun::sites_needed() const {
+  const auto& s = record_.definition.spec;
+  return s.secure_aggregation ? std::max(s.min_sites, secagg::minimum_sum(s.sites.size())) : s.min_sites;
+}
+
+std::string JobRun::needed_text() const {
+  const auto& s = record_.definition.spec;
+  return sites_needed() > s.min_sites ? "the " + std::to_string(sites_needed()) + " secure aggregation needs"
+                                      : "min_sites " + std::to_string(s.min_sites);
+}
+
 bool JobRun::evaluates(const std::string& site) const {
   const auto& s = record_.definition.spec;
   return s.evaluate && std::count(s.evaluation_sites.begin(), s.evaluation_sites.end(), site);
@@ -172,6 +183,11 @@ Status JobRun::start() {
     m.global = std::move(*fresh);
   }
   if (spec.bn_statistics == "local") m.local_norm = models::batch_norm_tensors(m.spec);
+  if (spec.secure_aggregation && sites_needed() > spec.min_sites) {
+    log_->info("job {}: secure aggregation: rounds open with at least {} sites and no sum of fewer is unmasked "
+               "(min_sites {}; a sum of two would show each of them the other's update)",
+               spec.id, sites_needed(), spec.min_sites);
+  }
   m.server = std::make_unique<ServerOptimizer>(spec.server_optimizer, spec.server_lr);
   if (spec.type == JobType::ada) {
     auto weights = models::new_discriminator_weights(m.spec, spec.seed);
@@ -290,7 +306,7 @@ std::vector<std::string> JobRun::sample(std::vector<std::string> ready) const {
   std::size_t k = ready.size();
   if (spec.sites_per_round > 0) k = std::min<std::size_t>(k, static_cast<std::size_t>(spec.sites_per_round));
   if (spec.fraction > 0) {
-    k = std::min(k, std::max<std::size_t>(static_cast<std::size_t>(spec.min_sites),
+    k = std::min(k, std::max<std::size_t>(static_cast<std::size_t>(sites_needed()),
                                           static_cast<std::size_t>(std::ceil(spec.fraction * static_cast<double>(ready.size())))));
   }
   if (k >= ready.size()) return ready;
@@ -627,7 +643,7 @@ void JobRun::open_round() {
   current_.learning_rate = round_learning_rate(spec, round_);
   expected_.clear();
   answered_.clear();
-  needed_ = spec.min_sites;
+  needed_ = sites_needed();
   protocol::RoundTask task;
   task.learning_rate = current_.learning_rate;
   task.adversarial_weight =
@@ -677,7 +693,8 @@ void JobRun::open_round() {
     secure_ = std::make_unique<Secure>();
     if (m.discriminator) secure_->grad_layout = protocol::parameters_only(task.discriminator);
     secure_->aggregator = std::make_unique<secagg::Aggregator>(secagg::round_context(id(), round_),
-                                                               std::vector<const TensorSet*>{&m.global, &secure_->grad_layout});
+                                                               std::vector<const TensorSet*>{&m.global, &secure_->grad_layout},
+                                                               secagg::minimum_sum(spec.sites.size()));
     secure_->stage_deadline = Clock::now() + duration_of(spec.secagg_timeout_s);
     auto encoded = make_broadcast(nullptr, protocol::encode_empty(protocol::Header{}), id(), round_);
     if (!encoded) return fail(encoded.error().message);
@@ -746,10 +763,9 @@ void JobRun::step() {
         }
       }
       const auto grace = phase_start_ + duration_of(spec.round_deadline_s);
-      if (static_cast<int>(ready) >= spec.min_sites && (!preparing || now >= grace)) return open_round();
+      if (static_cast<int>(ready) >= sites_needed() && (!preparing || now >= grace)) return open_round();
       if (now >= phase_start_ + host_.start_timeout()) {
-        return fail("only " + std::to_string(ready) + " of min_sites " + std::to_string(spec.min_sites) +
-                    " sites ready after " +
+        return fail("only " + std::to_string(ready) + " of " + needed_text() + " ready after " +
                     std::to_string(std::chrono::duration_cast<std::chrono::seconds>(host_.start_timeout()).count()) + " s");
       }
       return;
@@ -767,6 +783,19 @@ void JobRun::step() {
     }
     case Phase::collecting:
     case Phase::evaluating: {
+      if (phase_ == Phase::collecting && secure_ && secure_->stage != Secure::Stage::unmasking) {
+        // A site lost from a secure round cannot come back into it (it missed the key exchange):
+        // once too few are left for the sum this job may open, the round cannot finish.
+        std::set<std::string> left(expected_.begin(), expected_.end());
+        left.insert(answered_.begin(), answered_.end());
+        if (static_cast<int>(left.size()) < needed_) {
+          return fail("round " + std::to_string(round_) + ": " + std::to_string(left.size()) +
+                      " sites are left in the round, and a secure round of this job opens a sum of at least " +
+                      std::to_string(needed_) + " (a sum of two would show each of them the other's update); "
+                      "nothing was unmasked. Resume the job (fedda-admin resume " + id() + ") once " +
+                      std::to_string(needed_) + " sites are ready");
+        }
+      }
       if (phase_ == Phase::collecting && secure_ && secure_->stage != Secure::Stage::collecting) {
         if (secure_->stage == Secure::Stage::unmasking || now < give_up_) return secure_step(now);
         return fail("round " + std::to_string(round_) + " of job " + id() + ": secure aggregation did not finish in time");
@@ -788,7 +817,10 @@ void JobRun::step() {
       }
       if (now >= give_up_) {
         return fail("round " + std::to_string(round_) + " of job " + id() + ": only " + std::to_string(got) + " of the " +
-                    std::to_string(needed_) + " sites needed answered in time");
+                    std::to_string(needed_) + " sites needed answered in time" +
+                    (secure_ && needed_ > spec.min_sites ? std::string(" (a secure round of this job opens a sum of at least ") +
+                                                               std::to_string(needed_) + "; nothing was unmasked)"
+                                                         : std::string()));
       }
       // Sites that (re)joined and got ready may take part while the round still lacks answers
       // (not in a secure round: they missed its key exchange).
@@ -1012,8 +1044,8 @@ std::string JobRun::activity() const {
   switch (phase_) {
     case Phase::waiting: {
       const auto missing = not_ready();
-      return stopping + "waiting for sites (" + std::to_string(ready_sites(true).size()) + " of min_sites " +
-             std::to_string(spec.min_sites) + " ready" + (missing.empty() ? "" : "; " + missing) + ") before round " +
+      return stopping + "waiting for sites (" + std::to_string(ready_sites(true).size()) + " of " + needed_text() +
+             " ready" + (missing.empty() ? "" : "; " + missing) + ") before round " +
              std::to_string(record_.finished_round + 1);
     }
     case Phase::collecting: {

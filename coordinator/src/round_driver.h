@@ -99,6 +99,10 @@ class JobRun {
   void step();
   std::vector<std::string> ready_sites(bool training) const;
   bool trains(const std::string& site) const;
+  // The fewest sites a training round opens with: min_sites, and under secure aggregation at
+  // least secagg::minimum_sum of the job's sites (a job of three or more never sums two).
+  int sites_needed() const;
+  std::string needed_text() const;  // "min_sites 2", or "the 3 secure aggregation needs"
   // Each training site of the job that is not ready, and why (offline, awaiting approval at the
   // site, preparing, cannot run it, has no training samples); and the same as one line
   // ("amsterdam awaiting approval at the site, singapore offline"), empty when all are ready.

@@ -97,6 +97,7 @@ std::vector<Outgoing> SecureRounds::update(Outgoing plain) {
                             plain.job_id, plain.round);
     return {};
   }
+  it->second.minimum_sum = plain.minimum_sum;
   it->second.held = std::move(plain);
   return release(it->first.first, it->first.second, it->second);
 }
@@ -107,7 +108,8 @@ std::vector<Outgoing> SecureRounds::release(const std::string& job, int round, R
   r.held.reset();
   if (!update) return {failure(job, "the round's own update does not decode: " + update.error().message)};
   std::int64_t clipped = 0;
-  auto masked = r.client->mask(*r.relay, {&update->model, &update->discriminator_grads}, static_cast<double>(update->samples), &clipped);
+  auto masked = r.client->mask(*r.relay, {&update->model, &update->discriminator_grads}, static_cast<double>(update->samples),
+                               r.minimum_sum, &clipped);
   r.relay.reset();
   if (!masked) return {failure(job, masked.error().message)};
   if (clipped > 0) log::get("agent")->warn("job {}: round {}: {} values beyond secure aggregation's range were clipped", job, round, clipped);

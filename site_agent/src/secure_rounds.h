@@ -41,6 +41,7 @@ class SecureRounds {
     std::unique_ptr<secagg::Client> client;
     std::optional<secagg::ShareRelay> relay;
     std::optional<Outgoing> held;
+    int minimum_sum = 2;  // the job's (Outgoing::minimum_sum), known once the worker's update came
   };
   std::vector<Outgoing> release(const std::string& job, int round, Round& r);
   Outgoing failure(const std::string& job, const std::string& reason) const;

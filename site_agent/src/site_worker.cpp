@@ -13,6 +13,7 @@
 #include "fedda/common/files.h"
 #include "fedda/common/log.h"
 #include "fedda/common/privacy.h"
+#include "fedda/common/secagg.h"
 #include "fedda/models/federated.h"
 #include "fedda/models/model_spec.h"
 #include "fedda/site_agent/approvals.h"
@@ -62,6 +63,7 @@ struct SiteWorker::Impl {
   int job_rounds = 1;
   bool job_half = false;  // the job's models cross the network as float16
   bool job_secure = false;  // secure aggregation: training updates leave masked
+  int job_minimum_sum = 2;  // ... and this site helps open sums of at least this many (secagg::minimum_sum)
   std::map<std::string, Inbound> held;  // offers waiting for the administrator, by job
   std::vector<std::string> subject_ids;  // this site's, for redaction
   std::vector<Outgoing> out;
@@ -257,6 +259,7 @@ struct SiteWorker::Impl {
     job_rounds = job.rounds;
     job_half = job.transfer_precision == "float16";
     job_secure = job.secure_aggregation;
+    job_minimum_sum = secagg::minimum_sum(job.sites.size());
     auto spec = models::model_spec_from_json(job.model_spec_json);
     if (!spec) return fail(job.id, FailureCode::malformed, "model spec: " + spec.error().message);
     auto recipe = job.recipe.empty() ? Result<models::Recipe>(models::Recipe{}) : models::recipe_from_json(job.recipe);
@@ -523,6 +526,7 @@ struct SiteWorker::Impl {
     }
     post(MessageType::round_update, h.job_id, h.round, update, tensor_summary(update));
     out.back().secure = job_secure && !task->evaluate;
+    out.back().minimum_sum = job_minimum_sum;
   }
 
   void release(const std::string& job_id) {

@@ -142,8 +142,12 @@ struct Round {
   std::function<void(Roster&)> tamper;
   std::function<void(Aggregator&)> before_reveal;
   std::map<std::string, std::vector<RevealedShare>> revealed;  // what each survivor revealed
+  // The fewest sites whose sum the coordinator opens and the sites help open (a dishonest
+  // coordinator may use a smaller one than its sites).
+  int coordinator_minimum = 0, site_minimum = 0;
 
-  Round(int n, std::size_t elements, std::uint32_t seed = 5) {
+  Round(int n, std::size_t elements, std::uint32_t seed = 5)
+      : coordinator_minimum(minimum_sum(static_cast<std::size_t>(n))), site_minimum(coordinator_minimum) {
     std::mt19937 random(seed);
     for (int i = 0; i < n; ++i) {
       Site s;
@@ -162,7 +166,7 @@ struct Round {
   // Runs the four stages; the average of the sites the sum covers, or the first error.
   Result<std::vector<TensorSet>> run() {
     const std::string context = "job-x|3";
-    Aggregator aggregator(context, {&sites[0].model, &sites[0].grads});
+    Aggregator aggregator(context, {&sites[0].model, &sites[0].grads}, coordinator_minimum);
     std::map<std::string, double> weights;
     for (auto& s : sites) {
       s.client = std::make_unique<Client>(s.id, context, signer, verifier);
@@ -185,7 +189,7 @@ struct Round {
     if (!relays) return relays.error();
     for (auto& s : sites) {
       if (!relays->count(s.id) || drop(s.id) == Drop::after_shares) continue;
-      auto masked = s.client->mask(relays->at(s.id), {&s.model, &s.grads}, s.weight);
+      auto masked = s.client->mask(relays->at(s.id), {&s.model, &s.grads}, s.weight, site_minimum);
       if (!masked) return masked.error();
       seen[s.id] = *masked;
       if (auto st = aggregator.add_masked(s.id, *masked); !st) return st.error();
@@ -291,6 +295,50 @@ TEST(Secagg, ASiteThatDropsBeforeItsMaskedUpdateIsLeftOutCleanly) {
   EXPECT_LT(max_difference(*result, expected), bound(4, 0.4));
 }
 
+TEST(Secagg, AJobOfThreeOrMoreSitesNeverOpensASumOfTwo) {
+  EXPECT_EQ(minimum_sum(1), 2);
+  EXPECT_EQ(minimum_sum(2), 2);
+  EXPECT_EQ(minimum_sum(3), 3);
+  EXPECT_EQ(minimum_sum(40), 3);
+  // Three sites, one gone after its shares: the two left would each learn the other's update
+  // from the sum. The coordinator does not open it (its threshold of 2 alone would have).
+  Round dropped(3, 500);
+  dropped.drops = {{dropped.sites[2].id, Drop::after_shares}};
+  auto refused = dropped.run();
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message.find("only 2 sites sent their masked update; this job opens a sum of at least 3"),
+            std::string::npos)
+      << refused.error().message;
+  // A coordinator that would open it anyway gets nothing from the sites.
+  Round dishonest(3, 500);
+  dishonest.drops = dropped.drops;
+  dishonest.coordinator_minimum = 2;
+  auto revealed = dishonest.run();
+  ASSERT_FALSE(revealed);
+  EXPECT_NE(revealed.error().message.find("revealing nothing"), std::string::npos) << revealed.error().message;
+  EXPECT_TRUE(dishonest.revealed.empty());
+  auto second = dishonest.sites[1].client->unmask({dishonest.sites[0].id, dishonest.sites[1].id});
+  ASSERT_FALSE(second);  // the other survivor refuses as well
+  EXPECT_NE(second.error().message.find("revealing nothing"), std::string::npos) << second.error().message;
+  // One gone before its keys: the round of two is refused at the roster.
+  Round unkeyed(3, 500);
+  unkeyed.drops = {{unkeyed.sites[0].id, Drop::before_keys}};
+  auto roster = unkeyed.run();
+  ASSERT_FALSE(roster);
+  EXPECT_NE(roster.error().message.find("only 2 sites sent keys"), std::string::npos) << roster.error().message;
+  // Four sites, one gone: the sum of three opens.
+  Round four(4, 500);
+  four.drops = {{four.sites[1].id, Drop::after_shares}};
+  auto opened = four.run();
+  ASSERT_TRUE(opened) << opened.error().message;
+  EXPECT_LT(max_difference(*opened, four.expected()), bound(3, 0.3));
+  // A job of two opens its sum of two (its plain average shows each the other's update anyway).
+  Round two(2, 500);
+  auto pair = two.run();
+  ASSERT_TRUE(pair) << pair.error().message;
+  EXPECT_LT(max_difference(*pair, two.expected()), bound(2, 1.0));
+}
+
 TEST(Secagg, ASiteRefusesARosterOfOneAThresholdBelowAMajorityAndARelayOfTooFew) {
   // A roster of this site alone: its "sum" would be its update.
   Client alone("a", "j|1");
@@ -325,7 +373,7 @@ TEST(Secagg, ASiteRefusesARosterOfOneAThresholdBelowAMajorityAndARelayOfTooFew) 
   }
   TensorSet update;
   update.tensors.push_back(make_f32("w", {2}, {1.0f, 2.0f}));
-  auto masked = clients[0]->mask(relay, {&update}, 1.0);
+  auto masked = clients[0]->mask(relay, {&update}, 1.0, 2);
   ASSERT_FALSE(masked);
   EXPECT_NE(masked.error().message.find("fewer than the threshold"), std::string::npos) << masked.error().message;
 }

@@ -92,6 +92,8 @@ TEST_F(JobFile, MistakesAreNamed) {
       {"id: a\ntype: kd\nteacher: t.pt\nsites: [x, y]\nmin_sites: 2\nsecure_aggregation: true\nmax_update_norm: 5\n",
        "max_update_norm cannot be checked under secure_aggregation"},
       {"id: a\ntype: evaluate\nteacher: t.pt\nsites: [x, y]\nmin_sites: 2\nsecure_aggregation: true\n", "applies to training jobs"},
+      {"id: a\ntype: kd\nteacher: t.pt\nsites: [x, y, z, w]\nmin_sites: 2\nsites_per_round: 2\nsecure_aggregation: true\n",
+       "sites_per_round (2) under secure_aggregation: a job of 4 sites opens sums of at least 3"},
       {"id: a\ntype: kd\nteacher: t.pt\nsites: [x, y]\nsecagg_threshold: -1\n", "secagg_threshold must be"},
       {"id: a\ntype: kd\nteacher: t.pt\nsites: [x, y]\nsecagg_timeout_s: 0\n", "secagg_timeout_s must be positive"},
       {"id: a\ntype: kd\nteacher: t.pt\nsites: [x]\ndp: {target_epsilon: 8}\n", "dp: clip_norm is needed"},

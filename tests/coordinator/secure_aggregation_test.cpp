@@ -1,7 +1,8 @@
 // Secure aggregation end to end: a real fedda-coordinator and fedda-agents with provisioned kits
 // on loopback. The same KD job with and without it lands on the same Dice; what a site uploads
-// is the masked vector only; a site killed mid-round is left out and the sum still opens; a
-// coordinator that substitutes another site's key is caught by the agent.
+// is the masked vector only; a site killed mid-round of four is left out and the sum of three
+// still opens, while a job of three never opens the sum of the two left; a coordinator that
+// substitutes another site's key is caught by the agent.
 #include <gtest/gtest.h>
 
 #include <csignal>
@@ -140,25 +141,59 @@ TEST_F(SecureAggregation, AdaAtHalfPrecisionTransferLandsOnTheSameDice) {
   EXPECT_TRUE(testing::wait_for_text(coordinator_log(), "job ada-secagg: round 2: unmasking the sum of 2 sites", 1s));
 }
 
-TEST_F(SecureAggregation, ASiteKilledMidRoundIsLeftOutAndTheSumStillOpens) {
-  provision({"utrecht", "amsterdam", "singapore"});
-  const auto job = kd_job("kd-dropout", {"utrecht", "amsterdam", "singapore"}, 2, 8, 2);
+TEST_F(SecureAggregation, ASiteKilledMidRoundOfFourIsLeftOutAndTheSumOfTheThreeLeftStillOpens) {
+  provision({"utrecht", "amsterdam", "singapore", "oslo"});
+  const auto job = kd_job("kd-dropout", {"utrecht", "amsterdam", "singapore", "oslo"}, 2, 8, 2);
   std::ofstream(job, std::ios::app) << "secure_aggregation: true\nsecagg_timeout_s: 20\n";
   auto coordinator = start_coordinator(job, "tcp://127.0.0.1:0");
   const auto endpoint = wait_for_endpoint();
   auto utrecht = start_agent("utrecht", endpoint);
   auto amsterdam = start_agent("amsterdam", endpoint);
   auto singapore = start_agent("singapore", endpoint);
+  auto oslo = start_agent("oslo", endpoint, data_dir() / "singapore");
   // Killed once the round's roster is out: before or after its shares, never with its update.
-  ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "secure aggregation among 3 sites", 240s)) << testing::read_text(coordinator_log());
-  singapore->signal(SIGKILL);
+  ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "secure aggregation among 4 sites", 240s)) << testing::read_text(coordinator_log());
+  oslo->signal(SIGKILL);
   ASSERT_EQ(coordinator->wait(400s), 0) << testing::read_text(coordinator_log());
   const auto r = rounds("kd-dropout");
   ASSERT_EQ(r.size(), 2u);
-  EXPECT_EQ(r[0]["sites"].size(), 2u) << r[0].dump();
-  EXPECT_FALSE(has_site(r[0], "singapore"));
-  EXPECT_NE(r[0].dump().find("singapore"), std::string::npos) << r[0].dump();  // named among the missing
+  EXPECT_EQ(r[0]["sites"].size(), 3u) << r[0].dump();
+  EXPECT_FALSE(has_site(r[0], "oslo"));
+  EXPECT_NE(r[0].dump().find("oslo"), std::string::npos) << r[0].dump();  // named among the missing
+  EXPECT_NE(testing::read_text(coordinator_log()).find("unmasking the sum of 3 sites"), std::string::npos);
   EXPECT_GT(mean_dice(dir_ / "jobs" / "kd-dropout" / "results.csv", "amsterdam"), 0.1);
+}
+
+TEST_F(SecureAggregation, AJobOfThreeNeverOpensTheSumOfTheTwoLeftSaysSoAndResumesWhenThreeAreBack) {
+  provision({"utrecht", "amsterdam", "singapore"});
+  const auto job = kd_job("kd-three", {"utrecht", "amsterdam", "singapore"}, 2, 8, 2);
+  std::ofstream(job, std::ios::app) << "secure_aggregation: true\nsecagg_timeout_s: 20\n";
+  auto coordinator = start_coordinator(job, "tcp://127.0.0.1:0");
+  const auto endpoint = wait_for_endpoint();
+  auto utrecht = start_agent("utrecht", endpoint);
+  auto amsterdam = start_agent("amsterdam", endpoint);
+  auto singapore = start_agent("singapore", endpoint);
+  ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "secure aggregation among 3 sites", 240s)) << testing::read_text(coordinator_log());
+  singapore->signal(SIGKILL);
+  // The job fails as soon as singapore is lost (min_sites 2 notwithstanding), and says why.
+  EXPECT_NE(coordinator->wait(60s), 0) << testing::read_text(coordinator_log());
+  const auto log = testing::read_text(coordinator_log());
+  EXPECT_NE(log.find("rounds open with at least 3 sites and no sum of fewer is unmasked (min_sites 2"), std::string::npos) << log;
+  EXPECT_NE(log.find("a secure round of this job opens a sum of at least 3"), std::string::npos) << log;
+  EXPECT_NE(log.find("nothing was unmasked. Resume the job (fedda-admin resume kd-three)"), std::string::npos) << log;
+  EXPECT_EQ(log.find("unmasking the sum"), std::string::npos) << log;
+  EXPECT_TRUE(rounds("kd-three").empty());
+  for (const char* site : {"utrecht", "amsterdam"}) {  // neither survivor revealed a share
+    EXPECT_EQ(testing::read_text(dir_ / (std::string(site) + ".log")).find("shares sent to unmask"), std::string::npos) << site;
+  }
+  // With singapore back, the same job file resumes it, and every round sums all three.
+  auto again = start_coordinator(job, endpoint);
+  singapore = start_agent("singapore", endpoint);
+  ASSERT_EQ(again->wait(400s), 0) << testing::read_text(coordinator_log());
+  const auto r = rounds("kd-three");
+  ASSERT_EQ(r.size(), 2u);
+  for (const auto& round : r) EXPECT_EQ(round["sites"].size(), 3u) << round.dump();
+  EXPECT_GT(mean_dice(dir_ / "jobs" / "kd-three" / "results.csv", "amsterdam"), 0.1);
 }
 
 TEST_F(SecureAggregation, AnAgentCatchesACoordinatorThatSubstitutesAnotherSitesKey) {

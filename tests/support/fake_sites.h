@@ -293,7 +293,7 @@ class FakeSites {
     if (!s.held || !s.relay) return;
     const auto start = std::chrono::steady_clock::now();
     const TensorSet none;
-    auto masked = s.secure->mask(*s.relay, {&*s.held, &none}, 100.0);
+    auto masked = s.secure->mask(*s.relay, {&*s.held, &none}, 100.0, secagg::minimum_sum(sites_.size()));
     s.held.reset();
     s.relay.reset();
     if (!masked) return;

@@ -98,6 +98,13 @@ std::size_t element_count(const std::vector<const TensorSet*>& sets);
 std::string to_bytes(const std::vector<std::uint64_t>& words);
 Result<std::vector<std::uint64_t>> from_bytes(const std::string& bytes);
 
+// The fewest sites whose sum is ever unmasked in a job of `sites` training sites: three, or the
+// job's own count below that. A sum of two shows each of the two the other's update (its own
+// subtracted from the sum), so a job of three or more sites never opens one, whatever drops out;
+// a job of two sites, whose plain average already shows each the other's update, opens its sum
+// of two (the coordinator still sees only the sum).
+int minimum_sum(std::size_t sites);
+
 // ---- messages (the wire's bodies carry these; protocol.h serialises them) -------------------
 struct PublicKeys {
   std::string site;
@@ -155,12 +162,13 @@ class Client {
   // verifier, a sane threshold), and returns its encrypted shares, one per neighbourhood member.
   Result<std::vector<EncryptedShares>> share(const Roster& roster);
   // Stage 3: keeps the relayed shares (opened at stage 4) and masks the update, whose FedAvg
-  // weight is `weight` (of the roster's total).
+  // weight is `weight` (of the roster's total). `minimum_sum`: the fewest sites whose sum this
+  // site helps unmask (minimum_sum() of its job); error, and no update, when fewer shared keys.
   Result<std::vector<std::uint64_t>> mask(const ShareRelay& relay, const std::vector<const TensorSet*>& update, double weight,
-                                          std::int64_t* clipped = nullptr);
+                                          int minimum_sum, std::int64_t* clipped = nullptr);
   // Stage 4: the shares the coordinator needs, given U3 (`masked`). Answers once; error (and
-  // nothing revealed) when U3 is not inside U2, or fewer than the threshold of this site's
-  // neighbourhood are in it.
+  // nothing revealed) when U3 is not inside U2, holds fewer than mask()'s `minimum_sum` sites,
+  // or fewer than the threshold of this site's neighbourhood are in it.
   Result<std::vector<RevealedShare>> unmask(const std::vector<std::string>& masked);
 
   const std::vector<std::string>& neighbours() const;
@@ -175,14 +183,16 @@ class Client {
 // end, the shares it needs: never one site's update in the clear.
 class Aggregator {
  public:
-  Aggregator(std::string context, std::vector<const TensorSet*> layouts);
+  // `minimum_sum`: the fewest masked updates whose sum it opens (minimum_sum() of the job).
+  Aggregator(std::string context, std::vector<const TensorSet*> layouts, int minimum_sum);
   ~Aggregator();
 
   // Stage 1: a site's keys (the last one a site sends counts).
   Status add_keys(PublicKeys keys);
   // Closes stage 1. `weights` are the FedAvg weights of the sites still in the round (a site
   // that sent keys and is not in it is left out). The threshold is `threshold` or a majority of
-  // the smallest neighbourhood, whichever is larger (sites refuse less). Error when fewer sent keys.
+  // the smallest neighbourhood, whichever is larger (sites refuse less). Error when fewer sent
+  // keys, or fewer than the minimum sum.
   Result<Roster> roster(const std::map<std::string, double>& weights, int threshold, const GraphOptions& graph);
   // Stage 2: one site's encrypted shares (all addressed to its neighbourhood).
   Status add_shares(const std::string& site, std::vector<EncryptedShares> shares);
@@ -191,7 +201,7 @@ class Aggregator {
   // Stage 3: one site's masked update (a site of U2, once).
   Status add_masked(const std::string& site, const std::vector<std::uint64_t>& masked);
   // Whether stage 3 could close now: error while fewer than the threshold of some neighbourhood
-  // that matters (or fewer than two sites) sent their masked update.
+  // that matters (or fewer than the minimum sum) sent their masked update.
   Status can_unmask() const;
   // Closes stage 3 (no masked update is taken after it): U3, sorted; can_unmask()'s error when
   // it cannot close (the round fails; nothing was revealed).
