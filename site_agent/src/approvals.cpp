@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "fedda/common/crypto.h"
 #include "fedda/common/files.h"
 
 namespace fedda::site_agent {
@@ -12,6 +13,17 @@ namespace fs = std::filesystem;
 namespace {
 fs::path folder(const fs::path& cache_dir) { return cache_dir / "pending"; }
 }  // namespace
+
+std::string offer_digest(const protocol::JobOffer& offer) {
+  std::string text = "job " + crypto::sha256_hex(protocol::to_json(offer.job)) + "\n";
+  for (const auto& t : offer.teacher.tensors) {
+    text += "teacher " + t.name + " " + std::to_string(static_cast<int>(t.dtype));
+    for (const auto d : t.shape) text += " " + std::to_string(d);
+    text += " " + crypto::sha256_hex(std::string_view(reinterpret_cast<const char*>(t.data.data()), t.data.size())) + "\n";
+  }
+  text += "quality " + crypto::sha256_hex(offer.quality_estimator) + "\n";
+  return crypto::sha256_hex(text);
+}
 
 Status write_pending(const fs::path& cache_dir, const PendingOffer& offer) {
   const nlohmann::json record = {{"job", offer.job}, {"digest", offer.digest},

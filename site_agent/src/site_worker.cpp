@@ -232,7 +232,7 @@ struct SiteWorker::Impl {
       return fail(job.id, FailureCode::policy, "refused by this site's policy: " + why, rule);
     }
     if (config.policy.approval == "manual" && !approved) {
-      const auto digest = crypto::sha256_hex(protocol::to_json(job));
+      const auto digest = offer_digest(*offer);
       const auto decided = decision(config.cache_dir, job.id, digest);
       if (decided && !*decided) {
         settle_pending(config.cache_dir, job.id);
@@ -582,7 +582,7 @@ std::vector<Outgoing> SiteWorker::check_approvals() {
   m.out.clear();
   for (auto it = m.held.begin(); it != m.held.end();) {
     auto offer = protocol::decode_body<protocol::JobOffer>(it->second.body);
-    const auto decided = offer ? decision(m.config.cache_dir, it->first, crypto::sha256_hex(protocol::to_json(offer->job)))
+    const auto decided = offer ? decision(m.config.cache_dir, it->first, offer_digest(*offer))
                                : std::optional<bool>(false);
     if (!decided) {
       ++it;

@@ -114,6 +114,35 @@ TEST(Approvals, AnApprovalHoldsForTheJobAsOfferedOnly) {
   EXPECT_TRUE(list_pending(dir.path()).empty());
 }
 
+// Regression (security issue): the digest covered the job's settings only, so a job deleted
+// and submitted again under its id with another teacher found the approval of the first.
+TEST(Approvals, TheDigestCoversTheTeacherAndTheQualityEstimatorAsWellAsTheSettings) {
+  protocol::JobOffer offer;
+  offer.job.id = "kd-1";
+  offer.job.type = protocol::JobType::kd;
+  offer.job.sites = {"amsterdam", "utrecht"};
+  offer.teacher.tensors.push_back(make_f32("w", {2}, {1.0f, 2.0f}));
+  offer.quality_estimator = R"({"version": 1})";
+  const auto digest = offer_digest(offer);
+  EXPECT_EQ(digest.size(), 64u);
+  EXPECT_EQ(offer_digest(offer), digest) << "the same offer, the same digest";
+  auto other_teacher = offer;
+  other_teacher.teacher.tensors[0] = make_f32("w", {2}, {1.0f, 2.5f});
+  EXPECT_NE(offer_digest(other_teacher), digest);
+  auto other_shape = offer;
+  other_shape.teacher.tensors[0] = make_f32("w", {1, 2}, {1.0f, 2.0f});
+  EXPECT_NE(offer_digest(other_shape), digest);
+  auto other_name = offer;
+  other_name.teacher.tensors[0].name = "v";
+  EXPECT_NE(offer_digest(other_name), digest);
+  auto other_estimator = offer;
+  other_estimator.quality_estimator = R"({"version": 2})";
+  EXPECT_NE(offer_digest(other_estimator), digest);
+  auto other_settings = offer;
+  other_settings.job.rounds += 1;
+  EXPECT_NE(offer_digest(other_settings), digest);
+}
+
 // Regression (first-month issue): an approval was deleted once used, so the same job offered
 // again after a coordinator restart waited for the administrator again and the job stalled. A
 // settled offer leaves the waiting list; its decision stays until the job ends.
