@@ -99,7 +99,7 @@ std::vector<std::string> site_ids(const Roster& r) {
 }
 
 std::string too_small_a_sum(std::size_t sites, int minimum, const char* what) {
-  return "secure aggregation: only " + std::to_string(sites) + " sites " + what + "; this job opens a sum of at least " +
+  return "secure aggregation: only " + std::to_string(sites) + (sites == 1 ? " site " : " sites ") + what + "; this job opens a sum of at least " +
          std::to_string(minimum) + " (a sum of two would show each of them the other's update)";
 }
 
@@ -305,13 +305,19 @@ struct Client::State {
   std::map<std::string, std::string> relayed;  // owner -> sealed shares addressed to this site
   std::vector<std::string> shared;             // U2
   double fraction = 0;  // w / W
+  std::vector<std::string> job_sites;  // sorted
   int minimum_sum = 2;
   enum class Stage { fresh, advertised, shared, masked, unmasked } stage = Stage::fresh;
 };
 
-Client::Client(std::string site, std::string context, Signer signer, Verifier verifier) : s_(std::make_unique<State>()) {
+Client::Client(std::string site, std::string context, std::vector<std::string> job_sites, Signer signer, Verifier verifier)
+    : s_(std::make_unique<State>()) {
   s_->site = std::move(site);
   s_->context = std::move(context);
+  std::sort(job_sites.begin(), job_sites.end());
+  job_sites.erase(std::unique(job_sites.begin(), job_sites.end()), job_sites.end());
+  s_->minimum_sum = minimum_sum(job_sites.size());
+  s_->job_sites = std::move(job_sites);
   s_->signer = std::move(signer);
   s_->verifier = std::move(verifier);
 }
@@ -353,6 +359,15 @@ Result<std::vector<EncryptedShares>> Client::share(const Roster& roster) {
     if (s.keys.count(k.site)) return make_error("secure aggregation: the roster names site '" + k.site + "' twice");
     if (!well_formed(k)) return make_error("secure aggregation: site '" + k.site + "': malformed keys");
     s.keys[k.site] = &k;
+  }
+  for (const auto& k : s.roster.keys) {
+    if (!std::binary_search(s.job_sites.begin(), s.job_sites.end(), k.site)) {
+      return make_error("secure aggregation: the roster names site '" + k.site +
+                        "', which is not a site of this job (added by the coordinator?); not sharing");
+    }
+  }
+  if (static_cast<int>(s.roster.keys.size()) < s.minimum_sum) {
+    return make_error(too_small_a_sum(s.roster.keys.size(), s.minimum_sum, "in the roster") + "; not sharing");
   }
   const auto own = s.keys.find(s.site);
   if (own == s.keys.end() || own->second->share_key != s.share_pair.public_raw || own->second->mask_key != s.mask_pair.public_raw) {
@@ -406,7 +421,7 @@ Result<std::vector<EncryptedShares>> Client::share(const Roster& roster) {
 }
 
 Result<std::vector<std::uint64_t>> Client::mask(const ShareRelay& relay, const std::vector<const TensorSet*>& update, double weight,
-                                                int minimum_sum, std::int64_t* clipped) {
+                                                std::int64_t* clipped) {
   auto& s = *s_;
   if (s.stage != State::Stage::shared) return make_error("secure aggregation: masking before sharing, or twice");
   if (!(weight > 0) || !(s.roster.weight_total >= weight)) {
@@ -436,7 +451,6 @@ Result<std::vector<std::uint64_t>> Client::mask(const ShareRelay& relay, const s
     return make_error("secure aggregation: only " + std::to_string(sharing) + " of this site's neighbourhood shared keys, fewer than the threshold " +
                       std::to_string(s.roster.threshold) + "; not sending an update");
   }
-  s.minimum_sum = std::max(2, minimum_sum);
   if (static_cast<int>(s.shared.size()) < s.minimum_sum) {
     return make_error(too_small_a_sum(s.shared.size(), s.minimum_sum, "shared keys") + "; not sending an update");
   }

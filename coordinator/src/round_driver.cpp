@@ -305,6 +305,8 @@ std::vector<std::string> JobRun::sample(std::vector<std::string> ready) const {
   const auto& spec = record_.definition.spec;
   std::size_t k = ready.size();
   if (spec.sites_per_round > 0) k = std::min<std::size_t>(k, static_cast<std::size_t>(spec.sites_per_round));
+  // A job stored before submissions were held to it may ask for fewer than a secure sum needs.
+  k = std::max(k, std::min(ready.size(), static_cast<std::size_t>(sites_needed())));
   if (spec.fraction > 0) {
     k = std::min(k, std::max<std::size_t>(static_cast<std::size_t>(sites_needed()),
                                           static_cast<std::size_t>(std::ceil(spec.fraction * static_cast<double>(ready.size())))));
@@ -662,6 +664,11 @@ void JobRun::open_round() {
   const auto ready = ready_sites(true);
   const auto drawn = sample(ready);
   const auto candidates = within_sample_share(drawn);
+  if (spec.secure_aggregation && static_cast<int>(candidates.size()) < needed_) {  // max_sample_share left too few
+    return fail("round " + std::to_string(round_) + ": " + std::to_string(candidates.size()) + " of the " +
+                std::to_string(drawn.size()) + " ready sites are within max_sample_share " + std::to_string(spec.max_sample_share) +
+                ", fewer than " + needed_text() + "; nothing was sent (raise max_sample_share, or add sites)");
+  }
   for (const auto& [sid, why] : sitting_out()) current_.missing.push_back(sid + " (" + why + ")");
   for (const auto& sid : ready) {
     if (!std::count(drawn.begin(), drawn.end(), sid)) current_.missing.push_back(sid + " (not drawn for this round)");
@@ -789,10 +796,13 @@ void JobRun::step() {
         std::set<std::string> left(expected_.begin(), expected_.end());
         left.insert(answered_.begin(), answered_.end());
         if (static_cast<int>(left.size()) < needed_) {
-          return fail("round " + std::to_string(round_) + ": " + std::to_string(left.size()) +
-                      " sites are left in the round, and a secure round of this job opens a sum of at least " +
-                      std::to_string(needed_) + " (a sum of two would show each of them the other's update); "
-                      "nothing was unmasked. Resume the job (fedda-admin resume " + id() + ") once " +
+          const std::string why = needed_ > spec.min_sites
+                                      ? "a secure round of this job opens a sum of at least " + std::to_string(needed_) +
+                                            " (a sum of two would show each of them the other's update)"
+                                      : "fewer than min_sites " + std::to_string(spec.min_sites) +
+                                            " (a site lost from a secure round cannot come back into it)";
+          return fail("round " + std::to_string(round_) + ": " + std::to_string(left.size()) + " sites are left in the round, and " +
+                      why + "; nothing was unmasked. Resume the job (fedda-admin resume " + id() + ") once " +
                       std::to_string(needed_) + " sites are ready");
         }
       }

@@ -17,10 +17,19 @@ Outgoing SecureRounds::failure(const std::string& job, const std::string& reason
   return make_outgoing(site_, MessageType::job_failed, job, 0, failed, {}, reason);
 }
 
-void SecureRounds::forget(const std::string& job) {
+void SecureRounds::drop_rounds(const std::string& job) {
   for (auto it = rounds_.begin(); it != rounds_.end();) {
     it = it->first.first == job ? rounds_.erase(it) : std::next(it);
   }
+}
+
+void SecureRounds::prepared(const std::string& job, std::vector<std::string> training_sites) {
+  job_sites_[job] = std::move(training_sites);
+}
+
+void SecureRounds::forget(const std::string& job) {
+  drop_rounds(job);
+  job_sites_.erase(job);
 }
 
 std::vector<Outgoing> SecureRounds::handle(const Inbound& in) {
@@ -31,7 +40,11 @@ std::vector<Outgoing> SecureRounds::handle(const Inbound& in) {
     if (kit_ && kit_->site_sign_private.empty()) {
       return {failure(h.job_id, "this site's kit predates secure aggregation (no signing key); re-issue it with fedda-admin add-site")};
     }
-    forget(h.job_id);  // one round of a job at a time: an older round's secrets go
+    const auto sites = job_sites_.find(h.job_id);
+    if (sites == job_sites_.end()) {
+      return {failure(h.job_id, "a secure-aggregation round of a job this site has not prepared")};
+    }
+    drop_rounds(h.job_id);  // one round of a job at a time: an older round's secrets go
     secagg::Signer signer;
     secagg::Verifier verifier;
     if (kit_) {
@@ -45,7 +58,7 @@ std::vector<Outgoing> SecureRounds::handle(const Inbound& in) {
       log->warn("job {}: secure aggregation without a kit: round keys are not signed, a substituted key would go unnoticed", h.job_id);
     }
     auto& r = rounds_[key];
-    r.client = std::make_unique<secagg::Client>(site_, secagg::round_context(h.job_id, h.round), signer, verifier);
+    r.client = std::make_unique<secagg::Client>(site_, secagg::round_context(h.job_id, h.round), sites->second, signer, verifier);
     auto keys = kit_ ? r.client->advertise(kit_->manifest, kit_->manifest_signature) : r.client->advertise();
     if (!keys) return {failure(h.job_id, keys.error().message)};
     return {make_outgoing(site_, MessageType::secagg_keys, h.job_id, h.round, *keys, "secure aggregation: round keys")};
@@ -97,7 +110,6 @@ std::vector<Outgoing> SecureRounds::update(Outgoing plain) {
                             plain.job_id, plain.round);
     return {};
   }
-  it->second.minimum_sum = plain.minimum_sum;
   it->second.held = std::move(plain);
   return release(it->first.first, it->first.second, it->second);
 }
@@ -108,8 +120,7 @@ std::vector<Outgoing> SecureRounds::release(const std::string& job, int round, R
   r.held.reset();
   if (!update) return {failure(job, "the round's own update does not decode: " + update.error().message)};
   std::int64_t clipped = 0;
-  auto masked = r.client->mask(*r.relay, {&update->model, &update->discriminator_grads}, static_cast<double>(update->samples),
-                               r.minimum_sum, &clipped);
+  auto masked = r.client->mask(*r.relay, {&update->model, &update->discriminator_grads}, static_cast<double>(update->samples), &clipped);
   r.relay.reset();
   if (!masked) return {failure(job, masked.error().message)};
   if (clipped > 0) log::get("agent")->warn("job {}: round {}: {} values beyond secure aggregation's range were clipped", job, round, clipped);

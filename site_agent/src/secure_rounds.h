@@ -33,7 +33,10 @@ class SecureRounds {
   // the masked update when the round's shares are relayed, nothing while they are not (it is
   // released by the relay's arrival), or a refusal.
   std::vector<Outgoing> update(Outgoing plain);
-  // The job ended: its rounds' secrets are dropped.
+  // The worker prepared `job` (its job_ready is going out): the job's training sites, which
+  // every roster of its secure rounds must be drawn from (secagg::Client).
+  void prepared(const std::string& job, std::vector<std::string> training_sites);
+  // The job ended: its rounds' secrets and its sites are dropped.
   void forget(const std::string& job);
 
  private:
@@ -41,14 +44,15 @@ class SecureRounds {
     std::unique_ptr<secagg::Client> client;
     std::optional<secagg::ShareRelay> relay;
     std::optional<Outgoing> held;
-    int minimum_sum = 2;  // the job's (Outgoing::minimum_sum), known once the worker's update came
   };
   std::vector<Outgoing> release(const std::string& job, int round, Round& r);
+  void drop_rounds(const std::string& job);
   Outgoing failure(const std::string& job, const std::string& reason) const;
 
   std::string site_;
   std::optional<kit::SiteKit> kit_;
   std::map<std::pair<std::string, int>, Round> rounds_;
+  std::map<std::string, std::vector<std::string>> job_sites_;  // jobs prepared here: their training sites
 };
 
 }  // namespace fedda::site_agent

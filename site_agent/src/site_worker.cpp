@@ -13,7 +13,6 @@
 #include "fedda/common/files.h"
 #include "fedda/common/log.h"
 #include "fedda/common/privacy.h"
-#include "fedda/common/secagg.h"
 #include "fedda/models/federated.h"
 #include "fedda/models/model_spec.h"
 #include "fedda/site_agent/approvals.h"
@@ -63,7 +62,6 @@ struct SiteWorker::Impl {
   int job_rounds = 1;
   bool job_half = false;  // the job's models cross the network as float16
   bool job_secure = false;  // secure aggregation: training updates leave masked
-  int job_minimum_sum = 2;  // ... and this site helps open sums of at least this many (secagg::minimum_sum)
   std::map<std::string, Inbound> held;  // offers waiting for the administrator, by job
   std::vector<std::string> subject_ids;  // this site's, for redaction
   std::vector<Outgoing> out;
@@ -251,7 +249,9 @@ struct SiteWorker::Impl {
     }
     if (trainer && trainer_job == job.id) {  // e.g. the coordinator restarted: nothing to redo
       log->info("job {}: already prepared", job.id);
-      return post(MessageType::job_ready, job.id, 0, trainer_ready);
+      post(MessageType::job_ready, job.id, 0, trainer_ready);
+      out.back().training_sites = job.sites;
+      return;
     }
     trainer.reset();
     trainer_job.clear();
@@ -259,7 +259,6 @@ struct SiteWorker::Impl {
     job_rounds = job.rounds;
     job_half = job.transfer_precision == "float16";
     job_secure = job.secure_aggregation;
-    job_minimum_sum = secagg::minimum_sum(job.sites.size());
     auto spec = models::model_spec_from_json(job.model_spec_json);
     if (!spec) return fail(job.id, FailureCode::malformed, "model spec: " + spec.error().message);
     auto recipe = job.recipe.empty() ? Result<models::Recipe>(models::Recipe{}) : models::recipe_from_json(job.recipe);
@@ -340,6 +339,7 @@ struct SiteWorker::Impl {
     }
     log->info("job {}: ready ({} samples)", job.id, trainer_ready.samples);
     post(MessageType::job_ready, job.id, 0, trainer_ready);
+    out.back().training_sites = job.sites;  // secure rounds check their rosters against them
   }
 
   // The label-free quality report of the evaluated model on the evaluated scans, written to
@@ -526,7 +526,6 @@ struct SiteWorker::Impl {
     }
     post(MessageType::round_update, h.job_id, h.round, update, tensor_summary(update));
     out.back().secure = job_secure && !task->evaluate;
-    out.back().minimum_sum = job_minimum_sum;
   }
 
   void release(const std::string& job_id) {

@@ -33,7 +33,7 @@ struct Outgoing {
   std::string tensors;  // for the audit log
   std::string detail;   // for the audit log only: a failure's full text
   bool secure = false;  // a round_update of a secure-aggregation job: masked before it leaves (secure_rounds.h)
-  int minimum_sum = 2;  // with `secure`: the fewest sites whose sum it helps unmask (secagg::minimum_sum of the job)
+  std::vector<std::string> training_sites;  // with a job_ready: the job's sites (SecureRounds::prepared)
 };
 
 // `body` from `site` as an encoded message for the session.

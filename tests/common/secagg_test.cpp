@@ -142,12 +142,12 @@ struct Round {
   std::function<void(Roster&)> tamper;
   std::function<void(Aggregator&)> before_reveal;
   std::map<std::string, std::vector<RevealedShare>> revealed;  // what each survivor revealed
-  // The fewest sites whose sum the coordinator opens and the sites help open (a dishonest
-  // coordinator may use a smaller one than its sites).
-  int coordinator_minimum = 0, site_minimum = 0;
+  // The fewest sites whose sum the coordinator opens (a dishonest one may open fewer than its
+  // sites help open), and the job's sites as the sites prepared it (default: every site here).
+  int coordinator_minimum = 0;
+  std::vector<std::string> job_sites;
 
-  Round(int n, std::size_t elements, std::uint32_t seed = 5)
-      : coordinator_minimum(minimum_sum(static_cast<std::size_t>(n))), site_minimum(coordinator_minimum) {
+  Round(int n, std::size_t elements, std::uint32_t seed = 5) : coordinator_minimum(minimum_sum(static_cast<std::size_t>(n))) {
     std::mt19937 random(seed);
     for (int i = 0; i < n; ++i) {
       Site s;
@@ -155,6 +155,7 @@ struct Round {
       s.weight = 50 + static_cast<double>(random() % 200);
       s.model = random_set(random, elements, 1.0f);
       s.grads = random_set(random, elements / 4 + 1, 0.01f);
+      job_sites.push_back(s.id);
       sites.push_back(std::move(s));
     }
   }
@@ -169,7 +170,7 @@ struct Round {
     Aggregator aggregator(context, {&sites[0].model, &sites[0].grads}, coordinator_minimum);
     std::map<std::string, double> weights;
     for (auto& s : sites) {
-      s.client = std::make_unique<Client>(s.id, context, signer, verifier);
+      s.client = std::make_unique<Client>(s.id, context, job_sites, signer, verifier);
       weights[s.id] = s.weight;
       if (drop(s.id) == Drop::before_keys) continue;
       auto keys = s.client->advertise();
@@ -189,7 +190,7 @@ struct Round {
     if (!relays) return relays.error();
     for (auto& s : sites) {
       if (!relays->count(s.id) || drop(s.id) == Drop::after_shares) continue;
-      auto masked = s.client->mask(relays->at(s.id), {&s.model, &s.grads}, s.weight, site_minimum);
+      auto masked = s.client->mask(relays->at(s.id), {&s.model, &s.grads}, s.weight);
       if (!masked) return masked.error();
       seen[s.id] = *masked;
       if (auto st = aggregator.add_masked(s.id, *masked); !st) return st.error();
@@ -320,12 +321,35 @@ TEST(Secagg, AJobOfThreeOrMoreSitesNeverOpensASumOfTwo) {
   auto second = dishonest.sites[1].client->unmask({dishonest.sites[0].id, dishonest.sites[1].id});
   ASSERT_FALSE(second);  // the other survivor refuses as well
   EXPECT_NE(second.error().message.find("revealing nothing"), std::string::npos) << second.error().message;
-  // One gone before its keys: the round of two is refused at the roster.
+  // One gone before its keys: the round of two is refused at the roster; a coordinator that
+  // sends that roster anyway gets no shares, and one that relays the shares of two gets no update.
   Round unkeyed(3, 500);
   unkeyed.drops = {{unkeyed.sites[0].id, Drop::before_keys}};
   auto roster = unkeyed.run();
   ASSERT_FALSE(roster);
   EXPECT_NE(roster.error().message.find("only 2 sites sent keys"), std::string::npos) << roster.error().message;
+  unkeyed.coordinator_minimum = 2;
+  auto shared = unkeyed.run();
+  ASSERT_FALSE(shared);
+  EXPECT_NE(shared.error().message.find("only 2 sites in the roster; this job opens a sum of at least 3"), std::string::npos)
+      << shared.error().message;
+  Round unshared(3, 500);
+  unshared.drops = {{unshared.sites[0].id, Drop::after_keys}};
+  unshared.coordinator_minimum = 2;
+  auto masked = unshared.run();
+  ASSERT_FALSE(masked);
+  EXPECT_NE(masked.error().message.find("only 2 sites shared keys"), std::string::npos) << masked.error().message;
+  EXPECT_NE(masked.error().message.find("not sending an update"), std::string::npos) << masked.error().message;
+  EXPECT_TRUE(unshared.seen.empty());
+  // A coordinator that pads a job of three with a fourth site of its own (whose update it knows,
+  // to subtract it): the job's sites refuse the roster.
+  Round padded(4, 500);
+  padded.job_sites.pop_back();
+  auto refused_roster = padded.run();
+  ASSERT_FALSE(refused_roster);
+  EXPECT_NE(refused_roster.error().message.find("the roster names site '" + padded.sites[3].id + "', which is not a site of this job"),
+            std::string::npos)
+      << refused_roster.error().message;
   // Four sites, one gone: the sum of three opens.
   Round four(4, 500);
   four.drops = {{four.sites[1].id, Drop::after_shares}};
@@ -341,7 +365,7 @@ TEST(Secagg, AJobOfThreeOrMoreSitesNeverOpensASumOfTwo) {
 
 TEST(Secagg, ASiteRefusesARosterOfOneAThresholdBelowAMajorityAndARelayOfTooFew) {
   // A roster of this site alone: its "sum" would be its update.
-  Client alone("a", "j|1");
+  Client alone("a", "j|1", {"a", "b"});
   const auto keys = alone.advertise().value();
   Roster one;
   one.keys = {keys};
@@ -352,7 +376,7 @@ TEST(Secagg, ASiteRefusesARosterOfOneAThresholdBelowAMajorityAndARelayOfTooFew) 
   std::vector<std::unique_ptr<Client>> clients;
   Roster five;
   for (const char* id : {"a", "b", "c", "d", "e"}) {
-    clients.push_back(std::make_unique<Client>(id, "j|1"));
+    clients.push_back(std::make_unique<Client>(id, "j|1", std::vector<std::string>{"a", "b", "c", "d", "e"}));
     five.keys.push_back(clients.back()->advertise().value());
   }
   five.weight_total = 5;
@@ -373,7 +397,7 @@ TEST(Secagg, ASiteRefusesARosterOfOneAThresholdBelowAMajorityAndARelayOfTooFew) 
   }
   TensorSet update;
   update.tensors.push_back(make_f32("w", {2}, {1.0f, 2.0f}));
-  auto masked = clients[0]->mask(relay, {&update}, 1.0, 2);
+  auto masked = clients[0]->mask(relay, {&update}, 1.0);
   ASSERT_FALSE(masked);
   EXPECT_NE(masked.error().message.find("fewer than the threshold"), std::string::npos) << masked.error().message;
 }

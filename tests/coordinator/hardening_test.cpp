@@ -22,6 +22,7 @@
 #include "support/fake_sites.h"
 #include "support/peer_fuzzer.h"
 #include "support/fake_coordinator.h"
+#include "support/keyed_fake_coordinator.h"
 #include "support/federation_fixture.h"
 
 namespace fedda {
@@ -474,69 +475,13 @@ class Sovereignty : public Federation {
 };
 
 
-std::string line_of(const fs::path& file) {
-  auto t = testing::read_text(file);
-  return t.substr(0, t.find('\n'));
-}
-
-// A coordinator holding the consortium's real keys (its offers signed, its channel admitted),
-// under the test's control.
-struct KeyedFakeCoordinator {
-  KeyedFakeCoordinator(zmq::context_t& context, const fs::path& kit, const fs::path& teacher)
-      : fake(context, line_of(kit / "coordinator" / "coordinator.curve.secret")),
-        sign_key(testing::read_text(kit / "coordinator" / "coordinator.sign.key")),
-        teacher_model(models::read_model_weights(teacher).value()) {}
-  // Waits for the agent's hello and answers with `welcome`; false when no hello came.
-  bool greet(const protocol::Welcome& welcome) {
-    if (!next(protocol::MessageType::hello)) return false;
-    send(protocol::MessageType::welcome, "", 0, protocol::encode(protocol::Header{}, welcome).body, false);
-    return true;
-  }
-  // The next message of `type` from the agent (everything it sends is kept in fake.received()).
-  std::optional<testing::FakeCoordinator::Message> next(protocol::MessageType type, std::chrono::seconds wait = 120s) {
-    return fake.next(type, wait);
-  }
-  void send(protocol::MessageType type, const std::string& job, int round, std::string body, bool sign) {
-    protocol::Header h;
-    h.type = type;
-    h.sender = "coordinator";
-    h.job_id = job;
-    h.round = round;
-    h.sequence = ++sequence;
-    h.body_bytes = body.size();
-    h.body_crc32 = crc32_of(body);
-    std::vector<std::string> frames = {fake.routing(), protocol::encode_header(h), body};
-    if (sign) frames.push_back(crypto::sign(sign_key, protocol::model_signed_text(job, round, body)).value());
-    fake.send(frames);
-  }
-  std::string offer(const std::string& id, protocol::JobType type, int batch, int steps, bool secure = false,
-                    const std::string& quality_estimator = {}) const {
-    protocol::JobOffer o;
-    o.quality_estimator = quality_estimator;
-    o.job.id = id;
-    o.job.type = type;
-    o.job.source = "utrecht";
-    o.job.sites = {"utrecht", "amsterdam"};
-    o.job.evaluation_sites = {"amsterdam"};
-    o.job.batch_size = batch;
-    o.job.local_steps = steps;
-    o.job.secure_aggregation = secure;
-    o.job.model_spec_json = models::to_json(teacher_model.spec);
-    if (type == protocol::JobType::kd) o.teacher = teacher_model.weights;
-    return protocol::encode(protocol::Header{}, o).body;
-  }
-  testing::FakeCoordinator fake;
-  std::string sign_key;
-  models::StoredModel teacher_model;
-  std::uint64_t sequence = 0;
-};
 
 // A site's privacy ceiling (policy max_epsilon) wins over any job: a job without DP, one whose
 // target is above the ceiling and one whose noise would spend more than it are refused by that
 // rule; a job within it trains, and its update says what it spent, never past the job's plan.
 TEST_F(Sovereignty, ASitesPrivacyCeilingWinsOverAnyJob) {
   zmq::context_t context;
-  KeyedFakeCoordinator coordinator(context, kit_, teacher());
+  testing::KeyedFakeCoordinator coordinator(context, kit_, teacher());
   Process agent = amsterdam_agent(coordinator.fake.endpoint(), "  max_epsilon: 3\n");
   ASSERT_TRUE(coordinator.greet(protocol::Welcome{200, 50}));
   const auto dp_offer = [&](const std::string& id, protocol::DpSpec dp) {
@@ -603,7 +548,7 @@ TEST_F(Sovereignty, ASitesPrivacyCeilingWinsOverAnyJob) {
 // only refusal codes leave the site.
 TEST_F(Sovereignty, AHostileCoordinatorGetsNothingButRefusalCodes) {
   zmq::context_t context;
-  KeyedFakeCoordinator coordinator(context, kit_, teacher());
+  testing::KeyedFakeCoordinator coordinator(context, kit_, teacher());
   auto& fake = coordinator.fake;
   Process agent = amsterdam_agent(fake.endpoint(), "  job_types: [kd, evaluate]\n  min_batch_size: 4\n  evaluation_interval_s: 3600\n");
   const auto next = [&](protocol::MessageType type) { return coordinator.next(type); };
@@ -680,7 +625,7 @@ TEST_F(Sovereignty, AQualityReportLeavesTheSiteAsAggregatesOnly) {
   auto estimator = models::calibrate_quality(teacher(), imaging::find_clinic_subjects(data_dir(), "utrecht").value(), {});
   ASSERT_TRUE(estimator) << estimator.error().message;
   zmq::context_t context;
-  KeyedFakeCoordinator coordinator(context, kit_, teacher());
+  testing::KeyedFakeCoordinator coordinator(context, kit_, teacher());
   auto& fake = coordinator.fake;
   Process agent = amsterdam_agent(fake.endpoint(), "  job_types: [evaluate]\n");
   ASSERT_TRUE(coordinator.greet(protocol::Welcome{200, 50}));
@@ -739,7 +684,7 @@ TEST_F(Sovereignty, AQualityReportLeavesTheSiteAsAggregatesOnly) {
 // and its round trained without the key exchange never leaves (held back, not sent in the clear).
 TEST_F(Sovereignty, ASiteRequiringSecureAggregationNeverSendsAnUpdateInTheClear) {
   zmq::context_t context;
-  KeyedFakeCoordinator coordinator(context, kit_, teacher());
+  testing::KeyedFakeCoordinator coordinator(context, kit_, teacher());
   Process agent = amsterdam_agent(coordinator.fake.endpoint(), "  require_secure_aggregation: true\n");
   // Heartbeats every second, gone after 100 missed: this fake sends none, and the test is short.
   ASSERT_TRUE(coordinator.greet(protocol::Welcome{1000, 100}));

@@ -2,7 +2,8 @@
 // on loopback. The same KD job with and without it lands on the same Dice; what a site uploads
 // is the masked vector only; a site killed mid-round of four is left out and the sum of three
 // still opens, while a job of three never opens the sum of the two left; a coordinator that
-// substitutes another site's key is caught by the agent.
+// substitutes another site's key, or pads a round with a site outside the job, is caught by the
+// agent.
 #include <gtest/gtest.h>
 
 #include <csignal>
@@ -17,7 +18,7 @@
 #include "fedda/common/kit.h"
 #include "fedda/common/protocol.h"
 #include "fedda/common/secagg.h"
-#include "support/fake_coordinator.h"
+#include "support/keyed_fake_coordinator.h"
 #include "support/federation_fixture.h"
 #include "support/process.h"
 #include "support/test_support.h"
@@ -44,13 +45,6 @@ double mean_dice(const fs::path& csv, const std::string& target) {
   }
   EXPECT_GT(n, 0) << csv;
   return n ? sum / n : -1;
-}
-
-std::string first_line_of(const fs::path& path) {
-  std::ifstream in(path);
-  std::string line;
-  std::getline(in, line);
-  return line;
 }
 
 class SecureAggregation : public Federation {
@@ -176,14 +170,18 @@ TEST_F(SecureAggregation, AJobOfThreeNeverOpensTheSumOfTheTwoLeftSaysSoAndResume
   ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "secure aggregation among 3 sites", 240s)) << testing::read_text(coordinator_log());
   singapore->signal(SIGKILL);
   // The job fails as soon as singapore is lost (min_sites 2 notwithstanding), and says why.
-  EXPECT_NE(coordinator->wait(60s), 0) << testing::read_text(coordinator_log());
+  const int rc = coordinator->wait(60s);
+  ASSERT_NE(rc, -2) << "still running: " << testing::read_text(coordinator_log());
+  EXPECT_NE(rc, 0) << testing::read_text(coordinator_log());
   const auto log = testing::read_text(coordinator_log());
   EXPECT_NE(log.find("rounds open with at least 3 sites and no sum of fewer is unmasked (min_sites 2"), std::string::npos) << log;
   EXPECT_NE(log.find("a secure round of this job opens a sum of at least 3"), std::string::npos) << log;
   EXPECT_NE(log.find("nothing was unmasked. Resume the job (fedda-admin resume kd-three)"), std::string::npos) << log;
   EXPECT_EQ(log.find("unmasking the sum"), std::string::npos) << log;
   EXPECT_TRUE(rounds("kd-three").empty());
-  for (const char* site : {"utrecht", "amsterdam"}) {  // neither survivor revealed a share
+  // No unmask request reached the survivors (that a site refuses one for two survivors, whatever
+  // the coordinator says, is Secagg.AJobOfThreeOrMoreSitesNeverOpensASumOfTwo's).
+  for (const char* site : {"utrecht", "amsterdam"}) {
     EXPECT_EQ(testing::read_text(dir_ / (std::string(site) + ".log")).find("shares sent to unmask"), std::string::npos) << site;
   }
   // With singapore back, the same job file resumes it, and every round sums all three.
@@ -196,38 +194,48 @@ TEST_F(SecureAggregation, AJobOfThreeNeverOpensTheSumOfTheTwoLeftSaysSoAndResume
   EXPECT_GT(mean_dice(dir_ / "jobs" / "kd-three" / "results.csv", "amsterdam"), 0.1);
 }
 
-TEST_F(SecureAggregation, AnAgentCatchesACoordinatorThatSubstitutesAnotherSitesKey) {
-  provision({"utrecht", "amsterdam"});
+// The agent's own checks of a round, against a coordinator that holds the consortium's keys: an
+// honest roster is shared; a substituted key, and a roster padded with a genuine site that is
+// not in the job (whose update such a coordinator would know and subtract), are refused.
+TEST_F(SecureAggregation, AnAgentCatchesACoordinatorThatSubstitutesAKeyOrPadsTheRoundWithASiteOutsideTheJob) {
+  provision({"utrecht", "amsterdam", "singapore"});
   zmq::context_t context;
-  testing::FakeCoordinator fake(context, first_line_of(kit_ / "coordinator" / "coordinator.curve.secret"));
-  auto agent = start_agent("amsterdam", fake.endpoint());
-  ASSERT_TRUE(fake.next(MessageType::hello, 60s));
-  std::uint64_t sequence = 1000;
+  testing::KeyedFakeCoordinator coordinator(context, kit_, teacher());
+  auto agent = start_agent("amsterdam", coordinator.fake.endpoint());
+  // Heartbeats every second, gone after 100 missed: this fake sends none, and the test is short.
+  ASSERT_TRUE(coordinator.greet(protocol::Welcome{1000, 100}));
+  // Keys for a job it has not prepared are refused; then the job of utrecht and amsterdam.
+  coordinator.send(MessageType::secagg_keys, "kd-unknown", 1, protocol::encode_empty(protocol::Header{}).body, false);
+  auto unknown = coordinator.next(MessageType::job_failed, 60s);
+  ASSERT_TRUE(unknown);
+  EXPECT_NE(protocol::decode_body<protocol::JobFailed>(unknown->second).value().reason.find("a job this site has not prepared"),
+            std::string::npos);
+  coordinator.send(MessageType::job_offer, "kd-x", 0, coordinator.offer("kd-x", protocol::JobType::kd, 4, 2, true), true);
+  ASSERT_TRUE(coordinator.next(MessageType::job_ready, 120s)) << testing::read_text(dir_ / "amsterdam.log");
+  auto& fake = coordinator.fake;
   const auto send = [&](MessageType type, int round, const protocol::Frames& body) {
-    protocol::Header h;
-    h.type = type;
-    h.sender = "coordinator";
-    h.job_id = "kd-x";
-    h.round = round;
-    h.sequence = ++sequence;
-    h.body_bytes = body.body.size();
-    h.body_crc32 = body.body_crc32;
-    fake.send({fake.routing(), protocol::encode_header(h), body.body});
+    coordinator.send(type, "kd-x", round, body.body, false);
   };
-  // utrecht's genuine round keys, signed with its kit identity (what the real site would send).
-  const auto utrecht_kit = kit::load_site_kit(kit_ / "sites" / "utrecht").value();
-  for (const int round : {1, 2}) {
+  // Genuine round keys of utrecht and singapore, signed with their kit identities (what the real
+  // sites would send).
+  const auto genuine_keys = [&](const std::string& site, int round) {
+    const auto kit = kit::load_site_kit(kit_ / "sites" / site).value();
+    secagg::Client client(site, secagg::round_context("kd-x", round), {site, "amsterdam"},
+                          [&](std::string_view text) { return crypto::sign(kit.site_sign_private, text); });
+    return client.advertise(kit.manifest, kit.manifest_signature).value();
+  };
+  for (const int round : {1, 2, 3}) {
     send(MessageType::secagg_keys, round, protocol::encode_empty(protocol::Header{}));
     auto keys_message = fake.next(MessageType::secagg_keys, 60s);
     ASSERT_TRUE(keys_message);
     auto amsterdam_keys = protocol::decode_body<secagg::PublicKeys>(keys_message->second).value();
     EXPECT_EQ(amsterdam_keys.site, "amsterdam");
-    secagg::Client utrecht("utrecht", secagg::round_context("kd-x", round),
-                           [&](std::string_view text) { return crypto::sign(utrecht_kit.site_sign_private, text); });
-    auto utrecht_keys = utrecht.advertise(utrecht_kit.manifest, utrecht_kit.manifest_signature).value();
+    auto utrecht_keys = genuine_keys("utrecht", round);
     if (round == 2) utrecht_keys.mask_key = crypto::generate_x25519().value().public_raw;  // the coordinator's own key
     secagg::Roster roster;
     roster.keys = {amsterdam_keys, utrecht_keys};
+    if (round == 3) roster.keys.push_back(genuine_keys("singapore", round));
+    std::sort(roster.keys.begin(), roster.keys.end(), [](const auto& a, const auto& b) { return a.site < b.site; });
     roster.threshold = 2;
     roster.weight_total = 100;
     send(MessageType::secagg_roster, round, protocol::encode(protocol::Header{}, roster));
@@ -238,12 +246,15 @@ TEST_F(SecureAggregation, AnAgentCatchesACoordinatorThatSubstitutesAnotherSitesK
     if (round == 1) {  // honest: the agent checks utrecht's signature and shares
       EXPECT_EQ(answer->first.type, MessageType::secagg_shares);
       EXPECT_EQ(protocol::decode_body<protocol::SecaggShares>(answer->second).value().shares.size(), 2u);
-    } else {
-      ASSERT_EQ(answer->first.type, MessageType::job_failed);
-      const auto failed = protocol::decode_body<protocol::JobFailed>(answer->second).value();
-      EXPECT_EQ(failed.code, protocol::FailureCode::secure_aggregation);
-      EXPECT_NE(failed.reason.find("the keys relayed for site 'utrecht' are not that site's"), std::string::npos) << failed.reason;
+      continue;
     }
+    ASSERT_EQ(answer->first.type, MessageType::job_failed);
+    const auto failed = protocol::decode_body<protocol::JobFailed>(answer->second).value();
+    EXPECT_EQ(failed.code, protocol::FailureCode::secure_aggregation);
+    EXPECT_NE(failed.reason.find(round == 2 ? "the keys relayed for site 'utrecht' are not that site's"
+                                            : "the roster names site 'singapore', which is not a site of this job"),
+              std::string::npos)
+        << failed.reason;
   }
   EXPECT_TRUE(agent->running());
 }

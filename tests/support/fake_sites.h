@@ -159,6 +159,10 @@ class FakeSites {
         for (int i = 0; i < 400; ++i) failed.reason += "\u00e9\u4e2d";  // 5 bytes a pair: a cut at 1000 bytes splits one
         send(s, MessageType::job_failed, "waiting", 0, protocol::encode(protocol::Header{}, failed));
       } else if (h->type == MessageType::job_offer) {
+        if (!job_sites_.count(h->job_id)) {  // decoded once for all the fakes: a secure round's roster is checked against it
+          auto offer = protocol::decode_body<protocol::JobOffer>(parts[1].to_string());
+          if (offer) job_sites_[h->job_id] = offer->job.sites;
+        }
         protocol::JobReady ready;
         ready.samples = s.behaviour == Behaviour::inflated_count ? 10000 : 100;
         ready.subjects = 1;
@@ -250,7 +254,7 @@ class FakeSites {
     };
     switch (h.type) {
       case MessageType::secagg_keys: {
-        s.secure = std::make_unique<secagg::Client>(s.id, secagg::round_context(h.job_id, h.round));
+        s.secure = std::make_unique<secagg::Client>(s.id, secagg::round_context(h.job_id, h.round), job_sites_[h.job_id]);
         s.secure_round = {h.job_id, h.round};
         s.held.reset();
         s.relay.reset();
@@ -293,7 +297,7 @@ class FakeSites {
     if (!s.held || !s.relay) return;
     const auto start = std::chrono::steady_clock::now();
     const TensorSet none;
-    auto masked = s.secure->mask(*s.relay, {&*s.held, &none}, 100.0, secagg::minimum_sum(sites_.size()));
+    auto masked = s.secure->mask(*s.relay, {&*s.held, &none}, 100.0);
     s.held.reset();
     s.relay.reset();
     if (!masked) return;
@@ -338,6 +342,7 @@ class FakeSites {
   std::chrono::milliseconds heartbeat_;
   bool reconnected_ = false;  // a socket was replaced: the poll items are rebuilt
   std::vector<std::unique_ptr<Site>> sites_;
+  std::map<std::string, std::vector<std::string>> job_sites_;  // by job: its sites, from its offer
   SharedUpdate update_;
   std::atomic<bool> stop_{false};
   std::atomic<int> updates_{0};

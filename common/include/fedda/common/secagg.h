@@ -153,22 +153,26 @@ using Verifier = std::function<Status(const PublicKeys& keys, std::string_view s
 class Client {
  public:
   // `context` names the job and round (everything signed and derived is bound to it).
-  Client(std::string site, std::string context, Signer signer = {}, Verifier verifier = {});
+  // `job_sites`: the training sites of the job as this site prepared it (JobSpec::sites): a
+  // roster naming any other site is refused (a coordinator could pad a round with a site of its
+  // own and subtract it), and no sum of fewer than minimum_sum(job_sites.size()) is helped open.
+  Client(std::string site, std::string context, std::vector<std::string> job_sites, Signer signer = {}, Verifier verifier = {});
   ~Client();
 
   // Stage 1: the round's public keys, signed. `manifest`: the site's kit manifest and signature.
   Result<PublicKeys> advertise(std::string manifest = {}, std::string manifest_signature = {});
-  // Stage 2: checks the roster (itself in it, every key signed by its site when there is a
-  // verifier, a sane threshold), and returns its encrypted shares, one per neighbourhood member.
+  // Stage 2: checks the roster (itself in it, only sites of the job and at least the minimum
+  // sum of them, every key signed by its site when there is a verifier, a sane threshold), and
+  // returns its encrypted shares, one per neighbourhood member.
   Result<std::vector<EncryptedShares>> share(const Roster& roster);
   // Stage 3: keeps the relayed shares (opened at stage 4) and masks the update, whose FedAvg
-  // weight is `weight` (of the roster's total). `minimum_sum`: the fewest sites whose sum this
-  // site helps unmask (minimum_sum() of its job); error, and no update, when fewer shared keys.
+  // weight is `weight` (of the roster's total); error, and no update, when fewer than the
+  // minimum sum shared keys.
   Result<std::vector<std::uint64_t>> mask(const ShareRelay& relay, const std::vector<const TensorSet*>& update, double weight,
-                                          int minimum_sum, std::int64_t* clipped = nullptr);
+                                          std::int64_t* clipped = nullptr);
   // Stage 4: the shares the coordinator needs, given U3 (`masked`). Answers once; error (and
-  // nothing revealed) when U3 is not inside U2, holds fewer than mask()'s `minimum_sum` sites,
-  // or fewer than the threshold of this site's neighbourhood are in it.
+  // nothing revealed) when U3 is not inside U2, holds fewer than the minimum sum, or fewer than
+  // the threshold of this site's neighbourhood are in it.
   Result<std::vector<RevealedShare>> unmask(const std::vector<std::string>& masked);
 
   const std::vector<std::string>& neighbours() const;
