@@ -53,6 +53,12 @@ class SecureAggregation : public Federation {
     kit_ = dir_ / "kits";
     ASSERT_TRUE(kit::provision({"wmh", "tcp://127.0.0.1:0", sites, kit_, {}, {}}));
   }
+  // A two-round kd job of `sites` under secure aggregation, its key and share stages 20 s each.
+  fs::path secure_kd_job(const std::string& id, const std::vector<std::string>& sites) {
+    const auto job = kd_job(id, sites, 2, 8, 2);
+    std::ofstream(job, std::ios::app) << "secure_aggregation: true\nsecagg_timeout_s: 20\n";
+    return job;
+  }
   // Runs `jobs` (queued in this order) with agents of `sites`; each job's mean Dice at amsterdam.
   std::vector<double> run_jobs(const std::vector<fs::path>& jobs, const std::vector<std::string>& sites) {
     std::vector<std::string> extra;
@@ -137,8 +143,7 @@ TEST_F(SecureAggregation, AdaAtHalfPrecisionTransferLandsOnTheSameDice) {
 
 TEST_F(SecureAggregation, ASiteKilledMidRoundOfFourIsLeftOutAndTheSumOfTheThreeLeftStillOpens) {
   provision({"utrecht", "amsterdam", "singapore", "oslo"});
-  const auto job = kd_job("kd-dropout", {"utrecht", "amsterdam", "singapore", "oslo"}, 2, 8, 2);
-  std::ofstream(job, std::ios::app) << "secure_aggregation: true\nsecagg_timeout_s: 20\n";
+  const auto job = secure_kd_job("kd-dropout", {"utrecht", "amsterdam", "singapore", "oslo"});
   auto coordinator = start_coordinator(job, "tcp://127.0.0.1:0");
   const auto endpoint = wait_for_endpoint();
   auto utrecht = start_agent("utrecht", endpoint);
@@ -160,8 +165,7 @@ TEST_F(SecureAggregation, ASiteKilledMidRoundOfFourIsLeftOutAndTheSumOfTheThreeL
 
 TEST_F(SecureAggregation, AJobOfThreeNeverOpensTheSumOfTheTwoLeftSaysSoAndResumesWhenThreeAreBack) {
   provision({"utrecht", "amsterdam", "singapore"});
-  const auto job = kd_job("kd-three", {"utrecht", "amsterdam", "singapore"}, 2, 8, 2);
-  std::ofstream(job, std::ios::app) << "secure_aggregation: true\nsecagg_timeout_s: 20\n";
+  const auto job = secure_kd_job("kd-three", {"utrecht", "amsterdam", "singapore"});
   auto coordinator = start_coordinator(job, "tcp://127.0.0.1:0");
   const auto endpoint = wait_for_endpoint();
   auto utrecht = start_agent("utrecht", endpoint);
