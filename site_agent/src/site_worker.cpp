@@ -62,7 +62,11 @@ struct SiteWorker::Impl {
   int job_rounds = 1;
   bool job_half = false;  // the job's models cross the network as float16
   bool job_secure = false;  // secure aggregation: training updates leave masked
-  std::map<std::string, Inbound> held;  // offers waiting for the administrator, by job
+  struct HeldOffer {
+    Inbound offer;
+    std::string digest;  // offer_digest, computed once: the teacher is hashed when the offer comes
+  };
+  std::map<std::string, HeldOffer> held;  // offers waiting for the administrator, by job
   std::vector<std::string> subject_ids;  // this site's, for redaction
   std::vector<Outgoing> out;
   // What the job's quality report needs (evaluation rounds): the scans evaluated, the model's
@@ -240,7 +244,7 @@ struct SiteWorker::Impl {
         if (auto st = write_pending(config.cache_dir, {job.id, digest, description(job)}); !st) {
           return fail(job.id, FailureCode::internal, st.error().message);
         }
-        held[job.id] = Inbound{h, body, signature, Clock::now()};
+        held[job.id] = HeldOffer{Inbound{h, body, signature, Clock::now()}, digest};
         log->warn("job {}: waits for this site's administrator (fedda-agent pending; fedda-agent approve {})", job.id, job.id);
         return post(MessageType::job_pending, job.id, 0, protocol::JobPending{"approval by the site's administrator"});
       }
@@ -249,9 +253,7 @@ struct SiteWorker::Impl {
     }
     if (trainer && trainer_job == job.id) {  // e.g. the coordinator restarted: nothing to redo
       log->info("job {}: already prepared", job.id);
-      post(MessageType::job_ready, job.id, 0, trainer_ready);
-      out.back().training_sites = job.sites;
-      return;
+      return post_ready(job);
     }
     trainer.reset();
     trainer_job.clear();
@@ -338,8 +340,14 @@ struct SiteWorker::Impl {
                                        "failed validation at the site (see the site's log)"});
     }
     log->info("job {}: ready ({} samples)", job.id, trainer_ready.samples);
+    post_ready(job);
+  }
+
+  // The job's job_ready, carrying its sites for the network thread's secure rounds (they check
+  // their rosters against them).
+  void post_ready(const protocol::JobSpec& job) {
     post(MessageType::job_ready, job.id, 0, trainer_ready);
-    out.back().training_sites = job.sites;  // secure rounds check their rosters against them
+    out.back().training_sites = job.sites;
   }
 
   // The label-free quality report of the evaluated model on the evaluated scans, written to
@@ -580,14 +588,12 @@ std::vector<Outgoing> SiteWorker::check_approvals() {
   auto& m = *impl_;
   m.out.clear();
   for (auto it = m.held.begin(); it != m.held.end();) {
-    auto offer = protocol::decode_body<protocol::JobOffer>(it->second.body);
-    const auto decided = offer ? decision(m.config.cache_dir, it->first, offer_digest(*offer))
-                               : std::optional<bool>(false);
+    const auto decided = decision(m.config.cache_dir, it->first, it->second.digest);  // polled once a second
     if (!decided) {
       ++it;
       continue;
     }
-    const Inbound work = std::move(it->second);
+    const Inbound work = std::move(it->second.offer);
     it = m.held.erase(it);
     settle_pending(m.config.cache_dir, work.header.job_id);
     if (*decided) {
