@@ -4,9 +4,11 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <thread>
 
 namespace fedda::protocol {
 namespace {
@@ -501,6 +503,31 @@ TEST(Protocol, AdminRequestAndReplySurviveTheWire) {
   ASSERT_TRUE(again);
   EXPECT_TRUE(again->ok);
   EXPECT_EQ(again->notice, "insecure");
+}
+
+// Regression (found by the coordinator fuzzer under ASan, a heap use-after-free): cereal keeps
+// one registry of class versions per process, and without CEREAL_THREAD_SAFE two threads that
+// encode at once (an agent's worker thread and its network loop do) race on it. The race itself
+// shows only under a sanitizer and only on a type's first use; this pins the setting and encodes
+// from eight threads at once.
+static_assert(CEREAL_THREAD_SAFE == 1, "protocol.h must turn on cereal's lock before including cereal");
+TEST(Protocol, MessagesEncodeFromManyThreadsAtOnce) {
+  std::vector<std::thread> threads;
+  std::atomic<int> good{0};
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&good, t] {
+      for (int i = 0; i < 200; ++i) {
+        JobFailed failed;
+        failed.reason = "thread " + std::to_string(t);
+        const auto a = encode(header_of(MessageType::job_failed), failed);
+        const auto b = encode(header_of(MessageType::heartbeat), Goodbye{"x"});
+        const auto back = decode_body<JobFailed>(a.body);
+        if (back && back->reason == failed.reason && decode_header(b.header, b.body)) ++good;
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(good.load(), 8 * 200);
 }
 
 TEST(Protocol, ParametersNotBuffersIsOneFilter) {

@@ -8,11 +8,16 @@
 // targets on the admin endpoint. It asserts nothing itself: a test checks the coordinator
 // afterwards (still running, memory bounded, the honest path working). Without kits: the
 // coordinator runs --insecure. One thread; not thread-safe.
+//
+// Every choice it makes is a number drawn from `draw`: a seeded generator for the timed test,
+// or two bytes of a libFuzzer input at a time (fuzz/coordinator_fuzzer.cpp), so that coverage
+// guides the choices there; a draw of 0 picks the first of the choices and says no to a chance.
 
 #include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <random>
@@ -35,7 +40,12 @@ class PeerFuzzer {
   // `peers` ids fuzz0, fuzz1, ...; `job` is the job whose messages are forged (its id and the
   // layout of the round tasks it sends are used).
   PeerFuzzer(const std::string& endpoint, const std::string& admin_endpoint, int peers, std::string job, std::uint64_t seed)
-      : job_(std::move(job)), rng_(seed) {
+      : PeerFuzzer(endpoint, admin_endpoint, peers, std::move(job), std::function<std::uint64_t()>(std::mt19937_64(seed))) {}
+
+  // The same, every choice drawn from `draw` (it may be changed with draw_from).
+  PeerFuzzer(const std::string& endpoint, const std::string& admin_endpoint, int peers, std::string job,
+             std::function<std::uint64_t()> draw)
+      : job_(std::move(job)), draw_(std::move(draw)) {
     for (int i = 0; i < peers; ++i) {
       auto p = std::make_unique<Peer>();
       p->id = "fuzz" + std::to_string(i);
@@ -52,20 +62,31 @@ class PeerFuzzer {
 
   // Sends mutated messages until `seconds` have passed.
   Figures run(std::chrono::duration<double> seconds) {
-    for (auto& p : peers_) send(*p, protocol::MessageType::hello, "", 0, protocol::encode(protocol::Header{}, hello_of(*p)), false);
+    start();
     const auto until = std::chrono::steady_clock::now() + seconds;
-    while (std::chrono::steady_clock::now() < until) {
-      for (auto& p : peers_) answer(*p);
-      drain_admin();
-      auto& p = *peers_[pick(peers_.size())];
-      if (chance(0.02)) {
-        forge_admin();
-      } else {
-        forge(p);
-      }
-    }
+    while (std::chrono::steady_clock::now() < until) step();
     return figures_;
   }
+
+  // Each peer says hello.
+  void start() {
+    for (auto& p : peers_) send(*p, protocol::MessageType::hello, "", 0, protocol::encode(protocol::Header{}, hello_of(*p)), false);
+  }
+
+  // Answers what came (offers, tasks, upload credit), then forges one message.
+  void step() {
+    for (auto& p : peers_) answer(*p);
+    drain_admin();
+    auto& p = *peers_[pick(peers_.size())];
+    if (chance(0.02)) {
+      forge_admin();
+    } else {
+      forge(p);
+    }
+  }
+
+  void draw_from(std::function<std::uint64_t()> draw) { draw_ = std::move(draw); }
+  const Figures& figures() const { return figures_; }
 
  private:
   struct Peer {
@@ -76,8 +97,9 @@ class PeerFuzzer {
     int round = 0;
   };
 
-  std::size_t pick(std::size_t n) { return std::uniform_int_distribution<std::size_t>(0, n - 1)(rng_); }
-  bool chance(double p) { return std::bernoulli_distribution(p)(rng_); }
+  std::size_t pick(std::size_t n) { return static_cast<std::size_t>(draw_() % n); }
+  // In thousandths, counted from the top: a draw of 0 (a fuzzer input that has run out) is "no".
+  bool chance(double p) { return static_cast<double>(draw_() % 1000) >= 1000.0 * (1.0 - p); }
 
   // A string a hostile peer might send: plain, empty, long, not UTF-8, with control characters
   // or a forged log line, or a known id.
@@ -293,7 +315,7 @@ class PeerFuzzer {
   zmq::socket_t admin_;
   std::uint64_t admin_sequence_ = 0;
   std::string job_;
-  std::mt19937_64 rng_;
+  std::function<std::uint64_t()> draw_;
   Figures figures_;
 };
 

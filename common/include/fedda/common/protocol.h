@@ -30,6 +30,13 @@
 #include <string>
 #include <vector>
 
+// Cereal's registry of class versions is one map for the whole process; without its lock two
+// threads encoding at once (an agent's worker and its network loop, a test's fake sites and
+// fuzzer) race on it, and the coordinator fuzzer found the heap use-after-free that follows.
+// Every file that includes cereal includes it here, so the setting is the same everywhere.
+#ifndef CEREAL_THREAD_SAFE
+#define CEREAL_THREAD_SAFE 1
+#endif
 #include <cereal/archives/portable_binary.hpp>
 
 #include "fedda/common/result.h"
