@@ -22,6 +22,11 @@ using protocol::MessageType;
 
 namespace {
 
+// The most training samples (slices) a site may declare for a job: far beyond any archive, and
+// small enough that sums and products of counts stay exact (the coordinator fuzzer's
+// INT64_MAX declarations overflowed the round's sums).
+constexpr std::int64_t kMaxDeclaredSamples = std::int64_t{1} << 32;
+
 double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
 
 // A job's time setting in seconds (round_deadline_s, secagg_timeout_s) as a duration.
@@ -344,10 +349,15 @@ void JobRun::handle(SiteInfo& site, const protocol::Header& h, const std::string
         log_->warn("site {}: job_ready for {} on a session it was not offered on; dropped", site.id, id());
         return;
       }
+      if (ready->samples < 0 || ready->samples > kMaxDeclaredSamples) {
+        log_->warn("site {}: job_ready for {} declaring {} samples dropped (0 to {} are taken)", site.id, id(),
+                   ready->samples, kMaxDeclaredSamples);
+        return;
+      }
       p.ready = true;
       p.pending = false;
       p.failed = false;
-      p.samples = std::max<std::int64_t>(0, ready->samples);
+      p.samples = ready->samples;
       p.subjects = ready->subjects;
       p.evaluation_subjects = ready->evaluation_subjects;
       constexpr std::size_t kSkippedLogged = 10;
@@ -679,7 +689,7 @@ void JobRun::open_round() {
     for (const auto& sid : candidates) {
       task.step_sites.push_back(sid);
       task.steps.push_back(std::max(
-          1, static_cast<int>(std::lround(spec.local_steps * host_.sites().in(sid, id()).samples / total))));
+          1, static_cast<int>(std::lround(spec.local_steps * static_cast<double>(host_.sites().in(sid, id()).samples) / total))));
     }
   }
   const auto encode_start = Clock::now();
@@ -916,14 +926,14 @@ void JobRun::commit_round(TensorSet averaged, std::optional<TensorSet> grads) {
   expected_.clear();
   answered_.clear();
   double loss = 0;
-  std::int64_t samples = 0;
+  double samples = 0;
   for (const auto& s : current_.sites) {
     loss += s.loss * static_cast<double>(s.samples);
-    samples += s.samples;
+    samples += static_cast<double>(s.samples);
   }
   const auto f = federation_split(current_);
   log_->info("job {}: round {}/{} done in {:.1f} s: {} sites, mean loss {:.4f}, federation {:.0f} ms ({:.1f}% of {:.2f} s){}",
-             id(), r, spec.rounds, current_.seconds, current_.sites.size(), samples ? loss / static_cast<double>(samples) : 0.0,
+             id(), r, spec.rounds, current_.seconds, current_.sites.size(), samples > 0 ? loss / samples : 0.0,
              1000 * f.overhead_s, 100 * f.overhead_share, f.span_s,
              current_.missing.empty() ? "" : ", missing " + std::to_string(current_.missing.size()));
   if (abort_ || drain_) return stop_after_round();
