@@ -73,6 +73,7 @@ json round_to_json(const RoundRecord& r) {
           {"test_dsc", test_dsc},
           {"seconds", r.seconds},
           {"learning_rate", r.learning_rate},
+          {"move_scale", r.move_scale},
           {"sites", sites},
           {"missing", r.missing},
           {"federation",
@@ -87,6 +88,7 @@ RoundRecord round_from_json(const json& r) {
   rec.round = r.at("round").get<int>();
   rec.seconds = r.at("seconds").get<double>();
   rec.learning_rate = r.at("learning_rate").get<double>();
+  rec.move_scale = r.value("move_scale", 1.0);
   rec.missing = r.at("missing").get<std::vector<std::string>>();
   for (const auto& [site, dsc] : r.value("test_dsc", json::object()).items()) rec.test_dsc[site] = dsc.get<double>();
   for (const auto& x : r.value("refused", json::array())) {

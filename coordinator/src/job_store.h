@@ -65,6 +65,7 @@ struct RoundRecord {
   std::vector<std::string> missing;  // asked but not counted, each "site (why)"
   std::vector<std::pair<std::string, std::string>> refused;  // updates refused: site, why
   std::map<std::string, double> test_dsc;  // evaluate_every: mean Dice per evaluation site after the round
+  double move_scale = 1;  // steps_by_share: how far the average's move from the global was stretched (aggregation.h)
   RoundCost cost;
 };
 

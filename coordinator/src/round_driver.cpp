@@ -6,6 +6,7 @@
 #include <map>
 #include <random>
 
+#include "fedda/common/aggregation.h"
 #include "fedda/common/crypto.h"
 #include "fedda/common/files.h"
 #include "fedda/common/secagg.h"
@@ -450,6 +451,9 @@ void JobRun::handle_update(SiteInfo& site, const std::string& body) {
     return refuse("sample count " + std::to_string(update->samples) + " differs from the " + std::to_string(p.samples) +
                   " it declared");
   }
+  if (spec.steps_by_share && update->steps != steps_asked(site.id)) {  // its weight is samples per step asked
+    return refuse(std::to_string(update->steps) + " steps taken, " + std::to_string(steps_asked(site.id)) + " asked");
+  }
   const auto count_in = [&] {
     answered_.insert(site.id);
     current_.sites.push_back({site.id, update->samples, update->steps, update->loss, update->seconds,
@@ -462,7 +466,7 @@ void JobRun::handle_update(SiteInfo& site, const std::string& body) {
   if (secure_ || !update->masked.empty()) {
     // Only the masked vector is added to the round's sum; nothing of it is kept or logged.
     if (!secure_) return refuse("a masked update in a round without secure aggregation");
-    if (static_cast<double>(update->samples) != secure_->aggregator->weight_of(site.id)) {
+    if (weight_of(site.id, update->samples) != secure_->aggregator->weight_of(site.id)) {
       return refuse("sample count " + std::to_string(update->samples) + " differs from its weight in the round's roster");
     }
     if (!update->model.tensors.empty() || !update->discriminator_grads.tensors.empty()) {
@@ -493,7 +497,7 @@ void JobRun::handle_update(SiteInfo& site, const std::string& body) {
       return refuse(text);
     }
   }
-  const double weight = static_cast<double>(p.samples);
+  const double weight = weight_of(site.id, p.samples);
   Status st = m.model_average->add(update->model, weight);
   if (st && m.grad_average) st = m.grad_average->add(update->discriminator_grads, weight);
   if (!st) return refuse(st.error().message);
@@ -569,7 +573,7 @@ void JobRun::secure_step(Clock::time_point now) {
       if (!all_of(a.keyed()) && now < s.stage_deadline) return;
       close_stage(a.keyed(), "keys");
       std::map<std::string, double> weights;
-      for (const auto& sid : expected_) weights[sid] = static_cast<double>(host_.sites().in(sid, id()).samples);
+      for (const auto& sid : expected_) weights[sid] = weight_of(sid, host_.sites().in(sid, id()).samples);
       auto roster = a.roster(weights, spec.secagg_threshold,
                              secagg::GraphOptions{0, 16, spec.seed * 0x9e3779b97f4a7c15ULL + static_cast<std::uint64_t>(round_)});
       if (!roster) return fail("round " + std::to_string(round_) + ": " + roster.error().message);
@@ -642,6 +646,38 @@ bool JobRun::send_to(const std::string& site, MessageType type, const Broadcast&
   return true;
 }
 
+int JobRun::steps_asked(const std::string& site) const {
+  const auto it = steps_asked_.find(site);  // a site that joins the round late is not listed: local_steps
+  return it != steps_asked_.end() ? it->second : record_.definition.spec.local_steps;
+}
+
+double JobRun::weight_of(const std::string& site, std::int64_t samples) const {
+  return aggregation_weight(record_.definition.spec.steps_by_share, samples, steps_asked(site));
+}
+
+void JobRun::stretch_moves(TensorSet& averaged) {
+  const auto& spec = record_.definition.spec;
+  double samples = 0, steps = 0, weights = 0;
+  for (const auto& s : current_.sites) {
+    samples += static_cast<double>(s.samples);
+    steps += steps_asked(s.site);
+    weights += weight_of(s.site, s.samples);
+  }
+  current_.move_scale = move_scale(spec.steps_by_share, samples, steps, weights);
+  if (current_.move_scale == 1.0) return;
+  const auto& global = model_->global;
+  for (auto& t : averaged.tensors) {  // parameters only: running statistics and counters stay averaged
+    const auto* g = global.find(t.name);
+    if (!g || t.dtype != DType::f32 || g->dtype != DType::f32 || !protocol::is_parameter(t.name)) continue;
+    auto values = to_f32(t);
+    const auto from = to_f32(*g);
+    for (std::size_t i = 0; i < values.size() && i < from.size(); ++i) {
+      values[i] = static_cast<float>(from[i] + current_.move_scale * (static_cast<double>(values[i]) - from[i]));
+    }
+    t = make_f32(t.name, t.shape, values);
+  }
+}
+
 void JobRun::ask(const std::string& site) {
   if (send_to(site, MessageType::round_task, task_)) expected_.insert(site);
 }
@@ -683,6 +719,7 @@ void JobRun::open_round() {
   for (const auto& sid : ready) {
     if (!std::count(drawn.begin(), drawn.end(), sid)) current_.missing.push_back(sid + " (not drawn for this round)");
   }
+  steps_asked_.clear();
   if (spec.steps_by_share) {  // one centralized epoch per round, shared by sample count
     double total = 0;
     for (const auto& sid : candidates) total += static_cast<double>(host_.sites().in(sid, id()).samples);
@@ -690,6 +727,7 @@ void JobRun::open_round() {
       task.step_sites.push_back(sid);
       task.steps.push_back(std::max(
           1, static_cast<int>(std::lround(spec.local_steps * static_cast<double>(host_.sites().in(sid, id()).samples) / total))));
+      steps_asked_[sid] = task.steps.back();
     }
   }
   const auto encode_start = Clock::now();
@@ -880,6 +918,7 @@ void JobRun::commit_round(TensorSet averaged, std::optional<TensorSet> grads) {
   const std::string storage_key = host_.kit() ? host_.kit()->storage_key : std::string();
   const int r = round_;
   const auto average_start = Clock::now();
+  stretch_moves(averaged);
   for (auto& t : averaged.tensors) {  // FedBN: batch norm stays each site's; the global keeps its own
     if (std::count(m.local_norm.begin(), m.local_norm.end(), t.name)) {
       if (const auto* kept = m.global.find(t.name)) t = *kept;
@@ -932,8 +971,10 @@ void JobRun::commit_round(TensorSet averaged, std::optional<TensorSet> grads) {
     samples += static_cast<double>(s.samples);
   }
   const auto f = federation_split(current_);
-  log_->info("job {}: round {}/{} done in {:.1f} s: {} sites, mean loss {:.4f}, federation {:.0f} ms ({:.1f}% of {:.2f} s){}",
-             id(), r, spec.rounds, current_.seconds, current_.sites.size(), samples > 0 ? loss / samples : 0.0,
+  char scale[48] = "";
+  if (current_.move_scale != 1.0) std::snprintf(scale, sizeof scale, ", moves stretched %.2fx", current_.move_scale);
+  log_->info("job {}: round {}/{} done in {:.1f} s: {} sites{}, mean loss {:.4f}, federation {:.0f} ms ({:.1f}% of {:.2f} s){}",
+             id(), r, spec.rounds, current_.seconds, current_.sites.size(), scale, samples > 0 ? loss / samples : 0.0,
              1000 * f.overhead_s, 100 * f.overhead_share, f.span_s,
              current_.missing.empty() ? "" : ", missing " + std::to_string(current_.missing.size()));
   if (abort_ || drain_) return stop_after_round();

@@ -16,6 +16,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>
@@ -118,6 +119,12 @@ class JobRun {
   // Sends `body` to `site` if it is connected; false when it is not.
   bool send_to(const std::string& site, protocol::MessageType type, const Broadcast& body);
   void ask(const std::string& site);
+  // steps_by_share: the local steps `site` was asked for this round; its weight in the round's
+  // average (aggregation.h); and the averaged model's parameters moved `move_scale` times as far
+  // from the global model (recorded in the round).
+  int steps_asked(const std::string& site) const;
+  double weight_of(const std::string& site, std::int64_t samples) const;
+  void stretch_moves(TensorSet& averaged);
   void close_round();
   // Steps the global model with the round's averages, persists the round and moves on.
   void commit_round(TensorSet averaged, std::optional<TensorSet> grads);
@@ -148,6 +155,7 @@ class JobRun {
   int round_ = 0;           // the round open (rounds + 1 for the evaluation)
   int needed_ = 1;
   std::set<std::string> expected_, answered_;
+  std::map<std::string, int> steps_asked_;  // steps_by_share: the round's steps per site
   RoundRecord current_;
   std::vector<EvaluationRow> evaluation_;
   std::map<std::string, protocol::QualitySummary> quality_;  // the sites' label-free quality reports, by site

@@ -206,7 +206,7 @@ struct Agent::Impl {
       out.swap(outbox);
     }
     for (auto& o : out) {
-      if (o.type == MessageType::job_ready) secure.prepared(o.job_id, o.training_sites);
+      if (o.type == MessageType::job_ready) secure.prepared(o.job_id, o.training_sites, o.steps_by_share);
       if (o.secure) {
         for (auto& masked : secure.update(std::move(o))) send_out(session, masked);
       } else {

@@ -1,5 +1,6 @@
 #include "secure_rounds.h"
 
+#include "fedda/common/aggregation.h"
 #include "fedda/common/crypto.h"
 #include "fedda/common/log.h"
 
@@ -23,13 +24,19 @@ void SecureRounds::drop_rounds(const std::string& job) {
   }
 }
 
-void SecureRounds::prepared(const std::string& job, std::vector<std::string> training_sites) {
+void SecureRounds::prepared(const std::string& job, std::vector<std::string> training_sites, bool steps_by_share) {
   job_sites_[job] = std::move(training_sites);
+  if (steps_by_share) {
+    by_share_.insert(job);
+  } else {
+    by_share_.erase(job);
+  }
 }
 
 void SecureRounds::forget(const std::string& job) {
   drop_rounds(job);
   job_sites_.erase(job);
+  by_share_.erase(job);
 }
 
 std::vector<Outgoing> SecureRounds::handle(const Inbound& in) {
@@ -120,7 +127,8 @@ std::vector<Outgoing> SecureRounds::release(const std::string& job, int round, R
   r.held.reset();
   if (!update) return {failure(job, "the round's own update does not decode: " + update.error().message)};
   std::int64_t clipped = 0;
-  auto masked = r.client->mask(*r.relay, {&update->model, &update->discriminator_grads}, static_cast<double>(update->samples), &clipped);
+  const double weight = aggregation_weight(by_share_.count(job) > 0, update->samples, update->steps);
+  auto masked = r.client->mask(*r.relay, {&update->model, &update->discriminator_grads}, weight, &clipped);
   r.relay.reset();
   if (!masked) return {failure(job, masked.error().message)};
   if (clipped > 0) log::get("agent")->warn("job {}: round {}: {} values beyond secure aggregation's range were clipped", job, round, clipped);

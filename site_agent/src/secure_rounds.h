@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -34,8 +35,9 @@ class SecureRounds {
   // released by the relay's arrival), or a refusal.
   std::vector<Outgoing> update(Outgoing plain);
   // The worker prepared `job` (its job_ready is going out): the job's training sites, which
-  // every roster of its secure rounds must be drawn from (secagg::Client).
-  void prepared(const std::string& job, std::vector<std::string> training_sites);
+  // every roster of its secure rounds must be drawn from (secagg::Client), and whether its
+  // steps are shared out by sample count (an update's weight, aggregation.h).
+  void prepared(const std::string& job, std::vector<std::string> training_sites, bool steps_by_share);
   // The job ended: its rounds' secrets and its sites are dropped.
   void forget(const std::string& job);
 
@@ -53,6 +55,7 @@ class SecureRounds {
   std::optional<kit::SiteKit> kit_;
   std::map<std::pair<std::string, int>, Round> rounds_;
   std::map<std::string, std::vector<std::string>> job_sites_;  // jobs prepared here: their training sites
+  std::set<std::string> by_share_;                             // those of them with steps_by_share
 };
 
 }  // namespace fedda::site_agent

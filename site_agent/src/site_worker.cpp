@@ -344,10 +344,11 @@ struct SiteWorker::Impl {
   }
 
   // The job's job_ready, carrying its sites for the network thread's secure rounds (they check
-  // their rosters against them).
+  // their rosters against them) and how they weigh its updates.
   void post_ready(const protocol::JobSpec& job) {
     post(MessageType::job_ready, job.id, 0, trainer_ready);
     out.back().training_sites = job.sites;
+    out.back().steps_by_share = job.steps_by_share;
   }
 
   // The label-free quality report of the evaluated model on the evaluated scans, written to

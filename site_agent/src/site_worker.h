@@ -34,6 +34,7 @@ struct Outgoing {
   std::string detail;   // for the audit log only: a failure's full text
   bool secure = false;  // a round_update of a secure-aggregation job: masked before it leaves (secure_rounds.h)
   std::vector<std::string> training_sites;  // with a job_ready: the job's sites (SecureRounds::prepared)
+  bool steps_by_share = false;              // with a job_ready: the job's, for its updates' weight (aggregation.h)
 };
 
 // `body` from `site` as an encoded message for the session.

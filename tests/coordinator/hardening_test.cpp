@@ -194,6 +194,57 @@ TEST_F(Hardening, HostileSitesDoNotMoveTheGlobalModelAndAreNamed) {
   EXPECT_LT(l2_distance(stored->weights, start), 1e-6);
 }
 
+// A steps_by_share job shares one centralized epoch of steps out by sample count. Averaged by
+// samples, the sites' moves counted each site's share twice and advanced the model by the mean of
+// their steps, not their sum (the paper-cpu grid's federated U-bound fell under its L-bound on a
+// pair whose target held a fifth of the samples). Sites whose every step moves each parameter by
+// kSteadyStep: a round of 9 steps shared by three sites of 100 samples (3 each), one of which
+// says it took 1, moves the model by the two counted sites' 6 steps; the same job without
+// steps_by_share (3 steps each, FedAvg) by the mean of the three sites' moves, unchanged.
+TEST_F(Hardening, AStepsByShareRoundMovesTheModelAsFarAsItsSitesStepsTogether) {
+  const auto by_share = fake_job("epoch", 3, 1, 2, "");
+  auto text = testing::read_text(by_share);
+  text.replace(text.find("local_steps: 1"), 14, "local_steps: 9\nsteps_by_share: true");
+  std::ofstream(by_share) << text;
+  const auto plain = fake_job("fedavg", 3, 1, 2, "");
+  text = testing::read_text(plain);
+  text.replace(text.find("local_steps: 1"), 14, "local_steps: 3");
+  std::ofstream(plain) << text;
+  auto coordinator = serve();
+  {
+    testing::FakeSites fakes(endpoint_, 3, "site", 200ms, [](int i) { return i < 2 ? Behaviour::steady_steps : Behaviour::honest; });
+    ASSERT_EQ(submit_when_joined(by_share, "epoch", 3), "finished") << testing::read_text(coordinator_log());
+    ASSERT_EQ(submit_when_joined(plain, "fedavg", 3), "finished") << testing::read_text(coordinator_log());
+  }
+  // Each parameter's largest distance from the fresh model's moved by `by` (buffers: from unmoved).
+  const auto off_by = [](const std::string& job, const fs::path& dir, float by) {
+    const auto stored = models::read_model_weights(dir / "jobs" / job / "model.pt");
+    EXPECT_TRUE(stored) << stored.error().message;
+    if (!stored) return 1e9;
+    const auto start = models::new_model_weights(stored->spec, 1).value();
+    double worst = 0;
+    for (const auto& t : stored->weights.tensors) {
+      const auto* from = start.find(t.name);
+      if (!from || t.dtype != DType::f32) continue;
+      const float expected = protocol::is_parameter(t.name) ? by : 0.0f;
+      const auto now = to_f32(t), was = to_f32(*from);
+      for (std::size_t i = 0; i < now.size(); ++i) worst = std::max(worst, std::abs(double(now[i]) - was[i] - expected));
+    }
+    return worst;
+  };
+  EXPECT_LT(off_by("epoch", dir_.path(), 6 * testing::kSteadyStep), 1e-5);
+  EXPECT_LT(off_by("fedavg", dir_.path(), 2 * testing::kSteadyStep), 1e-5);
+  const auto epoch = rounds_of("epoch");
+  ASSERT_EQ(epoch.size(), 1u);
+  EXPECT_DOUBLE_EQ(epoch[0]["move_scale"].get<double>(), 2.0) << epoch[0].dump();
+  ASSERT_EQ(epoch[0]["refused"].size(), 1u) << epoch[0].dump();
+  EXPECT_EQ(epoch[0]["refused"][0]["reason"], "1 steps taken, 3 asked") << epoch[0].dump();
+  const auto fedavg = rounds_of("fedavg");
+  ASSERT_EQ(fedavg.size(), 1u);
+  EXPECT_DOUBLE_EQ(fedavg[0]["move_scale"].get<double>(), 1.0);
+  EXPECT_EQ(fedavg[0]["sites"].size(), 3u) << fedavg[0].dump();
+}
+
 // An outside review's faults 1, 2, 4 and 5 of the hostile-peer issue, against one coordinator:
 // an update with a forged tensor shape ended it (std::bad_alloc: the shape was allocated before
 // its bytes were checked), one with a precision string that is not UTF-8 ended it while it saved

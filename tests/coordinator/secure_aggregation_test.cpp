@@ -76,8 +76,10 @@ class SecureAggregation : public Federation {
 
 TEST_F(SecureAggregation, TheSameKdJobWithAndWithoutItLandsOnTheSameDiceAndNoUpdateLeavesInTheClear) {
   provision({"utrecht", "amsterdam", "singapore"});
-  const auto plain = kd_job("kd-plain", {"utrecht", "amsterdam", "singapore"}, 2, 6, 3);
-  const auto secure = kd_job("kd-secagg", {"utrecht", "amsterdam", "singapore"}, 2, 6, 3);
+  // Steps shared out by sample count: each site's weight in the masked sum is its samples per
+  // step (aggregation.h), the same in the roster, at the site that masks and in the plain average.
+  const auto plain = kd_job("kd-plain", {"utrecht", "amsterdam", "singapore"}, 2, 6, 3, "[amsterdam]", true);
+  const auto secure = kd_job("kd-secagg", {"utrecht", "amsterdam", "singapore"}, 2, 6, 3, "[amsterdam]", true);
   std::ofstream(secure, std::ios::app) << "secure_aggregation: true\n";
   const auto dice = run_jobs({plain, secure}, {"utrecht", "amsterdam", "singapore"});
   ASSERT_FALSE(HasFailure());

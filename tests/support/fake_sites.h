@@ -41,7 +41,12 @@ enum class Behaviour {
   bad_device,           // a hello whose device is not UTF-8 and holds a forged log line
   foreign_failure,      // says job_failed for the job "waiting", which it is not a site of, with a long multibyte
                         // reason, at every heartbeat of the coordinator
+  steady_steps,         // honest, and every step it is asked for moves each parameter by kSteadyStep (a constant
+                        // gradient): it returns the weights it got plus kSteadyStep x its steps, and says it took them
 };
+
+// How far a steady_steps site moves each parameter in one local step.
+inline constexpr float kSteadyStep = 0.001f;
 
 class FakeSites {
  public:
@@ -162,6 +167,7 @@ class FakeSites {
         if (!job_sites_.count(h->job_id)) {  // decoded once for all the fakes: a secure round's roster is checked against it
           auto offer = protocol::decode_body<protocol::JobOffer>(parts[1].to_string());
           if (offer) job_sites_[h->job_id] = offer->job.sites;
+          if (offer) job_steps_[h->job_id] = offer->job.local_steps;
         }
         protocol::JobReady ready;
         ready.samples = s.behaviour == Behaviour::inflated_count ? 10000 : 100;
@@ -199,6 +205,21 @@ class FakeSites {
           }
           s.own_update = protocol::encode(protocol::Header{}, u);
           if (s.behaviour == Behaviour::bad_precision) s.own_update = patched(s.own_update, "float32#", "float32\xff");
+        } else if (s.behaviour == Behaviour::steady_steps) {
+          protocol::RoundUpdate u;
+          u.samples = 100;
+          u.steps = job_steps_[h->job_id];
+          for (std::size_t i = 0; i < task->step_sites.size() && i < task->steps.size(); ++i) {
+            if (task->step_sites[i] == s.id) u.steps = task->steps[i];
+          }
+          u.model = std::move(task->model);
+          for (auto& t : u.model.tensors) {
+            if (t.dtype != DType::f32 || !protocol::is_parameter(t.name)) continue;
+            auto values = to_f32(t);
+            for (auto& v : values) v += kSteadyStep * static_cast<float>(u.steps);
+            t = make_f32(t.name, t.shape, values);
+          }
+          s.own_update = protocol::encode(protocol::Header{}, u);
         } else if (s.behaviour == Behaviour::honest || s.behaviour == Behaviour::reconnect_after_ready) {
           if (update_.job != h->job_id || update_.round != h->round) {
             protocol::RoundUpdate u;
@@ -343,6 +364,7 @@ class FakeSites {
   bool reconnected_ = false;  // a socket was replaced: the poll items are rebuilt
   std::vector<std::unique_ptr<Site>> sites_;
   std::map<std::string, std::vector<std::string>> job_sites_;  // by job: its sites, from its offer
+  std::map<std::string, int> job_steps_;                       // by job: its local_steps, from its offer
   SharedUpdate update_;
   std::atomic<bool> stop_{false};
   std::atomic<int> updates_{0};
