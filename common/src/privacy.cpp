@@ -7,6 +7,8 @@
 #include <limits>
 #include <sstream>
 
+#include "fedda/common/text.h"
+
 namespace fedda::privacy {
 namespace {
 
@@ -80,11 +82,7 @@ double log_a_fractional(double q, double sigma, double alpha) {
   return log_add(log_a0, log_a1);
 }
 
-std::string number(double v) {
-  std::ostringstream s;
-  s << v;
-  return s.str();
-}
+using text::number;
 
 Status check_mechanism(double q, long long steps, double delta, const std::vector<double>& orders) {
   if (!(q > 0 && q <= 1)) return make_error("sample rate " + number(q) + " is not in (0, 1]");

@@ -2,6 +2,8 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <locale>
+#include <sstream>
 
 namespace fedda::text {
 namespace {
@@ -105,6 +107,14 @@ std::string printable(std::string_view s) {
     i += n;
   }
   return out;
+}
+
+std::string number(double v, int significant) {
+  std::ostringstream out;
+  out.imbue(std::locale::classic());
+  out.precision(significant);
+  out << v;
+  return out.str();
 }
 
 }  // namespace fedda::text

@@ -20,6 +20,7 @@
 
 #include "fedda/common/files.h"
 #include "fedda/common/process.h"
+#include "fedda/common/text.h"
 #include "fedda/imaging/nifti_io.h"
 #include "itk_bridge.h"
 #include "layout_detail.h"
@@ -29,12 +30,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string number(double v) {
-  std::ostringstream s;
-  s.precision(10);
-  s << v;
-  return s.str();
-}
+std::string number(double v) { return text::number(v, 10); }
 
 std::string trim(std::string s) {
   const auto not_space = [](unsigned char c) { return c != ' ' && c != '\0'; };

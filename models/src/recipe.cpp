@@ -6,6 +6,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "fedda/common/text.h"
+
 namespace fedda::models {
 namespace {
 
@@ -31,11 +33,7 @@ std::string joined(const std::vector<std::string>& words) {
   return out;
 }
 
-std::string number(double v) {
-  std::ostringstream s;
-  s << v;
-  return s.str();
-}
+using text::number;
 
 // Pairs whose first must not exceed the second.
 struct RangePair {

@@ -68,5 +68,15 @@ TEST(LogBudget, BoundsLinesPerKeyAndInAllAndCountsWhatItHeldBack) {
   EXPECT_LE(budget.remembered(), 4u);
 }
 
+// The one way numbers are written into messages and files (four copies of it before).
+TEST(Text, NumbersAreWrittenWithTheirSignificantDigitsInTheCLocale) {
+  EXPECT_EQ(number(0.5), "0.5");
+  EXPECT_EQ(number(1e-5), "1e-05");
+  EXPECT_EQ(number(1234567.0), "1.23457e+06");
+  EXPECT_EQ(number(1234567.0, 10), "1234567");
+  EXPECT_EQ(number(0.1 + 0.2, 10), "0.3");
+  EXPECT_EQ(number(-2.0), "-2");
+}
+
 }  // namespace
 }  // namespace fedda::text

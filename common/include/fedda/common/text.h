@@ -19,5 +19,8 @@ std::string utf8_prefix(std::string_view s, std::size_t max_bytes);
 // `s` as it may be written to a log line: valid UTF-8 kept, "\n", "\r" and "\t" as those two
 // characters, every other control character and every byte that is not UTF-8 as "\xNN".
 std::string printable(std::string_view s);
+// `v` as a message or file gives it: the shortest of fixed and scientific notation with
+// `significant` digits (as `std::ostream` writes with that precision), in the C locale.
+std::string number(double v, int significant = 6);
 
 }  // namespace fedda::text
