@@ -1,6 +1,6 @@
 // fedda-admin: a consortium's keys and kits (provision, add-site, add-operator, verify-kit), and
 // the operator's commands to a running coordinator (submit, jobs, status, abort, resume, clone,
-// delete, download, sites, admit, revoke) over its admin endpoint with an operator kit; and the privacy
+// delete, download, sites, logs, admit, revoke) over its admin endpoint with an operator kit; and the privacy
 // accountant on its own (privacy).
 #include <algorithm>
 #include <cmath>
@@ -166,8 +166,33 @@ void print_status(const json& j) {
   }
 }
 
+// Bytes in GiB with `decimals` decimals.
+std::string gib(double bytes, int decimals) {
+  std::ostringstream out;
+  out << std::fixed << std::setprecision(decimals) << bytes / double(1ull << 30) << " GiB";
+  return out.str();
+}
+
+// A site's machine as its agent reported it: "16 cores, 62.8 GiB, 410 GiB free, bfloat16, GPU
+// NVIDIA H200"; "-" before its first hello or from an agent too old to say.
+std::string resources_text(const json& r) {
+  if (!r.is_object()) return "-";
+  std::vector<std::string> parts;
+  if (r.value("cores", json()).is_number()) parts.push_back(std::to_string(r["cores"].get<long long>()) + " cores");
+  if (r.value("memory_bytes", json()).is_number()) parts.push_back(gib(r["memory_bytes"].get<double>(), 1));
+  if (r.value("cache_free_bytes", json()).is_number()) parts.push_back(gib(r["cache_free_bytes"].get<double>(), 0) + " free");
+  if (r.value("precision", json()).is_string()) parts.push_back(r["precision"].get<std::string>());
+  for (const auto& gpu : r.value("gpus", json::array())) {
+    if (gpu.is_string()) parts.push_back("GPU " + gpu.get<std::string>());
+  }
+  std::string text;
+  for (const auto& p : parts) text += (text.empty() ? "" : ", ") + p;
+  return text.empty() ? "-" : text;
+}
+
 void print_sites(const json& sites) {
-  std::vector<std::vector<std::string>> rows = {{"SITE", "ONLINE", "LAST SEEN", "AGENT", "DEVICE", "THREADS", "JOBS"}};
+  std::vector<std::vector<std::string>> rows = {
+      {"SITE", "ONLINE", "LAST SEEN", "AGENT", "DEVICE", "THREADS", "RESOURCES", "JOBS"}};
   for (const auto& s : sites) {
     std::string jobs;
     for (const auto& [job, p] : s.at("jobs").items()) {
@@ -183,7 +208,8 @@ void print_sites(const json& sites) {
     }
     rows.push_back({s.at("site"), s.at("revoked").get<bool>() ? "revoked" : s.at("online").get<bool>() ? "yes" : "no",
                     when(s.at("last_seen_ms")), s.value("agent_version", "-"), s.value("device", "-"),
-                    std::to_string(s.value("threads", 0)), jobs.empty() ? "-" : jobs});
+                    std::to_string(s.value("threads", 0)), resources_text(s.value("resources", json())),
+                    jobs.empty() ? "-" : jobs});
   }
   print_table(rows);
 }
@@ -245,7 +271,7 @@ int main(int argc, char** argv) {
                "admit sites. Give each site only its OUT/sites/<site>/ folder, each operator only OUT/operators/<name>/, "
                "the coordinator only OUT/coordinator/.\n"
                "Operator commands (with --kit OPERATOR_KIT, or $FEDDA_OPERATOR_KIT): submit, jobs, status, abort, resume, "
-               "clone, delete, download, sites, admit, revoke. Each prints for people, or one JSON document with --json; exit code 0 on "
+               "clone, delete, download, sites, logs, admit, revoke. Each prints for people, or one JSON document with --json; exit code 0 on "
                "success, 1 with a message naming what failed."};
   app.require_subcommand(1);
   app.fallthrough();
@@ -585,11 +611,35 @@ int main(int argc, char** argv) {
   });
 
   auto* sites = app.add_subcommand("sites", "The consortium's sites: online or not, last seen, agent version, device "
-                                            "and threads, and per job its state (ready with its subjects, preparing, "
+                                            "and threads, the machine's resources as its agent reports them (cores, "
+                                            "memory, free space in its cache folder, precision, GPUs), and per job its state (ready with its subjects, preparing, "
                                             "refused and why).");
   sites->callback([&] {
     command([&](admin::Client& c) { return c.call(simple("sites", "")); },
             [](const json& a, const protocol::AdminReply&) { print_sites(a); });
+  });
+
+  std::string logs_job;
+  int logs_tail = 100;
+  auto* logs = app.add_subcommand(
+      "logs", "A site's recent log lines, as far as the site allows: its policy share_logs decides (none, the "
+              "default: nothing; errors: warnings and errors; job: also every line naming --job), and what leaves is "
+              "redacted as failure texts are (no local paths, no subject ids). The site's audit log records what it "
+              "sent. The site's agent must be running; it answers within 20 s.");
+  logs->add_option("site", target, "site id")->required();
+  logs->add_option("--job", logs_job, "only the lines naming this job");
+  logs->add_option("--tail", logs_tail, "at most this many lines, the latest")->capture_default_str()->check(CLI::Range(1, 1000));
+  logs->callback([&] {
+    auto request = simple("logs", target);
+    request.job_yaml = json{{"job", logs_job}, {"tail", logs_tail}}.dump();
+    command([&](admin::Client& c) { return c.call(request); },
+            [](const json& a, const protocol::AdminReply&) {
+              const auto& lines = a.at("lines");
+              std::cout << "site " << text_of(a.at("site")) << " (share_logs: " << text_of(a.at("policy")) << "): "
+                        << lines.size() << " lines" << (text_of(a.at("job")).empty() ? "" : " naming job " + text_of(a.at("job")))
+                        << "\n";
+              for (const auto& line : lines) std::cout << text_of(line) << "\n";
+            });
   });
 
   auto* admit = app.add_subcommand("admit", "Admit a site without restarting the coordinator: a kit made with add-site "

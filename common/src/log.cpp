@@ -1,5 +1,6 @@
 #include "fedda/common/log.h"
 
+#include "fedda/common/recent_log.h"
 #include "fedda/common/text.h"
 
 #include <sys/stat.h>
@@ -9,7 +10,10 @@
 #include <cstdlib>
 #include <mutex>
 
+#include <ctime>
+
 #include <spdlog/pattern_formatter.h>
+#include <spdlog/sinks/ringbuffer_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/sinks/stdout_sinks.h>
 
@@ -19,6 +23,12 @@ namespace {
 std::mutex& registry_mutex() {
   static std::mutex m;
   return m;
+}
+
+// The latest lines (recent_log.h), once kept; guarded by registry_mutex().
+std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt>& recent_sink() {
+  static std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink;
+  return sink;
 }
 
 spdlog::level::level_enum& current_level() {
@@ -87,7 +97,44 @@ std::shared_ptr<spdlog::logger> get(const std::string& component) {
     logger->set_formatter(std::move(formatter));
   }
   logger->set_level(current_level());
+  if (recent_sink()) logger->sinks().push_back(recent_sink());
   return logger;
+}
+
+std::string RecentLine::text() const { return "[" + time + "] [" + level + "] [" + component + "] " + message; }
+
+void keep_recent_lines(std::size_t capacity) {
+  std::lock_guard<std::mutex> lock(registry_mutex());
+  if (recent_sink()) return;
+  recent_sink() = std::make_shared<spdlog::sinks::ringbuffer_sink_mt>(capacity);
+  spdlog::apply_all([](const std::shared_ptr<spdlog::logger>& l) { l->sinks().push_back(recent_sink()); });
+}
+
+std::vector<RecentLine> recent_lines() {
+  std::shared_ptr<spdlog::sinks::ringbuffer_sink_mt> sink;
+  {
+    std::lock_guard<std::mutex> lock(registry_mutex());
+    sink = recent_sink();
+  }
+  std::vector<RecentLine> out;
+  if (!sink) return out;
+  for (const auto& m : sink->last_raw()) {
+    RecentLine line;
+    const auto t = std::chrono::system_clock::to_time_t(m.time);
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(m.time.time_since_epoch()).count() % 1000;
+    std::tm utc{};
+    gmtime_r(&t, &utc);
+    char stamp[40];
+    std::snprintf(stamp, sizeof stamp, "%04d-%02d-%02d %02d:%02d:%02d.%03d", utc.tm_year + 1900, utc.tm_mon + 1, utc.tm_mday,
+                  utc.tm_hour, utc.tm_min, utc.tm_sec, static_cast<int>(ms));
+    line.time = stamp;
+    const auto level = spdlog::level::to_string_view(m.level);
+    line.level.assign(level.data(), level.size());
+    line.component.assign(m.logger_name.data(), m.logger_name.size());
+    line.message = text::printable(std::string_view(m.payload.data(), m.payload.size()));
+    out.push_back(std::move(line));
+  }
+  return out;
 }
 
 Status set_level(const std::string& level) {

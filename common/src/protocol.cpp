@@ -32,6 +32,8 @@ const char* type_name(MessageType type) {
     case MessageType::secagg_shares: return "secagg_shares";
     case MessageType::secagg_relay: return "secagg_relay";
     case MessageType::secagg_unmask: return "secagg_unmask";
+    case MessageType::logs_request: return "logs_request";
+    case MessageType::logs_reply: return "logs_reply";
   }
   return "unknown";
 }

@@ -32,6 +32,16 @@ protocol::AdminReply refused(const std::string& error) {
 }
 
 json null_if_zero(std::int64_t ms) { return ms ? json(ms) : json(); }
+json null_if_negative(std::int64_t v) { return v >= 0 ? json(v) : json(); }
+
+// What the site's agent said of its machine at its last hello; a figure it could not read is null.
+json resources_json(const protocol::SiteResources& r) {
+  return {{"cores", null_if_negative(r.cores)},
+          {"memory_bytes", null_if_negative(r.memory_bytes)},
+          {"cache_free_bytes", null_if_negative(r.cache_free_bytes)},
+          {"gpus", r.gpus},
+          {"precision", r.precision.empty() ? json() : json(r.precision)}};
+}
 
 // Seconds left, from the mean of the last rounds' times; null before the first round.
 json eta_seconds(const JobRecord& job) {
@@ -115,9 +125,56 @@ protocol::AdminReply AdminService::read(const std::string& command, const std::s
   }
 }
 
+std::variant<AdminService::LogsAsk, protocol::AdminReply> AdminService::ask_logs(const std::string& who,
+                                                                                const protocol::AdminRequest& r) {
+  const auto refuse = [&](const std::string& why) {
+    auto reply = refused(why);
+    audit(who, r, reply);
+    return reply;
+  };
+  LogsAsk ask;
+  ask.site = r.target;
+  if (ask.site.empty()) return refuse("logs: which site? (a site id is needed)");
+  if (!backend_.known_sites().count(ask.site)) return refuse("no site '" + ask.site + "' in this consortium (see `fedda-admin sites`)");
+  const auto* site = backend_.site_registry().find(ask.site);
+  if (!site || !site->alive) {
+    return refuse("site " + ask.site + " is offline: its log lines are asked of its running agent");
+  }
+  if (!r.job_yaml.empty()) {
+    const auto options = json::parse(r.job_yaml, nullptr, false);
+    if (!options.is_object()) return refuse("logs: the request's options are not a JSON object");
+    const auto job = options.value("job", json(""));
+    const auto tail = options.value("tail", json(ask.tail));
+    if (!job.is_string() || !tail.is_number_integer()) return refuse("logs: job must be a string and tail a whole number");
+    ask.job = job.get<std::string>();
+    const auto lines = tail.get<long long>();
+    if (lines < 1 || lines > 1000) return refuse("logs: --tail must be 1 to 1000 (not " + std::to_string(lines) + ")");
+    ask.tail = static_cast<int>(lines);
+  }
+  if (auto why = forbidden(who, backend_.operator_role(who), r); !why.empty()) return refuse(why);
+  return ask;
+}
+
+protocol::AdminReply AdminService::answer_logs(const std::string& who, const protocol::AdminRequest& r,
+                                               const protocol::LogsReply* site_reply, const std::string& error) {
+  protocol::AdminReply reply;
+  if (!site_reply) {
+    reply = refused(error);
+  } else if (!site_reply->refused.empty()) {
+    reply = refused("site " + r.target + ": " + site_reply->refused);
+  } else {
+    const auto options = json::parse(r.job_yaml.empty() ? "{}" : r.job_yaml, nullptr, false);
+    reply = ok({{"site", r.target}, {"job", options.is_object() ? options.value("job", "") : ""},
+                {"policy", site_reply->policy}, {"lines", site_reply->lines}});
+  }
+  audit(who, r, reply);
+  return reply;
+}
+
 // What `role` may not do with `command` (and on whose job): the refusal, or empty.
 std::string AdminService::forbidden(const std::string& who, const std::string& role, const protocol::AdminRequest& r) {
-  static const std::set<std::string> reads = {"jobs", "status", "sites", "download"};
+  // logs: what leaves is the site's to decide (its policy share_logs), so every role may ask.
+  static const std::set<std::string> reads = {"jobs", "status", "sites", "download", "logs"};
   static const std::set<std::string> members = {"submit", "clone", "abort", "resume"};
   if (role == "lead" || reads.count(r.command)) return {};
   if (role == "viewer") {
@@ -260,6 +317,7 @@ protocol::AdminReply AdminService::dispatch(const std::string& who, const protoc
                       {"agent_version", site ? site->agent_version : ""},
                       {"device", site ? site->device : ""},
                       {"threads", site ? site->threads : 0},
+                      {"resources", site ? resources_json(site->resources) : json()},
                       {"revoked", backend_.revoked(id)},
                       {"jobs", jobs}});
     }
@@ -271,8 +329,9 @@ protocol::AdminReply AdminService::dispatch(const std::string& who, const protoc
     if (!st) return refused(st.error().message);
     return ok({{"site", r.target}, {r.command == "admit" ? "admitted" : "revoked", true}});
   }
+  if (r.command == "logs") return refused("logs: asked of the site by the service (AdminService::ask_logs)");
   return refused("unknown command '" + r.command +
-                 "' (submit, jobs, status, abort, resume, download, sites, admit, revoke)");
+                 "' (submit, jobs, status, abort, resume, clone, delete, download, sites, logs, admit, revoke)");
 }
 
 void AdminService::audit(const std::string& who, const protocol::AdminRequest& r, const protocol::AdminReply& reply) {

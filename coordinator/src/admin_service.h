@@ -12,11 +12,13 @@
 //   download  {"id", "files": [names]} with the files themselves
 //   sites     [{"site", "online", "last_seen_ms", "agent_version", "device", "threads", "revoked", "jobs"}]
 //   admit, revoke   {"site", "admitted" | "revoked"}
+//   logs      {"site", "job", "policy", "lines"}: the site's answer, relayed (ask_logs, answer_logs)
 // Owned by the service's one thread; not thread-safe.
 
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <variant>
 #include <string>
 #include <vector>
 
@@ -56,6 +58,19 @@ class AdminService {
   // The read-only commands (jobs, status, sites) for the status page: answered as handle() would,
   // not audited (a page refreshing every few seconds is not an operator's act).
   protocol::AdminReply read(const std::string& command, const std::string& target);
+
+  // `logs SITE`: the site answers, later, what its policy lets leave. What to ask the site, or the
+  // refusal (audited) naming what is wrong: no site, an unknown or offline one, a tail out of
+  // 1 to 1000.
+  struct LogsAsk {
+    std::string site, job;
+    int tail = 100;
+  };
+  std::variant<LogsAsk, protocol::AdminReply> ask_logs(const std::string& who, const protocol::AdminRequest& request);
+  // The operator's answer (audited): the site's `reply`, or, without one, `error` (it did not
+  // answer, it went offline).
+  protocol::AdminReply answer_logs(const std::string& who, const protocol::AdminRequest& request,
+                                   const protocol::LogsReply* reply, const std::string& error);
 
  private:
   protocol::AdminReply dispatch(const std::string& who, const protocol::AdminRequest& request);

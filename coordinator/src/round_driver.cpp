@@ -351,8 +351,18 @@ void JobRun::handle(SiteInfo& site, const protocol::Header& h, const std::string
         return;
       }
       if (ready->samples < 0 || ready->samples > kMaxDeclaredSamples) {
+        // Not ready: a round neither counts the site in nor waits for it; a new offer (its next
+        // session) clears this as it clears any failure.
         log_->warn("site {}: job_ready for {} declaring {} samples dropped (0 to {} are taken)", site.id, id(),
                    ready->samples, kMaxDeclaredSamples);
+        p.ready = false;
+        p.pending = false;
+        p.failed = true;
+        p.failure_code = "malformed";
+        p.failure_rule.clear();
+        p.failure = "job_ready declared " + std::to_string(ready->samples) + " samples (0 to " +
+                    std::to_string(kMaxDeclaredSamples) + " are taken)";
+        if (expected_.erase(site.id)) current_.missing.push_back(site.id + " (failed: " + p.failure_code + ")");
         return;
       }
       p.ready = true;

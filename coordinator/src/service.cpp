@@ -14,12 +14,14 @@
 #include <optional>
 #include <set>
 #include <thread>
+#include <variant>
 
 #include <nlohmann/json.hpp>
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
 #include "admin_service.h"
+#include "log_requests.h"
 #include "admission.h"
 #include "duplicate_sessions.h"
 #include "fedda/common/files.h"
@@ -100,6 +102,9 @@ Result<int> lock_state(const fs::path& state) {
   return fd;
 }
 
+// How long an operator's `logs SITE` waits for the site's answer.
+constexpr std::chrono::seconds kLogsTimeout{20};
+
 bool is_loopback(const std::string& endpoint) {
   return endpoint.rfind("tcp://127.", 0) == 0 || endpoint.rfind("tcp://localhost:", 0) == 0 ||
          endpoint.rfind("tcp://[::1]:", 0) == 0 || endpoint.rfind("ipc://", 0) == 0 || endpoint.rfind("inproc://", 0) == 0;
@@ -124,6 +129,7 @@ struct Service::Impl : JobHost, AdminBackend {
   std::unique_ptr<JobStore> jobs;
   std::map<std::string, std::unique_ptr<JobRun>> runs;
   std::unique_ptr<AdminService> admin_service;
+  LogRequests log_requests;  // operators' `logs SITE` waiting for the site's answer
   std::uint64_t sequence = 0;
   Clock::time_point next_heartbeat{};
   std::atomic<bool> stopping{false};
@@ -297,6 +303,7 @@ struct Service::Impl : JobHost, AdminBackend {
     auto& site = registry.begin_session(id, routing, h.sequence, hello->agent_version, hello->device, hello->threads);
     site.address = peer_address;
     site.instance = hello->instance;
+    site.resources = hello->resources;
     log->info("site {} {} (agent {}, device {}, {} threads{})", id, rejoin ? "reconnected" : "joined",
               hello->agent_version, hello->device, hello->threads, from(peer_address));
     send_body(routing, MessageType::welcome, "", 0,
@@ -365,6 +372,7 @@ struct Service::Impl : JobHost, AdminBackend {
         }
         return run->second->handle(*site, h, body);
       }
+      case MessageType::logs_reply: return handle_logs_reply(*site, body);
       default:
         log->warn("site {}: dropped unexpected {}", site->id, protocol::type_name(h.type));
         return;
@@ -391,13 +399,60 @@ struct Service::Impl : JobHost, AdminBackend {
       reply.error = "malformed request: " + request.error().message;
     } else {
       const std::string who = consortium ? authenticated : (h->sender.empty() ? "anonymous" : h->sender) + " (unauthenticated)";
+      if (request->command == "logs") return ask_site_logs(routing, h->sequence, who, *request);
       reply = admin_service->handle(who, *request);
     }
+    reply_admin(routing, h->sequence, std::move(reply));
+  }
+
+  // The answer to the operator's request `sequence` on its connection `routing`.
+  void reply_admin(const std::string& routing, std::uint64_t sequence, protocol::AdminReply reply) {
     if (!consortium) reply.notice = kInsecureNotice;
     auto frames = protocol::encode(protocol::Header{}, reply);
     auto rh = header(MessageType::admin_reply, "", 0);
-    rh.sequence = h->sequence;  // the answer names the request it answers
+    rh.sequence = sequence;  // the answer names the request it answers
     send_to(admin, routing, rh, zmq::message_t(frames.body.data(), frames.body.size()), frames.body_crc32);
+  }
+
+  // `logs SITE`: relayed to the site's agent; the operator is answered when the site's
+  // logs_reply comes (handle_logs_reply) or kLogsTimeout after (expire_log_requests).
+  void ask_site_logs(const std::string& routing, std::uint64_t sequence, const std::string& who,
+                     const protocol::AdminRequest& request) {
+    auto ask = admin_service->ask_logs(who, request);
+    if (auto* refusal = std::get_if<protocol::AdminReply>(&ask)) return reply_admin(routing, sequence, std::move(*refusal));
+    const auto& what = std::get<AdminService::LogsAsk>(ask);
+    const auto id = log_requests.add({routing, sequence, who, request, what.site, Clock::now() + kLogsTimeout});
+    if (id.empty()) {
+      return reply_admin(routing, sequence,
+                         admin_service->answer_logs(who, request, nullptr, "too many log requests wait for sites' answers; try again"));
+    }
+    send_body(registry.find(what.site)->routing, MessageType::logs_request, "", 0,
+              protocol::LogsRequest{id, what.job, what.tail});
+    log->info("admin: {} asked site {} for its log lines{}", who, what.site, what.job.empty() ? "" : " of job " + what.job);
+  }
+
+  void handle_logs_reply(const SiteInfo& site, const std::string& body) {
+    auto reply = protocol::decode_body<protocol::LogsReply>(body);
+    if (!reply) {
+      log->warn("site {}: dropped a malformed logs_reply: {}", site.id, reply.error().message);
+      return;
+    }
+    auto waiting = log_requests.take(reply->request, site.id);
+    if (!waiting) {
+      log->warn("site {}: dropped a logs_reply no operator waits for", site.id);
+      return;
+    }
+    reply_admin(waiting->routing, waiting->sequence, admin_service->answer_logs(waiting->who, waiting->request, &*reply, ""));
+  }
+
+  void expire_log_requests() {
+    if (log_requests.empty()) return;
+    for (auto& w : log_requests.expired(Clock::now())) {
+      const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(kLogsTimeout).count();
+      reply_admin(w.routing, w.sequence,
+                  admin_service->answer_logs(w.who, w.request, nullptr,
+                                             "site " + w.site + " did not answer within " + std::to_string(seconds) + " s"));
+    }
   }
 
   // ---- AdminBackend -------------------------------------------------------------------------
@@ -646,7 +701,7 @@ struct Service::Impl : JobHost, AdminBackend {
     const auto as_json = [](const json& j, int code = 200) {
       return monitoring::HttpResponse{code, "application/json", j.dump(-1, ' ', false, json::error_handler_t::replace)};
     };
-    if (what == "ping") return as_json({{"ok", true}, {"version", kVersion}});
+    if (what == "ping") return as_json({{"ok", true}});  // served without the token: health only
     if (what == "metrics") {
       counters.uploads_waiting = upload_queue.size();
       counters.uploads_in_progress = uploading.size();
@@ -786,6 +841,7 @@ struct Service::Impl : JobHost, AdminBackend {
         next_heartbeat = now + o.heartbeat;
       }
       grant_uploads();
+      expire_log_requests();
       const auto wait = std::min<Clock::duration>(deadline - Clock::now(), next_heartbeat - Clock::now());
       const auto ms = std::max<long>(0, std::chrono::duration_cast<std::chrono::milliseconds>(wait).count());
       zmq::pollitem_t items[] = {{router.handle(), 0, ZMQ_POLLIN, 0},

@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "fedda/common/protocol.h"
+
 namespace fedda::coordinator {
 
 using Clock = std::chrono::steady_clock;
@@ -45,6 +47,7 @@ struct SiteInfo {
   int threads = 0;
   std::string address;  // the peer's address at its hello ("" where unknown)
   std::uint64_t instance = 0;  // the agent process's (protocol::Hello::instance); 0 from old agents
+  protocol::SiteResources resources;  // as its last hello said (all unknown from old agents)
   std::uint64_t last_sequence = 0;  // of the current session
   std::map<std::string, Participation> jobs;
 };

@@ -1,12 +1,12 @@
 // The fedda coordinator's status page. It draws itself from the JSON the page was served with,
 // then from /api/... every few seconds. Every string is set as text (textContent or SVG text
 // nodes), never as markup: site ids, versions, device names and reasons come from the sites.
+// With a consortium kit the browser holds the token in an HttpOnly cookie (traded for the first
+// visit's ?token= by the server): this script never sees it, and links and requests carry none.
 "use strict";
 
 const SVG = "http://www.w3.org/2000/svg";
 const COLORS = ["#1f5fbf", "#d0671f", "#1b9e4b", "#8e3fb5", "#b5322f", "#2a9d9d", "#7a6a12", "#c2417f"];
-const params = new URLSearchParams(location.search);
-const token = params.get("token");
 const jobMatch = location.pathname.match(/^\/jobs\/([A-Za-z0-9_.-]+)$/);
 const jobId = jobMatch ? jobMatch[1] : null;
 
@@ -30,7 +30,7 @@ function svg(tag, attrs, text) {
 }
 
 function link(path, text) {
-  return el("a", { href: token ? path + "?token=" + encodeURIComponent(token) : path }, text);
+  return el("a", { href: path }, text);
 }
 
 function ago(ms) {
@@ -79,6 +79,19 @@ function drawHeader(coordinator) {
   document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
 }
 
+// A site's machine as its agent reported it ("4 cores, 8.0 GiB, 50 GiB free, float32, GPU ...").
+function resourcesText(r) {
+  if (!r) return "";
+  const gib = (bytes, digits) => (bytes / 1073741824).toFixed(digits) + " GiB";
+  const parts = [];
+  if (typeof r.cores === "number") parts.push(r.cores + " cores");
+  if (typeof r.memory_bytes === "number") parts.push(gib(r.memory_bytes, 1));
+  if (typeof r.cache_free_bytes === "number") parts.push(gib(r.cache_free_bytes, 0) + " free");
+  if (typeof r.precision === "string") parts.push(r.precision);
+  for (const gpu of r.gpus || []) if (typeof gpu === "string") parts.push("GPU " + gpu);
+  return parts.join(", ");
+}
+
 function drawSites(sites) {
   const rows = sites.map((s) => [
     el("span", {}, el("span", { class: s.online ? "dot on" : "dot" }), s.site),
@@ -87,10 +100,11 @@ function drawSites(sites) {
     s.agent_version || "",
     s.device || "",
     s.threads ? String(s.threads) : "",
+    resourcesText(s.resources),
     Object.entries(s.jobs || {}).map(([job, p]) => job + ": " + p.state).join(", "),
   ]);
   return [el("h2", {}, "Sites (" + sites.filter((s) => s.online).length + " of " + sites.length + " online)"),
-          table(["site", "state", "last seen", "agent", "device", "threads", "jobs"], rows, [5])];
+          table(["site", "state", "last seen", "agent", "device", "threads", "resources", "jobs"], rows, [5])];
 }
 
 function drawJobs(jobs) {
@@ -223,7 +237,7 @@ function render(data) {
 async function refresh() {
   try {
     const url = jobId ? "/api/jobs/" + encodeURIComponent(jobId) : "/api/overview";
-    const answer = await fetch(url, { headers: token ? { Authorization: "Bearer " + token } : {}, cache: "no-store" });
+    const answer = await fetch(url, { credentials: "same-origin", cache: "no-store" });
     const data = await answer.json();
     if (!jobId) render(data);
     else render(answer.ok ? { job: data } : { error: data.error });
@@ -232,8 +246,5 @@ async function refresh() {
   }
 }
 
-if (token) {  // the footer's links carry the token too
-  for (const a of document.querySelectorAll("footer a")) a.href = a.getAttribute("href") + "?token=" + encodeURIComponent(token);
-}
 render(JSON.parse(document.getElementById("fedda-data").textContent));
 setInterval(refresh, 3000);

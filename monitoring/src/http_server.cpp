@@ -46,6 +46,28 @@ constexpr const char* kPagePolicy =
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
+// The cookie a browser holds the token in once it has traded the `?token=` of its first visit.
+constexpr const char* kTokenCookie = "fedda_token";
+
+// The value of cookie `name` in a Cookie header ("a=1; fedda_token=...; b=2"), or "".
+std::string cookie_value(const std::string& header, const std::string& name) {
+  std::size_t at = 0;
+  while (at < header.size()) {
+    const auto end = std::min(header.find(';', at), header.size());
+    auto pair = header.substr(at, end - at);
+    pair.erase(0, pair.find_first_not_of(' '));
+    const auto eq = pair.find('=');
+    if (eq != std::string::npos && pair.compare(0, eq, name) == 0) return pair.substr(eq + 1);
+    at = end + 1;
+  }
+  return "";
+}
+
+// A browser's navigation (it asks for HTML first); an API client (curl, Prometheus) does not.
+bool browser_navigation(const httplib::Request& req) {
+  return req.get_header_value("Accept").find("text/html") != std::string::npos;
+}
+
 }  // namespace
 
 bool loopback_listen(const std::string& listen) {
@@ -108,8 +130,18 @@ Result<std::unique_ptr<HttpServer>> HttpServer::start(const std::string& listen,
     if (!token.empty() && !(route != compiled->end() && route->second.open)) {
       std::string offered;
       const auto auth = req.get_header_value("Authorization");
+      const bool in_query = auth.rfind("Bearer ", 0) != 0 && req.has_param("token");
       if (auth.rfind("Bearer ", 0) == 0) offered = auth.substr(7);
-      else if (req.has_param("token")) offered = req.get_param_value("token");
+      else if (in_query) offered = req.get_param_value("token");
+      else offered = cookie_value(req.get_header_value("Cookie"), kTokenCookie);
+      if (crypto::equal_secrets(offered, token) && in_query && route != compiled->end() && browser_navigation(req)) {
+        // A browser's first visit: the token is traded for a cookie no script can read and no
+        // other site's request carries, and the address bar (history, bookmarks) loses it.
+        // The path matched a route, so it holds nothing a header could be forged with.
+        res.set_header("Set-Cookie", std::string(kTokenCookie) + "=" + token + "; HttpOnly; SameSite=Strict; Path=/");
+        res.set_redirect(req.path, 303);
+        return;
+      }
       if (!crypto::equal_secrets(offered, token)) {
         res.status = 401;
         res.set_header("WWW-Authenticate", "Bearer realm=\"fedda\"");

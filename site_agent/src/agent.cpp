@@ -17,16 +17,21 @@
 #include "fedda/common/files.h"
 #include "fedda/common/kit.h"
 #include "fedda/common/log.h"
+#include "fedda/common/recent_log.h"
 #include "fedda/common/version.h"
 #include "fedda/monitoring/http_server.h"
 #include "fedda/monitoring/metrics.h"
 #include "fedda/site_agent/egress.h"
+#include "resources.h"
 #include "secure_rounds.h"
+#include "shared_logs.h"
 #include "session.h"
 #include "site_worker.h"
 
 namespace fedda::site_agent {
 using protocol::MessageType;
+
+constexpr std::size_t kRecentLogLines = 2000;  // kept in memory where the policy shares log lines
 
 // Two threads: the network loop (this one, in run(): the session, heartbeats, uploads) and the
 // worker (offers and tasks with the training engine), so heartbeats go on while a round trains.
@@ -153,6 +158,9 @@ struct Agent::Impl {
     so.agent_version = kVersion;
     so.device = config.device;
     so.threads = config.threads;
+    so.resources = [cache = config.cache_dir, device = config.device, precision = config.precision] {
+      return site_resources(cache, device, precision);
+    };
     so.heartbeat = std::chrono::milliseconds(config.heartbeat_ms);
     so.reconnect_min = std::chrono::milliseconds(config.reconnect_min_ms);
     so.reconnect_max = std::chrono::milliseconds(config.reconnect_max_ms);
@@ -177,10 +185,47 @@ struct Agent::Impl {
     }
   }
 
+  // An operator's `fedda-admin logs`: what policy share_logs lets leave of the recent lines
+  // (shared_logs.h). The site's subjects are listed afresh, so that every id is taken out; when
+  // they cannot be listed nothing is sent.
+  Outgoing answer_logs(const Inbound& work) {
+    auto request = protocol::decode_body<protocol::LogsRequest>(work.body);
+    protocol::LogsReply reply;
+    if (!request) {
+      log->warn("dropped a malformed logs request: {}", request.error().message);
+      reply.policy = config.policy.share_logs;
+      reply.refused = "the request did not decode";
+    } else if (config.policy.share_logs == "none") {
+      reply = shared_log_lines(*request, config.policy.share_logs, {}, {}, {});
+    } else {
+      auto subjects = site_subjects(config);
+      std::vector<std::string> ids;
+      if (subjects) {
+        for (const auto& s : *subjects) ids.push_back(s.subject);
+        reply = shared_log_lines(*request, config.policy.share_logs, log::recent_lines(), ids, config.data.string());
+      } else {
+        reply.request = request->request;
+        reply.policy = config.policy.share_logs;
+        reply.refused = "this site could not list its subjects to take them out of its log lines, so none is sent";
+        log->warn("logs asked for: {}; nothing sent", subjects.error().message);
+      }
+    }
+    log->info("logs asked for by the coordinator{}: {} lines sent (share_logs: {}){}",
+              request && !request->job.empty() ? " (job " + request->job + ")" : "", reply.lines.size(),
+              config.policy.share_logs, reply.refused.empty() ? "" : "; " + reply.refused);
+    return make_outgoing(config.site_id, MessageType::logs_reply, "", 0, reply, {},
+                         std::to_string(reply.lines.size()) + " log lines (share_logs: " + config.policy.share_logs + ")");
+  }
+
   // Hands the session's work to the worker (secure aggregation's stages to `secure`, here: they
   // come while the worker trains), and the answers to the session.
   void exchange(Session& session, SecureRounds& secure, bool stopping_now) {
     for (auto& work : session.poll(std::chrono::milliseconds(50), wake_pipe[0])) {
+      if (work.header.type == MessageType::logs_request) {  // answered here: the worker may be training
+        auto answer = answer_logs(work);
+        send_out(session, answer);
+        continue;
+      }
       if (is_secagg(work.header.type)) {
         for (auto& o : secure.handle(work)) send_out(session, o);
         continue;
@@ -234,6 +279,8 @@ struct Agent::Impl {
   }
 
   int run() {
+    // The lines `fedda-admin logs` may be given, kept only where the policy shares any.
+    if (config.policy.share_logs != "none") log::keep_recent_lines(kRecentLogLines);
     auto loaded = load_kit();
     if (!loaded) {
       log->error("{}", loaded.error().message);

@@ -86,7 +86,8 @@ void Session::disconnect() {
 }
 
 void Session::hello() {
-  protocol::Hello body{o_.site_id, o_.agent_version, o_.device, o_.threads, instance_};
+  protocol::Hello body{o_.site_id, o_.agent_version, o_.device, o_.threads, instance_,
+                       o_.resources ? o_.resources() : protocol::SiteResources{}};
   send(MessageType::hello, "", 0, protocol::encode(header(MessageType::hello, "", 0), body));
   last_hello_ = clock_.now();
 }
@@ -250,6 +251,7 @@ void Session::handle(protocol::Header h, std::string body, std::string signature
     case MessageType::secagg_roster:
     case MessageType::secagg_relay:
     case MessageType::secagg_unmask:
+    case MessageType::logs_request:
       out.push_back({std::move(h), std::move(body), std::move(signature), now});
       return;
     case MessageType::upload: {

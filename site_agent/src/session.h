@@ -56,6 +56,8 @@ struct SessionOptions {
   std::chrono::milliseconds reconnect_min{500}, reconnect_max{30000};
   std::optional<CurveKeys> curve;
   const SessionClock* clock = nullptr;  // default: steady_session_clock()
+  // Read at each hello (free space changes); none: the hello says every resource is unknown.
+  std::function<protocol::SiteResources()> resources;
 };
 
 // A message for the owner: a job offer, a round task or a job's goodbye.

@@ -102,6 +102,7 @@ Result<SiteConfig> read_site_config(const fs::path& path) {
   policy.get("max_delta", p.max_delta);
   policy.get("approval", p.approval);
   policy.get("write_back", p.write_back);
+  policy.get("share_logs", p.share_logs);
   if (auto st = m->finish(); !st) return st.error();
   for (const auto& t : p.job_types) {
     if (!protocol::parse_job_type(t)) return fail("policy: job_types: '" + t + "' is not one of teacher, kd, ada, evaluate");
@@ -110,6 +111,9 @@ Result<SiteConfig> read_site_config(const fs::path& path) {
   if (p.min_local_steps < 1) return fail("policy: min_local_steps must be at least 1");
   if (!(p.evaluation_interval_s >= 0)) return fail("policy: evaluation_interval_s must not be negative");
   if (p.approval != "auto" && p.approval != "manual") return fail("policy: approval must be auto or manual");
+  if (p.share_logs != "none" && p.share_logs != "errors" && p.share_logs != "job") {
+    return fail("policy: share_logs must be none, errors or job (not '" + p.share_logs + "')");
+  }
   if (!(p.max_epsilon >= 0) || !std::isfinite(p.max_epsilon)) return fail("policy: max_epsilon must be 0 (no ceiling) or positive");
   if (!(p.min_noise_multiplier >= 0)) return fail("policy: min_noise_multiplier must not be negative");
   if (!(p.max_delta > 0 && p.max_delta < 1)) return fail("policy: max_delta must be above 0 and below 1");

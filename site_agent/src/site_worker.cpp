@@ -13,6 +13,7 @@
 #include "fedda/common/files.h"
 #include "fedda/common/log.h"
 #include "fedda/common/privacy.h"
+#include "fedda/common/text.h"
 #include "fedda/models/federated.h"
 #include "fedda/models/model_spec.h"
 #include "fedda/site_agent/approvals.h"
@@ -28,11 +29,7 @@ using protocol::JobType;
 using protocol::MessageType;
 
 // A figure for a policy message: as short as it reads (8, 0.5, 1e-05).
-std::string number(double v) {
-  std::ostringstream s;
-  s << v;
-  return s.str();
-}
+using text::number;
 
 std::string redact(const std::string& text, const std::vector<std::string>& subjects, const std::string& data_dir) {
   std::string out = text;
@@ -230,6 +227,10 @@ struct SiteWorker::Impl {
     if (!offer) return fail(h.job_id, FailureCode::malformed, "malformed job offer: " + offer.error().message);
     const auto& job = offer->job;
     if (job.id != h.job_id) return fail(h.job_id, FailureCode::malformed, "job offer names two different jobs");
+    if (!approved) {
+      log->info("job {}: offered ({} from {}, {} rounds of {} steps)", job.id, protocol::job_type_name(job.type), job.source,
+                job.rounds, job.local_steps);
+    }
     if (const auto [rule, why] = policy_breach(job); !rule.empty()) {
       return fail(job.id, FailureCode::policy, "refused by this site's policy: " + why, rule);
     }

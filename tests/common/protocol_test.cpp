@@ -147,6 +147,29 @@ TEST(Protocol, SecureAggregationsBodiesSurviveTheWire) {
   EXPECT_EQ(relay->shares.at(0).to, "amsterdam");
 }
 
+// Hello version 4 carries the site's machine (issue 30: `sites` shows it); a GPU's name is a
+// protocol line: a newline in it is refused when read, and an honest sender's is repaired.
+TEST(Protocol, AHelloCarriesTheSitesMachineAndAGpuNameIsHeldToTheLineRule) {
+  Hello hello{"amsterdam", "1.0", "cuda", 16, 7,
+              SiteResources{16, std::int64_t{64} << 30, std::int64_t{410} << 30, {"NVIDIA H200", "GPU#"}, "bfloat16"}};
+  auto back = decode_body<Hello>(encode(header_of(MessageType::hello), hello).body);
+  ASSERT_TRUE(back) << back.error().message;
+  EXPECT_EQ(back->resources.cores, 16);
+  EXPECT_EQ(back->resources.memory_bytes, std::int64_t{64} << 30);
+  EXPECT_EQ(back->resources.cache_free_bytes, std::int64_t{410} << 30);
+  EXPECT_EQ(back->resources.gpus, (std::vector<std::string>{"NVIDIA H200", "GPU#"}));
+  EXPECT_EQ(back->resources.precision, "bfloat16");
+  auto body = encode(header_of(MessageType::hello), hello).body;
+  body.replace(body.find("GPU#"), 4, "GPU\n");
+  auto forged = decode_body<Hello>(body);
+  ASSERT_FALSE(forged);
+  EXPECT_NE(forged.error().message.find("control character"), std::string::npos) << forged.error().message;
+  hello.resources.gpus = {"GPU\nforged"};
+  auto repaired = decode_body<Hello>(encode(header_of(MessageType::hello), hello).body);
+  ASSERT_TRUE(repaired) << repaired.error().message;
+  EXPECT_EQ(repaired->resources.gpus.at(0).find('\n'), std::string::npos) << repaired->resources.gpus.at(0);
+}
+
 TEST(Protocol, FlippedBodyByteIsRefusedByChecksum) {
   const auto frames = encode(header_of(MessageType::hello), Hello{"amsterdam", "0.1.0", "cpu"});
   auto body = frames.body;

@@ -304,6 +304,34 @@ TEST_F(Hardening, ForgedShapesStringsAndCountsDoNotEndTheCoordinatorOrTakeTheAve
   EXPECT_TRUE(coordinator->running()) << log;
 }
 
+// The coordinator fuzzer's second finding, as a real-process test: two sites each declared
+// INT64_MAX samples in job_ready; at half the round's weight each they stayed within
+// max_sample_share 0.9, and the round's sample sum overflowed (undefined behaviour). Such a
+// declaration is refused: the site is not ready, the rounds neither wait for it nor count it in,
+// they name it in `missing`, and the honest sites finish the job with their own weights.
+TEST_F(Hardening, SitesDeclaringInt64MaxSamplesAreNotReadyAndDoNotOverflowTheRound) {
+  const auto job = fake_job("overflow", 4, 2, 2, "max_sample_share: 0.9\n");
+  auto coordinator = serve();
+  {
+    testing::FakeSites fakes(endpoint_, 4, "site", 200ms,
+                             [](int i) { return i >= 2 ? Behaviour::overflowing_count : Behaviour::honest; });
+    ASSERT_EQ(submit_when_joined(job, "overflow", 4), "finished") << testing::read_text(coordinator_log());
+  }
+  const auto rounds = rounds_of("overflow");
+  ASSERT_EQ(rounds.size(), 2u);
+  for (const auto& r : rounds) {
+    std::map<std::string, std::int64_t> samples;
+    for (const auto& site : r["sites"]) samples[site["site"]] = site["samples"];
+    EXPECT_EQ(samples, (std::map<std::string, std::int64_t>{{"site0", 100}, {"site1", 100}})) << r.dump();
+    EXPECT_NE(r["missing"].dump().find("site2 (cannot run it (malformed))"), std::string::npos) << r.dump();
+    EXPECT_NE(r["missing"].dump().find("site3 (cannot run it (malformed))"), std::string::npos) << r.dump();
+  }
+  const auto log = testing::read_text(coordinator_log());
+  EXPECT_NE(log.find("site site2: job_ready for overflow declaring 9223372036854775807 samples dropped"), std::string::npos)
+      << log;
+  EXPECT_TRUE(coordinator->running()) << log;
+}
+
 // The handler-level fuzzer (hostile-peer issue): while two honest sites train a job, six peers
 // send mutated messages of every kind through the coordinator's real handlers (and operator
 // requests on the admin endpoint). The coordinator must stay up, its memory bounded, the job
@@ -783,6 +811,19 @@ TEST_F(Sovereignty, AManualSiteRunsAJobOnlyAfterItsAdministratorApproves) {
       << testing::read_text(coordinator_log());
   const auto sites = fedda_admin({"sites", "--json"});
   EXPECT_NE(sites.text.find("awaiting approval"), std::string::npos) << sites.text;
+  // What a real agent says of its machine (first-month issue: `sites` shows each site's resources).
+  const auto listed = json::parse(sites.text.substr(sites.text.find('[')), nullptr, false);
+  ASSERT_TRUE(listed.is_array()) << sites.text;
+  for (const auto& site : listed) {
+    if (site["site"] != "amsterdam") continue;
+    EXPECT_GE(site["resources"]["cores"].get<int>(), 1) << site.dump();
+    EXPECT_GT(site["resources"]["memory_bytes"].get<std::int64_t>(), std::int64_t{1} << 28) << site.dump();
+    EXPECT_GT(site["resources"]["cache_free_bytes"].get<std::int64_t>(), 0) << site.dump();
+    EXPECT_TRUE(site["resources"]["precision"] == "float32" || site["resources"]["precision"] == "bfloat16") << site.dump();
+  }
+  const auto table = fedda_admin({"sites"});
+  EXPECT_NE(table.text.find("RESOURCES"), std::string::npos) << table.text;
+  EXPECT_NE(table.text.find(" cores, "), std::string::npos) << table.text;
   // Regression (first-month issue): `jobs` said "waiting for sites (1 of min_sites 2 ready)" and
   // hid why; it names the site and what it waits for.
   const auto jobs = fedda_admin({"jobs"});
@@ -827,6 +868,82 @@ TEST_F(Sovereignty, AManualSiteRunsAJobOnlyAfterItsAdministratorApproves) {
   EXPECT_EQ(status.rc, 0);
   EXPECT_NE(status.text.find("kd-approved"), std::string::npos) << status.text;
   EXPECT_NE(status.text.find("joined"), std::string::npos) << status.text;
+}
+
+// `fedda-admin logs SITE` (first-month issue: site logs on request, the site in charge): the
+// coordinator relays the request to the site's running agent, which answers what its policy
+// share_logs lets leave, redacted; a site with the default (none) sends nothing, and its refusal
+// reaches the operator; the site's audit log records what it sent.
+TEST_F(Sovereignty, AnOperatorGetsASitesLogLinesOnlyAsTheSitesPolicyAllows) {
+  auto coordinator = std::make_unique<Process>(
+      std::vector<std::string>{testing::bin("fedda-coordinator").string(), "serve", "--kit", (kit_ / "coordinator").string(),
+                               "--bind", "tcp://127.0.0.1:0", "--state", (dir_ / "state").string(), "--endpoint-file",
+                               endpoint_file().string(), "--heartbeat-ms", "200"},
+      coordinator_log());
+  ASSERT_TRUE(testing::wait_for_text(endpoint_file(), "\ntcp://", 30s));
+  const auto text = testing::read_text(endpoint_file());
+  const auto endpoint = text.substr(0, text.find('\n'));
+  const auto admin = text.substr(text.find('\n') + 1, text.find('\n', text.find('\n') + 1) - text.find('\n') - 1);
+  auto utrecht = start_agent("utrecht", endpoint);  // share_logs: none, the default
+  auto amsterdam = amsterdam_agent(endpoint, "  job_types: [teacher, evaluate]\n  share_logs: job\n");
+  const auto fedda_admin = [&](std::vector<std::string> args) {
+    std::vector<std::string> argv = {testing::bin("fedda-admin").string(), "--kit", (kit_ / "operators" / "alice").string(),
+                                     "--coordinator", admin};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return run(argv);
+  };
+  ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "site amsterdam joined", 60s)) << testing::read_text(coordinator_log());
+  // A kd job amsterdam's policy refuses: its agent logs why, naming the job.
+  ASSERT_EQ(fedda_admin({"submit", kd_job("kd-refused", {"utrecht", "amsterdam"}, 1, 2, 1).string()}).rc, 0);
+  ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "site amsterdam: cannot run job kd-refused", 60s))
+      << testing::read_text(coordinator_log());
+
+  const auto of_job = fedda_admin({"--json", "logs", "amsterdam", "--job", "kd-refused"});
+  ASSERT_EQ(of_job.rc, 0) << of_job.text;
+  const auto answer = json::parse(of_job.text.substr(of_job.text.find('{')), nullptr, false);
+  ASSERT_TRUE(answer.is_object()) << of_job.text;
+  EXPECT_EQ(answer["policy"], "job");
+  ASSERT_FALSE(answer["lines"].empty()) << of_job.text;
+  bool error_line = false, info_line = false;
+  for (const auto& line : answer["lines"]) {
+    const auto l = line.get<std::string>();
+    EXPECT_NE(l.find("kd-refused"), std::string::npos) << l;
+    EXPECT_EQ(l.find(dir_.path().string()), std::string::npos) << "a local path left the site: " << l;
+    EXPECT_EQ(l.find(data_dir().string()), std::string::npos) << "a local path left the site: " << l;
+    error_line |= l.find("] [error] ") != std::string::npos;
+    info_line |= l.find("] [info] ") != std::string::npos;
+  }
+  EXPECT_TRUE(error_line) << of_job.text;
+  EXPECT_TRUE(info_line) << "share_logs: job gives the job's info lines too\n" << of_job.text;
+  // Without --job: the warnings and errors only, at most --tail of them.
+  const auto problems = fedda_admin({"--json", "logs", "amsterdam", "--tail", "2"});
+  ASSERT_EQ(problems.rc, 0) << problems.text;
+  const auto latest = json::parse(problems.text.substr(problems.text.find('{')), nullptr, false);
+  ASSERT_TRUE(latest.is_object()) << problems.text;
+  EXPECT_GE(latest["lines"].size(), 1u);
+  EXPECT_LE(latest["lines"].size(), 2u);
+  for (const auto& line : latest["lines"]) EXPECT_EQ(line.get<std::string>().find("] [info] "), std::string::npos) << line;
+  // The table form names the site and its policy.
+  const auto table = fedda_admin({"logs", "amsterdam", "--job", "kd-refused"});
+  EXPECT_NE(table.text.find("site amsterdam (share_logs: job): "), std::string::npos) << table.text;
+
+  const auto none = fedda_admin({"logs", "utrecht"});
+  EXPECT_NE(none.rc, 0);
+  EXPECT_NE(none.text.find("site utrecht: this site shares no log lines (its policy share_logs: none)"), std::string::npos)
+      << none.text;
+  const auto stranger = fedda_admin({"logs", "nowhere"});
+  EXPECT_NE(stranger.rc, 0);
+  EXPECT_NE(stranger.text.find("no site 'nowhere' in this consortium"), std::string::npos) << stranger.text;
+  const auto tail = fedda_admin({"logs", "amsterdam", "--tail", "0"});
+  EXPECT_NE(tail.rc, 0);
+
+  // Each site's audit log holds what it sent; the coordinator's, who asked.
+  EXPECT_NE(testing::read_text(dir_ / "cache-amsterdam" / "audit.jsonl").find("logs_reply"), std::string::npos);
+  EXPECT_NE(testing::read_text(dir_ / "cache-utrecht" / "audit.jsonl").find("logs_reply"), std::string::npos);
+  EXPECT_NE(testing::read_text(dir_ / "state" / "audit.jsonl").find("\"command\":\"logs\""), std::string::npos)
+      << testing::read_text(dir_ / "state" / "audit.jsonl");
+  EXPECT_TRUE(coordinator->running());
+  EXPECT_TRUE(amsterdam.running());
 }
 
 // Fault 4: a kit vouches for itself; the root fingerprint pinned in site.yaml tells a forged one.

@@ -33,16 +33,21 @@ constexpr const char* kHostileDevice = "<script>document.title='owned'</script><
 struct Answer {
   int status = 0;
   std::string body;
+  httplib::Headers headers;
+  std::string header(const std::string& name) const {
+    const auto it = headers.find(name);
+    return it == headers.end() ? "" : it->second;
+  }
 };
 
-Answer get(const std::string& url, const std::string& path, const std::string& token = {}) {
+// One GET, redirects not followed; `token` as a bearer header, `headers` added.
+Answer get(const std::string& url, const std::string& path, const std::string& token = {}, httplib::Headers headers = {}) {
   httplib::Client client(url);
   client.set_read_timeout(20, 0);
-  httplib::Headers headers;
   if (!token.empty()) headers.emplace("Authorization", "Bearer " + token);
   auto res = client.Get(path.c_str(), headers);
   if (!res) return {};
-  return {res->status, res->body};
+  return {res->status, res->body, res->headers};
 }
 
 // Headless Chromium: the DOM after the page's scripts ran (`--dump-dom`), or a screenshot.
@@ -107,6 +112,8 @@ TEST_F(StatusPage, ChromiumShowsSitesAndJobProgressAndShowsWhatSitesSendAsText) 
   ASSERT_EQ(sites.size(), 3u);
   EXPECT_EQ(sites[1]["device"], kHostileDevice);  // the API gives the string as sent (JSON-escaped)
   EXPECT_TRUE(sites[1]["online"].get<bool>());
+  EXPECT_EQ(sites[1]["resources"]["cores"], 4) << sites[1].dump();
+  EXPECT_EQ(sites[1]["resources"]["gpus"], json::array({"Fake GPU 80GB"})) << sites[1].dump();
 
   // The overview, rendered by a browser.
   const auto overview = chromium(dir_ / "profile", "--dump-dom", url_ + "/");
@@ -114,6 +121,7 @@ TEST_F(StatusPage, ChromiumShowsSitesAndJobProgressAndShowsWhatSitesSendAsText) 
   const auto& dom = overview.output;
   for (const char* site : {">site0<", ">site1<", ">site2<"}) EXPECT_NE(dom.find(site), std::string::npos) << site << "\n" << dom;
   EXPECT_NE(dom.find("Sites (3 of 3 online)"), std::string::npos) << dom;
+  EXPECT_NE(dom.find(">4 cores, 8.0 GiB, 50 GiB free, float32, GPU Fake GPU 80GB<"), std::string::npos) << dom;
   EXPECT_NE(dom.find(">page-demo</a>"), std::string::npos) << dom;
   std::smatch progress;
   ASSERT_TRUE(std::regex_search(dom, progress, std::regex("<progress max=\"400\" value=\"([0-9]+)\">"))) << dom;
@@ -185,16 +193,33 @@ TEST_F(StatusPage, ACoordinatorWithAKitAsksForItsToken) {
   const auto with_token = get(url_, "/api/overview", token);
   ASSERT_EQ(with_token.status, 200);
   EXPECT_EQ(json::parse(with_token.body)["coordinator"]["consortium"], "wmh");
-  EXPECT_EQ(get(url_, "/?token=" + token).status, 200);  // a browser's first visit
+  EXPECT_EQ(get(url_, "/?token=" + token).status, 200);  // a client that does not ask for HTML: taken as it is
   EXPECT_EQ(get(url_, "/static/status.js").status, 200);  // the page's own script: nothing of the service's
+  // The health check answers without the token and tells nothing else.
+  const auto health = get(url_, "/healthz");
+  EXPECT_EQ(health.status, 200);
+  EXPECT_EQ(json::parse(health.body), json({{"ok", true}})) << health.body;
 
-  // A browser given the token draws the page (its script and style sheet load, its API calls carry it).
+  // A browser's first visit (first-month issue: the token sat in every link, in history and
+  // bookmarks): traded for an HttpOnly, SameSite=Strict cookie, and the address bar cleaned.
+  const httplib::Headers browser = {{"Accept", "text/html,application/xhtml+xml"}};
+  const auto first = get(url_, "/jobs/some-job?token=" + token, {}, browser);
+  EXPECT_EQ(first.status, 303);
+  EXPECT_EQ(first.header("Location"), "/jobs/some-job");
+  EXPECT_EQ(first.header("Set-Cookie"), "fedda_token=" + token + "; HttpOnly; SameSite=Strict; Path=/");
+  EXPECT_EQ(get(url_, "/?token=" + std::string(64, '0'), {}, browser).status, 401);  // a wrong token gets no cookie
+  const auto by_cookie = get(url_, "/api/overview", {}, {{"Cookie", "other=1; fedda_token=" + token}});
+  EXPECT_EQ(by_cookie.status, 200) << by_cookie.body;
+  EXPECT_EQ(get(url_, "/api/overview", {}, {{"Cookie", "fedda_token=" + std::string(64, '0')}}).status, 401);
+
+  // A browser given the token draws the page (its script and style sheet load, its API calls carry the cookie).
   const auto page = chromium(dir_ / "profile", "--dump-dom", url_ + "/?token=" + token);
   ASSERT_EQ(page.exit_code, 0) << page.output;
   EXPECT_NE(page.output.find("Sites (0 of 1 online)"), std::string::npos) << page.output;
   EXPECT_NE(page.output.find(">utrecht<"), std::string::npos) << page.output;
   EXPECT_NE(page.output.find("CurveZMQ, signed models"), std::string::npos) << page.output;
-  EXPECT_NE(page.output.find("/metrics?token=" + token), std::string::npos) << page.output;
+  EXPECT_NE(page.output.find("href=\"/metrics\""), std::string::npos) << page.output;
+  EXPECT_EQ(page.output.find(token), std::string::npos) << "the token is in the page\n" << page.output;
   EXPECT_EQ(page.output.find("cannot reach"), std::string::npos) << page.output;  // its refresh was answered
   EXPECT_NE(log().find("no valid bearer token"), std::string::npos) << log();
 }

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <chrono>
 #include <map>
 #include <memory>
@@ -41,9 +42,21 @@ enum class Behaviour {
   bad_device,           // a hello whose device is not UTF-8 and holds a forged log line
   foreign_failure,      // says job_failed for the job "waiting", which it is not a site of, with a long multibyte
                         // reason, at every heartbeat of the coordinator
+  overflowing_count,    // declares INT64_MAX samples when it gets ready (and is honest should it get a task)
   steady_steps,         // honest, and every step it is asked for moves each parameter by kSteadyStep (a constant
                         // gradient): it returns the weights it got plus kSteadyStep x its steps, and says it took them
 };
+
+// The samples a site of `behaviour` declares in its job_ready.
+inline std::int64_t declared_samples(Behaviour behaviour) {
+  if (behaviour == Behaviour::inflated_count) return 10000;
+  if (behaviour == Behaviour::overflowing_count) return std::numeric_limits<std::int64_t>::max();
+  return 100;
+}
+
+// What every fake site's hello says of its machine.
+inline const protocol::SiteResources kFakeResources{4, std::int64_t{8} << 30, std::int64_t{50} << 30, {"Fake GPU 80GB"},
+                                                    "float32"};
 
 // How far a steady_steps site moves each parameter in one local step.
 inline constexpr float kSteadyStep = 0.001f;
@@ -143,7 +156,7 @@ class FakeSites {
   }
   protocol::Frames hello_of(const Site& s) const {
     if (s.behaviour != Behaviour::bad_device) {
-      return protocol::encode(protocol::Header{}, protocol::Hello{s.id, "fake", s.device, 0});
+      return protocol::encode(protocol::Header{}, protocol::Hello{s.id, "fake", s.device, 0, 0, kFakeResources});
     }
     const std::string marker = "cpu#NEWLINE#[coordinator] [warning] site utrecht: revoked by alice";
     return patched(protocol::encode(protocol::Header{}, protocol::Hello{s.id, "fake", marker, 0}), "#NEWLINE#", std::string("\xff\n\xfe\x1b[2J\n\xc0", 9));
@@ -170,7 +183,7 @@ class FakeSites {
           if (offer) job_steps_[h->job_id] = offer->job.local_steps;
         }
         protocol::JobReady ready;
-        ready.samples = s.behaviour == Behaviour::inflated_count ? 10000 : 100;
+        ready.samples = declared_samples(s.behaviour);
         ready.subjects = 1;
         ready.evaluation_subjects = 2;
         send(s, MessageType::job_ready, h->job_id, 0, protocol::encode(protocol::Header{}, ready));
@@ -220,7 +233,8 @@ class FakeSites {
             t = make_f32(t.name, t.shape, values);
           }
           s.own_update = protocol::encode(protocol::Header{}, u);
-        } else if (s.behaviour == Behaviour::honest || s.behaviour == Behaviour::reconnect_after_ready) {
+        } else if (s.behaviour == Behaviour::honest || s.behaviour == Behaviour::reconnect_after_ready ||
+                   s.behaviour == Behaviour::overflowing_count) {
           if (update_.job != h->job_id || update_.round != h->round) {
             protocol::RoundUpdate u;
             u.model = std::move(task->model);

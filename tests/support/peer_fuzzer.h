@@ -167,7 +167,7 @@ class PeerFuzzer {
     const int round = chance(0.7) ? p.round : static_cast<int>(count());
     protocol::Frames f;
     MessageType type;
-    switch (pick(11)) {
+    switch (pick(12)) {
       case 0: type = MessageType::hello; f = protocol::encode(protocol::Header{}, hello_of(p)); break;
       case 1: {
         type = MessageType::job_ready;
@@ -214,6 +214,15 @@ class PeerFuzzer {
         break;
       }
       case 9: type = static_cast<MessageType>(pick(256)); f = protocol::encode(protocol::Header{}, update(p)); break;
+      case 10: {  // an answer to a logs request no operator made, or to another site's
+        type = MessageType::logs_reply;
+        protocol::LogsReply r;
+        r.request = chance(0.5) ? "logs-" + std::to_string(pick(4)) : text();
+        r.policy = text();
+        for (std::size_t i = pick(3) == 0 ? 3000 : pick(4); i > 0; --i) r.lines.push_back(text());
+        f = protocol::encode(protocol::Header{}, r);
+        break;
+      }
       default: type = MessageType::goodbye; f = protocol::encode(protocol::Header{}, protocol::Goodbye{text()}); break;
     }
     if (chance(0.3)) {  // the bytes themselves

@@ -109,8 +109,10 @@ enum class MessageType : std::uint8_t {
   secagg_shares = 18,  // agent -> coordinator: its encrypted shares (SecaggShares)
   secagg_relay = 19,   // coordinator -> agent: the shares addressed to it (ShareRelay)
   secagg_unmask = 20,  // coordinator -> agent: who sent a masked update; agent -> coordinator: shares (SecaggUnmask)
+  logs_request = 21,   // coordinator -> agent: an operator asks for the site's recent log lines (LogsRequest)
+  logs_reply = 22,     // agent -> coordinator: what the site's policy lets leave of them (LogsReply)
 };
-inline constexpr MessageType kLastMessageType = MessageType::secagg_unmask;
+inline constexpr MessageType kLastMessageType = MessageType::logs_reply;
 const char* type_name(MessageType type);
 
 // What a job asks of its sites. On the wire and in files it is its name.
@@ -269,6 +271,18 @@ struct JobSpec {
   DpSpec dp;  // version 10
 };
 
+// What a site's machine offers, read by its agent at each hello (Hello version 4): `fedda-admin
+// sites` and the status page show it, so an operator sizes a job for the consortium's sites.
+// A figure the agent could not read is -1; `gpus` lists models as the driver names them
+// ("NVIDIA H200"), empty where none is seen.
+struct SiteResources {
+  std::int32_t cores = -1;              // logical processors the agent may run on
+  std::int64_t memory_bytes = -1;       // the machine's physical memory
+  std::int64_t cache_free_bytes = -1;   // free space where the agent keeps its cache
+  std::vector<std::string> gpus;
+  std::string precision;                // what the agent computes in: float32 | bfloat16
+};
+
 struct Hello {
   std::string site_id;
   std::string agent_version;
@@ -278,6 +292,7 @@ struct Hello {
   // another instance while a session lives is a restart or a second agent with the same kit
   // (coordinator/src/duplicate_sessions.h). 0 from agents before version 3.
   std::uint64_t instance = 0;
+  SiteResources resources;  // version 4; default (all unknown) from older agents
 };
 
 struct Welcome {
@@ -371,6 +386,20 @@ struct JobPending {
   std::string reason;  // what the site waits for ("approval by the site's administrator")
 };
 
+// `fedda-admin logs SITE`: the coordinator asks, the site answers with what its policy
+// (share_logs: none | errors | job) lets leave, redacted as failure texts are.
+struct LogsRequest {
+  std::string request;      // the coordinator's id for the operator's request, echoed in the reply
+  std::string job;          // only the lines about this job; empty: any
+  std::int32_t tail = 100;  // at most this many lines, the latest
+};
+struct LogsReply {
+  std::string request;
+  std::string policy;              // the site's share_logs
+  std::string refused;             // why nothing was sent; empty when the lines are what the policy allows
+  std::vector<std::string> lines;  // oldest first, one log line each
+};
+
 struct Reject {
   RejectCode code = RejectCode::unspecified;  // version 2
   std::string reason;                         // for the log
@@ -391,7 +420,8 @@ struct NamedFile {
 struct AdminRequest {
   std::string command;
   std::string target;              // the job or site the command is about
-  std::string job_yaml;            // submit: the job file's text
+  std::string job_yaml;            // submit: the job file's text; clone: the changes (YAML);
+                                   // logs: `job` and `tail` (YAML)
   std::string job_file;            // submit: its file name, for messages
   std::vector<NamedFile> files;    // submit: the teacher model the job file names;
                                    // admit: the site's manifest.json and manifest.sig
@@ -716,6 +746,12 @@ void serialize(Archive& ar, Hello& m, std::uint32_t version) {
   ar(FEDDA_ID(site_id), FEDDA_ID(agent_version), FEDDA_LINE(device));
   if (version >= 2) ar(m.threads);
   if (version >= 3) ar(m.instance);
+  if (version >= 4) ar(m.resources);
+}
+template <class Archive>
+void serialize(Archive& ar, SiteResources& m, std::uint32_t version) {
+  detail::check_known_version<SiteResources>(version);
+  ar(m.cores, m.memory_bytes, m.cache_free_bytes, detail::text_list(m.gpus, TextKind::line), FEDDA_ID(precision));
 }
 template <class Archive>
 void serialize(Archive& ar, Welcome& m, std::uint32_t version) {
@@ -791,6 +827,16 @@ template <class Archive>
 void serialize(Archive& ar, JobPending& m, std::uint32_t version) {
   detail::check_known_version<JobPending>(version);
   ar(FEDDA_REASON(reason));
+}
+template <class Archive>
+void serialize(Archive& ar, LogsRequest& m, std::uint32_t version) {
+  detail::check_known_version<LogsRequest>(version);
+  ar(FEDDA_ID(request), FEDDA_ID(job), m.tail);
+}
+template <class Archive>
+void serialize(Archive& ar, LogsReply& m, std::uint32_t version) {
+  detail::check_known_version<LogsReply>(version);
+  ar(FEDDA_ID(request), FEDDA_ID(policy), FEDDA_REASON(refused), detail::text_list(m.lines, TextKind::line));
 }
 template <class Archive>
 void serialize(Archive& ar, Reject& m, std::uint32_t version) {
@@ -871,7 +917,8 @@ CEREAL_CLASS_VERSION(fedda::WireTensor, 1)
 CEREAL_CLASS_VERSION(fedda::TensorSet, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::JobSpec, 10)
 CEREAL_CLASS_VERSION(fedda::protocol::DpSpec, 1)
-CEREAL_CLASS_VERSION(fedda::protocol::Hello, 3)
+CEREAL_CLASS_VERSION(fedda::protocol::Hello, 4)
+CEREAL_CLASS_VERSION(fedda::protocol::SiteResources, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::Welcome, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::JobOffer, 2)
 CEREAL_CLASS_VERSION(fedda::protocol::SkippedSubject, 1)
@@ -889,6 +936,8 @@ CEREAL_CLASS_VERSION(fedda::secagg::ShareRelay, 1)
 CEREAL_CLASS_VERSION(fedda::secagg::RevealedShare, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::JobFailed, 2)
 CEREAL_CLASS_VERSION(fedda::protocol::JobPending, 1)
+CEREAL_CLASS_VERSION(fedda::protocol::LogsRequest, 1)
+CEREAL_CLASS_VERSION(fedda::protocol::LogsReply, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::Reject, 2)
 CEREAL_CLASS_VERSION(fedda::protocol::Goodbye, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::NamedFile, 1)

@@ -1,8 +1,11 @@
 #pragma once
 // A small HTTP server for a service's status page, JSON API and /metrics (cpp-httplib underneath,
 // on its own threads). GET and HEAD only. It listens on loopback unless given a bearer token: bound
-// anywhere else, every request must carry `Authorization: Bearer <token>` (or `?token=` for a
-// browser's first visit), compared in constant time. Answers carry no-store and nosniff headers
+// anywhere else, every request must carry the token, compared in constant time: as
+// `Authorization: Bearer <token>` (API clients), or as the HttpOnly, SameSite=Strict cookie a
+// browser is given on its first visit with `?token=` (answered with a redirect to the same page
+// without it, so the token leaves the address bar; `?token=` from a client that does not ask for
+// HTML is taken as it is). Answers carry no-store and nosniff headers
 // and, for pages, a content security policy that allows the service's own scripts only.
 //
 // Handlers run on the server's threads: they must only read what is safe to read there (the

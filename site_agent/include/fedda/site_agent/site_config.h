@@ -41,6 +41,9 @@
 //     approval: auto                    # auto | manual (fedda-agent pending / approve / refuse)
 //     write_back: false                 # data_layout pacs: segment --all --with-dicom stores each
 //                                       # Segmentation and report back in the PACS (STOW-RS)
+//     share_logs: none                  # what `fedda-admin logs SITE` gets of the agent's recent log:
+//                                       # none; errors (warnings and errors); job (also every line
+//                                       # naming the job asked for); redacted as failure texts are
 //
 // Relative paths are relative to the config file. Unknown keys are errors.
 
@@ -68,6 +71,7 @@ struct SitePolicy {
                                              // aggregates sent with the evaluation
   std::string approval = "auto";             // auto | manual
   bool write_back = false;                   // pacs: results stored back in the PACS; nothing is written there otherwise
+  std::string share_logs = "none";           // none | errors | job (shared_logs.h)
   // Differential privacy: training on this site's patients only under DP-SGD spending at most
   // this epsilon over the job (0: no ceiling; a job without dp is refused when one is set), with
   // at least this noise multiplier (0: any).
