@@ -78,6 +78,19 @@ void print_table(const std::vector<std::vector<std::string>>& rows) {
   }
 }
 
+// The open round's sites: "round 4: answered amsterdam, utrecht; waiting for singapore"; "" when none is open.
+std::string round_sites_text(const json& r) {
+  if (!r.is_object()) return "";
+  const auto names = [](const json& list) {
+    std::string out;
+    for (const auto& s : list) out += (out.empty() ? "" : ", ") + text_of(s);
+    return out;
+  };
+  const auto answered = names(r.value("answered", json::array())), waiting = names(r.value("waiting", json::array()));
+  return (r.value("evaluation", false) ? std::string("evaluation") : "round " + std::to_string(r.value("round", 0))) +
+         ": answered " + (answered.empty() ? "none yet" : answered) + (waiting.empty() ? "" : "; waiting for " + waiting);
+}
+
 void print_jobs(const json& jobs) {
   if (jobs.empty()) {
     std::cout << "no jobs\n";
@@ -113,6 +126,7 @@ void print_status(const json& j) {
     std::cout << "  history: " << steps << "\n";
   }
   if (!j.value("activity", "").empty()) std::cout << "  now: " << j.value("activity", "") << ", about " << duration(j.at("eta_s")) << " left\n";
+  if (const auto sites = round_sites_text(j.value("round_sites", json())); !sites.empty()) std::cout << "  " << sites << "\n";
   if (!j.value("error", "").empty()) std::cout << "  " << j.value("error", "") << "\n";
   const auto& rounds = j.at("rounds_done");
   if (!rounds.empty()) {

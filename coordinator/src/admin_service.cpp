@@ -53,7 +53,12 @@ json eta_seconds(const JobRecord& job) {
   return std::round(sum / static_cast<double>(n) * left);
 }
 
-json job_json(const JobRecord& job, const std::string& activity) {
+json round_sites_json(const std::optional<RoundSites>& r) {
+  if (!r) return json();
+  return {{"round", r->round}, {"evaluation", r->evaluation}, {"answered", r->answered}, {"waiting", r->waiting}};
+}
+
+json job_json(const JobRecord& job, const std::string& activity, const std::optional<RoundSites>& round_sites) {
   const auto& spec = job.definition.spec;
   return {{"id", job.id()},
           {"type", protocol::job_type_name(spec.type)},
@@ -66,6 +71,7 @@ json job_json(const JobRecord& job, const std::string& activity) {
           {"teacher", job.definition.teacher},
           {"max_sample_share", spec.max_sample_share},
           {"activity", activity},
+          {"round_sites", round_sites_json(round_sites)},
           {"eta_s", eta_seconds(job)},
           {"submitted_by", job.submitted_by},
           {"submitted_ms", null_if_zero(job.submitted_ms)},
@@ -254,13 +260,15 @@ protocol::AdminReply AdminService::dispatch(const std::string& who, const protoc
   }
   if (r.command == "jobs") {
     json list = json::array();
-    for (const auto* job : store.ordered()) list.push_back(job_json(*job, backend_.activity(job->id())));
+    for (const auto* job : store.ordered()) {
+      list.push_back(job_json(*job, backend_.activity(job->id()), backend_.round_sites(job->id())));
+    }
     return ok(list);
   }
   if (r.command == "status") {
     auto job = job_of(r.command, r.target);
     if (!job) return refused(job.error().message);
-    auto answer = job_json(**job, backend_.activity(r.target));
+    auto answer = job_json(**job, backend_.activity(r.target), backend_.round_sites(r.target));
     answer["rounds_done"] = rounds_of(store.dir(r.target) / "rounds.jsonl");
     answer["results"] = fs::exists(store.dir(r.target) / "results.csv");
     if (auto summary = files::read_all(store.dir(r.target) / "summary.json")) {

@@ -6,7 +6,8 @@
 //
 // Replies are JSON documents (`fedda-admin --json` prints them as they are):
 //   submit    {"id", "state"}
-//   jobs      [{"id", "type", "method", "state", "round", "rounds", "activity", "eta_s", ...}]
+//   jobs      [{"id", "type", "method", "state", "round", "rounds", "activity", "round_sites", "eta_s", ...}]
+//             round_sites: {"round", "evaluation", "answered", "waiting"} while a round is open, else null
 //   status    one job of `jobs` plus "rounds": every finished round as rounds.jsonl has it
 //   abort, resume   {"id", "state"}
 //   download  {"id", "files": [names]} with the files themselves
@@ -17,6 +18,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <variant>
 #include <string>
@@ -47,6 +49,8 @@ class AdminBackend {
   virtual Status revoke(const std::string& site, const std::string& by) = 0;
   // What a running job is doing; empty when it is not running here.
   virtual std::string activity(const std::string& job) const = 0;
+  // Its open round's sites, answered or awaited; nothing when no round is open.
+  virtual std::optional<RoundSites> round_sites(const std::string& job) const = 0;
   // The operator's role as its signed manifest says: lead, member or viewer (lead without a kit).
   virtual std::string operator_role(const std::string& name) const = 0;
 };

@@ -1109,6 +1109,19 @@ std::string JobRun::not_ready() const {
   return out;
 }
 
+std::optional<RoundSites> JobRun::round_sites() const {
+  if (phase_ != Phase::collecting && phase_ != Phase::evaluating) return std::nullopt;
+  RoundSites out;
+  out.round = round_;
+  out.evaluation = phase_ == Phase::evaluating;
+  for (const auto& site : expected_) (answered_.count(site) ? out.answered : out.waiting).push_back(site);
+  for (const auto& site : answered_) {
+    if (!expected_.count(site)) out.answered.push_back(site);
+  }
+  std::sort(out.answered.begin(), out.answered.end());
+  return out;
+}
+
 std::string JobRun::activity() const {
   const auto& spec = record_.definition.spec;
   const std::string stopping = abort_ ? "aborting after this round (by " + stop_by_ + "): " : "";

@@ -93,6 +93,8 @@ class JobRun {
   const std::string& id() const { return record_.id(); }
   // What it is doing, for operators: "waiting for sites (1 of 2 ready)", "round 3 of 8", ...
   std::string activity() const;
+  // The open round's sites, answered or awaited; nothing while no round is open.
+  std::optional<RoundSites> round_sites() const;
 
  private:
   enum class Phase { waiting, collecting, waiting_for_evaluation, evaluating, done };

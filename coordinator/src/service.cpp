@@ -478,6 +478,11 @@ struct Service::Impl : JobHost, AdminBackend {
     return it == runs.end() ? std::string() : it->second->activity();
   }
 
+  std::optional<RoundSites> round_sites(const std::string& job) const override {
+    const auto it = runs.find(job);
+    return it == runs.end() ? std::nullopt : it->second->round_sites();
+  }
+
   Status check_sites_known(const protocol::JobSpec& spec) {
     if (!consortium && allowed.empty()) return Status::success();
     for (const auto* list : {&spec.sites, &spec.evaluation_sites}) {

@@ -52,6 +52,13 @@ struct SiteInfo {
   std::map<std::string, Participation> jobs;
 };
 
+// The sites of a job's open round (or evaluation): those that answered and those it waits for.
+struct RoundSites {
+  int round = 0;
+  bool evaluation = false;
+  std::vector<std::string> answered, waiting;
+};
+
 class SiteRegistry {
  public:
   // A hello on `routing`: starts (or replaces) the site's session. Returns the site.

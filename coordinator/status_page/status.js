@@ -107,19 +107,46 @@ function drawSites(sites) {
           table(["site", "state", "last seen", "agent", "device", "threads", "resources", "jobs"], rows, [5])];
 }
 
-function drawJobs(jobs) {
-  const rows = jobs.map((j) => [
+// The open round's sites: "answered: a, b · waiting for: c" (or "" when no round is open).
+function roundSitesText(r) {
+  if (!r) return "";
+  const what = r.evaluation ? "evaluation" : "round " + r.round;
+  return what + ": answered " + (r.answered.length ? r.answered.join(", ") : "none yet") +
+         (r.waiting.length ? " · waiting for " + r.waiting.join(", ") : "");
+}
+
+const ENDED = ["finished", "failed", "aborted"];
+
+function jobRows(jobs) {
+  return jobs.map((j) => [
     link("/jobs/" + j.id, j.id),
     j.type + (j.method && j.method !== j.type ? " (" + j.method + ")" : ""),
     stateCell(j.state),
     progressCell(j),
-    j.activity || (j.error ? el("span", { class: "refused" }, j.error) : ""),
+    j.activity ? el("span", {}, j.activity, j.round_sites ? el("br") : null,
+                    j.round_sites ? el("span", { class: "muted" }, roundSitesText(j.round_sites)) : null)
+               : (j.error ? el("span", { class: "refused" }, j.error) : ""),
     j.eta_s === null || j.eta_s === undefined ? "" : duration(j.eta_s),
     (j.sites || []).join(", "),
     j.submitted_by || "",
   ]);
-  return [el("h2", {}, "Jobs"), jobs.length ? table(["job", "type", "state", "rounds", "activity", "ETA", "sites",
-                                                     "submitted by"], rows, [5]) : el("p", { class: "muted" }, "No jobs yet.")];
+}
+
+// Running and queued jobs first; those that ended folded below them.
+function drawJobs(jobs) {
+  const head = ["job", "type", "state", "rounds", "activity", "ETA", "sites", "submitted by"];
+  const active = jobs.filter((j) => !ENDED.includes(j.state));
+  const ended = jobs.filter((j) => ENDED.includes(j.state));
+  const out = [el("h2", {}, "Jobs")];
+  if (!jobs.length) return out.concat([el("p", { class: "muted" }, "No jobs yet.")]);
+  out.push(active.length ? table(head, jobRows(active), [5]) : el("p", { class: "muted" }, "No job is running or queued."));
+  if (ended.length) {
+    const shown = document.getElementById("ended-jobs");  // kept open across refreshes once opened
+    out.push(el("details", { id: "ended-jobs", open: shown && shown.open ? "" : null },
+                el("summary", {}, "Ended jobs (" + ended.length + ")"),
+                table(head, jobRows(ended), [5])));
+  }
+  return out;
 }
 
 // A line chart: series = [{name, points: [[x, y], ...]}], drawn into a w x h SVG with axes.
@@ -174,6 +201,7 @@ function drawJob(job) {
        job.type + (job.method ? " (" + job.method + ")" : ""), " · sites: " + (job.sites || []).join(", "),
        job.eta_s !== null && job.eta_s !== undefined ? " · ETA " + duration(job.eta_s) : "")];
   if (job.activity) out.push(el("p", { class: "muted" }, job.activity));
+  if (job.round_sites) out.push(el("p", { class: "muted" }, roundSitesText(job.round_sites)));
   if (job.error) out.push(el("p", { class: "refused" }, job.error));
 
   const sites = [...new Set(rounds.flatMap((r) => (r.sites || []).map((s) => s.site)))];
@@ -191,6 +219,26 @@ function drawJob(job) {
                                                            .map((r) => [r.round, r.test_dsc[site]]) }));
     out.push(el("h2", {}, "Dice on the evaluation sites during training"), lineChart("Dice", curves, "mean Dice"),
              legend(evalSites));
+  }
+  // Differential privacy: each site's epsilon so far, as its updates said (the patient is the unit).
+  const privateSites = sites.filter((site) => rounds.some((r) => (r.sites || []).some((x) => x.site === site &&
+                                                                                        typeof x.epsilon === "number")));
+  if (privateSites.length) {
+    const spent = privateSites.map((site) => ({ name: site, points: rounds.map((r) => {
+      const s = (r.sites || []).find((x) => x.site === site);
+      return [r.round, s && typeof s.epsilon === "number" ? s.epsilon : NaN];
+    }) }));
+    const latest = privateSites.map((site) => {
+      const last = rounds.map((r) => (r.sites || []).find((x) => x.site === site && typeof x.epsilon === "number"))
+                         .filter((x) => x).pop();
+      const round = rounds.filter((r) => (r.sites || []).some((x) => x === last)).map((r) => r.round).pop();
+      return [site, fixed(last.epsilon, 3), fixed(last.noise_multiplier, 3), String(round)];
+    });
+    out.push(el("h2", {}, "Differential privacy: epsilon spent per site"),
+             el("p", { class: "muted" }, "Each site's epsilon so far for its patients (DP-SGD, the patient as the unit; " +
+                                         "at the job's delta), as its latest update said."),
+             table(["site", "epsilon so far", "noise multiplier", "as of round"], latest, [1, 2, 3]),
+             lineChart("epsilon", spent, "epsilon so far"), legend(privateSites));
   }
   const dice = job.summary && job.summary.mean_dsc;
   out.push(el("h2", {}, "Dice"));

@@ -1,8 +1,10 @@
 #include "fedda/imaging/dicom_results.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <memory>
 
 // DCMTK: osconfig.h first, as it requires.
@@ -22,7 +24,9 @@
 #include "dcmtk/dcmsr/dsrdoc.h"
 #include "dcmtk/oflog/oflog.h"
 
+#include "fedda/common/crypto.h"
 #include "fedda/common/files.h"
+#include "fedda/imaging/png.h"
 
 namespace fedda::imaging {
 namespace fs = std::filesystem;
@@ -196,6 +200,49 @@ std::vector<Uint8> pack_frames(const std::vector<std::vector<Uint8>>& frames) {
   return packed;
 }
 
+// A UID of the 2.25 form (PS3.5 B.2: a UUID written as one decimal integer) derived from
+// `name`: the first 128 bits of its SHA-256, with the version and variant bits of an RFC 9562
+// UUIDv8. The same result of the same model on the same series gets the same UIDs, so a PACS it
+// is stored in again keeps one copy: write-back replaces rather than adds.
+std::string derived_uid(const std::string& name) {
+  const auto hex = crypto::sha256_hex(name);
+  std::array<unsigned, 16> bytes{};
+  for (std::size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<unsigned>(std::stoul(hex.substr(2 * i, 2), nullptr, 16));
+  bytes[6] = (bytes[6] & 0x0f) | 0x80;  // version 8
+  bytes[8] = (bytes[8] & 0x3f) | 0x80;  // variant 10
+  std::string digits;
+  for (;;) {  // the 128-bit big-endian number divided by 10 until nothing is left
+    unsigned remainder = 0;
+    bool zero = true;
+    for (auto& b : bytes) {
+      const unsigned value = remainder * 256 + b;
+      b = value / 10;
+      remainder = value % 10;
+      zero = zero && b == 0;
+    }
+    digits.insert(digits.begin(), static_cast<char>('0' + remainder));
+    if (zero) break;
+  }
+  return "2.25." + digits;
+}
+
+// What a result's UIDs are derived from: its kind, what it was computed from and its content.
+std::string result_identity(const std::string& kind, const std::string& source, const ResultProvenance& provenance,
+                            const std::string& content) {
+  return "fedda " + kind + "|" + source + "|" + provenance.model_sha256 + "|" + provenance.version + "|" +
+         crypto::sha256_hex(content);
+}
+
+// The object's series and instance UIDs, set to those derived from `identity`.
+Status set_derived_uids(DcmDataset& dataset, const std::string& identity, const std::string& what) {
+  const auto series = derived_uid(identity + "|series"), instance = derived_uid(identity + "|instance");
+  if (dataset.putAndInsertString(DCM_SeriesInstanceUID, series.c_str()).bad() ||
+      dataset.putAndInsertString(DCM_SOPInstanceUID, instance.c_str()).bad()) {
+    return make_error(what + ": cannot set its UIDs");
+  }
+  return Status::success();
+}
+
 std::string series_number_after(DcmItem& source, int offset) {
   long number = 0;
   try {
@@ -261,9 +308,11 @@ Result<WrittenObject> write_dicom_seg(const LabelMap& labels, const std::vector<
   FEDDA_DCMTK(what, algorithm.setAlgorithmName((provenance.algorithm + " " + provenance.model_name).substr(0, 64).c_str()));
   FEDDA_DCMTK(what, algorithm.setAlgorithmVersion(provenance.version.c_str()));
   FEDDA_DCMTK(what, algorithm.setAlgorithmParameters(("model sha256 " + provenance.model_sha256).c_str()));
-  char uid[100];
+  std::string segmented;  // the frames' pixels, for the UIDs
+  for (const auto& frame : *frames) segmented.append(reinterpret_cast<const char*>(frame.data()), frame.size());
+  const auto identity = result_identity("segmentation", text(first, DCM_SeriesInstanceUID), provenance, segmented);
   FEDDA_DCMTK(what, segment->setTrackingID("WMH"));
-  FEDDA_DCMTK(what, segment->setTrackingUID(dcmGenerateUniqueIdentifier(uid)));
+  FEDDA_DCMTK(what, segment->setTrackingUID(derived_uid(identity + "|tracking").c_str()));
   Uint16 segment_number = 0;
   FEDDA_DCMTK(what + ": adding the segment", seg->addSegment(owned_segment.get(), segment_number));
   owned_segment.release();  // the Segmentation owns it now
@@ -280,7 +329,7 @@ Result<WrittenObject> write_dicom_seg(const LabelMap& labels, const std::vector<
                         text(first, DCM_ImageOrientationPatient, 4).c_str(), text(first, DCM_ImageOrientationPatient, 5).c_str()));
   FEDDA_DCMTK(what, seg->addForAllFrames(orientation));
 
-  const OFString organisation = dcmGenerateUniqueIdentifier(uid);
+  const OFString organisation = derived_uid(identity + "|dimensions").c_str();
   auto& dimensions = seg->getDimensions();
   FEDDA_DCMTK(what, dimensions.addDimensionIndex(DCM_ReferencedSegmentNumber, organisation, DCM_SegmentIdentificationSequence,
                                                  "ReferencedSegmentNumber"));
@@ -324,6 +373,7 @@ Result<WrittenObject> write_dicom_seg(const LabelMap& labels, const std::vector<
   const auto packed = pack_frames(*frames);
   FEDDA_DCMTK(what + ": pixel data", file.getDataset()->putAndInsertUint8Array(DCM_PixelData, packed.data(),
                                                                                static_cast<unsigned long>(packed.size())));
+  if (auto st = set_derived_uids(*file.getDataset(), identity, what); !st) return st.error();
   return save(file, out, frames->size());
 }
 
@@ -344,9 +394,11 @@ Result<WrittenObject> write_dicom_sr(const LesionSummary& lesions, const fs::pat
 
   TID1500_MeasurementReport report(CMR_CID7021::ImagingMeasurementReport);
   FEDDA_DCMTK(what, report.setLanguage(CID5000_Languages::English, CID5001_Countries::UnitedStates));
-  char uid[100];
+  char value[64];
+  std::snprintf(value, sizeof value, "%.3f ml, %u lesions", lesions.volume_ml, lesions.count);
+  const auto identity = result_identity("measurement report", text(seg, DCM_SOPInstanceUID), provenance, value);
   FEDDA_DCMTK(what + ": the device observer",
-              report.getObservationContext().addDeviceObserver(dcmGenerateUniqueIdentifier(uid), "fedda-agent",
+              report.getObservationContext().addDeviceObserver(derived_uid(identity + "|observer").c_str(), "fedda-agent",
                                                                provenance.algorithm.c_str(), "fedda-agent",
                                                                provenance.model_sha256.substr(0, 64).c_str()));
   FEDDA_DCMTK(what, report.addProcedureReported(DSRCodedEntryValue("24590-2", "LN", "MR Brain")));
@@ -356,7 +408,6 @@ Result<WrittenObject> write_dicom_sr(const LesionSummary& lesions, const fs::pat
   FEDDA_DCMTK(what + ": referencing " + seg_path.string(), volumetric.setReferencedSegment(seg, 1, OFTrue));
   FEDDA_DCMTK(what, volumetric.setSourceSeriesForSegmentation(source_series.c_str()));
   FEDDA_DCMTK(what, volumetric.addFindingSite(DSRBasicCodedEntry("68523003", kSct, "Cerebral white matter")));
-  char value[64];
   std::snprintf(value, sizeof value, "%.3f", lesions.volume_ml);
   FEDDA_DCMTK(what + ": the volume",
               volumetric.addMeasurement(CMR_CID7469::Volume, CMR_TID1411_in_TID1500::MeasurementValue(
@@ -387,6 +438,7 @@ Result<WrittenObject> write_dicom_sr(const LesionSummary& lesions, const fs::pat
   }
   DcmFileFormat file;
   FEDDA_DCMTK(what + ": encoding", document.write(*file.getDataset()));
+  if (auto st = set_derived_uids(*file.getDataset(), identity, what); !st) return st.error();
   return save(file, out, 0);
 }
 
@@ -448,6 +500,73 @@ Result<SegmentationRead> read_dicom_seg(const fs::path& path) {
     out.frames.push_back(std::move(frame));
   }
   return out;
+}
+
+Result<std::size_t> render_seg_over_series(const fs::path& seg_path, const std::vector<fs::path>& flair_series,
+                                           const fs::path& png, int slices) {
+  auto seg = read_dicom_seg(seg_path);
+  if (!seg) return seg.error();
+  auto series = load_series(flair_series);
+  if (!series) return series.error();
+  std::map<std::string, const SourceSlice*> by_uid;
+  for (const auto& slice : series->slices) by_uid[text(*slice.dataset, DCM_SOPInstanceUID)] = &slice;
+  if (seg->rows != series->rows || seg->columns != series->columns) {
+    return make_error(seg_path.string() + ": " + std::to_string(seg->rows) + "x" + std::to_string(seg->columns) +
+                      " pixels where its FLAIR series has " + std::to_string(series->rows) + "x" + std::to_string(series->columns));
+  }
+  // The frames with the most segmented pixels, drawn in the series' order.
+  std::vector<std::pair<std::size_t, const SegFrame*>> ranked;
+  for (const auto& frame : seg->frames) {
+    if (!by_uid.count(frame.referenced_sop_instance_uid)) {
+      return make_error(seg_path.string() + ": a frame references " + frame.referenced_sop_instance_uid +
+                        ", which is not a slice of the FLAIR series given");
+    }
+    ranked.emplace_back(static_cast<std::size_t>(std::count(frame.pixels.begin(), frame.pixels.end(), 1)), &frame);
+  }
+  std::stable_sort(ranked.begin(), ranked.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  ranked.resize(std::min<std::size_t>(ranked.size(), static_cast<std::size_t>(std::max(1, slices))));
+  const auto along = [&](const SegFrame* f) { return by_uid.at(f->referenced_sop_instance_uid)->along_normal; };
+  std::sort(ranked.begin(), ranked.end(), [&](const auto& a, const auto& b) { return along(a.second) < along(b.second); });
+  if (ranked.empty()) return make_error(seg_path.string() + ": has no frames");
+
+  const std::size_t rows = seg->rows, columns = seg->columns;
+  RgbPicture picture(columns * ranked.size(), rows);
+  std::size_t drawn = 0;
+  for (std::size_t k = 0; k < ranked.size(); ++k) {
+    const auto& frame = *ranked[k].second;
+    DcmDataset& slice = *by_uid.at(frame.referenced_sop_instance_uid)->dataset;
+    const auto where = by_uid.at(frame.referenced_sop_instance_uid)->file.string();
+    Uint16 bits = 0, representation = 0;
+    slice.findAndGetUint16(DCM_BitsAllocated, bits);
+    slice.findAndGetUint16(DCM_PixelRepresentation, representation);
+    const Uint16* raw = nullptr;
+    unsigned long count = 0;
+    if (bits != 16 || slice.findAndGetUint16Array(DCM_PixelData, raw, &count).bad() || count < rows * columns) {
+      return make_error(where + ": not uncompressed 16-bit pixel data (the rendering reads no other)");
+    }
+    std::vector<double> values(rows * columns);
+    for (std::size_t p = 0; p < values.size(); ++p) {
+      values[p] = representation == 1 ? static_cast<double>(static_cast<Sint16>(raw[p])) : static_cast<double>(raw[p]);
+    }
+    auto sorted = values;  // windowed to the slice's 1st to 99th percentile, as a viewer's automatic window
+    std::sort(sorted.begin(), sorted.end());
+    const double low = sorted[sorted.size() / 100], high = std::max(low + 1e-6, sorted[sorted.size() * 99 / 100]);
+    for (std::size_t y = 0; y < rows; ++y) {
+      for (std::size_t x = 0; x < columns; ++x) {
+        const double grey = std::clamp((values[y * columns + x] - low) / (high - low), 0.0, 1.0) * 255.0;
+        const auto g = static_cast<std::uint8_t>(std::lround(grey));
+        if (frame.pixels[y * columns + x]) {  // the segment in red, the FLAIR showing through
+          picture.set(k * columns + x, y, static_cast<std::uint8_t>(std::lround(0.35 * grey + 0.65 * 255)),
+                      static_cast<std::uint8_t>(std::lround(0.35 * grey)), static_cast<std::uint8_t>(std::lround(0.35 * grey)));
+          ++drawn;
+        } else {
+          picture.set(k * columns + x, y, g, g, g);
+        }
+      }
+    }
+  }
+  if (auto st = write_png(png, picture); !st) return st.error();
+  return drawn;
 }
 
 }  // namespace fedda::imaging

@@ -30,7 +30,7 @@ namespace fs = std::filesystem;
 struct SegmentOptions {
   std::string model, flair, t1, out, device = "cpu";
   std::string dicom, dicom_flair = "flair", dicom_t1 = "t1";
-  std::string dicom_seg, dicom_sr;
+  std::string dicom_seg, dicom_sr, dicom_preview;
   std::string config;  // --all: the site whose subjects are segmented
   bool all = false, with_dicom = false, json = false;
 };
@@ -104,6 +104,11 @@ Result<nlohmann::json> segment_files(const SegmentOptions& o, const std::vector<
     auto sr = imaging::write_dicom_sr(lesions, o.dicom_seg, provenance, o.dicom_sr);
     if (!sr) return sr.error();
     report["dicom_sr"] = written(o.dicom_sr, *sr);
+  }
+  if (!o.dicom_preview.empty()) {  // the Segmentation as read back, over its FLAIR slices
+    auto drawn = imaging::render_seg_over_series(o.dicom_seg, flair_dicom, o.dicom_preview);
+    if (!drawn) return drawn.error();
+    report["dicom_preview"] = {{"path", o.dicom_preview}, {"segmented_pixels", *drawn}};
   }
   return report;
 }
@@ -231,6 +236,10 @@ void add_segment_command(CLI::App& app, int& rc) {
   segment->add_option("--dicom-sr", o->dicom_sr, "also write a TID 1500 measurement report here (lesion volume "
                                                  "and count, referencing the --dicom-seg Segmentation)")
       ->needs(seg_option);
+  segment->add_option("--dicom-preview", o->dicom_preview,
+                      "also write a PNG of the --dicom-seg Segmentation, read back, over the FLAIR slices it references "
+                      "(the three with most lesion pixels, the segment in red), as a viewer overlays it")
+      ->needs(seg_option);
   segment->add_flag("--json", o->json, "print what was written and measured as one JSON object on stdout");
   segment->add_option("--device", o->device, "cpu or cuda")->capture_default_str();
   segment->callback([o, &rc]() {
@@ -259,6 +268,11 @@ void add_segment_command(CLI::App& app, int& rc) {
     }
     std::printf("wrote %s: WMH %.2f mL in %u lesions (%zu voxels)\n", o->out.c_str(), (*report)["wmh_volume_ml"].get<double>(),
                 (*report)["lesions"].get<unsigned>(), (*report)["wmh_voxels"].get<std::size_t>());
+    if (report->contains("dicom_preview")) {
+      std::printf("wrote %s (the Segmentation over its FLAIR slices, %zu segmented pixels)\n",
+                  (*report)["dicom_preview"]["path"].get<std::string>().c_str(),
+                  (*report)["dicom_preview"]["segmented_pixels"].get<std::size_t>());
+    }
     for (const char* key : {"dicom_seg", "dicom_sr"}) {
       if (report->contains(key)) {
         std::printf("wrote %s (%s, SOPInstanceUID %s)\n", (*report)[key]["path"].get<std::string>().c_str(),

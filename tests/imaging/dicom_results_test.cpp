@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <map>
@@ -13,6 +14,7 @@
 #include "dcmtk/config/osconfig.h"
 #include "dcmtk/dcmdata/dctk.h"
 
+#include "fedda/common/files.h"
 #include "fedda/imaging/dicom.h"
 #include "fedda/imaging/metrics.h"
 #include "fedda/imaging/nifti_io.h"
@@ -216,6 +218,49 @@ TEST_F(DicomResults, WhatCannotBeReferencedIsRefusedByName) {
   ASSERT_FALSE(sr);
   EXPECT_NE(sr.error().message.find("not a DICOM Segmentation"), std::string::npos) << sr.error().message;
   EXPECT_FALSE(fs::exists(dir_ / "sr.dcm"));
+}
+
+// The Segmentation read back and drawn over its FLAIR slices (issue 31: what a viewer shows): the
+// frames with most lesion pixels, every segmented pixel of them red, a PNG of their size.
+TEST_F(DicomResults, TheSegmentationIsDrawnOverTheFlairSlicesItReferences) {
+  ASSERT_TRUE(write_dicom_seg(labels_, files_, provenance_, dir_ / "seg.dcm"));
+  auto drawn = render_seg_over_series(dir_ / "seg.dcm", files_, dir_ / "overlay.png", 2);
+  ASSERT_TRUE(drawn) << drawn.error().message;
+  // The two slices with most lesion voxels in the truth.
+  std::vector<std::size_t> per_slice;
+  const auto g = scanner_grid();
+  for (std::size_t z = 0; z < g.size[2]; ++z) {
+    std::size_t n = 0;
+    for (std::size_t y = 0; y < g.size[1]; ++y) {
+      for (std::size_t x = 0; x < g.size[0]; ++x) n += lesion_at(x, y, z) ? 1 : 0;
+    }
+    per_slice.push_back(n);
+  }
+  std::sort(per_slice.rbegin(), per_slice.rend());
+  EXPECT_EQ(*drawn, per_slice[0] + per_slice[1]);
+  // A PNG two frames wide: its IHDR says 26 x 11.
+  const auto read = files::read_all(dir_ / "overlay.png");
+  ASSERT_TRUE(read) << read.error().message;
+  const std::string& bytes = *read;
+  ASSERT_GT(bytes.size(), 24u);
+  EXPECT_EQ(bytes.substr(1, 3), "PNG");
+  const auto be32 = [&](std::size_t at) {
+    return (std::uint32_t(std::uint8_t(bytes[at])) << 24) | (std::uint32_t(std::uint8_t(bytes[at + 1])) << 16) |
+           (std::uint32_t(std::uint8_t(bytes[at + 2])) << 8) | std::uint32_t(std::uint8_t(bytes[at + 3]));
+  };
+  EXPECT_EQ(be32(16), 26u);
+  EXPECT_EQ(be32(20), 11u);
+  // A series that is not the one the Segmentation references is refused by name.
+  Image other(scanner_grid());
+  DicomSeriesTags tags;
+  tags.patient_id = "p8";
+  ASSERT_TRUE(write_dicom_series(other, dir_ / "other", tags));
+  const auto others = scan_dicom(dir_ / "other");
+  ASSERT_TRUE(others);
+  auto refused = render_seg_over_series(dir_ / "seg.dcm", others->front().files, dir_ / "wrong.png");
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message.find("which is not a slice of the FLAIR series given"), std::string::npos)
+      << refused.error().message;
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 
 #include "fedda/common/files.h"
 #include "fedda/common/protocol.h"
+#include "fedda/imaging/dicom_results.h"
 #include "fedda/imaging/metrics.h"
 #include "fedda/imaging/nifti_io.h"
 #include "support/orthanc.h"
@@ -73,7 +74,8 @@ TEST(FeddaAgentCli, CentralizedCellThenSegment) {
   // the lesion load they state the NIfTI's, both clean under dciodvfy.
   seg = run_command(bin("fedda-agent").string() + " segment --model " + (dir / "cell/model.pt").string() + " --dicom " +
                     (dir / "dicom/amsterdam/101").string() + " --out " + (dir / "seg-dicom.nii.gz").string() +
-                    " --dicom-seg " + (dir / "seg.dcm").string() + " --dicom-sr " + (dir / "sr.dcm").string() + " --json");
+                    " --dicom-seg " + (dir / "seg.dcm").string() + " --dicom-sr " + (dir / "sr.dcm").string() +
+                    " --dicom-preview " + (dir / "seg-over-flair.png").string() + " --json");
   ASSERT_EQ(seg.exit_code, 0) << seg.output;
   const auto json_start = seg.output.find("{\n");
   ASSERT_NE(json_start, std::string::npos) << seg.output;
@@ -85,6 +87,12 @@ TEST(FeddaAgentCli, CentralizedCellThenSegment) {
   std::size_t slices = 0;
   for (const auto& e : std::filesystem::directory_iterator(dir / "dicom/amsterdam/101/FLAIR")) slices += e.is_regular_file();
   EXPECT_EQ(report["dicom_seg"]["frames"].get<std::size_t>(), slices);
+  // The Segmentation read back and drawn over its FLAIR slices (kept as the test's artefact; docs/ has one).
+  EXPECT_TRUE(fs::exists(dir / "seg-over-flair.png"));
+  EXPECT_EQ(report["dicom_preview"]["segmented_pixels"].get<std::size_t>() > 0, lesions.voxels > 0) << report.dump();
+  const auto artefacts = bin("").parent_path().parent_path() / "artefacts";
+  fs::create_directories(artefacts);
+  fs::copy_file(dir / "seg-over-flair.png", artefacts / "seg-over-flair.png", fs::copy_options::overwrite_existing);
   for (const auto* object : {"seg.dcm", "sr.dcm"}) {
     auto verify = run_command("dciodvfy " + (dir / object).string());
     EXPECT_EQ(verify.output.find("Error"), std::string::npos) << object << ":\n" << verify.output;
@@ -150,6 +158,20 @@ TEST(FeddaAgentCli, CentralizedCellThenSegment) {
   ASSERT_EQ(back.exit_code, 0) << back.output;
   EXPECT_NE(back.output.find("2 objects stored in the PACS"), std::string::npos) << back.output;
   EXPECT_EQ(modalities(), (std::multiset<std::string>{"MR", "MR", "SEG", "SR"}));
+  // The same results written back again replace what is there instead of adding a second copy:
+  // their UIDs derive from the source series, the model and the result itself (issue 31).
+  const auto series_of = [](const fs::path& file) {
+    auto read = imaging::read_dicom_seg(file);
+    return read ? read->series_instance_uid : std::string("unreadable: ") + read.error().message;
+  };
+  const auto seg_file = dir / "pacs-out" / "101.seg.dcm";
+  const auto first_uid = series_of(seg_file);
+  EXPECT_EQ(first_uid.rfind("2.25.", 0), 0u) << first_uid;
+  auto again = run_command(bin("fedda-agent").string() + " segment --model " + (dir / "cell/model.pt").string() + " --all --config " +
+                           pacs_site(true) + " --with-dicom --out " + (dir / "pacs-out").string());
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_EQ(series_of(seg_file), first_uid);
+  EXPECT_EQ(modalities(), (std::multiset<std::string>{"MR", "MR", "SEG", "SR"})) << again.output;
 }
 
 // Sites whose scans are a BIDS dataset, a datalist and DICOM series, as fedda-sim writes them:

@@ -43,6 +43,8 @@ enum class Behaviour {
   foreign_failure,      // says job_failed for the job "waiting", which it is not a site of, with a long multibyte
                         // reason, at every heartbeat of the coordinator
   overflowing_count,    // declares INT64_MAX samples when it gets ready (and is honest should it get a task)
+  reports_epsilon,      // honest, and each update says it spent epsilon kEpsilonPerRound x the round (noise 1.5),
+                        // as a site training under differential privacy does
   steady_steps,         // honest, and every step it is asked for moves each parameter by kSteadyStep (a constant
                         // gradient): it returns the weights it got plus kSteadyStep x its steps, and says it took them
 };
@@ -57,6 +59,9 @@ inline std::int64_t declared_samples(Behaviour behaviour) {
 // What every fake site's hello says of its machine.
 inline const protocol::SiteResources kFakeResources{4, std::int64_t{8} << 30, std::int64_t{50} << 30, {"Fake GPU 80GB"},
                                                     "float32"};
+
+// The epsilon a reports_epsilon site says it spent per round.
+inline constexpr double kEpsilonPerRound = 0.25;
 
 // How far a steady_steps site moves each parameter in one local step.
 inline constexpr float kSteadyStep = 0.001f;
@@ -218,6 +223,15 @@ class FakeSites {
           }
           s.own_update = protocol::encode(protocol::Header{}, u);
           if (s.behaviour == Behaviour::bad_precision) s.own_update = patched(s.own_update, "float32#", "float32\xff");
+        } else if (s.behaviour == Behaviour::reports_epsilon) {
+          protocol::RoundUpdate u;
+          u.model = std::move(task->model);
+          u.samples = 100;
+          u.steps = 1;
+          u.loss = 1.0 / (1 + h->round);
+          u.epsilon = kEpsilonPerRound * h->round;
+          u.noise_multiplier = 1.5;
+          s.own_update = protocol::encode(protocol::Header{}, u);
         } else if (s.behaviour == Behaviour::steady_steps) {
           protocol::RoundUpdate u;
           u.samples = 100;

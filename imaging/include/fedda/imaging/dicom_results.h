@@ -4,6 +4,11 @@
 // Structured Report (TID 1500 measurement report) of the lesion volume and count that
 // references it. DCMTK (dcmseg, dcmsr) stays inside the .cpp. Thread-compatible: no shared state
 // beyond DCMTK's UID generator.
+//
+// The objects' own UIDs (series, instance, the segment's tracking UID) are derived from what the
+// result is (the source series, the model's SHA-256, fedda's version and the result's content), in
+// the 2.25 form: the same result written again is the same object, so storing it back in a PACS
+// again replaces rather than adds.
 
 #include <array>
 #include <cstdint>
@@ -66,5 +71,15 @@ struct SegmentationRead {
   std::vector<SegFrame> frames;
 };
 Result<SegmentationRead> read_dicom_seg(const std::filesystem::path& seg);
+
+// A picture of the Segmentation at `seg` over the FLAIR slices it references (`flair_series`,
+// its DICOM files), as a viewer overlays it: the `slices` frames with the most segmented pixels
+// side by side in the series' order, each FLAIR slice windowed to its 1st to 99th percentile in
+// grey and the segment in red over it; written as PNG (through a temporary name). Returns the
+// segmented pixels drawn. Error naming the file when a frame references a slice not in the
+// series, the sizes differ, or a slice's pixel data is not uncompressed 16-bit.
+Result<std::size_t> render_seg_over_series(const std::filesystem::path& seg,
+                                           const std::vector<std::filesystem::path>& flair_series,
+                                           const std::filesystem::path& png, int slices = 3);
 
 }  // namespace fedda::imaging
