@@ -178,6 +178,9 @@ void print_status(const json& j) {
       std::cout << "  mean Dice at " << site << ": " << std::fixed << std::setprecision(3) << dsc.get<double>() << "\n";
     }
   }
+  if (j.contains("summary") && j["summary"].is_object() && j["summary"].contains("evaluation_missing")) {
+    for (const auto& m : j["summary"]["evaluation_missing"]) std::cout << "  not evaluated at " << text_of(m) << "\n";
+  }
 }
 
 // Bytes in GiB with `decimals` decimals.
@@ -650,7 +653,7 @@ int main(int argc, char** argv) {
             [](const json& a, const protocol::AdminReply&) {
               const auto& lines = a.at("lines");
               std::cout << "site " << text_of(a.at("site")) << " (share_logs: " << text_of(a.at("policy")) << "): "
-                        << lines.size() << " lines" << (text_of(a.at("job")).empty() ? "" : " naming job " + text_of(a.at("job")))
+                        << lines.size() << (lines.size() == 1 ? " line" : " lines") << (text_of(a.at("job")).empty() ? "" : " naming job " + text_of(a.at("job")))
                         << "\n";
               for (const auto& line : lines) std::cout << text_of(line) << "\n";
             });

@@ -22,7 +22,8 @@ Status write_results_csv(const std::filesystem::path& file, const JobRecord& job
 
 Status write_summary(const std::filesystem::path& file, const JobRecord& job, double seconds, bool resumed,
                      const std::vector<EvaluationRow>& rows,
-                     const std::map<std::string, protocol::QualitySummary>& quality) {
+                     const std::map<std::string, protocol::QualitySummary>& quality,
+                     const std::vector<std::string>& missing) {
   const auto& spec = job.definition.spec;
   nlohmann::json summary = {{"job", spec.id},
                             {"type", protocol::job_type_name(spec.type)},
@@ -47,6 +48,7 @@ Status write_summary(const std::filesystem::path& file, const JobRecord& job, do
     }
     summary["quality"][site] = entry;
   }
+  if (!missing.empty()) summary["evaluation_missing"] = missing;
   return files::write_atomically(file, summary.dump(2) + "\n");
 }
 

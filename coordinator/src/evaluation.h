@@ -21,9 +21,12 @@ struct EvaluationRow {
 };
 
 Status write_results_csv(const std::filesystem::path& file, const JobRecord& job, const std::vector<EvaluationRow>& rows);
-// `quality`: the sites' label-free quality reports (aggregates), under "quality" by site.
+// `quality`: the sites' label-free quality reports (aggregates), under "quality" by site;
+// `missing`: the evaluation sites that sat the evaluation out, and why ("site2 (cannot run it
+// (policy))"), under "evaluation_missing".
 Status write_summary(const std::filesystem::path& file, const JobRecord& job, double seconds, bool resumed,
                      const std::vector<EvaluationRow>& rows,
-                     const std::map<std::string, protocol::QualitySummary>& quality = {});
+                     const std::map<std::string, protocol::QualitySummary>& quality = {},
+                     const std::vector<std::string>& missing = {});
 
 }  // namespace fedda::coordinator

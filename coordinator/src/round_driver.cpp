@@ -268,6 +268,13 @@ void JobRun::site_lost(const std::string& site, const std::string& why) {
   if (expected_.erase(site) && !answered_.count(site)) current_.missing.push_back(site + " (" + why + ")");
 }
 
+const Participation* JobRun::participation_of(const std::string& site) const {
+  const auto* info = host_.sites().find(site);
+  if (!info) return nullptr;
+  const auto it = info->jobs.find(id());
+  return it == info->jobs.end() ? nullptr : &it->second;
+}
+
 std::vector<std::string> JobRun::ready_sites(bool training) const {
   std::vector<std::string> ready;
   for (const auto& [sid, site] : host_.sites().all()) {
@@ -780,6 +787,7 @@ void JobRun::open_evaluation(bool interim) {
   answered_.clear();
   evaluation_.clear();
   quality_.clear();
+  if (!interim) evaluation_missing_.clear();
   needed_ = 1;
   protocol::RoundTask task;
   task.evaluate = true;
@@ -792,6 +800,17 @@ void JobRun::open_evaluation(bool interim) {
   phase_ = Phase::evaluating;
   const auto candidates = ready_sites(false);
   log_->info("job {}: evaluating at {}", id(), joined(candidates));
+  for (const auto& sid : spec.evaluation_sites) {  // the evaluation sites that sit it out, and why
+    if (std::count(candidates.begin(), candidates.end(), sid)) continue;
+    const auto* site = host_.sites().find(sid);
+    const auto* p = participation_of(sid);
+    std::string why = site && site->alive ? "not ready" : "offline";
+    if (p && p->failed) why = "cannot run it (" + p->failure_code + ")";
+    if (p && p->ready && p->evaluation_subjects <= 0) why = "has no evaluation subjects";
+    current_.missing.push_back(sid + " (" + why + ")");
+    if (!interim) evaluation_missing_.push_back(sid + " (" + why + ")");
+    log_->warn("job {}: evaluating without {} ({})", id(), sid, why);
+  }
   for (const auto& sid : candidates) ask(sid);
 }
 
@@ -838,12 +857,15 @@ void JobRun::step() {
     case Phase::waiting_for_evaluation: {
       if (abort_ || drain_) return stop_after_round();
       if (!spec.evaluate || spec.evaluation_sites.empty()) return finish();
-      std::size_t ready = 0;
+      // Every evaluation site ready, or known not to come: one that refused the job or cannot
+      // run it is not waited for (the evaluation names it missing).
+      std::size_t settled = 0;
       for (const auto& sid : spec.evaluation_sites) {
         const auto* site = host_.sites().find(sid);
-        if (site && site->alive && site->jobs.count(id()) && site->jobs.at(id()).ready) ++ready;
+        const auto* p = participation_of(sid);
+        if (p && ((site->alive && p->ready) || p->failed)) ++settled;
       }
-      if (ready == spec.evaluation_sites.size() || now >= phase_start_ + host_.start_timeout()) open_evaluation(false);
+      if (settled == spec.evaluation_sites.size() || now >= phase_start_ + host_.start_timeout()) open_evaluation(false);
       return;
     }
     case Phase::collecting:
@@ -1030,7 +1052,9 @@ void JobRun::finish() {
     return fail(st.error().message);
   }
   const double seconds = record_.started_ms ? static_cast<double>(wall_ms() - record_.started_ms) / 1000.0 : 0.0;
-  if (auto st = write_summary(dir / "summary.json", record_, seconds, resumed_, evaluation_, quality_); !st) return fail(st.error().message);
+  if (auto st = write_summary(dir / "summary.json", record_, seconds, resumed_, evaluation_, quality_, evaluation_missing_); !st) {
+    return fail(st.error().message);
+  }
   if (auto st = store.set_state(record_, JobState::finished); !st) log_->error("job {}: {}", id(), st.error().message);
   say_goodbye("job finished");
   phase_ = Phase::done;

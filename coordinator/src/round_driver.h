@@ -101,6 +101,8 @@ class JobRun {
 
   void step();
   std::vector<std::string> ready_sites(bool training) const;
+  // What `site` did with this job on its current session; null when it was never offered it.
+  const Participation* participation_of(const std::string& site) const;
   bool trains(const std::string& site) const;
   // The fewest sites a training round opens with: min_sites, and under secure aggregation at
   // least secagg::minimum_sum of the job's sites (a job of three or more never sums two).
@@ -161,6 +163,7 @@ class JobRun {
   RoundRecord current_;
   std::vector<EvaluationRow> evaluation_;
   std::map<std::string, protocol::QualitySummary> quality_;  // the sites' label-free quality reports, by site
+  std::vector<std::string> evaluation_missing_;  // the final evaluation's sites that sat it out, and why
   std::string stop_by_;     // abort: who asked
   bool abort_ = false, drain_ = false, resumed_ = false;
   bool interim_ = false;    // the evaluation open is one of evaluate_every's, not the final one

@@ -332,6 +332,34 @@ TEST_F(Hardening, SitesDeclaringInt64MaxSamplesAreNotReadyAndDoNotOverflowTheRou
   EXPECT_TRUE(coordinator->running()) << log;
 }
 
+// Found running a consortium by hand: a kd job whose evaluation sites included one that refused
+// the job by policy waited "for the evaluation sites" until the start timeout (900 s by default)
+// before it evaluated. A site that refused or cannot run the job is not waited for; the
+// evaluation names it missing, and the job finishes with the others' scores.
+TEST_F(Hardening, AnEvaluationSiteThatRefusedTheJobIsNotWaitedFor) {
+  const auto job = fake_job("refused-eval", 1, 1, 1, "");
+  {  // evaluated at site1 (honest) and site2 (its policy refuses the job)
+    std::string text = testing::read_text(job);
+    text.replace(text.find("evaluate: false"), 15, "evaluate: true\nevaluation_sites: [site1, site2]");
+    std::ofstream(job) << text;
+  }
+  auto coordinator = serve();
+  {
+    testing::FakeSites fakes(endpoint_, 3, "site", 200ms,
+                             [](int i) { return i == 2 ? Behaviour::refuses : Behaviour::honest; });
+    const auto started = std::chrono::steady_clock::now();
+    ASSERT_EQ(submit_when_joined(job, "refused-eval", 3), "finished") << testing::read_text(coordinator_log());
+    EXPECT_LT(std::chrono::steady_clock::now() - started, 60s);
+  }
+  const auto summary = json::parse(testing::read_text(dir_ / "jobs" / "refused-eval" / "summary.json"), nullptr, false);
+  ASSERT_TRUE(summary.is_object()) << testing::read_text(coordinator_log());
+  EXPECT_TRUE(summary["mean_dsc"].contains("site1")) << summary.dump();
+  EXPECT_FALSE(summary["mean_dsc"].contains("site2")) << summary.dump();
+  EXPECT_EQ(summary["evaluation_missing"], json::parse(R"x(["site2 (cannot run it (policy))"])x")) << summary.dump();
+  EXPECT_NE(testing::read_text(coordinator_log()).find("job refused-eval: evaluating without site2 (cannot run it (policy))"),
+            std::string::npos);
+}
+
 // The handler-level fuzzer (hostile-peer issue): while two honest sites train a job, six peers
 // send mutated messages of every kind through the coordinator's real handlers (and operator
 // requests on the admin endpoint). The coordinator must stay up, its memory bounded, the job

@@ -43,6 +43,8 @@ enum class Behaviour {
   foreign_failure,      // says job_failed for the job "waiting", which it is not a site of, with a long multibyte
                         // reason, at every heartbeat of the coordinator
   overflowing_count,    // declares INT64_MAX samples when it gets ready (and is honest should it get a task)
+  refuses,              // answers every offer with job_failed (code policy, rule job_types), as a site whose
+                        // policy does not run the job
   reports_epsilon,      // honest, and each update says it spent epsilon kEpsilonPerRound x the round (noise 1.5),
                         // as a site training under differential privacy does
   steady_steps,         // honest, and every step it is asked for moves each parameter by kSteadyStep (a constant
@@ -164,7 +166,7 @@ class FakeSites {
       return protocol::encode(protocol::Header{}, protocol::Hello{s.id, "fake", s.device, 0, 0, kFakeResources});
     }
     const std::string marker = "cpu#NEWLINE#[coordinator] [warning] site utrecht: revoked by alice";
-    return patched(protocol::encode(protocol::Header{}, protocol::Hello{s.id, "fake", marker, 0}), "#NEWLINE#", std::string("\xff\n\xfe\x1b[2J\n\xc0", 9));
+    return patched(protocol::encode(protocol::Header{}, protocol::Hello{s.id, "fake", marker, 0, 0, kFakeResources}), "#NEWLINE#", std::string("\xff\n\xfe\x1b[2J\n\xc0", 9));
   }
 
   void handle(Site& s) {
@@ -186,6 +188,14 @@ class FakeSites {
           auto offer = protocol::decode_body<protocol::JobOffer>(parts[1].to_string());
           if (offer) job_sites_[h->job_id] = offer->job.sites;
           if (offer) job_steps_[h->job_id] = offer->job.local_steps;
+        }
+        if (s.behaviour == Behaviour::refuses) {
+          protocol::JobFailed refused;
+          refused.code = protocol::FailureCode::policy;
+          refused.rule = "job_types";
+          refused.reason = "refused by this site's policy";
+          send(s, MessageType::job_failed, h->job_id, 0, protocol::encode(protocol::Header{}, refused));
+          continue;
         }
         protocol::JobReady ready;
         ready.samples = declared_samples(s.behaviour);

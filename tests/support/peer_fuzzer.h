@@ -125,7 +125,15 @@ class PeerFuzzer {
     return values[pick(8)];
   }
 
-  protocol::Hello hello_of(const Peer& p) { return protocol::Hello{p.id, "fuzz", chance(0.3) ? text() : "cpu", 0}; }
+  protocol::Hello hello_of(const Peer& p) {
+    protocol::SiteResources r;  // what an agent says of its machine, any of it forged
+    r.cores = static_cast<std::int32_t>(count());
+    r.memory_bytes = count();
+    r.cache_free_bytes = count();
+    for (std::size_t i = pick(3) == 0 ? 500 : pick(3); i > 0; --i) r.gpus.push_back(text());
+    r.precision = chance(0.5) ? "float32" : text();
+    return protocol::Hello{p.id, "fuzz", chance(0.3) ? text() : "cpu", 0, 0, r};
+  }
 
   TensorSet mutated(TensorSet set) {
     if (set.tensors.empty()) set.tensors.push_back(make_f32("w", {2}, {1, 2}));
