@@ -578,6 +578,27 @@ class Sovereignty : public Federation {
     out.text = testing::read_text(log);
     return out;
   }
+  // The coordinator with the consortium's kit, serving without a job over STATE in dir_/state.
+  std::unique_ptr<Process> kit_coordinator() {
+    return std::make_unique<Process>(
+        std::vector<std::string>{testing::bin("fedda-coordinator").string(), "serve", "--kit", (kit_ / "coordinator").string(),
+                                 "--bind", "tcp://127.0.0.1:0", "--state", (dir_ / "state").string(), "--endpoint-file",
+                                 endpoint_file().string(), "--heartbeat-ms", "200"},
+        coordinator_log());
+  }
+  // Its sites' and operators' endpoints, as its endpoint file gives them.
+  std::pair<std::string, std::string> endpoints() {
+    const auto text = testing::read_text(endpoint_file());
+    const auto first = text.find('\n');
+    return {text.substr(0, first), text.substr(first + 1, text.find('\n', first + 1) - first - 1)};
+  }
+  // fedda-admin with alice's kit against the admin endpoint `admin`.
+  Output operator_command(const std::string& admin, const std::vector<std::string>& args) {
+    std::vector<std::string> argv = {testing::bin("fedda-admin").string(), "--kit", (kit_ / "operators" / "alice").string(),
+                                     "--coordinator", admin};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return run(argv);
+  }
   std::string fingerprint_;
 };
 
@@ -816,24 +837,13 @@ TEST_F(Sovereignty, ASiteRequiringSecureAggregationNeverSendsAnUpdateInTheClear)
 // policy approval: manual holds an offer until the site's administrator approves it, showing
 // first what the job is and what it will send; the coordinator sees the site waiting.
 TEST_F(Sovereignty, AManualSiteRunsAJobOnlyAfterItsAdministratorApproves) {
-  auto coordinator = std::make_unique<Process>(
-      std::vector<std::string>{testing::bin("fedda-coordinator").string(), "serve", "--kit", (kit_ / "coordinator").string(),
-                               "--bind", "tcp://127.0.0.1:0", "--state", (dir_ / "state").string(), "--endpoint-file",
-                               endpoint_file().string(), "--heartbeat-ms", "200"},
-      coordinator_log());
+  auto coordinator = kit_coordinator();
   ASSERT_TRUE(testing::wait_for_text(endpoint_file(), "\ntcp://", 30s));
-  const auto text = testing::read_text(endpoint_file());
-  const auto endpoint = text.substr(0, text.find('\n'));
-  const auto admin = text.substr(text.find('\n') + 1, text.find('\n', text.find('\n') + 1) - text.find('\n') - 1);
+  const auto [endpoint, admin] = endpoints();
   auto utrecht = start_agent("utrecht", endpoint);
   const auto config = amsterdam_config(endpoint, "  approval: manual\n");
   Process amsterdam({testing::bin("fedda-agent").string(), "run", "--config", config.string()}, dir_ / "amsterdam.log");
-  const auto fedda_admin = [&](std::vector<std::string> args) {
-    std::vector<std::string> argv = {testing::bin("fedda-admin").string(), "--kit", (kit_ / "operators" / "alice").string(),
-                                     "--coordinator", admin};
-    argv.insert(argv.end(), args.begin(), args.end());
-    return run(argv);
-  };
+  const auto fedda_admin = [&, admin = admin](std::vector<std::string> args) { return operator_command(admin, args); };
   ASSERT_EQ(fedda_admin({"submit", kd_job("kd-approved", {"utrecht", "amsterdam"}, 3, 4, 2).string()}).rc, 0);
   ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "site amsterdam: job kd-approved waits at the site", 60s))
       << testing::read_text(coordinator_log());
@@ -903,23 +913,12 @@ TEST_F(Sovereignty, AManualSiteRunsAJobOnlyAfterItsAdministratorApproves) {
 // share_logs lets leave, redacted; a site with the default (none) sends nothing, and its refusal
 // reaches the operator; the site's audit log records what it sent.
 TEST_F(Sovereignty, AnOperatorGetsASitesLogLinesOnlyAsTheSitesPolicyAllows) {
-  auto coordinator = std::make_unique<Process>(
-      std::vector<std::string>{testing::bin("fedda-coordinator").string(), "serve", "--kit", (kit_ / "coordinator").string(),
-                               "--bind", "tcp://127.0.0.1:0", "--state", (dir_ / "state").string(), "--endpoint-file",
-                               endpoint_file().string(), "--heartbeat-ms", "200"},
-      coordinator_log());
+  auto coordinator = kit_coordinator();
   ASSERT_TRUE(testing::wait_for_text(endpoint_file(), "\ntcp://", 30s));
-  const auto text = testing::read_text(endpoint_file());
-  const auto endpoint = text.substr(0, text.find('\n'));
-  const auto admin = text.substr(text.find('\n') + 1, text.find('\n', text.find('\n') + 1) - text.find('\n') - 1);
+  const auto [endpoint, admin] = endpoints();
   auto utrecht = start_agent("utrecht", endpoint);  // share_logs: none, the default
   auto amsterdam = amsterdam_agent(endpoint, "  job_types: [teacher, evaluate]\n  share_logs: job\n");
-  const auto fedda_admin = [&](std::vector<std::string> args) {
-    std::vector<std::string> argv = {testing::bin("fedda-admin").string(), "--kit", (kit_ / "operators" / "alice").string(),
-                                     "--coordinator", admin};
-    argv.insert(argv.end(), args.begin(), args.end());
-    return run(argv);
-  };
+  const auto fedda_admin = [&, admin = admin](std::vector<std::string> args) { return operator_command(admin, args); };
   ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "site amsterdam joined", 60s)) << testing::read_text(coordinator_log());
   // A kd job amsterdam's policy refuses: its agent logs why, naming the job.
   ASSERT_EQ(fedda_admin({"submit", kd_job("kd-refused", {"utrecht", "amsterdam"}, 1, 2, 1).string()}).rc, 0);
