@@ -178,6 +178,13 @@ class FakeSites {
       if (!h) continue;
       using protocol::MessageType;
       if (secure_stage(s, *h, parts[1].to_string())) continue;
+      if (h->type == MessageType::reject) {
+        // Counted as gone (heartbeats missed on a starved machine) and told to say hello first:
+        // a new session, as a real agent opens one; its jobs are offered to it again.
+        auto reject = protocol::decode_body<protocol::Reject>(parts[1].to_string());
+        if (reject && reject->code == protocol::RejectCode::say_hello_first) send(s, MessageType::hello, "", 0, hello_of(s));
+        continue;
+      }
       if (h->type == MessageType::heartbeat && s.behaviour == Behaviour::foreign_failure) {  // again while the job runs
         protocol::JobFailed failed;
         failed.reason = "x";
