@@ -114,10 +114,8 @@ CLI::App* job_command(CLI::App& app, const std::string& name, const std::string&
   return cmd;
 }
 
-}  // namespace
-
-void add_job_commands(CLI::App& app, Operator& op) {
-  auto* o = &op;
+// submit, jobs, status: what is queued and how it goes.
+void add_queue_commands(CLI::App& app, Operator* o) {
   auto job_file = std::make_shared<std::string>();
   auto* submit = app.add_subcommand("submit", "Queue a job file (YAML, see configs/jobs/). The coordinator validates it "
                                               "and names the key at fault; a teacher model file it names is sent with it. "
@@ -175,7 +173,11 @@ void add_job_commands(CLI::App& app, Operator& op) {
     o->command([job](admin::Client& c) { return c.call(simple_request("status", *job)); },
                [](const json& a, const protocol::AdminReply&) { print_status(a); });
   });
+}
 
+// abort, resume, clone, delete, download: what an operator does with one job.
+void add_job_actions(CLI::App& app, Operator* o) {
+  auto job = std::make_shared<std::string>();
   job_command(app, "abort", "Stop a job after its current round (a queued job at once). Its state is kept: `resume` "
                             "queues it again and it continues from its last round.", job)
       ->callback([o, job] {
@@ -255,6 +257,13 @@ void add_job_commands(CLI::App& app, Operator& op) {
                  return Status::success();
                });
   });
+}
+
+}  // namespace
+
+void add_job_commands(CLI::App& app, Operator& op) {
+  add_queue_commands(app, &op);
+  add_job_actions(app, &op);
 }
 
 void add_site_commands(CLI::App& app, Operator& op) {

@@ -8,9 +8,8 @@
 
 #include <cstdio>
 #include <cstdlib>
-#include <mutex>
-
 #include <ctime>
+#include <mutex>
 
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/ringbuffer_sink.h>

@@ -268,6 +268,17 @@ void JobRun::site_lost(const std::string& site, const std::string& why) {
   if (expected_.erase(site) && !answered_.count(site)) current_.missing.push_back(site + " (" + why + ")");
 }
 
+void JobRun::cannot_run(const std::string& site, Participation& p, const std::string& code, const std::string& rule,
+                        const std::string& reason) {
+  p.failed = true;
+  p.ready = false;
+  p.pending = false;
+  p.failure_code = code;
+  p.failure_rule = rule;
+  p.failure = reason;
+  if (expected_.erase(site)) current_.missing.push_back(site + " (failed: " + code + ")");
+}
+
 const Participation* JobRun::participation_of(const std::string& site) const {
   const auto* info = host_.sites().find(site);
   if (!info) return nullptr;
@@ -362,15 +373,9 @@ void JobRun::handle(SiteInfo& site, const protocol::Header& h, const std::string
         // session) clears this as it clears any failure.
         log_->warn("site {}: job_ready for {} declaring {} samples dropped (0 to {} are taken)", site.id, id(),
                    ready->samples, kMaxDeclaredSamples);
-        p.ready = false;
-        p.pending = false;
-        p.failed = true;
-        p.failure_code = "malformed";
-        p.failure_rule.clear();
-        p.failure = "job_ready declared " + std::to_string(ready->samples) + " samples (0 to " +
-                    std::to_string(kMaxDeclaredSamples) + " are taken)";
-        if (expected_.erase(site.id)) current_.missing.push_back(site.id + " (failed: " + p.failure_code + ")");
-        return;
+        return cannot_run(site.id, p, "malformed", "",
+                          "job_ready declared " + std::to_string(ready->samples) + " samples (0 to " +
+                              std::to_string(kMaxDeclaredSamples) + " are taken)");
       }
       p.ready = true;
       p.pending = false;
@@ -392,15 +397,11 @@ void JobRun::handle(SiteInfo& site, const protocol::Header& h, const std::string
     }
     case MessageType::job_failed: {
       auto failed = protocol::decode_body<protocol::JobFailed>(body);
-      p.failed = true;
-      p.ready = false;
-      p.pending = false;
-      p.failure = failed ? text::utf8_prefix(failed->reason, 1000) : "(malformed reason)";
-      p.failure_code = failed ? protocol::failure_code_name(failed->code) : "malformed";
-      p.failure_rule = failed ? text::utf8_prefix(failed->rule, 100) : "";
+      cannot_run(site.id, p, failed ? protocol::failure_code_name(failed->code) : "malformed",
+                 failed ? text::utf8_prefix(failed->rule, 100) : "",
+                 failed ? text::utf8_prefix(failed->reason, 1000) : "(malformed reason)");
       log_->error("site {}: cannot run job {} ({}{}): {}", site.id, id(), p.failure_code,
                   p.failure_rule.empty() ? "" : ": " + p.failure_rule, p.failure);
-      if (expected_.erase(site.id)) current_.missing.push_back(site.id + " (failed: " + p.failure_code + ")");
       return;
     }
     case MessageType::job_pending: {
@@ -802,11 +803,7 @@ void JobRun::open_evaluation(bool interim) {
   log_->info("job {}: evaluating at {}", id(), joined(candidates));
   for (const auto& sid : spec.evaluation_sites) {  // the evaluation sites that sit it out, and why
     if (std::count(candidates.begin(), candidates.end(), sid)) continue;
-    const auto* site = host_.sites().find(sid);
-    const auto* p = participation_of(sid);
-    std::string why = site && site->alive ? "not ready" : "offline";
-    if (p && p->failed) why = "cannot run it (" + p->failure_code + ")";
-    if (p && p->ready && p->evaluation_subjects <= 0) why = "has no evaluation subjects";
+    const auto why = why_not_in(sid, false).value_or("not ready");
     current_.missing.push_back(sid + " (" + why + ")");
     if (!interim) evaluation_missing_.push_back(sid + " (" + why + ")");
     log_->warn("job {}: evaluating without {} ({})", id(), sid, why);
@@ -1100,29 +1097,24 @@ void JobRun::say_goodbye(const std::string& reason) {
   }
 }
 
+std::optional<std::string> JobRun::why_not_in(const std::string& sid, bool training) const {
+  const auto* site = host_.sites().find(sid);
+  const auto* p = participation_of(sid);
+  if (!site || !site->alive) return "offline";
+  if (!p || !p->offered) return "not offered the job yet";
+  if (p->failed) return "cannot run it (" + p->failure_code + ")";
+  if (p->pending) return "awaiting approval at the site";
+  if (!p->ready) return "preparing";
+  if (training && p->samples <= 0) return "has no training samples";
+  if (!training && p->evaluation_subjects <= 0) return "has no evaluation subjects";
+  return std::nullopt;
+}
+
 std::vector<std::pair<std::string, std::string>> JobRun::sitting_out() const {
   std::vector<std::pair<std::string, std::string>> out;
   if (record_.definition.spec.type == JobType::evaluate) return out;
   for (const auto& sid : record_.definition.spec.sites) {
-    const auto* site = host_.sites().find(sid);
-    const auto it = site ? site->jobs.find(id()) : decltype(site->jobs.end()){};
-    std::string why;
-    if (!site || !site->alive) {
-      why = "offline";
-    } else if (it == site->jobs.end() || !it->second.offered) {
-      why = "not offered the job yet";
-    } else if (it->second.failed) {
-      why = "cannot run it (" + it->second.failure_code + ")";
-    } else if (it->second.pending) {
-      why = "awaiting approval at the site";
-    } else if (!it->second.ready) {
-      why = "preparing";
-    } else if (it->second.samples <= 0) {
-      why = "has no training samples";
-    } else {
-      continue;
-    }
-    out.emplace_back(sid, why);
+    if (auto why = why_not_in(sid, true)) out.emplace_back(sid, *why);
   }
   return out;
 }

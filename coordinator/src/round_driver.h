@@ -103,6 +103,12 @@ class JobRun {
   std::vector<std::string> ready_sites(bool training) const;
   // What `site` did with this job on its current session; null when it was never offered it.
   const Participation* participation_of(const std::string& site) const;
+  // `site` cannot run the job (it said so, or what it declared is refused): not ready, not
+  // waited for, and out of the open round, named in its missing; a new offer clears it.
+  void cannot_run(const std::string& site, Participation& p, const std::string& code, const std::string& rule,
+                  const std::string& reason);
+  // Why `site` is not in a training (or evaluation) round now; nothing when it can be.
+  std::optional<std::string> why_not_in(const std::string& site, bool training) const;
   bool trains(const std::string& site) const;
   // The fewest sites a training round opens with: min_sites, and under secure aggregation at
   // least secagg::minimum_sum of the job's sites (a job of three or more never sums two).

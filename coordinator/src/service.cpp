@@ -21,7 +21,6 @@
 #include <zmq_addon.hpp>
 
 #include "admin_service.h"
-#include "log_requests.h"
 #include "admission.h"
 #include "duplicate_sessions.h"
 #include "fedda/common/files.h"
@@ -30,6 +29,7 @@
 #include "fedda/common/log.h"
 #include "fedda/common/version.h"
 #include "job_store.h"
+#include "log_requests.h"
 #include "round_driver.h"
 #include "site_registry.h"
 #include "status_api.h"

@@ -68,6 +68,57 @@ bool browser_navigation(const httplib::Request& req) {
   return req.get_header_value("Accept").find("text/html") != std::string::npos;
 }
 
+// The token every request must carry where the server has one: as a bearer header, as the
+// cookie a browser was given, or as `?token=` (a browser's first visit, traded for that cookie).
+// Thread-safe: the server's threads share one.
+class TokenGate {
+ public:
+  TokenGate(std::string token, std::shared_ptr<spdlog::logger> log) : token_(std::move(token)), log_(std::move(log)) {}
+
+  // True when `req` may be served; otherwise `res` holds the answer (the redirect that trades a
+  // first visit's token for the cookie, or 401). `known_route`: the path is one of the server's.
+  bool admit(const httplib::Request& req, httplib::Response& res, bool known_route) {
+    std::string offered;
+    const auto auth = req.get_header_value("Authorization");
+    const bool in_query = auth.rfind("Bearer ", 0) != 0 && req.has_param("token");
+    if (auth.rfind("Bearer ", 0) == 0) offered = auth.substr(7);
+    else if (in_query) offered = req.get_param_value("token");
+    else offered = cookie_value(req.get_header_value("Cookie"), kTokenCookie);
+    const bool valid = crypto::equal_secrets(offered, token_);
+    if (valid && in_query && known_route && browser_navigation(req)) {
+      // A browser's first visit: the token is traded for a cookie no script can read and no
+      // other site's request carries, and the address bar (history, bookmarks) loses it.
+      // The path matched a route, so it holds nothing a header could be forged with.
+      res.set_header("Set-Cookie", std::string(kTokenCookie) + "=" + token_ + "; HttpOnly; SameSite=Strict; Path=/");
+      res.set_redirect(req.path, 303);
+      return false;
+    }
+    if (valid) return true;
+    res.status = 401;
+    res.set_header("WWW-Authenticate", "Bearer realm=\"fedda\"");
+    res.set_content("{\"error\": \"a bearer token is needed (fedda-coordinator status-token --kit KIT)\"}",
+                    "application/json");
+    // At most one line a minute, with the count, so a scanner cannot flood the log.
+    const auto now = std::chrono::steady_clock::now();
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++refused_;
+    if (last_line_ == std::chrono::steady_clock::time_point{} || now - last_line_ > std::chrono::minutes(1)) {
+      log_->warn("http: refused {} {} from {} (no valid bearer token){}", req.method, req.path, req.remote_addr,
+                 refused_ > 1 ? " (" + std::to_string(refused_) + " refused since the last line)" : "");
+      last_line_ = now;
+      refused_ = 0;
+    }
+    return false;
+  }
+
+ private:
+  const std::string token_;
+  const std::shared_ptr<spdlog::logger> log_;
+  std::mutex mutex_;
+  std::chrono::steady_clock::time_point last_line_{};
+  int refused_ = 0;
+};
+
 }  // namespace
 
 bool loopback_listen(const std::string& listen) {
@@ -115,51 +166,15 @@ Result<std::unique_ptr<HttpServer>> HttpServer::start(const std::string& listen,
   auto compiled = std::make_shared<std::vector<std::pair<std::regex, Route>>>();
   for (auto& r : routes) compiled->emplace_back(std::regex(r.pattern), std::move(r));
 
-  struct Refusals {
-    std::mutex mutex;
-    std::chrono::steady_clock::time_point last{};
-    int count = 0;
-  };
-  auto refusals = std::make_shared<Refusals>();
-  auto serve = [compiled, token, log, refusals](const httplib::Request& req, httplib::Response& res) {
+  auto gate = std::make_shared<TokenGate>(token, log);
+  auto serve = [compiled, token, gate, log](const httplib::Request& req, httplib::Response& res) {
     res.set_header("Cache-Control", "no-store");
     res.set_header("X-Content-Type-Options", "nosniff");
     res.set_header("Referrer-Policy", "no-referrer");
     const auto route = std::find_if(compiled->begin(), compiled->end(),
                                     [&](const auto& r) { return std::regex_match(req.path, r.first); });
-    if (!token.empty() && !(route != compiled->end() && route->second.open)) {
-      std::string offered;
-      const auto auth = req.get_header_value("Authorization");
-      const bool in_query = auth.rfind("Bearer ", 0) != 0 && req.has_param("token");
-      if (auth.rfind("Bearer ", 0) == 0) offered = auth.substr(7);
-      else if (in_query) offered = req.get_param_value("token");
-      else offered = cookie_value(req.get_header_value("Cookie"), kTokenCookie);
-      if (crypto::equal_secrets(offered, token) && in_query && route != compiled->end() && browser_navigation(req)) {
-        // A browser's first visit: the token is traded for a cookie no script can read and no
-        // other site's request carries, and the address bar (history, bookmarks) loses it.
-        // The path matched a route, so it holds nothing a header could be forged with.
-        res.set_header("Set-Cookie", std::string(kTokenCookie) + "=" + token + "; HttpOnly; SameSite=Strict; Path=/");
-        res.set_redirect(req.path, 303);
-        return;
-      }
-      if (!crypto::equal_secrets(offered, token)) {
-        res.status = 401;
-        res.set_header("WWW-Authenticate", "Bearer realm=\"fedda\"");
-        res.set_content("{\"error\": \"a bearer token is needed (fedda-coordinator status-token --kit KIT)\"}",
-                        "application/json");
-        // At most one line a minute, with the count, so a scanner cannot flood the log.
-        const auto now = std::chrono::steady_clock::now();
-        std::lock_guard<std::mutex> lock(refusals->mutex);
-        ++refusals->count;
-        if (refusals->last == std::chrono::steady_clock::time_point{} || now - refusals->last > std::chrono::minutes(1)) {
-          log->warn("http: refused {} {} from {} (no valid bearer token){}", req.method, req.path, req.remote_addr,
-                    refusals->count > 1 ? " (" + std::to_string(refusals->count) + " refused since the last line)" : "");
-          refusals->last = now;
-          refusals->count = 0;
-        }
-        return;
-      }
-    }
+    const bool open = route != compiled->end() && route->second.open;
+    if (!token.empty() && !open && !gate->admit(req, res, route != compiled->end())) return;
     if (route != compiled->end()) {
       std::smatch m;
       std::regex_match(req.path, m, route->first);
