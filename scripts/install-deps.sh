@@ -22,6 +22,9 @@ packages=(
   libdcmtk-dev dicom3tools
   # data_layout: pacs is tested against a real PACS: Orthanc with its DICOMweb plugin, on loopback.
   orthanc orthanc-dicomweb
+  # ... over https too: stunnel in front of it with a certificate the openssl command makes
+  # (Debian 12's Orthanc ends on its first request with its own SslEnabled on).
+  stunnel4 openssl
   libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev
   libbenchmark-dev

@@ -1,13 +1,16 @@
 #include "fedda/imaging/pacs.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <set>
 #include <thread>
 
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
 #include "fedda/common/files.h"
+#include "pacs_connection.h"
 
 namespace fedda::imaging {
 namespace fs = std::filesystem;
@@ -29,11 +32,6 @@ std::string percent_encoded(const std::string& text) {
   return out;
 }
 
-// A UID as a file or URL component: digits and dots only (a PACS's answer is not trusted to be).
-bool is_uid(const std::string& uid) {
-  return !uid.empty() && uid.size() <= 64 && uid.find_first_not_of("0123456789.") == std::string::npos && uid.front() != '.';
-}
-
 // The first value of a DICOM JSON attribute (PS3.18 F.2), "" when absent.
 std::string first_value(const json& dataset, const char* tag) {
   if (!dataset.is_object()) return "";
@@ -45,20 +43,30 @@ std::string first_value(const json& dataset, const char* tag) {
   return v.is_string() ? v.get<std::string>() : v.dump();
 }
 
+// Every string value of a DICOM JSON attribute (a multi-valued one such as ModalitiesInStudy).
+std::vector<std::string> all_values(const json& dataset, const char* tag) {
+  std::vector<std::string> out;
+  if (!dataset.is_object()) return out;
+  const auto it = dataset.find(tag);
+  if (it == dataset.end() || !it->is_object()) return out;
+  const auto value = it->find("Value");
+  if (value == it->end() || !value->is_array()) return out;
+  for (const auto& v : *value) {
+    if (v.is_string()) out.push_back(v.get<std::string>());
+  }
+  return out;
+}
+
 // The DICOMweb root split into what httplib connects to and the path prefix.
 struct Endpoint {
-  std::string host;
-  int port = 80;
-  std::string prefix;  // without a trailing '/'
+  std::string scheme_host_port;  // http://HOST:PORT or https://HOST:PORT
+  std::string prefix;            // without a trailing '/'
 };
 
 Result<Endpoint> endpoint_of(const std::string& url) {
-  const std::string scheme = "http://";
-  if (url.rfind("https://", 0) == 0) {
-    return make_error("pacs dicomweb " + url + ": https is not supported yet; reach the PACS through a TLS proxy on "
-                      "this server's loopback (for example stunnel) and give its http://127.0.0.1 address");
-  }
-  if (url.rfind(scheme, 0) != 0) return make_error("pacs dicomweb '" + url + "' is not an http:// URL");
+  const bool tls = url.rfind("https://", 0) == 0;
+  const std::string scheme = tls ? "https://" : "http://";
+  if (url.rfind(scheme, 0) != 0) return make_error("pacs dicomweb '" + url + "' is not an http:// or https:// URL");
   const auto rest = url.substr(scheme.size());
   const auto slash = rest.find('/');
   const auto authority = rest.substr(0, slash);
@@ -70,24 +78,27 @@ Result<Endpoint> endpoint_of(const std::string& url) {
   e.prefix = slash == std::string::npos ? "" : rest.substr(slash);
   while (!e.prefix.empty() && e.prefix.back() == '/') e.prefix.pop_back();
   const auto colon = authority.rfind(':');
-  e.host = authority.substr(0, colon);
+  const auto host = authority.substr(0, colon);
+  int port = tls ? 443 : 80;
   if (colon != std::string::npos) {
-    const auto port = authority.substr(colon + 1);
-    if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos) {
+    const auto digits = authority.substr(colon + 1);
+    if (digits.empty() || digits.size() > 5 || digits.find_first_not_of("0123456789") != std::string::npos) {
       return make_error("pacs dicomweb '" + url + "': the port is not a number");
     }
-    e.port = std::stoi(port);
+    port = std::stoi(digits);
   }
-  if (e.host.empty() || e.port <= 0 || e.port > 65535) return make_error("pacs dicomweb '" + url + "' names no host and port");
+  if (host.empty() || port <= 0 || port > 65535) return make_error("pacs dicomweb '" + url + "' names no host and port");
+  e.scheme_host_port = scheme + host + ":" + std::to_string(port);
   return e;
 }
 
 class DicomWeb {
  public:
-  DicomWeb(const PacsSource& pacs, Endpoint e) : pacs_(pacs), endpoint_(std::move(e)), client_(endpoint_.host, endpoint_.port) {
+  DicomWeb(const PacsSource& pacs, Endpoint e) : pacs_(pacs), endpoint_(std::move(e)), client_(endpoint_.scheme_host_port) {
     client_.set_connection_timeout(10);
     client_.set_read_timeout(120);
     if (!pacs_.user.empty()) client_.set_basic_auth(pacs_.user, pacs_.password);
+    if (!pacs_.ca_file.empty()) client_.set_ca_cert_path(pacs_.ca_file);
   }
 
   // GET of `path` (under the root) with `accept`; retried while the PACS is unreachable or
@@ -99,7 +110,8 @@ class DicomWeb {
       if (attempt) std::this_thread::sleep_for(std::chrono::milliseconds(500 << (attempt - 1)));
       auto r = client_.Get((endpoint_.prefix + path).c_str(), httplib::Headers{{"Accept", accept}});
       if (!r) {
-        failure = "cannot reach the PACS (" + httplib::to_string(r.error()) + ")";
+        failure = unreachable(r.error());
+        if (r.error() == httplib::Error::SSLServerVerification) break;  // asking again changes nothing
         continue;
       }
       if (r->status >= 200 && r->status < 300) return *r;
@@ -109,22 +121,53 @@ class DicomWeb {
     return make_error("pacs " + url + ": " + failure);
   }
 
+  std::string unreachable(httplib::Error error) const {
+    if (error == httplib::Error::SSLServerVerification) {
+      return "the PACS's TLS certificate is not trusted (checked against " +
+             (pacs_.ca_file.empty() ? std::string("the system's CA certificates; name its CA in ca_file") : "ca_file " + pacs_.ca_file) +
+             ")";
+    }
+    if (error == httplib::Error::SSLConnection) return "cannot reach the PACS (no TLS session: " + httplib::to_string(error) + ")";
+    return "cannot reach the PACS (" + httplib::to_string(error) + ")";
+  }
+
   static std::string answer(const httplib::Response& r) {
     return "the PACS answered " + std::to_string(r.status) + (r.status == 401 ? " (wrong or missing credentials)" : "") +
            (r.body.empty() ? "" : ": " + r.body.substr(0, std::min<std::size_t>(r.body.find('\n'), 200)));
   }
 
-  Result<json> query(const std::string& path) {
-    auto r = get(path, "application/dicom+json");
-    if (!r) return r.error();
-    if (r->status == 204 || r->body.empty()) return json::array();
-    try {
-      auto j = json::parse(r->body);
-      if (!j.is_array()) throw std::runtime_error("not a JSON array");
-      return j;
-    } catch (const std::exception& e) {
-      return make_error("pacs " + pacs_.dicomweb + path + ": not a QIDO-RS answer (" + e.what() + ")");
+  // Every match of a QIDO-RS query, asked page_size at a time (limit, offset) until a page
+  // comes back short (or a page adds no `key` not seen: a server that ignores offset).
+  Result<json> query(const std::string& path, const char* key) {
+    json all = json::array();
+    std::set<std::string> seen;
+    const std::string limit = std::to_string(std::max(1, pacs_.page_size));
+    for (std::size_t offset = 0;;) {
+      const auto page_path = path + (path.find('?') == std::string::npos ? "?" : "&") + "limit=" + limit +
+                             "&offset=" + std::to_string(offset);
+      auto r = get(page_path, "application/dicom+json");
+      if (!r) return r.error();
+      if (r->status == 204 || r->body.empty()) break;
+      json page;
+      try {
+        page = json::parse(r->body);
+        if (!page.is_array()) throw std::runtime_error("not a JSON array");
+      } catch (const std::exception& e) {
+        return make_error("pacs " + pacs_.dicomweb + page_path + ": not a QIDO-RS answer (" + e.what() + ")");
+      }
+      std::size_t added = 0;
+      for (auto& match : page) {
+        if (seen.insert(first_value(match, key)).second) {
+          all.push_back(std::move(match));
+          ++added;
+        }
+      }
+      // PS3.18 8.3.4.6: a server that returns fewer than it holds may say so in a Warning.
+      const bool more = r->get_header_value("Warning").find("dditional results") != std::string::npos;
+      if (added == 0 || (page.size() < static_cast<std::size_t>(pacs_.page_size) && !more)) break;
+      offset += page.size();
     }
+    return all;
   }
 
   // POST of a multipart/related body of DICOM files to `path`; retried as get is.
@@ -143,7 +186,8 @@ class DicomWeb {
       if (attempt) std::this_thread::sleep_for(std::chrono::milliseconds(500 << (attempt - 1)));
       auto r = client_.Post((endpoint_.prefix + path).c_str(), httplib::Headers{{"Accept", "application/dicom+json"}}, body, type.c_str());
       if (!r) {
-        failure = "cannot reach the PACS (" + httplib::to_string(r.error()) + ")";
+        failure = unreachable(r.error());
+        if (r.error() == httplib::Error::SSLServerVerification) break;
         continue;
       }
       if (r->status >= 200 && r->status < 300) return *r;
@@ -203,54 +247,129 @@ class DicomWeb {
   httplib::Client client_;
 };
 
-// The retrieval itself; retrieve_from_pacs turns what it throws into an error.
-Result<PacsRetrieval> retrieve(const PacsSource& pacs, const std::vector<std::regex>& series_rules, const fs::path& folder) {
+// The DICOMweb side of what fedda asks of a PACS.
+class DicomWebConnection final : public detail::PacsConnection {
+ public:
+  DicomWebConnection(const PacsSource& pacs, Endpoint e) : pacs_(pacs), web_(pacs, std::move(e)) {}
+
+  // The modality is matched here, not by the PACS: Orthanc 1.10's DICOMweb plugin answers a
+  // ModalitiesInStudy query with limit and offset with its first page only (every later page
+  // empty), which would drop studies without a word.
+  Result<std::vector<std::string>> studies(const std::string& accession_number) override {
+    std::string filter = "?includefield=00080061";
+    if (!pacs_.study_dates.empty()) filter += "&StudyDate=" + percent_encoded(pacs_.study_dates);
+    if (!accession_number.empty()) filter += "&AccessionNumber=" + percent_encoded(accession_number);
+    auto found = web_.query("/studies" + filter, "0020000D");
+    if (!found) return found.error();
+    std::vector<std::string> out;
+    for (const auto& study : *found) {
+      const auto modalities = all_values(study, "00080061");
+      // A PACS that leaves ModalitiesInStudy out: the series' own Modality decides later.
+      if (modalities.empty() || std::find(modalities.begin(), modalities.end(), pacs_.modality) != modalities.end()) {
+        out.push_back(first_value(study, "0020000D"));
+      }
+    }
+    return out;
+  }
+
+  Result<std::vector<detail::PacsSeries>> series(const std::string& study) override {
+    auto found = web_.query("/studies/" + study + "/series", "0020000E");
+    if (!found) return found.error();
+    std::vector<detail::PacsSeries> out;
+    for (const auto& s : *found) out.push_back({first_value(s, "0020000E"), first_value(s, "0008103E"), first_value(s, "00080060")});
+    return out;
+  }
+
+  Result<std::vector<std::string>> instances(const std::string& study, const std::string& series) override {
+    auto found = web_.query("/studies/" + study + "/series/" + series + "/instances", "00080018");
+    if (!found) return found.error();
+    std::vector<std::string> out;
+    for (const auto& instance : *found) out.push_back(first_value(instance, "00080018"));
+    return out;
+  }
+
+  Result<int> retrieve(const std::string& study, const std::string& series, const std::vector<std::string>& missing,
+                       const fs::path& folder) override {
+    int written = 0;
+    for (const auto& sop : missing) {
+      auto bytes = web_.instance("/studies/" + study + "/series/" + series + "/instances/" + sop);
+      if (!bytes) return bytes.error();
+      if (auto st = files::write_atomically(folder / (sop + ".dcm"), *bytes); !st) return st.error();
+      ++written;
+    }
+    return written;
+  }
+
+  Status store(const std::vector<fs::path>& files) override {
+    std::vector<std::string> instances;
+    for (const auto& f : files) {
+      auto bytes = files::read_all(f);
+      if (!bytes) return bytes.error();
+      instances.push_back(std::move(*bytes));
+    }
+    auto r = web_.post_dicom("/studies", instances);
+    if (!r) return r.error();
+    // PS3.18 10.5.3: a 200 may still list instances it refused.
+    if (const auto refused = DicomWeb::refused_instances(r->body); !refused.empty()) {
+      return make_error("pacs " + pacs_.dicomweb + "/studies: the PACS stored only part of " + std::to_string(files.size()) +
+                        " instances" + refused);
+    }
+    return Status::success();
+  }
+
+ private:
+  const PacsSource& pacs_;
+  DicomWeb web_;
+};
+
+Result<std::unique_ptr<detail::PacsConnection>> connect(const PacsSource& pacs) {
+  if (auto st = validate_pacs(pacs); !st) return st.error();
+  if (!pacs.dimse.empty()) return detail::dimse_connection(pacs);
   auto endpoint = endpoint_of(pacs.dicomweb);
   if (!endpoint) return endpoint.error();
-  DicomWeb web(pacs, *endpoint);
-  std::string filter = "?ModalitiesInStudy=" + percent_encoded(pacs.modality);
-  if (!pacs.study_dates.empty()) filter += "&StudyDate=" + percent_encoded(pacs.study_dates);
-  std::vector<std::string> queries;
-  if (pacs.accession_numbers.empty()) queries.push_back(filter);
-  for (const auto& a : pacs.accession_numbers) queries.push_back(filter + "&AccessionNumber=" + percent_encoded(a));
+  return std::unique_ptr<detail::PacsConnection>(std::make_unique<DicomWebConnection>(pacs, std::move(*endpoint)));
+}
+
+// The walk over the selection's studies, series and instances, whichever protocol answers it;
+// retrieve_from_pacs turns what it throws into an error.
+Result<PacsRetrieval> retrieve(const PacsSource& source, const std::vector<std::regex>& series_rules, const fs::path& folder) {
+  auto pacs = connect(source);
+  if (!pacs) return pacs.error();
+  std::vector<std::string> accessions = source.accession_numbers;
+  if (accessions.empty()) accessions.emplace_back();  // no narrowing
   PacsRetrieval out;
-  for (const auto& q : queries) {
-    auto studies = web.query("/studies" + q);
+  std::set<std::string> seen;
+  for (const auto& accession : accessions) {
+    auto studies = (*pacs)->studies(accession);
     if (!studies) return studies.error();
-    for (const auto& study : *studies) {
-      const auto study_uid = first_value(study, "0020000D");
-      if (!is_uid(study_uid)) continue;
+    for (const auto& study_uid : *studies) {
+      if (!detail::is_uid(study_uid) || !seen.insert(study_uid).second) continue;
       ++out.studies;
       out.study_uids.push_back(study_uid);
-      auto series_list = web.query("/studies/" + study_uid + "/series");
+      auto series_list = (*pacs)->series(study_uid);
       if (!series_list) return series_list.error();
       for (const auto& series : *series_list) {
-        const auto series_uid = first_value(series, "0020000E");
-        const auto description = first_value(series, "0008103E");
-        const auto modality = first_value(series, "00080060");
-        if (!modality.empty() && modality != pacs.modality) continue;  // a Segmentation or report in the study
+        if (!series.modality.empty() && series.modality != source.modality) continue;  // a Segmentation or report in the study
         bool wanted = false;
-        for (const auto& rule : series_rules) wanted = wanted || std::regex_search(description, rule);
-        if (!is_uid(series_uid) || !wanted) continue;
+        for (const auto& rule : series_rules) wanted = wanted || std::regex_search(series.description, rule);
+        if (!detail::is_uid(series.uid) || !wanted) continue;
         ++out.series;
-        const std::string series_path = "/studies/" + study_uid + "/series/" + series_uid;
-        auto instances = web.query(series_path + "/instances");
+        auto instances = (*pacs)->instances(study_uid, series.uid);
         if (!instances) return instances.error();
-        const auto where = folder / study_uid / series_uid;
+        const auto where = folder / study_uid / series.uid;
         std::error_code ec;
         fs::create_directories(where, ec);
         if (ec) return make_error(where.string() + ": " + ec.message());
-        for (const auto& instance : *instances) {
-          const auto sop = first_value(instance, "00080018");
-          if (!is_uid(sop)) continue;
+        std::vector<std::string> missing;
+        for (const auto& sop : *instances) {
+          if (!detail::is_uid(sop)) continue;
           ++out.instances;
-          const auto file = where / (sop + ".dcm");
-          if (fs::exists(file, ec)) continue;
-          auto bytes = web.instance(series_path + "/instances/" + sop);
-          if (!bytes) return bytes.error();
-          if (auto st = files::write_atomically(file, *bytes); !st) return st.error();
-          ++out.retrieved;
+          if (!fs::exists(where / (sop + ".dcm"), ec)) missing.push_back(sop);
         }
+        if (missing.empty()) continue;
+        auto written = (*pacs)->retrieve(study_uid, series.uid, missing, where);
+        if (!written) return written.error();
+        out.retrieved += *written;
       }
     }
   }
@@ -259,33 +378,69 @@ Result<PacsRetrieval> retrieve(const PacsSource& pacs, const std::vector<std::re
 
 }  // namespace
 
+namespace detail {
+
+bool is_uid(const std::string& uid) {
+  return !uid.empty() && uid.size() <= 64 && uid.find_first_not_of("0123456789.") == std::string::npos && uid.front() != '.';
+}
+
+Result<DimseAddress> dimse_address(const std::string& text) {
+  const auto at = text.find('@');
+  const auto colon = text.rfind(':');
+  const auto bad = [&](const std::string& why) { return make_error("pacs dimse '" + text + "': " + why + " (AE_TITLE@HOST:PORT, e.g. ORTHANC@127.0.0.1:4242)"); };
+  if (at == std::string::npos || colon == std::string::npos || colon < at) return bad("not AE_TITLE@HOST:PORT");
+  DimseAddress a;
+  a.ae = text.substr(0, at);
+  a.host = text.substr(at + 1, colon - at - 1);
+  const auto digits = text.substr(colon + 1);
+  if (a.ae.empty() || a.ae.size() > 16 || a.ae.find_first_of("\\") != std::string::npos) return bad("the AE title is 1 to 16 characters without a backslash");
+  for (const unsigned char c : a.ae) {
+    if (c < 0x20 || c > 0x7e) return bad("the AE title is printable ASCII");
+  }
+  if (a.host.empty()) return bad("no host");
+  if (digits.empty() || digits.size() > 5 || digits.find_first_not_of("0123456789") != std::string::npos) return bad("the port is not a number");
+  a.port = std::stoi(digits);
+  if (a.port <= 0 || a.port > 65535) return bad("the port is not 1-65535");
+  return a;
+}
+
+}  // namespace detail
+
+std::string pacs_location(const PacsSource& pacs) {
+  return pacs.dimse.empty() ? "dicomweb " + pacs.dicomweb : "dimse " + pacs.dimse;
+}
+
+Status validate_pacs(const PacsSource& pacs) {
+  if (pacs.dicomweb.empty() == pacs.dimse.empty()) {
+    return make_error(pacs.dicomweb.empty() ? "pacs: needs dicomweb: URL or dimse: AE_TITLE@HOST:PORT"
+                                            : "pacs: dicomweb and dimse are two ways to the PACS; give one");
+  }
+  if (pacs.page_size < 1) return make_error("pacs: page_size must be at least 1");
+  if (!pacs.dimse.empty()) {
+    if (auto a = detail::dimse_address(pacs.dimse); !a) return a.error();
+    if (pacs.calling_ae.empty() || pacs.calling_ae.size() > 16) return make_error("pacs: calling_ae '" + pacs.calling_ae + "' is not 1 to 16 characters");
+    if (!pacs.user.empty()) return make_error("pacs: credentials_file applies to dicomweb only (a DIMSE PACS knows its callers by AE title)");
+    if (!pacs.ca_file.empty()) return make_error("pacs: ca_file applies to an https dicomweb URL only");
+    return Status::success();
+  }
+  if (auto e = endpoint_of(pacs.dicomweb); !e) return e.error();
+  if (!pacs.ca_file.empty() && pacs.dicomweb.rfind("https://", 0) != 0) return make_error("pacs: ca_file applies to an https dicomweb URL only");
+  return Status::success();
+}
+
 Result<PacsRetrieval> retrieve_from_pacs(const PacsSource& pacs, const std::vector<std::regex>& series_rules,
                                          const fs::path& folder) {
   try {
     return retrieve(pacs, series_rules, folder);
   } catch (const std::exception& e) {  // an answer of a shape no check above foresaw
-    return make_error("pacs " + pacs.dicomweb + ": an answer fedda cannot read (" + std::string(e.what()) + ")");
+    return make_error("pacs " + pacs_location(pacs) + ": an answer fedda cannot read (" + std::string(e.what()) + ")");
   }
 }
 
 Status store_to_pacs(const PacsSource& pacs, const std::vector<fs::path>& files) {
-  auto endpoint = endpoint_of(pacs.dicomweb);
-  if (!endpoint) return endpoint.error();
-  std::vector<std::string> instances;
-  for (const auto& f : files) {
-    auto bytes = files::read_all(f);
-    if (!bytes) return bytes.error();
-    instances.push_back(std::move(*bytes));
-  }
-  DicomWeb web(pacs, *endpoint);
-  auto r = web.post_dicom("/studies", instances);
-  if (!r) return r.error();
-  // PS3.18 10.5.3: a 200 may still list instances it refused.
-  if (const auto refused = DicomWeb::refused_instances(r->body); !refused.empty()) {
-    return make_error("pacs " + pacs.dicomweb + "/studies: the PACS stored only part of " + std::to_string(files.size()) +
-                      " instances" + refused);
-  }
-  return Status::success();
+  auto connection = connect(pacs);
+  if (!connection) return connection.error();
+  return (*connection)->store(files);
 }
 
 }  // namespace fedda::imaging

@@ -493,7 +493,7 @@ Result<SubjectIndex> index_pacs(const DataSource& s) {
   }
   for (const auto& d : dropped) fs::remove_all(d, ec);
   if (retrieved->instances == 0) {
-    return make_error("pacs " + s.pacs.dicomweb + ": no series matching dicom_flair ('" + s.dicom_flair + "') or dicom_t1 ('" +
+    return make_error("pacs " + pacs_location(s.pacs) + ": no series matching dicom_flair ('" + s.dicom_flair + "') or dicom_t1 ('" +
                       s.dicom_t1 + "') in " + std::to_string(retrieved->studies) + " selected studies");
   }
   DataSource local = s;

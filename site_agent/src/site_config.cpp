@@ -16,6 +16,7 @@
 #include "fedda/common/protocol.h"
 #include "fedda/common/kit.h"
 #include "fedda/imaging/nifti_io.h"
+#include "fedda/imaging/pacs.h"
 #include "fedda/models/engine.h"
 #include "fedda/monitoring/http_server.h"
 #include "fedda/models/precision.h"
@@ -46,6 +47,38 @@ Result<std::pair<std::string, std::string>> read_credentials(const fs::path& fil
   return std::pair{line.substr(0, colon), password};
 }
 
+fs::path beside(const fs::path& base, const std::string& file) {
+  return fs::path(file).is_relative() ? (base / file).lexically_normal() : fs::path(file);
+}
+
+// The pacs: mapping (data_layout: pacs); files it names are relative to site.yaml's folder.
+// The whole source is validated by the caller, once it knows the layout is pacs.
+Result<imaging::PacsSource> read_pacs(config::Mapping m, const fs::path& base) {
+  imaging::PacsSource pacs;
+  std::string credentials_file, ca_file;
+  m.get("dicomweb", pacs.dicomweb);
+  m.get("dimse", pacs.dimse);
+  m.get("calling_ae", pacs.calling_ae);
+  m.get("credentials_file", credentials_file);
+  m.get("ca_file", ca_file);
+  m.get("page_size", pacs.page_size);
+  m.get("modality", pacs.modality);
+  m.get("study_dates", pacs.study_dates);
+  m.get("accession_numbers", pacs.accession_numbers);
+  if (const auto scheme = pacs.dicomweb.find("://");
+      scheme != std::string::npos && pacs.dicomweb.substr(scheme + 3, pacs.dicomweb.find('/', scheme + 3) - scheme - 3).find('@') != std::string::npos) {
+    return make_error("pacs: dicomweb: a user or password in the URL is refused (it would be logged); put them in credentials_file");
+  }
+  if (!ca_file.empty()) pacs.ca_file = beside(base, ca_file).string();
+  if (!credentials_file.empty()) {
+    auto credentials = read_credentials(beside(base, credentials_file));
+    if (!credentials) return make_error("pacs: credentials_file: " + credentials.error().message);
+    pacs.user = credentials->first;
+    pacs.password = credentials->second;
+  }
+  return pacs;
+}
+
 }  // namespace
 
 Result<SiteConfig> read_site_config(const fs::path& path) {
@@ -69,13 +102,10 @@ Result<SiteConfig> read_site_config(const fs::path& path) {
   m->get("dicom_t1", c.dicom_t1);
   std::string dicom_labels;
   m->get("dicom_labels", dicom_labels);
-  auto pacs = m->mapping("pacs");
-  std::string credentials_file;
-  pacs.get("dicomweb", c.pacs.dicomweb);
-  pacs.get("credentials_file", credentials_file);
-  pacs.get("modality", c.pacs.modality);
-  pacs.get("study_dates", c.pacs.study_dates);
-  pacs.get("accession_numbers", c.pacs.accession_numbers);
+  auto pacs = read_pacs(m->mapping("pacs"), base_of(path));
+  if (!pacs) return fail(pacs.error().message);
+  c.pacs = *pacs;
+  const bool pacs_given = !c.pacs.dicomweb.empty() || !c.pacs.dimse.empty();
   m->get("cache_dir", cache);
   m->get("device", c.device);
   m->get("precision", c.precision);
@@ -140,23 +170,15 @@ Result<SiteConfig> read_site_config(const fs::path& path) {
   if (!dicom && (!dicom_labels.empty() || c.dicom_flair != "flair" || c.dicom_t1 != "t1")) {
     return fail("dicom_flair, dicom_t1 and dicom_labels apply to data_layout: dicom or pacs only");
   }
-  if ((c.data_layout == "pacs") != !c.pacs.dicomweb.empty()) {
-    return fail(c.data_layout == "pacs" ? "data_layout: pacs needs pacs: {dicomweb: URL}" : "pacs: applies to data_layout: pacs only");
+  if (c.data_layout == "pacs" && !pacs_given) {
+    return fail("data_layout: pacs needs pacs: {dicomweb: URL} or pacs: {dimse: AE_TITLE@HOST:PORT}");
   }
+  if (c.data_layout != "pacs" && pacs_given) return fail("pacs: applies to data_layout: pacs only");
   if (p.write_back && c.data_layout != "pacs") return fail("policy: write_back applies to data_layout: pacs only");
-  if (const auto scheme = c.pacs.dicomweb.find("://");
-      scheme != std::string::npos && c.pacs.dicomweb.substr(scheme + 3, c.pacs.dicomweb.find('/', scheme + 3) - scheme - 3).find('@') != std::string::npos) {
-    return fail("pacs: dicomweb: a user or password in the URL is refused (it would be logged); put them in credentials_file");
+  if (c.data_layout == "pacs") {
+    if (auto st = imaging::validate_pacs(c.pacs); !st) return fail(st.error().message);
   }
   if (c.data_layout == "pacs" && !data.empty()) return fail("data: does not apply to data_layout: pacs (the PACS is the data)");
-  if (!credentials_file.empty()) {
-    const fs::path file = fs::path(credentials_file).is_relative() ? (base_of(path) / credentials_file).lexically_normal()
-                                                                   : fs::path(credentials_file);
-    auto credentials = read_credentials(file);
-    if (!credentials) return fail("pacs: credentials_file: " + credentials.error().message);
-    c.pacs.user = credentials->first;
-    c.pacs.password = credentials->second;
-  }
   for (const auto& [key, rule] : {std::pair<std::string, std::string>{"dicom_flair", c.dicom_flair}, {"dicom_t1", c.dicom_t1}}) {
     try {
       std::regex check(rule, std::regex::icase);
@@ -202,7 +224,7 @@ Result<SiteConfig> read_site_config(const fs::path& path) {
   return c;
 }
 
-std::string data_location(const SiteConfig& c) { return c.data_layout == "pacs" ? c.pacs.dicomweb : c.data.string(); }
+std::string data_location(const SiteConfig& c) { return c.data_layout == "pacs" ? imaging::pacs_location(c.pacs) : c.data.string(); }
 
 Result<imaging::SubjectIndex> site_subject_index(const SiteConfig& c) {
   imaging::DataSource source;

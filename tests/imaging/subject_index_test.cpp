@@ -76,6 +76,41 @@ class SubjectIndexTest : public ::testing::Test {
     return all;
   }
 
+  // The PACS's subjects are the folder's: the same ids, voxels (the same bytes through the PACS)
+  // and geometry.
+  static void expect_same_subjects(const SubjectIndex& folder, const SubjectIndex& index) {
+    EXPECT_TRUE(index.ignored.empty()) << ignored_text(index);
+    ASSERT_EQ(index.subjects.size(), folder.subjects.size());
+    for (std::size_t n = 0; n < index.subjects.size(); ++n) {
+      const auto& a = folder.subjects[n];
+      const auto& b = index.subjects[n];
+      EXPECT_EQ(a.subject, b.subject);
+      EXPECT_EQ(a.labels.has_value(), b.labels.has_value()) << a.subject;
+      EXPECT_EQ(b.flair_dicom.size(), a.flair_dicom.size()) << a.subject;
+      auto x = read_subject(a.flair, a.t1, a.labels);
+      auto y = read_subject(b.flair, b.t1, b.labels);
+      ASSERT_TRUE(x && y) << a.subject;
+      EXPECT_TRUE(same_geometry(x->flair.geometry, y->flair.geometry, 1e-4)) << geometry_difference(x->flair.geometry, y->flair.geometry, 1e-4);
+      EXPECT_EQ(x->flair.voxels, y->flair.voxels) << a.subject;
+      EXPECT_EQ(x->t1.voxels, y->t1.voxels) << a.subject;
+      if (x->labels) EXPECT_EQ(x->labels->voxels, y->labels->voxels) << a.subject;
+    }
+  }
+  // A PACS source of the DICOM layout's rules and labels, caching into `cache`.
+  DataSource pacs_source(const fs::path& cache) const {
+    DataSource pacs;
+    pacs.layout = "pacs";
+    pacs.clinic = "amsterdam";
+    pacs.cache = cache;
+    pacs.dicom_labels = dicom() / "labels";
+    return pacs;
+  }
+  static std::size_t files_under(const fs::path& folder) {
+    std::size_t n = 0;
+    for (const auto& e : fs::recursive_directory_iterator(folder)) n += e.is_regular_file();
+    return n;
+  }
+
   static inline testing::ScratchDir* data_ = nullptr;
   testing::ScratchDir dir_;
 };
@@ -382,22 +417,7 @@ TEST_F(SubjectIndexTest, APacsOverDicomWebGivesTheSameSubjectsAsTheFolderItWasLo
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   ASSERT_TRUE(index) << index.error().message;
   std::cout << "indexed " << index->subjects.size() << " subjects (" << files << " instances) from Orthanc in " << seconds << " s\n";
-  EXPECT_TRUE(index->ignored.empty()) << ignored_text(*index);
-  ASSERT_EQ(index->subjects.size(), folder->subjects.size());
-  for (std::size_t n = 0; n < index->subjects.size(); ++n) {
-    const auto& a = folder->subjects[n];
-    const auto& b = index->subjects[n];
-    EXPECT_EQ(a.subject, b.subject);
-    EXPECT_EQ(a.labels.has_value(), b.labels.has_value()) << a.subject;
-    EXPECT_EQ(b.flair_dicom.size(), a.flair_dicom.size()) << a.subject;
-    auto x = read_subject(a.flair, a.t1, a.labels);
-    auto y = read_subject(b.flair, b.t1, b.labels);
-    ASSERT_TRUE(x && y) << a.subject;
-    EXPECT_TRUE(same_geometry(x->flair.geometry, y->flair.geometry, 1e-4)) << geometry_difference(x->flair.geometry, y->flair.geometry, 1e-4);
-    EXPECT_EQ(x->flair.voxels, y->flair.voxels) << a.subject;  // the same bytes through the PACS
-    EXPECT_EQ(x->t1.voxels, y->t1.voxels) << a.subject;
-    if (x->labels) EXPECT_EQ(x->labels->voxels, y->labels->voxels) << a.subject;
-  }
+  expect_same_subjects(*folder, *index);
   // Indexed again: nothing retrieved twice.
   auto again = retrieve_from_pacs(pacs.pacs, {std::regex("flair", std::regex::icase), std::regex("t1", std::regex::icase)},
                                   pacs.cache / "pacs");
@@ -469,11 +489,7 @@ TEST_F(SubjectIndexTest, APacsOverDicomWebGivesTheSameSubjectsAsTheFolderItWasLo
   EXPECT_NE(junk.error().message.find("pacs " + orthanc.dicomweb() + "/studies: "), std::string::npos) << junk.error().message;
 
   // The PACS gone: named after its retries, the retrieved series untouched.
-  const auto cached_files = [&] {
-    std::size_t n = 0;
-    for (const auto& e : fs::recursive_directory_iterator(pacs.cache / "pacs")) n += e.is_regular_file();
-    return n;
-  };
+  const auto cached_files = [&] { return files_under(pacs.cache / "pacs"); };
   const auto before = cached_files();
   EXPECT_EQ(before, static_cast<std::size_t>(files));
   orthanc.stop();
@@ -483,6 +499,129 @@ TEST_F(SubjectIndexTest, APacsOverDicomWebGivesTheSameSubjectsAsTheFolderItWasLo
   ASSERT_FALSE(down);
   EXPECT_NE(down.error().message.find("cannot reach the PACS"), std::string::npos) << down.error().message;
   EXPECT_EQ(cached_files(), before);
+}
+
+// The same PACS over DIMSE: C-FIND finds the studies, series and instances, C-GET brings them
+// (on the agent's own association: it opens no port), C-STORE takes the results back; the
+// subjects are the folder's. A caller the PACS does not know, and a PACS gone, are named.
+TEST_F(SubjectIndexTest, APacsOverDimseGivesTheSameSubjectsAsTheFolderItWasLoadedFrom) {
+  testing::Orthanc orthanc(dir_ / "orthanc");
+  ASSERT_TRUE(orthanc.up()) << testing::read_text(orthanc.log());
+  const int files = orthanc.upload(dicom());
+  ASSERT_GT(files, 0) << testing::read_text(orthanc.log());
+  auto folder = index_subjects(source("dicom", dicom()));
+  ASSERT_TRUE(folder) << folder.error().message;
+
+  auto pacs = pacs_source(dir_ / "cache");
+  pacs.pacs.dimse = orthanc.dimse();
+  pacs.pacs.calling_ae = "FEDDA";
+  const auto started = std::chrono::steady_clock::now();
+  auto index = index_subjects(pacs);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  ASSERT_TRUE(index) << index.error().message;
+  std::cout << "indexed " << index->subjects.size() << " subjects (" << files << " instances) over DIMSE in " << seconds << " s\n";
+  expect_same_subjects(*folder, *index);
+  auto again = retrieve_from_pacs(pacs.pacs, {std::regex("flair", std::regex::icase), std::regex("t1", std::regex::icase)},
+                                  pacs.cache / "pacs");
+  ASSERT_TRUE(again) << again.error().message;
+  EXPECT_EQ(again->retrieved, 0);
+  EXPECT_EQ(again->instances, files);
+
+  // A calling AE title Orthanc does not know: refused, and the refusal says where to look.
+  auto stranger = pacs;
+  stranger.cache = dir_ / "cache-stranger";
+  stranger.pacs.calling_ae = "STRANGER";
+  auto refused = index_subjects(stranger);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message.find("pacs dimse " + orthanc.dimse() + ": "), std::string::npos) << refused.error().message;
+  EXPECT_NE(refused.error().message.find("STRANGER"), std::string::npos) << refused.error().message;
+
+  // Results stored back with C-STORE: a Segmentation and its report land in the subject's study.
+  const auto& first = index->subjects[0];
+  LabelMap lesion(read_geometry(first.flair).value());
+  lesion.at(lesion.geometry.size[0] / 2, lesion.geometry.size[1] / 2, lesion.geometry.size[2] / 2) = kWmh;
+  ResultProvenance provenance;
+  provenance.version = "test";
+  provenance.model_sha256 = std::string(64, 'c');
+  ASSERT_TRUE(write_dicom_seg(lesion, first.flair_dicom, provenance, dir_ / "seg.dcm"));
+  ASSERT_TRUE(write_dicom_sr(summarize_lesions(lesion), dir_ / "seg.dcm", provenance, dir_ / "sr.dcm"));
+  auto stored = store_to_pacs(pacs.pacs, {dir_ / "seg.dcm", dir_ / "sr.dcm"});
+  ASSERT_TRUE(stored) << stored.error().message;
+  auto c = orthanc.client();
+  auto found = c.Get("/dicom-web/studies?PatientID=" + first.subject);
+  ASSERT_TRUE(found);
+  const auto studies = nlohmann::json::parse(found->body);
+  ASSERT_EQ(studies.size(), 1u) << studies.dump();
+  const std::string study_uid = studies[0]["0020000D"]["Value"][0];
+  auto series = c.Get("/dicom-web/studies/" + study_uid + "/series");
+  ASSERT_TRUE(series);
+  std::set<std::string> modalities;
+  for (const auto& one : nlohmann::json::parse(series->body)) modalities.insert(one["00080060"]["Value"][0].get<std::string>());
+  EXPECT_EQ(modalities, (std::set<std::string>{"MR", "SEG", "SR"}));
+  // A file that is not DICOM is refused before any association.
+  std::ofstream(dir_ / "junk.dcm") << std::string(200, 'x');
+  auto junk = store_to_pacs(pacs.pacs, {dir_ / "junk.dcm"});
+  ASSERT_FALSE(junk);
+  EXPECT_NE(junk.error().message.find("junk.dcm: not a DICOM file"), std::string::npos) << junk.error().message;
+
+  // The PACS gone: named after its retries, the retrieved series untouched.
+  const auto before = files_under(pacs.cache / "pacs");
+  EXPECT_EQ(before, static_cast<std::size_t>(files));
+  orthanc.stop();
+  pacs.pacs.attempts = 2;
+  auto down = index_subjects(pacs);
+  ASSERT_FALSE(down);
+  EXPECT_NE(down.error().message.find("pacs dimse " + orthanc.dimse() + ": cannot reach the PACS"), std::string::npos)
+      << down.error().message;
+  EXPECT_EQ(files_under(pacs.cache / "pacs"), before);
+}
+
+// DICOMweb over https (stunnel with a certificate for 127.0.0.1 in front of Orthanc), QIDO-RS
+// asked a few matches at a time: the folder's subjects. A certificate that does not chain to
+// ca_file, or to the system's CAs when there is none, is refused and named.
+TEST_F(SubjectIndexTest, APacsBehindTlsIsReadInPagesAndItsCertificateChecked) {
+  testing::Orthanc orthanc(dir_ / "orthanc");
+  ASSERT_TRUE(orthanc.up()) << testing::read_text(orthanc.log());
+  const int files = orthanc.upload(dicom());
+  ASSERT_GT(files, 0);
+  ASSERT_TRUE(testing::make_loopback_certificate(dir_ / "tls", "pacs")) << testing::read_text(dir_ / "tls" / "pacs.log");
+  ASSERT_TRUE(testing::make_loopback_certificate(dir_ / "tls", "other"));
+  testing::TlsProxy tls(dir_ / "tls", dir_ / "tls" / "pacs-key.pem", orthanc.http_port());
+  ASSERT_TRUE(tls.up()) << testing::read_text(tls.log());
+  auto folder = index_subjects(source("dicom", dicom()));
+  ASSERT_TRUE(folder) << folder.error().message;
+
+  auto pacs = pacs_source(dir_ / "cache");
+  pacs.pacs.dicomweb = "https://127.0.0.1:" + std::to_string(tls.port()) + "/dicom-web";
+  pacs.pacs.user = testing::Orthanc::kUser;
+  pacs.pacs.password = testing::Orthanc::kPassword;
+  pacs.pacs.ca_file = (dir_ / "tls" / "pacs.pem").string();
+  pacs.pacs.page_size = 3;  // fewer than the studies and than a series' instances: every list takes pages
+  ASSERT_GT(folder->subjects.size(), 3u);
+  auto index = index_subjects(pacs);
+  ASSERT_TRUE(index) << index.error().message;
+  expect_same_subjects(*folder, *index);
+  auto again = retrieve_from_pacs(pacs.pacs, {std::regex("flair", std::regex::icase), std::regex("t1", std::regex::icase)},
+                                  pacs.cache / "pacs");
+  ASSERT_TRUE(again) << again.error().message;
+  EXPECT_EQ(again->instances, files);
+  EXPECT_EQ(again->studies, static_cast<int>(folder->subjects.size()));
+
+  // Another certificate as the CA: refused, nothing retrieved.
+  auto other = pacs;
+  other.cache = dir_ / "cache-other";
+  other.pacs.ca_file = (dir_ / "tls" / "other.pem").string();
+  auto untrusted = index_subjects(other);
+  ASSERT_FALSE(untrusted);
+  EXPECT_NE(untrusted.error().message.find("the PACS's TLS certificate is not trusted (checked against ca_file " + other.pacs.ca_file),
+            std::string::npos)
+      << untrusted.error().message;
+  // No ca_file: the system's CAs, which do not hold a self-signed certificate.
+  other.pacs.ca_file.clear();
+  untrusted = index_subjects(other);
+  ASSERT_FALSE(untrusted);
+  EXPECT_NE(untrusted.error().message.find("checked against the system's CA certificates"), std::string::npos) << untrusted.error().message;
+  EXPECT_FALSE(fs::exists(other.cache / "pacs") && files_under(other.cache / "pacs") > 0);
 }
 
 }  // namespace

@@ -59,6 +59,21 @@ TEST_F(SiteConfigTest, MistakesAreNamed) {
        "pacs: credentials_file: "},
       {"site_id: a\ncoordinator: tcp://h:1\ndata_layout: pacs\npacs: {dicomweb: \"http://u:pw@127.0.0.1:8042/dicom-web\"}\n",
        "a user or password in the URL is refused"},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata_layout: pacs\npacs: {dicomweb: http://127.0.0.1:8042/dicom-web, dimse: ORTHANC@127.0.0.1:4242}\n",
+       "pacs: dicomweb and dimse are two ways to the PACS; give one"},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata_layout: pacs\npacs: {dimse: \"ORTHANC:4242\"}\n",
+       "pacs dimse 'ORTHANC:4242': not AE_TITLE@HOST:PORT"},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata_layout: pacs\npacs: {dimse: \"A_TITLE_LONGER_THAN_16@h:4242\"}\n",
+       "the AE title is 1 to 16 characters"},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata_layout: pacs\npacs: {dimse: \"ORTHANC@h:99999\"}\n", "the port is not 1-65535"},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata_layout: pacs\npacs: {dimse: \"ORTHANC@h:4242\", ca_file: ca.pem}\n",
+       "pacs: ca_file applies to an https dicomweb URL only"},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata_layout: pacs\npacs: {dicomweb: http://127.0.0.1:8042/dicom-web, ca_file: ca.pem}\n",
+       "pacs: ca_file applies to an https dicomweb URL only"},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata_layout: pacs\npacs: {dicomweb: http://127.0.0.1:8042/dicom-web, page_size: 0}\n",
+       "pacs: page_size must be at least 1"},
+      {"site_id: a\ncoordinator: tcp://h:1\ndata_layout: pacs\npacs: {dicomweb: ftp://127.0.0.1/dicom-web}\n",
+       "is not an http:// or https:// URL"},
       {"site_id: a\ncoordinator: tcp://h:1\ndata: d\nbids_labels: wmh\n", "apply to data_layout: bids only"},
       {"site_id: a\ncoordinator: tcp://h:1\ndata: d\ndata_layout: bids\nbids_filters: {echo: 1}\n",
        "bids_filters: unknown key 'echo'"},
@@ -87,6 +102,19 @@ TEST_F(SiteConfigTest, APacsSiteReadsItsCredentialsFromAFileOnlyItsOwnerReads) {
   EXPECT_EQ(c->pacs.study_dates, "20170101-");
   EXPECT_EQ(c->pacs.accession_numbers, (std::vector<std::string>{"A1", "A2"}));
   EXPECT_TRUE(c->data.empty());
+
+  // Over https with the PACS's CA beside site.yaml, in pages of 25.
+  c = read_site_config(write("site_id: a\ncoordinator: tcp://h:1\ndata_layout: pacs\npacs:\n"
+                             "  dicomweb: https://pacs.example.org/dicom-web\n  ca_file: pacs-ca.pem\n  page_size: 25\n"));
+  ASSERT_TRUE(c) << c.error().message;
+  EXPECT_EQ(c->pacs.ca_file, (dir_ / "pacs-ca.pem").lexically_normal().string());
+  EXPECT_EQ(c->pacs.page_size, 25);
+  // Over DIMSE, with this agent's AE title.
+  c = read_site_config(write("site_id: a\ncoordinator: tcp://h:1\ndata_layout: pacs\npacs: {dimse: ORTHANC@127.0.0.1:4242, calling_ae: FEDDA_UMC}\n"));
+  ASSERT_TRUE(c) << c.error().message;
+  EXPECT_EQ(c->pacs.dimse, "ORTHANC@127.0.0.1:4242");
+  EXPECT_EQ(c->pacs.calling_ae, "FEDDA_UMC");
+  EXPECT_EQ(data_location(*c), "dimse ORTHANC@127.0.0.1:4242");
 }
 
 TEST_F(SiteConfigTest, CheckListsEveryBrokenSubject) {

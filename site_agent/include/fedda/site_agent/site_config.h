@@ -12,9 +12,13 @@
 //   dicom_flair: flair                  # dicom: SeriesDescription rule (case-insensitive regex) of the FLAIR series
 //   dicom_t1: t1|mprage                 # dicom: ... of the T1 series
 //   dicom_labels: /srv/labels           # dicom, pacs: <subject>.nii.gz label maps (NIfTI); absent: none
-//   pacs:                               # data_layout: pacs (no data key): the PACS over DICOMweb
-//     dicomweb: http://127.0.0.1:8042/dicom-web   # its DICOMweb root (http; a TLS proxy for https)
-//     credentials_file: /etc/fedda/pacs.credentials  # one line USER:PASSWORD, mode 0600; absent: none
+//   pacs:                               # data_layout: pacs (no data key): the PACS, over DICOMweb or DIMSE
+//     dicomweb: https://pacs.example.org/dicom-web  # its DICOMweb root (http or https), or instead:
+//     dimse: ORTHANC@127.0.0.1:4242     # its DICOM service (C-FIND, C-GET, C-STORE)
+//     calling_ae: FEDDA                 # dimse: this agent's AE title, as the PACS knows it
+//     credentials_file: /etc/fedda/pacs.credentials  # dicomweb: one line USER:PASSWORD, mode 0600; absent: none
+//     ca_file: /etc/fedda/pacs-ca.pem   # https: the CA the PACS's certificate must chain to; absent: the system's
+//     page_size: 100                    # dicomweb: QIDO-RS matches asked per request
 //     modality: MR                      # studies holding this modality
 //     study_dates: 20170101-20171231    # StudyDate range; absent: any
 //     accession_numbers: [A100, A101]   # only these studies; absent: any
@@ -40,7 +44,7 @@
 //                                       # cache_dir/reports/<job>/, only its aggregates sent
 //     approval: auto                    # auto | manual (fedda-agent pending / approve / refuse)
 //     write_back: false                 # data_layout pacs: segment --all --with-dicom stores each
-//                                       # Segmentation and report back in the PACS (STOW-RS)
+//                                       # Segmentation and report back in the PACS (STOW-RS or C-STORE)
 //     share_logs: none                  # what `fedda-admin logs SITE` gets of the agent's recent log:
 //                                       # none; errors (warnings and errors); job (also every line
 //                                       # naming the job asked for); redacted as failure texts are
