@@ -79,47 +79,9 @@ Result<imaging::PacsSource> read_pacs(config::Mapping m, const fs::path& base) {
   return pacs;
 }
 
-}  // namespace
-
-Result<SiteConfig> read_site_config(const fs::path& path) {
-  const auto fail = [&](const std::string& message) { return make_error(path.string() + ": " + message); };
-  auto m = config::Mapping::load(path);
-  if (!m) return m.error();
-  SiteConfig c;
-  std::string data, cache;
-  m->get("site_id", c.site_id);
-  m->get("coordinator", c.coordinator);
-  m->get("data", data);
-  m->get("data_layout", c.data_layout);
-  auto filters = m->mapping("bids_filters");
-  for (const auto& entity : imaging::bids_filter_entities()) {
-    std::string value;
-    filters.get(entity, value);
-    if (!value.empty()) c.bids_filters[entity] = value;
-  }
-  m->get("bids_labels", c.bids_labels);
-  m->get("dicom_flair", c.dicom_flair);
-  m->get("dicom_t1", c.dicom_t1);
-  std::string dicom_labels;
-  m->get("dicom_labels", dicom_labels);
-  auto pacs = read_pacs(m->mapping("pacs"), base_of(path));
-  if (!pacs) return fail(pacs.error().message);
-  c.pacs = *pacs;
-  const bool pacs_given = !c.pacs.dicomweb.empty() || !c.pacs.dimse.empty();
-  m->get("cache_dir", cache);
-  m->get("device", c.device);
-  m->get("precision", c.precision);
-  m->get("threads", c.threads);
-  m->get("heartbeat_ms", c.heartbeat_ms);
-  m->get("reconnect_min_ms", c.reconnect_min_ms);
-  m->get("reconnect_max_ms", c.reconnect_max_ms);
-  m->get("drain_timeout_s", c.drain_timeout_s);
-  std::string kit;
-  m->get("kit", kit);
-  m->get("root_fingerprint", c.root_fingerprint);
-  m->get("metrics_listen", c.metrics_listen);
-  auto policy = m->mapping("policy");
-  auto& p = c.policy;
+// policy:'s keys; check_policy validates them once the whole file has been read.
+SitePolicy read_policy(config::Mapping policy) {
+  SitePolicy p;
   policy.get("job_types", p.job_types);
   policy.get("trusted_sources", p.trusted_sources);
   policy.get("min_batch_size", p.min_batch_size);
@@ -133,94 +95,154 @@ Result<SiteConfig> read_site_config(const fs::path& path) {
   policy.get("approval", p.approval);
   policy.get("write_back", p.write_back);
   policy.get("share_logs", p.share_logs);
-  if (auto st = m->finish(); !st) return st.error();
+  return p;
+}
+
+Status check_policy(const SitePolicy& p) {
   for (const auto& t : p.job_types) {
-    if (!protocol::parse_job_type(t)) return fail("policy: job_types: '" + t + "' is not one of teacher, kd, ada, evaluate");
+    if (!protocol::parse_job_type(t)) return make_error("policy: job_types: '" + t + "' is not one of teacher, kd, ada, evaluate");
   }
-  if (p.min_batch_size < 1) return fail("policy: min_batch_size must be at least 1");
-  if (p.min_local_steps < 1) return fail("policy: min_local_steps must be at least 1");
-  if (!(p.evaluation_interval_s >= 0)) return fail("policy: evaluation_interval_s must not be negative");
-  if (p.approval != "auto" && p.approval != "manual") return fail("policy: approval must be auto or manual");
+  if (p.min_batch_size < 1) return make_error("policy: min_batch_size must be at least 1");
+  if (p.min_local_steps < 1) return make_error("policy: min_local_steps must be at least 1");
+  if (!(p.evaluation_interval_s >= 0)) return make_error("policy: evaluation_interval_s must not be negative");
+  if (p.approval != "auto" && p.approval != "manual") return make_error("policy: approval must be auto or manual");
   if (p.share_logs != "none" && p.share_logs != "errors" && p.share_logs != "job") {
-    return fail("policy: share_logs must be none, errors or job (not '" + p.share_logs + "')");
+    return make_error("policy: share_logs must be none, errors or job (not '" + p.share_logs + "')");
   }
-  if (!(p.max_epsilon >= 0) || !std::isfinite(p.max_epsilon)) return fail("policy: max_epsilon must be 0 (no ceiling) or positive");
-  if (!(p.min_noise_multiplier >= 0)) return fail("policy: min_noise_multiplier must not be negative");
-  if (!(p.max_delta > 0 && p.max_delta < 1)) return fail("policy: max_delta must be above 0 and below 1");
+  if (!(p.max_epsilon >= 0) || !std::isfinite(p.max_epsilon)) return make_error("policy: max_epsilon must be 0 (no ceiling) or positive");
+  if (!(p.min_noise_multiplier >= 0)) return make_error("policy: min_noise_multiplier must not be negative");
+  if (!(p.max_delta > 0 && p.max_delta < 1)) return make_error("policy: max_delta must be above 0 and below 1");
+  return Status::success();
+}
+
+Status check_identity(const SiteConfig& c) {
   if (!c.root_fingerprint.empty() && (c.root_fingerprint.rfind("sha256:", 0) != 0 || c.root_fingerprint.size() != 71)) {
-    return fail("root_fingerprint must be sha256: and 64 hex digits, as fedda-admin verify-kit prints it");
+    return make_error("root_fingerprint must be sha256: and 64 hex digits, as fedda-admin verify-kit prints it");
   }
   // The example's all-zero fingerprint is a placeholder, not a root anyone has: say so, not "a forged kit".
   if (c.root_fingerprint == "sha256:" + std::string(64, '0')) {
-    return fail("root_fingerprint is still the example's placeholder (all zeros): set it to the consortium root's "
-                "fingerprint, which fedda-admin provision printed first and the consortium sent you apart from the kit");
+    return make_error("root_fingerprint is still the example's placeholder (all zeros): set it to the consortium root's "
+                      "fingerprint, which fedda-admin provision printed first and the consortium sent you apart from the kit");
   }
-  const auto base = path.parent_path();
-  if (c.site_id.empty()) return fail("site_id is required");
-  if (c.coordinator.empty()) return fail("coordinator is required (e.g. tcp://coordinator.example.org:5570)");
+  if (c.site_id.empty()) return make_error("site_id is required");
+  if (c.coordinator.empty()) return make_error("coordinator is required (e.g. tcp://coordinator.example.org:5570)");
   if (c.coordinator.rfind("tcp://", 0) != 0 && c.coordinator.rfind("ipc://", 0) != 0 &&
       c.coordinator.rfind("inproc://", 0) != 0) {
-    return fail("coordinator '" + c.coordinator + "' is not a ZeroMQ endpoint (tcp://HOST:PORT)");
+    return make_error("coordinator '" + c.coordinator + "' is not a ZeroMQ endpoint (tcp://HOST:PORT)");
   }
+  return Status::success();
+}
+
+// The data layout's keys against each other; `data` and `dicom_labels` as written in the file.
+Status check_data_source(const SiteConfig& c, const std::string& data, const std::string& dicom_labels) {
   const auto& layouts = imaging::data_layouts();
   if (std::find(layouts.begin(), layouts.end(), c.data_layout) == layouts.end()) {
-    return fail("data_layout '" + c.data_layout + "' (choose wmh, bids, datalist, dicom or pacs)");
+    return make_error("data_layout '" + c.data_layout + "' (choose wmh, bids, datalist, dicom or pacs)");
   }
   const bool dicom = c.data_layout == "dicom" || c.data_layout == "pacs";
   if (!dicom && (!dicom_labels.empty() || c.dicom_flair != "flair" || c.dicom_t1 != "t1")) {
-    return fail("dicom_flair, dicom_t1 and dicom_labels apply to data_layout: dicom or pacs only");
+    return make_error("dicom_flair, dicom_t1 and dicom_labels apply to data_layout: dicom or pacs only");
   }
+  const bool pacs_given = !c.pacs.dicomweb.empty() || !c.pacs.dimse.empty();
   if (c.data_layout == "pacs" && !pacs_given) {
-    return fail("data_layout: pacs needs pacs: {dicomweb: URL} or pacs: {dimse: AE_TITLE@HOST:PORT}");
+    return make_error("data_layout: pacs needs pacs: {dicomweb: URL} or pacs: {dimse: AE_TITLE@HOST:PORT}");
   }
-  if (c.data_layout != "pacs" && pacs_given) return fail("pacs: applies to data_layout: pacs only");
-  if (p.write_back && c.data_layout != "pacs") return fail("policy: write_back applies to data_layout: pacs only");
+  if (c.data_layout != "pacs" && pacs_given) return make_error("pacs: applies to data_layout: pacs only");
+  if (c.policy.write_back && c.data_layout != "pacs") return make_error("policy: write_back applies to data_layout: pacs only");
   if (c.data_layout == "pacs") {
-    if (auto st = imaging::validate_pacs(c.pacs); !st) return fail(st.error().message);
+    if (auto st = imaging::validate_pacs(c.pacs); !st) return st;
   }
-  if (c.data_layout == "pacs" && !data.empty()) return fail("data: does not apply to data_layout: pacs (the PACS is the data)");
+  if (c.data_layout == "pacs" && !data.empty()) return make_error("data: does not apply to data_layout: pacs (the PACS is the data)");
   for (const auto& [key, rule] : {std::pair<std::string, std::string>{"dicom_flair", c.dicom_flair}, {"dicom_t1", c.dicom_t1}}) {
     try {
       std::regex check(rule, std::regex::icase);
     } catch (const std::regex_error& e) {
-      return fail(key + " '" + rule + "' is not a regular expression: " + e.what());
+      return make_error(key + " '" + rule + "' is not a regular expression: " + e.what());
     }
   }
   if (c.data_layout != "bids" && (!c.bids_filters.empty() || !c.bids_labels.empty())) {
-    return fail("bids_filters and bids_labels apply to data_layout: bids only");
+    return make_error("bids_filters and bids_labels apply to data_layout: bids only");
   }
   if (c.bids_labels.find('/') != std::string::npos || c.bids_labels == "..") {
-    return fail("bids_labels '" + c.bids_labels + "' is the name of a folder under derivatives/, not a path");
+    return make_error("bids_labels '" + c.bids_labels + "' is the name of a folder under derivatives/, not a path");
   }
   if (data.empty() && c.data_layout != "pacs") {
-    return fail(c.data_layout == "datalist" ? "data is required (the datalist's JSON file)"
-                : c.data_layout == "bids"   ? "data is required (the BIDS dataset's root folder)"
-                : c.data_layout == "dicom"  ? "data is required (the folder of DICOM series)"
-                                            : "data is required (the clinic folder holding one folder per subject)");
+    return make_error(c.data_layout == "datalist" ? "data is required (the datalist's JSON file)"
+                      : c.data_layout == "bids"   ? "data is required (the BIDS dataset's root folder)"
+                      : c.data_layout == "dicom"  ? "data is required (the folder of DICOM series)"
+                                                  : "data is required (the clinic folder holding one folder per subject)");
   }
-  if (!data.empty()) c.data = fs::path(data).is_relative() ? (base / data).lexically_normal() : fs::path(data);
-  if (!dicom_labels.empty()) {
-    c.dicom_labels = fs::path(dicom_labels).is_relative() ? (base / dicom_labels).lexically_normal() : fs::path(dicom_labels);
-  }
-  if (!kit.empty()) c.kit = fs::path(kit).is_relative() ? (base / kit).lexically_normal() : fs::path(kit);
-  if (cache.empty()) cache = "cache-" + c.site_id;
-  c.cache_dir = fs::path(cache).is_relative() ? (base / cache).lexically_normal() : fs::path(cache);
+  return Status::success();
+}
+
+// How the agent runs: device, precision, threads, timings, metrics.
+Status check_service(const SiteConfig& c) {
   if (c.device != "cpu" && c.device != "cuda" && c.device.rfind("cuda:", 0) != 0) {
-    return fail("device '" + c.device + "' (choose cpu or cuda)");
+    return make_error("device '" + c.device + "' (choose cpu or cuda)");
   }
   if (!models::is_precision_name(c.precision)) {
-    return fail("precision '" + c.precision + "' (choose auto, float32 or bfloat16)");
+    return make_error("precision '" + c.precision + "' (choose auto, float32 or bfloat16)");
   }
-  if (c.threads < 0) return fail("threads must be 0 (default) or more");
-  if (c.heartbeat_ms < 10) return fail("heartbeat_ms must be at least 10");
+  if (c.threads < 0) return make_error("threads must be 0 (default) or more");
+  if (c.heartbeat_ms < 10) return make_error("heartbeat_ms must be at least 10");
   if (c.reconnect_min_ms < 1 || c.reconnect_max_ms < c.reconnect_min_ms) {
-    return fail("reconnect_min_ms must be positive and at most reconnect_max_ms");
+    return make_error("reconnect_min_ms must be positive and at most reconnect_max_ms");
   }
-  if (!(c.drain_timeout_s >= 0)) return fail("drain_timeout_s must not be negative");
+  if (!(c.drain_timeout_s >= 0)) return make_error("drain_timeout_s must not be negative");
   if (!c.metrics_listen.empty() && !monitoring::loopback_listen(c.metrics_listen)) {
-    return fail("metrics_listen '" + c.metrics_listen + "' must be a loopback HOST:PORT such as 127.0.0.1:9470 "
-                "(the agent's metrics are for this server's own monitoring)");
+    return make_error("metrics_listen '" + c.metrics_listen + "' must be a loopback HOST:PORT such as 127.0.0.1:9470 "
+                      "(the agent's metrics are for this server's own monitoring)");
   }
+  return Status::success();
+}
+
+}  // namespace
+
+Result<SiteConfig> read_site_config(const fs::path& path) {
+  auto m = config::Mapping::load(path);
+  if (!m) return m.error();
+  const auto base = base_of(path);
+  SiteConfig c;
+  std::string data, cache, dicom_labels, kit;
+  m->get("site_id", c.site_id);
+  m->get("coordinator", c.coordinator);
+  m->get("data", data);
+  m->get("data_layout", c.data_layout);
+  auto filters = m->mapping("bids_filters");
+  for (const auto& entity : imaging::bids_filter_entities()) {
+    std::string value;
+    filters.get(entity, value);
+    if (!value.empty()) c.bids_filters[entity] = value;
+  }
+  m->get("bids_labels", c.bids_labels);
+  m->get("dicom_flair", c.dicom_flair);
+  m->get("dicom_t1", c.dicom_t1);
+  m->get("dicom_labels", dicom_labels);
+  auto pacs = read_pacs(m->mapping("pacs"), base);
+  m->get("cache_dir", cache);
+  m->get("device", c.device);
+  m->get("precision", c.precision);
+  m->get("threads", c.threads);
+  m->get("heartbeat_ms", c.heartbeat_ms);
+  m->get("reconnect_min_ms", c.reconnect_min_ms);
+  m->get("reconnect_max_ms", c.reconnect_max_ms);
+  m->get("drain_timeout_s", c.drain_timeout_s);
+  m->get("kit", kit);
+  m->get("root_fingerprint", c.root_fingerprint);
+  m->get("metrics_listen", c.metrics_listen);
+  c.policy = read_policy(m->mapping("policy"));
+  if (auto st = m->finish(); !st) return st.error();
+  const auto fail = [&](const Error& e) { return make_error(path.string() + ": " + e.message); };
+  if (!pacs) return fail(pacs.error());
+  c.pacs = *pacs;
+  for (const auto& check : {check_policy(c.policy), check_identity(c), check_data_source(c, data, dicom_labels), check_service(c)}) {
+    if (!check) return fail(check.error());
+  }
+  if (!data.empty()) c.data = beside(base, data);
+  if (!dicom_labels.empty()) c.dicom_labels = beside(base, dicom_labels);
+  if (!kit.empty()) c.kit = beside(base, kit);
+  if (cache.empty()) cache = "cache-" + c.site_id;
+  c.cache_dir = beside(base, cache);
   return c;
 }
 
