@@ -278,6 +278,32 @@ struct Agent::Impl {
     }
   }
 
+  bool worker_busy() {
+    std::lock_guard<std::mutex> lock(mutex);
+    return busy;
+  }
+
+  // Once stop() was called: takes no new work and says whether the drain is over (the running
+  // task finished and its update had a short grace period for its upload credit, or the drain
+  // timeout passed). `stop_requested` is when the drain began.
+  bool drained(Session& session, Clock::time_point& stop_requested) {
+    if (stopping && stop_requested == Clock::time_point{}) {
+      stop_requested = Clock::now();
+      std::lock_guard<std::mutex> lock(mutex);
+      inbox.clear();  // no new work; the running task may finish
+      log->info("stopping: draining the current task (up to {:.0f} s)", config.drain_timeout_s);
+    }
+    if (stop_requested == Clock::time_point{}) return false;
+    bool idle;
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      idle = !busy && outbox.empty();
+    }
+    const bool timed_out = Clock::now() - stop_requested > std::chrono::duration<double>(config.drain_timeout_s);
+    const bool uploaded = !session.holds_updates() || Clock::now() - stop_requested > std::chrono::seconds(5);
+    return (idle && uploaded) || timed_out;
+  }
+
   int run() {
     // The lines `fedda-admin logs` may be given, kept only where the policy shares any.
     if (config.policy.share_logs != "none") log::keep_recent_lines(kRecentLogLines);
@@ -339,23 +365,7 @@ struct Agent::Impl {
     SecureRounds secure(config.site_id, site_kit);
     Clock::time_point stop_requested{}, next_status{};
     for (;;) {
-      if (stopping && stop_requested == Clock::time_point{}) {
-        stop_requested = Clock::now();
-        std::lock_guard<std::mutex> lock(mutex);
-        inbox.clear();  // no new work; the running task may finish
-        log->info("stopping: draining the current task (up to {:.0f} s)", config.drain_timeout_s);
-      }
-      if (stop_requested != Clock::time_point{}) {
-        bool idle;
-        {
-          std::lock_guard<std::mutex> lock(mutex);
-          idle = !busy && outbox.empty();
-        }
-        const bool timed_out = Clock::now() - stop_requested > std::chrono::duration<double>(config.drain_timeout_s);
-        // A finished update gets a short grace period for its upload credit.
-        const bool uploaded = !session->holds_updates() || Clock::now() - stop_requested > std::chrono::seconds(5);
-        if ((idle && uploaded) || timed_out) break;
-      }
+      if (drained(*session, stop_requested)) break;
       exchange(*session, secure, stop_requested != Clock::time_point{});
       if (!session->refusal().empty()) {
         // Another agent runs with this site's kit: stop at once (nothing this one computes would
@@ -365,12 +375,7 @@ struct Agent::Impl {
                    "site kit", config.site_id);
         write_status(*session, "refused");
         session.reset();
-        bool idle;
-        {
-          std::lock_guard<std::mutex> lock(mutex);
-          idle = !busy;
-        }
-        stop_worker(idle);  // clears the inbox; a running task is abandoned, not waited for
+        stop_worker(!worker_busy());  // clears the inbox; a running task is abandoned, not waited for
         return 4;
       }
       if (Clock::now() >= next_status) {
@@ -381,12 +386,7 @@ struct Agent::Impl {
     write_status(*session, "stopped");
     session->say_goodbye("agent stopping");
     session.reset();
-    bool abandoned;
-    {
-      std::lock_guard<std::mutex> lock(mutex);
-      abandoned = busy;
-    }
-    if (abandoned) {
+    if (worker_busy()) {
       log->warn("site {}: drain timeout passed; abandoning the running task", config.site_id);
       stop_worker(false);
       return 3;

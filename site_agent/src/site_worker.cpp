@@ -222,6 +222,99 @@ struct SiteWorker::Impl {
     return d.dump();
   }
 
+  // Manual approval: true when the offer may go on (approved now or before); otherwise it has
+  // been refused or put before the administrator, and answered.
+  bool approved_by_administrator(const protocol::Header& h, const std::string& body, const std::string& signature,
+                                 const protocol::JobOffer& offer) {
+    const auto& job = offer.job;
+    const auto digest = offer_digest(offer);
+    const auto decided = decision(config.cache_dir, job.id, digest);
+    if (decided && !*decided) {
+      settle_pending(config.cache_dir, job.id);
+      fail(job.id, FailureCode::refused, "refused by this site's administrator");
+      return false;
+    }
+    if (!decided) {
+      if (auto st = write_pending(config.cache_dir, {job.id, digest, description(job)}); !st) {
+        fail(job.id, FailureCode::internal, st.error().message);
+        return false;
+      }
+      held[job.id] = HeldOffer{Inbound{h, body, signature, Clock::now()}, digest};
+      log->warn("job {}: waits for this site's administrator (fedda-agent pending; fedda-agent approve {})", job.id, job.id);
+      post(MessageType::job_pending, job.id, 0, protocol::JobPending{"approval by the site's administrator"});
+      return false;
+    }
+    settle_pending(config.cache_dir, job.id);  // the approval stays: the same job offered again runs
+    log->info("job {}: approved by this site's administrator", job.id);
+    return true;
+  }
+
+  // The trainer's options for `job` at this site: which of its subjects it trains and scores on
+  // (the source: all; a target: the fold's halves, or on the fly only the subjects named), and
+  // the job's settings with this site's device, precision and cache.
+  models::SiteJobOptions trainer_options(const protocol::JobSpec& job, const models::ModelSpec& spec, const models::Recipe& recipe,
+                                         const std::vector<imaging::SubjectFiles>& subjects) const {
+    const auto& id = config.site_id;
+    const bool source = id == job.source;
+    const bool trains = job.type != JobType::evaluate && std::count(job.sites.begin(), job.sites.end(), id);
+    const bool evaluates = job.evaluate && std::count(job.evaluation_sites.begin(), job.evaluation_sites.end(), id);
+    models::SiteJobOptions o;
+    o.type = job.type;
+    o.spec = spec;
+    if (source) {
+      if (trains) o.train = subjects;
+      if (evaluates) o.evaluation = subjects;
+    } else {
+      auto split = imaging::split_fold(subjects, job.fold);
+      if (!job.subjects.empty()) {  // on the fly: only the named subjects (by pseudonym), adapted and scored
+        std::vector<imaging::SubjectFiles> chosen;
+        for (const auto& s : subjects) {
+          if (std::count(job.subjects.begin(), job.subjects.end(), pseudonym_of(s.subject))) chosen.push_back(s);
+        }
+        split.adapt = chosen;
+        split.test = chosen;
+      }
+      if (trains) o.train = split.adapt;
+      if (evaluates) o.evaluation = split.test;
+    }
+    o.labelled = job.type == JobType::teacher || (job.type == JobType::ada && source);
+    o.domain = source ? 0 : 1;
+    o.batch_size = job.batch_size;
+    o.lesion_slice_fraction = job.lesion_slice_fraction;
+    o.augment = job.augment;
+    o.recipe = recipe;
+    o.dice_weight = job.dice_weight;
+    o.temperature = job.temperature;
+    o.kd_loss = job.kd_loss;
+    o.kd_hard_weight = job.kd_hard_weight;
+    o.kd_confidence = job.kd_confidence;
+    o.local_batch_norm = job.bn_statistics == "local";
+    o.seed = job.seed ^ std::hash<std::string>{}(id);
+    o.device = config.device;
+    o.precision = models::precision_request(job.precision, config.precision);
+    o.threads = config.threads;
+    o.cache_dir = config.cache_dir;
+    o.dp = job.dp;
+    o.planned_steps = static_cast<long long>(job.rounds) * job.local_steps;
+    if (site_kit) o.storage_key = site_kit->storage_key;
+    return o;
+  }
+
+  // What job_ready will say of the trainer just opened: its samples and subjects, and the
+  // subjects it skipped by pseudonym (why stays in this site's log).
+  void record_ready(const protocol::JobSpec& job) {
+    trainer_ready = protocol::JobReady{};
+    trainer_ready.samples = trainer->samples();
+    trainer_ready.subjects = trainer->training_subjects();
+    trainer_ready.evaluation_subjects = trainer->evaluation_subjects();
+    for (const auto& s : trainer->skipped()) {
+      log->warn("job {}: subject {} skipped: {}", job.id, s.subject, s.reason);
+      const auto slash = s.subject.rfind('/');
+      trainer_ready.skipped.push_back({pseudonym_of(slash == std::string::npos ? s.subject : s.subject.substr(slash + 1)),
+                                       "failed validation at the site (see the site's log)"});
+    }
+  }
+
   void prepare(const protocol::Header& h, const std::string& body, const std::string& signature, bool approved) {
     auto offer = protocol::decode_body<protocol::JobOffer>(body);
     if (!offer) return fail(h.job_id, FailureCode::malformed, "malformed job offer: " + offer.error().message);
@@ -234,24 +327,7 @@ struct SiteWorker::Impl {
     if (const auto [rule, why] = policy_breach(job); !rule.empty()) {
       return fail(job.id, FailureCode::policy, "refused by this site's policy: " + why, rule);
     }
-    if (config.policy.approval == "manual" && !approved) {
-      const auto digest = offer_digest(*offer);
-      const auto decided = decision(config.cache_dir, job.id, digest);
-      if (decided && !*decided) {
-        settle_pending(config.cache_dir, job.id);
-        return fail(job.id, FailureCode::refused, "refused by this site's administrator");
-      }
-      if (!decided) {
-        if (auto st = write_pending(config.cache_dir, {job.id, digest, description(job)}); !st) {
-          return fail(job.id, FailureCode::internal, st.error().message);
-        }
-        held[job.id] = HeldOffer{Inbound{h, body, signature, Clock::now()}, digest};
-        log->warn("job {}: waits for this site's administrator (fedda-agent pending; fedda-agent approve {})", job.id, job.id);
-        return post(MessageType::job_pending, job.id, 0, protocol::JobPending{"approval by the site's administrator"});
-      }
-      settle_pending(config.cache_dir, job.id);  // the approval stays: the same job offered again runs
-      log->info("job {}: approved by this site's administrator", job.id);
-    }
+    if (config.policy.approval == "manual" && !approved && !approved_by_administrator(h, body, signature, *offer)) return;
     if (trainer && trainer_job == job.id) {  // e.g. the coordinator restarted: nothing to redo
       log->info("job {}: already prepared", job.id);
       return post_ready(job);
@@ -270,53 +346,9 @@ struct SiteWorker::Impl {
     if (!index) return fail(job.id, FailureCode::no_data, index.error().message);
     // What the data layout left out stays in this site's log (fedda-agent check lists it too).
     for (const auto& i : index->ignored) log->warn("job {}: left out {}: {}", job.id, i.path.string(), i.reason);
-    const auto* subjects = &index->subjects;
     subject_ids.clear();
-    for (const auto& s : *subjects) subject_ids.push_back(s.subject);
-
-    const auto& id = config.site_id;
-    const bool source = id == job.source;
-    const bool trains = job.type != JobType::evaluate && std::count(job.sites.begin(), job.sites.end(), id);
-    const bool evaluates = job.evaluate && std::count(job.evaluation_sites.begin(), job.evaluation_sites.end(), id);
-    models::SiteJobOptions o;
-    o.type = job.type;
-    o.spec = *spec;
-    if (source) {
-      if (trains) o.train = *subjects;
-      if (evaluates) o.evaluation = *subjects;
-    } else {
-      auto split = imaging::split_fold(*subjects, job.fold);
-      if (!job.subjects.empty()) {  // on the fly: only the named subjects (by pseudonym), adapted and scored
-        std::vector<imaging::SubjectFiles> chosen;
-        for (const auto& s : *subjects) {
-          if (std::count(job.subjects.begin(), job.subjects.end(), pseudonym_of(s.subject))) chosen.push_back(s);
-        }
-        split.adapt = chosen;
-        split.test = chosen;
-      }
-      if (trains) o.train = split.adapt;
-      if (evaluates) o.evaluation = split.test;
-    }
-    o.labelled = job.type == JobType::teacher || (job.type == JobType::ada && source);
-    o.domain = source ? 0 : 1;
-    o.batch_size = job.batch_size;
-    o.lesion_slice_fraction = job.lesion_slice_fraction;
-    o.augment = job.augment;
-    o.recipe = *recipe;
-    o.dice_weight = job.dice_weight;
-    o.temperature = job.temperature;
-    o.kd_loss = job.kd_loss;
-    o.kd_hard_weight = job.kd_hard_weight;
-    o.kd_confidence = job.kd_confidence;
-    o.local_batch_norm = job.bn_statistics == "local";
-    o.seed = job.seed ^ std::hash<std::string>{}(id);
-    o.device = config.device;
-    o.precision = models::precision_request(job.precision, config.precision);
-    o.threads = config.threads;
-    o.cache_dir = config.cache_dir;
-    o.dp = job.dp;
-    o.planned_steps = static_cast<long long>(job.rounds) * job.local_steps;
-    if (site_kit) o.storage_key = site_kit->storage_key;
+    for (const auto& s : index->subjects) subject_ids.push_back(s.subject);
+    const auto o = trainer_options(job, *spec, *recipe, index->subjects);
     log->info("job {} ({}): preparing {} training and {} evaluation subjects", job.id, protocol::job_type_name(job.type),
               o.train.size(), o.evaluation.size());
     auto egress = EgressGuard::for_job(job);
@@ -330,16 +362,7 @@ struct SiteWorker::Impl {
     guard = std::move(*egress);
     trainer = std::move(*opened);
     trainer_job = job.id;
-    trainer_ready = protocol::JobReady{};
-    trainer_ready.samples = trainer->samples();
-    trainer_ready.subjects = trainer->training_subjects();
-    trainer_ready.evaluation_subjects = trainer->evaluation_subjects();
-    for (const auto& s : trainer->skipped()) {
-      log->warn("job {}: subject {} skipped: {}", job.id, s.subject, s.reason);
-      const auto slash = s.subject.rfind('/');
-      trainer_ready.skipped.push_back({pseudonym_of(slash == std::string::npos ? s.subject : s.subject.substr(slash + 1)),
-                                       "failed validation at the site (see the site's log)"});
-    }
+    record_ready(job);
     log->info("job {}: ready ({} samples)", job.id, trainer_ready.samples);
     post_ready(job);
   }
