@@ -1,6 +1,10 @@
 #include "fedda/imaging/pacs.h"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <chrono>
 #include <cstdio>
 #include <set>
@@ -111,7 +115,7 @@ class DicomWeb {
       auto r = client_.Get((endpoint_.prefix + path).c_str(), httplib::Headers{{"Accept", accept}});
       if (!r) {
         failure = unreachable(r.error());
-        if (r.error() == httplib::Error::SSLServerVerification) break;  // asking again changes nothing
+        if (r.error() == httplib::Error::SSLServerVerification || r.error() == httplib::Error::SSLLoadingCerts) break;  // asking again changes nothing
         continue;
       }
       if (r->status >= 200 && r->status < 300) return *r;
@@ -127,6 +131,7 @@ class DicomWeb {
              (pacs_.ca_file.empty() ? std::string("the system's CA certificates; name its CA in ca_file") : "ca_file " + pacs_.ca_file) +
              ")";
     }
+    if (error == httplib::Error::SSLLoadingCerts) return "cannot load the CA certificates of ca_file " + pacs_.ca_file;
     if (error == httplib::Error::SSLConnection) return "cannot reach the PACS (no TLS session: " + httplib::to_string(error) + ")";
     return "cannot reach the PACS (" + httplib::to_string(error) + ")";
   }
@@ -164,7 +169,12 @@ class DicomWeb {
       }
       // PS3.18 8.3.4.6: a server that returns fewer than it holds may say so in a Warning.
       const bool more = r->get_header_value("Warning").find("dditional results") != std::string::npos;
-      if (added == 0 || (page.size() < static_cast<std::size_t>(pacs_.page_size) && !more)) break;
+      const bool full = page.size() >= static_cast<std::size_t>(pacs_.page_size);
+      if (added == 0 && offset > 0 && (full || more)) {
+        return make_error("pacs " + pacs_.dicomweb + page_path + ": the PACS answered offset " + std::to_string(offset) +
+                          " with matches it had sent already (it ignores offset); raise page_size above the number of matches");
+      }
+      if (added == 0 || (!full && !more)) break;
       offset += page.size();
     }
     return all;
@@ -187,7 +197,7 @@ class DicomWeb {
       auto r = client_.Post((endpoint_.prefix + path).c_str(), httplib::Headers{{"Accept", "application/dicom+json"}}, body, type.c_str());
       if (!r) {
         failure = unreachable(r.error());
-        if (r.error() == httplib::Error::SSLServerVerification) break;
+        if (r.error() == httplib::Error::SSLServerVerification || r.error() == httplib::Error::SSLLoadingCerts) break;
         continue;
       }
       if (r->status >= 200 && r->status < 300) return *r;
@@ -425,6 +435,9 @@ Status validate_pacs(const PacsSource& pacs) {
   }
   if (auto e = endpoint_of(pacs.dicomweb); !e) return e.error();
   if (!pacs.ca_file.empty() && pacs.dicomweb.rfind("https://", 0) != 0) return make_error("pacs: ca_file applies to an https dicomweb URL only");
+  if (!pacs.ca_file.empty() && ::access(pacs.ca_file.c_str(), R_OK) != 0) {
+    return make_error("pacs: ca_file " + pacs.ca_file + ": " + std::strerror(errno));
+  }
   return Status::success();
 }
 

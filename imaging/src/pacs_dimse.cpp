@@ -58,7 +58,9 @@ class Retriever : public DcmSCU {
   std::string failure;
 
   OFCondition handleSTORERequest(const T_ASC_PresentationContextID, DcmDataset* incoming, OFBool&, Uint16& status) override {
-    // The caller (DcmSCU::handleCGETSession) deletes `incoming`.
+    // DCMTK 3.6.7 hands the dataset over (scu.h: the handler "takes ownership ... deletes it"),
+    // and a file format around it writes a DICOM file proper: preamble, DICM, meta header.
+    DcmFileFormat file_format(incoming, OFFalse);
     const auto sop = value_of(incoming, DCM_SOPInstanceUID);
     status = STATUS_Success;
     if (!is_uid(sop) || !wanted.count(sop)) return EC_Normal;  // not asked for: taken, not kept
@@ -66,7 +68,7 @@ class Retriever : public DcmSCU {
     std::error_code ec;
     if (fs::exists(file, ec)) return EC_Normal;
     auto st = files::write_via_temporary(file, [&](const fs::path& tmp) -> Status {
-      const auto c = incoming->saveFile(tmp.c_str(), EXS_Unknown);  // in the transfer syntax it came in
+      const auto c = file_format.saveFile(tmp.c_str(), EXS_Unknown);  // in the transfer syntax it came in
       if (c.bad()) return make_error("cannot write " + tmp.string() + ": " + text(c));
       return Status::success();
     });
@@ -80,8 +82,6 @@ class Retriever : public DcmSCU {
   }
 };
 
-// dcmnet logs on stderr what each failure also returns as a condition, which the error fedda
-// reports names; only its fatal messages are let through.
 void quiet_dcmnet() {
   static const bool once = [] {
     OFLog::getLogger("dcmtk.dcmnet").setLogLevel(OFLogger::FATAL_LOG_LEVEL);
@@ -134,6 +134,7 @@ class DimseConnection final : public PacsConnection {
   Result<int> retrieve(const std::string& study, const std::string& series, const std::vector<std::string>& missing,
                        const fs::path& folder) override {
     if (auto st = associate(); !st) return st.error();
+    ++requests_;
     DcmDataset q;
     q.putAndInsertOFStringArray(DCM_QueryRetrieveLevel, "SERIES");
     q.putAndInsertOFStringArray(DCM_StudyInstanceUID, study.c_str());
@@ -164,23 +165,30 @@ class DimseConnection final : public PacsConnection {
   }
 
   Status store(const std::vector<fs::path>& files) override {
-    // An association of its own, proposing each file's storage class as it is encoded.
+    // An association of its own, proposing each storage class and transfer syntax the files
+    // are in, once.
     DcmSCU scu;
     configure(scu);
     std::vector<std::pair<std::string, std::string>> classes;  // SOP class, transfer syntax per file
+    std::set<std::pair<std::string, std::string>> proposed;
     for (const auto& f : files) {
       DcmFileFormat ff;
       if (auto c = ff.loadFile(f.c_str()); c.bad()) return make_error(f.string() + ": not a DICOM file (" + text(c) + ")");
       const auto cls = value_of(ff.getDataset(), DCM_SOPClassUID);
-      const char* xfer = DcmXfer(ff.getDataset()->getOriginalXfer()).getXferID();
+      const std::string xfer = DcmXfer(ff.getDataset()->getOriginalXfer()).getXferID();
       if (cls.empty()) return make_error(f.string() + ": no SOP Class UID");
-      OFList<OFString> x;
-      x.push_back(xfer);
-      scu.addPresentationContext(cls.c_str(), x);
       classes.emplace_back(cls, xfer);
+      if (!proposed.insert(classes.back()).second) continue;
+      OFList<OFString> x;
+      x.push_back(xfer.c_str());
+      scu.addPresentationContext(cls.c_str(), x);
     }
+    if (proposed.size() > 128) return make_error(pacs_name() + ": more than 128 kinds of object for one association");
     if (auto c = scu.initNetwork(); c.bad()) return make_error(pacs_name() + ": " + text(c));
-    if (auto c = scu.negotiateAssociation(); c.bad()) return make_error(pacs_name() + ": association refused (" + text(c) + ")");
+    if (auto c = scu.negotiateAssociation(); c.bad()) {
+      if (scu.isConnected()) scu.abortAssociation();
+      return make_error(pacs_name() + ": cannot open an association to store results (" + text(c) + ")");
+    }
     std::string refused;
     for (std::size_t n = 0; n < files.size(); ++n) {
       const auto id = scu.findPresentationContextID(classes[n].first.c_str(), classes[n].second.c_str());
@@ -239,9 +247,14 @@ class DimseConnection final : public PacsConnection {
           scu_.releaseAssociation();
           return make_error(pacs_name() + ": the PACS accepted the association but not Study Root C-FIND and C-GET");
         }
+        requests_ = 0;
         return Status::success();
       }
+      if (scu_.isConnected()) scu_.abortAssociation();  // never left half open for the next request
       failure = text(c);
+      if (c == NET_EC_NoAcceptablePresentationContexts) {
+        return make_error(pacs_name() + ": the PACS accepts none of Study Root C-FIND, C-GET and MR storage (" + failure + ")");
+      }
       if (c == DUL_ASSOCIATIONREJECTED) {
         return make_error(pacs_name() + ": the PACS rejected the association (" + failure + "; is calling_ae '" + pacs_.calling_ae +
                           "' one it knows?)");
@@ -251,11 +264,11 @@ class DimseConnection final : public PacsConnection {
   }
 
   // A request that failed on the wire: the association is gone, the next request opens another.
-  // A PACS that breaks off at the first request (Orthanc does, for a caller it does not know)
-  // is most often refusing the calling AE title.
+  // A PACS that breaks off at an association's first request (Orthanc does, for a caller it
+  // does not know) is most often refusing the calling AE title.
   Error lost(const std::string& what, const OFCondition& c) {
     if (scu_.isConnected()) scu_.abortAssociation();
-    const bool aborted = c == DUL_PEERABORTEDASSOCIATION;
+    const bool aborted = c == DUL_PEERABORTEDASSOCIATION && requests_ <= 1;
     return make_error(pacs_name() + ": " + what + ": " + text(c) +
                       (aborted ? " (the PACS broke the association off: does it let calling_ae '" + pacs_.calling_ae +
                                      "' query and retrieve?)"
@@ -264,6 +277,7 @@ class DimseConnection final : public PacsConnection {
 
   Status find_items(DcmDataset& query, const std::function<void(DcmDataset*)>& each) {
     if (auto st = associate(); !st) return st.error();
+    ++requests_;
     OFList<QRResponse*> responses;
     const auto id = scu_.findPresentationContextID(UID_FINDStudyRootQueryRetrieveInformationModel, "");
     const auto c = scu_.sendFINDRequest(id, &query, &responses);
@@ -288,6 +302,7 @@ class DimseConnection final : public PacsConnection {
   const PacsSource& pacs_;
   DimseAddress address_;
   Retriever scu_;
+  int requests_ = 0;  // on the current association
 };
 
 }  // namespace

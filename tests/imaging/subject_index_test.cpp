@@ -521,6 +521,16 @@ TEST_F(SubjectIndexTest, APacsOverDimseGivesTheSameSubjectsAsTheFolderItWasLoade
   ASSERT_TRUE(index) << index.error().message;
   std::cout << "indexed " << index->subjects.size() << " subjects (" << files << " instances) over DIMSE in " << seconds << " s\n";
   expect_same_subjects(*folder, *index);
+  // What C-GET brought is cached as DICOM files proper (preamble, DICM, meta header), as WADO-RS's are.
+  std::size_t part10 = 0;
+  for (const auto& e : fs::recursive_directory_iterator(pacs.cache / "pacs")) {
+    if (!e.is_regular_file()) continue;
+    std::ifstream in(e.path(), std::ios::binary);
+    std::string head(132, '\0');
+    in.read(head.data(), 132);
+    part10 += head.compare(128, 4, "DICM") == 0;
+  }
+  EXPECT_EQ(part10, static_cast<std::size_t>(files));
   auto again = retrieve_from_pacs(pacs.pacs, {std::regex("flair", std::regex::icase), std::regex("t1", std::regex::icase)},
                                   pacs.cache / "pacs");
   ASSERT_TRUE(again) << again.error().message;

@@ -103,7 +103,14 @@ TEST_F(SiteConfigTest, APacsSiteReadsItsCredentialsFromAFileOnlyItsOwnerReads) {
   EXPECT_EQ(c->pacs.accession_numbers, (std::vector<std::string>{"A1", "A2"}));
   EXPECT_TRUE(c->data.empty());
 
-  // Over https with the PACS's CA beside site.yaml, in pages of 25.
+  // Over https with the PACS's CA beside site.yaml, in pages of 25; a CA file that is not there is named.
+  c = read_site_config(write("site_id: a\ncoordinator: tcp://h:1\ndata_layout: pacs\npacs:\n"
+                             "  dicomweb: https://pacs.example.org/dicom-web\n  ca_file: pacs-ca.pem\n"));
+  ASSERT_FALSE(c);
+  EXPECT_NE(c.error().message.find("pacs: ca_file " + (dir_ / "pacs-ca.pem").lexically_normal().string() + ": No such file"),
+            std::string::npos)
+      << c.error().message;
+  std::ofstream(dir_ / "pacs-ca.pem") << "-----BEGIN CERTIFICATE-----\n";
   c = read_site_config(write("site_id: a\ncoordinator: tcp://h:1\ndata_layout: pacs\npacs:\n"
                              "  dicomweb: https://pacs.example.org/dicom-web\n  ca_file: pacs-ca.pem\n  page_size: 25\n"));
   ASSERT_TRUE(c) << c.error().message;
