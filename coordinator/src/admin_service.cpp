@@ -120,7 +120,7 @@ protocol::AdminReply AdminService::handle(const std::string& who, const protocol
 }
 
 protocol::AdminReply AdminService::read(const std::string& command, const std::string& target) {
-  if (command != "jobs" && command != "status" && command != "sites") return refused("not a read-only command: " + command);
+  if (command != protocol::admin_command::jobs && command != protocol::admin_command::status && command != protocol::admin_command::sites) return refused("not a read-only command: " + command);
   protocol::AdminRequest request;
   request.command = command;
   request.target = target;
@@ -180,15 +180,16 @@ protocol::AdminReply AdminService::answer_logs(const std::string& who, const pro
 // What `role` may not do with `command` (and on whose job): the refusal, or empty.
 std::string AdminService::forbidden(const std::string& who, const std::string& role, const protocol::AdminRequest& r) {
   // logs: what leaves is the site's to decide (its policy share_logs), so every role may ask.
-  static const std::set<std::string> reads = {"jobs", "status", "sites", "download", "logs"};
-  static const std::set<std::string> members = {"submit", "clone", "abort", "resume"};
+  namespace cmd = protocol::admin_command;
+  static const std::set<std::string> reads = {cmd::jobs, cmd::status, cmd::sites, cmd::download, cmd::logs};
+  static const std::set<std::string> members = {cmd::submit, cmd::clone, cmd::abort, cmd::resume};
   if (role == "lead" || reads.count(r.command)) return {};
   if (role == "viewer") {
     return "operator '" + who + "' is a viewer (read only): " + r.command + " needs the " +
            (members.count(r.command) ? "member or lead" : "lead") + " role";
   }
   if (!members.count(r.command)) return "operator '" + who + "' is a member: " + r.command + " needs the lead role";
-  if (r.command == "abort" || r.command == "resume") {
+  if (r.command == protocol::admin_command::abort || r.command == protocol::admin_command::resume) {
     const auto* job = backend_.store().find(r.target);
     if (job && job->submitted_by != who) {
       return "operator '" + who + "' is a member and may " + r.command + " only its own jobs; job '" + r.target +
@@ -236,7 +237,7 @@ protocol::AdminReply AdminService::clone(const std::string& who, const protocol:
 protocol::AdminReply AdminService::dispatch(const std::string& who, const protocol::AdminRequest& r) {
   if (const auto no = forbidden(who, backend_.operator_role(who), r); !no.empty()) return refused(no);
   auto& store = backend_.store();
-  if (r.command == "submit") {
+  if (r.command == protocol::admin_command::submit) {
     const std::string name = r.job_file.empty() ? "submitted job" : fs::path(r.job_file).filename().string();
     auto definition = parse_job_file(r.job_yaml, name);
     if (!definition) return refused(definition.error().message);
@@ -252,20 +253,20 @@ protocol::AdminReply AdminService::dispatch(const std::string& who, const protoc
     if (!job) return refused(name + ": " + job.error().message);
     return ok({{"id", (*job)->id()}, {"state", job_state_name((*job)->state)}});
   }
-  if (r.command == "clone") return clone(who, r);
-  if (r.command == "delete") {
+  if (r.command == protocol::admin_command::clone) return clone(who, r);
+  if (r.command == protocol::admin_command::remove) {
     auto archived = store.archive(r.target);
     if (!archived) return refused(archived.error().message);
     return ok({{"id", r.target}, {"deleted", true}, {"archived_in", archived->string()}});
   }
-  if (r.command == "jobs") {
+  if (r.command == protocol::admin_command::jobs) {
     json list = json::array();
     for (const auto* job : store.ordered()) {
       list.push_back(job_json(*job, backend_.activity(job->id()), backend_.round_sites(job->id())));
     }
     return ok(list);
   }
-  if (r.command == "status") {
+  if (r.command == protocol::admin_command::status) {
     auto job = job_of(r.command, r.target);
     if (!job) return refused(job.error().message);
     auto answer = job_json(**job, backend_.activity(r.target), backend_.round_sites(r.target));
@@ -276,14 +277,14 @@ protocol::AdminReply AdminService::dispatch(const std::string& who, const protoc
     }
     return ok(answer);
   }
-  if (r.command == "abort" || r.command == "resume") {
+  if (r.command == protocol::admin_command::abort || r.command == protocol::admin_command::resume) {
     auto job = job_of(r.command, r.target);
     if (!job) return refused(job.error().message);
-    const Status st = r.command == "abort" ? backend_.abort(**job, who) : backend_.resume(**job, who);
+    const Status st = r.command == protocol::admin_command::abort ? backend_.abort(**job, who) : backend_.resume(**job, who);
     if (!st) return refused(st.error().message);
     return ok({{"id", r.target}, {"state", job_state_name((*job)->state)}, {"activity", backend_.activity(r.target)}});
   }
-  if (r.command == "download") {
+  if (r.command == protocol::admin_command::download) {
     auto job = job_of(r.command, r.target);
     if (!job) return refused(job.error().message);
     protocol::AdminReply reply;
@@ -300,7 +301,7 @@ protocol::AdminReply AdminService::dispatch(const std::string& who, const protoc
     reply.json = json{{"id", r.target}, {"state", job_state_name((*job)->state)}, {"files", names}}.dump(-1, ' ', false, json::error_handler_t::replace);
     return reply;
   }
-  if (r.command == "sites") {
+  if (r.command == protocol::admin_command::sites) {
     json list = json::array();
     const auto& registry = backend_.site_registry();
     for (const auto& id : backend_.known_sites()) {
@@ -331,13 +332,13 @@ protocol::AdminReply AdminService::dispatch(const std::string& who, const protoc
     }
     return ok(list);
   }
-  if (r.command == "admit" || r.command == "revoke") {
+  if (r.command == protocol::admin_command::admit || r.command == protocol::admin_command::revoke) {
     if (r.target.empty()) return refused(r.command + ": which site or operator? (an id is needed)");
-    const Status st = r.command == "admit" ? backend_.admit(r.target, who, r.files) : backend_.revoke(r.target, who);
+    const Status st = r.command == protocol::admin_command::admit ? backend_.admit(r.target, who, r.files) : backend_.revoke(r.target, who);
     if (!st) return refused(st.error().message);
-    return ok({{"site", r.target}, {r.command == "admit" ? "admitted" : "revoked", true}});
+    return ok({{"site", r.target}, {r.command == protocol::admin_command::admit ? "admitted" : "revoked", true}});
   }
-  if (r.command == "logs") return refused("logs: asked of the site by the service (AdminService::ask_logs)");
+  if (r.command == protocol::admin_command::logs) return refused("logs: asked of the site by the service (AdminService::ask_logs)");
   return refused("unknown command '" + r.command +
                  "' (submit, jobs, status, abort, resume, clone, delete, download, sites, logs, admit, revoke)");
 }

@@ -168,7 +168,7 @@ struct Service::Impl : JobHost, AdminBackend {
   protocol::Header header(MessageType type, const std::string& job_id, int round) {
     protocol::Header h;
     h.type = type;
-    h.sender = "coordinator";
+    h.sender = protocol::kCoordinatorSender;
     h.job_id = job_id;
     h.round = round;
     h.sequence = ++sequence;
@@ -399,7 +399,7 @@ struct Service::Impl : JobHost, AdminBackend {
       reply.error = "malformed request: " + request.error().message;
     } else {
       const std::string who = consortium ? authenticated : (h->sender.empty() ? "anonymous" : h->sender) + " (unauthenticated)";
-      if (request->command == "logs") return ask_site_logs(routing, h->sequence, who, *request);
+      if (request->command == protocol::admin_command::logs) return ask_site_logs(routing, h->sequence, who, *request);
       reply = admin_service->handle(who, *request);
     }
     reply_admin(routing, h->sequence, std::move(reply));

@@ -225,7 +225,7 @@ void Session::handle(protocol::Header h, std::string body, std::string signature
   // A welcome begins the coordinator's side of a session (its sequence numbers count from it); a
   // reject may come before any welcome. Everything else must move the sequence forward.
   const bool starts = h.type == MessageType::welcome || h.type == MessageType::reject;
-  if (h.sender != "coordinator" || (!starts && h.sequence <= coordinator_sequence_)) {
+  if (h.sender != protocol::kCoordinatorSender || (!starts && h.sequence <= coordinator_sequence_)) {
     log_->warn("dropped {} (sender '{}', sequence {} after {})", protocol::type_name(h.type), h.sender, h.sequence,
                coordinator_sequence_);
     return;

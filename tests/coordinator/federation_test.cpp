@@ -631,7 +631,7 @@ TEST_F(Federation, AgentRefusesUnsignedAndWronglySignedModels) {
   offer.job.sites = {"amsterdam"};
   protocol::Header h;
   h.type = protocol::MessageType::job_offer;
-  h.sender = "coordinator";
+  h.sender = protocol::kCoordinatorSender;
   h.job_id = "forged";
   const auto frames = protocol::encode(h, offer);
   const auto send_offer = [&](const std::string* signature) {

@@ -83,7 +83,7 @@ class SessionTest : public ::testing::Test {
             const std::string& job = "", int round = 0) {
     protocol::Header h;
     h.type = type;
-    h.sender = "coordinator";
+    h.sender = protocol::kCoordinatorSender;
     h.job_id = job;
     h.round = round;
     h.sequence = sequence;
@@ -97,7 +97,7 @@ class SessionTest : public ::testing::Test {
                   int round = 0) {
     protocol::Header h;
     h.type = type;
-    h.sender = "coordinator";
+    h.sender = protocol::kCoordinatorSender;
     h.job_id = job;
     h.round = round;
     h.sequence = sequence;

@@ -46,7 +46,7 @@ struct KeyedFakeCoordinator {
   void send(protocol::MessageType type, const std::string& job, int round, std::string body, bool sign) {
     protocol::Header h;
     h.type = type;
-    h.sender = "coordinator";
+    h.sender = protocol::kCoordinatorSender;
     h.job_id = job;
     h.round = round;
     h.sequence = ++sequence;

@@ -416,7 +416,25 @@ struct NamedFile {
   std::string bytes;
 };
 
-// Commands: submit, jobs, status, abort, resume, download, sites, admit, revoke.
+// What an operator asks of the coordinator (AdminRequest::command): each name spelled here only.
+namespace admin_command {
+inline constexpr const char* submit = "submit";      // queue a job file
+inline constexpr const char* clone = "clone";        // queue a copy of a job with changes
+inline constexpr const char* remove = "delete";      // forget an ended job
+inline constexpr const char* jobs = "jobs";          // list the jobs
+inline constexpr const char* status = "status";      // one job, round by round
+inline constexpr const char* abort = "abort";        // stop a job after its round
+inline constexpr const char* resume = "resume";      // take an aborted job up again
+inline constexpr const char* download = "download";  // a finished job's model
+inline constexpr const char* sites = "sites";        // the consortium's sites
+inline constexpr const char* admit = "admit";        // admit a site's kit
+inline constexpr const char* revoke = "revoke";      // revoke a site
+inline constexpr const char* logs = "logs";          // a site's recent log lines, as its policy allows
+}  // namespace admin_command
+
+// The sender id the coordinator signs its messages with; sites accept nothing else as from it.
+inline constexpr const char* kCoordinatorSender = "coordinator";
+
 struct AdminRequest {
   std::string command;
   std::string target;              // the job or site the command is about
