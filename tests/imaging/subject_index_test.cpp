@@ -105,10 +105,40 @@ class SubjectIndexTest : public ::testing::Test {
     pacs.dicom_labels = dicom() / "labels";
     return pacs;
   }
+  // The source's selection asked of the PACS again, into the cache its index filled.
+  static Result<PacsRetrieval> retrieve_again(const DataSource& pacs) {
+    return retrieve_from_pacs(pacs.pacs, {std::regex("flair", std::regex::icase), std::regex("t1", std::regex::icase)},
+                              pacs.cache / "pacs");
+  }
   static std::size_t files_under(const fs::path& folder) {
     std::size_t n = 0;
     for (const auto& e : fs::recursive_directory_iterator(folder)) n += e.is_regular_file();
     return n;
+  }
+
+  // A Segmentation and its report for `subject`, stored with store_to_pacs: Orthanc lists them
+  // (SEG, SR) beside the MR series in the subject's one study.
+  void expect_results_stored(testing::Orthanc& orthanc, const PacsSource& pacs, const SubjectFiles& subject) const {
+    LabelMap lesion(read_geometry(subject.flair).value());
+    lesion.at(lesion.geometry.size[0] / 2, lesion.geometry.size[1] / 2, lesion.geometry.size[2] / 2) = kWmh;
+    ResultProvenance provenance;
+    provenance.version = "test";
+    provenance.model_sha256 = std::string(64, 'b');
+    ASSERT_TRUE(write_dicom_seg(lesion, subject.flair_dicom, provenance, dir_ / "seg.dcm"));
+    ASSERT_TRUE(write_dicom_sr(summarize_lesions(lesion), dir_ / "seg.dcm", provenance, dir_ / "sr.dcm"));
+    auto stored = store_to_pacs(pacs, {dir_ / "seg.dcm", dir_ / "sr.dcm"});
+    ASSERT_TRUE(stored) << stored.error().message;
+    auto c = orthanc.client();
+    auto found = c.Get("/dicom-web/studies?PatientID=" + subject.subject);
+    ASSERT_TRUE(found);
+    const auto studies = nlohmann::json::parse(found->body);
+    ASSERT_EQ(studies.size(), 1u) << studies.dump();
+    const std::string study_uid = studies[0]["0020000D"]["Value"][0];
+    auto series = c.Get("/dicom-web/studies/" + study_uid + "/series");
+    ASSERT_TRUE(series);
+    std::set<std::string> modalities;
+    for (const auto& s : nlohmann::json::parse(series->body)) modalities.insert(s["00080060"]["Value"][0].get<std::string>());
+    EXPECT_EQ(modalities, (std::set<std::string>{"MR", "SEG", "SR"}));
   }
 
   static inline testing::ScratchDir* data_ = nullptr;
@@ -419,8 +449,7 @@ TEST_F(SubjectIndexTest, APacsOverDicomWebGivesTheSameSubjectsAsTheFolderItWasLo
   std::cout << "indexed " << index->subjects.size() << " subjects (" << files << " instances) from Orthanc in " << seconds << " s\n";
   expect_same_subjects(*folder, *index);
   // Indexed again: nothing retrieved twice.
-  auto again = retrieve_from_pacs(pacs.pacs, {std::regex("flair", std::regex::icase), std::regex("t1", std::regex::icase)},
-                                  pacs.cache / "pacs");
+  auto again = retrieve_again(pacs);
   ASSERT_TRUE(again) << again.error().message;
   EXPECT_EQ(again->retrieved, 0);
   EXPECT_EQ(again->instances, files);
@@ -461,27 +490,7 @@ TEST_F(SubjectIndexTest, APacsOverDicomWebGivesTheSameSubjectsAsTheFolderItWasLo
   EXPECT_NE(refused.error().message.find(orthanc.dicomweb() + "/studies"), std::string::npos) << refused.error().message;
 
   // Results stored back (STOW-RS): a Segmentation and its report land in the subject's study.
-  const auto& first = index->subjects[0];
-  LabelMap lesion(read_geometry(first.flair).value());
-  lesion.at(lesion.geometry.size[0] / 2, lesion.geometry.size[1] / 2, lesion.geometry.size[2] / 2) = kWmh;
-  ResultProvenance provenance;
-  provenance.version = "test";
-  provenance.model_sha256 = std::string(64, 'b');
-  ASSERT_TRUE(write_dicom_seg(lesion, first.flair_dicom, provenance, dir_ / "seg.dcm"));
-  ASSERT_TRUE(write_dicom_sr(summarize_lesions(lesion), dir_ / "seg.dcm", provenance, dir_ / "sr.dcm"));
-  auto stored = store_to_pacs(pacs.pacs, {dir_ / "seg.dcm", dir_ / "sr.dcm"});
-  ASSERT_TRUE(stored) << stored.error().message;
-  auto c = orthanc.client();
-  auto found = c.Get("/dicom-web/studies?PatientID=" + first.subject);
-  ASSERT_TRUE(found);
-  const auto studies = nlohmann::json::parse(found->body);
-  ASSERT_EQ(studies.size(), 1u) << studies.dump();
-  const std::string study_uid = studies[0]["0020000D"]["Value"][0];
-  auto series = c.Get("/dicom-web/studies/" + study_uid + "/series");
-  ASSERT_TRUE(series);
-  std::set<std::string> modalities;
-  for (const auto& s : nlohmann::json::parse(series->body)) modalities.insert(s["00080060"]["Value"][0].get<std::string>());
-  EXPECT_EQ(modalities, (std::set<std::string>{"MR", "SEG", "SR"}));
+  expect_results_stored(orthanc, pacs.pacs, index->subjects[0]);
   // Refused by the PACS: named (Orthanc refuses a file that is not DICOM).
   std::ofstream(dir_ / "junk.dcm") << std::string(200, 'x');
   auto junk = store_to_pacs(pacs.pacs, {dir_ / "junk.dcm"});
@@ -531,8 +540,7 @@ TEST_F(SubjectIndexTest, APacsOverDimseGivesTheSameSubjectsAsTheFolderItWasLoade
     part10 += head.compare(128, 4, "DICM") == 0;
   }
   EXPECT_EQ(part10, static_cast<std::size_t>(files));
-  auto again = retrieve_from_pacs(pacs.pacs, {std::regex("flair", std::regex::icase), std::regex("t1", std::regex::icase)},
-                                  pacs.cache / "pacs");
+  auto again = retrieve_again(pacs);
   ASSERT_TRUE(again) << again.error().message;
   EXPECT_EQ(again->retrieved, 0);
   EXPECT_EQ(again->instances, files);
@@ -547,27 +555,7 @@ TEST_F(SubjectIndexTest, APacsOverDimseGivesTheSameSubjectsAsTheFolderItWasLoade
   EXPECT_NE(refused.error().message.find("STRANGER"), std::string::npos) << refused.error().message;
 
   // Results stored back with C-STORE: a Segmentation and its report land in the subject's study.
-  const auto& first = index->subjects[0];
-  LabelMap lesion(read_geometry(first.flair).value());
-  lesion.at(lesion.geometry.size[0] / 2, lesion.geometry.size[1] / 2, lesion.geometry.size[2] / 2) = kWmh;
-  ResultProvenance provenance;
-  provenance.version = "test";
-  provenance.model_sha256 = std::string(64, 'c');
-  ASSERT_TRUE(write_dicom_seg(lesion, first.flair_dicom, provenance, dir_ / "seg.dcm"));
-  ASSERT_TRUE(write_dicom_sr(summarize_lesions(lesion), dir_ / "seg.dcm", provenance, dir_ / "sr.dcm"));
-  auto stored = store_to_pacs(pacs.pacs, {dir_ / "seg.dcm", dir_ / "sr.dcm"});
-  ASSERT_TRUE(stored) << stored.error().message;
-  auto c = orthanc.client();
-  auto found = c.Get("/dicom-web/studies?PatientID=" + first.subject);
-  ASSERT_TRUE(found);
-  const auto studies = nlohmann::json::parse(found->body);
-  ASSERT_EQ(studies.size(), 1u) << studies.dump();
-  const std::string study_uid = studies[0]["0020000D"]["Value"][0];
-  auto series = c.Get("/dicom-web/studies/" + study_uid + "/series");
-  ASSERT_TRUE(series);
-  std::set<std::string> modalities;
-  for (const auto& one : nlohmann::json::parse(series->body)) modalities.insert(one["00080060"]["Value"][0].get<std::string>());
-  EXPECT_EQ(modalities, (std::set<std::string>{"MR", "SEG", "SR"}));
+  expect_results_stored(orthanc, pacs.pacs, index->subjects[0]);
   // A file that is not DICOM is refused before any association.
   std::ofstream(dir_ / "junk.dcm") << std::string(200, 'x');
   auto junk = store_to_pacs(pacs.pacs, {dir_ / "junk.dcm"});
@@ -611,8 +599,7 @@ TEST_F(SubjectIndexTest, APacsBehindTlsIsReadInPagesAndItsCertificateChecked) {
   auto index = index_subjects(pacs);
   ASSERT_TRUE(index) << index.error().message;
   expect_same_subjects(*folder, *index);
-  auto again = retrieve_from_pacs(pacs.pacs, {std::regex("flair", std::regex::icase), std::regex("t1", std::regex::icase)},
-                                  pacs.cache / "pacs");
+  auto again = retrieve_again(pacs);
   ASSERT_TRUE(again) << again.error().message;
   EXPECT_EQ(again->instances, files);
   EXPECT_EQ(again->studies, static_cast<int>(folder->subjects.size()));
