@@ -23,6 +23,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// At most this many missing instances are asked for by UID (a list match at image level).
+constexpr std::size_t kInstancesByUid = 16;
+
 // The storage classes a retrieved MR series may come in.
 const char* const kImageClasses[] = {UID_MRImageStorage, UID_EnhancedMRImageStorage, UID_LegacyConvertedEnhancedMRImageStorage};
 
@@ -135,10 +138,18 @@ class DimseConnection final : public PacsConnection {
                        const fs::path& folder) override {
     if (auto st = associate(); !st) return st.error();
     ++requests_;
+    // A few missing instances (an interrupted retrieval, a file removed) are asked for by UID
+    // list at image level; more, the whole series (the handler keeps only the missing ones).
     DcmDataset q;
-    q.putAndInsertOFStringArray(DCM_QueryRetrieveLevel, "SERIES");
+    const bool by_instance = missing.size() <= kInstancesByUid;
+    q.putAndInsertOFStringArray(DCM_QueryRetrieveLevel, by_instance ? "IMAGE" : "SERIES");
     q.putAndInsertOFStringArray(DCM_StudyInstanceUID, study.c_str());
     q.putAndInsertOFStringArray(DCM_SeriesInstanceUID, series.c_str());
+    if (by_instance) {
+      std::string uids;
+      for (const auto& sop : missing) uids += (uids.empty() ? "" : "\\") + sop;
+      q.putAndInsertOFStringArray(DCM_SOPInstanceUID, uids.c_str());
+    }
     scu_.folder = folder;
     scu_.wanted = std::set<std::string>(missing.begin(), missing.end());
     scu_.written = 0;

@@ -544,6 +544,19 @@ TEST_F(SubjectIndexTest, APacsOverDimseGivesTheSameSubjectsAsTheFolderItWasLoade
   ASSERT_TRUE(again) << again.error().message;
   EXPECT_EQ(again->retrieved, 0);
   EXPECT_EQ(again->instances, files);
+  // Two instances lost from the cache: only those two are asked for and brought back.
+  std::vector<fs::path> cached;
+  for (const auto& e : fs::recursive_directory_iterator(pacs.cache / "pacs")) {
+    if (e.is_regular_file()) cached.push_back(e.path());
+  }
+  std::sort(cached.begin(), cached.end());
+  fs::remove(cached[3]);
+  fs::remove(cached[5]);
+  again = retrieve_again(pacs);
+  ASSERT_TRUE(again) << again.error().message;
+  EXPECT_EQ(again->retrieved, 2);
+  EXPECT_TRUE(fs::exists(cached[3]) && fs::exists(cached[5]));
+  EXPECT_EQ(files_under(pacs.cache / "pacs"), static_cast<std::size_t>(files));
 
   // A calling AE title Orthanc does not know: refused, and the refusal says where to look.
   auto stranger = pacs;
