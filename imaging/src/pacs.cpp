@@ -7,6 +7,7 @@
 #include <cstring>
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <set>
 #include <thread>
 
@@ -36,13 +37,19 @@ std::string percent_encoded(const std::string& text) {
   return out;
 }
 
-// The first value of a DICOM JSON attribute (PS3.18 F.2), "" when absent.
-std::string first_value(const json& dataset, const char* tag) {
-  if (!dataset.is_object()) return "";
+// The Value array of a DICOM JSON attribute (PS3.18 F.2); null when absent or not an array.
+const json* value_array(const json& dataset, const char* tag) {
+  if (!dataset.is_object()) return nullptr;
   const auto it = dataset.find(tag);
-  if (it == dataset.end() || !it->is_object()) return "";
+  if (it == dataset.end() || !it->is_object()) return nullptr;
   const auto value = it->find("Value");
-  if (value == it->end() || !value->is_array() || value->empty()) return "";
+  return value == it->end() || !value->is_array() ? nullptr : &*value;
+}
+
+// The first value of a DICOM JSON attribute, "" when absent.
+std::string first_value(const json& dataset, const char* tag) {
+  const auto* value = value_array(dataset, tag);
+  if (value == nullptr || value->empty()) return "";
   const auto& v = value->front();
   return v.is_string() ? v.get<std::string>() : v.dump();
 }
@@ -50,15 +57,19 @@ std::string first_value(const json& dataset, const char* tag) {
 // Every string value of a DICOM JSON attribute (a multi-valued one such as ModalitiesInStudy).
 std::vector<std::string> all_values(const json& dataset, const char* tag) {
   std::vector<std::string> out;
-  if (!dataset.is_object()) return out;
-  const auto it = dataset.find(tag);
-  if (it == dataset.end() || !it->is_object()) return out;
-  const auto value = it->find("Value");
-  if (value == it->end() || !value->is_array()) return out;
-  for (const auto& v : *value) {
-    if (v.is_string()) out.push_back(v.get<std::string>());
+  if (const auto* value = value_array(dataset, tag)) {
+    for (const auto& v : *value) {
+      if (v.is_string()) out.push_back(v.get<std::string>());
+    }
   }
   return out;
+}
+
+// A TCP port written as text: 1 to 5 digits, 1-65535; 0 when it is not one.
+int port_number(const std::string& digits) {
+  if (digits.empty() || digits.size() > 5 || digits.find_first_not_of("0123456789") != std::string::npos) return 0;
+  const int port = std::stoi(digits);
+  return port <= 65535 ? port : 0;
 }
 
 // The DICOMweb root split into what httplib connects to and the path prefix.
@@ -83,15 +94,9 @@ Result<Endpoint> endpoint_of(const std::string& url) {
   while (!e.prefix.empty() && e.prefix.back() == '/') e.prefix.pop_back();
   const auto colon = authority.rfind(':');
   const auto host = authority.substr(0, colon);
-  int port = tls ? 443 : 80;
-  if (colon != std::string::npos) {
-    const auto digits = authority.substr(colon + 1);
-    if (digits.empty() || digits.size() > 5 || digits.find_first_not_of("0123456789") != std::string::npos) {
-      return make_error("pacs dicomweb '" + url + "': the port is not a number");
-    }
-    port = std::stoi(digits);
-  }
-  if (host.empty() || port <= 0 || port > 65535) return make_error("pacs dicomweb '" + url + "' names no host and port");
+  const int port = colon == std::string::npos ? (tls ? 443 : 80) : port_number(authority.substr(colon + 1));
+  if (port == 0) return make_error("pacs dicomweb '" + url + "': the port is not a number from 1 to 65535");
+  if (host.empty()) return make_error("pacs dicomweb '" + url + "' names no host and port");
   e.scheme_host_port = scheme + host + ":" + std::to_string(port);
   return e;
 }
@@ -105,24 +110,29 @@ class DicomWeb {
     if (!pacs_.ca_file.empty()) client_.set_ca_cert_path(pacs_.ca_file);
   }
 
-  // GET of `path` (under the root) with `accept`; retried while the PACS is unreachable or
-  // answers 5xx. Error: the URL and the answer.
+  // GET of `path` (under the root) with `accept`; retried as `send` retries.
   Result<httplib::Response> get(const std::string& path, const std::string& accept) {
-    const std::string url = pacs_.dicomweb + path;
+    return send(path, [&] { return client_.Get((endpoint_.prefix + path).c_str(), httplib::Headers{{"Accept", accept}}); });
+  }
+
+  // `request` (one GET or POST of `path`), tried again 0.5 s, 1 s, ... apart while the PACS
+  // cannot be reached or answers 5xx; an answer refusing the request itself, or a certificate
+  // that is not trusted, is not asked again. Error: the URL and the answer.
+  Result<httplib::Response> send(const std::string& path, const std::function<httplib::Result()>& request) {
     std::string failure;
     for (int attempt = 0; attempt < std::max(1, pacs_.attempts); ++attempt) {
       if (attempt) std::this_thread::sleep_for(std::chrono::milliseconds(500 << (attempt - 1)));
-      auto r = client_.Get((endpoint_.prefix + path).c_str(), httplib::Headers{{"Accept", accept}});
+      auto r = request();
       if (!r) {
         failure = unreachable(r.error());
-        if (r.error() == httplib::Error::SSLServerVerification || r.error() == httplib::Error::SSLLoadingCerts) break;  // asking again changes nothing
+        if (r.error() == httplib::Error::SSLServerVerification || r.error() == httplib::Error::SSLLoadingCerts) break;
         continue;
       }
       if (r->status >= 200 && r->status < 300) return *r;
-      failure = answer(*r);
-      if (r->status < 500) break;  // the request itself is refused: asking again changes nothing
+      failure = answer(*r) + refused_instances(r->body);
+      if (r->status < 500) break;
     }
-    return make_error("pacs " + url + ": " + failure);
+    return make_error("pacs " + pacs_.dicomweb + path + ": " + failure);
   }
 
   std::string unreachable(httplib::Error error) const {
@@ -180,7 +190,7 @@ class DicomWeb {
     return all;
   }
 
-  // POST of a multipart/related body of DICOM files to `path`; retried as get is.
+  // POST of a multipart/related body of DICOM files to `path`; retried as `send` retries.
   Result<httplib::Response> post_dicom(const std::string& path, const std::vector<std::string>& instances) {
     std::string boundary = "fedda-stow-boundary-7f3a9c";
     for (const auto& bytes : instances) {
@@ -190,21 +200,9 @@ class DicomWeb {
     for (const auto& bytes : instances) body += "--" + boundary + "\r\nContent-Type: application/dicom\r\n\r\n" + bytes + "\r\n";
     body += "--" + boundary + "--\r\n";
     const std::string type = "multipart/related; type=\"application/dicom\"; boundary=" + boundary;
-    const std::string url = pacs_.dicomweb + path;
-    std::string failure;
-    for (int attempt = 0; attempt < std::max(1, pacs_.attempts); ++attempt) {
-      if (attempt) std::this_thread::sleep_for(std::chrono::milliseconds(500 << (attempt - 1)));
-      auto r = client_.Post((endpoint_.prefix + path).c_str(), httplib::Headers{{"Accept", "application/dicom+json"}}, body, type.c_str());
-      if (!r) {
-        failure = unreachable(r.error());
-        if (r.error() == httplib::Error::SSLServerVerification || r.error() == httplib::Error::SSLLoadingCerts) break;
-        continue;
-      }
-      if (r->status >= 200 && r->status < 300) return *r;
-      failure = answer(*r) + refused_instances(r->body);
-      if (r->status < 500) break;
-    }
-    return make_error("pacs " + url + ": " + failure);
+    return send(path, [&] {
+      return client_.Post((endpoint_.prefix + path).c_str(), httplib::Headers{{"Accept", "application/dicom+json"}}, body, type.c_str());
+    });
   }
 
   // The instances a STOW-RS answer lists as failed (Failed SOP Sequence (0008,1198): the SOP
@@ -408,9 +406,8 @@ Result<DimseAddress> dimse_address(const std::string& text) {
     if (c < 0x20 || c > 0x7e) return bad("the AE title is printable ASCII");
   }
   if (a.host.empty()) return bad("no host");
-  if (digits.empty() || digits.size() > 5 || digits.find_first_not_of("0123456789") != std::string::npos) return bad("the port is not a number");
-  a.port = std::stoi(digits);
-  if (a.port <= 0 || a.port > 65535) return bad("the port is not 1-65535");
+  a.port = port_number(digits);
+  if (a.port == 0) return bad("the port is not 1-65535");
   return a;
 }
 

@@ -52,7 +52,8 @@ fs::path beside(const fs::path& base, const std::string& file) {
 }
 
 // The pacs: mapping (data_layout: pacs); files it names are relative to site.yaml's folder.
-// The whole source is validated by the caller, once it knows the layout is pacs.
+// The whole source (a password in the URL included) is validated by imaging::validate_pacs,
+// once the layout is known to be pacs.
 Result<imaging::PacsSource> read_pacs(config::Mapping m, const fs::path& base) {
   imaging::PacsSource pacs;
   std::string credentials_file, ca_file;
@@ -65,10 +66,6 @@ Result<imaging::PacsSource> read_pacs(config::Mapping m, const fs::path& base) {
   m.get("modality", pacs.modality);
   m.get("study_dates", pacs.study_dates);
   m.get("accession_numbers", pacs.accession_numbers);
-  if (const auto scheme = pacs.dicomweb.find("://");
-      scheme != std::string::npos && pacs.dicomweb.substr(scheme + 3, pacs.dicomweb.find('/', scheme + 3) - scheme - 3).find('@') != std::string::npos) {
-    return make_error("pacs: dicomweb: a user or password in the URL is refused (it would be logged); put them in credentials_file");
-  }
   if (!ca_file.empty()) pacs.ca_file = beside(base, ca_file).string();
   if (!credentials_file.empty()) {
     auto credentials = read_credentials(beside(base, credentials_file));
