@@ -234,25 +234,82 @@ protocol::AdminReply AdminService::clone(const std::string& who, const protocol:
   return ok({{"id", (*job)->id()}, {"state", job_state_name((*job)->state)}, {"cloned_from", r.target}});
 }
 
+// submit: the job file parsed and checked, the teacher it names sent with it, the job queued.
+protocol::AdminReply AdminService::submit(const std::string& who, const protocol::AdminRequest& r) {
+  const std::string name = r.job_file.empty() ? "submitted job" : fs::path(r.job_file).filename().string();
+  auto definition = parse_job_file(r.job_yaml, name);
+  if (!definition) return refused(definition.error().message);
+  std::string teacher;
+  for (const auto& f : r.files) {
+    if (f.name == "teacher.pt") teacher = f.bytes;
+  }
+  const auto& t = definition->teacher;
+  if (!t.empty() && t.rfind("job:", 0) != 0 && teacher.empty()) {
+    return refused(name + ": teacher: the model file '" + t + "' was not sent with the job");
+  }
+  auto job = backend_.submit(std::move(*definition), who, r.job_yaml, teacher);
+  if (!job) return refused(name + ": " + job.error().message);
+  return ok({{"id", (*job)->id()}, {"state", job_state_name((*job)->state)}});
+}
+
+// download: a job's files (those it has so far) over the admin channel.
+protocol::AdminReply AdminService::download(const protocol::AdminRequest& r) {
+  auto& store = backend_.store();
+  auto job = job_of(r.command, r.target);
+  if (!job) return refused(job.error().message);
+  protocol::AdminReply reply;
+  json names = json::array();
+  for (const char* name : {"model.pt", "results.csv", "rounds.jsonl", "summary.json", "state.json", "job.yaml"}) {
+    const auto path = store.dir(r.target) / name;
+    if (!fs::exists(path)) continue;
+    auto bytes = files::read_all(path);
+    if (!bytes) return refused(bytes.error().message);
+    reply.files.push_back({name, std::move(*bytes)});
+    names.push_back(name);
+  }
+  reply.ok = true;
+  reply.json = json{{"id", r.target}, {"state", job_state_name((*job)->state)}, {"files", names}}.dump(-1, ' ', false, json::error_handler_t::replace);
+  return reply;
+}
+
+// sites: every known site, online or not, with its machine and its part in each job.
+protocol::AdminReply AdminService::sites() const {
+  auto& store = backend_.store();
+  json list = json::array();
+  const auto& registry = backend_.site_registry();
+  for (const auto& id : backend_.known_sites()) {
+    const auto* site = registry.find(id);
+    json jobs = json::object();
+    if (site) {
+      for (const auto& [job, p] : site->jobs) {
+        // A job that has ended is named by how it ended: after an agent's restart its
+        // participation is reset, and "offline" would say it still waits for the site.
+        const auto* record = store.find(job);
+        const bool ended = record && terminal(record->state) && !p.failed;
+        jobs[job] = {{"state", ended ? job_state_name(record->state) : participation_state(p)},
+                     {"subjects", p.subjects}, {"samples", p.samples},
+                     {"evaluation_subjects", p.evaluation_subjects}, {"reason", p.failure}, {"code", p.failure_code},
+                     {"rule", p.failure_rule}, {"refused_updates", p.refused_updates}};
+      }
+    }
+    list.push_back({{"site", id},
+                    {"online", site && site->alive},
+                    {"last_seen_ms", site ? null_if_zero(site->last_seen_ms) : json()},
+                    {"connected_ms", site ? null_if_zero(site->connected_ms) : json()},
+                    {"agent_version", site ? site->agent_version : ""},
+                    {"device", site ? site->device : ""},
+                    {"threads", site ? site->threads : 0},
+                    {"resources", site ? resources_json(site->resources) : json()},
+                    {"revoked", backend_.revoked(id)},
+                    {"jobs", jobs}});
+  }
+  return ok(list);
+}
+
 protocol::AdminReply AdminService::dispatch(const std::string& who, const protocol::AdminRequest& r) {
   if (const auto no = forbidden(who, backend_.operator_role(who), r); !no.empty()) return refused(no);
   auto& store = backend_.store();
-  if (r.command == protocol::admin_command::submit) {
-    const std::string name = r.job_file.empty() ? "submitted job" : fs::path(r.job_file).filename().string();
-    auto definition = parse_job_file(r.job_yaml, name);
-    if (!definition) return refused(definition.error().message);
-    std::string teacher;
-    for (const auto& f : r.files) {
-      if (f.name == "teacher.pt") teacher = f.bytes;
-    }
-    const auto& t = definition->teacher;
-    if (!t.empty() && t.rfind("job:", 0) != 0 && teacher.empty()) {
-      return refused(name + ": teacher: the model file '" + t + "' was not sent with the job");
-    }
-    auto job = backend_.submit(std::move(*definition), who, r.job_yaml, teacher);
-    if (!job) return refused(name + ": " + job.error().message);
-    return ok({{"id", (*job)->id()}, {"state", job_state_name((*job)->state)}});
-  }
+  if (r.command == protocol::admin_command::submit) return submit(who, r);
   if (r.command == protocol::admin_command::clone) return clone(who, r);
   if (r.command == protocol::admin_command::remove) {
     auto archived = store.archive(r.target);
@@ -284,54 +341,8 @@ protocol::AdminReply AdminService::dispatch(const std::string& who, const protoc
     if (!st) return refused(st.error().message);
     return ok({{"id", r.target}, {"state", job_state_name((*job)->state)}, {"activity", backend_.activity(r.target)}});
   }
-  if (r.command == protocol::admin_command::download) {
-    auto job = job_of(r.command, r.target);
-    if (!job) return refused(job.error().message);
-    protocol::AdminReply reply;
-    json names = json::array();
-    for (const char* name : {"model.pt", "results.csv", "rounds.jsonl", "summary.json", "state.json", "job.yaml"}) {
-      const auto path = store.dir(r.target) / name;
-      if (!fs::exists(path)) continue;
-      auto bytes = files::read_all(path);
-      if (!bytes) return refused(bytes.error().message);
-      reply.files.push_back({name, std::move(*bytes)});
-      names.push_back(name);
-    }
-    reply.ok = true;
-    reply.json = json{{"id", r.target}, {"state", job_state_name((*job)->state)}, {"files", names}}.dump(-1, ' ', false, json::error_handler_t::replace);
-    return reply;
-  }
-  if (r.command == protocol::admin_command::sites) {
-    json list = json::array();
-    const auto& registry = backend_.site_registry();
-    for (const auto& id : backend_.known_sites()) {
-      const auto* site = registry.find(id);
-      json jobs = json::object();
-      if (site) {
-        for (const auto& [job, p] : site->jobs) {
-          // A job that has ended is named by how it ended: after an agent's restart its
-          // participation is reset, and "offline" would say it still waits for the site.
-          const auto* record = store.find(job);
-          const bool ended = record && terminal(record->state) && !p.failed;
-          jobs[job] = {{"state", ended ? job_state_name(record->state) : participation_state(p)},
-                       {"subjects", p.subjects}, {"samples", p.samples},
-                       {"evaluation_subjects", p.evaluation_subjects}, {"reason", p.failure}, {"code", p.failure_code},
-                       {"rule", p.failure_rule}, {"refused_updates", p.refused_updates}};
-        }
-      }
-      list.push_back({{"site", id},
-                      {"online", site && site->alive},
-                      {"last_seen_ms", site ? null_if_zero(site->last_seen_ms) : json()},
-                      {"connected_ms", site ? null_if_zero(site->connected_ms) : json()},
-                      {"agent_version", site ? site->agent_version : ""},
-                      {"device", site ? site->device : ""},
-                      {"threads", site ? site->threads : 0},
-                      {"resources", site ? resources_json(site->resources) : json()},
-                      {"revoked", backend_.revoked(id)},
-                      {"jobs", jobs}});
-    }
-    return ok(list);
-  }
+  if (r.command == protocol::admin_command::download) return download(r);
+  if (r.command == protocol::admin_command::sites) return sites();
   if (r.command == protocol::admin_command::admit || r.command == protocol::admin_command::revoke) {
     if (r.target.empty()) return refused(r.command + ": which site or operator? (an id is needed)");
     const Status st = r.command == protocol::admin_command::admit ? backend_.admit(r.target, who, r.files) : backend_.revoke(r.target, who);

@@ -81,6 +81,9 @@ class AdminService {
   // The job a command names; error naming the command when none is named or none has the id.
   Result<JobRecord*> job_of(const std::string& command, const std::string& id);
   protocol::AdminReply clone(const std::string& who, const protocol::AdminRequest& request);
+  protocol::AdminReply submit(const std::string& who, const protocol::AdminRequest& request);
+  protocol::AdminReply download(const protocol::AdminRequest& request);
+  protocol::AdminReply sites() const;
   // Roles: a viewer reads (jobs, status, sites, download); a member also submits and clones, and
   // aborts or resumes the jobs it submitted; a lead does everything. The refusal names the role
   // needed; empty when allowed.
