@@ -322,115 +322,93 @@ Result<Header> decode_header(const std::string& header_frame, const std::string&
   return header;
 }
 
-std::string to_json(const JobSpec& j) {
-  nlohmann::json o = {{"id", j.id},
-                      {"type", job_type_name(j.type)},
-                      {"sites", j.sites},
-                      {"source", j.source},
-                      {"fold", j.fold},
-                      {"rounds", j.rounds},
-                      {"local_steps", j.local_steps},
-                      {"steps_by_share", j.steps_by_share},
-                      {"batch_size", j.batch_size},
-                      {"learning_rate", j.learning_rate},
-                      {"decay_round", j.decay_round},
-                      {"dice_weight", j.dice_weight},
-                      {"lesion_slice_fraction", j.lesion_slice_fraction},
-                      {"augment", j.augment},
-                      {"temperature", j.temperature},
-                      {"ada_weight", j.ada_weight},
-                      {"ada_warmup_rounds", j.ada_warmup_rounds},
-                      {"seed", j.seed},
-                      {"min_sites", j.min_sites},
-                      {"round_deadline_s", j.round_deadline_s},
-                      {"evaluate", j.evaluate},
-                      {"evaluation_sites", j.evaluation_sites},
-                      {"subjects", j.subjects},
-                      {"model_spec", j.model_spec_json},
-                      {"transfer_precision", j.transfer_precision},
-                      {"sites_per_round", j.sites_per_round},
-                      {"fraction", j.fraction},
-                      {"max_update_norm", j.max_update_norm},
-                      {"max_sample_share", j.max_sample_share},
-                      {"student_init", j.student_init},
-                      {"kd_loss", j.kd_loss},
-                      {"kd_hard_weight", j.kd_hard_weight},
-                      {"kd_confidence", j.kd_confidence},
-                      {"bn_statistics", j.bn_statistics},
-                      {"server_optimizer", j.server_optimizer},
-                      {"server_lr", j.server_lr},
-                      {"evaluate_every", j.evaluate_every},
-                      {"precision", j.precision},
-                      {"secure_aggregation", j.secure_aggregation},
-                      {"secagg_threshold", j.secagg_threshold},
-                      {"secagg_timeout_s", j.secagg_timeout_s},
-                      {"recipe", j.recipe}};
-  if (j.dp.enabled()) {
-    o["dp"] = {{"clip_norm", j.dp.clip_norm},
-               {"noise_multiplier", j.dp.noise_multiplier},
-               {"target_epsilon", j.dp.target_epsilon},
-               {"delta", j.dp.delta},
-               {"slices_per_subject", j.dp.slices_per_subject}};
+namespace {
+
+// A setting as JSON: a setting enum or the job type by name, anything else as it is.
+template <class T>
+nlohmann::json json_of(const T& value) {
+  if constexpr (std::is_same_v<T, JobType>) {
+    return job_type_name(value);
+  } else if constexpr (is_setting_v<T>) {
+    return setting_name(value);
+  } else {
+    return value;
   }
+}
+
+// Read `value` from `o[key]`: absent leaves the default (Error when `required`), a wrong type or
+// an unknown name throws, naming the key.
+template <class T>
+void read_json(const nlohmann::json& o, const std::string& key, T& value, bool required) {
+  if (!o.contains(key)) {
+    if (required) throw std::invalid_argument("'" + key + "' is missing");
+    return;
+  }
+  if constexpr (std::is_same_v<T, JobType>) {
+    auto parsed = parse_job_type(o.at(key).get<std::string>());
+    if (!parsed) throw std::invalid_argument(parsed.error().message);
+    value = *parsed;
+  } else if constexpr (is_setting_v<T>) {
+    auto parsed = parse_setting<T>(o.at(key).get<std::string>(), key);
+    if (!parsed) throw std::invalid_argument(parsed.error().message);
+    value = *parsed;
+  } else {
+    value = o.at(key).get<T>();
+  }
+}
+
+}  // namespace
+
+std::string to_json(const JobSpec& j) {
+  nlohmann::json o = nlohmann::json::object();
+  for_each_job_setting(j, [&](const JobSetting& s, const auto& field) {
+    using T = std::decay_t<decltype(field)>;
+    if constexpr (std::is_same_v<T, DpSpec>) {
+      if (!field.enabled()) return;  // a job without DP has no dp object
+      auto& dp = o[s.name] = nlohmann::json::object();
+      for_each_dp_setting(field, [&](const JobSetting& d, const auto& value) { dp[d.name] = value; });
+    } else {
+      o[s.name] = json_of(field);
+    }
+  });
   return o.dump(2);
 }
 
+std::string job_file_settings(const JobSpec& j) {
+  std::string out;
+  for_each_job_setting(j, [&](const JobSetting& s, const auto& field) {
+    using T = std::decay_t<decltype(field)>;
+    if (!s.in_job_file) return;
+    if constexpr (std::is_same_v<T, DpSpec>) {
+      if (!field.enabled()) return;
+      nlohmann::json dp = nlohmann::json::object();
+      for_each_dp_setting(field, [&](const JobSetting& d, const auto& value) { dp[d.name] = value; });
+      out += std::string(s.name) + ": " + dp.dump() + "\n";
+    } else {
+      out += std::string(s.name) + ": " + json_of(field).dump() + "\n";
+    }
+  });
+  return out;
+}
+
+// Every setting of version 1 must be there (records written since then have them all); a later
+// one absent takes JobSpec's default, as a job written before that setting existed.
 Result<JobSpec> job_spec_from_json(const std::string& text) {
   try {
     const auto o = nlohmann::json::parse(text);
     JobSpec j;
-    j.id = o.at("id").get<std::string>();
-    auto type = parse_job_type(o.at("type").get<std::string>());
-    if (!type) return make_error("job spec: " + type.error().message);
-    j.type = *type;
-    j.sites = o.at("sites").get<std::vector<std::string>>();
-    j.source = o.at("source").get<std::string>();
-    j.fold = o.at("fold").get<int>();
-    j.rounds = o.at("rounds").get<int>();
-    j.local_steps = o.at("local_steps").get<int>();
-    j.steps_by_share = o.at("steps_by_share").get<bool>();
-    j.batch_size = o.at("batch_size").get<int>();
-    j.learning_rate = o.at("learning_rate").get<double>();
-    j.decay_round = o.at("decay_round").get<int>();
-    j.dice_weight = o.at("dice_weight").get<double>();
-    j.lesion_slice_fraction = o.at("lesion_slice_fraction").get<double>();
-    j.augment = o.at("augment").get<bool>();
-    j.temperature = o.at("temperature").get<double>();
-    j.ada_weight = o.at("ada_weight").get<double>();
-    j.ada_warmup_rounds = o.at("ada_warmup_rounds").get<int>();
-    j.seed = o.at("seed").get<std::uint64_t>();
-    j.min_sites = o.at("min_sites").get<int>();
-    j.round_deadline_s = o.at("round_deadline_s").get<double>();
-    j.evaluate = o.at("evaluate").get<bool>();
-    j.evaluation_sites = o.at("evaluation_sites").get<std::vector<std::string>>();
-    j.subjects = o.at("subjects").get<std::vector<std::string>>();
-    j.model_spec_json = o.at("model_spec").get<std::string>();
-    j.transfer_precision = o.value("transfer_precision", std::string("float32"));  // absent before version 2
-    j.sites_per_round = o.value("sites_per_round", 0);
-    j.fraction = o.value("fraction", 0.0);
-    j.max_update_norm = o.value("max_update_norm", 0.0);
-    j.max_sample_share = o.value("max_sample_share", 0.0);
-    j.student_init = o.value("student_init", std::string("teacher"));
-    j.kd_loss = o.value("kd_loss", std::string("hinton"));
-    j.kd_hard_weight = o.value("kd_hard_weight", 0.0);
-    j.kd_confidence = o.value("kd_confidence", 0.5);
-    j.bn_statistics = o.value("bn_statistics", std::string("shared"));
-    j.server_optimizer = o.value("server_optimizer", std::string("fedavg"));
-    j.server_lr = o.value("server_lr", 1.0);
-    j.evaluate_every = o.value("evaluate_every", 0);
-    j.precision = o.value("precision", std::string("auto"));
-    j.secure_aggregation = o.value("secure_aggregation", false);
-    j.secagg_threshold = o.value("secagg_threshold", 0);
-    j.secagg_timeout_s = o.value("secagg_timeout_s", 60.0);
-    j.recipe = o.value("recipe", std::string());
-    if (o.contains("dp")) {  // absent before version 10, and for a job without DP
-      const auto& dp = o.at("dp");
-      j.dp.clip_norm = dp.at("clip_norm").get<double>();
-      j.dp.noise_multiplier = dp.value("noise_multiplier", 0.0);
-      j.dp.target_epsilon = dp.value("target_epsilon", 0.0);
-      j.dp.delta = dp.value("delta", 1e-5);
-      j.dp.slices_per_subject = dp.value("slices_per_subject", 4);
-    }
+    for_each_job_setting(j, [&](const JobSetting& s, auto& field) {
+      using T = std::decay_t<decltype(field)>;
+      if constexpr (std::is_same_v<T, DpSpec>) {
+        if (!o.contains(s.name)) return;  // absent before version 10, and for a job without DP
+        const auto& dp = o.at(s.name);
+        for_each_dp_setting(field, [&](const JobSetting& d, auto& value) {
+          read_json(dp, d.name, value, d.name == std::string("clip_norm"));
+        });
+      } else {
+        read_json(o, s.name, field, s.since == 1);
+      }
+    });
     return j;
   } catch (const std::exception& e) {
     return make_error(std::string("job spec: ") + e.what());

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
+#include <type_traits>
 #include "fedda/common/config.h"
 #include "fedda/common/kit.h"
 #include "fedda/common/secagg.h"
@@ -79,9 +81,6 @@ Status validate_job(protocol::JobSpec& j, const std::string& teacher) {
                       std::to_string(j.sites.size()) + ")");
   }
   if (!(j.round_deadline_s > 0)) return make_error("round_deadline_s must be positive");
-  if (j.transfer_precision != "float32" && j.transfer_precision != "float16") {
-    return make_error("transfer_precision must be float32 or float16 (got '" + j.transfer_precision + "')");
-  }
   if (j.sites_per_round < 0) return make_error("sites_per_round must be 0 (every ready site) or more");
   if (j.sites_per_round > 0 && j.sites_per_round < j.min_sites) {
     return make_error("sites_per_round (" + std::to_string(j.sites_per_round) + ") is below min_sites (" +
@@ -96,14 +95,8 @@ Status validate_job(protocol::JobSpec& j, const std::string& teacher) {
     return make_error("max_sample_share must be 0 (no bound) or a share of the round's samples above 0 and at most 1");
   }
   if (!(j.temperature <= 100)) return make_error("temperature must be at most 100");
-  if (j.student_init != "teacher" && j.student_init != "scratch") return make_error("student_init must be teacher or scratch");
-  if (j.kd_loss != "hinton" && j.kd_loss != "paper") return make_error("kd_loss must be hinton or paper");
   if (!(j.kd_hard_weight >= 0)) return make_error("kd_hard_weight must not be negative");
   if (!(j.kd_confidence >= 0.5 && j.kd_confidence <= 1)) return make_error("kd_confidence must be between 0.5 and 1");
-  if (j.bn_statistics != "shared" && j.bn_statistics != "local") return make_error("bn_statistics must be shared or local");
-  if (j.server_optimizer != "fedavg" && j.server_optimizer != "fedadam" && j.server_optimizer != "fedyogi") {
-    return make_error("server_optimizer must be fedavg, fedadam or fedyogi");
-  }
   if (!(j.server_lr > 0)) return make_error("server_lr must be positive");
   if (j.evaluate_every < 0) return make_error("evaluate_every must be 0 (only at the end) or more");
   if (!models::is_precision_name(j.precision)) {
@@ -146,52 +139,26 @@ Result<JobDefinition> read_mapping(config::Mapping& mapping, const fs::path& pat
   d.file = path;
   auto& j = d.spec;
   std::string type;
-  m->get("id", j.id);
-  m->get("type", type);
-  m->get("sites", j.sites);
-  m->get("source", j.source);
-  m->get("fold", j.fold);
-  m->get("rounds", j.rounds);
-  m->get("local_steps", j.local_steps);
-  m->get("steps_by_share", j.steps_by_share);
-  m->get("batch_size", j.batch_size);
-  m->get("learning_rate", j.learning_rate);
-  m->get("decay_round", j.decay_round);
-  m->get("dice_weight", j.dice_weight);
-  m->get("lesion_slice_fraction", j.lesion_slice_fraction);
-  m->get("augment", j.augment);
-  m->get("temperature", j.temperature);
-  m->get("ada_weight", j.ada_weight);
-  m->get("ada_warmup_rounds", j.ada_warmup_rounds);
-  m->get("seed", j.seed);
-  m->get("min_sites", j.min_sites);
-  m->get("round_deadline_s", j.round_deadline_s);
-  m->get("evaluate", j.evaluate);
-  m->get("evaluation_sites", j.evaluation_sites);
-  m->get("subjects", j.subjects);
-  m->get("transfer_precision", j.transfer_precision);
-  m->get("sites_per_round", j.sites_per_round);
-  m->get("fraction", j.fraction);
-  m->get("max_update_norm", j.max_update_norm);
-  m->get("max_sample_share", j.max_sample_share);
-  m->get("student_init", j.student_init);
-  m->get("kd_loss", j.kd_loss);
-  m->get("kd_hard_weight", j.kd_hard_weight);
-  m->get("kd_confidence", j.kd_confidence);
-  m->get("bn_statistics", j.bn_statistics);
-  m->get("server_optimizer", j.server_optimizer);
-  m->get("server_lr", j.server_lr);
-  m->get("evaluate_every", j.evaluate_every);
-  m->get("precision", j.precision);
-  m->get("secure_aggregation", j.secure_aggregation);
-  m->get("secagg_threshold", j.secagg_threshold);
-  m->get("secagg_timeout_s", j.secagg_timeout_s);
-  auto dp = m->mapping("dp");
-  dp.get("clip_norm", j.dp.clip_norm);
-  dp.get("noise_multiplier", j.dp.noise_multiplier);
-  dp.get("target_epsilon", j.dp.target_epsilon);
-  dp.get("delta", j.dp.delta);
-  dp.get("slices_per_subject", j.dp.slices_per_subject);
+  std::optional<Error> setting_fault;  // the first setting with an unknown name
+  protocol::for_each_job_setting(j, [&](const protocol::JobSetting& s, auto& field) {
+    using T = std::decay_t<decltype(field)>;
+    if (!s.in_job_file) return;
+    if constexpr (std::is_same_v<T, protocol::DpSpec>) {
+      auto dp = m->mapping(s.name);
+      protocol::for_each_dp_setting(field, [&](const protocol::JobSetting& d, auto& value) { dp.get(d.name, value); });
+    } else if constexpr (std::is_same_v<T, protocol::JobType>) {
+      m->get(s.name, type);  // required: parsed below, once every key has been read
+    } else if constexpr (protocol::is_setting_v<T>) {
+      std::string name;
+      m->get(s.name, name);
+      if (name.empty()) return;
+      auto parsed = protocol::parse_setting<T>(name, s.name);
+      if (parsed) field = *parsed;
+      else if (!setting_fault) setting_fault = parsed.error();
+    } else {
+      m->get(s.name, field);
+    }
+  });
   m->get("method", d.method);
   m->get("teacher", d.teacher);
   models::ModelSpec model;
@@ -216,6 +183,7 @@ Result<JobDefinition> read_mapping(config::Mapping& mapping, const fs::path& pat
   recipe_settings.get("schedule", recipe->schedule);
   for (const auto& key : models::recipe_keys()) recipe_settings.get(key.name, (*recipe).*key.field);
   if (auto st = m->finish(); !st) return st.error();
+  if (setting_fault) return fail(setting_fault->message);
   if (auto st = models::validate(*recipe); !st) return fail("recipe: " + st.error().message);
   // The classic recipe travels as nothing, so that such a job is what it was before recipes.
   if (models::to_json(*recipe) != models::to_json(models::Recipe{})) j.recipe = models::to_json(*recipe);

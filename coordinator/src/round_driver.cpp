@@ -183,12 +183,12 @@ Status JobRun::start() {
   }
   m.spec.role = spec.type == JobType::teacher ? "teacher" : spec.type == JobType::kd ? "student" : protocol::job_type_name(spec.type);
   spec.model_spec_json = models::to_json(m.spec);
-  if (spec.type == JobType::kd && spec.student_init == "scratch") {  // a new U-Net of the teacher's architecture
+  if (spec.type == JobType::kd && spec.student_init == protocol::StudentInit::scratch) {  // a new U-Net of the teacher's architecture
     auto fresh = models::new_model_weights(m.spec, spec.seed);
     if (!fresh) return fresh.error();
     m.global = std::move(*fresh);
   }
-  if (spec.bn_statistics == "local") m.local_norm = models::batch_norm_tensors(m.spec);
+  if (spec.bn_statistics == protocol::BnStatistics::local) m.local_norm = models::batch_norm_tensors(m.spec);
   if (spec.secure_aggregation && sites_needed() > spec.min_sites) {
     log_->info("job {}: secure aggregation: rounds open with at least {} sites and no sum of fewer is unmasked "
                "(min_sites {}; a sum of two would show each of them the other's update)",
@@ -749,7 +749,7 @@ void JobRun::open_round() {
     }
   }
   const auto encode_start = Clock::now();
-  task.model = spec.transfer_precision == "float16" ? to_half(m.global) : m.global;
+  task.model = spec.transfer_precision == protocol::TransferPrecision::float16 ? to_half(m.global) : m.global;
   auto encoded = make_broadcast(host_.kit(), protocol::encode(protocol::Header{}, task), id(), round_);
   if (!encoded) return fail(encoded.error().message);
   task_ = std::move(*encoded);

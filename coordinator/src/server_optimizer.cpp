@@ -6,8 +6,8 @@
 
 namespace fedda::coordinator {
 
-ServerOptimizer::ServerOptimizer(std::string kind, double learning_rate)
-    : kind_(std::move(kind)), learning_rate_(learning_rate) {}
+ServerOptimizer::ServerOptimizer(protocol::ServerOptimizer kind, double learning_rate)
+    : kind_(kind), learning_rate_(learning_rate) {}
 
 Result<TensorSet> ServerOptimizer::step(const TensorSet& global, const TensorSet& average) {
   if (!adaptive()) return average;
@@ -27,7 +27,7 @@ Result<TensorSet> ServerOptimizer::step(const TensorSet& global, const TensorSet
       const double delta = static_cast<double>(avg[k]) - x[k];
       m[k] = static_cast<float>(beta1 * m[k] + (1 - beta1) * delta);
       const double d2 = delta * delta;
-      if (kind_ == "fedyogi") {
+      if (kind_ == protocol::ServerOptimizer::fedyogi) {
         v[k] = static_cast<float>(v[k] - (1 - beta2) * d2 * (v[k] > d2 ? 1.0 : (v[k] < d2 ? -1.0 : 0.0)));
       } else {
         v[k] = static_cast<float>(beta2 * v[k] + (1 - beta2) * d2);

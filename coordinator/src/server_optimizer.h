@@ -8,9 +8,9 @@
 // round's state, so a restarted coordinator continues the same trajectory. Not thread-safe.
 
 #include <map>
-#include <string>
 #include <vector>
 
+#include "fedda/common/protocol.h"
 #include "fedda/common/result.h"
 #include "fedda/common/tensors.h"
 
@@ -18,16 +18,16 @@ namespace fedda::coordinator {
 
 class ServerOptimizer {
  public:
-  ServerOptimizer(std::string kind, double learning_rate);
+  ServerOptimizer(protocol::ServerOptimizer kind, double learning_rate);
   // The next global model; error when the layouts differ.
   Result<TensorSet> step(const TensorSet& global, const TensorSet& average);
   // The moments as a tensor set ("m/<name>", "v/<name>"), and back.
   TensorSet state() const;
   Status restore(const TensorSet& state);
-  bool adaptive() const { return kind_ != "fedavg"; }
+  bool adaptive() const { return kind_ != protocol::ServerOptimizer::fedavg; }
 
  private:
-  std::string kind_;
+  protocol::ServerOptimizer kind_;
   double learning_rate_;
   std::map<std::string, std::vector<float>> m_, v_;
 };

@@ -121,7 +121,7 @@ namespace {
 
 // The student's budget (kd, kd-from-ada): its own, or the adaptations'.
 int kd_epochs(const ExperimentBudget& b) {
-  if (b.student_init == "scratch" && b.scratch_student_as_teacher) return b.teacher_epochs;
+  if (b.student_init == protocol::StudentInit::scratch && b.scratch_student_as_teacher) return b.teacher_epochs;
   return b.kd_epochs > 0 ? b.kd_epochs : b.adapt_epochs;
 }
 double kd_lr(const ExperimentBudget& b) { return b.kd_lr > 0 ? b.kd_lr : b.adapt_lr; }
@@ -144,15 +144,15 @@ json budget_json(const ExperimentBudget& b) {
           {"ada_weight", b.ada_weight},
           {"ada_warmup_epochs", b.ada_warmup_epochs},
           {"temperature", b.temperature},
-          {"student_init", b.student_init},
+          {"student_init", protocol::setting_name(b.student_init)},
           {"kd_epochs", b.kd_epochs},
           {"kd_lr", b.kd_lr},
-          {"kd_loss", b.kd_loss},
+          {"kd_loss", protocol::setting_name(b.kd_loss)},
           {"kd_hard_weight", b.kd_hard_weight},
           {"kd_confidence", b.kd_confidence},
           {"bn_statistics", b.bn_statistics},
-          {"federated_bn", b.federated_bn},
-          {"server_optimizer", b.server_optimizer},
+          {"federated_bn", protocol::setting_name(b.federated_bn)},
+          {"server_optimizer", protocol::setting_name(b.server_optimizer)},
           {"server_lr", b.server_lr},
           {"curve_every", b.curve_every},
           {"scratch_student_as_teacher", b.scratch_student_as_teacher},
@@ -382,7 +382,7 @@ CellTraining cell_training(const ExperimentBudget& b, const std::string& method,
     t.adaptation = t.teacher;
   } else if (kd) {
     // A student from scratch learns as the teacher did, where the budget says so; one from the teacher adapts.
-    if (b.student_init == "scratch" && b.scratch_student_as_teacher) {
+    if (b.student_init == protocol::StudentInit::scratch && b.scratch_student_as_teacher) {
       t.adaptation = t.teacher;
     } else {
       t.adaptation = train_config(b, seed, device, precision, threads, kd_epochs(b), kd_lr(b), b.adapt_recipe);
@@ -584,63 +584,75 @@ std::string yaml_quoted(const std::string& text) {
   return quoted + "'";
 }
 
-// The job files of a federated cell run on `consortium`, as (id, YAML) in running order.
+// The job files of a federated cell run on `consortium`, as (id, YAML) in running order: every
+// setting a JobSpec (protocol::job_file_settings), and the file's own keys (method, teacher,
+// recipe) after them.
 Result<std::vector<std::pair<std::string, std::string>>> job_files(const ExperimentOptions& o, const ExperimentBudget& b,
                                                                    const Cell& c, const fs::path& consortium,
                                                                    Pseudonyms& pseudonyms) {
-  std::ostringstream common;
-  common << "source: " << c.source << "\nbatch_size: " << b.batch << "\nlocal_steps: " << b.steps
-         << "\nsteps_by_share: true\nseed: " << o.seed << "\nround_deadline_s: 1800\ntemperature: " << b.temperature
-         << "\nada_weight: " << b.ada_weight << "\nada_warmup_rounds: " << b.ada_warmup_epochs
-         << "\nprecision: " << o.precision << "\n";
+  using protocol::JobType;
   std::vector<std::pair<std::string, std::string>> out;
   const auto ids = c.jobs();
-  const std::string fold = std::to_string(c.fold);
   const std::string teacher = yaml_quoted(teacher_model(o.out, c.source, c.method == "lbound-aug").string());
-  const std::string sites = yaml_list({c.source, c.target});
+  const bool otf = c.method.rfind("otf-", 0) == 0;
+  // Rounds, step size and recipe of the cell's centralized twin: a round is one of its epochs.
+  const auto training = cell_training(b, c.method, o.seed, o.device, o.precision, o.threads).adaptation;
   for (std::size_t i = 0; i < ids.size(); ++i) {
-    std::ostringstream y;
-    y << "id: " << ids[i] << "\nmethod: " << c.method << "\nfold: " << fold << "\nsites: " << sites
-      << "\nevaluation_sites: [" << c.target << "]\n" << common.str();
-    const bool otf = c.method.rfind("otf-", 0) == 0;
-    // Rounds, step size and recipe of the cell's centralized twin: a round is one of its epochs.
-    const auto training = cell_training(b, c.method, o.seed, o.device, o.precision, o.threads).adaptation;
+    protocol::JobSpec j;
+    j.id = ids[i];
+    j.fold = c.fold;
+    j.sites = {c.source, c.target};
+    j.evaluation_sites = {c.target};
+    j.source = c.source;
+    j.batch_size = b.batch;
+    j.local_steps = b.steps;
+    j.steps_by_share = true;
+    j.seed = o.seed;
+    j.round_deadline_s = 1800;
+    j.temperature = b.temperature;
+    j.ada_weight = b.ada_weight;
+    j.ada_warmup_rounds = b.ada_warmup_epochs;
+    j.precision = o.precision;
+    std::string extra = "method: " + c.method + "\n";
+    std::string model = teacher;  // the job's teacher: model file or job:<id>
     if (c.method == "lbound" || c.method == "lbound-aug") {
-      y << "type: evaluate\nteacher: " << teacher << "\n";
+      j.type = JobType::evaluate;
     } else {
-      y << "rounds: " << training.epochs << "\nlearning_rate: " << training.learning_rate
-        << "\nmin_sites: 2\nbn_statistics: " << b.federated_bn << "\nserver_optimizer: " << b.server_optimizer
-        << "\nserver_lr: " << b.server_lr << "\n";
-      if (!otf && b.curve_every > 0) y << "evaluate_every: " << b.curve_every << "\n";
-      if (o.secure_aggregation) y << "secure_aggregation: true\n";
-      if (is_kd(c.method)) y << "student_init: " << b.student_init << "\n";
+      j.rounds = training.epochs;
+      j.learning_rate = training.learning_rate;
+      j.min_sites = 2;
+      j.bn_statistics = b.federated_bn;
+      j.server_optimizer = b.server_optimizer;
+      j.server_lr = b.server_lr;
+      if (!otf && b.curve_every > 0) j.evaluate_every = b.curve_every;
+      j.secure_aggregation = o.secure_aggregation;
+      if (is_kd(c.method)) j.student_init = b.student_init;
       if (is_kd(c.method) || c.method == "otf-kd") {
-        y << "kd_loss: " << b.kd_loss << "\nkd_hard_weight: " << b.kd_hard_weight << "\nkd_confidence: " << b.kd_confidence
-          << "\n";
+        j.kd_loss = b.kd_loss;
+        j.kd_hard_weight = b.kd_hard_weight;
+        j.kd_confidence = b.kd_confidence;
       }
       // JSON is YAML; the classic recipe is written as none, as before recipes.
       if (models::to_json(training.recipe) != models::to_json(models::Recipe{})) {
-        y << "recipe: " << models::to_json(training.recipe) << "\n";
+        extra += "recipe: " + models::to_json(training.recipe) + "\n";
       }
-      if (c.method == "ubound") y << "type: teacher\nteacher: " << teacher << "\n";
-      if (c.method == "kd" || c.method == "kd-noisy" || c.method == "otf-kd") y << "type: kd\nteacher: " << teacher << "\n";
-      if (c.method == "ada" || c.method == "otf-ada") y << "type: ada\nteacher: " << teacher << "\n";
+      j.type = c.method == "ubound" ? JobType::teacher : c.method == "ada" || c.method == "otf-ada" ? JobType::ada : JobType::kd;
       if (c.method == "kd-from-ada") {
         // The ada job of the same consortium, or the model of the ada cell that ran in its own.
         const auto ada = ada_twin(c);
         if (consortium == shared_consortium(o.out) && consortium_of(o.out, ada) == consortium) {
-          y << "type: kd\nteacher: job:" << ada.jobs().front() << "\n";
+          model = "job:" + ada.jobs().front();
         } else {
-          y << "type: kd\nteacher: " << yaml_quoted(fs::absolute(consortium_of(o.out, ada) / "jobs" / ada.jobs().front() / "model.pt").string()) << "\n";
+          model = yaml_quoted(fs::absolute(consortium_of(o.out, ada) / "jobs" / ada.jobs().front() / "model.pt").string());
         }
       }
       if (otf) {
         auto p = pseudonyms.pseudonym(c.target, c.subjects[i]);
         if (!p) return p.error();
-        y << "subjects: [" << *p << "]\n";
+        j.subjects = {*p};
       }
     }
-    out.emplace_back(ids[i], y.str());
+    out.emplace_back(ids[i], protocol::job_file_settings(j) + extra + "teacher: " + model + "\n");
   }
   return out;
 }
@@ -844,9 +856,9 @@ Result<Setup> set_up(const ExperimentOptions& options) {
   if (!chosen) return chosen.error();
   auto& budget = setup.budget;
   budget = *chosen;
-  if (!o.student_init.empty()) budget.student_init = o.student_init;
-  if (!o.federated_bn.empty()) budget.federated_bn = o.federated_bn;
-  if (!o.server_optimizer.empty()) budget.server_optimizer = o.server_optimizer;
+  if (o.student_init) budget.student_init = *o.student_init;
+  if (o.federated_bn) budget.federated_bn = *o.federated_bn;
+  if (o.server_optimizer) budget.server_optimizer = *o.server_optimizer;
   if (o.server_lr > 0) budget.server_lr = o.server_lr;
   if (o.teacher_draws > 0) budget.teacher_draws = o.teacher_draws;
   auto grid = detail::plan_grid(o, budget);

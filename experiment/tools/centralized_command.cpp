@@ -87,9 +87,9 @@ CLI::App* add_options(CLI::App& app, const std::shared_ptr<Args>& a) {
   cmd->add_option("--recipe-set", a->recipe_set,
                   "KEY=VALUE on top of the recipe, for teacher and method (repeatable; `fedda-sim recipe` lists the keys)");
   cmd->add_option("--student-init", a->student_init, "kd: the student starts as the teacher, or from scratch (teacher | scratch)")
-      ->capture_default_str()->check(CLI::IsMember({"teacher", "scratch"}));
+      ->capture_default_str()->check(CLI::IsMember(protocol::setting_names<protocol::StudentInit>()));
   cmd->add_option("--kd-loss", a->kd_loss, "kd: hinton (T^2 KL at T on both sides) or paper (eq. 3 as written: student at T = 1)")
-      ->capture_default_str()->check(CLI::IsMember({"hinton", "paper"}));
+      ->capture_default_str()->check(CLI::IsMember(protocol::setting_names<protocol::KdLoss>()));
   cmd->add_option("--kd-hard-weight", a->kd_hard_weight,
                   "kd: weight of a supervised term (cross-entropy + soft Dice) on the teacher's confident voxels")
       ->capture_default_str();
@@ -144,8 +144,8 @@ std::vector<Setting> training_settings(const std::shared_ptr<Args>& a) {
          t.recipe = m.recipe = *r;
          return Status::success();
        }},
-      {"--student-init", method_only([a](models::TrainConfig& c) { c.kd_init = a->student_init; })},
-      {"--kd-loss", method_only([a](models::TrainConfig& c) { c.kd_loss = a->kd_loss; })},
+      {"--student-init", method_only([a](models::TrainConfig& c) { c.kd_init = *protocol::parse_setting<protocol::StudentInit>(a->student_init, "--student-init"); })},
+      {"--kd-loss", method_only([a](models::TrainConfig& c) { c.kd_loss = *protocol::parse_setting<protocol::KdLoss>(a->kd_loss, "--kd-loss"); })},
       {"--kd-hard-weight", method_only([a](models::TrainConfig& c) { c.kd_hard_weight = a->kd_hard_weight; })},
       {"--kd-confidence", method_only([a](models::TrainConfig& c) { c.kd_confidence = a->kd_confidence; })},
       {"--bn-statistics", method_only([a](models::TrainConfig& c) { c.bn_statistics = a->bn_statistics; })},
@@ -164,7 +164,7 @@ Status configure(const std::shared_ptr<Args>& a, const CLI::App& cmd, models::Tr
     auto budget = experiment_budget(a->profile);
     if (!budget) return budget.error();
     // Where the student starts decides its whole budget (paper-cpu: from scratch, the teacher's).
-    if (cmd.count("--student-init")) budget->student_init = a->student_init;
+    if (cmd.count("--student-init")) budget->student_init = *protocol::parse_setting<protocol::StudentInit>(a->student_init, "--student-init");
     const auto training = cell_training(*budget, a->o.method, a->seed, a->device, a->precision, a->threads);
     teacher = training.teacher;
     adaptation = training.adaptation;

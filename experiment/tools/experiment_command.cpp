@@ -72,15 +72,15 @@ void add_experiment(CLI::App& app, int& rc) {
       ->capture_default_str()->check(CLI::IsMember(experiment_profiles()));
   cmd->add_option("--student-init", a->student_init,
                   "where the KD student starts: teacher or scratch (default: the profile's)")
-      ->check(CLI::IsMember({"teacher", "scratch"}));
+      ->check(CLI::IsMember(protocol::setting_names<protocol::StudentInit>()));
   cmd->add_option("--federated-bn", a->federated_bn,
                   "federated: batch norm averaged like every other tensor (shared) or kept at each site and never sent "
                   "(local: FedBN) (default: the profile's)")
-      ->check(CLI::IsMember({"shared", "local"}));
+      ->check(CLI::IsMember(protocol::setting_names<protocol::BnStatistics>()));
   cmd->add_option("--server-optimizer", a->server_optimizer,
                   "federated: the coordinator's step on the sites' average: fedavg (take it), fedadam or fedyogi "
                   "(default: the profile's)")
-      ->check(CLI::IsMember({"fedavg", "fedadam", "fedyogi"}));
+      ->check(CLI::IsMember(protocol::setting_names<protocol::ServerOptimizer>()));
   cmd->add_option("--server-lr", a->server_lr,
                   "federated, fedadam/fedyogi: the server's step size; each round moves a weight by about this much "
                   "(default: the profile's)")
@@ -124,9 +124,11 @@ void add_experiment(CLI::App& app, int& rc) {
     o.data = a->data;
     o.out = a->out;
     o.profile = a->profile;
-    o.student_init = a->student_init;
-    o.federated_bn = a->federated_bn;
-    o.server_optimizer = a->server_optimizer;
+    if (!a->student_init.empty()) o.student_init = *protocol::parse_setting<protocol::StudentInit>(a->student_init, "--student-init");
+    if (!a->federated_bn.empty()) o.federated_bn = *protocol::parse_setting<protocol::BnStatistics>(a->federated_bn, "--federated-bn");
+    if (!a->server_optimizer.empty()) {
+      o.server_optimizer = *protocol::parse_setting<protocol::ServerOptimizer>(a->server_optimizer, "--server-optimizer");
+    }
     o.server_lr = a->server_lr;
     o.teacher_draws = a->teacher_draws;
     o.modes = comma_list(a->modes);

@@ -393,10 +393,6 @@ Result<TrainReport> train_kd(const fs::path& teacher_path, const std::vector<Sub
   auto run = prepare(c);
   if (!run) return run.error();
   const torch::Device device = run->device;
-  if (c.kd_init != "teacher" && c.kd_init != "scratch" && c.kd_init != "random") {
-    return make_error("kd_init must be teacher or scratch");
-  }
-  if (c.kd_loss != "hinton" && c.kd_loss != "paper") return make_error("kd_loss must be hinton or paper");
   auto teacher = load_model(teacher_path, device);
   if (!teacher) return teacher.error();
   teacher->net->set_precision(run->precision);  // soft labels in the run's precision
@@ -410,7 +406,7 @@ Result<TrainReport> train_kd(const fs::path& teacher_path, const std::vector<Sub
   Trainee t;
   t.spec = teacher->spec;
   t.spec.role = "student";
-  if (c.kd_init == "teacher") {
+  if (c.kd_init == protocol::StudentInit::teacher) {
     auto copy = load_model(teacher_path, device);
     if (!copy) return copy.error();
     t.net = copy->net;

@@ -53,7 +53,7 @@ torch::Tensor confident_labels(const torch::Tensor& teacher_soft, double tempera
 
 torch::Tensor kd_loss(const torch::Tensor& student_logits, const torch::Tensor& teacher_soft, double temperature,
                       const KdObjective& o) {
-  auto loss = o.loss == "paper" ? paper_distillation_loss(student_logits, teacher_soft)
+  auto loss = o.loss == protocol::KdLoss::paper ? paper_distillation_loss(student_logits, teacher_soft)
                                 : distillation_loss(student_logits, teacher_soft, temperature);
   if (o.hard_weight > 0) {
     loss = loss + o.hard_weight * supervised_loss(student_logits, confident_labels(teacher_soft, temperature, o.confidence),

@@ -5,6 +5,8 @@
 
 #include <torch/torch.h>
 
+#include "fedda/common/settings.h"
+
 namespace fedda::models {
 
 // Label value excluded from the supervised loss: "other pathology" of the WMH challenge.
@@ -43,7 +45,7 @@ torch::Tensor confident_labels(const torch::Tensor& teacher_soft, double tempera
 // `hard_weight` times the supervised loss (cross-entropy + dice_weight * soft Dice) on the
 // teacher's confident voxels as hard labels. With hard_weight 0 it is the distillation term alone.
 struct KdObjective {
-  std::string loss = "hinton";
+  protocol::KdLoss loss = protocol::KdLoss::hinton;
   double hard_weight = 0;
   double confidence = 0.5;
   double dice_weight = 1.0;

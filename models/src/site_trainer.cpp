@@ -234,7 +234,6 @@ Result<std::unique_ptr<SiteTrainer>> SiteTrainer::open(const SiteJobOptions& o, 
   impl->net->to(impl->device);
   impl->net->set_precision(impl->precision);
   if (o.local_batch_norm) impl->batch_norm = batch_norm_tensors(o.spec);
-  if (o.kd_loss != "hinton" && o.kd_loss != "paper") return make_error("kd_loss must be hinton or paper");
   if (auto st = validate(o.recipe, static_cast<int>(std::min(o.spec.grid.in_plane_size[0], o.spec.grid.in_plane_size[1])), o.spec.unet.depth); !st) {
     return make_error("recipe: " + st.error().message);
   }

@@ -177,7 +177,7 @@ struct SiteWorker::Impl {
                         {"local_steps", job.local_steps},
                         {"batch_size", job.batch_size},
                         {"learning_rate", job.learning_rate},
-                        {"transfer_precision", job.transfer_precision}};
+                        {"transfer_precision", protocol::setting_name(job.transfer_precision)}};
     if (job.dp.enabled()) {
       d["differential_privacy"] = {{"unit", "patient"},
                                    {"clip_norm", job.dp.clip_norm},
@@ -205,7 +205,7 @@ struct SiteWorker::Impl {
             per_round.push_back({{"what", what}, {"tensor", t.name}, {"shape", t.shape}, {"bytes", n}});
           }
         };
-        add(layouts->model_layout(), "model weights", job.transfer_precision == "float16");
+        add(layouts->model_layout(), "model weights", job.transfer_precision == protocol::TransferPrecision::float16);
         add(layouts->discriminator_layout(), "discriminator gradients", false);
       }
     }
@@ -288,7 +288,7 @@ struct SiteWorker::Impl {
     o.kd_loss = job.kd_loss;
     o.kd_hard_weight = job.kd_hard_weight;
     o.kd_confidence = job.kd_confidence;
-    o.local_batch_norm = job.bn_statistics == "local";
+    o.local_batch_norm = job.bn_statistics == protocol::BnStatistics::local;
     o.seed = job.seed ^ std::hash<std::string>{}(id);
     o.device = config.device;
     o.precision = models::precision_request(job.precision, config.precision);
@@ -336,7 +336,7 @@ struct SiteWorker::Impl {
     trainer_job.clear();
     job_steps = job.local_steps;
     job_rounds = job.rounds;
-    job_half = job.transfer_precision == "float16";
+    job_half = job.transfer_precision == protocol::TransferPrecision::float16;
     job_secure = job.secure_aggregation;
     auto spec = models::model_spec_from_json(job.model_spec_json);
     if (!spec) return fail(job.id, FailureCode::malformed, "model spec: " + spec.error().message);

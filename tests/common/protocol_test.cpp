@@ -77,14 +77,14 @@ TEST(Protocol, JobSpecSurvivesTheWireAndJson) {
   EXPECT_EQ(back->job.sites, offer.job.sites);
   EXPECT_EQ(back->job.subjects, offer.job.subjects);
   EXPECT_DOUBLE_EQ(back->job.learning_rate, 3e-4);
-  EXPECT_EQ(back->job.transfer_precision, "float32");
-  offer.job.transfer_precision = "float16";
+  EXPECT_EQ(back->job.transfer_precision, TransferPrecision::float32);
+  offer.job.transfer_precision = TransferPrecision::float16;
   EXPECT_EQ(decode_body<JobOffer>(encode(header_of(MessageType::job_offer), offer).body)->job.transfer_precision,
-            "float16");
+            TransferPrecision::float16);
   auto json = job_spec_from_json(to_json(offer.job));
   ASSERT_TRUE(json) << json.error().message;
   EXPECT_EQ(json->sites, offer.job.sites);
-  EXPECT_EQ(json->transfer_precision, "float16");
+  EXPECT_EQ(json->transfer_precision, TransferPrecision::float16);
   EXPECT_FALSE(job_spec_from_json("{\"id\": 1}"));
   offer.job.dp = {1.5, 0, 8, 1e-6, 2};  // differential privacy (version 10): on the wire and in JSON
   const auto dp_wire = decode_body<JobOffer>(encode(header_of(MessageType::job_offer), offer).body)->job.dp;

@@ -17,14 +17,14 @@ TensorSet model(float weight, float running_mean) {
 }
 
 TEST(ServerOptimizer, FedAvgTakesTheAverage) {
-  ServerOptimizer fedavg("fedavg", 1.0);
+  ServerOptimizer fedavg(protocol::ServerOptimizer::fedavg, 1.0);
   const auto next = fedavg.step(model(0, 0), model(1, 5)).value();
   EXPECT_EQ(to_f32(next.tensors[0])[0], 1.0f);
   EXPECT_FALSE(fedavg.adaptive());
 }
 
 TEST(ServerOptimizer, FedAdamStepsByTheMomentsAndKeepsThemAcrossARestart) {
-  ServerOptimizer adam("fedadam", 0.5);
+  ServerOptimizer adam(protocol::ServerOptimizer::fedadam, 0.5);
   // delta = 1 from zero moments: m = 0.1, v = 0.99 tau^2 + 0.01, step = 0.5 * m / (sqrt(v) + tau).
   const auto first = adam.step(model(0, 0), model(1, 5)).value();
   const double v = 0.99 * 1e-6 + 0.01;
@@ -32,11 +32,11 @@ TEST(ServerOptimizer, FedAdamStepsByTheMomentsAndKeepsThemAcrossARestart) {
   EXPECT_EQ(to_f32(first.tensors[1])[0], 5.0f);  // a buffer: taken as averaged
   // A second step, and the same second step after the moments were saved and restored.
   const auto second = adam.step(first, model(1, 5)).value();
-  ServerOptimizer restarted("fedadam", 0.5);
-  ASSERT_TRUE(restarted.restore(ServerOptimizer("fedadam", 0.5).state()));  // empty state reads back
-  ServerOptimizer again("fedadam", 0.5);
+  ServerOptimizer restarted(protocol::ServerOptimizer::fedadam, 0.5);
+  ASSERT_TRUE(restarted.restore(ServerOptimizer(protocol::ServerOptimizer::fedadam, 0.5).state()));  // empty state reads back
+  ServerOptimizer again(protocol::ServerOptimizer::fedadam, 0.5);
   (void)again.step(model(0, 0), model(1, 5));
-  ServerOptimizer resumed("fedadam", 0.5);
+  ServerOptimizer resumed(protocol::ServerOptimizer::fedadam, 0.5);
   ASSERT_TRUE(resumed.restore(again.state()));
   const auto second_resumed = resumed.step(first, model(1, 5)).value();
   EXPECT_FLOAT_EQ(to_f32(second_resumed.tensors[0])[0], to_f32(second.tensors[0])[0]);
@@ -44,7 +44,7 @@ TEST(ServerOptimizer, FedAdamStepsByTheMomentsAndKeepsThemAcrossARestart) {
 }
 
 TEST(ServerOptimizer, FedYogiMovesItsSecondMomentBySign) {
-  ServerOptimizer yogi("fedyogi", 0.5);
+  ServerOptimizer yogi(protocol::ServerOptimizer::fedyogi, 0.5);
   const auto next = yogi.step(model(0, 0), model(1, 0)).value();
   EXPECT_GT(to_f32(next.tensors[0])[0], 0.0f);
   EXPECT_TRUE(yogi.adaptive());

@@ -56,9 +56,9 @@ TEST(CellTraining, GivesEachMethodItsBudgetAndRecipe) {
   EXPECT_EQ(kd.adaptation.epochs, b.adapt_epochs);  // from the teacher: the adaptation's budget
   EXPECT_EQ(kd.adaptation.recipe.optimizer, "adam");
   EXPECT_DOUBLE_EQ(kd.adaptation.learning_rate, 1e-4);
-  b.student_init = "scratch";
+  b.student_init = protocol::StudentInit::scratch;
   const auto scratch = cell_training(b, "kd", 1, "cpu", "auto", 2);
-  EXPECT_EQ(scratch.adaptation.kd_init, "scratch");
+  EXPECT_EQ(scratch.adaptation.kd_init, protocol::StudentInit::scratch);
   EXPECT_EQ(scratch.adaptation.epochs, 100);
   EXPECT_DOUBLE_EQ(scratch.adaptation.learning_rate, 1e-3);
   EXPECT_EQ(models::to_json(scratch.adaptation.recipe), models::to_json(lbound.teacher.recipe));
@@ -67,7 +67,7 @@ TEST(CellTraining, GivesEachMethodItsBudgetAndRecipe) {
   EXPECT_EQ(aug.teacher.recipe.patch_size, 64);  // the teacher's own optimiser and patches
   const auto noisy = cell_training(b, "kd-noisy", 1, "cpu", "auto", 2);
   EXPECT_EQ(noisy.adaptation.recipe.gamma_max, models::recipe_preset("heavy")->gamma_max);
-  EXPECT_EQ(noisy.adaptation.kd_init, "scratch");
+  EXPECT_EQ(noisy.adaptation.kd_init, protocol::StudentInit::scratch);
 }
 
 TEST(PairedTTest, LeavesOutUndefinedScoresAndNeedsTwoPairs) {

@@ -25,6 +25,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <iterator>
 #include <sstream>
 #include <type_traits>
 #include <string>
@@ -41,6 +42,7 @@
 
 #include "fedda/common/result.h"
 #include "fedda/common/secagg.h"
+#include "fedda/common/settings.h"
 #include "fedda/common/tensors.h"
 
 // A bool on the wire is one byte that must be 0 or 1. Cereal loads any byte into the bool, which
@@ -120,6 +122,7 @@ enum class JobType : std::uint8_t { teacher = 1, kd = 2, ada = 3, evaluate = 4 }
 const char* job_type_name(JobType type);
 // Error lists the known types.
 Result<JobType> parse_job_type(const std::string& name);
+
 
 // Why the coordinator refused a message (Reject.code): agents act on the code, never on text.
 enum class RejectCode : std::uint16_t {
@@ -235,7 +238,7 @@ struct JobSpec {
   std::vector<std::string> evaluation_sites;  // default: every participating site but the source
   std::vector<std::string> subjects;          // if set: target sites use only these (on-the-fly)
   std::string model_spec_json;     // architecture + grid of the model being trained
-  std::string transfer_precision = "float32";  // float16: models cross the network at half precision
+  TransferPrecision transfer_precision = TransferPrecision::float32;  // float16: models cross the network at half precision
   // Sampling of the round's sites (jobs naming many sites): at most this many train per round,
   // drawn afresh every round from the ready sites by (seed, round); 0: every ready site.
   int sites_per_round = 0;
@@ -248,15 +251,15 @@ struct JobSpec {
   // the counts sites declare in the clear, so it holds under secure aggregation too (version 9).
   double max_sample_share = 0;
   // Knowledge distillation (kd jobs): where the student starts, what it learns from.
-  std::string student_init = "teacher";  // teacher | scratch (a fresh U-Net of the teacher's architecture)
-  std::string kd_loss = "hinton";        // hinton (T on both sides) | paper (eq. 3 as written: student at T = 1)
+  StudentInit student_init = StudentInit::teacher;  // or scratch (a fresh U-Net of the teacher's architecture)
+  KdLoss kd_loss = KdLoss::hinton;       // hinton (T on both sides) | paper (eq. 3 as written: student at T = 1)
   double kd_hard_weight = 0;             // + this x supervised loss on the teacher's confident voxels
   double kd_confidence = 0.5;            // confident: teacher p(WMH) >= c or <= 1 - c
   // Federated learning across scanners: batch-norm layers averaged like the rest (shared), or kept
   // at each site (local: FedBN, Li et al. 2021); the coordinator's step on the averaged update:
   // fedavg (take it), fedadam or fedyogi (Reddi et al. 2021) with server_lr.
-  std::string bn_statistics = "shared";
-  std::string server_optimizer = "fedavg";
+  BnStatistics bn_statistics = BnStatistics::shared;
+  ServerOptimizer server_optimizer = ServerOptimizer::fedavg;
   double server_lr = 1.0;
   int evaluate_every = 0;  // > 0: the evaluation sites also score the model after every this many rounds
   std::string precision = "auto";  // what sites compute in: auto | float32 | bfloat16 (version 6); "auto" leaves
@@ -270,6 +273,72 @@ struct JobSpec {
   std::string recipe;
   DpSpec dp;  // version 10
 };
+
+// Every setting of a job, once, in wire order: its name in JSON and job files, the JobSpec
+// version that brought it, and what its text is held to. The wire form (serialize below), JSON
+// (to_json, job_spec_from_json), job files (coordinator/job_file.h, read and written) all walk
+// this table, so a new setting is a member, a row and its use.
+struct JobSetting {
+  const char* name;
+  std::uint32_t since = 1;             // JobSpec version; a newer setting is absent from older peers
+  TextKind text = TextKind::id;        // strings and lists of them
+  bool in_job_file = true;             // false: job files spell it another way (model:, recipe: mappings)
+};
+template <class Spec, class Visit>  // Spec: JobSpec or const JobSpec; visit(const JobSetting&, member&)
+void for_each_job_setting(Spec& j, Visit&& visit) {
+  visit(JobSetting{"id"}, j.id);
+  visit(JobSetting{"type"}, j.type);
+  visit(JobSetting{"sites"}, j.sites);
+  visit(JobSetting{"source"}, j.source);
+  visit(JobSetting{"fold"}, j.fold);
+  visit(JobSetting{"rounds"}, j.rounds);
+  visit(JobSetting{"local_steps"}, j.local_steps);
+  visit(JobSetting{"steps_by_share"}, j.steps_by_share);
+  visit(JobSetting{"batch_size"}, j.batch_size);
+  visit(JobSetting{"learning_rate"}, j.learning_rate);
+  visit(JobSetting{"decay_round"}, j.decay_round);
+  visit(JobSetting{"dice_weight"}, j.dice_weight);
+  visit(JobSetting{"lesion_slice_fraction"}, j.lesion_slice_fraction);
+  visit(JobSetting{"augment"}, j.augment);
+  visit(JobSetting{"temperature"}, j.temperature);
+  visit(JobSetting{"ada_weight"}, j.ada_weight);
+  visit(JobSetting{"ada_warmup_rounds"}, j.ada_warmup_rounds);
+  visit(JobSetting{"seed"}, j.seed);
+  visit(JobSetting{"min_sites"}, j.min_sites);
+  visit(JobSetting{"round_deadline_s"}, j.round_deadline_s);
+  visit(JobSetting{"evaluate"}, j.evaluate);
+  visit(JobSetting{"evaluation_sites"}, j.evaluation_sites);
+  visit(JobSetting{"subjects"}, j.subjects);
+  visit(JobSetting{"model_spec", 1, TextKind::document, false}, j.model_spec_json);
+  visit(JobSetting{"transfer_precision", 2}, j.transfer_precision);
+  visit(JobSetting{"sites_per_round", 3}, j.sites_per_round);
+  visit(JobSetting{"fraction", 3}, j.fraction);
+  visit(JobSetting{"max_update_norm", 4}, j.max_update_norm);
+  visit(JobSetting{"student_init", 5}, j.student_init);
+  visit(JobSetting{"kd_loss", 5}, j.kd_loss);
+  visit(JobSetting{"kd_hard_weight", 5}, j.kd_hard_weight);
+  visit(JobSetting{"kd_confidence", 5}, j.kd_confidence);
+  visit(JobSetting{"bn_statistics", 5}, j.bn_statistics);
+  visit(JobSetting{"server_optimizer", 5}, j.server_optimizer);
+  visit(JobSetting{"server_lr", 5}, j.server_lr);
+  visit(JobSetting{"evaluate_every", 5}, j.evaluate_every);
+  visit(JobSetting{"precision", 6}, j.precision);
+  visit(JobSetting{"secure_aggregation", 7}, j.secure_aggregation);
+  visit(JobSetting{"secagg_threshold", 7}, j.secagg_threshold);
+  visit(JobSetting{"secagg_timeout_s", 7}, j.secagg_timeout_s);
+  visit(JobSetting{"recipe", 8, TextKind::document, false}, j.recipe);
+  visit(JobSetting{"max_sample_share", 9}, j.max_sample_share);
+  visit(JobSetting{"dp", 10}, j.dp);
+}
+// The same for DpSpec (a job's `dp` mapping), in wire order.
+template <class Spec, class Visit>
+void for_each_dp_setting(Spec& dp, Visit&& visit) {
+  visit(JobSetting{"clip_norm"}, dp.clip_norm);
+  visit(JobSetting{"noise_multiplier"}, dp.noise_multiplier);
+  visit(JobSetting{"target_epsilon"}, dp.target_epsilon);
+  visit(JobSetting{"delta"}, dp.delta);
+  visit(JobSetting{"slices_per_subject"}, dp.slices_per_subject);
+}
 
 // What a site's machine offers, read by its agent at each hello (Hello version 4): `fedda-admin
 // sites` and the status page show it, so an operator sizes a job for the consortium's sites.
@@ -476,6 +545,10 @@ Result<Body> decode_body(const std::string& body_frame);
 
 // Job specs as JSON (the job state file keeps one); error names the field.
 std::string to_json(const JobSpec& job);
+// The settings as a job file writes them (coordinator/job_file.h reads them back): one
+// "name: value" line each (values in JSON, which is YAML), `dp` only when on; not model_spec or
+// recipe, which job files spell as the `model:` and `recipe:` mappings.
+std::string job_file_settings(const JobSpec& job);
 Result<JobSpec> job_spec_from_json(const std::string& json);
 
 // ---- serialization ------------------------------------------------------------------------
@@ -648,6 +721,40 @@ void load(Archive& ar, JobTypeText& t) {
   t.value = *parsed;
 }
 
+// A setting enum (StudentInit, KdLoss, ...) travels as its name, as JobType does.
+template <class E>
+struct SettingText {
+  E& value;
+};
+template <class Archive, class E>
+void save(Archive& ar, const SettingText<E>& t) {
+  std::string name = setting_name(t.value);
+  ar(text(name, TextKind::id));
+}
+template <class Archive, class E>
+void load(Archive& ar, SettingText<E>& t) {
+  std::string name;
+  ar(text(name, TextKind::id));
+  auto parsed = parse_setting<E>(name, "setting");
+  if (!parsed) throw std::invalid_argument(parsed.error().message);
+  t.value = *parsed;
+}
+
+// What a JobSpec member is written as (for_each_job_setting): text held to its kind, a setting
+// by name, a number or flag as it is.
+inline Text wire(std::string& value, TextKind kind) { return text(value, kind); }
+inline TextList wire(std::vector<std::string>& value, TextKind kind) { return text_list(value, kind); }
+inline JobTypeText wire(JobType& value, TextKind) { return job_type_text(value); }
+inline DpSpec& wire(DpSpec& value, TextKind) { return value; }
+template <class E, std::enable_if_t<is_setting_v<E>, int> = 0>
+SettingText<E> wire(E& value, TextKind) {
+  return SettingText<E>{value};
+}
+template <class T, std::enable_if_t<std::is_arithmetic_v<T>, int> = 0>
+T& wire(T& value, TextKind) {
+  return value;
+}
+
 }  // namespace detail
 
 template <class Archive>
@@ -736,27 +843,14 @@ namespace fedda::protocol {
 template <class Archive>
 void serialize(Archive& ar, JobSpec& m, std::uint32_t version) {
   detail::check_known_version<JobSpec>(version);
-  ar(FEDDA_ID(id), detail::job_type_text(m.type), FEDDA_IDS(sites), FEDDA_ID(source), m.fold, m.rounds, m.local_steps,
-     m.steps_by_share, m.batch_size, m.learning_rate, m.decay_round, m.dice_weight, m.lesion_slice_fraction, m.augment,
-     m.temperature, m.ada_weight, m.ada_warmup_rounds, m.seed, m.min_sites, m.round_deadline_s, m.evaluate,
-     FEDDA_IDS(evaluation_sites), FEDDA_IDS(subjects), FEDDA_DOCUMENT(model_spec_json));
-  if (version >= 2) ar(FEDDA_ID(transfer_precision));
-  if (version >= 3) ar(m.sites_per_round, m.fraction);
-  if (version >= 4) ar(m.max_update_norm);
-  if (version >= 5) {
-    ar(FEDDA_ID(student_init), FEDDA_ID(kd_loss), m.kd_hard_weight, m.kd_confidence, FEDDA_ID(bn_statistics),
-       FEDDA_ID(server_optimizer), m.server_lr, m.evaluate_every);
-  }
-  if (version >= 6) ar(FEDDA_ID(precision));
-  if (version >= 7) ar(m.secure_aggregation, m.secagg_threshold, m.secagg_timeout_s);
-  if (version >= 8) ar(FEDDA_DOCUMENT(recipe));
-  if (version >= 9) ar(m.max_sample_share);
-  if (version >= 10) ar(m.dp);
+  for_each_job_setting(m, [&](const JobSetting& s, auto& field) {
+    if (version >= s.since) ar(detail::wire(field, s.text));
+  });
 }
 template <class Archive>
 void serialize(Archive& ar, DpSpec& m, std::uint32_t version) {
   detail::check_known_version<DpSpec>(version);
-  ar(m.clip_norm, m.noise_multiplier, m.target_epsilon, m.delta, m.slices_per_subject);
+  for_each_dp_setting(m, [&](const JobSetting& s, auto& field) { ar(detail::wire(field, s.text)); });
 }
 template <class Archive>
 void serialize(Archive& ar, Hello& m, std::uint32_t version) {

@@ -56,11 +56,11 @@ struct ExperimentBudget {
   int ada_warmup_epochs = 1;
   double temperature = 2.0;
   // The student (kd, kd-from-ada, otf-kd): where it starts and what it learns from.
-  std::string student_init = "teacher";  // teacher | scratch
+  protocol::StudentInit student_init = protocol::StudentInit::teacher;
   bool scratch_student_as_teacher = false;  // scratch: the teacher's epochs, step size and recipe (the paper's)
   int kd_epochs = 0;                     // 0: adapt_epochs
   double kd_lr = 0;                      // 0: adapt_lr
-  std::string kd_loss = "hinton";        // hinton | paper
+  protocol::KdLoss kd_loss = protocol::KdLoss::hinton;
   double kd_hard_weight = 0;             // supervised term on the teacher's confident voxels
   double kd_confidence = 0.5;
   // Batch norm across domains: centralized kd / ada recompute it on the target (target) or not
@@ -68,8 +68,8 @@ struct ExperimentBudget {
   // by default: on the quick grid (seed 31415) it took the federated U-bound from 0.286 to 0.308
   // against 0.321 centralized (README, "Federated against centralized").
   std::string bn_statistics = "shared";
-  std::string federated_bn = "local";
-  std::string server_optimizer = "fedavg";  // fedavg | fedadam | fedyogi
+  protocol::BnStatistics federated_bn = protocol::BnStatistics::local;
+  protocol::ServerOptimizer server_optimizer = protocol::ServerOptimizer::fedavg;
   double server_lr = 1.0;
   int curve_every = 0;  // learning curves: the test half scored every this many epochs / rounds
   // How the networks train (models/recipe.h): teachers (and students from scratch, which get the
@@ -118,9 +118,9 @@ struct ExperimentOptions {
   std::filesystem::path data;
   std::filesystem::path out;
   std::string profile = "quick";     // the training budget; any data (fedda-sim generate) will do
-  std::string student_init;          // overrides the profile's (teacher | scratch) when set
-  std::string federated_bn;          // overrides the profile's (shared | local) when set
-  std::string server_optimizer;      // overrides the profile's (fedavg | fedadam | fedyogi) when set
+  std::optional<protocol::StudentInit> student_init;          // overrides the profile's when set
+  std::optional<protocol::BnStatistics> federated_bn;         // overrides the profile's when set
+  std::optional<protocol::ServerOptimizer> server_optimizer;  // overrides the profile's when set
   double server_lr = 0;              // overrides the profile's when positive
   int teacher_draws = 0;             // overrides the profile's when positive
   std::vector<std::string> modes{"federated", "centralized"};

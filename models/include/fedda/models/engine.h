@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "fedda/common/result.h"
+#include "fedda/common/settings.h"
 #include "fedda/imaging/dataset.h"
 #include "fedda/imaging/metrics.h"
 #include "fedda/models/model_spec.h"
@@ -42,8 +43,8 @@ struct TrainConfig {
   bool augment = true;           // false: the recipe's augmentation off (patches, optimiser, schedule kept)
   Recipe recipe;                 // augmentation, patches, optimiser, schedule, prefetch (recipe.h; classic by default)
   double temperature = 2.0;      // KD
-  std::string kd_init = "teacher";  // student starts from: teacher | scratch ("random" is scratch)
-  std::string kd_loss = "hinton";   // hinton: T^2 KL(softmax(t/T) || softmax(s/T)); paper: eq. 3 as written,
+  protocol::StudentInit kd_init = protocol::StudentInit::teacher;  // student starts from: teacher | scratch
+  protocol::KdLoss kd_loss = protocol::KdLoss::hinton;  // hinton: T^2 KL(softmax(t/T) || softmax(s/T)); paper: eq. 3 as written,
                                     // cross-entropy of softmax(t/T) and the student's softmax at T = 1
   double kd_hard_weight = 0;        // + this x (cross-entropy + soft Dice) on the teacher's confident voxels
   double kd_confidence = 0.5;       // confident: teacher p(WMH) >= c or <= 1 - c; 0.5: every voxel

@@ -36,7 +36,7 @@ struct SiteJobOptions {
   Recipe recipe;                    // augmentation, patches, optimiser (recipe.h); the schedule is the coordinator's
   double dice_weight = 1.0;
   double temperature = 2.0;
-  std::string kd_loss = "hinton";   // kd: hinton | paper (see TrainConfig)
+  protocol::KdLoss kd_loss = protocol::KdLoss::hinton;  // kd (see TrainConfig)
   double kd_hard_weight = 0;        // kd: + this x supervised loss on the teacher's confident voxels
   double kd_confidence = 0.5;
   bool local_batch_norm = false;    // FedBN: this site's batch-norm tensors stay its own across rounds
