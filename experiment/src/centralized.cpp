@@ -116,7 +116,8 @@ Result<CentralizedResult> run_centralized(const CentralizedOptions& o) {
   }
   CentralizedResult result;
   auto score = [&](const fs::path& model, const std::vector<SubjectFiles>& subjects) -> Status {
-    auto scores = models::evaluate_model(model, subjects, o.adaptation.device, o.adaptation.precision);
+    auto scores = models::evaluate_model(model, subjects, o.adaptation.device, o.adaptation.precision,
+                                         o.adaptation.test_time_mirroring);
     if (!scores) return scores.error();
     for (const auto& s : *scores) result.rows.push_back({s.subject, s.metrics});
     return Status::success();

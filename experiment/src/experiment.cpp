@@ -155,6 +155,7 @@ json budget_json(const ExperimentBudget& b) {
           {"server_optimizer", protocol::setting_name(b.server_optimizer)},
           {"server_lr", b.server_lr},
           {"curve_every", b.curve_every},
+          {"test_time_mirroring", b.test_time_mirroring},
           {"scratch_student_as_teacher", b.scratch_student_as_teacher},
           {"teacher_recipe", json::parse(models::to_json(b.teacher_recipe))},
           {"adapt_recipe", json::parse(models::to_json(b.adapt_recipe))},
@@ -367,6 +368,7 @@ models::TrainConfig train_config(const ExperimentBudget& b, std::uint64_t seed, 
   c.device = device;
   c.precision = precision;
   c.threads = threads;
+  c.test_time_mirroring = b.test_time_mirroring;
   return c;
 }
 
@@ -613,6 +615,7 @@ Result<std::vector<std::pair<std::string, std::string>>> job_files(const Experim
     j.ada_weight = b.ada_weight;
     j.ada_warmup_rounds = b.ada_warmup_epochs;
     j.precision = o.precision;
+    j.test_time_mirroring = b.test_time_mirroring;
     std::string extra = "method: " + c.method + "\n";
     std::string model = teacher;  // the job's teacher: model file or job:<id>
     if (c.method == "lbound" || c.method == "lbound-aug") {
@@ -860,6 +863,7 @@ Result<Setup> set_up(const ExperimentOptions& options) {
   if (o.federated_bn) budget.federated_bn = *o.federated_bn;
   if (o.server_optimizer) budget.server_optimizer = *o.server_optimizer;
   if (o.server_lr > 0) budget.server_lr = o.server_lr;
+  if (o.test_time_mirroring) budget.test_time_mirroring = true;
   if (o.teacher_draws > 0) budget.teacher_draws = o.teacher_draws;
   auto grid = detail::plan_grid(o, budget);
   if (!grid) return grid.error();

@@ -34,6 +34,7 @@ struct Args {
   std::vector<std::string> recipe_set;
   double kd_hard_weight = 0, kd_confidence = 0.5, adapt_lr = 0;
   int curve_every = 0;
+  bool test_time_mirroring = false;
   std::uint64_t seed = 1;
 };
 
@@ -101,6 +102,9 @@ CLI::App* add_options(CLI::App& app, const std::shared_ptr<Args>& a) {
   cmd->add_option("--adapt-lr", a->adapt_lr, "learning rate of kd / ada (default: --lr)")->capture_default_str();
   cmd->add_option("--curve-every", a->curve_every, "score the test half every N adaptation epochs (curve.csv)")
       ->capture_default_str();
+  cmd->add_flag("--test-time-mirroring", a->test_time_mirroring,
+                "score with p(WMH) the mean of the model's on each slice and on its left-right mirror image (nnU-Net's "
+                "test-time mirroring; twice the inference time)");
   return cmd;
 }
 
@@ -136,6 +140,7 @@ std::vector<Setting> training_settings(const std::shared_ptr<Args>& a) {
       {"--precision", both([a](models::TrainConfig& c) { c.precision = a->precision; })},
       {"--threads", both([a](models::TrainConfig& c) { c.threads = a->threads; })},
       {"--seed", both([a](models::TrainConfig& c) { c.seed = a->seed; })},
+      {"--test-time-mirroring", both([a](models::TrainConfig& c) { c.test_time_mirroring = a->test_time_mirroring; })},
       {"--recipe",
        [a](models::TrainConfig& t, models::TrainConfig& m) -> Status {
          const bool object = a->recipe.find('{') != std::string::npos;

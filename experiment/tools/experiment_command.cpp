@@ -48,7 +48,7 @@ void add_experiment(CLI::App& app, int& rc) {
     int teacher_draws = 0;
     std::uint64_t seed = 1;
     int threads = 0;
-    bool insecure = false, secure_aggregation = false;
+    bool insecure = false, secure_aggregation = false, test_time_mirroring = false;
   };
   auto a = std::make_shared<Args>();
   auto* cmd = app.add_subcommand(
@@ -107,6 +107,9 @@ void add_experiment(CLI::App& app, int& rc) {
   cmd->add_flag("--secure-aggregation", a->secure_aggregation,
                 "federated: every training job under secure aggregation (the coordinator sees only each round's sum; "
                 "results equal the plain run's within 1e-6 per weight)");
+  cmd->add_flag("--test-time-mirroring", a->test_time_mirroring,
+                "score every model with p(WMH) the mean of its own on each slice and on the slice's left-right mirror "
+                "image (nnU-Net's test-time mirroring; centralized scores and federated evaluation alike)");
   auto* plan = cmd->add_option(
       "--plan", a->plan,
       "write the grid as independent commands into this folder instead of running it: stage-1.txt, stage-2.txt, "
@@ -144,6 +147,7 @@ void add_experiment(CLI::App& app, int& rc) {
     o.threads = a->threads;
     o.secure = !a->insecure;
     o.secure_aggregation = a->secure_aggregation;
+    o.test_time_mirroring = a->test_time_mirroring;
     o.bin_dir = executable_dir();
     o.cell = a->cell;
     if (!a->plan.empty()) {
@@ -168,6 +172,7 @@ void add_experiment(CLI::App& app, int& rc) {
       option("threads", std::to_string(a->threads));
       if (a->insecure) base += " --insecure";
       if (a->secure_aggregation) base += " --secure-aggregation";
+      if (a->test_time_mirroring) base += " --test-time-mirroring";
       auto written = write_experiment_plan(o, a->plan, [&](const std::string& cell) { return base + " --cell " + cell; });
       if (!written) {
         log::get("fedda-sim")->error("{}", written.error().message);

@@ -120,7 +120,7 @@ Result<TrainReport> run_epochs(const TrainConfig& c, Trainee& t, const SampleFn&
     if (c.curve_every > 0 && !c.curve_subjects.empty() && (epoch % c.curve_every == 0 || epoch == c.epochs)) {
       // The learning curve scores the model as it would be saved now (AdaBN included).
       if (t.before_save) t.before_save();
-      auto scores = score_subjects(t.net, t.spec, c.curve_subjects, t.device, true);
+      auto scores = score_subjects(t.net, t.spec, c.curve_subjects, t.device, true, c.test_time_mirroring);
       if (!scores) return scores.error();
       e.curve_dsc = mean_dice(*scores);
       if (t.after_curve) t.after_curve();
@@ -240,10 +240,10 @@ double BrainCrop::pixel_share(const torch::Tensor& brain) const {
 
 // Probability of WMH for every slice of a scan, on the model grid.
 torch::Tensor predict(UNet& net, const torch::Tensor& images, const torch::Device& device, double temperature,
-                      const torch::Tensor& brain, std::int64_t margin) {
+                      const torch::Tensor& brain, std::int64_t margin, bool mirror) {
   torch::InferenceMode guard;
   net->eval();
-  const auto run = [&](const torch::Tensor& input) {
+  const auto once = [&](const torch::Tensor& input) {
     std::vector<torch::Tensor> parts;
     const int64_t slices = input.size(0);
     for (int64_t i = 0; i < slices; i += 16) {
@@ -251,6 +251,9 @@ torch::Tensor predict(UNet& net, const torch::Tensor& images, const torch::Devic
       parts.push_back(tempered_softmax(logits, temperature).select(1, 1).to(torch::kCPU));
     }
     return torch::cat(parts).contiguous();
+  };
+  const auto run = [&](const torch::Tensor& input) {  // input [S, C, H, W]; p [S, H, W]
+    return mirror ? ((once(input) + once(input.flip({3})).flip({2})) * 0.5).contiguous() : once(input);
   };
   if (!brain.defined()) return run(images);
   const auto crop = brain_crop(brain, std::int64_t{1} << net->spec().depth, margin);
@@ -501,13 +504,13 @@ Result<TrainReport> train_ada(const std::optional<fs::path>& initial, const std:
 
 Result<std::vector<SubjectScore>> score_subjects(UNet& net, const ModelSpec& spec,
                                                  const std::vector<SubjectFiles>& subjects, const torch::Device& device,
-                                                 bool dice_only) {
+                                                 bool dice_only, bool mirror) {
   std::vector<SubjectScore> scores;
   for (const auto& s : subjects) {
     if (!s.labels) return make_error(s.clinic + "/" + s.subject + ": no labels to evaluate against");
     auto scan = load_scan(s, spec.grid, true);  // with labels: the same memo entry as training and validation
     if (!scan) return scan.error();
-    const auto p = predict(net, scan->images, device, 1.0, scan->brain);
+    const auto p = predict(net, scan->images, device, 1.0, scan->brain, kBrainCropMargin, mirror);
     const auto prediction = imaging::restore_segmentation(to_image(p, scan->grid), scan->original);
     auto truth = imaging::read_label_map(*s.labels);
     if (!truth) return truth.error();
@@ -539,10 +542,11 @@ double mean_dice(const std::vector<SubjectScore>& scores, int* counted) {
 }
 
 Result<std::vector<SubjectScore>> evaluate_model(const fs::path& model, const std::vector<SubjectFiles>& subjects,
-                                                 const std::string& device_name, const std::string& precision) {
+                                                 const std::string& device_name, const std::string& precision,
+                                                 bool mirror) {
   auto m = load_for_inference(model, device_name, precision);
   if (!m) return m.error();
-  return score_subjects(m->model.net, m->model.spec, subjects, m->device);
+  return score_subjects(m->model.net, m->model.spec, subjects, m->device, false, mirror);
 }
 
 Status segment_scan(const fs::path& model, const fs::path& flair, const fs::path& t1, const fs::path& out,

@@ -362,7 +362,7 @@ Result<std::vector<SubjectScore>> SiteTrainer::evaluate(const TensorSet& model) 
   auto& m = *impl_;
   if (auto st = m.load(model); !st) return st.error();
   m.net->eval();
-  return score_subjects(m.net, m.options.spec, m.evaluation, m.device);
+  return score_subjects(m.net, m.options.spec, m.evaluation, m.device, false, m.options.test_time_mirroring);
 }
 
 Result<TensorSet> SiteTrainer::as_evaluated(const TensorSet& model) {

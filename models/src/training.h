@@ -43,9 +43,10 @@ constexpr std::int64_t kBrainCropMargin = 16;
 
 // Probability of WMH for every slice of a scan, on the model grid (inference mode). With the
 // scan's `brain` mask [S, H, W], the network runs on brain_crop's box of the slices with brain
-// only (margin `margin`), and p is 0 elsewhere; without it, on every pixel.
+// only (margin `margin`), and p is 0 elsewhere; without it, on every pixel. `mirror`: the mean of
+// p on the slices and on their left-right mirror images, mirrored back (test-time mirroring).
 torch::Tensor predict(UNet& net, const torch::Tensor& images, const torch::Device& device, double temperature = 1.0,
-                      const torch::Tensor& brain = {}, std::int64_t margin = kBrainCropMargin);
+                      const torch::Tensor& brain = {}, std::int64_t margin = kBrainCropMargin, bool mirror = false);
 
 // Stores a teacher's p(WMH) [S, H, W] as the scan's soft labels (half precision), takes the
 // slices it calls lesion (p > 0.5 anywhere) as the scan's lesion slices, and drops its labels.
@@ -72,9 +73,9 @@ void set_learning_rate(torch::optim::Optimizer& optimizer, double lr);
 double descend(torch::optim::Optimizer& optimizer, const torch::Tensor& loss, double clip = 0);
 
 // Segments each labelled subject with `net` and scores it in its own geometry; `dice_only`
-// computes the DSC alone (the other metrics NaN), for learning curves.
+// computes the DSC alone (the other metrics NaN), for learning curves; `mirror` as predict's.
 Result<std::vector<SubjectScore>> score_subjects(UNet& net, const ModelSpec& spec,
                                                  const std::vector<imaging::SubjectFiles>& subjects,
-                                                 const torch::Device& device, bool dice_only = false);
+                                                 const torch::Device& device, bool dice_only = false, bool mirror = false);
 
 }  // namespace fedda::models

@@ -288,6 +288,7 @@ struct SiteWorker::Impl {
     o.kd_loss = job.kd_loss;
     o.kd_hard_weight = job.kd_hard_weight;
     o.kd_confidence = job.kd_confidence;
+    o.test_time_mirroring = job.test_time_mirroring;
     o.local_batch_norm = job.bn_statistics == protocol::BnStatistics::local;
     o.seed = job.seed ^ std::hash<std::string>{}(id);
     o.device = config.device;

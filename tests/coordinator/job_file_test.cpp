@@ -180,6 +180,7 @@ void expect_same_settings(const protocol::JobSpec& a, const protocol::JobSpec& b
   EXPECT_EQ(a.secagg_threshold, b.secagg_threshold) << "secagg_threshold";
   EXPECT_EQ(a.secagg_timeout_s, b.secagg_timeout_s) << "secagg_timeout_s";
   EXPECT_EQ(a.max_sample_share, b.max_sample_share) << "max_sample_share";
+  EXPECT_EQ(a.test_time_mirroring, b.test_time_mirroring) << "test_time_mirroring";
   EXPECT_EQ(a.dp.clip_norm, b.dp.clip_norm) << "dp.clip_norm";
   EXPECT_EQ(a.dp.noise_multiplier, b.dp.noise_multiplier) << "dp.noise_multiplier";
   EXPECT_EQ(a.dp.target_epsilon, b.dp.target_epsilon) << "dp.target_epsilon";
@@ -231,6 +232,7 @@ TEST_F(JobFile, EverySettingSurvivesTheWireJsonAndAJobFileWrittenFromIt) {
   j.secagg_timeout_s = 30;
   j.max_sample_share = 0.9;
   j.dp = {1.5, 0, 8, 1e-6, 2};
+  j.test_time_mirroring = true;
   const auto round_trip = [](const JobSpec& spec) {
     const std::string expected = to_json(spec);
     JobOffer offer;

@@ -91,5 +91,22 @@ TEST(BrainCrop, PredictionInsideTheBrainIsUnchangedWithinTolerance) {
   EXPECT_TRUE(torch::equal((cropped > 0.5).masked_select(scan.brain), (whole > 0.5).masked_select(scan.brain)));
 }
 
+// Test-time mirroring: p is the mean over the slice and its mirror image, so mirroring the input
+// mirrors the output exactly, which a network alone does not do.
+TEST(TestTimeMirroring, MakesThePredictionMirrorEquivariant) {
+  const auto scan = synthetic_scan(4, 64, 16, 12);
+  auto net = small_unet(3);
+  const auto mirrored = scan.images.flip({3});
+  const auto plain = predict(net, scan.images, torch::kCPU);
+  EXPECT_GT((predict(net, mirrored, torch::kCPU).flip({2}) - plain).abs().max().item<float>(), 1e-4f)
+      << "an untrained network is not mirror-symmetric by itself";
+  const auto p = predict(net, scan.images, torch::kCPU, 1.0, {}, kBrainCropMargin, true);
+  const auto q = predict(net, mirrored, torch::kCPU, 1.0, {}, kBrainCropMargin, true);
+  EXPECT_LT((q.flip({2}) - p).abs().max().item<float>(), 1e-6f);
+  EXPECT_EQ(p.sizes(), plain.sizes());
+  EXPECT_GE(p.min().item<float>(), 0.0f);
+  EXPECT_LE(p.max().item<float>(), 1.0f);
+}
+
 }  // namespace
 }  // namespace fedda::models

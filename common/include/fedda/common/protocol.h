@@ -272,6 +272,9 @@ struct JobSpec {
   // patches, optimiser, schedule); empty: the classic recipe, as before recipes.
   std::string recipe;
   DpSpec dp;  // version 10
+  // Scoring (evaluation sites): p(WMH) the mean of the model's on the scan and on its left-right
+  // mirror image, mirrored back (nnU-Net's test-time mirroring; version 11).
+  bool test_time_mirroring = false;
 };
 
 // Every setting of a job, once, in wire order: its name in JSON and job files, the JobSpec
@@ -329,6 +332,7 @@ void for_each_job_setting(Spec& j, Visit&& visit) {
   visit(JobSetting{"recipe", 8, TextKind::document, false}, j.recipe);
   visit(JobSetting{"max_sample_share", 9}, j.max_sample_share);
   visit(JobSetting{"dp", 10}, j.dp);
+  visit(JobSetting{"test_time_mirroring", 11}, j.test_time_mirroring);
 }
 // The same for DpSpec (a job's `dp` mapping), in wire order.
 template <class Spec, class Visit>
@@ -1027,7 +1031,7 @@ Result<Body> decode_body(const std::string& body_frame) {
 CEREAL_CLASS_VERSION(fedda::protocol::Header, 1)
 CEREAL_CLASS_VERSION(fedda::WireTensor, 1)
 CEREAL_CLASS_VERSION(fedda::TensorSet, 1)
-CEREAL_CLASS_VERSION(fedda::protocol::JobSpec, 10)
+CEREAL_CLASS_VERSION(fedda::protocol::JobSpec, 11)
 CEREAL_CLASS_VERSION(fedda::protocol::DpSpec, 1)
 CEREAL_CLASS_VERSION(fedda::protocol::Hello, 4)
 CEREAL_CLASS_VERSION(fedda::protocol::SiteResources, 1)

@@ -72,6 +72,7 @@ struct ExperimentBudget {
   protocol::ServerOptimizer server_optimizer = protocol::ServerOptimizer::fedavg;
   double server_lr = 1.0;
   int curve_every = 0;  // learning curves: the test half scored every this many epochs / rounds
+  bool test_time_mirroring = false;  // every score with test-time mirroring (TrainConfig::test_time_mirroring)
   // How the networks train (models/recipe.h): teachers (and students from scratch, which get the
   // teacher's budget), and adaptations from the teacher (ubound, ada, kd from the teacher, on the
   // fly). lbound-aug's teacher and kd-noisy's student add noisy_augmentation's transforms to theirs.
@@ -132,6 +133,7 @@ struct ExperimentOptions {
   int threads = 0;                   // 0: every core
   bool secure = true;                // federated: provisioned kits (CurveZMQ, signatures, sealed state)
   bool secure_aggregation = false;   // federated: every training job under secure aggregation (common/secagg.h)
+  bool test_time_mirroring = false;  // sets the profile's
   std::filesystem::path bin_dir;     // fedda-coordinator and fedda-agent (required for federated cells)
   // Run only this cell of the grid (ids as a plan's cells.tsv lists them, e.g. "teacher-utrecht",
   // "federated-kd-utrecht-singapore-f0"), or "report": merge every finished cell and write the

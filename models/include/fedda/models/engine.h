@@ -51,6 +51,9 @@ struct TrainConfig {
   std::string bn_statistics = "shared";  // kd / ada: shared | target (running statistics recomputed on the
                                          // target's scans after training: AdaBN)
   std::vector<imaging::SubjectFiles> curve_subjects;  // if set: scored every curve_every epochs (learning curve)
+  // Scoring (curves and the harness's final score): p(WMH) the mean of the model's on the slices
+  // and on their left-right mirror images, mirrored back (nnU-Net's test-time mirroring).
+  bool test_time_mirroring = false;
   int curve_every = 0;
   std::filesystem::path init_model; // supervised: fine-tune this model (its architecture and grid) instead of a new one
   double ada_weight = 0.1;       // ADA: adversarial weight after warm-up
@@ -112,10 +115,12 @@ struct SubjectScore {
 // leaves it undefined); NaN when it is nowhere. `counted`, if given, receives how many counted.
 double mean_dice(const std::vector<SubjectScore>& scores, int* counted = nullptr);
 
-// Segments each labelled subject and scores it in its own geometry.
+// Segments each labelled subject and scores it in its own geometry; `mirror`: test-time mirroring
+// (TrainConfig::test_time_mirroring).
 Result<std::vector<SubjectScore>> evaluate_model(const std::filesystem::path& model,
                                                  const std::vector<imaging::SubjectFiles>& subjects,
-                                                 const std::string& device = "cpu", const std::string& precision = "auto");
+                                                 const std::string& device = "cpu", const std::string& precision = "auto",
+                                                 bool mirror = false);
 
 // Segments one scan; the output has the FLAIR's exact geometry (0 background, 1 WMH).
 Status segment_scan(const std::filesystem::path& model, const std::filesystem::path& flair,

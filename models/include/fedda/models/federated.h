@@ -28,6 +28,7 @@ struct SiteJobOptions {
   ModelSpec spec;
   std::vector<imaging::SubjectFiles> train;       // scans the site trains on
   std::vector<imaging::SubjectFiles> evaluation;  // labelled scans scored in evaluation rounds
+  bool test_time_mirroring = false;  // evaluation: scored with test-time mirroring (TrainConfig)
   bool labelled = false;  // train scans' labels drive the loss (teacher; ada at the source)
   int domain = 0;         // ada: 0 = source, 1 = target
   int batch_size = 8;
