@@ -112,7 +112,7 @@ Status validate_job(protocol::JobSpec& j, const std::string& teacher) {
     if (j.max_update_norm > 0) {
       return make_error("max_update_norm cannot be checked under secure_aggregation: the coordinator never sees one site's update");
     }
-    // Rounds open with at least minimum_sum sites whatever min_sites says (round_driver.h).
+    // Rounds open with at least minimum_sum sites whatever min_sites says (job_run.h).
     if (const int least = secagg::minimum_sum(j.sites.size()); j.sites_per_round > 0 && j.sites_per_round < least) {
       return make_error("sites_per_round (" + std::to_string(j.sites_per_round) + ") under secure_aggregation: a job of " +
                         std::to_string(j.sites.size()) + " sites opens sums of at least " + std::to_string(least) +

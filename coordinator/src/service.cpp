@@ -30,7 +30,7 @@
 #include "fedda/common/version.h"
 #include "job_store.h"
 #include "log_requests.h"
-#include "round_driver.h"
+#include "job_run.h"
 #include "site_registry.h"
 #include "status_api.h"
 
@@ -164,6 +164,7 @@ struct Service::Impl : JobHost, AdminBackend {
   JobStore& store() override { return *jobs; }
   const kit::CoordinatorKit* kit() const override { return consortium ? &*consortium : nullptr; }
   Clock::duration start_timeout() const override { return o.start_timeout; }
+  Clock::time_point now() const override { return Clock::now(); }
 
   protocol::Header header(MessageType type, const std::string& job_id, int round) {
     protocol::Header h;

@@ -11,7 +11,7 @@
 // sites). Wang et al. 2020, "Tackling the objective inconsistency problem in heterogeneous
 // federated optimization" (FedNova), normalise each move by its steps: such a job weighs a site
 // by samples per step, and the coordinator stretches the averaged move from the global model by
-// `move_scale` (round_driver.cpp), so that the round moves the model as far as the sites' steps
+// `move_scale` (job_run.cpp), so that the round moves the model as far as the sites' steps
 // together and in the direction of the sample-weighted mean of their per-step moves. With steps
 // exactly proportional to samples that is the sum of the sites' moves: one centralized epoch.
 

@@ -14,7 +14,7 @@
 // side by side when their sites do not overlap and no earlier job waits for those sites; a job
 // whose teacher is another job's result waits for that job. Queued and running jobs survive a
 // restart: a running job resumes from its last finished round. The round driver
-// (round_driver.h) runs each job; the admin service (admin_service.h) answers operators and
+// (job_run.h) runs each job; the admin service (admin_service.h) answers operators and
 // keeps STATE/audit.jsonl.
 //
 // Single-threaded: one thread calls start() and run(); stop() may be called from a signal

@@ -1,4 +1,4 @@
-#include "round_driver.h"
+#include "job_run.h"
 
 #include <algorithm>
 #include <cmath>
@@ -6,32 +6,20 @@
 #include <map>
 #include <random>
 
-#include "fedda/common/aggregation.h"
+#include "crash_point.h"
 #include "fedda/common/crypto.h"
 #include "fedda/common/files.h"
-#include "fedda/common/secagg.h"
-#include "fedda/common/text.h"
-#include "crash_point.h"
-#include "server_optimizer.h"
 #include "fedda/models/recipe.h"
-#include "fedda/models/weights.h"
+#include "job_run_detail.h"
 
 namespace fedda::coordinator {
 namespace fs = std::filesystem;
 using protocol::JobType;
 using protocol::MessageType;
+using job_run_detail::duration_of;
+using job_run_detail::Stopwatch;
 
 namespace {
-
-// The most training samples (slices) a site may declare for a job: far beyond any archive, and
-// small enough that sums and products of counts stay exact (the coordinator fuzzer's
-// INT64_MAX declarations overflowed the round's sums).
-constexpr std::int64_t kMaxDeclaredSamples = std::int64_t{1} << 32;
-
-double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
-
-// A job's time setting in seconds (round_deadline_s, secagg_timeout_s) as a duration.
-std::chrono::milliseconds duration_of(double s) { return std::chrono::milliseconds(static_cast<long>(s * 1000)); }
 
 std::string round_file(int round, const char* what) {
   char name[64];
@@ -74,23 +62,8 @@ std::string joined(const std::vector<std::string>& items) {
   return out;
 }
 
-// The evaluation rows a site sends are only those it was asked for: at most as many as the
-// subjects it declared, each subject once, and never a subject id that could break a table.
-std::vector<protocol::SubjectMetrics> accepted_rows(const std::vector<protocol::SubjectMetrics>& rows, int declared,
-                                                    std::string& dropped) {
-  std::vector<protocol::SubjectMetrics> out;
-  std::set<std::string> seen;
-  int refused = 0;
-  for (const auto& r : rows) {
-    if (static_cast<int>(out.size()) >= declared || !protocol::is_pseudonym(r.subject) || !seen.insert(r.subject).second) {
-      ++refused;
-      continue;
-    }
-    out.push_back(r);
-  }
-  if (refused) dropped = std::to_string(refused) + " of " + std::to_string(rows.size()) + " rows";
-  return out;
-}
+// Interim evaluations (evaluate_every) are numbered apart from the rounds and the final one.
+constexpr int kInterimRound = 1000000;
 
 }  // namespace
 
@@ -105,27 +78,6 @@ Result<Broadcast> make_broadcast(const kit::CoordinatorKit* kit, protocol::Frame
   b.body = std::make_shared<const std::string>(std::move(frames.body));
   return b;
 }
-
-struct JobRun::Secure {
-  enum class Stage { keys, shares, collecting, unmasking } stage = Stage::keys;
-  TensorSet grad_layout;  // ada: the discriminator's parameters (what its gradients are averaged over)
-  std::unique_ptr<secagg::Aggregator> aggregator;
-  Clock::time_point stage_deadline{};
-};
-
-struct JobRun::Model {
-  models::ModelSpec spec;
-  TensorSet global;
-  std::unique_ptr<models::DiscriminatorOptimizer> discriminator;
-  std::unique_ptr<RunningAverage> model_average, grad_average;
-  std::vector<std::string> local_norm;  // FedBN: tensors not averaged (each site keeps its own)
-  std::unique_ptr<ServerOptimizer> server;
-};
-
-namespace {
-// Interim evaluations (evaluate_every) are numbered apart from the rounds and the final one.
-constexpr int kInterimRound = 1000000;
-}  // namespace
 
 JobRun::JobRun(JobRecord& record, JobHost& host)
     : record_(record), host_(host), model_(std::make_unique<Model>()), log_(log::get("coordinator")) {}
@@ -235,7 +187,7 @@ Status JobRun::start() {
   offer_ = std::move(*encoded);
   round_ = record_.finished_round;
   phase_ = Phase::waiting;
-  phase_start_ = Clock::now();
+  phase_start_ = host_.now();
   for (auto& [sid, site] : host_.sites().all()) {
     if (!uses(sid)) continue;
     site.jobs[spec.id] = Participation{};  // a fresh start: offered again
@@ -348,315 +300,6 @@ bool JobRun::wants_upload(const std::string& site, int round) const {
          !answered_.count(site);
 }
 
-void JobRun::handle(SiteInfo& site, const protocol::Header& h, const std::string& body) {
-  if (!uses(site.id)) {  // nothing of it is kept, not even an entry under the site
-    if (const auto held = host_.log_budget().take(site.id)) {
-      log_->warn("site {}: dropped {} for job {}, which it is not a site of{}", site.id, protocol::type_name(h.type), id(),
-                 held_back(*held));
-    }
-    return;
-  }
-  auto& p = site.jobs[id()];
-  switch (h.type) {
-    case MessageType::job_ready: {
-      auto ready = protocol::decode_body<protocol::JobReady>(body);
-      if (!ready) {
-        log_->warn("site {}: malformed job_ready dropped: {}", site.id, ready.error().message);
-        return;
-      }
-      if (!p.offered) {
-        log_->warn("site {}: job_ready for {} on a session it was not offered on; dropped", site.id, id());
-        return;
-      }
-      if (ready->samples < 0 || ready->samples > kMaxDeclaredSamples) {
-        // Not ready: a round neither counts the site in nor waits for it; a new offer (its next
-        // session) clears this as it clears any failure.
-        log_->warn("site {}: job_ready for {} declaring {} samples dropped (0 to {} are taken)", site.id, id(),
-                   ready->samples, kMaxDeclaredSamples);
-        return cannot_run(site.id, p, "malformed", "",
-                          "job_ready declared " + std::to_string(ready->samples) + " samples (0 to " +
-                              std::to_string(kMaxDeclaredSamples) + " are taken)");
-      }
-      p.ready = true;
-      p.pending = false;
-      p.failed = false;
-      p.samples = ready->samples;
-      p.subjects = ready->subjects;
-      p.evaluation_subjects = ready->evaluation_subjects;
-      constexpr std::size_t kSkippedLogged = 10;
-      for (std::size_t i = 0; i < std::min(ready->skipped.size(), kSkippedLogged); ++i) {
-        const auto& s = ready->skipped[i];
-        log_->warn("site {}: skipped subject {}: {}", site.id, s.subject, text::utf8_prefix(s.reason, 300));
-      }
-      if (ready->skipped.size() > kSkippedLogged) {
-        log_->warn("site {}: {} more subjects skipped", site.id, ready->skipped.size() - kSkippedLogged);
-      }
-      log_->info("site {}: ready for {} ({} training subjects, {} samples, {} evaluation subjects)", site.id, id(),
-                 ready->subjects, ready->samples, ready->evaluation_subjects);
-      return;
-    }
-    case MessageType::job_failed: {
-      auto failed = protocol::decode_body<protocol::JobFailed>(body);
-      cannot_run(site.id, p, failed ? protocol::failure_code_name(failed->code) : "malformed",
-                 failed ? text::utf8_prefix(failed->rule, 100) : "",
-                 failed ? text::utf8_prefix(failed->reason, 1000) : "(malformed reason)");
-      log_->error("site {}: cannot run job {} ({}{}): {}", site.id, id(), p.failure_code,
-                  p.failure_rule.empty() ? "" : ": " + p.failure_rule, p.failure);
-      return;
-    }
-    case MessageType::job_pending: {
-      auto pending = protocol::decode_body<protocol::JobPending>(body);
-      if (!p.offered) return;
-      p.pending = true;
-      log_->info("site {}: job {} waits at the site: {}", site.id, id(), pending ? text::utf8_prefix(pending->reason, 200) : "(malformed)");
-      return;
-    }
-    case MessageType::update_ready:
-      if (!wants_upload(site.id, h.round)) {
-        log_->warn("site {}: update for round {} of {} discarded (round {} open)", site.id, h.round, id(), round_);
-        return;
-      }
-      host_.queue_upload(site.id, id(), h.round);
-      return;
-    case MessageType::secagg_keys:
-    case MessageType::secagg_shares:
-    case MessageType::secagg_unmask: return handle_secagg(site, h, body);
-    case MessageType::round_update:
-      if (!wants_upload(site.id, h.round)) {
-        log_->warn("site {}: update for round {} discarded (round {} open, {})", site.id, h.round, round_,
-                   answered_.count(site.id) ? "already counted" : "not asked for or late");
-        return;
-      }
-      return handle_update(site, body);
-    default:
-      log_->warn("site {}: dropped unexpected {}", site.id, protocol::type_name(h.type));
-  }
-}
-
-void JobRun::handle_update(SiteInfo& site, const std::string& body) {
-  auto& m = *model_;
-  const auto received = Clock::now();
-  auto update = protocol::decode_body<protocol::RoundUpdate>(body);
-  if (!update) {
-    log_->warn("site {}: malformed update dropped: {}", site.id, update.error().message);
-    expected_.erase(site.id);
-    current_.missing.push_back(site.id + " (malformed)");
-    return;
-  }
-  if (phase_ == Phase::evaluating) {
-    std::string dropped;
-    const auto rows = accepted_rows(update->metrics, site.jobs[id()].evaluation_subjects, dropped);
-    if (!dropped.empty()) log_->warn("site {}: {} of its evaluation refused (beyond the subjects it declared, repeated, or not a pseudonym)", site.id, dropped);
-    for (const auto& row : rows) evaluation_.push_back({site.id, row});
-    if (update->has_quality) quality_[site.id] = update->quality;
-    answered_.insert(site.id);
-    log_->info("site {}: evaluated {} subjects", site.id, rows.size());
-    return;
-  }
-  // The FedAvg weight is the sample count the site declared when it got ready; an update that
-  // claims another, holds a NaN or an infinity, or moves the model further than the job allows is
-  // refused, named in rounds.jsonl and counted against the site.
-  auto& p = site.jobs[id()];
-  const auto& spec = record_.definition.spec;
-  const auto refuse = [&](const std::string& why) {
-    log_->warn("site {}: update for round {} refused: {}", site.id, round_, why);
-    expected_.erase(site.id);
-    current_.missing.push_back(site.id + " (refused)");
-    current_.refused.emplace_back(site.id, why);
-    ++p.refused_updates;
-  };
-  if (update->samples != p.samples) {
-    return refuse("sample count " + std::to_string(update->samples) + " differs from the " + std::to_string(p.samples) +
-                  " it declared");
-  }
-  if (spec.steps_by_share && update->steps != steps_asked(site.id)) {  // its weight is samples per step asked
-    return refuse(std::to_string(update->steps) + " steps taken, " + std::to_string(steps_asked(site.id)) + " asked");
-  }
-  const auto count_in = [&] {
-    answered_.insert(site.id);
-    current_.sites.push_back({site.id, update->samples, update->steps, update->loss, update->seconds,
-                              static_cast<std::int64_t>(body.size()), update->overhead_seconds, update->precision,
-                              update->epsilon, update->noise_multiplier});
-    current_.cost.aggregate_s += seconds_since(received);
-    log_->info("site {}: round {} update in ({} samples, {} steps, loss {:.4f}, {:.1f} s{})", site.id, round_, update->samples,
-               update->steps, update->loss, update->seconds, secure_ ? ", masked" : "");
-  };
-  if (secure_ || !update->masked.empty()) {
-    // Only the masked vector is added to the round's sum; nothing of it is kept or logged.
-    if (!secure_) return refuse("a masked update in a round without secure aggregation");
-    if (weight_of(site.id, update->samples) != secure_->aggregator->weight_of(site.id)) {
-      return refuse("sample count " + std::to_string(update->samples) + " differs from its weight in the round's roster");
-    }
-    if (!update->model.tensors.empty() || !update->discriminator_grads.tensors.empty()) {
-      return refuse("a secure round's update must carry the masked vector only");
-    }
-    auto words = secagg::from_bytes(update->masked);
-    if (!words) return refuse(words.error().message);
-    if (auto st = secure_->aggregator->add_masked(site.id, *words); !st) return refuse(st.error().message);
-    return count_in();
-  }
-  // Every tensor's name, shape and byte count against the job's layout before any of its values
-  // is read: a forged shape is refused here, not allocated.
-  if (auto st = check_matches(update->model, m.model_average->layout()); !st) return refuse("model: " + st.error().message);
-  if (m.grad_average) {
-    if (auto st = check_matches(update->discriminator_grads, m.grad_average->layout()); !st) {
-      return refuse("discriminator gradients: " + st.error().message);
-    }
-  } else if (!update->discriminator_grads.tensors.empty()) {
-    return refuse("discriminator gradients in a job without a discriminator");
-  }
-  if (auto st = check_finite(update->model); !st) return refuse("model: " + st.error().message);
-  if (auto st = check_finite(update->discriminator_grads); !st) return refuse("discriminator gradients: " + st.error().message);
-  if (spec.max_update_norm > 0) {
-    const double distance = l2_distance(update->model, m.global);
-    if (!(distance <= spec.max_update_norm)) {
-      char text[160];
-      std::snprintf(text, sizeof text, "update norm %.4g exceeds max_update_norm %.4g", distance, spec.max_update_norm);
-      return refuse(text);
-    }
-  }
-  const double weight = weight_of(site.id, p.samples);
-  Status st = m.model_average->add(update->model, weight);
-  if (st && m.grad_average) st = m.grad_average->add(update->discriminator_grads, weight);
-  if (!st) return refuse(st.error().message);
-  count_in();
-}
-
-void JobRun::handle_secagg(SiteInfo& site, const protocol::Header& h, const std::string& body) {
-  if (!secure_ || phase_ != Phase::collecting || h.round != round_) {
-    // A share that comes after its round was unmasked (the sum needed only the threshold's
-    // number) is expected traffic, not news.
-    const bool late_share = h.type == MessageType::secagg_unmask && h.round >= 1 && h.round <= record_.finished_round;
-    if (late_share) {
-      log_->debug("site {}: secagg_unmask for round {} of {} after the round was unmasked; not needed", site.id, h.round, id());
-    } else if (const auto held = host_.log_budget().take(site.id)) {
-      log_->warn("site {}: {} for round {} of {} dropped (no secure round open){}", site.id, protocol::type_name(h.type), h.round,
-                 id(), held_back(*held));
-    }
-    return;
-  }
-  auto& a = *secure_->aggregator;
-  const auto warn = [&](const std::string& why) { log_->warn("site {}: {} dropped: {}", site.id, protocol::type_name(h.type), why); };
-  switch (h.type) {
-    case MessageType::secagg_keys: {
-      if (secure_->stage != Secure::Stage::keys) return warn("not in the key stage");
-      auto keys = protocol::decode_body<secagg::PublicKeys>(body);
-      if (!keys) return warn(keys.error().message);
-      if (keys->site != site.id) return warn("keys named for '" + keys->site + "'");
-      if (!expected_.count(site.id)) return warn("not in this round");
-      if (auto st = a.add_keys(std::move(*keys)); !st) return warn(st.error().message);
-      return;
-    }
-    case MessageType::secagg_shares: {
-      if (secure_->stage != Secure::Stage::shares) return warn("not in the share stage");
-      auto shares = protocol::decode_body<protocol::SecaggShares>(body);
-      if (!shares) return warn(shares.error().message);
-      if (!expected_.count(site.id)) return warn("not in this round");
-      if (auto st = a.add_shares(site.id, std::move(shares->shares)); !st) return warn(st.error().message);
-      return;
-    }
-    case MessageType::secagg_unmask: {
-      if (secure_->stage != Secure::Stage::unmasking) return warn("not in the unmasking stage");
-      auto answer = protocol::decode_body<protocol::SecaggUnmask>(body);
-      if (!answer) return warn(answer.error().message);
-      if (auto st = a.add_revealed(site.id, answer->shares); !st) return warn(st.error().message);
-      return;
-    }
-    default: return;
-  }
-}
-
-void JobRun::secure_step(Clock::time_point now) {
-  auto& s = *secure_;
-  auto& a = *s.aggregator;
-  const auto& spec = record_.definition.spec;
-  const auto stage_timeout = duration_of(spec.secagg_timeout_s);
-  // Sites of the round that did not take part in a stage leave the round.
-  const auto close_stage = [&](const std::set<std::string>& took_part, const char* what) {
-    for (auto it = expected_.begin(); it != expected_.end();) {
-      if (took_part.count(*it)) {
-        ++it;
-        continue;
-      }
-      log_->warn("site {}: no secure-aggregation {} in time; left out of round {}", *it, what, round_);
-      current_.missing.push_back(*it + " (no secure-aggregation " + what + ")");
-      it = expected_.erase(it);
-    }
-  };
-  const auto all_of = [&](const std::set<std::string>& set) {
-    return std::all_of(expected_.begin(), expected_.end(), [&](const std::string& sid) { return set.count(sid) > 0; });
-  };
-  switch (s.stage) {
-    case Secure::Stage::keys: {
-      if (!all_of(a.keyed()) && now < s.stage_deadline) return;
-      close_stage(a.keyed(), "keys");
-      std::map<std::string, double> weights;
-      for (const auto& sid : expected_) weights[sid] = weight_of(sid, host_.sites().in(sid, id()).samples);
-      auto roster = a.roster(weights, spec.secagg_threshold,
-                             secagg::GraphOptions{0, 16, spec.seed * 0x9e3779b97f4a7c15ULL + static_cast<std::uint64_t>(round_)});
-      if (!roster) return fail("round " + std::to_string(round_) + ": " + roster.error().message);
-      auto encoded = make_broadcast(nullptr, protocol::encode(protocol::Header{}, *roster), id(), round_);
-      if (!encoded) return fail(encoded.error().message);
-      for (const auto& k : roster->keys) send_to(k.site, MessageType::secagg_roster, *encoded);
-      log_->info("job {}: round {}: secure aggregation among {} sites, threshold {}", id(), round_, roster->keys.size(), roster->threshold);
-      s.stage = Secure::Stage::shares;
-      s.stage_deadline = now + stage_timeout;
-      return;
-    }
-    case Secure::Stage::shares: {
-      if (!all_of(a.shared()) && now < s.stage_deadline) return;
-      close_stage(a.shared(), "shares");
-      auto relays = a.relays();
-      if (!relays) return fail("round " + std::to_string(round_) + ": " + relays.error().message);
-      for (auto& [sid, relay] : *relays) {
-        auto encoded = make_broadcast(nullptr, protocol::encode(protocol::Header{}, relay), id(), round_);
-        if (!encoded) return fail(encoded.error().message);
-        send_to(sid, MessageType::secagg_relay, *encoded);
-      }
-      log_->info("job {}: round {}: shares of {} sites relayed", id(), round_, a.shared().size());
-      s.stage = Secure::Stage::collecting;
-      return;
-    }
-    case Secure::Stage::collecting: return;  // the round's own collection (step) runs
-    case Secure::Stage::unmasking: {
-      if (a.can_finish()) {
-        const auto unmask_start = Clock::now();
-        auto sums = a.finish();
-        current_.cost.aggregate_s += seconds_since(unmask_start);  // the unmasking is the secure round's averaging
-        if (!sums) return fail("round " + std::to_string(round_) + ": " + sums.error().message);
-        secure_.reset();
-        std::optional<TensorSet> grads;
-        if (model_->discriminator) grads = std::move((*sums)[1]);
-        return commit_round(std::move((*sums)[0]), std::move(grads));
-      }
-      if (now >= s.stage_deadline) {
-        return fail("round " + std::to_string(round_) + ": too few sites sent their shares to unmask the sum in time");
-      }
-      return;
-    }
-  }
-}
-
-void JobRun::secure_unmask() {
-  auto& s = *secure_;
-  auto survivors = s.aggregator->survivors();  // closes the sum: no masked update is added after it
-  if (!survivors) return fail("round " + std::to_string(round_) + ": " + survivors.error().message);
-  for (auto it = expected_.begin(); it != expected_.end();) it = answered_.count(*it) ? std::next(it) : expected_.erase(it);
-  protocol::SecaggUnmask request;
-  request.masked = *survivors;
-  auto encoded = make_broadcast(nullptr, protocol::encode(protocol::Header{}, request), id(), round_);
-  if (!encoded) return fail(encoded.error().message);
-  for (const auto& sid : *survivors) send_to(sid, MessageType::secagg_unmask, *encoded);
-  std::string dropped;
-  for (const auto& sid : s.aggregator->shared()) {
-    if (!s.aggregator->masked().count(sid)) dropped += (dropped.empty() ? "" : ", ") + sid;
-  }
-  log_->info("job {}: round {}: unmasking the sum of {} sites{}", id(), round_, survivors->size(),
-             dropped.empty() ? "" : "; removing the masks of " + dropped + " (shared, then dropped out)");
-  s.stage = Secure::Stage::unmasking;
-  s.stage_deadline = Clock::now() + duration_of(record_.definition.spec.secagg_timeout_s);
-}
-
 bool JobRun::send_to(const std::string& site, MessageType type, const Broadcast& body) {
   auto* s = host_.sites().find(site);
   if (!s || !s->alive) return false;
@@ -748,35 +391,22 @@ void JobRun::open_round() {
       steps_asked_[sid] = task.steps.back();
     }
   }
-  const auto encode_start = Clock::now();
+  phase_start_ = host_.now();
+  const Stopwatch encoding;
   task.model = spec.transfer_precision == protocol::TransferPrecision::float16 ? to_half(m.global) : m.global;
   auto encoded = make_broadcast(host_.kit(), protocol::encode(protocol::Header{}, task), id(), round_);
   if (!encoded) return fail(encoded.error().message);
   task_ = std::move(*encoded);
   current_.cost.task_bytes = static_cast<std::int64_t>(task_.body->size());
-  current_.cost.encode_s = seconds_since(encode_start);
-  phase_start_ = encode_start;
-  deadline_ = Clock::now() + duration_of(spec.round_deadline_s);
+  current_.cost.encode_s = encoding.seconds();
+  deadline_ = host_.now() + duration_of(spec.round_deadline_s);
   give_up_ = deadline_ + host_.start_timeout();
   phase_ = Phase::collecting;
   log_->info("job {}: round {}/{} with {} sites", id(), round_, spec.rounds, candidates.size());
   secure_.reset();
-  Broadcast keys_request;
-  if (spec.secure_aggregation) {
-    secure_ = std::make_unique<Secure>();
-    if (m.discriminator) secure_->grad_layout = protocol::parameters_only(task.discriminator);
-    secure_->aggregator = std::make_unique<secagg::Aggregator>(secagg::round_context(id(), round_),
-                                                               std::vector<const TensorSet*>{&m.global, &secure_->grad_layout},
-                                                               secagg::minimum_sum(spec.sites.size()));
-    secure_->stage_deadline = Clock::now() + duration_of(spec.secagg_timeout_s);
-    auto encoded = make_broadcast(nullptr, protocol::encode_empty(protocol::Header{}), id(), round_);
-    if (!encoded) return fail(encoded.error().message);
-    keys_request = std::move(*encoded);
-  }
-  for (const auto& sid : candidates) {
-    if (secure_) send_to(sid, MessageType::secagg_keys, keys_request);  // first: the keys exist before the update can
-    ask(sid);
-  }
+  // The key requests go first: a site's keys exist before its update can.
+  if (spec.secure_aggregation && !open_secure(task, candidates)) return;
+  for (const auto& sid : candidates) ask(sid);
 }
 
 void JobRun::open_evaluation(bool interim) {
@@ -796,7 +426,7 @@ void JobRun::open_evaluation(bool interim) {
   auto encoded = make_broadcast(host_.kit(), protocol::encode(protocol::Header{}, task), id(), round_);
   if (!encoded) return fail(encoded.error().message);
   task_ = std::move(*encoded);
-  deadline_ = Clock::now() + duration_of(spec.round_deadline_s);
+  deadline_ = host_.now() + duration_of(spec.round_deadline_s);
   give_up_ = deadline_ + host_.start_timeout();
   phase_ = Phase::evaluating;
   const auto candidates = ready_sites(false);
@@ -821,112 +451,97 @@ void JobRun::tick() {
 }
 
 void JobRun::step() {
-  const auto& spec = record_.definition.spec;
-  const auto now = Clock::now();
+  const auto now = host_.now();
   switch (phase_) {
     case Phase::done: return;
-    case Phase::waiting: {
-      if (abort_ || drain_) return stop_after_round();
-      if (spec.type == JobType::evaluate || record_.finished_round >= spec.rounds) {
-        phase_ = Phase::waiting_for_evaluation;
-        phase_start_ = now;
-        return;
-      }
-      // Wait for enough ready sites, and for connected sites still preparing (computing soft
-      // labels, say) up to the round deadline, so that a slow start does not leave them out.
-      const auto ready = ready_sites(true).size();
-      bool preparing = false;
-      for (const auto& [sid, site] : host_.sites().all()) {
-        const auto it = site.jobs.find(id());
-        if (site.alive && trains(sid) && it != site.jobs.end() && it->second.offered && !it->second.ready &&
-            !it->second.failed) {
-          preparing = true;
-        }
-      }
-      const auto grace = phase_start_ + duration_of(spec.round_deadline_s);
-      if (static_cast<int>(ready) >= sites_needed() && (!preparing || now >= grace)) return open_round();
-      if (now >= phase_start_ + host_.start_timeout()) {
-        return fail("only " + std::to_string(ready) + " of " + needed_text() + " ready after " +
-                    std::to_string(std::chrono::duration_cast<std::chrono::seconds>(host_.start_timeout()).count()) + " s");
-      }
-      return;
-    }
-    case Phase::waiting_for_evaluation: {
-      if (abort_ || drain_) return stop_after_round();
-      if (!spec.evaluate || spec.evaluation_sites.empty()) return finish();
-      // Every evaluation site ready, or known not to come: one that refused the job or cannot
-      // run it is not waited for (the evaluation names it missing).
-      std::size_t settled = 0;
-      for (const auto& sid : spec.evaluation_sites) {
-        const auto* site = host_.sites().find(sid);
-        const auto* p = participation_of(sid);
-        if (p && ((site->alive && p->ready) || p->failed)) ++settled;
-      }
-      if (settled == spec.evaluation_sites.size() || now >= phase_start_ + host_.start_timeout()) open_evaluation(false);
-      return;
-    }
+    case Phase::waiting: return step_waiting(now);
+    case Phase::waiting_for_evaluation: return step_before_evaluation(now);
     case Phase::collecting:
-    case Phase::evaluating: {
-      if (phase_ == Phase::collecting && secure_ && secure_->stage != Secure::Stage::unmasking) {
-        // A site lost from a secure round cannot come back into it (it missed the key exchange):
-        // once too few are left for the sum this job may open, the round cannot finish.
-        std::set<std::string> left(expected_.begin(), expected_.end());
-        left.insert(answered_.begin(), answered_.end());
-        if (static_cast<int>(left.size()) < needed_) {
-          const std::string why = needed_ > spec.min_sites
-                                      ? "a secure round of this job opens a sum of at least " + std::to_string(needed_) +
-                                            " (a sum of two would show each of them the other's update)"
-                                      : "fewer than min_sites " + std::to_string(spec.min_sites) +
-                                            " (a site lost from a secure round cannot come back into it)";
-          return fail("round " + std::to_string(round_) + ": " + std::to_string(left.size()) + " sites are left in the round, and " +
-                      why + "; nothing was unmasked. Resume the job (fedda-admin resume " + id() + ") once " +
-                      std::to_string(needed_) + " sites are ready");
-        }
+    case Phase::evaluating: return step_collecting(now);
+  }
+}
+
+void JobRun::step_waiting(Clock::time_point now) {
+  const auto& spec = record_.definition.spec;
+  if (abort_ || drain_) return stop_after_round();
+  if (spec.type == JobType::evaluate || record_.finished_round >= spec.rounds) {
+    phase_ = Phase::waiting_for_evaluation;
+    phase_start_ = now;
+    return;
+  }
+  // Wait for enough ready sites, and for connected sites still preparing (computing soft
+  // labels, say) up to the round deadline, so that a slow start does not leave them out.
+  const auto ready = ready_sites(true).size();
+  bool preparing = false;
+  for (const auto& [sid, site] : host_.sites().all()) {
+    const auto it = site.jobs.find(id());
+    if (site.alive && trains(sid) && it != site.jobs.end() && it->second.offered && !it->second.ready && !it->second.failed) {
+      preparing = true;
+    }
+  }
+  const auto grace = phase_start_ + duration_of(spec.round_deadline_s);
+  if (static_cast<int>(ready) >= sites_needed() && (!preparing || now >= grace)) return open_round();
+  if (now >= phase_start_ + host_.start_timeout()) {
+    return fail("only " + std::to_string(ready) + " of " + needed_text() + " ready after " +
+                std::to_string(std::chrono::duration_cast<std::chrono::seconds>(host_.start_timeout()).count()) + " s");
+  }
+}
+
+void JobRun::step_before_evaluation(Clock::time_point now) {
+  const auto& spec = record_.definition.spec;
+  if (abort_ || drain_) return stop_after_round();
+  if (!spec.evaluate || spec.evaluation_sites.empty()) return finish();
+  // Every evaluation site ready, or known not to come: one that refused the job or cannot run it
+  // is not waited for (the evaluation names it missing).
+  std::size_t settled = 0;
+  for (const auto& sid : spec.evaluation_sites) {
+    const auto* site = host_.sites().find(sid);
+    const auto* p = participation_of(sid);
+    if (p && ((site->alive && p->ready) || p->failed)) ++settled;
+  }
+  if (settled == spec.evaluation_sites.size() || now >= phase_start_ + host_.start_timeout()) open_evaluation(false);
+}
+
+void JobRun::step_collecting(Clock::time_point now) {
+  const auto& spec = record_.definition.spec;
+  if (secure_stages(now)) return;
+  const int got = static_cast<int>(answered_.size());
+  const bool all_in = got == static_cast<int>(expected_.size()) && got > 0;
+  // A secure round closes at its deadline only once its sum can be unmasked (otherwise it waits
+  // for more masked updates until it gives up).
+  const bool unmaskable = phase_ != Phase::collecting || !secure_ || secure_->aggregator->can_unmask();
+  if ((all_in && got >= needed_) || (now >= deadline_ && got >= needed_ && got > 0 && unmaskable)) {
+    for (const auto& sid : expected_) {
+      if (!answered_.count(sid)) {
+        log_->warn("site {}: no answer by the deadline of round {}; its late answer will be discarded", sid, round_);
+        current_.missing.push_back(sid + " (late)");
       }
-      if (phase_ == Phase::collecting && secure_ && secure_->stage != Secure::Stage::collecting) {
-        if (secure_->stage == Secure::Stage::unmasking || now < give_up_) return secure_step(now);
-        return fail("round " + std::to_string(round_) + " of job " + id() + ": secure aggregation did not finish in time");
+    }
+    if (phase_ == Phase::evaluating) return close_evaluation();
+    return secure_ ? secure_unmask() : close_round();
+  }
+  if (now >= give_up_) {
+    return fail("round " + std::to_string(round_) + " of job " + id() + ": only " + std::to_string(got) + " of the " +
+                std::to_string(needed_) + " sites needed answered in time" +
+                (secure_ && needed_ > spec.min_sites ? std::string(" (a secure round of this job opens a sum of at least ") +
+                                                           std::to_string(needed_) + "; nothing was unmasked)"
+                                                     : std::string()));
+  }
+  // Sites that (re)joined and got ready may take part while the round still lacks answers (not
+  // in a secure round: they missed its key exchange).
+  if (!secure_ && static_cast<int>(expected_.size()) < std::max(needed_, 1)) {
+    for (const auto& sid : ready_sites(phase_ == Phase::collecting)) {
+      if (!expected_.count(sid) && !answered_.count(sid)) {
+        log_->info("site {}: joins round {} late", sid, round_);
+        ask(sid);
       }
-      const int got = static_cast<int>(answered_.size());
-      const bool all_in = got == static_cast<int>(expected_.size()) && got > 0;
-      // A secure round closes at its deadline only once its sum can be unmasked (otherwise it
-      // waits for more masked updates until it gives up).
-      const bool unmaskable = phase_ != Phase::collecting || !secure_ || secure_->aggregator->can_unmask();
-      if ((all_in && got >= needed_) || (now >= deadline_ && got >= needed_ && got > 0 && unmaskable)) {
-        for (const auto& sid : expected_) {
-          if (!answered_.count(sid)) {
-            log_->warn("site {}: no answer by the deadline of round {}; its late answer will be discarded", sid, round_);
-            current_.missing.push_back(sid + " (late)");
-          }
-        }
-        if (phase_ == Phase::evaluating) return close_evaluation();
-        return secure_ ? secure_unmask() : close_round();
-      }
-      if (now >= give_up_) {
-        return fail("round " + std::to_string(round_) + " of job " + id() + ": only " + std::to_string(got) + " of the " +
-                    std::to_string(needed_) + " sites needed answered in time" +
-                    (secure_ && needed_ > spec.min_sites ? std::string(" (a secure round of this job opens a sum of at least ") +
-                                                               std::to_string(needed_) + "; nothing was unmasked)"
-                                                         : std::string()));
-      }
-      // Sites that (re)joined and got ready may take part while the round still lacks answers
-      // (not in a secure round: they missed its key exchange).
-      if (!secure_ && static_cast<int>(expected_.size()) < std::max(needed_, 1)) {
-        for (const auto& sid : ready_sites(phase_ == Phase::collecting)) {
-          if (!expected_.count(sid) && !answered_.count(sid)) {
-            log_->info("site {}: joins round {} late", sid, round_);
-            ask(sid);
-          }
-        }
-      }
-      return;
     }
   }
 }
 
 void JobRun::close_round() {
   auto& m = *model_;
-  const auto average_start = Clock::now();
+  const Stopwatch averaging;
   auto averaged = m.model_average->average();
   if (!averaged) return fail(averaged.error().message);
   std::optional<TensorSet> grads;
@@ -935,7 +550,7 @@ void JobRun::close_round() {
     if (!g) return fail(g.error().message);
     grads = std::move(*g);
   }
-  current_.cost.aggregate_s += seconds_since(average_start);
+  current_.cost.aggregate_s += averaging.seconds();
   commit_round(std::move(*averaged), std::move(grads));
 }
 
@@ -946,7 +561,7 @@ void JobRun::commit_round(TensorSet averaged, std::optional<TensorSet> grads) {
   const auto dir = store.dir(id());
   const std::string storage_key = host_.kit() ? host_.kit()->storage_key : std::string();
   const int r = round_;
-  const auto average_start = Clock::now();
+  const Stopwatch averaging;
   stretch_moves(averaged);
   for (auto& t : averaged.tensors) {  // FedBN: batch norm stays each site's; the global keeps its own
     if (std::count(m.local_norm.begin(), m.local_norm.end(), t.name)) {
@@ -956,7 +571,7 @@ void JobRun::commit_round(TensorSet averaged, std::optional<TensorSet> grads) {
   auto stepped = m.server->step(m.global, averaged);
   if (!stepped) return fail(stepped.error().message);
   m.global = std::move(*stepped);
-  current_.cost.aggregate_s += seconds_since(average_start);
+  current_.cost.aggregate_s += averaging.seconds();
   if (m.discriminator) {
     if (!grads) return fail("round " + std::to_string(r) + ": no averaged discriminator gradients");
     if (auto st = m.discriminator->step(*grads, current_.learning_rate); !st) return fail(st.error().message);
@@ -966,7 +581,7 @@ void JobRun::commit_round(TensorSet averaged, std::optional<TensorSet> grads) {
   task_ = Broadcast{};
   // Persist: round files first, then the record that points at them, then (the record durable)
   // the previous round's files.
-  const auto persist_start = Clock::now();
+  const Stopwatch persisting;
   if (auto st = save_weights(dir / round_file(r, "weights"), m.global, storage_key, round_context(id(), r)); !st) {
     return fail(st.error().message);
   }
@@ -981,8 +596,8 @@ void JobRun::commit_round(TensorSet averaged, std::optional<TensorSet> grads) {
     }
   }
   crash_point("weights", r);
-  current_.cost.persist_s = seconds_since(persist_start);
-  current_.cost.span_s = seconds_since(phase_start_);
+  current_.cost.persist_s = persisting.seconds();
+  current_.cost.span_s = std::chrono::duration<double>(host_.now() - phase_start_).count();
   current_.seconds = current_.cost.span_s;
   record_.rounds.push_back(current_);
   record_.finished_round = r;
@@ -1008,7 +623,7 @@ void JobRun::commit_round(TensorSet averaged, std::optional<TensorSet> grads) {
              current_.missing.empty() ? "" : ", missing " + std::to_string(current_.missing.size()));
   if (abort_ || drain_) return stop_after_round();
   phase_ = Phase::waiting;
-  phase_start_ = Clock::now();
+  phase_start_ = host_.now();
   if (spec.evaluate_every > 0 && r % spec.evaluate_every == 0 && r < spec.rounds && spec.evaluate &&
       !ready_sites(false).empty()) {
     open_evaluation(true);
@@ -1035,7 +650,7 @@ void JobRun::close_evaluation() {
     expected_.clear();
     answered_.clear();
     phase_ = Phase::waiting;
-    phase_start_ = Clock::now();
+    phase_start_ = host_.now();
     return;
   }
   if (auto st = write_results_csv(dir / "results.csv", record_, evaluation_); !st) return fail(st.error().message);
@@ -1150,18 +765,8 @@ std::string JobRun::activity() const {
     }
     case Phase::collecting: {
       std::string round = stopping + "round " + std::to_string(round_) + " of " + std::to_string(spec.rounds) + ": ";
-      const auto n = std::to_string(expected_.size());
-      if (secure_) {
-        const auto& a = *secure_->aggregator;
-        switch (secure_->stage) {
-          case Secure::Stage::keys: return round + "secure aggregation: " + std::to_string(a.keyed().size()) + " of " + n + " sites' keys in";
-          case Secure::Stage::shares:
-            return round + "secure aggregation: " + std::to_string(a.shared().size()) + " of " + n + " sites' shares in";
-          case Secure::Stage::unmasking: return round + "secure aggregation: unmasking the sum of " + std::to_string(a.masked().size()) + " sites";
-          case Secure::Stage::collecting: return round + std::to_string(answered_.size()) + " of " + n + " masked updates in";
-        }
-      }
-      return round + std::to_string(answered_.size()) + " of " + n + " updates in";
+      if (secure_) return round + secure_activity();
+      return round + std::to_string(answered_.size()) + " of " + std::to_string(expected_.size()) + " updates in";
     }
     case Phase::waiting_for_evaluation: return "waiting for the evaluation sites";
     case Phase::evaluating:

@@ -13,6 +13,14 @@
 // Stopping: abort() stops after the current round and marks the job aborted (resume queues it
 // again); drain() does the same but leaves it running on disk, for a service that is shutting
 // down. Owned by the service's one thread; not thread-safe.
+//
+// Time: every deadline (round_deadline_s, secagg_timeout_s, the host's start_timeout) is kept on
+// the host's clock (JobHost::now), so a test drives a job through its deadlines with a manual
+// clock; a round's costs (RoundCost) are work timed on the steady clock.
+//
+// In three files: job_run.cpp (the job's phases, its rounds, their record on disk),
+// job_run_messages.cpp (what its sites send: readiness, failures, updates, evaluations) and
+// job_run_secure.cpp (a secure round's stages).
 
 #include <chrono>
 #include <cstdint>
@@ -48,7 +56,10 @@ class JobHost {
   virtual SiteRegistry& sites() = 0;
   virtual JobStore& store() = 0;
   virtual const kit::CoordinatorKit* kit() const = 0;
+  // How long a job waits for enough sites to be ready (and a round past its deadline).
   virtual Clock::duration start_timeout() const = 0;
+  // The time the job's deadlines are kept on: the service's steady clock, a test's manual one.
+  virtual Clock::time_point now() const = 0;
   virtual void send(const SiteInfo& site, protocol::MessageType type, const std::string& job, int round,
                     const Broadcast& body) = 0;
   // Puts the site in the queue for upload credit (update_ready answered by `upload`).
@@ -99,7 +110,11 @@ class JobRun {
  private:
   enum class Phase { waiting, collecting, waiting_for_evaluation, evaluating, done };
 
+  // One move of the phase machine; tick() repeats it while the phase changes.
   void step();
+  void step_waiting(Clock::time_point now);            // for enough ready sites, then round 1 (or the next)
+  void step_before_evaluation(Clock::time_point now);  // for the evaluation sites
+  void step_collecting(Clock::time_point now);         // a round's (or evaluation's) answers, to its deadline
   std::vector<std::string> ready_sites(bool training) const;
   // What `site` did with this job on its current session; null when it was never offered it.
   const Participation* participation_of(const std::string& site) const;
@@ -139,12 +154,19 @@ class JobRun {
   // Steps the global model with the round's averages, persists the round and moves on.
   void commit_round(TensorSet averaged, std::optional<TensorSet> grads);
   void close_evaluation();
-  // Secure aggregation (secure_aggregation: true): the round's key and share stages, then, once
-  // the masked updates are in, the unmasking (secagg.h); the coordinator only relays.
+  // Secure aggregation (secure_aggregation: true; job_run_secure.cpp): the round's key and share
+  // stages, then, once the masked updates are in, the unmasking (secagg.h); the coordinator only
+  // relays. open_secure asks `sites` for their keys (false: the job failed); secure_stages moves
+  // the stages on while the round collects (true when that was the step: a stage moved, or the
+  // round failed because too few sites are left for its sum).
+  bool open_secure(const protocol::RoundTask& task, const std::vector<std::string>& sites);
+  bool secure_stages(Clock::time_point now);
   void secure_step(Clock::time_point now);
   void secure_unmask();
   void handle_secagg(SiteInfo& site, const protocol::Header& h, const std::string& body);
   void handle_update(SiteInfo& site, const std::string& body);
+  void handle_ready(SiteInfo& site, Participation& p, const std::string& body);
+  std::string secure_activity() const;  // "secure aggregation: 2 of 3 sites' keys in", ...
   void finish();
   void fail(const std::string& why);
   void stop_after_round();
