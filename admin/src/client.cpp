@@ -103,7 +103,7 @@ Result<protocol::AdminReply> Client::call(const protocol::AdminRequest& request)
         m.noticed = true;
         log::get("fedda-admin")->warn("coordinator: {}", reply->notice);
       }
-      if (!reply->ok) return make_error(reply->error);
+      if (!reply->ok) return make_error(reply->error, reply->kind);
       return std::move(*reply);
     }
   } catch (const zmq::error_t& e) {

@@ -17,6 +17,13 @@ namespace fedda::admin::tools {
 
 using nlohmann::json;
 
+// fedda-admin's exit code for an operator command the coordinator answered with a failure: 3
+// when what it names does not exist (no such job or site), 4 when it was refused (the operator's
+// role, the job's state), 1 for anything else (invalid, internal, the coordinator unreachable).
+inline constexpr int kExitNotFound = 3;
+inline constexpr int kExitRefused = 4;
+int exit_code(const Error& error);
+
 // What every command to a running coordinator shares: the operator's kit (--kit or
 // $FEDDA_OPERATOR_KIT), the endpoint (--coordinator), --timeout, --json, and the exit code.
 // Its options are the app's own; made once, before the commands that use it.

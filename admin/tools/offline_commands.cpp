@@ -13,13 +13,17 @@
 namespace fedda::admin::tools {
 namespace fs = std::filesystem;
 
-void add_kit_commands(CLI::App& app, int& rc) {
+namespace {
+
+// What the kit commands take from their command lines.
+struct KitArgs {
+  kit::ProvisionOptions provision;
+  std::string out, id, role = "lead", dir;
+};
+
+void add_provision(CLI::App& app, int& rc) {
   auto log = log::get("fedda-admin");
-  struct Args {
-    kit::ProvisionOptions provision;
-    std::string out, id, role = "lead", dir;
-  };
-  auto a = std::make_shared<Args>();
+  auto a = std::make_shared<KitArgs>();
   auto* provision = app.add_subcommand(
       "provision",
       "Create a consortium: Ed25519 root key, the coordinator's CurveZMQ key pair and model-signing key, one kit per "
@@ -54,7 +58,11 @@ void add_kit_commands(CLI::App& app, int& rc) {
                    "root_fingerprint)\n";
     }
   });
+}
 
+void add_add_site(CLI::App& app, int& rc) {
+  auto log = log::get("fedda-admin");
+  auto a = std::make_shared<KitArgs>();
   auto* add = app.add_subcommand(
       "add-site", "Add one site's kit to an existing consortium folder; other kits are unchanged. A running coordinator "
                   "admits it with `fedda-admin admit SITE` (no restart).");
@@ -68,7 +76,11 @@ void add_kit_commands(CLI::App& app, int& rc) {
     }
     log->info("site {}: kit in {}/sites/{}; admit it with `fedda-admin admit {}`", a->id, a->out, a->id, a->id);
   });
+}
 
+void add_add_operator(CLI::App& app, int& rc) {
+  auto log = log::get("fedda-admin");
+  auto a = std::make_shared<KitArgs>();
   auto* add_operator = app.add_subcommand(
       "add-operator", "Add one operator's kit to an existing consortium folder. The coordinator admits operators it "
                       "has a manifest of in its kit's operators/ folder when it starts.");
@@ -86,7 +98,10 @@ void add_kit_commands(CLI::App& app, int& rc) {
     }
     log->info("operator {} ({}): kit in {}/operators/{}", a->id, a->role, a->out, a->id);
   });
+}
 
+void add_verify_kit(CLI::App& app, int& rc) {
+  auto a = std::make_shared<KitArgs>();
   auto* verify = app.add_subcommand("verify-kit", "Check a site or operator kit: manifest signed by the kit's root, "
                                                   "secrets 0600, key pair matching the manifest; prints the root's "
                                                   "fingerprint to compare with the consortium's. Exit code 0 when sound.");
@@ -117,6 +132,15 @@ void add_kit_commands(CLI::App& app, int& rc) {
               << "(the kit is signed by the root it carries; compare this fingerprint with the one the consortium "
                  "sent you separately before trusting it)\n";
   });
+}
+
+}  // namespace
+
+void add_kit_commands(CLI::App& app, int& rc) {
+  add_provision(app, rc);
+  add_add_site(app, rc);
+  add_add_operator(app, rc);
+  add_verify_kit(app, rc);
 }
 
 void add_privacy(CLI::App& app, const bool& as_json, int& rc) {

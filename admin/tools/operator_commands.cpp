@@ -16,6 +16,14 @@
 namespace fedda::admin::tools {
 namespace fs = std::filesystem;
 
+int exit_code(const Error& error) {
+  switch (error.kind) {
+    case ErrorKind::not_found: return kExitNotFound;
+    case ErrorKind::refused: return kExitRefused;
+    default: return 1;
+  }
+}
+
 Operator::Operator(CLI::App& app, int& rc) : rc_(rc) {
   app.add_option("--kit", kit_, "operator kit folder (fedda-admin provision --operators)")->envname("FEDDA_OPERATOR_KIT");
   app.add_option("--coordinator", options_.endpoint, "the coordinator's admin endpoint; default: the one in the kit");
@@ -42,7 +50,7 @@ void Operator::command(const Call& call, const Show& show, const std::function<S
   auto reply = call(*client);
   if (!reply) {
     log->error("{}", reply.error().message);
-    rc_ = 1;
+    rc_ = exit_code(reply.error());
     return;
   }
   if (keep) {
@@ -70,7 +78,7 @@ void Operator::follow(const protocol::AdminRequest& request, const std::function
     auto reply = client->call(request);
     if (!reply) {
       log::get("fedda-admin")->error("{}", reply.error().message);
-      rc_ = 1;
+      rc_ = exit_code(reply.error());
       return;
     }
     const auto answer = json::parse(reply->json, nullptr, false);

@@ -25,11 +25,13 @@ protocol::AdminReply ok(json answer) {
   return reply;
 }
 
-protocol::AdminReply refused(const std::string& error) {
+protocol::AdminReply refused(const std::string& error, ErrorKind kind = ErrorKind::refused) {
   protocol::AdminReply reply;
   reply.error = error;
+  reply.kind = kind;
   return reply;
 }
+protocol::AdminReply refused(const Error& error) { return refused(error.message, error.kind); }
 
 json null_if_zero(std::int64_t ms) { return ms ? json(ms) : json(); }
 json null_if_negative(std::int64_t v) { return v >= 0 ? json(v) : json(); }
@@ -113,7 +115,7 @@ protocol::AdminReply AdminService::handle(const std::string& who, const protocol
   try {
     reply = dispatch(who, request);
   } catch (const std::exception& e) {  // one bad request never takes the service down
-    reply = refused(std::string("internal error: ") + e.what());
+    reply = refused(std::string("internal error: ") + e.what(), ErrorKind::internal);
   }
   audit(who, request, reply);
   return reply;
@@ -127,34 +129,40 @@ protocol::AdminReply AdminService::read(const std::string& command, const std::s
   try {
     return dispatch("status page", request);
   } catch (const std::exception& e) {
-    return refused(std::string("internal error: ") + e.what());
+    return refused(std::string("internal error: ") + e.what(), ErrorKind::internal);
   }
 }
 
 std::variant<AdminService::LogsAsk, protocol::AdminReply> AdminService::ask_logs(const std::string& who,
                                                                                 const protocol::AdminRequest& r) {
-  const auto refuse = [&](const std::string& why) {
-    auto reply = refused(why);
+  const auto refuse = [&](const std::string& why, ErrorKind kind = ErrorKind::refused) {
+    auto reply = refused(why, kind);
     audit(who, r, reply);
     return reply;
   };
   LogsAsk ask;
   ask.site = r.target;
-  if (ask.site.empty()) return refuse("logs: which site? (a site id is needed)");
-  if (!backend_.known_sites().count(ask.site)) return refuse("no site '" + ask.site + "' in this consortium (see `fedda-admin sites`)");
+  if (ask.site.empty()) return refuse("logs: which site? (a site id is needed)", ErrorKind::invalid);
+  if (!backend_.known_sites().count(ask.site)) {
+    return refuse("no site '" + ask.site + "' in this consortium (see `fedda-admin sites`)", ErrorKind::not_found);
+  }
   const auto* site = backend_.site_registry().find(ask.site);
   if (!site || !site->alive) {
     return refuse("site " + ask.site + " is offline: its log lines are asked of its running agent");
   }
   if (!r.job_yaml.empty()) {
     const auto options = json::parse(r.job_yaml, nullptr, false);
-    if (!options.is_object()) return refuse("logs: the request's options are not a JSON object");
+    if (!options.is_object()) return refuse("logs: the request's options are not a JSON object", ErrorKind::invalid);
     const auto job = options.value("job", json(""));
     const auto tail = options.value("tail", json(ask.tail));
-    if (!job.is_string() || !tail.is_number_integer()) return refuse("logs: job must be a string and tail a whole number");
+    if (!job.is_string() || !tail.is_number_integer()) {
+      return refuse("logs: job must be a string and tail a whole number", ErrorKind::invalid);
+    }
     ask.job = job.get<std::string>();
     const auto lines = tail.get<long long>();
-    if (lines < 1 || lines > 1000) return refuse("logs: --tail must be 1 to 1000 (not " + std::to_string(lines) + ")");
+    if (lines < 1 || lines > 1000) {
+      return refuse("logs: --tail must be 1 to 1000 (not " + std::to_string(lines) + ")", ErrorKind::invalid);
+    }
     ask.tail = static_cast<int>(lines);
   }
   if (auto why = forbidden(who, backend_.operator_role(who), r); !why.empty()) return refuse(why);
@@ -202,7 +210,7 @@ std::string AdminService::forbidden(const std::string& who, const std::string& r
 Result<JobRecord*> AdminService::job_of(const std::string& command, const std::string& id) {
   if (id.empty()) return make_error(command + ": which job? (a job id is needed)");
   auto* job = backend_.store().find(id);
-  if (!job) return make_error("no job '" + id + "' in this coordinator's queue (see `fedda-admin jobs`)");
+  if (!job) return make_error("no job '" + id + "' in this coordinator's queue (see `fedda-admin jobs`)", ErrorKind::not_found);
   return job;
 }
 
@@ -210,15 +218,15 @@ Result<JobRecord*> AdminService::job_of(const std::string& command, const std::s
 // submitted file is; the original's teacher is kept.
 protocol::AdminReply AdminService::clone(const std::string& who, const protocol::AdminRequest& r) {
   auto found = job_of(r.command, r.target);
-  if (!found) return refused(found.error().message);
+  if (!found) return refused(found.error());
   const auto* source = *found;
   const auto base = files::read_all(backend_.store().dir(r.target) / "job.yaml");
   if (!base) return refused("job '" + r.target + "' has no job file to clone (" + base.error().message + ")");
   const std::string name = "clone of " + r.target;
   auto merged = config::overlay_yaml(*base, r.job_yaml, name);
-  if (!merged) return refused(merged.error().message);
+  if (!merged) return refused(merged.error());
   auto definition = parse_job_file(*merged, name);
-  if (!definition) return refused(definition.error().message);
+  if (!definition) return refused(definition.error());
   // A teacher file sent with the original stays the clone's; a clone names no new file.
   const auto original = parse_job_file(*base, r.target);
   const auto& t = definition->teacher;
@@ -238,7 +246,7 @@ protocol::AdminReply AdminService::clone(const std::string& who, const protocol:
 protocol::AdminReply AdminService::submit(const std::string& who, const protocol::AdminRequest& r) {
   const std::string name = r.job_file.empty() ? "submitted job" : fs::path(r.job_file).filename().string();
   auto definition = parse_job_file(r.job_yaml, name);
-  if (!definition) return refused(definition.error().message);
+  if (!definition) return refused(definition.error());
   std::string teacher;
   for (const auto& f : r.files) {
     if (f.name == "teacher.pt") teacher = f.bytes;
@@ -256,14 +264,14 @@ protocol::AdminReply AdminService::submit(const std::string& who, const protocol
 protocol::AdminReply AdminService::download(const protocol::AdminRequest& r) {
   auto& store = backend_.store();
   auto job = job_of(r.command, r.target);
-  if (!job) return refused(job.error().message);
+  if (!job) return refused(job.error());
   protocol::AdminReply reply;
   json names = json::array();
   for (const char* name : {"model.pt", "results.csv", "rounds.jsonl", "summary.json", "state.json", "job.yaml"}) {
     const auto path = store.dir(r.target) / name;
     if (!fs::exists(path)) continue;
     auto bytes = files::read_all(path);
-    if (!bytes) return refused(bytes.error().message);
+    if (!bytes) return refused(bytes.error());
     reply.files.push_back({name, std::move(*bytes)});
     names.push_back(name);
   }
@@ -313,7 +321,7 @@ protocol::AdminReply AdminService::dispatch(const std::string& who, const protoc
   if (r.command == protocol::admin_command::clone) return clone(who, r);
   if (r.command == protocol::admin_command::remove) {
     auto archived = store.archive(r.target);
-    if (!archived) return refused(archived.error().message);
+    if (!archived) return refused(archived.error());
     return ok({{"id", r.target}, {"deleted", true}, {"archived_in", archived->string()}});
   }
   if (r.command == protocol::admin_command::jobs) {
@@ -325,7 +333,7 @@ protocol::AdminReply AdminService::dispatch(const std::string& who, const protoc
   }
   if (r.command == protocol::admin_command::status) {
     auto job = job_of(r.command, r.target);
-    if (!job) return refused(job.error().message);
+    if (!job) return refused(job.error());
     auto answer = job_json(**job, backend_.activity(r.target), backend_.round_sites(r.target));
     answer["rounds_done"] = rounds_of(store.dir(r.target) / "rounds.jsonl");
     answer["results"] = fs::exists(store.dir(r.target) / "results.csv");
@@ -336,22 +344,23 @@ protocol::AdminReply AdminService::dispatch(const std::string& who, const protoc
   }
   if (r.command == protocol::admin_command::abort || r.command == protocol::admin_command::resume) {
     auto job = job_of(r.command, r.target);
-    if (!job) return refused(job.error().message);
+    if (!job) return refused(job.error());
     const Status st = r.command == protocol::admin_command::abort ? backend_.abort(**job, who) : backend_.resume(**job, who);
-    if (!st) return refused(st.error().message);
+    if (!st) return refused(st.error());
     return ok({{"id", r.target}, {"state", job_state_name((*job)->state)}, {"activity", backend_.activity(r.target)}});
   }
   if (r.command == protocol::admin_command::download) return download(r);
   if (r.command == protocol::admin_command::sites) return sites();
   if (r.command == protocol::admin_command::admit || r.command == protocol::admin_command::revoke) {
-    if (r.target.empty()) return refused(r.command + ": which site or operator? (an id is needed)");
+    if (r.target.empty()) return refused(r.command + ": which site or operator? (an id is needed)", ErrorKind::invalid);
     const Status st = r.command == protocol::admin_command::admit ? backend_.admit(r.target, who, r.files) : backend_.revoke(r.target, who);
-    if (!st) return refused(st.error().message);
+    if (!st) return refused(st.error());
     return ok({{"site", r.target}, {r.command == protocol::admin_command::admit ? "admitted" : "revoked", true}});
   }
   if (r.command == protocol::admin_command::logs) return refused("logs: asked of the site by the service (AdminService::ask_logs)");
   return refused("unknown command '" + r.command +
-                 "' (submit, jobs, status, abort, resume, clone, delete, download, sites, logs, admit, revoke)");
+                     "' (submit, jobs, status, abort, resume, clone, delete, download, sites, logs, admit, revoke)",
+                 ErrorKind::invalid);
 }
 
 void AdminService::audit(const std::string& who, const protocol::AdminRequest& r, const protocol::AdminReply& reply) {

@@ -8,7 +8,6 @@
 #include "fedda/common/kit.h"
 #include "fedda/common/secagg.h"
 #include "fedda/models/model_spec.h"
-#include "fedda/models/precision.h"
 #include "fedda/models/recipe.h"
 
 namespace fedda::coordinator {
@@ -99,9 +98,6 @@ Status validate_job(protocol::JobSpec& j, const std::string& teacher) {
   if (!(j.kd_confidence >= 0.5 && j.kd_confidence <= 1)) return make_error("kd_confidence must be between 0.5 and 1");
   if (!(j.server_lr > 0)) return make_error("server_lr must be positive");
   if (j.evaluate_every < 0) return make_error("evaluate_every must be 0 (only at the end) or more");
-  if (!models::is_precision_name(j.precision)) {
-    return make_error("precision must be auto, float32 or bfloat16");
-  }
   if (!(j.lesion_slice_fraction >= 0 && j.lesion_slice_fraction <= 1)) return make_error("lesion_slice_fraction must be between 0 and 1");
   if (j.secagg_threshold < 0) return make_error("secagg_threshold must be 0 (a majority of each neighbourhood) or more");
   if (!(j.secagg_timeout_s > 0 && j.secagg_timeout_s <= 86400)) return make_error("secagg_timeout_s must be positive and at most 86400 (a day)");

@@ -183,22 +183,24 @@ JobRecord* JobStore::find(const std::string& id) {
 
 Result<fs::path> JobStore::archive(const std::string& id) {
   const auto it = std::find_if(jobs_.begin(), jobs_.end(), [&](const auto& j) { return j->id() == id; });
-  if (it == jobs_.end()) return make_error("no job '" + id + "' in this coordinator's queue");
+  if (it == jobs_.end()) return make_error("no job '" + id + "' in this coordinator's queue", ErrorKind::not_found);
   if (!terminal((*it)->state)) {
     return make_error("job '" + id + "' is " + job_state_name((*it)->state) +
-                      "; only a finished, failed or aborted job can be deleted (abort it first)");
+                      "; only a finished, failed or aborted job can be deleted (abort it first)",
+                      ErrorKind::refused);
   }
   for (const auto& j : jobs_) {
     if (!terminal(j->state) && j->definition.teacher == "job:" + id) {
       return make_error("job '" + j->id() + "' (" + job_state_name(j->state) + ") distils job '" + id +
-                        "' as its teacher; it can be deleted once that job has ended");
+                        "' as its teacher; it can be deleted once that job has ended",
+                        ErrorKind::refused);
     }
   }
   const auto to = root_ / "deleted" / (id + "-" + std::to_string(wall_ms()));
   std::error_code ec;
   fs::create_directories(to.parent_path(), ec);
   fs::rename(dir(id), to, ec);
-  if (ec) return make_error(dir(id).string() + ": cannot move it to " + to.string() + ": " + ec.message());
+  if (ec) return make_error(dir(id).string() + ": cannot move it to " + to.string() + ": " + ec.message(), ErrorKind::internal);
   if (auto st = files::sync_folder(root_ / "jobs"); !st) return st.error();
   if (auto st = files::sync_folder(to.parent_path()); !st) return st.error();
   jobs_.erase(it);

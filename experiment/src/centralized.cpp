@@ -60,6 +60,52 @@ Status train_or_reuse(const fs::path& path, const std::function<Result<models::T
   return Status::success();
 }
 
+// A method the harness knows, fold 0 or 1, and a target other than the source (but for lbound).
+Status check_options(const CentralizedOptions& o) {
+  const auto& methods = centralized_methods();
+  if (std::find(methods.begin(), methods.end(), o.method) == methods.end()) {
+    std::string names;
+    for (const auto& m : methods) names += (names.empty() ? "" : ", ") + m;
+    return make_error("unknown method '" + o.method + "' (choose " + names + ")");
+  }
+  const bool lbound = o.method == "lbound" || o.method == "lbound-aug";
+  if (o.fold != 0 && o.fold != 1) return make_error("fold must be 0 or 1");
+  if (o.source == o.target && !lbound) {
+    return make_error("source and target must differ (except for lbound, the in-domain teacher reference)");
+  }
+  return Status::success();
+}
+
+// results.csv (a row per scored subject), curve.csv and summary.json in o.out; fills
+// result.mean_dsc (NaN when no subject's Dice is defined).
+Status write_outputs(const CentralizedOptions& o, CentralizedResult& result, const Curve& curve) {
+  std::ostringstream csv;
+  csv << protocol::kResultsCsvHeader << "\n";
+  double dsc_sum = 0;
+  int dsc_count = 0;
+  for (const auto& r : result.rows) {
+    const auto& m = r.metrics;
+    csv << protocol::csv_line({o.source, o.target, o.fold, o.method, "centralized", r.subject, m.dsc, m.h95, m.avd,
+                               m.recall, m.f1});
+    if (std::isfinite(m.dsc)) {
+      dsc_sum += m.dsc;
+      ++dsc_count;
+    }
+  }
+  result.mean_dsc = dsc_count ? dsc_sum / dsc_count : std::nan("");
+  nlohmann::json summary = {{"source", o.source}, {"target", o.target}, {"fold", o.fold},
+                            {"method", o.method}, {"mode", "centralized"},
+                            {"subjects", result.rows.size()}, {"seconds", result.seconds},
+                            {"mean_dsc", dsc_count ? nlohmann::json(result.mean_dsc) : nlohmann::json()}};
+  if (auto p = models::choose_precision(o.adaptation.precision, o.adaptation.device)) {
+    summary["precision"] = p->name();
+    summary["precision_reason"] = p->reason;
+  }
+  if (auto w = files::write_atomically(o.out / "results.csv", csv.str()); !w) return w;
+  if (auto w = files::write_atomically(o.out / "curve.csv", curve.csv.str()); !w) return w;
+  return files::write_atomically(o.out / "summary.json", summary.dump(2) + "\n");
+}
+
 }  // namespace
 
 std::pair<std::vector<SubjectFiles>, std::vector<SubjectFiles>> split_fold(const std::vector<SubjectFiles>& target,
@@ -70,18 +116,9 @@ std::pair<std::vector<SubjectFiles>, std::vector<SubjectFiles>> split_fold(const
 
 Result<CentralizedResult> run_centralized(const CentralizedOptions& o) {
   const auto start = std::chrono::steady_clock::now();
-  const auto& methods = centralized_methods();
-  if (std::find(methods.begin(), methods.end(), o.method) == methods.end()) {
-    std::string names;
-    for (const auto& m : methods) names += (names.empty() ? "" : ", ") + m;
-    return make_error("unknown method '" + o.method + "' (choose " + names + ")");
-  }
+  if (auto st = check_options(o); !st) return st.error();
   const bool lbound = o.method == "lbound" || o.method == "lbound-aug";
-  if (o.fold != 0 && o.fold != 1) return make_error("fold must be 0 or 1");
   const bool in_domain = o.source == o.target;
-  if (in_domain && !lbound) {
-    return make_error("source and target must differ (except for lbound, the in-domain teacher reference)");
-  }
   auto source = labelled_clinic(o.data, o.source);
   if (!source) return source.error();
   auto target = labelled_clinic(o.data, o.target);  // test subjects need labels to be scored
@@ -166,32 +203,8 @@ Result<CentralizedResult> run_centralized(const CentralizedOptions& o) {
   }
   if (!st) return st.error();
 
-  std::ostringstream csv;
-  csv << protocol::kResultsCsvHeader << "\n";
-  double dsc_sum = 0;
-  int dsc_count = 0;
-  for (const auto& r : result.rows) {
-    const auto& m = r.metrics;
-    csv << protocol::csv_line({o.source, o.target, o.fold, o.method, "centralized", r.subject, m.dsc, m.h95, m.avd,
-                               m.recall, m.f1});
-    if (std::isfinite(m.dsc)) {
-      dsc_sum += m.dsc;
-      ++dsc_count;
-    }
-  }
-  result.mean_dsc = dsc_count ? dsc_sum / dsc_count : std::nan("");
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  nlohmann::json summary = {{"source", o.source}, {"target", o.target}, {"fold", o.fold},
-                            {"method", o.method}, {"mode", "centralized"},
-                            {"subjects", result.rows.size()}, {"seconds", result.seconds},
-                            {"mean_dsc", dsc_count ? nlohmann::json(result.mean_dsc) : nlohmann::json()}};
-  if (auto p = models::choose_precision(o.adaptation.precision, o.adaptation.device)) {
-    summary["precision"] = p->name();
-    summary["precision_reason"] = p->reason;
-  }
-  if (auto w = files::write_atomically(o.out / "results.csv", csv.str()); !w) return w.error();
-  if (auto w = files::write_atomically(o.out / "curve.csv", curve.csv.str()); !w) return w.error();
-  if (auto w = files::write_atomically(o.out / "summary.json", summary.dump(2) + "\n"); !w) return w.error();
+  if (auto w = write_outputs(o, result, curve); !w) return w.error();
   return result;
 }
 

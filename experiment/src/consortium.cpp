@@ -145,6 +145,10 @@ struct LocalConsortium::Impl {
 
   fs::path coordinator_log() const { return out / "logs" / "coordinator.log"; }
 
+  // `site`'s agent: its site.yaml (its clinic's layout, the coordinator's endpoint, its kit and
+  // the root it pins) and pseudonym key written, then the agent started.
+  Status start_agent(const std::string& site, const std::string& endpoint, int threads, const std::string& pin);
+
   Status check_processes() {
     if (const int rc = poll_exit(coordinator); rc != -1) {
       coordinator = -1;
@@ -173,6 +177,72 @@ struct LocalConsortium::Impl {
   }
 };
 
+namespace {
+
+// Each clinic folder of `data` in whatever layout fedda-sim generate --layout wrote it, by name;
+// its agent reads it through the same subject index a hospital's agent uses.
+Result<std::map<std::string, imaging::DataSource>> clinic_layouts(const fs::path& data) {
+  std::map<std::string, imaging::DataSource> layouts;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(data, ec)) {
+    const auto name = entry.path().filename().string();
+    if (!entry.is_directory() || name.rfind('.', 0) == 0) continue;
+    auto source = imaging::detect_data_source(entry.path());
+    if (source) layouts[name] = *source;
+  }
+  if (ec) return make_error(data.string() + ": " + ec.message());
+  if (layouts.empty()) return make_error(data.string() + ": no clinic folders (fedda-sim generate writes them)");
+  return layouts;
+}
+
+// The consortium's kits in `kits` (made once, kept across runs): root, coordinator, one per site
+// and the harness's operator.
+Status provision_kits(const fs::path& kits, const fs::path& data, const std::vector<std::string>& sites) {
+  if (!fs::exists(kits / "root")) {
+    kit::ProvisionOptions p{"local-" + data.filename().string(), "tcp://127.0.0.1:0", sites, kits, {kOperator}, {}};
+    if (auto st = kit::provision(p); !st) return st;
+  }
+  for (const auto& s : sites) {
+    if (!fs::exists(kits / "sites" / s)) {
+      if (auto st = kit::provision_site(kits, s); !st) return st;
+    }
+  }
+  if (!fs::exists(kits / "operators" / kOperator)) return kit::add_operator(kits, kOperator);  // kits made before operators
+  return Status::success();
+}
+
+}  // namespace
+
+Status LocalConsortium::Impl::start_agent(const std::string& site, const std::string& endpoint, int threads,
+                                          const std::string& pin) {
+  const auto kits = out / "kits";
+  const auto agent_bin = o.bin_dir / "fedda-agent";
+  const auto config = out / "sites" / (site + ".yaml");
+  const auto& layout = layouts.at(site);
+  std::string layout_keys = "data_layout: " + layout.layout + "\n";
+  if (!layout.bids_labels.empty()) layout_keys += "bids_labels: " + layout.bids_labels + "\n";
+  if (!layout.dicom_labels.empty()) layout_keys += "dicom_labels: " + fs::absolute(layout.dicom_labels).string() + "\n";
+  const std::string yaml = "site_id: " + site + "\ncoordinator: " + endpoint + "\ndata: " +
+                           fs::absolute(layout.path).string() + "\n" + layout_keys + "cache_dir: " + (out / "cache" / site).string() +
+                           "\ndevice: " + o.device + "\nthreads: " + std::to_string(threads) +
+                           "\nheartbeat_ms: " + std::to_string(o.heartbeat_ms) + "\nreconnect_min_ms: 200\n"
+                           "reconnect_max_ms: 5000\n" +
+                           (o.secure ? "kit: " + (kits / "sites" / site).string() + "\nroot_fingerprint: " + pin + "\n"
+                                     : std::string());
+  if (auto st = files::write_atomically(config, yaml); !st) return st.error();
+  // The site's pseudonym key exists before its agent starts, so this harness and the agent
+  // never each make one (without a kit it lives in the site's cache).
+  auto site_config = site_agent::read_site_config(config);
+  if (!site_config) return site_config.error();
+  if (auto key = site_agent::pseudonym_key(*site_config); !key) return key.error();
+  auto pid = process::spawn({"/usr/bin/env", "OMP_WAIT_POLICY=PASSIVE", agent_bin.string(), "run", "--config", config.string()},
+                   out / "logs" / (site + ".log"));
+  if (!pid) return pid.error();
+  agents[site] = *pid;
+  log::get("consortium")->info("agent {} started (pid {}, {} threads)", site, *pid, threads);
+  return Status::success();
+}
+
 LocalConsortium::LocalConsortium(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 LocalConsortium::~LocalConsortium() = default;
 admin::Client& LocalConsortium::admin() { return *impl_->client; }
@@ -183,27 +253,16 @@ Result<std::unique_ptr<LocalConsortium>> LocalConsortium::start(const Consortium
   auto log = log::get("consortium");
   auto impl = std::make_unique<Impl>();
   impl->o = o;
-  // Each clinic folder in whatever layout fedda-sim generate --layout wrote it; its agent reads
-  // it through the same subject index a hospital's agent uses.
-  std::vector<std::string> clinics;
-  std::map<std::string, imaging::DataSource> layouts;
-  std::error_code dir_ec;
-  for (const auto& entry : fs::directory_iterator(o.data, dir_ec)) {
-    const auto name = entry.path().filename().string();
-    if (!entry.is_directory() || name.rfind('.', 0) == 0) continue;
-    auto source = imaging::detect_data_source(entry.path());
-    if (!source) continue;
-    clinics.push_back(name);
-    layouts[name] = *source;
+  auto layouts = clinic_layouts(o.data);
+  if (!layouts) return layouts.error();
+  std::vector<std::string> sites = o.sites;
+  if (sites.empty()) {
+    for (const auto& [clinic, layout] : *layouts) sites.push_back(clinic);  // in name order
   }
-  if (dir_ec) return make_error(o.data.string() + ": " + dir_ec.message());
-  std::sort(clinics.begin(), clinics.end());
-  if (clinics.empty()) return make_error(o.data.string() + ": no clinic folders (fedda-sim generate writes them)");
-  const std::vector<std::string> sites = o.sites.empty() ? clinics : o.sites;
   for (const auto& s : sites) {
-    if (!std::count(clinics.begin(), clinics.end(), s)) return make_error("site '" + s + "' has no clinic folder in " + o.data.string());
+    if (!layouts->count(s)) return make_error("site '" + s + "' has no clinic folder in " + o.data.string());
   }
-  impl->layouts = layouts;
+  impl->layouts = *layouts;
   if (o.bin_dir.empty()) return make_error("the folder of fedda's executables is not set");
   const auto coordinator_bin = o.bin_dir / "fedda-coordinator", agent_bin = o.bin_dir / "fedda-agent";
   for (const auto& b : {coordinator_bin, agent_bin}) {
@@ -219,18 +278,7 @@ Result<std::unique_ptr<LocalConsortium>> LocalConsortium::start(const Consortium
 
   const auto kits = out / "kits";
   if (o.secure) {
-    if (!fs::exists(kits / "root")) {
-      kit::ProvisionOptions p{"local-" + o.data.filename().string(), "tcp://127.0.0.1:0", sites, kits, {kOperator}, {}};
-      if (auto st = kit::provision(p); !st) return make_error("provisioning kits: " + st.error().message);
-    }
-    for (const auto& s : sites) {
-      if (!fs::exists(kits / "sites" / s)) {
-        if (auto st = kit::provision_site(kits, s); !st) return make_error("provisioning kits: " + st.error().message);
-      }
-    }
-    if (!fs::exists(kits / "operators" / kOperator)) {  // kits made before operators existed
-      if (auto st = kit::add_operator(kits, kOperator); !st) return make_error("provisioning kits: " + st.error().message);
-    }
+    if (auto st = provision_kits(kits, o.data, sites); !st) return make_error("provisioning kits: " + st.error().message);
   }
   std::vector<std::string> args = {coordinator_bin.string(), "serve", "--bind", "tcp://127.0.0.1:0", "--endpoint-file",
                                    endpoint_file.string(), "--state", out.string(),
@@ -290,29 +338,7 @@ Result<std::unique_ptr<LocalConsortium>> LocalConsortium::start(const Consortium
   auto pin = o.secure ? kit::root_fingerprint(kits / "root" / "root.pub") : Result<std::string>(std::string());
   if (!pin) return make_error("provisioning kits: " + pin.error().message);
   for (const auto& site : sites) {
-    const auto config = out / "sites" / (site + ".yaml");
-    const auto& layout = impl->layouts.at(site);
-    std::string layout_keys = "data_layout: " + layout.layout + "\n";
-    if (!layout.bids_labels.empty()) layout_keys += "bids_labels: " + layout.bids_labels + "\n";
-    if (!layout.dicom_labels.empty()) layout_keys += "dicom_labels: " + fs::absolute(layout.dicom_labels).string() + "\n";
-    const std::string yaml = "site_id: " + site + "\ncoordinator: " + endpoint + "\ndata: " +
-                             fs::absolute(layout.path).string() + "\n" + layout_keys + "cache_dir: " + (out / "cache" / site).string() +
-                             "\ndevice: " + o.device + "\nthreads: " + std::to_string(threads) +
-                             "\nheartbeat_ms: " + std::to_string(o.heartbeat_ms) + "\nreconnect_min_ms: 200\n"
-                             "reconnect_max_ms: 5000\n" +
-                             (o.secure ? "kit: " + (kits / "sites" / site).string() + "\nroot_fingerprint: " + *pin + "\n"
-                                       : std::string());
-    if (auto st = files::write_atomically(config, yaml); !st) return st.error();
-    // The site's pseudonym key exists before its agent starts, so this harness and the agent
-    // never each make one (without a kit it lives in the site's cache).
-    auto site_config = site_agent::read_site_config(config);
-    if (!site_config) return site_config.error();
-    if (auto key = site_agent::pseudonym_key(*site_config); !key) return key.error();
-    auto pid = process::spawn({"/usr/bin/env", "OMP_WAIT_POLICY=PASSIVE", agent_bin.string(), "run", "--config", config.string()},
-                     out / "logs" / (site + ".log"));
-    if (!pid) return pid.error();  // the destructor stops what started
-    impl->agents[site] = *pid;
-    log->info("agent {} started (pid {}, {} threads)", site, *pid, threads);
+    if (auto st = impl->start_agent(site, endpoint, threads, *pin); !st) return st.error();  // the destructor stops what started
   }
   if (o.show_progress) impl->follower = std::make_unique<Follower>(impl->coordinator_log());
   return std::unique_ptr<LocalConsortium>(new LocalConsortium(std::move(impl)));

@@ -15,10 +15,13 @@
 #include "fedda/common/files.h"
 #include "fedda/common/log.h"
 #include "fedda/imaging/dataset.h"
+#include "fedda/models/federated.h"
 #include "fedda/experiment/centralized.h"
 #include "fedda/experiment/consortium.h"
+#include "cells.h"
 #include "grid.h"
 #include "results_csv.h"
+#include "run_layout.h"
 
 namespace fedda::experiment {
 namespace fs = std::filesystem;
@@ -26,141 +29,16 @@ using Clock = std::chrono::steady_clock;
 using nlohmann::json;
 using detail::Cell;
 using detail::Grid;
-
-const std::vector<std::string>& experiment_profiles() {
-  static const std::vector<std::string> p{"smoke", "quick", "standard", "paper", "paper-cpu"};
-  return p;
-}
-
-Result<ExperimentBudget> experiment_budget(const std::string& profile) {
-  ExperimentBudget b;
-  if (profile == "smoke") {  // shapes, not numbers: every path runs once, briefly
-    b.unet.width = 4;
-    b.unet.depth = 2;
-    b.grid = {{32, 32}, {6.0, 6.0}};
-    b.teacher_epochs = 2;
-    b.teacher_draws = 1;  // two epochs of a 4-channel U-Net learn nothing: one draw, its pairs out of the verdict
-    b.adapt_epochs = 1;
-    b.otf_epochs = 1;
-    b.steps = 2;
-    b.batch = 4;
-    b.curve_every = 1;
-  } else if (profile == "quick") {  // 2 CPU cores, about an hour for both modes
-    b.unet.width = 16;
-    b.unet.depth = 3;
-    b.grid = {{64, 64}, {3.0, 3.0}};
-    b.teacher_epochs = 40;
-    b.adapt_epochs = 8;
-    b.otf_epochs = 2;
-    b.steps = 8;
-    b.batch = 8;
-    b.teacher_lr = 3e-3;
-    b.adapt_lr = 1e-4;  // the paper's; 1e-3 shook the student off its teacher (README, "Experiment grid")
-    b.ada_warmup_epochs = 2;
-    b.curve_every = 2;
-  } else if (profile == "standard") {  // 2 CPU cores: 56-70 min for both modes (README, seed 27449)
-    // Against quick: 1.56x the pixels per slice and twice the adaptation epochs (each method
-    // gets 128 steps where quick gives 64); the teachers keep quick's 40 epochs.
-    b.unet.width = 16;
-    b.unet.depth = 3;
-    b.grid = {{80, 80}, {2.4, 2.4}};
-    b.teacher_epochs = 40;
-    b.adapt_epochs = 16;
-    b.otf_epochs = 2;
-    b.steps = 8;
-    b.batch = 8;
-    b.teacher_lr = 3e-3;
-    b.adapt_lr = 1e-4;
-    b.ada_warmup_epochs = 3;
-    b.curve_every = 4;
-  } else if (profile == "paper") {  // sized for a GPU (--device cuda)
-    b.unet.width = 16;
-    b.unet.depth = 4;
-    b.grid = {{128, 128}, {1.5, 1.5}};
-    b.teacher_epochs = 100;
-    b.adapt_epochs = 40;
-    b.otf_epochs = 10;
-    b.steps = 32;
-    b.batch = 8;
-    b.teacher_lr = 1e-3;
-    b.adapt_lr = 1e-4;
-    b.ada_warmup_epochs = 5;
-    b.curve_every = 5;
-  } else if (profile == "paper-cpu") {  // the paper's grid and regime on 2 CPU cores (README, "Training recipe")
-    b.unet.width = 16;
-    b.unet.depth = 4;
-    b.grid = {{128, 128}, {1.5, 1.5}};
-    // Teachers: nnU-Net's augmentation on 64 x 64 patches (a third centred on a lesion), 100
-    // epochs of 32 batches of 8, Adam with poly decay (README "Training recipe": whole slices
-    // scored the same at 2.5x the time; Adam beat nnU-Net's SGD on every clinic measured).
-    b.teacher_epochs = 100;
-    b.adapt_epochs = 16;
-    b.otf_epochs = 4;
-    b.steps = 32;
-    b.batch = 8;
-    b.teacher_lr = 1e-3;  // Adam's, poly-decayed
-    b.adapt_lr = 1e-4;    // the paper's, with Adam, from the teacher
-    b.ada_warmup_epochs = 3;
-    b.curve_every = 10;
-    b.teacher_recipe = *models::recipe_preset("nnunet");
-    b.teacher_recipe.optimizer = "adam";
-    b.teacher_recipe.patch_size = 64;
-    b.teacher_recipe.prefetch = 2;
-    b.adapt_recipe = models::with_augmentation_of(models::Recipe{}, b.teacher_recipe);
-    b.adapt_recipe.patch_size = 64;
-    b.adapt_recipe.prefetch = 2;
-    // --student-init scratch: the paper's student, with the teacher's budget and recipe.
-    b.scratch_student_as_teacher = true;
-  } else {
-    return make_error("profile '" + profile + "' is not one of smoke, quick, standard, paper, paper-cpu");
-  }
-  return b;
-}
+using detail::budget_json;
+using detail::centralized_dir;
+using detail::csv_rows;
+using detail::is_kd;
+using detail::run_centralized_cell;
+using layout::teacher_model;
 
 namespace {
 
-// The student's budget (kd, kd-from-ada): its own, or the adaptations'.
-int kd_epochs(const ExperimentBudget& b) {
-  if (b.student_init == protocol::StudentInit::scratch && b.scratch_student_as_teacher) return b.teacher_epochs;
-  return b.kd_epochs > 0 ? b.kd_epochs : b.adapt_epochs;
-}
-double kd_lr(const ExperimentBudget& b) { return b.kd_lr > 0 ? b.kd_lr : b.adapt_lr; }
-bool is_kd(const std::string& method) { return method == "kd" || method == "kd-from-ada" || method == "kd-noisy"; }
-
 const std::string kCsvHeader = std::string(protocol::kResultsCsvHeader) + "\n";
-
-json budget_json(const ExperimentBudget& b) {
-  return {{"unet", {{"width", b.unet.width}, {"depth", b.unet.depth}, {"norm", b.unet.norm}, {"upsample", b.unet.upsample}}},
-          {"grid_size", b.grid.in_plane_size[0]},
-          {"grid_spacing_mm", b.grid.in_plane_spacing[0]},
-          {"teacher_epochs", b.teacher_epochs},
-          {"teacher_draws", b.teacher_draws},
-          {"adapt_epochs", b.adapt_epochs},
-          {"otf_epochs", b.otf_epochs},
-          {"steps_per_epoch", b.steps},
-          {"batch", b.batch},
-          {"teacher_lr", b.teacher_lr},
-          {"adapt_lr", b.adapt_lr},
-          {"ada_weight", b.ada_weight},
-          {"ada_warmup_epochs", b.ada_warmup_epochs},
-          {"temperature", b.temperature},
-          {"student_init", protocol::setting_name(b.student_init)},
-          {"kd_epochs", b.kd_epochs},
-          {"kd_lr", b.kd_lr},
-          {"kd_loss", protocol::setting_name(b.kd_loss)},
-          {"kd_hard_weight", b.kd_hard_weight},
-          {"kd_confidence", b.kd_confidence},
-          {"bn_statistics", b.bn_statistics},
-          {"federated_bn", protocol::setting_name(b.federated_bn)},
-          {"server_optimizer", protocol::setting_name(b.server_optimizer)},
-          {"server_lr", b.server_lr},
-          {"curve_every", b.curve_every},
-          {"test_time_mirroring", b.test_time_mirroring},
-          {"scratch_student_as_teacher", b.scratch_student_as_teacher},
-          {"teacher_recipe", json::parse(models::to_json(b.teacher_recipe))},
-          {"adapt_recipe", json::parse(models::to_json(b.adapt_recipe))},
-          {"noisy_augmentation", json::parse(models::to_json(b.noisy_augmentation))}};
-}
 
 class Progress {
  public:
@@ -201,14 +79,6 @@ class Progress {
   Clock::time_point start_ = Clock::now();
 };
 
-// Rows of a results.csv after its header ("" when the file is missing).
-std::string csv_rows(const fs::path& csv) {
-  auto text = files::read_all(csv);
-  if (!text) return {};
-  const auto body = text->find('\n');
-  return body == std::string::npos ? std::string() : text->substr(body + 1);
-}
-
 // Mean Dice of a results.csv's rows (no header), as text for the progress line.
 std::string mean_dice_text(const std::string& rows) {
   double sum = 0;
@@ -242,7 +112,7 @@ std::string Cell::id() const {
 }
 
 std::vector<std::string> Cell::jobs() const {
-  const std::string base = method + "-" + pair() + "-f" + std::to_string(fold);
+  const std::string base = layout::job_id(method, pair(), fold);
   if (method.rfind("otf-", 0) != 0) return {base};
   std::vector<std::string> ids;
   for (std::size_t i = 0; i < subjects.size(); ++i) ids.push_back(base + "-s" + std::to_string(i));
@@ -339,180 +209,6 @@ Result<Grid> plan_grid(const ExperimentOptions& o, const ExperimentBudget& b) {
 
 namespace {
 
-// The source's teacher; `augmented`: lbound-aug's.
-fs::path teacher_model(const fs::path& out, const std::string& source, bool augmented = false) {
-  return fs::absolute(out / "centralized" / (augmented ? "teachers-aug" : "teachers") / source / "teacher.pt");
-}
-
-fs::path centralized_dir(const fs::path& out, const Cell& c) {
-  if (c.method == "teacher") return out / "centralized" / "teachers" / c.source;
-  if (c.method == "teacher-aug") return out / "centralized" / "teachers-aug" / c.source;
-  return out / "centralized" / c.pair() / ("fold" + std::to_string(c.fold)) / c.method;
-}
-
-models::TrainConfig train_config(const ExperimentBudget& b, std::uint64_t seed, const std::string& device,
-                                 const std::string& precision, int threads, int epochs, double lr,
-                                 const models::Recipe& recipe) {
-  models::TrainConfig c;
-  c.unet = b.unet;
-  c.grid = b.grid;
-  c.epochs = epochs;
-  c.steps_per_epoch = b.steps;
-  c.batch_size = b.batch;
-  c.learning_rate = lr;
-  c.temperature = b.temperature;
-  c.ada_weight = b.ada_weight;
-  c.ada_warmup_epochs = b.ada_warmup_epochs;
-  c.recipe = recipe;
-  c.seed = seed;
-  c.device = device;
-  c.precision = precision;
-  c.threads = threads;
-  c.test_time_mirroring = b.test_time_mirroring;
-  return c;
-}
-
-}  // namespace
-
-CellTraining cell_training(const ExperimentBudget& b, const std::string& method, std::uint64_t seed,
-                           const std::string& device, const std::string& precision, int threads) {
-  CellTraining t;
-  t.teacher = train_config(b, seed, device, precision, threads, b.teacher_epochs, b.teacher_lr, b.teacher_recipe);
-  const bool otf = method.rfind("otf-", 0) == 0;
-  const bool kd = is_kd(method);
-  if (method == "lbound" || method == "lbound-aug") {
-    t.adaptation = t.teacher;
-  } else if (kd) {
-    // A student from scratch learns as the teacher did, where the budget says so; one from the teacher adapts.
-    if (b.student_init == protocol::StudentInit::scratch && b.scratch_student_as_teacher) {
-      t.adaptation = t.teacher;
-    } else {
-      t.adaptation = train_config(b, seed, device, precision, threads, kd_epochs(b), kd_lr(b), b.adapt_recipe);
-    }
-    t.adaptation.kd_init = b.student_init;
-  } else {
-    t.adaptation = train_config(b, seed, device, precision, threads, otf ? b.otf_epochs : b.adapt_epochs, b.adapt_lr,
-                                b.adapt_recipe);
-  }
-  if (method == "lbound-aug") t.teacher.recipe = models::with_augmentation_of(t.teacher.recipe, b.noisy_augmentation);
-  if (method == "kd-noisy") t.adaptation.recipe = models::with_augmentation_of(t.adaptation.recipe, b.noisy_augmentation);
-  if (kd || method == "otf-kd") {  // on the fly adapts the teacher, briefly, as it is configured
-    t.adaptation.kd_loss = b.kd_loss;
-    t.adaptation.kd_hard_weight = b.kd_hard_weight;
-    t.adaptation.kd_confidence = b.kd_confidence;
-  }
-  t.adaptation.bn_statistics = b.bn_statistics;
-  if (!otf) t.curve_every = b.curve_every;
-  return t;
-}
-
-namespace {
-
-// Runs one centralized cell; returns its results.csv rows.
-Result<std::string> run_centralized_cell(const ExperimentOptions& o, const ExperimentBudget& b, const Cell& c) {
-  const auto dir = centralized_dir(o.out, c);
-  const bool augmented = c.method == "teacher-aug" || c.method == "lbound-aug";
-  const auto teacher = teacher_model(o.out, c.source, augmented);
-  if (c.method == "teacher" || c.method == "teacher-aug") {
-    std::error_code ec;
-    fs::create_directories(dir, ec);
-    auto source = imaging::find_clinic_subjects(o.data, c.source);
-    if (!source) return source.error();
-    // Each draw trains teacher.pt afresh; the best so far waits in teacher-best-draw.pt when another follows.
-    const auto best_file = dir / "teacher-best-draw.pt";
-    const int draws_allowed = std::max(1, b.teacher_draws);
-    const auto start = Clock::now();
-    std::vector<std::vector<models::EpochReport>> curves;
-    json draws = json::array();
-    int best = -1;
-    double best_dice = -1;
-    for (int draw = 0; draw < draws_allowed; ++draw) {
-      auto config = cell_training(b, augmented ? "lbound-aug" : "lbound", o.seed, o.device, o.precision, o.threads).teacher;
-      config.seed = o.seed + 1000003ULL * static_cast<std::uint64_t>(draw);  // draw 0: the grid's seed
-      const auto progress = [&](const models::EpochReport& e) {
-        log::get("centralized")->info("teacher {} (draw {}) epoch {}/{}: loss {:.4f}, {:.1f} slices/s", c.source,
-                                      draw + 1, e.epoch, b.teacher_epochs, e.loss, e.slices_per_second);
-      };
-      auto r = models::train_supervised(*source, config, teacher, "teacher", progress);
-      if (!r) return r.error();
-      // Scored on its own training scans: not a measure of quality, a check that it learned at all.
-      // Scans whose Dice is undefined (no WMH in truth or prediction) are left out of the mean.
-      auto scores = models::evaluate_model(teacher, *source, o.device, o.precision);
-      if (!scores) return scores.error();
-      int scored = 0;
-      const double mean = models::mean_dice(*scores, &scored);
-      const double dice = scored ? mean : 0.0;
-      const bool learned = dice >= kTeacherLearnedDice;
-      const bool last = learned || draw + 1 >= draws_allowed;
-      curves.push_back(r->epochs);
-      draws.push_back({{"draw", draw + 1},
-                       {"seed", config.seed},
-                       {"final_loss", r->epochs.empty() ? 0.0 : r->epochs.back().loss},
-                       {"source_dice", dice},
-                       {"scored_scans", scored},
-                       {"seconds", r->seconds}});
-      log::get("centralized")->info("teacher {} (draw {}): mean Dice {:.3f} on its own {} scans{}", c.source, draw + 1,
-                                    dice, scored,
-                                    learned ? "" : last ? ": it learned nothing of its source, no draws left"
-                                                        : ": it learned nothing of its source, training another draw");
-      if (dice > best_dice) {
-        best = draw;
-        best_dice = dice;
-        if (!last) {
-          fs::copy_file(teacher, best_file, fs::copy_options::overwrite_existing, ec);
-          if (ec) return make_error(best_file.string() + ": cannot write: " + ec.message());
-        }
-      }
-      if (last) break;
-    }
-    // None learned: keep the best of them (the verdict leaves its pairs out either way).
-    if (best + 1 != static_cast<int>(draws.size())) {
-      fs::rename(best_file, teacher, ec);
-      if (ec) return make_error(teacher.string() + ": cannot restore the best draw: " + ec.message());
-    }
-    fs::remove(best_file, ec);
-    // The kept draw's epochs are the "teacher" curve; the others stay in the file under their own stage.
-    std::ostringstream curve;
-    curve << "stage,epoch,loss,seconds,slices_per_second\n";
-    for (std::size_t d = 0; d < curves.size(); ++d) {
-      const std::string stage = static_cast<int>(d) == best ? "teacher" : "discarded-draw-" + std::to_string(d + 1);
-      for (const auto& e : curves[d]) {
-        curve << stage << "," << e.epoch << "," << e.loss << "," << e.seconds << "," << e.slices_per_second << "\n";
-      }
-    }
-    if (auto st = files::write_atomically(dir / "curve.csv", curve.str()); !st) return st.error();
-    json summary = {{"source", c.source},
-                    {"method", c.method},
-                    {"mode", "centralized"},
-                    {"seconds", std::chrono::duration<double>(Clock::now() - start).count()},
-                    {"source_dice", best_dice},
-                    {"learned", best_dice >= kTeacherLearnedDice},
-                    {"kept_draw", best + 1},
-                    {"draws_allowed", draws_allowed},
-                    {"draws", draws}};
-    if (auto st = files::write_atomically(dir / "summary.json", summary.dump(2) + "\n"); !st) return st.error();
-    return std::string();
-  }
-  CentralizedOptions co;
-  co.data = o.data;
-  co.out = dir;
-  co.source = c.source;
-  co.target = c.target;
-  co.method = c.method;
-  co.fold = c.fold;
-  const auto training = cell_training(b, c.method, o.seed, o.device, o.precision, o.threads);
-  co.teacher = training.teacher;
-  co.adaptation = training.adaptation;
-  co.curve_every = training.curve_every;
-  co.teacher_model = teacher;
-  // kd-from-ada distils the ada cell's model of the same pair and fold (trained here if missing).
-  co.ada_model = o.out / "centralized" / c.pair() / ("fold" + std::to_string(c.fold)) / "ada" / "model.pt";
-  co.ubound_from_teacher = true;
-  auto r = run_centralized(co);
-  if (!r) return r.error();
-  return csv_rows(dir / "results.csv");
-}
-
 std::string yaml_list(const std::vector<std::string>& items) {
   std::string s = "[";
   for (std::size_t i = 0; i < items.size(); ++i) s += (i ? ", " : "") + items[i];
@@ -522,8 +218,8 @@ std::string yaml_list(const std::vector<std::string>& items) {
 // Where federated cells run: the grid's one consortium (a run in one process), or a
 // consortium of the cell's own (a cell run alone, --cell, so that cells on other machines or
 // beside it never share a coordinator or a site's state).
-fs::path shared_consortium(const fs::path& out) { return out / "federated"; }
-fs::path own_consortium(const fs::path& out, const Cell& c) { return out / "federated" / "cells" / c.id(); }
+using layout::shared_consortium;
+fs::path own_consortium(const fs::path& out, const Cell& c) { return layout::own_consortium(out, c.id()); }
 
 bool jobs_done(const fs::path& consortium, const Cell& c) {
   const auto ids = c.jobs();
@@ -601,21 +297,22 @@ Result<std::vector<std::pair<std::string, std::string>>> job_files(const Experim
   const auto training = cell_training(b, c.method, o.seed, o.device, o.precision, o.threads).adaptation;
   for (std::size_t i = 0; i < ids.size(); ++i) {
     protocol::JobSpec j;
+    models::set_learning_settings(j, training);  // batch, losses, scoring: the centralized twin's
+    j.bn_statistics = protocol::BnStatistics::shared;  // the federated cells' own: below
     j.id = ids[i];
     j.fold = c.fold;
     j.sites = {c.source, c.target};
     j.evaluation_sites = {c.target};
     j.source = c.source;
-    j.batch_size = b.batch;
     j.local_steps = b.steps;
     j.steps_by_share = true;
     j.seed = o.seed;
     j.round_deadline_s = 1800;
-    j.temperature = b.temperature;
     j.ada_weight = b.ada_weight;
     j.ada_warmup_rounds = b.ada_warmup_epochs;
-    j.precision = o.precision;
-    j.test_time_mirroring = b.test_time_mirroring;
+    auto precision = protocol::parse_setting<protocol::Precision>(o.precision, "precision");
+    if (!precision) return precision.error();
+    j.precision = *precision;
     std::string extra = "method: " + c.method + "\n";
     std::string model = teacher;  // the job's teacher: model file or job:<id>
     if (c.method == "lbound" || c.method == "lbound-aug") {
@@ -630,11 +327,6 @@ Result<std::vector<std::pair<std::string, std::string>>> job_files(const Experim
       if (!otf && b.curve_every > 0) j.evaluate_every = b.curve_every;
       j.secure_aggregation = o.secure_aggregation;
       if (is_kd(c.method)) j.student_init = b.student_init;
-      if (is_kd(c.method) || c.method == "otf-kd") {
-        j.kd_loss = b.kd_loss;
-        j.kd_hard_weight = b.kd_hard_weight;
-        j.kd_confidence = b.kd_confidence;
-      }
       // JSON is YAML; the classic recipe is written as none, as before recipes.
       if (models::to_json(training.recipe) != models::to_json(models::Recipe{})) {
         extra += "recipe: " + models::to_json(training.recipe) + "\n";

@@ -97,8 +97,9 @@ CLI::App* add_options(CLI::App& app, const std::shared_ptr<Args>& a) {
   cmd->add_option("--kd-confidence", a->kd_confidence, "kd: confident voxels have teacher p(WMH) >= c or <= 1 - c")
       ->capture_default_str()->check(CLI::Range(0.5, 1.0));
   cmd->add_option("--bn-statistics", a->bn_statistics,
-                  "kd / ada: shared, or target (batch-norm statistics recomputed on the target's scans: AdaBN)")
-      ->capture_default_str()->check(CLI::IsMember({"shared", "target"}));
+                  "kd / ada: shared, or local (batch-norm statistics recomputed on the target's scans: AdaBN; "
+                  "a job's bn_statistics: local is FedBN); 'target' is taken as local")
+      ->capture_default_str()->check(CLI::IsMember({"shared", "local", "target"}));
   cmd->add_option("--adapt-lr", a->adapt_lr, "learning rate of kd / ada (default: --lr)")->capture_default_str();
   cmd->add_option("--curve-every", a->curve_every, "score the test half every N adaptation epochs (curve.csv)")
       ->capture_default_str();
@@ -153,7 +154,10 @@ std::vector<Setting> training_settings(const std::shared_ptr<Args>& a) {
       {"--kd-loss", method_only([a](models::TrainConfig& c) { c.kd_loss = *protocol::parse_setting<protocol::KdLoss>(a->kd_loss, "--kd-loss"); })},
       {"--kd-hard-weight", method_only([a](models::TrainConfig& c) { c.kd_hard_weight = a->kd_hard_weight; })},
       {"--kd-confidence", method_only([a](models::TrainConfig& c) { c.kd_confidence = a->kd_confidence; })},
-      {"--bn-statistics", method_only([a](models::TrainConfig& c) { c.bn_statistics = a->bn_statistics; })},
+      {"--bn-statistics", method_only([a](models::TrainConfig& c) {
+         c.bn_statistics = a->bn_statistics == "target" ? protocol::BnStatistics::local  // AdaBN's earlier name
+                                                        : *protocol::parse_setting<protocol::BnStatistics>(a->bn_statistics, "--bn-statistics");
+       })},
   };
 }
 

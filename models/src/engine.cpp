@@ -11,6 +11,7 @@
 #include "losses.h"
 #include "model_io.h"
 #include "prefetch.h"
+#include "torch_boundary.h"
 #include "training.h"
 
 namespace fedda::models {
@@ -153,14 +154,13 @@ Result<ModelSpec> new_spec(const TrainConfig& c, const std::string& role) {
   return spec;
 }
 
-// bn_statistics "target" (AdaBN): the saved model's batch-norm running statistics are recomputed
+// bn_statistics local (AdaBN): the saved model's batch-norm running statistics are recomputed
 // on the target's scans (`scans` from `first_target` on) with the trained weights, so it
 // normalises target features by the target's own statistics; training itself is unchanged.
 Status use_target_statistics(const TrainConfig& c, Trainee& t, const std::vector<ScanSlices>& scans,
                              std::size_t first_target) {
-  if (c.bn_statistics == "shared") return Status::success();
-  if (c.bn_statistics != "target") return make_error("bn_statistics must be shared or target");
-  if (first_target >= scans.size()) return make_error("bn_statistics target: no target scans");
+  if (c.bn_statistics == protocol::BnStatistics::shared) return Status::success();
+  if (first_target >= scans.size()) return make_error("bn_statistics local: no target scans");
   auto saved = std::make_shared<std::vector<torch::Tensor>>();
   t.before_save = [&t, &scans, first_target, saved] {
     saved->clear();
@@ -348,13 +348,13 @@ Status check_device(const std::string& device) {
   return Status::success();
 }
 
-Result<ModelSpec> read_model_spec(const fs::path& model) {
+static Result<ModelSpec> read_model_spec_unguarded(const fs::path& model) {
   auto m = load_model(model, torch::kCPU);
   if (!m) return m.error();
   return m->spec;
 }
 
-Result<TrainReport> train_supervised(const std::vector<SubjectFiles>& labelled, const TrainConfig& c,
+static Result<TrainReport> train_supervised_unguarded(const std::vector<SubjectFiles>& labelled, const TrainConfig& c,
                                      const fs::path& model_out, const std::string& role, const ProgressFn& progress) {
   auto run = prepare(c);
   if (!run) return run.error();
@@ -390,7 +390,7 @@ Result<TrainReport> train_supervised(const std::vector<SubjectFiles>& labelled, 
   return run_epochs(c, t, sample, learn, model_out, progress);
 }
 
-Result<TrainReport> train_kd(const fs::path& teacher_path, const std::vector<SubjectFiles>& source,
+static Result<TrainReport> train_kd_unguarded(const fs::path& teacher_path, const std::vector<SubjectFiles>& source,
                              const std::vector<SubjectFiles>& target, const TrainConfig& c, const fs::path& model_out,
                              const ProgressFn& progress) {
   auto run = prepare(c);
@@ -433,7 +433,7 @@ Result<TrainReport> train_kd(const fs::path& teacher_path, const std::vector<Sub
   return run_epochs(c, t, sample, learn, model_out, progress);
 }
 
-Result<TrainReport> train_ada(const std::optional<fs::path>& initial, const std::vector<SubjectFiles>& source,
+static Result<TrainReport> train_ada_unguarded(const std::optional<fs::path>& initial, const std::vector<SubjectFiles>& source,
                               const std::vector<SubjectFiles>& target, const TrainConfig& c, const fs::path& model_out,
                               const ProgressFn& progress) {
   auto run = prepare(c);
@@ -541,7 +541,7 @@ double mean_dice(const std::vector<SubjectScore>& scores, int* counted) {
   return n ? sum / n : NAN;
 }
 
-Result<std::vector<SubjectScore>> evaluate_model(const fs::path& model, const std::vector<SubjectFiles>& subjects,
+static Result<std::vector<SubjectScore>> evaluate_model_unguarded(const fs::path& model, const std::vector<SubjectFiles>& subjects,
                                                  const std::string& device_name, const std::string& precision,
                                                  bool mirror) {
   auto m = load_for_inference(model, device_name, precision);
@@ -549,7 +549,7 @@ Result<std::vector<SubjectScore>> evaluate_model(const fs::path& model, const st
   return score_subjects(m->model.net, m->model.spec, subjects, m->device, false, mirror);
 }
 
-Status segment_scan(const fs::path& model, const fs::path& flair, const fs::path& t1, const fs::path& out,
+static Status segment_scan_unguarded(const fs::path& model, const fs::path& flair, const fs::path& t1, const fs::path& out,
                     const std::string& device_name, const std::string& precision) {
   auto m = load_for_inference(model, device_name, precision);
   if (!m) return m.error();
@@ -562,6 +562,44 @@ Status segment_scan(const fs::path& model, const fs::path& flair, const fs::path
   if (!scan) return scan.error();
   const auto p = predict(m->model.net, scan->images, m->device, 1.0, scan->brain);
   return imaging::write_label_map(out, imaging::restore_segmentation(to_image(p, scan->grid), scan->original));
+}
+
+
+// ---- The engine's boundary -------------------------------------------------------------------
+// LibTorch reports a failure by throwing (c10::Error: a shape, a device, memory); so do the
+// standard library and JSON. Each entry point returns it as an internal Error naming what it was
+// doing, never lets it reach its caller.
+
+Result<TrainReport> train_supervised(const std::vector<SubjectFiles>& labelled, const TrainConfig& c,
+                                     const fs::path& model_out, const std::string& role, const ProgressFn& progress) {
+  return at_boundary("training", [&] { return train_supervised_unguarded(labelled, c, model_out, role, progress); });
+}
+
+Result<TrainReport> train_kd(const fs::path& teacher_path, const std::vector<SubjectFiles>& source,
+                             const std::vector<SubjectFiles>& target, const TrainConfig& c, const fs::path& model_out,
+                             const ProgressFn& progress) {
+  return at_boundary("distilling", [&] { return train_kd_unguarded(teacher_path, source, target, c, model_out, progress); });
+}
+
+Result<TrainReport> train_ada(const std::optional<fs::path>& initial, const std::vector<SubjectFiles>& source,
+                              const std::vector<SubjectFiles>& target, const TrainConfig& c, const fs::path& model_out,
+                              const ProgressFn& progress) {
+  return at_boundary("adversarial training", [&] { return train_ada_unguarded(initial, source, target, c, model_out, progress); });
+}
+
+Result<std::vector<SubjectScore>> evaluate_model(const fs::path& model, const std::vector<SubjectFiles>& subjects,
+                                                 const std::string& device_name, const std::string& precision,
+                                                 bool mirror) {
+  return at_boundary("scoring", [&] { return evaluate_model_unguarded(model, subjects, device_name, precision, mirror); });
+}
+
+Status segment_scan(const fs::path& model, const fs::path& flair, const fs::path& t1, const fs::path& out,
+                    const std::string& device_name, const std::string& precision) {
+  return at_boundary("segmenting", [&] { return segment_scan_unguarded(model, flair, t1, out, device_name, precision); });
+}
+
+Result<ModelSpec> read_model_spec(const fs::path& model) {
+  return at_boundary("reading the model", [&] { return read_model_spec_unguarded(model); });
 }
 
 }  // namespace fedda::models

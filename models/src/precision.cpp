@@ -5,6 +5,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "fedda/common/settings.h"
+
 namespace fedda::models {
 namespace {
 
@@ -32,7 +34,7 @@ std::string cpuinfo_field(const std::string& key) {
 }  // namespace
 
 const std::vector<std::string>& precision_names() {
-  static const std::vector<std::string> names{"auto", "float32", "bfloat16"};
+  static const std::vector<std::string> names = protocol::setting_names<protocol::Precision>();
   return names;
 }
 

@@ -82,6 +82,117 @@ struct SiteTrainer::Impl {
   DpGuarantee dp;
   SecretRandom secret;  // dp: who joins a step and the noise, from OpenSSL, never from the job
 
+  // The training scans (with labels where the job learns from them) and the evaluation scans
+  // this site holds; each that cannot be used is skipped, named in `skipped` with why.
+  void load_scans(spdlog::logger& log) {
+    const auto& o = options;
+    const auto id = [](const imaging::SubjectFiles& s) { return s.clinic + "/" + s.subject; };
+    if (o.type != JobType::evaluate) {
+      for (const auto& s : o.train) {
+        if (o.labelled && !s.labels) {
+          skipped.push_back({id(s), "no label file"});
+          continue;
+        }
+        auto scan = load_scan(s, o.spec.grid, o.labelled);
+        if (!scan) {
+          log.warn("skipping {}: {}", id(s), scan.error().message);
+          skipped.push_back({id(s), scan.error().message});
+          continue;
+        }
+        samples += scan->images.size(0);
+        scans.push_back(std::move(*scan));
+      }
+    }
+    for (const auto& s : o.evaluation) {
+      if (!s.labels) {
+        skipped.push_back({id(s), "no label file to evaluate against"});
+        continue;
+      }
+      if (auto scan = load_scan(s, o.spec.grid, true); !scan) {
+        log.warn("skipping {} for evaluation: {}", id(s), scan.error().message);
+        skipped.push_back({id(s), scan.error().message});
+        continue;
+      }
+      evaluation.push_back(s);
+    }
+  }
+
+  // kd: the teacher's soft labels of every training scan, read from the site's cache where the
+  // same teacher, grid, temperature and precision made them, computed (and cached) otherwise.
+  Status attach_teacher_soft_labels(const TensorSet& teacher, spdlog::logger& log) {
+    const auto& o = options;
+    UNet teacher_net(o.spec.unet);
+    if (auto st = from_wire(*teacher_net, teacher); !st) return make_error("teacher: " + st.error().message);
+    teacher_net->to(device);
+    teacher_net->set_precision(precision);
+    const auto key = soft_label_key(teacher, o.spec, o.temperature, precision);
+    const auto cache_file = [&](const ScanSlices& scan) {
+      std::string name = scan.id;
+      std::replace(name.begin(), name.end(), '/', '_');
+      return o.cache_dir / "soft-labels" / (key + "-" + name + ".pt");
+    };
+    std::vector<ScanSlices*> missing;
+    for (auto& scan : scans) {
+      if (!o.cache_dir.empty()) {
+        const auto path = cache_file(scan);
+        if (fs::exists(path)) {
+          auto soft = load_tensor(path, o.storage_key);
+          if (soft && soft->sizes() == torch::IntArrayRef({scan.images.size(0), scan.images.size(2), scan.images.size(3)})) {
+            set_soft_labels(scan, *soft);
+            continue;
+          }
+          log.warn("soft-label cache {}: {}; recomputing", path.filename().string(),
+                   soft ? "wrong shape" : soft.error().message);
+        }
+      }
+      missing.push_back(&scan);
+    }
+    if (!missing.empty()) {
+      std::vector<ScanSlices> todo;
+      for (auto* s : missing) todo.push_back(std::move(*s));
+      attach_soft_labels(teacher_net, todo, o.temperature, device);
+      for (std::size_t i = 0; i < missing.size(); ++i) {
+        *missing[i] = std::move(todo[i]);
+        if (!o.cache_dir.empty()) {
+          std::error_code ec;
+          fs::create_directories(o.cache_dir / "soft-labels", ec);
+          if (auto st = save_tensor(cache_file(*missing[i]), missing[i]->soft, o.storage_key); !st) log.warn("soft-label cache: {}", st.error().message);
+        }
+      }
+    } else {
+      log.info("soft labels of {} scans read from the cache", scans.size());
+    }
+    return Status::success();
+  }
+
+  // The round's update after `steps` steps from the model the site was `sent`: its weights (under
+  // FedBN with the batch-norm tensors it was sent: its own stay here), and for ada the mean of
+  // the discriminator's gradients (`grad_sums` over the steps).
+  Result<LocalUpdate> export_update(const TensorSet& sent, const std::vector<torch::Tensor>& grad_sums, int steps) {
+    net->eval();
+    keep_local_norm();
+    LocalUpdate update;
+    auto weights = to_wire(*net);
+    if (!weights) return weights.error();
+    update.model = std::move(*weights);
+    if (options.local_batch_norm()) {
+      for (std::size_t i = 0; i < update.model.tensors.size() && i < sent.tensors.size(); ++i) {
+        if (std::count(batch_norm.begin(), batch_norm.end(), update.model.tensors[i].name)) {
+          update.model.tensors[i] = sent.tensors[i];
+        }
+      }
+    }
+    if (options.type == JobType::ada) {
+      std::size_t k = 0;
+      for (const auto& p : discriminator->named_parameters()) {
+        update.discriminator_grads.tensors.push_back(to_wire(p.key(), grad_sums[k++] / steps, DType::f32));
+      }
+    }
+    update.samples = samples;
+    update.steps = steps;
+    return update;
+  }
+
   // dp: what DP-SGD gives this site's patients: the noise (given, or the smallest that keeps the
   // planned steps within the target) and the planned epsilon.
   Status resolve_dp() {
@@ -109,7 +220,7 @@ struct SiteTrainer::Impl {
   // Loads `model` into the network and, under FedBN, this site's own batch-norm tensors over it.
   Status load(const TensorSet& model) {
     if (auto st = from_wire(*net, model); !st) return make_error("model: " + st.error().message);
-    if (options.local_batch_norm && !local_norm.empty()) {
+    if (options.local_batch_norm() && !local_norm.empty()) {
       torch::NoGradGuard no_grad;
       std::size_t k = 0;
       for (const auto& [name, tensor] : state_of(*net)) {
@@ -119,7 +230,7 @@ struct SiteTrainer::Impl {
     return Status::success();
   }
   void keep_local_norm() {
-    if (!options.local_batch_norm) return;
+    if (!options.local_batch_norm()) return;
     local_norm.clear();
     for (const auto& [name, tensor] : state_of(*net)) {
       if (std::count(batch_norm.begin(), batch_norm.end(), name)) local_norm.push_back(tensor.detach().clone());
@@ -137,6 +248,33 @@ int SiteTrainer::training_subjects() const { return static_cast<int>(impl_->scan
 int SiteTrainer::evaluation_subjects() const { return static_cast<int>(impl_->evaluation.size()); }
 const DpGuarantee& SiteTrainer::dp() const { return impl_->dp; }
 
+namespace {
+// Each learning setting as (the job's field, LearningSettings' field): one list, read both ways.
+template <class Job, class Settings, class Assign>
+void for_each_learning_setting(Job& j, Settings& s, Assign&& assign) {
+  assign(j.batch_size, s.batch_size);
+  assign(j.dice_weight, s.dice_weight);
+  assign(j.lesion_slice_fraction, s.lesion_slice_fraction);
+  assign(j.augment, s.augment);
+  assign(j.temperature, s.temperature);
+  assign(j.kd_loss, s.kd_loss);
+  assign(j.kd_hard_weight, s.kd_hard_weight);
+  assign(j.kd_confidence, s.kd_confidence);
+  assign(j.bn_statistics, s.bn_statistics);
+  assign(j.test_time_mirroring, s.test_time_mirroring);
+}
+}  // namespace
+
+LearningSettings learning_settings(const protocol::JobSpec& job) {
+  LearningSettings s;
+  for_each_learning_setting(job, s, [](const auto& from, auto& to) { to = from; });
+  return s;
+}
+
+void set_learning_settings(protocol::JobSpec& job, const LearningSettings& settings) {
+  for_each_learning_setting(job, settings, [](auto& to, const auto& from) { to = from; });
+}
+
 Result<std::unique_ptr<SiteTrainer>> SiteTrainer::open(const SiteJobOptions& o, const TensorSet& teacher) {
   auto log = log::get("site-trainer");
   if (auto st = validate(o.spec); !st) return make_error("model spec: " + st.error().message);
@@ -152,88 +290,20 @@ Result<std::unique_ptr<SiteTrainer>> SiteTrainer::open(const SiteJobOptions& o, 
   impl->options = o;
   impl->device = *device;
   impl->precision = *precision;
-  const auto id = [](const imaging::SubjectFiles& s) { return s.clinic + "/" + s.subject; };
   const bool training = o.type != JobType::evaluate;
-  if (training) {
-    for (const auto& s : o.train) {
-      if (o.labelled && !s.labels) {
-        impl->skipped.push_back({id(s), "no label file"});
-        continue;
-      }
-      auto scan = load_scan(s, o.spec.grid, o.labelled);
-      if (!scan) {
-        log->warn("skipping {}: {}", id(s), scan.error().message);
-        impl->skipped.push_back({id(s), scan.error().message});
-        continue;
-      }
-      impl->samples += scan->images.size(0);
-      impl->scans.push_back(std::move(*scan));
-    }
-  }
-  for (const auto& s : o.evaluation) {
-    if (!s.labels) {
-      impl->skipped.push_back({id(s), "no label file to evaluate against"});
-      continue;
-    }
-    if (auto scan = load_scan(s, o.spec.grid, true); !scan) {
-      log->warn("skipping {} for evaluation: {}", id(s), scan.error().message);
-      impl->skipped.push_back({id(s), scan.error().message});
-      continue;
-    }
-    impl->evaluation.push_back(s);
-  }
+  impl->load_scans(*log);
   if (training && !o.train.empty() && impl->scans.empty()) {
     return make_error("none of the " + std::to_string(o.train.size()) + " training scans could be used");
   }
 
   if (o.type == JobType::kd && !impl->scans.empty()) {
-    UNet teacher_net(o.spec.unet);
-    if (auto st = from_wire(*teacher_net, teacher); !st) return make_error("teacher: " + st.error().message);
-    teacher_net->to(impl->device);
-    teacher_net->set_precision(impl->precision);
-    const auto key = soft_label_key(teacher, o.spec, o.temperature, impl->precision);
-    const auto cache_file = [&](const ScanSlices& scan) {
-      std::string name = scan.id;
-      std::replace(name.begin(), name.end(), '/', '_');
-      return o.cache_dir / "soft-labels" / (key + "-" + name + ".pt");
-    };
-    std::vector<ScanSlices*> missing;
-    for (auto& scan : impl->scans) {
-      if (!o.cache_dir.empty()) {
-        const auto path = cache_file(scan);
-        if (fs::exists(path)) {
-          auto soft = load_tensor(path, o.storage_key);
-          if (soft && soft->sizes() == torch::IntArrayRef({scan.images.size(0), scan.images.size(2), scan.images.size(3)})) {
-            set_soft_labels(scan, *soft);
-            continue;
-          }
-          log->warn("soft-label cache {}: {}; recomputing", path.filename().string(),
-                    soft ? "wrong shape" : soft.error().message);
-        }
-      }
-      missing.push_back(&scan);
-    }
-    if (!missing.empty()) {
-      std::vector<ScanSlices> todo;
-      for (auto* s : missing) todo.push_back(std::move(*s));
-      attach_soft_labels(teacher_net, todo, o.temperature, impl->device);
-      for (std::size_t i = 0; i < missing.size(); ++i) {
-        *missing[i] = std::move(todo[i]);
-        if (!o.cache_dir.empty()) {
-          std::error_code ec;
-          fs::create_directories(o.cache_dir / "soft-labels", ec);
-          if (auto st = save_tensor(cache_file(*missing[i]), missing[i]->soft, o.storage_key); !st) log->warn("soft-label cache: {}", st.error().message);
-        }
-      }
-    } else {
-      log->info("soft labels of {} scans read from the cache", impl->scans.size());
-    }
+    if (auto st = impl->attach_teacher_soft_labels(teacher, *log); !st) return st.error();
   }
 
   impl->net = UNet(o.spec.unet);
   impl->net->to(impl->device);
   impl->net->set_precision(impl->precision);
-  if (o.local_batch_norm) impl->batch_norm = batch_norm_tensors(o.spec);
+  if (o.local_batch_norm()) impl->batch_norm = batch_norm_tensors(o.spec);
   if (auto st = validate(o.recipe, static_cast<int>(std::min(o.spec.grid.in_plane_size[0], o.spec.grid.in_plane_size[1])), o.spec.unet.depth); !st) {
     return make_error("recipe: " + st.error().message);
   }
@@ -332,29 +402,10 @@ Result<LocalUpdate> SiteTrainer::train(int round, const TensorSet& model, const 
       }
     }
   }
-  m.net->eval();
-  m.keep_local_norm();
-  LocalUpdate update;
-  auto weights = to_wire(*m.net);
-  if (!weights) return weights.error();
-  update.model = std::move(*weights);
-  if (o.local_batch_norm) {  // FedBN: this site's statistics stay here; it returns the ones it got
-    for (std::size_t i = 0; i < update.model.tensors.size() && i < model.tensors.size(); ++i) {
-      if (std::count(m.batch_norm.begin(), m.batch_norm.end(), update.model.tensors[i].name)) {
-        update.model.tensors[i] = model.tensors[i];
-      }
-    }
-  }
-  if (ada) {
-    std::size_t k = 0;
-    for (const auto& p : m.discriminator->named_parameters()) {
-      update.discriminator_grads.tensors.push_back(to_wire(p.key(), grad_sums[k++] / steps, DType::f32));
-    }
-  }
-  update.samples = m.samples;
-  update.steps = steps;
-  update.loss = loss_sum / steps;
-  update.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  auto update = m.export_update(model, grad_sums, steps);
+  if (!update) return update.error();
+  update->loss = loss_sum / steps;
+  update->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return update;
 }
 
@@ -367,7 +418,7 @@ Result<std::vector<SubjectScore>> SiteTrainer::evaluate(const TensorSet& model) 
 
 Result<TensorSet> SiteTrainer::as_evaluated(const TensorSet& model) {
   auto& m = *impl_;
-  if (!m.options.local_batch_norm) return model;
+  if (!m.options.local_batch_norm()) return model;
   if (auto st = m.load(model); !st) return st.error();
   return to_wire(*m.net);
 }

@@ -149,6 +149,7 @@ std::string thumbnail_name(const ScanSignals& s) {
 struct Row {
   const ScanSignals* signals = nullptr;
   models::QualityEstimate estimate;
+  bool estimate_made = false;  // `estimate` holds one
   bool drifted = false;
   std::vector<std::string> reasons;
   bool flagged() const { return !reasons.empty(); }
@@ -252,6 +253,57 @@ std::string report_html(const std::vector<Row>& rows, const MonitorSummary& summ
   return h.str();
 }
 
+// One scan's row: its quality estimate (and whether it is below `flag_below` or outside the
+// estimator's range), and whether its statistics drifted from `baseline` (null: none).
+Row judge(const ScanSignals& s, const std::optional<models::QualityEstimator>& estimator, const Baseline* baseline,
+          double flag_below) {
+  Row r;
+  r.signals = &s;
+  if (estimator) {
+    auto e = models::estimate_quality(*estimator, s);
+    if (!e) {  // a signal this scan lacks: no estimate for it, the others go on
+      r.reasons.push_back("no estimate: " + e.error().message);
+    } else {
+      r.estimate = *e;
+      r.estimate_made = true;
+      if (e->dsc < flag_below) r.reasons.push_back("estimate below " + protocol::csv_number(flag_below));
+      if (!e->out_of_range.empty()) {
+        std::string names;
+        for (const auto& f : e->out_of_range) names += (names.empty() ? "" : ", ") + f;
+        r.reasons.push_back("outside the estimator's range: " + names);
+      }
+    }
+  }
+  if (baseline) {
+    std::vector<std::string> moved;
+    if (models::histogram_distance(s.flair_histogram, baseline->flair) > baseline->flair_limit) moved.push_back("FLAIR histogram");
+    if (models::histogram_distance(s.t1_histogram, baseline->t1) > baseline->t1_limit) moved.push_back("T1 histogram");
+    if (std::abs(s.noise - baseline->noise_median) > baseline->noise_limit) moved.push_back("noise");
+    r.drifted = !moved.empty();
+    if (r.drifted) {
+      std::string what;
+      for (const auto& m : moved) what += (what.empty() ? "" : ", ") + m;
+      r.reasons.push_back("drifted from the baseline (" + what + ")");
+    }
+  }
+  return r;
+}
+
+// What the report says of drift: the scans that drifted from the baseline, or why there was none.
+std::string drift_text(const MonitorSummary& summary, bool compared) {
+  std::string drift_note = "No baseline given: nothing to compare the scans' statistics against (this run's "
+                           "site-profile.json can be the next run's --baseline).";
+  if (!summary.baseline_problem.empty()) drift_note = "The baseline was not used: " + summary.baseline_problem + ".";
+  if (compared) {
+    drift_note = std::to_string(summary.drifted) + " of " + std::to_string(summary.scans) +
+                 " scans drifted from the baseline; " +
+                 (summary.site_drifted ? "the site's scans changed (at least a fifth drifted): check for a scanner or "
+                                         "protocol change before trusting the model here."
+                                       : "the site's scans look as before.");
+  }
+  return drift_note;
+}
+
 }  // namespace
 
 Result<MonitorSummary> run_monitor(const MonitorOptions& options, const std::vector<imaging::SubjectFiles>& subjects,
@@ -306,35 +358,8 @@ Result<MonitorSummary> run_monitor(const MonitorOptions& options, const std::vec
   std::vector<Row> rows;
   std::vector<double> estimates;
   for (const auto& s : *signals) {
-    Row r;
-    r.signals = &s;
-    if (*estimator) {
-      auto e = models::estimate_quality(**estimator, s);
-      if (!e) {  // a signal this scan lacks: no estimate for it, the others go on
-        r.reasons.push_back("no estimate: " + e.error().message);
-      } else {
-        r.estimate = *e;
-        estimates.push_back(e->dsc);
-        if (e->dsc < options.flag_below) r.reasons.push_back("estimate below " + protocol::csv_number(options.flag_below));
-        if (!e->out_of_range.empty()) {
-          std::string names;
-          for (const auto& f : e->out_of_range) names += (names.empty() ? "" : ", ") + f;
-          r.reasons.push_back("outside the estimator's range: " + names);
-        }
-      }
-    }
-    if (baseline) {
-      std::vector<std::string> moved;
-      if (models::histogram_distance(s.flair_histogram, baseline->flair) > baseline->flair_limit) moved.push_back("FLAIR histogram");
-      if (models::histogram_distance(s.t1_histogram, baseline->t1) > baseline->t1_limit) moved.push_back("T1 histogram");
-      if (std::abs(s.noise - baseline->noise_median) > baseline->noise_limit) moved.push_back("noise");
-      r.drifted = !moved.empty();
-      if (r.drifted) {
-        std::string what;
-        for (const auto& m : moved) what += (what.empty() ? "" : ", ") + m;
-        r.reasons.push_back("drifted from the baseline (" + what + ")");
-      }
-    }
+    Row r = judge(s, *estimator, baseline ? &*baseline : nullptr, options.flag_below);
+    if (r.estimate_made) estimates.push_back(r.estimate.dsc);
     summary.flagged += r.flagged() ? 1 : 0;
     summary.drifted += r.drifted ? 1 : 0;
     rows.push_back(std::move(r));
@@ -345,16 +370,7 @@ Result<MonitorSummary> run_monitor(const MonitorOptions& options, const std::vec
   summary.q1 = estimates.empty() ? NAN : imaging::percentile(estimates, 25);
   summary.q3 = estimates.empty() ? NAN : imaging::percentile(estimates, 75);
   summary.site_drifted = baseline && summary.drifted >= std::max(1.0, kSiteDriftShare * summary.scans);
-  std::string drift_note = "No baseline given: nothing to compare the scans' statistics against (this run's "
-                           "site-profile.json can be the next run's --baseline).";
-  if (!summary.baseline_problem.empty()) drift_note = "The baseline was not used: " + summary.baseline_problem + ".";
-  if (baseline) {
-    drift_note = std::to_string(summary.drifted) + " of " + std::to_string(summary.scans) +
-                 " scans drifted from the baseline; " +
-                 (summary.site_drifted ? "the site's scans changed (at least a fifth drifted): check for a scanner or "
-                                         "protocol change before trusting the model here."
-                                       : "the site's scans look as before.");
-  }
+  const auto drift_note = drift_text(summary, baseline.has_value());
 
   fs::create_directories(options.out / "thumbnails", ec);
   if (ec) return make_error(options.out.string() + ": cannot create: " + ec.message());

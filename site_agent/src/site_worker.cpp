@@ -259,6 +259,7 @@ struct SiteWorker::Impl {
     const bool trains = job.type != JobType::evaluate && std::count(job.sites.begin(), job.sites.end(), id);
     const bool evaluates = job.evaluate && std::count(job.evaluation_sites.begin(), job.evaluation_sites.end(), id);
     models::SiteJobOptions o;
+    static_cast<models::LearningSettings&>(o) = models::learning_settings(job);
     o.type = job.type;
     o.spec = spec;
     if (source) {
@@ -279,20 +280,10 @@ struct SiteWorker::Impl {
     }
     o.labelled = job.type == JobType::teacher || (job.type == JobType::ada && source);
     o.domain = source ? 0 : 1;
-    o.batch_size = job.batch_size;
-    o.lesion_slice_fraction = job.lesion_slice_fraction;
-    o.augment = job.augment;
     o.recipe = recipe;
-    o.dice_weight = job.dice_weight;
-    o.temperature = job.temperature;
-    o.kd_loss = job.kd_loss;
-    o.kd_hard_weight = job.kd_hard_weight;
-    o.kd_confidence = job.kd_confidence;
-    o.test_time_mirroring = job.test_time_mirroring;
-    o.local_batch_norm = job.bn_statistics == protocol::BnStatistics::local;
     o.seed = job.seed ^ std::hash<std::string>{}(id);
     o.device = config.device;
-    o.precision = models::precision_request(job.precision, config.precision);
+    o.precision = models::precision_request(protocol::setting_name(job.precision), config.precision);
     o.threads = config.threads;
     o.cache_dir = config.cache_dir;
     o.dp = job.dp;
@@ -454,6 +445,110 @@ struct SiteWorker::Impl {
     return true;
   }
 
+  // An evaluation round: the scores under the subjects' pseudonyms, and the label-free quality
+  // report where the policy allows it. False when it failed (the coordinator was told why).
+  bool evaluate_round(const protocol::Header& h, const protocol::RoundTask& task, protocol::RoundUpdate& update) {
+    const auto failed = [&](auto&&... why) {
+      fail(std::forward<decltype(why)>(why)...);
+      return false;
+    };
+    if (std::string why; !evaluation_allowed(why)) {
+      return failed(h.job_id, FailureCode::policy, "refused by this site's policy: " + why, "evaluation_interval_s");
+    }
+    auto scores = trainer->evaluate(task.model);
+    if (!scores) return failed(h.job_id, FailureCode::training, "evaluation: " + scores.error().message);
+    for (const auto& s : *scores) {
+      update.metrics.push_back({pseudonym_of(s.subject), s.metrics.dsc, s.metrics.h95, s.metrics.avd, s.metrics.recall,
+                                s.metrics.f1});
+    }
+    log->info("job {}: evaluated {} subjects", h.job_id, update.metrics.size());
+    if (config.policy.quality_reports && h.round == quality_inputs.final_round) {
+      // The model as this site evaluated it (under FedBN, with its own batch-norm tensors).
+      auto evaluated = trainer->as_evaluated(task.model);
+      std::optional<protocol::QualitySummary> q;
+      if (evaluated) {
+        q = quality_report(h.job_id, *evaluated);
+      } else {
+        log->warn("job {}: no quality report: {}", h.job_id, evaluated.error().message);
+      }
+      if (q) {
+        // Checked on its own: a report the guard refuses is dropped, the evaluation goes out.
+        protocol::RoundUpdate alone;
+        alone.has_quality = true;
+        alone.quality = *q;
+        if (auto st = guard->check(alone, true); st) {
+          update.has_quality = true;
+          update.quality = *q;
+        } else {
+          log->warn("job {}: quality report not sent: {}", h.job_id, st.error().message);
+        }
+      }
+    }
+    return true;
+  }
+
+  // A training round: the steps asked (within the site's policy and, under dp, within what the
+  // job's privacy guarantee covers, counted on disk before anything leaves). False when it
+  // failed (the coordinator was told why).
+  bool train_round(const protocol::Header& h, const protocol::RoundTask& task, protocol::RoundUpdate& update) {
+    const auto failed = [&](auto&&... why) {
+      fail(std::forward<decltype(why)>(why)...);
+      return false;
+    };
+    int steps = job_steps;
+    for (std::size_t i = 0; i < task.step_sites.size() && i < task.steps.size(); ++i) {
+      if (task.step_sites[i] == config.site_id) steps = task.steps[i];
+    }
+    if (steps < config.policy.min_local_steps) {
+      return failed(h.job_id, FailureCode::policy,
+                  "refused by this site's policy: a round of " + std::to_string(steps) +
+                      " steps is below this site's minimum of " + std::to_string(config.policy.min_local_steps),
+                  "min_local_steps");
+    }
+    // dp: the steps already released on this job, kept on disk (privacy_ledger.h), bound what
+    // this round may add; a round trained again after a restart counts again.
+    long long released = 0;
+    if (trainer->dp().on) {
+      auto ledger = read_privacy_ledger(config.cache_dir, h.job_id, trainer->dp());
+      if (!ledger) return failed(h.job_id, FailureCode::policy, "refused by this site's policy: " + ledger.error().message, "max_epsilon");
+      released = *ledger;
+      const long long planned = static_cast<long long>(job_rounds) * job_steps;
+      if (released + steps > planned) {
+        return failed(h.job_id, FailureCode::policy,
+                    "refused by this site's policy: " + std::to_string(steps) + " more steps after the " +
+                        std::to_string(released) + " released go beyond the job's planned " + std::to_string(planned) +
+                        ", which its privacy guarantee covers",
+                    "max_epsilon");
+      }
+    }
+    auto local = trainer->train(h.round, task.model, task.discriminator, steps, task.learning_rate,
+                                task.adversarial_weight);
+    if (!local) return failed(h.job_id, FailureCode::training, "round " + std::to_string(h.round) + ": " + local.error().message);
+    update.model = std::move(local->model);
+    update.discriminator_grads = std::move(local->discriminator_grads);
+    update.samples = local->samples;
+    update.steps = local->steps;
+    // Under dp the loss stays here: it is computed from the patients' slices and carries no noise.
+    update.loss = trainer->dp().on ? 0 : local->loss;
+    update.seconds = local->seconds;
+    update.precision = trainer->precision().name() + " (" + trainer->precision().reason + ")";
+    if (trainer->dp().on) {  // counted on disk before anything of the round leaves
+      const auto& dp = trainer->dp();
+      auto spent = privacy::epsilon({dp.noise_multiplier, dp.sample_rate, released + local->steps}, dp.delta);
+      if (!spent) return failed(h.job_id, FailureCode::internal, "privacy accountant: " + spent.error().message);
+      if (auto st = write_privacy_ledger(config.cache_dir, h.job_id, dp, released + local->steps, spent->epsilon); !st) {
+        return failed(h.job_id, FailureCode::internal, st.error().message);
+      }
+      update.epsilon = spent->epsilon;
+      update.noise_multiplier = dp.noise_multiplier;
+      log->info("job {}: round {}: epsilon {:.3f} at delta {} spent on this site's patients so far ({} steps)",
+                h.job_id, h.round, spent->epsilon, dp.delta, released + local->steps);
+    }
+    log->info("job {}: round {} trained ({} steps, loss {:.4f}, {:.1f} s)", h.job_id, h.round, local->steps,
+              local->loss, local->seconds);
+    return true;
+  }
+
   void run_task(const protocol::Header& h, const std::string& body, Clock::time_point arrived) {
     if (!trainer || trainer_job != h.job_id) {
       return fail(h.job_id, FailureCode::not_prepared, "round task for a job this site has not prepared");
@@ -462,92 +557,7 @@ struct SiteWorker::Impl {
     if (!task) return fail(h.job_id, FailureCode::malformed, "malformed round task: " + task.error().message);
     if (job_half) task->model = to_full(task->model);  // a float16 transfer arrives at half precision
     protocol::RoundUpdate update;
-    if (task->evaluate) {
-      if (std::string why; !evaluation_allowed(why)) {
-        return fail(h.job_id, FailureCode::policy, "refused by this site's policy: " + why, "evaluation_interval_s");
-      }
-      auto scores = trainer->evaluate(task->model);
-      if (!scores) return fail(h.job_id, FailureCode::training, "evaluation: " + scores.error().message);
-      for (const auto& s : *scores) {
-        update.metrics.push_back({pseudonym_of(s.subject), s.metrics.dsc, s.metrics.h95, s.metrics.avd, s.metrics.recall,
-                                  s.metrics.f1});
-      }
-      log->info("job {}: evaluated {} subjects", h.job_id, update.metrics.size());
-      if (config.policy.quality_reports && h.round == quality_inputs.final_round) {
-        // The model as this site evaluated it (under FedBN, with its own batch-norm tensors).
-        auto evaluated = trainer->as_evaluated(task->model);
-        std::optional<protocol::QualitySummary> q;
-        if (evaluated) {
-          q = quality_report(h.job_id, *evaluated);
-        } else {
-          log->warn("job {}: no quality report: {}", h.job_id, evaluated.error().message);
-        }
-        if (q) {
-          // Checked on its own: a report the guard refuses is dropped, the evaluation goes out.
-          protocol::RoundUpdate alone;
-          alone.has_quality = true;
-          alone.quality = *q;
-          if (auto st = guard->check(alone, true); st) {
-            update.has_quality = true;
-            update.quality = *q;
-          } else {
-            log->warn("job {}: quality report not sent: {}", h.job_id, st.error().message);
-          }
-        }
-      }
-    } else {
-      int steps = job_steps;
-      for (std::size_t i = 0; i < task->step_sites.size() && i < task->steps.size(); ++i) {
-        if (task->step_sites[i] == config.site_id) steps = task->steps[i];
-      }
-      if (steps < config.policy.min_local_steps) {
-        return fail(h.job_id, FailureCode::policy,
-                    "refused by this site's policy: a round of " + std::to_string(steps) +
-                        " steps is below this site's minimum of " + std::to_string(config.policy.min_local_steps),
-                    "min_local_steps");
-      }
-      // dp: the steps already released on this job, kept on disk (privacy_ledger.h), bound what
-      // this round may add; a round trained again after a restart counts again.
-      long long released = 0;
-      if (trainer->dp().on) {
-        auto ledger = read_privacy_ledger(config.cache_dir, h.job_id, trainer->dp());
-        if (!ledger) return fail(h.job_id, FailureCode::policy, "refused by this site's policy: " + ledger.error().message, "max_epsilon");
-        released = *ledger;
-        const long long planned = static_cast<long long>(job_rounds) * job_steps;
-        if (released + steps > planned) {
-          return fail(h.job_id, FailureCode::policy,
-                      "refused by this site's policy: " + std::to_string(steps) + " more steps after the " +
-                          std::to_string(released) + " released go beyond the job's planned " + std::to_string(planned) +
-                          ", which its privacy guarantee covers",
-                      "max_epsilon");
-        }
-      }
-      auto local = trainer->train(h.round, task->model, task->discriminator, steps, task->learning_rate,
-                                  task->adversarial_weight);
-      if (!local) return fail(h.job_id, FailureCode::training, "round " + std::to_string(h.round) + ": " + local.error().message);
-      update.model = std::move(local->model);
-      update.discriminator_grads = std::move(local->discriminator_grads);
-      update.samples = local->samples;
-      update.steps = local->steps;
-      // Under dp the loss stays here: it is computed from the patients' slices and carries no noise.
-      update.loss = trainer->dp().on ? 0 : local->loss;
-      update.seconds = local->seconds;
-      update.precision = trainer->precision().name() + " (" + trainer->precision().reason + ")";
-      if (trainer->dp().on) {  // counted on disk before anything of the round leaves
-        const auto& dp = trainer->dp();
-        auto spent = privacy::epsilon({dp.noise_multiplier, dp.sample_rate, released + local->steps}, dp.delta);
-        if (!spent) return fail(h.job_id, FailureCode::internal, "privacy accountant: " + spent.error().message);
-        if (auto st = write_privacy_ledger(config.cache_dir, h.job_id, dp, released + local->steps, spent->epsilon); !st) {
-          return fail(h.job_id, FailureCode::internal, st.error().message);
-        }
-        update.epsilon = spent->epsilon;
-        update.noise_multiplier = dp.noise_multiplier;
-        log->info("job {}: round {}: epsilon {:.3f} at delta {} spent on this site's patients so far ({} steps)",
-                  h.job_id, h.round, spent->epsilon, dp.delta, released + local->steps);
-      }
-      log->info("job {}: round {} trained ({} steps, loss {:.4f}, {:.1f} s)", h.job_id, h.round, local->steps,
-                local->loss, local->seconds);
-    }
+    if (task->evaluate ? !evaluate_round(h, *task, update) : !train_round(h, *task, update)) return;
     if (auto st = guard->check(update, task->evaluate); !st) {
       return fail(h.job_id, FailureCode::egress,
                   "egress guard refused the update of round " + std::to_string(h.round) + ": " + st.error().message);

@@ -954,12 +954,13 @@ TEST_F(Sovereignty, AnOperatorGetsASitesLogLinesOnlyAsTheSitesPolicyAllows) {
   const auto table = fedda_admin({"logs", "amsterdam", "--job", "kd-refused"});
   EXPECT_NE(table.text.find("site amsterdam (share_logs: job): "), std::string::npos) << table.text;
 
+  // Exit codes tell a refusal (4) from what does not exist (3).
   const auto none = fedda_admin({"logs", "utrecht"});
-  EXPECT_NE(none.rc, 0);
+  EXPECT_EQ(none.rc, 4);
   EXPECT_NE(none.text.find("site utrecht: this site shares no log lines (its policy share_logs: none)"), std::string::npos)
       << none.text;
   const auto stranger = fedda_admin({"logs", "nowhere"});
-  EXPECT_NE(stranger.rc, 0);
+  EXPECT_EQ(stranger.rc, 3);
   EXPECT_NE(stranger.text.find("no site 'nowhere' in this consortium"), std::string::npos) << stranger.text;
   const auto tail = fedda_admin({"logs", "amsterdam", "--tail", "0"});
   EXPECT_NE(tail.rc, 0);

@@ -83,6 +83,7 @@ TEST_F(JobFile, MistakesAreNamed) {
       {"id: a\ntype: kd\nteacher: t.pt\nsites: [x\n", "not valid YAML"},
       {"id: a\ntype: kd\nteacher: t.pt\nsites: [x]\ntransfer_precision: bf16\n", "transfer_precision must be float32 or float16 (got 'bf16')"},
       {"id: a\ntype: kd\nteacher: t.pt\nsites: [x]\nkd_loss: kl\n", "kd_loss must be hinton or paper (got 'kl')"},
+      {"id: a\ntype: kd\nteacher: t.pt\nsites: [x]\nprecision: fp16\n", "precision must be auto, float32 or bfloat16 (got 'fp16')"},
       {"id: a\ntype: kd\nteacher: t.pt\nsites: [x]\nserver_optimizer: sgd\n", "server_optimizer must be fedavg, fedadam or fedyogi"},
       {"id: a\ntype: kd\nteacher: t.pt\nsites: [x]\nstudent_init: random\n", "student_init must be teacher or scratch"},
       {"id: a\ntype: kd\nteacher: t.pt\nsites: [x]\nbn_statistics: target\n", "bn_statistics must be shared or local"},
@@ -227,7 +228,7 @@ TEST_F(JobFile, EverySettingSurvivesTheWireJsonAndAJobFileWrittenFromIt) {
   j.server_optimizer = ServerOptimizer::fedyogi;
   j.server_lr = 0.03;
   j.evaluate_every = 3;
-  j.precision = "bfloat16";
+  j.precision = Precision::bfloat16;
   j.secagg_threshold = 2;
   j.secagg_timeout_s = 30;
   j.max_sample_share = 0.9;

@@ -104,6 +104,17 @@ class JobRunDeadlines : public ::testing::Test {
     u.loss = 0.5;
     say(site, MessageType::round_update, round, protocol::encode(protocol::Header{}, u).body);
   }
+  // Sites a (100 samples) and b (50) connected and ready, round 1 opened, a's update in.
+  void round_one_with_a_answered() {
+    submit("min_sites: 1\n");
+    a_ = &connect("a");
+    b_ = &connect("b");
+    ASSERT_TRUE(run_->start());
+    ready(*a_, 100);
+    ready(*b_, 50);
+    run_->tick();
+    answer(*a_, 1, 100);
+  }
   static bool has(const std::vector<std::string>& items, const std::string& item) {
     return std::count(items.begin(), items.end(), item) > 0;
   }
@@ -112,19 +123,13 @@ class JobRunDeadlines : public ::testing::Test {
   ManualHost host_{dir_.path()};
   JobRecord* record_ = nullptr;
   std::unique_ptr<JobRun> run_;
+  SiteInfo *a_ = nullptr, *b_ = nullptr;
 };
 
 TEST_F(JobRunDeadlines, ARoundClosesAtItsDeadlineWithTheSitesThatAnsweredAndNamesTheOthersLate) {
-  submit("min_sites: 1\n");
-  auto& a = connect("a");
-  auto& b = connect("b");
-  ASSERT_TRUE(run_->start());
-  ready(a, 100);
-  ready(b, 50);
-  run_->tick();
+  round_one_with_a_answered();
   ASSERT_EQ(host_.sent_to("a", MessageType::round_task, 1).size(), 1u);
   ASSERT_EQ(host_.sent_to("b", MessageType::round_task, 1).size(), 1u);
-  answer(a, 1, 100);
   EXPECT_EQ(host_.uploads, (std::vector<std::pair<std::string, int>>{{"a", 1}}));
 
   host_.advance(59s);
@@ -148,14 +153,7 @@ TEST_F(JobRunDeadlines, ARoundClosesAtItsDeadlineWithTheSitesThatAnsweredAndName
 }
 
 TEST_F(JobRunDeadlines, ALateUpdateIsDiscardedAndNotCountedInTheNextRound) {
-  submit("min_sites: 1\n");
-  auto& a = connect("a");
-  auto& b = connect("b");
-  ASSERT_TRUE(run_->start());
-  ready(a, 100);
-  ready(b, 50);
-  run_->tick();
-  answer(a, 1, 100);
+  round_one_with_a_answered();
   host_.advance(61s);
   run_->tick();
   ASSERT_EQ(record_->rounds.size(), 1u);
@@ -163,7 +161,7 @@ TEST_F(JobRunDeadlines, ALateUpdateIsDiscardedAndNotCountedInTheNextRound) {
 
   // b's answer to round 1 comes during round 2: no upload credit, nothing counted.
   host_.uploads.clear();
-  answer(b, 1, 50);
+  answer(*b_, 1, 50);
   EXPECT_TRUE(host_.uploads.empty());
   EXPECT_FALSE(run_->wants_upload("b", 1));
   auto open = run_->round_sites();
@@ -174,8 +172,8 @@ TEST_F(JobRunDeadlines, ALateUpdateIsDiscardedAndNotCountedInTheNextRound) {
   EXPECT_EQ(record_->rounds[0].sites.size(), 1u) << "the closed round took b's late update";
 
   // Round 2 counts b once it answers round 2 itself.
-  answer(a, 2, 100);
-  answer(b, 2, 50);
+  answer(*a_, 2, 100);
+  answer(*b_, 2, 50);
   run_->tick();
   ASSERT_EQ(record_->rounds.size(), 2u);
   EXPECT_EQ(record_->rounds[1].sites.size(), 2u);

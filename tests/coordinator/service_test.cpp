@@ -356,12 +356,13 @@ TEST_F(Service, AnAbortedJobStopsAfterItsRoundAndResumesWhereItStopped) {
   ASSERT_LT(rounds.size(), 6u);
   std::this_thread::sleep_for(1500ms);
   EXPECT_EQ(round_numbers("kd-abort"), rounds) << "rounds went on after the abort";
-  EXPECT_NE(admin({"abort", "kd-abort"}).rc, 0);  // nothing left to abort
+  EXPECT_EQ(admin({"abort", "kd-abort"}).rc, 4);  // nothing left to abort: refused
+  EXPECT_EQ(admin({"status", "no-such-job"}).rc, 3);  // not found
   auto resumed = admin({"resume", "kd-abort"});
   ASSERT_EQ(resumed.rc, 0) << resumed.text;
   ASSERT_TRUE(wait_state("kd-abort", "finished"));
   EXPECT_EQ(round_numbers("kd-abort"), (std::vector<int>{1, 2, 3, 4, 5, 6}));
-  EXPECT_NE(admin({"resume", "kd-abort"}).rc, 0);  // finished: nothing to resume
+  EXPECT_EQ(admin({"resume", "kd-abort"}).rc, 4);  // finished: nothing to resume
   // The whole history stays in `status`, with who asked (regression: resume erased the abort).
   const auto status = admin({"status", "kd-abort"});
   for (const auto* step : {"submitted", "started", "aborted", "by alice", "resumed", "finished"}) {

@@ -19,17 +19,33 @@ inline void add_log_level(CLI::App& app, std::string& level) {
   });
 }
 
+// The subcommands chosen on the command line, outermost first ("experiment"; "" for none).
+inline std::string chosen_command(CLI::App& app) {
+  std::string out;
+  for (CLI::App* sub = &app; !sub->get_subcommands().empty();) {
+    sub = sub->get_subcommands().front();
+    out += (out.empty() ? "" : " ") + sub->get_name();
+  }
+  return out;
+}
+
 // Parses `argv` and runs the chosen subcommand's callback. Returns CLI11's exit code for --help
-// and usage errors, 1 for an exception nobody caught (logged under `component`), else `rc`, the
-// code the callback set.
+// and usage errors, 1 for an exception nobody caught (a fault: an expected failure is an Error),
+// logged as "COMPONENT COMMAND: internal error: WHAT", else `rc`, the code the callback set.
 inline int run(CLI::App& app, int argc, char** argv, const int& rc, const std::string& component) {
+  const auto internal = [&](const std::string& what) {
+    const auto command = chosen_command(app);
+    log::get(component)->error("{}{}: internal error: {}", component, command.empty() ? "" : " " + command, what);
+    return 1;
+  };
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const std::exception& e) {
-    log::get(component)->error("unexpected error: {}", e.what());
-    return 1;
+    return internal(e.what());
+  } catch (...) {
+    return internal("an exception of unknown type");
   }
   return rc;
 }

@@ -6,14 +6,36 @@
 // there and return an Error; `main` prints it and exits non-zero. Not thread-safe to share a
 // single instance between writers; copying is cheap for small T.
 
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <variant>
 
 namespace fedda {
 
+// What kind of failure an Error is, for the callers that branch on it (the status page's HTTP
+// status, fedda-admin's exit code); the message is what a person reads.
+enum class ErrorKind : std::uint8_t {
+  invalid,    // the input is wrong: a file, a message, an option, a setting (the default)
+  not_found,  // what it names does not exist: a job, a site, a file
+  refused,    // it exists, and this is not allowed now: a role, a job's state, a policy
+  internal,   // a fault of fedda or of a library under it (an exception caught at a boundary)
+};
+inline constexpr std::uint8_t kLastErrorKind = static_cast<std::uint8_t>(ErrorKind::internal);
+
+inline const char* error_kind_name(ErrorKind kind) {
+  switch (kind) {
+    case ErrorKind::invalid: return "invalid";
+    case ErrorKind::not_found: return "not found";
+    case ErrorKind::refused: return "refused";
+    case ErrorKind::internal: return "internal";
+  }
+  return "internal";
+}
+
 struct Error {
   std::string message;
+  ErrorKind kind = ErrorKind::invalid;
 };
 
 template <typename T>
@@ -55,6 +77,6 @@ class [[nodiscard]] Status {
   bool ok_ = true;
 };
 
-inline Error make_error(std::string message) { return Error{std::move(message)}; }
+inline Error make_error(std::string message, ErrorKind kind = ErrorKind::invalid) { return Error{std::move(message), kind}; }
 
 }  // namespace fedda

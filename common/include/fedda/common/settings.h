@@ -19,9 +19,15 @@ namespace fedda::protocol {
 // and in job files each travels as its name (the bytes the string was before it was an enum).
 enum class StudentInit : std::uint8_t { teacher, scratch };            // kd: the teacher's weights, or a fresh U-Net
 enum class KdLoss : std::uint8_t { hinton, paper };                     // see models::TrainConfig::kd_loss
-enum class BnStatistics : std::uint8_t { shared, local };               // local: FedBN
+// Batch norm's running statistics: shared by every site (one model), or each site's own (local:
+// FedBN in a federated job, each site's tensors kept across rounds; AdaBN in the centralized
+// harness, the statistics recomputed on the target clinic's scans after training).
+enum class BnStatistics : std::uint8_t { shared, local };
 enum class ServerOptimizer : std::uint8_t { fedavg, fedadam, fedyogi }; // the coordinator's step
 enum class TransferPrecision : std::uint8_t { float32, float16 };       // models crossing the network
+// What sites compute in (models/precision.h): auto (each site's own setting and hardware decide),
+// float32 or bfloat16.
+enum class Precision : std::uint8_t { automatic, float32, bfloat16 };
 
 namespace detail {
 template <class E>
@@ -45,6 +51,10 @@ struct SettingNames<ServerOptimizer> {
 template <>
 struct SettingNames<TransferPrecision> {
   static constexpr const char* names[] = {"float32", "float16"};
+};
+template <>
+struct SettingNames<Precision> {
+  static constexpr const char* names[] = {"auto", "float32", "bfloat16"};
 };
 template <class E, class = void>
 struct IsSetting : std::false_type {};

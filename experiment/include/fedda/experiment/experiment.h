@@ -67,7 +67,7 @@ struct ExperimentBudget {
   // (shared); federated jobs keep it at each site (local: FedBN) or average it (shared). FedBN
   // by default: on the quick grid (seed 31415) it took the federated U-bound from 0.286 to 0.308
   // against 0.321 centralized (README, "Federated against centralized").
-  std::string bn_statistics = "shared";
+  protocol::BnStatistics bn_statistics = protocol::BnStatistics::shared;  // centralized kd / ada (TrainConfig)
   protocol::BnStatistics federated_bn = protocol::BnStatistics::local;
   protocol::ServerOptimizer server_optimizer = protocol::ServerOptimizer::fedavg;
   double server_lr = 1.0;

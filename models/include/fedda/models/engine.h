@@ -29,31 +29,43 @@
 
 namespace fedda::models {
 
-struct TrainConfig {
-  UNetSpec unet;                 // architecture of a new model
-  GridSpec grid;        // preprocessing grid of a new model
-  int epochs = 20;
-  int steps_per_epoch = 32;      // batches per epoch
+// How a model learns, where a job (protocol::JobSpec, by the same names) and the centralized
+// harness (TrainConfig) say the same thing. A site reads them from its job (learning_settings,
+// federated.h); the experiment writes its federated cells' from their centralized twin's
+// (set_learning_settings), so the two modes of a cell cannot drift apart.
+struct LearningSettings {
   int batch_size = 8;
-  double learning_rate = 1e-3;   // the optimiser's initial step size (recipe.optimizer: Adam or SGD)
-  int decay_epoch = -1;          // step schedule: lr *= decay_factor from this epoch on; -1: 3/8 of epochs (paper: 150 of 400)
-  double decay_factor = 0.1;
   double dice_weight = 1.0;      // supervised loss = cross-entropy + dice_weight * soft Dice
   double lesion_slice_fraction = 0.5;  // share of sampled slices that contain (predicted) lesion
   bool augment = true;           // false: the recipe's augmentation off (patches, optimiser, schedule kept)
-  Recipe recipe;                 // augmentation, patches, optimiser, schedule, prefetch (recipe.h; classic by default)
   double temperature = 2.0;      // KD
-  protocol::StudentInit kd_init = protocol::StudentInit::teacher;  // student starts from: teacher | scratch
   protocol::KdLoss kd_loss = protocol::KdLoss::hinton;  // hinton: T^2 KL(softmax(t/T) || softmax(s/T)); paper: eq. 3 as written,
                                     // cross-entropy of softmax(t/T) and the student's softmax at T = 1
   double kd_hard_weight = 0;        // + this x (cross-entropy + soft Dice) on the teacher's confident voxels
   double kd_confidence = 0.5;       // confident: teacher p(WMH) >= c or <= 1 - c; 0.5: every voxel
-  std::string bn_statistics = "shared";  // kd / ada: shared | target (running statistics recomputed on the
-                                         // target's scans after training: AdaBN)
-  std::vector<imaging::SubjectFiles> curve_subjects;  // if set: scored every curve_every epochs (learning curve)
-  // Scoring (curves and the harness's final score): p(WMH) the mean of the model's on the slices
-  // and on their left-right mirror images, mirrored back (nnU-Net's test-time mirroring).
+  // kd / ada: shared, or local: each site's own batch-norm statistics. At a site (FedBN) its
+  // batch-norm tensors stay its own across rounds (the model it is sent brings the rest) and
+  // score its evaluation; in the centralized harness (AdaBN) the running statistics are
+  // recomputed on the target's scans after training.
+  protocol::BnStatistics bn_statistics = protocol::BnStatistics::shared;
+  // Scoring (curves, the harness's final score, evaluation sites): p(WMH) the mean of the model's
+  // on the slices and on their left-right mirror images, mirrored back (nnU-Net's test-time mirroring).
   bool test_time_mirroring = false;
+
+  bool local_batch_norm() const { return bn_statistics == protocol::BnStatistics::local; }
+};
+
+struct TrainConfig : LearningSettings {
+  UNetSpec unet;                 // architecture of a new model
+  GridSpec grid;        // preprocessing grid of a new model
+  int epochs = 20;
+  int steps_per_epoch = 32;      // batches per epoch
+  double learning_rate = 1e-3;   // the optimiser's initial step size (recipe.optimizer: Adam or SGD)
+  int decay_epoch = -1;          // step schedule: lr *= decay_factor from this epoch on; -1: 3/8 of epochs (paper: 150 of 400)
+  double decay_factor = 0.1;
+  Recipe recipe;                 // augmentation, patches, optimiser, schedule, prefetch (recipe.h; classic by default)
+  protocol::StudentInit kd_init = protocol::StudentInit::teacher;  // student starts from: teacher | scratch
+  std::vector<imaging::SubjectFiles> curve_subjects;  // if set: scored every curve_every epochs (learning curve)
   int curve_every = 0;
   std::filesystem::path init_model; // supervised: fine-tune this model (its architecture and grid) instead of a new one
   double ada_weight = 0.1;       // ADA: adversarial weight after warm-up

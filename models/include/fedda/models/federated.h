@@ -23,25 +23,20 @@
 
 namespace fedda::models {
 
-struct SiteJobOptions {
+// A job's learning settings (the fields of LearningSettings, by their names in JobSpec), and the
+// same written into a job.
+LearningSettings learning_settings(const protocol::JobSpec& job);
+void set_learning_settings(protocol::JobSpec& job, const LearningSettings& settings);
+
+// What a site's trainer runs: the job's learning settings (learning_settings) and the rest.
+struct SiteJobOptions : LearningSettings {
   protocol::JobType type = protocol::JobType::teacher;
   ModelSpec spec;
   std::vector<imaging::SubjectFiles> train;       // scans the site trains on
   std::vector<imaging::SubjectFiles> evaluation;  // labelled scans scored in evaluation rounds
-  bool test_time_mirroring = false;  // evaluation: scored with test-time mirroring (TrainConfig)
   bool labelled = false;  // train scans' labels drive the loss (teacher; ada at the source)
   int domain = 0;         // ada: 0 = source, 1 = target
-  int batch_size = 8;
-  double lesion_slice_fraction = 0.5;
-  bool augment = true;              // false: the recipe's augmentation off
   Recipe recipe;                    // augmentation, patches, optimiser (recipe.h); the schedule is the coordinator's
-  double dice_weight = 1.0;
-  double temperature = 2.0;
-  protocol::KdLoss kd_loss = protocol::KdLoss::hinton;  // kd (see TrainConfig)
-  double kd_hard_weight = 0;        // kd: + this x supervised loss on the teacher's confident voxels
-  double kd_confidence = 0.5;
-  bool local_batch_norm = false;    // FedBN: this site's batch-norm tensors stay its own across rounds
-                                    // (the model it is sent brings the rest) and are used to evaluate
   std::uint64_t seed = 1;
   std::string device = "cpu";
   std::string precision = "auto";   // auto | float32 | bfloat16 (precision.h); updates are float32 either way
