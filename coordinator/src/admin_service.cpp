@@ -294,9 +294,11 @@ protocol::AdminReply AdminService::sites() const {
         // participation is reset, and "offline" would say it still waits for the site.
         const auto* record = store.find(job);
         const bool ended = record && terminal(record->state) && !p.failed;
+        const bool coded = p.failure_code != protocol::FailureCode::unspecified;
         jobs[job] = {{"state", ended ? job_state_name(record->state) : participation_state(p)},
                      {"subjects", p.subjects}, {"samples", p.samples},
-                     {"evaluation_subjects", p.evaluation_subjects}, {"reason", p.failure}, {"code", p.failure_code},
+                     {"evaluation_subjects", p.evaluation_subjects}, {"reason", p.failure},
+                     {"code", coded ? protocol::failure_code_name(p.failure_code) : ""},
                      {"rule", p.failure_rule}, {"refused_updates", p.refused_updates}};
       }
     }

@@ -220,7 +220,7 @@ void JobRun::site_lost(const std::string& site, const std::string& why) {
   if (expected_.erase(site) && !answered_.count(site)) current_.missing.push_back(site + " (" + why + ")");
 }
 
-void JobRun::cannot_run(const std::string& site, Participation& p, const std::string& code, const std::string& rule,
+void JobRun::cannot_run(const std::string& site, Participation& p, protocol::FailureCode code, const std::string& rule,
                         const std::string& reason) {
   p.failed = true;
   p.ready = false;
@@ -228,7 +228,7 @@ void JobRun::cannot_run(const std::string& site, Participation& p, const std::st
   p.failure_code = code;
   p.failure_rule = rule;
   p.failure = reason;
-  if (expected_.erase(site)) current_.missing.push_back(site + " (failed: " + code + ")");
+  if (expected_.erase(site)) current_.missing.push_back(site + " (failed: " + protocol::failure_code_name(code) + ")");
 }
 
 const Participation* JobRun::participation_of(const std::string& site) const {
@@ -717,7 +717,7 @@ std::optional<std::string> JobRun::why_not_in(const std::string& sid, bool train
   const auto* p = participation_of(sid);
   if (!site || !site->alive) return "offline";
   if (!p || !p->offered) return "not offered the job yet";
-  if (p->failed) return "cannot run it (" + p->failure_code + ")";
+  if (p->failed) return std::string("cannot run it (") + protocol::failure_code_name(p->failure_code) + ")";
   if (p->pending) return "awaiting approval at the site";
   if (!p->ready) return "preparing";
   if (training && p->samples <= 0) return "has no training samples";

@@ -120,7 +120,7 @@ class JobRun {
   const Participation* participation_of(const std::string& site) const;
   // `site` cannot run the job (it said so, or what it declared is refused): not ready, not
   // waited for, and out of the open round, named in its missing; a new offer clears it.
-  void cannot_run(const std::string& site, Participation& p, const std::string& code, const std::string& rule,
+  void cannot_run(const std::string& site, Participation& p, protocol::FailureCode code, const std::string& rule,
                   const std::string& reason);
   // Why `site` is not in a training (or evaluation) round now; nothing when it can be.
   std::optional<std::string> why_not_in(const std::string& site, bool training) const;

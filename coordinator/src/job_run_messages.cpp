@@ -54,10 +54,10 @@ void JobRun::handle(SiteInfo& site, const protocol::Header& h, const std::string
     case MessageType::job_ready: return handle_ready(site, p, body);
     case MessageType::job_failed: {
       auto failed = protocol::decode_body<protocol::JobFailed>(body);
-      cannot_run(site.id, p, failed ? protocol::failure_code_name(failed->code) : "malformed",
+      cannot_run(site.id, p, failed ? failed->code : protocol::FailureCode::malformed,
                  failed ? text::utf8_prefix(failed->rule, 100) : "",
                  failed ? text::utf8_prefix(failed->reason, 1000) : "(malformed reason)");
-      log_->error("site {}: cannot run job {} ({}{}): {}", site.id, id(), p.failure_code,
+      log_->error("site {}: cannot run job {} ({}{}): {}", site.id, id(), protocol::failure_code_name(p.failure_code),
                   p.failure_rule.empty() ? "" : ": " + p.failure_rule, p.failure);
       return;
     }
@@ -194,7 +194,7 @@ void JobRun::handle_ready(SiteInfo& site, Participation& p, const std::string& b
     // session) clears this as it clears any failure.
     log_->warn("site {}: job_ready for {} declaring {} samples dropped (0 to {} are taken)", site.id, id(),
                ready->samples, kMaxDeclaredSamples);
-    return cannot_run(site.id, p, "malformed", "",
+    return cannot_run(site.id, p, protocol::FailureCode::malformed, "",
                       "job_ready declared " + std::to_string(ready->samples) + " samples (0 to " +
                           std::to_string(kMaxDeclaredSamples) + " are taken)");
   }

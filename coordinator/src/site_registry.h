@@ -28,7 +28,7 @@ struct Participation {
   bool pending = false;        // waiting for the site administrator's approval
   bool failed = false;         // could not prepare or run it, or refused it (until offered again)
   std::string failure;         // why, as the site said (through its egress guard)
-  std::string failure_code;    // protocol::FailureCode's name
+  protocol::FailureCode failure_code = protocol::FailureCode::unspecified;
   std::string failure_rule;    // policy: the rule
   int refused_updates = 0;     // updates the coordinator refused (non-finite, forged count, norm)
   std::int64_t samples = 0;    // training slices (the FedAvg weight)

@@ -225,5 +225,28 @@ TEST_F(JobRunDeadlines, ASitePreparingIsWaitedForUpToTheRoundDeadlineThenLeftOut
   EXPECT_TRUE(has(record_->rounds[0].missing, "b (preparing)")) << ::testing::PrintToString(record_->rounds[0].missing);
 }
 
+TEST_F(JobRunDeadlines, ASiteThatCannotRunTheJobIsNotWaitedForAndIsNamedWithItsFailureCode) {
+  submit("min_sites: 1\n");
+  auto& a = connect("a");
+  auto& b = connect("b");
+  ASSERT_TRUE(run_->start());
+  ready(a, 100);
+  protocol::JobFailed failed;
+  failed.code = protocol::FailureCode::policy;
+  failed.rule = "max_epsilon";
+  failed.reason = "refused by this site's policy";
+  say(b, MessageType::job_failed, 0, protocol::encode(protocol::Header{}, failed).body);
+  run_->tick();  // no grace for b: it said it cannot run the job
+  EXPECT_EQ(host_.sent_to("a", MessageType::round_task, 1).size(), 1u);
+  EXPECT_TRUE(host_.sent_to("b", MessageType::round_task, 1).empty());
+  answer(a, 1, 100);
+  run_->tick();
+  ASSERT_EQ(record_->rounds.size(), 1u);
+  EXPECT_TRUE(has(record_->rounds[0].missing, "b (cannot run it (policy))"))
+      << ::testing::PrintToString(record_->rounds[0].missing);
+  EXPECT_EQ(host_.sites().in("b", "j").failure_code, protocol::FailureCode::policy);
+  EXPECT_EQ(host_.sites().in("b", "j").failure_rule, "max_epsilon");
+}
+
 }  // namespace
 }  // namespace fedda::coordinator
