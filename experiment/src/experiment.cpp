@@ -295,6 +295,8 @@ Result<std::vector<std::pair<std::string, std::string>>> job_files(const Experim
   const bool otf = c.method.rfind("otf-", 0) == 0;
   // Rounds, step size and recipe of the cell's centralized twin: a round is one of its epochs.
   const auto training = cell_training(b, c.method, o.seed, o.device, o.precision, o.threads).adaptation;
+  const auto precision = protocol::parse_setting<protocol::Precision>(o.precision, "precision");
+  if (!precision) return precision.error();
   for (std::size_t i = 0; i < ids.size(); ++i) {
     protocol::JobSpec j;
     models::set_learning_settings(j, training);  // batch, losses, scoring: the centralized twin's
@@ -310,8 +312,6 @@ Result<std::vector<std::pair<std::string, std::string>>> job_files(const Experim
     j.round_deadline_s = 1800;
     j.ada_weight = b.ada_weight;
     j.ada_warmup_rounds = b.ada_warmup_epochs;
-    auto precision = protocol::parse_setting<protocol::Precision>(o.precision, "precision");
-    if (!precision) return precision.error();
     j.precision = *precision;
     std::string extra = "method: " + c.method + "\n";
     std::string model = teacher;  // the job's teacher: model file or job:<id>

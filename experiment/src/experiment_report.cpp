@@ -45,10 +45,12 @@ std::string markdown_to_html(const std::string& md, const std::string& title) {
 }
 
 // What the report shows: the clinics' pairs ("utrecht>amsterdam"), the modes with results, and
-// Table 2 and 3 of each mode, computed once for table2.md, table3.md and the page.
+// Table 2 and 3 of each mode and the comparison of the two modes, computed once for table2.md,
+// table3.md and the page.
 struct Page {
   std::vector<std::string> clinics, pairs, modes;
   std::map<std::string, std::string> table2, table3;  // by mode
+  std::string versus;  // federated against centralized, when both ran
 };
 
 Page lay_out(const Scores& sc, const std::vector<std::string>& clinics) {
@@ -65,6 +67,7 @@ Page lay_out(const Scores& sc, const std::vector<std::string>& clinics) {
     p.table2[m] = table2(sc, m, p.pairs);
     p.table3[m] = table3(sc, m, p.pairs);
   }
+  if (p.modes.size() == 2) p.versus = federated_vs_centralized(sc, p.pairs);
   return p;
 }
 
@@ -81,7 +84,7 @@ Status write_tables(const fs::path& out, const Scores& sc, const Page& p) {
     }
     t3 << "## " << mode_title(m) << "\n\n" << p.table3.at(m) << "\n";
   }
-  if (p.modes.size() == 2) t2 << "## Federated against centralized\n\n" << federated_vs_centralized(sc, p.pairs) << "\n";
+  if (!p.versus.empty()) t2 << "## Federated against centralized\n\n" << p.versus << "\n";
   if (auto st = files::write_atomically(out / "table2.md", t2.str()); !st) return st;
   return files::write_atomically(out / "table3.md", t3.str());
 }
@@ -237,7 +240,7 @@ Status write_experiment_report(const fs::path& out, const fs::path& data, const 
   md << introduction(config, p, seconds) << teachers_and_verdict(out, config, sc, p);
   for (const auto& m : p.modes) md << "## Table 2, " << m << "\n\n" << p.table2.at(m) << "\n";
   for (const auto& m : p.modes) md << "## Table 3 (on the fly), " << m << "\n\n" << p.table3.at(m) << "\n";
-  if (p.modes.size() == 2) md << "## Federated against centralized\n\n" << federated_vs_centralized(sc, p.pairs) << "\n";
+  if (!p.versus.empty()) md << "## Federated against centralized\n\n" << p.versus << "\n";
   md << plots_section(out, p, *pictures) << appendix(out, config, timings);
   if (auto st = files::write_atomically(out / "report.md", md.str()); !st) return st;
   return files::write_atomically(out / "report.html", markdown_to_html(md.str(), "fedda experiment report"));

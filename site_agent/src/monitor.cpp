@@ -290,11 +290,11 @@ Row judge(const ScanSignals& s, const std::optional<models::QualityEstimator>& e
 }
 
 // What the report says of drift: the scans that drifted from the baseline, or why there was none.
-std::string drift_text(const MonitorSummary& summary, bool compared) {
+std::string drift_text(const MonitorSummary& summary) {
   std::string drift_note = "No baseline given: nothing to compare the scans' statistics against (this run's "
                            "site-profile.json can be the next run's --baseline).";
   if (!summary.baseline_problem.empty()) drift_note = "The baseline was not used: " + summary.baseline_problem + ".";
-  if (compared) {
+  if (summary.compared) {
     drift_note = std::to_string(summary.drifted) + " of " + std::to_string(summary.scans) +
                  " scans drifted from the baseline; " +
                  (summary.site_drifted ? "the site's scans changed (at least a fifth drifted): check for a scanner or "
@@ -370,7 +370,7 @@ Result<MonitorSummary> run_monitor(const MonitorOptions& options, const std::vec
   summary.q1 = estimates.empty() ? NAN : imaging::percentile(estimates, 25);
   summary.q3 = estimates.empty() ? NAN : imaging::percentile(estimates, 75);
   summary.site_drifted = baseline && summary.drifted >= std::max(1.0, kSiteDriftShare * summary.scans);
-  const auto drift_note = drift_text(summary, baseline.has_value());
+  const auto drift_note = drift_text(summary);
 
   fs::create_directories(options.out / "thumbnails", ec);
   if (ec) return make_error(options.out.string() + ": cannot create: " + ec.message());

@@ -445,18 +445,20 @@ struct SiteWorker::Impl {
     return true;
   }
 
+  // fail(), for a round's helpers that say whether they succeeded: always false.
+  bool failed_task(const std::string& job_id, FailureCode code, const std::string& reason, const std::string& rule = {}) {
+    fail(job_id, code, reason, rule);
+    return false;
+  }
+
   // An evaluation round: the scores under the subjects' pseudonyms, and the label-free quality
   // report where the policy allows it. False when it failed (the coordinator was told why).
   bool evaluate_round(const protocol::Header& h, const protocol::RoundTask& task, protocol::RoundUpdate& update) {
-    const auto failed = [&](auto&&... why) {
-      fail(std::forward<decltype(why)>(why)...);
-      return false;
-    };
     if (std::string why; !evaluation_allowed(why)) {
-      return failed(h.job_id, FailureCode::policy, "refused by this site's policy: " + why, "evaluation_interval_s");
+      return failed_task(h.job_id, FailureCode::policy, "refused by this site's policy: " + why, "evaluation_interval_s");
     }
     auto scores = trainer->evaluate(task.model);
-    if (!scores) return failed(h.job_id, FailureCode::training, "evaluation: " + scores.error().message);
+    if (!scores) return failed_task(h.job_id, FailureCode::training, "evaluation: " + scores.error().message);
     for (const auto& s : *scores) {
       update.metrics.push_back({pseudonym_of(s.subject), s.metrics.dsc, s.metrics.h95, s.metrics.avd, s.metrics.recall,
                                 s.metrics.f1});
@@ -491,39 +493,35 @@ struct SiteWorker::Impl {
   // job's privacy guarantee covers, counted on disk before anything leaves). False when it
   // failed (the coordinator was told why).
   bool train_round(const protocol::Header& h, const protocol::RoundTask& task, protocol::RoundUpdate& update) {
-    const auto failed = [&](auto&&... why) {
-      fail(std::forward<decltype(why)>(why)...);
-      return false;
-    };
     int steps = job_steps;
     for (std::size_t i = 0; i < task.step_sites.size() && i < task.steps.size(); ++i) {
       if (task.step_sites[i] == config.site_id) steps = task.steps[i];
     }
     if (steps < config.policy.min_local_steps) {
-      return failed(h.job_id, FailureCode::policy,
-                  "refused by this site's policy: a round of " + std::to_string(steps) +
-                      " steps is below this site's minimum of " + std::to_string(config.policy.min_local_steps),
-                  "min_local_steps");
+      return failed_task(h.job_id, FailureCode::policy,
+                         "refused by this site's policy: a round of " + std::to_string(steps) +
+                             " steps is below this site's minimum of " + std::to_string(config.policy.min_local_steps),
+                         "min_local_steps");
     }
     // dp: the steps already released on this job, kept on disk (privacy_ledger.h), bound what
     // this round may add; a round trained again after a restart counts again.
     long long released = 0;
     if (trainer->dp().on) {
       auto ledger = read_privacy_ledger(config.cache_dir, h.job_id, trainer->dp());
-      if (!ledger) return failed(h.job_id, FailureCode::policy, "refused by this site's policy: " + ledger.error().message, "max_epsilon");
+      if (!ledger) return failed_task(h.job_id, FailureCode::policy, "refused by this site's policy: " + ledger.error().message, "max_epsilon");
       released = *ledger;
       const long long planned = static_cast<long long>(job_rounds) * job_steps;
       if (released + steps > planned) {
-        return failed(h.job_id, FailureCode::policy,
-                    "refused by this site's policy: " + std::to_string(steps) + " more steps after the " +
-                        std::to_string(released) + " released go beyond the job's planned " + std::to_string(planned) +
-                        ", which its privacy guarantee covers",
-                    "max_epsilon");
+        return failed_task(h.job_id, FailureCode::policy,
+                           "refused by this site's policy: " + std::to_string(steps) + " more steps after the " +
+                               std::to_string(released) + " released go beyond the job's planned " + std::to_string(planned) +
+                               ", which its privacy guarantee covers",
+                           "max_epsilon");
       }
     }
     auto local = trainer->train(h.round, task.model, task.discriminator, steps, task.learning_rate,
                                 task.adversarial_weight);
-    if (!local) return failed(h.job_id, FailureCode::training, "round " + std::to_string(h.round) + ": " + local.error().message);
+    if (!local) return failed_task(h.job_id, FailureCode::training, "round " + std::to_string(h.round) + ": " + local.error().message);
     update.model = std::move(local->model);
     update.discriminator_grads = std::move(local->discriminator_grads);
     update.samples = local->samples;
@@ -535,9 +533,9 @@ struct SiteWorker::Impl {
     if (trainer->dp().on) {  // counted on disk before anything of the round leaves
       const auto& dp = trainer->dp();
       auto spent = privacy::epsilon({dp.noise_multiplier, dp.sample_rate, released + local->steps}, dp.delta);
-      if (!spent) return failed(h.job_id, FailureCode::internal, "privacy accountant: " + spent.error().message);
+      if (!spent) return failed_task(h.job_id, FailureCode::internal, "privacy accountant: " + spent.error().message);
       if (auto st = write_privacy_ledger(config.cache_dir, h.job_id, dp, released + local->steps, spent->epsilon); !st) {
-        return failed(h.job_id, FailureCode::internal, st.error().message);
+        return failed_task(h.job_id, FailureCode::internal, st.error().message);
       }
       update.epsilon = spent->epsilon;
       update.noise_multiplier = dp.noise_multiplier;
