@@ -34,7 +34,7 @@
 
 #include "fedda/imaging/dataset.h"
 #include "fedda/models/engine.h"
-#include "fedda/models/precision.h"
+#include "fedda/models_core/precision.h"
 #include "fedda/common/version.h"
 #include "losses.h"
 #include "model_io.h"

@@ -30,13 +30,18 @@ if(FEDDA_CCACHE AND NOT CMAKE_CXX_COMPILER_LAUNCHER)
   set(CMAKE_C_COMPILER_LAUNCHER ${CMAKE_CXX_COMPILER_LAUNCHER})
 endif()
 
-# Adds a fedda component library: fedda_add_library(NAME SOURCES ... DEPENDS ...)
-# Public headers live in NAME/include/fedda/NAME/, sources in NAME/src/.
+# Adds a fedda component library: fedda_add_library(NAME SOURCES ... DEPENDS ... [INCLUDE DIR])
+# Public headers live in NAME/include/fedda/NAME/ (or DIR/fedda/NAME/), sources in NAME/src/:
+# each library has its own include root, so an include's path names its library and a library
+# cannot reach a header of one it does not depend on.
 function(fedda_add_library name)
-  cmake_parse_arguments(ARG "" "" "SOURCES;PUBLIC_DEPENDS;PRIVATE_DEPENDS" ${ARGN})
+  cmake_parse_arguments(ARG "" "INCLUDE" "SOURCES;PUBLIC_DEPENDS;PRIVATE_DEPENDS" ${ARGN})
+  if(NOT ARG_INCLUDE)
+    set(ARG_INCLUDE ${CMAKE_CURRENT_SOURCE_DIR}/include)
+  endif()
   add_library(fedda_${name} STATIC ${ARG_SOURCES})
   add_library(fedda::${name} ALIAS fedda_${name})
-  target_include_directories(fedda_${name} PUBLIC ${CMAKE_CURRENT_SOURCE_DIR}/include)
+  target_include_directories(fedda_${name} PUBLIC ${ARG_INCLUDE})
   target_link_libraries(fedda_${name}
     PUBLIC ${ARG_PUBLIC_DEPENDS}
     PRIVATE fedda_standard_settings ${ARG_PRIVATE_DEPENDS})

@@ -59,7 +59,7 @@ build_coordinator_target() {
   for f in compile_commands.json build.ninja coordinator/libfedda_coordinator.a; do
     [ -e "$b/$f" ] || { echo "fuzz: $b/$f is missing: build fedda first (make build)" >&2; return 1; }
   done
-  stale "$binary" "$root/coordinator" "$root/common/include" "$root/models/include" "$root/monitoring/include" \
+  stale "$binary" "$root/coordinator" "$root/common/include" "$root/models/include" "$root/models/core/include" "$root/monitoring/include" \
         "$root/tests/support" "$root/fuzz" "$b/coordinator/libfedda_coordinator.a" || return 0
   mkdir -p "$out/coordinator-objects"
   /usr/bin/python3 - "$b" "$root" "$out/coordinator-objects" "${sanitizers[*]}" > "$out/coordinator-objects/compile.txt" <<'EOF'

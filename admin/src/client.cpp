@@ -122,7 +122,7 @@ Result<protocol::AdminReply> Client::submit(const fs::path& job_file) {
   auto text = files::read_all(job_file);
   if (!text) return text.error();
   protocol::AdminRequest request;
-  request.command = protocol::admin_command::submit;
+  request.command = protocol::admin_command_name(protocol::AdminCommand::submit);
   request.job_yaml = *text;
   request.job_file = job_file.filename().string();
   // The coordinator validates the whole file; here only the teacher model it may name is read.

@@ -34,7 +34,7 @@ class Operator {
   using Call = std::function<Result<protocol::AdminReply>(admin::Client&)>;
   using Show = std::function<void(const json&, const protocol::AdminReply&)>;
   // Sends one request; `keep` (if any) acts on the answer, then `show` prints it for people, or
-  // it is printed as JSON with --json. An error is logged and sets the exit code 1.
+  // it is printed as JSON with --json. An error goes to fail().
   void command(const Call& call, const Show& show, const std::function<Status(const protocol::AdminReply&)>& keep = nullptr);
   // Asks `request` again every `every_s` seconds on one connection and shows each answer that
   // differs from the last (a terminal: redrawn in place; a pipe or a file: appended under the
@@ -46,6 +46,10 @@ class Operator {
   int& rc() { return rc_; }
 
  private:
+  // The coordinator's refusal (or a failed call): logged, with --json also printed on standard
+  // output as {"ok": false, "error", "kind": invalid | not_found | refused | internal}, and the
+  // exit code set by its kind.
+  void fail(const Error& error);
   // The client of the kit and endpoint given; null (the error logged, rc 1) when it cannot be made.
   std::unique_ptr<admin::Client> connect();
 
@@ -57,7 +61,7 @@ class Operator {
 };
 
 // A request naming only a command and its target.
-protocol::AdminRequest simple_request(const std::string& command, const std::string& target);
+protocol::AdminRequest simple_request(protocol::AdminCommand command, const std::string& target);
 
 // The consortium's kits, offline (offline_commands.cpp): provision, add-site, add-operator, verify-kit.
 void add_kit_commands(CLI::App& app, int& rc);

@@ -43,19 +43,24 @@ std::unique_ptr<admin::Client> Operator::connect() {
   return std::move(*client);
 }
 
+void Operator::fail(const Error& error) {
+  log::get("fedda-admin")->error("{}", error.message);
+  if (as_json_) {
+    std::cout << json{{"ok", false}, {"error", error.message}, {"kind", error_kind_name(error.kind)}}.dump(
+                     2, ' ', false, json::error_handler_t::replace)
+              << "\n";
+  }
+  rc_ = exit_code(error);
+}
+
 void Operator::command(const Call& call, const Show& show, const std::function<Status(const protocol::AdminReply&)>& keep) {
-  auto log = log::get("fedda-admin");
   auto client = connect();
   if (!client) return;
   auto reply = call(*client);
-  if (!reply) {
-    log->error("{}", reply.error().message);
-    rc_ = exit_code(reply.error());
-    return;
-  }
+  if (!reply) return fail(reply.error());
   if (keep) {
     if (auto st = keep(*reply); !st) {
-      log->error("{}", st.error().message);
+      log::get("fedda-admin")->error("{}", st.error().message);
       rc_ = 1;
       return;
     }
@@ -76,11 +81,7 @@ void Operator::follow(const protocol::AdminRequest& request, const std::function
   std::string last;
   for (;;) {
     auto reply = client->call(request);
-    if (!reply) {
-      log::get("fedda-admin")->error("{}", reply.error().message);
-      rc_ = exit_code(reply.error());
-      return;
-    }
+    if (!reply) return fail(reply.error());
     const auto answer = json::parse(reply->json, nullptr, false);
     const auto now = answer.dump(-1, ' ', false, json::error_handler_t::replace);
     if (now != last) {
@@ -104,9 +105,9 @@ void Operator::follow(const protocol::AdminRequest& request, const std::function
   }
 }
 
-protocol::AdminRequest simple_request(const std::string& command, const std::string& target) {
+protocol::AdminRequest simple_request(protocol::AdminCommand command, const std::string& target) {
   protocol::AdminRequest r;
-  r.command = command;
+  r.command = protocol::admin_command_name(command);
   r.target = target;
   return r;
 }
@@ -149,14 +150,14 @@ void add_queue_commands(CLI::App& app, Operator* o) {
       ->check(CLI::Range(0.2, 3600.0));
   jobs->callback([o, watch] {
     if (watch->on) {
-      return o->follow(simple_request(protocol::admin_command::jobs, ""), print_jobs, [](const json& a) -> std::optional<int> {
+      return o->follow(simple_request(protocol::AdminCommand::jobs, ""), print_jobs, [](const json& a) -> std::optional<int> {
         for (const auto& j : a) {
           if (!is_terminal_state(j.value("state", ""))) return std::nullopt;
         }
         return 0;
       }, watch->every_s);
     }
-    o->command([](admin::Client& c) { return c.call(simple_request(protocol::admin_command::jobs, "")); },
+    o->command([](admin::Client& c) { return c.call(simple_request(protocol::AdminCommand::jobs, "")); },
                [](const json& a, const protocol::AdminReply&) { print_jobs(a); });
   });
 
@@ -172,13 +173,13 @@ void add_queue_commands(CLI::App& app, Operator* o) {
       ->check(CLI::Range(0.2, 3600.0));
   status->callback([o, job, follow_job] {
     if (follow_job->on) {
-      return o->follow(simple_request(protocol::admin_command::status, *job), print_status, [](const json& a) -> std::optional<int> {
+      return o->follow(simple_request(protocol::AdminCommand::status, *job), print_status, [](const json& a) -> std::optional<int> {
         const auto state = a.value("state", "");
         if (!is_terminal_state(state)) return std::nullopt;
         return state == "finished" ? 0 : 1;
       }, follow_job->every_s);
     }
-    o->command([job](admin::Client& c) { return c.call(simple_request(protocol::admin_command::status, *job)); },
+    o->command([job](admin::Client& c) { return c.call(simple_request(protocol::AdminCommand::status, *job)); },
                [](const json& a, const protocol::AdminReply&) { print_status(a); });
   });
 }
@@ -189,7 +190,7 @@ void add_job_actions(CLI::App& app, Operator* o) {
   job_command(app, "abort", "Stop a job after its current round (a queued job at once). Its state is kept: `resume` "
                             "queues it again and it continues from its last round.", job)
       ->callback([o, job] {
-        o->command([job](admin::Client& c) { return c.call(simple_request(protocol::admin_command::abort, *job)); },
+        o->command([job](admin::Client& c) { return c.call(simple_request(protocol::AdminCommand::abort, *job)); },
                    [job](const json& a, const protocol::AdminReply&) {
                      std::cout << "job " << *job << ": "
                                << (a.value("state", "") == "aborted" ? "aborted" : "stops after the current round") << "\n";
@@ -198,7 +199,7 @@ void add_job_actions(CLI::App& app, Operator* o) {
 
   job_command(app, "resume", "Queue an aborted or failed job again; it continues after its last finished round.", job)
       ->callback([o, job] {
-        o->command([job](admin::Client& c) { return c.call(simple_request(protocol::admin_command::resume, *job)); },
+        o->command([job](admin::Client& c) { return c.call(simple_request(protocol::AdminCommand::resume, *job)); },
                    [job](const json& a, const protocol::AdminReply&) {
                      std::cout << "job " << *job << ": " << text_of(a.at("state")) << "\n";
                    });
@@ -225,7 +226,7 @@ void add_job_actions(CLI::App& app, Operator* o) {
       o->rc() = 1;
       return;
     }
-    auto request = simple_request(protocol::admin_command::clone, *job);
+    auto request = simple_request(protocol::AdminCommand::clone, *job);
     request.job_yaml = *yaml;
     o->command([request](admin::Client& c) { return c.call(request); },
                [job](const json& a, const protocol::AdminReply&) {
@@ -238,7 +239,7 @@ void add_job_actions(CLI::App& app, Operator* o) {
                              "moves to the coordinator's STATE/deleted/ and the deletion is in the audit log; its id can "
                              "be used again.", job)
       ->callback([o, job] {
-        o->command([job](admin::Client& c) { return c.call(simple_request(protocol::admin_command::remove, *job)); },
+        o->command([job](admin::Client& c) { return c.call(simple_request(protocol::AdminCommand::remove, *job)); },
                    [job](const json& a, const protocol::AdminReply&) {
                      std::cout << "job " << *job << " deleted; its files are kept in " << text_of(a.at("archived_in")) << "\n";
                    });
@@ -249,7 +250,7 @@ void add_job_actions(CLI::App& app, Operator* o) {
                                                 "rounds.jsonl, summary.json, state.json, job.yaml (those that exist).", job);
   download->add_option("--out", *download_dir, "folder to write them to")->required();
   download->callback([o, job, download_dir] {
-    o->command([job](admin::Client& c) { return c.call(simple_request(protocol::admin_command::download, *job)); },
+    o->command([job](admin::Client& c) { return c.call(simple_request(protocol::AdminCommand::download, *job)); },
                [download_dir](const json&, const protocol::AdminReply& reply) {
                  for (const auto& f : reply.files) {
                    std::cout << "wrote " << (fs::path(*download_dir) / f.name).string() << " (" << f.bytes.size() << " bytes)\n";
@@ -281,7 +282,7 @@ void add_site_commands(CLI::App& app, Operator& op) {
                                             "memory, free space in its cache folder, precision, GPUs), and per job its "
                                             "state (ready with its subjects, preparing, refused and why).");
   sites->callback([o] {
-    o->command([](admin::Client& c) { return c.call(simple_request(protocol::admin_command::sites, "")); },
+    o->command([](admin::Client& c) { return c.call(simple_request(protocol::AdminCommand::sites, "")); },
                [](const json& a, const protocol::AdminReply&) { print_sites(a); });
   });
 
@@ -299,7 +300,7 @@ void add_site_commands(CLI::App& app, Operator& op) {
   logs->add_option("--job", logs_args->job, "only the lines naming this job");
   logs->add_option("--tail", logs_args->tail, "at most this many lines, the latest")->capture_default_str()->check(CLI::Range(1, 1000));
   logs->callback([o, logs_args] {
-    auto request = simple_request(protocol::admin_command::logs, logs_args->site);
+    auto request = simple_request(protocol::AdminCommand::logs, logs_args->site);
     request.job_yaml = json{{"job", logs_args->job}, {"tail", logs_args->tail}}.dump();
     o->command([request](admin::Client& c) { return c.call(request); },
                [](const json& a, const protocol::AdminReply&) {
@@ -325,7 +326,7 @@ void add_site_commands(CLI::App& app, Operator& op) {
   admit->callback([o, admit_args] {
     o->command(
         [admit_args](admin::Client& c) -> Result<protocol::AdminReply> {
-          auto r = simple_request(protocol::admin_command::admit, admit_args->site);
+          auto r = simple_request(protocol::AdminCommand::admit, admit_args->site);
           if (!admit_args->manifest.empty()) {
             auto text = files::read_all(admit_args->manifest);
             if (!text) return text.error();
@@ -345,7 +346,7 @@ void add_site_commands(CLI::App& app, Operator& op) {
                                               "itself).");
   revoke->add_option("site", *revoked, "site id (or another operator's name)")->required();
   revoke->callback([o, revoked] {
-    o->command([revoked](admin::Client& c) { return c.call(simple_request(protocol::admin_command::revoke, *revoked)); },
+    o->command([revoked](admin::Client& c) { return c.call(simple_request(protocol::AdminCommand::revoke, *revoked)); },
                [revoked](const json&, const protocol::AdminReply&) { std::cout << "site " << *revoked << " revoked\n"; });
   });
 }

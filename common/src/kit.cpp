@@ -15,6 +15,7 @@
 
 #include "fedda/common/crypto.h"
 #include "fedda/common/files.h"
+#include "fedda/common/protocol.h"
 
 namespace fedda::kit {
 namespace fs = std::filesystem;
@@ -274,8 +275,8 @@ Status add_operator(const fs::path& out, const std::string& name, const std::str
 }
 
 Status check_operator_role(const std::string& role) {
-  if (role == "lead" || role == "member" || role == "viewer") return Status::success();
-  return make_error("role '" + role + "' is not lead, member or viewer");
+  if (auto known = protocol::parse_operator_role(role); !known) return known.error();
+  return Status::success();
 }
 
 namespace {

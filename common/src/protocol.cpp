@@ -55,6 +55,58 @@ Result<JobType> parse_job_type(const std::string& name) {
   return make_error("type '" + name + "' is not one of teacher, kd, ada, evaluate");
 }
 
+const char* operator_role_name(OperatorRole role) {
+  switch (role) {
+    case OperatorRole::viewer: return "viewer";
+    case OperatorRole::member: return "member";
+    case OperatorRole::lead: return "lead";
+  }
+  return "unknown";
+}
+
+Result<OperatorRole> parse_operator_role(const std::string& name) {
+  for (auto r : {OperatorRole::lead, OperatorRole::member, OperatorRole::viewer}) {
+    if (name == operator_role_name(r)) return r;
+  }
+  return make_error("role '" + name + "' is not lead, member or viewer");
+}
+
+const std::vector<AdminCommandInfo>& admin_commands() {
+  using C = AdminCommand;
+  using R = OperatorRole;
+  static const std::vector<AdminCommandInfo> commands = {
+      {C::submit, "submit", R::member, "queue a job file"},
+      {C::clone, "clone", R::member, "queue a copy of a job with changes"},
+      {C::remove, "delete", R::lead, "forget an ended job (its folder archived)"},
+      {C::jobs, "jobs", R::viewer, "list the jobs"},
+      {C::status, "status", R::viewer, "one job, round by round"},
+      {C::abort, "abort", R::member, "stop a job after its round"},
+      {C::resume, "resume", R::member, "take an aborted or failed job up again"},
+      {C::download, "download", R::viewer, "a job's files"},
+      {C::sites, "sites", R::viewer, "the consortium's sites"},
+      {C::admit, "admit", R::lead, "admit a site's or an operator's kit"},
+      {C::revoke, "revoke", R::lead, "revoke a site or an operator"},
+      // What leaves is the site's to decide (its policy share_logs), so every role may ask.
+      {C::logs, "logs", R::viewer, "a site's recent log lines, as its policy allows"},
+  };
+  return commands;
+}
+
+const char* admin_command_name(AdminCommand command) {
+  const auto& all = admin_commands();
+  const auto i = static_cast<std::size_t>(command);
+  return i < all.size() ? all[i].name : "unknown";
+}
+
+Result<AdminCommand> parse_admin_command(const std::string& name) {
+  std::string names;
+  for (const auto& c : admin_commands()) {
+    if (name == c.name) return c.command;
+    names += std::string(names.empty() ? "" : ", ") + c.name;
+  }
+  return make_error("unknown command '" + name + "' (" + names + ")");
+}
+
 const char* reject_code_name(RejectCode code) {
   switch (code) {
     case RejectCode::unspecified: return "unspecified";

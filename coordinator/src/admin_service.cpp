@@ -121,10 +121,13 @@ protocol::AdminReply AdminService::handle(const std::string& who, const protocol
   return reply;
 }
 
-protocol::AdminReply AdminService::read(const std::string& command, const std::string& target) {
-  if (command != protocol::admin_command::jobs && command != protocol::admin_command::status && command != protocol::admin_command::sites) return refused("not a read-only command: " + command);
+protocol::AdminReply AdminService::read(protocol::AdminCommand command, const std::string& target) {
+  using C = protocol::AdminCommand;
+  if (command != C::jobs && command != C::status && command != C::sites) {
+    return refused(std::string("not a read-only command: ") + protocol::admin_command_name(command));
+  }
   protocol::AdminRequest request;
-  request.command = command;
+  request.command = protocol::admin_command_name(command);
   request.target = target;
   try {
     return dispatch("status page", request);
@@ -165,7 +168,9 @@ std::variant<AdminService::LogsAsk, protocol::AdminReply> AdminService::ask_logs
     }
     ask.tail = static_cast<int>(lines);
   }
-  if (auto why = forbidden(who, backend_.operator_role(who), r); !why.empty()) return refuse(why);
+  if (auto why = forbidden(who, backend_.operator_role(who), protocol::AdminCommand::logs, r); !why.empty()) {
+    return refuse(why);
+  }
   return ask;
 }
 
@@ -185,19 +190,22 @@ protocol::AdminReply AdminService::answer_logs(const std::string& who, const pro
   return reply;
 }
 
-// What `role` may not do with `command` (and on whose job): the refusal, or empty.
-std::string AdminService::forbidden(const std::string& who, const std::string& role, const protocol::AdminRequest& r) {
-  // logs: what leaves is the site's to decide (its policy share_logs), so every role may ask.
-  namespace cmd = protocol::admin_command;
-  static const std::set<std::string> reads = {cmd::jobs, cmd::status, cmd::sites, cmd::download, cmd::logs};
-  static const std::set<std::string> members = {cmd::submit, cmd::clone, cmd::abort, cmd::resume};
-  if (role == "lead" || reads.count(r.command)) return {};
-  if (role == "viewer") {
-    return "operator '" + who + "' is a viewer (read only): " + r.command + " needs the " +
-           (members.count(r.command) ? "member or lead" : "lead") + " role";
+// What `role` may not do with `command` (and on whose job): the refusal, or empty. The least
+// role of each command is protocol::admin_commands()'; a role the manifest does not name reads
+// as a viewer's.
+std::string AdminService::forbidden(const std::string& who, const std::string& role, protocol::AdminCommand command,
+                                    const protocol::AdminRequest& r) {
+  using protocol::OperatorRole;
+  const auto has = protocol::parse_operator_role(role);
+  const OperatorRole mine = has ? *has : OperatorRole::viewer;
+  const OperatorRole needs = protocol::admin_commands()[static_cast<std::size_t>(command)].needs;
+  if (mine < needs) {
+    return "operator '" + who + "' is a " + (mine == OperatorRole::viewer ? "viewer (read only)" : "member") + ": " +
+           r.command + " needs the " + (needs == OperatorRole::member ? "member or lead" : "lead") + " role";
   }
-  if (!members.count(r.command)) return "operator '" + who + "' is a member: " + r.command + " needs the lead role";
-  if (r.command == protocol::admin_command::abort || r.command == protocol::admin_command::resume) {
+  const bool own_jobs_only = mine == OperatorRole::member &&
+                             (command == protocol::AdminCommand::abort || command == protocol::AdminCommand::resume);
+  if (own_jobs_only) {
     const auto* job = backend_.store().find(r.target);
     if (job && job->submitted_by != who) {
       return "operator '" + who + "' is a member and may " + r.command + " only its own jobs; job '" + r.target +
@@ -261,7 +269,7 @@ protocol::AdminReply AdminService::submit(const std::string& who, const protocol
 }
 
 // download: a job's files (those it has so far) over the admin channel.
-protocol::AdminReply AdminService::download(const protocol::AdminRequest& r) {
+protocol::AdminReply AdminService::download(const std::string&, const protocol::AdminRequest& r) {
   auto& store = backend_.store();
   auto job = job_of(r.command, r.target);
   if (!job) return refused(job.error());
@@ -281,7 +289,7 @@ protocol::AdminReply AdminService::download(const protocol::AdminRequest& r) {
 }
 
 // sites: every known site, online or not, with its machine and its part in each job.
-protocol::AdminReply AdminService::sites() const {
+protocol::AdminReply AdminService::sites(const std::string&, const protocol::AdminRequest&) {
   auto& store = backend_.store();
   json list = json::array();
   const auto& registry = backend_.site_registry();
@@ -316,53 +324,75 @@ protocol::AdminReply AdminService::sites() const {
   return ok(list);
 }
 
-protocol::AdminReply AdminService::dispatch(const std::string& who, const protocol::AdminRequest& r) {
-  if (const auto no = forbidden(who, backend_.operator_role(who), r); !no.empty()) return refused(no);
+// delete: an ended job's folder archived and the job forgotten.
+protocol::AdminReply AdminService::remove(const std::string&, const protocol::AdminRequest& r) {
+  auto archived = backend_.store().archive(r.target);
+  if (!archived) return refused(archived.error());
+  return ok({{"id", r.target}, {"deleted", true}, {"archived_in", archived->string()}});
+}
+
+protocol::AdminReply AdminService::jobs(const std::string&, const protocol::AdminRequest&) {
+  json list = json::array();
+  for (const auto* job : backend_.store().ordered()) {
+    list.push_back(job_json(*job, backend_.activity(job->id()), backend_.round_sites(job->id())));
+  }
+  return ok(list);
+}
+
+// status: one job as `jobs` lists it, with its finished rounds and its summary.
+protocol::AdminReply AdminService::status(const std::string&, const protocol::AdminRequest& r) {
   auto& store = backend_.store();
-  if (r.command == protocol::admin_command::submit) return submit(who, r);
-  if (r.command == protocol::admin_command::clone) return clone(who, r);
-  if (r.command == protocol::admin_command::remove) {
-    auto archived = store.archive(r.target);
-    if (!archived) return refused(archived.error());
-    return ok({{"id", r.target}, {"deleted", true}, {"archived_in", archived->string()}});
+  auto job = job_of(r.command, r.target);
+  if (!job) return refused(job.error());
+  auto answer = job_json(**job, backend_.activity(r.target), backend_.round_sites(r.target));
+  answer["rounds_done"] = rounds_of(store.dir(r.target) / "rounds.jsonl");
+  answer["results"] = fs::exists(store.dir(r.target) / "results.csv");
+  if (auto summary = files::read_all(store.dir(r.target) / "summary.json")) {
+    answer["summary"] = json::parse(*summary, nullptr, false);
   }
-  if (r.command == protocol::admin_command::jobs) {
-    json list = json::array();
-    for (const auto* job : store.ordered()) {
-      list.push_back(job_json(*job, backend_.activity(job->id()), backend_.round_sites(job->id())));
-    }
-    return ok(list);
-  }
-  if (r.command == protocol::admin_command::status) {
-    auto job = job_of(r.command, r.target);
-    if (!job) return refused(job.error());
-    auto answer = job_json(**job, backend_.activity(r.target), backend_.round_sites(r.target));
-    answer["rounds_done"] = rounds_of(store.dir(r.target) / "rounds.jsonl");
-    answer["results"] = fs::exists(store.dir(r.target) / "results.csv");
-    if (auto summary = files::read_all(store.dir(r.target) / "summary.json")) {
-      answer["summary"] = json::parse(*summary, nullptr, false);
-    }
-    return ok(answer);
-  }
-  if (r.command == protocol::admin_command::abort || r.command == protocol::admin_command::resume) {
-    auto job = job_of(r.command, r.target);
-    if (!job) return refused(job.error());
-    const Status st = r.command == protocol::admin_command::abort ? backend_.abort(**job, who) : backend_.resume(**job, who);
-    if (!st) return refused(st.error());
-    return ok({{"id", r.target}, {"state", job_state_name((*job)->state)}, {"activity", backend_.activity(r.target)}});
-  }
-  if (r.command == protocol::admin_command::download) return download(r);
-  if (r.command == protocol::admin_command::sites) return sites();
-  if (r.command == protocol::admin_command::admit || r.command == protocol::admin_command::revoke) {
-    if (r.target.empty()) return refused(r.command + ": which site or operator? (an id is needed)", ErrorKind::invalid);
-    const Status st = r.command == protocol::admin_command::admit ? backend_.admit(r.target, who, r.files) : backend_.revoke(r.target, who);
-    if (!st) return refused(st.error());
-    return ok({{"site", r.target}, {r.command == protocol::admin_command::admit ? "admitted" : "revoked", true}});
-  }
-  if (r.command == protocol::admin_command::logs) return refused("logs: asked of the site by the service (AdminService::ask_logs)");
-  return refused("unknown command '" + r.command +
-                     "' (submit, jobs, status, abort, resume, clone, delete, download, sites, logs, admit, revoke)",
-                 ErrorKind::invalid);
+  return ok(answer);
+}
+
+protocol::AdminReply AdminService::abort_or_resume(const std::string& who, const protocol::AdminRequest& r) {
+  auto job = job_of(r.command, r.target);
+  if (!job) return refused(job.error());
+  const bool abort = r.command == protocol::admin_command_name(protocol::AdminCommand::abort);
+  const Status st = abort ? backend_.abort(**job, who) : backend_.resume(**job, who);
+  if (!st) return refused(st.error());
+  return ok({{"id", r.target}, {"state", job_state_name((*job)->state)}, {"activity", backend_.activity(r.target)}});
+}
+
+protocol::AdminReply AdminService::admit_or_revoke(const std::string& who, const protocol::AdminRequest& r) {
+  if (r.target.empty()) return refused(r.command + ": which site or operator? (an id is needed)", ErrorKind::invalid);
+  const bool admit = r.command == protocol::admin_command_name(protocol::AdminCommand::admit);
+  const Status st = admit ? backend_.admit(r.target, who, r.files) : backend_.revoke(r.target, who);
+  if (!st) return refused(st.error());
+  return ok({{"site", r.target}, {admit ? "admitted" : "revoked", true}});
+}
+
+protocol::AdminReply AdminService::logs_here(const std::string&, const protocol::AdminRequest&) {
+  return refused("logs: asked of the site by the service (AdminService::ask_logs)");
+}
+
+protocol::AdminReply AdminService::dispatch(const std::string& who, const protocol::AdminRequest& r) {
+  using Handler = protocol::AdminReply (AdminService::*)(const std::string&, const protocol::AdminRequest&);
+  using C = protocol::AdminCommand;
+  // One handler per command, in protocol::AdminCommand's order (checked below).
+  static const std::pair<C, Handler> handlers[] = {
+      {C::submit, &AdminService::submit},   {C::clone, &AdminService::clone},
+      {C::remove, &AdminService::remove},   {C::jobs, &AdminService::jobs},
+      {C::status, &AdminService::status},   {C::abort, &AdminService::abort_or_resume},
+      {C::resume, &AdminService::abort_or_resume}, {C::download, &AdminService::download},
+      {C::sites, &AdminService::sites},     {C::admit, &AdminService::admit_or_revoke},
+      {C::revoke, &AdminService::admit_or_revoke}, {C::logs, &AdminService::logs_here},
+  };
+  static_assert(std::size(handlers) == static_cast<std::size_t>(C::logs) + 1, "a handler for every AdminCommand");
+  const auto command = protocol::parse_admin_command(r.command);
+  if (!command) return refused(command.error().message, ErrorKind::invalid);
+  const auto& [listed, handler] = handlers[static_cast<std::size_t>(*command)];
+  if (listed != *command) return refused("internal error: the admin dispatch table is out of order", ErrorKind::internal);
+  if (const auto no = forbidden(who, backend_.operator_role(who), *command, r); !no.empty()) return refused(no);
+  return (this->*handler)(who, r);
 }
 
 void AdminService::audit(const std::string& who, const protocol::AdminRequest& r, const protocol::AdminReply& reply) {

@@ -61,7 +61,7 @@ class AdminService {
   protocol::AdminReply handle(const std::string& who, const protocol::AdminRequest& request);
   // The read-only commands (jobs, status, sites) for the status page: answered as handle() would,
   // not audited (a page refreshing every few seconds is not an operator's act).
-  protocol::AdminReply read(const std::string& command, const std::string& target);
+  protocol::AdminReply read(protocol::AdminCommand command, const std::string& target);
 
   // `logs SITE`: the site answers, later, what its policy lets leave. What to ask the site, or the
   // refusal (audited) naming what is wrong: no site, an unknown or offline one, a tail out of
@@ -80,14 +80,22 @@ class AdminService {
   protocol::AdminReply dispatch(const std::string& who, const protocol::AdminRequest& request);
   // The job a command names; error naming the command when none is named or none has the id.
   Result<JobRecord*> job_of(const std::string& command, const std::string& id);
-  protocol::AdminReply clone(const std::string& who, const protocol::AdminRequest& request);
+  // One handler per command (dispatch's table); each answers as the header's list says.
   protocol::AdminReply submit(const std::string& who, const protocol::AdminRequest& request);
-  protocol::AdminReply download(const protocol::AdminRequest& request);
-  protocol::AdminReply sites() const;
-  // Roles: a viewer reads (jobs, status, sites, download); a member also submits and clones, and
-  // aborts or resumes the jobs it submitted; a lead does everything. The refusal names the role
-  // needed; empty when allowed.
-  std::string forbidden(const std::string& who, const std::string& role, const protocol::AdminRequest& request);
+  protocol::AdminReply clone(const std::string& who, const protocol::AdminRequest& request);
+  protocol::AdminReply remove(const std::string& who, const protocol::AdminRequest& request);
+  protocol::AdminReply jobs(const std::string& who, const protocol::AdminRequest& request);
+  protocol::AdminReply status(const std::string& who, const protocol::AdminRequest& request);
+  protocol::AdminReply abort_or_resume(const std::string& who, const protocol::AdminRequest& request);
+  protocol::AdminReply download(const std::string& who, const protocol::AdminRequest& request);
+  protocol::AdminReply sites(const std::string& who, const protocol::AdminRequest& request);
+  protocol::AdminReply admit_or_revoke(const std::string& who, const protocol::AdminRequest& request);
+  protocol::AdminReply logs_here(const std::string& who, const protocol::AdminRequest& request);
+  // Roles: a command's least role is protocol::admin_commands()' (a viewer reads; a member also
+  // submits and clones, and aborts or resumes the jobs it submitted; a lead does everything).
+  // The refusal names the role needed; empty when allowed.
+  std::string forbidden(const std::string& who, const std::string& role, protocol::AdminCommand command,
+                        const protocol::AdminRequest& request);
   void audit(const std::string& who, const protocol::AdminRequest& request, const protocol::AdminReply& reply);
 
   AdminBackend& backend_;

@@ -7,8 +7,8 @@
 #include "fedda/common/config.h"
 #include "fedda/common/kit.h"
 #include "fedda/common/secagg.h"
-#include "fedda/models/model_spec.h"
-#include "fedda/models/recipe.h"
+#include "fedda/models_core/model_spec.h"
+#include "fedda/models_core/recipe.h"
 
 namespace fedda::coordinator {
 namespace fs = std::filesystem;

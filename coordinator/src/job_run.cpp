@@ -9,7 +9,7 @@
 #include "crash_point.h"
 #include "fedda/common/crypto.h"
 #include "fedda/common/files.h"
-#include "fedda/models/recipe.h"
+#include "fedda/models_core/recipe.h"
 #include "job_run_detail.h"
 
 namespace fedda::coordinator {

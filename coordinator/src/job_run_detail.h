@@ -10,7 +10,7 @@
 
 #include "fedda/common/aggregation.h"
 #include "fedda/common/secagg.h"
-#include "fedda/models/weights.h"
+#include "fedda/models_core/weights.h"
 #include "job_run.h"
 #include "server_optimizer.h"
 

@@ -131,9 +131,9 @@ int Service::Impl::run_loop(const std::vector<std::string>& until_done) {
   for (;;) {
     if (stopping && !draining) {
       draining = true;
-      drain_until = Clock::now() + o.drain_timeout;
+      drain_until = Clock::now() + options.drain_timeout;
       log->info("stopping: {} running job(s) finish their current round first (up to {} s)", runs.size(),
-                o.drain_timeout.count());
+                options.drain_timeout.count());
       for (auto& [id, run] : runs) run->drain();
     }
     tick_runs();
@@ -168,7 +168,7 @@ int Service::run(const std::vector<std::string>& until_done) { return impl_->run
 Result<std::unique_ptr<Service>> Service::start(const ServiceOptions& options) {
   auto impl = std::make_unique<Impl>();
   auto& m = *impl;
-  m.o = options;
+  m.options = options;
   m.allowed.insert(options.allowed_sites.begin(), options.allowed_sites.end());
   std::string admin_bind = options.admin_bind;
   if (admin_bind.empty()) {

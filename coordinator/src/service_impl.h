@@ -50,7 +50,7 @@ struct Service::Impl : JobHost, AdminBackend {
   using RejectCode = protocol::RejectCode;
   using json = nlohmann::json;
 
-  ServiceOptions o;
+  ServiceOptions options;  // as the service was started with
   zmq::context_t context{1};
   zmq::socket_t router{context, zmq::socket_type::router};
   zmq::socket_t admin{context, zmq::socket_type::router};
@@ -96,7 +96,7 @@ struct Service::Impl : JobHost, AdminBackend {
   SiteRegistry& sites() override { return registry; }
   JobStore& store() override { return *jobs; }
   const kit::CoordinatorKit* kit() const override { return consortium ? &*consortium : nullptr; }
-  Clock::duration start_timeout() const override { return o.start_timeout; }
+  Clock::duration start_timeout() const override { return options.start_timeout; }
   Clock::time_point now() const override { return Clock::now(); }
   log::Budget& log_budget() override { return peer_lines; }
   void send(const SiteInfo& site, MessageType type, const std::string& job, int round, const Broadcast& b) override;
@@ -189,7 +189,7 @@ struct Service::Impl : JobHost, AdminBackend {
   // commands; a failed question's HTTP status comes from its error's kind.
 
   json coordinator_json() const;
-  json read(const std::string& command, const std::string& target);
+  json read(protocol::AdminCommand command, const std::string& target);
   monitoring::HttpResponse answer_status(const std::string& what, const std::string& arg);
   Status start_http();
 

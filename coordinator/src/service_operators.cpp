@@ -22,7 +22,7 @@ constexpr std::chrono::seconds kLogsTimeout{20};
 
 void Service::Impl::handle_admin(const std::string& routing, const std::string& authenticated,
                                  const std::string& header_frame, const std::string& body) {
-  auto h = protocol::decode_header(header_frame, body, o.max_message_bytes);
+  auto h = protocol::decode_header(header_frame, body, options.max_message_bytes);
   if (!h) {
     log->warn("admin: dropped a malformed message: {}", h.error().message);
     return;
@@ -37,7 +37,7 @@ void Service::Impl::handle_admin(const std::string& routing, const std::string& 
     reply.error = "malformed request: " + request.error().message;
   } else {
     const std::string who = consortium ? authenticated : (h->sender.empty() ? "anonymous" : h->sender) + " (unauthenticated)";
-    if (request->command == protocol::admin_command::logs) return ask_site_logs(routing, h->sequence, who, *request);
+    if (request->command == protocol::admin_command_name(protocol::AdminCommand::logs)) return ask_site_logs(routing, h->sequence, who, *request);
     reply = admin_service->handle(who, *request);
   }
   reply_admin(routing, h->sequence, std::move(reply));
@@ -168,7 +168,7 @@ Status Service::Impl::save_revocations() {
   for (const auto& s : revoked_sites) list.push_back(s);
   json operators = json::array();
   for (const auto& s : revoked_operators) operators.push_back(s);
-  return files::write_atomically(o.state / "revoked.json", json{{"sites", list}, {"operators", operators}}.dump(2) + "\n");
+  return files::write_atomically(options.state / "revoked.json", json{{"sites", list}, {"operators", operators}}.dump(2) + "\n");
 }
 
 Status Service::Impl::admit(const std::string& site, const std::string& by,
@@ -189,13 +189,13 @@ Status Service::Impl::admit(const std::string& site, const std::string& by,
     }
     bool kept = false;  // already in the state's admitted/
     if (manifest.empty()) {  // made beside the coordinator's kit (fedda-admin add-site)
-      for (const auto& dir : {o.state / "admitted", consortium->dir / kit::kPendingSites, consortium->dir / "sites"}) {
+      for (const auto& dir : {options.state / "admitted", consortium->dir / kit::kPendingSites, consortium->dir / "sites"}) {
         auto text = files::read_all(dir / (site + ".manifest.json"));
         auto sig = files::read_all(dir / (site + ".manifest.sig"));
         if (text && sig) {
           manifest = *text;
           signature = *sig;
-          kept = dir == o.state / "admitted";
+          kept = dir == options.state / "admitted";
           break;
         }
       }
@@ -212,8 +212,8 @@ Status Service::Impl::admit(const std::string& site, const std::string& by,
     // The admission is the manifest kept in the state, written before it takes effect: it is
     // what a restart trusts (a manifest in the kit's pending-sites/ is not).
     if (!kept) {
-      for (const auto& st : {files::write_atomically(o.state / "admitted" / (site + ".manifest.json"), manifest),
-                             files::write_atomically(o.state / "admitted" / (site + ".manifest.sig"), signature)}) {
+      for (const auto& st : {files::write_atomically(options.state / "admitted" / (site + ".manifest.json"), manifest),
+                             files::write_atomically(options.state / "admitted" / (site + ".manifest.sig"), signature)}) {
         if (!st) return st;
       }
     }

@@ -39,7 +39,7 @@ json Service::Impl::coordinator_json() const {
           {"admin_endpoint", admin_endpoint}};
 }
 
-json Service::Impl::read(const std::string& command, const std::string& target) {
+json Service::Impl::read(protocol::AdminCommand command, const std::string& target) {
   const auto reply = admin_service->read(command, target);
   if (!reply.ok) throw std::runtime_error(reply.error);
   return json::parse(reply.json);
@@ -57,7 +57,7 @@ monitoring::HttpResponse Service::Impl::answer_status(const std::string& what, c
     if (admission) counters.refused_keys = admission->refused();
     return {200, monitoring::kMetricsContentType, metrics_text(*jobs, registry, known_sites(), counters)};
   }
-  namespace command = protocol::admin_command;
+  using command = protocol::AdminCommand;
   if (what == "overview") {
     return as_json({{"coordinator", coordinator_json()}, {"jobs", read(command::jobs, "")}, {"sites", read(command::sites, "")}});
   }
@@ -77,7 +77,7 @@ monitoring::HttpResponse Service::Impl::answer_status(const std::string& what, c
 }
 
 Status Service::Impl::start_http() {
-  if (o.http.empty()) return Status::success();
+  if (options.http.empty()) return Status::success();
   // With a kit the page asks for the kit's token wherever it listens (loopback is shared by
   // every account on a server); without one it listens on loopback only (HttpServer checks).
   std::string token;
@@ -87,7 +87,7 @@ Status Service::Impl::start_http() {
     token = *t;
   }
   status = std::make_unique<StatusBridge>(context);
-  auto server = monitoring::HttpServer::start(o.http, status_routes(*status), token, "coordinator");
+  auto server = monitoring::HttpServer::start(options.http, status_routes(*status), token, "coordinator");
   if (!server) return make_error("--http: " + server.error().message);
   http = std::move(*server);
   return Status::success();

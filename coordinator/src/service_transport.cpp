@@ -122,7 +122,7 @@ void Service::Impl::grant_uploads() {
   for (auto it = uploading.begin(); it != uploading.end();) {  // rounds that closed without it
     it = upload_wanted(it->second) ? std::next(it) : uploading.erase(it);
   }
-  while (uploading.size() < static_cast<std::size_t>(o.max_concurrent_uploads) && !upload_queue.empty()) {
+  while (uploading.size() < static_cast<std::size_t>(options.max_concurrent_uploads) && !upload_queue.empty()) {
     const auto u = upload_queue.front();
     upload_queue.pop_front();
     if (!upload_wanted(u)) continue;
@@ -189,7 +189,7 @@ void Service::Impl::handle_hello(const std::string& routing, const protocol::Hea
   log->info("site {} {} (agent {}, device {}, {} threads{})", id, rejoin ? "reconnected" : "joined",
             hello->agent_version, hello->device, hello->threads, from(peer_address));
   send_body(routing, MessageType::welcome, "", 0,
-            protocol::Welcome{static_cast<std::int32_t>(o.heartbeat.count()), o.liveness});
+            protocol::Welcome{static_cast<std::int32_t>(options.heartbeat.count()), options.liveness});
   for (auto& [job, run] : runs) run->site_joined(site);
 }
 
@@ -270,7 +270,7 @@ Status Service::Impl::open_admission() {
   if (!consortium) return Status::success();
   admission = std::make_unique<Admission>(*consortium, log);
   std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(o.state / "admitted", ec)) {  // admitted while serving
+  for (const auto& entry : fs::directory_iterator(options.state / "admitted", ec)) {  // admitted while serving
     if (entry.path().extension() != ".json") continue;
     auto text = files::read_all(entry.path());
     auto sig_path = entry.path();
@@ -307,7 +307,7 @@ Status Service::Impl::bind(const std::string& admin_bind) {
       socket.set(zmq::sockopt::linger, 0);
       // Frames up to twice the limit are read, logged and dropped by decode_header; libzmq cuts a
       // peer that sends anything larger before reading it, so memory stays bounded either way.
-      socket.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(2 * o.max_message_bytes + 65536));
+      socket.set(zmq::sockopt::maxmsgsize, static_cast<int64_t>(2 * options.max_message_bytes + 65536));
       socket.set(zmq::sockopt::router_mandatory, false);
     };
     configure(router, kDataDomain);
@@ -320,10 +320,10 @@ Status Service::Impl::bind(const std::string& admin_bind) {
     if (zmq_socket_monitor(admin.handle(), "inproc://fedda-coordinator-admin-monitor", events) == 0) {
       admin_monitor.connect("inproc://fedda-coordinator-admin-monitor");
     }
-    router.bind(wildcard_port(o.bind));
+    router.bind(wildcard_port(options.bind));
     endpoint = router.get(zmq::sockopt::last_endpoint);
   } catch (const zmq::error_t& e) {
-    return make_error("cannot bind " + o.bind + ": " + e.what());
+    return make_error("cannot bind " + options.bind + ": " + e.what());
   }
   try {
     admin.bind(wildcard_port(admin_bind));
@@ -424,13 +424,13 @@ void Service::Impl::pump(Clock::time_point deadline) {
   do {
     const auto now = Clock::now();
     if (now >= next_heartbeat) {
-      for (const auto& id : registry.silent_since(now, o.heartbeat * o.liveness)) {
-        mark_lost(id, "silent for " + std::to_string(o.liveness) + " heartbeats, counted as gone");
+      for (const auto& id : registry.silent_since(now, options.heartbeat * options.liveness)) {
+        mark_lost(id, "silent for " + std::to_string(options.liveness) + " heartbeats, counted as gone");
       }
       for (const auto& [id, site] : registry.all()) {
         if (site.alive) send_empty(site.routing, MessageType::heartbeat, "", 0);
       }
-      next_heartbeat = now + o.heartbeat;
+      next_heartbeat = now + options.heartbeat;
     }
     grant_uploads();
     expire_log_requests();
@@ -454,7 +454,7 @@ void Service::Impl::pump(Clock::time_point deadline) {
     if (items[0].revents & ZMQ_POLLIN) {
       handled |= drain_socket(router, "data", [&](const std::string& routing, const std::string& authenticated,
                                                   const std::string& header_frame, const std::string& body) {
-        auto h = protocol::decode_header(header_frame, body, o.max_message_bytes);
+        auto h = protocol::decode_header(header_frame, body, options.max_message_bytes);
         if (!h) {
           const auto* site = registry.by_routing(routing);
           // An authenticated peer is named by its key even before its hello.

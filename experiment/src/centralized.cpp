@@ -10,7 +10,7 @@
 #include "fedda/common/files.h"
 #include "fedda/common/log.h"
 #include "fedda/imaging/dataset.h"
-#include "fedda/models/precision.h"
+#include "fedda/models_core/precision.h"
 #include "fedda/common/protocol.h"
 
 namespace fedda::experiment {

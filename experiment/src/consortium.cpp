@@ -346,7 +346,7 @@ Result<std::unique_ptr<LocalConsortium>> LocalConsortium::start(const Consortium
 
 Result<std::vector<JobView>> LocalConsortium::jobs() {
   protocol::AdminRequest r;
-  r.command = protocol::admin_command::jobs;
+  r.command = protocol::admin_command_name(protocol::AdminCommand::jobs);
   auto reply = impl_->client->call(r);
   if (!reply) return reply.error();
   return parse_jobs(reply->json);
@@ -363,7 +363,7 @@ Result<std::string> LocalConsortium::submit(const fs::path& job_file) {
     if (j.id != id) continue;
     if (j.state == "failed" || j.state == "aborted") {
       protocol::AdminRequest r;
-      r.command = protocol::admin_command::resume;
+      r.command = protocol::admin_command_name(protocol::AdminCommand::resume);
       r.target = id;
       if (auto reply = impl_->client->call(r); !reply) return make_error(job_file.string() + ": " + reply.error().message);
     }

@@ -9,8 +9,8 @@
 #include "fedda/common/log.h"
 #include "fedda/experiment/centralized.h"
 #include "fedda/experiment/experiment.h"
-#include "fedda/models/recipe.h"
-#include "fedda/models/precision.h"
+#include "fedda/models_core/recipe.h"
+#include "fedda/models_core/precision.h"
 
 namespace fedda::experiment::tools {
 

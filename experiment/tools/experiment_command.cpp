@@ -11,7 +11,7 @@
 #include "fedda/experiment/consortium.h"
 #include "fedda/experiment/experiment.h"
 #include "experiment_commands.h"
-#include "fedda/models/precision.h"
+#include "fedda/models_core/precision.h"
 
 namespace fedda::experiment::tools {
 namespace fs = std::filesystem;

@@ -1,6 +1,6 @@
 #pragma once
 // On-the-fly augmentation and patch sampling of training slices (private; LibTorch inside),
-// driven by a Recipe (fedda/models/recipe.h).
+// driven by a Recipe (fedda/models_core/recipe.h).
 //
 // Every random choice comes from the caller's generator: transform parameters are drawn from it
 // directly and noise tensors from a LibTorch generator seeded by one draw of it, so a batch is a
@@ -11,7 +11,7 @@
 
 #include <torch/torch.h>
 
-#include "fedda/models/recipe.h"
+#include "fedda/models_core/recipe.h"
 
 namespace fedda::models {
 

@@ -12,7 +12,7 @@
 #include "fedda/common/result.h"
 #include "fedda/imaging/dataset.h"
 #include "fedda/imaging/preprocess.h"
-#include "fedda/models/recipe.h"
+#include "fedda/models_core/recipe.h"
 
 namespace fedda::models {
 

@@ -7,7 +7,7 @@
 #include <torch/torch.h>
 
 #include "fedda/common/result.h"
-#include "fedda/models/model_spec.h"
+#include "fedda/models_core/model_spec.h"
 #include "networks.h"
 
 namespace fedda::models {

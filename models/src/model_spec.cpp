@@ -1,4 +1,4 @@
-#include "fedda/models/model_spec.h"
+#include "fedda/models_core/model_spec.h"
 
 #include <nlohmann/json.hpp>
 

@@ -10,8 +10,8 @@
 
 #include <torch/torch.h>
 
-#include "fedda/models/model_spec.h"
-#include "fedda/models/precision.h"
+#include "fedda/models_core/model_spec.h"
+#include "fedda/models_core/precision.h"
 
 namespace fedda::models {
 

@@ -1,4 +1,4 @@
-#include "fedda/models/precision.h"
+#include "fedda/models_core/precision.h"
 
 #include <algorithm>
 #include <cstdlib>

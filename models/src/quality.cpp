@@ -11,7 +11,7 @@
 #include "fedda/imaging/metrics.h"
 #include "fedda/imaging/morphology.h"
 #include "fedda/imaging/nifti_io.h"
-#include "fedda/models/precision.h"
+#include "fedda/models_core/precision.h"
 #include "model_io.h"
 #include "training.h"
 

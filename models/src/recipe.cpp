@@ -1,4 +1,4 @@
-#include "fedda/models/recipe.h"
+#include "fedda/models_core/recipe.h"
 
 #include <algorithm>
 #include <cmath>

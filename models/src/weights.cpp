@@ -1,4 +1,4 @@
-#include "fedda/models/weights.h"
+#include "fedda/models_core/weights.h"
 
 #include <cstring>
 #include <sstream>

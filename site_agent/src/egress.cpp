@@ -5,7 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fedda/common/crypto.h"
-#include "fedda/models/weights.h"
+#include "fedda/models_core/weights.h"
 
 namespace fedda::site_agent {
 

@@ -8,7 +8,7 @@
 #include <system_error>
 #include <thread>
 
-#include "fedda/models/precision.h"
+#include "fedda/models_core/precision.h"
 
 namespace fedda::site_agent {
 namespace {

@@ -19,7 +19,7 @@
 #include "fedda/imaging/pacs.h"
 #include "fedda/models/engine.h"
 #include "fedda/monitoring/http_server.h"
-#include "fedda/models/precision.h"
+#include "fedda/models_core/precision.h"
 
 namespace fedda::site_agent {
 namespace fs = std::filesystem;

@@ -15,12 +15,12 @@
 #include "fedda/common/privacy.h"
 #include "fedda/common/text.h"
 #include "fedda/models/federated.h"
-#include "fedda/models/model_spec.h"
+#include "fedda/models_core/model_spec.h"
 #include "fedda/site_agent/approvals.h"
 #include "fedda/site_agent/egress.h"
 #include "fedda/site_agent/monitor.h"
 #include "privacy_ledger.h"
-#include "fedda/models/weights.h"
+#include "fedda/models_core/weights.h"
 
 namespace fedda::site_agent {
 namespace fs = std::filesystem;

@@ -32,7 +32,7 @@
 #include "fedda/imaging/subject_index.h"
 #include "fedda/models/engine.h"
 #include "fedda/models/federated.h"
-#include "fedda/models/weights.h"
+#include "fedda/models_core/weights.h"
 #include "fedda/experiment/consortium.h"
 #include "fedda/simulation/generator.h"
 #include "support/curve_client.h"

@@ -5,8 +5,8 @@
 
 #include <fstream>
 
-#include "fedda/models/model_spec.h"
-#include "fedda/models/recipe.h"
+#include "fedda/models_core/model_spec.h"
+#include "fedda/models_core/recipe.h"
 #include "support/test_support.h"
 
 namespace fedda::coordinator {

@@ -19,7 +19,7 @@
 #include "fedda/common/protocol.h"
 #include "fedda/common/secagg.h"
 #include "fedda/common/tensors.h"
-#include "fedda/models/weights.h"
+#include "fedda/models_core/weights.h"
 #include "support/keyed_fake_coordinator.h"
 #include "support/federation_fixture.h"
 #include "support/process.h"

@@ -358,6 +358,10 @@ TEST_F(Service, AnAbortedJobStopsAfterItsRoundAndResumesWhereItStopped) {
   EXPECT_EQ(round_numbers("kd-abort"), rounds) << "rounds went on after the abort";
   EXPECT_EQ(admin({"abort", "kd-abort"}).rc, 4);  // nothing left to abort: refused
   EXPECT_EQ(admin({"status", "no-such-job"}).rc, 3);  // not found
+  const auto missing = admin({"status", "no-such-job", "--json"});  // a script reads the kind too
+  EXPECT_EQ(missing.rc, 3);
+  EXPECT_NE(missing.text.find("\"kind\": \"not_found\""), std::string::npos) << missing.text;
+  EXPECT_NE(missing.text.find("\"ok\": false"), std::string::npos) << missing.text;
   auto resumed = admin({"resume", "kd-abort"});
   ASSERT_EQ(resumed.rc, 0) << resumed.text;
   ASSERT_TRUE(wait_state("kd-abort", "finished"));

@@ -7,7 +7,7 @@
 
 #include "augment.h"
 #include "data.h"
-#include "fedda/models/recipe.h"
+#include "fedda/models_core/recipe.h"
 #include "prefetch.h"
 
 namespace fedda::models {

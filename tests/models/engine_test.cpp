@@ -4,9 +4,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <set>
 
 #include "fedda/common/files.h"
 #include "fedda/imaging/nifti_io.h"
+#include "fedda/models_core/weights.h"
 #include "fedda/simulation/generator.h"
 #include "support/test_support.h"
 
@@ -128,7 +130,7 @@ TEST_F(Engine, ARecipeThatCannotTrainTheGridIsRefusedBeforeTraining) {
   EXPECT_FALSE(fs::exists(dir_ / "never.pt"));
 }
 
-TEST_F(Engine, DistillationAndAdversarialAdaptationProduceScorableModels) {
+TEST_F(Engine, DistillationAndAdversarialAdaptationTrainFromTheTeacherAndProduceScorableModels) {
   auto c = tiny();
   ASSERT_TRUE(train_supervised(clinic("utrecht"), c, dir_ / "teacher.pt"));
   auto kd = train_kd(dir_ / "teacher.pt", clinic("utrecht"), clinic("singapore"), c, dir_ / "kd.pt");
@@ -137,13 +139,37 @@ TEST_F(Engine, DistillationAndAdversarialAdaptationProduceScorableModels) {
   ASSERT_TRUE(ada) << ada.error().message;
   EXPECT_EQ(read_model_spec(dir_ / "kd.pt")->role, "student");
   EXPECT_EQ(read_model_spec(dir_ / "ada.pt")->role, "ada");
+  // Each ran every epoch it was given, with a finite loss, and moved away from the teacher it
+  // started from (the student starts as the teacher by default; ADA adapts the teacher).
+  for (const auto* report : {&*kd, &*ada}) {
+    ASSERT_EQ(report->epochs.size(), static_cast<std::size_t>(c.epochs));
+    for (const auto& e : report->epochs) {
+      EXPECT_TRUE(std::isfinite(e.loss)) << "epoch " << e.epoch;
+      EXPECT_GT(e.slices_per_second, 0.0);
+    }
+  }
+  const auto teacher = read_model_weights(dir_ / "teacher.pt").value().weights;
+  const auto student = read_model_weights(dir_ / "kd.pt").value().weights;
+  const auto adapted = read_model_weights(dir_ / "ada.pt").value().weights;
+  EXPECT_GT(l2_distance(teacher, student), 1e-4);
+  EXPECT_GT(l2_distance(teacher, adapted), 1e-4);
+  EXPECT_GT(l2_distance(student, adapted), 1e-4);
+  // Scored per subject of the target, with metrics that agree with each other.
   auto scores = evaluate_model(dir_ / "kd.pt", clinic("singapore"));
   ASSERT_TRUE(scores) << scores.error().message;
   ASSERT_EQ(scores->size(), 2u);
+  std::set<std::string> subjects;
   for (const auto& s : *scores) {
+    EXPECT_EQ(s.clinic, "singapore");
+    subjects.insert(s.subject);
     EXPECT_GE(s.metrics.recall, 0.0);
     EXPECT_LE(s.metrics.recall, 1.0);
+    if (std::isfinite(s.metrics.dsc)) {
+      EXPECT_GE(s.metrics.dsc, 0.0);
+      EXPECT_LE(s.metrics.dsc, 1.0);
+    }
   }
+  EXPECT_EQ(subjects.size(), 2u);
 }
 
 TEST_F(Engine, SegmentKeepsAnObliqueAnisotropicScansGeometry) {

@@ -2,7 +2,7 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include "fedda/models/model_spec.h"
+#include "fedda/models_core/model_spec.h"
 #include "losses.h"
 #include "model_io.h"
 #include "networks.h"

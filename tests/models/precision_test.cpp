@@ -7,7 +7,7 @@
 
 #include <cstdlib>
 
-#include "fedda/models/precision.h"
+#include "fedda/models_core/precision.h"
 #include "networks.h"
 #include "wire.h"
 

@@ -17,10 +17,27 @@ using testing::run_command;
 
 std::string sim() { return bin("fedda-sim").string(); }
 
-TEST(FeddaSimCli, HelpListsTheCommands) {
-  auto r = run_command(sim() + " --help");
-  EXPECT_EQ(r.exit_code, 0);
-  for (const char* cmd : {"generate", "evaluate", "preview"}) EXPECT_NE(r.output.find(cmd), std::string::npos) << cmd;
+TEST(FeddaSimCli, EveryCommandAnswersItsHelpAndAWordThatIsNoCommandIsNamed) {
+  const std::vector<std::string> commands = {"evaluate", "generate", "preview", "threshold-baseline", "centralized",
+                                             "recipe", "consortium", "experiment"};
+  auto top = run_command(sim() + " --help");
+  EXPECT_EQ(top.exit_code, 0);
+  for (const auto& cmd : commands) {
+    EXPECT_NE(top.output.find("\n  " + cmd + " "), std::string::npos) << cmd << " not listed:\n" << top.output;
+    auto r = run_command(sim() + " " + cmd + " --help");
+    EXPECT_EQ(r.exit_code, 0) << cmd << ": " << r.output;
+    EXPECT_NE(r.output.find("Usage: "), std::string::npos) << cmd;
+    EXPECT_NE(r.output.find(" " + cmd + " [OPTIONS]"), std::string::npos) << cmd << ": " << r.output;
+  }
+  // A misspelt command is named, with the commands there are; none at all says one is needed.
+  auto wrong = run_command(sim() + " --log-level warn genrate --profile smoke");
+  EXPECT_NE(wrong.exit_code, 0);
+  EXPECT_NE(wrong.output.find("fedda-sim: unknown command 'genrate' (evaluate, generate, preview, threshold-baseline"),
+            std::string::npos) << wrong.output;
+  auto none = run_command(sim());
+  EXPECT_NE(none.exit_code, 0);
+  EXPECT_NE(none.output.find("A subcommand is required"), std::string::npos) << none.output;
+  EXPECT_EQ(none.output.find("unknown command"), std::string::npos) << none.output;
 }
 
 TEST(FeddaSimCli, GenerateEvaluateAndPreviewEndToEnd) {

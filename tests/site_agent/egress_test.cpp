@@ -6,7 +6,7 @@
 #include <cmath>
 
 #include "fedda/models/federated.h"
-#include "fedda/models/model_spec.h"
+#include "fedda/models_core/model_spec.h"
 
 namespace fedda::site_agent {
 namespace {

@@ -14,8 +14,8 @@
 #include "fedda/common/crypto.h"
 #include "fedda/common/protocol.h"
 #include "fedda/common/tensors.h"
-#include "fedda/models/model_spec.h"
-#include "fedda/models/weights.h"
+#include "fedda/models_core/model_spec.h"
+#include "fedda/models_core/weights.h"
 #include "support/fake_coordinator.h"
 #include "support/process.h"
 

@@ -2,6 +2,7 @@
 // Command-line conventions shared by fedda's executables (CLI11, header-only).
 
 #include <exception>
+#include <iostream>
 #include <string>
 
 #include <CLI/CLI.hpp>
@@ -29,9 +30,24 @@ inline std::string chosen_command(CLI::App& app) {
   return out;
 }
 
+// A first word that names no subcommand of `app`: "unknown command 'WORD' (a, b, c)"; empty when
+// the first word left over is an option or there is none (CLI11 alone says only that a
+// subcommand is required).
+inline std::string unknown_command(CLI::App& app) {
+  const auto left = app.remaining();
+  if (left.empty() || left.front().empty() || left.front()[0] == '-') return {};
+  std::string names;
+  for (const auto* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+    names += (names.empty() ? "" : ", ") + sub->get_name();
+  }
+  if (names.empty()) return {};
+  return "unknown command '" + left.front() + "' (" + names + ")";
+}
+
 // Parses `argv` and runs the chosen subcommand's callback. Returns CLI11's exit code for --help
-// and usage errors, 1 for an exception nobody caught (a fault: an expected failure is an Error),
-// logged as "COMPONENT COMMAND: internal error: WHAT", else `rc`, the code the callback set.
+// and usage errors (a first word that is no command is named, with the commands), 1 for an
+// exception nobody caught (a fault: an expected failure is an Error), logged as "COMPONENT
+// COMMAND: internal error: WHAT", else `rc`, the code the callback set.
 inline int run(CLI::App& app, int argc, char** argv, const int& rc, const std::string& component) {
   const auto internal = [&](const std::string& what) {
     const auto command = chosen_command(app);
@@ -40,6 +56,12 @@ inline int run(CLI::App& app, int argc, char** argv, const int& rc, const std::s
   };
   try {
     app.parse(argc, argv);
+  } catch (const CLI::RequiredError& e) {
+    if (const auto unknown = chosen_command(app).empty() ? unknown_command(app) : std::string(); !unknown.empty()) {
+      std::cerr << component << ": " << unknown << "\nRun with --help for more information.\n";
+      return e.get_exit_code();
+    }
+    return app.exit(e);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const std::exception& e) {

@@ -490,21 +490,26 @@ struct NamedFile {
   std::string bytes;
 };
 
-// What an operator asks of the coordinator (AdminRequest::command): each name spelled here only.
-namespace admin_command {
-inline constexpr const char* submit = "submit";      // queue a job file
-inline constexpr const char* clone = "clone";        // queue a copy of a job with changes
-inline constexpr const char* remove = "delete";      // forget an ended job
-inline constexpr const char* jobs = "jobs";          // list the jobs
-inline constexpr const char* status = "status";      // one job, round by round
-inline constexpr const char* abort = "abort";        // stop a job after its round
-inline constexpr const char* resume = "resume";      // take an aborted job up again
-inline constexpr const char* download = "download";  // a finished job's model
-inline constexpr const char* sites = "sites";        // the consortium's sites
-inline constexpr const char* admit = "admit";        // admit a site's kit
-inline constexpr const char* revoke = "revoke";      // revoke a site
-inline constexpr const char* logs = "logs";          // a site's recent log lines, as its policy allows
-}  // namespace admin_command
+// An operator's role, as its signed manifest names it: a viewer reads, a member also queues
+// jobs and stops or resumes its own, a lead does everything (each includes the one before).
+enum class OperatorRole : std::uint8_t { viewer, member, lead };
+const char* operator_role_name(OperatorRole role);
+Result<OperatorRole> parse_operator_role(const std::string& name);  // error: "role 'x' is not lead, member or viewer"
+
+// What an operator asks of the coordinator. On the wire (AdminRequest::command) a command
+// travels as its name; admin_commands() is the one list of them: name, the least role that may
+// use it, and what it does (the admin service dispatches on it; errors list its names).
+enum class AdminCommand : std::uint8_t { submit, clone, remove, jobs, status, abort, resume, download, sites, admit, revoke, logs };
+struct AdminCommandInfo {
+  AdminCommand command;
+  const char* name;
+  OperatorRole needs;  // a member may abort or resume only the jobs it submitted
+  const char* what;
+};
+const std::vector<AdminCommandInfo>& admin_commands();  // in enum order
+const char* admin_command_name(AdminCommand command);
+// Error: "unknown command 'x' (submit, clone, ...)".
+Result<AdminCommand> parse_admin_command(const std::string& name);
 
 // The sender id the coordinator signs its messages with; sites accept nothing else as from it.
 inline constexpr const char* kCoordinatorSender = "coordinator";

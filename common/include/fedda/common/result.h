@@ -23,10 +23,11 @@ enum class ErrorKind : std::uint8_t {
 };
 inline constexpr std::uint8_t kLastErrorKind = static_cast<std::uint8_t>(ErrorKind::internal);
 
+// The kind's name where a program reads it (fedda-admin --json's "kind").
 inline const char* error_kind_name(ErrorKind kind) {
   switch (kind) {
     case ErrorKind::invalid: return "invalid";
-    case ErrorKind::not_found: return "not found";
+    case ErrorKind::not_found: return "not_found";
     case ErrorKind::refused: return "refused";
     case ErrorKind::internal: return "internal";
   }

@@ -63,10 +63,10 @@ struct ExperimentBudget {
   protocol::KdLoss kd_loss = protocol::KdLoss::hinton;
   double kd_hard_weight = 0;             // supervised term on the teacher's confident voxels
   double kd_confidence = 0.5;
-  // Batch norm across domains: centralized kd / ada recompute it on the target (target) or not
-  // (shared); federated jobs keep it at each site (local: FedBN) or average it (shared). FedBN
-  // by default: on the quick grid (seed 31415) it took the federated U-bound from 0.286 to 0.308
-  // against 0.321 centralized (README, "Federated against centralized").
+  // Batch norm across domains: centralized kd / ada recompute it on the target (local: AdaBN) or
+  // not (shared); federated jobs keep it at each site (local: FedBN) or average it (shared). What
+  // each choice measured, and why FedBN is the federated default: README, "Federated against
+  // centralized".
   protocol::BnStatistics bn_statistics = protocol::BnStatistics::shared;  // centralized kd / ada (TrainConfig)
   protocol::BnStatistics federated_bn = protocol::BnStatistics::local;
   protocol::ServerOptimizer server_optimizer = protocol::ServerOptimizer::fedavg;
@@ -81,9 +81,9 @@ struct ExperimentBudget {
   models::Recipe noisy_augmentation = *models::recipe_preset("heavy");
 };
 
-// A teacher's mean Dice on its own training scans below this has learned nothing of its source
-// (on the standard grid of seed 27449 the singapore teacher's loss stalled at 0.98 and it
-// segmented nothing, which made every method 0.000 on both of its pairs).
+// A teacher's mean Dice on its own training scans below this has learned nothing of its source:
+// the experiment draws it again (a teacher that segments nothing makes every method of its pairs
+// score 0; README, "Teachers that learn nothing", has the case that set this).
 inline constexpr double kTeacherLearnedDice = 0.05;
 
 // Error lists the profiles.

@@ -24,8 +24,8 @@
 #include "fedda/common/settings.h"
 #include "fedda/imaging/dataset.h"
 #include "fedda/imaging/metrics.h"
-#include "fedda/models/model_spec.h"
-#include "fedda/models/recipe.h"
+#include "fedda/models_core/model_spec.h"
+#include "fedda/models_core/recipe.h"
 
 namespace fedda::models {
 

@@ -15,11 +15,11 @@
 #include "fedda/common/tensors.h"
 #include "fedda/imaging/dataset.h"
 #include "fedda/models/engine.h"
-#include "fedda/models/model_spec.h"
-#include "fedda/models/weights.h"
+#include "fedda/models_core/model_spec.h"
+#include "fedda/models_core/weights.h"
 #include "fedda/common/protocol.h"
-#include "fedda/models/precision.h"
-#include "fedda/models/recipe.h"
+#include "fedda/models_core/precision.h"
+#include "fedda/models_core/recipe.h"
 
 namespace fedda::models {
 

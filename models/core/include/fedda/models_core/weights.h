@@ -14,7 +14,7 @@
 
 #include "fedda/common/result.h"
 #include "fedda/common/tensors.h"
-#include "fedda/models/model_spec.h"
+#include "fedda/models_core/model_spec.h"
 
 namespace fedda::models {
 
