@@ -1,24 +1,33 @@
 #!/bin/bash
-# What differential privacy costs a kd student (README, "Differential privacy"): quick data with
-# 20 subjects a clinic, a federated teacher at utrecht, then kd without dp and at epsilon 8, 3
-# and 1 (the job files beside this script), on a local consortium. Prints each job's mean Dice
-# per target and each site's noise multiplier, final epsilon and seconds per step.
-#   benchmarks/dp/run.sh [BUILD_BIN] [OUT] [SEED]
+# What differential privacy costs a kd student, or ADA (README, "Differential privacy"): quick
+# data with 20 subjects a clinic, a federated teacher at utrecht, then each method without dp
+# and at epsilon 8, 3 and 1 (the job files beside this script), on a local consortium. Prints
+# each job's mean Dice per target and each site's noise multiplier, final epsilon and seconds
+# per step. METHODS: kd (default), ada, or "kd ada".
+#   benchmarks/dp/run.sh [BUILD_BIN] [OUT] [SEED] [METHODS]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=${1:-build/bin}
 out=${2:-build/dp-utility}
 seed=${3:-50411}
+methods=${4:-kd}
+names=(teacher-utrecht)
+args=(--job "$here/teacher.yaml")
+for m in $methods; do
+  for e in none 8 3 1; do
+    names+=("$m-$e")
+    args+=(--job "$here/$m-$e.yaml")
+  done
+done
 mkdir -p "$out"
 [ -d "$out/data" ] || "$bin/fedda-sim" generate --profile quick --subjects 20 --seed "$seed" --out "$out/data"
 start=$(date +%s)
-"$bin/fedda-sim" consortium --data "$out/data" --job "$here/teacher.yaml" --job "$here/kd-none.yaml" \
-  --job "$here/kd-8.yaml" --job "$here/kd-3.yaml" --job "$here/kd-1.yaml" --out "$out/run" > "$out/run.log" 2>&1
+"$bin/fedda-sim" consortium --data "$out/data" "${args[@]}" --out "$out/run" > "$out/run.log" 2>&1
 echo "consortium: $(( $(date +%s) - start )) s (log $out/run.log)"
-/usr/bin/python3 - "$out/run/jobs" <<'PY'
+/usr/bin/python3 - "$out/run/jobs" "${names[@]}" <<'PY'
 import json, sys, pathlib
 jobs = pathlib.Path(sys.argv[1])
-for job in ["teacher-utrecht", "kd-none", "kd-8", "kd-3", "kd-1"]:
+for job in sys.argv[2:]:
     rounds = [json.loads(l) for l in open(jobs / job / "rounds.jsonl") if l.strip()]
     per_site = {}
     for r in rounds:

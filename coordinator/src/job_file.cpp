@@ -30,9 +30,8 @@ Status validate_dp(const protocol::JobSpec& j) {
     return Status::success();
   }
   if (!std::isfinite(dp.clip_norm)) return make_error("dp: clip_norm must be a positive number");
-  if (j.type != protocol::JobType::teacher && j.type != protocol::JobType::kd) {
-    return make_error("dp: applies to teacher and kd jobs; an " + std::string(protocol::job_type_name(j.type)) +
-                      " job's discriminator gradients are not made private");
+  if (j.type == protocol::JobType::evaluate) {
+    return make_error("dp: applies to the jobs that train (teacher, kd, ada); an evaluate job sends only scores");
   }
   const bool noise = dp.noise_multiplier != 0, target = dp.target_epsilon != 0;
   if (noise == target) return make_error("dp: give noise_multiplier or target_epsilon (one of them)");

@@ -44,24 +44,22 @@ torch::Tensor SecretRandom::gaussian(torch::IntArrayRef sizes, double sd) {
   return out;
 }
 
-DpStepResult dp_step(torch::nn::Module& net, torch::optim::Optimizer& optimizer, const std::vector<ScanSlices>& scans,
-                     const DpSgd& dp, const std::function<Batch(const ScanSlices&)>& micro_batch,
-                     const std::function<torch::Tensor(const Batch&)>& loss, SecretRandom& secret) {
-  std::vector<torch::Tensor> params;
-  for (const auto& p : net.parameters()) {
-    if (p.requires_grad()) params.push_back(p);
-  }
+DpStepResult dp_gradient(const std::vector<torch::Tensor>& params, const std::vector<ScanSlices>& scans,
+                         const DpSgd& dp, const std::function<double(const ScanSlices&)>& backward,
+                         SecretRandom& secret) {
   std::vector<torch::Tensor> sum;
   for (const auto& p : params) sum.push_back(torch::zeros_like(p));
+  const auto zero_grads = [&] {
+    for (const auto& p : params) {
+      if (p.grad().defined()) p.mutable_grad().zero_();
+    }
+  };
   DpStepResult result;
   double loss_sum = 0;
   for (const auto& scan : scans) {
     if (!(secret.uniform() <= dp.sample_rate)) continue;  // Poisson sampling, unknown to anyone else
-    const Batch b = micro_batch(scan);
-    optimizer.zero_grad();
-    const auto l = loss(b);
-    l.backward();
-    loss_sum += l.item<double>();
+    zero_grads();
+    loss_sum += backward(scan);
     ++result.subjects;
     torch::NoGradGuard no_grad;
     double squared = 0;
@@ -74,21 +72,35 @@ DpStepResult dp_step(torch::nn::Module& net, torch::optim::Optimizer& optimizer,
       if (params[i].grad().defined()) sum[i].add_(params[i].grad(), scale);
     }
   }
-  {
-    torch::NoGradGuard no_grad;
-    const double expected = dp.sample_rate * static_cast<double>(scans.size());
-    for (std::size_t i = 0; i < params.size(); ++i) {
-      auto n = secret.gaussian(sum[i].sizes(), dp.noise_multiplier * dp.clip_norm);
-      auto g = (sum[i] + n.to(sum[i].device(), sum[i].scalar_type())) / expected;
-      if (params[i].grad().defined()) {
-        params[i].mutable_grad().copy_(g);
-      } else {
-        params[i].mutable_grad() = g;
-      }
+  torch::NoGradGuard no_grad;
+  const double expected = dp.sample_rate * static_cast<double>(scans.size());
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    auto n = secret.gaussian(sum[i].sizes(), dp.noise_multiplier * dp.clip_norm);
+    auto g = (sum[i] + n.to(sum[i].device(), sum[i].scalar_type())) / expected;
+    if (params[i].grad().defined()) {
+      params[i].mutable_grad().copy_(g);
+    } else {
+      params[i].mutable_grad() = g;
     }
   }
-  optimizer.step();
   result.loss = result.subjects > 0 ? loss_sum / result.subjects : 0;
+  return result;
+}
+
+DpStepResult dp_step(torch::nn::Module& net, torch::optim::Optimizer& optimizer, const std::vector<ScanSlices>& scans,
+                     const DpSgd& dp, const std::function<Batch(const ScanSlices&)>& micro_batch,
+                     const std::function<torch::Tensor(const Batch&)>& loss, SecretRandom& secret) {
+  std::vector<torch::Tensor> params;
+  for (const auto& p : net.parameters()) {
+    if (p.requires_grad()) params.push_back(p);
+  }
+  const auto backward = [&](const ScanSlices& scan) {
+    const auto l = loss(micro_batch(scan));
+    l.backward();
+    return l.item<double>();
+  };
+  const auto result = dp_gradient(params, scans, dp, backward, secret);
+  optimizer.step();
   return result;
 }
 

@@ -55,10 +55,21 @@ struct DpStepResult {
   int subjects = 0;  // how many joined
 };
 
-// One DP-SGD step over `scans` (one per subject): who joins and the noise from `secret`.
-// `micro_batch` draws a subject's slices (its augmentation may use the job's seed), `loss`
-// scores them. A step that no subject joined still steps, on the noise alone: the analysis
-// counts every step. The parameters' gradients are left as the step used them.
+// The private gradient of one step over `scans` (one per subject), in `params`' gradients: each
+// subject joins with probability dp.sample_rate (drawn from `secret`); `backward` draws a joined
+// subject's micro-batch, leaves that subject's gradient in `params` (they are zeroed before each
+// call) and returns its loss; the gradient is clipped to dp.clip_norm over all of `params` at
+// once, the clipped ones summed, Gaussian noise of sd noise_multiplier * clip_norm added to every
+// coordinate and the sum divided by q * N. A step that no subject joined gives the noise alone:
+// the analysis counts every step. `params` may span several modules (ADA: the segmenter's and
+// the discriminator's, one vector for the clip, so one mechanism for both).
+DpStepResult dp_gradient(const std::vector<torch::Tensor>& params, const std::vector<ScanSlices>& scans,
+                         const DpSgd& dp, const std::function<double(const ScanSlices&)>& backward,
+                         SecretRandom& secret);
+
+// One DP-SGD step of `net` (its parameters that require a gradient): dp_gradient, then the
+// optimiser's step. `micro_batch` draws a subject's slices (its augmentation may use the job's
+// seed), `loss` scores them. The parameters' gradients are left as the step used them.
 DpStepResult dp_step(torch::nn::Module& net, torch::optim::Optimizer& optimizer, const std::vector<ScanSlices>& scans,
                      const DpSgd& dp, const std::function<Batch(const ScanSlices&)>& micro_batch,
                      const std::function<torch::Tensor(const Batch&)>& loss, SecretRandom& secret);

@@ -198,9 +198,7 @@ struct SiteTrainer::Impl {
   Status resolve_dp() {
     const auto& d = options.dp;
     if (!d.enabled()) return Status::success();
-    if (options.type != JobType::teacher && options.type != JobType::kd) {
-      return make_error("dp: applies to teacher and kd jobs");
-    }
+    if (options.type == JobType::evaluate) return make_error("dp: an evaluate job does not train");
     dp.on = true;
     dp.clip_norm = d.clip_norm;
     dp.delta = d.delta;
@@ -355,45 +353,92 @@ Result<LocalUpdate> SiteTrainer::train(int round, const TensorSet& model, const 
     for (const auto& p : m.discriminator->parameters()) grad_sums.push_back(torch::zeros_like(p));
   }
   const auto options = torch::TensorOptions(torch::kInt64).device(m.device);
+  const double lesion_fraction = ada && o.domain == 1 ? 0.0 : o.lesion_slice_fraction;
   double loss_sum = 0;
-  // The loss of a teacher or kd batch (ADA's is built in the loop below).
+  // The loss of a teacher or kd batch.
   const auto supervised_or_kd = [&](const torch::Tensor& logits, const Batch& b) {
     if (o.type == JobType::teacher) return supervised_loss(logits, b.labels, o.dice_weight);
     return kd_loss(logits, b.soft, o.temperature, KdObjective{o.kd_loss, o.kd_hard_weight, o.kd_confidence, o.dice_weight});
   };
+  // An ADA batch: the discriminator's gradient on the segmenter's output for this site's domain,
+  // left in its parameters' gradients (what the site sends, summed over the round), and the
+  // segmenter's loss: supervised at the source, adversarial (weighted) at a target; undefined
+  // where there is none (a target before the warm-up rounds end).
+  const auto ada_batch = [&](const Batch& b) {
+    const auto logits = m.net->forward(b.images);
+    const auto output = torch::softmax(logits, 1);
+    const auto n = b.images.size(0);
+    m.discriminator->zero_grad();
+    torch::nn::functional::cross_entropy(m.discriminator->forward(output.detach()), torch::full({n}, o.domain, options))
+        .backward();
+    torch::Tensor loss;
+    if (o.domain == 0) {
+      loss = supervised_loss(logits, b.labels, o.dice_weight);
+    } else if (adversarial_weight > 0) {
+      loss = adversarial_weight *
+             torch::nn::functional::cross_entropy(m.discriminator->forward(output), torch::zeros({n}, options));
+    }
+    return loss;
+  };
+  const auto add_discriminator_grads = [&] {
+    std::size_t k = 0;
+    for (const auto& p : m.discriminator->parameters()) grad_sums[k++] += p.grad();
+  };
   if (m.dp.on) {
     const DpSgd dp{m.dp.clip_norm, m.dp.noise_multiplier, m.dp.sample_rate};
     const auto micro_batch = [&](const ScanSlices& scan) {
-      return sample_batch(std::vector<ScanSlices>{scan}, o.dp.slices_per_subject, o.lesion_slice_fraction, recipe, rng,
-                          m.device);
+      return sample_batch(std::vector<ScanSlices>{scan}, o.dp.slices_per_subject, lesion_fraction, recipe, rng, m.device);
     };
-    const auto loss_of = [&](const Batch& b) { return supervised_or_kd(m.net->forward(b.images), b); };
-    for (int s = 0; s < steps; ++s) {
-      const auto r = dp_step(*m.net, *m.optimizer, m.scans, dp, micro_batch, loss_of, m.secret);
-      if (!std::isfinite(r.loss)) return make_error("training diverged in round " + std::to_string(round));
-      loss_sum += r.loss;
+    if (!ada) {
+      const auto loss_of = [&](const Batch& b) { return supervised_or_kd(m.net->forward(b.images), b); };
+      for (int s = 0; s < steps; ++s) {
+        const auto r = dp_step(*m.net, *m.optimizer, m.scans, dp, micro_batch, loss_of, m.secret);
+        if (!std::isfinite(r.loss)) return make_error("training diverged in round " + std::to_string(round));
+        loss_sum += r.loss;
+      }
+    } else {
+      // Both what leaves an ADA site derive from its patients: the discriminator's gradients it
+      // sends and the segmenter it steps. Per subject they are one vector, clipped together and
+      // noised together: one Gaussian mechanism a step, counted as a kd or teacher step is.
+      std::vector<torch::Tensor> params, disc;
+      for (const auto& p : m.net->parameters()) {
+        if (p.requires_grad()) params.push_back(p);
+      }
+      for (const auto& p : m.discriminator->parameters()) {
+        params.push_back(p);
+        disc.push_back(p);
+      }
+      const bool segmenter_steps = o.domain == 0 || adversarial_weight > 0;
+      const auto backward = [&](const ScanSlices& scan) {
+        const auto loss = ada_batch(micro_batch(scan));
+        std::vector<torch::Tensor> kept;
+        for (const auto& p : disc) kept.push_back(p.grad().clone());
+        double l = 0;
+        if (loss.defined()) {
+          loss.backward();  // into the segmenter (and, through it, the discriminator: put back below)
+          l = loss.item<double>();
+        }
+        torch::NoGradGuard no_grad;
+        for (std::size_t i = 0; i < disc.size(); ++i) disc[i].mutable_grad().copy_(kept[i]);
+        return l;
+      };
+      for (int s = 0; s < steps; ++s) {
+        const auto r = dp_gradient(params, m.scans, dp, backward, m.secret);
+        if (!std::isfinite(r.loss)) return make_error("training diverged in round " + std::to_string(round));
+        add_discriminator_grads();
+        if (segmenter_steps) m.optimizer->step();
+        loss_sum += r.loss;
+      }
     }
   } else {
     for (int s = 0; s < steps; ++s) {
-      const double lesion_fraction = ada && o.domain == 1 ? 0.0 : o.lesion_slice_fraction;
       const Batch b = sample_batch(m.scans, o.batch_size, lesion_fraction, recipe, rng, m.device);
-      const auto logits = m.net->forward(b.images);
       torch::Tensor loss;
       if (o.type == JobType::teacher || o.type == JobType::kd) {
-        loss = supervised_or_kd(logits, b);
+        loss = supervised_or_kd(m.net->forward(b.images), b);
       } else {
-        const auto output = torch::softmax(logits, 1);
-        const auto domain = torch::full({o.batch_size}, o.domain, options);
-        m.discriminator->zero_grad();
-        torch::nn::functional::cross_entropy(m.discriminator->forward(output.detach()), domain).backward();
-        std::size_t k = 0;
-        for (const auto& p : m.discriminator->parameters()) grad_sums[k++] += p.grad();
-        if (o.domain == 0) {
-          loss = supervised_loss(logits, b.labels, o.dice_weight);
-        } else if (adversarial_weight > 0) {
-          loss = adversarial_weight * torch::nn::functional::cross_entropy(m.discriminator->forward(output),
-                                                                           torch::zeros({o.batch_size}, options));
-        }
+        loss = ada_batch(b);
+        add_discriminator_grads();
       }
       if (loss.defined()) {
         const double l = descend(*m.optimizer, loss, gradient_clip(o.recipe));

@@ -222,6 +222,47 @@ TEST_F(Federation, ADpJobRecordsEachSitesEpsilonRisingToItsTarget) {
   EXPECT_TRUE(fs::exists(dir_ / "jobs" / "kd-dp" / "results.csv"));
 }
 
+// ADA under differential privacy: the source's supervised steps, the target's adversarial ones
+// and the discriminator gradients both send are one private mechanism a step at each site, so
+// each site's epsilon rises to the target exactly as a kd job's does, and the job still trains.
+TEST_F(Federation, AnAdaJobUnderDpRecordsEachSitesEpsilonAndTrains) {
+  const auto job = kd_job("ada-dp", {"utrecht", "amsterdam"}, 3, 4, 2);
+  auto text = testing::read_text(job);
+  text.replace(text.find("type: kd"), 8, "type: ada");
+  std::ofstream(job) << text << "ada_warmup_rounds: 1\nada_weight: 0.1\n"
+                     << "dp: {clip_norm: 1.0, target_epsilon: 8, delta: 1.0e-5, slices_per_subject: 2}\n";
+  auto coordinator = start_coordinator(job, "tcp://127.0.0.1:0");
+  const auto endpoint = wait_for_endpoint();
+  auto utrecht = start_agent("utrecht", endpoint);
+  auto amsterdam = start_agent("amsterdam", endpoint);
+  ASSERT_EQ(coordinator->wait(240s), 0) << testing::read_text(coordinator_log());
+  const auto r = rounds("ada-dp");
+  ASSERT_EQ(r.size(), 3u);
+  std::map<std::string, double> previous;
+  for (const auto& round : r) {
+    ASSERT_EQ(round["sites"].size(), 2u) << round.dump();
+    for (const auto& s : round["sites"]) {
+      ASSERT_TRUE(s.contains("epsilon")) << round.dump();
+      const double e = s["epsilon"].get<double>();
+      EXPECT_GT(e, previous[s["site"].get<std::string>()]) << round.dump();
+      EXPECT_LE(e, 8 * 1.0001) << round.dump();
+      previous[s["site"].get<std::string>()] = e;
+    }
+  }
+  ASSERT_EQ(previous.size(), 2u);
+  for (const auto& [site, e] : previous) EXPECT_NEAR(e, 8.0, 0.05) << site;
+  for (const char* site : {"utrecht", "amsterdam"}) {
+    EXPECT_NE(testing::read_text(dir_ / (std::string(site) + ".log")).find("patient-level DP-SGD"), std::string::npos)
+        << site;
+  }
+  const auto model = models::read_model_weights(dir_ / "jobs" / "ada-dp" / "model.pt");
+  ASSERT_TRUE(model) << model.error().message;
+  const auto start = models::read_model_weights(teacher()).value();
+  EXPECT_GT(l2_distance(model->weights, start.weights), 1e-4);  // it moved from the teacher
+  EXPECT_TRUE(std::isfinite(l2_distance(model->weights, start.weights)));
+  EXPECT_TRUE(fs::exists(dir_ / "jobs" / "ada-dp" / "results.csv"));
+}
+
 // Sites with different hardware federate together: one computes in bfloat16 (as a site with
 // AVX512-BF16 would pick), the other in float32; each says which in rounds.jsonl, and what
 // crosses the wire, the average and the final model stay float32.

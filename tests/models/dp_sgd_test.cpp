@@ -57,6 +57,41 @@ TEST(DpSgd, OnePatientsGradientIsClippedToTheNorm) {
   EXPECT_NEAR(a.norm().item<double>(), 0.2, 1e-5);  // honest patients are not clipped
 }
 
+// ADA: what a site sends (the discriminator's gradient) and the segmenter it steps are one
+// vector per patient, so the clip holds over both together, not over each.
+TEST(DpSgd, AGradientOverTwoModulesIsClippedAsOneVector) {
+  SecretRandom secret;
+  const int n = 10;
+  const DpSgd dp{1.0, 0.0, 1.0};
+  torch::nn::Linear a{torch::nn::LinearOptions(4, 1).bias(false)}, b{torch::nn::LinearOptions(4, 1).bias(false)};
+  std::vector<ScanSlices> patients(n);
+  for (int i = 0; i < n; ++i) patients[i].id = "p" + std::to_string(i);
+  const std::vector<torch::Tensor> params = {a->weight, b->weight};
+  // Each module's gradient is x (0.1 per feature: norm 0.2 each, 0.283 together); patient p3's is
+  // 100x (28.3 together). Clipped as one vector, p3 adds at most C / n to the joint mean.
+  const auto mean_gradient = [&](int outlier) {
+    const auto backward = [&](const ScanSlices& s) {
+      auto x = torch::full({1, 4}, 0.1f);
+      if (s.id == "p" + std::to_string(outlier)) x *= 100;
+      const auto l = a->forward(x).sum() + b->forward(x).sum();
+      l.backward();
+      return l.item<double>();
+    };
+    const auto r = dp_gradient(params, patients, dp, backward, secret);
+    EXPECT_EQ(r.subjects, n);
+    return torch::cat({a->weight.grad().flatten(), b->weight.grad().flatten()}).clone();
+  };
+  const auto honest = mean_gradient(-1), hostile = mean_gradient(3);
+  EXPECT_NEAR(honest.norm().item<double>(), std::sqrt(8 * 0.01), 1e-5);  // unclipped
+  const double extra = (hostile - honest).norm().item<double>();
+  EXPECT_LE(extra, 1.0 / n + 1e-6);
+  EXPECT_GT(extra, 0.05);
+  // Clipped jointly, the outlier's two halves keep their proportion (each module clipped alone
+  // would also give 1 / n apiece, sqrt(2) / n together).
+  const auto d = hostile - honest;
+  EXPECT_NEAR(d.slice(0, 0, 4).norm().item<double>(), d.slice(0, 4, 8).norm().item<double>(), 1e-6);
+}
+
 TEST(DpSgd, TheNoiseHasTheScaleTheAccountantAssumes) {
   SecretRandom secret;
   const int n = 20;
