@@ -234,6 +234,111 @@ struct SiteTrainer::Impl {
       if (std::count(batch_norm.begin(), batch_norm.end(), name)) local_norm.push_back(tensor.detach().clone());
     }
   }
+
+  // ---- one round's steps (train): the sum of the steps' losses, or why training stopped ----
+
+  // The loss of a teacher or kd batch.
+  torch::Tensor supervised_or_kd(const torch::Tensor& logits, const Batch& b) const {
+    const auto& o = options;
+    if (o.type == JobType::teacher) return supervised_loss(logits, b.labels, o.dice_weight);
+    return kd_loss(logits, b.soft, o.temperature, KdObjective{o.kd_loss, o.kd_hard_weight, o.kd_confidence, o.dice_weight});
+  }
+  // An ADA batch: the discriminator's gradient on the segmenter's output for this site's domain,
+  // left in its parameters' gradients (what the site sends, summed over the round), and the
+  // segmenter's loss: supervised at the source, adversarial (weighted) at a target; undefined
+  // where there is none (a target before the warm-up rounds end).
+  torch::Tensor ada_batch(const Batch& b, double adversarial_weight) {
+    const auto labels = torch::TensorOptions(torch::kInt64).device(device);
+    const auto logits = net->forward(b.images);
+    const auto output = torch::softmax(logits, 1);
+    const auto n = b.images.size(0);
+    discriminator->zero_grad();
+    torch::nn::functional::cross_entropy(discriminator->forward(output.detach()), torch::full({n}, options.domain, labels))
+        .backward();
+    torch::Tensor loss;
+    if (options.domain == 0) {
+      loss = supervised_loss(logits, b.labels, options.dice_weight);
+    } else if (adversarial_weight > 0) {
+      loss = adversarial_weight *
+             torch::nn::functional::cross_entropy(discriminator->forward(output), torch::zeros({n}, labels));
+    }
+    return loss;
+  }
+  void add_discriminator_grads(std::vector<torch::Tensor>& grad_sums) const {
+    std::size_t k = 0;
+    for (const auto& p : discriminator->parameters()) grad_sums[k++] += p.grad();
+  }
+  static Error diverged(int round) { return make_error("training diverged in round " + std::to_string(round)); }
+
+  Result<double> plain_steps(int round, int steps, double lesion_fraction, const Recipe& recipe, std::mt19937_64& rng,
+                             double adversarial_weight, std::vector<torch::Tensor>& grad_sums) {
+    double loss_sum = 0;
+    for (int s = 0; s < steps; ++s) {
+      const Batch b = sample_batch(scans, options.batch_size, lesion_fraction, recipe, rng, device);
+      torch::Tensor loss;
+      if (options.type == JobType::ada) {
+        loss = ada_batch(b, adversarial_weight);
+        add_discriminator_grads(grad_sums);
+      } else {
+        loss = supervised_or_kd(net->forward(b.images), b);
+      }
+      if (!loss.defined()) continue;
+      const double l = descend(*optimizer, loss, gradient_clip(options.recipe));
+      if (!std::isfinite(l)) return diverged(round);
+      loss_sum += l;
+    }
+    return loss_sum;
+  }
+
+  using MicroBatch = std::function<Batch(const ScanSlices&)>;
+  Result<double> private_steps(int round, int steps, const DpSgd& dp, const MicroBatch& micro_batch) {
+    const auto loss_of = [&](const Batch& b) { return supervised_or_kd(net->forward(b.images), b); };
+    double loss_sum = 0;
+    for (int s = 0; s < steps; ++s) {
+      const auto r = dp_step(*net, *optimizer, scans, dp, micro_batch, loss_of, secret);
+      if (!std::isfinite(r.loss)) return diverged(round);
+      loss_sum += r.loss;
+    }
+    return loss_sum;
+  }
+
+  // Both what leaves an ADA site derive from its patients: the discriminator's gradients it sends
+  // and the segmenter it steps. Per subject they are one vector, clipped together and noised
+  // together: one Gaussian mechanism a step, counted as a kd or teacher step is.
+  Result<double> private_ada_steps(int round, int steps, const DpSgd& dp, const MicroBatch& micro_batch,
+                                   double adversarial_weight, std::vector<torch::Tensor>& grad_sums) {
+    std::vector<torch::Tensor> params, disc;
+    for (const auto& p : net->parameters()) {
+      if (p.requires_grad()) params.push_back(p);
+    }
+    for (const auto& p : discriminator->parameters()) {
+      params.push_back(p);
+      disc.push_back(p);
+    }
+    const bool segmenter_steps = options.domain == 0 || adversarial_weight > 0;
+    const auto backward = [&](const ScanSlices& scan) {
+      const auto loss = ada_batch(micro_batch(scan), adversarial_weight);
+      std::vector<torch::Tensor> kept;
+      for (const auto& p : disc) kept.push_back(p.grad().clone());
+      double l = 0;
+      if (loss.defined()) {
+        loss.backward();  // into the segmenter (and, through it, the discriminator: put back below)
+        l = loss.item<double>();
+      }
+      torch::NoGradGuard no_grad;
+      for (std::size_t i = 0; i < disc.size(); ++i) disc[i].mutable_grad().copy_(kept[i]);
+      return l;
+    };
+    double loss_sum = 0;
+    for (int s = 0; s < steps; ++s) {
+      const auto r = dp_gradient(params, scans, dp, backward, secret);
+      if (!std::isfinite(r.loss)) return diverged(round);
+      add_discriminator_grads(grad_sums);
+      if (segmenter_steps) optimizer->step();
+      loss_sum += r.loss;
+    }
+    return loss_sum;
+  }
 };
 
 SiteTrainer::SiteTrainer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -352,104 +457,22 @@ Result<LocalUpdate> SiteTrainer::train(int round, const TensorSet& model, const 
     m.discriminator->train();
     for (const auto& p : m.discriminator->parameters()) grad_sums.push_back(torch::zeros_like(p));
   }
-  const auto options = torch::TensorOptions(torch::kInt64).device(m.device);
   const double lesion_fraction = ada && o.domain == 1 ? 0.0 : o.lesion_slice_fraction;
-  double loss_sum = 0;
-  // The loss of a teacher or kd batch.
-  const auto supervised_or_kd = [&](const torch::Tensor& logits, const Batch& b) {
-    if (o.type == JobType::teacher) return supervised_loss(logits, b.labels, o.dice_weight);
-    return kd_loss(logits, b.soft, o.temperature, KdObjective{o.kd_loss, o.kd_hard_weight, o.kd_confidence, o.dice_weight});
-  };
-  // An ADA batch: the discriminator's gradient on the segmenter's output for this site's domain,
-  // left in its parameters' gradients (what the site sends, summed over the round), and the
-  // segmenter's loss: supervised at the source, adversarial (weighted) at a target; undefined
-  // where there is none (a target before the warm-up rounds end).
-  const auto ada_batch = [&](const Batch& b) {
-    const auto logits = m.net->forward(b.images);
-    const auto output = torch::softmax(logits, 1);
-    const auto n = b.images.size(0);
-    m.discriminator->zero_grad();
-    torch::nn::functional::cross_entropy(m.discriminator->forward(output.detach()), torch::full({n}, o.domain, options))
-        .backward();
-    torch::Tensor loss;
-    if (o.domain == 0) {
-      loss = supervised_loss(logits, b.labels, o.dice_weight);
-    } else if (adversarial_weight > 0) {
-      loss = adversarial_weight *
-             torch::nn::functional::cross_entropy(m.discriminator->forward(output), torch::zeros({n}, options));
-    }
-    return loss;
-  };
-  const auto add_discriminator_grads = [&] {
-    std::size_t k = 0;
-    for (const auto& p : m.discriminator->parameters()) grad_sums[k++] += p.grad();
-  };
-  if (m.dp.on) {
+  Result<double> loss_sum = 0.0;
+  if (!m.dp.on) {
+    loss_sum = m.plain_steps(round, steps, lesion_fraction, recipe, rng, adversarial_weight, grad_sums);
+  } else {
     const DpSgd dp{m.dp.clip_norm, m.dp.noise_multiplier, m.dp.sample_rate};
     const auto micro_batch = [&](const ScanSlices& scan) {
       return sample_batch(std::vector<ScanSlices>{scan}, o.dp.slices_per_subject, lesion_fraction, recipe, rng, m.device);
     };
-    if (!ada) {
-      const auto loss_of = [&](const Batch& b) { return supervised_or_kd(m.net->forward(b.images), b); };
-      for (int s = 0; s < steps; ++s) {
-        const auto r = dp_step(*m.net, *m.optimizer, m.scans, dp, micro_batch, loss_of, m.secret);
-        if (!std::isfinite(r.loss)) return make_error("training diverged in round " + std::to_string(round));
-        loss_sum += r.loss;
-      }
-    } else {
-      // Both what leaves an ADA site derive from its patients: the discriminator's gradients it
-      // sends and the segmenter it steps. Per subject they are one vector, clipped together and
-      // noised together: one Gaussian mechanism a step, counted as a kd or teacher step is.
-      std::vector<torch::Tensor> params, disc;
-      for (const auto& p : m.net->parameters()) {
-        if (p.requires_grad()) params.push_back(p);
-      }
-      for (const auto& p : m.discriminator->parameters()) {
-        params.push_back(p);
-        disc.push_back(p);
-      }
-      const bool segmenter_steps = o.domain == 0 || adversarial_weight > 0;
-      const auto backward = [&](const ScanSlices& scan) {
-        const auto loss = ada_batch(micro_batch(scan));
-        std::vector<torch::Tensor> kept;
-        for (const auto& p : disc) kept.push_back(p.grad().clone());
-        double l = 0;
-        if (loss.defined()) {
-          loss.backward();  // into the segmenter (and, through it, the discriminator: put back below)
-          l = loss.item<double>();
-        }
-        torch::NoGradGuard no_grad;
-        for (std::size_t i = 0; i < disc.size(); ++i) disc[i].mutable_grad().copy_(kept[i]);
-        return l;
-      };
-      for (int s = 0; s < steps; ++s) {
-        const auto r = dp_gradient(params, m.scans, dp, backward, m.secret);
-        if (!std::isfinite(r.loss)) return make_error("training diverged in round " + std::to_string(round));
-        add_discriminator_grads();
-        if (segmenter_steps) m.optimizer->step();
-        loss_sum += r.loss;
-      }
-    }
-  } else {
-    for (int s = 0; s < steps; ++s) {
-      const Batch b = sample_batch(m.scans, o.batch_size, lesion_fraction, recipe, rng, m.device);
-      torch::Tensor loss;
-      if (o.type == JobType::teacher || o.type == JobType::kd) {
-        loss = supervised_or_kd(m.net->forward(b.images), b);
-      } else {
-        loss = ada_batch(b);
-        add_discriminator_grads();
-      }
-      if (loss.defined()) {
-        const double l = descend(*m.optimizer, loss, gradient_clip(o.recipe));
-        if (!std::isfinite(l)) return make_error("training diverged in round " + std::to_string(round));
-        loss_sum += l;
-      }
-    }
+    loss_sum = ada ? m.private_ada_steps(round, steps, dp, micro_batch, adversarial_weight, grad_sums)
+                   : m.private_steps(round, steps, dp, micro_batch);
   }
+  if (!loss_sum) return loss_sum.error();
   auto update = m.export_update(model, grad_sums, steps);
   if (!update) return update.error();
-  update->loss = loss_sum / steps;
+  update->loss = *loss_sum / steps;
   update->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return update;
 }

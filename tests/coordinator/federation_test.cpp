@@ -192,6 +192,25 @@ TEST_F(Federation, AScratchStudentWithFedBnAndFedAdamRecordsItsLearningCurve) {
   EXPECT_GT(r[0]["sites"][0]["loss"].get<double>(), 0.05) << r[0].dump();
 }
 
+// Every round of `rounds` (rounds.jsonl) names `sites` sites, each with its epsilon so far and
+// its noise: rising every round, never past `target`, at the target after the last.
+void expect_epsilon_rising_to(const std::vector<nlohmann::json>& rounds, double target, std::size_t sites) {
+  std::map<std::string, double> previous;
+  for (const auto& round : rounds) {
+    ASSERT_EQ(round["sites"].size(), sites) << round.dump();
+    for (const auto& s : round["sites"]) {
+      ASSERT_TRUE(s.contains("epsilon")) << round.dump();
+      const double e = s["epsilon"].get<double>();
+      EXPECT_GT(e, previous[s["site"].get<std::string>()]) << round.dump();
+      EXPECT_LE(e, target * 1.0001) << round.dump();
+      EXPECT_GT(s["noise_multiplier"].get<double>(), 0.0);
+      previous[s["site"].get<std::string>()] = e;
+    }
+  }
+  ASSERT_EQ(previous.size(), sites);
+  for (const auto& [site, e] : previous) EXPECT_NEAR(e, target, 0.05) << site;
+}
+
 // Differential privacy with the patient as the unit, end to end: each site picks the noise that
 // keeps the job's planned steps within the target; every round's record carries each site's
 // epsilon so far, rising to the target and never past it.
@@ -205,19 +224,7 @@ TEST_F(Federation, ADpJobRecordsEachSitesEpsilonRisingToItsTarget) {
   ASSERT_EQ(coordinator->wait(240s), 0) << testing::read_text(coordinator_log());
   const auto r = rounds("kd-dp");
   ASSERT_EQ(r.size(), 3u);
-  std::map<std::string, double> previous;
-  for (const auto& round : r) {
-    ASSERT_EQ(round["sites"].size(), 2u) << round.dump();
-    for (const auto& s : round["sites"]) {
-      ASSERT_TRUE(s.contains("epsilon")) << round.dump();
-      const double e = s["epsilon"].get<double>();
-      EXPECT_GT(e, previous[s["site"].get<std::string>()]) << round.dump();
-      EXPECT_LE(e, 8 * 1.0001) << round.dump();
-      EXPECT_GT(s["noise_multiplier"].get<double>(), 0.0);
-      previous[s["site"].get<std::string>()] = e;
-    }
-  }
-  for (const auto& [site, e] : previous) EXPECT_NEAR(e, 8.0, 0.05) << site;
+  expect_epsilon_rising_to(r, 8.0, 2);
   EXPECT_NE(testing::read_text(dir_ / "utrecht.log").find("patient-level DP-SGD"), std::string::npos);
   EXPECT_TRUE(fs::exists(dir_ / "jobs" / "kd-dp" / "results.csv"));
 }
@@ -238,19 +245,7 @@ TEST_F(Federation, AnAdaJobUnderDpRecordsEachSitesEpsilonAndTrains) {
   ASSERT_EQ(coordinator->wait(240s), 0) << testing::read_text(coordinator_log());
   const auto r = rounds("ada-dp");
   ASSERT_EQ(r.size(), 3u);
-  std::map<std::string, double> previous;
-  for (const auto& round : r) {
-    ASSERT_EQ(round["sites"].size(), 2u) << round.dump();
-    for (const auto& s : round["sites"]) {
-      ASSERT_TRUE(s.contains("epsilon")) << round.dump();
-      const double e = s["epsilon"].get<double>();
-      EXPECT_GT(e, previous[s["site"].get<std::string>()]) << round.dump();
-      EXPECT_LE(e, 8 * 1.0001) << round.dump();
-      previous[s["site"].get<std::string>()] = e;
-    }
-  }
-  ASSERT_EQ(previous.size(), 2u);
-  for (const auto& [site, e] : previous) EXPECT_NEAR(e, 8.0, 0.05) << site;
+  expect_epsilon_rising_to(r, 8.0, 2);
   for (const char* site : {"utrecht", "amsterdam"}) {
     EXPECT_NE(testing::read_text(dir_ / (std::string(site) + ".log")).find("patient-level DP-SGD"), std::string::npos)
         << site;
