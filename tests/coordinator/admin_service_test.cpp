@@ -136,7 +136,8 @@ TEST_F(AdminDispatch, EachRoleIsHeldToTheLeastRoleOfTheCommand) {
   EXPECT_EQ(refusal("vic", AdminCommand::remove), "operator 'vic' is a viewer (read only): delete needs the lead role");
   EXPECT_EQ(refusal("mia", AdminCommand::admit), "operator 'mia' is a member: admit needs the lead role");
   EXPECT_EQ(refusal("mia", AdminCommand::revoke), "operator 'mia' is a member: revoke needs the lead role");
-  // A name the manifests do not give a role reads as a viewer's.
+  // A role string that is not lead, member or viewer reads as a viewer's (the service's backend
+  // never gives one: kits check roles, and without a kit every operator is a lead).
   EXPECT_EQ(refusal("stranger", AdminCommand::abort),
             "operator 'stranger' is a viewer (read only): abort needs the member or lead role");
   for (AdminCommand c : {AdminCommand::jobs, AdminCommand::status, AdminCommand::sites, AdminCommand::download}) {

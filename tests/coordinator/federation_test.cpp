@@ -224,15 +224,16 @@ TEST_F(Federation, ADpJobRecordsEachSitesEpsilonRisingToItsTarget) {
   ASSERT_EQ(coordinator->wait(240s), 0) << testing::read_text(coordinator_log());
   const auto r = rounds("kd-dp");
   ASSERT_EQ(r.size(), 3u);
-  expect_epsilon_rising_to(r, 8.0, 2);
+  ASSERT_NO_FATAL_FAILURE(expect_epsilon_rising_to(r, 8.0, 2));
   EXPECT_NE(testing::read_text(dir_ / "utrecht.log").find("patient-level DP-SGD"), std::string::npos);
   EXPECT_TRUE(fs::exists(dir_ / "jobs" / "kd-dp" / "results.csv"));
 }
 
-// ADA under differential privacy: the source's supervised steps, the target's adversarial ones
-// and the discriminator gradients both send are one private mechanism a step at each site, so
-// each site's epsilon rises to the target exactly as a kd job's does, and the job still trains.
-TEST_F(Federation, AnAdaJobUnderDpRecordsEachSitesEpsilonAndTrains) {
+// ADA under differential privacy, end to end: a job file with dp is taken for ada, each site's
+// epsilon rises to the target exactly as a kd job's does and stops there, and the job finishes
+// with a model (that the noised discriminator gradients are the clipped ones is
+// DpSgd.AGradientOverTwoModulesIsClippedAsOneVector's; this test cannot tell signal from noise).
+TEST_F(Federation, AnAdaJobUnderDpRecordsEachSitesEpsilonRisingToItsTarget) {
   const auto job = kd_job("ada-dp", {"utrecht", "amsterdam"}, 3, 4, 2);
   auto text = testing::read_text(job);
   text.replace(text.find("type: kd"), 8, "type: ada");
@@ -245,7 +246,7 @@ TEST_F(Federation, AnAdaJobUnderDpRecordsEachSitesEpsilonAndTrains) {
   ASSERT_EQ(coordinator->wait(240s), 0) << testing::read_text(coordinator_log());
   const auto r = rounds("ada-dp");
   ASSERT_EQ(r.size(), 3u);
-  expect_epsilon_rising_to(r, 8.0, 2);
+  ASSERT_NO_FATAL_FAILURE(expect_epsilon_rising_to(r, 8.0, 2));
   for (const char* site : {"utrecht", "amsterdam"}) {
     EXPECT_NE(testing::read_text(dir_ / (std::string(site) + ".log")).find("patient-level DP-SGD"), std::string::npos)
         << site;
@@ -253,8 +254,7 @@ TEST_F(Federation, AnAdaJobUnderDpRecordsEachSitesEpsilonAndTrains) {
   const auto model = models::read_model_weights(dir_ / "jobs" / "ada-dp" / "model.pt");
   ASSERT_TRUE(model) << model.error().message;
   const auto start = models::read_model_weights(teacher()).value();
-  EXPECT_GT(l2_distance(model->weights, start.weights), 1e-4);  // it moved from the teacher
-  EXPECT_TRUE(std::isfinite(l2_distance(model->weights, start.weights)));
+  EXPECT_GT(l2_distance(model->weights, start.weights), 1e-4);  // it moved from the teacher (noise moves it too)
   EXPECT_TRUE(fs::exists(dir_ / "jobs" / "ada-dp" / "results.csv"));
 }
 

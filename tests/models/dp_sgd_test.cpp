@@ -67,13 +67,13 @@ TEST(DpSgd, AGradientOverTwoModulesIsClippedAsOneVector) {
   std::vector<ScanSlices> patients(n);
   for (int i = 0; i < n; ++i) patients[i].id = "p" + std::to_string(i);
   const std::vector<torch::Tensor> params = {a->weight, b->weight};
-  // Each module's gradient is x (0.1 per feature: norm 0.2 each, 0.283 together); patient p3's is
-  // 100x (28.3 together). Clipped as one vector, p3 adds at most C / n to the joint mean.
+  // Module a's gradient is x (0.1 per feature, norm 0.2), b's is 2x (norm 0.4): 0.447 together,
+  // under C. Patient p3's is 100x (44.7 together).
   const auto mean_gradient = [&](int outlier) {
     const auto backward = [&](const ScanSlices& s) {
       auto x = torch::full({1, 4}, 0.1f);
       if (s.id == "p" + std::to_string(outlier)) x *= 100;
-      const auto l = a->forward(x).sum() + b->forward(x).sum();
+      const auto l = a->forward(x).sum() + 2 * b->forward(x).sum();
       l.backward();
       return l.item<double>();
     };
@@ -82,14 +82,12 @@ TEST(DpSgd, AGradientOverTwoModulesIsClippedAsOneVector) {
     return torch::cat({a->weight.grad().flatten(), b->weight.grad().flatten()}).clone();
   };
   const auto honest = mean_gradient(-1), hostile = mean_gradient(3);
-  EXPECT_NEAR(honest.norm().item<double>(), std::sqrt(8 * 0.01), 1e-5);  // unclipped
-  const double extra = (hostile - honest).norm().item<double>();
-  EXPECT_LE(extra, 1.0 / n + 1e-6);
-  EXPECT_GT(extra, 0.05);
-  // Clipped jointly, the outlier's two halves keep their proportion (each module clipped alone
-  // would also give 1 / n apiece, sqrt(2) / n together).
+  EXPECT_NEAR(honest.norm().item<double>(), std::sqrt(4 * 0.01 + 4 * 0.04), 1e-5);  // unclipped
+  // Clipped as one vector, p3 adds (1 - 0.447) / n to the joint mean, its halves in a's and b's
+  // proportion, 1 : 2. Each module clipped to C alone would add 0.08 and 0.06: 0.1 in all, 4 : 3.
   const auto d = hostile - honest;
-  EXPECT_NEAR(d.slice(0, 0, 4).norm().item<double>(), d.slice(0, 4, 8).norm().item<double>(), 1e-6);
+  EXPECT_NEAR(d.norm().item<double>(), (1.0 - std::sqrt(0.2)) / n, 1e-5);
+  EXPECT_NEAR(d.slice(0, 4, 8).norm().item<double>() / d.slice(0, 0, 4).norm().item<double>(), 2.0, 1e-4);
 }
 
 TEST(DpSgd, TheNoiseHasTheScaleTheAccountantAssumes) {

@@ -43,7 +43,7 @@ struct SiteJobOptions : LearningSettings {
   int threads = 0;
   std::filesystem::path cache_dir;  // soft labels are kept here between restarts; empty: none
   std::string storage_key;          // 32 bytes: cache files are sealed with AES-256-GCM; empty: plain
-  // Differential privacy (teacher and kd): DP-SGD with the patient as the unit (dp_sgd.h); off
+  // Differential privacy (teacher, kd and ada): DP-SGD with the patient as the unit (dp_sgd.h); off
   // when dp.clip_norm is 0. `planned_steps` (the job's rounds x local_steps) is what a target
   // epsilon is spread over.
   protocol::DpSpec dp;
