@@ -8,6 +8,7 @@
 
 #include "fedda/common/files.h"
 #include "fedda/imaging/nifti_io.h"
+#include "fedda/models/federated.h"
 #include "fedda/models_core/weights.h"
 #include "fedda/simulation/generator.h"
 #include "support/test_support.h"
@@ -170,6 +171,56 @@ TEST_F(Engine, DistillationAndAdversarialAdaptationTrainFromTheTeacherAndProduce
     }
   }
   EXPECT_EQ(subjects.size(), 2u);
+}
+
+// ADA under dp at a target site, through the site's trainer: each patient's segmenter and
+// discriminator gradients are clipped together to C, so the mean discriminator gradient it
+// sends is no longer than C (the raw one is hundreds of times longer; without the clip this test
+// reads 0.93 against C 0.001); in its warm-up rounds (adversarial weight 0, so its step rate is
+// 0) it sends the segmenter back unmoved.
+TEST_F(Engine, AnAdaTargetUnderDpSendsClippedDiscriminatorGradientsAndStepsNoSegmenterInWarmUp) {
+  const auto c = tiny();
+  SiteJobOptions o;
+  o.type = protocol::JobType::ada;
+  o.spec.unet = c.unet;
+  o.spec.grid = c.grid;
+  o.train = clinic("singapore");  // 2 subjects
+  o.domain = 1;
+  o.batch_size = 4;
+  o.threads = 2;
+  o.precision = "float32";
+  o.dp.clip_norm = 1e-3;
+  o.dp.noise_multiplier = 1e-3;  // noise of sd 1e-6 a coordinate: small beside C
+  o.dp.slices_per_subject = 2;   // q = (4 / 2) / 2 = 1: both patients join every step
+  o.planned_steps = 6;
+  auto trainer = SiteTrainer::open(o, {});
+  ASSERT_TRUE(trainer) << trainer.error().message;
+  ASSERT_TRUE((*trainer)->dp().on);
+  EXPECT_DOUBLE_EQ((*trainer)->dp().sample_rate, 1.0);
+  const auto model = new_model_weights(o.spec, 1).value();
+  const auto discriminator = new_discriminator_weights(o.spec, 2).value();
+  const auto norm = [](const TensorSet& t) {
+    TensorSet zero = t;
+    for (auto& w : zero.tensors) w = make_f32(w.name, w.shape, std::vector<float>(to_f32(w).size(), 0.0f));
+    return l2_distance(t, zero);
+  };
+  auto warm_up = (*trainer)->train(1, model, discriminator, 3, 1e-3, 0.0);
+  ASSERT_TRUE(warm_up) << warm_up.error().message;
+  EXPECT_EQ(l2_distance(warm_up->model, model), 0.0);
+  const double sent = norm(warm_up->discriminator_grads);
+  EXPECT_GT(sent, 0.0);
+  EXPECT_LE(sent, 1e-3 * 1.3);
+  auto adversarial = (*trainer)->train(2, model, discriminator, 3, 1e-3, 0.1);
+  ASSERT_TRUE(adversarial) << adversarial.error().message;
+  EXPECT_GT(l2_distance(adversarial->model, model), 0.0);
+  EXPECT_LE(norm(adversarial->discriminator_grads), 1e-3 * 1.3);
+  // Without dp the same site sends the raw mean gradient: far longer than C.
+  o.dp = {};
+  auto plain = SiteTrainer::open(o, {});
+  ASSERT_TRUE(plain) << plain.error().message;
+  auto raw = (*plain)->train(1, model, discriminator, 3, 1e-3, 0.0);
+  ASSERT_TRUE(raw) << raw.error().message;
+  EXPECT_GT(norm(raw->discriminator_grads), 1e-3 * 10);
 }
 
 TEST_F(Engine, SegmentKeepsAnObliqueAnisotropicScansGeometry) {
