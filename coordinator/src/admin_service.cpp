@@ -377,8 +377,8 @@ protocol::AdminReply AdminService::logs_here(const std::string&, const protocol:
 protocol::AdminReply AdminService::dispatch(const std::string& who, const protocol::AdminRequest& r) {
   using Handler = protocol::AdminReply (AdminService::*)(const std::string&, const protocol::AdminRequest&);
   using C = protocol::AdminCommand;
-  // One handler per command, in protocol::AdminCommand's order (checked below).
-  static const std::pair<C, Handler> handlers[] = {
+  // One handler per command, in protocol::AdminCommand's order (checked as it compiles).
+  static constexpr std::pair<C, Handler> handlers[] = {
       {C::submit, &AdminService::submit},   {C::clone, &AdminService::clone},
       {C::remove, &AdminService::remove},   {C::jobs, &AdminService::jobs},
       {C::status, &AdminService::status},   {C::abort, &AdminService::abort_or_resume},
@@ -387,10 +387,15 @@ protocol::AdminReply AdminService::dispatch(const std::string& who, const protoc
       {C::revoke, &AdminService::admit_or_revoke}, {C::logs, &AdminService::logs_here},
   };
   static_assert(std::size(handlers) == static_cast<std::size_t>(C::logs) + 1, "a handler for every AdminCommand");
+  static_assert([] {
+    for (std::size_t i = 0; i < std::size(handlers); ++i) {
+      if (handlers[i].first != static_cast<C>(i)) return false;
+    }
+    return true;
+  }(), "the handlers in AdminCommand's order");
   const auto command = protocol::parse_admin_command(r.command);
   if (!command) return refused(command.error().message, ErrorKind::invalid);
-  const auto& [listed, handler] = handlers[static_cast<std::size_t>(*command)];
-  if (listed != *command) return refused("internal error: the admin dispatch table is out of order", ErrorKind::internal);
+  const Handler handler = handlers[static_cast<std::size_t>(*command)].second;
   if (const auto no = forbidden(who, backend_.operator_role(who), *command, r); !no.empty()) return refused(no);
   return (this->*handler)(who, r);
 }

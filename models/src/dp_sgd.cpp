@@ -90,10 +90,7 @@ DpStepResult dp_gradient(const std::vector<torch::Tensor>& params, const std::ve
 DpStepResult dp_step(torch::nn::Module& net, torch::optim::Optimizer& optimizer, const std::vector<ScanSlices>& scans,
                      const DpSgd& dp, const std::function<Batch(const ScanSlices&)>& micro_batch,
                      const std::function<torch::Tensor(const Batch&)>& loss, SecretRandom& secret) {
-  std::vector<torch::Tensor> params;
-  for (const auto& p : net.parameters()) {
-    if (p.requires_grad()) params.push_back(p);
-  }
+  const auto params = trainable_parameters(net);
   const auto backward = [&](const ScanSlices& scan) {
     const auto l = loss(micro_batch(scan));
     l.backward();
@@ -102,6 +99,14 @@ DpStepResult dp_step(torch::nn::Module& net, torch::optim::Optimizer& optimizer,
   const auto result = dp_gradient(params, scans, dp, backward, secret);
   optimizer.step();
   return result;
+}
+
+std::vector<torch::Tensor> trainable_parameters(torch::nn::Module& net) {
+  std::vector<torch::Tensor> params;
+  for (const auto& p : net.parameters()) {
+    if (p.requires_grad()) params.push_back(p);
+  }
+  return params;
 }
 
 void freeze_batch_norm(torch::nn::Module& net) {

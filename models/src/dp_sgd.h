@@ -74,6 +74,9 @@ DpStepResult dp_step(torch::nn::Module& net, torch::optim::Optimizer& optimizer,
                      const DpSgd& dp, const std::function<Batch(const ScanSlices&)>& micro_batch,
                      const std::function<torch::Tensor(const Batch&)>& loss, SecretRandom& secret);
 
+// `net`'s parameters that require a gradient: what DP-SGD clips and steps.
+std::vector<torch::Tensor> trainable_parameters(torch::nn::Module& net);
+
 // Every batch-norm layer of `net` in eval mode (call after net->train()).
 void freeze_batch_norm(torch::nn::Module& net);
 

@@ -307,27 +307,21 @@ struct SiteTrainer::Impl {
   // together: one Gaussian mechanism a step, counted as a kd or teacher step is.
   Result<double> private_ada_steps(int round, int steps, const DpSgd& dp, const MicroBatch& micro_batch,
                                    double adversarial_weight, std::vector<torch::Tensor>& grad_sums) {
-    std::vector<torch::Tensor> params, disc;
-    for (const auto& p : net->parameters()) {
-      if (p.requires_grad()) params.push_back(p);
-    }
-    for (const auto& p : discriminator->parameters()) {
-      params.push_back(p);
-      disc.push_back(p);
-    }
+    // A target in its warm-up rounds steps no segmenter: its discriminator gradients alone are
+    // clipped and noised (the segmenter's would be zero and their noise unused).
     const bool segmenter_steps = options.domain == 0 || adversarial_weight > 0;
+    const auto disc = trainable_parameters(*discriminator);
+    auto params = segmenter_steps ? trainable_parameters(*net) : std::vector<torch::Tensor>{};
+    params.insert(params.end(), disc.begin(), disc.end());
     const auto backward = [&](const ScanSlices& scan) {
       const auto loss = ada_batch(micro_batch(scan), adversarial_weight);
+      if (!loss.defined()) return 0.0;
       std::vector<torch::Tensor> kept;
       for (const auto& p : disc) kept.push_back(p.grad().clone());
-      double l = 0;
-      if (loss.defined()) {
-        loss.backward();  // into the segmenter (and, through it, the discriminator: put back below)
-        l = loss.item<double>();
-      }
+      loss.backward();  // into the segmenter (and, through it, the discriminator: put back below)
       torch::NoGradGuard no_grad;
       for (std::size_t i = 0; i < disc.size(); ++i) disc[i].mutable_grad().copy_(kept[i]);
-      return l;
+      return loss.item<double>();
     };
     double loss_sum = 0;
     for (int s = 0; s < steps; ++s) {
