@@ -309,105 +309,95 @@ int crop_rows(const fs::path& model, const fs::path& data, const std::vector<std
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  CLI::App app{"fedda-bench: training-step, inference and end-to-end segmentation speed (docs/performance.md)"};
-  app.set_version_flag("--version", std::string("fedda-bench ") + kVersion);
+// fedda-bench's options (see --help).
+struct BenchOptions {
   int threads = 2, batch = 8, size = 128, warmup = 3, steps = 20;
   std::string model, flair, t1, out = (fs::temp_directory_path() / "fedda-bench-seg.nii.gz").string();
-  app.add_option("--threads", threads, "LibTorch intra-op threads")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--batch", batch, "slices per step")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--size", size, "slice size (pixels, divisible by 16)")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--warmup", warmup, "untimed steps first")->capture_default_str()->check(CLI::NonNegativeNumber);
-  app.add_option("--steps", steps, "timed steps")->capture_default_str()->check(CLI::PositiveNumber);
-  std::string only, allocator = "reuse";
-  app.add_option("--allocator", allocator, "reuse: fedda's setting (models::reuse_freed_tensor_memory); glibc: the C library's defaults")
+  std::string only, allocator = "reuse", precision = "auto";
+  std::string crop_data;
+  std::vector<std::int64_t> margins{0, 8, 16, 32};
+  std::int64_t pad = 0;
+  std::string slices_data, slices_clinic, slices_out;
+};
+
+void add_options(CLI::App& app, BenchOptions& o) {
+  app.add_option("--threads", o.threads, "LibTorch intra-op threads")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--batch", o.batch, "slices per step")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--size", o.size, "slice size (pixels, divisible by 16)")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--warmup", o.warmup, "untimed steps first")->capture_default_str()->check(CLI::NonNegativeNumber);
+  app.add_option("--steps", o.steps, "timed steps")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--allocator", o.allocator, "reuse: fedda's setting (models::reuse_freed_tensor_memory); glibc: the C library's defaults")
       ->capture_default_str()
       ->check(CLI::IsMember({"reuse", "glibc"}));
-  std::string precision = "auto";
-  app.add_option("--precision", precision,
+  app.add_option("--precision", o.precision,
                  "auto, float32 or bfloat16: the precision of the 'fedda at --precision' rows (auto: what fedda picks "
                  "on this processor)")
       ->capture_default_str()->check(CLI::IsMember(models::precision_names()));
-  app.add_option("--only", only, "run only the rows whose name contains this text (e.g. 'fedda default')");
-  app.add_option("--model", model, "segment: a model file (with --flair and --t1)");
-  app.add_option("--flair", flair, "segment: FLAIR scan");
-  app.add_option("--t1", t1, "segment: T1 scan");
-  app.add_option("--out", out, "segment: where the segmentation goes")->capture_default_str();
-  std::string crop_data;
-  std::vector<std::int64_t> margins{0, 8, 16, 32};
-  app.add_option("--crop-data", crop_data,
+  app.add_option("--only", o.only, "run only the rows whose name contains this text (e.g. 'fedda default')");
+  app.add_option("--model", o.model, "segment: a model file (with --flair and --t1)");
+  app.add_option("--flair", o.flair, "segment: FLAIR scan");
+  app.add_option("--t1", o.t1, "segment: T1 scan");
+  app.add_option("--out", o.out, "segment: where the segmentation goes")->capture_default_str();
+  app.add_option("--crop-data", o.crop_data,
                  "crop: clinics (fedda-sim generate) to run --model on, whole grid against cropped to the brain; only "
                  "these rows are printed");
-  std::int64_t pad = 0;
-  app.add_option("--pad", pad,
+  app.add_option("--pad", o.pad,
                  "crop: widen every slice by this many pixels of air on each side (a wider field of view; a multiple of "
                  "half the U-Net's stride)")
       ->capture_default_str()->check(CLI::NonNegativeNumber);
-  app.add_option("--margins", margins, "crop: margins around the brain to measure (pixels)")->capture_default_str()->delimiter(',');
-  std::string slices_data, slices_clinic, slices_out;
-  auto* data_option = app.add_option("--slices-data", slices_data,
+  app.add_option("--margins", o.margins, "crop: margins around the brain to measure (pixels)")->capture_default_str()->delimiter(',');
+  auto* data_option = app.add_option("--slices-data", o.slices_data,
                                      "real slices: clinics (fedda-sim generate) whose --slices-clinic feeds the training "
                                      "and inference rows instead of random tensors, on a --size grid over 192 mm; adds "
                                      "fedda's predict rows, whole grid and cropped to the brain");
-  app.add_option("--slices-clinic", slices_clinic, "real slices: the clinic (default: the first in --slices-data)")
+  app.add_option("--slices-clinic", o.slices_clinic, "real slices: the clinic (default: the first in --slices-data)")
       ->needs(data_option);
-  app.add_option("--slices-out", slices_out,
+  app.add_option("--slices-out", o.slices_out,
                  "real slices: also write them to this file (+ .json) for benchmarks/reference_unet.py --slices")
       ->needs(data_option);
-  CLI11_PARSE(app, argc, argv);
-  torch::set_num_threads(threads);
-  if (allocator == "reuse") models::reuse_freed_tensor_memory();
+}
 
-  if (!crop_data.empty()) {
-    if (model.empty()) {
-      std::fprintf(stderr, "--crop-data needs --model\n");
-      return 1;
-    }
-    std::printf("cpu: %s\nthreads %d\n", models::cpu_description().c_str(), threads);
-    return crop_rows(model, crop_data, margins, precision, pad);
+// --slices-data's slices into `real` (and --slices-out written); false, the reason printed, when
+// they cannot be read or written. Without --slices-data `real` stays empty.
+bool read_real_slices(BenchOptions& o, std::optional<RealSlices>& real) {
+  if (o.slices_data.empty()) return true;
+  if (o.slices_clinic.empty()) {
+    const auto names = clinic_names(o.slices_data);
+    if (names.empty()) return false;
+    o.slices_clinic = names.front();
   }
+  if (o.size % 16) {
+    std::fprintf(stderr, "--size %d: real slices need a size divisible by 16\n", o.size);
+    return false;
+  }
+  real = load_real_slices(o.slices_data, o.slices_clinic, o.size);
+  if (!real) return false;
+  return o.slices_out.empty() || write_real_slices(*real, o.slices_out);
+}
+
+// The speed rows: training steps and inference in each precision and layout, and fedda's
+// predict where real slices are given.
+void speed_rows(const BenchOptions& o, const models::PrecisionChoice& chosen, const std::optional<RealSlices>& real) {
   models::UNetSpec reference;  // the paper's standard U-Net
   reference.upsample = "transposed";
   models::UNetSpec fedda_default;  // nearest + 1x1
-  auto chosen = models::choose_precision(precision, "cpu");
-  if (!chosen) {
-    std::fprintf(stderr, "%s\n", chosen.error().message.c_str());
-    return 1;
-  }
   auto bf16 = models::choose_precision("bfloat16", "cpu").value();
   models::PrecisionChoice f32;
   models::PrecisionChoice f32_nhwc;
   f32_nhwc.channels_last = true;
-  std::printf("cpu: %s\n", models::cpu_description().c_str());
-  std::printf("--precision %s: %s%s (%s)\n", precision.c_str(), chosen->name().c_str(),
-              chosen->channels_last ? " channels-last" : "", chosen->reason.c_str());
-  std::optional<RealSlices> real;
-  if (!slices_data.empty()) {
-    if (slices_clinic.empty()) {
-      const auto names = clinic_names(slices_data);
-      if (names.empty()) return 1;
-      slices_clinic = names.front();
-    }
-    if (size % 16) {
-      std::fprintf(stderr, "--size %d: real slices need a size divisible by 16\n", size);
-      return 1;
-    }
-    real = load_real_slices(slices_data, slices_clinic, size);
-    if (!real) return 1;
-    if (!slices_out.empty() && !write_real_slices(*real, slices_out)) return 1;
-  }
-  const Inputs inputs = real ? real_inputs(*real, batch) : random_inputs(batch, size);
-  std::printf("threads %d, allocator %s, batch %d of %dx%dx%d, %d timed steps after %d\n", threads, allocator.c_str(), batch,
-              reference.in_channels, size, size, steps, warmup);
+  const int warmup = o.warmup, steps = o.steps;
+  const Inputs inputs = real ? real_inputs(*real, o.batch) : random_inputs(o.batch, o.size);
+  std::printf("threads %d, allocator %s, batch %d of %dx%dx%d, %d timed steps after %d\n", o.threads, o.allocator.c_str(),
+              o.batch, reference.in_channels, o.size, o.size, steps, warmup);
   if (real) {
     std::printf("inputs: real slices of %s in %s: %lld slices of %zu scans, %zu with brain (training draws from those)\n",
-                slices_clinic.c_str(), slices_data.c_str(), static_cast<long long>(real->images.size(0)), real->scans.size(),
-                real->brain_slices.size());
+                o.slices_clinic.c_str(), o.slices_data.c_str(), static_cast<long long>(real->images.size(0)),
+                real->scans.size(), real->brain_slices.size());
   } else {
     std::printf("inputs: random tensors\n");
   }
   const auto row = [&](const std::string& name, const std::function<double()>& measure) {
-    if (name.find(only) == std::string::npos) return;
+    if (name.find(o.only) == std::string::npos) return;
     std::printf("%-48s %10.1f\n", name.c_str(), measure());
     std::fflush(stdout);
   };
@@ -416,27 +406,57 @@ int main(int argc, char** argv) {
   row("training step, fedda default (nearest+1x1)", [&] { return training_rate(fedda_default, inputs, warmup, steps, f32); });
   row("training step, fedda default, channels-last", [&] { return training_rate(fedda_default, inputs, warmup, steps, f32_nhwc); });
   row("training step, fedda default, bfloat16 autocast", [&] { return training_rate(fedda_default, inputs, warmup, steps, bf16); });
-  row("training step, fedda at --precision (" + chosen->name() + ")",
-      [&] { return training_rate(fedda_default, inputs, warmup, steps, *chosen); });
+  row("training step, fedda at --precision (" + chosen.name() + ")",
+      [&] { return training_rate(fedda_default, inputs, warmup, steps, chosen); });
   row("inference, fedda default (inference mode)", [&] { return inference_rate(fedda_default, inputs, warmup, steps, true); });
   row("inference, fedda default (no-grad guard)", [&] { return inference_rate(fedda_default, inputs, warmup, steps, false); });
   row("inference, fedda default, bfloat16 autocast", [&] { return inference_rate(fedda_default, inputs, warmup, steps, true, bf16); });
-  row("inference, fedda at --precision (" + chosen->name() + ")",
-      [&] { return inference_rate(fedda_default, inputs, warmup, steps, true, *chosen); });
+  row("inference, fedda at --precision (" + chosen.name() + ")",
+      [&] { return inference_rate(fedda_default, inputs, warmup, steps, true, chosen); });
   if (real) {
-    const std::int64_t slices = static_cast<std::int64_t>(batch) * steps;
+    const std::int64_t slices = static_cast<std::int64_t>(o.batch) * steps;
     row("inference, fedda predict at --precision, whole grid",
-        [&] { return predict_rate(fedda_default, *real, slices, false, *chosen); });
+        [&] { return predict_rate(fedda_default, *real, slices, false, chosen); });
     row("inference, fedda predict at --precision, cropped to the brain",
-        [&] { return predict_rate(fedda_default, *real, slices, true, *chosen); });
+        [&] { return predict_rate(fedda_default, *real, slices, true, chosen); });
   }
-  if (!model.empty()) {
-    if (flair.empty() || t1.empty()) {
+}
+
+int main(int argc, char** argv) {
+  CLI::App app{"fedda-bench: training-step, inference and end-to-end segmentation speed (docs/performance.md)"};
+  app.set_version_flag("--version", std::string("fedda-bench ") + kVersion);
+  BenchOptions o;
+  add_options(app, o);
+  CLI11_PARSE(app, argc, argv);
+  torch::set_num_threads(o.threads);
+  if (o.allocator == "reuse") models::reuse_freed_tensor_memory();
+
+  if (!o.crop_data.empty()) {
+    if (o.model.empty()) {
+      std::fprintf(stderr, "--crop-data needs --model\n");
+      return 1;
+    }
+    std::printf("cpu: %s\nthreads %d\n", models::cpu_description().c_str(), o.threads);
+    return crop_rows(o.model, o.crop_data, o.margins, o.precision, o.pad);
+  }
+  auto chosen = models::choose_precision(o.precision, "cpu");
+  if (!chosen) {
+    std::fprintf(stderr, "%s\n", chosen.error().message.c_str());
+    return 1;
+  }
+  std::printf("cpu: %s\n", models::cpu_description().c_str());
+  std::printf("--precision %s: %s%s (%s)\n", o.precision.c_str(), chosen->name().c_str(),
+              chosen->channels_last ? " channels-last" : "", chosen->reason.c_str());
+  std::optional<RealSlices> real;
+  if (!read_real_slices(o, real)) return 1;
+  speed_rows(o, *chosen, real);
+  if (!o.model.empty()) {
+    if (o.flair.empty() || o.t1.empty()) {
       std::fprintf(stderr, "--model needs --flair and --t1\n");
       return 1;
     }
     const auto start = Clock::now();
-    if (auto st = models::segment_scan(model, flair, t1, out, "cpu", precision); !st) {
+    if (auto st = models::segment_scan(o.model, o.flair, o.t1, o.out, "cpu", o.precision); !st) {
       std::fprintf(stderr, "%s\n", st.error().message.c_str());
       return 1;
     }

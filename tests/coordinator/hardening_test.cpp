@@ -31,11 +31,6 @@ namespace {
 using nlohmann::json;
 using testing::Behaviour;
 
-struct Output {
-  int rc = -1;
-  std::string text;
-};
-
 class Hardening : public Federation {
  protected:
   // A coordinator without a kit (`--insecure`) running `job` in batch form over the state in dir_.

@@ -27,10 +27,7 @@ namespace {
 
 using nlohmann::json;
 
-struct Output {
-  int rc = -1;
-  std::string text;
-};
+using testing::Output;
 
 class Service : public Federation {
  protected:
@@ -66,11 +63,7 @@ class Service : public Federation {
     std::vector<std::string> argv = {testing::bin("fedda-admin").string(), "--kit",
                                      (kit.empty() ? kit_ / "operators" / "alice" : kit).string(), "--coordinator", admin_};
     argv.insert(argv.end(), args.begin(), args.end());
-    Process p(argv, log);
-    Output out;
-    out.rc = p.wait(120s);
-    out.text = testing::read_text(log);
-    return out;
+    return testing::run_to_end(argv, log);
   }
   json admin_json(std::vector<std::string> args) {
     args.push_back("--json");

@@ -30,10 +30,7 @@ namespace {
 using nlohmann::json;
 using testing::Behaviour;
 
-struct Output {
-  int rc = -1;
-  std::string text;
-};
+using testing::Output;
 
 class Sovereignty : public Federation {
  protected:
@@ -58,12 +55,7 @@ class Sovereignty : public Federation {
   }
   Output run(const std::vector<std::string>& argv) {
     static int n = 0;
-    const auto log = dir_ / ("cmd-" + std::to_string(n++) + ".out");
-    Process p(argv, log);
-    Output out;
-    out.rc = p.wait(120s);
-    out.text = testing::read_text(log);
-    return out;
+    return testing::run_to_end(argv, dir_ / ("cmd-" + std::to_string(n++) + ".out"));
   }
   // The coordinator with the consortium's kit, serving without a job over STATE in dir_/state.
   std::unique_ptr<Process> kit_coordinator() {

@@ -87,6 +87,21 @@ inline bool wait_for_text(const std::filesystem::path& file, const std::string& 
   return false;
 }
 
+// A command run to its end: its exit code and what it wrote (stdout and stderr, from its log).
+struct Output {
+  int rc = -1;
+  std::string text;
+};
+// Runs `argv` with its output in `log` and waits for it (at most `timeout`).
+inline Output run_to_end(const std::vector<std::string>& argv, const std::filesystem::path& log,
+                         std::chrono::seconds timeout = std::chrono::seconds(120)) {
+  Process p(argv, log);
+  Output out;
+  out.rc = p.wait(timeout);
+  out.text = read_text(log);
+  return out;
+}
+
 inline std::size_t count_lines(const std::filesystem::path& file) {
   std::ifstream in(file);
   std::size_t n = 0;
