@@ -76,6 +76,70 @@ TEST(UNet, OutputMatchesInputForEveryConfiguration) {
     }
 }
 
+// In evaluation a block folds each batch norm into its convolution. Its output must be the
+// listed layers' (conv, batch norm on its running statistics, ReLU), in both memory formats and
+// with gradients flowing to the same parameters, and training must still use the batch's
+// statistics (the running ones given here are far from them, so a fold there would show).
+TEST(ConvBlock, FoldsBatchNormInEvaluationWithoutChangingItsOutput) {
+  torch::manual_seed(7);
+  ConvBlock block(3, 8, "batch");
+  {
+    torch::NoGradGuard no_grad;
+    for (const auto& m : block->modules(false)) {
+      if (auto* bn = m->as<torch::nn::BatchNorm2d>()) {
+        bn->running_mean.uniform_(-2, 2);
+        bn->running_var.uniform_(0.2, 3);
+        bn->weight.uniform_(0.5, 1.5);
+        bn->bias.uniform_(-0.5, 0.5);
+      }
+    }
+  }
+  auto& listed = *block->children().at(0)->as<torch::nn::Sequential>();
+  const auto x = torch::randn({2, 3, 12, 10});
+  block->eval();
+  for (const auto format : {torch::MemoryFormat::Contiguous, torch::MemoryFormat::ChannelsLast}) {
+    for (auto& p : block->parameters()) {
+      if (p.dim() == 4) p.set_data(p.contiguous(format));
+    }
+    const auto input = x.contiguous(format);
+    const auto folded = block->forward(input);
+    const auto reference = listed.forward(input);
+    EXPECT_LT((folded - reference).abs().max().item<double>(), 1e-5) << "memory format " << format;
+    EXPECT_GT(reference.abs().max().item<double>(), 0.1);
+  }
+  const auto grads = [&](const std::function<torch::Tensor(const torch::Tensor&)>& f) {
+    for (auto& p : block->parameters()) p.mutable_grad() = torch::Tensor();
+    f(x).pow(2).sum().backward();
+    std::vector<torch::Tensor> g;
+    for (auto& p : block->parameters()) g.push_back(p.grad().clone());
+    return g;
+  };
+  // The fold is taken: no batch norm in the evaluated block's graph, one in the listed layers'.
+  const auto has_batch_norm = [](const torch::Tensor& y) {
+    std::vector<std::shared_ptr<torch::autograd::Node>> todo{y.grad_fn()};
+    while (!todo.empty()) {
+      const auto node = todo.back();
+      todo.pop_back();
+      if (!node) continue;
+      if (node->name().find("BatchNorm") != std::string::npos) return true;
+      for (const auto& edge : node->next_edges()) todo.push_back(edge.function);
+    }
+    return false;
+  };
+  EXPECT_FALSE(has_batch_norm(block->forward(x)));
+  EXPECT_TRUE(has_batch_norm(listed.forward(x)));
+  const auto g_folded = grads([&](const torch::Tensor& in) { return block->forward(in); });
+  const auto g_listed = grads([&](const torch::Tensor& in) { return listed.forward(in); });
+  ASSERT_EQ(g_folded.size(), 6u);  // per layer: the kernel, batch norm's weight and bias
+  for (std::size_t i = 0; i < g_folded.size(); ++i) {
+    EXPECT_TRUE(torch::allclose(g_folded[i], g_listed[i], 1e-4, 1e-5)) << "parameter " << i;
+  }
+  block->train();
+  const auto trained = block->forward(x);
+  block->eval();
+  EXPECT_GT((trained - block->forward(x)).abs().max().item<double>(), 0.1) << "training used the running statistics";
+}
+
 TEST(UNet, SmallNetworkOverfitsOneBatch) {
   torch::manual_seed(1);
   torch::set_num_threads(2);
