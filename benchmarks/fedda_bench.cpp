@@ -4,8 +4,7 @@
 //             (nearest + 1x1), batch 8 of 2x128x128, float32, NCHW; the default in channels-last
 //             memory, under bfloat16 autocast, and at --precision (what fedda picks: precision.h)
 //   inference slices/s of the default U-Net in inference mode (soft labelling, segmentation),
-//             and under a plain no-grad guard (the lever inference mode is), and with each
-//             batch norm run as a layer of its own instead of folded into its convolution
+//             and under a plain no-grad guard (the lever inference mode is)
 //   segment   one scan end to end through fedda's own path (read, preprocess, infer, write)
 //   crop      with --crop-data: per clinic of real preprocessed scans, the share of pixels the
 //             network sees when inference is cropped to the brain (training.h, brain_crop) at
@@ -185,11 +184,10 @@ double training_rate(const models::UNetSpec& spec, const Inputs& in, int warmup,
 }
 
 double inference_rate(const models::UNetSpec& spec, const Inputs& in, int warmup, int steps, bool inference_mode,
-                      const models::PrecisionChoice& precision = {}, bool fold_batch_norm = true) {
+                      const models::PrecisionChoice& precision = {}) {
   torch::manual_seed(1);
   models::UNet net(spec);
   net->eval();
-  net->set_fold_batch_norm(fold_batch_norm);
   net->set_precision(precision);
   std::optional<torch::InferenceMode> inference;
   std::optional<torch::NoGradGuard> no_grad;
@@ -411,8 +409,6 @@ void speed_rows(const BenchOptions& o, const models::PrecisionChoice& chosen, co
   row("training step, fedda at --precision (" + chosen.name() + ")",
       [&] { return training_rate(fedda_default, inputs, warmup, steps, chosen); });
   row("inference, fedda default (inference mode)", [&] { return inference_rate(fedda_default, inputs, warmup, steps, true); });
-  row("inference, fedda default, batch norm not folded",
-      [&] { return inference_rate(fedda_default, inputs, warmup, steps, true, {}, false); });
   row("inference, fedda default (no-grad guard)", [&] { return inference_rate(fedda_default, inputs, warmup, steps, false); });
   row("inference, fedda default, bfloat16 autocast", [&] { return inference_rate(fedda_default, inputs, warmup, steps, true, bf16); });
   row("inference, fedda at --precision (" + chosen.name() + ")",

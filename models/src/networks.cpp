@@ -35,7 +35,7 @@ class BFloat16Autocast {
 
 }  // namespace
 
-ConvBlockImpl::ConvBlockImpl(int in, int out, const std::string& norm) : batch_norm_(norm == "batch") {
+ConvBlockImpl::ConvBlockImpl(int in, int out, const std::string& norm) {
   layers_ = nn::Sequential();
   for (int i = 0; i < 2; ++i) {
     layers_->push_back(nn::Conv2d(nn::Conv2dOptions(i == 0 ? in : out, out, 3).padding(1).bias(norm == "none")));
@@ -46,18 +46,7 @@ ConvBlockImpl::ConvBlockImpl(int in, int out, const std::string& norm) : batch_n
   register_module("layers", layers_);
 }
 
-torch::Tensor ConvBlockImpl::forward(torch::Tensor x) {
-  if (is_training() || !batch_norm_ || !fold_) return layers_->forward(x);
-  for (std::size_t i = 0; i + 2 < layers_->size(); i += 3) {  // conv, batch norm, ReLU
-    const auto& conv = *layers_[i]->as<nn::Conv2d>();
-    const auto& bn = *layers_[i + 1]->as<nn::BatchNorm2d>();
-    const auto scale = bn.weight * torch::rsqrt(bn.running_var + bn.options.eps());
-    const auto kernel = (conv.weight * scale.view({-1, 1, 1, 1})).contiguous(conv.weight.suggest_memory_format());
-    x = torch::conv2d(x, kernel, bn.bias - bn.running_mean * scale, 1, 1);
-    x.relu_();
-  }
-  return x;
-}
+torch::Tensor ConvBlockImpl::forward(torch::Tensor x) { return layers_->forward(x); }
 
 UNetImpl::UNetImpl(const UNetSpec& spec) : spec_(spec) {
   down_ = nn::ModuleList();
@@ -94,12 +83,6 @@ void UNetImpl::set_precision(const PrecisionChoice& precision) {
   const auto format = precision.channels_last ? torch::MemoryFormat::ChannelsLast : torch::MemoryFormat::Contiguous;
   for (auto& p : parameters()) {
     if (p.dim() == 4) p.set_data(p.contiguous(format));
-  }
-}
-
-void UNetImpl::set_fold_batch_norm(bool fold) {
-  for (auto* blocks : {&down_, &decode_}) {
-    for (const auto& block : **blocks) block->as<ConvBlock>()->set_fold_batch_norm(fold);
   }
 }
 

@@ -18,18 +18,10 @@ namespace fedda::models {
 class ConvBlockImpl : public torch::nn::Module {
  public:
   ConvBlockImpl(int in, int out, const std::string& norm);
-  // In training, conv, norm, ReLU as listed. In evaluation with batch norm, each batch norm is
-  // folded into the convolution before it (its running statistics' affine map applied to the
-  // kernel and a bias, computed at each call so that it never goes stale): the same function,
-  // one pass over the activations fewer per layer.
   torch::Tensor forward(torch::Tensor x);
-  // Off: evaluation runs the listed layers too (fedda-bench measures the fold with it).
-  void set_fold_batch_norm(bool fold) { fold_ = fold; }
 
  private:
   torch::nn::Sequential layers_{nullptr};
-  bool batch_norm_ = false;
-  bool fold_ = true;
 };
 TORCH_MODULE(ConvBlock);
 
@@ -43,8 +35,6 @@ class UNetImpl : public torch::nn::Module {
   // channels_last: the convolutions' weights and every input are NHWC. Weights stay float32.
   void set_precision(const PrecisionChoice& precision);
   const PrecisionChoice& precision() const { return precision_; }
-  // ConvBlock's fold of batch norm in evaluation, on (the default) or off in every block.
-  void set_fold_batch_norm(bool fold);
 
  private:
   torch::Tensor forward_layers(torch::Tensor x);
