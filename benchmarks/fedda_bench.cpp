@@ -409,16 +409,18 @@ void speed_rows(const BenchOptions& o, const models::PrecisionChoice& chosen, co
   row("training step, fedda at --precision (" + chosen.name() + ")",
       [&] { return training_rate(fedda_default, inputs, warmup, steps, chosen); });
   row("inference, fedda default (inference mode)", [&] { return inference_rate(fedda_default, inputs, warmup, steps, true); });
+  row("inference, fedda default, channels-last", [&] { return inference_rate(fedda_default, inputs, warmup, steps, true, f32_nhwc); });
   row("inference, fedda default (no-grad guard)", [&] { return inference_rate(fedda_default, inputs, warmup, steps, false); });
   row("inference, fedda default, bfloat16 autocast", [&] { return inference_rate(fedda_default, inputs, warmup, steps, true, bf16); });
+  const auto inferring = models::for_inference(chosen, "cpu");  // the layout of fedda's inference-only networks
   row("inference, fedda at --precision (" + chosen.name() + ")",
-      [&] { return inference_rate(fedda_default, inputs, warmup, steps, true, chosen); });
+      [&] { return inference_rate(fedda_default, inputs, warmup, steps, true, inferring); });
   if (real) {
     const std::int64_t slices = static_cast<std::int64_t>(o.batch) * steps;
     row("inference, fedda predict at --precision, whole grid",
-        [&] { return predict_rate(fedda_default, *real, slices, false, chosen); });
+        [&] { return predict_rate(fedda_default, *real, slices, false, inferring); });
     row("inference, fedda predict at --precision, cropped to the brain",
-        [&] { return predict_rate(fedda_default, *real, slices, true, chosen); });
+        [&] { return predict_rate(fedda_default, *real, slices, true, inferring); });
   }
 }
 

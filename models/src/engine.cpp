@@ -338,7 +338,7 @@ Result<InferenceModel> load_for_inference(const fs::path& model, const std::stri
   if (!chosen) return chosen.error();
   auto m = load_model(model, *device);
   if (!m) return m.error();
-  m->net->set_precision(*chosen);
+  m->net->set_precision(for_inference(*chosen, device_name));
   return InferenceModel{std::move(*m), *device};
 }
 
@@ -398,7 +398,7 @@ static Result<TrainReport> train_kd_unguarded(const fs::path& teacher_path, cons
   const torch::Device device = run->device;
   auto teacher = load_model(teacher_path, device);
   if (!teacher) return teacher.error();
-  teacher->net->set_precision(run->precision);  // soft labels in the run's precision
+  teacher->net->set_precision(for_inference(run->precision, device.str()));  // soft labels in the run's precision
   std::vector<SubjectFiles> all = source;
   all.insert(all.end(), target.begin(), target.end());
   if (all.empty()) return make_error("no subjects to distil on");

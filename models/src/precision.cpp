@@ -75,6 +75,11 @@ Result<PrecisionChoice> choose_precision(const std::string& requested, const std
   return c;
 }
 
+PrecisionChoice for_inference(PrecisionChoice trained, const std::string& device) {
+  if (device.rfind("cuda", 0) != 0) trained.channels_last = true;
+  return trained;
+}
+
 Result<PrecisionChoice> choose_precision(const std::string& requested, const std::string& device) {
   return choose_precision(requested, device, cpu_flags());
 }

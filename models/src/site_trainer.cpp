@@ -124,7 +124,7 @@ struct SiteTrainer::Impl {
     UNet teacher_net(o.spec.unet);
     if (auto st = from_wire(*teacher_net, teacher); !st) return make_error("teacher: " + st.error().message);
     teacher_net->to(device);
-    teacher_net->set_precision(precision);
+    teacher_net->set_precision(for_inference(precision, device.str()));
     const auto key = soft_label_key(teacher, o.spec, o.temperature, precision);
     const auto cache_file = [&](const ScanSlices& scan) {
       std::string name = scan.id;

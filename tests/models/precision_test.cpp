@@ -42,6 +42,11 @@ TEST(Precision, AutoPicksBFloat16WhereTheProcessorHasItsUnitsOrOnCuda) {
     EXPECT_EQ(p->bfloat16, c.bf16) << c.requested << " " << c.device;
     EXPECT_EQ(p->channels_last, c.channels_last) << c.requested << " " << c.device;
     EXPECT_NE(p->reason.find(c.reason), std::string::npos) << p->reason;
+    // A network that only infers is channels-last on every CPU, whatever training takes; the
+    // arithmetic is the training's.
+    const auto inferring = for_inference(*p, c.device);
+    EXPECT_EQ(inferring.channels_last, c.device == "cpu") << c.requested << " " << c.device;
+    EXPECT_EQ(inferring.bfloat16, p->bfloat16);
   }
   auto bad = choose_precision("fp8", "cpu", avx2);
   ASSERT_FALSE(bad);

@@ -12,7 +12,8 @@
 // transfer_precision): sites with different hardware federate together.
 //
 // Channels-last memory goes with bfloat16 (oneDNN's bfloat16 kernels are NHWC) and with AVX-512
-// in float32, where it was measured to pay (1.3x); on AVX2 it costs (docs/performance.md).
+// in float32, where it was measured to pay (1.3x); on AVX2 it costs in training and pays in
+// inference, so a network that only infers takes it there too (for_inference).
 
 #include <set>
 #include <string>
@@ -44,6 +45,11 @@ Result<PrecisionChoice> choose_precision(const std::string& requested, const std
                                          const std::set<std::string>& flags);
 // The same with this machine's flags.
 Result<PrecisionChoice> choose_precision(const std::string& requested, const std::string& device);
+
+// The layout of a network that only infers (soft labels, segmentation, scoring) under `trained`:
+// channels-last on every CPU. On AVX2 training pays NCHW, but inference pays channels-last
+// (1.12x in fedda, 1.19x in Python on 2 Zen 3 cores: docs/performance.md). CUDA unchanged.
+PrecisionChoice for_inference(PrecisionChoice trained, const std::string& device);
 
 // "precision" as a job or site.yaml gives it: the job's explicit choice wins, then the site's,
 // then auto.
