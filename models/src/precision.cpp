@@ -10,6 +10,9 @@
 namespace fedda::models {
 namespace {
 
+// "cuda", "cuda:N" (the devices precision.h names); anything else here is a CPU.
+bool is_cuda(const std::string& device) { return device.rfind("cuda", 0) == 0; }
+
 std::set<std::string> split_words(const std::string& text) {
   std::set<std::string> out;
   std::istringstream in(text);
@@ -53,7 +56,7 @@ Result<PrecisionChoice> choose_precision(const std::string& requested, const std
   if (!is_precision_name(requested)) {
     return make_error("precision '" + requested + "' is not one of auto, float32, bfloat16");
   }
-  const bool cuda = device.rfind("cuda", 0) == 0;
+  const bool cuda = is_cuda(device);
   const bool units = flags.count("avx512_bf16") || flags.count("amx_bf16");
   const bool avx512 = flags.count("avx512f") > 0;
   PrecisionChoice c;
@@ -76,7 +79,7 @@ Result<PrecisionChoice> choose_precision(const std::string& requested, const std
 }
 
 PrecisionChoice for_inference(PrecisionChoice trained, const std::string& device) {
-  if (device.rfind("cuda", 0) != 0) trained.channels_last = true;
+  if (!is_cuda(device)) trained.channels_last = true;
   return trained;
 }
 
