@@ -3,20 +3,29 @@
 # data with 20 subjects a clinic, a federated teacher at utrecht, then each method without dp
 # and at epsilon 8, 3 and 1 (the job files beside this script), on a local consortium. Prints
 # each job's mean Dice per target and each site's noise multiplier, final epsilon and seconds
-# per step. METHODS: kd (default), ada, or "kd ada".
-#   benchmarks/dp/run.sh [BUILD_BIN] [OUT] [SEED] [METHODS]
+# per step. METHODS: kd (default), ada, or "kd ada". PROFILE: quick (default: the job files beside
+# this script, the quick grid) or paper-cpu (benchmarks/dp/paper-cpu/: the paper-cpu profile's
+# teacher and kd adaptation; kd only).
+#   benchmarks/dp/run.sh [BUILD_BIN] [OUT] [SEED] [METHODS] [PROFILE]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 bin=${1:-build/bin}
 out=${2:-build/dp-utility}
 seed=${3:-50411}
 methods=${4:-kd}
+profile=${5:-quick}
+case "$profile" in
+  quick) jobs="$here" ;;
+  paper-cpu) jobs="$here/paper-cpu" ;;
+  *) echo "run.sh: profile '$profile' is not quick or paper-cpu" >&2; exit 2 ;;
+esac
 names=(teacher-utrecht)
-args=(--job "$here/teacher.yaml")
+args=(--job "$jobs/teacher.yaml")
 for m in $methods; do
   for e in none 8 3 1; do
+    [ -f "$jobs/$m-$e.yaml" ] || { echo "run.sh: no job file $jobs/$m-$e.yaml (method '$m' at profile $profile)" >&2; exit 2; }
     names+=("$m-$e")
-    args+=(--job "$here/$m-$e.yaml")
+    args+=(--job "$jobs/$m-$e.yaml")
   done
 done
 mkdir -p "$out"
