@@ -59,11 +59,7 @@ void Operator::command(const Call& call, const Show& show, const std::function<S
   auto reply = call(*client);
   if (!reply) return fail(reply.error());
   if (keep) {
-    if (auto st = keep(*reply); !st) {
-      log::get("fedda-admin")->error("{}", st.error().message);
-      rc_ = 1;
-      return;
-    }
+    if (auto st = keep(*reply); !st) return fail(st.error());  // under --json as JSON, as the call's own errors
   }
   const auto answer = json::parse(reply->json, nullptr, false);
   if (as_json_) {

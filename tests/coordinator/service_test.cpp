@@ -209,6 +209,14 @@ TEST_F(Service, OperatorsSubmitWatchAndDownloadWhileJobsRun) {
   }
   ASSERT_TRUE(models::read_model_weights(out / "model.pt"));
   EXPECT_GT(testing::count_lines(out / "results.csv"), 1u);
+  // A download it cannot write fails naming the folder, as one JSON document under --json.
+  const auto blocked = dir_ / "blocked";
+  std::ofstream(blocked) << "a file where the folder should be\n";
+  const auto unwritten = admin({"download", "kd-second", "--out", blocked.string(), "--json"});
+  EXPECT_EQ(unwritten.rc, 1) << unwritten.text;
+  const auto failure = json::parse(unwritten.text.substr(std::min(unwritten.text.find('{'), unwritten.text.size())), nullptr, false);
+  EXPECT_EQ(failure.value("ok", true), false) << unwritten.text;
+  EXPECT_NE(failure.value("error", "").find(blocked.string()), std::string::npos) << unwritten.text;
 
   // The evaluation ran the teacher the submitter sent: its Dice is the teacher's own.
   const auto teacher_scores = models::evaluate_model(teacher(), imaging::split_fold(
