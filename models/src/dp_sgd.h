@@ -51,8 +51,10 @@ class SecretRandom {
 };
 
 struct DpStepResult {
-  double loss = 0;   // mean of the joined subjects' losses (0 when none joined)
-  int subjects = 0;  // how many joined
+  double loss = 0;            // mean of the joined subjects' losses (0 when none joined)
+  int subjects = 0;           // how many joined
+  int clipped = 0;            // of those, how many had a gradient longer than the clip norm
+  std::vector<double> norms;  // each joined subject's gradient norm before clipping, in joining order
 };
 
 // The private gradient of one step over `scans` (one per subject), in `params`' gradients: each
@@ -60,7 +62,8 @@ struct DpStepResult {
 // subject's micro-batch, leaves that subject's gradient in `params` (they are zeroed before each
 // call) and returns its loss; the gradient is clipped to dp.clip_norm over all of `params` at
 // once, the clipped ones summed, Gaussian noise of sd noise_multiplier * clip_norm added to every
-// coordinate and the sum divided by q * N. A step that no subject joined gives the noise alone:
+// coordinate and the sum divided by q * N. The result says how many joined, and their norms
+// before the clip (for the site's own log: they carry no noise). A step that no subject joined gives the noise alone:
 // the analysis counts every step. `params` may span several modules (ADA: the segmenter's and
 // the discriminator's, one vector for the clip, so one mechanism for both).
 DpStepResult dp_gradient(const std::vector<torch::Tensor>& params, const std::vector<ScanSlices>& scans,

@@ -1,5 +1,6 @@
 #include "fedda/models/federated.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <sstream>
@@ -61,6 +62,32 @@ Result<torch::Tensor> load_tensor(const fs::path& path, const std::string& key) 
     return make_error(path.string() + ": " + e.what());
   }
 }
+
+// What the clip did in one round under dp, for the site's own log, where a site administrator
+// chooses the clip norm from it (README, "Differential privacy"). It never leaves the site in an
+// update: the norms are computed from the patients' slices and carry no noise.
+struct ClipTally {
+  int steps = 0, joined = 0, clipped = 0;
+  std::vector<double> norms;
+  void add(const DpStepResult& r) {
+    ++steps;
+    joined += r.subjects;
+    clipped += r.clipped;
+    norms.insert(norms.end(), r.norms.begin(), r.norms.end());
+  }
+  std::string summary(double clip_norm) {
+    std::string text = std::to_string(joined) + " patient gradients over " + std::to_string(steps) + " steps";
+    if (norms.empty()) return text;
+    const auto quantile = [&](double q) {
+      auto at = norms.begin() + static_cast<std::ptrdiff_t>(q * static_cast<double>(norms.size() - 1));
+      std::nth_element(norms.begin(), at, norms.end());
+      return *at;
+    };
+    return text + fmt::format(", {:.0f}% clipped at clip norm {}; their norms before the clip: median {:.3g}, "
+                              "10th-90th percentile {:.3g}-{:.3g}",
+                              100.0 * clipped / joined, clip_norm, quantile(0.5), quantile(0.1), quantile(0.9));
+  }
+};
 
 }  // namespace
 
@@ -291,12 +318,13 @@ struct SiteTrainer::Impl {
   }
 
   using MicroBatch = std::function<Batch(const ScanSlices&)>;
-  Result<double> private_steps(int round, int steps, const DpSgd& dp, const MicroBatch& micro_batch) {
+  Result<double> private_steps(int round, int steps, const DpSgd& dp, const MicroBatch& micro_batch, ClipTally& tally) {
     const auto loss_of = [&](const Batch& b) { return supervised_or_kd(net->forward(b.images), b); };
     double loss_sum = 0;
     for (int s = 0; s < steps; ++s) {
       const auto r = dp_step(*net, *optimizer, scans, dp, micro_batch, loss_of, secret);
       if (!std::isfinite(r.loss)) return diverged(round);
+      tally.add(r);
       loss_sum += r.loss;
     }
     return loss_sum;
@@ -306,7 +334,7 @@ struct SiteTrainer::Impl {
   // and the segmenter it steps. Per subject they are one vector, clipped together and noised
   // together: one Gaussian mechanism a step, counted as a kd or teacher step is.
   Result<double> private_ada_steps(int round, int steps, const DpSgd& dp, const MicroBatch& micro_batch,
-                                   double adversarial_weight, std::vector<torch::Tensor>& grad_sums) {
+                                   double adversarial_weight, std::vector<torch::Tensor>& grad_sums, ClipTally& tally) {
     // A target in its warm-up rounds steps no segmenter: its discriminator gradients alone are
     // clipped and noised (the segmenter's would be zero and their noise unused).
     const bool segmenter_steps = options.domain == 0 || adversarial_weight > 0;
@@ -327,6 +355,7 @@ struct SiteTrainer::Impl {
     for (int s = 0; s < steps; ++s) {
       const auto r = dp_gradient(params, scans, dp, backward, secret);
       if (!std::isfinite(r.loss)) return diverged(round);
+      tally.add(r);
       add_discriminator_grads(grad_sums);
       if (segmenter_steps) optimizer->step();
       loss_sum += r.loss;
@@ -460,8 +489,10 @@ Result<LocalUpdate> SiteTrainer::train(int round, const TensorSet& model, const 
     const auto micro_batch = [&](const ScanSlices& scan) {
       return sample_batch(std::vector<ScanSlices>{scan}, o.dp.slices_per_subject, lesion_fraction, recipe, rng, m.device);
     };
-    loss_sum = ada ? m.private_ada_steps(round, steps, dp, micro_batch, adversarial_weight, grad_sums)
-                   : m.private_steps(round, steps, dp, micro_batch);
+    ClipTally tally;
+    loss_sum = ada ? m.private_ada_steps(round, steps, dp, micro_batch, adversarial_weight, grad_sums, tally)
+                   : m.private_steps(round, steps, dp, micro_batch, tally);
+    log::get("site-trainer")->info("round {} under dp: {}", round, tally.summary(dp.clip_norm));
   }
   if (!loss_sum) return loss_sum.error();
   auto update = m.export_update(model, grad_sums, steps);

@@ -79,6 +79,12 @@ TEST(DpSgd, AGradientOverTwoModulesIsClippedAsOneVector) {
     };
     const auto r = dp_gradient(params, patients, dp, backward, secret);
     EXPECT_EQ(r.subjects, n);
+    // It reports each patient's norm before the clip, and how many the clip shortened.
+    EXPECT_EQ(r.clipped, outlier < 0 ? 0 : 1);
+    EXPECT_EQ(r.norms.size(), static_cast<std::size_t>(n));
+    for (int i = 0; i < static_cast<int>(r.norms.size()); ++i) {
+      EXPECT_NEAR(r.norms[i], std::sqrt(0.2) * (i == outlier ? 100 : 1), 1e-4) << i;
+    }
     return torch::cat({a->weight.grad().flatten(), b->weight.grad().flatten()}).clone();
   };
   const auto honest = mean_gradient(-1), hostile = mean_gradient(3);
