@@ -63,8 +63,8 @@ struct DpStepResult {
 // call) and returns its loss; the gradient is clipped to dp.clip_norm over all of `params` at
 // once, the clipped ones summed, Gaussian noise of sd noise_multiplier * clip_norm added to every
 // coordinate and the sum divided by q * N. The result says how many joined, and their norms
-// before the clip (for the site's own log: they carry no noise). A step that no subject joined gives the noise alone:
-// the analysis counts every step. `params` may span several modules (ADA: the segmenter's and
+// before the clip (for the site's own log: they carry no noise). A step that no subject joined
+// gives the noise alone: the analysis counts every step. `params` may span several modules (ADA: the segmenter's and
 // the discriminator's, one vector for the clip, so one mechanism for both).
 DpStepResult dp_gradient(const std::vector<torch::Tensor>& params, const std::vector<ScanSlices>& scans,
                          const DpSgd& dp, const std::function<double(const ScanSlices&)>& backward,
