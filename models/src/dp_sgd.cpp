@@ -67,9 +67,10 @@ DpStepResult dp_gradient(const std::vector<torch::Tensor>& params, const std::ve
       if (p.grad().defined()) squared += p.grad().to(torch::kFloat64).pow(2).sum().item<double>();
     }
     const double norm = std::sqrt(squared);
+    const bool clip = norm > dp.clip_norm;
     result.norms.push_back(norm);
-    if (norm > dp.clip_norm) ++result.clipped;
-    const double scale = norm > dp.clip_norm ? dp.clip_norm / norm : 1.0;
+    result.clipped += clip ? 1 : 0;
+    const double scale = clip ? dp.clip_norm / norm : 1.0;
     for (std::size_t i = 0; i < params.size(); ++i) {
       if (params[i].grad().defined()) sum[i].add_(params[i].grad(), scale);
     }

@@ -64,8 +64,9 @@ struct DpStepResult {
 // once, the clipped ones summed, Gaussian noise of sd noise_multiplier * clip_norm added to every
 // coordinate and the sum divided by q * N. The result says how many joined, and their norms
 // before the clip (for the site's own log: they carry no noise). A step that no subject joined
-// gives the noise alone: the analysis counts every step. `params` may span several modules (ADA: the segmenter's and
-// the discriminator's, one vector for the clip, so one mechanism for both).
+// gives the noise alone: the analysis counts every step. `params` may span several modules
+// (ADA: the segmenter's and the discriminator's, one vector for the clip, so one mechanism for
+// both).
 DpStepResult dp_gradient(const std::vector<torch::Tensor>& params, const std::vector<ScanSlices>& scans,
                          const DpSgd& dp, const std::function<double(const ScanSlices&)>& backward,
                          SecretRandom& secret);

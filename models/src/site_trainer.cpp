@@ -67,16 +67,15 @@ Result<torch::Tensor> load_tensor(const fs::path& path, const std::string& key) 
 // chooses the clip norm from it (README, "Differential privacy"). It never leaves the site in an
 // update: the norms are computed from the patients' slices and carry no noise.
 struct ClipTally {
-  int steps = 0, joined = 0, clipped = 0;
-  std::vector<double> norms;
+  int steps = 0, clipped = 0;
+  std::vector<double> norms;  // one per patient gradient the round took
   void add(const DpStepResult& r) {
     ++steps;
-    joined += r.subjects;
     clipped += r.clipped;
     norms.insert(norms.end(), r.norms.begin(), r.norms.end());
   }
   std::string summary(double clip_norm) {
-    std::string text = std::to_string(joined) + " patient gradients over " + std::to_string(steps) + " steps";
+    std::string text = std::to_string(norms.size()) + " patient gradients over " + std::to_string(steps) + " steps";
     if (norms.empty()) return text;
     const auto quantile = [&](double q) {
       auto at = norms.begin() + static_cast<std::ptrdiff_t>(q * static_cast<double>(norms.size() - 1));
@@ -85,7 +84,7 @@ struct ClipTally {
     };
     return text + fmt::format(", {:.0f}% clipped at clip norm {}; their norms before the clip: median {:.3g}, "
                               "10th-90th percentile {:.3g}-{:.3g}",
-                              100.0 * clipped / joined, clip_norm, quantile(0.5), quantile(0.1), quantile(0.9));
+                              100.0 * clipped / static_cast<double>(norms.size()), clip_norm, quantile(0.5), quantile(0.1), quantile(0.9));
   }
 };
 
