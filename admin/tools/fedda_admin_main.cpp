@@ -21,7 +21,8 @@ int main(int argc, char** argv) {
                "Operator commands (with --kit OPERATOR_KIT, or $FEDDA_OPERATOR_KIT): submit, jobs, status, abort, resume, "
                "clone, delete, download, sites, logs, admit, revoke. Each prints for people, or one JSON document with --json; exit code 0 on "
                "success; on failure a message naming what failed and exit code 3 when what it names does not exist (no such "
-               "job or site), 4 when the coordinator refused it (the operator's role, the job's state), 1 otherwise."};
+               "job or site), 4 when the coordinator refused it (the operator's role, the job's state), 64 for a usage "
+               "error (an unknown option, a missing argument), 1 otherwise."};
   app.require_subcommand(1);
   app.fallthrough();
   app.set_version_flag("--version", std::string("fedda-admin ") + kVersion);

@@ -40,6 +40,29 @@ TEST(FeddaSimCli, EveryCommandAnswersItsHelpAndAWordThatIsNoCommandIsNamed) {
   EXPECT_EQ(none.output.find("unknown command"), std::string::npos) << none.output;
 }
 
+// A script tells a usage error from a failure by its exit code: 64 (sysexits' EX_USAGE) from every
+// executable, whatever CLI11 names the mistake; --help and --version are not errors.
+TEST(FeddaSimCli, EveryExecutableExitsWithEX_USAGEOnAUsageErrorOnly) {
+  const std::vector<std::pair<std::string, std::string>> tools = {
+      {"fedda-sim", "generate"}, {"fedda-agent", "run"}, {"fedda-coordinator", "serve"}, {"fedda-admin", "provision"}};
+  for (const auto& [tool, command] : tools) {
+    const auto exe = bin(tool).string();
+    EXPECT_EQ(run_command(exe + " --help").exit_code, 0) << tool;
+    auto version = run_command(exe + " --version");
+    EXPECT_EQ(version.exit_code, 0) << tool << ": " << version.output;
+    EXPECT_NE(version.output.find(tool + " "), std::string::npos) << version.output;
+    for (const auto& args : {std::string(), std::string(" no-such-command"), std::string(" --no-such-option"),
+                             " " + command + " --no-such-option", " --log-level loud " + command}) {
+      auto r = run_command(exe + args);
+      EXPECT_EQ(r.exit_code, 64) << tool << args << ": " << r.output;
+    }
+  }
+  // A failure that is not about the command line keeps its own code.
+  auto missing = run_command(sim() + " evaluate --truth /nonexistent/a.nii.gz --pred /nonexistent/b.nii.gz");
+  EXPECT_NE(missing.exit_code, 0) << missing.output;
+  EXPECT_NE(missing.exit_code, 64) << missing.output;
+}
+
 TEST(FeddaSimCli, GenerateEvaluateAndPreviewEndToEnd) {
   testing::ScratchDir dir;
   auto gen = run_command(sim() + " generate --profile smoke --subjects 1 --clinics amsterdam --seed 9 --out " +

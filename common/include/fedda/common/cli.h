@@ -44,8 +44,13 @@ inline std::string unknown_command(CLI::App& app) {
   return "unknown command '" + left.front() + "' (" + names + ")";
 }
 
-// Parses `argv` and runs the chosen subcommand's callback. Returns CLI11's exit code for --help
-// and usage errors (a first word that is no command is named, with the commands), 1 for an
+// The exit code of a usage error (an unknown option or command, a value out of its range, a
+// required option missing), the same for every fedda executable and distinct from the codes the
+// commands themselves return (1 a failure, 2-4 as each command's help says): sysexits' EX_USAGE.
+inline constexpr int kUsageExitCode = 64;
+
+// Parses `argv` and runs the chosen subcommand's callback. Returns 0 for --help and --version,
+// kUsageExitCode for a usage error (a first word that is no command is named, with the commands), 1 for an
 // exception nobody caught (a fault: an expected failure is an Error), logged as "COMPONENT
 // COMMAND: internal error: WHAT", else `rc`, the code the callback set.
 inline int run(CLI::App& app, int argc, char** argv, const int& rc, const std::string& component) {
@@ -59,11 +64,12 @@ inline int run(CLI::App& app, int argc, char** argv, const int& rc, const std::s
   } catch (const CLI::RequiredError& e) {
     if (const auto unknown = chosen_command(app).empty() ? unknown_command(app) : std::string(); !unknown.empty()) {
       std::cerr << component << ": " << unknown << "\nRun with --help for more information.\n";
-      return e.get_exit_code();
+      return kUsageExitCode;
     }
-    return app.exit(e);
+    return app.exit(e) == 0 ? 0 : kUsageExitCode;
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --version arrive as ParseErrors whose code is 0 (CLI11's Success).
+    return app.exit(e) == 0 ? 0 : kUsageExitCode;
   } catch (const std::exception& e) {
     return internal(e.what());
   } catch (...) {
