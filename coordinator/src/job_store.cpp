@@ -90,7 +90,11 @@ RoundRecord round_from_json(const json& r) {
   rec.learning_rate = r.at("learning_rate").get<double>();
   rec.move_scale = r.value("move_scale", 1.0);
   rec.missing = r.at("missing").get<std::vector<std::string>>();
-  for (const auto& [site, dsc] : r.value("test_dsc", json::object()).items()) rec.test_dsc[site] = dsc.get<double>();
+  // Named, not iterated as a temporary: items() of value()'s returned copy would refer to an object
+  // destroyed before the loop's first pass (a record with test Dice read back as null, and a
+  // restarted coordinator refused every job it held).
+  const json test_dsc = r.value("test_dsc", json::object());
+  for (const auto& [site, dsc] : test_dsc.items()) rec.test_dsc[site] = dsc.get<double>();
   for (const auto& x : r.value("refused", json::array())) {
     rec.refused.emplace_back(x.at("site").get<std::string>(), x.at("reason").get<std::string>());
   }

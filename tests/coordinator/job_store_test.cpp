@@ -33,7 +33,14 @@ TEST(JobStore, QueuedAndRunningJobsSurviveAReopenInTheirOrder) {
     r.sites.push_back({"utrecht", 100, 8, 0.25, 2.0, 1000, 0.1});
     r.missing = {"amsterdam (late)"};
     teacher->rounds.push_back(r);
-    teacher->finished_round = 1;
+    // Rounds that were evaluated carry each evaluation site's test Dice (evaluate_every).
+    for (int k = 2; k <= 12; ++k) {
+      RoundRecord e = r;
+      e.round = k;
+      e.test_dsc = {{"amsterdam", 0.05 * k}, {"utrecht", 0.0}};
+      teacher->rounds.push_back(e);
+    }
+    teacher->finished_round = 12;
     ASSERT_TRUE(store->save(*teacher));
   }
   auto store = JobStore::open(dir.path()).value();
@@ -42,10 +49,17 @@ TEST(JobStore, QueuedAndRunningJobsSurviveAReopenInTheirOrder) {
   EXPECT_EQ(jobs[0]->id(), "t");
   EXPECT_EQ(jobs[0]->state, JobState::running);
   EXPECT_EQ(jobs[0]->submitted_by, "alice");
-  EXPECT_EQ(jobs[0]->finished_round, 1);
-  ASSERT_EQ(jobs[0]->rounds.size(), 1u);
+  EXPECT_EQ(jobs[0]->finished_round, 12);
+  ASSERT_EQ(jobs[0]->rounds.size(), 12u);
   EXPECT_EQ(jobs[0]->rounds[0].missing, std::vector<std::string>{"amsterdam (late)"});
   EXPECT_EQ(jobs[0]->rounds[0].sites[0].bytes_up, 1000);
+  EXPECT_TRUE(jobs[0]->rounds[0].test_dsc.empty());
+  for (int k = 2; k <= 12; ++k) {
+    const auto& dsc = jobs[0]->rounds[k - 1].test_dsc;
+    ASSERT_EQ(dsc.size(), 2u) << "round " << k;
+    EXPECT_DOUBLE_EQ(dsc.at("amsterdam"), 0.05 * k);
+    EXPECT_DOUBLE_EQ(dsc.at("utrecht"), 0.0);
+  }
   EXPECT_EQ(jobs[1]->id(), "kd");
   EXPECT_EQ(jobs[1]->state, JobState::queued);
   EXPECT_EQ(jobs[1]->definition.teacher, "job:t");
