@@ -30,7 +30,7 @@ TEST(JobStore, QueuedAndRunningJobsSurviveAReopenInTheirOrder) {
     RoundRecord r;
     r.round = 1;
     r.seconds = 2.5;
-    r.sites.push_back({"utrecht", 100, 8, 0.25, 2.0, 1000, 0.1});
+    r.sites.push_back({"utrecht", 100, 8, 0.25, 2.0, 1000, 0.1, "float32", -1.0, 0.0});
     r.missing = {"amsterdam (late)"};
     teacher->rounds.push_back(r);
     // Rounds that were evaluated carry each evaluation site's test Dice (evaluate_every).
