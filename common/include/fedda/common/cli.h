@@ -59,6 +59,8 @@ inline int run(CLI::App& app, int argc, char** argv, const int& rc, const std::s
     log::get(component)->error("{}{}: internal error: {}", component, command.empty() ? "" : " " + command, what);
     return 1;
   };
+  // CLI11 prints the message; --help and --version arrive as ParseErrors whose code is 0 (Success).
+  const auto usage = [&app](const CLI::ParseError& e) { return app.exit(e) == 0 ? 0 : kUsageExitCode; };
   try {
     app.parse(argc, argv);
   } catch (const CLI::RequiredError& e) {
@@ -66,10 +68,9 @@ inline int run(CLI::App& app, int argc, char** argv, const int& rc, const std::s
       std::cerr << component << ": " << unknown << "\nRun with --help for more information.\n";
       return kUsageExitCode;
     }
-    return app.exit(e) == 0 ? 0 : kUsageExitCode;
+    return usage(e);
   } catch (const CLI::ParseError& e) {
-    // --help and --version arrive as ParseErrors whose code is 0 (CLI11's Success).
-    return app.exit(e) == 0 ? 0 : kUsageExitCode;
+    return usage(e);
   } catch (const std::exception& e) {
     return internal(e.what());
   } catch (...) {
