@@ -64,11 +64,11 @@ struct ExperimentBudget {
   double kd_hard_weight = 0;             // supervised term on the teacher's confident voxels
   double kd_confidence = 0.5;
   // Batch norm across domains: centralized kd / ada recompute it on the target (local: AdaBN) or
-  // not (shared); federated jobs keep it at each site (local: FedBN) or average it (shared). What
-  // each choice measured, and why FedBN is the federated default: README, "Federated against
-  // centralized".
+  // not (shared); federated jobs keep it at each site (local: FedBN) or average it (shared, a job
+  // file's default too). What each choice measured, and why shared is the federated default since
+  // FedNova's rounds: README, "Federated rounds, corrected".
   protocol::BnStatistics bn_statistics = protocol::BnStatistics::shared;  // centralized kd / ada (TrainConfig)
-  protocol::BnStatistics federated_bn = protocol::BnStatistics::local;
+  protocol::BnStatistics federated_bn = protocol::BnStatistics::shared;
   protocol::ServerOptimizer server_optimizer = protocol::ServerOptimizer::fedavg;
   double server_lr = 1.0;
   int curve_every = 0;  // learning curves: the test half scored every this many epochs / rounds
