@@ -411,7 +411,14 @@ void AdminService::audit(const std::string& who, const protocol::AdminRequest& r
     log::get("coordinator")->error("cannot append to the audit log {}", audit_file_.string());
   }
   if (fd >= 0) ::close(fd);
-  log::get("coordinator")->info("admin: {} {} {}{}", who, r.command, r.target, reply.ok ? "" : " refused: " + reply.error);
+  // A console that polls (`jobs --watch`, `status --follow`, the experiment's consortia) would put
+  // a line a second into the service's log: a view that succeeded is logged at debug level only.
+  // The audit file above keeps every command.
+  using C = protocol::AdminCommand;
+  const auto command = protocol::parse_admin_command(r.command);
+  const bool view = reply.ok && command && (*command == C::jobs || *command == C::status || *command == C::sites);
+  log::get("coordinator")->log(view ? spdlog::level::debug : spdlog::level::info, "admin: {} {} {}{}", who, r.command,
+                               r.target, reply.ok ? "" : " refused: " + reply.error);
 }
 
 }  // namespace fedda::coordinator
