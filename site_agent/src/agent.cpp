@@ -179,7 +179,7 @@ struct Agent::Impl {
     if (o.type == MessageType::job_failed) ++counters.failures;
     if (o.type == MessageType::job_pending) ++counters.pending;
     if (o.type == MessageType::round_update) {
-      session.offer_update(o.job_id, o.round, std::move(o.frames), std::move(o.tensors));
+      session.offer_update(o.job_id, o.round, std::move(o.frames), std::move(o.tensors), o.evaluation);
     } else {
       session.send(o.type, o.job_id, o.round, o.frames, o.tensors, o.detail);
     }

@@ -117,8 +117,9 @@ void Session::send(MessageType type, const std::string& job_id, int round, const
   }
 }
 
-void Session::offer_update(const std::string& job_id, int round, protocol::Frames frames, std::string tensors) {
-  pending_[{job_id, round}] = {std::move(frames), std::move(tensors)};
+void Session::offer_update(const std::string& job_id, int round, protocol::Frames frames, std::string tensors,
+                           bool evaluation) {
+  pending_[{job_id, round}] = {std::move(frames), std::move(tensors), evaluation};
   send(MessageType::update_ready, job_id, round, protocol::encode_empty(header(MessageType::update_ready, job_id, round)));
 }
 
@@ -260,8 +261,13 @@ void Session::handle(protocol::Header h, std::string body, std::string signature
         log_->warn("upload asked for job {} round {}, which this site has no update for", h.job_id, h.round);
         return;
       }
-      send(MessageType::round_update, h.job_id, h.round, it->second.first, it->second.second);
-      log_->info("job {}: round {} update uploaded ({:.1f} MB)", h.job_id, h.round, it->second.first.body.size() / 1e6);
+      const Pending& p = it->second;
+      send(MessageType::round_update, h.job_id, h.round, p.frames, p.tensors);
+      if (p.evaluation) {
+        log_->info("job {}: evaluation uploaded ({:.1f} MB)", h.job_id, p.frames.body.size() / 1e6);
+      } else {
+        log_->info("job {}: round {} update uploaded ({:.1f} MB)", h.job_id, h.round, p.frames.body.size() / 1e6);
+      }
       pending_.erase(it);
       return;
     }

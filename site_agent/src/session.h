@@ -88,7 +88,9 @@ class Session {
   void send(protocol::MessageType type, const std::string& job_id, int round, const protocol::Frames& frames,
             const std::string& tensors = {}, const std::string& detail = {});
   // A round's update: announced (update_ready) now, sent when the coordinator grants credit.
-  void offer_update(const std::string& job_id, int round, protocol::Frames frames, std::string tensors);
+  // `evaluation`: it carries an evaluation's scores (the log says so instead of a round number).
+  void offer_update(const std::string& job_id, int round, protocol::Frames frames, std::string tensors,
+                    bool evaluation = false);
   bool holds_updates() const { return !pending_.empty(); }
   // Tells the coordinator the agent is leaving and lingers briefly so the message goes out.
   void say_goodbye(const std::string& reason);
@@ -124,7 +126,12 @@ class Session {
   std::uint64_t instance_ = 0;  // this process's, in every hello (protocol::Hello::instance)
   std::uint64_t sequence_ = 0;              // this agent's, per process
   std::uint64_t coordinator_sequence_ = 0;  // the coordinator's last, per session (from its welcome)
-  std::map<std::pair<std::string, int>, std::pair<protocol::Frames, std::string>> pending_;  // awaiting credit
+  struct Pending {
+    protocol::Frames frames;
+    std::string tensors;
+    bool evaluation = false;
+  };
+  std::map<std::pair<std::string, int>, Pending> pending_;  // awaiting credit
 };
 
 }  // namespace fedda::site_agent

@@ -568,6 +568,7 @@ struct SiteWorker::Impl {
     }
     post(MessageType::round_update, h.job_id, h.round, update, tensor_summary(update));
     out.back().secure = job_secure && !task->evaluate;
+    out.back().evaluation = task->evaluate;
   }
 
   void release(const std::string& job_id) {

@@ -35,6 +35,7 @@ struct Outgoing {
   bool secure = false;  // a round_update of a secure-aggregation job: masked before it leaves (secure_rounds.h)
   std::vector<std::string> training_sites;  // with a job_ready: the job's sites (SecureRounds::prepared)
   bool steps_by_share = false;              // with a job_ready: the job's, for its updates' weight (aggregation.h)
+  bool evaluation = false;  // a round_update that carries an evaluation's scores, not a trained model
 };
 
 // `body` from `site` as an encoded message for the session.
