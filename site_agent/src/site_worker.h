@@ -47,7 +47,14 @@ Outgoing make_outgoing(const std::string& site, protocol::MessageType type, cons
   h.sender = site;
   h.job_id = job_id;
   h.round = round;
-  return Outgoing{type, job_id, round, protocol::encode(h, body), std::move(tensors), std::move(detail)};
+  Outgoing o;
+  o.type = type;
+  o.job_id = job_id;
+  o.round = round;
+  o.frames = protocol::encode(h, body);
+  o.tensors = std::move(tensors);
+  o.detail = std::move(detail);
+  return o;
 }
 
 class SiteWorker {
