@@ -12,6 +12,7 @@ scans, and how the flags do on scans whose true Dice is below 0.2 (recall) and o
 (false alarms). Writes OUT/scans.csv and OUT/summary.json and prints a table.
 
 usage: benchmarks/quality_estimates.py --run RUN --data DATA --bin build/bin --out OUT
+       [--methods teacher,kd,ada] [--scanner-changes N]   (N: calibrate's, 8 by default)
 """
 import argparse
 import csv
@@ -66,7 +67,10 @@ def main():
     ap.add_argument("--flag-below", default="0.2")
     ap.add_argument("--teachers-estimator", action="store_true",
                     help="monitor KD and ADA models with their teacher's estimator (as jobs do) instead of their own")
+    ap.add_argument("--methods", default="teacher,kd,ada", help="which models of each cell (teacher, kd, ada)")
+    ap.add_argument("--scanner-changes", default="8", help="fedda-agent calibrate --scanner-changes (its default: 8)")
     a = ap.parse_args()
+    methods = a.methods.split(",")
     agent = os.path.join(a.bin, "fedda-agent")
     os.makedirs(a.out, exist_ok=True)
     central = os.path.join(a.run, "centralized")
@@ -87,7 +91,7 @@ def main():
                 link = os.path.join(test_dir, s)
                 if not os.path.exists(link):
                     os.symlink(os.path.abspath(os.path.join(a.data, target, s)), link)
-            for method in ("teacher", "kd", "ada"):
+            for method in methods:
                 model = teacher if method == "teacher" else os.path.join(central, cell, f"fold{fold}", method, "model.pt")
                 if not os.path.isfile(model):
                     print(f"missing {model}; skipped", file=sys.stderr)
@@ -99,7 +103,8 @@ def main():
                 elif fitted is None:
                     fitted = os.path.join(a.out, "models", cell if method != "teacher" else source, f"fold{fold}" if method != "teacher" else "", f"{method}.pt")
                     os.makedirs(os.path.dirname(fitted), exist_ok=True)
-                    run([agent, "--log-level", "warn", "calibrate", "--model", model, "--data", os.path.join(a.data, source), "--out", fitted] + with_teacher)
+                    run([agent, "--log-level", "warn", "calibrate", "--model", model, "--data", os.path.join(a.data, source), "--out", fitted,
+                         "--scanner-changes", a.scanner_changes] + with_teacher)
                     calibrated[model] = fitted
                 report = os.path.join(a.out, "reports", cell, f"fold{fold}", method)
                 estimator = []

@@ -203,6 +203,17 @@ void augment_slices(SliceBatch& b, const Recipe& r, std::mt19937_64& rng) {
   intensity(b, r, draw);
 }
 
+void scanner_change(torch::Tensor& slices, const Recipe& r, std::uint64_t seed) {
+  torch::NoGradGuard no_grad;
+  for (std::int64_t i = 0; i < slices.size(0); ++i) {
+    std::mt19937_64 rng(seed);  // the same stream for every slice: one change of the scan
+    Draw draw(rng);
+    SliceBatch one;
+    one.images = slices.slice(0, i, i + 1);
+    intensity(one, r, draw);
+  }
+}
+
 void crop_patches(SliceBatch& b, int patch_size, double foreground_fraction, std::mt19937_64& rng) {
   const auto n = b.images.size(0), h = b.images.size(2), w = b.images.size(3);
   const std::int64_t size = patch_size;

@@ -31,6 +31,11 @@ bool classic_augmentation(const Recipe& recipe);
 // alike; then intensity transforms change the images only. In place.
 void augment_slices(SliceBatch& batch, const Recipe& recipe, std::mt19937_64& rng);
 
+// `recipe`'s intensity transforms as one change of a whole scan ([S, C, H, W], in place): every
+// slice gets the same draws from `seed` (which transforms, which channels, their parameters, the
+// bias field's and the noise's pattern), as a scan from another scanner or protocol would.
+void scanner_change(torch::Tensor& slices, const Recipe& recipe, std::uint64_t seed);
+
 // A patch_size x patch_size window of every slice: with probability foreground_fraction centred
 // on a lesion voxel (label 1, else p > 0.5) where the slice has one, else anywhere. In place.
 void crop_patches(SliceBatch& batch, int patch_size, double foreground_fraction, std::mt19937_64& rng);

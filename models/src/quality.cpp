@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "augment.h"
 #include "data.h"
 #include "fedda/imaging/metrics.h"
 #include "fedda/imaging/morphology.h"
@@ -440,6 +441,15 @@ torch::Tensor perturb(const torch::Tensor& images, const torch::Tensor& brain, i
   return torch::stack({flair, t1}, 1).contiguous();
 }
 
+// A scanner change of a scan ([S, 2, H, W], z-scored): the heavy recipe's intensity transforms,
+// drawn once for the scan, then each channel z-scored inside the brain again, as the model's
+// preprocessing would a scan of that scanner.
+torch::Tensor scanner_changed(const torch::Tensor& images, const torch::Tensor& brain, const Recipe& heavy, std::uint64_t seed) {
+  auto changed = images.clone();
+  scanner_change(changed, heavy, seed);
+  return torch::stack({rezscore(changed.select(1, 0), brain), rezscore(changed.select(1, 1), brain)}, 1).contiguous();
+}
+
 }  // namespace
 
 Result<std::vector<ScanSignals>> compute_signals(
@@ -491,16 +501,21 @@ Result<QualityEstimator> calibrate_quality(const fs::path& model_path, const std
   std::vector<ScanSignals> samples;
   std::vector<double> dsc;
   std::vector<std::vector<double>> unchanged_histograms;
-  const int total = static_cast<int>(labelled.size()) * kPerturbations;
+  if (options.scanner_changes < 0) return make_error("calibration: scanner changes must be 0 or more");
+  const auto heavy = recipe_preset("heavy");
+  if (!heavy) return heavy.error();
+  const int kinds = kPerturbations + options.scanner_changes;
+  const int total = static_cast<int>(labelled.size()) * kinds;
   int done = 0;
   for (const auto& subject : labelled) {
     if (!subject.labels) return make_error(subject.clinic + "/" + subject.subject + ": no labels to calibrate against");
     auto scan = load_scan(subject, model->model.spec.grid, true);
     if (!scan) return scan.error();
-    for (int kind = 0; kind < kPerturbations; ++kind) {
+    for (int kind = 0; kind < kinds; ++kind) {
       torch::NoGradGuard no_grad;
-      const auto images = perturb(scan->images, scan->brain, kind,
-                                  mix(std::hash<std::string>{}(subject.subject), static_cast<std::uint64_t>(kind)));
+      const auto seed = mix(std::hash<std::string>{}(subject.subject), static_cast<std::uint64_t>(kind));
+      const auto images = kind < kPerturbations ? perturb(scan->images, scan->brain, kind, seed)
+                                                : scanner_changed(scan->images, scan->brain, *heavy, seed);
       const auto p = predict(model->model.net, images, model->device, 1.0, scan->brain);
       auto s = signals_of(*model, teacher ? &*teacher : nullptr, *scan, images, p, {}, false);
       s.clinic = subject.clinic;
@@ -526,7 +541,9 @@ Result<QualityEstimator> calibrate_quality(const fs::path& model_path, const std
   if (!e) return e.error();
   e->reference_histogram = reference;
   e->fitted_on = std::to_string(labelled.size()) + " labelled scans of " + labelled.front().clinic + ", each as it is and under " +
-                 std::to_string(kPerturbations - 1) + " acquisition changes" + (teacher ? ", with a teacher" : "");
+                 std::to_string(kPerturbations - 1) + " acquisition changes" +
+                 (options.scanner_changes ? " and " + std::to_string(options.scanner_changes) + " random scanner changes" : "") +
+                 (teacher ? ", with a teacher" : "");
   return e;
 }
 

@@ -18,6 +18,7 @@ namespace {
 struct DataArgs {
   std::string data_dir, layout;
   std::string model, teacher, out, device = "cpu", precision = "auto";
+  int scanner_changes = 8;  // calibrate (models::CalibrationOptions)
 };
 
 // The subjects of `config`'s data, or else of the folder in `a` in any layout the agent reads
@@ -169,8 +170,8 @@ void add_calibrate(CLI::App& app, int& rc) {
   auto* calibrate = app.add_subcommand(
       "calibrate",
       "Fit the label-free quality estimator of a model where labels exist (a source site; the labelled half in "
-      "simulation): each labelled scan is segmented as it is and under 7 acquisition changes (contrast curves, noise, "
-      "blur, a bias field), its signals regressed on its Dice, and the estimator written into a copy of the model "
+      "simulation): each labelled scan is segmented as it is, under 7 acquisition changes (contrast curves, noise, "
+      "blur, a bias field) and under random scanner changes (--scanner-changes), its signals regressed on its Dice, and the estimator written into a copy of the model "
       "file (--out), which sites without labels then monitor with. With --teacher the teacher's agreement is one of "
       "the signals, and monitor needs the same teacher.");
   calibrate->add_option("--model", a->model, "fedda model file (.pt)")->required();
@@ -178,6 +179,11 @@ void add_calibrate(CLI::App& app, int& rc) {
   calibrate->add_option("--data", a->data_dir, "labelled scans: a folder in any layout the agent reads")->required();
   calibrate->add_option("--layout", a->layout, "--data's layout when detection is not enough");
   calibrate->add_option("--out", a->out, "the model file with its estimator (may be --model itself)")->required();
+  calibrate->add_option("--scanner-changes", a->scanner_changes,
+                        "beside the 7 fixed changes, this many random scanner changes of each scan, drawn from the heavy "
+                        "recipe's intensity transforms (BigAug's ranges) for the whole scan at once")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 64));
   add_compute_options(calibrate, *a);
   calibrate->callback([a, &rc]() {
     auto log = log::get("fedda-agent");
@@ -196,6 +202,7 @@ void add_calibrate(CLI::App& app, int& rc) {
     if (!a->teacher.empty()) options.teacher = a->teacher;
     options.device = a->device;
     options.precision = a->precision;
+    options.scanner_changes = a->scanner_changes;
     auto estimator = models::calibrate_quality(a->model, labelled, options, [&](int done, int total) {
       if (done == total || done % 10 == 0) log->info("{} of {} samples", done, total);
     });

@@ -309,7 +309,22 @@ TEST(FeddaAgentCli, MonitorEstimatesWithoutLabelsAndFlagsAScannerChange) {
     const bool warned = calibrate.output.find("segments almost nothing on its labelled scans") != std::string::npos;
     EXPECT_EQ(warned, std::stod(m[1]) < 0.05) << calibrate.output;
   }
-  EXPECT_NE(calibrate.output.find("64 samples"), std::string::npos) << calibrate.output;
+  // 8 scans, each as it is, under the 7 fixed changes and under 8 random scanner changes.
+  EXPECT_NE(calibrate.output.find("under 7 acquisition changes and 8 random scanner changes"), std::string::npos)
+      << calibrate.output;
+  EXPECT_NE(calibrate.output.find("128 samples"), std::string::npos) << calibrate.output;
+  {  // the number of scanner changes is the caller's
+    auto more = run_command(agent + " calibrate --model " + model + " --teacher " + teacher + " --data " +
+                            (dir / "data/amsterdam").string() + " --scanner-changes 2 --out " + (dir / "more.pt").string());
+    ASSERT_EQ(more.exit_code, 0) << more.output;
+    EXPECT_NE(more.output.find("under 7 acquisition changes and 2 random scanner changes"), std::string::npos) << more.output;
+    EXPECT_NE(more.output.find("80 samples"), std::string::npos) << more.output;
+    auto bad = run_command(agent + " calibrate --model " + model + " --data " + (dir / "data/amsterdam").string() +
+                           " --scanner-changes -1 --out " + (dir / "bad.pt").string());
+    EXPECT_EQ(bad.exit_code, 64) << bad.output;
+    EXPECT_NE(bad.output.find("--scanner-changes"), std::string::npos) << bad.output;
+    EXPECT_FALSE(std::filesystem::exists(dir / "bad.pt"));
+  }
   const std::string calibrated = (dir / "calibrated.pt").string();
 
   // Fitted with the teacher's agreement: monitoring without the teacher is refused, by name.
