@@ -171,8 +171,9 @@ void add_calibrate(CLI::App& app, int& rc) {
       "calibrate",
       "Fit the label-free quality estimator of a model where labels exist (a source site; the labelled half in "
       "simulation): each labelled scan is segmented as it is, under 7 acquisition changes (contrast curves, noise, "
-      "blur, a bias field) and under random scanner changes (--scanner-changes), its signals regressed on its Dice, and the estimator written into a copy of the model "
-      "file (--out), which sites without labels then monitor with. With --teacher the teacher's agreement is one of "
+      "blur, a bias field) and under random scanner changes (--scanner-changes), its signals regressed on its "
+      "Dice, and the estimator written into a copy of the model file (--out), which sites without labels then "
+      "monitor with. With --teacher the teacher's agreement is one of "
       "the signals, and monitor needs the same teacher.");
   calibrate->add_option("--model", a->model, "fedda model file (.pt)")->required();
   calibrate->add_option("--teacher", a->teacher, "the teacher it was distilled from");

@@ -18,9 +18,9 @@
 //
 // From these an estimated Dice per scan with a 90% interval, by a small ridge regression fitted
 // where labels exist (calibrate_quality: the source site's labelled scans, each also degraded by
-// a fixed set of acquisition changes so the fit spans bad scans too) and carried inside the model
-// file, so a target site needs no labels. A scan outside the range of signals the estimator was
-// fitted on is named: its estimate is an extrapolation.
+// a fixed set of acquisition changes and by random scanner changes, so the fit spans bad scans
+// too) and carried inside the model file, so a target site needs no labels. A scan outside the
+// range of signals the estimator was fitted on is named: its estimate is an extrapolation.
 
 #include <cmath>
 #include <filesystem>
