@@ -18,6 +18,13 @@ using nlohmann::json;
 
 namespace {
 
+// The commands that only look (jobs, status, sites): what the status page may ask, and what the
+// service's log keeps at debug level when it succeeds.
+bool is_view(protocol::AdminCommand command) {
+  using C = protocol::AdminCommand;
+  return command == C::jobs || command == C::status || command == C::sites;
+}
+
 protocol::AdminReply ok(json answer) {
   protocol::AdminReply reply;
   reply.ok = true;
@@ -122,8 +129,7 @@ protocol::AdminReply AdminService::handle(const std::string& who, const protocol
 }
 
 protocol::AdminReply AdminService::read(protocol::AdminCommand command, const std::string& target) {
-  using C = protocol::AdminCommand;
-  if (command != C::jobs && command != C::status && command != C::sites) {
+  if (!is_view(command)) {
     return refused(std::string("not a read-only command: ") + protocol::admin_command_name(command));
   }
   protocol::AdminRequest request;
@@ -414,9 +420,8 @@ void AdminService::audit(const std::string& who, const protocol::AdminRequest& r
   // A console that polls (`jobs --watch`, `status --follow`, the experiment's consortia) would put
   // a line a second into the service's log: a view that succeeded is logged at debug level only.
   // The audit file above keeps every command.
-  using C = protocol::AdminCommand;
   const auto command = protocol::parse_admin_command(r.command);
-  const bool view = reply.ok && command && (*command == C::jobs || *command == C::status || *command == C::sites);
+  const bool view = reply.ok && command && is_view(*command);
   log::get("coordinator")->log(view ? spdlog::level::debug : spdlog::level::info, "admin: {} {} {}{}", who, r.command,
                                r.target, reply.ok ? "" : " refused: " + reply.error);
 }
