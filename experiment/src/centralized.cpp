@@ -29,9 +29,12 @@ struct Curve {
           << (std::isfinite(e.curve_dsc) ? std::to_string(e.curve_dsc) : std::string()) << "," << e.learning_rate << ","
           << e.data_wait_share << "\n";
       log::get("centralized")
-          ->info("{} epoch {}: loss {:.4f}, lr {:.3g}, {:.1f} s, {:.1f} slices/s, {:.1f}% waiting for data{}", stage,
+          ->info("{} epoch {}: loss {:.4f}, lr {:.3g}, {:.1f} s, {:.1f} slices/s, {:.1f}% waiting for data{}{}", stage,
                  e.epoch, e.loss, e.learning_rate, e.seconds, e.slices_per_second, 100 * e.data_wait_share,
-                 std::isfinite(e.curve_dsc) ? ", test Dice " + std::to_string(e.curve_dsc) : "");
+                 std::isfinite(e.curve_dsc) ? ", test Dice " + std::to_string(e.curve_dsc) : "",
+                 std::isfinite(e.curve_dsc_unaveraged)
+                     ? " (averaged weights; as trained " + std::to_string(e.curve_dsc_unaveraged) + ")"
+                     : "");
     };
   }
 };

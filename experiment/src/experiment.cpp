@@ -502,6 +502,11 @@ Status check_configuration(const ExperimentOptions& o, const json& config) {
         for (const auto& [name, value] : kBeforeTheKey.items()) {
           if (!before.contains(name)) before[name] = value;
         }
+        // A recipe written before one of its keys existed reads as the preset's value of it.
+        for (const char* name : {"teacher_recipe", "adapt_recipe", "noisy_augmentation"}) {
+          if (!before.contains(name)) continue;
+          if (auto r = models::recipe_from_json(before[name].dump())) before[name] = json::parse(models::to_json(*r));
+        }
       }
       if (before != now) {
         return make_error(o.out.string() + " holds a run with another " + key + " (" + before.dump() +

@@ -13,6 +13,7 @@
 #include "prefetch.h"
 #include "torch_boundary.h"
 #include "training.h"
+#include "weight_average.h"
 
 namespace fedda::models {
 namespace fs = std::filesystem;
@@ -78,9 +79,12 @@ Result<TrainReport> run_epochs(const TrainConfig& c, Trainee& t, const SampleFn&
   const auto start = std::chrono::steady_clock::now();
   t.net->set_precision(t.precision);
   int first = 1;
+  std::optional<WeightAverage> average;
+  if (c.recipe.weight_average > 0) average.emplace(t.net, c.recipe.weight_average);
+  const auto averaged = average ? &*average : nullptr;
   std::error_code ec;
   if (!c.checkpoint.empty() && fs::exists(c.checkpoint, ec)) {
-    auto resumed = load_checkpoint(c.checkpoint, t.net, *t.optimizer, t.discriminator, t.discriminator_optimizer);
+    auto resumed = load_checkpoint(c.checkpoint, t.net, *t.optimizer, t.discriminator, t.discriminator_optimizer, averaged);
     if (!resumed) return resumed.error();
     first = resumed->finished_epochs + 1;
     report.resumed_from_epoch = resumed->finished_epochs;
@@ -109,6 +113,7 @@ Result<TrainReport> run_epochs(const TrainConfig& c, Trainee& t, const SampleFn&
       const double l = learn(batches, epoch);
       if (!std::isfinite(l)) return make_error("training diverged (loss is " + std::to_string(l) + ") in epoch " + std::to_string(epoch));
       loss += l;
+      if (average) average->update(t.net);
     }
     if (ahead) data_seconds = ahead->waited_seconds();
     EpochReport e;
@@ -119,23 +124,37 @@ Result<TrainReport> run_epochs(const TrainConfig& c, Trainee& t, const SampleFn&
     e.learning_rate = lr;
     e.data_wait_share = data_seconds / std::max(e.seconds, 1e-9);
     if (c.curve_every > 0 && !c.curve_subjects.empty() && (epoch % c.curve_every == 0 || epoch == c.epochs)) {
-      // The learning curve scores the model as it would be saved now (AdaBN included).
-      if (t.before_save) t.before_save();
-      auto scores = score_subjects(t.net, t.spec, c.curve_subjects, t.device, true, c.test_time_mirroring);
-      if (!scores) return scores.error();
-      e.curve_dsc = mean_dice(*scores);
-      if (t.after_curve) t.after_curve();
+      // The learning curve scores the model as it would be saved now (averaged, AdaBN included);
+      // at the last epoch the weights as trained are scored too, for what averaging changed.
+      const auto score_as_saved = [&]() -> Result<double> {
+        if (t.before_save) t.before_save();
+        auto scores = score_subjects(t.net, t.spec, c.curve_subjects, t.device, true, c.test_time_mirroring);
+        if (t.after_curve) t.after_curve();
+        if (!scores) return scores.error();
+        return mean_dice(*scores);
+      };
+      if (average && epoch == c.epochs) {
+        auto live = score_as_saved();
+        if (!live) return live.error();
+        e.curve_dsc_unaveraged = *live;
+      }
+      if (average) average->swap(t.net);
+      auto dsc = score_as_saved();
+      if (average) average->swap(t.net);
+      if (!dsc) return dsc.error();
+      e.curve_dsc = *dsc;
     }
     report.epochs.push_back(e);
     if (progress) progress(e);
     if (!c.checkpoint.empty()) {
       if (auto st = save_checkpoint(c.checkpoint, t.spec, t.net, *t.optimizer, epoch, t.discriminator,
-                                    t.discriminator_optimizer);
+                                    t.discriminator_optimizer, averaged);
           !st) {
         return st.error();
       }
     }
   }
+  if (average) average->swap(t.net);
   if (t.before_save) t.before_save();
   t.net->eval();
   if (auto st = save_model(model_out, t.spec, t.net); !st) return st.error();

@@ -8,6 +8,7 @@
 #endif
 
 #include "fedda/common/files.h"
+#include "weight_average.h"
 
 namespace fedda::models {
 namespace fs = std::filesystem;
@@ -120,7 +121,7 @@ Result<LoadedModel> load_model(const fs::path& path, const torch::Device& device
 
 Status save_checkpoint(const fs::path& path, const ModelSpec& spec, UNet& net, torch::optim::Optimizer& optimizer,
                        int finished_epochs, Discriminator* discriminator,
-                       torch::optim::Optimizer* discriminator_optimizer) {
+                       torch::optim::Optimizer* discriminator_optimizer, const WeightAverage* average) {
   torch::serialize::OutputArchive archive;
   try {
     archive.write("fedda.spec", c10::IValue(to_json(spec)));
@@ -137,6 +138,11 @@ Status save_checkpoint(const fs::path& path, const ModelSpec& spec, UNet& net, t
       archive.write("discriminator", d);
       archive.write("discriminator_optimizer", dopt);
     }
+    if (average) {
+      torch::serialize::OutputArchive averaged;
+      average->save(averaged);
+      archive.write("averaged", averaged);
+    }
   } catch (const std::exception& e) {
     return make_error(path.string() + ": cannot write checkpoint: " + e.what());
   }
@@ -144,7 +150,8 @@ Status save_checkpoint(const fs::path& path, const ModelSpec& spec, UNet& net, t
 }
 
 Result<Checkpoint> load_checkpoint(const fs::path& path, UNet& net, torch::optim::Optimizer& optimizer,
-                                   Discriminator* discriminator, torch::optim::Optimizer* discriminator_optimizer) {
+                                   Discriminator* discriminator, torch::optim::Optimizer* discriminator_optimizer,
+                                   WeightAverage* average) {
   try {
     torch::serialize::InputArchive archive;
     archive.load_from(path.string());
@@ -161,6 +168,11 @@ Result<Checkpoint> load_checkpoint(const fs::path& path, UNet& net, torch::optim
       archive.read("discriminator_optimizer", dopt);
       (*discriminator)->load(d);
       discriminator_optimizer->load(dopt);
+    }
+    if (average) {
+      torch::serialize::InputArchive averaged;
+      archive.read("averaged", averaged);
+      average->load(averaged);
     }
     Checkpoint c;
     c.finished_epochs = static_cast<int>(epochs.toInt());

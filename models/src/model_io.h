@@ -23,17 +23,20 @@ struct LoadedModel {
 Status save_model(const std::filesystem::path& path, const ModelSpec& spec, UNet& net, const std::string& quality = {});
 Result<LoadedModel> load_model(const std::filesystem::path& path, const torch::Device& device);
 
+class WeightAverage;
+
 // Training state: model, optimizer and the number of finished epochs (plus a discriminator
-// and its optimizer for ADA).
+// and its optimizer for ADA, and the averaged weights when the recipe averages them).
 struct Checkpoint {
   int finished_epochs = 0;
 };
 Status save_checkpoint(const std::filesystem::path& path, const ModelSpec& spec, UNet& net,
                        torch::optim::Optimizer& optimizer, int finished_epochs, Discriminator* discriminator = nullptr,
-                       torch::optim::Optimizer* discriminator_optimizer = nullptr);
+                       torch::optim::Optimizer* discriminator_optimizer = nullptr, const WeightAverage* average = nullptr);
 Result<Checkpoint> load_checkpoint(const std::filesystem::path& path, UNet& net, torch::optim::Optimizer& optimizer,
                                    Discriminator* discriminator = nullptr,
-                                   torch::optim::Optimizer* discriminator_optimizer = nullptr);
+                                   torch::optim::Optimizer* discriminator_optimizer = nullptr,
+                                   WeightAverage* average = nullptr);
 
 // The device a workload runs on: cpu, cuda or cuda:N. Every LibTorch workload of fedda starts
 // here, so this is also where the process's allocator is set up for it (reuse_freed_tensor_memory).

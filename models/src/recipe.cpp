@@ -140,6 +140,8 @@ const std::vector<RecipeKey>& recipe_keys() {
       {"patch_size", &Recipe::patch_size, 0, 1024, "train on patch_size^2 windows (0: whole slices)", false},
       {"foreground_fraction", &Recipe::foreground_fraction, 0, 1, "share of patches centred on a lesion voxel", false},
       {"prefetch", &Recipe::prefetch, 0, 16, "batches prepared ahead on a background thread (0: none)", false},
+      {"weight_average", &Recipe::weight_average, 0, 0.9999,
+       "save the weights' moving average of this decay per step (0: as trained; centralized only)", false},
       {"mirror_probability", &Recipe::mirror_probability, 0, 1, "left-right mirroring", true},
       {"rotation_probability", &Recipe::rotation_probability, 0, 1, "in-plane rotation", true},
       {"rotation_degrees", &Recipe::rotation_degrees, 0, 180, "rotation angle drawn from [-r, r] degrees", true},

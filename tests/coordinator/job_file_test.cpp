@@ -120,6 +120,8 @@ TEST_F(JobFile, MistakesAreNamed) {
       {"id: a\ntype: kd\nteacher: t.pt\nsites: [x]\nrecipe: {preset: bigaug}\n", "unknown recipe preset 'bigaug'"},
       {"id: a\ntype: kd\nteacher: t.pt\nsites: [x]\nrecipe: nnunet\n", "key 'recipe': expected a mapping"},
       {"id: a\ntype: kd\nteacher: t.pt\nsites: [x]\nrecipe: {optimizer: lbfgs}\n", "optimizer is 'lbfgs'"},
+      {"id: a\ntype: teacher\nsites: [x]\nsource: x\nrecipe: {weight_average: 0.999}\n",
+       "recipe: weight_average: averaging the weights over the steps is for centralized training"},
       {"id: a\ntype: teacher\nsites: [x]\nsource: x\nmodel: {depth: 4, grid_size: 64}\nrecipe: {patch_size: 96}\n",
        "recipe: patch_size 96 is larger than the model grid (64)"},
   };

@@ -376,12 +376,16 @@ TEST(ExperimentCli, ATeacherThatLearnsNothingIsDrawnAgainAndItsPairsLeaveTheVerd
   EXPECT_EQ(md.find("Plots incomplete"), std::string::npos) << md;  // a grid of L-bound alone draws its plots
 
   // Another number of draws is another budget. A run from before teacher_draws did one draw: it
-  // resumes with one, not with more.
+  // resumes with one, not with more...
   auto clash = run_command(command + " --teacher-draws 3");
   EXPECT_NE(clash.exit_code, 0);
   EXPECT_NE(clash.output.find("another budget"), std::string::npos) << clash.output;
   auto config = nlohmann::json::parse(testing::read_text(out / "experiment.json"));
   config["budget"].erase("teacher_draws");
+  // ... and one from before the recipes' weight_average key, without averaging.
+  for (const char* recipe : {"teacher_recipe", "adapt_recipe", "noisy_augmentation"}) {
+    ASSERT_EQ(config["budget"][recipe].erase("weight_average"), 1u) << recipe;
+  }
   std::ofstream(out / "experiment.json") << config.dump(2);
   clash = run_command(command + " --teacher-draws 2");
   EXPECT_NE(clash.exit_code, 0);

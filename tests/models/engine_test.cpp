@@ -88,6 +88,56 @@ TEST_F(Engine, ResumingFromACheckpointIsExact) {
   EXPECT_TRUE(*files::read_all(dir_ / "straight.pt") == *files::read_all(dir_ / "resumed.pt"));
 }
 
+TEST_F(Engine, AveragedWeightsAreWhatIsSavedWhileTrainingItselfIsUnchanged) {
+  auto c = tiny();
+  c.epochs = 1;
+  c.steps_per_epoch = 1;
+  ModelSpec spec;
+  spec.unet = c.unet;
+  spec.grid = c.grid;
+  spec.role = "teacher";
+  ASSERT_TRUE(write_model_weights(dir_ / "init.pt", spec, new_model_weights(spec, 3).value()));
+  c.init_model = dir_ / "init.pt";
+  ASSERT_TRUE(train_supervised(clinic("utrecht"), c, dir_ / "trained.pt"));
+  c.recipe.weight_average = 0.5;  // the first step's decay: min(0.5, (1 + 0) / (10 + 0)) = 0.1
+  ASSERT_TRUE(train_supervised(clinic("utrecht"), c, dir_ / "averaged.pt"));
+  const auto initial = read_model_weights(dir_ / "init.pt").value().weights;
+  const auto trained = read_model_weights(dir_ / "trained.pt").value().weights;
+  const auto averaged = read_model_weights(dir_ / "averaged.pt").value().weights;
+  ASSERT_EQ(averaged.tensors.size(), trained.tensors.size());
+  for (std::size_t i = 0; i < averaged.tensors.size(); ++i) {
+    const auto& name = averaged.tensors[i].name;
+    const auto a = to_f32(averaged.tensors[i]), w0 = to_f32(initial.tensors[i]), w1 = to_f32(trained.tensors[i]);
+    ASSERT_EQ(a.size(), w1.size()) << name;
+    for (std::size_t k = 0; k < a.size(); ++k) {
+      // Counters are the trained ones; every float is 0.1 of the start and 0.9 of the step.
+      const float expected = averaged.tensors[i].dtype == DType::i64 ? w1[k] : 0.1f * w0[k] + 0.9f * w1[k];
+      ASSERT_NEAR(a[k], expected, 1e-5f + 1e-5f * std::fabs(expected)) << name << "[" << k << "]";
+    }
+  }
+  EXPECT_GT(l2_distance(trained, averaged), 1e-6);
+
+  // The average travels in the checkpoint: a resumed run saves the same averaged weights.
+  c = tiny();
+  c.epochs = 3;
+  c.recipe.weight_average = 0.9;
+  c.checkpoint = dir_ / "straight.ckpt";
+  ASSERT_TRUE(train_supervised(clinic("utrecht"), c, dir_ / "straight.pt"));
+  c.checkpoint = dir_ / "interrupted.ckpt";
+  c.epochs = 1;
+  ASSERT_TRUE(train_supervised(clinic("utrecht"), c, dir_ / "partial.pt"));
+  c.epochs = 3;
+  auto resumed = train_supervised(clinic("utrecht"), c, dir_ / "resumed.pt");
+  ASSERT_TRUE(resumed) << resumed.error().message;
+  EXPECT_EQ(resumed->resumed_from_epoch, 1);
+  EXPECT_TRUE(*files::read_all(dir_ / "straight.pt") == *files::read_all(dir_ / "resumed.pt"));
+  c.recipe.weight_average = 1;
+  auto refused = train_supervised(clinic("utrecht"), c, dir_ / "refused.pt");
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message.find("weight_average is 1, outside [0, 0.9999]"), std::string::npos)
+      << refused.error().message;
+}
+
 TEST_F(Engine, TheNnunetRecipeResumesExactlyAndPrefetchingChangesNothingButTheThread) {
   auto c = tiny();
   c.epochs = 3;

@@ -83,6 +83,9 @@ struct EpochReport {
   double seconds = 0;
   double slices_per_second = 0;
   double curve_dsc = NAN;  // mean Dice on curve_subjects after this epoch, when it was scored
+  // With the recipe's weight_average: the same for the weights as trained (not averaged), at the
+  // last epoch's score only.
+  double curve_dsc_unaveraged = NAN;
   double learning_rate = 0;
   // Share of the epoch's training time the training thread spent preparing batches (without
   // prefetch) or waiting for the thread that prepares them (with it).

@@ -47,6 +47,10 @@ struct Recipe {
   double foreground_fraction = 0.33;
   // Batches prepared this many ahead on a background thread (0: on the training thread).
   double prefetch = 0;
+  // What is saved and scored: the weights as trained (0), or their exponential moving average
+  // over the steps with this decay (0.999 averages about the last thousand steps). Centralized
+  // training only: a federated job's model is already the sites' average every round.
+  double weight_average = 0;
   // Augmentation. Each transform happens to a slice with its probability; ranges are uniform.
   // Spatial ones move image, labels (nearest) and soft labels (interpolated) together;
   // intensity ones touch the image only.
@@ -77,6 +81,11 @@ struct Recipe {
 
   bool augments() const;  // whether any transform can change a slice
 };
+
+// Why a federated job refuses weight_average.
+inline constexpr const char* kCentralizedOnly =
+    "averaging the weights over the steps is for centralized training (fedda-sim centralized, the grid's "
+    "centralized cells); a federated job's model is already the sites' average every round";
 
 // `recipe` with every augmentation off (patches, optimiser and schedule kept).
 Recipe without_augmentation(Recipe recipe);
