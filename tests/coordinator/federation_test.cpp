@@ -456,7 +456,11 @@ TEST_F(Federation, MalformedOversizedAndStrayMessagesAreDroppedAndLogged) {
   h.type = protocol::MessageType::hello;
   h.sender = "spare";
   h.sequence = 1;
-  auto hello = protocol::encode(h, protocol::Hello{"spare", "test", "cpu"});
+  protocol::Hello greeting;
+  greeting.site_id = "spare";
+  greeting.agent_version = "test";
+  greeting.device = "cpu";
+  auto hello = protocol::encode(h, greeting);
   auto corrupted = hello.body;
   corrupted[0] ^= 0x20;
   send_frames(peer, {hello.header, corrupted});                            // checksum mismatch
@@ -564,7 +568,11 @@ TEST_F(Federation, ProvisionedConsortiumRunsAndRefusesKeysItDidNotProvision) {
     h.type = protocol::MessageType::hello;
     h.sender = "utrecht";
     h.sequence = 1;
-    const auto hello = protocol::encode(h, protocol::Hello{"utrecht", "spy", "cpu"});
+    protocol::Hello greeting;
+    greeting.site_id = "utrecht";
+    greeting.agent_version = "spy";
+    greeting.device = "cpu";
+    const auto hello = protocol::encode(h, greeting);
     send_frames(*spy, {hello.header, hello.body});
     EXPECT_TRUE(testing::wait_for_text(coordinator_log(), "CURVE key " + pub + " is not provisioned", 10s))
         << testing::read_text(coordinator_log());

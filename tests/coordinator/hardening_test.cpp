@@ -147,7 +147,11 @@ TEST_F(Hardening, AHelloWithTheLargestSequenceDoesNotLockTheSiteOut) {
   h.type = protocol::MessageType::hello;
   h.sender = "amsterdam";
   h.sequence = std::numeric_limits<std::uint64_t>::max();
-  const auto hello = protocol::encode(h, protocol::Hello{"amsterdam", "intruder", "cpu", 0});
+  protocol::Hello greeting;
+  greeting.site_id = "amsterdam";
+  greeting.agent_version = "intruder";
+  greeting.device = "cpu";
+  const auto hello = protocol::encode(h, greeting);
   intruder.send(zmq::buffer(hello.header), zmq::send_flags::sndmore);
   intruder.send(zmq::buffer(hello.body), zmq::send_flags::none);
   ASSERT_TRUE(testing::wait_for_text(coordinator_log(), "site amsterdam joined (agent intruder", 10s));
