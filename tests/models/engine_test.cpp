@@ -51,6 +51,23 @@ class Engine : public ::testing::Test {
     c.seed = 5;
     return c;
   }
+  // Trains `c` (from epoch 1, into a fresh checkpoint) until after its first epoch, then resumes
+  // that checkpoint to c.epochs into dir_ / out; returns the resumed run's report.
+  TrainReport interrupted_and_resumed(TrainConfig c, const std::string& out) {
+    c.checkpoint = dir_ / (out + ".ckpt");
+    const int epochs = c.epochs;
+    c.epochs = 1;
+    EXPECT_TRUE(train_supervised(clinic("utrecht"), c, dir_ / (out + ".partial")));
+    c.epochs = epochs;
+    auto resumed = train_supervised(clinic("utrecht"), c, dir_ / out);
+    EXPECT_TRUE(resumed) << resumed.error().message;
+    if (!resumed) return {};
+    EXPECT_EQ(resumed->resumed_from_epoch, 1);
+    return *resumed;
+  }
+  bool same_bytes(const std::string& a, const std::string& b) {
+    return *files::read_all(dir_ / a) == *files::read_all(dir_ / b);
+  }
   testing::ScratchDir dir_;
 
  private:
@@ -77,15 +94,8 @@ TEST_F(Engine, ResumingFromACheckpointIsExact) {
   ASSERT_TRUE(straight) << straight.error().message;
   EXPECT_EQ(straight->epochs.size(), 3u);
 
-  c.checkpoint = dir_ / "interrupted.ckpt";
-  c.epochs = 1;
-  ASSERT_TRUE(train_supervised(clinic("utrecht"), c, dir_ / "partial.pt"));
-  c.epochs = 3;
-  auto resumed = train_supervised(clinic("utrecht"), c, dir_ / "resumed.pt");
-  ASSERT_TRUE(resumed) << resumed.error().message;
-  EXPECT_EQ(resumed->resumed_from_epoch, 1);
-  EXPECT_EQ(resumed->epochs.size(), 2u);
-  EXPECT_TRUE(*files::read_all(dir_ / "straight.pt") == *files::read_all(dir_ / "resumed.pt"));
+  EXPECT_EQ(interrupted_and_resumed(c, "resumed.pt").epochs.size(), 2u);
+  EXPECT_TRUE(same_bytes("straight.pt", "resumed.pt"));
 }
 
 TEST_F(Engine, AveragedWeightsAreWhatIsSavedWhileTrainingItselfIsUnchanged) {
@@ -123,14 +133,8 @@ TEST_F(Engine, AveragedWeightsAreWhatIsSavedWhileTrainingItselfIsUnchanged) {
   c.recipe.weight_average = 0.9;
   c.checkpoint = dir_ / "straight.ckpt";
   ASSERT_TRUE(train_supervised(clinic("utrecht"), c, dir_ / "straight.pt"));
-  c.checkpoint = dir_ / "interrupted.ckpt";
-  c.epochs = 1;
-  ASSERT_TRUE(train_supervised(clinic("utrecht"), c, dir_ / "partial.pt"));
-  c.epochs = 3;
-  auto resumed = train_supervised(clinic("utrecht"), c, dir_ / "resumed.pt");
-  ASSERT_TRUE(resumed) << resumed.error().message;
-  EXPECT_EQ(resumed->resumed_from_epoch, 1);
-  EXPECT_TRUE(*files::read_all(dir_ / "straight.pt") == *files::read_all(dir_ / "resumed.pt"));
+  interrupted_and_resumed(c, "resumed.pt");
+  EXPECT_TRUE(same_bytes("straight.pt", "resumed.pt"));
   c.recipe.weight_average = 1;
   auto refused = train_supervised(clinic("utrecht"), c, dir_ / "refused.pt");
   ASSERT_FALSE(refused);
@@ -151,20 +155,13 @@ TEST_F(Engine, TheNnunetRecipeResumesExactlyAndPrefetchingChangesNothingButTheTh
   EXPECT_DOUBLE_EQ(straight->epochs[0].learning_rate, 1e-2);
   EXPECT_NEAR(straight->epochs[2].learning_rate, 1e-2 * std::pow(1.0 / 3.0, 0.9), 1e-12);
   c.recipe.prefetch = 2;
-  c.checkpoint = dir_ / "prefetched.ckpt";
-  c.epochs = 1;
-  ASSERT_TRUE(train_supervised(clinic("utrecht"), c, dir_ / "partial.pt"));
-  c.epochs = 3;
-  auto resumed = train_supervised(clinic("utrecht"), c, dir_ / "prefetched.pt");
-  ASSERT_TRUE(resumed) << resumed.error().message;
-  EXPECT_EQ(resumed->resumed_from_epoch, 1);
-  EXPECT_TRUE(*files::read_all(dir_ / "inline.pt") == *files::read_all(dir_ / "prefetched.pt"));
-  for (const auto& e : resumed->epochs) {
+  const auto resumed = interrupted_and_resumed(c, "prefetched.pt");
+  EXPECT_TRUE(same_bytes("inline.pt", "prefetched.pt"));
+  for (const auto& e : resumed.epochs) {
     EXPECT_GE(e.data_wait_share, 0.0);
     EXPECT_LE(e.data_wait_share, 1.0);
   }
   // The same recipe drives distillation and adversarial adaptation.
-  c.checkpoint.clear();
   auto kd = train_kd(dir_ / "inline.pt", clinic("utrecht"), clinic("singapore"), c, dir_ / "kd.pt");
   ASSERT_TRUE(kd) << kd.error().message;
   auto ada = train_ada(dir_ / "inline.pt", clinic("utrecht"), clinic("singapore"), c, dir_ / "ada.pt");
