@@ -69,6 +69,30 @@ struct Trainee {
   std::function<void()> after_curve;  // undoes before_save when training goes on
 };
 
+// The learning curve's point after epoch e.epoch: the model as it would be saved now (averaged,
+// AdaBN included); at the last epoch with averaging, the weights as trained too, for what
+// averaging changed.
+Status score_curve(const TrainConfig& c, Trainee& t, WeightAverage* average, EpochReport& e) {
+  const auto score_as_saved = [&]() -> Result<double> {
+    if (t.before_save) t.before_save();
+    auto scores = score_subjects(t.net, t.spec, c.curve_subjects, t.device, true, c.test_time_mirroring);
+    if (t.after_curve) t.after_curve();
+    if (!scores) return scores.error();
+    return mean_dice(*scores);
+  };
+  if (average && e.epoch == c.epochs) {
+    auto as_trained = score_as_saved();
+    if (!as_trained) return as_trained.error();
+    e.curve_dsc_unaveraged = *as_trained;
+  }
+  if (average) average->swap(t.net);
+  auto dsc = score_as_saved();
+  if (average) average->swap(t.net);
+  if (!dsc) return dsc.error();
+  e.curve_dsc = *dsc;
+  return Status::success();
+}
+
 Result<TrainReport> run_epochs(const TrainConfig& c, Trainee& t, const SampleFn& sample, const LearnFn& learn,
                                const fs::path& model_out, const ProgressFn& progress) {
   auto log = log::get("engine");
@@ -124,25 +148,7 @@ Result<TrainReport> run_epochs(const TrainConfig& c, Trainee& t, const SampleFn&
     e.learning_rate = lr;
     e.data_wait_share = data_seconds / std::max(e.seconds, 1e-9);
     if (c.curve_every > 0 && !c.curve_subjects.empty() && (epoch % c.curve_every == 0 || epoch == c.epochs)) {
-      // The learning curve scores the model as it would be saved now (averaged, AdaBN included);
-      // at the last epoch the weights as trained are scored too, for what averaging changed.
-      const auto score_as_saved = [&]() -> Result<double> {
-        if (t.before_save) t.before_save();
-        auto scores = score_subjects(t.net, t.spec, c.curve_subjects, t.device, true, c.test_time_mirroring);
-        if (t.after_curve) t.after_curve();
-        if (!scores) return scores.error();
-        return mean_dice(*scores);
-      };
-      if (average && epoch == c.epochs) {
-        auto live = score_as_saved();
-        if (!live) return live.error();
-        e.curve_dsc_unaveraged = *live;
-      }
-      if (average) average->swap(t.net);
-      auto dsc = score_as_saved();
-      if (average) average->swap(t.net);
-      if (!dsc) return dsc.error();
-      e.curve_dsc = *dsc;
+      if (auto st = score_curve(c, t, averaged, e); !st) return st.error();
     }
     report.epochs.push_back(e);
     if (progress) progress(e);

@@ -108,9 +108,20 @@ TEST_F(Engine, AveragedWeightsAreWhatIsSavedWhileTrainingItselfIsUnchanged) {
   spec.role = "teacher";
   ASSERT_TRUE(write_model_weights(dir_ / "init.pt", spec, new_model_weights(spec, 3).value()));
   c.init_model = dir_ / "init.pt";
-  ASSERT_TRUE(train_supervised(clinic("utrecht"), c, dir_ / "trained.pt"));
+  c.curve_every = 1;
+  c.curve_subjects = clinic("singapore");
+  auto plain = train_supervised(clinic("utrecht"), c, dir_ / "trained.pt");
+  ASSERT_TRUE(plain) << plain.error().message;
+  EXPECT_TRUE(std::isnan(plain->epochs.back().curve_dsc_unaveraged));
   c.recipe.weight_average = 0.5;  // the first step's decay: min(0.5, (1 + 0) / (10 + 0)) = 0.1
-  ASSERT_TRUE(train_supervised(clinic("utrecht"), c, dir_ / "averaged.pt"));
+  auto with_average = train_supervised(clinic("utrecht"), c, dir_ / "averaged.pt");
+  ASSERT_TRUE(with_average) << with_average.error().message;
+  // The curve scores the averaged model, and at the last epoch the weights as trained beside it:
+  // the plain run's model.
+  EXPECT_EQ(with_average->epochs.back().curve_dsc_unaveraged, plain->epochs.back().curve_dsc);
+  const auto averaged_scores = evaluate_model(dir_ / "averaged.pt", clinic("singapore"));
+  ASSERT_TRUE(averaged_scores) << averaged_scores.error().message;
+  EXPECT_NEAR(with_average->epochs.back().curve_dsc, mean_dice(*averaged_scores), 1e-9);
   const auto initial = read_model_weights(dir_ / "init.pt").value().weights;
   const auto trained = read_model_weights(dir_ / "trained.pt").value().weights;
   const auto averaged = read_model_weights(dir_ / "averaged.pt").value().weights;
