@@ -180,7 +180,7 @@ Result<JobDefinition> read_mapping(config::Mapping& mapping, const fs::path& pat
   if (auto st = m->finish(); !st) return st.error();
   if (setting_fault) return fail(setting_fault->message);
   if (auto st = models::validate(*recipe); !st) return fail("recipe: " + st.error().message);
-  if (recipe->weight_average > 0) return fail(std::string("recipe: weight_average: ") + models::kCentralizedOnly);
+  if (auto st = models::validate_federated(*recipe); !st) return fail("recipe: " + st.error().message);
   // The classic recipe travels as nothing, so that such a job is what it was before recipes.
   if (models::to_json(*recipe) != models::to_json(models::Recipe{})) j.recipe = models::to_json(*recipe);
   if (type.empty()) return fail("type is required (teacher, kd, ada or evaluate)");

@@ -103,12 +103,11 @@ Result<TrainReport> run_epochs(const TrainConfig& c, Trainee& t, const SampleFn&
   const auto start = std::chrono::steady_clock::now();
   t.net->set_precision(t.precision);
   int first = 1;
-  std::optional<WeightAverage> average;
-  if (c.recipe.weight_average > 0) average.emplace(t.net, c.recipe.weight_average);
-  const auto averaged = average ? &*average : nullptr;
+  std::unique_ptr<WeightAverage> average;
+  if (c.recipe.weight_average > 0) average = std::make_unique<WeightAverage>(t.net, c.recipe.weight_average);
   std::error_code ec;
   if (!c.checkpoint.empty() && fs::exists(c.checkpoint, ec)) {
-    auto resumed = load_checkpoint(c.checkpoint, t.net, *t.optimizer, t.discriminator, t.discriminator_optimizer, averaged);
+    auto resumed = load_checkpoint(c.checkpoint, t.net, *t.optimizer, t.discriminator, t.discriminator_optimizer, average.get());
     if (!resumed) return resumed.error();
     first = resumed->finished_epochs + 1;
     report.resumed_from_epoch = resumed->finished_epochs;
@@ -148,13 +147,13 @@ Result<TrainReport> run_epochs(const TrainConfig& c, Trainee& t, const SampleFn&
     e.learning_rate = lr;
     e.data_wait_share = data_seconds / std::max(e.seconds, 1e-9);
     if (c.curve_every > 0 && !c.curve_subjects.empty() && (epoch % c.curve_every == 0 || epoch == c.epochs)) {
-      if (auto st = score_curve(c, t, averaged, e); !st) return st.error();
+      if (auto st = score_curve(c, t, average.get(), e); !st) return st.error();
     }
     report.epochs.push_back(e);
     if (progress) progress(e);
     if (!c.checkpoint.empty()) {
       if (auto st = save_checkpoint(c.checkpoint, t.spec, t.net, *t.optimizer, epoch, t.discriminator,
-                                    t.discriminator_optimizer, averaged);
+                                    t.discriminator_optimizer, average.get());
           !st) {
         return st.error();
       }

@@ -188,6 +188,15 @@ Result<Recipe> recipe_preset(const std::string& name) {
   return make_error("unknown recipe preset '" + name + "' (choose " + joined(recipe_presets()) + ")");
 }
 
+Status validate_federated(const Recipe& r) {
+  if (r.weight_average > 0) {
+    return make_error("weight_average: averaging the weights over the steps is for centralized training "
+                      "(fedda-sim centralized, the grid's centralized cells); a federated job's model is "
+                      "already the sites' average every round");
+  }
+  return Status::success();
+}
+
 Status validate(const Recipe& r, int grid, int depth) {
   for (const auto& k : recipe_keys()) {
     const double v = r.*k.field;

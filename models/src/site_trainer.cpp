@@ -432,7 +432,7 @@ Result<std::unique_ptr<SiteTrainer>> SiteTrainer::open(const SiteJobOptions& o, 
   if (auto st = validate(o.recipe, static_cast<int>(std::min(o.spec.grid.in_plane_size[0], o.spec.grid.in_plane_size[1])), o.spec.unet.depth); !st) {
     return make_error("recipe: " + st.error().message);
   }
-  if (o.recipe.weight_average > 0) return make_error(std::string("recipe: weight_average: ") + kCentralizedOnly);
+  if (auto st = validate_federated(o.recipe); !st) return make_error("recipe: " + st.error().message);
   if (o.type == JobType::ada) {
     impl->discriminator = Discriminator(o.spec.unet.classes);
     impl->discriminator->to(impl->device);

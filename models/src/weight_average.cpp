@@ -4,49 +4,44 @@
 #include <stdexcept>
 #include <string>
 
+#include "wire.h"
+
 namespace fedda::models {
-namespace {
-
-std::vector<torch::Tensor> tensors(UNet& net) {
-  auto all = net->parameters();
-  for (const auto& b : net->buffers()) all.push_back(b);
-  return all;
-}
-
-}  // namespace
 
 WeightAverage::WeightAverage(UNet& net, double decay) : decay_(decay) {
   torch::NoGradGuard no_grad;
-  for (const auto& t : tensors(net)) values_.push_back(t.detach().clone());
+  for (const auto& [name, t] : state_of(*net)) values_.emplace_back(name, t.detach().clone());
 }
 
 void WeightAverage::update(UNet& net) {
   torch::NoGradGuard no_grad;
   const double d = std::min(decay_, (1.0 + static_cast<double>(steps_)) / (10.0 + static_cast<double>(steps_)));
   ++steps_;
-  const auto live = tensors(net);
+  const auto live = state_of(*net);
   for (std::size_t i = 0; i < live.size(); ++i) {
-    if (values_[i].is_floating_point()) {
-      values_[i].mul_(d).add_(live[i].detach(), 1.0 - d);
+    auto& value = values_[i].second;
+    if (value.is_floating_point()) {
+      value.mul_(d).add_(live[i].second.detach(), 1.0 - d);
     } else {
-      values_[i].copy_(live[i]);
+      value.copy_(live[i].second);
     }
   }
 }
 
 void WeightAverage::swap(UNet& net) {
   torch::NoGradGuard no_grad;
-  const auto live = tensors(net);
+  const auto live = state_of(*net);
   for (std::size_t i = 0; i < live.size(); ++i) {
-    auto kept = live[i].detach().clone();
-    live[i].detach().copy_(values_[i]);
-    values_[i].copy_(kept);
+    auto kept = live[i].second.detach().clone();
+    live[i].second.detach().copy_(values_[i].second);
+    values_[i].second.copy_(kept);
   }
 }
 
 void WeightAverage::save(torch::serialize::OutputArchive& archive) const {
   archive.write("steps", c10::IValue(steps_));
-  for (std::size_t i = 0; i < values_.size(); ++i) archive.write(std::to_string(i), values_[i], true);
+  // By position: LibTorch's archives take no dots in a key, and the tensors' names have them.
+  for (std::size_t i = 0; i < values_.size(); ++i) archive.write(std::to_string(i), values_[i].second, true);
 }
 
 void WeightAverage::load(torch::serialize::InputArchive& archive) {
@@ -56,8 +51,10 @@ void WeightAverage::load(torch::serialize::InputArchive& archive) {
   for (std::size_t i = 0; i < values_.size(); ++i) {
     torch::Tensor value;
     archive.read(std::to_string(i), value, true);
-    if (value.sizes() != values_[i].sizes()) throw std::runtime_error("averaged tensor " + std::to_string(i) + " has another shape");
-    values_[i].copy_(value);
+    if (value.sizes() != values_[i].second.sizes()) {
+      throw std::runtime_error("the averaged '" + values_[i].first + "' has another shape");
+    }
+    values_[i].second.copy_(value);
   }
 }
 

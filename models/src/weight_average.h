@@ -9,6 +9,8 @@
 // an uninterrupted one.
 
 #include <cstdint>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include <torch/torch.h>
@@ -30,7 +32,7 @@ class WeightAverage {
  private:
   double decay_;
   std::int64_t steps_ = 0;
-  std::vector<torch::Tensor> values_;  // parameters, then buffers, in the network's order
+  std::vector<std::pair<std::string, torch::Tensor>> values_;  // state_of(net)'s order (wire.h)
 };
 
 }  // namespace fedda::models

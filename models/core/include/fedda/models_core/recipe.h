@@ -82,11 +82,6 @@ struct Recipe {
   bool augments() const;  // whether any transform can change a slice
 };
 
-// Why a federated job refuses weight_average.
-inline constexpr const char* kCentralizedOnly =
-    "averaging the weights over the steps is for centralized training (fedda-sim centralized, the grid's "
-    "centralized cells); a federated job's model is already the sites' average every round";
-
 // `recipe` with every augmentation off (patches, optimiser and schedule kept).
 Recipe without_augmentation(Recipe recipe);
 // `recipe`'s optimiser, schedule, patches and prefetch with `augmentation`'s transforms (e.g. the
@@ -112,6 +107,10 @@ Result<Recipe> recipe_preset(const std::string& name);
 // U-Net's stride, a probability outside [0, 1], min above max, an unknown optimiser).
 // `grid` and `depth` are the model's (0: not checked).
 Status validate(const Recipe& recipe, int grid = 0, int depth = 0);
+// Error naming the key when `recipe` holds a setting a federated job cannot have: weight_average
+// (a federated job's model is already the sites' average every round). The coordinator checks it
+// at submission and the site trainer again before it trains.
+Status validate_federated(const Recipe& recipe);
 
 // JSON object of every setting (with "preset").
 std::string to_json(const Recipe& recipe);
